@@ -1,0 +1,163 @@
+"""SMTP delivery to the configured relay, and the classification of every outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from drain.errors import ConfigError
+from drain.retry import reconnect
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["delivered", "deferred", "bounced"]
+_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+_DROPPED = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> RelayConfig:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"bad relay URL: {exc}") from None
+        if parts.scheme not in _DEFAULT_PORTS:
+            raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
+        if not parts.hostname:
+            raise ConfigError("relay URL has no host")
+        return cls(
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port or _DEFAULT_PORTS[parts.scheme],
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Result:
+    kind: Kind
+    code: int = 0
+    text: str = ""
+    # Recipients the relay refused while it took the message for others: address -> (code, text).
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def reply(self) -> str:
+        """One line for logs and records."""
+        if self.refused:
+            return json.dumps({r: f"{c} {t}" for r, (c, t) in self.refused.items()})
+        return f"{self.code} {self.text}".strip()
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return " ".join(text.split())[:300]
+
+
+def classify_code(code: int) -> Kind:
+    return "bounced" if 500 <= code < 600 else "deferred"
+
+
+class Relay:
+    """One SMTP session to the relay, opened lazily and reused across messages."""
+
+    def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None) -> None:
+        self.config = config
+        self.timeout_s = timeout_s
+        self.helo_name = helo_name or socket.gethostname()
+        self._smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.config
+        smtp: smtplib.SMTP
+        if cfg.scheme == "smtps":
+            smtp = smtplib.SMTP_SSL(
+                cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s,
+                context=ssl.create_default_context(),
+            )
+        else:
+            smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s)
+        try:
+            smtp.ehlo()
+            if cfg.scheme == "smtp+starttls":
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if cfg.username:
+                smtp.login(cfg.username, cfg.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                self._smtp.close()
+            self._smtp = None
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    def _send_once(self, sender: str, recipients: list[str], raw: bytes) -> dict[str, tuple[int, bytes]]:
+        if self._smtp is None:
+            self._smtp = self._connect()
+        smtp = self._smtp
+        options: list[str] = []
+        if smtp.has_extn("8bitmime") and any(b > 0x7F for b in raw):
+            options.append("BODY=8BITMIME")
+        if not (sender + "".join(recipients)).isascii():
+            options.append("SMTPUTF8")
+        try:
+            return smtp.sendmail(sender, recipients, raw, mail_options=options)
+        except _DROPPED:
+            self._drop()
+            raise
+
+    def send(self, sender: str, recipients: list[str], raw: bytes) -> Result:
+        """Hand one message to the relay; every failure becomes a Result, never an exception."""
+        try:
+            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            replies = {r: (int(c), _text(t)) for r, (c, t) in exc.recipients.items()}
+            permanent = all(500 <= c < 600 for c, _t in replies.values())
+            code, text = next(iter(replies.values()), (0, ""))
+            return Result("bounced" if permanent else "deferred", code, text, refused=replies)
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            return Result(classify_code(exc.smtp_code), exc.smtp_code, _text(exc.smtp_error))
+        except smtplib.SMTPNotSupportedError as exc:
+            return Result("bounced", 553, _text(f"relay cannot take this message: {exc}"))
+        except smtplib.SMTPResponseException as exc:
+            # A refusal at greeting, HELO or AUTH is about this relay session, not the message.
+            self._drop()
+            return Result("deferred", exc.smtp_code, _text(exc.smtp_error))
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            return Result("deferred", 0, _text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))
+        if refused:
+            replies = {r: (int(c), _text(t)) for r, (c, t) in refused.items()}
+            return Result("delivered", 250, "accepted for some recipients", refused=replies)
+        return Result("delivered", 250, "ok")

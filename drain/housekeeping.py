@@ -1,0 +1,67 @@
+"""Periodic upkeep shared by all workers: one of them does it each round, under a lock.
+
+A round gives a dead worker's messages back, moves due deferred mail to ready, samples
+the delivery pace, and keeps enough batch jobs queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from drain import keys
+from drain.dispatch import ensure_tokens
+from drain.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Round:
+    reaped: int = 0
+    promoted: int = 0
+    tokens: int = 0
+
+
+def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Round | None:
+    """One round, unless another worker ran one within interval_s (then None)."""
+    if not force and not store.client.set(keys.HOUSEKEEPING_LOCK, b"1", nx=True, px=int(interval_s * 1000)):
+        return None
+    reaped = store.reap_dead()
+    if reaped:
+        log.warning("gave %d messages of dead workers back to the ready list", reaped)
+    promoted = store.promote_due()
+    store.sample_pace()
+    tokens = ensure_tokens(store.client, store.settings)
+    return Round(reaped, promoted, tokens)
+
+
+class Housekeeper(threading.Thread):
+    """Runs rounds every interval and renews this process's lease, until stopped."""
+
+    def __init__(self, store: Store, owner: str, interval_s: float = 1.0) -> None:
+        super().__init__(name="drain-housekeeper", daemon=True)
+        self.store = store
+        self.owner = owner
+        self.interval_s = interval_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
+        next_round = 0.0
+        clock = 0.0
+        while not self.stopping.is_set():
+            try:
+                self.store.renew(self.owner)
+                if clock >= next_round:
+                    run_once(self.store, self.interval_s)
+                    next_round = clock + self.interval_s
+            except Exception as exc:  # Redis away, or anything else: log, keep going
+                log.warning("housekeeping failed: %s", exc)
+            self.stopping.wait(renew_every)
+            clock += renew_every
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)

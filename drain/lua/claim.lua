@@ -1,0 +1,57 @@
+-- claim: hand up to N ready messages to a worker, if delivery is not paused and the
+-- global rate allows (GCRA, clocked by the Redis server so every machine agrees).
+--
+-- KEYS[1] ready list          KEYS[2] in-flight hash (id -> owner)
+-- KEYS[3] lease key of owner  KEYS[4] paused flag
+-- KEYS[5] global rate (msgs/s; absent or 0 = unlimited)
+-- KEYS[6] GCRA state (theoretical arrival time, microseconds)
+-- ARGV[1] N, most ids wanted
+-- ARGV[2] owner name
+-- ARGV[3] lease time to live, milliseconds
+-- ARGV[4] burst, seconds of rate that may go at once
+--
+-- Returns {wait_ms, id...}: wait_ms -1 when paused, > 0 when the rate says wait (no ids),
+-- 0 with the claimed ids otherwise (none when the ready list is empty).
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return {-1}
+end
+
+local want = tonumber(ARGV[1])
+local rate = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+local now, tat, interval = 0, 0, 0
+if rate > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  interval = 1000000 / rate
+  local burst = math.max(1, math.floor(rate * tonumber(ARGV[4])))
+  local tau = interval * (burst - 1)
+  tat = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
+  if tat < now then tat = now end
+  local room = math.floor((tau - (tat - now)) / interval) + 1
+  if room < 1 then
+    return {math.max(1, math.ceil((tat - tau - now) / 1000))}
+  end
+  if room < want then want = room end
+end
+
+local ids = redis.call('LPOP', KEYS[1], want)
+if not ids then
+  return {0}
+end
+
+local owner = ARGV[2]
+for _, id in ipairs(ids) do
+  redis.call('HSET', KEYS[2], id, owner)
+end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+
+if rate > 0 then
+  tat = tat + #ids * interval
+  redis.call('SET', KEYS[6], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+
+table.insert(ids, 1, 0)
+return ids

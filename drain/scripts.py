@@ -1,0 +1,24 @@
+"""Lua scripts shipped in drain/lua, loaded once and registered once per client."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+import redis
+from redis.commands.core import Script
+
+
+@cache
+def source(name: str) -> str:
+    return (files("drain") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Scripts:
+    """The registered scripts of one Redis client, by name."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.claim: Script = client.register_script(source("claim"))
+        self.settle: Script = client.register_script(source("settle"))
+        self.reap: Script = client.register_script(source("reap"))
+        self.promote: Script = client.register_script(source("promote"))

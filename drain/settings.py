@@ -1,0 +1,108 @@
+"""Typed settings, built once from the environment (the only reader of DRAIN_*) and passed on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from drain.errors import ConfigError
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything drain can be told. Build with `Settings.from_env()`; tweak with `.with_()`."""
+
+    # Where state lives: a Redis URL, or None for the embedded server kept under `home`.
+    redis_url: str | None = None
+    home: Path = Path(".drain")
+    # Where mail goes (smtp://host:port, smtp+starttls://..., smtps://user:pass@host:465).
+    relay: str = "smtp://127.0.0.1:2525"
+    relay_timeout_s: float = 30.0
+    # Messages one RQ job claims and works through.
+    batch_size: int = 100
+    # Outcomes recorded in Redis after this many messages (smaller: fewer resends after a crash).
+    settle_every: int = 10
+    # A claim lease lapses this long after its worker stops renewing it.
+    lease_ttl_s: float = 15.0
+    # RQ job timeout for one batch.
+    job_timeout_s: int = 900
+    # Queued RQ jobs kept ready at most (each claims up to batch_size messages).
+    max_tokens: int = 64
+    # Hostile-input limits.
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_header_count: int = 500
+    max_mime_depth: int = 50
+    max_mime_parts: int = 1000
+    # Accept special-use and test domains (.test, .local, .invalid) in addresses.
+    allow_special_domains: bool = False
+    # Retry schedule for transient failures (seconds), and the queue lifetime.
+    retry_first_s: float = 300.0
+    retry_max_s: float = 4000.0
+    max_lifetime_s: float = 5 * 24 * 3600.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        settings = cls(
+            redis_url=env.get("DRAIN_REDIS_URL") or None,
+            home=Path(env.get("DRAIN_HOME") or ".drain"),
+            relay=env.get("DRAIN_RELAY") or cls.relay,
+            relay_timeout_s=_float(env, "DRAIN_RELAY_TIMEOUT", cls.relay_timeout_s, 0.1),
+            batch_size=_int(env, "DRAIN_BATCH_SIZE", cls.batch_size, 1),
+            settle_every=_int(env, "DRAIN_SETTLE_EVERY", cls.settle_every, 1),
+            lease_ttl_s=_float(env, "DRAIN_LEASE_TTL", cls.lease_ttl_s, 0.5),
+            job_timeout_s=_int(env, "DRAIN_JOB_TIMEOUT", cls.job_timeout_s, 1),
+            max_tokens=_int(env, "DRAIN_MAX_TOKENS", cls.max_tokens, 1),
+            max_message_bytes=_int(env, "DRAIN_MAX_MESSAGE_BYTES", cls.max_message_bytes, 1024),
+            max_header_count=_int(env, "DRAIN_MAX_HEADERS", cls.max_header_count, 1),
+            max_mime_depth=_int(env, "DRAIN_MAX_MIME_DEPTH", cls.max_mime_depth, 1),
+            max_mime_parts=_int(env, "DRAIN_MAX_MIME_PARTS", cls.max_mime_parts, 1),
+            allow_special_domains=_bool(env, "DRAIN_ALLOW_SPECIAL_DOMAINS", cls.allow_special_domains),
+            retry_first_s=_float(env, "DRAIN_RETRY_FIRST", cls.retry_first_s, 0.0),
+            retry_max_s=_float(env, "DRAIN_RETRY_MAX", cls.retry_max_s, 0.0),
+            max_lifetime_s=_float(env, "DRAIN_MAX_LIFETIME", cls.max_lifetime_s, 1.0),
+        )
+        return settings.with_(**overrides) if overrides else settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

@@ -1,0 +1,276 @@
+"""Message state in Redis: every move between states is one atomic step that keeps the books.
+
+A message is in exactly one place: the ready list, the in-flight hash, the deferred set,
+the quarantine set, or gone with its count added to delivered, bounced or deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import redis
+
+from drain import keys
+from drain.message import Envelope
+from drain.scripts import Scripts
+from drain.settings import Settings
+
+Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished"]
+# Messages written to Redis per round trip when enqueueing.
+ENQUEUE_CHUNK = 1000
+# Bounce records kept in the bounces stream (approximately).
+BOUNCES_KEPT = 10000
+# Pace samples kept (one per housekeeping round, about one a second).
+PACE_KEPT = 900
+
+
+@dataclass(frozen=True)
+class Books:
+    accepted: int
+    ready: int
+    deferred: int
+    in_flight: int
+    delivered: int
+    bounced: int
+    quarantined: int
+    deleted: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.accepted == (
+            self.ready
+            + self.deferred
+            + self.in_flight
+            + self.delivered
+            + self.bounced
+            + self.quarantined
+            + self.deleted
+        )
+
+    @property
+    def queued(self) -> int:
+        """Messages still to be worked: ready, deferred or in flight."""
+        return self.ready + self.deferred + self.in_flight
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A claimed message as read back from Redis."""
+
+    id: str
+    raw: bytes
+    envelope: Envelope
+    accepted_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    kind: Kind
+    score: float = 0.0
+    info: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    ids: list[str]
+    paused: bool = False
+    wait_s: float = 0.0
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class Store:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.scripts = Scripts(client)
+
+    # -- producers -------------------------------------------------------------------
+
+    def enqueue_many(self, items: Iterable[tuple[bytes, Envelope]]) -> list[str]:
+        """Store messages and put them on the ready list; returns their ids in order.
+
+        Each chunk is one MULTI/EXEC, so the books balance at every moment.
+        """
+        ids: list[str] = []
+        chunk: list[tuple[bytes, Envelope]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= ENQUEUE_CHUNK:
+                ids.extend(self._enqueue_chunk(chunk))
+                chunk = []
+        if chunk:
+            ids.extend(self._enqueue_chunk(chunk))
+        return ids
+
+    def _enqueue_chunk(self, chunk: Sequence[tuple[bytes, Envelope]]) -> list[str]:
+        last = int(self.client.incrby(keys.SEQ, len(chunk)))
+        ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
+        now = f"{time.time():.3f}"
+        pipe = self.client.pipeline(transaction=True)
+        for msg_id, (raw, env) in zip(ids, chunk, strict=True):
+            pipe.hset(
+                keys.message(msg_id),
+                mapping={"raw": raw, "env": env.to_json(), "t": now, "dom": env.domain},
+            )
+        pipe.rpush(keys.READY, *ids)
+        pipe.hincrby(keys.BOOKS, "accepted", len(ids))
+        pipe.execute()
+        return ids
+
+    # -- workers ---------------------------------------------------------------------
+
+    def claim(self, owner: str, want: int, burst_s: float = 0.2) -> Claim:
+        lease_ms = int(self.settings.lease_ttl_s * 1000)
+        reply = self.scripts.claim(
+            keys=[keys.READY, keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE],
+            args=[want, owner, lease_ms, burst_s],
+        )
+        wait = int(reply[0])
+        if wait < 0:
+            return Claim([], paused=True)
+        if wait > 0:
+            return Claim([], wait_s=wait / 1000)
+        return Claim([_text(i) for i in reply[1:]])
+
+    def renew(self, owner: str) -> None:
+        self.client.set(keys.lease(owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
+
+    def release_lease(self, owner: str) -> None:
+        self.client.delete(keys.lease(owner))
+
+    def load(self, ids: Sequence[str]) -> list[Stored | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for msg_id in ids:
+            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n"])
+        out: list[Stored | None] = []
+        for msg_id, (raw, env, accepted, attempts) in zip(ids, pipe.execute(), strict=True):
+            if raw is None or env is None:
+                out.append(None)
+                continue
+            out.append(
+                Stored(
+                    id=msg_id,
+                    raw=raw,
+                    envelope=Envelope.from_json(env),
+                    accepted_at=float(accepted or 0),
+                    attempts=int(attempts or 0),
+                )
+            )
+        return out
+
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> tuple[int, int]:
+        """Record outcomes atomically; returns (settled, skipped because no longer held)."""
+        if not outcomes:
+            return (0, 0)
+        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT]
+        for o in outcomes:
+            args += [o.id, o.kind, o.score, o.info]
+        reply = self.scripts.settle(
+            keys=[
+                keys.INFLIGHT,
+                keys.BOOKS,
+                keys.READY,
+                keys.DEFERRED,
+                keys.QUARANTINE,
+                keys.BOUNCES,
+                *(keys.message(o.id) for o in outcomes),
+            ],
+            args=args,
+        )
+        return int(reply[0]), int(reply[1])
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def owners(self) -> set[str]:
+        return {_text(v) for v in self.client.hvals(keys.INFLIGHT)}
+
+    def reap_dead(self) -> int:
+        """Return the messages of every owner whose lease has lapsed to the ready list."""
+        moved = 0
+        for owner in self.owners():
+            moved += int(self.scripts.reap(keys=[keys.INFLIGHT, keys.READY, keys.lease(owner)], args=[owner]))
+        return moved
+
+    def promote_due(self, now: float | None = None, limit: int = 1000) -> int:
+        """Move deferred messages that are due back to the ready list."""
+        now = time.time() if now is None else now
+        total = 0
+        while True:
+            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY], args=[f"{now:.3f}", limit]))
+            total += moved
+            if moved < limit:
+                return total
+
+    def sample_pace(self, books: Books | None = None) -> None:
+        done = (books or self.books()).delivered
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(keys.PACE, f"{time.time():.3f} {done}")
+        pipe.ltrim(keys.PACE, 0, PACE_KEPT - 1)
+        pipe.execute()
+
+    # -- the books -------------------------------------------------------------------
+
+    def books(self) -> Books:
+        """One consistent snapshot (MULTI/EXEC) of every state's count."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted"])
+        pipe.llen(keys.READY)
+        pipe.zcard(keys.DEFERRED)
+        pipe.hlen(keys.INFLIGHT)
+        pipe.zcard(keys.QUARANTINE)
+        counters, ready, deferred, in_flight, quarantined = pipe.execute()
+        accepted, delivered, bounced, deleted = (int(c or 0) for c in counters)
+        return Books(
+            accepted=accepted,
+            ready=int(ready),
+            deferred=int(deferred),
+            in_flight=int(in_flight),
+            delivered=delivered,
+            bounced=bounced,
+            quarantined=int(quarantined),
+            deleted=deleted,
+        )
+
+    def pace(self, window_s: float = 30.0) -> float:
+        """Delivered messages per second over about the last window_s seconds."""
+        samples = [_text(s).split() for s in self.client.lrange(keys.PACE, 0, PACE_KEPT - 1)]
+        if len(samples) < 2:
+            return 0.0
+        newest_t, newest_n = float(samples[0][0]), int(samples[0][1])
+        if time.time() - newest_t > max(window_s, 10.0):
+            return 0.0
+        then_t, then_n = newest_t, newest_n
+        for t, n in samples[1:]:
+            then_t, then_n = float(t), int(n)
+            if newest_t - then_t >= window_s:
+                break
+        dt = newest_t - then_t
+        return max(0.0, (newest_n - then_n) / dt) if dt > 0 else 0.0
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        """Age of the oldest message still to be worked (ready head, or earliest deferred)."""
+        now = time.time() if now is None else now
+        candidates: list[float] = []
+        head = self.client.lindex(keys.READY, 0)
+        if head is not None:
+            accepted = self.client.hget(keys.message(_text(head)), "t")
+            if accepted is not None:
+                candidates.append(float(accepted))
+        for msg_id in self.client.zrange(keys.DEFERRED, 0, 9):
+            accepted = self.client.hget(keys.message(_text(msg_id)), "t")
+            if accepted is not None:
+                candidates.append(float(accepted))
+        return max(0.0, now - min(candidates)) if candidates else 0.0

@@ -1,0 +1,269 @@
+"""Verdicts on raw message bytes: any input gives a verdict with reason codes, never a crash.
+
+Checks run cheapest first and the expensive ones (MIME parse, address validation) only
+when the limits allow. Each finding has a code and a short piece of evidence; the code's
+severity (quarantine, or only recorded) comes from SEVERITY unless settings override it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.errors import (
+    CloseBoundaryNotFoundDefect,
+    NoBoundaryInMultipartDefect,
+    StartBoundaryNotFoundDefect,
+)
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+from email.policy import default as default_policy
+from email.utils import getaddresses
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+
+from drain.message import Envelope
+
+QUARANTINE = "quarantine"
+RECORD = "record"
+
+# Every reason code drain can give, with what it does by default.
+SEVERITY: dict[str, str] = {
+    "size.over-limit": QUARANTINE,
+    "body.nul-byte": QUARANTINE,
+    "body.bare-cr-lf": QUARANTINE,
+    "header.malformed": QUARANTINE,
+    "header.line-too-long": QUARANTINE,
+    "header.too-many": QUARANTINE,
+    "header.non-ascii-unencoded": QUARANTINE,
+    "header.missing-from": QUARANTINE,
+    "header.duplicate-singleton": QUARANTINE,
+    "header.missing-date": RECORD,
+    "header.missing-message-id": RECORD,
+    "mime.missing-boundary": QUARANTINE,
+    "mime.boundary-not-found": RECORD,
+    "mime.nesting-too-deep": QUARANTINE,
+    "mime.too-many-parts": QUARANTINE,
+    "address.invalid-sender": QUARANTINE,
+    "address.invalid-recipient": QUARANTINE,
+    "address.no-recipient": QUARANTINE,
+    "parse.crash": QUARANTINE,
+}
+
+# Fields RFC 5322 section 3.6 allows at most once.
+SINGLETONS = frozenset(
+    {b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"subject", b"date", b"message-id",
+     b"in-reply-to", b"references", b"orig-date"}
+)
+ADDRESS_FIELDS = ("From", "Sender", "Reply-To", "To", "Cc")
+MAX_LINE = 998
+_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
+_BLANK = re.compile(rb"\r?\n\r?\n")
+_EVIDENCE = 80
+NEWLINE = b"\n"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 25 * 1024 * 1024
+    max_headers: int = 500
+    max_mime_depth: int = 50
+    max_mime_parts: int = 1000
+    # Allow special-use and test domains (.test, .local, ...) in addresses.
+    allow_special_domains: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    findings: tuple[Finding, ...] = ()
+    severity: dict[str, str] = field(default_factory=lambda: SEVERITY, compare=False, repr=False)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Codes that send the message to quarantine, in the order found, each once."""
+        return list(dict.fromkeys(f.code for f in self.findings if self.severity.get(f.code) == QUARANTINE))
+
+    @property
+    def recorded(self) -> list[str]:
+        return list(dict.fromkeys(f.code for f in self.findings if self.severity.get(f.code) != QUARANTINE))
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    @property
+    def label(self) -> str:
+        return "ok" if self.ok else "quarantine"
+
+    def evidence_json(self) -> str:
+        return json.dumps([f.as_dict() for f in self.findings], separators=(",", ":"))
+
+
+def _excerpt(data: bytes | str) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\x00", "\\0")
+    return text if len(text) <= _EVIDENCE else text[: _EVIDENCE - 1] + "…"
+
+
+def check(raw: bytes, envelope: Envelope, limits: Limits | None = None,
+          severity: dict[str, str] | None = None) -> Verdict:
+    """The verdict on one message. Never raises: a failure inside a check is `parse.crash`."""
+    limits = limits or Limits()
+    findings: list[Finding] = []
+    try:
+        findings.extend(_checks(raw, envelope, limits))
+    except RecursionError:
+        findings.append(Finding("mime.nesting-too-deep", "structure too deep to walk"))
+    except Exception as exc:  # the email package raises on some hostile input
+        findings.append(Finding("parse.crash", _excerpt(f"{type(exc).__name__}: {exc}")))
+    return Verdict(tuple(findings), severity or SEVERITY)
+
+
+def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
+    if len(raw) > limits.max_bytes:
+        yield Finding("size.over-limit", f"{len(raw)} bytes > {limits.max_bytes}")
+        return
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        yield Finding("body.nul-byte", f"line {raw.count(NEWLINE, 0, nul) + 1}")
+    crlf = raw.count(b"\r\n")
+    if crlf and (raw.count(b"\n") != crlf or raw.count(b"\r") != crlf):
+        yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
+
+    split = _BLANK.search(raw)
+    head = raw[: split.start()] if split else raw
+    names, header_ok = yield from _header_lines(head, limits)
+    if not header_ok:
+        return
+    counts: dict[bytes, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    if b"from" not in counts:
+        yield Finding("header.missing-from")
+    if b"date" not in counts:
+        yield Finding("header.missing-date")
+    if b"message-id" not in counts:
+        yield Finding("header.missing-message-id")
+    dupes = sorted(n.decode() for n, c in counts.items() if c > 1 and n in SINGLETONS)
+    if dupes:
+        yield Finding("header.duplicate-singleton", ", ".join(dupes))
+
+    message = BytesParser(policy=compat32).parsebytes(raw)
+    yield from _mime(message, limits)
+    yield from _addresses(message, envelope, limits)
+
+
+def _bare_line_evidence(raw: bytes) -> str:
+    for number, line in enumerate(raw.split(b"\r\n"), 1):
+        if b"\r" in line or b"\n" in line:
+            return f"line {number}: {_excerpt(line)}"
+    return ""
+
+
+def _header_lines(head: bytes, limits: Limits) -> Iterator[Finding]:
+    """Walk the header block; yields findings and returns (field names, usable)."""
+    names: list[bytes] = []
+    usable = True
+    non_ascii_reported = False
+    lines = head.splitlines()
+    if lines and lines[0].startswith(b"From "):  # mbox separator line, not a header
+        lines = lines[1:]
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE:
+            yield Finding("header.line-too-long", f"line {number}: {len(line)} octets: {_excerpt(line)}")
+        if not non_ascii_reported and any(b > 0x7F for b in line):
+            non_ascii_reported = True
+            yield Finding("header.non-ascii-unencoded", f"line {number}: {_excerpt(line)}")
+        if line[:1] in (b" ", b"\t"):
+            if not names:
+                usable = False
+                yield Finding("header.malformed", f"line {number}: continuation before any field")
+            continue
+        name, colon, _value = line.partition(b":")
+        if not colon or not _FIELD_NAME.match(name.rstrip(b" \t")):
+            usable = False
+            yield Finding("header.malformed", f"line {number}: {_excerpt(line)}")
+            continue
+        names.append(name.rstrip(b" \t").lower())
+    if len(names) > limits.max_headers:
+        usable = False
+        yield Finding("header.too-many", f"{len(names)} fields > {limits.max_headers}")
+    return names, usable
+
+
+def _mime(message: Message, limits: Limits) -> Iterator[Finding]:
+    parts = 0
+    deepest = 0
+    stack: list[tuple[Message, int]] = [(message, 1)]
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        deepest = max(deepest, depth)
+        if depth > limits.max_mime_depth:
+            yield Finding("mime.nesting-too-deep", f"depth > {limits.max_mime_depth}")
+            return
+        if parts > limits.max_mime_parts:
+            yield Finding("mime.too-many-parts", f"more than {limits.max_mime_parts} parts")
+            return
+        for defect in part.defects:
+            if isinstance(defect, NoBoundaryInMultipartDefect):
+                yield Finding("mime.missing-boundary", f"part {parts}: {part.get_content_type()}")
+            elif isinstance(defect, StartBoundaryNotFoundDefect | CloseBoundaryNotFoundDefect):
+                yield Finding("mime.boundary-not-found", f"part {parts}: {type(defect).__name__}")
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            stack.extend((child, depth + 1) for child in payload if isinstance(child, Message))
+
+
+def _valid(address: str, limits: Limits) -> bool:
+    return _valid_cached(address, limits.allow_special_domains)
+
+
+@lru_cache(maxsize=8192)
+def _valid_cached(address: str, allow_special_domains: bool) -> bool:
+    try:
+        validate_email(
+            address,
+            check_deliverability=False,
+            allow_smtputf8=True,
+            allow_quoted_local=True,
+            allow_domain_literal=True,
+            globally_deliverable=not allow_special_domains,
+            test_environment=allow_special_domains,
+        )
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
+    # The strict (default policy) header parser reads every address field; its own
+    # failures on odd real-world headers surface as parse.crash through check().
+    for name in ADDRESS_FIELDS:
+        for value in message.get_all(name, []):
+            unfolded = str(value).replace("\r", "").replace("\n", "")
+            default_policy.header_factory(name, unfolded).addresses  # noqa: B018
+    header_from = [addr for _n, addr in getaddresses([str(v) for v in message.get_all("From", [])])]
+    bad_from = [a for a in header_from if not _valid(a, limits)]
+    if message.get_all("From") and (not header_from or bad_from):
+        yield Finding("address.invalid-sender", f"From: {_excerpt(', '.join(bad_from) or str(message['From']))}")
+    elif envelope.sender and not _valid(envelope.sender, limits):
+        yield Finding("address.invalid-sender", f"MAIL FROM: {_excerpt(envelope.sender)}")
+    if not envelope.recipients:
+        yield Finding("address.no-recipient")
+        return
+    bad = [r for r in envelope.recipients if not _valid(r, limits)]
+    if bad:
+        yield Finding("address.invalid-recipient", _excerpt(", ".join(bad)))

@@ -1,0 +1,16 @@
+"""RQ job functions. Their dotted paths live in Redis inside queued jobs: rename with care."""
+
+from __future__ import annotations
+
+from drain.batch import Batch
+from drain.dispatch import ensure_tokens
+from workers import runtime
+
+
+def deliver_batch() -> int:
+    """Claim and work up to one batch of ready messages; returns how many were claimed."""
+    rt = runtime.current()
+    batch = Batch(rt.store, rt.relay, rt.owner, rt.limits)
+    handled = batch.run()
+    ensure_tokens(rt.store.client, rt.settings)
+    return handled
