@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -67,6 +68,16 @@ class Result:
         if self.refused:
             return json.dumps({r: f"{c} {t}" for r, (c, t) in self.refused.items()})
         return f"{self.code} {self.text}".strip()
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def wire_form(raw: bytes) -> bytes:
+    """The message with CRLF line endings, as SMTP carries it (files on disk often use LF)."""
+    if raw.count(b"\n") == raw.count(b"\r\n"):
+        return raw
+    return _BARE_LF.sub(b"\r\n", raw)
 
 
 def _text(raw: bytes | str) -> str:
@@ -140,7 +151,7 @@ class Relay:
     def send(self, sender: str, recipients: list[str], raw: bytes) -> Result:
         """Hand one message to the relay; every failure becomes a Result, never an exception."""
         try:
-            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, raw)
+            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, wire_form(raw))
         except smtplib.SMTPRecipientsRefused as exc:
             replies = {r: (int(c), _text(t)) for r, (c, t) in exc.recipients.items()}
             permanent = all(500 <= c < 600 for c, _t in replies.values())
