@@ -23,7 +23,6 @@ from drain.message import envelope_from_headers
 from drain.settings import Settings
 from drain.status import read as read_status
 
-err = Console(stderr=True)
 out = Console()
 
 
@@ -41,6 +40,11 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def fail(message: str) -> None:
+    """One line on standard error, whatever the message held."""
+    click.echo(f"drain: {' '.join(message.split())}", err=True)
 
 
 def emit(data: Any) -> None:
@@ -126,13 +130,13 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
 
     result = obj.client.enqueue_many(submissions())
     for index, why in result.rejected:
-        err.print(f"rejected {names[index]}: {why}", markup=False, highlight=False)
+        fail(f"rejected {names[index]}: {why}")
     if as_json:
         emit({"accepted": len(result.ids), "rejected": len(result.rejected), "ids": result.ids})
     else:
         for msg_id in result.ids:
             click.echo(msg_id)
-        err.print(f"accepted {len(result.ids)}, rejected {len(result.rejected)}", highlight=False)
+        click.echo(f"accepted {len(result.ids)}, rejected {len(result.rejected)}", err=True)
     if result.rejected:
         sys.exit(1)
 
@@ -276,24 +280,24 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
-        err.print("drain: aborted", highlight=False)
+        fail("aborted")
         sys.exit(130)
     except click.UsageError as exc:
-        err.print(f"drain: error: {exc.format_message()}", markup=False, highlight=False)
+        fail(f"error: {exc.format_message()}")
         sys.exit(2)
     except click.ClickException as exc:
-        err.print(f"drain: error: {exc.format_message()}", markup=False, highlight=False)
+        fail(f"error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except ConfigError as exc:
-        err.print(f"drain: error: {exc}", markup=False, highlight=False)
+        fail(f"error: {exc}")
         sys.exit(2)
     except DrainError as exc:
-        err.print(f"drain: error: {exc}", markup=False, highlight=False)
+        fail(f"error: {exc}")
         sys.exit(1)
     except redis.RedisError as exc:
-        err.print(f"drain: error: Redis: {exc}", markup=False, highlight=False)
+        fail(f"error: Redis: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("drain: interrupted", highlight=False)
+        fail("interrupted")
         sys.exit(130)
 

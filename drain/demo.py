@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import cast
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -106,7 +107,8 @@ def _quarantine_reasons(client: Client) -> dict[str, int]:
     from drain import keys
 
     counts: dict[str, int] = {}
-    for msg_id in client.redis.zrange(keys.QUARANTINE, 0, -1):
+    ids = cast(list[bytes], client.redis.zrange(keys.QUARANTINE, 0, -1))
+    for msg_id in ids:
         why = client.redis.hget(keys.message(msg_id.decode()), "why")
         for finding in json.loads(why or b"[]"):
             counts[finding["code"]] = counts.get(finding["code"], 0) + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import redis
 
@@ -269,7 +269,8 @@ class Store:
             accepted = self.client.hget(keys.message(_text(head)), "t")
             if accepted is not None:
                 candidates.append(float(accepted))
-        for msg_id in self.client.zrange(keys.DEFERRED, 0, 9):
+        deferred = cast(list[bytes], self.client.zrange(keys.DEFERRED, 0, 9))
+        for msg_id in deferred:
             accepted = self.client.hget(keys.message(_text(msg_id)), "t")
             if accepted is not None:
                 candidates.append(float(accepted))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from email.errors import (
     CloseBoundaryNotFoundDefect,
@@ -172,7 +172,7 @@ def _bare_line_evidence(raw: bytes) -> str:
     return ""
 
 
-def _header_lines(head: bytes, limits: Limits) -> Iterator[Finding]:
+def _header_lines(head: bytes, limits: Limits) -> Generator[Finding, None, tuple[list[bytes], bool]]:
     """Walk the header block; yields findings and returns (field names, usable)."""
     names: list[bytes] = []
     usable = True

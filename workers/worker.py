@@ -23,7 +23,7 @@ from workers import runtime
 log = logging.getLogger(__name__)
 
 
-class DrainWorker(SimpleWorker):  # type: ignore[misc]
+class DrainWorker(SimpleWorker):
     """SimpleWorker that installs drain's runtime for its jobs and keeps house while it works."""
 
     def __init__(self, *args: Any, drain_settings: Settings | None = None, housekeeping: bool = True,

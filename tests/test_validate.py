@@ -1,0 +1,64 @@
+"""Verdicts: every seed gets the expected one, and any bytes at all give a verdict."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drain import validate
+from drain.message import Envelope, envelope_from_headers
+from drain.seeding import synthetic
+from tests.conftest import seed
+
+
+@pytest.mark.parametrize(("name", "raw"), seed("good"), ids=[n for n, _ in seed("good")])
+def test_good_seeds_pass(name: str, raw: bytes) -> None:
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert verdict.ok, verdict.findings
+
+
+@pytest.mark.parametrize(("name", "raw"), seed("bad"), ids=[n for n, _ in seed("bad")])
+def test_bad_seeds_get_their_reason(name: str, raw: bytes) -> None:
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert not verdict.ok
+    assert name.removesuffix(".eml").replace("_", ".", 1) in verdict.reasons
+
+
+def test_size_limit_is_checked_before_anything_else() -> None:
+    raw = synthetic(1, size=5000)
+    verdict = validate.check(raw, envelope_from_headers(raw), validate.Limits(max_bytes=4096))
+    assert verdict.reasons == ["size.over-limit"]
+
+
+def test_missing_date_is_only_recorded() -> None:
+    raw = b"From: a@example.com\r\nTo: b@example.org\r\nMessage-ID: <1@x>\r\n\r\nhi\r\n"
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert verdict.ok and verdict.recorded == ["header.missing-date"]
+
+
+def test_every_code_has_a_severity() -> None:
+    assert set(validate.SEVERITY.values()) == {validate.QUARANTINE, validate.RECORD}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4000))
+def test_any_bytes_give_a_verdict(raw: bytes) -> None:
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert verdict.label in {"ok", "quarantine"}
+    assert all(code in validate.SEVERITY for code in verdict.reasons)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["From", "To", "Cc", "Subject", "Date", "Message-ID", "X-Any"]),
+                          st.text(max_size=80)), max_size=12),
+       st.binary(max_size=300))
+def test_mutated_headers_give_a_verdict(headers: list[tuple[str, str]], body: bytes) -> None:
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("utf-8", "surrogatepass")
+    raw = head + b"\r\n" + body
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert verdict.label in {"ok", "quarantine"}
+
+
+def test_envelope_from_hostile_headers_never_raises() -> None:
+    assert envelope_from_headers(b"\xff\xfe\x00From: <<<\n\n") == Envelope("", ())
