@@ -1,0 +1,255 @@
+"""drain's benchmark: every figure measured in one run, on this machine, against its own
+redis-server and SMTP sink (Postfix's smtp-sink when installed, else an aiosmtpd sink in
+its own process). Prints a Markdown table and writes JSON with --out.
+
+    scripts/bench                         # 100,000 messages through drain, 10,000 through naive RQ
+    scripts/bench --messages 20000 --naive-messages 3000 --processes 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from drain import keys, validate
+from drain.api import Client
+from drain.embedded import server_binary
+from drain.message import envelope_from_headers
+from drain.seeding import synthetic
+from drain.settings import Settings
+from drain.sink import Sink, free_port
+
+POLL_S = 0.05
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    sink: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, **row: Any) -> None:
+        self.rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[redis.Redis]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", tmp, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            yield client
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+@contextmanager
+def smtp_sink(prefer_postfix: bool) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    binary = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None)
+    if prefer_postfix and binary:
+        cmd = [binary, *(["-u", "postfix"] if os.geteuid() == 0 else []), f"127.0.0.1:{port}", "1000"]
+        name = "postfix smtp-sink"
+    else:
+        cmd = [sys.executable, __file__, "--serve-sink", str(port)]
+        name = "aiosmtpd sink (separate process)"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.05)
+    try:
+        yield f"smtp://127.0.0.1:{port}", name
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def serve_sink(port: int) -> None:
+    with Sink(keep=False, port=port):
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def wait_done(client: redis.Redis, total: int, timeout_s: float) -> float:
+    """Seconds until delivered + quarantined + bounced reaches total."""
+    started = time.monotonic()
+    while True:
+        done = sum(int(v or 0) for v in client.hmget(keys.BOOKS, ["delivered", "quarantined", "bounced"]))
+        if done >= total:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"only {done} of {total} messages done after {timeout_s}s")
+        time.sleep(POLL_S)
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def bench_drain(report: Report, client: redis.Redis, relay: str, count: int, processes: int,
+                size: int) -> None:
+    client.flushdb()
+    settings = Settings(redis_url=f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0",
+                        relay=relay)
+    api = Client(client, settings)
+    raws = [synthetic(i, size=size) for i in range(count)]
+    before = used_memory(client)
+    from drain import ratelimit
+
+    ratelimit.pause(client)  # no tokens while we fill the queue
+    started = time.perf_counter()
+    api.enqueue_many(raws)
+    enqueue_s = time.perf_counter() - started
+    per_message = (used_memory(client) - before) / count
+    ratelimit.resume(client)
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay)
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
+                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        seconds = wait_done(client, count, timeout_s=3600)
+    finally:
+        proc.wait(timeout=120)
+    books = api.store.books()
+    after = used_memory(client)
+    report.add(name="drain", processes=processes, messages=count, seconds=round(seconds, 2),
+               msg_per_s=round(count / seconds, 1), enqueue_per_s=round(count / enqueue_s),
+               redis_bytes_per_queued_msg=round(per_message), avg_message_bytes=round(sum(map(len, raws)) / count),
+               redis_overhead_per_msg=round(per_message - sum(map(len, raws)) / count),
+               redis_bytes_after_drain=after, delivered=books.delivered, balanced=books.balanced)
+
+
+def bench_naive(report: Report, client: redis.Redis, relay: str, count: int, processes: int, size: int) -> None:
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    queue = Queue("naive", connection=client, serializer=JSONSerializer)
+    started = time.perf_counter()
+    for start in range(0, count, 1000):
+        pipe = client.pipeline()
+        ids = [f"n{i}" for i in range(start, min(start + 1000, count))]
+        for i, msg_id in enumerate(ids, start):
+            raw = synthetic(i, size=size)
+            pipe.hset(keys.message(msg_id), mapping={"raw": raw, "env": envelope_from_headers(raw).to_json()})
+        pipe.execute()
+        queue.enqueue_many([Queue.prepare_data("workers.naive.deliver_one", args=[m], result_ttl=0) for m in ids])
+    enqueue_s = time.perf_counter() - started
+    env = dict(os.environ, DRAIN_RELAY=relay)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "rq.worker.SimpleWorker",
+                          "-S", "rq.serializers.JSONSerializer", "-u", url, "-q", "naive"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(processes)
+    ]
+    try:
+        seconds = wait_done(client, count, timeout_s=3600)
+    finally:
+        for proc in procs:
+            proc.wait(timeout=120)
+    report.add(name="naive RQ (job per message, SimpleWorker)", processes=processes, messages=count,
+               seconds=round(seconds, 2), msg_per_s=round(count / seconds, 1),
+               enqueue_per_s=round(count / enqueue_s))
+
+
+def bench_validation(report: Report, size: int, count: int = 3000) -> None:
+    raws = [synthetic(i, size=size) for i in range(count)]
+    envs = [envelope_from_headers(r) for r in raws]
+    runs = []
+    for _ in range(5):
+        validate._valid_cached.cache_clear()
+        started = time.perf_counter()
+        for raw, env in zip(raws, envs, strict=True):
+            validate.check(raw, env)
+        runs.append(count / (time.perf_counter() - started))
+    report.add(name="validation, one core", messages=count, msg_per_s=round(statistics.median(runs)),
+               note="median of 5; address cache cleared each run")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
+    parser.add_argument("--naive-messages", type=int, default=10_000, help="messages drained by naive RQ")
+    parser.add_argument("--processes", default="2", help="comma-separated worker process counts")
+    parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_sink:
+        serve_sink(args.serve_sink)
+        return
+    counts = [int(p) for p in args.processes.split(",")]
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+               "date": time.strftime("%Y-%m-%d %H:%M")}
+    with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
+        report = Report(machine=machine, sink=sink_name)
+        machine["redis"] = client.info("server")["redis_version"]
+        bench_validation(report, args.size)
+        for processes in counts:
+            bench_naive(report, client, relay, args.naive_messages, processes, args.size)
+            bench_drain(report, client, relay, args.messages, processes, args.size)
+    print(markdown(report))
+    if args.out:
+        args.out.write_text(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
+
+
+def markdown(report: Report) -> str:
+    m = report.machine
+    lines = [f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m.get('redis')}, {m['platform']}; "
+             f"sink: {report.sink}; {m['date']}", "",
+             "| run | processes | messages | seconds | msg/s | enqueue msg/s |", "|---|---|---|---|---|---|"]
+    for r in report.rows:
+        lines.append(f"| {r['name']} | {r.get('processes', '')} | {r['messages']:,} | {r.get('seconds', '')} | "
+                     f"{r['msg_per_s']:,} | {r.get('enqueue_per_s', '')} |")
+    naive = {r["processes"]: r["msg_per_s"] for r in report.rows if r["name"].startswith("naive")}
+    for r in report.rows:
+        if r["name"] == "drain" and r["processes"] in naive:
+            lines.append(f"\ndrain / naive RQ with {r['processes']} processes: "
+                         f"{r['msg_per_s'] / naive[r['processes']]:.1f}x; Redis per queued message: "
+                         f"{r['redis_bytes_per_queued_msg']} B ({r['redis_overhead_per_msg']} B beyond the "
+                         f"{r['avg_message_bytes']} B message); after the drain: {r['redis_bytes_after_drain']:,} B "
+                         f"used in all")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
