@@ -14,13 +14,14 @@ from email.message import Message
 
 import redis
 
+from drain import rules
 from drain.connection import connect
 from drain.dispatch import ensure_tokens
 from drain.errors import InputError
 from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.settings import Settings
 from drain.status import Status, read
-from drain.store import Store
+from drain.store import Item, Store
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,27 @@ class Client:
     def enqueue(self, message: bytes | Message, sender: str | None = None,
                 recipients: Iterable[str] | None = None) -> str:
         """Queue one message; returns its id once Redis holds it."""
-        ids = self.store.enqueue_many([self.prepare(message, sender, recipients)])
+        raw, env = self.prepare(message, sender, recipients)
+        rule = rules.first_match(rules.load(self.redis), raw, env)
+        ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)])
         ensure_tokens(self.redis, self.settings)
         return ids[0]
 
     def enqueue_many(self, messages: Iterable[bytes | Message | Submission]) -> Accepted:
         """Queue many messages in chunks of one transaction each; refusals are reported, not raised."""
         result = Accepted()
+        active = rules.load(self.redis)
 
-        def prepared() -> Iterator[tuple[bytes, Envelope]]:
+        def prepared() -> Iterator[Item]:
             for index, item in enumerate(messages):
                 sub = item if isinstance(item, Submission) else Submission(item)
                 try:
-                    yield self.prepare(sub.message, sub.sender, sub.recipients)
+                    raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
                 except InputError as exc:
                     result.rejected.append((index, str(exc)))
+                    continue
+                rule = rules.first_match(active, raw, env) if active else None
+                yield raw, env, rule.findings() if rule else None
 
         result.ids = self.store.enqueue_many(prepared())
         ensure_tokens(self.redis, self.settings)

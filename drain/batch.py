@@ -6,18 +6,23 @@ deliveries; whatever a batch has not reached when it stops goes back to the read
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rq.timeouts import JobTimeoutException
+
 from drain import validate
 from drain.delivery import Relay
 from drain.retry import deferral_delay
+from drain.rules import Rule, first_match
 from drain.store import Outcome, Store, Stored
 
 log = logging.getLogger(__name__)
 
+TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
 
@@ -45,6 +50,8 @@ class Batch:
         relay: Relay,
         owner: str,
         limits: validate.Limits,
+        severity: dict[str, str] | None = None,
+        rules: list[Rule] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -53,16 +60,23 @@ class Batch:
         self.relay = relay
         self.owner = owner
         self.limits = limits
+        self.severity = severity or validate.SEVERITY
+        self.rules = rules or []
         self.clock = clock
         self.sleep = sleep
         self.tally = Tally()
 
     def decide(self, msg: Stored) -> Outcome:
-        verdict = validate.check(msg.raw, msg.envelope, self.limits)
-        if not verdict.ok:
-            for code in verdict.reasons:
-                self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1
-            return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
+        if not msg.force:
+            rule = first_match(self.rules, msg.raw, msg.envelope)
+            if rule is not None:
+                self._count("rule.match")
+                return Outcome(msg.id, "quarantined", info=rule.findings())
+            verdict = validate.check(msg.raw, msg.envelope, self.limits, self.severity)
+            if not verdict.ok:
+                for code in verdict.reasons:
+                    self._count(code)
+                return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
         env = msg.envelope
         result = self.relay.send(env.sender, list(env.recipients), msg.raw)
         if result.kind == "delivered":
@@ -74,6 +88,9 @@ class Batch:
             return Outcome(msg.id, "bounced", info=f"expired: {result.reply}")
         due = now + deferral_delay(self.settings, msg.attempts + 1)
         return Outcome(msg.id, "deferred", score=due, info=result.reply)
+
+    def _count(self, code: str) -> None:
+        self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1
 
     def run(self) -> int:
         """Work up to batch_size messages; returns how many were claimed."""
@@ -101,7 +118,15 @@ class Batch:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id)
                     outcome = Outcome(msg_id, "vanished")
                 else:
-                    outcome = self.decide(msg)
+                    try:
+                        outcome = self.decide(msg)
+                    except JobTimeoutException:
+                        # The job's time limit struck while this message was being worked:
+                        # it takes the strike, the rest of the batch goes back untouched.
+                        log.warning("message %s outlived the job time limit", msg_id)
+                        pending.append(Outcome(msg_id, "timeout", info=TIMEOUT_FINDINGS))
+                        done.add(msg_id)
+                        raise
                 pending.append(outcome)
                 done.add(msg_id)
                 if len(pending) >= self.settings.settle_every:

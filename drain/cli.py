@@ -6,6 +6,7 @@ import json
 import logging
 import mailbox
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.table import Table
 
-from drain import embedded, ratelimit, validate
+from drain import embedded, ratelimit, rules, validate
 from drain.api import Client, Submission
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import envelope_from_headers
+from drain.quarantine import Filter, Quarantine
 from drain.settings import Settings
 from drain.status import read as read_status
 
@@ -68,11 +70,11 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
 def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
     """Give the verdict the workers would give each message file, without queueing it."""
     s = obj.settings
-    limits = validate.Limits(s.max_message_bytes, s.max_header_count, s.max_mime_depth, s.max_mime_parts,
-                             s.allow_special_domains)
+    limits = validate.Limits.from_settings(s)
+    severity = validate.severity_with(s.quarantine_codes, s.record_codes)
     for path in paths:
         raw = _read(path)
-        verdict = validate.check(raw, envelope_from_headers(raw), limits)
+        verdict = validate.check(raw, envelope_from_headers(raw), limits, severity)
         if as_json:
             emit({"path": path, "verdict": verdict.label, "reasons": verdict.reasons,
                   "recorded": verdict.recorded, "findings": [f.as_dict() for f in verdict.findings]})
@@ -229,6 +231,195 @@ def resume(obj: Context) -> None:
     ratelimit.resume(obj.client.redis)
     ensure_tokens(obj.client.redis, obj.settings)
     click.echo("delivery resumed")
+
+
+def _filter_options(func: Any) -> Any:
+    func = click.option("--domain", help="Only mail to this recipient domain.")(func)
+    func = click.option("--sender", help="Only mail from this envelope sender.")(func)
+    func = click.option("--reason", help="Only this reason code (or a prefix ending in '.', e.g. header.).")(func)
+    return func
+
+
+def _time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@cli.group()
+def quarantine() -> None:
+    """Inspect, release, delete and export quarantined mail; manage quarantine rules."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@_filter_options
+@pass_ctx
+def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str | None, sender: str | None,
+                    domain: str | None) -> None:
+    """Quarantined messages, oldest first."""
+    q = Quarantine(obj.client.store)
+    records = q.records(Filter(reason, sender, domain), limit)
+    if as_json:
+        for record in records:
+            emit(record.summary())
+        return
+    table = Table(title=f"quarantine ({q.count():,} held)")
+    for column in ("id", "quarantined", "reason", "sender", "recipients"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(record.id, _time(record.quarantined_at), ", ".join(record.reasons), record.sender,
+                      ", ".join(record.recipients[:3]) + (" ..." if len(record.recipients) > 3 else ""))
+    out.print(table)
+
+
+@quarantine.command("show")
+@click.argument("msg_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
+    """One quarantined message: reasons with evidence, attempts, audit trail, headers."""
+    record = Quarantine(obj.client.store).get(msg_id)
+    detail = record.detail()
+    if as_json:
+        emit(detail)
+        return
+    table = Table(title=f"quarantined message {record.id}", show_header=False)
+    table.add_row("sender", record.sender or "<>")
+    table.add_row("recipients", ", ".join(record.recipients))
+    table.add_row("accepted", _time(record.accepted_at))
+    table.add_row("quarantined", _time(record.quarantined_at))
+    table.add_row("size", f"{record.size:,} bytes")
+    table.add_row("attempts", str(record.attempts) + (f" (last: {record.last_reply})" if record.last_reply else ""))
+    for finding in record.findings:
+        table.add_row("reason", f"{finding.get('code')}: {finding.get('detail', '')}")
+    for entry in record.audit:
+        table.add_row("audit", f"{_time(entry.get('at', 0))} {entry.get('actor')} {entry.get('action')}"
+                               f"{' --force' if entry.get('force') else ''} {entry.get('note', '')}")
+    out.print(table, markup=False)
+    head = (record.raw or b"").split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0][:4000]
+    click.echo(head.decode("utf-8", "replace").encode("ascii", "backslashreplace").decode())
+
+
+def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
+              domain: str | None) -> tuple[Quarantine, list[str], str]:
+    q = Quarantine(obj.client.store)
+    flt = Filter(reason, sender, domain)
+    if ids and not flt.empty:
+        raise click.UsageError("give message ids or a filter, not both")
+    note = " ".join(f"--{k} {v}" for k, v in (("reason", reason), ("sender", sender), ("domain", domain)) if v)
+    return q, q.select(ids, flt), note
+
+
+@quarantine.command("release")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@_filter_options
+@click.option("--force", is_flag=True, help="Release even if validation still fails; workers deliver it as is.")
+@click.option("--dry-run", is_flag=True, help="Say what would be released, change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
+                       domain: str | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Put messages back on the ready list. They are validated again first, unless --force."""
+    q, chosen, note = _selected(obj, ids, reason, sender, domain)
+    s = obj.settings
+    failing: dict[str, list[str]] = {}
+    if force:
+        passing = chosen
+    else:
+        passing, failing = q.revalidate(chosen, validate.Limits.from_settings(s),
+                                        validate.severity_with(s.quarantine_codes, s.record_codes))
+    released = 0 if dry_run else q.release(passing, s.actor, force=force, note=note)
+    if not dry_run and passing:
+        from drain.dispatch import ensure_tokens
+
+        ensure_tokens(obj.client.redis, s)
+    result = {"released": released, "would_release": len(passing) if dry_run else 0, "ids": passing,
+              "still_failing": failing, "dry_run": dry_run}
+    if as_json:
+        emit(result)
+        return
+    verb = "would release" if dry_run else "released"
+    click.echo(f"{verb} {len(passing) if dry_run else released} message(s)")
+    for msg_id, codes in failing.items():
+        click.echo(f"kept {msg_id}: still fails validation ({', '.join(codes)}); use --force to release anyway")
+
+
+@quarantine.command("delete")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@_filter_options
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
+                      domain: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete quarantined messages for good (counted as deleted)."""
+    q, chosen, note = _selected(obj, ids, reason, sender, domain)
+    deleted = 0 if dry_run else q.delete(chosen, obj.settings.actor, note=note)
+    if as_json:
+        emit({"deleted": deleted, "would_delete": len(chosen) if dry_run else 0, "ids": chosen, "dry_run": dry_run})
+    else:
+        click.echo(f"would delete {len(chosen)} message(s)" if dry_run else f"deleted {deleted} message(s)")
+
+
+@quarantine.command("export")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@_filter_options
+@click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="A folder for .eml files, or the mbox file to write.")
+@pass_ctx
+def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
+                      domain: str | None, fmt: str, out_path: Path) -> None:
+    """Write the original bytes of quarantined messages, as .eml files or one mbox."""
+    q, chosen, _note = _selected(obj, ids, reason, sender, domain)
+    count = q.export(chosen, fmt, out_path)
+    click.echo(f"exported {count} message(s) to {out_path}")
+
+
+@quarantine.group("rule")
+def quarantine_rule() -> None:
+    """Rules that quarantine matching mail, queued or yet to come."""
+
+
+@quarantine_rule.command("add")
+@click.option("--sender", help="Envelope sender, glob allowed (e.g. '*@bulk.example.com').")
+@click.option("--domain", help="Any recipient in this domain.")
+@click.option("--header", "header", help="'Name: regex' searched in that header's value(s).")
+@click.option("--note", default="", help="Why, for the audit trail.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def rule_add(obj: Context, sender: str | None, domain: str | None, header: str | None, note: str,
+             as_json: bool) -> None:
+    """Add a rule; messages already queued that match move to quarantine now."""
+    name, pattern = rules.parse_header(header) if header else (None, None)
+    rule = rules.add(obj.client.redis, obj.settings.actor, note, sender=sender, domain=domain, header=name,
+                     pattern=pattern)
+    swept = rules.sweep(obj.client.store, rule)
+    if as_json:
+        emit({"id": rule.id, "rule": rule.describe(), "swept": swept})
+    else:
+        click.echo(f"rule {rule.id} ({rule.describe()}): {swept} queued message(s) moved to quarantine")
+
+
+@quarantine_rule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def rule_list(obj: Context, as_json: bool) -> None:
+    for rule in rules.load(obj.client.redis):
+        if as_json:
+            emit({"id": rule.id, "sender": rule.sender, "domain": rule.domain, "header": rule.header,
+                  "pattern": rule.pattern, "actor": rule.actor, "created_at": rule.created_at, "note": rule.note})
+        else:
+            click.echo(f"{rule.id}: {rule.describe()}  (by {rule.actor}, {_time(rule.created_at)}) {rule.note}")
+
+
+@quarantine_rule.command("remove")
+@click.argument("rule_id", metavar="ID")
+@pass_ctx
+def rule_remove(obj: Context, rule_id: str) -> None:
+    if not rules.remove(obj.client.redis, rule_id):
+        raise InputError(f"no rule {rule_id}")
+    click.echo(f"rule {rule_id} removed")
 
 
 @cli.group()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from drain import keys
 from drain.dispatch import ensure_tokens
+from drain.quarantine import Quarantine
 from drain.store import Store
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Round:
     reaped: int = 0
+    poisoned: int = 0
     promoted: int = 0
     tokens: int = 0
 
@@ -28,13 +30,17 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     """One round, unless another worker ran one within interval_s (then None)."""
     if not force and not store.client.set(keys.HOUSEKEEPING_LOCK, b"1", nx=True, px=int(interval_s * 1000)):
         return None
-    reaped = store.reap_dead()
-    if reaped:
-        log.warning("gave %d messages of dead workers back to the ready list", reaped)
+    reaped, poisoned = store.reap_dead()
+    if reaped or poisoned:
+        log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
+                    reaped + poisoned, reaped, poisoned)
     promoted = store.promote_due()
+    expired = Quarantine(store).expire(store.settings.quarantine_retention_s)
+    if expired:
+        log.warning("deleted %d quarantined messages held past the retention time", expired)
     store.sample_pace()
     tokens = ensure_tokens(store.client, store.settings)
-    return Round(reaped, promoted, tokens)
+    return Round(reaped, poisoned, promoted, tokens)
 
 
 class Housekeeper(threading.Thread):

@@ -10,12 +10,23 @@ BOOKS = f"{PREFIX}:books"
 SEQ = f"{PREFIX}:seq"
 # Ids waiting for a worker, oldest at the head (list).
 READY = f"{PREFIX}:ready"
+# Ids given back by dead workers: worked one at a time so a poison message cannot take
+# batch-mates down with it (list).
+SUSPECT = f"{PREFIX}:suspect"
+# Ids swept into quarantine by an operator rule while still on the ready or suspect list;
+# the claim script drops them when it meets them (set). Ready count = lists - this set.
+SWEPT = f"{PREFIX}:swept"
 # Ids claimed by a worker: field id -> owner (hash).
 INFLIGHT = f"{PREFIX}:inflight"
 # Ids waiting for their next attempt, scored by due time (sorted set).
 DEFERRED = f"{PREFIX}:deferred"
 # Ids held in quarantine, scored by the time they were put there (sorted set).
 QUARANTINE = f"{PREFIX}:quarantine"
+# Operator rules that quarantine matching mail: field rule id -> JSON (hash), and the id counter.
+RULES = f"{PREFIX}:rules"
+RULE_SEQ = f"{PREFIX}:rules:seq"
+# Every operator action on quarantine: who, when, what (stream, capped).
+AUDIT = f"{PREFIX}:audit"
 # Recent bounces: id, sender, recipients, reply (stream, capped).
 BOUNCES = f"{PREFIX}:bounces"
 # Samples of the delivered counter over time, newest first (list of "ts delivered").

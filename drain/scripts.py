@@ -22,3 +22,5 @@ class Scripts:
         self.settle: Script = client.register_script(source("settle"))
         self.reap: Script = client.register_script(source("reap"))
         self.promote: Script = client.register_script(source("promote"))
+        self.release: Script = client.register_script(source("release"))
+        self.sweep: Script = client.register_script(source("sweep"))

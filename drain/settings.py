@@ -48,6 +48,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
+
+
+def _default_actor(env: Mapping[str, str]) -> str:
+    import socket
+
+    return f"{env.get('USER') or env.get('LOGNAME') or 'unknown'}@{socket.gethostname()}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything drain can be told. Build with `Settings.from_env()`; tweak with `.with_()`."""
@@ -75,6 +85,17 @@ class Settings:
     max_mime_parts: int = 1000
     # Accept special-use and test domains (.test, .local, .invalid) in addresses.
     allow_special_domains: bool = False
+    # Deaths or timeouts while holding a message before it is quarantined as poison.
+    poison_strikes: int = 2
+    # Quarantined mail is deleted after this long (counted as deleted).
+    quarantine_retention_s: float = 14 * 24 * 3600.0
+    # Check recipient domains in DNS (cached); off by default.
+    check_dns: bool = False
+    # Severity overrides: reason codes that quarantine, or are only recorded.
+    quarantine_codes: tuple[str, ...] = ()
+    record_codes: tuple[str, ...] = ()
+    # Who is acting, for the audit log of operator actions.
+    actor: str = ""
     # Retry schedule for transient failures (seconds), and the queue lifetime.
     retry_first_s: float = 300.0
     retry_max_s: float = 4000.0
@@ -98,6 +119,12 @@ class Settings:
             max_mime_depth=_int(env, "DRAIN_MAX_MIME_DEPTH", cls.max_mime_depth, 1),
             max_mime_parts=_int(env, "DRAIN_MAX_MIME_PARTS", cls.max_mime_parts, 1),
             allow_special_domains=_bool(env, "DRAIN_ALLOW_SPECIAL_DOMAINS", cls.allow_special_domains),
+            poison_strikes=_int(env, "DRAIN_POISON_STRIKES", cls.poison_strikes, 1),
+            quarantine_retention_s=_float(env, "DRAIN_QUARANTINE_RETENTION", cls.quarantine_retention_s, 1.0),
+            check_dns=_bool(env, "DRAIN_CHECK_DNS", cls.check_dns),
+            quarantine_codes=_list(env, "DRAIN_QUARANTINE_CODES"),
+            record_codes=_list(env, "DRAIN_RECORD_CODES"),
+            actor=env.get("DRAIN_ACTOR") or _default_actor(env),
             retry_first_s=_float(env, "DRAIN_RETRY_FIRST", cls.retry_first_s, 0.0),
             retry_max_s=_float(env, "DRAIN_RETRY_MAX", cls.retry_max_s, 0.0),
             max_lifetime_s=_float(env, "DRAIN_MAX_LIFETIME", cls.max_lifetime_s, 1.0),

@@ -6,19 +6,23 @@ the quarantine set, or gone with its count added to delivered, bounced or delete
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from drain import keys
 from drain.message import Envelope
 from drain.scripts import Scripts
 from drain.settings import Settings
 
-Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished"]
+# A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
+Item = tuple[bytes, Envelope, str | None]
+Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout"]
 # Messages written to Redis per round trip when enqueueing.
 ENQUEUE_CHUNK = 1000
 # Bounce records kept in the bounces stream (approximately).
@@ -68,6 +72,8 @@ class Stored:
     envelope: Envelope
     accepted_at: float
     attempts: int
+    # An operator released it with --force: deliver without validating.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class Claim:
     ids: list[str]
     paused: bool = False
     wait_s: float = 0.0
+    # A suspect (a dead worker held it), to be worked alone.
+    isolated: bool = False
 
 
 def _text(value: bytes | str | None) -> str:
@@ -99,13 +107,15 @@ class Store:
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue_many(self, items: Iterable[tuple[bytes, Envelope]]) -> list[str]:
+    def enqueue_many(self, items: Iterable[Item]) -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
-        Each chunk is one MULTI/EXEC, so the books balance at every moment.
+        An item is (raw, envelope, findings): findings (JSON) send the message straight to
+        quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
+        balance at every moment.
         """
         ids: list[str] = []
-        chunk: list[tuple[bytes, Envelope]] = []
+        chunk: list[Item] = []
         for item in items:
             chunk.append(item)
             if len(chunk) >= ENQUEUE_CHUNK:
@@ -115,17 +125,22 @@ class Store:
             ids.extend(self._enqueue_chunk(chunk))
         return ids
 
-    def _enqueue_chunk(self, chunk: Sequence[tuple[bytes, Envelope]]) -> list[str]:
+    def _enqueue_chunk(self, chunk: Sequence[Item]) -> list[str]:
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
+        ready: list[str] = []
         pipe = self.client.pipeline(transaction=True)
-        for msg_id, (raw, env) in zip(ids, chunk, strict=True):
-            pipe.hset(
-                keys.message(msg_id),
-                mapping={"raw": raw, "env": env.to_json(), "t": now, "dom": env.domain},
-            )
-        pipe.rpush(keys.READY, *ids)
+        for msg_id, (raw, env, why) in zip(ids, chunk, strict=True):
+            fields: dict[FieldT, EncodableT] = {"raw": raw, "env": env.to_json(), "t": now, "dom": env.domain}
+            if why is None:
+                ready.append(msg_id)
+            else:
+                fields.update(why=why, qt=now)
+                pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
+            pipe.hset(keys.message(msg_id), mapping=fields)
+        if ready:
+            pipe.rpush(keys.READY, *ready)
         pipe.hincrby(keys.BOOKS, "accepted", len(ids))
         pipe.execute()
         return ids
@@ -135,7 +150,8 @@ class Store:
     def claim(self, owner: str, want: int, burst_s: float = 0.2) -> Claim:
         lease_ms = int(self.settings.lease_ttl_s * 1000)
         reply = self.scripts.claim(
-            keys=[keys.READY, keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE],
+            keys=[keys.READY, keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE,
+                  keys.SUSPECT, keys.SWEPT],
             args=[want, owner, lease_ms, burst_s],
         )
         wait = int(reply[0])
@@ -143,7 +159,7 @@ class Store:
             return Claim([], paused=True)
         if wait > 0:
             return Claim([], wait_s=wait / 1000)
-        return Claim([_text(i) for i in reply[1:]])
+        return Claim([_text(i) for i in reply[2:]], isolated=bool(int(reply[1])))
 
     def renew(self, owner: str) -> None:
         self.client.set(keys.lease(owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
@@ -154,9 +170,9 @@ class Store:
     def load(self, ids: Sequence[str]) -> list[Stored | None]:
         pipe = self.client.pipeline(transaction=False)
         for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n"])
+            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n", "force"])
         out: list[Stored | None] = []
-        for msg_id, (raw, env, accepted, attempts) in zip(ids, pipe.execute(), strict=True):
+        for msg_id, (raw, env, accepted, attempts, force) in zip(ids, pipe.execute(), strict=True):
             if raw is None or env is None:
                 out.append(None)
                 continue
@@ -167,6 +183,7 @@ class Store:
                     envelope=Envelope.from_json(env),
                     accepted_at=float(accepted or 0),
                     attempts=int(attempts or 0),
+                    force=force == b"1",
                 )
             )
         return out
@@ -175,7 +192,7 @@ class Store:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
         if not outcomes:
             return (0, 0)
-        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT]
+        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes]
         for o in outcomes:
             args += [o.id, o.kind, o.score, o.info]
         reply = self.scripts.settle(
@@ -186,6 +203,7 @@ class Store:
                 keys.DEFERRED,
                 keys.QUARANTINE,
                 keys.BOUNCES,
+                keys.SUSPECT,
                 *(keys.message(o.id) for o in outcomes),
             ],
             args=args,
@@ -194,15 +212,27 @@ class Store:
 
     # -- housekeeping ------------------------------------------------------------------
 
-    def owners(self) -> set[str]:
-        return {_text(v) for v in self.client.hvals(keys.INFLIGHT)}
+    def held(self) -> dict[str, list[str]]:
+        """In-flight ids by owner."""
+        owners: dict[str, list[str]] = {}
+        for msg_id, owner in self.client.hgetall(keys.INFLIGHT).items():
+            owners.setdefault(_text(owner), []).append(_text(msg_id))
+        return owners
 
-    def reap_dead(self) -> int:
-        """Return the messages of every owner whose lease has lapsed to the ready list."""
-        moved = 0
-        for owner in self.owners():
-            moved += int(self.scripts.reap(keys=[keys.INFLIGHT, keys.READY, keys.lease(owner)], args=[owner]))
-        return moved
+    def reap_dead(self) -> tuple[int, int]:
+        """Give back the messages of every owner whose lease lapsed: (to suspects, to quarantine)."""
+        back = poisoned = 0
+        why = json.dumps([{"code": "poison.crash", "detail": "a worker died or hung while holding it"}])
+        for owner, ids in self.held().items():
+            if self.client.exists(keys.lease(owner)):
+                continue
+            reply = self.scripts.reap(
+                keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, *map(keys.message, ids)],
+                args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why, *ids],
+            )
+            back += int(reply[0])
+            poisoned += int(reply[1])
+        return back, poisoned
 
     def promote_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Move deferred messages that are due back to the ready list."""
@@ -228,14 +258,16 @@ class Store:
         pipe = self.client.pipeline(transaction=True)
         pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted"])
         pipe.llen(keys.READY)
+        pipe.llen(keys.SUSPECT)
+        pipe.scard(keys.SWEPT)
         pipe.zcard(keys.DEFERRED)
         pipe.hlen(keys.INFLIGHT)
         pipe.zcard(keys.QUARANTINE)
-        counters, ready, deferred, in_flight, quarantined = pipe.execute()
+        counters, ready, suspect, swept, deferred, in_flight, quarantined = pipe.execute()
         accepted, delivered, bounced, deleted = (int(c or 0) for c in counters)
         return Books(
             accepted=accepted,
-            ready=int(ready),
+            ready=int(ready) + int(suspect) - int(swept),
             deferred=int(deferred),
             in_flight=int(in_flight),
             delivered=delivered,

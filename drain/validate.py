@@ -22,10 +22,13 @@ from email.policy import compat32
 from email.policy import default as default_policy
 from email.utils import getaddresses
 from functools import lru_cache
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
+from drain.errors import ConfigError
 from drain.message import Envelope
+from drain.settings import Settings
 
 QUARANTINE = "quarantine"
 RECORD = "record"
@@ -51,7 +54,23 @@ SEVERITY: dict[str, str] = {
     "address.invalid-recipient": QUARANTINE,
     "address.no-recipient": QUARANTINE,
     "parse.crash": QUARANTINE,
+    # Given by workers, not by the checks below: a message that killed or hung its worker,
+    # and a message an operator rule matched.
+    "poison.crash": QUARANTINE,
+    "poison.timeout": QUARANTINE,
+    "rule.match": QUARANTINE,
 }
+
+
+def severity_with(quarantine: tuple[str, ...] = (), record: tuple[str, ...] = ()) -> dict[str, str]:
+    """SEVERITY with an operator's overrides; unknown codes are a configuration error."""
+    unknown = sorted((set(quarantine) | set(record)) - set(SEVERITY))
+    if unknown:
+        raise ConfigError(f"unknown reason codes in DRAIN_QUARANTINE_CODES/DRAIN_RECORD_CODES: {', '.join(unknown)}")
+    table = dict(SEVERITY)
+    table.update(dict.fromkeys(record, RECORD))
+    table.update(dict.fromkeys(quarantine, QUARANTINE))
+    return table
 
 # Fields RFC 5322 section 3.6 allows at most once.
 SINGLETONS = frozenset(
@@ -74,6 +93,19 @@ class Limits:
     max_mime_parts: int = 1000
     # Allow special-use and test domains (.test, .local, ...) in addresses.
     allow_special_domains: bool = False
+    # Look recipient domains up in DNS (MX, then A/AAAA), answers cached.
+    check_dns: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_bytes=settings.max_message_bytes,
+            max_headers=settings.max_header_count,
+            max_mime_depth=settings.max_mime_depth,
+            max_mime_parts=settings.max_mime_parts,
+            allow_special_domains=settings.allow_special_domains,
+            check_dns=settings.check_dns,
+        )
 
 
 @dataclass(frozen=True)
@@ -228,15 +260,23 @@ def _mime(message: Message, limits: Limits) -> Iterator[Finding]:
 
 
 def _valid(address: str, limits: Limits) -> bool:
-    return _valid_cached(address, limits.allow_special_domains)
+    return _valid_cached(address, limits.allow_special_domains, limits.check_dns)
+
+
+@lru_cache(maxsize=1)
+def _resolver() -> Any:
+    from email_validator import caching_resolver
+
+    return caching_resolver(timeout=5)
 
 
 @lru_cache(maxsize=8192)
-def _valid_cached(address: str, allow_special_domains: bool) -> bool:
+def _valid_cached(address: str, allow_special_domains: bool, check_dns: bool = False) -> bool:
     try:
         validate_email(
             address,
-            check_deliverability=False,
+            check_deliverability=check_dns,
+            dns_resolver=_resolver() if check_dns else None,
             allow_smtputf8=True,
             allow_quoted_local=True,
             allow_domain_literal=True,

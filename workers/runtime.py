@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
+from drain import rules
 from drain.delivery import Relay, RelayConfig
 from drain.housekeeping import Housekeeper
+from drain.rules import Rule
 from drain.settings import Settings
 from drain.store import Store
-from drain.validate import Limits
+from drain.validate import Limits, severity_with
 
 
 @dataclass
@@ -25,21 +27,26 @@ class Runtime:
     relay: Relay
     owner: str
     limits: Limits
+    severity: dict[str, str]
     housekeeper: Housekeeper | None = None
+    _rules: list[Rule] = field(default_factory=list)
+    _rules_version: int = -1
+
+    def rules(self) -> list[Rule]:
+        """Operator rules, reloaded when they change (one GET per call)."""
+        current = rules.version(self.store.client)
+        if current != self._rules_version:
+            self._rules = rules.load(self.store.client)
+            self._rules_version = current
+        return self._rules
 
     @classmethod
     def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
         store = Store(client, settings)
         relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s)
         owner = f"{socket.gethostname()}-{secrets.token_hex(4)}"
-        limits = Limits(
-            max_bytes=settings.max_message_bytes,
-            max_headers=settings.max_header_count,
-            max_mime_depth=settings.max_mime_depth,
-            max_mime_parts=settings.max_mime_parts,
-            allow_special_domains=settings.allow_special_domains,
-        )
-        return cls(settings, store, relay, owner, limits)
+        return cls(settings, store, relay, owner, Limits.from_settings(settings),
+                   severity_with(settings.quarantine_codes, settings.record_codes))
 
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)

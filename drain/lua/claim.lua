@@ -1,25 +1,34 @@
--- claim: hand up to N ready messages to a worker, if delivery is not paused and the
--- global rate allows (GCRA, clocked by the Redis server so every machine agrees).
+-- claim: hand ready messages to a worker, if delivery is not paused and the global rate
+-- allows (GCRA, clocked by the Redis server so every machine agrees). Suspects (messages
+-- a dead worker held) go first and one at a time; ids an operator rule swept into
+-- quarantine are dropped when met.
 --
 -- KEYS[1] ready list          KEYS[2] in-flight hash (id -> owner)
 -- KEYS[3] lease key of owner  KEYS[4] paused flag
 -- KEYS[5] global rate (msgs/s; absent or 0 = unlimited)
 -- KEYS[6] GCRA state (theoretical arrival time, microseconds)
+-- KEYS[7] suspect list        KEYS[8] swept set
 -- ARGV[1] N, most ids wanted
 -- ARGV[2] owner name
 -- ARGV[3] lease time to live, milliseconds
 -- ARGV[4] burst, seconds of rate that may go at once
 --
--- Returns {wait_ms, id...}: wait_ms -1 when paused, > 0 when the rate says wait (no ids),
--- 0 with the claimed ids otherwise (none when the ready list is empty).
+-- Returns {wait_ms, isolated, id...}: wait_ms -1 when paused, > 0 when the rate says
+-- wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
+-- isolated is 1 when the id is a suspect to be worked alone.
 
 if redis.replicate_commands then redis.replicate_commands() end
 
 if redis.call('EXISTS', KEYS[4]) == 1 then
-  return {-1}
+  return {-1, 0}
 end
 
 local want = tonumber(ARGV[1])
+local source, isolated = KEYS[1], 0
+if redis.call('LLEN', KEYS[7]) > 0 then
+  source, isolated, want = KEYS[7], 1, 1
+end
+
 local rate = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
 local now, tat, interval = 0, 0, 0
 if rate > 0 then
@@ -32,14 +41,25 @@ if rate > 0 then
   if tat < now then tat = now end
   local room = math.floor((tau - (tat - now)) / interval) + 1
   if room < 1 then
-    return {math.max(1, math.ceil((tat - tau - now) / 1000))}
+    return {math.max(1, math.ceil((tat - tau - now) / 1000)), 0}
   end
   if room < want then want = room end
 end
 
-local ids = redis.call('LPOP', KEYS[1], want)
-if not ids then
-  return {0}
+local popped = redis.call('LPOP', source, want)
+if not popped then
+  return {0, isolated}
+end
+
+local ids = {}
+local swept = redis.call('SCARD', KEYS[8]) > 0
+for _, id in ipairs(popped) do
+  if not (swept and redis.call('SREM', KEYS[8], id) == 1) then
+    table.insert(ids, id)
+  end
+end
+if #ids == 0 then
+  return {0, isolated}
 end
 
 local owner = ARGV[2]
@@ -53,5 +73,6 @@ if rate > 0 then
   redis.call('SET', KEYS[6], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 
+table.insert(ids, 1, isolated)
 table.insert(ids, 1, 0)
 return ids

@@ -1,20 +1,31 @@
--- reap: give a dead worker's messages back. Does nothing while the owner's lease lives.
+-- reap: give back the messages of a worker whose lease lapsed (it died, or hung without
+-- renewing). Each gets a strike: at the limit it is quarantined as poison.crash, below it
+-- it goes to the suspect list, to be worked alone. Does nothing while the lease lives.
 --
--- KEYS[1] in-flight hash (id -> owner)   KEYS[2] ready list   KEYS[3] lease key of the owner
--- ARGV[1] owner
+-- KEYS[1] in-flight hash (id -> owner)   KEYS[2] suspect list   KEYS[3] lease key of the owner
+-- KEYS[4] quarantine zset                KEYS[4 + i] message hash of the i-th id
+-- ARGV[1] owner   ARGV[2] strikes that make poison   ARGV[3] now (unix seconds)
+-- ARGV[4] evidence (JSON findings) for poison   ARGV[4 + i] the i-th id
 --
--- Returns how many messages went back to the head of the ready list.
+-- Returns {given back, quarantined}.
 
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  return 0
+  return {0, 0}
 end
-local held = redis.call('HGETALL', KEYS[1])
-local n = 0
-for i = 1, #held, 2 do
-  if held[i + 1] == ARGV[1] then
-    redis.call('HDEL', KEYS[1], held[i])
-    redis.call('LPUSH', KEYS[2], held[i])
-    n = n + 1
+local back, poisoned = 0, 0
+for i = 5, #ARGV do
+  local id, msg = ARGV[i], KEYS[i]
+  if redis.call('HGET', KEYS[1], id) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], id)
+    local strikes = redis.call('HINCRBY', msg, 'strikes', 1)
+    if strikes >= tonumber(ARGV[2]) then
+      redis.call('HSET', msg, 'why', ARGV[4], 'qt', ARGV[3])
+      redis.call('ZADD', KEYS[4], ARGV[3], id)
+      poisoned = poisoned + 1
+    else
+      redis.call('RPUSH', KEYS[2], id)
+      back = back + 1
+    end
   end
 end
-return n
+return {back, poisoned}

@@ -1,0 +1,36 @@
+-- release: operator actions on quarantined messages, each recorded in the message's own
+-- audit trail and in the audit stream. Ids not in quarantine (any more) are skipped.
+--
+-- KEYS[1] quarantine zset   KEYS[2] ready list   KEYS[3] books hash   KEYS[4] audit stream
+-- KEYS[4 + i] message hash of the i-th id
+-- ARGV[1] action: release | delete
+-- ARGV[2] actor   ARGV[3] now (unix seconds)   ARGV[4] force (1: workers skip validation)
+-- ARGV[5] note (e.g. the filter used)   ARGV[6] audit entries kept
+-- ARGV[6 + i] the i-th id
+--
+-- release: back to the tail of the ready list, strikes cleared.
+-- delete:  message data dropped, counted as deleted.
+-- Returns how many were moved.
+
+local action, actor, now, force, note, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local moved = 0
+for i = 7, #ARGV do
+  local id, msg = ARGV[i], KEYS[i - 2]
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    moved = moved + 1
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*',
+      'id', id, 'action', action, 'actor', actor, 'at', now, 'force', force, 'note', note)
+    if action == 'delete' then
+      redis.call('DEL', msg)
+      redis.call('HINCRBY', KEYS[3], 'deleted', 1)
+    else
+      local audit = cjson.decode(redis.call('HGET', msg, 'audit') or '[]')
+      table.insert(audit, {at = tonumber(now), actor = actor, action = action, force = force == '1', note = note})
+      redis.call('HSET', msg, 'audit', cjson.encode(audit))
+      redis.call('HDEL', msg, 'strikes')
+      if force == '1' then redis.call('HSET', msg, 'force', '1') end
+      redis.call('RPUSH', KEYS[2], id)
+    end
+  end
+end
+return moved

@@ -1,0 +1,29 @@
+-- sweep: move queued messages that match an operator rule into quarantine at once.
+-- A message is swept only if it is still waiting: deferred (removed from the deferred set)
+-- or on the ready or suspect list (its id is added to the swept set, and the claim script
+-- drops it when it comes up). Messages a worker holds are left to the worker, which checks
+-- the rules itself.
+--
+-- KEYS[1] deferred zset   KEYS[2] quarantine zset   KEYS[3] swept set   KEYS[4] in-flight hash
+-- KEYS[4 + i] message hash of the i-th id
+-- ARGV[1] now (unix seconds)   ARGV[2] findings (JSON)   ARGV[2 + i] the i-th id
+--
+-- Returns how many were swept.
+
+local now, why = ARGV[1], ARGV[2]
+local swept = 0
+for i = 3, #ARGV do
+  local id, msg = ARGV[i], KEYS[i + 2]
+  if redis.call('EXISTS', msg) == 1
+      and redis.call('HEXISTS', KEYS[4], id) == 0
+      and not redis.call('ZSCORE', KEYS[2], id)
+      and redis.call('SISMEMBER', KEYS[3], id) == 0 then
+    if redis.call('ZREM', KEYS[1], id) == 0 then
+      redis.call('SADD', KEYS[3], id)
+    end
+    redis.call('HSET', msg, 'why', why, 'qt', now)
+    redis.call('ZADD', KEYS[2], now, id)
+    swept = swept + 1
+  end
+end
+return swept
