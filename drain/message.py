@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from email.header import Header, decode_header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP, compat32
@@ -40,8 +41,22 @@ class Envelope:
         return self.recipients[0].rpartition("@")[2].lower()
 
 
+def header_text(value: object) -> str:
+    """A header value from the compat32 parser as text: raw 8-bit bytes (kept there as
+    surrogate escapes) read as UTF-8, as SMTPUTF8 mail carries them."""
+    if isinstance(value, Header):
+        return "".join(
+            part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+            for part, _charset in decode_header(value)
+        )
+    text = str(value)
+    if text.isascii():
+        return text
+    return text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+
+
 def _addresses(values: list[str]) -> list[str]:
-    return [addr for _name, addr in getaddresses(values) if addr]
+    return [addr for _name, addr in getaddresses([header_text(v) for v in values]) if addr]
 
 
 def envelope_from_headers(raw: bytes) -> Envelope:

@@ -27,7 +27,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from drain.errors import ConfigError
-from drain.message import Envelope
+from drain.message import Envelope, header_text
 from drain.settings import Settings
 
 QUARANTINE = "quarantine"
@@ -293,9 +293,9 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
     # failures on odd real-world headers surface as parse.crash through check().
     for name in ADDRESS_FIELDS:
         for value in message.get_all(name, []):
-            unfolded = str(value).replace("\r", "").replace("\n", "")
+            unfolded = header_text(value).replace("\r", "").replace("\n", "")
             default_policy.header_factory(name, unfolded).addresses  # noqa: B018
-    header_from = [addr for _n, addr in getaddresses([str(v) for v in message.get_all("From", [])])]
+    header_from = [addr for _n, addr in getaddresses([header_text(v) for v in message.get_all("From", [])])]
     bad_from = [a for a in header_from if not _valid(a, limits)]
     if message.get_all("From") and (not header_from or bad_from):
         yield Finding("address.invalid-sender", f"From: {_excerpt(', '.join(bad_from) or str(message['From']))}")

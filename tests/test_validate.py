@@ -62,3 +62,53 @@ def test_mutated_headers_give_a_verdict(headers: list[tuple[str, str]], body: by
 
 def test_envelope_from_hostile_headers_never_raises() -> None:
     assert envelope_from_headers(b"\xff\xfe\x00From: <<<\n\n") == Envelope("", ())
+
+
+def _msg(headers: str, body: str = "hello\r\n") -> bytes:
+    return (headers.replace("\n", "\r\n") + "\r\n" + body).encode()
+
+
+BASE = "From: a@example.com\nTo: b@example.org\nDate: Mon, 23 Nov 2026 10:00:00 +0000\nMessage-ID: <1@x>\n"
+
+
+def test_header_too_many() -> None:
+    raw = _msg(BASE + "".join(f"X-Trace-{i}: {i}\n" for i in range(30)))
+    verdict = validate.check(raw, envelope_from_headers(raw), validate.Limits(max_headers=20))
+    assert "header.too-many" in verdict.reasons
+
+
+def test_mime_too_many_parts() -> None:
+    parts = "".join(f"--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n" for i in range(30)) + "--b--\r\n"
+    raw = _msg(BASE + 'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n', parts)
+    verdict = validate.check(raw, envelope_from_headers(raw), validate.Limits(max_mime_parts=10))
+    assert verdict.reasons == ["mime.too-many-parts"]
+
+
+def test_boundary_declared_but_absent_is_only_recorded() -> None:
+    raw = _msg(BASE + 'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="nowhere"\n', "just text\r\n")
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert verdict.ok and "mime.boundary-not-found" in verdict.recorded
+
+
+def test_missing_message_id_is_only_recorded() -> None:
+    raw = _msg("From: a@example.com\nTo: b@example.org\nDate: Mon, 23 Nov 2026 10:00:00 +0000\n")
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert verdict.ok and verdict.recorded == ["header.missing-message-id"]
+
+
+def test_internationalised_mail_passes_when_raw_utf8_headers_are_allowed() -> None:
+    raw = ("From: Jörg <jörg@bücher.example>\r\nTo: 用户@例子.example\r\nSubject: Grüße\r\n"
+           "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <i18n@x>\r\n\r\nHallo\r\n").encode()
+    env = envelope_from_headers(raw)
+    assert env.recipients == ("用户@例子.example",)
+    strict = validate.check(raw, env)
+    assert strict.reasons == ["header.non-ascii-unencoded"]
+    relaxed = validate.check(raw, env, severity=validate.severity_with(record=("header.non-ascii-unencoded",)))
+    assert relaxed.ok
+
+
+def test_special_use_domains_follow_the_setting() -> None:
+    raw = _msg("From: a@example.com\nTo: b@host.test\nDate: Mon, 23 Nov 2026 10:00:00 +0000\nMessage-ID: <1@x>\n")
+    env = envelope_from_headers(raw)
+    assert validate.check(raw, env).reasons == ["address.invalid-recipient"]
+    assert validate.check(raw, env, validate.Limits(allow_special_domains=True)).ok
