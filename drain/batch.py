@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rq.timeouts import JobTimeoutException
 
-from drain import validate
+from drain import dsn, validate
+from drain.breaker import Breakers
 from drain.delivery import Relay
+from drain.message import Envelope
 from drain.retry import deferral_delay
 from drain.rules import Rule, first_match
 from drain.store import Outcome, Store, Stored
@@ -23,24 +26,24 @@ from drain.store import Outcome, Store, Stored
 log = logging.getLogger(__name__)
 
 TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
+# The breaker name for failures of the relay itself (no SMTP reply at all).
+RELAY = "(relay)"
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
 
 
 @dataclass
 class Tally:
-    delivered: int = 0
-    bounced: int = 0
-    deferred: int = 0
-    quarantined: int = 0
-    requeued: int = 0
+    """What one batch did, by outcome kind and by quarantine reason."""
+
+    kinds: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
-        if outcome.kind == "requeue":
-            self.requeued += 1
-        elif outcome.kind != "vanished":
-            setattr(self, outcome.kind, getattr(self, outcome.kind) + 1)
+        self.kinds[outcome.kind] = self.kinds.get(outcome.kind, 0) + 1
+
+    def __getitem__(self, kind: str) -> int:
+        return self.kinds.get(kind, 0)
 
 
 class Batch:
@@ -65,6 +68,9 @@ class Batch:
         self.clock = clock
         self.sleep = sleep
         self.tally = Tally()
+        self.breakers = Breakers(store.client, self.settings)
+        # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
+        self.reports: list[tuple[Stored, dict[str, str]]] = []
 
     def decide(self, msg: Stored) -> Outcome:
         if not msg.force:
@@ -78,16 +84,55 @@ class Batch:
                     self._count(code)
                 return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
         env = msg.envelope
-        result = self.relay.send(env.sender, list(env.recipients), msg.raw)
-        if result.kind == "delivered":
-            return Outcome(msg.id, "delivered", info=result.reply if result.refused else "")
-        if result.kind == "bounced":
-            return Outcome(msg.id, "bounced", info=result.reply)
         now = self.clock()
+        for destination in (RELAY, env.domain):
+            held = self.breakers.held_until(destination, now)
+            if held is not None:
+                until = time.strftime("%H:%M:%S", time.localtime(held))
+                return Outcome(msg.id, "held", score=held + random.uniform(0, 5),
+                               info=f"circuit breaker open for {destination} until {until}")
+        result = self.relay.send(env.sender, list(env.recipients), msg.raw)
+        if result.kind == "deferred":
+            # No reply at all (refused, dropped, timed out) is the relay's trouble, not the domain's.
+            self.breakers.failure(RELAY if result.code == 0 else env.domain, now)
+        else:
+            self.breakers.success(RELAY)
+            self.breakers.success(env.domain)
+        permanent = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if 500 <= c < 600}
+        if result.kind == "bounced":
+            self._report(msg, permanent or dict.fromkeys(env.recipients, result.reply))
+            return Outcome(msg.id, "bounced", info=result.reply)
+        if result.kind == "delivered":
+            if permanent:
+                self._report(msg, permanent)
+            transient = [r for r, (c, _t) in result.refused.items() if not 500 <= c < 600]
+            if not transient:
+                return Outcome(msg.id, "delivered", info=result.reply if result.refused else "")
+            # Some recipients took it, some said "later": the rest is deferred on its own.
+            rest = Envelope(env.sender, tuple(transient))
+            return self._defer(msg, now, result.reply, rest.to_json())
+        return self._defer(msg, now, result.reply)
+
+    def _defer(self, msg: Stored, now: float, reply: str, envelope: str = "") -> Outcome:
         if now - msg.accepted_at >= self.settings.max_lifetime_s:
-            return Outcome(msg.id, "bounced", info=f"expired: {result.reply}")
+            self._report(msg, dict.fromkeys(msg.envelope.recipients, f"expired after {msg.attempts + 1} attempts: "
+                                                                      f"{reply}"))
+            return Outcome(msg.id, "bounced", info=f"expired: {reply}")
         due = now + deferral_delay(self.settings, msg.attempts + 1)
-        return Outcome(msg.id, "deferred", score=due, info=result.reply)
+        return Outcome(msg.id, "deferred", score=due, info=reply, envelope=envelope)
+
+    def _report(self, msg: Stored, failed: dict[str, str]) -> None:
+        # Never bounce a bounce: mail from the null sender gets no report.
+        if self.settings.dsn and msg.envelope.sender and failed:
+            self.reports.append((msg, failed))
+
+    def _send_reports(self) -> None:
+        if not self.reports:
+            return
+        items = [(dsn.build(m.raw, m.envelope, failed, m.id, self.settings.hostname, m.accepted_at),
+                  Envelope("", (m.envelope.sender,)), None) for m, failed in self.reports]
+        self.reports = []
+        self.store.enqueue_many(items)
 
     def _count(self, code: str) -> None:
         self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1
@@ -105,6 +150,7 @@ class Batch:
                 continue
             if not claim.ids:
                 break
+            self.breakers.refresh()
             handled += len(claim.ids)
             self._work(claim.ids)
         return handled
@@ -141,6 +187,7 @@ class Batch:
         if not outcomes:
             return
         _settled, skipped = self.store.settle(self.owner, outcomes)
+        self._send_reports()
         if skipped:
             log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)
         for outcome in outcomes:

@@ -179,6 +179,35 @@ def status(obj: Context, as_json: bool) -> None:
     table.add_row("eta", "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
     if ratelimit.is_paused(obj.client.redis):
         table.add_row("delivery", "PAUSED")
+    for name in data.get("breakers_open", []):
+        table.add_row("circuit open", name)
+    out.print(table)
+
+
+@cli.group()
+def deferred() -> None:
+    """Mail waiting for its next attempt."""
+
+
+@deferred.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@pass_ctx
+def deferred_list(obj: Context, as_json: bool, limit: int | None) -> None:
+    """Deferred messages, soonest next attempt first: attempts and the relay's last reply."""
+    from drain.deferred import records
+
+    rows = records(obj.client.store, limit)
+    if as_json:
+        for row in rows:
+            emit(row.as_dict())
+        return
+    table = Table(title="deferred")
+    for column in ("id", "next attempt", "attempts", "last reply", "recipients"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.id, _time(row.next_attempt_at), str(row.attempts), row.last_reply[:60],
+                      ", ".join(row.recipients[:2]) + (" ..." if len(row.recipients) > 2 else ""))
     out.print(table)
 
 

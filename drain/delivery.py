@@ -22,6 +22,10 @@ _DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
 _DROPPED = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeError)
 
 
+class RelayTimeout(smtplib.SMTPException):
+    """The relay stopped answering within the timeout."""
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     scheme: str
@@ -144,8 +148,12 @@ class Relay:
             options.append("SMTPUTF8")
         try:
             return smtp.sendmail(sender, recipients, raw, mail_options=options)
-        except _DROPPED:
+        except _DROPPED as exc:
             self._drop()
+            if isinstance(exc.__context__, TimeoutError):
+                # A relay that stopped answering is not retried at once: the message may
+                # have been taken, and a tarpit would only hold the worker longer.
+                raise RelayTimeout(f"relay did not answer in {self.timeout_s:g}s") from exc
             raise
 
     def send(self, sender: str, recipients: list[str], raw: bytes) -> Result:

@@ -27,6 +27,10 @@ RULES = f"{PREFIX}:rules"
 RULE_SEQ = f"{PREFIX}:rules:seq"
 # Every operator action on quarantine: who, when, what (stream, capped).
 AUDIT = f"{PREFIX}:audit"
+# Circuit breakers by destination domain: consecutive failures, times opened, open until (hashes).
+BREAKER_FAILS = f"{PREFIX}:breaker:fails"
+BREAKER_TRIPS = f"{PREFIX}:breaker:trips"
+BREAKER_OPEN = f"{PREFIX}:breaker:open"
 # Recent bounces: id, sender, recipients, reply (stream, capped).
 BOUNCES = f"{PREFIX}:bounces"
 # Samples of the delivered counter over time, newest first (list of "ts delivered").

@@ -52,6 +52,13 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
 
 
+def _default_hostname() -> str:
+    import socket
+
+    name = socket.gethostname() or "localhost"
+    return name if "." in name else f"{name}.localdomain"
+
+
 def _default_actor(env: Mapping[str, str]) -> str:
     import socket
 
@@ -96,6 +103,15 @@ class Settings:
     record_codes: tuple[str, ...] = ()
     # Who is acting, for the audit log of operator actions.
     actor: str = ""
+    # Circuit breaker: consecutive transient failures of a destination that open it, and
+    # how long it stays open (doubling on each reopening, capped).
+    breaker_failures: int = 20
+    breaker_cooldown_s: float = 60.0
+    breaker_max_s: float = 900.0
+    # This machine's name in HELO and in bounce reports (a dotted name).
+    hostname: str = "localhost.localdomain"
+    # Send RFC 3464 bounce reports to senders of bounced mail.
+    dsn: bool = False
     # Retry schedule for transient failures (seconds), and the queue lifetime.
     retry_first_s: float = 300.0
     retry_max_s: float = 4000.0
@@ -125,6 +141,11 @@ class Settings:
             quarantine_codes=_list(env, "DRAIN_QUARANTINE_CODES"),
             record_codes=_list(env, "DRAIN_RECORD_CODES"),
             actor=env.get("DRAIN_ACTOR") or _default_actor(env),
+            breaker_failures=_int(env, "DRAIN_BREAKER_FAILURES", cls.breaker_failures, 1),
+            breaker_cooldown_s=_float(env, "DRAIN_BREAKER_COOLDOWN", cls.breaker_cooldown_s, 0.0),
+            breaker_max_s=_float(env, "DRAIN_BREAKER_MAX", cls.breaker_max_s, 0.0),
+            dsn=_bool(env, "DRAIN_DSN", cls.dsn),
+            hostname=env.get("DRAIN_HOSTNAME") or _default_hostname(),
             retry_first_s=_float(env, "DRAIN_RETRY_FIRST", cls.retry_first_s, 0.0),
             retry_max_s=_float(env, "DRAIN_RETRY_MAX", cls.retry_max_s, 0.0),
             max_lifetime_s=_float(env, "DRAIN_MAX_LIFETIME", cls.max_lifetime_s, 1.0),

@@ -66,7 +66,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        received = Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), bytes(envelope.content))
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        received = Received(sender, tuple(envelope.rcpt_tos), bytes(envelope.content))
         with self.lock:
             index = self.seen
             self.seen += 1
@@ -79,7 +80,7 @@ class _Handler:
                 await asyncio.sleep(0.01)
             action = action.then
         if action == DROP:
-            session.transport.close()
+            server.transport.close()
             return "421 4.4.2 connection dropped"
         if action:
             return action

@@ -22,7 +22,7 @@ from drain.settings import Settings
 
 # A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
 Item = tuple[bytes, Envelope, str | None]
-Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout"]
+Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout", "held"]
 # Messages written to Redis per round trip when enqueueing.
 ENQUEUE_CHUNK = 1000
 # Bounce records kept in the bounces stream (approximately).
@@ -82,6 +82,8 @@ class Outcome:
     kind: Kind
     score: float = 0.0
     info: str = ""
+    # For a deferral after a partial delivery: the envelope still to do (JSON).
+    envelope: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class Store:
             return (0, 0)
         args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes]
         for o in outcomes:
-            args += [o.id, o.kind, o.score, o.info]
+            args += [o.id, o.kind, o.score, o.info, o.envelope]
         reply = self.scripts.settle(
             keys=[
                 keys.INFLIGHT,

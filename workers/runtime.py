@@ -43,7 +43,8 @@ class Runtime:
     @classmethod
     def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
         store = Store(client, settings)
-        relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s)
+        relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s,
+                      helo_name=settings.hostname)
         owner = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         return cls(settings, store, relay, owner, Limits.from_settings(settings),
                    severity_with(settings.quarantine_codes, settings.record_codes))

@@ -7,10 +7,15 @@
 -- KEYS[7] suspect list     KEYS[7 + i] message hash of the i-th outcome
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison
--- then four per outcome: id, kind, score, info
+-- then five per outcome: id, kind, score, info, envelope
 --   delivered:   drop the message, count it; info, if any, lists refused recipients (logged)
---   bounced:     drop the message, count it, log info (the reply) to the bounces stream
---   deferred:    score = due time; attempts + 1; info = last reply, also kept in a short history
+--   bounced:     drop the message, count it (as delivered if some recipients already took
+--                it), log info (the reply) to the bounces stream
+--   deferred:    score = due time; attempts + 1; info = last reply, also kept in a short
+--                history; a non-empty envelope replaces the stored one (the recipients still
+--                to do after a partial delivery) and marks the message partly delivered
+--   held:        back to the deferred set at score without counting an attempt (a circuit
+--                breaker is open for its destination); info = why
 --   quarantined: info = findings (JSON); scored now in the quarantine set
 --   timeout:     the message outlived the job's time limit: a strike; at the limit it is
 --                quarantined with info as findings, below it it goes to the suspect list
@@ -21,7 +26,7 @@
 
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled, skipped = 0, 0
-local n = (#ARGV - 4) / 4
+local n = (#ARGV - 4) / 5
 local HISTORY = 10
 
 local function log_bounce(msg, id, reply)
@@ -30,8 +35,8 @@ local function log_bounce(msg, id, reply)
 end
 
 for i = 1, n do
-  local base = 4 + (i - 1) * 4
-  local id, kind, score, info = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local base = 4 + (i - 1) * 5
+  local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
   local msg = KEYS[7 + i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
@@ -44,9 +49,16 @@ for i = 1, n do
       redis.call('HINCRBY', KEYS[2], 'delivered', 1)
     elseif kind == 'bounced' then
       log_bounce(msg, id, info)
+      local partly = redis.call('HGET', msg, 'pd') == '1'
       redis.call('DEL', msg)
-      redis.call('HINCRBY', KEYS[2], 'bounced', 1)
+      redis.call('HINCRBY', KEYS[2], partly and 'delivered' or 'bounced', 1)
+    elseif kind == 'held' then
+      redis.call('HSET', msg, 'last', info)
+      redis.call('ZADD', KEYS[4], score, id)
     elseif kind == 'deferred' then
+      if env ~= '' then
+        redis.call('HSET', msg, 'env', env, 'pd', '1')
+      end
       local attempts = redis.call('HINCRBY', msg, 'n', 1)
       local hist = cjson.decode(redis.call('HGET', msg, 'hist') or '[]')
       table.insert(hist, {at = tonumber(now), n = attempts, reply = info})

@@ -1,0 +1,85 @@
+"""Per-destination circuit breakers, shared by all workers through Redis.
+
+A destination (recipient domain) that fails transiently `threshold` times in a row is not
+tried for a cool-down; its mail is held in the deferred set meanwhile, without counting an
+attempt, and other destinations keep flowing. After the cool-down one failure opens the
+breaker again, for longer (exponential, capped); one success closes it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import redis
+import tenacity
+from tenacity import RetryCallState, Retrying
+
+from drain import keys
+from drain.settings import Settings
+
+
+class Breakers:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.threshold = settings.breaker_failures
+        self.wait = tenacity.wait_exponential(multiplier=settings.breaker_cooldown_s, max=settings.breaker_max_s)
+        self.open_until: dict[str, float] = {}
+        self.failing: set[str] = set()
+
+    def refresh(self) -> None:
+        """Read every breaker once (per batch): open ones and domains with failures on record."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.BREAKER_OPEN)
+        pipe.hkeys(keys.BREAKER_FAILS)
+        pipe.hkeys(keys.BREAKER_TRIPS)
+        opened, fails, trips = pipe.execute()
+        self.open_until = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], opened).items()}
+        self.failing = {k.decode() for k in [*fails, *trips]}
+
+    def held_until(self, domain: str, now: float) -> float | None:
+        until = self.open_until.get(domain)
+        return until if until is not None and until > now else None
+
+    def failure(self, domain: str, now: float | None = None) -> float | None:
+        """Count a transient failure; returns the time the breaker stays open to, if it opened."""
+        now = time.time() if now is None else now
+        self.failing.add(domain)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(keys.BREAKER_FAILS, domain, 1)
+        pipe.hget(keys.BREAKER_TRIPS, domain)
+        fails, trips = pipe.execute()
+        tripped = int(trips or 0)
+        if int(fails) < (1 if tripped else self.threshold):
+            return None
+        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = tripped + 1
+        until = now + float(self.wait(state))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.BREAKER_OPEN, domain, f"{until:.3f}")
+        pipe.hincrby(keys.BREAKER_TRIPS, domain, 1)
+        pipe.hdel(keys.BREAKER_FAILS, domain)
+        pipe.execute()
+        self.open_until[domain] = until
+        return until
+
+    def success(self, domain: str) -> None:
+        if domain in self.failing:
+            self.failing.discard(domain)
+            pipe = self.client.pipeline(transaction=True)
+            for key in (keys.BREAKER_FAILS, keys.BREAKER_TRIPS, keys.BREAKER_OPEN):
+                pipe.hdel(key, domain)
+            pipe.execute()
+            self.open_until.pop(domain, None)
+
+    def states(self) -> dict[str, dict[str, float]]:
+        """Every destination with a breaker on record: failures, trips, open until."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in (keys.BREAKER_FAILS, keys.BREAKER_TRIPS, keys.BREAKER_OPEN):
+            pipe.hgetall(key)
+        fails, trips, opened = (cast(dict[bytes, bytes], r) for r in pipe.execute())
+        out: dict[str, dict[str, float]] = {}
+        for name, table in (("failures", fails), ("trips", trips), ("open_until", opened)):
+            for domain, value in table.items():
+                out.setdefault(domain.decode(), {})[name] = float(value)
+        return out
