@@ -31,6 +31,7 @@ from rq.serializers import JSONSerializer
 
 from drain import keys, validate
 from drain.api import Client
+from drain.deferred import records
 from drain.embedded import server_binary
 from drain.message import envelope_from_headers
 from drain.seeding import load, synthetic, with_message_id
@@ -209,6 +210,71 @@ def bench_validation(report: Report, count: int = 3000) -> None:
                    note="median of 5 runs; address cache cleared before each")
 
 
+def bench_retry(report: Report, client: redis.Redis, count: int, processes: int, transient: float = 0.20,
+                permanent: float = 0.01) -> None:
+    """A relay that fails `transient` of attempts with 451 and `permanent` of messages with 550.
+
+    Rounds: workers drain what is ready, then deferred mail is promoted by naming a moment
+    after every backoff (time is injected, nothing waits). Checks that every message ends
+    delivered or bounced, none lost, and every deferral's delay follows the policy.
+    """
+    import random
+    import threading
+
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    rng = random.Random(11)
+    lock = threading.Lock()
+    attempts: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    doomed = {f"<synthetic-{i}@sender.example.com>" for i in range(count) if rng.random() < permanent}
+
+    def relay_policy(_index: int, msg: Any) -> str | None:
+        mid = msg.message_id
+        with lock:
+            attempts[mid] = attempts.get(mid, 0) + 1
+            if mid in doomed:
+                return "550 5.7.1 message refused"
+            if rng.random() < transient:
+                failures[mid] = failures.get(mid, 0) + 1
+                return "451 4.3.0 try again later"
+        return None
+
+    settings = Settings(redis_url=url)
+    with Sink(keep=False, data_policy=relay_policy) as sink:
+        settings = settings.with_(relay=sink.url)
+        api = Client(client, settings)
+        api.enqueue_many(synthetic(i) for i in range(count))
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+        started = time.perf_counter()
+        rounds, bad_delays, checked = 0, 0, 0
+        while True:
+            rounds += 1
+            subprocess.run([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
+                            "--log-level", "ERROR"], env=env, check=True, stdout=subprocess.DEVNULL)
+            for row in records(api.store):
+                delay = row.next_attempt_at - row.history[-1]["at"]
+                floor = min(settings.retry_first_s * 2 ** (row.attempts - 1), settings.retry_max_s)
+                ceiling = min(floor + settings.retry_first_s * 0.2, settings.retry_max_s)
+                checked += 1
+                if not floor - 1 <= delay <= ceiling + 1:
+                    bad_delays += 1
+            if api.store.books().deferred == 0 and api.store.books().ready == 0:
+                break
+            api.store.promote_due(now=10**10)
+        seconds = time.perf_counter() - started
+    books = api.store.books()
+    expected_attempts = sum(1 + failures.get(m, 0) for m in attempts)
+    lost = books.accepted - (books.delivered + books.bounced + books.quarantined + books.deleted + books.queued)
+    report.add(name="retry run (20% 451 per attempt, 1% 550)", processes=processes, messages=count,
+               seconds=round(seconds, 1), msg_per_s=round(count / seconds, 1), rounds=rounds,
+               delivered=books.delivered, bounced=books.bounced, doomed=len(doomed), queued=books.queued,
+               lost=lost, balanced=books.balanced, relay_attempts=sum(attempts.values()),
+               attempts_expected_by_policy=expected_attempts, transient_failures=sum(failures.values()),
+               deferrals_checked=checked, deferrals_off_policy=bad_delays,
+               max_attempts=max(attempts.values()) if attempts else 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
@@ -217,7 +283,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation"], help="run only this part")
+    parser.add_argument("--only", choices=["validation", "retry"], help="run only this part")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -232,6 +298,13 @@ def main() -> None:
         return
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "date": time.strftime("%Y-%m-%d %H:%M")}
+    if args.only == "retry":
+        with redis_server() as client:
+            report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
+                            sink="aiosmtpd, scripted")
+            bench_retry(report, client, args.messages, counts[-1])
+        print(json.dumps(report.rows[-1], indent=2))
+        return
     with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
         report = Report(machine=machine, sink=sink_name)
         machine["redis"] = client.info("server")["redis_version"]
