@@ -25,6 +25,8 @@ def deliver_one(msg_id: str) -> str:
         settings = Settings.from_env()
         _relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s)
     raw, env = client.hmget(keys.message(msg_id), ["raw", "env"])
+    if not isinstance(raw, bytes) or env is None:
+        raise LookupError(f"message {msg_id} is not in Redis")
     envelope = Envelope.from_json(env)
     verdict = validate.check(raw, envelope)
     kind = _relay.send(envelope.sender, list(envelope.recipients), raw).kind if verdict.ok else "quarantined"
