@@ -231,8 +231,18 @@ def _valid(address: str, limits: Limits) -> bool:
     return _valid_cached(address, limits.allow_special_domains)
 
 
+def address_valid(address: str, allow_special_domains: bool = False) -> bool:
+    """The workers' address rule, remembered for the last few thousand addresses."""
+    return _valid_cached(address, allow_special_domains)
+
+
 @lru_cache(maxsize=8192)
 def _valid_cached(address: str, allow_special_domains: bool) -> bool:
+    return address_error(address, allow_special_domains) is None
+
+
+def address_error(address: str, allow_special_domains: bool = False) -> str | None:
+    """Why email-validator refuses an address (no DNS), or None if it is valid: the workers' rule."""
     try:
         validate_email(
             address,
@@ -243,9 +253,9 @@ def _valid_cached(address: str, allow_special_domains: bool) -> bool:
             globally_deliverable=not allow_special_domains,
             test_environment=allow_special_domains,
         )
-    except EmailNotValidError:
-        return False
-    return True
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
 
 
 def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
