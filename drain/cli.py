@@ -17,7 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.table import Table
 
-from drain import embedded, ratelimit, rules, validate
+from drain import embedded, intake, ratelimit, rules, validate
 from drain.api import Client, Submission
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import envelope_from_headers
@@ -181,6 +181,8 @@ def status(obj: Context, as_json: bool) -> None:
         table.add_row("delivery", "PAUSED")
     for name in data.get("breakers_open", []):
         table.add_row("circuit open", name)
+    if intake.is_paused(obj.client.redis):
+        table.add_row("intake (SMTP)", "PAUSED")
     out.print(table)
 
 
@@ -244,19 +246,30 @@ def rate_set(obj: Context, value: str, domain: str | None) -> None:
 
 
 @cli.command()
+@click.option("--intake", "intake_only", is_flag=True,
+              help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
 @pass_ctx
-def pause(obj: Context) -> None:
-    """Stop delivery on all workers (accepting goes on)."""
+def pause(obj: Context, intake_only: bool) -> None:
+    """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
+    if intake_only:
+        intake.pause(obj.client.redis)
+        click.echo("intake paused (SMTP ingress answers 421)")
+        return
     ratelimit.pause(obj.client.redis)
     click.echo("delivery paused")
 
 
 @cli.command()
+@click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
 @pass_ctx
-def resume(obj: Context) -> None:
-    """Start delivery again."""
+def resume(obj: Context, intake_only: bool) -> None:
+    """Start delivery again; with --intake, reopen SMTP intake instead."""
     from drain.dispatch import ensure_tokens
 
+    if intake_only:
+        intake.resume(obj.client.redis)
+        click.echo("intake resumed")
+        return
     ratelimit.resume(obj.client.redis)
     ensure_tokens(obj.client.redis, obj.settings)
     click.echo("delivery resumed")
@@ -449,6 +462,27 @@ def rule_remove(obj: Context, rule_id: str) -> None:
     if not rules.remove(obj.client.redis, rule_id):
         raise InputError(f"no rule {rule_id}")
     click.echo(f"rule {rule_id} removed")
+
+
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", default=None,
+              help="Address to listen on (env DRAIN_SMTPD_LISTEN; default 127.0.0.1:2526).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@pass_ctx
+def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
+    """Take mail over SMTP and queue it; 250 to DATA only once Redis holds the message."""
+    from drain.ingress import Ingress
+    from drain.settings import parse_listen
+
+    try:
+        host, port = parse_listen(listen or obj.settings.smtpd_listen, "--listen")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging.getLogger("drain").setLevel(log_level.upper())
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
+    server = Ingress(obj.client, host, port)
+    server.serve(on_ready=lambda s: click.echo(f"drain smtpd: listening on {s.describe()}", err=True))
 
 
 @cli.group()

@@ -124,6 +124,12 @@ class Relay:
             raise
         return smtp
 
+    def extensions(self) -> frozenset[str]:
+        """The relay's EHLO keywords, lowercased (connects if needed; raises OSError or SMTPException)."""
+        if self._smtp is None:
+            self._smtp = self._connect()
+        return frozenset(self._smtp.esmtp_features)
+
     def close(self) -> None:
         if self._smtp is not None:
             try:

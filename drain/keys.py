@@ -40,6 +40,8 @@ RATE = f"{PREFIX}:rate"
 RATE_STATE = f"{PREFIX}:rate:tat"
 # Present while delivery is paused (accepting continues).
 PAUSED = f"{PREFIX}:paused"
+# Present while intake is paused: the SMTP ingress answers 421 (delivery goes on).
+INTAKE_PAUSED = f"{PREFIX}:intake:paused"
 # Held by whichever worker runs housekeeping this round.
 HOUSEKEEPING_LOCK = f"{PREFIX}:housekeeping"
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,40 @@ def _default_actor(env: Mapping[str, str]) -> str:
     return f"{env.get('USER') or env.get('LOGNAME') or 'unknown'}@{socket.gethostname()}"
 
 
+def _tristate(env: Mapping[str, str], name: str) -> bool | None:
+    """True, False, or None for 'auto' (also when unset)."""
+    raw = (env.get(name) or "").strip().lower()
+    return None if raw in {"", "auto"} else _bool(env, name, False)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def parse_networks(text: str, name: str = "DRAIN_SMTPD_ALLOW") -> tuple[Network, ...]:
+    """Comma-separated CIDRs (or single addresses) like '127.0.0.0/8, 10.1.2.0/24, ::1'."""
+    networks: list[Network] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} must list networks like 127.0.0.0/8 or ::1/128, got {part!r}") from None
+    if not networks:
+        raise ConfigError(f"{name} lists no network")
+    return tuple(networks)
+
+
+def parse_listen(text: str, name: str = "DRAIN_SMTPD_LISTEN") -> tuple[str, int]:
+    """(host, port) from 'HOST:PORT', '[v6]:PORT' or ':PORT' (all addresses)."""
+    host, colon, port_text = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{name} must look like 127.0.0.1:2526 or [::1]:2526, got {text!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything drain can be told. Build with `Settings.from_env()`; tweak with `.with_()`."""
@@ -116,6 +151,27 @@ class Settings:
     retry_first_s: float = 300.0
     retry_max_s: float = 4000.0
     max_lifetime_s: float = 5 * 24 * 3600.0
+    # SMTP ingress (`drain smtpd`): where it listens (not 2525, the default relay's port).
+    smtpd_listen: str = "127.0.0.1:2526"
+    # Largest message taken over SMTP, announced in EHLO (None: max_message_bytes).
+    smtpd_max_bytes: int | None = None
+    # Client networks allowed to connect.
+    smtpd_allow: tuple[Network, ...] = LOOPBACK
+    # AUTH is required when a user is set; only after STARTTLS unless auth_plaintext.
+    smtpd_auth_user: str | None = None
+    smtpd_auth_password: str | None = field(default=None, repr=False)
+    smtpd_auth_plaintext: bool = False
+    # STARTTLS is offered when both are set (PEM files).
+    smtpd_tls_cert: Path | None = None
+    smtpd_tls_key: Path | None = None
+    # Offer SMTPUTF8 / 8BITMIME to clients: True, False, or None to follow the relay's EHLO.
+    smtpd_smtputf8: bool | None = None
+    smtpd_8bitmime: bool | None = None
+
+    @property
+    def smtpd_size_limit(self) -> int:
+        """The SIZE the ingress announces and enforces (never above max_message_bytes)."""
+        return min(self.smtpd_max_bytes or self.max_message_bytes, self.max_message_bytes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -149,8 +205,36 @@ class Settings:
             retry_first_s=_float(env, "DRAIN_RETRY_FIRST", cls.retry_first_s, 0.0),
             retry_max_s=_float(env, "DRAIN_RETRY_MAX", cls.retry_max_s, 0.0),
             max_lifetime_s=_float(env, "DRAIN_MAX_LIFETIME", cls.max_lifetime_s, 1.0),
+            **_smtpd_from_env(env),
         )
         return settings.with_(**overrides) if overrides else settings
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def _smtpd_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    listen = env.get("DRAIN_SMTPD_LISTEN") or Settings.smtpd_listen
+    parse_listen(listen)
+    max_bytes = _int(env, "DRAIN_SMTPD_MAX_BYTES", 0, 0) or None
+    allow = env.get("DRAIN_SMTPD_ALLOW") or ""
+    user = env.get("DRAIN_SMTPD_AUTH_USER") or None
+    password = env.get("DRAIN_SMTPD_AUTH_PASSWORD") or None
+    if (user is None) != (password is None):
+        raise ConfigError("DRAIN_SMTPD_AUTH_USER and DRAIN_SMTPD_AUTH_PASSWORD must be set together")
+    cert = env.get("DRAIN_SMTPD_TLS_CERT") or None
+    key = env.get("DRAIN_SMTPD_TLS_KEY") or None
+    if (cert is None) != (key is None):
+        raise ConfigError("DRAIN_SMTPD_TLS_CERT and DRAIN_SMTPD_TLS_KEY must be set together")
+    return {
+        "smtpd_listen": listen,
+        "smtpd_max_bytes": max_bytes,
+        "smtpd_allow": parse_networks(allow) if allow.strip() else LOOPBACK,
+        "smtpd_auth_user": user,
+        "smtpd_auth_password": password,
+        "smtpd_auth_plaintext": _bool(env, "DRAIN_SMTPD_AUTH_PLAINTEXT", False),
+        "smtpd_tls_cert": Path(cert) if cert else None,
+        "smtpd_tls_key": Path(key) if key else None,
+        "smtpd_smtputf8": _tristate(env, "DRAIN_SMTPD_SMTPUTF8"),
+        "smtpd_8bitmime": _tristate(env, "DRAIN_SMTPD_8BITMIME"),
+    }

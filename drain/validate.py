@@ -270,8 +270,18 @@ def _resolver() -> Any:
     return caching_resolver(timeout=5)
 
 
+def address_valid(address: str, allow_special_domains: bool = False) -> bool:
+    """The workers' address rule, remembered for the last few thousand addresses."""
+    return _valid_cached(address, allow_special_domains)
+
+
 @lru_cache(maxsize=8192)
 def _valid_cached(address: str, allow_special_domains: bool, check_dns: bool = False) -> bool:
+    return address_error(address, allow_special_domains, check_dns) is None
+
+
+def address_error(address: str, allow_special_domains: bool = False, check_dns: bool = False) -> str | None:
+    """Why email-validator refuses an address, or None if it is valid: the workers' rule."""
     try:
         validate_email(
             address,
@@ -283,9 +293,9 @@ def _valid_cached(address: str, allow_special_domains: bool, check_dns: bool = F
             globally_deliverable=not allow_special_domains,
             test_environment=allow_special_domains,
         )
-    except EmailNotValidError:
-        return False
-    return True
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
 
 
 def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator[Finding]:

@@ -4,16 +4,20 @@ its own process). Prints a Markdown table and writes JSON with --out.
 
     scripts/bench                         # 100,000 messages through drain, 10,000 through naive RQ
     scripts/bench --messages 20000 --naive-messages 3000 --processes 1,2,4
+    scripts/bench --ingress               # SMTP ingress: msg/s accepted by `drain smtpd`, 1 and 4 clients
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import signal
+import smtplib
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +36,7 @@ from rq.serializers import JSONSerializer
 from drain import keys, validate
 from drain.api import Client
 from drain.deferred import records
+from drain.delivery import wire_form
 from drain.embedded import server_binary
 from drain.message import envelope_from_headers
 from drain.seeding import load, synthetic, with_message_id
@@ -90,8 +95,6 @@ def smtp_sink(prefer_postfix: bool) -> Iterator[tuple[str, str]]:
         name = "aiosmtpd sink (separate process)"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    import socket
-
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -275,6 +278,102 @@ def bench_retry(report: Report, client: redis.Redis, count: int, processes: int,
                max_attempts=max(attempts.values()) if attempts else 0)
 
 
+@contextmanager
+def listening(cmd: list[str], port: int, env: dict[str, str], name: str) -> Iterator[None]:
+    """A server process, from the moment it accepts connections until it is told to stop."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def smtp_client(port: int, first: int, count: int, size: int, ready: Any, go: Any, done: Any) -> None:
+    """One SMTP connection (smtplib, no pipelining) sending `count` messages, after the go signal."""
+    raws = [wire_form(synthetic(i, size=size)) for i in range(first, first + count)]
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        smtp.ehlo()
+        ready.put(1)
+        go.wait()
+        for i, raw in enumerate(raws, first):
+            smtp.sendmail("billing@sender.example.com", [f"user{i}@example.com"], raw)
+    done.put(count)
+
+
+def smtp_load(port: int, messages: int, clients: int, size: int) -> float:
+    """Seconds for `clients` processes, one connection each, to have all `messages` accepted."""
+    ctx = multiprocessing.get_context("fork")
+    ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    share = [messages // clients + (1 if n < messages % clients else 0) for n in range(clients)]
+    firsts = [sum(share[:n]) for n in range(clients)]
+    procs = [ctx.Process(target=smtp_client, args=(port, firsts[n], share[n], size, ready, go, done))
+             for n in range(clients)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    started = time.perf_counter()
+    go.set()
+    sent = sum(done.get(timeout=3600) for _ in procs)
+    seconds = time.perf_counter() - started
+    for proc in procs:
+        proc.join(timeout=60)
+        if proc.exitcode != 0:
+            raise RuntimeError(f"an SMTP client process failed (exit {proc.exitcode})")
+    assert sent == messages
+    return seconds
+
+
+def bench_ingress(report: Report, client: redis.Redis, counts: list[int], messages: int, size: int) -> None:
+    """`drain smtpd` in its own process against this Redis; smtplib clients in their own processes.
+
+    Each message's 250 comes only after Redis holds it; the books are checked after each run.
+    The same clients against a bare aiosmtpd sink (no Redis) show what the ingress adds.
+    """
+    redis_url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    port = free_port()
+    env = dict(os.environ, DRAIN_REDIS_URL=redis_url, DRAIN_SMTPD_SMTPUTF8="true", DRAIN_SMTPD_8BITMIME="true")
+    cmd = [sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+    with listening(cmd, port, env, "drain smtpd"):
+        for clients in counts:
+            client.flushdb()
+            seconds = smtp_load(port, messages, clients, size)
+            accepted = int(client.hget(keys.BOOKS, "accepted") or 0)
+            if accepted != messages:
+                raise RuntimeError(f"{messages} messages got 250 but Redis holds {accepted}")
+            report.add(name="SMTP ingress (drain smtpd -> Redis)", clients=clients, messages=messages,
+                       seconds=round(seconds, 2), msg_per_s=round(messages / seconds, 1), stored=accepted)
+    port = free_port()
+    with listening([sys.executable, __file__, "--serve-sink", str(port)], port, dict(os.environ), "aiosmtpd sink"):
+        for clients in counts:
+            seconds = smtp_load(port, messages, clients, size)
+            report.add(name="bare aiosmtpd sink (stores nothing)", clients=clients, messages=messages,
+                       seconds=round(seconds, 2), msg_per_s=round(messages / seconds, 1))
+
+
+def ingress_markdown(report: Report) -> str:
+    m = report.machine
+    lines = [f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m.get('redis')}, {m['platform']}; {m['date']}",
+             "", "Messages accepted over SMTP (smtplib, one connection per client process, no pipelining, "
+             f"{report.rows[0]['messages']:,} messages a run):", "",
+             "| server | clients | messages | seconds | msg/s |", "|---|---|---|---|---|"]
+    for r in report.rows:
+        lines.append(f"| {r['name']} | {r['clients']} | {r['messages']:,} | {r['seconds']} | {r['msg_per_s']:,} |")
+    lines.append("| Postfix smtpd (MEASURED.md, not run here) | 20 | | | ~1,000-1,200 |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
@@ -284,6 +383,10 @@ def main() -> None:
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", choices=["validation", "retry"], help="run only this part")
+    parser.add_argument("--ingress", action="store_true",
+                        help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
+    parser.add_argument("--ingress-messages", type=int, default=5000, help="messages per ingress run")
+    parser.add_argument("--clients", default="1,4", help="comma-separated SMTP client counts (--ingress)")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -304,6 +407,15 @@ def main() -> None:
                             sink="aiosmtpd, scripted")
             bench_retry(report, client, args.messages, counts[-1])
         print(json.dumps(report.rows[-1], indent=2))
+        return
+    if args.ingress:
+        with redis_server() as client:
+            report = Report(machine=machine, sink="none")
+            machine["redis"] = client.info("server")["redis_version"]
+            bench_ingress(report, client, [int(c) for c in args.clients.split(",")], args.ingress_messages, args.size)
+        print(ingress_markdown(report))
+        if args.out:
+            args.out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
         return
     with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
         report = Report(machine=machine, sink=sink_name)
