@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from rq.timeouts import JobTimeoutException
 
-from drain import dsn, validate
+from drain import dsn, ratelimit, validate
 from drain.breaker import Breakers
 from drain.delivery import Relay
 from drain.message import Envelope
@@ -26,6 +26,8 @@ from drain.store import Outcome, Store, Stored
 log = logging.getLogger(__name__)
 
 TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
+# Verdicts of the domain gate (gate.lua).
+GATE_LATER, GATE_PAUSED, GATE_BUSY = 1, 2, 3
 # The breaker name for failures of the relay itself (no SMTP reply at all).
 RELAY = "(relay)"
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
@@ -69,6 +71,10 @@ class Batch:
         self.sleep = sleep
         self.tally = Tally()
         self.breakers = Breakers(store.client, self.settings)
+        # Domains to ask the gate about, those with a concurrency cap, those adapting (per claim).
+        self.limited: set[str] = set()
+        self.capped: set[str] = set()
+        self.adaptive: set[str] = set()
         # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
         self.reports: list[tuple[Stored, dict[str, str]]] = []
 
@@ -91,7 +97,28 @@ class Batch:
                 until = time.strftime("%H:%M:%S", time.localtime(held))
                 return Outcome(msg.id, "held", score=held + random.uniform(0, 5),
                                info=f"circuit breaker open for {destination} until {until}")
-        result = self.relay.send(env.sender, list(env.recipients), msg.raw)
+        domain = env.domain
+        took_slot = False
+        if domain in self.limited:
+            answer, value = self.store.gate(domain, msg.id, msg.slot_us)
+            if answer == GATE_LATER:
+                slot = value / 1e6
+                at = time.strftime("%H:%M:%S", time.localtime(slot))
+                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}")
+            if answer in (GATE_PAUSED, GATE_BUSY):
+                return Outcome(msg.id, "parked", info=domain)
+            took_slot = domain in self.capped
+        try:
+            result = self.relay.send(env.sender, list(env.recipients), msg.raw)
+        finally:
+            if took_slot:
+                self.store.unpark(domain, most=1, done_id=msg.id)
+        if result.kind == "deferred" and ratelimit.is_throttling(result.code, result.text):
+            ratelimit.throttled(self.store.client, domain, now)
+            self.adaptive.add(domain)
+        elif result.kind == "delivered" and domain in self.adaptive and ratelimit.recovered(
+                self.store.client, domain, now) is None:
+            self.adaptive.discard(domain)
         if result.kind == "deferred":
             # No reply at all (refused, dropped, timed out) is the relay's trouble, not the domain's.
             self.breakers.failure(RELAY if result.code == 0 else env.domain, now)
@@ -151,6 +178,7 @@ class Batch:
             if not claim.ids:
                 break
             self.breakers.refresh()
+            self.limited, self.capped, self.adaptive = ratelimit.constrained(self.store.client)
             handled += len(claim.ids)
             self._work(claim.ids)
         return handled

@@ -222,35 +222,68 @@ def rate() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def rate_show(obj: Context, as_json: bool) -> None:
-    value = ratelimit.get_global(obj.client.redis)
+    """Global and per-domain rates: operator caps, adaptive (throttled) rates, concurrency, pauses."""
+    shown = ratelimit.show(obj.client.redis)
     if as_json:
-        emit({"global": value, "domains": {}, "paused": ratelimit.is_paused(obj.client.redis)})
-    else:
-        click.echo(f"global: {ratelimit.format_rate(value)}")
+        emit(shown)
+        return
+    glob = shown["global"]
+    click.echo(f"global: {ratelimit.format_rate(glob if isinstance(glob, float) else None)}"
+               f"{'  (PAUSED)' if shown['paused'] else ''}")
+    domains = shown["domains"]
+    assert isinstance(domains, dict)
+    for name, d in domains.items():
+        parts = [f"cap {ratelimit.format_rate(d['rate'])}" if d["rate"] else "no cap"]
+        if d["effective"]:
+            parts.append(f"throttled to {ratelimit.format_rate(d['effective'])}")
+        if d["concurrency"]:
+            parts.append(f"{d['concurrency']} at once")
+        if d["paused"]:
+            parts.append("PAUSED")
+        click.echo(f"{name}: {', '.join(parts)}")
 
 
 @rate.command("set")
 @click.argument("value", metavar="RATE")
-@click.option("--domain", help="Per-domain rates are not available yet.")
+@click.option("--domain", help="Set the cap of this destination domain instead of the global rate.")
+@click.option("--concurrency", type=click.IntRange(0), default=None,
+              help="With --domain: most messages in flight to it at once (0 removes the cap).")
+@click.option("--burst", type=click.FloatRange(0, 60), default=None,
+              help="Seconds of rate that may go at once (global setting).")
 @pass_ctx
-def rate_set(obj: Context, value: str, domain: str | None) -> None:
-    """Set RATE like 500/s, 30000/m, or 'unlimited'."""
-    if domain:
-        raise click.UsageError("per-domain rates are not available yet")
+def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None) -> None:
+    """Set RATE like 500/s, 30000/m, or 'unlimited'; live for every worker."""
     try:
         per_second = ratelimit.parse_rate(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="RATE") from None
-    ratelimit.set_global(obj.client.redis, per_second)
-    click.echo(f"global: {ratelimit.format_rate(per_second)}")
+    if concurrency is not None and not domain:
+        raise click.UsageError("--concurrency goes with --domain")
+    client = obj.client.redis
+    if burst is not None:
+        ratelimit.set_burst(client, burst)
+    if domain:
+        ratelimit.set_domain(client, domain, per_second)
+        if concurrency is not None:
+            ratelimit.set_concurrency(client, domain, concurrency)
+        click.echo(f"{domain.lower()}: {ratelimit.format_rate(per_second)}"
+                   + (f", {concurrency} at once" if concurrency else ""))
+    else:
+        ratelimit.set_global(client, per_second)
+        click.echo(f"global: {ratelimit.format_rate(per_second)}")
 
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True,
               help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
+@click.option("--domain", help="Pause only delivery to this destination domain.")
 @pass_ctx
-def pause(obj: Context, intake_only: bool) -> None:
+def pause(obj: Context, intake_only: bool, domain: str | None) -> None:
     """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
+    if domain:
+        ratelimit.pause_domain(obj.client.redis, domain)
+        click.echo(f"delivery to {domain.lower()} paused")
+        return
     if intake_only:
         intake.pause(obj.client.redis)
         click.echo("intake paused (SMTP ingress answers 421)")
@@ -261,11 +294,18 @@ def pause(obj: Context, intake_only: bool) -> None:
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
+@click.option("--domain", help="Resume only delivery to this destination domain.")
 @pass_ctx
-def resume(obj: Context, intake_only: bool) -> None:
+def resume(obj: Context, intake_only: bool, domain: str | None) -> None:
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     from drain.dispatch import ensure_tokens
 
+    if domain:
+        ratelimit.resume_domain(obj.client.redis, domain)
+        moved = obj.client.store.unpark(domain.lower())
+        ensure_tokens(obj.client.redis, obj.settings)
+        click.echo(f"delivery to {domain.lower()} resumed ({moved} parked message(s) back to ready)")
+        return
     if intake_only:
         intake.resume(obj.client.redis)
         click.echo("intake resumed")

@@ -126,6 +126,8 @@ class Relay:
 
     def extensions(self) -> frozenset[str]:
         """The relay's EHLO keywords, lowercased (connects if needed; raises OSError or SMTPException)."""
+        if self._smtp is not None and self._smtp.sock is None:
+            self._smtp = None  # smtplib closed it (e.g. after a 421)
         if self._smtp is None:
             self._smtp = self._connect()
         return frozenset(self._smtp.esmtp_features)
@@ -144,6 +146,8 @@ class Relay:
             self._smtp = None
 
     def _send_once(self, sender: str, recipients: list[str], raw: bytes) -> dict[str, tuple[int, bytes]]:
+        if self._smtp is not None and self._smtp.sock is None:
+            self._smtp = None  # smtplib closed it (e.g. after a 421)
         if self._smtp is None:
             self._smtp = self._connect()
         smtp = self._smtp

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from drain import keys
 from drain.dispatch import ensure_tokens
@@ -35,6 +36,11 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
                     reaped + poisoned, reaped, poisoned)
     promoted = store.promote_due()
+    store.age_fresh(store.settings.fresh_max_age_s)
+    # Parked mail of domains that are no longer paused, or have free slots (a worker that
+    # died holding a slot frees it when the slot lapses), goes back to ready.
+    for domain in cast(set[bytes], store.client.smembers(keys.PARKED_DOMAINS)):
+        store.unpark(domain.decode())
     expired = Quarantine(store).expire(store.settings.quarantine_retention_s)
     if expired:
         log.warning("deleted %d quarantined messages held past the retention time", expired)

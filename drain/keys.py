@@ -8,8 +8,15 @@ PREFIX = "drain"
 BOOKS = f"{PREFIX}:books"
 # Message ids are handed out from this counter.
 SEQ = f"{PREFIX}:seq"
-# Ids waiting for a worker, oldest at the head (list).
+# Ids waiting for a worker, oldest at the head (lists): the backlog lane (retries, released
+# and bulk-loaded mail, and fresh mail that waited too long) and the fresh lane (new mail).
 READY = f"{PREFIX}:ready"
+FRESH = f"{PREFIX}:ready:fresh"
+# Counts claims, to give the backlog lane its guaranteed share (string).
+LANE_TICK = f"{PREFIX}:lane:tick"
+# When each enqueue chunk was accepted: last id of the chunk scored by time (sorted set),
+# so that fresh mail that waited too long can be moved to the backlog lane by id.
+SEQ_TIME = f"{PREFIX}:seq:time"
 # Ids given back by dead workers: worked one at a time so a poison message cannot take
 # batch-mates down with it (list).
 SUSPECT = f"{PREFIX}:suspect"
@@ -40,6 +47,18 @@ RATE = f"{PREFIX}:rate"
 RATE_STATE = f"{PREFIX}:rate:tat"
 # Present while delivery is paused (accepting continues).
 PAUSED = f"{PREFIX}:paused"
+# Burst: seconds of rate that may go at once (string).
+BURST = f"{PREFIX}:burst"
+# Per destination domain: operator rate caps (msgs/s), adaptive effective rates and the
+# time of their last increase, concurrency caps, GCRA state (hashes keyed by domain).
+DOMAIN_RATES = f"{PREFIX}:domain:rates"
+DOMAIN_EFFECTIVE = f"{PREFIX}:domain:effective"
+DOMAIN_RAISED = f"{PREFIX}:domain:raised"
+DOMAIN_CONCURRENCY = f"{PREFIX}:domain:concurrency"
+DOMAIN_TAT = f"{PREFIX}:domain:tat"
+# Paused domains, and domains that have parked mail (sets).
+PAUSED_DOMAINS = f"{PREFIX}:domain:paused"
+PARKED_DOMAINS = f"{PREFIX}:domain:parked"
 # Present while intake is paused: the SMTP ingress answers 421 (delivery goes on).
 INTAKE_PAUSED = f"{PREFIX}:intake:paused"
 # Held by whichever worker runs housekeeping this round.
@@ -57,6 +76,16 @@ def message(msg_id: str) -> str:
 def lease(owner: str) -> str:
     """Present while the worker that owns a claim is alive (expires on its own)."""
     return f"{PREFIX}:lease:{owner}"
+
+
+def parked(domain: str) -> str:
+    """Mail for a domain that is paused or at its concurrency cap, waiting its turn (list)."""
+    return f"{PREFIX}:parked:{domain}"
+
+
+def busy(domain: str) -> str:
+    """Messages being sent to a domain now, scored by when their slot lapses (sorted set)."""
+    return f"{PREFIX}:busy:{domain}"
 
 
 def lease_owner(key: str) -> str:

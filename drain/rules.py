@@ -121,7 +121,8 @@ def first_match(rules: list[Rule], raw: bytes, envelope: Envelope) -> Rule | Non
 
 def _queued_ids(client: redis.Redis) -> Iterator[list[str]]:
     """Ids of waiting messages, in chunks: ready list, suspect list, deferred set."""
-    for key in (keys.READY, keys.SUSPECT):
+    parked = [keys.parked(d.decode()) for d in cast(set[bytes], client.smembers(keys.PARKED_DOMAINS))]
+    for key in (keys.FRESH, keys.READY, keys.SUSPECT, *parked):
         start = 0
         while True:
             chunk = cast(list[bytes], client.lrange(key, start, start + SWEEP_CHUNK - 1))

@@ -24,3 +24,6 @@ class Scripts:
         self.promote: Script = client.register_script(source("promote"))
         self.release: Script = client.register_script(source("release"))
         self.sweep: Script = client.register_script(source("sweep"))
+        self.gate: Script = client.register_script(source("gate"))
+        self.unpark: Script = client.register_script(source("unpark"))
+        self.age: Script = client.register_script(source("age"))

@@ -138,6 +138,12 @@ class Settings:
     record_codes: tuple[str, ...] = ()
     # Who is acting, for the audit log of operator actions.
     actor: str = ""
+    # Default burst: seconds of a rate that may go at once (`drain rate set --burst` overrides).
+    burst_s: float = 0.2
+    # Every Nth claim serves the backlog lane first (its guaranteed share is about 1/N).
+    backlog_share: int = 4
+    # Fresh mail that waited longer than this moves to the backlog lane.
+    fresh_max_age_s: float = 30.0
     # Circuit breaker: consecutive transient failures of a destination that open it, and
     # how long it stays open (doubling on each reopening, capped).
     breaker_failures: int = 20
@@ -197,6 +203,9 @@ class Settings:
             quarantine_codes=_list(env, "DRAIN_QUARANTINE_CODES"),
             record_codes=_list(env, "DRAIN_RECORD_CODES"),
             actor=env.get("DRAIN_ACTOR") or _default_actor(env),
+            burst_s=_float(env, "DRAIN_BURST", cls.burst_s, 0.0),
+            backlog_share=_int(env, "DRAIN_BACKLOG_SHARE", cls.backlog_share, 1),
+            fresh_max_age_s=_float(env, "DRAIN_FRESH_MAX_AGE", cls.fresh_max_age_s, 0.0),
             breaker_failures=_int(env, "DRAIN_BREAKER_FAILURES", cls.breaker_failures, 1),
             breaker_cooldown_s=_float(env, "DRAIN_BREAKER_COOLDOWN", cls.breaker_cooldown_s, 0.0),
             breaker_max_s=_float(env, "DRAIN_BREAKER_MAX", cls.breaker_max_s, 0.0),

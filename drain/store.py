@@ -22,7 +22,7 @@ from drain.settings import Settings
 
 # A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
 Item = tuple[bytes, Envelope, str | None]
-Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout", "held"]
+Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout", "held", "parked"]
 # Messages written to Redis per round trip when enqueueing.
 ENQUEUE_CHUNK = 1000
 # Bounce records kept in the bounces stream (approximately).
@@ -74,6 +74,8 @@ class Stored:
     attempts: int
     # An operator released it with --force: deliver without validating.
     force: bool = False
+    # The send time its domain's rate reserved for it (microseconds; 0 = none).
+    slot_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Store:
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue_many(self, items: Iterable[Item]) -> list[str]:
+    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh") -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
@@ -121,13 +123,13 @@ class Store:
         for item in items:
             chunk.append(item)
             if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk))
+                ids.extend(self._enqueue_chunk(chunk, lane))
                 chunk = []
         if chunk:
-            ids.extend(self._enqueue_chunk(chunk))
+            ids.extend(self._enqueue_chunk(chunk, lane))
         return ids
 
-    def _enqueue_chunk(self, chunk: Sequence[Item]) -> list[str]:
+    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str) -> list[str]:
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
@@ -142,19 +144,20 @@ class Store:
                 pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
             pipe.hset(keys.message(msg_id), mapping=fields)
         if ready:
-            pipe.rpush(keys.READY, *ready)
+            pipe.rpush(keys.FRESH if lane == "fresh" else keys.READY, *ready)
+        pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
         pipe.hincrby(keys.BOOKS, "accepted", len(ids))
         pipe.execute()
         return ids
 
     # -- workers ---------------------------------------------------------------------
 
-    def claim(self, owner: str, want: int, burst_s: float = 0.2) -> Claim:
+    def claim(self, owner: str, want: int) -> Claim:
         lease_ms = int(self.settings.lease_ttl_s * 1000)
         reply = self.scripts.claim(
             keys=[keys.READY, keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE,
-                  keys.SUSPECT, keys.SWEPT],
-            args=[want, owner, lease_ms, burst_s],
+                  keys.SUSPECT, keys.SWEPT, keys.FRESH, keys.LANE_TICK, keys.BURST],
+            args=[want, owner, lease_ms, self.settings.burst_s, self.settings.backlog_share],
         )
         wait = int(reply[0])
         if wait < 0:
@@ -172,9 +175,9 @@ class Store:
     def load(self, ids: Sequence[str]) -> list[Stored | None]:
         pipe = self.client.pipeline(transaction=False)
         for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n", "force"])
+            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n", "force", "slot"])
         out: list[Stored | None] = []
-        for msg_id, (raw, env, accepted, attempts, force) in zip(ids, pipe.execute(), strict=True):
+        for msg_id, (raw, env, accepted, attempts, force, slot) in zip(ids, pipe.execute(), strict=True):
             if raw is None or env is None:
                 out.append(None)
                 continue
@@ -186,6 +189,7 @@ class Store:
                     accepted_at=float(accepted or 0),
                     attempts=int(attempts or 0),
                     force=force == b"1",
+                    slot_us=float(slot or 0) * 1e6,
                 )
             )
         return out
@@ -206,7 +210,11 @@ class Store:
                 keys.QUARANTINE,
                 keys.BOUNCES,
                 keys.SUSPECT,
-                *(keys.message(o.id) for o in outcomes),
+                keys.PARKED_DOMAINS,
+                keys.RATE,
+                keys.RATE_STATE,
+                *(k for o in outcomes for k in (keys.message(o.id),
+                                                  keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
             args=args,
         )
@@ -246,6 +254,37 @@ class Store:
             if moved < limit:
                 return total
 
+    def age_fresh(self, max_age_s: float, now: float | None = None) -> int:
+        """Move fresh mail accepted more than max_age_s ago to the backlog lane."""
+        cutoff = (time.time() if now is None else now) - max_age_s
+        found = cast(list[bytes], self.client.zrevrangebyscore(keys.SEQ_TIME, cutoff, "-inf", start=0, num=1))
+        if not found:
+            return 0
+        self.client.zremrangebyscore(keys.SEQ_TIME, "-inf", cutoff - 86400)
+        total = 0
+        while True:
+            moved = int(self.scripts.age(keys=[keys.FRESH, keys.READY], args=[_text(found[0]), 10000]))
+            total += moved
+            if moved < 10000:
+                return total
+
+    def gate(self, domain: str, msg_id: str, reserved_us: float = 0.0) -> tuple[int, float]:
+        """Ask the domain's limits whether a message may go now (see gate.lua)."""
+        verdict, value = self.scripts.gate(
+            keys=[keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE, keys.DOMAIN_CONCURRENCY, keys.PAUSED_DOMAINS,
+                  keys.DOMAIN_TAT, keys.busy(domain)],
+            args=[domain, msg_id, self.settings.burst_s, int(self.settings.lease_ttl_s * 1000), f"{reserved_us:.0f}"],
+        )
+        return int(verdict), float(value)
+
+    def unpark(self, domain: str, most: int = 0, done_id: str = "") -> int:
+        """Free a sent message's busy slot and move parked mail of the domain back to ready."""
+        return int(self.scripts.unpark(
+            keys=[keys.parked(domain), keys.READY, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
+                  keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS],
+            args=[domain, most, done_id],
+        ))
+
     def sample_pace(self, books: Books | None = None) -> None:
         done = (books or self.books()).delivered
         pipe = self.client.pipeline(transaction=False)
@@ -258,18 +297,19 @@ class Store:
     def books(self) -> Books:
         """One consistent snapshot (MULTI/EXEC) of every state's count."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted"])
+        pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted", "parked"])
         pipe.llen(keys.READY)
+        pipe.llen(keys.FRESH)
         pipe.llen(keys.SUSPECT)
         pipe.scard(keys.SWEPT)
         pipe.zcard(keys.DEFERRED)
         pipe.hlen(keys.INFLIGHT)
         pipe.zcard(keys.QUARANTINE)
-        counters, ready, suspect, swept, deferred, in_flight, quarantined = pipe.execute()
-        accepted, delivered, bounced, deleted = (int(c or 0) for c in counters)
+        counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = pipe.execute()
+        accepted, delivered, bounced, deleted, parked = (int(c or 0) for c in counters)
         return Books(
             accepted=accepted,
-            ready=int(ready) + int(suspect) - int(swept),
+            ready=int(ready) + int(fresh) + int(suspect) + parked - int(swept),
             deferred=int(deferred),
             in_flight=int(in_flight),
             delivered=delivered,
@@ -298,11 +338,12 @@ class Store:
         """Age of the oldest message still to be worked (ready head, or earliest deferred)."""
         now = time.time() if now is None else now
         candidates: list[float] = []
-        head = self.client.lindex(keys.READY, 0)
-        if head is not None:
-            accepted = self.client.hget(keys.message(_text(head)), "t")
-            if accepted is not None:
-                candidates.append(float(accepted))
+        for lane in (keys.READY, keys.FRESH):
+            head = self.client.lindex(lane, 0)
+            if head is not None:
+                accepted = self.client.hget(keys.message(_text(head)), "t")
+                if accepted is not None:
+                    candidates.append(float(accepted))
         deferred = cast(list[bytes], self.client.zrange(keys.DEFERRED, 0, 9))
         for msg_id in deferred:
             accepted = self.client.hget(keys.message(_text(msg_id)), "t")

@@ -1,17 +1,21 @@
 -- claim: hand ready messages to a worker, if delivery is not paused and the global rate
 -- allows (GCRA, clocked by the Redis server so every machine agrees). Suspects (messages
--- a dead worker held) go first and one at a time; ids an operator rule swept into
--- quarantine are dropped when met.
+-- a dead worker held) go first and one at a time. Then the fresh lane goes before the
+-- backlog lane, except on every share-th claim, when the backlog goes first: fresh mail
+-- is not stuck behind a backlog, and the backlog still moves. Ids an operator rule swept
+-- into quarantine are dropped when met.
 --
--- KEYS[1] ready list          KEYS[2] in-flight hash (id -> owner)
+-- KEYS[1] backlog lane        KEYS[2] in-flight hash (id -> owner)
 -- KEYS[3] lease key of owner  KEYS[4] paused flag
 -- KEYS[5] global rate (msgs/s; absent or 0 = unlimited)
 -- KEYS[6] GCRA state (theoretical arrival time, microseconds)
 -- KEYS[7] suspect list        KEYS[8] swept set
+-- KEYS[9] fresh lane          KEYS[10] claim counter   KEYS[11] burst (seconds)
 -- ARGV[1] N, most ids wanted
 -- ARGV[2] owner name
 -- ARGV[3] lease time to live, milliseconds
--- ARGV[4] burst, seconds of rate that may go at once
+-- ARGV[4] default burst, seconds of rate that may go at once
+-- ARGV[5] share: every share-th claim serves the backlog lane first
 --
 -- Returns {wait_ms, isolated, id...}: wait_ms -1 when paused, > 0 when the rate says
 -- wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
@@ -24,9 +28,14 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
 end
 
 local want = tonumber(ARGV[1])
-local source, isolated = KEYS[1], 0
+local isolated = 0
+local sources
 if redis.call('LLEN', KEYS[7]) > 0 then
-  source, isolated, want = KEYS[7], 1, 1
+  sources, isolated, want = {KEYS[7]}, 1, 1
+elseif redis.call('INCR', KEYS[10]) % tonumber(ARGV[5]) == 0 then
+  sources = {KEYS[1], KEYS[9]}
+else
+  sources = {KEYS[9], KEYS[1]}
 end
 
 local rate = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
@@ -35,7 +44,8 @@ if rate > 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   interval = 1000000 / rate
-  local burst = math.max(1, math.floor(rate * tonumber(ARGV[4])))
+  local burst_s = tonumber(redis.call('GET', KEYS[11]) or ARGV[4]) or tonumber(ARGV[4])
+  local burst = math.max(1, math.floor(rate * burst_s))
   local tau = interval * (burst - 1)
   tat = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
   if tat < now then tat = now end
@@ -46,16 +56,18 @@ if rate > 0 then
   if room < want then want = room end
 end
 
-local popped = redis.call('LPOP', source, want)
-if not popped then
-  return {0, isolated}
-end
-
 local ids = {}
 local swept = redis.call('SCARD', KEYS[8]) > 0
-for _, id in ipairs(popped) do
-  if not (swept and redis.call('SREM', KEYS[8], id) == 1) then
-    table.insert(ids, id)
+for _, source in ipairs(sources) do
+  local need = want - #ids
+  if need <= 0 then break end
+  local popped = redis.call('LPOP', source, need)
+  if popped then
+    for _, id in ipairs(popped) do
+      if not (swept and redis.call('SREM', KEYS[8], id) == 1) then
+        table.insert(ids, id)
+      end
+    end
   end
 end
 if #ids == 0 then

@@ -4,7 +4,9 @@
 --
 -- KEYS[1] in-flight hash   KEYS[2] books hash       KEYS[3] ready list
 -- KEYS[4] deferred zset    KEYS[5] quarantine zset  KEYS[6] bounces stream
--- KEYS[7] suspect list     KEYS[7 + i] message hash of the i-th outcome
+-- KEYS[7] suspect list     KEYS[8] domains with parked mail (set)
+-- KEYS[9] global rate      KEYS[10] global GCRA state
+-- KEYS[9 + 2i] message hash of the i-th outcome, KEYS[10 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison
 -- then five per outcome: id, kind, score, info, envelope
@@ -15,7 +17,10 @@
 --                history; a non-empty envelope replaces the stored one (the recipients still
 --                to do after a partial delivery) and marks the message partly delivered
 --   held:        back to the deferred set at score without counting an attempt (a circuit
---                breaker is open for its destination); info = why
+--                breaker is open, or the domain's rate reserved it a later send time);
+--                info = why; the global rate is given back the permit it was claimed with
+--   parked:      to its domain's parked list (the domain is paused or at its concurrency
+--                cap), counted as ready; info = the domain; the permit is given back too
 --   quarantined: info = findings (JSON); scored now in the quarantine set
 --   timeout:     the message outlived the job's time limit: a strike; at the limit it is
 --                quarantined with info as findings, below it it goes to the suspect list
@@ -24,10 +29,13 @@
 --
 -- Returns {settled, skipped}.
 
+if redis.replicate_commands then redis.replicate_commands() end
+
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled, skipped = 0, 0
 local n = (#ARGV - 4) / 5
 local HISTORY = 10
+local refunds = 0
 
 local function log_bounce(msg, id, reply)
   local env = redis.call('HGET', msg, 'env') or ''
@@ -37,7 +45,7 @@ end
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local msg = KEYS[7 + i]
+  local msg, aux = KEYS[9 + 2 * i], KEYS[10 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
   else
@@ -53,8 +61,14 @@ for i = 1, n do
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], partly and 'delivered' or 'bounced', 1)
     elseif kind == 'held' then
-      redis.call('HSET', msg, 'last', info)
+      redis.call('HSET', msg, 'last', info, 'slot', score)
       redis.call('ZADD', KEYS[4], score, id)
+      refunds = refunds + 1
+    elseif kind == 'parked' then
+      redis.call('RPUSH', aux, id)
+      redis.call('SADD', KEYS[8], info)
+      redis.call('HINCRBY', KEYS[2], 'parked', 1)
+      refunds = refunds + 1
     elseif kind == 'deferred' then
       if env ~= '' then
         redis.call('HSET', msg, 'env', env, 'pd', '1')
@@ -80,6 +94,17 @@ for i = 1, n do
     else
       redis.call('LPUSH', KEYS[3], id)
     end
+  end
+end
+-- Mail held back or parked did not use the permit it was claimed with: give it back.
+if refunds > 0 then
+  local rate = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
+  local tat = tonumber(redis.call('GET', KEYS[10]) or '0') or 0
+  if rate > 0 and tat > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    tat = math.max(now, tat - refunds * 1000000 / rate)
+    redis.call('SET', KEYS[10], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
   end
 end
 return {settled, skipped}

@@ -1,0 +1,58 @@
+-- gate: may this message go to its destination domain now? Checked by a worker before
+-- sending, only for domains an operator limited, paused, or that are throttling us.
+--
+-- KEYS[1] domain rate caps hash        KEYS[2] adaptive effective rates hash
+-- KEYS[3] domain concurrency caps hash KEYS[4] paused domains set
+-- KEYS[5] domain GCRA state hash       KEYS[6] the domain's busy set (id scored by slot expiry)
+-- ARGV[1] domain   ARGV[2] message id   ARGV[3] burst (seconds)
+-- ARGV[4] slot life (ms): a busy slot lapses on its own after this (a worker died)
+-- ARGV[5] the message's reserved send time (microseconds; 0 = none)
+--
+-- Returns {verdict, value}:
+--   {0, 0}     go (a concurrency slot is taken if the domain has a cap)
+--   {1, slot}  not yet: a send time is reserved for it (microseconds); hold it till then
+--   {2, 0}     the domain is paused: park it
+--   {3, 0}     the domain is at its concurrency cap: park it until a slot frees
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local domain, id = ARGV[1], ARGV[2]
+if redis.call('SISMEMBER', KEYS[4], domain) == 1 then
+  return {2, 0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local cap = tonumber(redis.call('HGET', KEYS[3], domain) or '0') or 0
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  if redis.call('ZCARD', KEYS[6]) >= cap and not redis.call('ZSCORE', KEYS[6], id) then
+    return {3, 0}
+  end
+end
+
+local rate = tonumber(redis.call('HGET', KEYS[1], domain) or '0') or 0
+local effective = tonumber(redis.call('HGET', KEYS[2], domain) or '0') or 0
+if effective > 0 and (rate == 0 or effective < rate) then rate = effective end
+local reserved = tonumber(ARGV[5]) or 0
+if reserved > now + 50000 then
+  -- Back too early (its time has not come): keep the send time it already has.
+  return {1, string.format('%.0f', reserved)}
+end
+if rate > 0 and reserved == 0 then
+  local interval = 1000000 / rate
+  local burst = math.max(1, math.floor(rate * tonumber(ARGV[3])))
+  local tau = interval * (burst - 1)
+  local tat = tonumber(redis.call('HGET', KEYS[5], domain) or '0') or 0
+  if tat < now then tat = now end
+  local slot = tat - tau
+  redis.call('HSET', KEYS[5], domain, string.format('%.0f', tat + interval))
+  if slot > now then
+    return {1, string.format('%.0f', slot)}
+  end
+end
+
+if cap > 0 then
+  redis.call('ZADD', KEYS[6], now + tonumber(ARGV[4]) * 1000, id)
+end
+return {0, 0}

@@ -1,0 +1,46 @@
+-- unpark: move a domain's parked mail back to the head of the backlog lane, unless the
+-- domain is paused; at most ARGV[2] messages, or as many as its free slots allow.
+-- Also frees the busy slot of a message that was just sent (ARGV[3], may be empty).
+--
+-- KEYS[1] the domain's parked list   KEYS[2] backlog lane     KEYS[3] books hash
+-- KEYS[4] paused domains set         KEYS[5] the domain's busy set
+-- KEYS[6] domain concurrency caps    KEYS[7] domains with parked mail (set)
+-- ARGV[1] domain   ARGV[2] most to move (0 = all)   ARGV[3] id whose slot is done
+--
+-- Returns how many moved.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local domain = ARGV[1]
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[5], ARGV[3])
+end
+if redis.call('SISMEMBER', KEYS[4], domain) == 1 then
+  return 0
+end
+local waiting = redis.call('LLEN', KEYS[1])
+if waiting == 0 then
+  redis.call('SREM', KEYS[7], domain)
+  return 0
+end
+local most = tonumber(ARGV[2])
+if most <= 0 then most = waiting end
+local cap = tonumber(redis.call('HGET', KEYS[6], domain) or '0') or 0
+if cap > 0 then
+  local t = redis.call('TIME')
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  local free = cap - redis.call('ZCARD', KEYS[5])
+  if free < most then most = free end
+end
+local moved = 0
+while moved < most do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') then break end
+  moved = moved + 1
+end
+if moved > 0 then
+  redis.call('HINCRBY', KEYS[3], 'parked', -moved)
+end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[7], domain)
+end
+return moved
