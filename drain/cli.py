@@ -186,6 +186,26 @@ def status(obj: Context, as_json: bool) -> None:
     out.print(table)
 
 
+@cli.command("drain")
+@click.option("--rate", "rate_text", default=None, help="Set the global rate first (e.g. 500/s, unlimited).")
+@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 256))
+@pass_ctx
+def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
+    """Drain the queue now: workers, a live progress bar, ETA; Ctrl-C stops cleanly."""
+    from drain.delivery import RelayConfig
+    from drain.session import run_session
+
+    per_second = None
+    if rate_text is not None:
+        try:
+            per_second = ratelimit.parse_rate(rate_text)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rate") from None
+    RelayConfig.from_url(obj.settings.relay)
+    if not run_session(obj.client, per_second, rate_text is not None, processes, out):
+        sys.exit(1)
+
+
 @cli.group()
 def deferred() -> None:
     """Mail waiting for its next attempt."""

@@ -16,12 +16,12 @@ import time
 from typing import cast
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from drain import embedded, ratelimit
 from drain.api import Client
 from drain.dispatch import ensure_tokens
+from drain.progress import watch
 from drain.seeding import backlog
 from drain.settings import Settings
 from drain.sink import Sink
@@ -54,8 +54,12 @@ def run_demo(settings: Settings, messages: int, rate: float | None, workers: int
         ratelimit.resume(client.redis)
         ensure_tokens(client.redis, demo_settings)
         try:
-            ok, started = _watch(client, proc, len(accepted.ids), console)
-            elapsed = time.monotonic() - started
+            watched = watch(client.store, proc, console, stall_limit_s=STALL_LIMIT_S)
+            elapsed = time.monotonic() - watched.first_done_at
+            ok = watched.finished
+            if not ok:
+                detail = (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")[-500:]
+                console.print(f"[red]stopped: {watched.reason}[/] {detail}")
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -70,37 +74,6 @@ def run_demo(settings: Settings, messages: int, rate: float | None, workers: int
     embedded.stop(home)
     _report(console, st.books.as_dict(), st.books.balanced, reasons, elapsed, rate, received)
     return ok and st.books.balanced and received == st.books.delivered
-
-
-def _watch(client: Client, proc: subprocess.Popen[str], total: int, console: Console) -> tuple[bool, float]:
-    """Show progress until the queue is empty; returns (finished, when the first message was done)."""
-    columns = (TextColumn("[bold]draining"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn())
-    last_change, last_done = time.monotonic(), -1
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("drain", total=total, info="")
-        started = time.monotonic()
-        first: float | None = None
-        while True:
-            books = client.store.books()
-            done = books.delivered + books.bounced + books.quarantined + books.deleted
-            if done and first is None:
-                first = time.monotonic()
-            rate = done / max(time.monotonic() - (first or started), 1e-6)
-            progress.update(task, completed=done,
-                            info=f"{rate:,.0f} msg/s  delivered {books.delivered:,}  quarantined {books.quarantined:,}"
-                                 f"  bounced {books.bounced:,}")
-            if books.queued == 0:
-                return True, first or started
-            if done != last_done:
-                last_change, last_done = time.monotonic(), done
-            if proc.poll() is not None:
-                console.print(f"[red]workers exited early[/]: {(proc.stderr.read() if proc.stderr else '')[-500:]}")
-                return False, first or started
-            if time.monotonic() - last_change > STALL_LIMIT_S:
-                console.print("[red]no progress for a minute; stopping[/]")
-                return False, first or started
-            time.sleep(0.2)
 
 
 def _quarantine_reasons(client: Client) -> dict[str, int]:

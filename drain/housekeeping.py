@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -17,6 +18,9 @@ from drain.quarantine import Quarantine
 from drain.store import Store
 
 log = logging.getLogger(__name__)
+
+# Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
+PROMOTE_EVERY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,9 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
 
 
 class Housekeeper(threading.Thread):
-    """Runs rounds every interval and renews this process's lease, until stopped."""
+    """Until stopped: promotes due deferred mail every PROMOTE_EVERY_S (mail held for a rate
+    slot must go close to its slot), renews this process's lease, and runs a shared round
+    every interval."""
 
     def __init__(self, store: Store, owner: str, interval_s: float = 1.0) -> None:
         super().__init__(name="drain-housekeeper", daemon=True)
@@ -61,18 +67,21 @@ class Housekeeper(threading.Thread):
 
     def run(self) -> None:
         renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
-        next_round = 0.0
-        clock = 0.0
+        next_round = next_renew = 0.0
         while not self.stopping.is_set():
+            now = time.monotonic()
             try:
-                self.store.renew(self.owner)
-                if clock >= next_round:
+                if now >= next_renew:
+                    self.store.renew(self.owner)
+                    next_renew = now + renew_every
+                if now >= next_round:
                     run_once(self.store, self.interval_s)
-                    next_round = clock + self.interval_s
+                    next_round = now + self.interval_s
+                else:
+                    self.store.promote_due()
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 log.warning("housekeeping failed: %s", exc)
-            self.stopping.wait(renew_every)
-            clock += renew_every
+            self.stopping.wait(PROMOTE_EVERY_S)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -40,6 +41,7 @@ class Received:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+    at: float = 0.0  # when DATA ended (time.time())
 
     @property
     def message_id(self) -> str:
@@ -67,7 +69,7 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
-        received = Received(sender, tuple(envelope.rcpt_tos), bytes(envelope.content))
+        received = Received(sender, tuple(envelope.rcpt_tos), bytes(envelope.content), time.time())
         with self.lock:
             index = self.seen
             self.seen += 1

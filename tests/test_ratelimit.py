@@ -1,0 +1,239 @@
+"""Rate control shared by every worker: global and per-domain rates, concurrency caps,
+pauses, fresh mail first, adaptive slow-down, and the operator's drain session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from drain import keys, ratelimit
+from drain.api import Client, Submission
+from drain.seeding import synthetic
+from drain.settings import Settings
+from drain.sink import Received, Sink, Stall
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def workers(settings: Settings, relay: Sink) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `drain worker` processes (real processes, as in production); all stopped after."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(processes: int = 2, **env: str) -> subprocess.Popen[bytes]:
+        full = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
+                    DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="5", DRAIN_LEASE_TTL="2", **env)
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                                 "--log-level", "ERROR"], env=full, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in started:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _per_second(times: list[float]) -> int:
+    """The most sends in any one-second window."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def _books_settle(client: Client, delivered: int, timeout: float = 60) -> None:
+    wait_for(lambda: client.store.books().delivered >= delivered, timeout=timeout, what=f"{delivered} delivered")
+
+
+def test_global_rate_holds_across_worker_processes(client: Client, relay: Sink,
+                                                   workers: Callable[..., object]) -> None:
+    ratelimit.set_global(client.redis, 100.0)
+    client.enqueue_many([synthetic(i) for i in range(250)])
+    workers(processes=2)
+    _books_settle(client, 250)
+    times = [m.at for m in relay.messages]
+    burst = int(100 * Settings().burst_s)
+    assert _per_second(times) <= 100 + burst
+    assert max(times) - min(times) >= (250 - burst) / 100 - 0.3
+
+
+def test_domain_cap_is_never_exceeded_and_other_domains_flow(client: Client, relay: Sink,
+                                                             workers: Callable[..., object]) -> None:
+    ratelimit.set_domain(client.redis, "slow.example.com", 20.0)
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{'slow' if i % 2 else 'fast'}.example.com",))
+                         for i in range(160)])
+    workers(processes=2)
+    _books_settle(client, 160)
+    slow = [m.at for m in relay.messages if m.recipients[0].endswith("@slow.example.com")]
+    fast = [m.at for m in relay.messages if m.recipients[0].endswith("@fast.example.com")]
+    assert len(slow) == len(fast) == 80
+    assert _per_second(slow) <= 20 + max(1, int(20 * Settings().burst_s))
+    assert max(fast) < max(slow) - 1.0  # the capped domain did not hold the other back
+
+
+def test_concurrency_cap_holds(client: Client, relay: Sink, workers: Callable[..., object]) -> None:
+    lock = threading.Lock()
+    active = {"now": 0, "most": 0}
+
+    def slow_send(_index: int, _msg: Received) -> Stall:
+        with lock:
+            active["now"] += 1
+            active["most"] = max(active["most"], active["now"])
+        return Stall(seconds=0.05)
+
+    relay.set_policy(data_policy=slow_send)
+    original = relay.handler.handle_DATA
+
+    async def counted(server: object, session: object, envelope: object) -> str:
+        try:
+            return await original(server, session, envelope)
+        finally:
+            with lock:
+                active["now"] -= 1
+
+    relay.handler.handle_DATA = counted  # type: ignore[method-assign]
+    ratelimit.set_concurrency(client.redis, "example.com", 1)
+    client.enqueue_many([synthetic(i, domain="example.com") for i in range(30)])
+    workers(processes=3)
+    _books_settle(client, 30)
+    assert active["most"] == 1
+    assert client.store.books().balanced
+
+
+def test_pause_and_resume_take_effect_on_running_workers(client: Client, relay: Sink,
+                                                         workers: Callable[..., object]) -> None:
+    relay.set_policy(data_policy=lambda _i, _m: Stall(seconds=0.02))
+    client.enqueue_many([synthetic(i) for i in range(300)])
+    workers(processes=2)
+    wait_for(lambda: relay.accepted >= 20, what="deliveries to start")
+    ratelimit.pause(client.redis)
+    wait_for(lambda: client.store.books().in_flight == 0, what="workers to stop claiming")
+    paused_at = client.store.books().delivered
+    time.sleep(1.0)  # an observation window: nothing may move while paused
+    books = client.store.books()
+    assert books.delivered == paused_at and books.ready > 0
+    client.enqueue(synthetic(999))  # accepting goes on
+    ratelimit.resume(client.redis)
+    _books_settle(client, 301)
+
+
+def test_paused_domain_parks_its_mail_and_resume_brings_it_back(client: Client, relay: Sink,
+                                                                 work: Callable[..., bool]) -> None:
+    ratelimit.pause_domain(client.redis, "held.example.com")
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{'held' if i < 5 else 'open'}.example.com",))
+                         for i in range(10)])
+    work()
+    books = client.store.books()
+    assert (books.delivered, books.ready, books.balanced) == (5, 5, True)
+    assert client.redis.llen(keys.parked("held.example.com")) == 5
+    shown = ratelimit.show(client.redis)
+    assert shown["domains"] == {"held.example.com": {"rate": None, "effective": None, "concurrency": None,
+                                                      "paused": True}}
+    ratelimit.resume_domain(client.redis, "held.example.com")
+    assert client.store.unpark("held.example.com") == 5
+    client.enqueue(synthetic(50))
+    work()
+    assert client.store.books().delivered == 11
+
+
+def test_fresh_mail_goes_before_the_backlog(client: Client, relay: Sink, workers: Callable[..., object]) -> None:
+    ratelimit.set_global(client.redis, 200.0)
+    client.store.enqueue_many(((synthetic(i), _env(i), None) for i in range(2000)), lane="backlog")
+    workers(processes=2)
+    wait_for(lambda: relay.accepted >= 100, what="the backlog to start draining")
+    sent: dict[str, float] = {}
+    for n in range(10):
+        raw = synthetic(10_000 + n)
+        sent[f"<synthetic-{10_000 + n}@sender.example.com>"] = time.time()
+        client.enqueue(raw)
+        time.sleep(0.05)  # producers arriving over time
+    wait_for(lambda: all(any(m.message_id == mid for m in relay.messages) for mid in sent),
+             what="fresh mail to be delivered")
+    latency = [next(m.at for m in relay.messages if m.message_id == mid) - t for mid, t in sent.items()]
+    books = client.store.books()
+    assert books.ready > 500  # the backlog is still far from drained ...
+    assert max(latency) < 2.0  # ... while fresh mail went through within seconds
+
+
+def _env(i: int) -> object:
+    from drain.message import envelope_from_headers
+
+    return envelope_from_headers(synthetic(i))
+
+
+def test_old_fresh_mail_joins_the_backlog_lane(client: Client) -> None:
+    ids = client.enqueue_many([synthetic(i) for i in range(5)]).ids
+    assert client.redis.llen(keys.FRESH) == 5
+    assert client.store.age_fresh(max_age_s=3600) == 0
+    assert client.store.age_fresh(max_age_s=0, now=time.time() + 1) == 5
+    assert [i.decode() for i in client.redis.lrange(keys.READY, 0, -1)] == ids
+    assert client.store.books().ready == 5
+
+
+def test_adaptive_rate_backs_off_and_recovers(client: Client) -> None:
+    r = client.redis
+    ratelimit.set_domain(r, "busy.example.com", 100.0)
+    assert ratelimit.is_throttling(421, "4.7.0 slow down")
+    assert ratelimit.is_throttling(451, "4.7.1 rate limited, try later")
+    assert not ratelimit.is_throttling(451, "4.3.0 local problem")
+    now = 1000.0
+    assert ratelimit.throttled(r, "busy.example.com", now) == 50.0
+    assert ratelimit.throttled(r, "busy.example.com", now + 0.5) == 50.0  # once a second at most
+    assert ratelimit.throttled(r, "busy.example.com", now + 1.5) == 25.0
+    assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] == 25.0  # type: ignore[index]
+    assert ratelimit.recovered(r, "busy.example.com", now + 3) == 30.0  # + 5% of the cap
+    assert ratelimit.recovered(r, "busy.example.com", now + 3.5) == 30.0
+    level: float | None = 30.0
+    t = now + 5
+    while level is not None:
+        level = ratelimit.recovered(r, "busy.example.com", t)
+        t += 1.1
+    assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] is None  # type: ignore[index]
+
+
+def test_throttling_replies_slow_the_domain_down(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    relay.set_policy(rcpt_policy=lambda r: "421 4.7.0 too many messages, slow down" if "busy" in r else None)
+    client.enqueue_many([synthetic(i, domain="busy.example.com") for i in range(3)])
+    work()
+    shown = ratelimit.show(client.redis)["domains"]["busy.example.com"]  # type: ignore[index]
+    assert 0 < shown["effective"] < ratelimit.CEILING  # type: ignore[index]
+
+
+def test_drain_session_runs_until_empty_and_stops_cleanly(client: Client, settings: Settings,
+                                                          relay: Sink) -> None:
+    from tests.test_cli import drain
+
+    client.enqueue_many([synthetic(i) for i in range(60)])
+    result = drain(settings, "drain", "--rate", "unlimited", "--processes", "1",
+                   env={"DRAIN_BATCH_SIZE": "10"})
+    assert result.returncode == 0, result.stderr
+    assert b"balanced" in result.stdout
+    assert client.store.books().delivered == 60
+
+    relay.set_policy(data_policy=lambda _i, _m: Stall(seconds=0.05))
+    client.enqueue_many([synthetic(i) for i in range(100, 400)])
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url, DRAIN_BATCH_SIZE="10")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "drain", "--processes", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: relay.accepted >= 80, what="the session to start delivering")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.wait(timeout=60)
+    wait_for(lambda: client.store.books().in_flight == 0, what="nothing left in flight")
+    books = client.store.books()
+    assert books.balanced and 60 < books.delivered < 360
