@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
 # Verdicts of the domain gate (gate.lua).
-GATE_LATER, GATE_PAUSED, GATE_BUSY = 1, 2, 3
+GATE_LATER, GATE_PAUSED, GATE_BUSY, GATE_FAR = 1, 2, 3, 4
 # The breaker name for failures of the relay itself (no SMTP reply at all).
 RELAY = "(relay)"
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
@@ -75,6 +75,8 @@ class Batch:
         self.limited: set[str] = set()
         self.capped: set[str] = set()
         self.adaptive: set[str] = set()
+        # Ids of the current claim that came from the fresh lane.
+        self.fresh_ids: set[str] = set()
         # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
         self.reports: list[tuple[Stored, dict[str, str]]] = []
 
@@ -105,8 +107,9 @@ class Batch:
                 slot = value / 1e6
                 at = time.strftime("%H:%M:%S", time.localtime(slot))
                 return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}")
-            if answer in (GATE_PAUSED, GATE_BUSY):
-                return Outcome(msg.id, "parked", info=domain)
+            if answer in (GATE_PAUSED, GATE_BUSY, GATE_FAR):
+                fresh = msg.fresh or msg.id in self.fresh_ids
+                return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
             took_slot = domain in self.capped
         try:
             result = self.relay.send(env.sender, list(env.recipients), msg.raw)
@@ -178,6 +181,7 @@ class Batch:
             if not claim.ids:
                 break
             self.breakers.refresh()
+            self.fresh_ids = claim.fresh
             self.limited, self.capped, self.adaptive = ratelimit.constrained(self.store.client)
             handled += len(claim.ids)
             self._work(claim.ids)

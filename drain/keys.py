@@ -59,6 +59,8 @@ DOMAIN_TAT = f"{PREFIX}:domain:tat"
 # Paused domains, and domains that have parked mail (sets).
 PAUSED_DOMAINS = f"{PREFIX}:domain:paused"
 PARKED_DOMAINS = f"{PREFIX}:domain:parked"
+# Ids just moved back from a parked list, allowed past the mail still parked (set).
+UNPARKED = f"{PREFIX}:unparked"
 # Present while intake is paused: the SMTP ingress answers 421 (delivery goes on).
 INTAKE_PAUSED = f"{PREFIX}:intake:paused"
 # Held by whichever worker runs housekeeping this round.

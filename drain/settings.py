@@ -142,6 +142,8 @@ class Settings:
     burst_s: float = 0.2
     # Every Nth claim serves the backlog lane first (its guaranteed share is about 1/N).
     backlog_share: int = 4
+    # A domain's rate books send times at most this far ahead; mail beyond waits parked.
+    rate_horizon_s: float = 1.0
     # Fresh mail that waited longer than this moves to the backlog lane.
     fresh_max_age_s: float = 30.0
     # Circuit breaker: consecutive transient failures of a destination that open it, and
@@ -205,6 +207,7 @@ class Settings:
             actor=env.get("DRAIN_ACTOR") or _default_actor(env),
             burst_s=_float(env, "DRAIN_BURST", cls.burst_s, 0.0),
             backlog_share=_int(env, "DRAIN_BACKLOG_SHARE", cls.backlog_share, 1),
+            rate_horizon_s=_float(env, "DRAIN_RATE_HORIZON", cls.rate_horizon_s, 0.0),
             fresh_max_age_s=_float(env, "DRAIN_FRESH_MAX_AGE", cls.fresh_max_age_s, 0.0),
             breaker_failures=_int(env, "DRAIN_BREAKER_FAILURES", cls.breaker_failures, 1),
             breaker_cooldown_s=_float(env, "DRAIN_BREAKER_COOLDOWN", cls.breaker_cooldown_s, 0.0),

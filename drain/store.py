@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal, cast
 
 import redis
@@ -76,6 +76,8 @@ class Stored:
     force: bool = False
     # The send time its domain's rate reserved for it (microseconds; 0 = none).
     slot_us: float = 0.0
+    # It arrived as fresh mail (it keeps its place ahead of backlog mail while parked).
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class Claim:
     wait_s: float = 0.0
     # A suspect (a dead worker held it), to be worked alone.
     isolated: bool = False
+    # Ids that came from the fresh lane.
+    fresh: set[str] = field(default_factory=set)
 
 
 def _text(value: bytes | str | None) -> str:
@@ -164,7 +168,10 @@ class Store:
             return Claim([], paused=True)
         if wait > 0:
             return Claim([], wait_s=wait / 1000)
-        return Claim([_text(i) for i in reply[2:]], isolated=bool(int(reply[1])))
+        ids = [_text(i) for i in reply[3:]]
+        fresh_count = int(reply[2])
+        fresh = set(ids[:fresh_count] if fresh_count >= 0 else ids[len(ids) + fresh_count:])
+        return Claim(ids, isolated=bool(int(reply[1])), fresh=fresh)
 
     def renew(self, owner: str) -> None:
         self.client.set(keys.lease(owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
@@ -175,9 +182,9 @@ class Store:
     def load(self, ids: Sequence[str]) -> list[Stored | None]:
         pipe = self.client.pipeline(transaction=False)
         for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n", "force", "slot"])
+            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n", "force", "slot", "fr"])
         out: list[Stored | None] = []
-        for msg_id, (raw, env, accepted, attempts, force, slot) in zip(ids, pipe.execute(), strict=True):
+        for msg_id, (raw, env, accepted, attempts, force, slot, fr) in zip(ids, pipe.execute(), strict=True):
             if raw is None or env is None:
                 out.append(None)
                 continue
@@ -190,6 +197,7 @@ class Store:
                     attempts=int(attempts or 0),
                     force=force == b"1",
                     slot_us=float(slot or 0) * 1e6,
+                    fresh=fr == b"1",
                 )
             )
         return out
@@ -272,8 +280,9 @@ class Store:
         """Ask the domain's limits whether a message may go now (see gate.lua)."""
         verdict, value = self.scripts.gate(
             keys=[keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE, keys.DOMAIN_CONCURRENCY, keys.PAUSED_DOMAINS,
-                  keys.DOMAIN_TAT, keys.busy(domain)],
-            args=[domain, msg_id, self.settings.burst_s, int(self.settings.lease_ttl_s * 1000), f"{reserved_us:.0f}"],
+                  keys.DOMAIN_TAT, keys.busy(domain), keys.parked(domain), keys.UNPARKED],
+            args=[domain, msg_id, self.settings.burst_s, int(self.settings.lease_ttl_s * 1000), f"{reserved_us:.0f}",
+                  int(self.settings.rate_horizon_s * 1e6)],
         )
         return int(verdict), float(value)
 
@@ -281,7 +290,8 @@ class Store:
         """Free a sent message's busy slot and move parked mail of the domain back to ready."""
         return int(self.scripts.unpark(
             keys=[keys.parked(domain), keys.READY, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
-                  keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS],
+                  keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS, keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE,
+                  keys.UNPARKED],
             args=[domain, most, done_id],
         ))
 

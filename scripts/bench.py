@@ -374,6 +374,99 @@ def ingress_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def bench_rate(report: Report, client: redis.Redis, backlog: int, processes: int, rate: float = 500.0,
+               window_s: float = 60.0, caps: dict[str, float] | None = None, fresh_every_s: float = 0.1) -> None:
+    """Rate fidelity at a set global rate across worker processes, per-domain caps (the most
+    sends in any one-second window, from the relay's own clock), and the latency of fresh
+    mail arriving while a backlog drains."""
+    import threading
+
+    from drain import ratelimit
+    from drain.api import Submission
+    from drain.message import Envelope
+    from drain.seeding import DOMAINS
+
+    caps = caps if caps is not None else {"example.net": 50.0, "shop.example.net": 20.0}
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    lock = threading.Lock()
+    sends: dict[str, list[float]] = {}
+    fresh_seen: dict[str, float] = {}
+
+    def record(_index: int, msg: Any) -> None:
+        domain = msg.recipients[0].rpartition("@")[2]
+        with lock:
+            sends.setdefault(domain, []).append(msg.at)
+            if msg.message_id.startswith("<fresh-"):
+                fresh_seen[msg.message_id] = msg.at
+
+    with Sink(keep=False, data_policy=record) as sink:
+        settings = Settings(redis_url=url, relay=sink.url)
+        api = Client(client, settings)
+        ratelimit.pause(client)
+        started = time.perf_counter()
+        body = synthetic(0)
+        api.store.enqueue_many(
+            ((body, Envelope("billing@sender.example.com", (f"user{i}@{DOMAINS[i % len(DOMAINS)]}",)), None)
+             for i in range(backlog)), lane="backlog")
+        enqueue_s = time.perf_counter() - started
+        ratelimit.set_global(client, rate)
+        for domain, cap in caps.items():
+            ratelimit.set_domain(client, domain, cap)
+        ratelimit.resume(client)
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            # Warm up, then measure over the window; a producer adds fresh mail meanwhile.
+            wait_until = time.time() + 5
+            while time.time() < wait_until:
+                time.sleep(0.1)
+            fresh_sent: dict[str, float] = {}
+            done0 = int(client.hget(keys.BOOKS, "delivered") or 0)
+            t0 = time.time()
+            n = 0
+            while time.time() - t0 < window_s:
+                mid = f"<fresh-{n}@drain.example.com>"
+                fresh_sent[mid] = time.time()
+                api.enqueue(Submission(with_message_id(synthetic(n), mid)).message)
+                n += 1
+                time.sleep(fresh_every_s)
+            done1 = int(client.hget(keys.BOOKS, "delivered") or 0)
+            t1 = time.time()
+            deadline = time.time() + 30
+            while len(fresh_seen) < len(fresh_sent) and time.time() < deadline:
+                time.sleep(0.1)
+            missing = [m for m in fresh_sent if m not in fresh_seen]
+            if missing:
+                print("fresh mail not delivered:", missing[:5], api.store.books(), file=sys.stderr)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    achieved = (done1 - done0) / (t1 - t0)
+    latencies = sorted(fresh_seen[m] - t for m, t in fresh_sent.items() if m in fresh_seen)
+    worst = {}
+    for domain, cap in caps.items():
+        times = sorted(t for t in sends.get(domain, []) if t0 <= t <= t1)
+        burst = max(1, int(cap * settings.burst_s))
+        most, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= 1.0:
+                start += 1
+            most = max(most, end - start + 1)
+        worst[domain] = {"cap_per_s": cap, "burst": burst, "most_in_any_second": most,
+                         "violations": int(most > cap + burst)}
+    report.add(name=f"rate fidelity at {rate:g}/s", processes=processes, messages=done1 - done0,
+               seconds=round(t1 - t0, 1), msg_per_s=round(achieved, 1),
+               off_by_percent=round(100 * (achieved - rate) / rate, 2), backlog=backlog,
+               backlog_enqueue_per_s=round(backlog / enqueue_s), domain_caps=worst,
+               fresh_sent=len(fresh_sent), fresh_delivered=len(latencies),
+               fresh_p50_s=round(statistics.median(latencies), 3) if latencies else None,
+               fresh_p99_s=round(latencies[int(len(latencies) * 0.99) - 1], 3) if latencies else None,
+               fresh_max_s=round(latencies[-1], 3) if latencies else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
@@ -382,11 +475,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry"], help="run only this part")
+    parser.add_argument("--only", choices=["validation", "retry", "rate"], help="run only this part")
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
     parser.add_argument("--ingress-messages", type=int, default=5000, help="messages per ingress run")
     parser.add_argument("--clients", default="1,4", help="comma-separated SMTP client counts (--ingress)")
+    parser.add_argument("--backlog", type=int, default=200_000, help="backlog size for --only rate")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds measured for --only rate")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -401,6 +496,13 @@ def main() -> None:
         return
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "date": time.strftime("%Y-%m-%d %H:%M")}
+    if args.only == "rate":
+        with redis_server() as client:
+            report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
+                            sink="aiosmtpd (records send times)")
+            bench_rate(report, client, args.backlog, counts[-1], window_s=args.window)
+        print(json.dumps(report.rows[-1], indent=2))
+        return
     if args.only == "retry":
         with redis_server() as client:
             report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},

@@ -17,14 +17,15 @@
 -- ARGV[4] default burst, seconds of rate that may go at once
 -- ARGV[5] share: every share-th claim serves the backlog lane first
 --
--- Returns {wait_ms, isolated, id...}: wait_ms -1 when paused, > 0 when the rate says
--- wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
--- isolated is 1 when the id is a suspect to be worked alone.
+-- Returns {wait_ms, isolated, fresh, id...}: wait_ms -1 when paused, > 0 when the rate
+-- says wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
+-- isolated is 1 when the id is a suspect to be worked alone; fresh is how many ids came
+-- from the fresh lane, counted from the front (> 0) or from the back (< 0).
 
 if redis.replicate_commands then redis.replicate_commands() end
 
 if redis.call('EXISTS', KEYS[4]) == 1 then
-  return {-1, 0}
+  return {-1, 0, 0}
 end
 
 local want = tonumber(ARGV[1])
@@ -51,16 +52,18 @@ if rate > 0 then
   if tat < now then tat = now end
   local room = math.floor((tau - (tat - now)) / interval) + 1
   if room < 1 then
-    return {math.max(1, math.ceil((tat - tau - now) / 1000)), 0}
+    return {math.max(1, math.ceil((tat - tau - now) / 1000)), 0, 0}
   end
   if room < want then want = room end
 end
 
 local ids = {}
+local fresh = 0
 local swept = redis.call('SCARD', KEYS[8]) > 0
-for _, source in ipairs(sources) do
+for position, source in ipairs(sources) do
   local need = want - #ids
   if need <= 0 then break end
+  local before = #ids
   local popped = redis.call('LPOP', source, need)
   if popped then
     for _, id in ipairs(popped) do
@@ -69,9 +72,13 @@ for _, source in ipairs(sources) do
       end
     end
   end
+  if source == KEYS[9] then
+    fresh = #ids - before
+    if position > 1 then fresh = -fresh end
+  end
 end
 if #ids == 0 then
-  return {0, isolated}
+  return {0, isolated, 0}
 end
 
 local owner = ARGV[2]
@@ -85,6 +92,7 @@ if rate > 0 then
   redis.call('SET', KEYS[6], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 
+table.insert(ids, 1, fresh)
 table.insert(ids, 1, isolated)
 table.insert(ids, 1, 0)
 return ids

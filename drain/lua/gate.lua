@@ -4,15 +4,19 @@
 -- KEYS[1] domain rate caps hash        KEYS[2] adaptive effective rates hash
 -- KEYS[3] domain concurrency caps hash KEYS[4] paused domains set
 -- KEYS[5] domain GCRA state hash       KEYS[6] the domain's busy set (id scored by slot expiry)
+-- KEYS[7] the domain's parked list     KEYS[8] ids just unparked (set)
 -- ARGV[1] domain   ARGV[2] message id   ARGV[3] burst (seconds)
 -- ARGV[4] slot life (ms): a busy slot lapses on its own after this (a worker died)
 -- ARGV[5] the message's reserved send time (microseconds; 0 = none)
+-- ARGV[6] horizon (microseconds): a send time further out than this is not reserved
 --
 -- Returns {verdict, value}:
 --   {0, 0}     go (a concurrency slot is taken if the domain has a cap)
 --   {1, slot}  not yet: a send time is reserved for it (microseconds); hold it till then
 --   {2, 0}     the domain is paused: park it
 --   {3, 0}     the domain is at its concurrency cap: park it until a slot frees
+--   {4, 0}     the domain's rate is booked beyond the horizon, or mail parked before it is
+--              waiting: park it (nothing reserved), so nothing overtakes parked mail
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -24,6 +28,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local cap = tonumber(redis.call('HGET', KEYS[3], domain) or '0') or 0
+local reserved = tonumber(ARGV[5]) or 0
+local returning = redis.call('SREM', KEYS[8], id) == 1 or reserved > 0
+if not returning and redis.call('LLEN', KEYS[7]) > 0 then
+  return {4, 0}
+end
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   if redis.call('ZCARD', KEYS[6]) >= cap and not redis.call('ZSCORE', KEYS[6], id) then
@@ -34,7 +43,6 @@ end
 local rate = tonumber(redis.call('HGET', KEYS[1], domain) or '0') or 0
 local effective = tonumber(redis.call('HGET', KEYS[2], domain) or '0') or 0
 if effective > 0 and (rate == 0 or effective < rate) then rate = effective end
-local reserved = tonumber(ARGV[5]) or 0
 if reserved > now + 50000 then
   -- Back too early (its time has not come): keep the send time it already has.
   return {1, string.format('%.0f', reserved)}
@@ -46,6 +54,9 @@ if rate > 0 and reserved == 0 then
   local tat = tonumber(redis.call('HGET', KEYS[5], domain) or '0') or 0
   if tat < now then tat = now end
   local slot = tat - tau
+  if slot - now > tonumber(ARGV[6]) then
+    return {4, 0}
+  end
   redis.call('HSET', KEYS[5], domain, string.format('%.0f', tat + interval))
   if slot > now then
     return {1, string.format('%.0f', slot)}

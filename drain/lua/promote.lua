@@ -1,4 +1,6 @@
--- promote: move deferred messages whose time has come back to the ready list.
+-- promote: move deferred messages whose time has come to the head of the backlog lane, in
+-- due order: their turn came when their time did (a retry after its backoff, or mail held
+-- for its rate slot, which must not wait behind the whole backlog).
 --
 -- KEYS[1] deferred zset (id scored by due time)   KEYS[2] ready list
 -- ARGV[1] now (unix seconds)   ARGV[2] most ids moved in one call
@@ -10,5 +12,7 @@ if #ids == 0 then
   return 0
 end
 redis.call('ZREM', KEYS[1], unpack(ids))
-redis.call('RPUSH', KEYS[2], unpack(ids))
+for i = #ids, 1, -1 do
+  redis.call('LPUSH', KEYS[2], ids[i])
+end
 return #ids

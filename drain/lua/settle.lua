@@ -19,8 +19,10 @@
 --   held:        back to the deferred set at score without counting an attempt (a circuit
 --                breaker is open, or the domain's rate reserved it a later send time);
 --                info = why; the global rate is given back the permit it was claimed with
---   parked:      to its domain's parked list (the domain is paused or at its concurrency
---                cap), counted as ready; info = the domain; the permit is given back too
+--   parked:      to its domain's parked list (the domain is paused, at its concurrency
+--                cap, or its rate is booked ahead), counted as ready; info = the domain;
+--                score 1 puts it at the head (fresh mail), else the tail; the permit is
+--                given back too
 --   quarantined: info = findings (JSON); scored now in the quarantine set
 --   timeout:     the message outlived the job's time limit: a strike; at the limit it is
 --                quarantined with info as findings, below it it goes to the suspect list
@@ -65,7 +67,12 @@ for i = 1, n do
       redis.call('ZADD', KEYS[4], score, id)
       refunds = refunds + 1
     elseif kind == 'parked' then
-      redis.call('RPUSH', aux, id)
+      if score == '1' then
+        redis.call('LPUSH', aux, id)
+        redis.call('HSET', msg, 'fr', '1')
+      else
+        redis.call('RPUSH', aux, id)
+      end
       redis.call('SADD', KEYS[8], info)
       redis.call('HINCRBY', KEYS[2], 'parked', 1)
       refunds = refunds + 1

@@ -1,10 +1,13 @@
--- unpark: move a domain's parked mail back to the head of the backlog lane, unless the
--- domain is paused; at most ARGV[2] messages, or as many as its free slots allow.
--- Also frees the busy slot of a message that was just sent (ARGV[3], may be empty).
+-- unpark: move a domain's parked mail (from the head of its list, where fresh mail is put)
+-- to the head of the backlog lane, in order, unless the domain is paused; at most ARGV[2]
+-- messages, no more than its free concurrency slots, and no more than one second of its
+-- rate. Also frees the busy slot of a message that was just sent (ARGV[3], may be empty).
 --
 -- KEYS[1] the domain's parked list   KEYS[2] backlog lane     KEYS[3] books hash
 -- KEYS[4] paused domains set         KEYS[5] the domain's busy set
 -- KEYS[6] domain concurrency caps    KEYS[7] domains with parked mail (set)
+-- KEYS[8] domain rate caps           KEYS[9] adaptive effective rates
+-- KEYS[10] ids just unparked (set): the gate lets them compete for the domain again
 -- ARGV[1] domain   ARGV[2] most to move (0 = all)   ARGV[3] id whose slot is done
 --
 -- Returns how many moved.
@@ -32,10 +35,20 @@ if cap > 0 then
   local free = cap - redis.call('ZCARD', KEYS[5])
   if free < most then most = free end
 end
+local rate = tonumber(redis.call('HGET', KEYS[8], domain) or '0') or 0
+local effective = tonumber(redis.call('HGET', KEYS[9], domain) or '0') or 0
+if effective > 0 and (rate == 0 or effective < rate) then rate = effective end
+if rate > 0 and math.ceil(rate) < most then most = math.ceil(rate) end
 local moved = 0
-while moved < most do
-  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') then break end
-  moved = moved + 1
+if most > 0 then
+  local ids = redis.call('LPOP', KEYS[1], most)
+  if ids then
+    for i = #ids, 1, -1 do
+      redis.call('LPUSH', KEYS[2], ids[i])
+      redis.call('SADD', KEYS[10], ids[i])
+    end
+    moved = #ids
+  end
 end
 if moved > 0 then
   redis.call('HINCRBY', KEYS[3], 'parked', -moved)
