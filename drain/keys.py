@@ -38,6 +38,14 @@ AUDIT = f"{PREFIX}:audit"
 BREAKER_FAILS = f"{PREFIX}:breaker:fails"
 BREAKER_TRIPS = f"{PREFIX}:breaker:trips"
 BREAKER_OPEN = f"{PREFIX}:breaker:open"
+# Queued mail by destination domain and minute of acceptance: "domain|minute" -> count
+# (hash), what `drain backlog` shapes; quarantine findings by reason code (hash); delivery
+# latency histogram: upper bound in seconds (or "inf") -> count, and "sum" (hash).
+SHAPE = f"{PREFIX}:shape"
+FINDINGS = f"{PREFIX}:findings"
+LATENCY = f"{PREFIX}:latency"
+# Samples of the books over time, newest first (list of JSON), for the status page chart.
+HISTORY = f"{PREFIX}:history"
 # Recent bounces: id, sender, recipients, reply (stream, capped).
 BOUNCES = f"{PREFIX}:bounces"
 # Samples of the delivered counter over time, newest first (list of "ts delivered").

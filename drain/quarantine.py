@@ -187,7 +187,7 @@ class Quarantine:
         for start in range(0, len(ids), PAGE):
             chunk = ids[start:start + PAGE]
             moved += int(self.store.scripts.release(
-                keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, *map(keys.message, chunk)],
+                keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, chunk)],
                 args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT, *chunk],
             ))
         return moved

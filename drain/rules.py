@@ -153,7 +153,8 @@ def sweep(store: Store, rule: Rule) -> int:
                 matched.append(msg_id)
         if matched:
             moved += int(store.scripts.sweep(
-                keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, *map(keys.message, matched)],
+                keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS,
+                      *map(keys.message, matched)],
                 args=[f"{time.time():.3f}", rule.findings(), *matched],
             ))
     return moved

@@ -138,17 +138,24 @@ class Store:
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
         ready: list[str] = []
+        shape: dict[str, int] = {}
+        minute = int(float(now) // 60)
         pipe = self.client.pipeline(transaction=True)
         for msg_id, (raw, env, why) in zip(ids, chunk, strict=True):
             fields: dict[FieldT, EncodableT] = {"raw": raw, "env": env.to_json(), "t": now, "dom": env.domain}
             if why is None:
                 ready.append(msg_id)
+                field_name = f"{env.domain}|{minute}"
+                shape[field_name] = shape.get(field_name, 0) + 1
             else:
+                pipe.hincrby(keys.FINDINGS, "rule.match", 1)
                 fields.update(why=why, qt=now)
                 pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
             pipe.hset(keys.message(msg_id), mapping=fields)
         if ready:
             pipe.rpush(keys.FRESH if lane == "fresh" else keys.READY, *ready)
+        for field_name, count in shape.items():
+            pipe.hincrby(keys.SHAPE, field_name, count)
         pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
         pipe.hincrby(keys.BOOKS, "accepted", len(ids))
         pipe.execute()
@@ -221,6 +228,9 @@ class Store:
                 keys.PARKED_DOMAINS,
                 keys.RATE,
                 keys.RATE_STATE,
+                keys.SHAPE,
+                keys.FINDINGS,
+                keys.LATENCY,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
@@ -245,7 +255,8 @@ class Store:
             if self.client.exists(keys.lease(owner)):
                 continue
             reply = self.scripts.reap(
-                keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, *map(keys.message, ids)],
+                keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, keys.SHAPE, keys.FINDINGS,
+                      *map(keys.message, ids)],
                 args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why, *ids],
             )
             back += int(reply[0])

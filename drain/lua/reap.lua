@@ -3,7 +3,8 @@
 -- it goes to the suspect list, to be worked alone. Does nothing while the lease lives.
 --
 -- KEYS[1] in-flight hash (id -> owner)   KEYS[2] suspect list   KEYS[3] lease key of the owner
--- KEYS[4] quarantine zset                KEYS[4 + i] message hash of the i-th id
+-- KEYS[4] quarantine zset                KEYS[5] backlog shape   KEYS[6] findings by code
+-- KEYS[6 + i] message hash of the i-th id
 -- ARGV[1] owner   ARGV[2] strikes that make poison   ARGV[3] now (unix seconds)
 -- ARGV[4] evidence (JSON findings) for poison   ARGV[4 + i] the i-th id
 --
@@ -12,13 +13,24 @@
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {0, 0}
 end
+local function shape(msg, delta)
+  local f = redis.call('HMGET', msg, 'dom', 't')
+  if not f[2] then return end
+  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
+    redis.call('HDEL', KEYS[5], field)
+  end
+end
+
 local back, poisoned = 0, 0
 for i = 5, #ARGV do
-  local id, msg = ARGV[i], KEYS[i]
+  local id, msg = ARGV[i], KEYS[i + 2]
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
     redis.call('HDEL', KEYS[1], id)
     local strikes = redis.call('HINCRBY', msg, 'strikes', 1)
     if strikes >= tonumber(ARGV[2]) then
+      shape(msg, -1)
+      redis.call('HINCRBY', KEYS[6], 'poison.crash', 1)
       redis.call('HSET', msg, 'why', ARGV[4], 'qt', ARGV[3])
       redis.call('ZADD', KEYS[4], ARGV[3], id)
       poisoned = poisoned + 1

@@ -2,7 +2,7 @@
 -- audit trail and in the audit stream. Ids not in quarantine (any more) are skipped.
 --
 -- KEYS[1] quarantine zset   KEYS[2] ready list   KEYS[3] books hash   KEYS[4] audit stream
--- KEYS[4 + i] message hash of the i-th id
+-- KEYS[5] backlog shape   KEYS[5 + i] message hash of the i-th id
 -- ARGV[1] action: release | delete
 -- ARGV[2] actor   ARGV[3] now (unix seconds)   ARGV[4] force (1: workers skip validation)
 -- ARGV[5] note (e.g. the filter used)   ARGV[6] audit entries kept
@@ -13,9 +13,18 @@
 -- Returns how many were moved.
 
 local action, actor, now, force, note, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local function shape(msg, delta)
+  local f = redis.call('HMGET', msg, 'dom', 't')
+  if not f[2] then return end
+  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
+    redis.call('HDEL', KEYS[5], field)
+  end
+end
+
 local moved = 0
 for i = 7, #ARGV do
-  local id, msg = ARGV[i], KEYS[i - 2]
+  local id, msg = ARGV[i], KEYS[i - 1]
   if redis.call('ZREM', KEYS[1], id) == 1 then
     moved = moved + 1
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*',
@@ -29,6 +38,7 @@ for i = 7, #ARGV do
       redis.call('HSET', msg, 'audit', cjson.encode(audit))
       redis.call('HDEL', msg, 'strikes')
       if force == '1' then redis.call('HSET', msg, 'force', '1') end
+      shape(msg, 1)
       redis.call('RPUSH', KEYS[2], id)
     end
   end

@@ -6,7 +6,9 @@
 -- KEYS[4] deferred zset    KEYS[5] quarantine zset  KEYS[6] bounces stream
 -- KEYS[7] suspect list     KEYS[8] domains with parked mail (set)
 -- KEYS[9] global rate      KEYS[10] global GCRA state
--- KEYS[9 + 2i] message hash of the i-th outcome, KEYS[10 + 2i] its parked list
+-- KEYS[11] backlog shape (domain|minute -> queued)   KEYS[12] quarantine findings by code
+-- KEYS[13] delivery latency histogram (bucket -> count, and sum)
+-- KEYS[12 + 2i] message hash of the i-th outcome, KEYS[13 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison
 -- then five per outcome: id, kind, score, info, envelope
@@ -39,6 +41,38 @@ local n = (#ARGV - 4) / 5
 local HISTORY = 10
 local refunds = 0
 
+local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
+
+-- The message stops being queued: take it off the backlog shape; returns when it was accepted.
+local function leave(msg)
+  local f = redis.call('HMGET', msg, 'dom', 't')
+  if not f[2] then return nil end
+  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  if redis.call('HINCRBY', KEYS[11], field, -1) <= 0 then
+    redis.call('HDEL', KEYS[11], field)
+  end
+  return tonumber(f[2])
+end
+
+local function count_findings(findings)
+  local ok, list = pcall(cjson.decode, findings)
+  if not ok or type(list) ~= 'table' then return end
+  local seen = {}
+  for _, f in ipairs(list) do
+    if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
+      seen[f.code] = true
+      redis.call('HINCRBY', KEYS[12], f.code, 1)
+    end
+  end
+end
+
+local function quarantine(msg, id, findings)
+  leave(msg)
+  count_findings(findings)
+  redis.call('HSET', msg, 'why', findings, 'qt', now)
+  redis.call('ZADD', KEYS[5], now, id)
+end
+
 local function log_bounce(msg, id, reply)
   local env = redis.call('HGET', msg, 'env') or ''
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', keep, '*', 'id', id, 'env', env, 'reply', reply, 'at', now)
@@ -47,7 +81,7 @@ end
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local msg, aux = KEYS[9 + 2 * i], KEYS[10 + 2 * i]
+  local msg, aux = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
   else
@@ -55,16 +89,28 @@ for i = 1, n do
     settled = settled + 1
     if kind == 'delivered' then
       if info ~= '' then log_bounce(msg, id, info) end
+      local accepted = leave(msg)
+      if accepted then
+        local latency = math.max(0, tonumber(now) - accepted)
+        local bucket = 'inf'
+        for _, le in ipairs(LATENCY) do
+          if latency <= le then bucket = tostring(le); break end
+        end
+        redis.call('HINCRBY', KEYS[13], bucket, 1)
+        redis.call('HINCRBYFLOAT', KEYS[13], 'sum', latency)
+      end
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'delivered', 1)
     elseif kind == 'bounced' then
       log_bounce(msg, id, info)
       local partly = redis.call('HGET', msg, 'pd') == '1'
+      leave(msg)
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], partly and 'delivered' or 'bounced', 1)
     elseif kind == 'held' then
       redis.call('HSET', msg, 'last', info, 'slot', score)
       redis.call('ZADD', KEYS[4], score, id)
+      redis.call('HINCRBY', KEYS[2], 'held_total', 1)
       refunds = refunds + 1
     elseif kind == 'parked' then
       if score == '1' then
@@ -75,6 +121,7 @@ for i = 1, n do
       end
       redis.call('SADD', KEYS[8], info)
       redis.call('HINCRBY', KEYS[2], 'parked', 1)
+      redis.call('HINCRBY', KEYS[2], 'parked_total', 1)
       refunds = refunds + 1
     elseif kind == 'deferred' then
       if env ~= '' then
@@ -87,12 +134,10 @@ for i = 1, n do
       redis.call('HSET', msg, 'last', info, 'hist', cjson.encode(hist))
       redis.call('ZADD', KEYS[4], score, id)
     elseif kind == 'quarantined' then
-      redis.call('HSET', msg, 'why', info, 'qt', now)
-      redis.call('ZADD', KEYS[5], now, id)
+      quarantine(msg, id, info)
     elseif kind == 'timeout' then
       if redis.call('HINCRBY', msg, 'strikes', 1) >= limit then
-        redis.call('HSET', msg, 'why', info, 'qt', now)
-        redis.call('ZADD', KEYS[5], now, id)
+        quarantine(msg, id, info)
       else
         redis.call('RPUSH', KEYS[7], id)
       end

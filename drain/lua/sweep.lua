@@ -5,15 +5,24 @@
 -- the rules itself.
 --
 -- KEYS[1] deferred zset   KEYS[2] quarantine zset   KEYS[3] swept set   KEYS[4] in-flight hash
--- KEYS[4 + i] message hash of the i-th id
+-- KEYS[5] backlog shape   KEYS[6] findings by code   KEYS[6 + i] message hash of the i-th id
 -- ARGV[1] now (unix seconds)   ARGV[2] findings (JSON)   ARGV[2 + i] the i-th id
 --
 -- Returns how many were swept.
 
 local now, why = ARGV[1], ARGV[2]
+local function shape(msg, delta)
+  local f = redis.call('HMGET', msg, 'dom', 't')
+  if not f[2] then return end
+  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
+    redis.call('HDEL', KEYS[5], field)
+  end
+end
+
 local swept = 0
 for i = 3, #ARGV do
-  local id, msg = ARGV[i], KEYS[i + 2]
+  local id, msg = ARGV[i], KEYS[i + 4]
   if redis.call('EXISTS', msg) == 1
       and redis.call('HEXISTS', KEYS[4], id) == 0
       and not redis.call('ZSCORE', KEYS[2], id)
@@ -21,6 +30,8 @@ for i = 3, #ARGV do
     if redis.call('ZREM', KEYS[1], id) == 0 then
       redis.call('SADD', KEYS[3], id)
     end
+    shape(msg, -1)
+    redis.call('HINCRBY', KEYS[6], 'rule.match', 1)
     redis.call('HSET', msg, 'why', why, 'qt', now)
     redis.call('ZADD', KEYS[2], now, id)
     swept = swept + 1
