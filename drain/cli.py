@@ -25,7 +25,8 @@ from drain.quarantine import Filter, Quarantine
 from drain.settings import Settings
 from drain.status import read as read_status
 
-out = Console()
+# Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 class Context:
@@ -160,30 +161,82 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 
+def _live(render: Any, watch_s: float | None) -> None:
+    """Print once, or refresh in place every watch_s seconds until Ctrl-C."""
+    if watch_s is None:
+        out.print(render())
+        return
+    from rich.live import Live
+
+    with Live(render(), console=out, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(max(0.2, watch_s))
+                live.update(render())
+        except KeyboardInterrupt:
+            pass
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+              help="Refresh in place every SECONDS (plain output only).")
 @pass_ctx
-def status(obj: Context, as_json: bool) -> None:
+def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
     """The books (every state's count) and the pace."""
-    st = read_status(obj.client.store)
-    data = st.as_dict()
     if as_json:
-        emit(data)
+        emit(read_status(obj.client.store).as_dict())
         return
-    table = Table(title="drain status", show_header=False)
-    for key in ("accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"):
-        table.add_row(key.replace("_", " "), f"{data[key]:,}")
-    table.add_row("books balance", "yes" if st.books.balanced else "NO")
-    table.add_row("oldest age", f"{st.oldest_age_s:,.1f} s")
-    table.add_row("rate", f"{st.rate_per_s:,.1f} msg/s")
-    table.add_row("eta", "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
-    if ratelimit.is_paused(obj.client.redis):
-        table.add_row("delivery", "PAUSED")
-    for name in data.get("breakers_open", []):
-        table.add_row("circuit open", name)
-    if intake.is_paused(obj.client.redis):
-        table.add_row("intake (SMTP)", "PAUSED")
-    out.print(table)
+
+    def render() -> Table:
+        st = read_status(obj.client.store)
+        data = st.as_dict()
+        table = Table(title="drain status", show_header=False)
+        for key in ("accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"):
+            table.add_row(key.replace("_", " "), f"{data[key]:,}")
+        table.add_row("books balance", "yes" if st.books.balanced else "NO")
+        table.add_row("oldest age", f"{st.oldest_age_s:,.1f} s")
+        table.add_row("rate", f"{st.rate_per_s:,.1f} msg/s")
+        table.add_row("eta", "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
+        if ratelimit.is_paused(obj.client.redis):
+            table.add_row("delivery", "PAUSED")
+        for name in data.get("breakers_open", []):
+            table.add_row("circuit open", name)
+        if intake.is_paused(obj.client.redis):
+            table.add_row("intake (SMTP)", "PAUSED")
+        return table
+
+    _live(render, watch_s)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+              help="Refresh in place every SECONDS (plain output only).")
+@click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Domains shown (plain output).")
+@pass_ctx
+def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> None:
+    """The backlog's shape: queued mail by destination domain and age, with per-domain ETA."""
+    from drain.backlog import BUCKETS_S, shape
+
+    if as_json:
+        emit(shape(obj.client.store).as_dict())
+        return
+
+    def render() -> Table:
+        current = shape(obj.client.store)
+        table = Table(title=f"backlog: {current.total:,} queued")
+        table.add_column("domain")
+        table.add_column("total", justify="right")
+        for lower in BUCKETS_S:
+            table.add_column(f"{lower // 60}m+" if lower else "<5m", justify="right")
+        table.add_column("eta", justify="right")
+        for d in current.domains[:top]:
+            eta = "-" if d.eta_s is None else f"{d.eta_s:,.0f}s"
+            table.add_row(d.domain, f"{d.total:,}", *(f"{n:,}" if n else "." for n in d.by_age), eta)
+        return table
+
+    _live(render, watch_s)
 
 
 @cli.command("drain")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from drain import keys
+from drain.backlog import sample_history
 from drain.dispatch import ensure_tokens
 from drain.quarantine import Quarantine
 from drain.store import Store
@@ -49,6 +50,7 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     if expired:
         log.warning("deleted %d quarantined messages held past the retention time", expired)
     store.sample_pace()
+    sample_history(store)
     tokens = ensure_tokens(store.client, store.settings)
     return Round(reaped, poisoned, promoted, tokens)
 
