@@ -58,12 +58,14 @@ PAUSED = f"{PREFIX}:paused"
 # Burst: seconds of rate that may go at once (string).
 BURST = f"{PREFIX}:burst"
 # Per destination domain: operator rate caps (msgs/s), adaptive effective rates and the
-# time of their last increase, concurrency caps, GCRA state (hashes keyed by domain).
+# time of their last increase, concurrency caps, GCRA state of bookings and of actual
+# sends (hashes keyed by domain).
 DOMAIN_RATES = f"{PREFIX}:domain:rates"
 DOMAIN_EFFECTIVE = f"{PREFIX}:domain:effective"
 DOMAIN_RAISED = f"{PREFIX}:domain:raised"
 DOMAIN_CONCURRENCY = f"{PREFIX}:domain:concurrency"
 DOMAIN_TAT = f"{PREFIX}:domain:tat"
+DOMAIN_SENT = f"{PREFIX}:domain:sent"
 # Paused domains, and domains that have parked mail (sets).
 PAUSED_DOMAINS = f"{PREFIX}:domain:paused"
 PARKED_DOMAINS = f"{PREFIX}:domain:parked"

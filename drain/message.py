@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from email.header import Header, decode_header
 from email.message import EmailMessage, Message
@@ -13,6 +14,7 @@ from email.utils import getaddresses
 from drain.errors import InputError
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True)
@@ -55,26 +57,75 @@ def header_text(value: object) -> str:
     return text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
 
 
+_BARE = re.compile(r"^\s*([^\s<>@,;:]+@[^\s<>@,;:]+)\s*$")
+_ANGLED = re.compile(r"^[^<>@]*<([^\s<>@,;:]+@[^\s<>@,;:]+)>\s*$")
+
+
+def _simple(value: str) -> list[str] | None:
+    """Addresses of a plain field ("a@b, Name <c@d>") without the full RFC 5322 parser, or
+    None when the field has quotes, comments, groups or anything else that needs it."""
+    if any(ch in value for ch in '"()\\;:'):
+        return None
+    found = []
+    for part in value.split(","):
+        match = _BARE.match(part) or _ANGLED.match(part)
+        if match is None:
+            return None
+        found.append(match.group(1))
+    return found
+
+
 def _addresses(values: list[str]) -> list[str]:
-    return [addr for _name, addr in getaddresses([header_text(v) for v in values]) if addr]
+    out: list[str] = []
+    for value in values:
+        text = header_text(value)
+        simple = _simple(text)
+        out.extend(simple if simple is not None else [a for _n, a in getaddresses([text]) if a])
+    return out
+
+
+_ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc"})
+
+
+def _address_fields(head: bytes) -> dict[str, list[str]]:
+    """The address fields of a header block, unfolded, by lowercased name (a plain scan:
+    the envelope is needed for every message at enqueue time, so no full parser here)."""
+    fields: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current[-1] += " " + line.strip().decode("ascii", "surrogateescape")
+            continue
+        name, colon, value = line.partition(b":")
+        key = name.strip().lower().decode("ascii", "replace")
+        if colon and key in _ENVELOPE_FIELDS:
+            current = fields.setdefault(key, [])
+            current.append(value.strip().decode("ascii", "surrogateescape"))
+        else:
+            current = None
+    return fields
 
 
 def envelope_from_headers(raw: bytes) -> Envelope:
     """Sender from Return-Path/Sender/From, recipients from To, Cc and Bcc. Never raises.
 
-    Uses the fast compat32 header parser; whatever it cannot make sense of yields an empty
-    field, which validation then reports as a reason rather than crashing here.
+    Whatever cannot be made sense of yields an empty field, which validation then reports
+    as a reason rather than crashing here.
     """
     try:
-        headers = _HEADER_PARSER.parsebytes(raw)
-        senders = (
-            _addresses(headers.get_all("Return-Path", []))
-            or _addresses(headers.get_all("Sender", []))
-            or _addresses(headers.get_all("From", []))
-        )
-        recipients = _addresses(
-            headers.get_all("To", []) + headers.get_all("Cc", []) + headers.get_all("Bcc", [])
-        )
+        split = _BLANK_LINE.search(raw)
+        fields = _address_fields(raw[: split.start()] if split else raw)
+        if [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
+            senders = [""]  # the null sender: this is a bounce
+        else:
+            senders = (
+                _addresses(fields.get("return-path", []))
+                or _addresses(fields.get("sender", []))
+                or _addresses(fields.get("from", []))
+            )
+        recipients = _addresses(fields.get("to", []) + fields.get("cc", []) + fields.get("bcc", []))
     except Exception:  # hostile headers: no envelope rather than a crash
         return Envelope("", ())
     return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)))

@@ -291,7 +291,7 @@ class Store:
         """Ask the domain's limits whether a message may go now (see gate.lua)."""
         verdict, value = self.scripts.gate(
             keys=[keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE, keys.DOMAIN_CONCURRENCY, keys.PAUSED_DOMAINS,
-                  keys.DOMAIN_TAT, keys.busy(domain), keys.parked(domain), keys.UNPARKED],
+                  keys.DOMAIN_TAT, keys.busy(domain), keys.parked(domain), keys.UNPARKED, keys.DOMAIN_SENT],
             args=[domain, msg_id, self.settings.burst_s, int(self.settings.lease_ttl_s * 1000), f"{reserved_us:.0f}",
                   int(self.settings.rate_horizon_s * 1e6)],
         )

@@ -5,6 +5,8 @@
 -- KEYS[3] domain concurrency caps hash KEYS[4] paused domains set
 -- KEYS[5] domain GCRA state hash       KEYS[6] the domain's busy set (id scored by slot expiry)
 -- KEYS[7] the domain's parked list     KEYS[8] ids just unparked (set)
+-- KEYS[9] domain send-time GCRA state hash: what actually went, so that mail that comes
+--         back late from a reservation cannot bunch up beyond the rate and burst
 -- ARGV[1] domain   ARGV[2] message id   ARGV[3] burst (seconds)
 -- ARGV[4] slot life (ms): a busy slot lapses on its own after this (a worker died)
 -- ARGV[5] the message's reserved send time (microseconds; 0 = none)
@@ -47,10 +49,12 @@ if reserved > now + 50000 then
   -- Back too early (its time has not come): keep the send time it already has.
   return {1, string.format('%.0f', reserved)}
 end
+local interval, tau = 0, 0
+if rate > 0 then
+  interval = 1000000 / rate
+  tau = interval * (math.max(1, math.floor(rate * tonumber(ARGV[3]))) - 1)
+end
 if rate > 0 and reserved == 0 then
-  local interval = 1000000 / rate
-  local burst = math.max(1, math.floor(rate * tonumber(ARGV[3])))
-  local tau = interval * (burst - 1)
   local tat = tonumber(redis.call('HGET', KEYS[5], domain) or '0') or 0
   if tat < now then tat = now end
   local slot = tat - tau
@@ -63,6 +67,15 @@ if rate > 0 and reserved == 0 then
   end
 end
 
+if rate > 0 then
+  local sent = tonumber(redis.call('HGET', KEYS[9], domain) or '0') or 0
+  if sent < now then sent = now end
+  if sent - now > tau then
+    -- Sends would bunch (late mail meeting punctual mail): wait for the next free moment.
+    return {1, string.format('%.0f', sent - tau)}
+  end
+  redis.call('HSET', KEYS[9], domain, string.format('%.0f', sent + interval))
+end
 if cap > 0 then
   redis.call('ZADD', KEYS[6], now + tonumber(ARGV[4]) * 1000, id)
 end
