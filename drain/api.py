@@ -79,8 +79,11 @@ class Client:
         ensure_tokens(self.redis, self.settings)
         return ids[0]
 
-    def enqueue_many(self, messages: Iterable[bytes | Message | Submission]) -> Accepted:
-        """Queue many messages in chunks of one transaction each; refusals are reported, not raised."""
+    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
+        """Queue many messages in chunks of one transaction each; refusals are reported, not raised.
+
+        lane "backlog" is for bulk loads (a replayed or migrated queue) that must not go
+        ahead of new mail."""
         result = Accepted()
         active = rules.load(self.redis)
 
@@ -95,7 +98,7 @@ class Client:
                 rule = rules.first_match(active, raw, env) if active else None
                 yield raw, env, rule.findings() if rule else None
 
-        result.ids = self.store.enqueue_many(prepared())
+        result.ids = self.store.enqueue_many(prepared(), lane=lane)
         ensure_tokens(self.redis, self.settings)
         return result
 

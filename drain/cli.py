@@ -105,10 +105,11 @@ def _address(value: str, what: str) -> str:
 @click.option("--to", "recipients", multiple=True, metavar="ADDRESS",
               help="Envelope recipient, repeatable (default: To, Cc and Bcc of the headers).")
 @click.option("--mbox", is_flag=True, help="Each PATH is an mbox file holding many messages.")
+@click.option("--backlog", "bulk", is_flag=True, help="Bulk load: queue behind new mail (the backlog lane).")
 @click.option("--json", "as_json", is_flag=True, help="Print {accepted, rejected, ids} as JSON.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @pass_ctx
-def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox: bool, as_json: bool,
+def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox: bool, bulk: bool, as_json: bool,
             paths: tuple[str, ...]) -> None:
     """Queue message files (or - for standard input); prints their ids."""
     if sender is not None and sender != "":
@@ -131,7 +132,7 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
                 names.append(path)
                 yield Submission(_read(path), sender, recipients or None)
 
-    result = obj.client.enqueue_many(submissions())
+    result = obj.client.enqueue_many(submissions(), lane="backlog" if bulk else "fresh")
     for index, why in result.rejected:
         fail(f"rejected {names[index]}: {why}")
     if as_json:

@@ -63,7 +63,9 @@ def redis_server() -> Iterator[redis.Redis]:
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
             [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", tmp, "--daemonize", "no", "--loglevel", "warning"],
+             "--dir", tmp, "--daemonize", "no", "--loglevel", "warning",
+             # as the embedded server is configured (see drain/embedded.py)
+             "--hash-max-ziplist-value", "8192"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=port)
