@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -44,10 +45,8 @@ class Answer:
     def text(self) -> str:
         return self.body.decode()
 
-    def json(self) -> dict[str, object]:
-        doc = json.loads(self.body)
-        assert isinstance(doc, dict)
-        return doc
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 def fetch(url: str, method: str = "GET", timeout: float = 10.0) -> Answer:
@@ -64,9 +63,9 @@ def serve(settings: Settings) -> Iterator[Callable[..., StatusServer]]:
     """Start status servers on free ports, each reading Redis every 0.1 s; stopped after the test."""
     started: list[StatusServer] = []
 
-    def _serve(redis_url: str | None = None, **kwargs: object) -> StatusServer:
+    def _serve(redis_url: str | None = None, show_messages: bool = True) -> StatusServer:
         server = StatusServer(redis_url or settings.redis_url or "", settings, "127.0.0.1", 0,
-                              refresh_s=0.1, **kwargs)  # type: ignore[arg-type]
+                              refresh_s=0.1, show_messages=show_messages)
         server.start()
         started.append(server)
         assert server.snapshots.refreshed.wait(10)
@@ -77,7 +76,7 @@ def serve(settings: Settings) -> Iterator[Callable[..., StatusServer]]:
         server.stop()
 
 
-def doc_of(server: StatusServer) -> dict[str, object]:
+def doc_of(server: StatusServer) -> Any:
     return fetch(server.url + "status.json").json()
 
 
@@ -94,23 +93,18 @@ def test_status_json_shape_and_http_surface(client: Client, relay: Sink, work: C
     client.enqueue_many([synthetic_to(i, "a.example.com") for i in range(3)])
     queue_hostile(client)
     work()
-    server = serve()
-    wait_for(lambda: doc_of(server)["status"] is not None
-             and doc_of(server)["status"]["delivered"] == 3, what="figures after the work")  # type: ignore[index]
+    server = serve()  # its first snapshot is read after the work
     doc = doc_of(server)
     assert set(doc) == {"generated_at", "redis", "status", "backlog", "limits", "waits", "latency", "quarantine",
                         "history"}
-    assert doc["redis"] == {"up": True, "figures_at": doc["redis"]["figures_at"], "down_since": None,  # type: ignore[index]
-                            "error": None}
+    assert doc["redis"] == {"up": True, "figures_at": doc["redis"]["figures_at"], "down_since": None, "error": None}
     status = doc["status"]
-    assert isinstance(status, dict)
     assert set(status) >= {*BOOK_KEYS, "oldest_age_s", "rate_per_s", "eta_s", "balanced", "breakers_open"}
     assert status["accepted"] == 4 and status["delivered"] == 3 and status["quarantined"] == 1
     assert status["balanced"] is True
     assert doc["backlog"] == {"buckets_s": BUCKETS_S, "total": 0, "domains": []}
-    assert doc["latency"]["count"] == 3 and doc["latency"]["buckets"][-1] == ["+Inf", 3]  # type: ignore[index]
+    assert doc["latency"]["count"] == 3 and doc["latency"]["buckets"][-1] == ["+Inf", 3]
     quarantine = doc["quarantine"]
-    assert isinstance(quarantine, dict)
     assert quarantine["held"] == 1
     assert {"reason": "body.nul-byte", "held": 1, "found": 1} in quarantine["by_reason"]
     (recent,) = quarantine["recent"]
@@ -154,7 +148,6 @@ def test_backlog_shape_of_a_seeded_backlog_with_known_ages(client: Client, setti
     ratelimit.set_domain(client.redis, "mid.example.org", 0.5)
     server = serve()
     shape = doc_of(server)["backlog"]
-    assert isinstance(shape, dict)
     assert shape["total"] == 6
     by_domain = {d["domain"]: d for d in shape["domains"]}
     assert list(by_domain) == ["old.example.com", "mid.example.org"]  # largest first
@@ -167,7 +160,6 @@ def test_backlog_shape_of_a_seeded_backlog_with_known_ages(client: Client, setti
     assert (mid["total"], mid["by_age"]) == (2, expected_mid)
     assert mid["eta_s"] == 2 / 0.5  # its own cap holds it back (nothing delivered yet: no pace)
     status = doc_of(server)["status"]
-    assert isinstance(status, dict)
     assert 7200 <= status["oldest_age_s"] < 7200 + 60
     # The page shows the same figures in the domain table.
     page = fetch(server.url).text
@@ -201,7 +193,6 @@ def test_hide_messages_keeps_senders_and_subjects_off(client: Client, work: Call
     page = fetch(server.url).text
     assert "pwned" not in page and "evil.example" not in page and "--hide-messages" in page
     quarantine = doc_of(server)["quarantine"]
-    assert isinstance(quarantine, dict)
     assert quarantine["recent"] is None and quarantine["held"] == 1
 
 
@@ -265,11 +256,12 @@ def test_page_keeps_answering_when_redis_goes_away(own_redis: RedisProcess, sett
     banner = re.search(r"Redis unreachable since (\d\d:\d\d:\d\d) — showing figures from (\d\d:\d\d:\d\d)",
                        page.text)
     assert banner is not None, page.text[:2000]
+    assert "cannot connect to Redis" in page.text and f":{own_redis.port}" not in page.text  # no address shown
     assert '<div class="value">5</div>' in page.text  # the last known queue, still shown
     assert "kept.example.com" in page.text
     doc = doc_of(server)
-    assert doc["redis"]["up"] is False and doc["redis"]["down_since"] is not None  # type: ignore[index]
-    assert doc["status"]["accepted"] == 5  # type: ignore[index]
+    assert doc["redis"]["up"] is False and doc["redis"]["down_since"] is not None
+    assert doc["status"]["accepted"] == 5
     metrics_text = fetch(server.url + "metrics").text
     assert "drain_redis_up 0.0" in metrics_text and 'drain_messages_total{event="accepted"} 5.0' in metrics_text
     assert "redis unreachable" in fetch(server.url + "healthz").text
@@ -290,7 +282,7 @@ def test_page_answers_while_redis_is_busy(own_redis: RedisProcess, serve: Callab
     page = fetch(server.url)
     answered_while_busy = sleeper.is_alive()
     sleeper.join()
-    assert page.status == 200 and "Redis unreachable since" in page.text
+    assert page.status == 200 and "Redis unreachable since" in page.text and "did not answer in time" in page.text
     assert answered_while_busy, "the page waited for Redis"
 
 
@@ -336,7 +328,7 @@ def test_page_in_headless_chromium(client: Client, relay: Sink, work: Callable[.
         pytest.skip(message)
     _screenshot_worthy_state(client, work)
     server = serve()
-    wait_for(lambda: (doc_of(server)["quarantine"] or {}).get("recent"), what="figures")  # type: ignore[union-attr]
+    assert doc_of(server)["quarantine"]["recent"]
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
