@@ -599,6 +599,35 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     server.serve(on_ready=lambda s: click.echo(f"drain smtpd: listening on {s.describe()}", err=True))
 
 
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8025", show_default=True,
+              help="Address of the status page (':8025' for all addresses).")
+@click.option("--refresh", "refresh_s", type=click.FloatRange(0.2, 300), default=2.0, show_default=True,
+              help="Seconds between reads of Redis.")
+@click.option("--hide-messages", is_flag=True,
+              help="Leave senders, recipients and subjects of quarantined mail off the page and JSON.")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@pass_ctx
+def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_level: str) -> None:
+    """Serve a read-only status page (/), /status.json, /metrics and /healthz; no login, GET only."""
+    from drain.connection import resolve_url
+    from drain.settings import parse_listen
+    from drain.web import StatusServer
+
+    try:
+        host, port = parse_listen(listen, "--listen")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging.getLogger("drain").setLevel(log_level.upper())
+    try:
+        server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s, not hide_messages)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    click.echo(f"drain serve: {server.describe()}; /status.json /metrics /healthz", err=True)
+    server.serve_forever()
+
+
 @cli.group()
 def server() -> None:
     """The embedded Redis kept under DRAIN_HOME."""

@@ -5,6 +5,7 @@ its own process). Prints a Markdown table and writes JSON with --out.
     scripts/bench                         # 100,000 messages through drain, 10,000 through naive RQ
     scripts/bench --messages 20000 --naive-messages 3000 --processes 1,2,4
     scripts/bench --ingress               # SMTP ingress: msg/s accepted by `drain smtpd`, 1 and 4 clients
+    scripts/bench --only backlog          # `drain backlog` on a 1,000,000-message backlog
 """
 
 from __future__ import annotations
@@ -469,6 +470,82 @@ def bench_rate(report: Report, client: redis.Redis, backlog: int, processes: int
                fresh_max_s=round(latencies[-1], 3) if latencies else None)
 
 
+def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int, hours: float, runs: int = 5) -> None:
+    """`drain backlog --json` (a process, as an operator runs it) and backlog.shape() in process,
+    on `count` small messages accepted over the last `hours` hours to `domains` destination
+    domains (a few big ones and a long tail, Zipf-like). The messages go through
+    Store.enqueue_many with its clock set back for each chunk, so the message hashes, the
+    backlog list and the shape counters are the real ones, with real ages. Also timed: the
+    status page's whole refresh (every figure it shows) and one /metrics exposition."""
+    import random
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import drain.store
+    from drain import backlog, metrics, ratelimit
+    from drain.message import Envelope
+    from drain.store import ENQUEUE_CHUNK, Store
+    from drain.web import Reader, redis_client
+
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    settings = Settings(redis_url=url)
+    store = Store(client, settings)
+    ratelimit.pause(client)  # nothing drains meanwhile
+    rng = random.Random(5)
+    names = [f"mx{n}.example.com" for n in range(domains)]
+    weights = [1 / (n + 1) for n in range(domains)]
+    sender = "billing@sender.example.com"
+    clock = [0.0]
+    now = time.time()
+    started = time.perf_counter()
+    with mock.patch.object(drain.store, "time", SimpleNamespace(time=lambda: clock[0])):
+        for first in range(0, count, ENQUEUE_CHUNK):
+            size = min(ENQUEUE_CHUNK, count - first)
+            clock[0] = now - hours * 3600 * (1 - first / count)
+            chosen = rng.choices(names, weights, k=size)
+            store.enqueue_many(((f"From: {sender}\nTo: u{first + i}@{dom}\nSubject: statement {first + i}\n\n"
+                                 f"hello\n".encode(), Envelope(sender, (f"u{first + i}@{dom}",)), None)
+                                for i, dom in enumerate(chosen)), lane="backlog")
+    fill_s = time.perf_counter() - started
+    env = dict(os.environ, DRAIN_REDIS_URL=url)
+
+    def median_s(action: Any) -> float:
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - t)
+        return round(statistics.median(times), 4)
+
+    outputs: list[bytes] = []
+
+    def command(*args: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "drain", *args], env=env, capture_output=True, check=True)
+        outputs.append(result.stdout)
+
+    cli_s = median_s(lambda: command("backlog", "--json"))
+    shaped = json.loads(outputs[-1])
+    if shaped["total"] != count:
+        raise RuntimeError(f"drain backlog counted {shaped['total']} of {count} queued")
+    startup_s = median_s(lambda: command("--version"))
+    status_s = median_s(lambda: command("status", "--json"))
+    shape_s = median_s(lambda: backlog.shape(store))
+    reader = Reader(Store(redis_client(url), settings))
+    refresh_s = median_s(reader.read)
+    figures = reader.read().figures
+    exposition_s = median_s(lambda: metrics.exposition(metrics.registry(lambda: metrics.Reading(figures, True))))
+    oldest = max((i for d in shaped["domains"] for i, n in enumerate(d["by_age"]) if n), default=0)
+    report.add(name="drain backlog on a large backlog", messages=count, domains=len(shaped["domains"]),
+               hours=hours, shape_fields=int(client.hlen(keys.SHAPE)), fill_seconds=round(fill_s, 1),
+               fill_per_s=round(count / fill_s), redis_used_memory=used_memory(client),
+               oldest_bucket_s=shaped["buckets_s"][oldest], runs=runs,
+               drain_backlog_json_s=cli_s, drain_version_s=startup_s, drain_status_json_s=status_s,
+               shape_in_process_s=shape_s, status_page_refresh_s=refresh_s, metrics_exposition_s=exposition_s,
+               note="medians; the drain_* figures are whole processes (interpreter start and imports included: "
+                    "see drain_version_s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
@@ -477,12 +554,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry", "rate"], help="run only this part")
+    parser.add_argument("--only", choices=["validation", "retry", "rate", "backlog"], help="run only this part")
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
     parser.add_argument("--ingress-messages", type=int, default=5000, help="messages per ingress run")
     parser.add_argument("--clients", default="1,4", help="comma-separated SMTP client counts (--ingress)")
-    parser.add_argument("--backlog", type=int, default=200_000, help="backlog size for --only rate")
+    parser.add_argument("--backlog", type=int, default=None,
+                        help="backlog size for --only rate (default 200,000) or --only backlog (1,000,000)")
+    parser.add_argument("--domains", type=int, default=2000, help="destination domains for --only backlog")
+    parser.add_argument("--hours", type=float, default=3.0, help="ages spread over this many hours (--only backlog)")
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured for --only rate")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -502,8 +582,15 @@ def main() -> None:
         with redis_server() as client:
             report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
                             sink="aiosmtpd (records send times)")
-            bench_rate(report, client, args.backlog, counts[-1], window_s=args.window)
+            bench_rate(report, client, args.backlog or 200_000, counts[-1], window_s=args.window)
         print(json.dumps(report.rows[-1], indent=2))
+        return
+    if args.only == "backlog":
+        with redis_server() as client:
+            report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                                     "redis": client.info("server")["redis_version"]}, sink="-")
+            bench_backlog(report, client, args.backlog or 1_000_000, args.domains, args.hours)
+        print(json.dumps({"machine": report.machine, **report.rows[-1]}, indent=2))
         return
     if args.only == "retry":
         with redis_server() as client:
