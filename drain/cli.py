@@ -152,11 +152,12 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
 @pass_ctx
 def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     """Run RQ workers that validate, quarantine and deliver."""
+    from drain.connection import connect_patiently
     from drain.delivery import RelayConfig
     from workers.worker import run
 
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
-    client = obj.client.redis
+    client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 

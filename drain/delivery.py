@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -89,6 +90,15 @@ def _text(raw: bytes | str) -> str:
     return " ".join(text.split())[:300]
 
 
+def tls_context(verify: bool = True, ca_file: Path | None = None) -> ssl.SSLContext:
+    """The relay's TLS context: verified against the system CAs (and ca_file) unless verify is False."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def classify_code(code: int) -> Kind:
     return "bounced" if 500 <= code < 600 else "deferred"
 
@@ -96,10 +106,13 @@ def classify_code(code: int) -> Kind:
 class Relay:
     """One SMTP session to the relay, opened lazily and reused across messages."""
 
-    def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None) -> None:
+    def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.timeout_s = timeout_s
         self.helo_name = helo_name or socket.gethostname()
+        # TLS for smtps and STARTTLS: certificate and host name verified unless told otherwise.
+        self.tls = tls or ssl.create_default_context()
         self._smtp: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
@@ -108,14 +121,14 @@ class Relay:
         if cfg.scheme == "smtps":
             smtp = smtplib.SMTP_SSL(
                 cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s,
-                context=ssl.create_default_context(),
+                context=self.tls,
             )
         else:
             smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s)
         try:
             smtp.ehlo()
             if cfg.scheme == "smtp+starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=self.tls)
                 smtp.ehlo()
             if cfg.username:
                 smtp.login(cfg.username, cfg.password or "")
