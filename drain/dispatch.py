@@ -29,8 +29,10 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     pipe = client.pipeline(transaction=False)
     pipe.exists(keys.PAUSED)
     pipe.llen(keys.READY)
+    pipe.llen(keys.SUSPECT)
     pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
-    paused, ready, queued = pipe.execute()
+    paused, backlog, suspect, queued = pipe.execute()
+    ready = int(backlog) + int(suspect)  # suspects (a dead worker's) need jobs too
     if paused or not ready:
         return 0
     wanted = min(math.ceil(int(ready) / settings.batch_size), settings.max_tokens) - int(queued)
