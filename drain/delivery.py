@@ -27,6 +27,13 @@ class RelayTimeout(smtplib.SMTPException):
     """The relay stopped answering within the timeout."""
 
 
+class RelayAuthMissing(smtplib.SMTPResponseException):
+    """Credentials are configured but the relay offers no AUTH: the session's trouble, deferred."""
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     scheme: str
@@ -46,6 +53,10 @@ class RelayConfig:
             raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
         if not parts.hostname:
             raise ConfigError("relay URL has no host")
+        if parts.password and parts.scheme == "smtp" and not (
+                parts.hostname in _LOOPBACK or parts.hostname.startswith("127.")):
+            raise ConfigError("relay credentials would cross the network in clear text:"
+                              " use smtps:// or smtp+starttls:// for a remote relay")
         return cls(
             scheme=parts.scheme,
             host=parts.hostname,
@@ -131,6 +142,8 @@ class Relay:
                 smtp.starttls(context=self.tls)
                 smtp.ehlo()
             if cfg.username:
+                if not smtp.has_extn("auth"):
+                    raise RelayAuthMissing(530, "relay offers no AUTH; check the credentials in DRAIN_RELAY")
                 smtp.login(cfg.username, cfg.password or "")
         except BaseException:
             smtp.close()
