@@ -47,7 +47,7 @@ class Planted:
 
 
 def drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, stdin=subprocess.DEVNULL,
                           env={**os.environ, **env}, timeout=timeout, check=False)
 
 
