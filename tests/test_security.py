@@ -3,6 +3,7 @@ errors, operator regexes cannot hang anything, and the relay's TLS certificate i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import ssl
@@ -216,3 +217,69 @@ def test_relay_tls_settings_from_env(tmp_path: Path) -> None:
     assert Settings.from_env({"DRAIN_RELAY_TLS_VERIFY": "false"}).relay_tls_verify is False
     with pytest.raises(ConfigError, match="DRAIN_RELAY_CA_FILE"):
         Settings.from_env({"DRAIN_RELAY_CA_FILE": str(tmp_path / "missing.pem")})
+
+
+# -- Redis over TLS (rediss://): through a TLS proxy, as the embedded Redis is built without TLS --
+
+
+class TlsProxy:
+    """Terminates TLS on a free port and forwards the bytes to a plain Redis port."""
+
+    def __init__(self, cert: Path, key: Path, target: int) -> None:
+        import socket
+        import threading
+
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = target
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                raw, _addr = self.listener.accept()
+            except OSError:
+                return
+            try:
+                tls = self.context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                raw.close()  # the client refused our certificate
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for src, dst in ((tls, upstream), (upstream, tls)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: ssl.SSLSocket | object, dst: object) -> None:
+        try:
+            while data := src.recv(65536):  # type: ignore[attr-defined]
+                dst.sendall(data)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_redis_over_tls_is_verified(redis_server: int, tmp_path: Path, settings: Settings) -> None:
+    cert, key = self_signed(tmp_path)
+    proxy = TlsProxy(cert, key, redis_server)
+    try:
+        trusted = f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}"
+        api = Client.connect(settings.with_(redis_url=trusted))
+        assert api.redis.ping()
+        result = drain({"DRAIN_REDIS_URL": f"rediss://127.0.0.1:{proxy.port}/0"}, "status", "--json")
+        assert result.returncode == 1
+        assert "certificate verify failed" in one_line(result).lower()
+    finally:
+        proxy.close()
