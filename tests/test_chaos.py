@@ -122,6 +122,9 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
                   "in flight:", api.store.held(), "alive:", len(fleet.alive()))
         except redis.RedisError as exc:
             print("books unavailable:", exc)
+        log = server.folder / "redis.log"
+        print("redis-server exit code:", server.proc.poll() if server.proc else None, "restarts:", server.restarts)
+        print(log.read_text(errors="replace")[-2000:] if log.exists() else "no redis.log")
         raise
     finally:
         fleet.stop()
