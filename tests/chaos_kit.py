@@ -62,9 +62,11 @@ class RedisProc:
         probe = redis.Redis(port=self.port, password=password, socket_timeout=2)
 
         def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"redis-server exited: {(self.folder / 'redis.log').read_text(errors='replace')[-500:]}")
             try:
-                return bool(probe.ping())
+                # Ours, not another program's that took the port while ours was down.
+                return int(probe.info("server")["process_id"]) == self.proc.pid
             except redis.BusyLoadingError:
                 return False
             except redis.ConnectionError:
