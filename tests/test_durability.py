@@ -18,6 +18,9 @@ from drain.seeding import synthetic
 from drain.settings import Settings
 from drain.sink import Sink, free_port
 from tests.chaos_kit import RedisProc, wait_until
+from tests.test_ingress import StartIngress, ingress, submit  # noqa: F401  (ingress: the fixture)
+from tests.test_ingress import connect as smtp_connect
+from tests.test_ingress import synthetic as wire_synthetic
 
 
 def drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -154,3 +157,12 @@ def test_worker_keeps_running_while_the_relay_is_down(client: Client, settings: 
         proc.terminate()
         _out, err = proc.communicate(timeout=20)
     assert b"Traceback" not in err
+
+
+def test_smtp_ingress_answers_451_until_durable(client: Client, ingress: StartIngress) -> None:  # noqa: F811
+    # No replica behind the test Redis: the write is stored but never confirmed.
+    server = ingress(durability="replicas:1", durability_timeout_s=0.1)
+    with smtp_connect(server) as smtp:
+        code, reply = submit(smtp, wire_synthetic(1))
+    assert code == 451, reply
+    assert client.store.books().accepted == 1  # the client keeps it too: at least once
