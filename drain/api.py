@@ -17,6 +17,7 @@ import redis
 from drain import rules
 from drain.connection import connect
 from drain.dispatch import ensure_tokens
+from drain.durability import Guard
 from drain.errors import InputError
 from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.settings import Settings
@@ -45,11 +46,16 @@ class Client:
         self.redis = client
         self.settings = settings
         self.store = Store(client, settings)
+        # Waits for fsync or replicas after each enqueue when DRAIN_DURABILITY asks for it.
+        self.durable = Guard(client, settings)
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Client:
+        """A client for the configured Redis; durability it cannot have fails here (ConfigError)."""
         settings = settings or Settings.from_env()
-        return cls(connect(settings), settings)
+        client = cls(connect(settings), settings)
+        _plan = client.durable.plan
+        return client
 
     def prepare(self, message: bytes | Message, sender: str | None = None,
                 recipients: Iterable[str] | None = None) -> tuple[bytes, Envelope]:
@@ -68,14 +74,17 @@ class Client:
             headers = envelope_from_headers(raw)
             sender = headers.sender if sender is None else sender
             rcpts = rcpts or headers.recipients
+        if len(rcpts) > self.settings.max_recipients:
+            raise InputError(f"message has {len(rcpts)} recipients, over the limit of {self.settings.max_recipients}")
         return raw, Envelope(sender, rcpts)
 
     def enqueue(self, message: bytes | Message, sender: str | None = None,
                 recipients: Iterable[str] | None = None) -> str:
-        """Queue one message; returns its id once Redis holds it."""
+        """Queue one message; returns its id once Redis holds it (as durably as DRAIN_DURABILITY says)."""
         raw, env = self.prepare(message, sender, recipients)
         rule = rules.first_match(rules.load(self.redis), raw, env)
         ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)])
+        self.durable.confirm()
         ensure_tokens(self.redis, self.settings)
         return ids[0]
 
@@ -99,6 +108,7 @@ class Client:
                 yield raw, env, rule.findings() if rule else None
 
         result.ids = self.store.enqueue_many(prepared(), lane=lane)
+        self.durable.confirm()
         ensure_tokens(self.redis, self.settings)
         return result
 

@@ -49,6 +49,10 @@ class Tally:
 
 
 class Batch:
+    # Set when a settle finds messages no longer held (the lease lapsed and housekeeping gave
+    # them to others): the rest of the claim is then left alone, not delivered a second time.
+    lost = False
+
     def __init__(
         self,
         store: Store,
@@ -210,6 +214,8 @@ class Batch:
                 if len(pending) >= self.settings.settle_every:
                     self._settle(pending)
                     pending = []
+                    if self.lost:
+                        break
         finally:
             # Anything not reached (an exception, a job timeout) goes back, untouched.
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
@@ -222,5 +228,6 @@ class Batch:
         self._send_reports()
         if skipped:
             log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)
+            self.lost = True
         for outcome in outcomes:
             self.tally.add(outcome)

@@ -74,7 +74,7 @@ def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
     limits = validate.Limits.from_settings(s)
     severity = validate.severity_with(s.quarantine_codes, s.record_codes)
     for path in paths:
-        raw = _read(path)
+        raw = _read(path, s.max_message_bytes)
         verdict = validate.check(raw, envelope_from_headers(raw), limits, severity)
         if as_json:
             emit({"path": path, "verdict": verdict.label, "reasons": verdict.reasons,
@@ -85,9 +85,14 @@ def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
             click.echo(f"{path}: {verdict.label}" + (f": {detail}" if detail else ""))
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, limit: int | None = None) -> bytes:
+    """The file's bytes; with a limit, at most limit + 1 of them (enough to refuse it as too big)."""
+    size = -1 if limit is None else limit + 1
     try:
-        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            return sys.stdin.buffer.read(size)
+        with open(path, "rb") as handle:
+            return handle.read(size)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -130,7 +135,7 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
                     yield Submission(box.get_bytes(key), sender, recipients or None)
             else:
                 names.append(path)
-                yield Submission(_read(path), sender, recipients or None)
+                yield Submission(_read(path, obj.settings.max_message_bytes), sender, recipients or None)
 
     result = obj.client.enqueue_many(submissions(), lane="backlog" if bulk else "fresh")
     for index, why in result.rejected:
@@ -154,11 +159,12 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
 @pass_ctx
 def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     """Run RQ workers that validate, quarantine and deliver."""
+    from drain.connection import connect_patiently
     from drain.delivery import RelayConfig
     from workers.worker import run
 
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
-    client = obj.client.redis
+    client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 

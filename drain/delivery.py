@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +25,13 @@ _DROPPED = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeErro
 
 class RelayTimeout(smtplib.SMTPException):
     """The relay stopped answering within the timeout."""
+
+
+class RelayAuthMissing(smtplib.SMTPResponseException):
+    """Credentials are configured but the relay offers no AUTH: the session's trouble, deferred."""
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class RelayConfig:
             raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
         if not parts.hostname:
             raise ConfigError("relay URL has no host")
+        if parts.password and parts.scheme == "smtp" and not (
+                parts.hostname in _LOOPBACK or parts.hostname.startswith("127.")):
+            raise ConfigError("relay credentials would cross the network in clear text:"
+                              " use smtps:// or smtp+starttls:// for a remote relay")
         return cls(
             scheme=parts.scheme,
             host=parts.hostname,
@@ -89,6 +101,15 @@ def _text(raw: bytes | str) -> str:
     return " ".join(text.split())[:300]
 
 
+def tls_context(verify: bool = True, ca_file: Path | None = None) -> ssl.SSLContext:
+    """The relay's TLS context: verified against the system CAs (and ca_file) unless verify is False."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def classify_code(code: int) -> Kind:
     return "bounced" if 500 <= code < 600 else "deferred"
 
@@ -96,10 +117,13 @@ def classify_code(code: int) -> Kind:
 class Relay:
     """One SMTP session to the relay, opened lazily and reused across messages."""
 
-    def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None) -> None:
+    def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.timeout_s = timeout_s
         self.helo_name = helo_name or socket.gethostname()
+        # TLS for smtps and STARTTLS: certificate and host name verified unless told otherwise.
+        self.tls = tls or ssl.create_default_context()
         self._smtp: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
@@ -108,16 +132,18 @@ class Relay:
         if cfg.scheme == "smtps":
             smtp = smtplib.SMTP_SSL(
                 cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s,
-                context=ssl.create_default_context(),
+                context=self.tls,
             )
         else:
             smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s)
         try:
             smtp.ehlo()
             if cfg.scheme == "smtp+starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=self.tls)
                 smtp.ehlo()
             if cfg.username:
+                if not smtp.has_extn("auth"):
+                    raise RelayAuthMissing(530, "relay offers no AUTH; check the credentials in DRAIN_RELAY")
                 smtp.login(cfg.username, cfg.password or "")
         except BaseException:
             smtp.close()

@@ -19,3 +19,7 @@ class InputError(DrainError):
 
 class RelayError(DrainError):
     """The SMTP relay is misconfigured (not a delivery failure: those are outcomes)."""
+
+
+class NotDurable(RedisUnavailable):
+    """Redis stored a write but did not confirm it as durable as configured (DRAIN_DURABILITY)."""

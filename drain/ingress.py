@@ -31,7 +31,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from drain import intake, rules, validate
 from drain.api import Client
-from drain.delivery import Relay, RelayConfig
+from drain.delivery import Relay, RelayConfig, tls_context
 from drain.dispatch import ensure_tokens
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import Envelope
@@ -71,7 +71,8 @@ class Features:
 
 def relay_extensions(settings: Settings) -> frozenset[str] | None:
     """The relay's EHLO keywords, or None when it does not answer now."""
-    relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=min(settings.relay_timeout_s, 5.0))
+    relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=min(settings.relay_timeout_s, 5.0),
+                  tls=tls_context(settings.relay_tls_verify, settings.relay_ca_file))
     try:
         return relay.extensions()
     except (smtplib.SMTPException, OSError) as exc:
@@ -201,6 +202,7 @@ class Committer:
         ids = self._api.store.enqueue_many(
             (raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
             for raw, env in items)
+        self._api.durable.confirm()  # the 250 waits for fsync or replicas when configured
         try:
             ensure_tokens(self._api.redis, self._api.settings)
         except redis.RedisError as exc:  # stored all the same; housekeeping tops jobs up

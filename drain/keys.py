@@ -75,6 +75,8 @@ UNPARKED = f"{PREFIX}:unparked"
 INTAKE_PAUSED = f"{PREFIX}:intake:paused"
 # Held by whichever worker runs housekeeping this round.
 HOUSEKEEPING_LOCK = f"{PREFIX}:housekeeping"
+# Counter bumped just before WAIT / WAITAOF, so the wait covers the writes before it.
+DURABLE = f"{PREFIX}:durable"
 
 # RQ queue that carries batch jobs.
 RQ_QUEUE = "drain"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -17,13 +17,16 @@ from typing import cast
 
 import redis
 
-from drain import keys
+from drain import keys, saferegex
 from drain.errors import ConfigError
 from drain.message import Envelope
 from drain.store import Store
 
+log = logging.getLogger(__name__)
+
 # Longest header pattern accepted; patterns are also run on at most this much header text.
 MAX_PATTERN = 200
+MAX_FIELD = 320
 MAX_HEADER_TEXT = 4096
 _HEADERS = BytesHeaderParser(policy=compat32)
 SWEEP_CHUNK = 500
@@ -45,13 +48,13 @@ class Rule:
             raise ConfigError("a rule needs --sender, --domain or --header")
         if self.header and not self.pattern:
             raise ConfigError("--header takes 'Name: regex'")
+        for what, value in (("sender", self.sender), ("domain", self.domain), ("header", self.header)):
+            if value and len(value) > MAX_FIELD:
+                raise ConfigError(f"rule {what} is longer than {MAX_FIELD} characters")
         if self.pattern:
             if len(self.pattern) > MAX_PATTERN:
                 raise ConfigError(f"header pattern is longer than {MAX_PATTERN} characters")
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ConfigError(f"bad header pattern: {exc}") from None
+            saferegex.compile_pattern(self.pattern)  # RE2: linear time, cannot hang
 
     def describe(self) -> str:
         parts = []
@@ -75,8 +78,7 @@ class Rule:
                 values = _HEADERS.parsebytes(raw[:65536]).get_all(self.header, [])
             except Exception:
                 return False
-            regex = re.compile(self.pattern, re.IGNORECASE)
-            if not any(regex.search(str(v)[:MAX_HEADER_TEXT]) for v in values):
+            if not any(saferegex.search(self.pattern, str(v)[:MAX_HEADER_TEXT]) for v in values):
                 return False
         return True
 
@@ -97,7 +99,12 @@ def version(client: redis.Redis) -> int:
 
 def load(client: redis.Redis) -> list[Rule]:
     raw = cast(dict[bytes, bytes], client.hgetall(keys.RULES))
-    rules = [Rule(**json.loads(v)) for v in raw.values()]
+    rules = []
+    for value in raw.values():
+        try:
+            rules.append(Rule(**json.loads(value)))
+        except (ConfigError, TypeError, ValueError) as exc:  # never let one stored rule stop the workers
+            log.error("ignoring a stored rule drain cannot use: %s", exc)
     return sorted(rules, key=lambda r: int(r.id))
 
 

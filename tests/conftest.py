@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -118,3 +119,32 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+# -- chaos: scale from --chaos-scale or DRAIN_CHAOS_SCALE; figures shown at the end of the run --
+
+CHAOS_FIGURES = pytest.StashKey[list[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-scale", type=float, default=None,
+                     help="Size of the chaos suite's runs (1 = CI size; env DRAIN_CHAOS_SCALE).")
+
+
+@pytest.fixture
+def chaos_scale(request: pytest.FixtureRequest) -> float:
+    import os
+
+    value = request.config.getoption("--chaos-scale")
+    return float(value if value is not None else os.environ.get("DRAIN_CHAOS_SCALE") or 1.0)
+
+
+@pytest.fixture
+def chaos_figures(request: pytest.FixtureRequest) -> list[str]:
+    """Lines a chaos test wants shown in the run's summary (so CI logs carry the figures)."""
+    return request.config.stash.setdefault(CHAOS_FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for line in config.stash.get(CHAOS_FIGURES, []):
+        terminalreporter.write_line(line)

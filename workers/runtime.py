@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import redis
 
 from drain import rules
-from drain.delivery import Relay, RelayConfig
+from drain.delivery import Relay, RelayConfig, tls_context
 from drain.housekeeping import Housekeeper
+from drain.resilience import ResilientStore
 from drain.rules import Rule
 from drain.settings import Settings
 from drain.store import Store
@@ -42,9 +43,10 @@ class Runtime:
 
     @classmethod
     def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
-        store = Store(client, settings)
+        store = ResilientStore(client, settings)
         relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s,
-                      helo_name=settings.hostname)
+                      helo_name=settings.hostname,
+                      tls=tls_context(settings.relay_tls_verify, settings.relay_ca_file))
         owner = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         return cls(settings, store, relay, owner, Limits.from_settings(settings),
                    severity_with(settings.quarantine_codes, settings.record_codes))

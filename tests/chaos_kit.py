@@ -1,0 +1,238 @@
+"""Helpers for tests that break things on purpose: a redis-server of the test's own that can
+be killed and restarted on its files, fleets of `drain worker` processes to SIGKILL, and
+a relay policy that drops, stalls and refuses on a seeded share of messages."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from drain.embedded import server_binary
+from drain.sink import DROP, Action, Received, Stall, free_port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll with a deadline; predicate errors (Redis away) count as not yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class RedisProc:
+    """A redis-server on a free port with its own folder; append-only, fsync on every write."""
+
+    def __init__(self, folder: Path, *extra: str, port: int | None = None, binary: str | None = None) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.binary = binary or server_binary()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def args(self) -> list[str]:
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+                "--loglevel", "warning", "--logfile", str(self.folder / "redis.log"), *self.extra]
+
+    def start(self, password: str | None = None) -> RedisProc:
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = redis.Redis(port=self.port, password=password, socket_timeout=2)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"redis-server exited: {(self.folder / 'redis.log').read_text(errors='replace')[-500:]}")
+            try:
+                # Ours, not another program's that took the port while ours was down.
+                return int(probe.info("server")["process_id"]) == self.proc.pid
+            except redis.BusyLoadingError:
+                return False
+            except redis.ConnectionError:
+                return False
+
+        try:
+            wait_until(up, 15, f"redis-server on port {self.port}")
+        finally:
+            probe.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: what was acknowledged is on disk (appendfsync always); nothing else is saved."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self, down_s: float = 0.5, password: str | None = None) -> None:
+        self.kill()
+        time.sleep(down_s)  # the outage itself, on purpose
+        self.start(password)
+        self.restarts += 1
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is pid (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Field 4 is the parent pid; the command name (field 2) may hold spaces, so split after it.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+@dataclass
+class Member:
+    """One `drain worker --processes N` command, in a process group of its own."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Fleet:
+    """`drain worker` commands to start, SIGKILL and start again; stderr kept per start."""
+
+    env: dict[str, str]
+    folder: Path
+    processes: int = 2
+    members: list[Member] = field(default_factory=list)
+    starts: int = 0
+    kills: int = 0  # SIGKILLs sent
+    workers_killed: int = 0  # worker processes (which hold messages) among them
+
+    def start(self) -> Member:
+        self.starts += 1
+        log = self.folder / f"worker-{self.starts}.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "drain", "worker", "--processes", str(self.processes),
+                 "--log-level", "WARNING"],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        member = Member(proc, log)
+        self.members.append(member)
+        return member
+
+    def alive(self) -> list[Member]:
+        return [m for m in self.members if m.proc.poll() is None]
+
+    def kill_worker(self, rng: random.Random) -> bool:
+        """SIGKILL one worker process of a random member (its pool starts another)."""
+        pool = [(m, c) for m in self.alive() for c in children(m.proc.pid)]
+        if not pool:
+            return False
+        _member, pid = rng.choice(pool)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        self.kills += 1
+        self.workers_killed += 1
+        return True
+
+    def kill_member(self, rng: random.Random) -> Member | None:
+        """SIGKILL a whole member (pool and workers) at once; returns it, to be started again."""
+        alive = self.alive()
+        if not alive:
+            return None
+        member = rng.choice(alive)
+        workers = len(children(member.proc.pid))
+        os.killpg(member.proc.pid, signal.SIGKILL)
+        member.proc.wait(timeout=10)
+        self.kills += 1
+        self.workers_killed += workers
+        return member
+
+    def stop(self) -> None:
+        for member in self.alive():
+            os.killpg(member.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for member in self.members:
+            try:
+                member.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(member.proc.pid, signal.SIGKILL)
+                member.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {m.log.name}\n{m.log.read_text(errors='replace')[-3000:]}" for m in self.members)
+
+
+class FaultyRelay:
+    """A data policy for drain.sink.Sink: on a seeded share of DATA commands it drops the
+    connection, stalls (shorter or longer than the relay timeout) or answers 4xx/5xx.
+    Every answer given is counted; 5xx answers are remembered by first recipient."""
+
+    def __init__(self, seed: int, drop: float = 0.02, soft: float = 0.02, hard: float = 0.005,
+                 slow: float = 0.01, tarpit: float = 0.002, tarpit_s: float = 1.5) -> None:
+        self.rng = random.Random(seed)
+        self.shares: Sequence[tuple[str, float]] = (("drop", drop), ("4xx", soft), ("5xx", hard),
+                                                   ("stall", slow), ("tarpit", tarpit))
+        self.tarpit_s = tarpit_s
+        self.faults: Counter[str] = Counter()
+        self.refused: set[str] = set()  # first recipients of messages answered with 5xx
+        self.lock = threading.Lock()
+        self.enabled = True
+
+    def __call__(self, _index: int, msg: Received) -> Action:
+        with self.lock:
+            if not self.enabled:
+                return None
+            draw = self.rng.random()
+            kind = ""
+            for name, share in self.shares:
+                if draw < share:
+                    kind = name
+                    break
+                draw -= share
+            if kind:
+                self.faults[kind] += 1
+            if kind == "5xx":
+                self.refused.add(msg.recipients[0] if msg.recipients else "")
+            stall_s = self.rng.uniform(0.1, 0.5)
+        if kind == "drop":
+            return DROP
+        if kind == "4xx":
+            return "451 4.3.0 chaos: try again later"
+        if kind == "5xx":
+            return "554 5.7.1 chaos: refused for good"
+        if kind == "stall":
+            return Stall(seconds=stall_s)  # slow, then accepted
+        if kind == "tarpit":
+            return Stall(seconds=self.tarpit_s, then="451 4.4.2 chaos: too slow")  # past the timeout
+        return None
