@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from drain import keys
 from drain.api import Client
 from drain.connection import SentinelUrl, connect
 from drain.errors import ConfigError
@@ -76,7 +77,7 @@ def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -
     settings = Settings(redis_url=cluster.url, relay=relay.url, durability="replicas:1", lease_ttl_s=1.0)
     api = Client.connect(settings)
     first = api.enqueue_many([synthetic(i) for i in range(20)]).ids
-    assert redis.Redis(port=cluster.master.port).llen("drain:ready") == 20
+    assert redis.Redis(port=cluster.master.port).llen(keys.FRESH) == 20
 
     # Failover: the replica becomes master; drain's client follows the sentinel's word.
     wait_until(lambda: bool(redis.Redis(port=cluster.sentinel_port).sentinel_failover(SERVICE)), 20,
