@@ -550,7 +550,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
     parser.add_argument("--naive-messages", type=int, default=10_000, help="messages drained by naive RQ")
-    parser.add_argument("--processes", default="2", help="comma-separated worker process counts")
+    parser.add_argument("--processes", default="1,2,4", help="comma-separated worker process counts")
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -563,7 +563,8 @@ def main() -> None:
                         help="backlog size for --only rate (default 200,000) or --only backlog (1,000,000)")
     parser.add_argument("--domains", type=int, default=2000, help="destination domains for --only backlog")
     parser.add_argument("--hours", type=float, default=3.0, help="ages spread over this many hours (--only backlog)")
-    parser.add_argument("--window", type=float, default=60.0, help="seconds measured for --only rate")
+    parser.add_argument("--window", type=float, default=60.0,
+                        help="seconds the rate-fidelity run measures (0 leaves it out of the full run)")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -615,9 +616,12 @@ def main() -> None:
         for processes in counts:
             bench_naive(report, client, relay, args.naive_messages, processes, args.size)
             bench_drain(report, client, relay, args.messages, processes, args.size)
+        if args.window > 0:
+            bench_rate(report, client, args.backlog or 200_000, max(counts), window_s=args.window)
     print(markdown(report))
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
+        args.out.with_suffix(".md").write_text(markdown(report) + "\n")
 
 
 def markdown(report: Report) -> str:
@@ -628,6 +632,14 @@ def markdown(report: Report) -> str:
     for r in report.rows:
         lines.append(f"| {r['name']} | {r.get('processes', '')} | {r['messages']:,} | {r.get('seconds', '')} | "
                      f"{r['msg_per_s']:,} | {r.get('enqueue_per_s', '')} |")
+    for r in report.rows:
+        if r["name"].startswith("rate fidelity"):
+            caps = "; ".join(f"{d}: cap {c['cap_per_s']:g}/s, most in any second {c['most_in_any_second']}, "
+                             f"violations {c['violations']}" for d, c in r["domain_caps"].items())
+            lines.append(f"\n{r['name']} with {r['processes']} processes over {r['seconds']} s on a "
+                         f"{r['backlog']:,}-message backlog: {r['msg_per_s']:,}/s ({r['off_by_percent']:+}%); "
+                         f"{caps}; fresh mail p50 {r['fresh_p50_s']} s, p99 {r['fresh_p99_s']} s, max "
+                         f"{r['fresh_max_s']} s ({r['fresh_delivered']} of {r['fresh_sent']})")
     naive = {r["processes"]: r["msg_per_s"] for r in report.rows if r["name"].startswith("naive")}
     for r in report.rows:
         if r["name"] == "drain" and r["processes"] in naive:
