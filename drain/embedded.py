@@ -135,3 +135,28 @@ def stop(home: Path) -> bool:
     while time.monotonic() < deadline and socket_path(home).exists() and _ping(home):
         time.sleep(0.05)
     return True
+
+
+def spawn_on_port(port: int, workdir: Path, *extra: str, timeout_s: float = 10.0) -> subprocess.Popen[bytes]:
+    """A throwaway redis-server on 127.0.0.1:port with no persistence, configured like the
+    embedded one, for tests and benchmarks; returns once it answers PING."""
+    proc = subprocess.Popen(
+        [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning", "--hash-max-ziplist-value", "8192",
+         *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return proc
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    raise RedisUnavailable(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+    finally:
+        client.close()

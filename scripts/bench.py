@@ -38,7 +38,7 @@ from drain import keys, validate
 from drain.api import Client
 from drain.deferred import records
 from drain.delivery import wire_form
-from drain.embedded import server_binary
+from drain.embedded import spawn_on_port
 from drain.message import envelope_from_headers
 from drain.seeding import load, synthetic, with_message_id
 from drain.settings import Settings
@@ -62,23 +62,8 @@ class Report:
 def redis_server() -> Iterator[redis.Redis]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", tmp, "--daemonize", "no", "--loglevel", "warning",
-             # as the embedded server is configured (see drain/embedded.py)
-             "--hash-max-ziplist-value", "8192"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        proc = spawn_on_port(port, Path(tmp))
         client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         try:
             yield client
         finally:
@@ -96,21 +81,8 @@ def smtp_sink(prefer_postfix: bool) -> Iterator[tuple[str, str]]:
     else:
         cmd = [sys.executable, __file__, "--serve-sink", str(port)]
         name = "aiosmtpd sink (separate process)"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{name} did not start") from None
-            time.sleep(0.05)
-    try:
+    with listening(cmd, port, dict(os.environ), name):
         yield f"smtp://127.0.0.1:{port}", name
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def serve_sink(port: int) -> None:

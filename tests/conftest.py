@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import redis
 
 from drain.api import Client
-from drain.embedded import server_binary
+from drain.embedded import spawn_on_port
 from drain.housekeeping import run_once
 from drain.settings import Settings
 from drain.sink import Sink, free_port
@@ -28,23 +27,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A private redis-server for the test session; never a developer's Redis."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("test redis-server did not start") from None
-            time.sleep(0.05)
-    client.close()
+    proc = spawn_on_port(port, workdir)
     yield port
     proc.terminate()
     proc.wait(timeout=10)
