@@ -178,7 +178,7 @@ class Relay:
             self._smtp = self._connect()
         smtp = self._smtp
         options: list[str] = []
-        if smtp.has_extn("8bitmime") and any(b > 0x7F for b in raw):
+        if smtp.has_extn("8bitmime") and not raw.isascii():
             options.append("BODY=8BITMIME")
         if not (sender + "".join(recipients)).isascii():
             options.append("SMTPUTF8")

@@ -215,7 +215,7 @@ def _header_lines(head: bytes, limits: Limits) -> Generator[Finding, None, tuple
     for number, line in enumerate(lines, 1):
         if len(line) > MAX_LINE:
             yield Finding("header.line-too-long", f"line {number}: {len(line)} octets: {_excerpt(line)}")
-        if not non_ascii_reported and any(b > 0x7F for b in line):
+        if not non_ascii_reported and not line.isascii():
             non_ascii_reported = True
             yield Finding("header.non-ascii-unencoded", f"line {number}: {_excerpt(line)}")
         if line[:1] in (b" ", b"\t"):
@@ -298,13 +298,25 @@ def address_error(address: str, allow_special_domains: bool = False, check_dns: 
     return None
 
 
+@lru_cache(maxsize=8192)
+def _strict_parse_failure(name: str, value: str) -> Exception | None:
+    """What the strict header parser raises on this field, if anything (remembered: the
+    same senders and recipients come back again and again in a backlog)."""
+    try:
+        default_policy.header_factory(name, value).addresses  # noqa: B018
+    except Exception as exc:
+        return exc
+    return None
+
+
 def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
     # The strict (default policy) header parser reads every address field; its own
     # failures on odd real-world headers surface as parse.crash through check().
     for name in ADDRESS_FIELDS:
         for value in message.get_all(name, []):
-            unfolded = header_text(value).replace("\r", "").replace("\n", "")
-            default_policy.header_factory(name, unfolded).addresses  # noqa: B018
+            failure = _strict_parse_failure(name, header_text(value).replace("\r", "").replace("\n", ""))
+            if failure is not None:
+                raise failure
     header_from = [addr for _n, addr in getaddresses([header_text(v) for v in message.get_all("From", [])])]
     bad_from = [a for a in header_from if not _valid(a, limits)]
     if message.get_all("From") and (not header_from or bad_from):

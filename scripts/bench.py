@@ -180,12 +180,13 @@ def bench_validation(report: Report, count: int = 3000) -> None:
         runs = []
         for _ in range(5):
             validate._valid_cached.cache_clear()
+            validate._strict_parse_failure.cache_clear()
             started = time.perf_counter()
             for raw, env in zip(raws, envs, strict=True):
                 validate.check(raw, env)
             runs.append(count / (time.perf_counter() - started))
         report.add(name=f"validation, one core: {label}", messages=count, msg_per_s=round(statistics.median(runs)),
-                   note="median of 5 runs; address cache cleared before each")
+                   note="median of 5 runs; address caches cleared before each")
 
 
 def bench_retry(report: Report, client: redis.Redis, count: int, processes: int, transient: float = 0.20,
