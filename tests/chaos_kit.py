@@ -236,3 +236,17 @@ class FaultyRelay:
         if kind == "tarpit":
             return Stall(seconds=self.tarpit_s, then="451 4.4.2 chaos: too slow")  # past the timeout
         return None
+
+
+def run_drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """`drain ARGS...` as a process with extra environment; its output captured."""
+    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **env}, timeout=timeout, check=False)
+
+
+def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The error a command printed, which must be one line with no traceback."""
+    err = result.stderr.decode()
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err

@@ -17,22 +17,11 @@ from drain.errors import ConfigError, NotDurable
 from drain.seeding import synthetic
 from drain.settings import Settings
 from drain.sink import Sink, free_port
-from tests.chaos_kit import RedisProc, wait_until
+from tests.chaos_kit import RedisProc, one_line, wait_until
+from tests.chaos_kit import run_drain as drain
 from tests.test_ingress import StartIngress, ingress, submit  # noqa: F401  (ingress: the fixture)
 from tests.test_ingress import connect as smtp_connect
 from tests.test_ingress import synthetic as wire_synthetic
-
-
-def drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, **env}, timeout=timeout, check=False)
-
-
-def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
-    err = result.stderr.decode()
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 def test_durability_setting_is_parsed() -> None:

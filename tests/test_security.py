@@ -4,11 +4,8 @@ errors, operator regexes cannot hang anything, and the relay's TLS certificate i
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import ssl
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -29,7 +26,8 @@ from drain.rules import Rule
 from drain.seeding import synthetic
 from drain.settings import Settings
 from drain.sink import Sink
-from tests.chaos_kit import RedisProc
+from tests.chaos_kit import RedisProc, one_line
+from tests.chaos_kit import run_drain as drain
 from tests.test_ingress import self_signed
 
 REDIS_SECRET = "redis-Secret-4711"
@@ -45,18 +43,6 @@ class Planted:
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
         return (open, (str(self.path), "w"))
-
-
-def drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, **env}, timeout=timeout, check=False)
-
-
-def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
-    err = result.stderr.decode()
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 # -- nothing read from Redis is unpickled ---------------------------------------------------
