@@ -17,8 +17,8 @@ from rq.timeouts import JobTimeoutException
 
 from drain import dsn, ratelimit, validate
 from drain.breaker import Breakers
-from drain.delivery import Relay
-from drain.message import Envelope
+from drain.delivery import Relay, permanent
+from drain.message import Envelope, without_bcc
 from drain.retry import deferral_delay
 from drain.rules import Rule, first_match
 from drain.store import Outcome, Store, Stored
@@ -116,7 +116,8 @@ class Batch:
                 return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
             took_slot = domain in self.capped
         try:
-            result = self.relay.send(env.sender, list(env.recipients), msg.raw)
+            # The stored original keeps its Bcc (quarantine evidence); the copy sent does not.
+            result = self.relay.send(env.sender, list(env.recipients), without_bcc(msg.raw), env.smtputf8)
         finally:
             if took_slot:
                 self.store.unpark(domain, most=1, done_id=msg.id)
@@ -127,23 +128,24 @@ class Batch:
                 self.store.client, domain, now) is None:
             self.adaptive.discard(domain)
         if result.kind == "deferred":
-            # No reply at all (refused, dropped, timed out) is the relay's trouble, not the domain's.
-            self.breakers.failure(RELAY if result.code == 0 else env.domain, now)
+            # No reply at all (refused, dropped, timed out), TLS, AUTH, a missing extension or a
+            # session reply is the relay's trouble (or drain's), not the domain's.
+            self.breakers.failure(RELAY if result.code == 0 or result.relay_fault else env.domain, now)
         else:
             self.breakers.success(RELAY)
             self.breakers.success(env.domain)
-        permanent = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if 500 <= c < 600}
+        refused = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if permanent(c)}
         if result.kind == "bounced":
-            self._report(msg, permanent or dict.fromkeys(env.recipients, result.reply))
+            self._report(msg, refused or dict.fromkeys(env.recipients, result.reply))
             return Outcome(msg.id, "bounced", info=result.reply)
         if result.kind == "delivered":
-            if permanent:
-                self._report(msg, permanent)
-            transient = [r for r, (c, _t) in result.refused.items() if not 500 <= c < 600]
+            if refused:
+                self._report(msg, refused)
+            transient = [r for r, (c, _t) in result.refused.items() if not permanent(c)]
             if not transient:
                 return Outcome(msg.id, "delivered", info=result.reply if result.refused else "")
             # Some recipients took it, some said "later": the rest is deferred on its own.
-            rest = Envelope(env.sender, tuple(transient))
+            rest = Envelope(env.sender, tuple(transient), env.smtputf8)
             return self._defer(msg, now, result.reply, rest.to_json())
         return self._defer(msg, now, result.reply)
 

@@ -31,6 +31,17 @@ class RelayAuthMissing(smtplib.SMTPResponseException):
     """Credentials are configured but the relay offers no AUTH: the session's trouble, deferred."""
 
 
+# Replies that speak about the session or the configuration, never about one message, even
+# when they come at MAIL FROM, RCPT TO or DATA: command trouble (500, 502, 503, 504, 555)
+# and "authenticate first" / "encrypt first" (530, 538). They defer; they never bounce.
+SESSION_CODES = frozenset({500, 502, 503, 504, 530, 538, 555})
+
+
+def permanent(code: int) -> bool:
+    """Whether a reply to MAIL FROM, RCPT TO or DATA refuses this message for good."""
+    return 500 <= code < 600 and code not in SESSION_CODES
+
+
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -77,6 +88,9 @@ class Result:
     text: str = ""
     # Recipients the relay refused while it took the message for others: address -> (code, text).
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # The failure is the relay's or drain's (connection, TLS, AUTH, a missing extension, a
+    # session reply, a local error), not the destination's: it counts on the relay breaker.
+    relay_fault: bool = False
 
     @property
     def reply(self) -> str:
@@ -111,7 +125,7 @@ def tls_context(verify: bool = True, ca_file: Path | None = None) -> ssl.SSLCont
 
 
 def classify_code(code: int) -> Kind:
-    return "bounced" if 500 <= code < 600 else "deferred"
+    return "bounced" if permanent(code) else "deferred"
 
 
 class Relay:
@@ -171,7 +185,8 @@ class Relay:
             self._smtp.close()
             self._smtp = None
 
-    def _send_once(self, sender: str, recipients: list[str], raw: bytes) -> dict[str, tuple[int, bytes]]:
+    def _send_once(self, sender: str, recipients: list[str], raw: bytes,
+                   smtputf8: bool = False) -> dict[str, tuple[int, bytes]]:
         if self._smtp is not None and self._smtp.sock is None:
             self._smtp = None  # smtplib closed it (e.g. after a 421)
         if self._smtp is None:
@@ -180,8 +195,8 @@ class Relay:
         options: list[str] = []
         if smtp.has_extn("8bitmime") and not raw.isascii():
             options.append("BODY=8BITMIME")
-        if not (sender + "".join(recipients)).isascii():
-            options.append("SMTPUTF8")
+        if smtputf8 or not (sender + "".join(recipients)).isascii():
+            options.append("SMTPUTF8")  # smtplib refuses it (SMTPNotSupportedError) if not offered
         try:
             return smtp.sendmail(sender, recipients, raw, mail_options=options)
         except _DROPPED as exc:
@@ -192,27 +207,45 @@ class Relay:
                 raise RelayTimeout(f"relay did not answer in {self.timeout_s:g}s") from exc
             raise
 
-    def send(self, sender: str, recipients: list[str], raw: bytes) -> Result:
-        """Hand one message to the relay; every failure becomes a Result, never an exception."""
+    def send(self, sender: str, recipients: list[str], raw: bytes, smtputf8: bool = False) -> Result:
+        """Hand one message to the relay; every failure becomes a Result, never an exception.
+
+        Only a permanent reply to MAIL FROM, RCPT TO or DATA bounces; everything else (no
+        connection, TLS, AUTH, a missing extension, a session reply, our own error) defers.
+        """
         try:
-            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, wire_form(raw))
+            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, wire_form(raw), smtputf8)
         except smtplib.SMTPRecipientsRefused as exc:
             replies = {r: (int(c), _text(t)) for r, (c, t) in exc.recipients.items()}
-            permanent = all(500 <= c < 600 for c, _t in replies.values())
+            final = all(permanent(c) for c, _t in replies.values())
             code, text = next(iter(replies.values()), (0, ""))
-            return Result("bounced" if permanent else "deferred", code, text, refused=replies)
+            session = any(c in SESSION_CODES for c, _t in replies.values())
+            return Result("bounced" if final else "deferred", code, text, refused=replies, relay_fault=session)
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-            return Result(classify_code(exc.smtp_code), exc.smtp_code, _text(exc.smtp_error))
+            kind = classify_code(exc.smtp_code)
+            return Result(kind, exc.smtp_code, _text(exc.smtp_error), relay_fault=exc.smtp_code in SESSION_CODES)
         except smtplib.SMTPNotSupportedError as exc:
-            return Result("bounced", 553, _text(f"relay cannot take this message: {exc}"))
-        except smtplib.SMTPResponseException as exc:
-            # A refusal at greeting, HELO or AUTH is about this relay session, not the message.
+            # The relay lacks an extension we need (STARTTLS, AUTH, SMTPUTF8): its trouble or
+            # the configuration's, and it may come back (a failover, a fixed certificate).
             self._drop()
-            return Result("deferred", exc.smtp_code, _text(exc.smtp_error))
+            return Result("deferred", 0, _text(f"relay lacks what this needs: {exc}"), relay_fault=True)
+        except smtplib.SMTPResponseException as exc:
+            # A refusal at greeting, HELO, STARTTLS or AUTH (even a 535) is about this relay
+            # session or its configuration, not the message.
+            self._drop()
+            return Result("deferred", exc.smtp_code, _text(exc.smtp_error), relay_fault=True)
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
-            return Result("deferred", 0, _text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))
+            return Result("deferred", 0, _failure(exc), relay_fault=True)
+        except Exception as exc:  # drain's own fault (a bug, an encoding it could not do): never the message's
+            log.exception("sending to %s failed inside drain", self.config.redacted())
+            self._drop()
+            return Result("deferred", 0, _failure(exc), relay_fault=True)
         if refused:
             replies = {r: (int(c), _text(t)) for r, (c, t) in refused.items()}
             return Result("delivered", 250, "accepted for some recipients", refused=replies)
         return Result("delivered", 250, "ok")
+
+
+def _failure(exc: BaseException) -> str:
+    return _text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -23,15 +23,21 @@ class Envelope:
 
     sender: str
     recipients: tuple[str, ...]
+    # Accepted with SMTPUTF8 (RFC 6531): its headers may carry raw UTF-8, and it must go out
+    # with SMTPUTF8 too. Stored as a third element of the JSON form, only when set.
+    smtputf8: bool = False
 
     def to_json(self) -> str:
-        return json.dumps([self.sender, list(self.recipients)], separators=(",", ":"))
+        form: list[object] = [self.sender, list(self.recipients)]
+        if self.smtputf8:
+            form.append(1)
+        return json.dumps(form, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:
         try:
-            sender, recipients = json.loads(text)
-            return cls(str(sender), tuple(str(r) for r in recipients))
+            sender, recipients, *rest = json.loads(text)
+            return cls(str(sender), tuple(str(r) for r in recipients), smtputf8=rest[:1] == [1])
         except (ValueError, TypeError) as exc:
             raise InputError(f"stored envelope is not valid: {exc}") from None
 
@@ -129,6 +135,31 @@ def envelope_from_headers(raw: bytes) -> Envelope:
     except Exception:  # hostile headers: no envelope rather than a crash
         return Envelope("", ())
     return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)))
+
+
+_BCC_FIELD = re.compile(rb"^(?:resent-)?bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def without_bcc(raw: bytes) -> bytes:
+    """The message as delivered: Bcc (and Resent-Bcc) fields removed with their folded
+    lines, as sendmail -t and Postfix's cleanup do. Only the header block is read; a
+    message without such a field is returned as is (the same object)."""
+    split = _BLANK_LINE.search(raw)
+    # The header block with each field's own line ending; the blank line and body follow.
+    end = len(raw) if split is None else split.start() + (2 if raw[split.start()] == 13 else 1)
+    if _BCC_FIELD.search(raw, 0, end) is None:
+        return raw
+    kept: list[bytes] = []
+    dropping = False
+    for line in raw[:end].splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = _BCC_FIELD.match(line) is not None
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept) + raw[end:]
 
 
 def as_bytes(message: bytes | Message) -> bytes:
