@@ -115,3 +115,40 @@ def test_refusals_at_the_door_are_reported_not_queued(client: Client) -> None:
     assert len(result.ids) == 1
     assert [i for i, _why in result.rejected] == [0, 2]
     assert client.store.books().accepted == 1
+
+
+def _header_block(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+def _with_bcc(number: int, bcc: bytes) -> bytes:
+    return (b"From: Billing <billing@sender.example.com>\n"
+            b"To: Open <open@example.com>\n" + bcc +
+            b"Subject: copies\n"
+            b"Date: Mon, 23 Nov 2026 10:00:00 +0000\n"
+            b"Message-ID: <hc-%d@sender.example.com>\n\n"
+            b"Body that mentions\nBcc: this line stays, it is body text.\n" % number)
+
+
+def test_bcc_recipients_get_the_mail_but_no_copy_shows_the_bcc(client: Client, relay: Sink,
+                                                               work: Callable[..., bool]) -> None:
+    folded = _with_bcc(1, b"Bcc: Hidden One <hidden1@example.org>,\n  hidden2@example.net\n")
+    lower = _with_bcc(2, b"bcc: lower@example.org\n")
+    ids = client.enqueue_many([folded, lower]).ids
+    relay.set_policy(data_policy=lambda _i, _m: "451 4.3.0 try again later")
+    work()
+    # Deferred: the stored originals keep every header (the evidence an operator sees).
+    assert [client.redis.hget(keys.message(i), "raw") for i in ids] == [folded, lower]
+
+    relay.set_policy()
+    client.store.promote_due(now=10**10)
+    work()
+    got = {m.message_id: m for m in relay.messages}
+    assert set(got["<hc-1@sender.example.com>"].recipients) == {
+        "open@example.com", "hidden1@example.org", "hidden2@example.net"}
+    assert set(got["<hc-2@sender.example.com>"].recipients) == {"open@example.com", "lower@example.org"}
+    for received in got.values():
+        block = _header_block(received.data)
+        assert b"bcc:" not in block.lower() and b"hidden" not in block and b"lower@" not in block
+        assert b"To: Open <open@example.com>\r\nSubject: copies\r\n" in block
+        assert received.data.endswith(b"Bcc: this line stays, it is body text.\r\n")
