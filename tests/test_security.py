@@ -4,6 +4,7 @@ errors, operator regexes cannot hang anything, and the relay's TLS certificate i
 from __future__ import annotations
 
 import contextlib
+import json
 import pickle
 import ssl
 import time
@@ -14,7 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 from aiosmtpd.controller import Controller
-from rq import Queue
+from rq import Callback, Queue
+from rq.job import JobStatus
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
 
 from drain import keys
 from drain.api import Client
@@ -59,6 +63,39 @@ def test_planted_pickle_job_is_refused_without_running(client: Client, rclient: 
     assert not proof.exists()
     books = client.store.books()
     assert books.delivered == 5 and books.queued == 0  # the real jobs ran all the same
+
+
+TRACES: list[tuple[object, ...]] = []
+
+
+def leave_a_trace(*args: object) -> None:
+    """A harmless importable function: if a worker (in this process) ever calls it, TRACES shows it."""
+    TRACES.append(args)
+
+
+def test_a_job_for_any_other_function_is_refused_without_calling_it(
+        client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool], tmp_path: Path) -> None:
+    client.enqueue_many([synthetic(i) for i in range(5)])
+    queue = Queue(keys.RQ_QUEUE, connection=rclient, serializer=JSONSerializer)
+    # Jobs as anyone with write access to Redis could push them: plain JSON, any dotted path.
+    TRACES.clear()
+    traced = queue.enqueue(f"{__name__}.leave_a_trace", "called as a job")
+    shell = queue.enqueue("os.system", f"touch {tmp_path / 'pwned'}")
+    # The right name, but with callbacks that would be imported and called on failure.
+    sneaky = queue.enqueue("workers.jobs.deliver_batch", on_failure=Callback(f"{__name__}.leave_a_trace"))
+    rclient.hset(sneaky.key, "data", json.dumps(["workers.jobs.deliver_batch", "an instance", [], {}]))
+
+    work()
+
+    assert TRACES == [] and not (tmp_path / "pwned").exists()
+    failed = FailedJobRegistry(queue=queue).get_job_ids()
+    for job in (traced, shell, sneaky):
+        job.refresh()
+        assert job.get_status() == JobStatus.FAILED and job.id in failed
+        assert "refused by drain" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+    assert rclient.llen(queue.intermediate_queue_key) == 0
+    books = client.store.books()
+    assert books.delivered == 5 and books.queued == 0  # drain's own jobs ran all the same
 
 
 def test_planted_pickle_in_a_message_is_refused(client: Client, rclient: redis.Redis, relay: Sink,

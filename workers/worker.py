@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 
 import redis
 from rq import SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from drain import keys
-from drain.dispatch import ensure_tokens
+from drain.dispatch import JOB_FUNCTION, ensure_tokens
 from drain.housekeeping import run_once
 from drain.resilience import TROUBLE, wait_for_redis
 from drain.retry import redis_backoff
@@ -77,6 +79,10 @@ class DrainWorker(SimpleWorker):
         self._patiently(super().run_maintenance_tasks)
 
     def execute_job(self, job: Any, queue: Any) -> None:
+        why = refusal(job)
+        if why is not None:
+            self._refuse(job, queue, why)
+            return
         try:
             super().execute_job(job, queue)
         except TROUBLE as exc:
@@ -85,11 +91,38 @@ class DrainWorker(SimpleWorker):
             log.warning("Redis unavailable around job %s (%s); waiting for it", job.id, exc)
             wait_for_redis(self.connection)
 
+    def _refuse(self, job: Job, queue: Any, why: str) -> None:
+        """Fail a job drain did not write, without importing or calling anything it names:
+        its callbacks, retries and webhooks are dropped before RQ records the failure."""
+        log.error("refused RQ job %s: %s", job.id, why)
+        job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+        job.retries_left = None
+        job.webhooks = []
+        execution = self.prepare_execution(job)
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        self.handle_job_failure(job, queue, exc_string=f"refused by drain: {why}", execution=execution)
+        self.set_state(WorkerStatus.IDLE)
+
     def teardown(self) -> None:
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         except TROUBLE as exc:
             log.warning("could not record this worker's exit: Redis: %s", exc)
+
+
+def refusal(job: Job) -> str | None:
+    """Why a dequeued job must not run, or None for drain's own batch job. Only its stored
+    function name is read: nothing is imported to decide."""
+    try:
+        name, instance = job.func_name, job.instance
+    except Exception as exc:  # data that does not even decode
+        return f"unreadable job data ({type(exc).__name__})"
+    if name != JOB_FUNCTION or instance is not None:
+        shown = ascii(name)[:200]
+        return f"function {shown} is not {JOB_FUNCTION}"
+    return None
 
 
 def _run_child(name: str, settings: Settings, burst: bool, logging_level: str) -> None:
