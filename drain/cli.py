@@ -675,6 +675,20 @@ def demo(obj: Context, messages: int, rate_text: str, workers: int, malformed: f
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help='One JSON document: {"producer": "ACL SETUSER ...", ...}.')
+def acl(as_json: bool) -> None:
+    """Redis ACL rules for drain's roles: producer, worker, operator, viewer (see README)."""
+    from drain import acl as acl_rules
+
+    found = acl_rules.all_roles()
+    if as_json:
+        emit(found)
+        return
+    for command in found.values():
+        click.echo(command)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -80,6 +80,8 @@ DURABLE = f"{PREFIX}:durable"
 
 # RQ queue that carries batch jobs.
 RQ_QUEUE = "drain"
+# Every key (and pub/sub channel) RQ keeps, for drain's ACL rules (drain.acl).
+RQ_PATTERN = "rq:*"
 
 
 def message(msg_id: str) -> str:
