@@ -48,6 +48,7 @@ SEVERITY: dict[str, str] = {
     "header.missing-message-id": RECORD,
     "mime.missing-boundary": QUARANTINE,
     "mime.boundary-not-found": RECORD,
+    "mime.boundary-nested": QUARANTINE,
     "mime.nesting-too-deep": QUARANTINE,
     "mime.too-many-parts": QUARANTINE,
     "address.invalid-sender": QUARANTINE,
@@ -238,9 +239,11 @@ def _header_lines(head: bytes, limits: Limits) -> Generator[Finding, None, tuple
 def _mime(message: Message, limits: Limits) -> Iterator[Finding]:
     parts = 0
     deepest = 0
-    stack: list[tuple[Message, int]] = [(message, 1)]
+    nested_reported = False
+    # Each part with its depth and the boundaries of the multiparts that enclose it.
+    stack: list[tuple[Message, int, tuple[str, ...]]] = [(message, 1, ())]
     while stack:
-        part, depth = stack.pop()
+        part, depth, enclosing = stack.pop()
         parts += 1
         deepest = max(deepest, depth)
         if depth > limits.max_mime_depth:
@@ -254,9 +257,19 @@ def _mime(message: Message, limits: Limits) -> Iterator[Finding]:
                 yield Finding("mime.missing-boundary", f"part {parts}: {part.get_content_type()}")
             elif isinstance(defect, StartBoundaryNotFoundDefect | CloseBoundaryNotFoundDefect):
                 yield Finding("mime.boundary-not-found", f"part {parts}: {type(defect).__name__}")
+        boundary = part.get_boundary() if part.get_content_maintype() == "multipart" else None
+        if boundary is not None and enclosing and not nested_reported:
+            # RFC 2046 5.1.1: an inner boundary that equals or begins with an outer one lets
+            # parsers disagree about where parts end (a way to hide content from scanners).
+            # An equal one even stops this parser from splitting the inner part.
+            clash = next((outer for outer in enclosing if boundary.startswith(outer)), None)
+            if clash is not None:
+                nested_reported = True
+                yield Finding("mime.boundary-nested", _excerpt(f"part {parts}: {boundary!r} inside {clash!r}"))
         payload = part.get_payload()
         if part.is_multipart() and isinstance(payload, list):
-            stack.extend((child, depth + 1) for child in payload if isinstance(child, Message))
+            inner = (*enclosing, boundary) if boundary else enclosing
+            stack.extend((child, depth + 1, inner) for child in payload if isinstance(child, Message))
 
 
 def _valid(address: str, limits: Limits) -> bool:

@@ -112,3 +112,25 @@ def test_special_use_domains_follow_the_setting() -> None:
     env = envelope_from_headers(raw)
     assert validate.check(raw, env).reasons == ["address.invalid-recipient"]
     assert validate.check(raw, env, validate.Limits(allow_special_domains=True)).ok
+
+
+def _nested(outer: str, inner: str) -> bytes:
+    return (f"From: a@example.com\r\nTo: b@example.org\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+            f"Message-ID: <n@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{outer}\"\r\n\r\n"
+            f"--{outer}\r\nContent-Type: multipart/alternative; boundary=\"{inner}\"\r\n\r\n"
+            f"--{inner}\r\nContent-Type: text/plain\r\n\r\nseen by one parser\r\n"
+            f"--{inner}\r\nContent-Type: text/html\r\n\r\n<p>hidden from another</p>\r\n--{inner}--\r\n"
+            f"--{outer}\r\nContent-Type: text/plain\r\n\r\ntail\r\n--{outer}--\r\n").encode()
+
+
+@pytest.mark.parametrize("inner", ["outer", "outer-2", "outer=="])
+def test_inner_boundary_equal_to_or_extending_an_outer_one_is_quarantined(inner: str) -> None:
+    verdict = validate.check(_nested("outer", inner), envelope_from_headers(_nested("outer", inner)))
+    assert verdict.reasons == ["mime.boundary-nested"]
+    assert "'outer'" in verdict.findings[-1].detail
+
+
+@pytest.mark.parametrize("inner", ["inner", "out", "xouter"])
+def test_distinct_nested_boundaries_pass(inner: str) -> None:
+    raw = _nested("outer", inner)
+    assert validate.check(raw, envelope_from_headers(raw)).ok
