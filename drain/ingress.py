@@ -292,6 +292,8 @@ class Handler:
         recipients = dict.fromkeys(envelope.rcpt_tos)  # each once, in order
         try:
             raw, env = self.api.prepare(raw, _sender(envelope.mail_from), recipients)
+            if envelope.smtp_utf8:  # kept with the envelope: headers may be UTF-8, and it goes out with SMTPUTF8
+                env = Envelope(env.sender, env.recipients, smtputf8=True)
         except InputError as exc:
             return f"554 5.6.0 message refused: {exc}"
         try:

@@ -177,7 +177,7 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
 
     split = _BLANK.search(raw)
     head = raw[: split.start()] if split else raw
-    names, header_ok = yield from _header_lines(head, limits)
+    names, header_ok = yield from _header_lines(head, limits, envelope.smtputf8)
     if not header_ok:
         return
     counts: dict[bytes, int] = {}
@@ -205,8 +205,12 @@ def _bare_line_evidence(raw: bytes) -> str:
     return ""
 
 
-def _header_lines(head: bytes, limits: Limits) -> Generator[Finding, None, tuple[list[bytes], bool]]:
-    """Walk the header block; yields findings and returns (field names, usable)."""
+def _header_lines(head: bytes, limits: Limits,
+                  utf8: bool = False) -> Generator[Finding, None, tuple[list[bytes], bool]]:
+    """Walk the header block; yields findings and returns (field names, usable).
+
+    utf8: the message was accepted with SMTPUTF8 (RFC 6532), so raw UTF-8 in headers is
+    allowed; other 8-bit bytes are still reported."""
     names: list[bytes] = []
     usable = True
     non_ascii_reported = False
@@ -216,7 +220,7 @@ def _header_lines(head: bytes, limits: Limits) -> Generator[Finding, None, tuple
     for number, line in enumerate(lines, 1):
         if len(line) > MAX_LINE:
             yield Finding("header.line-too-long", f"line {number}: {len(line)} octets: {_excerpt(line)}")
-        if not non_ascii_reported and not line.isascii():
+        if not non_ascii_reported and not line.isascii() and not (utf8 and _is_utf8(line)):
             non_ascii_reported = True
             yield Finding("header.non-ascii-unencoded", f"line {number}: {_excerpt(line)}")
         if line[:1] in (b" ", b"\t"):
@@ -234,6 +238,14 @@ def _header_lines(head: bytes, limits: Limits) -> Generator[Finding, None, tuple
         usable = False
         yield Finding("header.too-many", f"{len(names)} fields > {limits.max_headers}")
     return names, usable
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _mime(message: Message, limits: Limits) -> Iterator[Finding]:
