@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from rq.timeouts import JobTimeoutException
 
-from drain import dsn, ratelimit, validate
+from drain import dsn, keys, ratelimit, validate
 from drain.breaker import Breakers
 from drain.delivery import Relay, permanent
 from drain.message import Envelope, without_bcc
@@ -32,6 +32,16 @@ GATE_LATER, GATE_PAUSED, GATE_BUSY, GATE_FAR = 1, 2, 3, 4
 RELAY = "(relay)"
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
+# Share of the lease time after the last lease write this batch made (claim or check) past
+# which ownership is checked again before the next message (one round trip).
+LEASE_CHECK_AFTER = 0.5
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that keeps running while the process is stopped or the host sleeps
+    (CLOCK_BOOTTIME on Linux), so a frozen worker sees how long it was away."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 @dataclass
@@ -63,6 +73,7 @@ class Batch:
         rules: list[Rule] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        lease_clock: Callable[[], float] = lease_clock,
     ) -> None:
         self.store = store
         self.settings = store.settings
@@ -73,6 +84,10 @@ class Batch:
         self.rules = rules or []
         self.clock = clock
         self.sleep = sleep
+        self.lease_clock = lease_clock
+        # When this batch last wrote its lease (sent the claim or a check): the lease holds
+        # until at least then + lease_ttl_s, by the Redis server's clock.
+        self.lease_written = float("-inf")
         self.tally = Tally()
         self.breakers = Breakers(store.client, self.settings)
         # Domains to ask the gate about, those with a concurrency cap, those adapting (per claim).
@@ -178,6 +193,7 @@ class Batch:
         handled = 0
         want = self.settings.batch_size
         while handled < want:
+            sent = self.lease_clock()
             claim = self.store.claim(self.owner, want - handled)
             if claim.paused:
                 break
@@ -186,11 +202,14 @@ class Batch:
                 continue
             if not claim.ids:
                 break
+            self.lease_written = sent
             self.breakers.refresh()
             self.fresh_ids = claim.fresh
             self.limited, self.capped, self.adaptive = ratelimit.constrained(self.store.client)
             handled += len(claim.ids)
             self._work(claim.ids)
+            if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
+                break
         return handled
 
     def _work(self, ids: list[str]) -> None:
@@ -198,6 +217,11 @@ class Batch:
         done: set[str] = set()
         try:
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
+                if not self._still_mine(msg_id):
+                    log.warning("lease lapsed (this worker was stopped or frozen) and message %s went to"
+                                " another worker: leaving the rest of this claim alone", msg_id)
+                    self.lost = True
+                    break
                 if msg is None:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id)
                     outcome = Outcome(msg_id, "vanished")
@@ -222,6 +246,22 @@ class Batch:
             # Anything not reached (an exception, a job timeout) goes back, untouched.
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
             self._settle(pending)
+
+    def _still_mine(self, msg_id: str) -> bool:
+        """Whether this worker still holds the message, asked of Redis only when the lease may
+        have lapsed since this batch last wrote it (a frozen or stopped worker): then the
+        lease is renewed and the message's owner read in one MULTI. Normally no round trip."""
+        sent = self.lease_clock()
+        if sent - self.lease_written < self.settings.lease_ttl_s * LEASE_CHECK_AFTER:
+            return True
+        pipe = self.store.client.pipeline(transaction=True)
+        pipe.set(keys.lease(self.owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
+        pipe.hget(keys.INFLIGHT, msg_id)
+        _renewed, owner = pipe.execute()
+        if owner is None or owner.decode() != self.owner:
+            return False
+        self.lease_written = sent
+        return True
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         if not outcomes:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from rq.timeouts import JobTimeoutException
+
 from drain.errors import ConfigError
 from drain.retry import reconnect
 
@@ -237,6 +239,9 @@ class Relay:
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             return Result("deferred", 0, _failure(exc), relay_fault=True)
+        except JobTimeoutException:
+            self._drop()
+            raise  # the job's time limit: the batch gives the message a strike (drain.batch)
         except Exception as exc:  # drain's own fault (a bug, an encoding it could not do): never the message's
             log.exception("sending to %s failed inside drain", self.config.redacted())
             self._drop()
