@@ -153,7 +153,13 @@ class Relay:
         else:
             smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s)
         try:
-            smtp.ehlo()
+            code, reply = smtp.ehlo()
+            if not 200 <= code < 300:
+                # Refused at EHLO: try HELO, and a refusal there is the session's (deferred),
+                # not a 503 at MAIL FROM later that could pass for a verdict on the message.
+                code, reply = smtp.helo()
+                if not 200 <= code < 300:
+                    raise smtplib.SMTPHeloError(code, reply)
             if cfg.scheme == "smtp+starttls":
                 smtp.starttls(context=self.tls)
                 smtp.ehlo()

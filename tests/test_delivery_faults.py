@@ -104,3 +104,23 @@ def test_a_permanent_refusal_of_a_recipient_still_bounces(client: Client, relay:
     books = client.store.books()
     assert books.bounced == 1 and books.delivered == 2 and books.deferred == 0
     assert _breaker(client, RELAY) == {}
+
+
+def test_greeting_refused_at_ehlo_and_helo_defers(client: Client, work: Callable[..., bool]) -> None:
+    class RefuseHello:
+        async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                              responses: list[str]) -> list[str]:
+            return ["550 5.7.1 you are not welcome here"]
+
+        async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+            return "550 5.7.1 you are not welcome here"
+
+    sink = Sink(keep=True)
+    sink.controller = Controller(RefuseHello(), hostname="127.0.0.1", port=sink.port,
+                                 server_hostname="sink.drain.test", ready_timeout=10)
+    client.enqueue_many([synthetic(i, domain="example.org") for i in range(3)])
+    with sink:
+        work(relay=sink.url, breaker_failures=100)
+    _assert_all_deferred(client, 3)
+    assert all(r.last_reply.startswith("550") for r in records(client.store))
+    assert _breaker(client, RELAY).get("failures") == 3 and _breaker(client, "example.org") == {}
