@@ -259,6 +259,26 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 
+# Lists stop after this many rows on a terminal unless --limit says otherwise (--limit 0: all);
+# pipes and --json get everything.
+TTY_ROWS = 50
+
+
+def _rows_wanted(limit: int | None, as_json: bool) -> int | None:
+    if limit == 0:
+        return None
+    if limit is None and not as_json and sys.stdout.isatty():
+        return TTY_ROWS
+    return limit
+
+
+def _more_caption(found: int, wanted: int | None) -> str | None:
+    """Says that rows were left out (found holds one row more than wanted when there are more)."""
+    if wanted is None or found <= wanted:
+        return None
+    return f"first {wanted:,} shown; --limit N for more, --limit 0 for all"
+
+
 def _live(render: Any, watch_s: float | None) -> None:
     """Print once, or refresh in place every watch_s seconds until Ctrl-C."""
     if watch_s is None:
@@ -323,8 +343,10 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> Non
 
     def render() -> Table:
         current = shape(obj.client.store)
-        table = Table(title=f"backlog: {current.total:,} queued")
-        table.add_column("domain")
+        more = len(current.domains) - top
+        table = Table(title=f"backlog: {current.total:,} queued",
+                      caption=f"{more:,} more domain(s); --top N shows more" if more > 0 else None)
+        table.add_column("domain", overflow="fold")
         table.add_column("total", justify="right")
         for lower in BUCKETS_S:
             table.add_column(f"{lower // 60}m+" if lower else "<5m", justify="right")
@@ -365,22 +387,27 @@ def deferred() -> None:
 
 @deferred.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
 @pass_ctx
 def deferred_list(obj: Context, as_json: bool, limit: int | None) -> None:
     """Deferred messages, soonest next attempt first: attempts and the relay's last reply."""
     from drain.deferred import records
 
-    rows = records(obj.client.store, limit)
+    wanted = _rows_wanted(limit, as_json)
     if as_json:
-        for row in rows:
+        for row in records(obj.client.store, wanted):
             emit(row.as_dict())
         return
-    table = Table(title="deferred")
-    for column in ("id", "next attempt", "attempts", "last reply", "recipients"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(cell(row.id), _time(row.next_attempt_at), str(row.attempts), cell(row.last_reply[:60]),
+    rows = list(records(obj.client.store, None if wanted is None else wanted + 1))
+    table = Table(title="deferred", caption=_more_caption(len(rows), wanted))
+    table.add_column("id", no_wrap=True)
+    table.add_column("next attempt", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    table.add_column("last reply", overflow="fold")
+    table.add_column("recipients", overflow="fold")
+    for row in rows[:wanted]:
+        table.add_row(cell(row.id), _time(row.next_attempt_at), str(row.attempts), cell(row.last_reply[:200]),
                       cell(", ".join(row.recipients[:2]) + (" ..." if len(row.recipients) > 2 else "")))
     out.print(table)
 
@@ -521,22 +548,26 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
 @_filter_options
 @pass_ctx
 def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str | None, sender: str | None,
                     domain: str | None) -> None:
     """Quarantined messages, oldest first."""
     q = Quarantine(obj.client.store)
-    records = q.records(Filter(reason, sender, domain), limit)
+    wanted = _rows_wanted(limit, as_json)
     if as_json:
-        for record in records:
+        for record in q.records(Filter(reason, sender, domain), wanted):
             emit(record.summary())
         return
-    table = Table(title=f"quarantine ({q.count():,} held)")
-    for column in ("id", "quarantined", "reason", "sender", "recipients"):
-        table.add_column(column)
-    for record in records:
+    found = list(q.records(Filter(reason, sender, domain), None if wanted is None else wanted + 1))
+    table = Table(title=f"quarantine ({q.count():,} held)", caption=_more_caption(len(found), wanted))
+    table.add_column("id", no_wrap=True)
+    table.add_column("quarantined", no_wrap=True)
+    for column in ("reason", "sender", "recipients"):
+        table.add_column(column, overflow="fold")
+    for record in found[:wanted]:
         table.add_row(cell(record.id), _time(record.quarantined_at), cell(", ".join(record.reasons)),
                       cell(record.sender),
                       cell(", ".join(record.recipients[:3]) + (" ..." if len(record.recipients) > 3 else "")))
@@ -669,14 +700,34 @@ def quarantine_rule() -> None:
 @click.option("--domain", help="Any recipient in this domain.")
 @click.option("--header", "header", help="'Name: regex' searched in that header's value(s).")
 @click.option("--note", default="", help="Why, for the audit trail.")
+@click.option("--dry-run", is_flag=True, help="Count the queued messages the rule would catch; add nothing.")
+@click.option("--yes-all", is_flag=True,
+              help="Confirm a rule that catches more than half of the queued mail (10 messages or more) "
+                   "or any sender at all ('*').")
 @click.option("--json", "as_json", is_flag=True, help='Print {"id", "rule", "swept"} as JSON.')
 @pass_ctx
 def rule_add(obj: Context, sender: str | None, domain: str | None, header: str | None, note: str,
-             as_json: bool) -> None:
+             dry_run: bool, yes_all: bool, as_json: bool) -> None:
     """Add a rule; messages already queued that match move to quarantine now."""
     name, pattern = rules.parse_header(header) if header else (None, None)
-    rule = rules.add(obj.client.redis, obj.settings.actor, note, sender=sender, domain=domain, header=name,
-                     pattern=pattern)
+    match: dict[str, str | None] = {"sender": sender, "domain": domain, "header": name, "pattern": pattern}
+    # Refuses an empty or unusable rule before anything is counted or stored.
+    probe = rules.Rule(id="-", sender=sender, domain=domain, header=name, pattern=pattern)
+    matched, queued = rules.reach(obj.client.store, probe)
+    confirm = rules.needs_confirmation(probe, matched, queued)
+    if dry_run:
+        if as_json:
+            emit({"dry_run": True, "rule": probe.describe(), "would_sweep": matched, "queued": queued,
+                  "needs_yes_all": confirm})
+        else:
+            click.echo(safe(f"rule ({probe.describe()}) would move {matched} of {queued} queued message(s) "
+                            f"to quarantine" + ("; adding it needs --yes-all" if confirm else "")))
+        return
+    if confirm and not yes_all:
+        scope = "any sender" if rules.catches_everyone(probe) else f"{matched} of {queued} queued message(s)"
+        raise click.UsageError(safe(f"rule ({probe.describe()}) would catch {scope}; "
+                                    "add --yes-all to add it anyway (--dry-run counts first)"))
+    rule = rules.add(obj.client.redis, obj.settings.actor, note, **match)
     swept = rules.sweep(obj.client.store, rule)
     if as_json:
         emit({"id": rule.id, "rule": rule.describe(), "swept": swept})
