@@ -13,7 +13,12 @@ from __future__ import annotations
 from rich.text import Text
 
 
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _visible(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
     code = ord(ch)
     if code <= 0xFF:
         return f"\\x{code:02x}"
@@ -28,7 +33,7 @@ def safe(text: object) -> str:
     Unprintable means what `str.isprintable` says: C0 and C1 controls, DEL, ESC, format
     characters (bidi overrides and isolates, zero-width characters), line and paragraph
     separators, surrogates, unassigned code points, and spaces other than U+0020. Each is
-    written as a Python-style escape (``\\x1b``, ``\\u202e``), so nothing is hidden and
+    written as a Python-style escape (``\\n``, ``\\x1b``, ``\\u202e``), so nothing is hidden and
     nothing reaches the terminal as a control.
     """
     value = "" if text is None else text if isinstance(text, str) else str(text)
