@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from rich.text import Text
 
-
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
