@@ -233,7 +233,9 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
         report("interrupted")
         raise
     except (DrainError, redis.RedisError, OSError, mailbox.Error, KeyError) as exc:
-        why = f"Redis: {exc}" if isinstance(exc, redis.RedisError) else str(exc)
+        why = str(exc)
+        if isinstance(exc, redis.RedisError):  # leave out the command redis-py quotes (message bytes)
+            why = f"Redis: {why.rpartition('caused error: ')[2]}"
         report(why)
         raise InputError(f"stopped after queueing {len(done.ids)} message(s), whose ids are printed: {why}") from None
     report(None)

@@ -11,6 +11,7 @@ from pathlib import Path
 from drain.api import Client
 from drain.seeding import synthetic
 from drain.settings import Settings
+from tests.chaos_kit import one_line
 from tests.conftest import SEEDS
 
 BOOK_KEYS = ["accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"]
@@ -111,3 +112,62 @@ def test_rate_and_pause_commands(client: Client, settings: Settings) -> None:
     assert json.loads(drain(settings, "rate", "show", "--json").stdout)["paused"] is True
     assert drain(settings, "resume").returncode == 0
     assert json.loads(drain(settings, "rate", "show", "--json").stdout)["paused"] is False
+
+
+def _mbox_of(count: int, start: int = 0) -> bytes:
+    return b"".join(b"From sender@example.com Mon Nov 23 10:00:00 2026\n" + synthetic(i) + b"\n"
+                    for i in range(start, start + count))
+
+
+def test_enqueue_checks_every_input_before_queueing(client: Client, settings: Settings, tmp_path: Path) -> None:
+    box = tmp_path / "big.mbox"
+    box.write_bytes(_mbox_of(1200))  # more than one transaction's worth
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(bytes(range(256)) * 40)
+    cases: list[tuple[tuple[str, ...], bytes | None, str]] = [
+        (("--mbox", str(box), "-"), bytes(range(256)) * 40, "not an mbox file"),  # stdin is not an mbox
+        (("--mbox", str(binary)), None, "not an mbox file"),
+        (("--mbox", str(box), str(tmp_path)), None, "is a directory"),
+        ((str(box), str(tmp_path / "missing.eml")), None, "no such file"),
+        (("-", "-"), b"x", "only once"),
+    ]
+    for args, stdin, words in cases:
+        result = drain(settings, "enqueue", *args, stdin=stdin)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in one_line(result), (args, result.stderr)
+        assert result.stdout == b""
+    assert client.store.books().accepted == 0
+
+    piped = drain(settings, "enqueue", "--mbox", "--json", str(box), "-", stdin=_mbox_of(3, start=5000))
+    assert piped.returncode == 0, piped.stderr
+    doc = json.loads(piped.stdout)
+    assert doc["accepted"] == 1203 and len(set(doc["ids"])) == 1203
+    assert client.store.books().accepted == 1203
+
+
+def test_enqueue_that_stops_part_way_reports_what_was_queued(client: Client, settings: Settings,
+                                                              tmp_path: Path) -> None:
+    box = tmp_path / "big.mbox"
+    box.write_bytes(_mbox_of(6000))
+    used = int(client.redis.info("memory")["used_memory"])
+    client.redis.config_set("maxmemory", used + 4_000_000)  # room for one or two thousand, not six
+    try:
+        for mode in ((), ("--json",)):
+            before = client.store.books().accepted
+            result = drain(settings, "enqueue", "--mbox", *mode, str(box))
+            queued = client.store.books().accepted - before
+            assert result.returncode == 1, result.stderr
+            err = one_line(result)
+            assert f"stopped after queueing {queued} message(s)" in err and "maxmemory" in err, err
+            assert "Billing" not in err  # no message text in the error
+            if mode:
+                doc = json.loads(result.stdout)
+                assert doc["accepted"] == queued and "maxmemory" in doc["error"]
+                ids = doc["ids"]
+            else:
+                ids = result.stdout.decode().split()
+            assert len(ids) == queued and all(client.redis.exists(f"drain:msg:{i}") for i in ids)
+            assert 0 < queued < 6000
+            client.redis.config_set("maxmemory", int(client.redis.info("memory")["used_memory"]) + 4_000_000)
+    finally:
+        client.redis.config_set("maxmemory", 0)
