@@ -266,3 +266,26 @@ def test_export_eml_refuses_missing_parents_devices_and_existing_files(client: C
     (folder / f"{two}.eml").unlink()
     assert drain(settings, "quarantine", "export", "--out", str(folder), "--force", one, two).returncode == 0
     assert (folder / f"{one}.eml").read_bytes() == dict(seed("bad"))["body_nul-byte.eml"]
+
+
+def test_rule_that_would_sweep_everything_needs_yes_all(client: Client, settings: Settings) -> None:
+    ratelimit.pause(client.redis)
+    catch_all = drain(settings, "quarantine", "rule", "add", "--sender", "*")
+    assert catch_all.returncode == 2 and "--yes-all" in one_line(catch_all)  # even on an empty queue
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{'big' if i < 15 else 'small'}.example.com",))
+                         for i in range(20)])
+
+    dry = drain(settings, "quarantine", "rule", "add", "--sender", "*", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) == {"dry_run": True, "rule": "sender *", "would_sweep": 20, "queued": 20,
+                                      "needs_yes_all": True}
+    most = drain(settings, "quarantine", "rule", "add", "--domain", "big.example.com")  # 15 of 20
+    assert most.returncode == 2 and "15 of 20 queued" in one_line(most)
+    assert rules.load(client.redis) == [] and client.store.books().quarantined == 0
+
+    few = json.loads(drain(settings, "quarantine", "rule", "add", "--domain", "small.example.com", "--dry-run",
+                           "--json").stdout)
+    assert (few["would_sweep"], few["needs_yes_all"]) == (5, False)
+    confirmed = drain(settings, "quarantine", "rule", "add", "--sender", "*", "--yes-all", "--json")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert json.loads(confirmed.stdout)["swept"] == 20 and client.store.books().quarantined == 20
