@@ -201,11 +201,12 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     holds them; if anything fails part way, what was queued is reported before the error."""
     from drain.store import ENQUEUE_CHUNK
 
+    client = obj.client  # a Redis or durability setting drain cannot use fails here, before anything
     done = _Queued()
     group: list[tuple[str, Submission]] = []
 
     def commit() -> None:
-        accepted = obj.client.enqueue_many((sub for _name, sub in group), lane=lane)
+        accepted = client.enqueue_many((sub for _name, sub in group), lane=lane)
         for index, why in accepted.rejected:
             done.rejected.append((group[index][0], why))
             fail(f"rejected {group[index][0]}: {why}")
