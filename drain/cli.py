@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mailbox
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from drain.message import envelope_from_headers
 from drain.quarantine import Filter, Quarantine
 from drain.settings import Settings
 from drain.status import read as read_status
+from drain.terminal import cell, safe
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -46,8 +51,8 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 def fail(message: str) -> None:
-    """One line on standard error, whatever the message held."""
-    click.echo(f"drain: {' '.join(message.split())}", err=True)
+    """One line on standard error, whatever the message held (controls shown as escapes)."""
+    click.echo(f"drain: {safe(' '.join(message.split()))}", err=True)
 
 
 def emit(data: Any) -> None:
@@ -82,7 +87,7 @@ def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
         else:
             detail = "; ".join(f"{f.code} ({f.detail})" if f.detail else f.code for f in verdict.findings
                                if f.code in verdict.reasons)
-            click.echo(f"{path}: {verdict.label}" + (f": {detail}" if detail else ""))
+            click.echo(safe(f"{path}: {verdict.label}" + (f": {detail}" if detail else "")))
 
 
 def _read(path: str, limit: int | None = None) -> bytes:
@@ -116,38 +121,126 @@ def _address(value: str, what: str) -> str:
 @pass_ctx
 def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox: bool, bulk: bool, as_json: bool,
             paths: tuple[str, ...]) -> None:
-    """Queue message files (or - for standard input); prints their ids."""
+    """Queue message files (or - for standard input); prints their ids.
+
+    Every input is checked before anything is queued (files readable, mbox files parseable).
+    If queueing stops part way, the ids already queued are still printed (in the JSON too)."""
     if sender is not None and sender != "":
         _address(sender, "--from")
     for rcpt in recipients:
         _address(rcpt, "--to")
+    if paths.count("-") > 1:
+        raise click.BadParameter("'-' (standard input) can be read only once", param_hint="PATH")
     for path in paths:
-        if path != "-" and not Path(path).is_file():
-            raise click.BadParameter(f"no such file: {path}", param_hint="PATH")
-    names: list[str] = []
+        if path != "-":
+            _readable_file(path)
+    with contextlib.ExitStack() as stack:
+        boxes = {path: _open_mbox(path, stack) for path in paths} if mbox else {}
+        stdin = _read("-", obj.settings.max_message_bytes) if "-" in paths and not mbox else b""
 
-    def submissions() -> Iterator[Submission]:
-        for path in paths:
-            if mbox:
-                box = mailbox.mbox(path, create=False)
-                for key in box.iterkeys():
-                    names.append(f"{path}#{key}")
-                    yield Submission(box.get_bytes(key), sender, recipients or None)
-            else:
-                names.append(path)
-                yield Submission(_read(path, obj.settings.max_message_bytes), sender, recipients or None)
+        def submissions() -> Iterator[tuple[str, Submission]]:
+            for path in paths:
+                if mbox:
+                    box, box_keys = boxes[path]
+                    for key in box_keys:
+                        yield f"{path}#{key}", Submission(box.get_bytes(key), sender, recipients or None)
+                else:
+                    raw = stdin if path == "-" else _read(path, obj.settings.max_message_bytes)
+                    yield path, Submission(raw, sender, recipients or None)
 
-    result = obj.client.enqueue_many(submissions(), lane="backlog" if bulk else "fresh")
-    for index, why in result.rejected:
-        fail(f"rejected {names[index]}: {why}")
-    if as_json:
-        emit({"accepted": len(result.ids), "rejected": len(result.rejected), "ids": result.ids})
-    else:
-        for msg_id in result.ids:
-            click.echo(msg_id)
-        click.echo(f"accepted {len(result.ids)}, rejected {len(result.rejected)}", err=True)
+        result = _enqueue_reporting(obj, submissions(), "backlog" if bulk else "fresh", as_json)
     if result.rejected:
         sys.exit(1)
+
+
+def _readable_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise click.BadParameter(f"no such file: {path}" if not Path(path).exists() else f"not a file: {path}",
+                                 param_hint="PATH")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="PATH") from None
+
+
+def _open_mbox(path: str, stack: contextlib.ExitStack) -> tuple[mailbox.mbox, list[str]]:
+    """An mbox and its message keys, read through once now: standard input is spooled to a
+    temporary file first, and a file that does not start with a 'From ' line is refused."""
+    if path == "-":
+        source = str(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="drain-stdin-"))) / "stdin.mbox")
+        try:
+            with open(source, "xb") as spool:
+                shutil.copyfileobj(sys.stdin.buffer, spool)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot spool standard input: {exc.strerror}", param_hint="PATH") from None
+    else:
+        source = path
+    try:
+        with open(source, "rb") as handle:
+            head = handle.read(5)
+        if head and head != b"From ":
+            raise click.BadParameter(f"{path} is not an mbox file (it does not start with a 'From ' line)",
+                                     param_hint="PATH")
+        box = mailbox.mbox(source, create=False)
+        stack.callback(box.close)
+        return box, list(box.iterkeys())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="PATH") from None
+
+
+@dataclass
+class _Queued:
+    ids: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], lane: str,
+                       as_json: bool) -> _Queued:
+    """Queue in groups of one transaction each. Plain output prints each group's ids once Redis
+    holds them; if anything fails part way, what was queued is reported before the error."""
+    from drain.store import ENQUEUE_CHUNK
+
+    client = obj.client  # a Redis or durability setting drain cannot use fails here, before anything
+    done = _Queued()
+    group: list[tuple[str, Submission]] = []
+
+    def commit() -> None:
+        accepted = client.enqueue_many((sub for _name, sub in group), lane=lane)
+        for index, why in accepted.rejected:
+            done.rejected.append((group[index][0], why))
+            fail(f"rejected {group[index][0]}: {why}")
+        done.ids.extend(accepted.ids)
+        if not as_json:
+            for msg_id in accepted.ids:
+                click.echo(msg_id)
+        group.clear()
+
+    def report(error: str | None) -> None:
+        if as_json:
+            doc: dict[str, Any] = {"accepted": len(done.ids), "rejected": len(done.rejected), "ids": done.ids}
+            emit({**doc, "error": error} if error else doc)
+        elif error is None:
+            click.echo(f"accepted {len(done.ids)}, rejected {len(done.rejected)}", err=True)
+
+    try:
+        for item in items:
+            group.append(item)
+            if len(group) >= ENQUEUE_CHUNK:
+                commit()
+        if group:
+            commit()
+    except KeyboardInterrupt:
+        report("interrupted")
+        raise
+    except (DrainError, redis.RedisError, OSError, mailbox.Error, KeyError) as exc:
+        why = str(exc)
+        if isinstance(exc, redis.RedisError):  # leave out the command redis-py quotes (message bytes)
+            why = f"Redis: {why.rpartition('caused error: ')[2]}"
+        report(why)
+        raise InputError(f"stopped after queueing {len(done.ids)} message(s), whose ids are printed: {why}") from None
+    report(None)
+    return done
 
 
 @cli.command()
@@ -155,7 +248,8 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
 @click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Worker processes on this machine (an RQ worker pool when more than one).")
 @click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Least severe log records written to standard error.")
 @pass_ctx
 def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     """Run RQ workers that validate, quarantine and deliver."""
@@ -166,6 +260,26 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
     client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
+
+
+# Lists stop after this many rows on a terminal unless --limit says otherwise (--limit 0: all);
+# pipes and --json get everything.
+TTY_ROWS = 50
+
+
+def _rows_wanted(limit: int | None, as_json: bool) -> int | None:
+    if limit == 0:
+        return None
+    if limit is None and not as_json and sys.stdout.isatty():
+        return TTY_ROWS
+    return limit
+
+
+def _more_caption(found: int, wanted: int | None) -> str | None:
+    """Says that rows were left out (found holds one row more than wanted when there are more)."""
+    if wanted is None or found <= wanted:
+        return None
+    return f"first {wanted:,} shown; --limit N for more, --limit 0 for all"
 
 
 def _live(render: Any, watch_s: float | None) -> None:
@@ -208,7 +322,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         if ratelimit.is_paused(obj.client.redis):
             table.add_row("delivery", "PAUSED")
         for name in data.get("breakers_open", []):
-            table.add_row("circuit open", name)
+            table.add_row("circuit open", cell(name))
         if intake.is_paused(obj.client.redis):
             table.add_row("intake (SMTP)", "PAUSED")
         return table
@@ -232,15 +346,17 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> Non
 
     def render() -> Table:
         current = shape(obj.client.store)
-        table = Table(title=f"backlog: {current.total:,} queued")
-        table.add_column("domain")
+        more = len(current.domains) - top
+        table = Table(title=f"backlog: {current.total:,} queued",
+                      caption=f"{more:,} more domain(s); --top N shows more" if more > 0 else None)
+        table.add_column("domain", overflow="fold")
         table.add_column("total", justify="right")
         for lower in BUCKETS_S:
             table.add_column(f"{lower // 60}m+" if lower else "<5m", justify="right")
         table.add_column("eta", justify="right")
         for d in current.domains[:top]:
             eta = "-" if d.eta_s is None else f"{d.eta_s:,.0f}s"
-            table.add_row(d.domain, f"{d.total:,}", *(f"{n:,}" if n else "." for n in d.by_age), eta)
+            table.add_row(cell(d.domain), f"{d.total:,}", *(f"{n:,}" if n else "." for n in d.by_age), eta)
         return table
 
     _live(render, watch_s)
@@ -248,7 +364,8 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> Non
 
 @cli.command("drain")
 @click.option("--rate", "rate_text", default=None, help="Set the global rate first (e.g. 500/s, unlimited).")
-@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes to run for the session.")
 @pass_ctx
 def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
     """Drain the queue now: workers, a live progress bar, ETA; Ctrl-C stops cleanly."""
@@ -273,23 +390,28 @@ def deferred() -> None:
 
 @deferred.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
 @pass_ctx
 def deferred_list(obj: Context, as_json: bool, limit: int | None) -> None:
     """Deferred messages, soonest next attempt first: attempts and the relay's last reply."""
     from drain.deferred import records
 
-    rows = records(obj.client.store, limit)
+    wanted = _rows_wanted(limit, as_json)
     if as_json:
-        for row in rows:
+        for row in records(obj.client.store, wanted):
             emit(row.as_dict())
         return
-    table = Table(title="deferred")
-    for column in ("id", "next attempt", "attempts", "last reply", "recipients"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row.id, _time(row.next_attempt_at), str(row.attempts), row.last_reply[:60],
-                      ", ".join(row.recipients[:2]) + (" ..." if len(row.recipients) > 2 else ""))
+    rows = list(records(obj.client.store, None if wanted is None else wanted + 1))
+    table = Table(title="deferred", caption=_more_caption(len(rows), wanted))
+    table.add_column("id", no_wrap=True)
+    table.add_column("next attempt", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    table.add_column("last reply", overflow="fold")
+    table.add_column("recipients", overflow="fold")
+    for row in rows[:wanted]:
+        table.add_row(cell(row.id), _time(row.next_attempt_at), str(row.attempts), cell(row.last_reply[:200]),
+                      cell(", ".join(row.recipients[:2]) + (" ..." if len(row.recipients) > 2 else "")))
     out.print(table)
 
 
@@ -299,7 +421,7 @@ def rate() -> None:
 
 
 @rate.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help='One JSON document {"global", "paused", "domains"}.')
 @pass_ctx
 def rate_show(obj: Context, as_json: bool) -> None:
     """Global and per-domain rates: operator caps, adaptive (throttled) rates, concurrency, pauses."""
@@ -320,7 +442,7 @@ def rate_show(obj: Context, as_json: bool) -> None:
             parts.append(f"{d['concurrency']} at once")
         if d["paused"]:
             parts.append("PAUSED")
-        click.echo(f"{name}: {', '.join(parts)}")
+        click.echo(safe(f"{name}: {', '.join(parts)}"))
 
 
 @rate.command("set")
@@ -330,8 +452,10 @@ def rate_show(obj: Context, as_json: bool) -> None:
               help="With --domain: most messages in flight to it at once (0 removes the cap).")
 @click.option("--burst", type=click.FloatRange(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"domain", "rate", "concurrency", "burst"} as JSON.')
 @pass_ctx
-def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None) -> None:
+def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None,
+             as_json: bool) -> None:
     """Set RATE like 500/s, 30000/m, or 'unlimited'; live for every worker."""
     try:
         per_second = ratelimit.parse_rate(value)
@@ -346,53 +470,67 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
         ratelimit.set_domain(client, domain, per_second)
         if concurrency is not None:
             ratelimit.set_concurrency(client, domain, concurrency)
-        click.echo(f"{domain.lower()}: {ratelimit.format_rate(per_second)}"
-                   + (f", {concurrency} at once" if concurrency else ""))
+        said = safe(f"{domain.lower()}: {ratelimit.format_rate(per_second)}"
+                    + (f", {concurrency} at once" if concurrency else ""))
     else:
         ratelimit.set_global(client, per_second)
-        click.echo(f"global: {ratelimit.format_rate(per_second)}")
+        said = f"global: {ratelimit.format_rate(per_second)}"
+    if as_json:
+        emit({"domain": domain.lower() if domain else None, "rate": per_second, "concurrency": concurrency,
+              "burst": burst})
+    else:
+        click.echo(said)
 
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True,
               help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
 @click.option("--domain", help="Pause only delivery to this destination domain.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"scope", "name", "paused"} as JSON.')
 @pass_ctx
-def pause(obj: Context, intake_only: bool, domain: str | None) -> None:
+def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
     """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
     if domain:
         ratelimit.pause_domain(obj.client.redis, domain)
-        click.echo(f"delivery to {domain.lower()} paused")
-        return
-    if intake_only:
+        scope, said = "domain", safe(f"delivery to {domain.lower()} paused")
+    elif intake_only:
         intake.pause(obj.client.redis)
-        click.echo("intake paused (SMTP ingress answers 421)")
-        return
-    ratelimit.pause(obj.client.redis)
-    click.echo("delivery paused")
+        scope, said = "intake", "intake paused (SMTP ingress answers 421)"
+    else:
+        ratelimit.pause(obj.client.redis)
+        scope, said = "delivery", "delivery paused"
+    if as_json:
+        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": True})
+    else:
+        click.echo(said)
 
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
 @click.option("--domain", help="Resume only delivery to this destination domain.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"scope", "name", "paused", "unparked"} as JSON.')
 @pass_ctx
-def resume(obj: Context, intake_only: bool, domain: str | None) -> None:
+def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     from drain.dispatch import ensure_tokens
 
+    moved = 0
     if domain:
         ratelimit.resume_domain(obj.client.redis, domain)
         moved = obj.client.store.unpark(domain.lower())
         ensure_tokens(obj.client.redis, obj.settings)
-        click.echo(f"delivery to {domain.lower()} resumed ({moved} parked message(s) back to ready)")
-        return
-    if intake_only:
+        scope, said = "domain", safe(f"delivery to {domain.lower()} resumed ({moved} parked message(s) back to ready)")
+    elif intake_only:
         intake.resume(obj.client.redis)
-        click.echo("intake resumed")
-        return
-    ratelimit.resume(obj.client.redis)
-    ensure_tokens(obj.client.redis, obj.settings)
-    click.echo("delivery resumed")
+        scope, said = "intake", "intake resumed"
+    else:
+        ratelimit.resume(obj.client.redis)
+        ensure_tokens(obj.client.redis, obj.settings)
+        scope, said = "delivery", "delivery resumed"
+    if as_json:
+        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": False, "unparked": moved})
+    else:
+        click.echo(said)
 
 
 def _filter_options(func: Any) -> Any:
@@ -413,30 +551,35 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
 @_filter_options
 @pass_ctx
 def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str | None, sender: str | None,
                     domain: str | None) -> None:
     """Quarantined messages, oldest first."""
     q = Quarantine(obj.client.store)
-    records = q.records(Filter(reason, sender, domain), limit)
+    wanted = _rows_wanted(limit, as_json)
     if as_json:
-        for record in records:
+        for record in q.records(Filter(reason, sender, domain), wanted):
             emit(record.summary())
         return
-    table = Table(title=f"quarantine ({q.count():,} held)")
-    for column in ("id", "quarantined", "reason", "sender", "recipients"):
-        table.add_column(column)
-    for record in records:
-        table.add_row(record.id, _time(record.quarantined_at), ", ".join(record.reasons), record.sender,
-                      ", ".join(record.recipients[:3]) + (" ..." if len(record.recipients) > 3 else ""))
+    found = list(q.records(Filter(reason, sender, domain), None if wanted is None else wanted + 1))
+    table = Table(title=f"quarantine ({q.count():,} held)", caption=_more_caption(len(found), wanted))
+    table.add_column("id", no_wrap=True)
+    table.add_column("quarantined", no_wrap=True)
+    for column in ("reason", "sender", "recipients"):
+        table.add_column(column, overflow="fold")
+    for record in found[:wanted]:
+        table.add_row(cell(record.id), _time(record.quarantined_at), cell(", ".join(record.reasons)),
+                      cell(record.sender),
+                      cell(", ".join(record.recipients[:3]) + (" ..." if len(record.recipients) > 3 else "")))
     out.print(table)
 
 
 @quarantine.command("show")
 @click.argument("msg_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (headers left out).")
 @pass_ctx
 def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
     """One quarantined message: reasons with evidence, attempts, audit trail, headers."""
@@ -445,21 +588,25 @@ def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
     if as_json:
         emit(detail)
         return
-    table = Table(title=f"quarantined message {record.id}", show_header=False)
-    table.add_row("sender", record.sender or "<>")
-    table.add_row("recipients", ", ".join(record.recipients))
+    table = Table(title=cell(f"quarantined message {record.id}"), show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("sender", cell(record.sender or "<>"))
+    table.add_row("recipients", cell(", ".join(record.recipients)))
     table.add_row("accepted", _time(record.accepted_at))
     table.add_row("quarantined", _time(record.quarantined_at))
     table.add_row("size", f"{record.size:,} bytes")
-    table.add_row("attempts", str(record.attempts) + (f" (last: {record.last_reply})" if record.last_reply else ""))
+    table.add_row("attempts", cell(str(record.attempts) + (f" (last: {record.last_reply})" if record.last_reply
+                                                            else "")))
     for finding in record.findings:
-        table.add_row("reason", f"{finding.get('code')}: {finding.get('detail', '')}")
+        table.add_row("reason", cell(f"{finding.get('code')}: {finding.get('detail', '')}"))
     for entry in record.audit:
-        table.add_row("audit", f"{_time(entry.get('at', 0))} {entry.get('actor')} {entry.get('action')}"
-                               f"{' --force' if entry.get('force') else ''} {entry.get('note', '')}")
-    out.print(table, markup=False)
+        table.add_row("audit", cell(f"{_time(entry.get('at', 0))} {entry.get('actor')} {entry.get('action')}"
+                                    f"{' --force' if entry.get('force') else ''} {entry.get('note', '')}"))
+    out.print(table)
     head = (record.raw or b"").split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0][:4000]
-    click.echo(head.decode("utf-8", "replace").encode("ascii", "backslashreplace").decode())
+    for line in head.decode("utf-8", "replace").split("\n"):
+        click.echo(safe(line.removesuffix("\r")))
 
 
 def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
@@ -477,7 +624,8 @@ def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: st
 @_filter_options
 @click.option("--force", is_flag=True, help="Release even if validation still fails; workers deliver it as is.")
 @click.option("--dry-run", is_flag=True, help="Say what would be released, change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"released", "would_release", "ids", "still_failing", "dry_run"} as JSON.')
 @pass_ctx
 def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
                        domain: str | None, force: bool, dry_run: bool, as_json: bool) -> None:
@@ -503,14 +651,14 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
     verb = "would release" if dry_run else "released"
     click.echo(f"{verb} {len(passing) if dry_run else released} message(s)")
     for msg_id, codes in failing.items():
-        click.echo(f"kept {msg_id}: still fails validation ({', '.join(codes)}); use --force to release anyway")
+        click.echo(safe(f"kept {msg_id}: still fails validation ({', '.join(codes)}); use --force to release anyway"))
 
 
 @quarantine.command("delete")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @_filter_options
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help='Print {"deleted", "would_delete", "ids", "dry_run"} as JSON.')
 @pass_ctx
 def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
                       domain: str | None, dry_run: bool, as_json: bool) -> None:
@@ -526,16 +674,23 @@ def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, se
 @quarantine.command("export")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @_filter_options
-@click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True,
+              help="eml: one ID.eml file per message in the --out folder; mbox: all in one --out file.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
-              help="A folder for .eml files, or the mbox file to write.")
+              help="A folder for .eml files (made if only its last part is missing), or the mbox file to write.")
+@click.option("--force", is_flag=True, help="Replace existing files (regular files only; never a device or link).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"exported", "format", "out", "ids"} as JSON.')
 @pass_ctx
 def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
-                      domain: str | None, fmt: str, out_path: Path) -> None:
-    """Write the original bytes of quarantined messages, as .eml files or one mbox."""
+                      domain: str | None, fmt: str, out_path: Path, force: bool, as_json: bool) -> None:
+    """Write the original bytes of quarantined messages, as .eml files or one mbox (a new file
+    unless --force)."""
     q, chosen, _note = _selected(obj, ids, reason, sender, domain)
-    count = q.export(chosen, fmt, out_path)
-    click.echo(f"exported {count} message(s) to {out_path}")
+    count = q.export(chosen, fmt, out_path, force=force)
+    if as_json:
+        emit({"exported": count, "format": fmt, "out": str(out_path), "ids": chosen})
+    else:
+        click.echo(safe(f"exported {count} message(s) to {out_path}"))
 
 
 @quarantine.group("rule")
@@ -548,47 +703,74 @@ def quarantine_rule() -> None:
 @click.option("--domain", help="Any recipient in this domain.")
 @click.option("--header", "header", help="'Name: regex' searched in that header's value(s).")
 @click.option("--note", default="", help="Why, for the audit trail.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="Count the queued messages the rule would catch; add nothing.")
+@click.option("--yes-all", is_flag=True,
+              help="Confirm a rule that catches more than half of the queued mail (10 messages or more) "
+                   "or any sender at all ('*').")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id", "rule", "swept"} as JSON.')
 @pass_ctx
 def rule_add(obj: Context, sender: str | None, domain: str | None, header: str | None, note: str,
-             as_json: bool) -> None:
+             dry_run: bool, yes_all: bool, as_json: bool) -> None:
     """Add a rule; messages already queued that match move to quarantine now."""
     name, pattern = rules.parse_header(header) if header else (None, None)
-    rule = rules.add(obj.client.redis, obj.settings.actor, note, sender=sender, domain=domain, header=name,
-                     pattern=pattern)
+    match: dict[str, str | None] = {"sender": sender, "domain": domain, "header": name, "pattern": pattern}
+    # Refuses an empty or unusable rule before anything is counted or stored.
+    probe = rules.Rule(id="-", sender=sender, domain=domain, header=name, pattern=pattern)
+    matched, queued = rules.reach(obj.client.store, probe)
+    confirm = rules.needs_confirmation(probe, matched, queued)
+    if dry_run:
+        if as_json:
+            emit({"dry_run": True, "rule": probe.describe(), "would_sweep": matched, "queued": queued,
+                  "needs_yes_all": confirm})
+        else:
+            click.echo(safe(f"rule ({probe.describe()}) would move {matched} of {queued} queued message(s) "
+                            f"to quarantine" + ("; adding it needs --yes-all" if confirm else "")))
+        return
+    if confirm and not yes_all:
+        scope = "any sender" if rules.catches_everyone(probe) else f"{matched} of {queued} queued message(s)"
+        raise click.UsageError(safe(f"rule ({probe.describe()}) would catch {scope}; "
+                                    "add --yes-all to add it anyway (--dry-run counts first)"))
+    rule = rules.add(obj.client.redis, obj.settings.actor, note, **match)
     swept = rules.sweep(obj.client.store, rule)
     if as_json:
         emit({"id": rule.id, "rule": rule.describe(), "swept": swept})
     else:
-        click.echo(f"rule {rule.id} ({rule.describe()}): {swept} queued message(s) moved to quarantine")
+        click.echo(safe(f"rule {rule.id} ({rule.describe()}): {swept} queued message(s) moved to quarantine"))
 
 
 @quarantine_rule.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one per rule.")
 @pass_ctx
 def rule_list(obj: Context, as_json: bool) -> None:
+    """Rules in force, oldest first: what each matches, who added it, when and why."""
     for rule in rules.load(obj.client.redis):
         if as_json:
             emit({"id": rule.id, "sender": rule.sender, "domain": rule.domain, "header": rule.header,
                   "pattern": rule.pattern, "actor": rule.actor, "created_at": rule.created_at, "note": rule.note})
         else:
-            click.echo(f"{rule.id}: {rule.describe()}  (by {rule.actor}, {_time(rule.created_at)}) {rule.note}")
+            click.echo(safe(f"{rule.id}: {rule.describe()}  (by {rule.actor}, {_time(rule.created_at)}) {rule.note}"))
 
 
 @quarantine_rule.command("remove")
 @click.argument("rule_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id", "removed"} as JSON.')
 @pass_ctx
-def rule_remove(obj: Context, rule_id: str) -> None:
+def rule_remove(obj: Context, rule_id: str, as_json: bool) -> None:
+    """Remove rule ID (see `rule list`); mail it already quarantined stays there."""
     if not rules.remove(obj.client.redis, rule_id):
         raise InputError(f"no rule {rule_id}")
-    click.echo(f"rule {rule_id} removed")
+    if as_json:
+        emit({"id": rule_id, "removed": True})
+    else:
+        click.echo(safe(f"rule {rule_id} removed"))
 
 
 @cli.command()
 @click.option("--listen", metavar="HOST:PORT", default=None,
               help="Address to listen on (env DRAIN_SMTPD_LISTEN; default 127.0.0.1:2526).")
 @click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Least severe log records written to standard error.")
 @pass_ctx
 def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     """Take mail over SMTP and queue it; 250 to DATA only once Redis holds the message."""
@@ -613,7 +795,8 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
 @click.option("--hide-messages", is_flag=True,
               help="Leave senders, recipients and subjects of quarantined mail off the page and JSON.")
 @click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Least severe log records written to standard error.")
 @pass_ctx
 def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_level: str) -> None:
     """Serve a read-only status page (/), /status.json, /metrics and /healthz; no login, GET only."""
@@ -640,22 +823,32 @@ def server() -> None:
 
 
 @server.command("stop")
+@click.option("--json", "as_json", is_flag=True, help='Print {"stopped"} as JSON.')
 @pass_ctx
-def server_stop(obj: Context) -> None:
+def server_stop(obj: Context, as_json: bool) -> None:
     """Shut the embedded Redis down (its data stays on disk)."""
     stopped = embedded.stop(obj.settings.home)
-    click.echo("stopped" if stopped else "not running")
+    if as_json:
+        emit({"stopped": stopped})
+    else:
+        click.echo("stopped" if stopped else "not running")
 
 
 @server.command("status")
+@click.option("--json", "as_json", is_flag=True, help='Print {"running", "url"} as JSON.')
 @pass_ctx
-def server_status(obj: Context) -> None:
+def server_status(obj: Context, as_json: bool) -> None:
+    """Whether the embedded Redis under DRAIN_HOME runs, and its URL."""
     running = embedded.is_running(obj.settings.home)
-    click.echo(f"{'running' if running else 'not running'}: {embedded.url_for(obj.settings.home)}")
+    if as_json:
+        emit({"running": running, "url": embedded.url_for(obj.settings.home)})
+    else:
+        click.echo(f"{'running' if running else 'not running'}: {embedded.url_for(obj.settings.home)}")
 
 
 @cli.command()
-@click.option("--messages", "-n", default=3000, show_default=True, type=click.IntRange(1, 10_000_000))
+@click.option("--messages", "-n", default=3000, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="Messages in the seeded backlog.")
 @click.option("--rate", "rate_text", default="500/s", show_default=True, help="Delivery rate for the drain.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
 @click.option("--malformed", default=0.03, show_default=True, type=click.FloatRange(0, 1),

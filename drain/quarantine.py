@@ -4,7 +4,6 @@ release, delete, export), every action recorded in an audit log."""
 from __future__ import annotations
 
 import json
-import mailbox
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any, cast
 
 from drain import keys, rules, validate
 from drain.errors import InputError
+from drain.export import Original, write_eml, write_mbox
 from drain.message import Envelope
 from drain.store import Store
 
@@ -216,24 +216,12 @@ class Quarantine:
                 break
         return out
 
-    def export(self, ids: list[str], fmt: str, out: Path) -> int:
-        """Write the original bytes: one .eml per message into a folder, or one mbox file."""
-        records = [self.get(i) for i in ids]
+    def export(self, ids: list[str], fmt: str, out: Path, force: bool = False) -> int:
+        """Write the original bytes: one .eml per message into a folder, or one mbox file.
+        Refuses devices, links and existing files (unless force) before writing anything."""
+        originals = [Original(r.id, r.sender, r.accepted_at, r.raw or b"") for r in map(self.get, ids)]
         if fmt == "eml":
-            out.mkdir(parents=True, exist_ok=True)
-            for record in records:
-                (out / f"{record.id}.eml").write_bytes(record.raw or b"")
+            write_eml(originals, out, force)
         else:
-            box = mailbox.mbox(out, create=True)
-            box.lock()
-            try:
-                for record in records:
-                    message = mailbox.mboxMessage(record.raw or b"")
-                    message.set_from(record.sender or "MAILER-DAEMON", time.gmtime(record.accepted_at or None))
-                    box.add(message)
-                box.flush()
-            finally:
-                box.unlock()
-                box.close()
-        return len(records)
-
+            write_mbox(originals, out, force)
+        return len(originals)

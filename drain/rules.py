@@ -165,3 +165,35 @@ def sweep(store: Store, rule: Rule) -> int:
                 args=[f"{time.time():.3f}", rule.findings(), *matched],
             ))
     return moved
+
+
+# A rule needs the operator's explicit confirmation (`rule add --yes-all`) when it would
+# catch more than this share of the queued mail (and at least CONFIRM_MIN messages), or
+# when its sender pattern matches any address at all.
+CONFIRM_SHARE = 0.5
+CONFIRM_MIN = 10
+_PROBES = (Envelope("probe-1@one.example", ("a@one.example",)), Envelope("z9@two.example.net", ("b@two.example.net",)))
+
+
+def reach(store: Store, rule: Rule) -> tuple[int, int]:
+    """(queued messages the rule matches, queued messages), without moving any."""
+    matched = queued = 0
+    for ids in _queued_ids(store.client):
+        pipe = store.client.pipeline(transaction=False)
+        for msg_id in ids:
+            pipe.hmget(keys.message(msg_id), ["raw", "env"])
+        for raw, env in pipe.execute():
+            if raw is None or env is None:
+                continue
+            queued += 1
+            matched += rule.matches(raw, Envelope.from_json(env))
+    return matched, queued
+
+
+def catches_everyone(rule: Rule) -> bool:
+    """True for a sender-only rule whose pattern matches unrelated addresses ('*', '*@*')."""
+    return not (rule.domain or rule.header) and all(rule.matches(b"", probe) for probe in _PROBES)
+
+
+def needs_confirmation(rule: Rule, matched: int, queued: int) -> bool:
+    return catches_everyone(rule) or (matched >= CONFIRM_MIN and matched > CONFIRM_SHARE * queued)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from drain.api import Client
+import click
+
+from drain import rules
+from drain.api import Client, Submission
+from drain.cli import TTY_ROWS, cli
 from drain.seeding import synthetic
 from drain.settings import Settings
+from tests.chaos_kit import one_line
 from tests.conftest import SEEDS
 
 BOOK_KEYS = ["accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"]
@@ -111,3 +120,155 @@ def test_rate_and_pause_commands(client: Client, settings: Settings) -> None:
     assert json.loads(drain(settings, "rate", "show", "--json").stdout)["paused"] is True
     assert drain(settings, "resume").returncode == 0
     assert json.loads(drain(settings, "rate", "show", "--json").stdout)["paused"] is False
+
+
+def _mbox_of(count: int, start: int = 0) -> bytes:
+    return b"".join(b"From sender@example.com Mon Nov 23 10:00:00 2026\n" + synthetic(i) + b"\n"
+                    for i in range(start, start + count))
+
+
+def test_enqueue_checks_every_input_before_queueing(client: Client, settings: Settings, tmp_path: Path) -> None:
+    box = tmp_path / "big.mbox"
+    box.write_bytes(_mbox_of(1200))  # more than one transaction's worth
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(bytes(range(256)) * 40)
+    cases: list[tuple[tuple[str, ...], bytes | None, str]] = [
+        (("--mbox", str(box), "-"), bytes(range(256)) * 40, "not an mbox file"),  # stdin is not an mbox
+        (("--mbox", str(binary)), None, "not an mbox file"),
+        (("--mbox", str(box), str(tmp_path)), None, "is a directory"),
+        ((str(box), str(tmp_path / "missing.eml")), None, "no such file"),
+        (("-", "-"), b"x", "only once"),
+    ]
+    for args, stdin, words in cases:
+        result = drain(settings, "enqueue", *args, stdin=stdin)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in one_line(result), (args, result.stderr)
+        assert result.stdout == b""
+    assert client.store.books().accepted == 0
+
+    piped = drain(settings, "enqueue", "--mbox", "--json", str(box), "-", stdin=_mbox_of(3, start=5000))
+    assert piped.returncode == 0, piped.stderr
+    doc = json.loads(piped.stdout)
+    assert doc["accepted"] == 1203 and len(set(doc["ids"])) == 1203
+    assert client.store.books().accepted == 1203
+
+
+def test_enqueue_that_stops_part_way_reports_what_was_queued(client: Client, settings: Settings,
+                                                              tmp_path: Path) -> None:
+    box = tmp_path / "big.mbox"
+    box.write_bytes(_mbox_of(6000))
+    used = int(client.redis.info("memory")["used_memory"])
+    client.redis.config_set("maxmemory", used + 4_000_000)  # room for one or two thousand, not six
+    try:
+        for mode in ((), ("--json",)):
+            before = client.store.books().accepted
+            result = drain(settings, "enqueue", "--mbox", *mode, str(box))
+            queued = client.store.books().accepted - before
+            assert result.returncode == 1, result.stderr
+            err = one_line(result)
+            assert f"stopped after queueing {queued} message(s)" in err and "maxmemory" in err, err
+            assert "Billing" not in err  # no message text in the error
+            if mode:
+                doc = json.loads(result.stdout)
+                assert doc["accepted"] == queued and "maxmemory" in doc["error"]
+                ids = doc["ids"]
+            else:
+                ids = result.stdout.decode().split()
+            assert len(ids) == queued and all(client.redis.exists(f"drain:msg:{i}") for i in ids)
+            assert 0 < queued < 6000
+            client.redis.config_set("maxmemory", int(client.redis.info("memory")["used_memory"]) + 4_000_000)
+    finally:
+        client.redis.config_set("maxmemory", 0)
+
+
+def test_every_command_and_option_has_help() -> None:
+    missing: list[str] = []
+
+    def walk(command: click.Command, path: str) -> None:
+        if not (command.help or command.short_help):
+            missing.append(path)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help:
+                missing.append(f"{path} {param.opts[0]}")
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+
+    walk(cli, "drain")
+    assert missing == []
+
+
+def test_version_and_shell_completion(settings: Settings) -> None:
+    version = drain(settings, "--version")
+    assert version.returncode == 0 and version.stdout.decode().strip() == f"drain, version {metadata.version('drain')}"
+    script = drain(settings, env={"_DRAIN_COMPLETE": "bash_source"})
+    assert script.returncode == 0 and b"_DRAIN_COMPLETE=bash_complete" in script.stdout
+    words = drain(settings, env={"_DRAIN_COMPLETE": "bash_complete", "COMP_WORDS": "drain quarantine ru",
+                                 "COMP_CWORD": "2"})
+    assert words.stdout.decode().split() == ["plain,rule"]
+
+
+def test_json_on_commands_that_used_to_print_only_text(client: Client, settings: Settings, tmp_path: Path) -> None:
+    def doc(*args: str) -> Any:
+        result = drain(settings, *args, "--json")
+        assert result.returncode == 0, (args, result.stderr)
+        return json.loads(result.stdout)
+
+    assert doc("pause") == {"scope": "delivery", "name": None, "paused": True}
+    assert doc("pause", "--domain", "Slow.Example.com") == {"scope": "domain", "name": "slow.example.com",
+                                                             "paused": True}
+    assert doc("resume", "--intake") == {"scope": "intake", "name": None, "paused": False, "unparked": 0}
+    assert doc("resume")["paused"] is False
+    assert doc("rate", "set", "100/s", "--domain", "slow.example.com", "--concurrency", "3") == {
+        "domain": "slow.example.com", "rate": 100.0, "concurrency": 3, "burst": None}
+    assert doc("rate", "set", "unlimited")["rate"] is None
+    rule = doc("quarantine", "rule", "add", "--domain", "spam.example.com")
+    msg_id = client.enqueue(synthetic(1), recipients=["u@spam.example.com"])
+    assert doc("quarantine", "export", "--out", str(tmp_path / "eml"), msg_id) == {
+        "exported": 1, "format": "eml", "out": str(tmp_path / "eml"), "ids": [msg_id]}
+    assert doc("quarantine", "rule", "remove", rule["id"]) == {"id": rule["id"], "removed": True}
+    assert set(doc("server", "status")) == {"running", "url"}
+
+
+def _drain_on_a_terminal(settings: Settings, *args: str) -> str:
+    """`drain ARGS` with its standard output on a pseudo-terminal 160 columns wide."""
+    main, child = os.openpty()
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", COLUMNS="160", LINES="40", TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", *args], stdin=subprocess.DEVNULL, stdout=child,
+                            stderr=subprocess.PIPE, env=env)
+    os.close(child)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([main], [], [], 1.0)[0]:
+                continue
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else b""
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_long_lists_stop_at_a_screenful_on_a_terminal(client: Client, settings: Settings) -> None:
+    rules.add(client.redis, "tester", domain="caught.example.com")
+    ids = client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@caught.example.com",))
+                               for i in range(TTY_ROWS + 10)]).ids
+    assert client.store.books().quarantined == len(ids)
+
+    def rows(text: str) -> int:
+        return sum(1 for msg_id in ids if f"│ {msg_id} " in text)
+
+    screen = _drain_on_a_terminal(settings, "quarantine", "list")
+    assert rows(screen) == TTY_ROWS and "first 50 shown; --limit N for more" in screen
+    assert rows(_drain_on_a_terminal(settings, "quarantine", "list", "--limit", "0")) == len(ids)
+    assert rows(_drain_on_a_terminal(settings, "quarantine", "list", "--limit", "7")) == 7
+    piped = drain(settings, "quarantine", "list")
+    assert rows(piped.stdout.decode()) == len(ids) and b"shown" not in piped.stdout

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import mailbox
+import os
+import resource
+import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from drain.quarantine import Filter, Quarantine
 from drain.seeding import synthetic
 from drain.settings import Settings
 from drain.sink import Sink
+from tests.chaos_kit import one_line
 from tests.conftest import seed
 from tests.test_cli import drain
 
@@ -183,3 +189,103 @@ def _checks(client: Client) -> tuple[object, dict[str, str]]:
     from drain import validate
 
     return validate.Limits.from_settings(client.settings), validate.SEVERITY
+
+
+def _drain_capped(settings: Settings, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`drain ARGS` with its memory capped at 2 GB, so a command that reads a device
+    forever fails fast instead of taking the machine down."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=settings.relay)
+    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, env=env, timeout=60,
+                          check=False, preexec_fn=cap)
+
+
+def _refused(result: subprocess.CompletedProcess[bytes], words: str) -> None:
+    assert result.returncode == 1, result
+    err = one_line(result)
+    assert words in err, err
+    assert result.stdout == b""
+
+
+def test_export_mbox_refuses_devices_folders_and_existing_files(client: Client, settings: Settings, tmp_path: Path,
+                                                                work: Callable[..., bool]) -> None:
+    by_name = _quarantine_bad_seeds(client, work)
+    one = by_name["body_nul-byte.eml"]
+    for device in ("/dev/full", "/dev/zero"):  # never with --force here: a bug must not replace a device
+        _refused(_drain_capped(settings, "quarantine", "export", "--format", "mbox", "--out", device, one),
+                 "is not a regular file")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _refused(_drain_capped(settings, "quarantine", "export", "--format", "mbox", "--out", str(fifo), "--force", one),
+             "is not a regular file")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    _refused(drain(settings, "quarantine", "export", "--format", "mbox", "--out", str(tmp_path / "no" / "q.mbox"),
+                   one), "no such folder")
+    _refused(drain(settings, "quarantine", "export", "--format", "mbox", "--out", str(tmp_path), one), "is a folder")
+
+    existing = tmp_path / "old.mbox"
+    existing.write_bytes(b"keep me\n")
+    _refused(drain(settings, "quarantine", "export", "--format", "mbox", "--out", str(existing), one),
+             "exists; --force replaces it")
+    assert existing.read_bytes() == b"keep me\n"
+    forced = drain(settings, "quarantine", "export", "--format", "mbox", "--out", str(existing), "--force", "--json",
+                   one)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout) == {"exported": 1, "format": "mbox", "out": str(existing), "ids": [one]}
+    assert len(mailbox.mbox(existing)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "old.mbox"]  # no temporary file left
+
+
+def test_export_eml_refuses_missing_parents_devices_and_existing_files(client: Client, settings: Settings,
+                                                                       tmp_path: Path,
+                                                                       work: Callable[..., bool]) -> None:
+    by_name = _quarantine_bad_seeds(client, work)
+    one, two = by_name["body_nul-byte.eml"], by_name["parse_crash.eml"]
+    deep = tmp_path / "a" / "b" / "c"
+    _refused(drain(settings, "quarantine", "export", "--out", str(deep), one), "no such folder")
+    assert not (tmp_path / "a").exists()
+    _refused(_drain_capped(settings, "quarantine", "export", "--out", "/dev/full", one), "is not a folder")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    _refused(drain(settings, "quarantine", "export", "--out", str(plain), one), "is not a folder")
+
+    folder = tmp_path / "out"
+    assert drain(settings, "quarantine", "export", "--out", str(folder), one).returncode == 0  # last part made
+    (folder / f"{one}.eml").write_bytes(b"edited by hand")
+    _refused(drain(settings, "quarantine", "export", "--out", str(folder), one, two), "already exist")
+    assert (folder / f"{one}.eml").read_bytes() == b"edited by hand"
+    assert not (folder / f"{two}.eml").exists()  # nothing written when anything is refused
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    (folder / f"{two}.eml").symlink_to(victim)
+    _refused(drain(settings, "quarantine", "export", "--out", str(folder), "--force", one, two),
+             "is not a regular file")
+    assert victim.read_bytes() == b"not yours"
+    (folder / f"{two}.eml").unlink()
+    assert drain(settings, "quarantine", "export", "--out", str(folder), "--force", one, two).returncode == 0
+    assert (folder / f"{one}.eml").read_bytes() == dict(seed("bad"))["body_nul-byte.eml"]
+
+
+def test_rule_that_would_sweep_everything_needs_yes_all(client: Client, settings: Settings) -> None:
+    ratelimit.pause(client.redis)
+    catch_all = drain(settings, "quarantine", "rule", "add", "--sender", "*")
+    assert catch_all.returncode == 2 and "--yes-all" in one_line(catch_all)  # even on an empty queue
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{'big' if i < 15 else 'small'}.example.com",))
+                         for i in range(20)])
+
+    dry = drain(settings, "quarantine", "rule", "add", "--sender", "*", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) == {"dry_run": True, "rule": "sender *", "would_sweep": 20, "queued": 20,
+                                      "needs_yes_all": True}
+    most = drain(settings, "quarantine", "rule", "add", "--domain", "big.example.com")  # 15 of 20
+    assert most.returncode == 2 and "15 of 20 queued" in one_line(most)
+    assert rules.load(client.redis) == [] and client.store.books().quarantined == 0
+
+    few = json.loads(drain(settings, "quarantine", "rule", "add", "--domain", "small.example.com", "--dry-run",
+                           "--json").stdout)
+    assert (few["would_sweep"], few["needs_yes_all"]) == (5, False)
+    confirmed = drain(settings, "quarantine", "rule", "add", "--sender", "*", "--yes-all", "--json")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert json.loads(confirmed.stdout)["swept"] == 20 and client.store.books().quarantined == 20
