@@ -197,7 +197,8 @@ class Batch:
         try:
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
                 if msg is None:
-                    log.error("message %s has no data in Redis; counted as deleted", msg_id)
+                    log.error("message %s has no data in Redis; counted as deleted", msg_id,
+                              extra={"message_id": msg_id})
                     outcome = Outcome(msg_id, "vanished")
                 else:
                     try:
@@ -205,7 +206,7 @@ class Batch:
                     except JobTimeoutException:
                         # The job's time limit struck while this message was being worked:
                         # it takes the strike, the rest of the batch goes back untouched.
-                        log.warning("message %s outlived the job time limit", msg_id)
+                        log.warning("message %s outlived the job time limit", msg_id, extra={"message_id": msg_id})
                         pending.append(Outcome(msg_id, "timeout", info=TIMEOUT_FINDINGS))
                         done.add(msg_id)
                         raise

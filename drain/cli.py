@@ -17,7 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.table import Table
 
-from drain import embedded, intake, ratelimit, rules, validate
+from drain import embedded, intake, logging_setup, ratelimit, rules, validate
 from drain.api import Client, Submission
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import envelope_from_headers
@@ -164,6 +164,7 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     from workers.worker import run
 
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
+    logging_setup.configure(obj.settings.log_format, "worker")
     client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
@@ -599,6 +600,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
         host, port = parse_listen(listen or obj.settings.smtpd_listen, "--listen")
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging_setup.configure(obj.settings.log_format, "smtpd")
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
     server = Ingress(obj.client, host, port)
@@ -625,6 +627,7 @@ def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_
         host, port = parse_listen(listen, "--listen")
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging_setup.configure(obj.settings.log_format, "serve")
     logging.getLogger("drain").setLevel(log_level.upper())
     try:
         server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s, not hide_messages)
@@ -676,8 +679,7 @@ def demo(obj: Context, messages: int, rate_text: str, workers: int, malformed: f
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging_setup.configure("text", "cli", level=logging.WARNING)
     try:
         cli.main(args=argv, prog_name="drain", standalone_mode=False)
     except click.exceptions.Exit as exc:
