@@ -604,7 +604,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
     server = Ingress(obj.client, host, port)
-    server.serve(on_ready=lambda s: click.echo(f"drain smtpd: listening on {s.describe()}", err=True))
+    server.serve(on_ready=lambda s: logging_setup.announce(f"drain smtpd: listening on {s.describe()}"))
 
 
 @cli.command()
@@ -633,7 +633,7 @@ def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_
         server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s, not hide_messages)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    click.echo(f"drain serve: {server.describe()}; /status.json /metrics /healthz", err=True)
+    logging_setup.announce(f"drain serve: {server.describe()}; /status.json /metrics /healthz")
     server.serve_forever()
 
 

@@ -68,10 +68,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True)
 
 
+_announcer: logging.Handler | None = None
+
+
+def announce(text: str) -> None:
+    """A start-up line ("listening on ...") for whoever runs the command: a plain line on
+    stderr, or in JSON mode a JSON line like every other (whatever the log level)."""
+    if _announcer is None:
+        print(redact(text), file=sys.stderr, flush=True)
+        return
+    _announcer.handle(logging.LogRecord("drain", logging.INFO, __file__, 0, text, None, None))
+
+
 def configure(log_format: str, component: str, level: int | str | None = None,
               stream: TextIO | None = None) -> logging.Handler:
     """Make the root logger write `log_format` ("text" or "json") lines to stderr (or stream).
     Replaces the root's handlers; RQ's loggers then write through it too."""
+    global _announcer
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(component) if log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -80,4 +93,5 @@ def configure(log_format: str, component: str, level: int | str | None = None,
     root.addHandler(handler)
     if level is not None:
         root.setLevel(level)
+    _announcer = handler if log_format == "json" else None
     return handler

@@ -214,7 +214,7 @@ def test_unit_command_stops_cleanly_on_sigterm_within_its_timeout(unit: Path, re
     proc = subprocess.Popen([sys.executable, "-m", "drain", *argv], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        _wait_started(proc, argv[0])
+        started = _wait_started(proc, argv[0])
         if argv[0] == "worker":  # idle, dequeuing: RQ's SIGTERM/SIGINT handlers are in place
             _wait_idle_workers(rclient, 2)
         if argv[0] == "serve":  # answering: its SIGTERM handler is in place
@@ -226,9 +226,11 @@ def test_unit_command_stops_cleanly_on_sigterm_within_its_timeout(unit: Path, re
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    err = "".join(started) + (proc.stderr.read().decode() if proc.stderr else "")
     assert code == 0, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
+    # DRAIN_LOG_FORMAT=json: every line on stderr, start-up line included, is a JSON object.
+    assert {json.loads(line)["component"] for line in err.splitlines()} == {argv[0]}
 
 
 def _wait_idle_workers(client: redis.Redis, count: int, timeout: float = 60) -> None:
@@ -247,7 +249,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_started(proc: subprocess.Popen[bytes], command: str) -> None:
+def _wait_started(proc: subprocess.Popen[bytes], command: str) -> list[str]:
     """Read stderr until the command says it runs (workers: RQ's 'Listening on' line from each
     of the pool's processes; one stopped while still starting dies by KeyboardInterrupt)."""
     marker = {"worker": "Listening on", "smtpd": "listening on", "serve": "/metrics"}[command]
@@ -259,3 +261,4 @@ def _wait_started(proc: subprocess.Popen[bytes], command: str) -> None:
         if not line:
             raise AssertionError(f"drain {command} ended before it started: {''.join(seen)[-2000:]}")
         seen.append(line)
+    return seen
