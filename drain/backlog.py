@@ -73,7 +73,9 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     for entry in domains.values():
         share = pace * entry.total / total if total else 0.0
         cap = limits.get(entry.domain, {})
-        own = min(r for r in (cap.get("rate"), cap.get("effective"), share or None) if r) if cap else share
+        # A limits entry with no rate (paused, concurrency only) and no pace: no figure, not a crash.
+        rates = [r for r in (cap.get("rate"), cap.get("effective"), share or None) if r]
+        own = min(rates, default=None) if cap else share
         entry.eta_s = entry.total / own if own else None
     ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
     return Shape(ordered, total)

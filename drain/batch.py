@@ -223,7 +223,8 @@ class Batch:
                     self.lost = True
                     break
                 if msg is None:
-                    log.error("message %s has no data in Redis; counted as deleted", msg_id)
+                    log.error("message %s has no data in Redis; counted as deleted", msg_id,
+                              extra={"message_id": msg_id})
                     outcome = Outcome(msg_id, "vanished")
                 else:
                     try:
@@ -231,7 +232,7 @@ class Batch:
                     except JobTimeoutException:
                         # The job's time limit struck while this message was being worked:
                         # it takes the strike, the rest of the batch goes back untouched.
-                        log.warning("message %s outlived the job time limit", msg_id)
+                        log.warning("message %s outlived the job time limit", msg_id, extra={"message_id": msg_id})
                         pending.append(Outcome(msg_id, "timeout", info=TIMEOUT_FINDINGS))
                         done.add(msg_id)
                         raise

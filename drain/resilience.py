@@ -66,7 +66,8 @@ class ResilientStore(Store):
                 try:
                     out.extend(super().load([msg_id]))
                 except InputError as exc:
-                    log.error("message %s has unreadable data in Redis (%s); dropped as deleted", msg_id, exc)
+                    log.error("message %s has unreadable data in Redis (%s); dropped as deleted", msg_id, exc,
+                              extra={"message_id": msg_id})
                     out.append(None)
             return out
 

@@ -1,15 +1,19 @@
-"""Retry policies, all expressed with tenacity.
+"""Retry policies.
 
 - `deferral_delay`: when a deferred message is tried again (exponential, jittered, capped),
-  Postfix-like by default: about 5 minutes first, at most about 67 minutes apart.
+  Postfix-like by default: about 5 minutes first, at most about 67 minutes apart. Written
+  out here: a deferral is not a retry loop in one process (the next attempt is a due time
+  in Redis, taken by whichever worker comes), so tenacity's wait strategies, which read the
+  state of a running `Retrying`, do not apply.
 - `reconnect`: the one short in-process retry, for a relay connection that dropped
-  within a batch.
-- `redis_backoff`: how a worker waits for Redis to come back.
+  within a batch (tenacity).
+- `redis_backoff`: how a worker waits for Redis to come back (tenacity).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 
 import tenacity
 from tenacity import RetryCallState, Retrying
@@ -19,20 +23,19 @@ from drain.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def deferral_wait(settings: Settings) -> tenacity.wait.wait_base:
-    return tenacity.wait_exponential_jitter(
-        multiplier=settings.retry_first_s,
-        max=settings.retry_max_s,
-        exp_base=2,
-        jitter=settings.retry_first_s * 0.2,
-    )
+# Jitter: up to this share of the first delay is added, so mail deferred together spreads out.
+JITTER_SHARE = 0.2
 
 
-def deferral_delay(settings: Settings, attempts: int) -> float:
-    """Seconds to wait after the `attempts`-th failed attempt (1 for the first failure)."""
-    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = max(1, attempts)
-    return float(deferral_wait(settings)(state))
+def deferral_delay(settings: Settings, attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1 for the first failure):
+    first * 2^(attempts-1), plus a random 0 to 20 % of first, never more than retry_max."""
+    first, cap = settings.retry_first_s, settings.retry_max_s
+    jitter = (rng or random).uniform(0, first * JITTER_SHARE)
+    exponent = max(1, attempts) - 1
+    # 2^exponent overflows a float past about 1,000 attempts; by then the cap holds anyway.
+    base = cap if exponent >= 1000 else first * 2.0**exponent
+    return max(0.0, min(base + jitter, cap))
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -186,6 +186,8 @@ class Settings:
     relay_ca_file: Path | None = None
     # Most envelope recipients one message may have.
     max_recipients: int = 1000
+    # How workers, smtpd and serve write their logs: "text" lines or "json" lines.
+    log_format: str = "text"
 
     @property
     def smtpd_size_limit(self) -> int:
@@ -230,11 +232,22 @@ class Settings:
             max_lifetime_s=_float(env, "DRAIN_MAX_LIFETIME", cls.max_lifetime_s, 1.0),
             **_smtpd_from_env(env),
             **_safety_from_env(env),
+            log_format=_log_format(env),
         )
         return settings.with_(**overrides) if overrides else settings
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = (env.get("DRAIN_LOG_FORMAT") or "text").strip().lower()
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"DRAIN_LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
 
 
 def _smtpd_from_env(env: Mapping[str, str]) -> dict[str, Any]:

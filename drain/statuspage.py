@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from drain import ratelimit
 from drain.backlog import BUCKETS_S
+from drain.durations import human
 from drain.metrics import latency_buckets
 from drain.web import Snapshot, View
 
@@ -29,18 +30,7 @@ def num(value: float) -> str:
 
 
 def dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 1:
-        return "under 1 s"
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h" + (f" {s % 3600 // 60:02d} min" if s % 3600 // 60 else "")
-    return f"{s // 86400} d" + (f" {s % 86400 // 3600} h" if s % 86400 // 3600 else "")
+    return human(seconds)
 
 
 def clock(ts: float) -> str:

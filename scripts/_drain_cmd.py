@@ -6,6 +6,7 @@ the checkout's .venv/bin/drain, else `drain` on PATH. It reads DRAIN_REDIS_URL a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -55,11 +56,17 @@ def cell(text: object) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    """drain's one duration format (drain/durations.py, standard library only, loaded by path)."""
+    return str(_durations().human(seconds, none="-"))
+
+
+@functools.cache
+def _durations() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "drain" / "durations.py"
+    spec = importlib.util.spec_from_file_location("_drain_durations", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,6 @@
 # Sourced by scripts/demo, scripts/test and scripts/bench: make .venv with drain installed.
-# Needs only Python 3.11+ with pip and venv. Re-installs when pyproject.toml changes.
+# Needs only Python 3.11+ with pip and venv. Re-installs when pyproject.toml or requirements.lock
+# changes; versions come from requirements.lock (pip constraints: remade by scripts/lock).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -21,8 +22,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 stamp=.venv/.drain-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' >&2
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]' >&2
   touch "$stamp"
 fi

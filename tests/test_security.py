@@ -147,14 +147,15 @@ def test_auth_through_the_url(locked_redis: RedisProc, relay: Sink) -> None:
         assert "credentials" in err or "password" in err
 
 
-def test_secrets_never_in_worker_logs_or_errors(locked_redis: RedisProc, relay: Sink) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_secrets_never_in_worker_logs_or_errors(locked_redis: RedisProc, relay: Sink, log_format: str) -> None:
     url = f"redis://:{REDIS_SECRET}@127.0.0.1:{locked_redis.port}/0"
     api = Client.connect(Settings(redis_url=url, relay=relay.url))
     api.enqueue_many([synthetic(i) for i in range(3)])
     # The sink offers no AUTH: the login fails, and mail is deferred with the relay's reply.
     env = {"DRAIN_REDIS_URL": url, "DRAIN_RELAY": f"smtp://mailer:{RELAY_SECRET}@127.0.0.1:{relay.port}",
            "DRAIN_SMTPD_AUTH_USER": "app", "DRAIN_SMTPD_AUTH_PASSWORD": SMTPD_SECRET,
-           "DRAIN_LEASE_TTL": "1"}
+           "DRAIN_LEASE_TTL": "1", "DRAIN_LOG_FORMAT": log_format}
     worker = drain(env, "worker", "--burst", "--log-level", "DEBUG")
     assert worker.returncode == 0, worker.stderr.decode()[-2000:]
     assert api.store.books().deferred == 3
@@ -168,6 +169,8 @@ def test_secrets_never_in_worker_logs_or_errors(locked_redis: RedisProc, relay: 
             assert secret not in text
     assert all(e.returncode != 0 for e in errors)
     assert "DEBUG" in worker.stderr.decode()  # the check ran against verbose logs
+    if log_format == "json":  # ...in the format asked for
+        assert '"level": "DEBUG"' in worker.stderr.decode()
 
 
 # -- operator regexes cannot hang ---------------------------------------------------------------

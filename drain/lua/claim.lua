@@ -5,6 +5,10 @@
 -- is not stuck behind a backlog, and the backlog still moves. Ids an operator rule swept
 -- into quarantine are dropped when met.
 --
+-- The GCRA is written here rather than taken from a library (redis-cell, a Python limiter):
+-- it must be one atomic step with the pop, on a stock Redis without modules, clocked by the
+-- server; a client-side limiter would race between machines.
+--
 -- KEYS[1] backlog lane        KEYS[2] in-flight hash (id -> owner)
 -- KEYS[3] lease key of owner  KEYS[4] paused flag
 -- KEYS[5] global rate (msgs/s; absent or 0 = unlimited)

@@ -1,5 +1,7 @@
 -- gate: may this message go to its destination domain now? Checked by a worker before
 -- sending, only for domains an operator limited, paused, or that are throttling us.
+-- (The GCRA is hand-written for the same reason as in claim.lua: atomic with the booking,
+-- on a stock Redis, clocked by the server.)
 --
 -- KEYS[1] domain rate caps hash        KEYS[2] adaptive effective rates hash
 -- KEYS[3] domain concurrency caps hash KEYS[4] paused domains set
