@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -64,9 +65,9 @@ def serve(settings: Settings) -> Iterator[Callable[..., StatusServer]]:
     """Start status servers on free ports, each reading Redis every 0.1 s; stopped after the test."""
     started: list[StatusServer] = []
 
-    def _serve(redis_url: str | None = None, show_messages: bool = False) -> StatusServer:
-        server = StatusServer(redis_url or settings.redis_url or "", settings, "127.0.0.1", 0,
-                              refresh_s=0.1, show_messages=show_messages)
+    def _serve(redis_url: str | None = None, show_messages: bool | None = None) -> StatusServer:
+        shown = {} if show_messages is None else {"show_messages": show_messages}  # else the server's default
+        server = StatusServer(redis_url or settings.redis_url or "", settings, "127.0.0.1", 0, refresh_s=0.1, **shown)
         server.start()
         started.append(server)
         assert server.snapshots.refreshed.wait(10)
@@ -413,10 +414,14 @@ def _screenshot_worthy_state(client: Client, work: Callable[..., bool]) -> None:
     assert backlog.history(client.store)
 
 
+def address(server: StatusServer) -> tuple[str, int]:
+    parts = urlsplit(server.url)
+    return parts.hostname or "", parts.port or 80
+
+
 def raw_request(server: StatusServer, request: bytes) -> bytes:
     """Send bytes as they are; the server's whole answer (it closes after `Connection: close`)."""
-    host, port = server.sock.getsockname()[:2]
-    with socket.create_connection((host, port), timeout=10) as conn:
+    with socket.create_connection(address(server), timeout=10) as conn:
         conn.sendall(request)
         answer = b""
         while chunk := conn.recv(65536):
@@ -440,10 +445,20 @@ def test_other_methods_get_405_with_the_security_headers(client: Client, serve: 
         assert headers[name.lower()] == value, name
 
 
+def test_unparsable_request_gets_400_with_the_security_headers(client: Client,
+                                                               serve: Callable[..., StatusServer]) -> None:
+    server = serve()
+    answer = raw_request(server, b"GET / HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.split(" ", 2)[1] == "400", head
+    for name, value in SECURITY_HEADERS.items():
+        assert f"{name}: {value}" in head, name
+
+
 def test_idle_and_slow_connections_neither_block_nor_add_threads(client: Client,
                                                                  serve: Callable[..., StatusServer]) -> None:
     server = serve()
-    host, port = server.sock.getsockname()[:2]
+    host, port = address(server)
     threads_before = threading.active_count()
     held: list[socket.socket] = []
     try:
@@ -464,7 +479,7 @@ def test_idle_and_slow_connections_are_closed(client: Client, serve: Callable[..
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("drain.web.IDLE_TIMEOUT_S", 0.3)
     server = serve()
-    host, port = server.sock.getsockname()[:2]
+    host, port = address(server)
     with socket.create_connection((host, port), timeout=30) as idle, \
             socket.create_connection((host, port), timeout=30) as slow:
         slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
