@@ -240,6 +240,8 @@ class Snapshots:
     started_at: float = field(default_factory=time.time)
     stopping: threading.Event = field(default_factory=threading.Event)
     refreshed: threading.Event = field(default_factory=threading.Event)
+    # Called in the refresher thread after each read (the HTTP side renders its bodies there).
+    after_refresh: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
@@ -271,6 +273,11 @@ class Snapshots:
         while not self.stopping.is_set():
             started = time.monotonic()
             self.refresh()
+            if self.after_refresh is not None:
+                try:
+                    self.after_refresh()
+                except Exception:
+                    log.exception("rendering the status page failed")
             self.refreshed.set()
             # A read that takes long (a huge backlog shape) spaces the next one out: at most
             # about a quarter of the time is spent reading.
@@ -356,8 +363,8 @@ _JSON = "application/json"
 class StatusApp:
     """Answers requests from the snapshot, on an asyncio loop: no thread per connection.
 
-    Rendered bodies are kept for up to a second per snapshot, so a crowd of readers costs one
-    render a second, not one per request."""
+    Bodies are rendered once per snapshot, by the refresher thread, so a crowd of readers costs
+    no rendering at all."""
 
     def __init__(self, snapshots: Snapshots) -> None:
         self.snapshots = snapshots
@@ -377,25 +384,39 @@ class StatusApp:
     def _answer(self, path: str) -> tuple[int, str, bytes]:
         view = self.snapshots.view()
         if path in ("/", "/index.html"):
-            return self._cached("page", view, lambda: (200, _HTML, _render(view)))
+            return self._cached("page", view)
         if path == "/status.json":
-            return self._cached("json", view, lambda: (200, _JSON, json.dumps(status_document(view),
-                                                                               separators=(",", ":")).encode()))
+            return self._cached("json", view)
         if path == "/metrics":
-            return self._cached("metrics", view, lambda: (200, metrics.CONTENT_TYPE,
-                                                          metrics.exposition(self.registry)))
+            return self._cached("metrics", view)
         if path == "/healthz":
             return 200, _TEXT, f"ok: serving; redis {'up' if view.up else 'unreachable'}\n".encode()
         return 404, _TEXT, b"not found: try /, /status.json, /metrics, /healthz\n"
 
-    def _cached(self, name: str, view: View, make: Callable[[], tuple[int, str, bytes]]) -> tuple[int, str, bytes]:
-        marker = (id(view.snapshot), view.up, view.down_since, view.error, int(view.now))
+    def prerender(self) -> None:
+        """Render every body for the current view (the refresher calls this after each read, so
+        requests find them ready and the event loop does not render)."""
+        view = self.snapshots.view()
+        for name in self._makers:
+            self._cached(name, view)
+
+    @property
+    def _makers(self) -> dict[str, Callable[[View], tuple[str, bytes]]]:
+        return {
+            "page": lambda view: (_HTML, _render(view)),
+            "json": lambda view: (_JSON, json.dumps(status_document(view), separators=(",", ":")).encode()),
+            "metrics": lambda view: (metrics.CONTENT_TYPE, metrics.exposition(self.registry)),
+        }
+
+    def _cached(self, name: str, view: View) -> tuple[int, str, bytes]:
+        # What a body depends on, besides the clock (the page's own time stamps may lag by a refresh).
+        marker = (id(view.snapshot), view.up, view.down_since, view.error, view.stale)
         hit = self._cache.get(name)
         if hit is not None and hit[0] == marker:
             return hit[1], hit[2], hit[3]
-        code, ctype, data = make()
-        self._cache[name] = (marker, code, ctype, data)
-        return code, ctype, data
+        ctype, data = self._makers[name](view)
+        self._cache[name] = (marker, 200, ctype, data)
+        return 200, ctype, data
 
     @staticmethod
     def _response(code: int, ctype: str, data: bytes, extra: dict[str, str] | None = None) -> web.Response:
@@ -449,6 +470,7 @@ class StatusServer:
         reader = Reader(Store(self.client, settings), show_messages)
         self.snapshots = Snapshots(reader.read, refresh_s, show_messages)
         self.app = StatusApp(self.snapshots)
+        self.snapshots.after_refresh = self.app.prerender
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
