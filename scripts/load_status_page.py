@@ -9,8 +9,9 @@ what happened to the held connections and the server's thread count (when it sta
 Each client keeps one HTTP/1.1 connection and asks for /, /status.json, /healthz and /metrics
 in turn, as fast as it is answered (--think adds a pause between a client's requests). A
 request not answered within --timeout is a failure, as is a refused or reset connection.
-Held connections: half send nothing (idle), half send a request one header line every
---drip seconds and never finish it (slowloris); one the server closes is opened again.
+Held connections (in a second process, so that they do not slow the measuring clients): half
+send nothing (idle), half send a request one header line every --drip seconds and never finish
+it (slowloris); one the server closes is opened again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import multiprocessing
 import os
 import resource
 import socket
@@ -29,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,16 +164,36 @@ def fds_of(pid: int) -> int | None:
         return None
 
 
+def hold_all(host: str, port: int, count: int, seconds: float, drip: float, opened: Any, out: Any) -> None:
+    """In a process of its own (so that its reconnections do not delay the measuring clients):
+    hold `count` connections for `seconds`; reports how many opened at first, then its tally."""
+
+    async def main() -> Tally:
+        tally = Tally()
+        until = time.monotonic() + seconds
+        tasks = [asyncio.create_task(held(host, port, until, n % 2 == 1, drip, tally)) for n in range(count)]
+        deadline = time.monotonic() + 30
+        while tally.held_open + tally.held_refused < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        opened.put(tally.held_open)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return tally
+
+    tally = asyncio.run(main())
+    out.put((tally.held_closed_by_server, tally.held_refused))
+
+
 async def run(args: argparse.Namespace, host: str, port: int, pid: int | None) -> dict[str, object]:
     tally = Tally()
+    opened: Any = multiprocessing.Queue()
+    out: Any = multiprocessing.Queue()
+    holder = multiprocessing.Process(target=hold_all, args=(host, port, args.held, args.seconds + 5, args.drip,
+                                                            opened, out), daemon=True)
+    holder.start()
+    # The held connections open first: the clients then meet a server that already holds them.
+    held_at_start = await asyncio.get_running_loop().run_in_executor(None, opened.get)
     start = time.monotonic()
     until = start + args.seconds
-    holders = [asyncio.create_task(held(host, port, until, n % 2 == 1, args.drip, tally)) for n in range(args.held)]
-    # Let the held connections open first: the clients then meet a server that already holds them.
-    deadline = time.monotonic() + 30
-    while tally.held_open + tally.held_refused < args.held and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    held_at_start = tally.held_open
     threads: list[int] = []
 
     async def sample() -> None:
@@ -186,7 +209,9 @@ async def run(args: argparse.Namespace, host: str, port: int, pid: int | None) -
     await asyncio.gather(*clients)
     if pid:
         fds_peak = max(fds_peak or 0, fds_of(pid) or 0)
-    await asyncio.gather(*holders, sampler, return_exceptions=True)
+    await sampler
+    closed_by_server, refused = await asyncio.get_running_loop().run_in_executor(None, out.get)
+    holder.join()
     lat = sorted(tally.latencies)
 
     def pct(values: list[float], q: float) -> float | None:
@@ -200,10 +225,11 @@ async def run(args: argparse.Namespace, host: str, port: int, pid: int | None) -
         "p99_ms_by_path": {p: pct(sorted(v), 0.99) for p, v in sorted(tally.by_path.items())},
         "failures": sum(tally.failures.values()), "failure_kinds": tally.failures,
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
-        "held_open_at_start": held_at_start, "held_closed_by_server": tally.held_closed_by_server,
-        "held_refused": tally.held_refused,
+        "held_open_at_start": held_at_start, "held_closed_by_server": closed_by_server,
+        "held_refused": refused,
         "server_threads": {"min": min(threads), "max": max(threads)} if threads else None,
         "server_fds_peak": fds_peak,
+        "load_average": os.getloadavg(),
     }
 
 
@@ -288,7 +314,12 @@ def main() -> None:
         finally:
             for proc in reversed(procs):
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    print(f"pid {proc.pid} did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+                    proc.kill()
+                    proc.wait()
     if args.json:
         print(json.dumps(figures, indent=2))
         return
@@ -301,7 +332,8 @@ def main() -> None:
     print(f"  p99 ms by path: {figures['p99_ms_by_path']}")
     print(f"  held: {figures['held_open_at_start']} open at start, {figures['held_closed_by_server']} closed by the "
           f"server, {figures['held_refused']} refused")
-    print(f"  server threads: {figures['server_threads']}, open fds at peak: {figures['server_fds_peak']}")
+    print(f"  server threads: {figures['server_threads']}, open fds at peak: {figures['server_fds_peak']}; "
+          f"machine load average at the end: {figures['load_average']}")
     print(json.dumps(figures))
 
 
