@@ -57,15 +57,16 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """(status, keep-alive) after reading the whole response."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length, keep = 0, True
+    version, code = lines[0].split(" ", 2)[:2]
+    status = int(code)
+    length, keep = 0, version == "HTTP/1.1"  # HTTP/1.0: closed after the answer unless it says keep-alive
     for line in lines[1:]:
         name, _sep, value = line.partition(":")
-        name = name.strip().lower()
+        name, value = name.strip().lower(), value.strip().lower()
         if name == "content-length":
             length = int(value)
-        elif name == "connection" and value.strip().lower() == "close":
-            keep = False
+        elif name == "connection":
+            keep = value == "keep-alive" or (keep and value != "close")
     if length:
         await reader.readexactly(length)
     return status, keep
