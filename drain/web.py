@@ -438,6 +438,12 @@ class _Connection(RequestHandler):
         answer.force_close()
         return answer
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # A malformed request is the client's problem: one debug line, not a traceback per request
+        # (anyone can send them). Errors of drain's own handler are logged by StatusApp.handle.
+        kw.pop("exc_info", None)
+        log.debug(*args, **kw)
+
 
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
