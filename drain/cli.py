@@ -794,13 +794,15 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
               help="Address of the status page (':8025' for all addresses).")
 @click.option("--refresh", "refresh_s", type=click.FloatRange(0.2, 300), default=2.0, show_default=True,
               help="Seconds between reads of Redis.")
-@click.option("--hide-messages", is_flag=True,
-              help="Leave senders, recipients and subjects of quarantined mail off the page and JSON.")
+@click.option("--show-messages", is_flag=True,
+              help="Show senders, recipients and subjects of quarantined mail (an internal page only).")
+@click.option("--hide-messages", is_flag=True, hidden=True, help="The default; kept for old scripts.")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Least severe log records written to standard error.")
 @pass_ctx
-def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_level: str) -> None:
+def serve(obj: Context, listen: str, refresh_s: float, show_messages: bool, hide_messages: bool,
+          log_level: str) -> None:
     """Serve a read-only status page (/), /status.json, /metrics and /healthz; no login, GET only."""
     from drain.connection import resolve_url
     from drain.settings import parse_listen
@@ -813,7 +815,8 @@ def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_
     logging_setup.configure(obj.settings.log_format, "serve")
     logging.getLogger("drain").setLevel(log_level.upper())
     try:
-        server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s, not hide_messages)
+        server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s,
+                              show_messages and not hide_messages)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     logging_setup.announce(f"drain serve: {server.describe()}; /status.json /metrics /healthz")

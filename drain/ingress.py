@@ -4,7 +4,10 @@ Each message takes the Python API's path (`Client.prepare`, then the store), and
 reply to DATA is sent only once Redis holds it; when it cannot be stored the reply is 451,
 so the client keeps the message and tries again. Checks at the door: client network (554),
 intake pause and Redis health (421, then the session is closed), STARTTLS and AUTH
-(530/538), SIZE (552), envelope addresses by the workers' own rule (553).
+(530/538), SIZE (552), envelope addresses by the workers' own rule (553), recipients per
+message (452), concurrent sessions (421). Failed AUTH is slowed, ends the session after a few
+tries, and an address with many failures is refused for a while; no credential is logged.
+Long lines are taken (up to the size limit) so that the workers give their verdict on them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from drain.settings import Network, Settings
 
 log = logging.getLogger(__name__)
 
-MAX_RECIPIENTS = 1000
 # One Redis transaction carries at most this many messages / bytes.
 BATCH_MESSAGES = 500
 BATCH_BYTES = 8 * 1024 * 1024
@@ -48,6 +50,48 @@ REPLY_PAUSED = "421 4.3.2 drain is not taking mail now (intake paused); try agai
 REPLY_DOWN = "421 4.3.0 drain cannot reach its queue now; try again later"
 REPLY_NOT_STORED = "451 4.3.0 message not stored: drain cannot reach its queue; try again later"
 REPLY_ERROR = "451 4.3.0 drain hit an internal error; try again later"
+REPLY_BUSY = "421 4.3.2 too many SMTP sessions at once; try again later"
+REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
+REPLY_AUTH_LOCKED = "421 4.7.0 too many failed AUTH attempts; closing"
+REPLY_AUTH_BLOCKED = "421 4.7.0 too many failed AUTH attempts from your address; try again later"
+
+
+class AuthGuard:
+    """Slows down password guessing: a growing delay after each failed AUTH of a session, the
+    session closed after `per_session` failures, and an address refused (at connect and at AUTH)
+    once it has `per_address` failures within `window_s`. Kept in memory for at most
+    `max_addresses` addresses (the oldest forgotten first)."""
+
+    def __init__(self, delay_s: float = 1.0, per_session: int = 3, per_address: int = 10,
+                 window_s: float = 600.0, max_addresses: int = 10_000) -> None:
+        self.delay_s = delay_s
+        self.per_session = per_session
+        self.per_address = per_address
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._failures.get(address)
+        if times is None:
+            return deque()
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+        return times
+
+    def blocked(self, address: str) -> bool:
+        return len(self._recent(address, time.monotonic())) >= self.per_address
+
+    def failed(self, address: str) -> None:
+        now = time.monotonic()
+        times = self._recent(address, now)
+        self._failures.pop(address, None)
+        times.append(now)
+        self._failures[address] = times  # newest last: the dict's order is by last failure
+        while len(self._failures) > self.max_addresses:
+            del self._failures[next(iter(self._failures))]
 
 
 @dataclass(frozen=True)
@@ -92,6 +136,10 @@ def allowed(peer: Any, networks: Sequence[Network]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in net for net in networks)
+
+
+def _host(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def _peer(peer: Any) -> str:
@@ -211,7 +259,8 @@ class Committer:
 
 
 class Credentials:
-    """The one account AUTH accepts. The password is never logged or shown."""
+    """The one account AUTH accepts. Neither the user nor the password a client gave is logged
+    (a password typed in the user field would be)."""
 
     def __init__(self, user: str, password: str) -> None:
         self._user = user.encode()
@@ -227,26 +276,31 @@ class Credentials:
             password_ok = hmac.compare_digest(auth_data.password, self._password)
             if user_ok and password_ok:
                 return AuthResult(success=True, auth_data=auth_data.login)
-            log.info("AUTH %s refused for user %r from %s", mechanism,
-                     auth_data.login.decode("utf-8", "replace")[:100], _peer(session.peer))
-        return AuthResult(success=False, handled=False)
+        reply = server.auth_failed() if isinstance(server, _SMTP) else None
+        return AuthResult(success=False, handled=False, message=reply)
 
 
 class Handler:
     """aiosmtpd's hooks: drain's checks on the envelope, and the store at DATA."""
 
-    def __init__(self, api: Client, committer: Committer, gate: Gate, features: Features, auth: bool) -> None:
+    def __init__(self, api: Client, committer: Committer, gate: Gate, features: Features, auth: bool,
+                 guard: AuthGuard | None = None) -> None:
         self.api = api
         self.committer = committer
         self.gate = gate
         self.features = features
         self.auth = auth
+        self.guard = guard or AuthGuard()
+        self.sessions = 0
 
     async def at_connect(self, peer: Any) -> str | None:
         if not allowed(peer, self.api.settings.smtpd_allow):
             log.info("refused a connection from %s: not in DRAIN_SMTPD_ALLOW", _peer(peer))
             host = peer[0] if isinstance(peer, tuple) and peer else "your address"
             return f"554 5.7.1 {host} is not allowed to send mail here"
+        if self.auth and self.guard.blocked(_host(peer)):
+            log.info("refused a connection from %s: too many failed AUTH attempts", _peer(peer))
+            return REPLY_AUTH_BLOCKED
         return await self.gate.refusal()
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: SMTPEnvelope, hostname: str,
@@ -275,8 +329,8 @@ class Handler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
-            return f"452 4.5.3 too many recipients (at most {MAX_RECIPIENTS} a message)"
+        if len(envelope.rcpt_tos) >= self.api.settings.max_recipients:
+            return REPLY_TOO_MANY_RCPT
         refusal = self._address_refusal(address, envelope.smtp_utf8, "recipient", "5.1.3")
         if refusal:
             return refusal
@@ -322,23 +376,69 @@ class Handler:
 
 
 class _SMTP(SMTP):
-    """aiosmtpd's session with drain's checks at connect and at MAIL, where a 421 closes the session."""
+    """aiosmtpd's session with drain's checks at connect, AUTH and MAIL, where a 421 closes the session."""
 
-    def __init__(self, handler: Handler, **kwargs: Any) -> None:
+    def __init__(self, handler: Handler, line_limit: int = SMTP.line_length_limit, **kwargs: Any) -> None:
+        # Read before the stream reader is made: lines up to this long are taken, in DATA as in
+        # commands (a command line over command_size_limit still gets 500).
+        self.line_length_limit = line_limit
         super().__init__(handler, **kwargs)
         self._door = handler
+        self._auth_failures = 0
+        self._auth_refused = False
+        self._auth_locked = False
 
     async def _handle_client(self) -> None:
         assert self.session is not None
-        try:
-            refusal = await self._door.at_connect(self.session.peer)
-        except Exception:
-            log.exception("check at connect failed for %s", _peer(self.session.peer))
-            refusal = "421 4.3.0 drain hit an internal error; try again later"
-        if refusal is not None:
-            await self._refuse(refusal)
+        door = self._door
+        if door.sessions >= door.api.settings.smtpd_max_sessions:
+            log.warning("refused a connection from %s: %d sessions already open (DRAIN_SMTPD_MAX_SESSIONS)",
+                        _peer(self.session.peer), door.sessions)
+            await self._refuse(REPLY_BUSY)
             return
-        await super()._handle_client()
+        door.sessions += 1
+        try:
+            try:
+                refusal = await door.at_connect(self.session.peer)
+            except Exception:
+                log.exception("check at connect failed for %s", _peer(self.session.peer))
+                refusal = "421 4.3.0 drain hit an internal error; try again later"
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
+            await super()._handle_client()
+        finally:
+            door.sessions -= 1
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        assert self.session is not None
+        guard, host = self._door.guard, _host(self.session.peer)
+        if guard.blocked(host):
+            await self._refuse(REPLY_AUTH_BLOCKED)
+            return
+        self._auth_refused = False
+        await super().smtp_AUTH(arg)
+        if self._auth_locked:
+            if self.transport is not None:
+                self.transport.close()
+        elif self._auth_refused:
+            # The next command is read only after a pause that grows with each failure.
+            await asyncio.sleep(guard.delay_s * self._auth_failures)
+
+    def auth_failed(self) -> str | None:
+        """Count a refused AUTH (Credentials calls this); the reply to give instead of 535, if any."""
+        assert self.session is not None
+        guard, host = self._door.guard, _host(self.session.peer)
+        self._auth_refused = True
+        self._auth_failures += 1
+        guard.failed(host)
+        log.warning("AUTH refused from %s (failure %d of this session)", _peer(self.session.peer),
+                    self._auth_failures)
+        if self._auth_failures >= guard.per_session or guard.blocked(host):
+            self._auth_locked = True
+            return REPLY_AUTH_LOCKED
+        return None
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -376,7 +476,7 @@ class Ingress:
     """The SMTP ingress server on its own event loop thread: `start()` and `stop()`, or `serve()`."""
 
     def __init__(self, api: Client, host: str, port: int, *, features: Features | None = None,
-                 recheck_s: float = 1.0, hostname: str | None = None) -> None:
+                 recheck_s: float = 1.0, hostname: str | None = None, guard: AuthGuard | None = None) -> None:
         settings = api.settings
         credentials = _credentials(settings)
         tls = _tls_context(settings)
@@ -390,7 +490,8 @@ class Ingress:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drain-smtpd")
         self.gate = Gate(api.redis, self._executor, recheck_s)
         self.committer = Committer(api, self._executor)
-        self.handler = Handler(api, self.committer, self.gate, self.features, auth=credentials is not None)
+        self.handler = Handler(api, self.committer, self.gate, self.features, auth=credentials is not None,
+                               guard=guard)
         self._smtp_options: dict[str, Any] = {
             "hostname": hostname or socket.gethostname(),
             "ident": "drain ESMTP",
@@ -401,6 +502,9 @@ class Ingress:
             "auth_required": credentials is not None,
             "auth_require_tls": not settings.smtpd_auth_plaintext,
             "authenticator": credentials,
+            # A header line over 998 octets is taken and quarantined by the workers
+            # (header.line-too-long), not refused at the door: the mail and its evidence are kept.
+            "line_limit": settings.smtpd_size_limit + 3,
         }
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
@@ -418,6 +522,8 @@ class Ingress:
         ready.wait()
         if self._error is not None:
             self._thread.join()
+            self._thread = None
+            self._executor.shutdown(wait=False)
             raise DrainError(f"cannot listen on {self.host}:{self.port}: {self._error.strerror or self._error}")
         return self
 

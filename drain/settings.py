@@ -177,6 +177,8 @@ class Settings:
     # Offer SMTPUTF8 / 8BITMIME to clients: True, False, or None to follow the relay's EHLO.
     smtpd_smtputf8: bool | None = None
     smtpd_8bitmime: bool | None = None
+    # Most SMTP sessions open at once (421 4.3.2 beyond): each may buffer a message of up to the size limit.
+    smtpd_max_sessions: int = 50
     # What `enqueue` waits for before it returns: "none" (Redis holds it in memory),
     # "fsync" (on disk: WAITAOF, or appendfsync always), "replicas:N" (WAIT for N replicas).
     durability: str = "none"
@@ -274,6 +276,7 @@ def _smtpd_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "smtpd_tls_key": Path(key) if key else None,
         "smtpd_smtputf8": _tristate(env, "DRAIN_SMTPD_SMTPUTF8"),
         "smtpd_8bitmime": _tristate(env, "DRAIN_SMTPD_8BITMIME"),
+        "smtpd_max_sessions": _int(env, "DRAIN_SMTPD_MAX_SESSIONS", Settings.smtpd_max_sessions, 1),
     }
 
 

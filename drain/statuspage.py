@@ -15,7 +15,7 @@ from drain import ratelimit
 from drain.backlog import BUCKETS_S
 from drain.durations import human
 from drain.metrics import latency_buckets
-from drain.web import Snapshot, View
+from drain.web import Snapshot, View, waiting
 
 DOMAINS_SHOWN = 30
 CHART_POINTS = 360
@@ -223,11 +223,26 @@ def _controls(snap: Snapshot) -> str:
         ("Domains limited", esc(num(len(domains)))),
         ("Domains paused", esc(", ".join(n for n, d in domains.items() if d.get("paused")) or "none")),
         ("Circuits open", esc(", ".join(opened) or "none")),
-        ("Rate-limit waits", esc(f"{num(f.counters.get('held_total', 0))} held · "
-                                 f"{num(f.counters.get('parked_total', 0))} parked")),
+        ("Waiting on limits", _waiting(snap)),
     ]
     body = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in rows)
     return f"<section><h2>Controls</h2><dl>{body}</dl></section>"
+
+
+WAITING_SHOWN = 5
+
+
+def _waiting(snap: Snapshot) -> str:
+    """Messages held back by a paused or capped destination, per destination."""
+    waits = waiting(snap.figures)
+    rows = cast(list[dict[str, Any]], waits["domains"])
+    parts = [f"{esc(r['domain'])}: <b>{num(r['queued'])}</b> ({esc(r['why'])})" for r in rows[:WAITING_SHOWN]]
+    if len(rows) > WAITING_SHOWN:
+        rest = rows[WAITING_SHOWN:]
+        parts.append(f"and {num(len(rest))} more ({num(sum(r['queued'] for r in rest))} messages)")
+    if waits["delivery_paused"]:
+        parts.insert(0, f"all {num(snap.figures.status.books.queued)} queued (delivery paused)")
+    return "<br>".join(parts) or "none"
 
 
 def _nice(value: float) -> float:
@@ -433,8 +448,8 @@ def _latency(snap: Snapshot) -> str:
 
 def _recent(snap: Snapshot, show: bool) -> str:
     if not show:
-        return ('<section><h2>Recently quarantined</h2><p class="empty">Message details are hidden on this '
-                "server (drain serve --hide-messages).</p></section>")
+        return ('<section><h2>Recently quarantined</h2><p class="empty">Senders, recipients and subjects are '
+                "not shown on this page (drain serve --show-messages shows them on an internal page).</p></section>")
     recent = snap.quarantine.recent
     if not recent:
         return '<section><h2>Recently quarantined</h2><p class="empty">Nothing held.</p></section>'

@@ -8,7 +8,7 @@ shows the last figures it had. There are no admin actions over HTTP: GET and HEA
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
 import signal
@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import redis
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.web_protocol import RequestHandler
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from drain import backlog, keys, metrics
+from drain import backlog, keys, metrics, ratelimit
 from drain.connection import redacted
 from drain.message import Envelope
 from drain.metrics import Figures, Reading
@@ -51,6 +52,10 @@ HEAD_READ_MAX = 1024 * 1024
 SCAN_SMALL = 2000
 SCAN_EVERY_S = 30.0
 SCAN_MAX = 50_000
+
+# The HTTP server: a long listen queue, and idle or slow connections closed after this long.
+BACKLOG = 1024
+IDLE_TIMEOUT_S = 15.0
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -235,6 +240,8 @@ class Snapshots:
     started_at: float = field(default_factory=time.time)
     stopping: threading.Event = field(default_factory=threading.Event)
     refreshed: threading.Event = field(default_factory=threading.Event)
+    # Called in the refresher thread after each read (the HTTP side renders its bodies there).
+    after_refresh: Callable[[], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
@@ -266,6 +273,11 @@ class Snapshots:
         while not self.stopping.is_set():
             started = time.monotonic()
             self.refresh()
+            if self.after_refresh is not None:
+                try:
+                    self.after_refresh()
+                except Exception:
+                    log.exception("rendering the status page failed")
             self.refreshed.set()
             # A read that takes long (a huge backlog shape) spaces the next one out: at most
             # about a quarter of the time is spent reading.
@@ -291,6 +303,26 @@ class Snapshots:
         return Reading(view.snapshot.figures if view.snapshot else None, view.up)
 
 
+def waiting(figures: Figures) -> dict[str, Any]:
+    """Mail waiting on a paused or capped destination, by destination (largest first): what a
+    reader of the page can use. The raw wait counters are in /metrics only."""
+    limits = cast(dict[str, dict[str, Any]], figures.limits.get("domains", {}))
+    rows: list[dict[str, Any]] = []
+    for entry in figures.shape.domains:
+        limit = limits.get(entry.domain) or {}
+        rate, effective = limit.get("rate"), limit.get("effective")
+        if limit.get("paused"):
+            why = "paused"
+        elif rate is not None:
+            why = "held (rate 0)" if rate <= 0 else f"capped at {ratelimit.format_rate(float(rate))}"
+        elif effective is not None:
+            why = f"slowed to {ratelimit.format_rate(float(effective))} (the relay pushed back)"
+        else:
+            continue
+        rows.append({"domain": entry.domain, "queued": entry.total, "why": why})
+    return {"delivery_paused": bool(figures.limits.get("paused")), "domains": rows}
+
+
 def status_document(view: View) -> dict[str, Any]:
     """The /status.json document."""
     snap = view.snapshot
@@ -311,8 +343,7 @@ def status_document(view: View) -> dict[str, Any]:
         "status": {**f.status.as_dict(), "balanced": f.status.books.balanced, "intake_paused": f.intake_paused},
         "backlog": f.shape.as_dict(),
         "limits": f.limits,
-        "waits": {"held": f.counters.get("held_total", 0), "parked": f.counters.get("parked_total", 0),
-                  "parked_now": f.counters.get("parked", 0)},
+        "waits": waiting(f),
         "latency": {"buckets": [[le, n] for le, n in buckets], "sum": round(total, 3), "count": count},
         "quarantine": {
             "held": q.held,
@@ -324,63 +355,105 @@ def status_document(view: View) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: StatusHTTPServer
-    def version_string(self) -> str:
-        return "drain-serve"
-
-    def do_GET(self) -> None:
-        self._answer(body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
-
-    def _refuse(self) -> None:
-        self._send(405, "text/plain; charset=utf-8", b"read-only: GET and HEAD only\n", True, {"Allow": "GET, HEAD"})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
-
-    def _answer(self, body: bool) -> None:
-        from drain import statuspage
-
-        path = urlsplit(self.path).path
-        view = self.server.snapshots.view()
-        if path in ("/", "/index.html"):
-            self._send(200, "text/html; charset=utf-8", statuspage.render(view).encode(), body)
-        elif path == "/status.json":
-            data = json.dumps(status_document(view), separators=(",", ":")).encode()
-            self._send(200, "application/json", data, body)
-        elif path == "/metrics":
-            self._send(200, metrics.CONTENT_TYPE, metrics.exposition(self.server.registry), body)
-        elif path == "/healthz":
-            text = f"ok: serving; redis {'up' if view.up else 'unreachable'}\n"
-            self._send(200, "text/plain; charset=utf-8", text.encode(), body)
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /, /status.json, /metrics, /healthz\n", body)
-
-    def _send(self, code: int, ctype: str, data: bytes, body: bool, extra: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in {**SECURITY_HEADERS, **(extra or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+_HTML = "text/html; charset=utf-8"
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
 
 
-class StatusHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class StatusApp:
+    """Answers requests from the snapshot, on an asyncio loop: no thread per connection.
 
-    def __init__(self, address: tuple[str, int], snapshots: Snapshots) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
+    Bodies are rendered once per snapshot, by the refresher thread, so a crowd of readers costs
+    no rendering at all."""
+
+    def __init__(self, snapshots: Snapshots) -> None:
         self.snapshots = snapshots
         self.registry = metrics.registry(snapshots.reading)
-        super().__init__(address, _Handler)
+        self._cache: dict[str, tuple[tuple[Any, ...], int, str, bytes]] = {}
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._response(405, _TEXT, b"read-only: GET and HEAD only\n", {"Allow": "GET, HEAD"})
+        try:
+            code, ctype, data = self._answer(request.path)
+        except Exception:  # a bug must not take the page down, nor answer without the headers
+            log.exception("answering %s failed", clean(request.path, 100))
+            code, ctype, data = 500, _TEXT, b"internal error (see the server log)\n"
+        return self._response(code, ctype, data)
+
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
+        view = self.snapshots.view()
+        if path in ("/", "/index.html"):
+            return self._cached("page", view)
+        if path == "/status.json":
+            return self._cached("json", view)
+        if path == "/metrics":
+            return self._cached("metrics", view)
+        if path == "/healthz":
+            return 200, _TEXT, f"ok: serving; redis {'up' if view.up else 'unreachable'}\n".encode()
+        return 404, _TEXT, b"not found: try /, /status.json, /metrics, /healthz\n"
+
+    def prerender(self) -> None:
+        """Render every body for the current view (the refresher calls this after each read, so
+        requests find them ready and the event loop does not render)."""
+        view = self.snapshots.view()
+        for name in self._makers:
+            self._cached(name, view)
+
+    @property
+    def _makers(self) -> dict[str, Callable[[View], tuple[str, bytes]]]:
+        return {
+            "page": lambda view: (_HTML, _render(view)),
+            "json": lambda view: (_JSON, json.dumps(status_document(view), separators=(",", ":")).encode()),
+            "metrics": lambda view: (metrics.CONTENT_TYPE, metrics.exposition(self.registry)),
+        }
+
+    def _cached(self, name: str, view: View) -> tuple[int, str, bytes]:
+        # What a body depends on, besides the clock (the page's own time stamps may lag by a refresh).
+        marker = (id(view.snapshot), view.up, view.down_since, view.error, view.stale)
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == marker:
+            return hit[1], hit[2], hit[3]
+        ctype, data = self._makers[name](view)
+        self._cache[name] = (marker, 200, ctype, data)
+        return 200, ctype, data
+
+    @staticmethod
+    def _response(code: int, ctype: str, data: bytes, extra: dict[str, str] | None = None) -> web.Response:
+        headers = {**SECURITY_HEADERS, "Server": "drain-serve", "Content-Type": ctype, **(extra or {})}
+        return web.Response(status=code, body=data, headers=headers)
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection handler, whose own error answers (a request it could not parse, a
+    method its parser does not know) carry the security headers too; an unknown method gets 405."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        answer = super().handle_error(request, status, exc, message)
+        if isinstance(exc, BadHttpMethod):
+            answer = StatusApp._response(405, _TEXT, b"read-only: GET and HEAD only\n", {"Allow": "GET, HEAD"})
+        else:
+            answer.headers.update({**SECURITY_HEADERS, "Server": "drain-serve"})
+        answer.force_close()
+        return answer
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # A malformed request is the client's problem: one debug line, not a traceback per request
+        # (anyone can send them). Errors of drain's own handler are logged by StatusApp.handle.
+        kw.pop("exc_info", None)
+        log.debug(*args, **kw)
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+def _render(view: View) -> bytes:
+    from drain import statuspage
+
+    return statuspage.render(view).encode()
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -390,54 +463,88 @@ def redis_client(url: str) -> redis.Redis:
 
 
 class StatusServer:
-    """The refresher and the HTTP server together. `start()` runs both in threads (tests);
-    `serve_forever()` runs the HTTP server in the calling thread."""
+    """The refresher and the HTTP server (aiohttp on its own asyncio loop). `start()` runs both
+    in threads (tests); `serve_forever()` runs the loop in the calling thread until SIGTERM/SIGINT.
+
+    Idle connections, and ones that send a request slowly, are closed after IDLE_TIMEOUT_S;
+    they cost a socket each and no thread. The listening socket is bound at construction."""
 
     def __init__(self, url: str, settings: Settings, host: str = "127.0.0.1", port: int = 8025,
-                 refresh_s: float = REFRESH_S, show_messages: bool = True) -> None:
+                 refresh_s: float = REFRESH_S, show_messages: bool = False) -> None:
         self.redis_url = url
         self.client = redis_client(url)
         reader = Reader(Store(self.client, settings), show_messages)
         self.snapshots = Snapshots(reader.read, refresh_s, show_messages)
-        self.http = StatusHTTPServer((host, port), self.snapshots)
+        self.app = StatusApp(self.snapshots)
+        self.snapshots.after_refresh = self.app.prerender
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        except OSError:
+            self.client.close()
+            raise
+        self.sock.setblocking(False)
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.ServerRunner | None = None
+        self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.http.server_address[:2]
-        host = host.decode() if isinstance(host, bytes) else host
+        host, port = self.sock.getsockname()[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def describe(self) -> str:
         return f"{self.url} (Redis: {redacted(self.redis_url)})"
 
+    async def _serve(self, ready: threading.Event | None = None) -> None:
+        server = _Server(self.app.handle, keepalive_timeout=IDLE_TIMEOUT_S, access_log=None,
+                            max_line_size=8190, max_headers=64)
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self.sock, backlog=BACKLOG).start()
+        self._stopped = asyncio.Event()
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._runner.cleanup()
+
     def start(self) -> None:
         self.snapshots.start()
-        self._thread = threading.Thread(target=self.http.serve_forever, name="drain-serve-http", daemon=True)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(ready),),
+                                        name="drain-serve-http", daemon=True)
         self._thread.start()
+        ready.wait(10)
 
     def serve_forever(self) -> None:
         """Until SIGINT or SIGTERM."""
         self.snapshots.start()
-
-        def stop(_signum: int, _frame: object) -> None:
-            threading.Thread(target=self.http.shutdown, daemon=True).start()
-
-        previous = signal.signal(signal.SIGTERM, stop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._request_stop)
         try:
-            with contextlib.suppress(KeyboardInterrupt):
-                self.http.serve_forever()
+            self._loop.run_until_complete(self._serve())
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
             self.close()
+
+    def _request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
 
     def close(self) -> None:
         self.snapshots.stop()
-        self.http.server_close()
+        self.sock.close()
         self.client.close()
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
 
     def stop(self) -> None:
-        self.http.shutdown()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._loop.call_soon_threadsafe(self._request_stop)
+            self._thread.join(timeout=10)
+            self._thread = None
         self.close()

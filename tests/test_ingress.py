@@ -28,8 +28,9 @@ from drain.api import Client
 from drain.delivery import wire_form
 from drain.embedded import server_binary
 from drain.errors import ConfigError
-from drain.ingress import Features, Ingress
+from drain.ingress import AuthGuard, Features, Ingress
 from drain.message import Envelope
+from drain.quarantine import Quarantine
 from drain.seeding import synthetic as synthetic_lf
 from drain.settings import Settings, parse_listen
 from drain.sink import Sink, free_port
@@ -46,11 +47,12 @@ def ingress(client: Client) -> Iterator[StartIngress]:
     started: list[Ingress] = []
 
     def start(api: Client | None = None, features: Features | None = BOTH, recheck_s: float = 0.0,
-              **overrides: Any) -> Ingress:
+              guard: AuthGuard | None = None, **overrides: Any) -> Ingress:
         api = api or client
         if overrides:
             api = Client(api.redis, api.settings.with_(**overrides))
-        server = Ingress(api, "127.0.0.1", 0, features=features, recheck_s=recheck_s, hostname="drain.test")
+        server = Ingress(api, "127.0.0.1", 0, features=features, recheck_s=recheck_s, hostname="drain.test",
+                         guard=guard or AuthGuard(delay_s=0.01))
         started.append(server.start())
         return server
 
@@ -64,8 +66,9 @@ def synthetic(index: int, size: int = 2048) -> bytes:
     return wire_form(synthetic_lf(index, size=size))
 
 
-def connect(server: Ingress) -> smtplib.SMTP:
-    return smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=10)
+def connect(server: Ingress, source: str | None = None) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=10,
+                        source_address=(source, 0) if source else None)
 
 
 def submit(smtp: smtplib.SMTP, raw: bytes, sender: str = "billing@sender.example.com",
@@ -536,3 +539,129 @@ def test_stop_closes_the_listener(client: Client, ingress: StartIngress) -> None
     assert time.monotonic() - started < 5
     with pytest.raises(OSError):
         connect(server)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_auth_guessing_is_cut_off_per_session_and_per_address(client: Client, ingress: StartIngress) -> None:
+    guard = AuthGuard(delay_s=0.01, per_session=3, per_address=5, window_s=600)
+    server = ingress(guard=guard, smtpd_auth_user=USER, smtpd_auth_password=PASSWORD, smtpd_auth_plaintext=True)
+    replies: list[int] = []
+    with connect(server) as smtp:
+        smtp.ehlo()
+        for n in range(3):
+            replies.append(smtp.docmd("AUTH", "PLAIN " + b64(f"\0{USER}\0guess{n}"))[0])
+        with pytest.raises(smtplib.SMTPServerDisconnected):  # closed after the third failure
+            smtp.noop()
+    assert replies == [535, 535, 421]
+    with connect(server) as smtp:  # a new session from the same address: two more failures reach 5
+        smtp.ehlo()
+        replies = [smtp.docmd("AUTH", "PLAIN " + b64(f"\0{USER}\0again{n}"))[0] for n in range(2)]
+        assert replies == [535, 421]
+    # The address is now refused at connect, even with the right password...
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        connect(server)
+    assert refused.value.smtp_code == 421 and b"AUTH" in refused.value.smtp_error
+    # ...while another client (another loopback address) still logs in and sends.
+    with connect(server, source="127.0.0.2") as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("AUTH", "PLAIN " + b64(f"\0{USER}\0{PASSWORD}"))[0] == 235
+        assert submit(smtp, synthetic(30))[0] == 250
+    assert client.store.books().accepted == 1
+
+
+def test_failed_auth_logs_neither_user_nor_password(client: Client, ingress: StartIngress,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    server = ingress(guard=AuthGuard(delay_s=0.01, per_session=10, per_address=100),
+                     smtpd_auth_user=USER, smtpd_auth_password=PASSWORD, smtpd_auth_plaintext=True)
+    typed_user, typed_password = "Typed-In-User-Field-9", "Wrong-Pass-Word-7"
+    secrets = [typed_user, typed_password, PASSWORD]
+    with connect(server) as smtp:
+        smtp.ehlo()
+        for user, password in ((typed_user, typed_password), (PASSWORD, typed_password)):
+            # PLAIN with an initial response, PLAIN after a challenge, LOGIN both ways.
+            plain = b64(f"\0{user}\0{password}")
+            assert smtp.docmd("AUTH", f"PLAIN {plain}")[0] == 535
+            assert smtp.docmd("AUTH", "PLAIN")[0] == 334
+            assert smtp.docmd(plain)[0] == 535
+            assert smtp.docmd("AUTH", f"LOGIN {b64(user)}")[0] == 334
+            assert smtp.docmd(b64(password))[0] == 535
+            assert smtp.docmd("AUTH", "LOGIN")[0] == 334
+            assert smtp.docmd(b64(user))[0] == 334
+            assert smtp.docmd(b64(password))[0] == 535
+            secrets += [plain, b64(user), b64(password)]
+    logged = caplog.text
+    assert "AUTH refused from 127.0.0.1" in logged
+    for secret in secrets:
+        assert secret not in logged, secret
+
+
+def test_recipients_beyond_the_setting_get_452_at_rcpt(client: Client, rclient: redis.Redis,
+                                                         ingress: StartIngress) -> None:
+    server = ingress(max_recipients=3)
+    with connect(server) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("a@example.com")[0] == 250
+        for n in range(3):
+            assert smtp.rcpt(f"r{n}@example.org")[0] == 250
+        code, text = smtp.rcpt("r3@example.org")
+        assert (code, text) == (452, b"4.5.3 Too many recipients")
+        code, reply = smtp.data(synthetic(31))
+        assert code == 250, reply
+    _raw, env = stored(rclient, queued_id(reply.decode()))
+    assert list(env.recipients) == [f"r{n}@example.org" for n in range(3)]
+
+
+def test_sessions_beyond_the_cap_get_421(client: Client, ingress: StartIngress) -> None:
+    server = ingress(smtpd_max_sessions=2)
+    first, second = connect(server), connect(server)
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            connect(server)
+        assert refused.value.smtp_code == 421 and refused.value.smtp_error.startswith(b"4.3.2")
+        assert submit(first, synthetic(32))[0] == 250  # the open sessions go on
+    finally:
+        first.quit()
+
+    def answered() -> bool:
+        try:
+            connect(server).quit()
+            return True
+        except smtplib.SMTPConnectError:
+            return False
+
+    wait_for(answered, what="a free session slot")  # a slot freed by QUIT is taken again
+    second.quit()
+    assert client.store.books().accepted == 1
+
+
+def test_smtpd_on_a_port_in_use_says_one_line(client: Client, settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=settings.relay,
+                   DRAIN_SMTPD_SMTPUTF8="true", DRAIN_SMTPD_8BITMIME="true")
+        done = subprocess.run([sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{port}"], env=env,
+                              capture_output=True, timeout=60, check=False)
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode != 0
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], lines
+
+
+def test_long_header_line_is_taken_then_quarantined(client: Client, ingress: StartIngress,
+                                                    work: Callable[..., bool]) -> None:
+    long_value = "x" * 1500
+    raw = (f"From: a@example.com\r\nTo: b@example.org\r\nSubject: long line\r\nX-Long: {long_value}\r\n"
+           "Message-ID: <long@example.com>\r\n\r\nbody\r\n").encode()
+    server = ingress()
+    with connect(server) as smtp:
+        code, reply = submit(smtp, raw, sender="a@example.com", recipients=("b@example.org",))
+    assert code == 250, reply
+    msg_id = queued_id(reply)
+    work()
+    (record,) = list(Quarantine(client.store).records())
+    assert record.id == msg_id and "header.line-too-long" in record.reasons
