@@ -79,8 +79,10 @@ class Housekeeper(threading.Thread):
                 if now >= next_round:
                     run_once(self.store, self.interval_s)
                     next_round = now + self.interval_s
-                else:
-                    self.store.promote_due()
+                elif self.store.promote_due():
+                    # Mail due at its booked send time is ready now: make sure a batch job is
+                    # queued to take it, or it would wait for the next round's tokens.
+                    ensure_tokens(self.store.client, self.store.settings)
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 log.warning("housekeeping failed: %s", exc)
             self.stopping.wait(PROMOTE_EVERY_S)

@@ -302,8 +302,8 @@ class Store:
         return int(self.scripts.unpark(
             keys=[keys.parked(domain), keys.READY, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
                   keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS, keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE,
-                  keys.UNPARKED],
-            args=[domain, most, done_id],
+                  keys.UNPARKED, keys.DOMAIN_TAT],
+            args=[domain, most, done_id, self.settings.burst_s, int(self.settings.rate_horizon_s * 1e6)],
         ))
 
     def sample_pace(self, books: Books | None = None) -> None:
