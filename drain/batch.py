@@ -102,7 +102,7 @@ class Batch:
             if held is not None:
                 until = time.strftime("%H:%M:%S", time.localtime(held))
                 return Outcome(msg.id, "held", score=held + random.uniform(0, 5),
-                               info=f"circuit breaker open for {destination} until {until}")
+                               info=f"circuit breaker open for {destination} until {until}", envelope="breaker")
         domain = env.domain
         took_slot = False
         if domain in self.limited:
@@ -110,7 +110,8 @@ class Batch:
             if answer == GATE_LATER:
                 slot = value / 1e6
                 at = time.strftime("%H:%M:%S", time.localtime(slot))
-                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}")
+                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}",
+                               envelope="rate")
             if answer in (GATE_PAUSED, GATE_BUSY, GATE_FAR):
                 fresh = msg.fresh or msg.id in self.fresh_ids
                 return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)

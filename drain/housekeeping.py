@@ -14,6 +14,7 @@ from typing import cast
 
 from drain import keys
 from drain.backlog import sample_history
+from drain.deferred import drop_stale
 from drain.dispatch import ensure_tokens
 from drain.quarantine import Quarantine
 from drain.store import Store
@@ -41,6 +42,7 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
                     reaped + poisoned, reaped, poisoned)
     promoted = store.promote_due()
+    drop_stale(store, time.time())
     store.age_fresh(store.settings.fresh_max_age_s)
     # Parked mail of domains that are no longer paused, or have free slots (a worker that
     # died holding a slot frees it when the slot lapses), goes back to ready.

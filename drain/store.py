@@ -86,7 +86,8 @@ class Outcome:
     kind: Kind
     score: float = 0.0
     info: str = ""
-    # For a deferral after a partial delivery: the envelope still to do (JSON).
+    # For a deferral after a partial delivery: the envelope still to do (JSON); for a hold,
+    # why it is held ("rate" or "breaker").
     envelope: str = ""
 
 
@@ -231,6 +232,8 @@ class Store:
                 keys.SHAPE,
                 keys.FINDINGS,
                 keys.LATENCY,
+                keys.HELD_RATE,
+                keys.HELD_BREAKER,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
@@ -268,7 +271,8 @@ class Store:
         now = time.time() if now is None else now
         total = 0
         while True:
-            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY], args=[f"{now:.3f}", limit]))
+            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY, keys.HELD_RATE, keys.HELD_BREAKER],
+                                             args=[f"{now:.3f}", limit]))
             total += moved
             if moved < limit:
                 return total
