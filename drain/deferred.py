@@ -45,14 +45,30 @@ def drop_stale(store: Store, now: float, grace_s: float = 60.0) -> None:
     pipe.execute()
 
 
-def parse_reply(text: str) -> dict[str, Any] | None:
-    """A relay's reply as {"code": int, "text": str}; code 0 when it gave none (no answer)."""
-    if not text:
-        return None
+def _one_reply(text: str) -> dict[str, Any]:
     match = _REPLY.match(text)
     if match:
         return {"code": int(match.group(1)), "text": match.group(2)}
     return {"code": 0, "text": text}
+
+
+def parse_reply(text: str) -> dict[str, Any] | None:
+    """A relay's reply as {"code": int, "text": str}; code 0 when it gave none (no answer).
+    A reply recorded per recipient (some took the message, some said later) is stored as a
+    JSON object of recipient -> reply: it becomes the first one's code and text, plus
+    "recipients": {address: {"code", "text"}}."""
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict) and decoded and all(isinstance(v, str) for v in decoded.values()):
+            each = {str(r): _one_reply(v) for r, v in decoded.items()}
+            first = next(iter(each.values()))
+            return {"code": first["code"], "text": first["text"], "recipients": each}
+    return _one_reply(text)
 
 
 @dataclass(frozen=True)
