@@ -68,6 +68,7 @@ def test_deferred_is_split_by_why_mail_waits(client: Client, relay: Sink, settin
     # The held sets follow promotion: once due, mail leaves them with the deferred set.
     client.store.promote_due(now=time.time() + 3600)
     assert read_status(client.store).deferred_by == {"rate": 0, "breaker": 0, "relay": 0}
+    assert client.redis.zcard(keys.HELD_RATE) == client.redis.zcard(keys.HELD_BREAKER) == 0
     client.store.client.delete(keys.BREAKER_OPEN)  # let the rest go
     relay.set_policy()
     work()
