@@ -22,7 +22,7 @@ from drain.store import Store
 log = logging.getLogger(__name__)
 
 # Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
-PROMOTE_EVERY_S = 0.1
+PROMOTE_EVERY_S = 0.05
 
 
 @dataclass(frozen=True)
