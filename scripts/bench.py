@@ -517,6 +517,59 @@ def bench_capped(report: Report, client: redis.Redis, processes: int, mixed: boo
                deferred_min=min(deferred_seen, default=0), deferred_max=max(deferred_seen, default=0))
 
 
+def bench_eta(report: Report, client: redis.Redis, processes: int = 2, at_s: float = 10.0) -> None:
+    """Does the ETA hold? A mixed backlog (two capped domains, uncapped mail under a global
+    rate, one paused domain) is drained; the ETA `drain status` gives at_s seconds in is
+    compared with the time the drain took (the paused domain's mail is left out and named)."""
+    from drain import ratelimit
+    from drain.message import Envelope
+    from drain.status import read as read_status
+
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    plan = {"cap20.example.org": (600, 20.0), "cap40.example.org": (800, 40.0), "paused.example.org": (100, None)}
+    plan.update({f"open{i}.example.net": (500, None) for i in range(8)})
+    global_rate = 150.0
+    with Sink(keep=False) as sink:
+        settings = Settings(redis_url=url, relay=sink.url)
+        api = Client(client, settings)
+        ratelimit.pause(client)
+        body = synthetic(0)
+        rows = [(d, i) for d, (n, _cap) in plan.items() for i in range(n)]
+        rows.sort(key=lambda r: (r[1], r[0]))  # interleaved, as a real backlog
+        api.store.enqueue_many(((body, Envelope("billing@sender.example.com", (f"u{i}@{d}",)), None)
+                                for d, i in rows), lane="backlog")
+        ratelimit.set_global(client, global_rate)
+        for domain, (_n, cap) in plan.items():
+            if cap:
+                ratelimit.set_domain(client, domain, cap)
+        ratelimit.pause_domain(client, "paused.example.org")
+        ratelimit.resume(client)
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+        started = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(at_s)
+            st = read_status(api.store)
+            forecast_at = time.time() - started
+            held = plan["paused.example.org"][0]
+            while api.store.books().queued > held:
+                if time.time() - started > 600:
+                    raise RuntimeError("the drain did not finish in 600 s")
+                time.sleep(POLL_S)
+            actual = time.time() - started
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    predicted = forecast_at + (st.eta_s or 0.0)
+    report.add(name="ETA forecast vs actual", processes=processes, messages=len(rows) - held,
+               forecast_at_s=round(forecast_at, 1), eta_s=st.eta_s, predicted_total_s=round(predicted, 1),
+               actual_total_s=round(actual, 1), error_percent=round(100 * (predicted - actual) / actual, 1),
+               held_by=st.held_by, global_rate=global_rate, caps={d: c for d, (_n, c) in plan.items() if c})
+
+
 def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int, hours: float, runs: int = 5) -> None:
     """`drain backlog --json` (a process, as an operator runs it) and backlog.shape() in process,
     on `count` small messages accepted over the last `hours` hours to `domains` destination
@@ -601,7 +654,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "backlog"],
+    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog"],
                         help="run only this part")
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
@@ -645,6 +698,15 @@ def main() -> None:
         if args.out:
             args.out.write_text(json.dumps({"machine": report.machine, "rows": report.rows}, indent=2))
             args.out.with_suffix(".md").write_text(capped_markdown(report) + "\n")
+        return
+    if args.only == "eta":
+        with redis_server() as client:
+            report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
+                            sink="aiosmtpd")
+            bench_eta(report, client, processes=counts[-1])
+        print(json.dumps(report.rows[-1], indent=2))
+        if args.out:
+            args.out.write_text(json.dumps({"machine": report.machine, "rows": report.rows}, indent=2))
         return
     if args.only == "backlog":
         with redis_server() as client:
