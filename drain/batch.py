@@ -32,6 +32,11 @@ GATE_LATER, GATE_PAUSED, GATE_BUSY, GATE_FAR = 1, 2, 3, 4
 RELAY = "(relay)"
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
+# With nothing ready, a batch waits for held mail due within this long (its booked send time
+# is near), promotes it itself and goes on, rather than ending and leaving it to the next
+# promotion and job: sends then go on their booked times. At most HOLD_WAIT_BUDGET_S a batch.
+HOLD_WAIT_S = 0.25
+HOLD_WAIT_BUDGET_S = 2.0
 
 
 @dataclass
@@ -175,6 +180,7 @@ class Batch:
     def run(self) -> int:
         """Work up to batch_size messages; returns how many were claimed."""
         handled = 0
+        waited = 0.0
         want = self.settings.batch_size
         while handled < want:
             claim = self.store.claim(self.owner, want - handled)
@@ -184,13 +190,27 @@ class Batch:
                 self.sleep(min(claim.wait_s, MAX_RATE_WAIT_S))
                 continue
             if not claim.ids:
-                break
+                pause = self._held_due_in()
+                if pause is None or waited + pause > HOLD_WAIT_BUDGET_S:
+                    break
+                self.sleep(pause)
+                waited += pause
+                self.store.promote_due()
+                continue
             self.breakers.refresh()
             self.fresh_ids = claim.fresh
             self.limited, self.capped, self.adaptive = ratelimit.constrained(self.store.client)
             handled += len(claim.ids)
             self._work(claim.ids)
         return handled
+
+    def _held_due_in(self) -> float | None:
+        """Seconds until the soonest deferred message is due, if that is within HOLD_WAIT_S."""
+        due = self.store.next_due()
+        if due is None:
+            return None
+        pause = max(0.0, due - self.clock())
+        return pause if pause <= HOLD_WAIT_S else None
 
     def _work(self, ids: list[str]) -> None:
         pending: list[Outcome] = []

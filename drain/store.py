@@ -277,6 +277,11 @@ class Store:
             if moved < limit:
                 return total
 
+    def next_due(self) -> float | None:
+        """When the soonest deferred message is due (None when none is deferred)."""
+        first = cast(list[tuple[bytes, float]], self.client.zrange(keys.DEFERRED, 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
+
     def age_fresh(self, max_age_s: float, now: float | None = None) -> int:
         """Move fresh mail accepted more than max_age_s ago to the backlog lane."""
         cutoff = (time.time() if now is None else now) - max_age_s

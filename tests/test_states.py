@@ -4,6 +4,7 @@ relay), circuit breakers an operator can list and close, and ETAs from one forec
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from drain.settings import Settings
 from drain.sink import Sink
 from drain.status import read as read_status
 from tests.test_cli import drain
+from tests.test_metrics import scrape, value
 
 
 def _queue(client: Client, domain: str, count: int, start: int = 0) -> list[str]:
@@ -31,10 +33,9 @@ def _open_breaker(client: Client, settings: Settings, domain: str) -> None:
     assert breakers.states()[domain]["open_until"] > time.time()
 
 
-def _lines(result: object) -> list[dict[str, object]]:
-    stdout = getattr(result, "stdout")
-    assert getattr(result, "returncode") == 0, getattr(result, "stderr")
-    return [json.loads(line) for line in stdout.decode().splitlines()]
+def _lines(result: subprocess.CompletedProcess[bytes]) -> list[dict[str, object]]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
 
 
 def test_deferred_is_split_by_why_mail_waits(client: Client, relay: Sink, settings: Settings,
@@ -54,6 +55,10 @@ def test_deferred_is_split_by_why_mail_waits(client: Client, relay: Sink, settin
     plain = drain(settings, "status").stdout.decode()
     assert "held for rate" in plain and "held by a breaker" in plain and "deferred by the relay" in plain
 
+    samples = scrape(client.store)
+    assert {r: value(samples, "drain_deferred_messages", reason=r) for r in ("rate", "breaker", "relay")} == \
+        {"rate": 1, "breaker": 3, "relay": 2}
+
     relayed = _lines(drain(settings, "deferred", "list", "--json", "--reason", "relay"))
     assert len(relayed) == 2 and all(r["reason"] == "relay" for r in relayed)
     assert all(isinstance(r["last_reply"], dict) and r["last_reply"]["code"] == 451
@@ -63,7 +68,8 @@ def test_deferred_is_split_by_why_mail_waits(client: Client, relay: Sink, settin
     assert all("circuit breaker open for down.example.com" in str(r["held_because"]) for r in held)
     (rate,) = _lines(drain(settings, "deferred", "list", "--json", "--domain", "slow.example.com"))
     assert rate["reason"] == "rate" and rate["attempts"] == 0
-    assert _lines(drain(settings, "deferred", "list", "--json", "--reason", "rate", "--domain", "busy.example.com")) == []
+    assert _lines(drain(settings, "deferred", "list", "--json", "--reason", "rate",
+                        "--domain", "busy.example.com")) == []
 
     # The held sets follow promotion: once due, mail leaves them with the deferred set.
     client.store.promote_due(now=time.time() + 3600)

@@ -68,14 +68,11 @@ if rate > 0 and reserved == 0 then
 end
 
 if rate > 0 then
-  -- One message less of burst than the booking allows: a margin for the time between this
-  -- check and the relay's receipt, which varies from worker to worker.
-  local margin = math.max(0, tau - interval)
   local sent = tonumber(redis.call('HGET', KEYS[9], domain) or '0') or 0
   if sent < now then sent = now end
-  if sent - now > margin then
+  if sent - now > tau then
     -- Sends would bunch (late mail meeting punctual mail): wait for the next free moment.
-    return {1, string.format('%.0f', sent - margin)}
+    return {1, string.format('%.0f', sent - tau)}
   end
   redis.call('HSET', KEYS[9], domain, string.format('%.0f', sent + interval))
 end
