@@ -92,7 +92,8 @@ class Deferred:
                 "attempts": self.attempts, "held_because": self.last_reply if self.reason != "relay" else None,
                 "last_reply": parse_reply(self.relay_reply),
                 "sender": self.sender, "recipients": self.recipients, "domain": self.domain,
-                "accepted_at": self.accepted_at, "history": self.history}
+                "accepted_at": self.accepted_at,
+                "history": [{**h, "reply": parse_reply(str(h.get("reply", "")))} for h in self.history]}
 
 
 def records(store: Store, limit: int | None = None, domain: str | None = None,

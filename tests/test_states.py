@@ -63,6 +63,7 @@ def test_deferred_is_split_by_why_mail_waits(client: Client, relay: Sink, settin
     assert len(relayed) == 2 and all(r["reason"] == "relay" for r in relayed)
     assert all(isinstance(r["last_reply"], dict) and r["last_reply"]["code"] == 451
                and "mailbox busy" in str(r["last_reply"]["text"]) for r in relayed)
+    assert all(h["reply"]["code"] == 451 for r in relayed for h in r["history"])  # type: ignore[attr-defined,index]
     held = _lines(drain(settings, "deferred", "list", "--json", "--reason", "breaker", "--domain", "DOWN.example.com"))
     assert len(held) == 3 and all(r["attempts"] == 0 and r["last_reply"] is None for r in held)
     assert all("circuit breaker open for down.example.com" in str(r["held_because"]) for r in held)
