@@ -44,6 +44,13 @@ def lease_clock() -> float:
     return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
+# With nothing ready, a batch waits for held mail due within this long (its booked send time
+# is near), promotes it itself and goes on, rather than ending and leaving it to the next
+# promotion and job: sends then go on their booked times. At most HOLD_WAIT_BUDGET_S a batch.
+HOLD_WAIT_S = 0.25
+HOLD_WAIT_BUDGET_S = 2.0
+
+
 @dataclass
 class Tally:
     """What one batch did, by outcome kind and by quarantine reason."""
@@ -117,7 +124,7 @@ class Batch:
             if held is not None:
                 until = time.strftime("%H:%M:%S", time.localtime(held))
                 return Outcome(msg.id, "held", score=held + random.uniform(0, 5),
-                               info=f"circuit breaker open for {destination} until {until}")
+                               info=f"circuit breaker open for {destination} until {until}", envelope="breaker")
         domain = env.domain
         took_slot = False
         if domain in self.limited:
@@ -125,7 +132,8 @@ class Batch:
             if answer == GATE_LATER:
                 slot = value / 1e6
                 at = time.strftime("%H:%M:%S", time.localtime(slot))
-                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}")
+                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}",
+                               envelope="rate")
             if answer in (GATE_PAUSED, GATE_BUSY, GATE_FAR):
                 fresh = msg.fresh or msg.id in self.fresh_ids
                 return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
@@ -191,6 +199,7 @@ class Batch:
     def run(self) -> int:
         """Work up to batch_size messages; returns how many were claimed."""
         handled = 0
+        waited = 0.0
         want = self.settings.batch_size
         while handled < want:
             sent = self.lease_clock()
@@ -201,7 +210,13 @@ class Batch:
                 self.sleep(min(claim.wait_s, MAX_RATE_WAIT_S))
                 continue
             if not claim.ids:
-                break
+                pause = self._held_due_in()
+                if pause is None or waited + pause > HOLD_WAIT_BUDGET_S:
+                    break
+                self.sleep(pause)
+                waited += pause
+                self.store.promote_due()
+                continue
             self.lease_written = sent
             self.breakers.refresh()
             self.fresh_ids = claim.fresh
@@ -211,6 +226,14 @@ class Batch:
             if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
                 break
         return handled
+
+    def _held_due_in(self) -> float | None:
+        """Seconds until the soonest deferred message is due, if that is within HOLD_WAIT_S."""
+        due = self.store.next_due()
+        if due is None:
+            return None
+        pause = max(0.0, due - self.clock())
+        return pause if pause <= HOLD_WAIT_S else None
 
     def _work(self, ids: list[str]) -> None:
         pending: list[Outcome] = []

@@ -83,3 +83,42 @@ class Breakers:
             for domain, value in table.items():
                 out.setdefault(domain.decode(), {})[name] = float(value)
         return out
+
+
+# Operator actions on breakers are kept in the audit stream with the quarantine's.
+AUDIT_KEPT = 100_000
+
+
+def close(client: redis.Redis, domain: str, actor: str, note: str = "", now: float | None = None) -> int | None:
+    """Close a destination's breaker now, as an operator who knows the far side is fixed:
+    its failure record goes, the mail it held is due at once, and the action is audited.
+    Returns how many held messages were made due, or None when it had no breaker on record."""
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=True)
+    for key in (keys.BREAKER_FAILS, keys.BREAKER_TRIPS, keys.BREAKER_OPEN):
+        pipe.hdel(key, domain)
+    if not any(pipe.execute()):
+        return None
+    released = 0
+    start = 0
+    while True:
+        page = cast(list[bytes], client.zrange(keys.HELD_BREAKER, start, start + 499))
+        if not page:
+            break
+        pipe = client.pipeline(transaction=False)
+        for msg_id in page:
+            pipe.hget(keys.message(msg_id.decode()), "dom")
+        mine = [m for m, dom in zip(page, pipe.execute(), strict=True)
+                if domain == "(relay)" or (dom or b"").decode().lower() == domain.lower()]
+        if mine:
+            pipe = client.pipeline(transaction=False)
+            # XX: only mail still in the deferred set (a promotion may have moved it meanwhile).
+            pipe.zadd(keys.DEFERRED, dict.fromkeys(mine, now), xx=True)
+            pipe.zrem(keys.HELD_BREAKER, *mine)
+            pipe.execute()
+            released += len(mine)
+        start += len(page) - len(mine)
+    client.xadd(keys.AUDIT, {"id": f"breaker:{domain}", "action": "breaker-close", "actor": actor,
+                             "at": f"{now:.3f}", "note": note, "released": str(released)},
+                maxlen=AUDIT_KEPT, approximate=True)
+    return released

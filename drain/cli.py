@@ -20,6 +20,7 @@ import redis
 from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drain import embedded, intake, logging_setup, ratelimit, rules, validate
 from drain.api import Client, Submission
@@ -316,10 +317,14 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         table = Table(title="drain status", show_header=False)
         for key in ("accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"):
             table.add_row(key.replace("_", " "), f"{data[key]:,}")
+            if key == "deferred":
+                for part, label in (("rate", "held for rate"), ("breaker", "held by a breaker"),
+                                    ("relay", "deferred by the relay")):
+                    table.add_row(f"  {label}", f"{st.deferred_by.get(part, 0):,}")
         table.add_row("books balance", "yes" if st.books.balanced else "NO")
         table.add_row("oldest age", f"{st.oldest_age_s:,.1f} s")
         table.add_row("rate", f"{st.rate_per_s:,.1f} msg/s")
-        table.add_row("eta", "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
+        table.add_row("eta", Text(_eta_text(st.eta_s, st.held_by)))
         if ratelimit.is_paused(obj.client.redis):
             table.add_row("delivery", "PAUSED")
         for name in data.get("breakers_open", []):
@@ -356,11 +361,23 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> Non
             table.add_column(f"{lower // 60}m+" if lower else "<5m", justify="right")
         table.add_column("eta", justify="right")
         for d in current.domains[:top]:
-            eta = "-" if d.eta_s is None else f"{d.eta_s:,.0f}s"
+            eta = safe(d.held_by) if d.held_by else ("-" if d.eta_s is None else f"{d.eta_s:,.0f}s")
             table.add_row(cell(d.domain), f"{d.total:,}", *(f"{n:,}" if n else "." for n in d.by_age), eta)
         return table
 
     _live(render, watch_s)
+
+
+def _eta_text(eta_s: float | None, held_by: dict[str, str]) -> str:
+    """The headline ETA, naming what holds mail back (that mail is not in the figure)."""
+    if "*" in held_by:
+        return held_by["*"]
+    text = "-" if eta_s is None else f"{eta_s:,.0f} s"
+    if held_by:
+        named = ", ".join(f"{d} ({why})" for d, why in sorted(held_by.items())[:3])
+        more = f" and {len(held_by) - 3} more" if len(held_by) > 3 else ""
+        text += f"; not counted, held: {named}{more}"
+    return text
 
 
 @cli.command("drain")
@@ -393,27 +410,79 @@ def deferred() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.option("--limit", type=click.IntRange(0), default=None,
               help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
+@click.option("--domain", default=None, metavar="DOMAIN", help="Only mail to this destination domain.")
+@click.option("--reason", type=click.Choice(["rate", "breaker", "relay"]), default=None,
+              help="Only mail held for its domain's rate, held by a circuit breaker, or deferred by the relay.")
 @pass_ctx
-def deferred_list(obj: Context, as_json: bool, limit: int | None) -> None:
-    """Deferred messages, soonest next attempt first: attempts and the relay's last reply."""
+def deferred_list(obj: Context, as_json: bool, limit: int | None, domain: str | None, reason: str | None) -> None:
+    """Deferred messages, soonest next attempt first: why each waits, attempts, the last reply."""
     from drain.deferred import records
 
     wanted = _rows_wanted(limit, as_json)
     if as_json:
-        for row in records(obj.client.store, wanted):
+        for row in records(obj.client.store, wanted, domain=domain, reason=reason):
             emit(row.as_dict())
         return
-    rows = list(records(obj.client.store, None if wanted is None else wanted + 1))
+    rows = list(records(obj.client.store, None if wanted is None else wanted + 1, domain=domain, reason=reason))
     table = Table(title="deferred", caption=_more_caption(len(rows), wanted))
     table.add_column("id", no_wrap=True)
+    table.add_column("why", no_wrap=True)
     table.add_column("next attempt", no_wrap=True)
     table.add_column("attempts", justify="right")
     table.add_column("last reply", overflow="fold")
     table.add_column("recipients", overflow="fold")
+    why = {"rate": "held for rate", "breaker": "held by breaker", "relay": "deferred by relay"}
     for row in rows[:wanted]:
-        table.add_row(cell(row.id), _time(row.next_attempt_at), str(row.attempts), cell(row.last_reply[:200]),
+        table.add_row(cell(row.id), why[row.reason], _time(row.next_attempt_at), str(row.attempts),
+                      cell(row.last_reply[:200]),
                       cell(", ".join(row.recipients[:2]) + (" ..." if len(row.recipients) > 2 else "")))
     out.print(table)
+
+
+@cli.group()
+def breaker() -> None:
+    """Circuit breakers of destinations (and of the relay itself, named "(relay)")."""
+
+
+@breaker.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@pass_ctx
+def breaker_list(obj: Context, as_json: bool) -> None:
+    """Every destination with failures on record: failures, times opened, open until."""
+    from drain.breaker import Breakers
+
+    now = time.time()
+    states = Breakers(obj.client.redis, obj.settings).states()
+    rows = [{"domain": d, "open": st.get("open_until", 0) > now, "open_until": st.get("open_until"),
+             "failures": int(st.get("failures", 0)), "trips": int(st.get("trips", 0))}
+            for d, st in sorted(states.items())]
+    if as_json:
+        emit({"breakers": rows})
+        return
+    table = Table(title="circuit breakers")
+    for column in ("domain", "state", "open until", "failures", "times opened"):
+        table.add_column(column)
+    for row in rows:
+        until = row["open_until"]
+        table.add_row(cell(str(row["domain"])), "OPEN" if row["open"] else "closed",
+                      _time(float(until)) if isinstance(until, float) else "-", str(row["failures"]), str(row["trips"]))
+    out.print(table)
+
+
+@breaker.command("close")
+@click.argument("domain", metavar="DOMAIN")
+@click.option("--note", default="", help="Why, for the audit trail.")
+@pass_ctx
+def breaker_close(obj: Context, domain: str, note: str) -> None:
+    """Close a breaker now (the far side is fixed): its held mail is due at once. Audited."""
+    from drain.breaker import close
+
+    name = domain if domain == "(relay)" else domain.lower()
+    released = close(obj.client.redis, name, obj.settings.actor, note)
+    if released is None:
+        click.echo(f"error: no circuit breaker on record for {domain!r} (see `drain breaker list`)", err=True)
+        sys.exit(1)
+    click.echo(f"closed the circuit breaker for {name}; {released} held messages are due now")
 
 
 @cli.group()

@@ -14,6 +14,7 @@ from typing import cast
 
 from drain import keys
 from drain.backlog import sample_history
+from drain.deferred import drop_stale
 from drain.dispatch import ensure_tokens
 from drain.quarantine import Quarantine
 from drain.store import Store
@@ -21,7 +22,7 @@ from drain.store import Store
 log = logging.getLogger(__name__)
 
 # Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
-PROMOTE_EVERY_S = 0.1
+PROMOTE_EVERY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
                     reaped + poisoned, reaped, poisoned)
     promoted = store.promote_due()
+    drop_stale(store, time.time())
     store.age_fresh(store.settings.fresh_max_age_s)
     # Parked mail of domains that are no longer paused, or have free slots (a worker that
     # died holding a slot frees it when the slot lapses), goes back to ready.
@@ -79,8 +81,10 @@ class Housekeeper(threading.Thread):
                 if now >= next_round:
                     run_once(self.store, self.interval_s)
                     next_round = now + self.interval_s
-                else:
-                    self.store.promote_due()
+                elif self.store.promote_due():
+                    # Mail due at its booked send time is ready now: make sure a batch job is
+                    # queued to take it, or it would wait for the next round's tokens.
+                    ensure_tokens(self.store.client, self.store.settings)
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 log.warning("housekeeping failed: %s", exc)
             self.stopping.wait(PROMOTE_EVERY_S)

@@ -27,6 +27,11 @@ SWEPT = f"{PREFIX}:swept"
 INFLIGHT = f"{PREFIX}:inflight"
 # Ids waiting for their next attempt, scored by due time (sorted set).
 DEFERRED = f"{PREFIX}:deferred"
+# Ids of the deferred set held without an attempt, by why (sorted sets, scored like it):
+# for their domain's booked send time, or by an open circuit breaker. The rest of the
+# deferred set was deferred by the relay (a 4xx or no answer).
+HELD_RATE = f"{PREFIX}:held:rate"
+HELD_BREAKER = f"{PREFIX}:held:breaker"
 # Ids held in quarantine, scored by the time they were put there (sorted set).
 QUARANTINE = f"{PREFIX}:quarantine"
 # Operator rules that quarantine matching mail: field rule id -> JSON (hash), and the id counter.

@@ -67,7 +67,8 @@ def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
 
 def read(store: Store) -> Figures:
     """Read every figure; raises redis.RedisError when Redis does not answer."""
-    st = status.read(store)
+    shape = backlog.shape(store)
+    st = status.read(store, shape)
     pipe = store.client.pipeline(transaction=False)
     pipe.hgetall(keys.BOOKS)
     pipe.hgetall(keys.FINDINGS)
@@ -79,7 +80,7 @@ def read(store: Store) -> Figures:
         counters=_ints(counters),
         findings=_ints(findings),
         latency={k.decode(): float(v) for k, v in cast(dict[bytes, bytes], latency).items()},
-        shape=backlog.shape(store, pace=st.rate_per_s),
+        shape=shape,
         limits=ratelimit.show(store.client),
         intake_paused=intake.is_paused(store.client),
     )
@@ -165,6 +166,13 @@ def _gauges(f: Figures) -> Iterator[Metric]:
                          ("quarantined", books.quarantined)):
         depth.add_metric([state], value)
     yield depth
+    why = GaugeMetricFamily("drain_deferred_messages", "Deferred messages by why they wait: held for their "
+                            "domain's booked send time (rate), held by an open circuit breaker (breaker), or "
+                            "deferred by the relay (relay); they add up to drain_queue_depth{state=\"deferred\"}.",
+                            labels=["reason"])
+    for reason in ("rate", "breaker", "relay"):
+        why.add_metric([reason], f.status.deferred_by.get(reason, 0))
+    yield why
     yield GaugeMetricFamily("drain_parked_messages", "Ready messages parked behind a paused or capped domain "
                             "(included in drain_queue_depth{state=\"ready\"}).", value=f.counters.get("parked", 0))
     yield GaugeMetricFamily("drain_books_balanced", "1 when accepted equals the sum of every state.",
@@ -174,8 +182,14 @@ def _gauges(f: Figures) -> Iterator[Metric]:
     yield GaugeMetricFamily("drain_delivery_rate_per_second", "Deliveries per second over the last 30 s.",
                             value=f.status.rate_per_s)
     if f.status.eta_s is not None:
-        yield GaugeMetricFamily("drain_eta_seconds", "Time to work the queue at the recent pace "
-                                "(absent while nothing is delivered).", value=f.status.eta_s)
+        yield GaugeMetricFamily("drain_eta_seconds", "Time until the mail that moves is worked: the longest "
+                                "domain's ETA from its cap, adaptive rate and share of the throughput (absent "
+                                "while unknown or while all is held).", value=f.status.eta_s)
+    held = GaugeMetricFamily("drain_domain_held", "1 for each destination whose mail does not move, by why "
+                             "(paused, breaker).", labels=["domain", "reason"])
+    for domain, reason in sorted(f.status.held_by.items()):
+        held.add_metric([domain, "breaker" if "breaker" in reason else reason.split()[-1]], 1)
+    yield held
     limit = f.limits.get("global")
     if isinstance(limit, float):
         yield GaugeMetricFamily("drain_rate_limit_per_second", "Global delivery rate setting (absent: unlimited).",

@@ -145,7 +145,7 @@ class Settings:
     # Every Nth claim serves the backlog lane first (its guaranteed share is about 1/N).
     backlog_share: int = 4
     # A domain's rate books send times at most this far ahead; mail beyond waits parked.
-    rate_horizon_s: float = 1.0
+    rate_horizon_s: float = 2.0
     # Fresh mail that waited longer than this moves to the backlog lane.
     fresh_max_age_s: float = 30.0
     # Circuit breaker: consecutive transient failures of a destination that open it, and

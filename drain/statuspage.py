@@ -184,11 +184,13 @@ def _cards(snap: Snapshot) -> str:
     b = st.books
     limit = snap.figures.limits.get("global")
     return '<div class="cards">' + "".join([
-        _card("Queued", num(b.queued), f"{num(b.ready)} ready · {num(b.deferred)} deferred"),
+        _card("Queued", num(b.queued), f"{num(b.ready)} ready · {num(b.deferred)} deferred ("
+              f"{num(st.deferred_by.get('rate', 0))} held for rate · {num(st.deferred_by.get('breaker', 0))} held by "
+              f"a breaker · {num(st.deferred_by.get('relay', 0))} deferred by the relay)"),
         _card("Oldest waiting", dur(st.oldest_age_s) if b.queued else "—", "oldest queued message"),
         _card("Delivery rate", per_s(st.rate_per_s),
               f"limit {ratelimit.format_rate(limit if isinstance(limit, float) else None)}"),
-        _card("ETA", dur(st.eta_s) if b.queued else "done", "at the recent pace"),
+        _card("ETA", _headline(st.eta_s, st.held_by) if b.queued else "done", _held_note(st.held_by)),
         _card("Delivered", num(b.delivered), f"{num(b.bounced)} bounced"),
         _card("Quarantined", num(b.quarantined), f"{num(b.deleted)} deleted"),
     ]) + "</div>"
@@ -361,7 +363,6 @@ def _domains(snap: Snapshot) -> str:
     peak = max((n for d in shown for n in d.by_age), default=1) or 1
     limits = cast(dict[str, dict[str, Any]], snap.figures.limits.get("domains", {}))
     opened = set(snap.figures.status.breakers_open)
-    paused = bool(snap.figures.limits.get("paused"))
     head = ('<tr><th>Domain</th><th class="n">Queued</th>'
             + "".join(f'<th class="n">{esc(_age_label(b))}</th>' for b in BUCKETS_S)
             + '<th class="n">ETA</th><th>Limits</th></tr>')
@@ -376,7 +377,7 @@ def _domains(snap: Snapshot) -> str:
                 cells.append('<td class="z">·</td>')
         rows.append(f'<tr><td class="dom">{esc(d.domain)}</td><td class="n"><b>{num(d.total)}</b></td>'
                     + "".join(cells)
-                    + f'<td class="n">{esc(_eta(d.eta_s, paused, limits.get(d.domain, {})))}</td>'
+                    + f'<td class="n">{esc(_eta(d.eta_s, d.held_by))}</td>'
                     f"<td>{_limit_tags(limits.get(d.domain, {}), d.domain in opened)}</td></tr>")
     rest = shape.domains[DOMAINS_SHOWN:]
     if rest:
@@ -387,8 +388,20 @@ def _domains(snap: Snapshot) -> str:
             f"<table>{head}{''.join(rows)}</table></section>")
 
 
-def _eta(eta_s: float | None, paused: bool, limit: dict[str, Any]) -> str:
-    return "paused" if paused or limit.get("paused") else dur(eta_s)
+def _eta(eta_s: float | None, held_by: str | None) -> str:
+    # From backlog.forecast, like the CLI: a held domain says why instead of a number.
+    return held_by or dur(eta_s)
+
+
+def _headline(eta_s: float | None, held_by: dict[str, str]) -> str:
+    return held_by["*"] if "*" in held_by else dur(eta_s)
+
+
+def _held_note(held_by: dict[str, str]) -> str:
+    if not held_by or "*" in held_by:
+        return "by each domain's cap and share"
+    named = ", ".join(f"{d}: {why}" for d, why in sorted(held_by.items())[:2])
+    return f"not counted, held: {named}" + (f" and {len(held_by) - 2} more" if len(held_by) > 2 else "")
 
 
 def _limit_tags(limit: dict[str, Any], circuit_open: bool) -> str:

@@ -86,7 +86,8 @@ class Outcome:
     kind: Kind
     score: float = 0.0
     info: str = ""
-    # For a deferral after a partial delivery: the envelope still to do (JSON).
+    # For a deferral after a partial delivery: the envelope still to do (JSON); for a hold,
+    # why it is held ("rate" or "breaker").
     envelope: str = ""
 
 
@@ -231,6 +232,8 @@ class Store:
                 keys.SHAPE,
                 keys.FINDINGS,
                 keys.LATENCY,
+                keys.HELD_RATE,
+                keys.HELD_BREAKER,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
@@ -268,10 +271,16 @@ class Store:
         now = time.time() if now is None else now
         total = 0
         while True:
-            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY], args=[f"{now:.3f}", limit]))
+            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY, keys.HELD_RATE, keys.HELD_BREAKER],
+                                             args=[f"{now:.3f}", limit]))
             total += moved
             if moved < limit:
                 return total
+
+    def next_due(self) -> float | None:
+        """When the soonest deferred message is due (None when none is deferred)."""
+        first = cast(list[tuple[bytes, float]], self.client.zrange(keys.DEFERRED, 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
 
     def age_fresh(self, max_age_s: float, now: float | None = None) -> int:
         """Move fresh mail accepted more than max_age_s ago to the backlog lane."""
@@ -302,8 +311,8 @@ class Store:
         return int(self.scripts.unpark(
             keys=[keys.parked(domain), keys.READY, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
                   keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS, keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE,
-                  keys.UNPARKED],
-            args=[domain, most, done_id],
+                  keys.UNPARKED, keys.DOMAIN_TAT],
+            args=[domain, most, done_id, self.settings.burst_s, int(self.settings.rate_horizon_s * 1e6)],
         ))
 
     def sample_pace(self, books: Books | None = None) -> None:

@@ -443,6 +443,133 @@ def bench_rate(report: Report, client: redis.Redis, backlog: int, processes: int
                fresh_max_s=round(latencies[-1], 3) if latencies else None)
 
 
+def bench_capped(report: Report, client: redis.Redis, processes: int, mixed: bool, cap: float = 20.0,
+                 window_s: float = 60.0, warmup_s: float = 5.0) -> None:
+    """Does a capped domain reach its cap? A backlog for one domain capped at `cap`/s, alone
+    in the queue or mixed with other traffic (a backlog to other, uncapped domains under a
+    global rate of 300/s), drained by `processes` worker processes. The delivered rate is
+    counted from the relay's own receive times over the window; the most sends in any one
+    second is checked against cap + burst."""
+    import threading
+
+    from drain import ratelimit
+    from drain.message import Envelope
+    from drain.seeding import DOMAINS
+
+    capped, global_rate = "capped.example.org", 300.0
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    lock = threading.Lock()
+    sends: dict[str, list[float]] = {}
+
+    def record(_index: int, msg: Any) -> None:
+        with lock:
+            sends.setdefault(msg.recipients[0].rpartition("@")[2], []).append(msg.at)
+
+    with Sink(keep=False, data_policy=record) as sink:
+        settings = Settings(redis_url=url, relay=sink.url)
+        api = Client(client, settings)
+        ratelimit.pause(client)
+        body = synthetic(0)
+        mine = int(cap * (window_s + warmup_s) * 1.3) + 100
+        others = int(global_rate * (window_s + warmup_s) * 1.3) if mixed else 0
+        total = mine + others
+        step = total / mine
+        items = []
+        for i in range(total):
+            domain = capped if int(i % step) == 0 and int(i / step) < mine else DOMAINS[i % len(DOMAINS)]
+            items.append((body, Envelope("billing@sender.example.com", (f"user{i}@{domain}",)), None))
+        api.store.enqueue_many(items, lane="backlog")
+        if mixed:
+            ratelimit.set_global(client, global_rate)
+        ratelimit.set_domain(client, capped, cap)
+        ratelimit.resume(client)
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(warmup_s)
+            t0 = time.time()
+            deferred_seen = []
+            while time.time() - t0 < window_s:
+                time.sleep(1.0)
+                deferred_seen.append(int(client.zcard(keys.DEFERRED)))
+            t1 = time.time()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    with lock:
+        times = sorted(t for t in sends.get(capped, []) if t0 <= t <= t1)
+        rest = sum(1 for d, ts in sends.items() if d != capped for t in ts if t0 <= t <= t1)
+    burst = max(1, int(cap * settings.burst_s))
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    achieved = len(times) / (t1 - t0)
+    report.add(name=f"capped domain at {cap:g}/s, {'mixed' if mixed else 'alone'}", processes=processes,
+               messages=len(times), seconds=round(t1 - t0, 1), msg_per_s=round(achieved, 2),
+               of_cap_percent=round(100 * achieved / cap, 1), most_in_any_second=most, cap_plus_burst=cap + burst,
+               violations=int(most > cap + burst), other_msg_per_s=round(rest / (t1 - t0), 1),
+               global_rate=global_rate if mixed else None,
+               deferred_min=min(deferred_seen, default=0), deferred_max=max(deferred_seen, default=0))
+
+
+def bench_eta(report: Report, client: redis.Redis, processes: int = 2, at_s: float = 10.0) -> None:
+    """Does the ETA hold? A mixed backlog (two capped domains, uncapped mail under a global
+    rate, one paused domain) is drained; the ETA `drain status` gives at_s seconds in is
+    compared with the time the drain took (the paused domain's mail is left out and named)."""
+    from drain import ratelimit
+    from drain.message import Envelope
+    from drain.status import read as read_status
+
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    plan = {"cap20.example.org": (600, 20.0), "cap40.example.org": (800, 40.0), "paused.example.org": (100, None)}
+    plan.update({f"open{i}.example.net": (500, None) for i in range(8)})
+    global_rate = 150.0
+    with Sink(keep=False) as sink:
+        settings = Settings(redis_url=url, relay=sink.url)
+        api = Client(client, settings)
+        ratelimit.pause(client)
+        body = synthetic(0)
+        rows = [(d, i) for d, (n, _cap) in plan.items() for i in range(n)]
+        rows.sort(key=lambda r: (r[1], r[0]))  # interleaved, as a real backlog
+        api.store.enqueue_many(((body, Envelope("billing@sender.example.com", (f"u{i}@{d}",)), None)
+                                for d, i in rows), lane="backlog")
+        ratelimit.set_global(client, global_rate)
+        for domain, (_n, cap) in plan.items():
+            if cap:
+                ratelimit.set_domain(client, domain, cap)
+        ratelimit.pause_domain(client, "paused.example.org")
+        ratelimit.resume(client)
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+        started = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(at_s)
+            st = read_status(api.store)
+            forecast_at = time.time() - started
+            held = plan["paused.example.org"][0]
+            while api.store.books().queued > held:
+                if time.time() - started > 600:
+                    raise RuntimeError("the drain did not finish in 600 s")
+                time.sleep(POLL_S)
+            actual = time.time() - started
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    predicted = forecast_at + (st.eta_s or 0.0)
+    report.add(name="ETA forecast vs actual", processes=processes, messages=len(rows) - held,
+               forecast_at_s=round(forecast_at, 1), eta_s=st.eta_s, predicted_total_s=round(predicted, 1),
+               actual_total_s=round(actual, 1), error_percent=round(100 * (predicted - actual) / actual, 1),
+               held_by=st.held_by, global_rate=global_rate, caps={d: c for d, (_n, c) in plan.items() if c})
+
+
 def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int, hours: float, runs: int = 5) -> None:
     """`drain backlog --json` (a process, as an operator runs it) and backlog.shape() in process,
     on `count` small messages accepted over the last `hours` hours to `domains` destination
@@ -527,7 +654,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry", "rate", "backlog"], help="run only this part")
+    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog"],
+                        help="run only this part")
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
     parser.add_argument("--ingress-messages", type=int, default=5000, help="messages per ingress run")
@@ -558,6 +686,27 @@ def main() -> None:
                             sink="aiosmtpd (records send times)")
             bench_rate(report, client, args.backlog or 200_000, counts[-1], window_s=args.window)
         print(json.dumps(report.rows[-1], indent=2))
+        return
+    if args.only == "capped":
+        with redis_server() as client:
+            report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
+                            sink="aiosmtpd (records receive times)")
+            for mixed in (False, True):
+                for processes in counts:
+                    bench_capped(report, client, processes, mixed, window_s=args.window)
+        print(capped_markdown(report))
+        if args.out:
+            args.out.write_text(json.dumps({"machine": report.machine, "rows": report.rows}, indent=2))
+            args.out.with_suffix(".md").write_text(capped_markdown(report) + "\n")
+        return
+    if args.only == "eta":
+        with redis_server() as client:
+            report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
+                            sink="aiosmtpd")
+            bench_eta(report, client, processes=counts[-1])
+        print(json.dumps(report.rows[-1], indent=2))
+        if args.out:
+            args.out.write_text(json.dumps({"machine": report.machine, "rows": report.rows}, indent=2))
         return
     if args.only == "backlog":
         with redis_server() as client:
@@ -595,6 +744,17 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
         args.out.with_suffix(".md").write_text(markdown(report) + "\n")
+
+
+def capped_markdown(report: Report) -> str:
+    lines = [f"Machine: {report.machine['cpus']} CPUs; {report.machine['date']}; sink: {report.sink}", "",
+             "| run | processes | seconds | delivered/s | of cap | most in any 1 s (cap+burst) | "
+             "other mail/s | deferred min..max |", "|---|---|---|---|---|---|---|---|"]
+    for r in report.rows:
+        lines.append(f"| {r['name']} | {r['processes']} | {r['seconds']} | {r['msg_per_s']} | {r['of_cap_percent']}% | "
+                     f"{r['most_in_any_second']} ({r['cap_plus_burst']:g}) | {r['other_msg_per_s']} | "
+                     f"{r['deferred_min']}..{r['deferred_max']} |")
+    return "\n".join(lines)
 
 
 def markdown(report: Report) -> str:

@@ -32,6 +32,11 @@ def test_shape_by_domain_and_age(client: Client) -> None:
     assert later.domains[0].by_age[BUCKETS_S.index(600)] == 3
     day = shape(client.store, now=now + 2 * 86400, pace=10.0)
     assert day.domains[0].by_age[-1] == 3
+    # While delivery is paused, no domain has a figure: each says what holds it.
+    assert [(d.eta_s, d.held_by) for d in fresh.domains] == [(None, "delivery paused")] * 2
+    assert (fresh.eta_s, fresh.held_by) == (None, {"*": "delivery paused"})
+    ratelimit.resume(client.redis)  # no worker runs: nothing moves meanwhile
+    fresh = shape(client.store, now=now, pace=10.0)
     # ETA: the pace shared by backlog part; a domain's own cap holds it back further.
     assert fresh.domains[0].eta_s == 3 / (10.0 * 3 / 5)
     ratelimit.set_domain(client.redis, "b.example.org", 0.5)
@@ -63,7 +68,8 @@ def test_backlog_command_json(client: Client, settings: Settings) -> None:
     doc = json.loads(result.stdout)
     assert doc["buckets_s"] == BUCKETS_S
     (entry,) = doc["domains"]
-    assert set(entry) == {"domain", "total", "by_age", "eta_s"}
+    assert set(entry) == {"domain", "total", "by_age", "eta_s", "held_by"}
+    assert (entry["eta_s"], entry["held_by"]) == (None, "delivery paused")
     assert entry["domain"] == "a.example.com" and entry["total"] == 2 and len(entry["by_age"]) == len(BUCKETS_S)
     plain = drain(settings, "backlog")
     assert plain.returncode == 0 and b"a.example.com" in plain.stdout

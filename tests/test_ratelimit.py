@@ -237,3 +237,22 @@ def test_drain_session_runs_until_empty_and_stops_cleanly(client: Client, settin
     wait_for(lambda: client.store.books().in_flight == 0, what="nothing left in flight")
     books = client.store.books()
     assert books.balanced and 60 < books.delivered < 360
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_capped_domain_alone_reaches_its_cap(client: Client, relay: Sink, workers: Callable[..., object],
+                                             processes: int) -> None:
+    """A capped domain with plenty of ready mail is sent at its cap, not a fraction of it:
+    counted from the relay's receive times between the first and the last delivery seen."""
+    cap, wanted = 20.0, 200
+    ratelimit.set_domain(client.redis, "capped.example.com", cap)
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@capped.example.com",))
+                         for i in range(wanted + 100)])
+    workers(processes=processes)
+    deadline = time.monotonic() + wanted / cap * 2 + 5
+    while len(relay.messages) < wanted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    times = sorted(m.at for m in relay.messages)
+    assert len(times) >= 2 * cap, f"only {len(times)} delivered"
+    achieved = (len(times) - 1) / (times[-1] - times[0])
+    assert achieved >= 0.9 * cap, f"{achieved:.1f}/s delivered against a cap of {cap:g}/s"

@@ -105,7 +105,7 @@ def test_status_json_shape_and_http_surface(client: Client, relay: Sink, work: C
     assert set(status) >= {*BOOK_KEYS, "oldest_age_s", "rate_per_s", "eta_s", "balanced", "breakers_open"}
     assert status["accepted"] == 4 and status["delivered"] == 3 and status["quarantined"] == 1
     assert status["balanced"] is True
-    assert doc["backlog"] == {"buckets_s": BUCKETS_S, "total": 0, "domains": []}
+    assert doc["backlog"] == {"buckets_s": BUCKETS_S, "total": 0, "eta_s": 0.0, "held_by": {}, "domains": []}
     assert doc["latency"]["count"] == 3 and doc["latency"]["buckets"][-1] == ["+Inf", 3]
     quarantine = doc["quarantine"]
     assert quarantine["held"] == 1
@@ -161,7 +161,8 @@ def test_backlog_shape_of_a_seeded_backlog_with_known_ages(client: Client, setti
     expected_mid[BUCKETS_S.index(600)] = 2  # 700 s falls in [600, 1200)
     assert (old["total"], old["by_age"]) == (4, expected_old)
     assert (mid["total"], mid["by_age"]) == (2, expected_mid)
-    assert mid["eta_s"] == 2 / 0.5  # its own cap holds it back (nothing delivered yet: no pace)
+    # Delivery is paused: no figure, the reason instead, in the JSON and on the page alike.
+    assert (mid["eta_s"], mid["held_by"]) == (None, "delivery paused")
     status = doc_of(server)["status"]
     assert 7200 <= status["oldest_age_s"] < 7200 + 60
     # The page shows the same figures in the domain table.
@@ -172,6 +173,7 @@ def test_backlog_shape_of_a_seeded_backlog_with_known_ages(client: Client, setti
     assert cells[0] == "<b>4</b>" and cells[1] == "1" and cells[1 + BUCKETS_S.index(4800)] == "3"
     assert '<span class="tag info">cap 30/m</span>' in page  # mid.example.org's cap of 0.5/s
     assert "Delivery paused" in page and "2 h" in page  # the pill, and the oldest age
+    assert cells[-2] == "delivery paused"  # the ETA column names what holds it
 
 
 def test_waiting_mail_is_shown_by_destination(client: Client, serve: Callable[..., StatusServer]) -> None:

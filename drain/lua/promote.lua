@@ -3,6 +3,7 @@
 -- for its rate slot, which must not wait behind the whole backlog).
 --
 -- KEYS[1] deferred zset (id scored by due time)   KEYS[2] ready list
+-- KEYS[3] held for rate (zset)   KEYS[4] held by a breaker (zset): the moved ids leave them
 -- ARGV[1] now (unix seconds)   ARGV[2] most ids moved in one call
 --
 -- Returns how many moved.
@@ -12,6 +13,8 @@ if #ids == 0 then
   return 0
 end
 redis.call('ZREM', KEYS[1], unpack(ids))
+redis.call('ZREM', KEYS[3], unpack(ids))
+redis.call('ZREM', KEYS[4], unpack(ids))
 for i = #ids, 1, -1 do
   redis.call('LPUSH', KEYS[2], ids[i])
 end

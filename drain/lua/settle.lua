@@ -8,7 +8,8 @@
 -- KEYS[9] global rate      KEYS[10] global GCRA state
 -- KEYS[11] backlog shape (domain|minute -> queued)   KEYS[12] quarantine findings by code
 -- KEYS[13] delivery latency histogram (bucket -> count, and sum)
--- KEYS[12 + 2i] message hash of the i-th outcome, KEYS[13 + 2i] its parked list
+-- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
+-- KEYS[14 + 2i] message hash of the i-th outcome, KEYS[15 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison
 -- then five per outcome: id, kind, score, info, envelope
@@ -20,7 +21,8 @@
 --                to do after a partial delivery) and marks the message partly delivered
 --   held:        back to the deferred set at score without counting an attempt (a circuit
 --                breaker is open, or the domain's rate reserved it a later send time);
---                info = why; the global rate is given back the permit it was claimed with
+--                info = why; envelope = 'rate' or 'breaker', which held set it joins too;
+--                the global rate is given back the permit it was claimed with
 --   parked:      to its domain's parked list (the domain is paused, at its concurrency
 --                cap, or its rate is booked ahead), counted as ready; info = the domain;
 --                score 1 puts it at the head (fresh mail), else the tail; the permit is
@@ -81,7 +83,7 @@ end
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local msg, aux = KEYS[12 + 2 * i], KEYS[13 + 2 * i]
+  local msg, aux = KEYS[14 + 2 * i], KEYS[15 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
   else
@@ -110,6 +112,11 @@ for i = 1, n do
     elseif kind == 'held' then
       redis.call('HSET', msg, 'last', info, 'slot', score)
       redis.call('ZADD', KEYS[4], score, id)
+      if env == 'breaker' then
+        redis.call('ZADD', KEYS[15], score, id)
+      else
+        redis.call('ZADD', KEYS[14], score, id)
+      end
       redis.call('HINCRBY', KEYS[2], 'held_total', 1)
       refunds = refunds + 1
     elseif kind == 'parked' then

@@ -1,14 +1,18 @@
 -- unpark: move a domain's parked mail (from the head of its list, where fresh mail is put)
 -- to the head of the backlog lane, in order, unless the domain is paused; at most ARGV[2]
--- messages, no more than its free concurrency slots, and no more than one second of its
--- rate. Also frees the busy slot of a message that was just sent (ARGV[3], may be empty).
+-- messages, no more than its free concurrency slots, and, for a domain with a rate, no more
+-- than the send times its rate can still book within the horizon (so the gate books every
+-- one of them and parks none again, and the booking never runs dry between two rounds).
+-- Also frees the busy slot of a message that was just sent (ARGV[3], may be empty).
 --
 -- KEYS[1] the domain's parked list   KEYS[2] backlog lane     KEYS[3] books hash
 -- KEYS[4] paused domains set         KEYS[5] the domain's busy set
 -- KEYS[6] domain concurrency caps    KEYS[7] domains with parked mail (set)
 -- KEYS[8] domain rate caps           KEYS[9] adaptive effective rates
 -- KEYS[10] ids just unparked (set): the gate lets them compete for the domain again
+-- KEYS[11] domain GCRA state hash (the booking, see gate.lua)
 -- ARGV[1] domain   ARGV[2] most to move (0 = all)   ARGV[3] id whose slot is done
+-- ARGV[4] burst (seconds)   ARGV[5] horizon (microseconds), as the gate is given them
 --
 -- Returns how many moved.
 
@@ -38,7 +42,18 @@ end
 local rate = tonumber(redis.call('HGET', KEYS[8], domain) or '0') or 0
 local effective = tonumber(redis.call('HGET', KEYS[9], domain) or '0') or 0
 if effective > 0 and (rate == 0 or effective < rate) then rate = effective end
-if rate > 0 and math.ceil(rate) < most then most = math.ceil(rate) end
+if rate > 0 then
+  -- Free send times within the horizon: slots go at tat - tau, tat + interval - tau, ...
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local interval = 1000000 / rate
+  local tau = interval * (math.max(1, math.floor(rate * tonumber(ARGV[4]))) - 1)
+  local tat = tonumber(redis.call('HGET', KEYS[11], domain) or '0') or 0
+  if tat < now then tat = now end
+  local room = math.floor((now + tonumber(ARGV[5]) + tau - tat) / interval) + 1
+  if room < 0 then room = 0 end
+  if room < most then most = room end
+end
 local moved = 0
 if most > 0 then
   local ids = redis.call('LPOP', KEYS[1], most)
