@@ -21,7 +21,7 @@ from drain.delivery import Relay
 from drain.message import Envelope
 from drain.retry import deferral_delay
 from drain.rules import Rule, first_match
-from drain.store import Outcome, Store, Stored
+from drain.store import Damaged, Outcome, Store, Stored
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ class Batch:
                 if msg is None:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id)
                     outcome = Outcome(msg_id, "vanished")
+                elif isinstance(msg, Damaged):
+                    outcome = msg.outcome()  # logged by the store; quarantined or dropped
                 else:
                     try:
                         outcome = self.decide(msg)

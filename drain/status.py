@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
+from drain import ratelimit
 from drain.breaker import Breakers
 from drain.store import Books, Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,10 @@ class Status:
     rate_per_s: float
     eta_s: float | None
     breakers_open: list[str] = field(default_factory=list)
+    # Why delivery is held as a whole ("paused", "rate 0"), or None while it runs.
+    held: str | None = None
+    # Destination domains whose cap is 0 (their mail is held).
+    domains_held: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = self.books.as_dict()
@@ -24,19 +34,42 @@ class Status:
         out["rate_per_s"] = round(self.rate_per_s, 2)
         out["eta_s"] = None if self.eta_s is None else round(self.eta_s, 1)
         out["breakers_open"] = self.breakers_open
+        out["delivery_held"] = self.held
+        out["domains_held"] = self.domains_held
         return out
+
+
+def _held(store: Store) -> tuple[str | None, list[str]]:
+    """Why delivery is held, and which domains are held at a cap of 0."""
+    try:
+        limits = ratelimit.show(store.client)
+    except redis.ResponseError as exc:  # a settings key of the wrong type: say so, keep answering
+        log.error("the rate settings cannot be read: %s", exc)
+        return "rate settings unreadable", []
+    domains = limits["domains"]
+    held = sorted(name for name, d in domains.items() if d["held"]) if isinstance(domains, dict) else []
+    if limits["paused"]:
+        return "paused", held
+    if limits["held"]:
+        return "rate 0", held
+    return None, held
 
 
 def read(store: Store) -> Status:
     books = store.books()
     rate = store.pace()
+    held, domains_held = _held(store)
     if books.queued == 0:
         eta: float | None = 0.0
-    elif rate > 0:
+    elif rate > 0 and held is None:
         eta = books.queued / rate
     else:
         eta = None
     now = time.time()
-    opened = [d for d, state in Breakers(store.client, store.settings).states().items()
-              if state.get("open_until", 0) > now]
-    return Status(books, store.oldest_age_s(), rate, eta, sorted(opened))
+    try:
+        opened = [d for d, state in Breakers(store.client, store.settings).states().items()
+                  if state.get("open_until", 0) > now]
+    except (ValueError, redis.ResponseError) as exc:
+        log.error("the circuit breaker states cannot be read: %s", exc)
+        opened = []
+    return Status(books, store.oldest_age_s(), rate, eta, sorted(opened), held, domains_held)

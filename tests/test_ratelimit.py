@@ -144,7 +144,7 @@ def test_paused_domain_parks_its_mail_and_resume_brings_it_back(client: Client, 
     assert client.redis.llen(keys.parked("held.example.com")) == 5
     shown = ratelimit.show(client.redis)
     assert shown["domains"] == {"held.example.com": {"rate": None, "effective": None, "concurrency": None,
-                                                      "paused": True}}
+                                                      "paused": True, "held": False}}
     ratelimit.resume_domain(client.redis, "held.example.com")
     assert client.store.unpark("held.example.com") == 5
     client.enqueue(synthetic(50))
