@@ -60,6 +60,18 @@ local function leave(msg)
   return t
 end
 
+local function count_findings(findings)
+  local ok, list = pcall(cjson.decode, findings)
+  if not ok or type(list) ~= 'table' then return end
+  local seen = {}
+  for _, f in ipairs(list) do
+    if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
+      seen[f.code] = true
+      redis.call('HINCRBY', KEYS[12], f.code, 1)
+    end
+  end
+end
+
 -- A message whose stored data cannot be read: quarantine its raw bytes, or drop it.
 local function corrupt(msg, id, findings, env)
   local raw, accepted, dom = nil, nil, ''
@@ -78,18 +90,6 @@ local function corrupt(msg, id, findings, env)
     redis.call('HINCRBY', KEYS[2], 'deleted', 1)
   end
   redis.call('HINCRBY', KEYS[2], 'corrupt', 1)
-end
-
-local function count_findings(findings)
-  local ok, list = pcall(cjson.decode, findings)
-  if not ok or type(list) ~= 'table' then return end
-  local seen = {}
-  for _, f in ipairs(list) do
-    if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
-      seen[f.code] = true
-      redis.call('HINCRBY', KEYS[12], f.code, 1)
-    end
-  end
 end
 
 local function quarantine(msg, id, findings)
