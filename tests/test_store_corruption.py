@@ -17,12 +17,11 @@ from drain.cli import cli
 from drain.seeding import synthetic
 from drain.settings import Settings
 from drain.sink import Sink
-from drain.store import FIELDS
 from drain.web import Reader, Snapshots
 
 BOOK_KEYS = ["accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"]
 # Every field a queued message may have (the ones workers read, and the rest).
-ALL_FIELDS = [*FIELDS, "dom", "last"]
+ALL_FIELDS = ["raw", "env", "t", "n", "force", "slot", "fr", "strikes", "hist", "pd", "dom", "last"]
 DAMAGE: dict[str, bytes | None] = {
     "missing": None,
     "empty": b"",
