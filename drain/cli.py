@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import mailbox
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -16,13 +17,14 @@ import redis
 from email_validator import EmailNotValidError, validate_email
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drain import embedded, intake, ratelimit, rules, validate
 from drain.api import Client, Submission
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import envelope_from_headers
 from drain.quarantine import Filter, Quarantine
-from drain.settings import Settings
+from drain.settings import Settings, parse_domain
 from drain.status import read as read_status
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
@@ -48,6 +50,26 @@ pass_ctx = click.make_pass_decorator(Context)
 def fail(message: str) -> None:
     """One line on standard error, whatever the message held."""
     click.echo(f"drain: {' '.join(message.split())}", err=True)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf (a FloatRange lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _domain_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--domain of `rate set`, `pause` and `resume`: a valid domain name, lowercased."""
+    if value is None:
+        return None
+    try:
+        return parse_domain(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def emit(data: Any) -> None:
@@ -186,7 +208,7 @@ def _live(render: Any, watch_s: float | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
-@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+@click.option("--watch", "watch_s", type=FiniteFloat(0), default=None, metavar="SECONDS",
               help="Refresh in place every SECONDS (plain output only).")
 @pass_ctx
 def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
@@ -207,6 +229,10 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         table.add_row("eta", "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
         if ratelimit.is_paused(obj.client.redis):
             table.add_row("delivery", "PAUSED")
+        elif st.held is not None:
+            table.add_row("delivery", f"HELD ({st.held})")
+        for name in st.domains_held:
+            table.add_row("held (rate 0)", Text(name))
         for name in data.get("breakers_open", []):
             table.add_row("circuit open", name)
         if intake.is_paused(obj.client.redis):
@@ -218,7 +244,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
-@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+@click.option("--watch", "watch_s", type=FiniteFloat(0), default=None, metavar="SECONDS",
               help="Refresh in place every SECONDS (plain output only).")
 @click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Domains shown (plain output).")
 @pass_ctx
@@ -313,7 +339,7 @@ def rate_show(obj: Context, as_json: bool) -> None:
     domains = shown["domains"]
     assert isinstance(domains, dict)
     for name, d in domains.items():
-        parts = [f"cap {ratelimit.format_rate(d['rate'])}" if d["rate"] else "no cap"]
+        parts = [f"cap {ratelimit.format_rate(d['rate'])}" if d["rate"] is not None else "no cap"]
         if d["effective"]:
             parts.append(f"throttled to {ratelimit.format_rate(d['effective'])}")
         if d["concurrency"]:
@@ -325,38 +351,45 @@ def rate_show(obj: Context, as_json: bool) -> None:
 
 @rate.command("set")
 @click.argument("value", metavar="RATE")
-@click.option("--domain", help="Set the cap of this destination domain instead of the global rate.")
+@click.option("--domain", callback=_domain_option,
+              help="Set the cap of this destination domain instead of the global rate.")
 @click.option("--concurrency", type=click.IntRange(0), default=None,
               help="With --domain: most messages in flight to it at once (0 removes the cap).")
-@click.option("--burst", type=click.FloatRange(0, 60), default=None,
+@click.option("--burst", type=FiniteFloat(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")
 @pass_ctx
 def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None) -> None:
-    """Set RATE like 500/s, 30000/m, or 'unlimited'; live for every worker."""
+    """Set RATE like 500/s, 30000/m; 0 holds delivery; 'unlimited' lifts the limit. Live for every worker."""
     try:
         per_second = ratelimit.parse_rate(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="RATE") from None
-    if concurrency is not None and not domain:
+    if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
+    from drain.dispatch import ensure_tokens
+
     client = obj.client.redis
     if burst is not None:
         ratelimit.set_burst(client, burst)
-    if domain:
+    held = " (delivery held until the rate is raised)" if ratelimit.holds(per_second) else ""
+    if domain is not None:
         ratelimit.set_domain(client, domain, per_second)
         if concurrency is not None:
             ratelimit.set_concurrency(client, domain, concurrency)
-        click.echo(f"{domain.lower()}: {ratelimit.format_rate(per_second)}"
-                   + (f", {concurrency} at once" if concurrency else ""))
+        if not ratelimit.holds(per_second):
+            obj.client.store.unpark(domain)  # mail a cap of 0 parked goes back to ready
+        click.echo(f"{domain}: {ratelimit.format_rate(per_second)}"
+                   + (f", {concurrency} at once" if concurrency else "") + held)
     else:
         ratelimit.set_global(client, per_second)
-        click.echo(f"global: {ratelimit.format_rate(per_second)}")
+        click.echo(f"global: {ratelimit.format_rate(per_second)}{held}")
+    ensure_tokens(client, obj.settings)
 
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True,
               help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
-@click.option("--domain", help="Pause only delivery to this destination domain.")
+@click.option("--domain", callback=_domain_option, help="Pause only delivery to this destination domain.")
 @pass_ctx
 def pause(obj: Context, intake_only: bool, domain: str | None) -> None:
     """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
@@ -374,7 +407,7 @@ def pause(obj: Context, intake_only: bool, domain: str | None) -> None:
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
-@click.option("--domain", help="Resume only delivery to this destination domain.")
+@click.option("--domain", callback=_domain_option, help="Resume only delivery to this destination domain.")
 @pass_ctx
 def resume(obj: Context, intake_only: bool, domain: str | None) -> None:
     """Start delivery again; with --intake, reopen SMTP intake instead."""
@@ -608,7 +641,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
 @cli.command()
 @click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8025", show_default=True,
               help="Address of the status page (':8025' for all addresses).")
-@click.option("--refresh", "refresh_s", type=click.FloatRange(0.2, 300), default=2.0, show_default=True,
+@click.option("--refresh", "refresh_s", type=FiniteFloat(0.2, 300), default=2.0, show_default=True,
               help="Seconds between reads of Redis.")
 @click.option("--hide-messages", is_flag=True,
               help="Leave senders, recipients and subjects of quarantined mail off the page and JSON.")

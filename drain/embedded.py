@@ -43,17 +43,24 @@ def url_for(home: Path) -> str:
     return f"unix://{socket_path(home)}"
 
 
+def _quoted(path: Path) -> str:
+    """A path as a double-quoted redis.conf argument (spaces, quotes, backslashes and any
+    other byte kept as they are: Redis reads \\xHH escapes inside double quotes)."""
+    raw = os.fsencode(path)
+    return '"' + "".join(chr(b) if 32 < b < 127 and b not in b'"\\' else f"\\x{b:02x}" for b in raw) + '"'
+
+
 def _config(home: Path) -> str:
     home = home.resolve()
     return "\n".join(
         [
             "port 0",
-            f"unixsocket {home / SOCKET_NAME}",
+            f"unixsocket {_quoted(home / SOCKET_NAME)}",
             "unixsocketperm 700",
             "daemonize yes",
-            f"pidfile {home / 'redis.pid'}",
-            f"logfile {home / 'redis.log'}",
-            f"dir {home}",
+            f"pidfile {_quoted(home / 'redis.pid')}",
+            f"logfile {_quoted(home / 'redis.log')}",
+            f"dir {_quoted(home)}",
             "appendonly yes",
             "appendfsync everysec",
             # Messages up to 8 KB stay in a compact hash encoding (about 220 bytes of overhead

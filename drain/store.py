@@ -457,7 +457,8 @@ class Store:
         # reads as 0 and is logged: the books then show it by not balancing.
         replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
         counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = replies
-        accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in (counters if isinstance(counters, list) else [None] * 5))
+        counters = counters if isinstance(counters, list) else [None] * 5
+        accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in counters)
         return Books(
             accepted=accepted,
             ready=int(ready) + int(fresh) + int(suspect) + parked - int(swept),
