@@ -84,7 +84,10 @@ def resolve_url(settings: Settings) -> str:
     """The URL to connect to, starting the embedded server when no URL is configured."""
     if settings.redis_url is None:
         return embedded.ensure_running(settings.home)
-    scheme = urlsplit(settings.redis_url).scheme
+    try:
+        scheme = urlsplit(settings.redis_url).scheme
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: redis://[::1
+        raise ConfigError(f"bad Redis URL {redacted(settings.redis_url)}: {exc}") from None
     if scheme not in _SCHEMES:
         raise ConfigError(
             f"unsupported Redis URL scheme {scheme!r} in {redacted(settings.redis_url)}"

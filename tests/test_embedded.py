@@ -47,3 +47,15 @@ def test_unusable_home_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(RedisUnavailable, match="cannot create DRAIN_HOME"):
         embedded.ensure_running(blocker / "home")
+
+
+def test_a_home_with_spaces_and_quotes_works(tmp_path: Path) -> None:
+    home = tmp_path / 'my "drain" home'
+    url = embedded.ensure_running(home)
+    try:
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        assert client.config_get("dir")["dir"] == str(home.resolve())
+        client.close()
+    finally:
+        assert embedded.stop(home)
