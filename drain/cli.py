@@ -26,6 +26,7 @@ from drain.message import envelope_from_headers
 from drain.quarantine import Filter, Quarantine
 from drain.settings import Settings, parse_domain
 from drain.status import read as read_status
+from drain.status import startup_line
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -187,6 +188,7 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
 
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
     client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
+    click.echo(startup_line("worker", obj.settings, client), err=True)
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 
@@ -634,6 +636,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
+    click.echo(startup_line("smtpd", obj.settings, obj.client.redis), err=True)
     server = Ingress(obj.client, host, port)
     server.serve(on_ready=lambda s: click.echo(f"drain smtpd: listening on {s.describe()}", err=True))
 
@@ -663,6 +666,9 @@ def serve(obj: Context, listen: str, refresh_s: float, hide_messages: bool, log_
         server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s, not hide_messages)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    from drain.connection import client_for
+
+    click.echo(startup_line("serve", obj.settings, client_for(resolve_url(obj.settings))), err=True)
     click.echo(f"drain serve: {server.describe()}; /status.json /metrics /healthz", err=True)
     server.serve_forever()
 

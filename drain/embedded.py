@@ -131,6 +131,11 @@ def is_running(home: Path) -> bool:
     return _ping(home)
 
 
+def has_data(home: Path) -> bool:
+    """Whether an embedded Redis ever ran in this folder (it left its files there)."""
+    return any((home / name).exists() for name in ("redis.conf", "appendonlydir", "appendonly.aof", SOCKET_NAME))
+
+
 def stop(home: Path) -> bool:
     """Shut the embedded server down (saving its append-only file). False if none ran."""
     if not _ping(home):

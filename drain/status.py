@@ -9,8 +9,9 @@ from typing import Any
 
 import redis
 
-from drain import ratelimit
+from drain import embedded, ratelimit
 from drain.breaker import Breakers
+from drain.settings import Settings
 from drain.store import Books, Store
 
 log = logging.getLogger(__name__)
@@ -73,3 +74,29 @@ def read(store: Store) -> Status:
         log.error("the circuit breaker states cannot be read: %s", exc)
         opened = []
     return Status(books, store.oldest_age_s(), rate, eta, sorted(opened), held, domains_held)
+
+
+def startup_line(role: str, settings: Settings, client: redis.Redis) -> str:
+    """What a long-running command runs with, said once at start: which Redis and which relay
+    (passwords hidden) and which rates."""
+    from drain.connection import redacted
+
+    where = (redacted(settings.redis_url) if settings.redis_url
+             else f"{embedded.url_for(settings.home)} (embedded, in {settings.home.resolve()})")
+    try:
+        limits = ratelimit.show(client)
+    except redis.RedisError as exc:
+        rates = f"unreadable ({exc})"
+    else:
+        glob = limits["global"]
+        rates = f"global {ratelimit.format_rate(glob if isinstance(glob, float) else None)}"
+        burst = limits["burst_s"]
+        rates += f", burst {burst if isinstance(burst, float) else settings.burst_s:g} s"
+        if limits["paused"]:
+            rates += ", delivery PAUSED"
+        domains = limits["domains"]
+        caps = [f"{name} {ratelimit.format_rate(d['rate'])}" for name, d in domains.items()
+                if d["rate"] is not None or d["paused"]] if isinstance(domains, dict) else []
+        if caps:
+            rates += f"; {len(caps)} domain limit(s): {', '.join(caps[:5])}{' ...' if len(caps) > 5 else ''}"
+    return f"drain {role}: Redis {where}; relay {redacted(settings.relay)}; rates {rates}"
