@@ -113,7 +113,9 @@ def test_an_idle_worker_logs_no_errors(settings: Settings, rclient: redis.Redis)
     # A short dequeue (worker_ttl 17 s: RQ blocks 2 s per dequeue) on a client whose first
     # connection has a socket timeout shorter than that.
     client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=1)
-    client.ping()
+    held = [client.connection_pool.get_connection() for _ in range(4)]  # a pool that has worked a while
+    for connection in held:
+        client.connection_pool.release(connection)
     worker = DrainWorker([keys.RQ_QUEUE], connection=client, drain_settings=settings, housekeeping=False,
                          worker_ttl=17)
     assert worker.dequeue_timeout == 2
