@@ -289,6 +289,9 @@ def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
             per_second = ratelimit.parse_rate(rate_text)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--rate") from None
+        if ratelimit.holds(per_second):
+            raise click.BadParameter("0 would hold delivery for good (to hold it: drain rate set 0)",
+                                     param_hint="--rate")
     RelayConfig.from_url(obj.settings.relay)
     if not run_session(obj.client, per_second, rate_text is not None, processes, out):
         sys.exit(1)
@@ -708,6 +711,8 @@ def demo(obj: Context, messages: int, rate_text: str, workers: int, malformed: f
         per_second = ratelimit.parse_rate(rate_text)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--rate") from None
+    if ratelimit.holds(per_second):
+        raise click.BadParameter("0 would hold the demo's delivery for good", param_hint="--rate")
     ok = run_demo(obj.settings, messages=messages, rate=per_second, workers=workers, malformed=malformed,
                   console=out)
     if not ok:

@@ -183,12 +183,14 @@ def _envelope(value: bytes | None, problems: list[str]) -> Envelope | None:
     return envelope
 
 
-def _damaged(msg_id: str, raw: bytes | None, problems: list[str]) -> Damaged:
-    """A message to quarantine with its raw bytes (and an envelope read from its headers), or
-    to drop when the bytes are gone; logged either way."""
+def _damaged(msg_id: str, raw: bytes | None, problems: list[str], stored: Envelope | None = None) -> Damaged:
+    """A message to quarantine with its raw bytes and its envelope (as stored if that can be
+    read, else from its headers), or to drop when the bytes are gone; logged either way."""
     findings = json.dumps([{"code": CORRUPT, "detail": "; ".join(problems)[:1000]}])
     envelope = ""
-    if raw is not None:
+    if raw is not None and stored is not None:
+        envelope = stored.to_json()
+    elif raw is not None:
         try:
             envelope = envelope_from_headers(raw).to_json()
         except Exception:  # any bytes must give a verdict: an empty envelope then
@@ -320,7 +322,7 @@ class Store:
             if raw is None:
                 problems.append("field raw is missing")
             if problems or envelope is None:
-                out.append(_damaged(msg_id, raw, problems))
+                out.append(_damaged(msg_id, raw, problems, envelope))
                 continue
             out.append(
                 Stored(

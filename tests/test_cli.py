@@ -177,3 +177,10 @@ def test_domain_names_are_validated_for_rate_and_pause(
     code, _out, err = in_process(settings, capfd, monkeypatch, "rate", "set", "5/s", "--domain", "Bücher.Example.")
     assert code == 0, err
     assert list(ratelimit.show(client.redis)["domains"]) == ["bücher.example"]  # type: ignore[call-overload]
+
+
+def test_a_session_or_demo_at_rate_zero_is_refused(
+        client: Client, settings: Settings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for args in [("drain", "--rate", "0"), ("drain", "--rate", "0/s"), ("demo", "--rate", "0")]:
+        assert "hold" in usage_error(in_process(settings, capfd, monkeypatch, *args))
+    assert client.redis.get("drain:rate") is None
