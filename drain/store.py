@@ -37,6 +37,8 @@ PACE_KEPT = 900
 MAX_COUNTER = 2**31
 # Fields of a queued message read back by workers and by the Lua scripts.
 FIELDS = ["raw", "env", "t", "n", "force", "slot", "fr", "strikes", "hist", "pd"]
+# Stored times (accepted, reserved send time) further ahead than this are damage, not clock skew.
+MAX_AHEAD_S = 86400.0
 # The reason code of a message whose stored data could not be read back.
 CORRUPT = "store.corrupt"
 
@@ -134,8 +136,9 @@ def _shown(value: bytes | str) -> str:
     return ascii(text[:40])
 
 
-def _number(value: bytes | None, name: str, problems: list[str], required: bool = False) -> float:
-    """A finite, non-negative number stored as text (0 when absent and not required)."""
+def _number(value: bytes | None, name: str, problems: list[str], required: bool = False,
+            most: float = math.inf) -> float:
+    """A finite number from 0 to most stored as text (0 when absent and not required)."""
     if value is None:
         if required:
             problems.append(f"field {name} is missing")
@@ -144,7 +147,7 @@ def _number(value: bytes | None, name: str, problems: list[str], required: bool 
         number = float(value.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         number = math.nan
-    if not math.isfinite(number) or number < 0:
+    if not math.isfinite(number) or not 0 <= number <= most:
         problems.append(f"field {name} is not a usable number: {_shown(value)}")
         return 0.0
     return number
@@ -311,8 +314,9 @@ class Store:
                 continue
             problems: list[str] = []
             envelope = _envelope(env, problems)
-            fields = {"t": _number(accepted, "t", problems, required=True),
-                      "n": _counter(attempts, "n", problems), "slot": _number(slot, "slot", problems),
+            latest = time.time() + MAX_AHEAD_S
+            fields = {"t": _number(accepted, "t", problems, required=True, most=latest),
+                      "n": _counter(attempts, "n", problems), "slot": _number(slot, "slot", problems, most=latest),
                       "strikes": _counter(strikes, "strikes", problems)}
             for name, flag in (("force", force), ("fr", fr), ("pd", pd)):
                 if flag not in (None, b"0", b"1"):

@@ -27,6 +27,7 @@ DAMAGE: dict[str, bytes | None] = {
     "empty": b"",
     "garbage": b"notafloat \x00\x1b[2J[/x]",
     "huge": b"9" * 400,
+    "far-future": b"1e300",
     "negative": b"-5",
     "nan": b"nan",
     "inf": b"inf",
