@@ -146,3 +146,20 @@ def test_the_actor_is_a_real_account_without_user(monkeypatch: pytest.MonkeyPatc
     name = pwd.getpwuid(os.getuid()).pw_name
     assert settings.actor.startswith(f"{name}@") and "unknown" not in settings.actor
     assert Settings.from_env({"USER": "alice"}).actor.startswith("alice@")
+
+
+def test_serve_says_what_it_runs_with(settings: Settings, rclient: redis.Redis) -> None:
+    from drain.sink import free_port
+
+    ratelimit.set_global(rclient, 0.0)
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY="smtp://u:serve-pw@relay.example:25")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "serve", "--listen", f"127.0.0.1:{free_port()}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert line.startswith("drain serve: Redis ") and "relay smtp://u:***@relay.example:25" in line
+    assert "rates global 0 (held)" in line and "serve-pw" not in line
