@@ -376,7 +376,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
     client = obj.client.redis
     if burst is not None:
         ratelimit.set_burst(client, burst)
-    held = " (delivery held until the rate is raised)" if ratelimit.holds(per_second) else ""
+    held = "; a rate or 'unlimited' lets it go again" if ratelimit.holds(per_second) else ""
     if domain is not None:
         ratelimit.set_domain(client, domain, per_second)
         if concurrency is not None:

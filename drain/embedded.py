@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +38,39 @@ def server_binary() -> str:
     return path
 
 
+def _plain(path: Path) -> bool:
+    """A socket path every client can name: printable ASCII without spaces, and short enough.
+    (Redis reports the socket in CLIENT INFO as space-separated fields, which RQ parses.)"""
+    text = str(path)
+    return len(text) <= _MAX_SOCKET_PATH and all("!" <= c <= "~" for c in text)
+
+
+def _runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"drain-{os.getuid()}"
+
+
 def socket_path(home: Path) -> Path:
-    return home.resolve() / SOCKET_NAME
+    """The unix socket: in DRAIN_HOME, or, when that path has spaces or other characters a
+    client cannot name (or is too long), in a private folder of this user's runtime folder,
+    named after DRAIN_HOME."""
+    inside = home.resolve() / SOCKET_NAME
+    if _plain(inside):
+        return inside
+    digest = hashlib.sha256(os.fsencode(home.resolve())).hexdigest()[:24]
+    return _runtime_dir() / f"{digest}.sock"
+
+
+def _private_runtime_dir(path: Path) -> None:
+    """Make the folder of a socket kept outside DRAIN_HOME: this user's alone."""
+    if path.parent != _runtime_dir():
+        return
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        info = path.parent.lstat()
+    except OSError as exc:
+        raise RedisUnavailable(f"cannot create {path.parent} for the embedded Redis socket: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RedisUnavailable(f"{path.parent} must be a folder of this user's alone (mode 700)")
 
 
 def url_for(home: Path) -> str:
@@ -55,7 +89,7 @@ def _config(home: Path) -> str:
     return "\n".join(
         [
             "port 0",
-            f"unixsocket {_quoted(home / SOCKET_NAME)}",
+            f"unixsocket {_quoted(socket_path(home))}",
             "unixsocketperm 700",
             "daemonize yes",
             f"pidfile {_quoted(home / 'redis.pid')}",
@@ -102,8 +136,9 @@ def ensure_running(home: Path, timeout_s: float = 10.0) -> str:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RedisUnavailable(f"cannot create DRAIN_HOME {home}: {exc.strerror}") from None
+    _private_runtime_dir(socket_path(home))
     if len(str(socket_path(home))) > _MAX_SOCKET_PATH:
-        raise RedisUnavailable(f"DRAIN_HOME path is too long for a unix socket: {home.resolve()}")
+        raise RedisUnavailable(f"the embedded Redis socket path is too long: {socket_path(home)}")
     if _ping(home):
         return url_for(home)
     with _locked(home):
