@@ -21,7 +21,7 @@ from drain.delivery import Relay, permanent
 from drain.message import Envelope, without_bcc
 from drain.retry import deferral_delay
 from drain.rules import Rule, first_match
-from drain.store import Outcome, Store, Stored
+from drain.store import Damaged, Outcome, Store, Stored
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,8 @@ class Batch:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id,
                               extra={"message_id": msg_id})
                     outcome = Outcome(msg_id, "vanished")
+                elif isinstance(msg, Damaged):
+                    outcome = msg.outcome()  # logged by the store; quarantined or dropped
                 else:
                     try:
                         outcome = self.decide(msg)

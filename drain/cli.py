@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import mailbox
+import math
 import shutil
 import sys
 import tempfile
@@ -27,8 +28,9 @@ from drain.api import Client, Submission
 from drain.errors import ConfigError, DrainError, InputError
 from drain.message import envelope_from_headers
 from drain.quarantine import Filter, Quarantine
-from drain.settings import Settings
+from drain.settings import Settings, parse_domain
 from drain.status import read as read_status
+from drain.status import startup_line
 from drain.terminal import cell, safe
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
@@ -54,6 +56,26 @@ pass_ctx = click.make_pass_decorator(Context)
 def fail(message: str) -> None:
     """One line on standard error, whatever the message held (controls shown as escapes)."""
     click.echo(f"drain: {safe(' '.join(message.split()))}", err=True)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf (a FloatRange lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _domain_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--domain of `rate set`, `pause` and `resume`: a valid domain name, lowercased."""
+    if value is None:
+        return None
+    try:
+        return parse_domain(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def emit(data: Any) -> None:
@@ -261,6 +283,7 @@ def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
     logging_setup.configure(obj.settings.log_format, "worker")
     client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
+    logging_setup.announce(startup_line("worker", obj.settings, client))
     run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 
@@ -302,7 +325,7 @@ def _live(render: Any, watch_s: float | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
-@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+@click.option("--watch", "watch_s", type=FiniteFloat(0), default=None, metavar="SECONDS",
               help="Refresh in place every SECONDS (plain output only).")
 @pass_ctx
 def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
@@ -327,6 +350,10 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         table.add_row("eta", Text(_eta_text(st.eta_s, st.held_by)))
         if ratelimit.is_paused(obj.client.redis):
             table.add_row("delivery", "PAUSED")
+        elif st.held is not None:
+            table.add_row("delivery", f"HELD ({st.held})")
+        for name in st.domains_held:
+            table.add_row("held (rate 0)", Text(name))
         for name in data.get("breakers_open", []):
             table.add_row("circuit open", cell(name))
         if intake.is_paused(obj.client.redis):
@@ -338,7 +365,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
-@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS",
+@click.option("--watch", "watch_s", type=FiniteFloat(0), default=None, metavar="SECONDS",
               help="Refresh in place every SECONDS (plain output only).")
 @click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Domains shown (plain output).")
 @pass_ctx
@@ -396,6 +423,9 @@ def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
             per_second = ratelimit.parse_rate(rate_text)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--rate") from None
+        if ratelimit.holds(per_second):
+            raise click.BadParameter("0 would hold delivery for good (to hold it: drain rate set 0)",
+                                     param_hint="--rate")
     RelayConfig.from_url(obj.settings.relay)
     if not run_session(obj.client, per_second, rate_text is not None, processes, out):
         sys.exit(1)
@@ -505,7 +535,7 @@ def rate_show(obj: Context, as_json: bool) -> None:
     domains = shown["domains"]
     assert isinstance(domains, dict)
     for name, d in domains.items():
-        parts = [f"cap {ratelimit.format_rate(d['rate'])}" if d["rate"] else "no cap"]
+        parts = [f"cap {ratelimit.format_rate(d['rate'])}" if d["rate"] is not None else "no cap"]
         if d["effective"]:
             parts.append(f"throttled to {ratelimit.format_rate(d['effective'])}")
         if d["concurrency"]:
@@ -517,37 +547,44 @@ def rate_show(obj: Context, as_json: bool) -> None:
 
 @rate.command("set")
 @click.argument("value", metavar="RATE")
-@click.option("--domain", help="Set the cap of this destination domain instead of the global rate.")
+@click.option("--domain", callback=_domain_option,
+              help="Set the cap of this destination domain instead of the global rate.")
 @click.option("--concurrency", type=click.IntRange(0), default=None,
               help="With --domain: most messages in flight to it at once (0 removes the cap).")
-@click.option("--burst", type=click.FloatRange(0, 60), default=None,
+@click.option("--burst", type=FiniteFloat(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"domain", "rate", "concurrency", "burst"} as JSON.')
 @pass_ctx
 def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None,
              as_json: bool) -> None:
-    """Set RATE like 500/s, 30000/m, or 'unlimited'; live for every worker."""
+    """Set RATE like 500/s, 30000/m; 0 holds delivery; 'unlimited' lifts the limit. Live for every worker."""
     try:
         per_second = ratelimit.parse_rate(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="RATE") from None
-    if concurrency is not None and not domain:
+    if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
+    from drain.dispatch import ensure_tokens
+
     client = obj.client.redis
     if burst is not None:
         ratelimit.set_burst(client, burst)
-    if domain:
+    held = "; a rate or 'unlimited' lets it go again" if ratelimit.holds(per_second) else ""
+    if domain is not None:
         ratelimit.set_domain(client, domain, per_second)
         if concurrency is not None:
             ratelimit.set_concurrency(client, domain, concurrency)
-        said = safe(f"{domain.lower()}: {ratelimit.format_rate(per_second)}"
-                    + (f", {concurrency} at once" if concurrency else ""))
+        if not ratelimit.holds(per_second):
+            obj.client.store.unpark(domain)  # mail a cap of 0 parked goes back to ready
+        said = safe(f"{domain}: {ratelimit.format_rate(per_second)}"
+                    + (f", {concurrency} at once" if concurrency else "") + held)
     else:
         ratelimit.set_global(client, per_second)
-        said = f"global: {ratelimit.format_rate(per_second)}"
+        said = f"global: {ratelimit.format_rate(per_second)}{held}"
+    ensure_tokens(client, obj.settings)
     if as_json:
-        emit({"domain": domain.lower() if domain else None, "rate": per_second, "concurrency": concurrency,
-              "burst": burst})
+        emit({"domain": domain, "rate": per_second, "concurrency": concurrency, "burst": burst,
+              "held": ratelimit.holds(per_second)})
     else:
         click.echo(said)
 
@@ -555,7 +592,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True,
               help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
-@click.option("--domain", help="Pause only delivery to this destination domain.")
+@click.option("--domain", callback=_domain_option, help="Pause only delivery to this destination domain.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"scope", "name", "paused"} as JSON.')
 @pass_ctx
 def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
@@ -577,7 +614,7 @@ def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) ->
 
 @cli.command()
 @click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
-@click.option("--domain", help="Resume only delivery to this destination domain.")
+@click.option("--domain", callback=_domain_option, help="Resume only delivery to this destination domain.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"scope", "name", "paused", "unparked"} as JSON.')
 @pass_ctx
 def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
@@ -854,6 +891,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     logging_setup.configure(obj.settings.log_format, "smtpd")
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
+    logging_setup.announce(startup_line("smtpd", obj.settings, obj.client.redis))
     server = Ingress(obj.client, host, port)
     server.serve(on_ready=lambda s: logging_setup.announce(f"drain smtpd: listening on {s.describe()}"))
 
@@ -861,7 +899,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
 @cli.command()
 @click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:8025", show_default=True,
               help="Address of the status page (':8025' for all addresses).")
-@click.option("--refresh", "refresh_s", type=click.FloatRange(0.2, 300), default=2.0, show_default=True,
+@click.option("--refresh", "refresh_s", type=FiniteFloat(0.2, 300), default=2.0, show_default=True,
               help="Seconds between reads of Redis.")
 @click.option("--show-messages", is_flag=True,
               help="Show senders, recipients and subjects of quarantined mail (an internal page only).")
@@ -888,6 +926,9 @@ def serve(obj: Context, listen: str, refresh_s: float, show_messages: bool, hide
                               show_messages and not hide_messages)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    from drain.connection import client_for
+
+    logging_setup.announce(startup_line("serve", obj.settings, client_for(resolve_url(obj.settings))))
     logging_setup.announce(f"drain serve: {server.describe()}; /status.json /metrics /healthz")
     server.serve_forever()
 
@@ -937,6 +978,8 @@ def demo(obj: Context, messages: int, rate_text: str, workers: int, malformed: f
         per_second = ratelimit.parse_rate(rate_text)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--rate") from None
+    if ratelimit.holds(per_second):
+        raise click.BadParameter("0 would hold the demo's delivery for good", param_hint="--rate")
     ok = run_demo(obj.settings, messages=messages, rate=per_second, workers=workers, malformed=malformed,
                   console=out)
     if not ok:

@@ -12,6 +12,7 @@ claim or an enqueue is never run twice without drain knowing.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -80,11 +81,32 @@ class SentinelUrl:
                    unquote(username) or None, unquote(password) or None)
 
 
+_announced = False
+
+
+def _announce(text: str) -> None:
+    """One line on standard error, once a process (never on stdout: --json stays clean)."""
+    global _announced
+    if not _announced:
+        _announced = True
+        sys.stderr.write(f"drain: {text}\n")
+        sys.stderr.flush()
+
+
 def resolve_url(settings: Settings) -> str:
-    """The URL to connect to, starting the embedded server when no URL is configured."""
+    """The URL to connect to, starting the embedded server when no URL is configured.
+    Using the embedded server is never silent: it is said on standard error, with its folder."""
     if settings.redis_url is None:
+        where = settings.home.resolve()
+        if not embedded.has_data(settings.home):
+            _announce(f"no DRAIN_REDIS_URL: starting a new, empty embedded Redis in {where}")
+        else:
+            _announce(f"no DRAIN_REDIS_URL: using the embedded Redis in {where}")
         return embedded.ensure_running(settings.home)
-    scheme = urlsplit(settings.redis_url).scheme
+    try:
+        scheme = urlsplit(settings.redis_url).scheme
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: redis://[::1
+        raise ConfigError(f"bad Redis URL {redacted(settings.redis_url)}: {exc}") from None
     if scheme not in _SCHEMES:
         raise ConfigError(
             f"unsupported Redis URL scheme {scheme!r} in {redacted(settings.redis_url)}"

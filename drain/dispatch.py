@@ -12,7 +12,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from drain import keys
+from drain import keys, ratelimit
 from drain.settings import Settings
 
 JOB_FUNCTION = "workers.jobs.deliver_batch"
@@ -32,9 +32,11 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     pipe.llen(keys.FRESH)
     pipe.llen(keys.SUSPECT)
     pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
-    paused, backlog, fresh, suspect, queued = pipe.execute()
+    pipe.get(keys.RATE)
+    paused, backlog, fresh, suspect, queued, rate = pipe.execute()
     ready = int(backlog) + int(fresh) + int(suspect)
-    if paused or not ready:
+    # A global rate of 0 holds delivery as a pause does: no work tokens for it.
+    if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
         return 0
     wanted = min(math.ceil(int(ready) / settings.batch_size), settings.max_tokens) - int(queued)
     if wanted <= 0:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +43,50 @@ def server_binary() -> str:
     return path
 
 
+def _plain(path: Path) -> bool:
+    """A socket path every client can name: printable ASCII without spaces, and short enough.
+    (Redis reports the socket in CLIENT INFO as space-separated fields, which RQ parses.)"""
+    text = str(path)
+    return len(text) <= _MAX_SOCKET_PATH and all("!" <= c <= "~" for c in text)
+
+
+def _runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"drain-{os.getuid()}"
+
+
 def socket_path(home: Path) -> Path:
-    return home.resolve() / SOCKET_NAME
+    """The unix socket: in DRAIN_HOME, or, when that path has spaces or other characters a
+    client cannot name (or is too long), in a private folder of this user's runtime folder,
+    named after DRAIN_HOME."""
+    inside = home.resolve() / SOCKET_NAME
+    if _plain(inside):
+        return inside
+    digest = hashlib.sha256(os.fsencode(home.resolve())).hexdigest()[:24]
+    return _runtime_dir() / f"{digest}.sock"
+
+
+def _private_runtime_dir(path: Path) -> None:
+    """Make the folder of a socket kept outside DRAIN_HOME: this user's alone."""
+    if path.parent != _runtime_dir():
+        return
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        info = path.parent.lstat()
+    except OSError as exc:
+        raise RedisUnavailable(f"cannot create {path.parent} for the embedded Redis socket: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RedisUnavailable(f"{path.parent} must be a folder of this user's alone (mode 700)")
 
 
 def url_for(home: Path) -> str:
     return f"unix://{socket_path(home)}"
+
+
+def _quoted(path: Path) -> str:
+    """A path as a double-quoted redis.conf argument (spaces, quotes, backslashes and any
+    other byte kept as they are: Redis reads \\xHH escapes inside double quotes)."""
+    raw = os.fsencode(path)
+    return '"' + "".join(chr(b) if 32 < b < 127 and b not in b'"\\' else f"\\x{b:02x}" for b in raw) + '"'
 
 
 def _config(home: Path) -> str:
@@ -53,12 +94,12 @@ def _config(home: Path) -> str:
     return "\n".join(
         [
             "port 0",
-            f"unixsocket {home / SOCKET_NAME}",
+            f"unixsocket {_quoted(socket_path(home))}",
             "unixsocketperm 700",
             "daemonize yes",
-            f"pidfile {home / 'redis.pid'}",
-            f"logfile {home / 'redis.log'}",
-            f"dir {home}",
+            f"pidfile {_quoted(home / 'redis.pid')}",
+            f"logfile {_quoted(home / 'redis.log')}",
+            f"dir {_quoted(home)}",
             "appendonly yes",
             "appendfsync everysec",
             # Messages up to 8 KB stay in a compact hash encoding (about 220 bytes of overhead
@@ -100,8 +141,9 @@ def ensure_running(home: Path, timeout_s: float = 10.0) -> str:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RedisUnavailable(f"cannot create DRAIN_HOME {home}: {exc.strerror}") from None
+    _private_runtime_dir(socket_path(home))
     if len(str(socket_path(home))) > _MAX_SOCKET_PATH:
-        raise RedisUnavailable(f"DRAIN_HOME path is too long for a unix socket: {home.resolve()}")
+        raise RedisUnavailable(f"the embedded Redis socket path is too long: {socket_path(home)}")
     if _ping(home):
         return url_for(home)
     with _locked(home):
@@ -127,6 +169,11 @@ def ensure_running(home: Path, timeout_s: float = 10.0) -> str:
 
 def is_running(home: Path) -> bool:
     return _ping(home)
+
+
+def has_data(home: Path) -> bool:
+    """Whether an embedded Redis ever ran in this folder (it left its files there)."""
+    return any((home / name).exists() for name in ("redis.conf", "appendonlydir", "appendonly.aof", SOCKET_NAME))
 
 
 def stop(home: Path) -> bool:

@@ -1,10 +1,12 @@
 """Delivery rate settings, live for every worker: stored in Redis, read by the claim script.
 
-Rates are written like `500/s`, `30000/m` or `1000000/h`; `unlimited` (or 0) removes a limit.
+Rates are written like `500/s`, `30000/m` or `1000000/h`; `unlimited` is the only way to
+remove a limit, and 0 (`0`, `0/s`) holds delivery, as a pause does.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import redis
@@ -17,21 +19,43 @@ _PER_SECOND = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour"
 
 
 def parse_rate(text: str) -> float | None:
-    """Messages per second from '500/s' style text; None for unlimited."""
-    if text.strip().lower() in {"unlimited", "none", "off", "0"}:
+    """Messages per second from '500/s' style text; None for unlimited; 0.0 holds delivery."""
+    if text.strip().lower() == "unlimited":
         return None
+    if text.strip() == "0":
+        return 0.0
     match = _RATE.match(text)
-    if not match:
-        raise ConfigError(f"rate must look like 500/s, 30000/m or 1000000/h (or 'unlimited'), got {text!r}")
-    per_second = float(match.group(1)) / _PER_SECOND[match.group(2).lower()]
-    if per_second <= 0:
-        return None
+    per_second = float(match.group(1)) / _PER_SECOND[match.group(2).lower()] if match else math.nan
+    if not math.isfinite(per_second):
+        raise ConfigError(f"rate must look like 500/s, 30000/m or 1000000/h, 0 to hold delivery, or 'unlimited'"
+                          f" to lift the limit; got {text!r}")
     return per_second
+
+
+def stored_rate(raw: bytes | str | None) -> float | None:
+    """A rate as stored in Redis: None when absent (unlimited); 0.0 (delivery held) when it is
+    0 or cannot be read, as the claim and gate scripts read it."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, UnicodeDecodeError):
+        return 0.0
+    if math.isinf(value) and value > 0:
+        return None
+    return value if value > 0 else 0.0
+
+
+def holds(rate: float | None) -> bool:
+    """Whether a rate holds delivery (it is 0)."""
+    return rate is not None and rate <= 0
 
 
 def format_rate(per_second: float | None) -> str:
     if per_second is None:
         return "unlimited"
+    if per_second <= 0:
+        return "0 (held)"
     if per_second >= 1:
         return f"{per_second:g}/s"
     return f"{per_second * 60:g}/m"
@@ -45,11 +69,8 @@ def set_global(client: redis.Redis, per_second: float | None) -> None:
 
 
 def get_global(client: redis.Redis) -> float | None:
-    raw = client.get(keys.RATE)
-    if raw is None:
-        return None
-    value = float(raw)
-    return value if value > 0 else None
+    """The global rate: None for unlimited, 0.0 while it holds delivery."""
+    return stored_rate(client.get(keys.RATE))
 
 
 def pause(client: redis.Redis) -> None:
@@ -90,6 +111,8 @@ def set_concurrency(client: redis.Redis, domain: str, limit: int | None) -> None
 
 
 def set_burst(client: redis.Redis, seconds: float) -> None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"burst must be a finite number of seconds, got {seconds!r}")
     client.set(keys.BURST, repr(seconds))
 
 
@@ -107,8 +130,19 @@ def is_throttling(code: int, text: str) -> bool:
     return code == 421 or (400 <= code < 500 and any(h in lowered for h in _THROTTLE_HINTS))
 
 
+def _number(value: bytes | None) -> float | None:
+    """A stored positive, finite number; None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
 def _floats(values: list[bytes | None]) -> list[float | None]:
-    return [float(v) if v is not None else None for v in values]
+    return [_number(v) for v in values]
 
 
 def throttled(client: redis.Redis, domain: str, now: float) -> float:
@@ -181,11 +215,17 @@ def show(client: redis.Redis) -> dict[str, object]:
     domains: dict[str, dict[str, object]] = {}
     for name in sorted(names):
         key = name.encode()
+        cap = stored_rate(rates[key]) if key in rates else None
+        adapted = _number(effective.get(key))
+        most = _number(concurrency.get(key))
         domains[name] = {
-            "rate": float(rates[key]) if key in rates else None,
-            "effective": round(float(effective[key]), 2) if key in effective else None,
-            "concurrency": int(concurrency[key]) if key in concurrency else None,
+            "rate": cap,
+            "effective": round(adapted, 2) if adapted is not None else None,
+            "concurrency": int(most) if most is not None else None,
             "paused": key in paused,
+            "held": holds(cap),
         }
-    return {"global": get_global(client), "burst_s": float(burst) if burst else None,
-            "paused": is_paused(client), "domains": domains}
+    global_rate = get_global(client)
+    burst_s = _number(burst) if burst != b"0" else 0.0
+    return {"global": global_rate, "burst_s": burst_s, "paused": is_paused(client),
+            "held": holds(global_rate), "domains": domains}

@@ -13,14 +13,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import redis
 
-from drain.errors import InputError
 from drain.retry import redis_backoff
-from drain.store import Claim, Outcome, Store, Stored
+from drain.store import Claim, Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +52,6 @@ class ResilientStore(Store):
     def settle(self, owner: str, outcomes: Any) -> tuple[int, int]:
         result: tuple[int, int] = redis_backoff()(super().settle, owner, outcomes)
         return result
-
-    def load(self, ids: Sequence[str]) -> list[Stored | None]:
-        """As Store.load; a message whose stored fields drain cannot read (corrupt or planted
-        data) counts as gone (logged) instead of failing, and so stalling, its whole batch."""
-        try:
-            return super().load(ids)
-        except InputError:
-            out: list[Stored | None] = []
-            for msg_id in ids:
-                try:
-                    out.extend(super().load([msg_id]))
-                except InputError as exc:
-                    log.error("message %s has unreadable data in Redis (%s); dropped as deleted", msg_id, exc,
-                              extra={"message_id": msg_id})
-                    out.append(None)
-            return out
 
     def give_back(self, owner: str) -> int:
         """Put every message held under `owner` back on the ready list. Only when it holds none knowingly."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -60,10 +63,36 @@ def _default_hostname() -> str:
     return name if "." in name else f"{name}.localdomain"
 
 
+def _login_name() -> str:
+    """The account this process runs as: its login name, else its uid (never 'unknown')."""
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (a bare container): the uid still names the account
+        return f"uid{uid}"
+
+
 def _default_actor(env: Mapping[str, str]) -> str:
     import socket
 
-    return f"{env.get('USER') or env.get('LOGNAME') or 'unknown'}@{socket.gethostname()}"
+    return f"{env.get('USER') or env.get('LOGNAME') or _login_name()}@{socket.gethostname()}"
+
+
+def parse_domain(text: str, name: str = "--domain") -> str:
+    """A destination domain as given to `rate set` or `pause` (IDNA / hostname syntax),
+    lowercased, without a trailing dot; ConfigError when it is not one."""
+    import idna
+
+    domain = text.lower().removesuffix(".")
+    try:
+        encoded = idna.encode(domain, uts46=True, std3_rules=True)
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise ConfigError(f"{name} must be a domain name like example.com, got {text!r} ({exc})") from None
+    if len(encoded) > 253:
+        raise ConfigError(f"{name} is longer than a domain name may be (253), got {len(encoded)} characters")
+    return domain
 
 
 def _tristate(env: Mapping[str, str], name: str) -> bool | None:

@@ -7,6 +7,8 @@ the quarantine set, or gone with its count added to delivered, bounced or delete
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,19 +18,31 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from drain import keys
-from drain.message import Envelope
+from drain.errors import InputError
+from drain.message import Envelope, envelope_from_headers
 from drain.scripts import Scripts
 from drain.settings import Settings
 
 # A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
 Item = tuple[bytes, Envelope, str | None]
-Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout", "held", "parked"]
+Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout", "held", "parked",
+               "corrupt"]
 # Messages written to Redis per round trip when enqueueing.
 ENQUEUE_CHUNK = 1000
 # Bounce records kept in the bounces stream (approximately).
 BOUNCES_KEPT = 10000
 # Pace samples kept (one per housekeeping round, about one a second).
 PACE_KEPT = 900
+# Counters stored in a message hash (attempts, strikes) never go past this: HINCRBY must work.
+MAX_COUNTER = 2**31
+# Fields of a queued message read back by workers and by the Lua scripts.
+FIELDS = ["raw", "env", "t", "n", "force", "slot", "fr", "strikes", "hist", "pd"]
+# Stored times (accepted, reserved send time) further ahead than this are damage, not clock skew.
+MAX_AHEAD_S = 86400.0
+# The reason code of a message whose stored data could not be read back.
+CORRUPT = "store.corrupt"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,21 @@ class Stored:
 
 
 @dataclass(frozen=True)
+class Damaged:
+    """A claimed message whose stored data could not be read back (see `Store.load`)."""
+
+    id: str
+    # What was wrong, as quarantine findings (JSON).
+    findings: str
+    # A readable envelope (JSON) when the raw bytes are intact: it goes to quarantine with
+    # them; empty when they are gone: it is dropped and counted as deleted.
+    envelope: str
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.id, "corrupt", info=self.findings, envelope=self.envelope)
+
+
+@dataclass(frozen=True)
 class Outcome:
     id: str
     kind: Kind
@@ -100,6 +129,88 @@ class Claim:
     isolated: bool = False
     # Ids that came from the fresh lane.
     fresh: set[str] = field(default_factory=set)
+
+
+def _shown(value: bytes | str) -> str:
+    """A short, printable sample of a stored value, for findings and logs."""
+    text = value if isinstance(value, str) else value[:40].decode("utf-8", "backslashreplace")
+    return ascii(text[:40])
+
+
+def _number(value: bytes | None, name: str, problems: list[str], required: bool = False,
+            most: float = math.inf) -> float:
+    """A finite number from 0 to most stored as text (0 when absent and not required)."""
+    if value is None:
+        if required:
+            problems.append(f"field {name} is missing")
+        return 0.0
+    try:
+        number = float(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or not 0 <= number <= most:
+        problems.append(f"field {name} is not a usable number: {_shown(value)}")
+        return 0.0
+    return number
+
+
+def _counter(value: bytes | None, name: str, problems: list[str]) -> int:
+    if value is None:
+        return 0
+    try:
+        number = int(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        number = -1
+    if not 0 <= number < MAX_COUNTER:
+        problems.append(f"field {name} is not a usable count: {_shown(value)}")
+        return 0
+    return number
+
+
+def _json_list(value: bytes) -> bool:
+    try:
+        return isinstance(json.loads(value), list)
+    except ValueError:
+        return False
+
+
+def _envelope(value: bytes | None, problems: list[str]) -> Envelope | None:
+    if value is None:
+        problems.append("field env is missing")
+        return None
+    try:
+        text = value.decode("utf-8")
+        envelope = Envelope.from_json(text)
+    except (UnicodeDecodeError, InputError):
+        problems.append(f"field env is not a valid envelope: {_shown(value)}")
+        return None
+    return envelope
+
+
+def _damaged(msg_id: str, raw: bytes | None, problems: list[str], stored: Envelope | None = None) -> Damaged:
+    """A message to quarantine with its raw bytes and its envelope (as stored if that can be
+    read, else from its headers), or to drop when the bytes are gone; logged either way."""
+    findings = json.dumps([{"code": CORRUPT, "detail": "; ".join(problems)[:1000]}])
+    envelope = ""
+    if raw is not None and stored is not None:
+        envelope = stored.to_json()
+    elif raw is not None:
+        try:
+            envelope = envelope_from_headers(raw).to_json()
+        except Exception:  # any bytes must give a verdict: an empty envelope then
+            envelope = Envelope("", ()).to_json()
+    log.error("message %s has unreadable stored data (%s); %s", msg_id, "; ".join(problems)[:300],
+              "quarantined as store.corrupt" if envelope else "dropped and counted as deleted")
+    return Damaged(msg_id, findings, envelope)
+
+
+def _count(key: str, value: bytes | None) -> int:
+    """A counter of the books; 0 (logged) when it is not a whole number."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        log.error("a counter in %s is not a number: %s; read as 0", key, _shown(value or b""))
+        return 0
 
 
 def _text(value: bytes | str | None) -> str:
@@ -187,24 +298,46 @@ class Store:
     def release_lease(self, owner: str) -> None:
         self.client.delete(keys.lease(owner))
 
-    def load(self, ids: Sequence[str]) -> list[Stored | None]:
+    def load(self, ids: Sequence[str]) -> list[Stored | Damaged | None]:
+        """Read claimed messages back: None when the data is gone, Damaged when a stored
+        field cannot be read (wrong key type, bad number, bad JSON, bytes that are not text)."""
         pipe = self.client.pipeline(transaction=False)
         for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["raw", "env", "t", "n", "force", "slot", "fr"])
-        out: list[Stored | None] = []
-        for msg_id, (raw, env, accepted, attempts, force, slot, fr) in zip(ids, pipe.execute(), strict=True):
-            if raw is None or env is None:
+            pipe.hmget(keys.message(msg_id), FIELDS)
+        out: list[Stored | Damaged | None] = []
+        for msg_id, values in zip(ids, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(values, Exception):
+                out.append(_damaged(msg_id, None, [f"the message key cannot be read as a hash: {values}"]))
+                continue
+            raw, env, accepted, attempts, force, slot, fr, strikes, hist, pd = values
+            if raw is None and env is None:
                 out.append(None)
+                continue
+            problems: list[str] = []
+            envelope = _envelope(env, problems)
+            latest = time.time() + MAX_AHEAD_S
+            fields = {"t": _number(accepted, "t", problems, required=True, most=latest),
+                      "n": _counter(attempts, "n", problems), "slot": _number(slot, "slot", problems, most=latest),
+                      "strikes": _counter(strikes, "strikes", problems)}
+            for name, flag in (("force", force), ("fr", fr), ("pd", pd)):
+                if flag not in (None, b"0", b"1"):
+                    problems.append(f"field {name} is not a flag: {_shown(flag)}")
+            if hist is not None and not _json_list(hist):
+                problems.append(f"field hist is not a JSON list: {_shown(hist)}")
+            if raw is None:
+                problems.append("field raw is missing")
+            if problems or envelope is None:
+                out.append(_damaged(msg_id, raw, problems, envelope))
                 continue
             out.append(
                 Stored(
                     id=msg_id,
                     raw=raw,
-                    envelope=Envelope.from_json(env),
-                    accepted_at=float(accepted or 0),
-                    attempts=int(attempts or 0),
+                    envelope=envelope,
+                    accepted_at=fields["t"],
+                    attempts=int(fields["n"]),
                     force=force == b"1",
-                    slot_us=float(slot or 0) * 1e6,
+                    slot_us=fields["slot"] * 1e6,
                     fresh=fr == b"1",
                 )
             )
@@ -335,8 +468,12 @@ class Store:
         pipe.zcard(keys.DEFERRED)
         pipe.hlen(keys.INFLIGHT)
         pipe.zcard(keys.QUARANTINE)
-        counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = pipe.execute()
-        accepted, delivered, bounced, deleted, parked = (int(c or 0) for c in counters)
+        # A key of the wrong type or a counter that is not a number (damaged or planted data)
+        # reads as 0 and is logged: the books then show it by not balancing.
+        replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
+        counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = replies
+        counters = counters if isinstance(counters, list) else [None] * 5
+        accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in counters)
         return Books(
             accepted=accepted,
             ready=int(ready) + int(fresh) + int(suspect) + parked - int(swept),
@@ -350,7 +487,15 @@ class Store:
 
     def pace(self, window_s: float = 30.0) -> float:
         """Delivered messages per second over about the last window_s seconds."""
-        samples = [_text(s).split() for s in self.client.lrange(keys.PACE, 0, PACE_KEPT - 1)]
+        samples: list[tuple[float, int]] = []
+        try:
+            for sample in self.client.lrange(keys.PACE, 0, PACE_KEPT - 1):
+                when, done = _text(sample).split()
+                if math.isfinite(float(when)):
+                    samples.append((float(when), int(done)))
+        except (ValueError, redis.ResponseError) as exc:  # damaged samples: no pace rather than no status
+            log.error("the pace samples in %s cannot be read (%s); pace shown as 0", keys.PACE, exc)
+            return 0.0
         if len(samples) < 2:
             return 0.0
         newest_t, newest_n = float(samples[0][0]), int(samples[0][1])
@@ -368,15 +513,23 @@ class Store:
         """Age of the oldest message still to be worked (ready head, or earliest deferred)."""
         now = time.time() if now is None else now
         candidates: list[float] = []
-        for lane in (keys.READY, keys.FRESH):
-            head = self.client.lindex(lane, 0)
-            if head is not None:
-                accepted = self.client.hget(keys.message(_text(head)), "t")
-                if accepted is not None:
-                    candidates.append(float(accepted))
-        deferred = cast(list[bytes], self.client.zrange(keys.DEFERRED, 0, 9))
-        for msg_id in deferred:
-            accepted = self.client.hget(keys.message(_text(msg_id)), "t")
-            if accepted is not None:
-                candidates.append(float(accepted))
+        ids: list[bytes] = []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lindex(keys.READY, 0)
+        pipe.lindex(keys.FRESH, 0)
+        pipe.zrange(keys.DEFERRED, 0, 9)
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, bytes):
+                ids.append(reply)
+            elif isinstance(reply, list):
+                ids.extend(reply)
+        pipe = self.client.pipeline(transaction=False)
+        for msg_id in ids:
+            pipe.hget(keys.message(_text(msg_id)), "t")
+        for accepted in pipe.execute(raise_on_error=False):
+            # A damaged time (or key) is skipped here; the worker that claims it quarantines it.
+            if isinstance(accepted, bytes):
+                value = _number(accepted, "t", [])
+                if value > 0:
+                    candidates.append(value)
         return max(0.0, now - min(candidates)) if candidates else 0.0

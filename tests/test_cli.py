@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pytest
 
-from drain import rules
+from drain import ratelimit, rules
 from drain.api import Client, Submission
 from drain.cli import TTY_ROWS, cli
 from drain.seeding import synthetic
@@ -272,3 +273,71 @@ def test_long_lists_stop_at_a_screenful_on_a_terminal(client: Client, settings: 
     assert rows(_drain_on_a_terminal(settings, "quarantine", "list", "--limit", "7")) == 7
     piped = drain(settings, "quarantine", "list")
     assert rows(piped.stdout.decode()) == len(ids) and b"shown" not in piped.stdout
+
+def in_process(settings: Settings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+               *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`drain ARGS...` run by its entry point in this process (fast): (exit code, stdout, stderr)."""
+    from drain.cli import main
+
+    for name, value in {"DRAIN_REDIS_URL": settings.redis_url or "", **(env or {})}.items():
+        monkeypatch.setenv(name, value)
+    capfd.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        for name in env or {}:
+            monkeypatch.delenv(name)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def usage_error(found: tuple[int, str, str]) -> str:
+    """The one-line error of a refused command (exit 2, no traceback)."""
+    code, _out, err = found
+    assert code == 2, (code, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_nan_and_inf_are_refused_by_settings_and_options(
+        client: Client, settings: Settings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in [("DRAIN_DURABILITY_TIMEOUT", "nan"), ("DRAIN_LEASE_TTL", "inf"), ("DRAIN_BURST", "NaN"),
+                        ("DRAIN_RELAY_TIMEOUT", "-inf"), ("DRAIN_RETRY_FIRST", "infinity")]:
+        err = usage_error(in_process(settings, capfd, monkeypatch, "status", "--json", env={name: value}))
+        assert name in err and "finite" in err
+    for args in [("rate", "set", "5/s", "--burst", "nan"), ("rate", "set", "5/s", "--burst", "inf"),
+                 ("status", "--watch", "nan"), ("rate", "set", "nan/s"), ("rate", "set", "inf")]:
+        usage_error(in_process(settings, capfd, monkeypatch, *args))
+    assert client.redis.get("drain:burst") is None and client.redis.get("drain:rate") is None
+    # The same through a real process, for the issue's case.
+    result = drain(settings, "status", env={"DRAIN_DURABILITY_TIMEOUT": "nan"})
+    assert result.returncode == 2 and len(result.stderr.decode().strip().splitlines()) == 1, result.stderr
+
+
+def test_a_broken_redis_url_is_one_line(
+        settings: Settings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ["redis://[::1", "redis://[::1:6379/0", "ftp://x"]:
+        assert "Redis URL" in usage_error(in_process(settings, capfd, monkeypatch, "status",
+                                                     env={"DRAIN_REDIS_URL": url}))
+
+
+def test_domain_names_are_validated_for_rate_and_pause(
+        client: Client, settings: Settings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ["", " ", "a b.example.com", "x\ny.example.com", "-x.example.com", "a..b", "[b]x.com", "x" * 300]:
+        for args in [("rate", "set", "5/s", "--domain", bad), ("rate", "set", "0", "--domain", bad),
+                     ("pause", "--domain", bad), ("resume", "--domain", bad)]:
+            usage_error(in_process(settings, capfd, monkeypatch, *args))
+    assert ratelimit.show(client.redis)["domains"] == {}
+    code, _out, err = in_process(settings, capfd, monkeypatch, "rate", "set", "5/s", "--domain", "Bücher.Example.")
+    assert code == 0, err
+    assert list(ratelimit.show(client.redis)["domains"]) == ["bücher.example"]  # type: ignore[call-overload]
+
+
+def test_a_session_or_demo_at_rate_zero_is_refused(
+        client: Client, settings: Settings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for args in [("drain", "--rate", "0"), ("drain", "--rate", "0/s"), ("demo", "--rate", "0")]:
+        assert "hold" in usage_error(in_process(settings, capfd, monkeypatch, *args))
+    assert client.redis.get("drain:rate") is None

@@ -47,3 +47,33 @@ def test_unusable_home_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(RedisUnavailable, match="cannot create DRAIN_HOME"):
         embedded.ensure_running(blocker / "home")
+
+
+def test_a_home_with_spaces_and_quotes_works(tmp_path: Path) -> None:
+    home = tmp_path / 'my "drain" home'
+    url = embedded.ensure_running(home)
+    try:
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        assert client.config_get("dir")["dir"] == str(home.resolve())
+        assert client.client_info()["id"]  # what RQ's worker asks first: it parses the socket path
+        client.close()
+    finally:
+        assert embedded.stop(home)
+
+
+def test_a_worker_runs_on_an_embedded_redis_in_a_home_with_spaces(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "drain home"
+    env = {k: v for k, v in os.environ.items() if k != "DRAIN_REDIS_URL"}
+    env["DRAIN_HOME"] = str(home)
+    try:
+        result = subprocess.run([sys.executable, "-m", "drain", "worker", "--burst"], env=env, capture_output=True,
+                                timeout=120, check=False, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        assert "Traceback" not in result.stderr.decode()
+    finally:
+        embedded.stop(home)

@@ -144,7 +144,7 @@ def test_paused_domain_parks_its_mail_and_resume_brings_it_back(client: Client, 
     assert client.redis.llen(keys.parked("held.example.com")) == 5
     shown = ratelimit.show(client.redis)
     assert shown["domains"] == {"held.example.com": {"rate": None, "effective": None, "concurrency": None,
-                                                      "paused": True}}
+                                                      "paused": True, "held": False}}
     ratelimit.resume_domain(client.redis, "held.example.com")
     assert client.store.unpark("held.example.com") == 5
     client.enqueue(synthetic(50))
@@ -256,3 +256,60 @@ def test_capped_domain_alone_reaches_its_cap(client: Client, relay: Sink, worker
     assert len(times) >= 2 * cap, f"only {len(times)} delivered"
     achieved = (len(times) - 1) / (times[-1] - times[0])
     assert achieved >= 0.9 * cap, f"{achieved:.1f}/s delivered against a cap of {cap:g}/s"
+
+
+def _rate_cli(settings: Settings, *args: str) -> str:
+    from tests.test_cli import drain
+
+    result = drain(settings, "rate", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+@pytest.mark.parametrize("zero", ["0", "0/s", "0/m"])
+def test_rate_zero_holds_delivery_and_only_unlimited_lifts_it(
+        zero: str, client: Client, settings: Settings, relay: Sink, work: Callable[..., bool]) -> None:
+    import json
+
+    from tests.test_cli import drain
+
+    client.enqueue_many([synthetic(i) for i in range(3)])  # work tokens queued before the hold
+    assert "held" in _rate_cli(settings, "set", zero)
+    client.enqueue_many([synthetic(i) for i in range(3, 5)])
+    work()
+    assert relay.accepted == 0
+    books = client.store.books()
+    assert books.ready == 5 and books.balanced
+    shown = json.loads(_rate_cli(settings, "show", "--json"))
+    assert shown["global"] == 0.0 and shown["held"] is True
+    assert "global: 0 (held)" in _rate_cli(settings, "show")
+    status = json.loads(drain(settings, "status", "--json").stdout)
+    assert status["delivery_held"] == "rate 0" and status["ready"] == 5 and status["eta_s"] is None
+
+    assert "global: unlimited" in _rate_cli(settings, "set", "unlimited")
+    work()
+    assert relay.accepted == 5 and client.store.books().queued == 0
+
+
+def test_domain_rate_zero_holds_that_domain_only(
+        client: Client, settings: Settings, relay: Sink, work: Callable[..., bool]) -> None:
+    import json
+
+    from tests.test_cli import drain
+
+    assert "held" in _rate_cli(settings, "set", "0/s", "--domain", "Held.Example.COM")
+    client.enqueue_many([synthetic(i, domain="held.example.com") for i in range(3)]
+                        + [synthetic(i, domain="free.example.com") for i in range(10, 14)])
+    work()
+    assert sorted(r for m in relay.messages for r in m.recipients) == [f"user{i}@free.example.com"
+                                                                        for i in range(10, 14)]
+    books = client.store.books()
+    assert books.queued == 3 and books.balanced
+    shown = json.loads(_rate_cli(settings, "show", "--json"))["domains"]["held.example.com"]
+    assert shown["rate"] == 0.0 and shown["held"] is True
+    assert "held.example.com: cap 0 (held)" in _rate_cli(settings, "show")
+    assert json.loads(drain(settings, "status", "--json").stdout)["domains_held"] == ["held.example.com"]
+
+    _rate_cli(settings, "set", "unlimited", "--domain", "held.example.com")
+    work()
+    assert relay.accepted == 7 and client.store.books().queued == 0

@@ -106,8 +106,10 @@ def test_planted_pickle_in_a_message_is_refused(client: Client, rclient: redis.R
     work()
     assert not proof.exists()
     books = client.store.books()
-    # The planted message is dropped (counted as deleted); its batch-mates are delivered.
-    assert (books.delivered, books.deleted, books.queued) == (3, 1, 0)
+    # The planted message is quarantined as store.corrupt (its raw bytes kept, never unpickled);
+    # its batch-mates are delivered.
+    assert (books.delivered, books.quarantined, books.queued) == (3, 1, 0)
+    assert b"store.corrupt" in (rclient.hget(keys.message(ids[1]), "why") or b"")
     with pytest.raises(Exception, match="not valid"):
         Envelope.from_json(pickle.dumps(Planted(proof)))
     assert not proof.exists()

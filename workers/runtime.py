@@ -65,6 +65,29 @@ class Runtime:
         self.store.release_lease(self.owner)
 
 
+# A worker's Redis socket timeout exceeds RQ's blocking dequeue (BLMOVE/BLPOP for
+# `dequeue_timeout` seconds, worker_ttl - 15 in RQ 3) by this much, so an idle wait for
+# work is never cut short as a "Timeout reading from socket".
+SOCKET_MARGIN_S = 10
+
+
+def fit_socket_timeout(client: redis.Redis, dequeue_timeout_s: float) -> float:
+    """Raise the client's socket timeout above the blocking dequeue, for the connections
+    the pool holds already as well as for new ones; returns the timeout now in force.
+
+    redis-py gives a connection its timeout when the connection object is made (5 s by
+    default since redis-py 6), so raising only the pool's settings, as RQ does, leaves a
+    connection opened before (the first PING) timing out every idle dequeue."""
+    pool = client.connection_pool
+    wanted = dequeue_timeout_s + SOCKET_MARGIN_S
+    current = pool.connection_kwargs.get("socket_timeout")
+    if current is None or current < wanted:
+        pool.connection_kwargs["socket_timeout"] = wanted
+    pool.reset()  # connections are made again from the settings above
+    timeout: float = pool.connection_kwargs["socket_timeout"]
+    return timeout
+
+
 _current: Runtime | None = None
 
 

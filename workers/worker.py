@@ -41,9 +41,9 @@ class DrainWorker(SimpleWorker):
         # Jobs are always read with the JSON serializer: nothing from Redis is unpickled.
         kwargs["serializer"] = JSONSerializer
         super().__init__(*args, **kwargs)
-        # RQ has just raised the pool's socket timeout above its blocking dequeue; connections
-        # opened before (a first PING) keep the old one and would time out idle dequeues.
-        self.connection.connection_pool.disconnect()
+        # The socket timeout must outlast RQ's blocking dequeue, on every connection the pool
+        # holds (see runtime.fit_socket_timeout).
+        runtime.fit_socket_timeout(self.connection, self.dequeue_timeout)
         self.drain_settings = drain_settings
         self.housekeeping = housekeeping
 

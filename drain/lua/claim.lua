@@ -11,7 +11,8 @@
 --
 -- KEYS[1] backlog lane        KEYS[2] in-flight hash (id -> owner)
 -- KEYS[3] lease key of owner  KEYS[4] paused flag
--- KEYS[5] global rate (msgs/s; absent or 0 = unlimited)
+-- KEYS[5] global rate (msgs/s; absent = unlimited; 0, or anything not a positive
+--         number, holds delivery as a pause does)
 -- KEYS[6] GCRA state (theoretical arrival time, microseconds)
 -- KEYS[7] suspect list        KEYS[8] swept set
 -- KEYS[9] fresh lane          KEYS[10] claim counter   KEYS[11] burst (seconds)
@@ -43,7 +44,15 @@ else
   sources = {KEYS[9], KEYS[1]}
 end
 
-local rate = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+local rate = 0
+local set_rate = redis.call('GET', KEYS[5])
+if set_rate then
+  rate = tonumber(set_rate) or 0
+  if not (rate > 0) then
+    return {-1, 0, 0}
+  end
+  if rate == math.huge then rate = 0 end
+end
 local now, tat, interval = 0, 0, 0
 if rate > 0 then
   local t = redis.call('TIME')

@@ -28,6 +28,11 @@ local domain, id = ARGV[1], ARGV[2]
 if redis.call('SISMEMBER', KEYS[4], domain) == 1 then
   return {2, 0}
 end
+-- A cap of 0 holds the domain's mail as a pause does (so does a cap that is not a number).
+local set_cap = redis.call('HGET', KEYS[1], domain)
+if set_cap and not ((tonumber(set_cap) or 0) > 0) then
+  return {2, 0}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 

@@ -15,8 +15,9 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local function shape(msg, delta)
   local f = redis.call('HMGET', msg, 'dom', 't')
-  if not f[2] then return end
-  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  local t = tonumber(f[2] or '')
+  if not t or t ~= t or t == math.huge or t == -math.huge then return end
+  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
   if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
     redis.call('HDEL', KEYS[5], field)
   end
@@ -27,7 +28,10 @@ for i = 5, #ARGV do
   local id, msg = ARGV[i], KEYS[i + 2]
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
     redis.call('HDEL', KEYS[1], id)
-    local strikes = redis.call('HINCRBY', msg, 'strikes', 1)
+    -- A strikes field that is not a number (damaged) counts as the first strike; the
+    -- worker that claims it next finds the damage and quarantines it (store.load).
+    local strikes = redis.pcall('HINCRBY', msg, 'strikes', 1)
+    if type(strikes) ~= 'number' then strikes = 1 end
     if strikes >= tonumber(ARGV[2]) then
       shape(msg, -1)
       redis.call('HINCRBY', KEYS[6], 'poison.crash', 1)

@@ -31,7 +31,11 @@
 --   timeout:     the message outlived the job's time limit: a strike; at the limit it is
 --                quarantined with info as findings, below it it goes to the suspect list
 --   requeue:     back to the head of the ready list, untouched
---   vanished:    its data was gone from Redis; counted as deleted
+--   vanished:    its data was gone from Redis (what is left of its key is deleted); counted as deleted
+--   corrupt:     a stored field could not be read back: info = findings (JSON); with an
+--                envelope (its raw bytes were intact) the hash is rewritten to just the raw
+--                bytes, that envelope and a readable time, and quarantined; without one the
+--                key (of whatever type) is deleted and the message counted as deleted
 --
 -- Returns {settled, skipped}.
 
@@ -48,12 +52,14 @@ local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
 -- The message stops being queued: take it off the backlog shape; returns when it was accepted.
 local function leave(msg)
   local f = redis.call('HMGET', msg, 'dom', 't')
-  if not f[2] then return nil end
-  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  local t = tonumber(f[2] or '')
+  -- A time that is not a finite number has no place in the shape (x ~= x: NaN).
+  if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
+  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
   if redis.call('HINCRBY', KEYS[11], field, -1) <= 0 then
     redis.call('HDEL', KEYS[11], field)
   end
-  return tonumber(f[2])
+  return t
 end
 
 local function count_findings(findings)
@@ -66,6 +72,26 @@ local function count_findings(findings)
       redis.call('HINCRBY', KEYS[12], f.code, 1)
     end
   end
+end
+
+-- A message whose stored data cannot be read: quarantine its raw bytes, or drop it.
+local function corrupt(msg, id, findings, env)
+  local raw, accepted, dom = nil, nil, ''
+  if redis.call('TYPE', msg)['ok'] == 'hash' then
+    accepted = leave(msg)
+    raw = redis.call('HGET', msg, 'raw')
+    dom = redis.call('HGET', msg, 'dom') or ''
+  end
+  redis.call('DEL', msg)
+  if raw and env ~= '' then
+    redis.call('HSET', msg, 'raw', raw, 'env', env, 't', accepted or now, 'dom', dom)
+    count_findings(findings)
+    redis.call('HSET', msg, 'why', findings, 'qt', now)
+    redis.call('ZADD', KEYS[5], now, id)
+  else
+    redis.call('HINCRBY', KEYS[2], 'deleted', 1)
+  end
+  redis.call('HINCRBY', KEYS[2], 'corrupt', 1)
 end
 
 local function quarantine(msg, id, findings)
@@ -135,7 +161,8 @@ for i = 1, n do
         redis.call('HSET', msg, 'env', env, 'pd', '1')
       end
       local attempts = redis.call('HINCRBY', msg, 'n', 1)
-      local hist = cjson.decode(redis.call('HGET', msg, 'hist') or '[]')
+      local ok, hist = pcall(cjson.decode, redis.call('HGET', msg, 'hist') or '[]')
+      if not ok or type(hist) ~= 'table' then hist = {} end
       table.insert(hist, {at = tonumber(now), n = attempts, reply = info})
       while #hist > HISTORY do table.remove(hist, 1) end
       redis.call('HSET', msg, 'last', info, 'hist', cjson.encode(hist))
@@ -148,7 +175,10 @@ for i = 1, n do
       else
         redis.call('RPUSH', KEYS[7], id)
       end
+    elseif kind == 'corrupt' then
+      corrupt(msg, id, info, env)
     elseif kind == 'vanished' then
+      redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'deleted', 1)
     else
       redis.call('LPUSH', KEYS[3], id)

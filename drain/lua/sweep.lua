@@ -13,8 +13,9 @@
 local now, why = ARGV[1], ARGV[2]
 local function shape(msg, delta)
   local f = redis.call('HMGET', msg, 'dom', 't')
-  if not f[2] then return end
-  local field = (f[1] or '') .. '|' .. math.floor(tonumber(f[2]) / 60)
+  local t = tonumber(f[2] or '')
+  if not t or t ~= t or t == math.huge or t == -math.huge then return end
+  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
   if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
     redis.call('HDEL', KEYS[5], field)
   end

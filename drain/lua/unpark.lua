@@ -25,6 +25,10 @@ end
 if redis.call('SISMEMBER', KEYS[4], domain) == 1 then
   return 0
 end
+local set_cap = redis.call('HGET', KEYS[8], domain)
+if set_cap and not ((tonumber(set_cap) or 0) > 0) then
+  return 0  -- a cap of 0 holds the domain like a pause
+end
 local waiting = redis.call('LLEN', KEYS[1])
 if waiting == 0 then
   redis.call('SREM', KEYS[7], domain)
