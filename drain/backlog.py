@@ -8,9 +8,12 @@ the metrics and the status page all use."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+import redis
 
 from drain import keys, ratelimit
 from drain.breaker import Breakers
@@ -21,6 +24,8 @@ BUCKETS_S = [0, 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 76800]
 # Books samples kept for the history chart (one per housekeeping round that takes one).
 HISTORY_KEPT = 2160
 HISTORY_EVERY_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,19 +72,27 @@ class Limits:
 
 def read_limits(store: Store, pace: float | None = None, now: float | None = None) -> Limits:
     now = time.time() if now is None else now
-    shown = ratelimit.show(store.client)
+    try:
+        shown = ratelimit.show(store.client)
+    except redis.ResponseError as exc:  # a settings key of the wrong type: no limits known, keep answering
+        log.error("the rate settings cannot be read: %s", exc)
+        shown = {"domains": {}, "global": None, "paused": False, "held": False}
     caps: dict[str, float] = {}
     paused: set[str] = set()
     for name, d in cast(dict[str, dict[str, Any]], shown["domains"]).items():
         rates = [float(r) for r in (d.get("rate"), d.get("effective")) if r]
         if rates:
             caps[name] = min(rates)
-        if d.get("paused"):
+        if d.get("paused") or d.get("held"):  # a cap of 0 holds the domain like a pause
             paused.add(name)
-    opened = {name: state["open_until"] for name, state in Breakers(store.client, store.settings).states().items()
-              if state.get("open_until", 0) > now}
-    return Limits(caps, paused, opened, cast(float | None, shown["global"]), bool(shown["paused"]),
-                  store.pace() if pace is None else pace)
+    try:
+        opened = {name: state["open_until"] for name, state in
+                  Breakers(store.client, store.settings).states().items() if state.get("open_until", 0) > now}
+    except (ValueError, redis.ResponseError) as exc:
+        log.error("the circuit breaker states cannot be read: %s", exc)
+        opened = {}
+    return Limits(caps, paused, opened, cast(float | None, shown["global"]),
+                  bool(shown["paused"]) or bool(shown.get("held")), store.pace() if pace is None else pace)
 
 
 def _until(ts: float) -> str:

@@ -75,7 +75,7 @@ def read(store: Store, shape: backlog.Shape | None = None) -> Status:
         eta: float | None = 0.0
     elif held is not None:
         eta = None
-        held_by["*"] = f"delivery {held}" if held != "paused" else "delivery paused"
+        held_by["*"] = "delivery paused" if held == "paused" else f"delivery held ({held})"
     else:
         eta = shape.eta_s
     now = time.time()

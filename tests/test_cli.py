@@ -221,7 +221,7 @@ def test_json_on_commands_that_used_to_print_only_text(client: Client, settings:
     assert doc("resume", "--intake") == {"scope": "intake", "name": None, "paused": False, "unparked": 0}
     assert doc("resume")["paused"] is False
     assert doc("rate", "set", "100/s", "--domain", "slow.example.com", "--concurrency", "3") == {
-        "domain": "slow.example.com", "rate": 100.0, "concurrency": 3, "burst": None}
+        "domain": "slow.example.com", "rate": 100.0, "concurrency": 3, "burst": None, "held": False}
     assert doc("rate", "set", "unlimited")["rate"] is None
     rule = doc("quarantine", "rule", "add", "--domain", "spam.example.com")
     msg_id = client.enqueue(synthetic(1), recipients=["u@spam.example.com"])
