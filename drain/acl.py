@@ -26,11 +26,13 @@ ROLES = ("producer", "worker", "operator", "viewer")
 _CONNECTION = ("+ping", "+hello", "+select", "+echo", "+client|setname", "+client|getname", "+client|id")
 
 # The producer's keys: the message hashes it writes, the lists and counters of enqueue,
-# the flags it reads (pause, intake pause, rules), the durability marker, and RQ's keys
+# the flags it reads (pause, intake pause, rules, the global rate: 0 holds delivery, so no
+# batch job is queued), the durability marker, and RQ's keys
 # for the batch jobs it queues.
 _PRODUCER_KEYS = (
     keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.READY, keys.FRESH, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
     keys.FINDINGS, keys.QUARANTINE, keys.RULES, keys.RULE_SEQ, keys.PAUSED, keys.INTAKE_PAUSED, keys.DURABLE,
+    keys.RATE,
 )
 _PRODUCER_COMMANDS = (
     "+multi", "+exec", "+discard", "+info",
