@@ -279,13 +279,15 @@ class FaultyRelay:
     Every answer given is counted; 5xx answers are remembered by first recipient."""
 
     def __init__(self, seed: int, drop: float = 0.02, soft: float = 0.02, hard: float = 0.005,
-                 slow: float = 0.01, tarpit: float = 0.002, tarpit_s: float = 1.5) -> None:
+                 slow: float = 0.01, tarpit: float = 0.002, tarpit_s: float = 1.5, pace_s: float = 0.0) -> None:
         self.rng = random.Random(seed)
         self.shares: Sequence[tuple[str, float]] = (("drop", drop), ("4xx", soft), ("5xx", hard),
                                                    ("stall", slow), ("tarpit", tarpit))
         self.tarpit_s = tarpit_s
+        self.pace_s = pace_s  # every accepted message takes this long (workers hold a batch a while)
         self.faults: Counter[str] = Counter()
         self.refused: set[str] = set()  # Message-IDs of messages answered with 5xx
+        self.stalled: dict[str, float] = {}  # Message-IDs stalled and then accepted: seconds
         self.lock = threading.Lock()
         self.enabled = True
 
@@ -305,6 +307,8 @@ class FaultyRelay:
             if kind == "5xx":
                 self.refused.add(msg.message_id)
             stall_s = self.rng.uniform(0.1, 0.5)
+            if kind == "stall":
+                self.stalled[msg.message_id] = stall_s
         if kind == "drop":
             return DROP
         if kind == "4xx":
@@ -315,7 +319,7 @@ class FaultyRelay:
             return Stall(seconds=stall_s)  # slow, then accepted
         if kind == "tarpit":
             return Stall(seconds=self.tarpit_s, then="451 4.4.2 chaos: too slow")  # past the timeout
-        return None
+        return Stall(seconds=self.pace_s) if self.pace_s > 0 else None
 
 
 def run_drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:

@@ -41,7 +41,7 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
     total = max(200, int(MESSAGES * chaos_scale))
     restarts_wanted = max(1, round(chaos_scale))
     server = RedisProc(tmp_path / "redis").start()
-    policy = FaultyRelay(SEED)
+    policy = FaultyRelay(SEED, pace_s=0.01)
     sink = Sink(keep=True, data_policy=policy).start()
     settings = Settings(redis_url=server.url, relay=sink.url)
     fleet = Fleet(
@@ -77,6 +77,7 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
         for _ in range(2):
             fleet.start()
         started = time.monotonic()
+        started_at = time.time()
         restart_at = sorted(rng.uniform(0.25, 0.75) for _ in range(restarts_wanted))
         next_kill = started + rng.uniform(1.0, 2.5)
 
@@ -165,7 +166,11 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
     lost = [n for n, m in mid.items() if not (copies[m] or m in policy.refused or n in why)]
     good_quarantined = {n: codes for n, codes in why.items() if n not in expect_bad}
     key_of = {msg_id: mid[n] for msg_id, n in id_of.items() if n in mid}
-    unexplained = charge(fleet.kill_log, Counter({m: c for m, c in copies.items() if m in key_of.values()}), key_of)
+    after_kills = charge(fleet.kill_log, Counter({m: c for m, c in copies.items() if m in key_of.values()}), key_of)
+    # A copy the relay took after a stall that outlasted the relay timeout (on a loaded
+    # machine) was, to drain, never answered: retried, as the README says. Nothing else.
+    late = {m: n for m, n in after_kills.items() if m in policy.stalled}
+    unexplained = {m: n for m, n in after_kills.items() if m not in policy.stalled}
     duplicates = sum(c - 1 for m, c in copies.items() if c > 1)
     poison = reasons.get("poison.crash", 0) + reasons.get("poison.timeout", 0)
     per_kill = [len(k.charged) for k in fleet.kill_log]
@@ -176,6 +181,7 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
         "redis_restarts": server.restarts, "faults": sum(policy.faults.values()), **dict(policy.faults),
         "delivered": books.delivered, "bounced": books.bounced, "quarantined": books.quarantined,
         "quarantined_poison": poison, "duplicates": duplicates, "duplicates_per_kill": per_kill,
+        "late_relay_duplicates": sum(late.values()),
         "unexplained_duplicates": sum(unexplained.values()), "lost": len(lost), "in_flight": books.in_flight,
         "book_samples": samples, "seconds": round(time.monotonic() - started, 1),
     }
@@ -191,7 +197,8 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
     assert samples >= 20 and hashes_checked
     # Twice only where a worker died between a 250 and its record: each duplicate is charged
     # to a killed worker that held the message, at most one settle interval per worker.
-    assert unexplained == {}, (unexplained, figures)
+    assert unexplained == {}, (figures, {m: ([round(r.at - started_at, 2) for r in sink.messages if r.message_id == m],
+                                             policy.stalled.get(m)) for m in unexplained})
     assert max(per_kill) <= SETTLE_EVERY, figures
     assert any(k.held for k in fleet.kill_log), f"no kill hit a worker holding mail: {figures}"
     # Exactly the malformed mail ends in quarantine: each with a validation reason (or as
