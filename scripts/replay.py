@@ -110,10 +110,12 @@ def serve_relay(port: int, url: str, record_to: Path) -> None:
     with Sink(keep=False, data_policy=policy, port=port):
         done = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: done.set())
-        while not done.wait(1.0):
-            flush()
+        try:
+            while not done.wait(1.0):
+                flush()
+        finally:
+            record(record_to)
         flush()
-    record(record_to)
 
 
 def message_id(raw: bytes) -> str | None:
@@ -128,7 +130,8 @@ def tracked(items: list[str | None], source: Any) -> Any:
     """The backlog, remembering each good message's Message-ID (None for malformed ones)."""
     for sub in source:
         assert isinstance(sub, Submission)
-        items.append(message_id(sub.raw) if sub.recipients else None)
+        raw = sub.message if isinstance(sub.message, bytes) else sub.message.as_bytes()
+        items.append(message_id(raw) if sub.recipients else None)
         yield sub
 
 
