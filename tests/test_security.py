@@ -7,7 +7,7 @@ import contextlib
 import pickle
 import ssl
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -208,6 +208,36 @@ def test_relay_with_an_unverifiable_certificate_is_refused(client: Client, tls_r
     client.enqueue(synthetic(3))
     work(relay=url, relay_tls_verify=False)  # verification off, on purpose
     assert client.store.books().delivered == 3 and len(sink.messages) == 3
+
+
+@pytest.fixture
+def starttls_relay(tmp_path: Path) -> Iterator[tuple[Sink, Path]]:
+    """A relay that speaks plain SMTP first and refuses mail until STARTTLS (self-signed cert)."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = Sink(keep=True)
+    sink.controller = Controller(sink.handler, hostname="127.0.0.1", port=sink.port, tls_context=context,
+                                 require_starttls=True, server_hostname="sink.drain.test", ready_timeout=10)
+    with sink:
+        yield sink, cert
+
+
+def test_relay_starttls_is_verified_against_the_ca_file(client: Client, starttls_relay: tuple[Sink, Path],
+                                                        work: Callable[..., bool]) -> None:
+    sink, cert = starttls_relay
+    url = f"smtp+starttls://127.0.0.1:{sink.port}"
+    client.enqueue_many([synthetic(i) for i in range(2)])
+    work(relay=url, breaker_failures=1000)  # the self-signed certificate is not trusted
+    assert client.store.books().deferred == 2 and not sink.messages
+    assert all("CERTIFICATE_VERIFY_FAILED" in r.last_reply for r in records(client.store))
+
+    client.store.promote_due(now=10**10)
+    env = Settings.from_env({"DRAIN_RELAY": url, "DRAIN_RELAY_CA_FILE": str(cert)})
+    assert env.relay_ca_file == cert
+    work(relay=url, relay_ca_file=env.relay_ca_file)  # trusted through DRAIN_RELAY_CA_FILE
+    # The relay takes mail only after STARTTLS, so delivered means it went over TLS.
+    assert client.store.books().delivered == 2 and len(sink.messages) == 2
 
 
 def test_relay_tls_settings_from_env(tmp_path: Path) -> None:
