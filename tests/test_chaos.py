@@ -41,12 +41,14 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
     total = max(200, int(MESSAGES * chaos_scale))
     restarts_wanted = max(1, round(chaos_scale))
     server = RedisProc(tmp_path / "redis").start()
-    policy = FaultyRelay(SEED, pace_s=0.01)
+    # Relay timeout 5 s (tarpit 6 s): with 1 s, a paced 250 starved on a loaded machine came
+    # after drain had given up, and the retry was a duplicate no kill explains.
+    policy = FaultyRelay(SEED, pace_s=0.01, tarpit_s=6)
     sink = Sink(keep=True, data_policy=policy).start()
     settings = Settings(redis_url=server.url, relay=sink.url)
     fleet = Fleet(
         env=dict(os.environ, DRAIN_REDIS_URL=server.url, DRAIN_RELAY=sink.url, DRAIN_LEASE_TTL="1",
-                 DRAIN_BATCH_SIZE="50", DRAIN_RELAY_TIMEOUT="1", DRAIN_RETRY_FIRST="1", DRAIN_RETRY_MAX="3",
+                 DRAIN_BATCH_SIZE="50", DRAIN_RELAY_TIMEOUT="5", DRAIN_RETRY_FIRST="1", DRAIN_RETRY_MAX="3",
                  DRAIN_BREAKER_COOLDOWN="1", DRAIN_BREAKER_MAX="2"),
         folder=tmp_path, processes=2, client=redis.Redis(port=server.port, socket_timeout=5))
     api = Client(redis.Redis(port=server.port), settings)
