@@ -401,3 +401,15 @@ def test_smtpd_process_logs_no_auth_secret(settings: Settings, rclient: redis.Re
     assert "listening on 127.0.0.1:" in text
     leaked = [form for secret in (SMTPD_SECRET, wrong) for form in _forms("app", secret) if form in text]
     assert leaked == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug found here: a relay's 530 'must issue STARTTLS first' (a configuration fault: DRAIN_RELAY "
+    "says smtp:// to a relay that requires TLS) bounces the mail instead of deferring it"))
+def test_relay_that_requires_starttls_given_as_plain_smtp_defers(
+        client: Client, starttls_relay: tuple[Sink, Path], work: Callable[..., bool]) -> None:
+    sink, _cert = starttls_relay
+    client.enqueue_many([synthetic(i) for i in range(2)])
+    work(relay=f"smtp://127.0.0.1:{sink.port}", breaker_failures=1000)
+    books = client.store.books()
+    assert books.bounced == 0 and books.deferred == 2, books
