@@ -2,7 +2,13 @@
 of every kind in seeds/bad) drained at an operator-set rate through a relay that throttles
 one domain and fails part of the time, while fresh mail keeps arriving and a worker is
 killed mid-drain. Reports time to drain, fresh-mail latency, quarantine by reason, Redis
-memory and the books (lost must be 0). Starts its own redis-server and relay.
+memory and the books. Starts its own redis-server and relay.
+
+Counted at the relay by Message-ID: `lost` (good mail that never got a 250 or a 550 and
+is not in quarantine) and every duplicate, each charged to the killed worker that held it
+(read from Redis while the worker was stopped, just before the kill). The run fails (exit
+1) if anything is lost, a kill is charged more than DRAIN_SETTLE_EVERY duplicates, or a
+duplicate is charged to no kill.
 
     scripts/replay                           # 1,500,000 messages
     scripts/replay --messages 50000 --rate 1500/s
@@ -18,22 +24,26 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import redis_server
 
 from drain import keys, ratelimit
-from drain.api import Client
+from drain.api import Client, Submission
 from drain.seeding import backlog, synthetic, with_message_id
 from drain.settings import Settings
 from drain.sink import Received, Sink, free_port
+from tests.chaos_kit import Kill, charge, freeze_and_read
 
 THROTTLED = "shop.example.net"
 RELAY_STATS = "replay:relay"  # the relay's own counters, written to Redis for the report
@@ -46,7 +56,8 @@ def relay_policy(client: redis.Redis) -> Any:
     421 to a tenth of its attempts; fresh mail's arrival times are recorded."""
     lock = threading.Lock()
     failed_once: set[int] = set()
-    seen: set[int] = set()
+    copies: Counter[str] = Counter()  # 250s given, by Message-ID
+    refused: set[str] = set()  # Message-IDs answered 550
     counts = {"attempts": 0, "accepted": 0, "duplicates": 0, "t451": 0, "t550": 0, "t421": 0}
 
     def flush() -> None:
@@ -61,6 +72,7 @@ def relay_policy(client: redis.Redis) -> Any:
             counts["attempts"] += 1
             if h % 1000 < 3:
                 counts["t550"] += 1
+                refused.add(mid)
                 answer: str | None = "550 5.7.1 refused by policy"
             elif h % 100 < 3 and h not in failed_once:
                 failed_once.add(h)
@@ -72,9 +84,9 @@ def relay_policy(client: redis.Redis) -> Any:
             else:
                 answer = None
                 counts["accepted"] += 1
-                if h in seen and not mid.startswith("<fresh-"):
+                copies[mid] += 1
+                if copies[mid] > 1:
                     counts["duplicates"] += 1
-                seen.add(h)
         if mid.startswith("<fresh-"):
             if answer is None:
                 client.hset(FRESH_SEEN, mid, msg.at)
@@ -84,18 +96,43 @@ def relay_policy(client: redis.Redis) -> Any:
             flush()
         return answer
 
-    return policy, flush
+    def record(path: Path) -> None:
+        """Every Message-ID the relay answered 250 (with its count) or 550, for the report."""
+        with lock:
+            path.write_text(json.dumps({"copies": copies, "refused": sorted(refused)}))
+
+    return policy, flush, record
 
 
-def serve_relay(port: int, url: str) -> None:
+def serve_relay(port: int, url: str, record_to: Path) -> None:
     client = redis.Redis.from_url(url)
-    policy, flush = relay_policy(client)
+    policy, flush, record = relay_policy(client)
     with Sink(keep=False, data_policy=policy, port=port):
         done = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: done.set())
-        while not done.wait(1.0):
-            flush()
+        try:
+            while not done.wait(1.0):
+                flush()
+        finally:
+            record(record_to)
         flush()
+
+
+def message_id(raw: bytes) -> str | None:
+    head = raw.split(b"\n\n", 1)[0]
+    for line in head.split(b"\n"):
+        if line[:11].lower() == b"message-id:":
+            return line[11:].strip().decode("ascii", "replace")
+    return None
+
+
+def tracked(items: list[str | None], source: Any) -> Any:
+    """The backlog, remembering each good message's Message-ID (None for malformed ones)."""
+    for sub in source:
+        assert isinstance(sub, Submission)
+        raw = sub.message if isinstance(sub.message, bytes) else sub.message.as_bytes()
+        items.append(message_id(raw) if sub.recipients else None)
+        yield sub
 
 
 def main() -> None:
@@ -107,23 +144,27 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.3, help="kill a worker when this share is done")
     parser.add_argument("--fresh-every", type=float, default=0.5, help="seconds between fresh messages")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--serve-relay", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_relay:
-        serve_relay(int(args.serve_relay[0]), args.serve_relay[1])
+        serve_relay(int(args.serve_relay[0]), args.serve_relay[1], Path(args.serve_relay[2]))
         return
     rate = ratelimit.parse_rate(args.rate)
     with redis_server() as client:
         url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
         port = free_port()
-        relay = subprocess.Popen([sys.executable, __file__, "--serve-relay", str(port), url])
+        record_to = Path(tempfile.mkdtemp(prefix="drain-replay-")) / "relay.json"
+        relay = subprocess.Popen([sys.executable, __file__, "--serve-relay", str(port), url, str(record_to)])
         relay_url = f"smtp://127.0.0.1:{port}"
         settings = Settings(redis_url=url, relay=relay_url, retry_first_s=10, retry_max_s=60)
         api = Client(client, settings)
         ratelimit.pause(client)
         started = time.time()
-        accepted = api.enqueue_many(backlog(args.messages, malformed_share=args.malformed, tag="replay"),
-                                    lane="backlog")
+        good_mid: list[str | None] = []
+        accepted = api.enqueue_many(tracked(good_mid, backlog(args.messages, malformed_share=args.malformed,
+                                                              tag="replay")), lane="backlog")
+        assert not accepted.rejected, accepted.rejected[:5]
+        key_of = {msg_id: m for msg_id, m in zip(accepted.ids, good_mid, strict=True) if m is not None}
         enqueue_s = time.time() - started
         memory_queued = int(client.info("memory")["used_memory"])
         print(f"queued {len(accepted.ids):,} in {enqueue_s:.0f}s; Redis {memory_queued / 2**20:,.0f} MiB",
@@ -138,6 +179,7 @@ def main() -> None:
         t0 = time.time()
         most_done_s: float | None = None
         kills = 0
+        kill_log: list[Kill] = []
         fresh_sent: dict[str, float] = {}
         next_fresh = t0
         last_report = t0
@@ -149,14 +191,17 @@ def main() -> None:
                 if kills == 0 and done >= args.kill_at * args.messages:
                     children = subprocess.run(["pgrep", "-P", str(workers.pid)], capture_output=True, text=True)
                     pids = [int(p) for p in children.stdout.split()]
-                    if pids:
+                    held = freeze_and_read(client, pids[:1]) if pids else None
+                    if held is not None:
                         os.kill(pids[0], signal.SIGKILL)  # the pool starts another in its place
                         kills += 1
-                        print(f"killed worker {pids[0]} at {done:,} done", file=sys.stderr)
+                        kill_log.append(Kill(pids[0], held[pids[0]]))
+                        print(f"killed worker {pids[0]} holding {len(held[pids[0]])} at {done:,} done",
+                              file=sys.stderr)
                 if now >= next_fresh and books.queued > 0:
                     mid = f"<fresh-{len(fresh_sent)}@drain.example.com>"
                     fresh_sent[mid] = now
-                    api.enqueue(with_message_id(synthetic(len(fresh_sent)), mid))
+                    key_of[api.enqueue(with_message_id(synthetic(len(fresh_sent)), mid))] = mid
                     next_fresh = now + args.fresh_every
                 if now - last_report >= 30:
                     last_report = now
@@ -184,7 +229,17 @@ def main() -> None:
         stats = {k.decode(): int(v) for k, v in client.hgetall(RELAY_STATS).items()}
         findings = {k.decode(): int(v) for k, v in client.hgetall(keys.FINDINGS).items()}
         memory = client.info("memory")
-        lost = books.accepted - (books.delivered + books.bounced + books.quarantined + books.deleted + books.queued)
+        relay_record = json.loads(record_to.read_text())
+        copies = Counter(relay_record["copies"])
+        refused = set(relay_record["refused"])
+        quarantined = {key_of.get(i.decode()) for i in client.zrange(keys.QUARANTINE, 0, -1)}
+        lost = sorted(m for m in key_of.values() if not (copies[m] or m in refused or m in quarantined))
+        unexplained = charge(kill_log, copies, key_of)
+        settle_every = Settings.from_env(env).settle_every
+        per_kill = [len(k.charged) for k in kill_log]
+        checks = {"lost": not lost, "duplicates_charged_to_kills": not unexplained,
+                  f"at_most_{settle_every}_per_kill": all(n <= settle_every for n in per_kill),
+                  "kill_hit_a_worker_holding_mail": any(k.held for k in kill_log)}
         result = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                         "redis": client.info("server")["redis_version"], "date": time.strftime("%Y-%m-%d %H:%M")},
@@ -193,7 +248,11 @@ def main() -> None:
             "drain_s": round(drained_s, 1), "drain_per_s": round(args.messages / drained_s, 1),
             "drain_99_9_percent_s": None if most_done_s is None else round(most_done_s, 1),
             "drain_99_9_percent_per_s": None if not most_done_s else round(0.999 * args.messages / most_done_s, 1),
-            "worker_kills": kills, "books": books.as_dict(), "balanced": books.balanced, "lost": lost,
+            "worker_kills": kills, "books": books.as_dict(), "balanced": books.balanced,
+            "lost": len(lost), "lost_examples": lost[:10],
+            "kills": [{"pid": k.pid, "held": len(k.held), "duplicates_charged": len(k.charged)} for k in kill_log],
+            "duplicates": sum(n - 1 for n in copies.values() if n > 1),
+            "unexplained_duplicates": unexplained, "checks": checks,
             "quarantine_by_reason": dict(sorted(findings.items(), key=lambda kv: -kv[1])),
             "relay": stats, "fresh_sent": len(fresh_sent), "fresh_delivered": len(latencies),
             "fresh_p50_s": round(statistics.median(latencies), 3) if latencies else None,
@@ -208,6 +267,10 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
+    failed = [name for name, ok in result["checks"].items() if not ok]
+    if failed:
+        print(f"replay: checks failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

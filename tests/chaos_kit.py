@@ -4,6 +4,7 @@ a relay policy that drops, stalls and refuses on a seeded share of messages."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import redis
 
+from drain import keys
 from drain.embedded import server_binary
 from drain.sink import DROP, Action, Received, Stall, free_port
 
@@ -116,6 +118,67 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def owner_pid(owner: str) -> int | None:
+    """The process id in a worker's owner name (host-pid-token), if it has one."""
+    parts = owner.rsplit("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def holdings(client: redis.Redis, pids: Sequence[int]) -> dict[int, set[str]]:
+    """Ids that each of the worker processes `pids` has claimed, from the in-flight hash."""
+    held: dict[int, set[str]] = {pid: set() for pid in pids}
+    for msg_id, owner in client.hgetall(keys.INFLIGHT).items():
+        pid = owner_pid(owner.decode())
+        if pid in held:
+            held[pid].add(msg_id.decode())
+    return held
+
+
+@dataclass
+class Kill:
+    """One worker process SIGKILLed and the ids it held, read from Redis while it was
+    stopped (SIGSTOP), so nothing moved between the reading and the kill."""
+
+    pid: int
+    held: set[str]
+    charged: set[str] = field(default_factory=set)  # ids delivered twice because of this kill
+
+
+def charge(kills: Sequence[Kill], copies: Counter[str], key_of: dict[str, str]) -> dict[str, int]:
+    """Charge every extra copy the relay got to a kill whose worker held that message
+    (one copy per kill and message, earliest kill first); returns the copies no kill explains.
+
+    copies: relay acceptances by message key (its Message-ID); key_of: drain id -> that key."""
+    held_by: dict[str, list[Kill]] = {}
+    for kill in kills:
+        for msg_id in kill.held:
+            if msg_id in key_of:
+                held_by.setdefault(key_of[msg_id], []).append(kill)
+    unexplained: dict[str, int] = {}
+    for key, n in copies.items():
+        extra = n - 1
+        for kill in held_by.get(key, [])[:max(0, extra)]:
+            kill.charged.add(key)
+            extra -= 1
+        if extra > 0:
+            unexplained[key] = extra
+    return unexplained
+
+
+def freeze_and_read(client: redis.Redis, pids: Sequence[int]) -> dict[int, set[str]] | None:
+    """SIGSTOP pids and read what they hold; None (and SIGCONT) if Redis cannot be read."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        return holdings(client, pids)
+    except redis.RedisError:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        return None
+
+
 @dataclass
 class Member:
     """One `drain worker --processes N` command, in a process group of its own."""
@@ -133,8 +196,10 @@ class Fleet:
     processes: int = 2
     members: list[Member] = field(default_factory=list)
     starts: int = 0
+    client: redis.Redis | None = None  # to read what a worker holds before it is killed
     kills: int = 0  # SIGKILLs sent
     workers_killed: int = 0  # worker processes (which hold messages) among them
+    kill_log: list[Kill] = field(default_factory=list)
 
     def start(self) -> Member:
         self.starts += 1
@@ -157,13 +222,22 @@ class Fleet:
         if not pool:
             return False
         _member, pid = rng.choice(pool)
+        held = self._held_before_kill([pid])
+        if held is None:
+            return False
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return False
         self.kills += 1
         self.workers_killed += 1
+        self.kill_log.append(Kill(pid, held[pid]))
         return True
+
+    def _held_before_kill(self, pids: list[int]) -> dict[int, set[str]] | None:
+        if self.client is None:
+            return {pid: set() for pid in pids}
+        return freeze_and_read(self.client, pids)
 
     def kill_member(self, rng: random.Random) -> Member | None:
         """SIGKILL a whole member (pool and workers) at once; returns it, to be started again."""
@@ -171,11 +245,17 @@ class Fleet:
         if not alive:
             return None
         member = rng.choice(alive)
-        workers = len(children(member.proc.pid))
+        pids = children(member.proc.pid)
+        os.killpg(member.proc.pid, signal.SIGSTOP)  # the pool too: it must not start another
+        held = self._held_before_kill(pids)
+        if held is None:
+            os.killpg(member.proc.pid, signal.SIGCONT)
+            return None
         os.killpg(member.proc.pid, signal.SIGKILL)
         member.proc.wait(timeout=10)
         self.kills += 1
-        self.workers_killed += workers
+        self.workers_killed += len(pids)
+        self.kill_log.extend(Kill(pid, ids) for pid, ids in held.items())
         return member
 
     def stop(self) -> None:
@@ -199,13 +279,15 @@ class FaultyRelay:
     Every answer given is counted; 5xx answers are remembered by first recipient."""
 
     def __init__(self, seed: int, drop: float = 0.02, soft: float = 0.02, hard: float = 0.005,
-                 slow: float = 0.01, tarpit: float = 0.002, tarpit_s: float = 1.5) -> None:
+                 slow: float = 0.01, tarpit: float = 0.002, tarpit_s: float = 1.5, pace_s: float = 0.0) -> None:
         self.rng = random.Random(seed)
         self.shares: Sequence[tuple[str, float]] = (("drop", drop), ("4xx", soft), ("5xx", hard),
                                                    ("stall", slow), ("tarpit", tarpit))
         self.tarpit_s = tarpit_s
+        self.pace_s = pace_s  # every accepted message takes this long (workers hold a batch a while)
         self.faults: Counter[str] = Counter()
-        self.refused: set[str] = set()  # first recipients of messages answered with 5xx
+        self.refused: set[str] = set()  # Message-IDs of messages answered with 5xx
+        self.stalled: dict[str, float] = {}  # Message-IDs stalled and then accepted: seconds
         self.lock = threading.Lock()
         self.enabled = True
 
@@ -223,8 +305,10 @@ class FaultyRelay:
             if kind:
                 self.faults[kind] += 1
             if kind == "5xx":
-                self.refused.add(msg.recipients[0] if msg.recipients else "")
+                self.refused.add(msg.message_id)
             stall_s = self.rng.uniform(0.1, 0.5)
+            if kind == "stall":
+                self.stalled[msg.message_id] = stall_s
         if kind == "drop":
             return DROP
         if kind == "4xx":
@@ -235,7 +319,7 @@ class FaultyRelay:
             return Stall(seconds=stall_s)  # slow, then accepted
         if kind == "tarpit":
             return Stall(seconds=self.tarpit_s, then="451 4.4.2 chaos: too slow")  # past the timeout
-        return None
+        return Stall(seconds=self.pace_s) if self.pace_s > 0 else None
 
 
 def run_drain(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:

@@ -157,18 +157,21 @@ def test_fresh_mail_goes_before_the_backlog(client: Client, relay: Sink, workers
     client.store.enqueue_many(((synthetic(i), _env(i), None) for i in range(2000)), lane="backlog")
     workers(processes=2)
     wait_for(lambda: relay.accepted >= 100, what="the backlog to start draining")
-    sent: dict[str, float] = {}
+    sent: dict[str, int] = {}  # Message-ID -> messages the relay had taken when it was enqueued
     for n in range(10):
         raw = synthetic(10_000 + n)
-        sent[f"<synthetic-{10_000 + n}@sender.example.com>"] = time.time()
+        sent[f"<synthetic-{10_000 + n}@sender.example.com>"] = relay.accepted
         client.enqueue(raw)
         time.sleep(0.05)  # producers arriving over time
     wait_for(lambda: all(any(m.message_id == mid for m in relay.messages) for mid in sent),
              what="fresh mail to be delivered")
-    latency = [next(m.at for m in relay.messages if m.message_id == mid) - t for mid, t in sent.items()]
+    order = [m.message_id for m in relay.messages]
+    overtaken = [order.index(mid) - before for mid, before in sent.items()]
     books = client.store.books()
     assert books.ready > 500  # the backlog is still far from drained ...
-    assert max(latency) < 2.0  # ... while fresh mail went through within seconds
+    # ... while fresh mail went ahead of it: only what two workers already held (two claims of
+    # 20 each) and the backlog's every-4th claim got to the relay between enqueue and delivery.
+    assert max(overtaken) <= 100, overtaken
 
 
 def _env(i: int) -> object:

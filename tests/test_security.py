@@ -3,13 +3,19 @@ errors, operator regexes cannot hang anything, and the relay's TLS certificate i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import pickle
+import signal
+import smtplib
+import socket
 import ssl
-import time
+import subprocess
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,9 +35,10 @@ from drain.message import Envelope
 from drain.rules import Rule
 from drain.seeding import synthetic
 from drain.settings import Settings
-from drain.sink import Sink
+from drain.sink import Sink, free_port
 from tests.chaos_kit import RedisProc, one_line
 from tests.chaos_kit import run_drain as drain
+from tests.conftest import wait_for
 from tests.test_ingress import self_signed
 
 REDIS_SECRET = "redis-Secret-4711"
@@ -178,13 +185,26 @@ def test_secrets_never_in_worker_logs_or_errors(locked_redis: RedisProc, relay: 
 # -- operator regexes cannot hang ---------------------------------------------------------------
 
 
-def test_pathological_rule_pattern_cannot_hang() -> None:
+def test_pathological_rule_pattern_cannot_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python's re would take longer than the universe's age on this; RE2 is linear. Counted,
+    # not timed: the operator's pattern never reaches Python's backtracking engine.
+    import re
+
+    compile_re = re._compile  # what re.compile, re.search... all go through
+    given_to_re: list[str] = []
+
+    def watched(pattern: object, flags: object) -> object:
+        if isinstance(pattern, str) and "(a+)+" in pattern:
+            given_to_re.append(pattern)
+            raise AssertionError("an operator pattern reached Python's re")
+        return compile_re(pattern, flags)
+
+    monkeypatch.setattr(re, "_compile", watched)
     rule = Rule(id="1", header="Subject", pattern="(a+)+$")
     raw = b"From: a@example.com\nTo: b@example.org\nSubject: " + b"a" * 4000 + b"!\n\nbody\n"
-    started = time.monotonic()
     for _ in range(100):
         assert not rule.matches(raw, Envelope("a@example.com", ("b@example.org",)))
-    assert time.monotonic() - started < 2.0  # Python's re would take longer than the universe's age
+    assert given_to_re == []
     assert Rule(id="2", header="Subject", pattern="^A+!$").matches(raw, Envelope("a@example.com", ("b@x.org",)))
 
 
@@ -238,6 +258,36 @@ def test_relay_with_an_unverifiable_certificate_is_refused(client: Client, tls_r
     client.enqueue(synthetic(3))
     work(relay=url, relay_tls_verify=False)  # verification off, on purpose
     assert client.store.books().delivered == 3 and len(sink.messages) == 3
+
+
+@pytest.fixture
+def starttls_relay(tmp_path: Path) -> Iterator[tuple[Sink, Path]]:
+    """A relay that speaks plain SMTP first and refuses mail until STARTTLS (self-signed cert)."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = Sink(keep=True)
+    sink.controller = Controller(sink.handler, hostname="127.0.0.1", port=sink.port, tls_context=context,
+                                 require_starttls=True, server_hostname="sink.drain.test", ready_timeout=10)
+    with sink:
+        yield sink, cert
+
+
+def test_relay_starttls_is_verified_against_the_ca_file(client: Client, starttls_relay: tuple[Sink, Path],
+                                                        work: Callable[..., bool]) -> None:
+    sink, cert = starttls_relay
+    url = f"smtp+starttls://127.0.0.1:{sink.port}"
+    client.enqueue_many([synthetic(i) for i in range(2)])
+    work(relay=url, breaker_failures=1000)  # the self-signed certificate is not trusted
+    assert client.store.books().deferred == 2 and not sink.messages
+    assert all("CERTIFICATE_VERIFY_FAILED" in r.last_reply for r in records(client.store))
+
+    client.store.promote_due(now=10**10)
+    env = Settings.from_env({"DRAIN_RELAY": url, "DRAIN_RELAY_CA_FILE": str(cert)})
+    assert env.relay_ca_file == cert
+    work(relay=url, relay_ca_file=env.relay_ca_file)  # trusted through DRAIN_RELAY_CA_FILE
+    # The relay takes mail only after STARTTLS, so delivered means it went over TLS.
+    assert client.store.books().delivered == 2 and len(sink.messages) == 2
 
 
 def test_relay_tls_settings_from_env(tmp_path: Path) -> None:
@@ -311,3 +361,94 @@ def test_redis_over_tls_is_verified(redis_server: int, tmp_path: Path, settings:
         assert "certificate verify failed" in one_line(result).lower()
     finally:
         proxy.close()
+
+
+def _forms(user: str, secret: str) -> list[str]:
+    """The secret as it could leak: plain, and base64 as AUTH LOGIN and AUTH PLAIN send it."""
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return [secret, b64(secret.encode()), b64(f"\0{user}\0{secret}".encode()),
+            b64(f"{user}\0{user}\0{secret}".encode())]
+
+
+@pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN"])
+def test_relay_password_never_logged_with_auth_login_or_plain(locked_redis: RedisProc, tmp_path: Path,
+                                                              mechanism: str) -> None:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins: list[tuple[str, str]] = []
+
+    def check(_server: object, _session: object, _envelope: object, used: str, data: object) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((used, data.password.decode()))
+        return AuthResult(success=data.password.decode() == RELAY_SECRET)
+
+    sink = Sink(keep=True)
+    others = [m for m in ("LOGIN", "PLAIN") if m != mechanism]
+    sink.controller = Controller(sink.handler, hostname="127.0.0.1", port=sink.port, authenticator=check,
+                                 auth_require_tls=False, auth_exclude_mechanism=others,
+                                 server_hostname="sink.drain.test", ready_timeout=10)
+    url = f"redis://:{REDIS_SECRET}@127.0.0.1:{locked_redis.port}/0"
+    with sink:
+        api = Client.connect(Settings(redis_url=url, relay=sink.url))
+        api.redis.flushdb()
+        api.enqueue_many([synthetic(i) for i in range(2)])
+        env = {"DRAIN_REDIS_URL": url, "DRAIN_RELAY": f"smtp://mailer:{RELAY_SECRET}@127.0.0.1:{sink.port}"}
+        worker = drain(env, "worker", "--burst", "--log-level", "DEBUG")
+        assert worker.returncode == 0, worker.stderr.decode()[-2000:]
+        assert api.store.books().delivered == 2 and len(sink.messages) == 2
+    assert logins and {m for m, _p in logins} == {mechanism} and all(p == RELAY_SECRET for _m, p in logins)
+    text = worker.stderr.decode() + worker.stdout.decode()
+    assert "DEBUG" in text
+    leaked = [form for secret in (REDIS_SECRET, RELAY_SECRET) for form in _forms("mailer", secret) if form in text]
+    assert leaked == []
+
+
+def test_smtpd_process_logs_no_auth_secret(settings: Settings, rclient: redis.Redis) -> None:
+    """`drain smtpd` with AUTH, logging at DEBUG; clients log in with PLAIN and LOGIN, good and
+    bad passwords; its own standard error holds neither password in any form."""
+    port = free_port()
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=settings.relay,
+               DRAIN_SMTPD_AUTH_USER="app", DRAIN_SMTPD_AUTH_PASSWORD=SMTPD_SECRET, DRAIN_SMTPD_AUTH_PLAINTEXT="true")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{port}",
+                             "--log-level", "debug"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wrong = SMTPD_SECRET[::-1]
+    try:
+        def listening() -> bool:
+            assert proc.poll() is None
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, timeout=30, what="drain smtpd")
+        for mechanism in ("PLAIN", "LOGIN"):
+            for password in (SMTPD_SECRET, wrong):
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                    smtp.ehlo()
+                    smtp.user, smtp.password = "app", password
+                    method = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
+                    try:
+                        smtp.auth(mechanism, method, initial_response_ok=mechanism == "PLAIN")
+                        ok = True
+                    except smtplib.SMTPAuthenticationError:
+                        ok = False
+                    assert ok is (password == SMTPD_SECRET), (mechanism, password)
+                    if ok:
+                        smtp.sendmail("a@example.com", ["b@example.org"], synthetic(1).replace(b"\n", b"\r\n"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    text = (out + err).decode()
+    assert "listening on 127.0.0.1:" in text
+    leaked = [form for secret in (SMTPD_SECRET, wrong) for form in _forms("app", secret) if form in text]
+    assert leaked == []
+
+
+def test_relay_that_requires_starttls_given_as_plain_smtp_defers(
+        client: Client, starttls_relay: tuple[Sink, Path], work: Callable[..., bool]) -> None:
+    sink, _cert = starttls_relay
+    client.enqueue_many([synthetic(i) for i in range(2)])
+    work(relay=f"smtp://127.0.0.1:{sink.port}", breaker_failures=1000)
+    books = client.store.books()
+    assert books.bounced == 0 and books.deferred == 2, books

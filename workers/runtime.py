@@ -5,6 +5,7 @@ The worker installs it at start-up; job functions read it with `current()`.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ class Runtime:
         relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s,
                       helo_name=settings.hostname,
                       tls=tls_context(settings.relay_tls_verify, settings.relay_ca_file))
-        owner = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        # host-pid-token: which process holds a claim can be told from Redis.
+        owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         return cls(settings, store, relay, owner, Limits.from_settings(settings),
                    severity_with(settings.quarantine_codes, settings.record_codes))
 
