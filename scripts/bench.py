@@ -34,15 +34,16 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from drain import keys, validate
-from drain.api import Client
-from drain.deferred import records
-from drain.delivery import wire_form
-from drain.embedded import spawn_on_port
+from drain import validate
+from drain.demo.seeding import load, synthetic, with_message_id
+from drain.demo.sink import Sink, free_port
+from drain.intake.api import Client
 from drain.message import envelope_from_headers
-from drain.seeding import load, synthetic, with_message_id
+from drain.observe.deferred import records
 from drain.settings import Settings
-from drain.sink import Sink, free_port
+from drain.store import keys
+from drain.store.embedded import spawn_on_port
+from drain.worker.delivery import wire_form
 
 POLL_S = 0.05
 
@@ -114,7 +115,7 @@ def bench_drain(report: Report, client: redis.Redis, relay: str, count: int, pro
     api = Client(client, settings)
     raws = [synthetic(i, size=size) for i in range(count)]
     before = used_memory(client)
-    from drain import ratelimit
+    from drain.flow import ratelimit
 
     ratelimit.pause(client)  # no tokens while we fill the queue
     started = time.perf_counter()
@@ -360,10 +361,10 @@ def bench_rate(report: Report, client: redis.Redis, backlog: int, processes: int
     mail arriving while a backlog drains."""
     import threading
 
-    from drain import ratelimit
-    from drain.api import Submission
+    from drain.demo.seeding import DOMAINS
+    from drain.flow import ratelimit
+    from drain.intake.api import Submission
     from drain.message import Envelope
-    from drain.seeding import DOMAINS
 
     caps = caps if caps is not None else {"example.net": 50.0, "shop.example.net": 20.0}
     client.flushdb()
@@ -455,9 +456,9 @@ def bench_capped(report: Report, client: redis.Redis, processes: int, mixed: boo
     second is checked against cap + burst."""
     import threading
 
-    from drain import ratelimit
+    from drain.demo.seeding import DOMAINS
+    from drain.flow import ratelimit
     from drain.message import Envelope
-    from drain.seeding import DOMAINS
 
     capped, global_rate = "capped.example.org", 300.0
     client.flushdb()
@@ -524,9 +525,9 @@ def bench_eta(report: Report, client: redis.Redis, processes: int = 2, at_s: flo
     """Does the ETA hold? A mixed backlog (two capped domains, uncapped mail under a global
     rate, one paused domain) is drained; the ETA `drain status` gives at_s seconds in is
     compared with the time the drain took (the paused domain's mail is left out and named)."""
-    from drain import ratelimit
+    from drain.flow import ratelimit
     from drain.message import Envelope
-    from drain.status import read as read_status
+    from drain.observe.status import read as read_status
 
     client.flushdb()
     url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
@@ -584,11 +585,12 @@ def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int,
     from types import SimpleNamespace
     from unittest import mock
 
-    import drain.store
-    from drain import backlog, metrics, ratelimit
+    import drain.store.store
+    from drain.flow import ratelimit
     from drain.message import Envelope
-    from drain.store import ENQUEUE_CHUNK, Store
-    from drain.web import Reader, redis_client
+    from drain.observe import backlog, metrics
+    from drain.observe.web import Reader, redis_client
+    from drain.store.store import ENQUEUE_CHUNK, Store
 
     client.flushdb()
     url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import redis
 
-from drain import batch, validate
-from drain.api import Client
-from drain.delivery import Relay, RelayConfig
-from drain.embedded import spawn_on_port
-from drain.seeding import synthetic
+from drain import validate
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink, free_port
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Sink, free_port
+from drain.store.embedded import spawn_on_port
+from drain.worker import batch
+from drain.worker.delivery import Relay, RelayConfig
 
 
 def run(client: redis.Redis, settings: Settings, sink: Sink, messages: int, check_after: float) -> dict[str, float]:

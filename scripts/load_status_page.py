@@ -239,12 +239,12 @@ def start_server(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], sub
     sys.path.insert(0, str(ROOT))
     import redis
 
-    from drain import ratelimit
-    from drain.api import Client, Submission
-    from drain.embedded import spawn_on_port
-    from drain.seeding import synthetic
+    from drain.demo.seeding import synthetic
+    from drain.demo.sink import free_port
+    from drain.flow import ratelimit
+    from drain.intake.api import Client, Submission
     from drain.settings import Settings
-    from drain.sink import free_port
+    from drain.store.embedded import spawn_on_port
 
     redis_port = free_port()
     redis_proc = spawn_on_port(redis_port, workdir)
@@ -306,7 +306,7 @@ def main() -> None:
                     parser.error("--url must be on loopback (127.0.0.0/8, ::1 or localhost)")
             else:
                 sys.path.insert(0, str(ROOT))
-                from drain.sink import free_port
+                from drain.demo.sink import free_port
 
                 host, port = "127.0.0.1", free_port()
                 procs = start_server(Path(tmp), port)

@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import redis_server
 
-from drain import keys, ratelimit
-from drain.api import Client, Submission
-from drain.seeding import backlog, synthetic, with_message_id
+from drain.demo.seeding import backlog, synthetic, with_message_id
+from drain.demo.sink import Received, Sink, free_port
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
-from drain.sink import Received, Sink, free_port
+from drain.store import keys
 from tests.chaos_kit import Kill, charge, freeze_and_read
 
 THROTTLED = "shop.example.net"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import redis
 
-from drain import keys
-from drain.embedded import server_binary
-from drain.sink import DROP, Action, Received, Stall, free_port
+from drain.demo.sink import DROP, Action, Received, Stall, free_port
+from drain.store import keys
+from drain.store.embedded import server_binary
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

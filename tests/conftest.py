@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import redis
 
-from drain.api import Client
-from drain.embedded import spawn_on_port
-from drain.housekeeping import run_once
+from drain.demo.sink import Sink, free_port
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Sink, free_port
-from drain.store import Store
-from workers.worker import DrainWorker
+from drain.store.embedded import spawn_on_port
+from drain.store.store import Store
+from drain.worker.housekeeping import run_once
+from drain.worker.rqworker import DrainWorker
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 

@@ -9,15 +9,16 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from drain import acl, keys, ratelimit
-from drain.api import Client
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.observe.status import read
 from drain.settings import Settings
-from drain.sink import Sink
-from drain.status import read
-from drain.store import Store
+from drain.store import acl, keys
+from drain.store.store import Store
+from drain.worker.rqworker import DrainWorker
 from tests.chaos_kit import run_drain
-from workers.worker import DrainWorker
 
 RoleClient = Callable[[str], redis.Redis]
 

@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from drain import keys, ratelimit
-from drain.api import Client, Submission
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
+from drain.store import keys
 from tests.conftest import seed
 
 ROOT = Path(__file__).resolve().parent.parent

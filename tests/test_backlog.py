@@ -6,13 +6,13 @@ import json
 import time
 from collections.abc import Callable
 
-from drain import ratelimit
-from drain.api import Client, Submission
-from drain.backlog import BUCKETS_S, history, sample_history, shape
-from drain.quarantine import Quarantine
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
+from drain.observe.backlog import BUCKETS_S, history, sample_history, shape
+from drain.ops.quarantine import Quarantine
 from drain.settings import Settings
-from drain.sink import Sink
 
 
 def _queue(client: Client, domain: str, count: int) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from drain.retry import deferral_delay
 from drain.settings import Settings
+from drain.worker.retry import deferral_delay
 
 
 def test_delays_double_from_the_first_within_the_jitter_and_stop_at_the_cap() -> None:

@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from drain import keys, ratelimit
-from drain.api import Client, Submission
-from drain.seeding import DOMAINS, load, synthetic
+from drain.demo.seeding import DOMAINS, load, synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
-from drain.sink import Sink
+from drain.store import keys
 from tests.chaos_kit import FaultyRelay, Fleet, RedisProc, charge, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]

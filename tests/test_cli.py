@@ -15,10 +15,11 @@ from typing import Any
 import click
 import pytest
 
-from drain import ratelimit, rules
-from drain.api import Client, Submission
 from drain.cli import TTY_ROWS, cli
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.flow import ratelimit
+from drain.intake import rules
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
 from tests.chaos_kit import one_line
 from tests.conftest import SEEDS

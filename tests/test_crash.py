@@ -10,10 +10,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-from drain.api import Client
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Received, Sink, Stall
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Received, Sink, Stall
 from tests.conftest import wait_for
 
 

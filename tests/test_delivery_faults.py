@@ -10,12 +10,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from drain.api import Client
-from drain.batch import RELAY
-from drain.breaker import Breakers
-from drain.deferred import records
-from drain.seeding import synthetic
-from drain.sink import Sink
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow.breaker import Breakers
+from drain.intake.api import Client
+from drain.observe.deferred import records
+from drain.worker.batch import RELAY
 
 
 def _breaker(client: Client, name: str) -> dict[str, float]:

@@ -21,10 +21,11 @@ import pytest
 import redis
 import yaml
 
-from drain import metrics, ratelimit
-from drain.api import Client
-from drain.seeding import synthetic
-from drain.sink import Sink
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.observe import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "drain-alerts.yml"

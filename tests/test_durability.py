@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from drain import keys
-from drain.api import Client
-from drain.durability import plan
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError, NotDurable
-from drain.seeding import synthetic
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Sink, free_port
+from drain.store import keys
+from drain.store.durability import plan
 from tests.chaos_kit import RedisProc, one_line, wait_until
 from tests.chaos_kit import run_drain as drain
 from tests.test_ingress import StartIngress, ingress, submit  # noqa: F401  (ingress: the fixture)

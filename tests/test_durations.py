@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drain import statuspage
 from drain.durations import human
+from drain.observe import page as statuspage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import _drain_cmd

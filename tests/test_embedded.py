@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from drain import embedded
 from drain.errors import RedisUnavailable
+from drain.store import embedded
 
 
 @pytest.fixture

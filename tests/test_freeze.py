@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from rq.registry import StartedJobRegistry
 
-from drain import keys
-from drain.api import Client
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink, Stall
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Sink, Stall
+from drain.store import keys
 from tests.conftest import wait_for
 
 

@@ -22,17 +22,18 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 
-from drain import intake, keys
-from drain.api import Client
-from drain.delivery import wire_form
-from drain.embedded import server_binary
+from drain.demo.seeding import synthetic as synthetic_lf
+from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
-from drain.ingress import AuthGuard, Features, Ingress
+from drain.intake import door as intake
+from drain.intake.api import Client
+from drain.intake.smtpd import AuthGuard, Features, Ingress
 from drain.message import Envelope
-from drain.quarantine import Quarantine
-from drain.seeding import synthetic as synthetic_lf
+from drain.ops.quarantine import Quarantine
 from drain.settings import Settings, parse_listen
-from drain.sink import Sink, free_port
+from drain.store import keys
+from drain.store.embedded import server_binary
+from drain.worker.delivery import wire_form
 from tests.conftest import wait_for
 
 USER, PASSWORD = "producer", "s3cret-Pa55"

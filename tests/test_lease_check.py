@@ -9,13 +9,14 @@ from collections.abc import Callable
 
 import redis
 
-from drain import keys, validate
-from drain.api import Client
-from drain.batch import Batch
-from drain.delivery import Relay, RelayConfig
-from drain.seeding import synthetic
+from drain import validate
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Received, Sink
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Received, Sink
+from drain.store import keys
+from drain.worker.batch import Batch
+from drain.worker.delivery import Relay, RelayConfig
 
 OWNER = "frozen-worker"
 

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
-from drain.api import Client
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client
 from drain.logging_setup import configure, redact
-from drain.seeding import synthetic
-from drain.sink import Sink
 from tests.chaos_kit import one_line
 from tests.chaos_kit import run_drain as drain
 

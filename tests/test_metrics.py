@@ -6,12 +6,14 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from drain import keys, metrics, ratelimit
-from drain.api import Client, Submission
-from drain.metrics import DrainCollector, Reading, latency_buckets
-from drain.seeding import synthetic
-from drain.sink import Sink
-from drain.store import Store
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
+from drain.observe import metrics
+from drain.observe.metrics import DrainCollector, Reading, latency_buckets
+from drain.store import keys
+from drain.store.store import Store
 from tests.conftest import seed
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from drain import keys
-from drain.api import Client, Submission
-from drain.seeding import synthetic, with_message_id
-from drain.sink import Sink
+from drain.demo.seeding import synthetic, with_message_id
+from drain.demo.sink import Sink
+from drain.intake.api import Client, Submission
+from drain.store import keys
 from tests.conftest import seed
 
 
@@ -98,7 +98,7 @@ def test_transient_failure_defers_then_delivers(
 
 
 def test_pause_stops_delivery_but_not_accepting(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
-    from drain import ratelimit
+    from drain.flow import ratelimit
 
     ratelimit.pause(client.redis)
     client.enqueue_many([synthetic(i) for i in range(5)])

@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 import pytest
 
-from drain import keys
-from drain.api import Client
-from drain.housekeeping import run_once
-from drain.seeding import synthetic, with_message_id
+from drain.demo.seeding import synthetic, with_message_id
+from drain.demo.sink import Received, Sink, Stall
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Received, Sink, Stall
+from drain.store import keys
+from drain.worker.housekeeping import run_once
 from tests.conftest import wait_for
 
 POISON = "<poison@example.com>"

@@ -13,12 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from drain import keys, ratelimit, rules
-from drain.api import Client, Submission
-from drain.quarantine import Filter, Quarantine
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake import rules
+from drain.intake.api import Client, Submission
+from drain.ops.quarantine import Filter, Quarantine
 from drain.settings import Settings
-from drain.sink import Sink
+from drain.store import keys
 from tests.chaos_kit import one_line
 from tests.conftest import seed
 from tests.test_cli import drain

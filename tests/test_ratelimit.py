@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from drain import keys, ratelimit
-from drain.api import Client, Submission
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Received, Sink, Stall
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
-from drain.sink import Received, Sink, Stall
+from drain.store import keys
 from tests.conftest import wait_for
 
 

@@ -13,17 +13,19 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from drain import intake, keys, ratelimit
-from drain.api import Client, Submission
-from drain.dispatch import ensure_tokens
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
 from drain.errors import ConfigError, InputError
+from drain.flow import ratelimit
+from drain.intake import door as intake
+from drain.intake.api import Client, Submission
+from drain.intake.rules import Rule
 from drain.message import envelope_from_headers
-from drain.rules import Rule
-from drain.seeding import synthetic
+from drain.observe.web import StatusServer
 from drain.settings import Settings
-from drain.sink import Sink
-from drain.store import Outcome
-from drain.web import StatusServer
+from drain.store import keys
+from drain.store.store import Outcome
+from drain.worker.dispatch import ensure_tokens
 from tests.test_web import fetch
 
 

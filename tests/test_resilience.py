@@ -9,12 +9,12 @@ from pathlib import Path
 
 import redis
 
-from drain import keys
-from drain.api import Client
-from drain.resilience import ResilientStore
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.store import Outcome
+from drain.store import keys
+from drain.store.store import Outcome
+from drain.worker.resilience import ResilientStore
 from tests.chaos_kit import RedisProc, wait_until
 
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default
 
-from drain import keys
-from drain.api import Client
-from drain.deferred import records
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import DROP, Received, Sink, Stall, free_port
+from drain.intake.api import Client
+from drain.observe.deferred import records
 from drain.settings import Settings
-from drain.sink import DROP, Received, Sink, Stall, free_port
+from drain.store import keys
 from tests.conftest import wait_for
 
 FAR = 10**10  # a moment after every backoff
@@ -184,7 +184,7 @@ def test_relay_down_then_back(client: Client, settings: Settings, work: Callable
 def test_circuit_breaker_holds_a_failing_destination_only(client: Client, relay: Sink,
                                                           work: Callable[..., bool]) -> None:
     relay.set_policy(rcpt_policy=lambda r: "421 4.7.0 slow down" if r.endswith("@busy.example.com") else None)
-    from drain.api import Submission
+    from drain.intake.api import Submission
 
     client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{'busy' if i % 2 else 'calm'}.example.com",))
                          for i in range(20)])

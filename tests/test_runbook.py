@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from drain.api import Client, Submission
-from drain.seeding import synthetic
-from drain.sink import Sink
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client, Submission
 from tests.chaos_kit import run_drain as drain
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"

@@ -26,16 +26,16 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from drain import keys
-from drain.api import Client
-from drain.connection import redacted
-from drain.deferred import records
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
+from drain.intake.api import Client
+from drain.intake.rules import Rule
 from drain.message import Envelope
-from drain.rules import Rule
-from drain.seeding import synthetic
+from drain.observe.deferred import records
 from drain.settings import Settings
-from drain.sink import Sink, free_port
+from drain.store import keys
+from drain.store.connection import redacted
 from tests.chaos_kit import RedisProc, one_line
 from tests.chaos_kit import run_drain as drain
 from tests.conftest import wait_for

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from drain import keys
-from drain.api import Client
-from drain.connection import SentinelUrl, connect
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
-from drain.seeding import synthetic
+from drain.intake.api import Client
 from drain.settings import Settings
-from drain.sink import Sink, free_port
+from drain.store import keys
+from drain.store.connection import SentinelUrl, connect
 from tests.chaos_kit import RedisProc, wait_until
 
 SERVICE = "drainmaster"

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 import pytest
 from aiosmtpd.controller import Controller
 
-from drain import keys
-from drain.api import Client
-from drain.deferred import records
-from drain.ingress import Ingress
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.intake.smtpd import Ingress
 from drain.message import Envelope
-from drain.sink import Sink
+from drain.observe.deferred import records
+from drain.store import keys
 from tests.test_ingress import BOTH, StartIngress, connect
 
 

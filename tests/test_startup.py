@@ -15,12 +15,13 @@ import pytest
 import redis
 from rq.exceptions import DequeueTimeout, StopRequested
 
-from drain import keys, ratelimit
-from drain.connection import connect
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
 from drain.settings import Settings
-from drain.sink import Sink
-from workers import runtime
-from workers.worker import DrainWorker
+from drain.store import keys
+from drain.store.connection import connect
+from drain.worker import runtime
+from drain.worker.rqworker import DrainWorker
 
 
 def drain_without_url(home: Path, *args: str, extra: dict[str, str] | None = None,
@@ -70,7 +71,7 @@ def test_a_worker_says_which_redis_relay_and_rates(settings: Settings, rclient: 
 
 
 def test_smtpd_says_what_it_runs_with_and_hides_passwords(settings: Settings, rclient: redis.Redis) -> None:
-    from drain.sink import free_port
+    from drain.demo.sink import free_port
 
     env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY="smtps://u:hidden-pw@relay.example:465")
     proc = subprocess.Popen([sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{free_port()}"],
@@ -131,7 +132,7 @@ def test_an_idle_worker_logs_no_errors(settings: Settings, rclient: redis.Redis)
 
 
 def test_an_idle_dequeue_times_out_as_rq_means_it(settings: Settings, rclient: redis.Redis) -> None:
-    from drain.dispatch import rq_queue
+    from drain.worker.dispatch import rq_queue
 
     client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=1)
     client.ping()
@@ -149,7 +150,7 @@ def test_the_actor_is_a_real_account_without_user(monkeypatch: pytest.MonkeyPatc
 
 
 def test_serve_says_what_it_runs_with(settings: Settings, rclient: redis.Redis) -> None:
-    from drain.sink import free_port
+    from drain.demo.sink import free_port
 
     ratelimit.set_global(rclient, 0.0)
     env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY="smtp://u:serve-pw@relay.example:25")

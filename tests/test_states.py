@@ -10,13 +10,15 @@ from collections.abc import Callable
 
 import pytest
 
-from drain import backlog, keys, ratelimit
-from drain.api import Client, Submission
-from drain.breaker import Breakers
-from drain.seeding import synthetic
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.flow.breaker import Breakers
+from drain.intake.api import Client, Submission
+from drain.observe import backlog
+from drain.observe.status import read as read_status
 from drain.settings import Settings
-from drain.sink import Sink
-from drain.status import read as read_status
+from drain.store import keys
 from tests.test_cli import drain
 from tests.test_metrics import scrape, value
 

@@ -11,13 +11,15 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from drain import keys, ratelimit, statuspage
-from drain.api import Client
 from drain.cli import cli
-from drain.seeding import DOMAINS, synthetic
+from drain.demo.seeding import DOMAINS, synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.observe import page as statuspage
+from drain.observe.web import Reader, Snapshots
 from drain.settings import Settings
-from drain.sink import Sink
-from drain.web import Reader, Snapshots
+from drain.store import keys
 
 BOOK_KEYS = ["accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"]
 # Every field a queued message may have (the ones workers read, and the rest).

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from drain import keys, ratelimit
-from drain.api import Client, Submission
-from drain.seeding import synthetic
+from drain.cli.terminal import cell, safe
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
-from drain.sink import Sink
-from drain.terminal import cell, safe
+from drain.store import keys
 from tests.test_cli import drain
 
 # What a terminal would act on: C0 (tab and newline aside), DEL, C1, bidi controls.

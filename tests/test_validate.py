@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drain import keys, validate
-from drain.api import Client
+from drain import validate
+from drain.demo.sink import Sink
+from drain.intake.api import Client
 from drain.message import Envelope, envelope_from_headers
 from drain.settings import Settings
-from drain.sink import Sink
+from drain.store import keys
 from tests import mailgen
 from tests.chaos_kit import run_drain
 from tests.conftest import seed

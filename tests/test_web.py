@@ -25,13 +25,15 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from drain import backlog, keys, ratelimit
-from drain.api import Client, Submission
-from drain.backlog import BUCKETS_S
-from drain.embedded import server_binary
+from drain.demo.sink import Sink, free_port
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
+from drain.observe import backlog
+from drain.observe.backlog import BUCKETS_S
+from drain.observe.web import SECURITY_HEADERS, StatusServer
 from drain.settings import Settings
-from drain.sink import Sink, free_port
-from drain.web import SECURITY_HEADERS, StatusServer
+from drain.store import keys
+from drain.store.embedded import server_binary
 from tests.conftest import wait_for
 from tests.test_cli import BOOK_KEYS
 
@@ -132,7 +134,7 @@ def test_status_json_shape_and_http_surface(client: Client, relay: Sink, work: C
 
 
 def synthetic_to(index: int, domain: str) -> Submission:
-    from drain.seeding import synthetic
+    from drain.demo.seeding import synthetic
 
     return Submission(synthetic(index), recipients=(f"u{index}@{domain}",))
 
@@ -145,7 +147,7 @@ def test_backlog_shape_of_a_seeded_backlog_with_known_ages(client: Client, setti
     # Accept mail "in the past": the store's clock is the only thing moved.
     for age_s, domain, count in ((7200, "old.example.com", 3), (700, "mid.example.org", 2),
                                  (0, "old.example.com", 1)):
-        monkeypatch.setattr("drain.store.time", SimpleNamespace(time=lambda age=age_s: now - age))
+        monkeypatch.setattr("drain.store.store.time", SimpleNamespace(time=lambda age=age_s: now - age))
         client.enqueue_many([synthetic_to(i, domain) for i in range(count)])
     monkeypatch.undo()
     ratelimit.set_domain(client.redis, "mid.example.org", 0.5)
@@ -390,7 +392,7 @@ def test_page_in_headless_chromium(client: Client, relay: Sink, work: Callable[.
 def _screenshot_worthy_state(client: Client, work: Callable[..., bool]) -> None:
     """A backlog over several domains and ages, quarantined mail (one hostile), delivered
     mail, limits, and six hours of history samples to draw."""
-    from drain.seeding import synthetic
+    from drain.demo.seeding import synthetic
 
     queue_hostile(client)
     bad = [p.read_bytes() for p in sorted((Path(__file__).parent.parent / "seeds" / "bad").glob("*.eml"))][:6]
@@ -480,7 +482,7 @@ def test_idle_and_slow_connections_neither_block_nor_add_threads(client: Client,
 
 def test_idle_and_slow_connections_are_closed(client: Client, serve: Callable[..., StatusServer],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("drain.web.IDLE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("drain.observe.web.IDLE_TIMEOUT_S", 0.3)
     server = serve()
     host, port = address(server)
     with socket.create_connection((host, port), timeout=30) as idle, \

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from drain.batch import Batch
-from drain.dispatch import ensure_tokens
-from workers import runtime
+from drain.worker import runtime
+from drain.worker.batch import Batch
+from drain.worker.dispatch import ensure_tokens
 
 
 def deliver_batch() -> int:

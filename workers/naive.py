@@ -6,10 +6,11 @@ connection, count) but pays RQ's per-job cost for every message. Not used in pro
 
 from __future__ import annotations
 
-from drain import keys, validate
-from drain.delivery import Relay, RelayConfig
+from drain import validate
 from drain.message import Envelope
 from drain.settings import Settings
+from drain.store import keys
+from drain.worker.delivery import Relay, RelayConfig
 
 _relay: Relay | None = None
 

@@ -1,0 +1,58 @@
+"""`drain drain`: an operator's drain session. Sets the rate if asked, runs worker
+processes, shows progress until nothing is queued, and on Ctrl-C stops the workers the
+gentle way (each finishes and records its batch) so the books stay exact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from rich.console import Console
+
+from drain.cli.progress import done, watch
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.store.connection import resolve_url
+from drain.worker.dispatch import ensure_tokens
+
+# How long stopping workers may take to finish their batch before they are killed.
+STOP_GRACE_S = 60.0
+
+
+def run_session(client: Client, rate: float | None, set_rate: bool, processes: int, console: Console) -> bool:
+    if set_rate:
+        ratelimit.set_global(client.redis, rate)
+    url = resolve_url(client.settings)
+    books = client.store.books()
+    pace = ratelimit.format_rate(ratelimit.get_global(client.redis))
+    console.print(f"draining {books.queued:,} queued messages at {pace} with {processes} worker process(es);"
+                  " Ctrl-C stops cleanly")
+    env = dict(os.environ, DRAIN_REDIS_URL=url)
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
+    ensure_tokens(client.redis, client.settings)
+    finished = False
+    try:
+        watched = watch(client.store, proc, console, stall_limit_s=float("inf"), baseline=done(books))
+        finished = watched.finished
+        if not finished:
+            console.print(f"[red]stopped: {watched.reason}[/]")
+    except KeyboardInterrupt:
+        console.print("stopping: workers finish and record their current batch...")
+    finally:
+        _stop(proc)
+    final = client.store.books()
+    console.print(f"books: {final.as_dict()} -> {'balanced' if final.balanced else 'NOT BALANCED'}")
+    return finished and final.balanced
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # RQ's warm shutdown: the current job completes
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()  # what they held comes back when their leases lapse
+        proc.wait()

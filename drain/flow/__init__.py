@@ -1,0 +1,1 @@
+"""Flow control: may this message go now (rates, the domain gate, breakers, pauses)."""

@@ -1,0 +1,231 @@
+"""Delivery rate settings, live for every worker: stored in Redis, read by the claim script.
+
+Rates are written like `500/s`, `30000/m` or `1000000/h`; `unlimited` is the only way to
+remove a limit, and 0 (`0`, `0/s`) holds delivery, as a pause does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import redis
+
+from drain.errors import ConfigError
+from drain.store import keys
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h|hour)\s*$", re.IGNORECASE)
+_PER_SECOND = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> float | None:
+    """Messages per second from '500/s' style text; None for unlimited; 0.0 holds delivery."""
+    if text.strip().lower() == "unlimited":
+        return None
+    if text.strip() == "0":
+        return 0.0
+    match = _RATE.match(text)
+    per_second = float(match.group(1)) / _PER_SECOND[match.group(2).lower()] if match else math.nan
+    if not math.isfinite(per_second):
+        raise ConfigError(f"rate must look like 500/s, 30000/m or 1000000/h, 0 to hold delivery, or 'unlimited'"
+                          f" to lift the limit; got {text!r}")
+    return per_second
+
+
+def stored_rate(raw: bytes | str | None) -> float | None:
+    """A rate as stored in Redis: None when absent (unlimited); 0.0 (delivery held) when it is
+    0 or cannot be read, as the claim and gate scripts read it."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, UnicodeDecodeError):
+        return 0.0
+    if math.isinf(value) and value > 0:
+        return None
+    return value if value > 0 else 0.0
+
+
+def holds(rate: float | None) -> bool:
+    """Whether a rate holds delivery (it is 0)."""
+    return rate is not None and rate <= 0
+
+
+def format_rate(per_second: float | None) -> str:
+    if per_second is None:
+        return "unlimited"
+    if per_second <= 0:
+        return "0 (held)"
+    if per_second >= 1:
+        return f"{per_second:g}/s"
+    return f"{per_second * 60:g}/m"
+
+
+def set_global(client: redis.Redis, per_second: float | None) -> None:
+    if per_second is None:
+        client.delete(keys.RATE, keys.RATE_STATE)
+    else:
+        client.set(keys.RATE, repr(per_second))
+
+
+def get_global(client: redis.Redis) -> float | None:
+    """The global rate: None for unlimited, 0.0 while it holds delivery."""
+    return stored_rate(client.get(keys.RATE))
+
+
+def pause(client: redis.Redis) -> None:
+    client.set(keys.PAUSED, b"1")
+
+
+def resume(client: redis.Redis) -> None:
+    client.delete(keys.PAUSED)
+
+
+def is_paused(client: redis.Redis) -> bool:
+    return bool(client.exists(keys.PAUSED))
+
+
+# -- per destination domain ---------------------------------------------------------------
+
+# Adaptive rates never drop below this (msgs/s), and recover towards the cap (or the global
+# rate, or this ceiling when neither is set) by an additive step at most once a second.
+MIN_RATE = 0.5
+CEILING = 1000.0
+_THROTTLE_HINTS = ("rate", "throttl", "too many", "slow down", "too fast", "4.7.")
+
+
+def set_domain(client: redis.Redis, domain: str, per_second: float | None) -> None:
+    domain = domain.lower()
+    if per_second is None:
+        client.hdel(keys.DOMAIN_RATES, domain)
+    else:
+        client.hset(keys.DOMAIN_RATES, domain, repr(per_second))
+
+
+def set_concurrency(client: redis.Redis, domain: str, limit: int | None) -> None:
+    domain = domain.lower()
+    if limit:
+        client.hset(keys.DOMAIN_CONCURRENCY, domain, limit)
+    else:
+        client.hdel(keys.DOMAIN_CONCURRENCY, domain)
+
+
+def set_burst(client: redis.Redis, seconds: float) -> None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"burst must be a finite number of seconds, got {seconds!r}")
+    client.set(keys.BURST, repr(seconds))
+
+
+def pause_domain(client: redis.Redis, domain: str) -> None:
+    client.sadd(keys.PAUSED_DOMAINS, domain.lower())
+
+
+def resume_domain(client: redis.Redis, domain: str) -> None:
+    client.srem(keys.PAUSED_DOMAINS, domain.lower())
+
+
+def is_throttling(code: int, text: str) -> bool:
+    """A reply that says "slow down" rather than "try later": 421, or a 4xx naming a rate."""
+    lowered = text.lower()
+    return code == 421 or (400 <= code < 500 and any(h in lowered for h in _THROTTLE_HINTS))
+
+
+def _number(value: bytes | None) -> float | None:
+    """A stored positive, finite number; None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _floats(values: list[bytes | None]) -> list[float | None]:
+    return [_number(v) for v in values]
+
+
+def throttled(client: redis.Redis, domain: str, now: float) -> float:
+    """Halve the domain's effective rate (multiplicative decrease), at most once a second;
+    returns the rate now in force."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.DOMAIN_EFFECTIVE, domain)
+    pipe.hget(keys.DOMAIN_RATES, domain)
+    pipe.get(keys.RATE)
+    pipe.hget(keys.DOMAIN_RAISED, domain)
+    effective, cap, global_rate, changed = _floats(pipe.execute())
+    if effective is not None and changed is not None and now - changed < 1.0:
+        return effective
+    start = effective or cap or global_rate or CEILING
+    new = max(MIN_RATE, start / 2)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.DOMAIN_EFFECTIVE, domain, repr(new))
+    pipe.hset(keys.DOMAIN_RAISED, domain, repr(now))
+    pipe.execute()
+    return new
+
+
+def recovered(client: redis.Redis, domain: str, now: float) -> float | None:
+    """After a success, raise a throttled domain's effective rate by a step, at most once a
+    second (additive increase); at its ceiling the adaptive limit is dropped. Returns the rate."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.DOMAIN_EFFECTIVE, domain)
+    pipe.hget(keys.DOMAIN_RAISED, domain)
+    pipe.hget(keys.DOMAIN_RATES, domain)
+    pipe.get(keys.RATE)
+    effective, raised, cap, global_rate = _floats(pipe.execute())
+    if effective is None:
+        return None
+    if raised is not None and now - raised < 1.0:
+        return effective
+    ceiling = cap or global_rate or CEILING
+    new = effective + max(1.0, ceiling * 0.05)
+    pipe = client.pipeline(transaction=True)
+    if new >= ceiling:
+        pipe.hdel(keys.DOMAIN_EFFECTIVE, domain)
+        pipe.hdel(keys.DOMAIN_RAISED, domain)
+    else:
+        pipe.hset(keys.DOMAIN_EFFECTIVE, domain, repr(new))
+        pipe.hset(keys.DOMAIN_RAISED, domain, repr(now))
+    pipe.execute()
+    return None if new >= ceiling else new
+
+
+def constrained(client: redis.Redis) -> tuple[set[str], set[str], set[str]]:
+    """(domains with any limit, pause or adaptive rate; domains with a concurrency cap;
+    domains with an adaptive rate), read in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hkeys(keys.DOMAIN_RATES)
+    pipe.hkeys(keys.DOMAIN_EFFECTIVE)
+    pipe.hkeys(keys.DOMAIN_CONCURRENCY)
+    pipe.smembers(keys.PAUSED_DOMAINS)
+    rates, effective, concurrency, paused = ({v.decode() for v in r} for r in pipe.execute())
+    return rates | effective | concurrency | paused, concurrency, effective
+
+
+def show(client: redis.Redis) -> dict[str, object]:
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.DOMAIN_RATES)
+    pipe.hgetall(keys.DOMAIN_EFFECTIVE)
+    pipe.hgetall(keys.DOMAIN_CONCURRENCY)
+    pipe.smembers(keys.PAUSED_DOMAINS)
+    pipe.get(keys.BURST)
+    rates, effective, concurrency, paused, burst = pipe.execute()
+    names = {k.decode() for k in [*rates, *effective, *concurrency, *paused]}
+    domains: dict[str, dict[str, object]] = {}
+    for name in sorted(names):
+        key = name.encode()
+        cap = stored_rate(rates[key]) if key in rates else None
+        adapted = _number(effective.get(key))
+        most = _number(concurrency.get(key))
+        domains[name] = {
+            "rate": cap,
+            "effective": round(adapted, 2) if adapted is not None else None,
+            "concurrency": int(most) if most is not None else None,
+            "paused": key in paused,
+            "held": holds(cap),
+        }
+    global_rate = get_global(client)
+    burst_s = _number(burst) if burst != b"0" else 0.0
+    return {"global": global_rate, "burst_s": burst_s, "paused": is_paused(client),
+            "held": holds(global_rate), "domains": domains}

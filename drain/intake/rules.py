@@ -1,0 +1,200 @@
+"""Operator rules: during an incident, quarantine mail by sender, recipient domain or a
+header pattern. A new rule sweeps what is already queued; enqueue and the workers apply
+every rule to mail that comes later.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import cast
+
+import redis
+
+from drain.errors import ConfigError
+from drain.intake import saferegex
+from drain.message import Envelope
+from drain.store import keys
+from drain.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# Longest header pattern accepted; patterns are also run on at most this much header text.
+MAX_PATTERN = 200
+MAX_FIELD = 320
+MAX_HEADER_TEXT = 4096
+_HEADERS = BytesHeaderParser(policy=compat32)
+SWEEP_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    sender: str | None = None  # glob on the envelope sender, e.g. *@spam.example.com
+    domain: str | None = None  # any recipient in this domain
+    header: str | None = None  # field name ...
+    pattern: str | None = None  # ... and a regex searched in its value(s)
+    actor: str = ""
+    created_at: float = 0.0
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.sender or self.domain or self.header):
+            raise ConfigError("a rule needs --sender, --domain or --header")
+        if self.header and not self.pattern:
+            raise ConfigError("--header takes 'Name: regex'")
+        for what, value in (("sender", self.sender), ("domain", self.domain), ("header", self.header)):
+            if value and len(value) > MAX_FIELD:
+                raise ConfigError(f"rule {what} is longer than {MAX_FIELD} characters")
+        if self.pattern:
+            if len(self.pattern) > MAX_PATTERN:
+                raise ConfigError(f"header pattern is longer than {MAX_PATTERN} characters")
+            saferegex.compile_pattern(self.pattern)  # RE2: linear time, cannot hang
+
+    def describe(self) -> str:
+        parts = []
+        if self.sender:
+            parts.append(f"sender {self.sender}")
+        if self.domain:
+            parts.append(f"domain {self.domain}")
+        if self.header:
+            parts.append(f"header {self.header}: /{self.pattern}/")
+        return " and ".join(parts)
+
+    def matches(self, raw: bytes, envelope: Envelope) -> bool:
+        if self.sender and not fnmatch.fnmatchcase(envelope.sender.lower(), self.sender.lower()):
+            return False
+        if self.domain:
+            domain = self.domain.lower()
+            if not any(r.rpartition("@")[2].lower() == domain for r in envelope.recipients):
+                return False
+        if self.header and self.pattern:
+            try:
+                values = _HEADERS.parsebytes(raw[:65536]).get_all(self.header, [])
+            except Exception:
+                return False
+            if not any(saferegex.search(self.pattern, str(v)[:MAX_HEADER_TEXT]) for v in values):
+                return False
+        return True
+
+    def findings(self) -> str:
+        return json.dumps([{"code": "rule.match", "detail": f"rule {self.id}: {self.describe()}"}])
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, colon, pattern = text.partition(":")
+    if not colon or not name.strip() or not pattern.strip():
+        raise ConfigError("--header takes 'Name: regex', e.g. 'Subject: ^invoice [0-9]+$'")
+    return name.strip(), pattern.strip()
+
+
+def version(client: redis.Redis) -> int:
+    return int(cast(bytes | None, client.get(keys.RULE_SEQ)) or 0)
+
+
+def load(client: redis.Redis) -> list[Rule]:
+    raw = cast(dict[bytes, bytes], client.hgetall(keys.RULES))
+    rules = []
+    for value in raw.values():
+        try:
+            rules.append(Rule(**json.loads(value)))
+        except (ConfigError, TypeError, ValueError) as exc:  # never let one stored rule stop the workers
+            log.error("ignoring a stored rule drain cannot use: %s", exc)
+    return sorted(rules, key=lambda r: int(r.id))
+
+
+def add(client: redis.Redis, actor: str, note: str = "", **match: str | None) -> Rule:
+    rule_id = str(int(client.incr(keys.RULE_SEQ)))
+    rule = Rule(id=rule_id, actor=actor, created_at=round(time.time(), 3), note=note, **match)
+    client.hset(keys.RULES, rule_id, json.dumps(asdict(rule)))
+    return rule
+
+
+def remove(client: redis.Redis, rule_id: str) -> bool:
+    removed = bool(client.hdel(keys.RULES, rule_id))
+    if removed:
+        client.incr(keys.RULE_SEQ)
+    return removed
+
+
+def first_match(rules: list[Rule], raw: bytes, envelope: Envelope) -> Rule | None:
+    return next((r for r in rules if r.matches(raw, envelope)), None)
+
+
+def _queued_ids(client: redis.Redis) -> Iterator[list[str]]:
+    """Ids of waiting messages, in chunks: ready list, suspect list, deferred set."""
+    parked = [keys.parked(d.decode()) for d in cast(set[bytes], client.smembers(keys.PARKED_DOMAINS))]
+    for key in (keys.FRESH, keys.READY, keys.SUSPECT, *parked):
+        start = 0
+        while True:
+            chunk = cast(list[bytes], client.lrange(key, start, start + SWEEP_CHUNK - 1))
+            if not chunk:
+                break
+            yield [c.decode() for c in chunk]
+            start += SWEEP_CHUNK
+    offset = 0
+    while True:
+        chunk = cast(list[bytes], client.zrange(keys.DEFERRED, offset, offset + SWEEP_CHUNK - 1))
+        if not chunk:
+            break
+        yield [c.decode() for c in chunk]
+        offset += SWEEP_CHUNK
+
+
+def sweep(store: Store, rule: Rule) -> int:
+    """Move waiting messages that match into quarantine; returns how many moved."""
+    client = store.client
+    moved = 0
+    for ids in _queued_ids(client):
+        pipe = client.pipeline(transaction=False)
+        for msg_id in ids:
+            pipe.hmget(keys.message(msg_id), ["raw", "env"])
+        matched = []
+        for msg_id, (raw, env) in zip(ids, pipe.execute(), strict=True):
+            if raw is not None and env is not None and rule.matches(raw, Envelope.from_json(env)):
+                matched.append(msg_id)
+        if matched:
+            moved += int(store.scripts.sweep(
+                keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS,
+                      *map(keys.message, matched)],
+                args=[f"{time.time():.3f}", rule.findings(), *matched],
+            ))
+    return moved
+
+
+# A rule needs the operator's explicit confirmation (`rule add --yes-all`) when it would
+# catch more than this share of the queued mail (and at least CONFIRM_MIN messages), or
+# when its sender pattern matches any address at all.
+CONFIRM_SHARE = 0.5
+CONFIRM_MIN = 10
+_PROBES = (Envelope("probe-1@one.example", ("a@one.example",)), Envelope("z9@two.example.net", ("b@two.example.net",)))
+
+
+def reach(store: Store, rule: Rule) -> tuple[int, int]:
+    """(queued messages the rule matches, queued messages), without moving any."""
+    matched = queued = 0
+    for ids in _queued_ids(store.client):
+        pipe = store.client.pipeline(transaction=False)
+        for msg_id in ids:
+            pipe.hmget(keys.message(msg_id), ["raw", "env"])
+        for raw, env in pipe.execute():
+            if raw is None or env is None:
+                continue
+            queued += 1
+            matched += rule.matches(raw, Envelope.from_json(env))
+    return matched, queued
+
+
+def catches_everyone(rule: Rule) -> bool:
+    """True for a sender-only rule whose pattern matches unrelated addresses ('*', '*@*')."""
+    return not (rule.domain or rule.header) and all(rule.matches(b"", probe) for probe in _PROBES)
+
+
+def needs_confirmation(rule: Rule, matched: int, queued: int) -> bool:
+    return catches_everyone(rule) or (matched >= CONFIRM_MIN and matched > CONFIRM_SHARE * queued)

@@ -1,0 +1,225 @@
+"""The backlog's shape, like Postfix's qshape: queued mail by destination domain and age,
+with an ETA per domain from its limits and the recent pace. Read from counters that every
+state move keeps (see keys.SHAPE), so it costs the same for ten messages or a million.
+
+The ETAs come from one place, `forecast`, which `drain status`, `drain backlog`, their JSON,
+the metrics and the status page all use."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from drain.flow import ratelimit
+from drain.flow.breaker import Breakers
+from drain.store import keys
+from drain.store.store import Store
+
+# Lower bounds of the age buckets, in seconds: 0, 5 min, then doubling (as qshape's minutes).
+BUCKETS_S = [0, 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 76800]
+# Books samples kept for the history chart (one per housekeeping round that takes one).
+HISTORY_KEPT = 2160
+HISTORY_EVERY_S = 10.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DomainShape:
+    domain: str
+    total: int = 0
+    by_age: list[int] = field(default_factory=lambda: [0] * len(BUCKETS_S))
+    eta_s: float | None = None
+    # Why its mail does not move (eta_s is then None): "paused", "breaker open until HH:MM:SS".
+    held_by: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"domain": self.domain, "total": self.total, "by_age": self.by_age,
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "held_by": self.held_by}
+
+
+@dataclass
+class Shape:
+    domains: list[DomainShape]
+    total: int
+    # The headline: the longest ETA among domains whose mail moves (None when none moves or
+    # the pace is unknown), and what holds the rest back: domain (or "*") -> why.
+    eta_s: float | None = None
+    held_by: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"buckets_s": BUCKETS_S, "total": self.total,
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "held_by": self.held_by,
+                "domains": [d.as_dict() for d in self.domains]}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What bounds each domain's pace, read once: caps and adaptive rates (msgs/s), paused
+    domains, open breakers (domain -> open until), the global rate and pause, the pace."""
+
+    caps: dict[str, float]
+    paused: set[str]
+    breakers: dict[str, float]
+    global_rate: float | None
+    all_paused: bool
+    pace: float
+
+
+def read_limits(store: Store, pace: float | None = None, now: float | None = None) -> Limits:
+    now = time.time() if now is None else now
+    try:
+        shown = ratelimit.show(store.client)
+    except redis.ResponseError as exc:  # a settings key of the wrong type: no limits known, keep answering
+        log.error("the rate settings cannot be read: %s", exc)
+        shown = {"domains": {}, "global": None, "paused": False, "held": False}
+    caps: dict[str, float] = {}
+    paused: set[str] = set()
+    for name, d in cast(dict[str, dict[str, Any]], shown["domains"]).items():
+        rates = [float(r) for r in (d.get("rate"), d.get("effective")) if r]
+        if rates:
+            caps[name] = min(rates)
+        if d.get("paused") or d.get("held"):  # a cap of 0 holds the domain like a pause
+            paused.add(name)
+    try:
+        opened = {name: state["open_until"] for name, state in
+                  Breakers(store.client, store.settings).states().items() if state.get("open_until", 0) > now}
+    except (ValueError, redis.ResponseError) as exc:
+        log.error("the circuit breaker states cannot be read: %s", exc)
+        opened = {}
+    return Limits(caps, paused, opened, cast(float | None, shown["global"]),
+                  bool(shown["paused"]) or bool(shown.get("held")), store.pace() if pace is None else pace)
+
+
+def _until(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def forecast(totals: dict[str, int], limits: Limits) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Seconds until each domain's queued mail is gone, and why mail that does not move is held.
+
+    A domain moves at the lowest of its cap, its adaptive (throttled) rate and the share of
+    the global throughput it gets. The throughput is the global rate when one is set, else
+    the recent pace. Capped domains take their cap (or less, when the throughput is short);
+    uncapped domains share what is left in proportion to what they have queued, so they end
+    together. When a capped domain is done, its part goes to the others: the forecast walks
+    those moments one by one. Paused domains, and those behind an open breaker, are held:
+    no number, a reason instead (they take no share meanwhile).
+    """
+    held: dict[str, str] = {}
+    relay_open = limits.breakers.get("(relay)")
+    for domain, count in totals.items():
+        if count <= 0:
+            continue
+        if limits.all_paused:
+            held["*"] = "delivery paused"
+        elif domain in limits.paused:
+            held[domain] = "paused"
+        elif domain in limits.breakers:
+            held[domain] = f"breaker open until {_until(limits.breakers[domain])}"
+        elif relay_open is not None:
+            held["*"] = f"relay breaker open until {_until(relay_open)}"
+    etas: dict[str, float | None] = {d: None for d in totals}
+    if "*" in held:
+        return etas, held
+    left = {d: float(n) for d, n in totals.items() if n > 0 and d not in held}
+    for domain in totals:
+        if totals[domain] <= 0:
+            etas[domain] = 0.0
+    capped = {d for d in left if d in limits.caps}
+    throughput = limits.global_rate or 0.0
+    if not throughput:
+        # No global rate: what we did lately. Capped domains still get their caps (the
+        # pace may have been measured while little else had mail).
+        throughput = limits.pace
+    clock = 0.0
+    while left:
+        free = [d for d in left if d not in capped]
+        cap_sum = sum(limits.caps[d] for d in left if d in capped)
+        # When the caps alone ask for more than the global rate, they share it.
+        scale = throughput / cap_sum if limits.global_rate and cap_sum > throughput else 1.0
+        rates = {d: limits.caps[d] * scale for d in left if d in capped}
+        rest = max(0.0, throughput - sum(rates.values()))
+        if free and not limits.global_rate:
+            # The pace is a floor of what uncapped mail gets (it was measured with it flowing).
+            queued_free = sum(left[d] for d in free)
+            rest = max(rest, limits.pace * queued_free / sum(left.values()))
+        if free:
+            queued_free = sum(left[d] for d in free)
+            for d in free:
+                rates[d] = rest * left[d] / queued_free
+        moving = {d: r for d, r in rates.items() if r > 0}
+        if not moving:
+            break  # nothing known to move (no pace yet, no rate): no figure
+        step = min(left[d] / r for d, r in moving.items())
+        clock += step
+        for d, r in moving.items():
+            left[d] -= r * step
+            if left[d] <= 1e-6:
+                etas[d] = clock
+        left = {d: n for d, n in left.items() if n > 1e-6}
+    return etas, held
+
+
+def _bucket(age_s: float) -> int:
+    index = 0
+    for i, lower in enumerate(BUCKETS_S):
+        if age_s >= lower:
+            index = i
+    return index
+
+
+def shape(store: Store, now: float | None = None, pace: float | None = None) -> Shape:
+    """Queued mail (ready, deferred, in flight) by domain and age, largest domain first.
+
+    A domain's ETA is its total over the pace it can get: the recent overall pace shared
+    in proportion to its part of the backlog, capped by the domain's own (or adaptive) rate.
+    """
+    now = time.time() if now is None else now
+    raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
+    domains: dict[str, DomainShape] = {}
+    for key, value in raw.items():
+        domain, _sep, minute = key.decode().rpartition("|")
+        count = int(value)
+        if count <= 0 or not minute.isdigit():
+            continue
+        entry = domains.setdefault(domain or "(none)", DomainShape(domain or "(none)"))
+        entry.total += count
+        entry.by_age[_bucket(now - int(minute) * 60)] += count
+    total = sum(d.total for d in domains.values())
+    etas, held = forecast({d.domain: d.total for d in domains.values()}, read_limits(store, pace, now))
+    for entry in domains.values():
+        entry.eta_s = etas.get(entry.domain)
+        entry.held_by = held.get(entry.domain) or held.get("*")
+    ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
+    unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
+    headline = None if unknown else max((e for e in etas.values() if e is not None), default=0.0)
+    return Shape(ordered, total, headline, held)
+
+
+def sample_history(store: Store, now: float | None = None) -> bool:
+    """Add a books sample for the chart if the last one is older than HISTORY_EVERY_S."""
+    now = time.time() if now is None else now
+    last = store.client.lindex(keys.HISTORY, 0)
+    if last is not None and now - float(json.loads(last)["t"]) < HISTORY_EVERY_S:
+        return False
+    books = store.books()
+    sample = {"t": round(now, 1), "queued": books.queued, "ready": books.ready, "deferred": books.deferred,
+              "delivered": books.delivered, "quarantined": books.quarantined, "bounced": books.bounced}
+    pipe = store.client.pipeline(transaction=False)
+    pipe.lpush(keys.HISTORY, json.dumps(sample))
+    pipe.ltrim(keys.HISTORY, 0, HISTORY_KEPT - 1)
+    pipe.execute()
+    return True
+
+
+def history(store: Store, since_s: float = 6 * 3600, now: float | None = None) -> list[dict[str, Any]]:
+    """Books samples of the last since_s seconds, oldest first."""
+    now = time.time() if now is None else now
+    samples = [json.loads(s) for s in cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1))]
+    return [s for s in reversed(samples) if now - s["t"] <= since_s]

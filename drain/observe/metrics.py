@@ -1,0 +1,240 @@
+"""Prometheus metrics, read from Redis rather than counted in worker memory.
+
+Workers run on many machines and come and go; every figure they would count is already
+kept in Redis by the state moves themselves (the books, findings by reason, the latency
+histogram, rate-limit waits). So one reader exposes them all: a custom collector on a
+private registry, fed by whatever supplies the figures (`drain serve` hands it the last
+snapshot its refresher took, so a scrape never waits on Redis).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from drain.flow import ratelimit
+from drain.intake import door as intake
+from drain.observe import backlog, status
+from drain.observe.backlog import Shape
+from drain.observe.status import Status
+from drain.store import keys
+from drain.store.store import Store
+
+# Upper bounds (seconds) of the delivery latency buckets, as settle.lua writes them; its
+# counts are per bucket (not cumulative), with "inf" above the last bound and "sum" beside.
+LATENCY_BOUNDS = ("1", "5", "15", "60", "300", "900", "3600", "14400", "86400")
+# Domains given their own backlog series, largest first: more would swamp Prometheus.
+DOMAINS_EXPOSED = 50
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Counters of the books hash exposed as drain_messages_total{event=...}.
+EVENTS = ("accepted", "delivered", "bounced", "deleted")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Everything the metrics (and the status page) show, read from Redis at read_at."""
+
+    read_at: float
+    status: Status
+    # The books hash: accepted, delivered, bounced, deleted, held_total, parked_total, parked.
+    counters: dict[str, int]
+    # Quarantine findings by reason code, since the start (a message counts once per code).
+    findings: dict[str, int]
+    # Delivery latency: bound -> count (per bucket), and "sum".
+    latency: dict[str, float]
+    shape: Shape
+    # ratelimit.show(): global rate, burst, pause, per-domain caps.
+    limits: dict[str, Any]
+    intake_paused: bool
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a scrape gets: the last figures known (None if none yet) and whether the read
+    that should have refreshed them succeeded."""
+
+    figures: Figures | None
+    up: bool
+
+
+def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(float(v)) for k, v in raw.items()}
+
+
+def read(store: Store) -> Figures:
+    """Read every figure; raises redis.RedisError when Redis does not answer."""
+    shape = backlog.shape(store)
+    st = status.read(store, shape)
+    pipe = store.client.pipeline(transaction=False)
+    pipe.hgetall(keys.BOOKS)
+    pipe.hgetall(keys.FINDINGS)
+    pipe.hgetall(keys.LATENCY)
+    counters, findings, latency = pipe.execute()
+    return Figures(
+        read_at=time.time(),
+        status=st,
+        counters=_ints(counters),
+        findings=_ints(findings),
+        latency={k.decode(): float(v) for k, v in cast(dict[bytes, bytes], latency).items()},
+        shape=shape,
+        limits=ratelimit.show(store.client),
+        intake_paused=intake.is_paused(store.client),
+    )
+
+
+def live(store: Store) -> Callable[[], Reading]:
+    """A source that reads Redis at every scrape (for embedding the collector elsewhere)."""
+
+    def source() -> Reading:
+        try:
+            return Reading(read(store), True)
+        except redis.RedisError:
+            return Reading(None, False)
+
+    return source
+
+
+def latency_buckets(latency: dict[str, float]) -> tuple[list[tuple[str, float]], float, int]:
+    """Cumulative (le, count) buckets ending with +Inf, the sum, and the count."""
+    running = 0.0
+    buckets: list[tuple[str, float]] = []
+    for bound in LATENCY_BOUNDS:
+        running += latency.get(bound, 0.0)
+        buckets.append((bound, running))
+    running += latency.get("inf", 0.0)
+    buckets.append(("+Inf", running))
+    return buckets, latency.get("sum", 0.0), int(running)
+
+
+class DrainCollector:
+    """A prometheus_client collector over a source of Readings."""
+
+    def __init__(self, source: Callable[[], Reading]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self.source()
+        yield GaugeMetricFamily("drain_redis_up", "1 when the last read of Redis succeeded, else 0.",
+                                value=1 if reading.up else 0)
+        f = reading.figures
+        if f is None:
+            return
+        yield GaugeMetricFamily("drain_figures_age_seconds",
+                                "Seconds since the figures below were read from Redis.",
+                                value=max(0.0, time.time() - f.read_at))
+        yield from _counters(f)
+        yield from _gauges(f)
+        buckets, total, _count = latency_buckets(f.latency)
+        yield HistogramMetricFamily("drain_delivery_latency_seconds",
+                                    "Time from acceptance to delivery of delivered messages.",
+                                    buckets=[(_le(le), n) for le, n in buckets], sum_value=total)
+        yield from _domains(f)
+
+
+def _le(bound: str) -> str:
+    """A bucket bound as Prometheus clients write it ("1.0", "+Inf"), so series line up."""
+    return bound if bound == "+Inf" else repr(float(bound))
+
+
+def _counters(f: Figures) -> Iterator[Metric]:
+    events = CounterMetricFamily("drain_messages", "Messages that entered a state, by event "
+                                 "(accepted; delivered, bounced, deleted are final).", labels=["event"])
+    for event in EVENTS:
+        events.add_metric([event], f.counters.get(event, 0))
+    yield events
+    found = CounterMetricFamily("drain_quarantine_findings", "Quarantine findings by reason code "
+                                "(a message found with two codes counts under both).", labels=["reason"])
+    for code, count in sorted(f.findings.items()):
+        found.add_metric([code], count)
+    yield found
+    waits = CounterMetricFamily("drain_rate_limit_waits", "Times mail waited instead of going: held (a domain's "
+                                "rate booked a later send time, or its circuit breaker is open) or parked "
+                                "(domain paused or at its concurrency cap).", labels=["kind"])
+    waits.add_metric(["held"], f.counters.get("held_total", 0))
+    waits.add_metric(["parked"], f.counters.get("parked_total", 0))
+    yield waits
+
+
+def _gauges(f: Figures) -> Iterator[Metric]:
+    books = f.status.books
+    depth = GaugeMetricFamily("drain_queue_depth", "Messages in each state now.", labels=["state"])
+    for state, value in (("ready", books.ready), ("deferred", books.deferred), ("in_flight", books.in_flight),
+                         ("quarantined", books.quarantined)):
+        depth.add_metric([state], value)
+    yield depth
+    why = GaugeMetricFamily("drain_deferred_messages", "Deferred messages by why they wait: held for their "
+                            "domain's booked send time (rate), held by an open circuit breaker (breaker), or "
+                            "deferred by the relay (relay); they add up to drain_queue_depth{state=\"deferred\"}.",
+                            labels=["reason"])
+    for reason in ("rate", "breaker", "relay"):
+        why.add_metric([reason], f.status.deferred_by.get(reason, 0))
+    yield why
+    yield GaugeMetricFamily("drain_parked_messages", "Ready messages parked behind a paused or capped domain "
+                            "(included in drain_queue_depth{state=\"ready\"}).", value=f.counters.get("parked", 0))
+    yield GaugeMetricFamily("drain_books_balanced", "1 when accepted equals the sum of every state.",
+                            value=1 if books.balanced else 0)
+    yield GaugeMetricFamily("drain_oldest_age_seconds", "Age of the oldest message still to be worked.",
+                            value=f.status.oldest_age_s)
+    yield GaugeMetricFamily("drain_delivery_rate_per_second", "Deliveries per second over the last 30 s.",
+                            value=f.status.rate_per_s)
+    if f.status.eta_s is not None:
+        yield GaugeMetricFamily("drain_eta_seconds", "Time until the mail that moves is worked: the longest "
+                                "domain's ETA from its cap, adaptive rate and share of the throughput (absent "
+                                "while unknown or while all is held).", value=f.status.eta_s)
+    held = GaugeMetricFamily("drain_domain_held", "1 for each destination whose mail does not move, by why "
+                             "(paused, breaker).", labels=["domain", "reason"])
+    for domain, reason in sorted(f.status.held_by.items()):
+        held.add_metric([domain, "breaker" if "breaker" in reason else reason.split()[-1]], 1)
+    yield held
+    limit = f.limits.get("global")
+    if isinstance(limit, float):
+        yield GaugeMetricFamily("drain_rate_limit_per_second", "Global delivery rate setting (absent: unlimited).",
+                                value=limit)
+    yield GaugeMetricFamily("drain_delivery_paused", "1 while delivery is paused.",
+                            value=1 if f.limits.get("paused") else 0)
+    yield GaugeMetricFamily("drain_intake_paused", "1 while the SMTP ingress is paused.",
+                            value=1 if f.intake_paused else 0)
+
+
+def _domains(f: Figures) -> Iterator[Metric]:
+    queued = GaugeMetricFamily("drain_backlog_messages", f"Queued messages by destination domain "
+                               f"(the {DOMAINS_EXPOSED} largest).", labels=["domain"])
+    for entry in f.shape.domains[:DOMAINS_EXPOSED]:
+        queued.add_metric([entry.domain], entry.total)
+    yield queued
+    caps = GaugeMetricFamily("drain_domain_rate_limit_per_second", "Per-domain rate: the operator's cap, or the "
+                             "adaptive rate after throttling replies.", labels=["domain", "kind"])
+    paused = GaugeMetricFamily("drain_domain_paused", "1 for each destination domain paused.", labels=["domain"])
+    domains = cast(dict[str, dict[str, Any]], f.limits.get("domains", {}))
+    for name, d in domains.items():
+        for kind, key in (("cap", "rate"), ("effective", "effective")):
+            if d.get(key) is not None:
+                caps.add_metric([name, kind], float(d[key]))
+        if d.get("paused"):
+            paused.add_metric([name], 1)
+    yield caps
+    yield paused
+    opened = GaugeMetricFamily("drain_circuit_open", "1 for each destination whose circuit breaker is open.",
+                               labels=["domain"])
+    for name in f.status.breakers_open:
+        opened.add_metric([name], 1)
+    yield opened
+
+
+def registry(source: Callable[[], Reading]) -> CollectorRegistry:
+    """A private registry holding only drain's collector (no process or GC metrics)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(DrainCollector(source))
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    """The registry in Prometheus' text format (served as CONTENT_TYPE)."""
+    return generate_latest(reg)

@@ -1,0 +1,229 @@
+"""Quarantine: what was held back and why, and the operator's work on it (list, show,
+release, delete, export), every action recorded in an audit log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from drain import validate
+from drain.errors import InputError
+from drain.intake import rules
+from drain.message import Envelope
+from drain.ops.export import Original, write_eml, write_mbox
+from drain.store import keys
+from drain.store.store import Store
+
+PAGE = 500
+AUDIT_KEPT = 100_000
+
+
+@dataclass(frozen=True)
+class Filter:
+    reason: str | None = None  # a reason code, or a prefix ending in '.' (e.g. "header.")
+    sender: str | None = None
+    domain: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.reason or self.sender or self.domain)
+
+    def matches(self, record: Record) -> bool:
+        if self.reason and not any(
+            code == self.reason or (self.reason.endswith(".") and code.startswith(self.reason))
+            for code in record.reasons
+        ):
+            return False
+        if self.sender and record.sender.lower() != self.sender.lower():
+            return False
+        return not (self.domain and not any(
+            r.rpartition("@")[2].lower() == self.domain.lower() for r in record.recipients
+        ))
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    reasons: list[str]
+    findings: list[dict[str, str]]
+    sender: str
+    recipients: list[str]
+    quarantined_at: float
+    accepted_at: float = 0.0
+    attempts: int = 0
+    last_reply: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+    raw: bytes | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "reason": ",".join(self.reasons), "sender": self.sender,
+                "recipients": self.recipients, "quarantined_at": self.quarantined_at}
+
+    def detail(self) -> dict[str, Any]:
+        return {**self.summary(), "reasons": self.reasons, "findings": self.findings,
+                "accepted_at": self.accepted_at, "attempts": self.attempts, "last_reply": self.last_reply,
+                "history": self.history, "audit": self.audit, "size": self.size}
+
+
+def _findings(why: bytes | None) -> list[dict[str, str]]:
+    try:
+        found = json.loads(why or b"[]")
+        return [f for f in found if isinstance(f, dict)]
+    except ValueError:
+        return [{"code": "parse.crash", "detail": "stored findings unreadable"}]
+
+
+def _record(msg_id: str, fields: list[Any], with_raw: bool = False) -> Record | None:
+    env, why, qt, t, n, last, hist, audit, size, raw = fields
+    if env is None:
+        return None
+    envelope = Envelope.from_json(env)
+    findings = _findings(why)
+    return Record(
+        id=msg_id,
+        reasons=list(dict.fromkeys(f.get("code", "") for f in findings)),
+        findings=findings,
+        sender=envelope.sender,
+        recipients=list(envelope.recipients),
+        quarantined_at=float(qt or 0),
+        accepted_at=float(t or 0),
+        attempts=int(n or 0),
+        last_reply=(last or b"").decode("utf-8", "replace"),
+        history=json.loads(hist or b"[]"),
+        audit=json.loads(audit or b"[]"),
+        size=int(size or 0),
+        raw=raw if with_raw else None,
+    )
+
+
+_FIELDS = ["env", "why", "qt", "t", "n", "last", "hist", "audit"]
+
+
+class Quarantine:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.client = store.client
+
+    def count(self) -> int:
+        return int(self.client.zcard(keys.QUARANTINE))
+
+    def _page(self, ids: list[str], with_raw: bool = False) -> list[Record]:
+        pipe = self.client.pipeline(transaction=False)
+        for msg_id in ids:
+            pipe.hmget(keys.message(msg_id), _FIELDS)
+            pipe.hstrlen(keys.message(msg_id), "raw")
+            if with_raw:
+                pipe.hget(keys.message(msg_id), "raw")
+        replies = pipe.execute()
+        step = 3 if with_raw else 2
+        out = []
+        for i, msg_id in enumerate(ids):
+            fields = [*replies[i * step], replies[i * step + 1], replies[i * step + 2] if with_raw else None]
+            record = _record(msg_id, fields, with_raw)
+            if record is not None:
+                out.append(record)
+        return out
+
+    def records(self, flt: Filter | None = None, limit: int | None = None) -> Iterator[Record]:
+        """Quarantined messages, oldest first, that pass the filter."""
+        start, yielded = 0, 0
+        while True:
+            ids = [i.decode() for i in cast(list[bytes], self.client.zrange(keys.QUARANTINE, start,
+                                                                              start + PAGE - 1))]
+            if not ids:
+                return
+            for record in self._page(ids):
+                if flt is None or flt.matches(record):
+                    yield record
+                    yielded += 1
+                    if limit is not None and yielded >= limit:
+                        return
+            start += PAGE
+
+    def get(self, msg_id: str) -> Record:
+        if self.client.zscore(keys.QUARANTINE, msg_id) is None:
+            raise InputError(f"no message {msg_id} in quarantine")
+        found = self._page([msg_id], with_raw=True)
+        if not found:
+            raise InputError(f"no message {msg_id} in quarantine")
+        return found[0]
+
+    def select(self, ids: Iterable[str], flt: Filter) -> list[str]:
+        """Explicit ids (each must be in quarantine), or every id the filter matches."""
+        chosen = list(ids)
+        if chosen:
+            missing = [i for i in chosen if self.client.zscore(keys.QUARANTINE, i) is None]
+            if missing:
+                raise InputError(f"not in quarantine: {', '.join(missing[:10])}")
+            return chosen
+        if flt.empty:
+            raise InputError("name message ids, or a filter (--reason, --sender, --domain)")
+        return [r.id for r in self.records(flt)]
+
+    def revalidate(self, ids: list[str], limits: validate.Limits,
+                   severity: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
+        """Split ids into those that now pass validation and every current rule, and those
+        that still fail (with the reasons)."""
+        active = rules.load(self.client)
+        passing: list[str] = []
+        failing: dict[str, list[str]] = {}
+        for record in (self.get(i) for i in ids):
+            envelope = Envelope(record.sender, tuple(record.recipients))
+            raw = record.raw or b""
+            verdict = validate.check(raw, envelope, limits, severity)
+            rule = rules.first_match(active, raw, envelope)
+            if verdict.ok and rule is None:
+                passing.append(record.id)
+            else:
+                failing[record.id] = verdict.reasons or [f"rule.match (rule {rule.id if rule else '?'})"]
+        return passing, failing
+
+    def _move(self, action: str, ids: list[str], actor: str, force: bool = False, note: str = "") -> int:
+        moved = 0
+        for start in range(0, len(ids), PAGE):
+            chunk = ids[start:start + PAGE]
+            moved += int(self.store.scripts.release(
+                keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, chunk)],
+                args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT, *chunk],
+            ))
+        return moved
+
+    def release(self, ids: list[str], actor: str, force: bool = False, note: str = "") -> int:
+        return self._move("release", ids, actor, force, note)
+
+    def delete(self, ids: list[str], actor: str, note: str = "") -> int:
+        return self._move("delete", ids, actor, note=note)
+
+    def expire(self, older_than_s: float, now: float | None = None) -> int:
+        """Delete what has been held longer than the retention time (counted as deleted)."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        ids = [i.decode() for i in cast(list[bytes], self.client.zrangebyscore(
+            keys.QUARANTINE, "-inf", cutoff, start=0, num=10_000))]
+        return self.delete(ids, actor="retention", note=f"held over {older_than_s:.0f}s") if ids else 0
+
+    def audit_log(self, msg_id: str | None = None, count: int = 100) -> list[dict[str, str]]:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrevrange(keys.AUDIT, count=count * 10))
+        out = []
+        for _entry_id, fields in entries:
+            item = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+            if msg_id is None or item.get("id") == msg_id:
+                out.append(item)
+            if len(out) >= count:
+                break
+        return out
+
+    def export(self, ids: list[str], fmt: str, out: Path, force: bool = False) -> int:
+        """Write the original bytes: one .eml per message into a folder, or one mbox file.
+        Refuses devices, links and existing files (unless force) before writing anything."""
+        originals = [Original(r.id, r.sender, r.accepted_at, r.raw or b"") for r in map(self.get, ids)]
+        if fmt == "eml":
+            write_eml(originals, out, force)
+        else:
+            write_mbox(originals, out, force)
+        return len(originals)

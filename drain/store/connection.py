@@ -1,0 +1,171 @@
+"""Open the Redis connection drain works on: DRAIN_REDIS_URL, or the embedded server.
+
+URLs: `redis://[:password@]host:port/db`, `rediss://...` (TLS, certificate verified),
+`unix:///path/redis.sock`, and `redis+sentinel://[:password@]host:port[,host:port...]/service/db`
+to find the master through Redis Sentinel (and follow it through a failover).
+
+Clients have redis-py's own silent retry turned off: a command that fails is reported to
+drain's code, which decides whether it is safe to repeat (drain.retry.redis_backoff), and a
+claim or an enqueue is never run twice without drain knowing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from drain.errors import ConfigError, RedisUnavailable
+from drain.settings import Settings
+from drain.store import embedded
+from drain.worker.retry import redis_backoff
+
+log = logging.getLogger(__name__)
+
+_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
+SENTINEL_DEFAULT_PORT = 26379
+_CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def redacted(url: str) -> str:
+    """The URL with any password replaced, fit for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    user = auth.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}{slash}{tail}"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A parsed `redis+sentinel://` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        _scheme, _sep, rest = url.partition("://")
+        netloc, _slash, path = rest.partition("/")
+        auth, _at, hosts = netloc.rpartition("@")
+        username, _colon, password = auth.partition(":") if auth else ("", "", "")
+        sentinels: list[tuple[str, int]] = []
+        for item in hosts.split(","):
+            host, colon, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+            host = host.removeprefix("[").removesuffix("]")
+            if not host or (colon and not port.isdigit()):
+                raise ConfigError(f"bad sentinel address {item!r} in {redacted(url)}")
+            sentinels.append((host, int(port) if colon else SENTINEL_DEFAULT_PORT))
+        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+            raise ConfigError(f"a sentinel URL ends with /service_name or /service_name/db, got {redacted(url)}")
+        return cls(tuple(sentinels), unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0,
+                   unquote(username) or None, unquote(password) or None)
+
+
+_announced = False
+
+
+def _announce(text: str) -> None:
+    """One line on standard error, once a process (never on stdout: --json stays clean)."""
+    global _announced
+    if not _announced:
+        _announced = True
+        sys.stderr.write(f"drain: {text}\n")
+        sys.stderr.flush()
+
+
+def resolve_url(settings: Settings) -> str:
+    """The URL to connect to, starting the embedded server when no URL is configured.
+    Using the embedded server is never silent: it is said on standard error, with its folder."""
+    if settings.redis_url is None:
+        where = settings.home.resolve()
+        if not embedded.has_data(settings.home):
+            _announce(f"no DRAIN_REDIS_URL: starting a new, empty embedded Redis in {where}")
+        else:
+            _announce(f"no DRAIN_REDIS_URL: using the embedded Redis in {where}")
+        return embedded.ensure_running(settings.home)
+    try:
+        scheme = urlsplit(settings.redis_url).scheme
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: redis://[::1
+        raise ConfigError(f"bad Redis URL {redacted(settings.redis_url)}: {exc}") from None
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"unsupported Redis URL scheme {scheme!r} in {redacted(settings.redis_url)}"
+            " (use redis://, rediss://, unix:// or redis+sentinel://)"
+        )
+    return settings.redis_url
+
+
+def client_for(url: str) -> redis.Redis:
+    """A client for the URL (not yet connected), with raw (bytes) replies as RQ needs."""
+    try:
+        if url.startswith("redis+sentinel://"):
+            where = SentinelUrl.parse(url)
+            sentinel = Sentinel(list(where.sentinels), socket_connect_timeout=5,  # type: ignore[no-untyped-call]
+                                socket_timeout=5)
+            master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+                where.service, db=where.db, username=where.username, password=where.password,
+                retry=_no_retry(), **_CLIENT_OPTIONS)
+            return master
+        return redis.Redis.from_url(url, retry=_no_retry(), **_CLIENT_OPTIONS)
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {redacted(url)}: {exc}") from None
+
+
+def ping(client: redis.Redis, url: str) -> None:
+    """Ping once; a one-line RedisUnavailable (never holding a password) if that fails."""
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise RedisUnavailable(f"Redis at {redacted(url)} refused the credentials") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise RedisUnavailable(f"Redis at {redacted(url)} needs a password (give it in the URL)") from None
+        raise RedisUnavailable(f"Redis at {redacted(url)} answered: {exc}") from None
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from None
+
+
+def connect(settings: Settings, check: bool = True) -> redis.Redis:
+    """A client for the configured Redis; pinged first unless check is False."""
+    url = resolve_url(settings)
+    client = client_for(url)
+    if check:
+        ping(client, url)
+    return client
+
+
+def connect_patiently(settings: Settings) -> redis.Redis:
+    """For workers: a bad URL or refused credentials fail at once (one line); a Redis that
+    does not answer yet is waited for, with backoff, each wait logged."""
+    url = resolve_url(settings)
+    client = client_for(url)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        if isinstance(exc, redis.AuthenticationError):
+            ping(client, url)
+        log.warning("Redis at %s does not answer yet (%s); waiting for it", redacted(url), exc)
+        redis_backoff()(client.ping)
+    except redis.RedisError:
+        ping(client, url)  # raises the one-line explanation
+    return client

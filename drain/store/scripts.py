@@ -1,0 +1,29 @@
+"""Lua scripts shipped in drain/store/lua, loaded once and registered once per client."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+import redis
+from redis.commands.core import Script
+
+
+@cache
+def source(name: str) -> str:
+    return (files("drain.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Scripts:
+    """The registered scripts of one Redis client, by name."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.claim: Script = client.register_script(source("claim"))
+        self.settle: Script = client.register_script(source("settle"))
+        self.reap: Script = client.register_script(source("reap"))
+        self.promote: Script = client.register_script(source("promote"))
+        self.release: Script = client.register_script(source("release"))
+        self.sweep: Script = client.register_script(source("sweep"))
+        self.gate: Script = client.register_script(source("gate"))
+        self.unpark: Script = client.register_script(source("unpark"))
+        self.age: Script = client.register_script(source("age"))

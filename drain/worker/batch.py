@@ -1,0 +1,304 @@
+"""Work one batch: claim ready messages, validate, quarantine or deliver, and settle.
+
+Outcomes are settled every `settle_every` messages, so a crash repeats at most that many
+deliveries; whatever a batch has not reached when it stops goes back to the ready list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rq.timeouts import JobTimeoutException
+
+from drain import validate
+from drain.flow import ratelimit
+from drain.flow.breaker import Breakers
+from drain.intake.rules import Rule, first_match
+from drain.message import Envelope, without_bcc
+from drain.store import keys
+from drain.store.store import Damaged, Outcome, Store, Stored
+from drain.worker import dsn
+from drain.worker.delivery import Relay, permanent
+from drain.worker.retry import deferral_delay
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
+# Verdicts of the domain gate (gate.lua).
+GATE_LATER, GATE_PAUSED, GATE_BUSY, GATE_FAR = 1, 2, 3, 4
+# The breaker name for failures of the relay itself (no SMTP reply at all).
+RELAY = "(relay)"
+# Longest single pause while the rate limit says wait; the claim is asked again after it.
+MAX_RATE_WAIT_S = 1.0
+# Share of the lease time after the last lease write this batch made (claim or check) past
+# which ownership is checked again before the next message (one round trip).
+LEASE_CHECK_AFTER = 0.5
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that keeps running while the process is stopped or the host sleeps
+    (CLOCK_BOOTTIME on Linux), so a frozen worker sees how long it was away."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
+# With nothing ready, a batch waits for held mail due within this long (its booked send time
+# is near), promotes it itself and goes on, rather than ending and leaving it to the next
+# promotion and job: sends then go on their booked times. At most HOLD_WAIT_BUDGET_S a batch.
+HOLD_WAIT_S = 0.25
+HOLD_WAIT_BUDGET_S = 2.0
+
+
+@dataclass
+class Tally:
+    """What one batch did, by outcome kind and by quarantine reason."""
+
+    kinds: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcome: Outcome) -> None:
+        self.kinds[outcome.kind] = self.kinds.get(outcome.kind, 0) + 1
+
+    def __getitem__(self, kind: str) -> int:
+        return self.kinds.get(kind, 0)
+
+
+class Batch:
+    # Set when a settle finds messages no longer held (the lease lapsed and housekeeping gave
+    # them to others): the rest of the claim is then left alone, not delivered a second time.
+    lost = False
+
+    def __init__(
+        self,
+        store: Store,
+        relay: Relay,
+        owner: str,
+        limits: validate.Limits,
+        severity: dict[str, str] | None = None,
+        rules: list[Rule] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        lease_clock: Callable[[], float] = lease_clock,
+    ) -> None:
+        self.store = store
+        self.settings = store.settings
+        self.relay = relay
+        self.owner = owner
+        self.limits = limits
+        self.severity = severity or validate.SEVERITY
+        self.rules = rules or []
+        self.clock = clock
+        self.sleep = sleep
+        self.lease_clock = lease_clock
+        # When this batch last wrote its lease (sent the claim or a check): the lease holds
+        # until at least then + lease_ttl_s, by the Redis server's clock.
+        self.lease_written = float("-inf")
+        self.tally = Tally()
+        self.breakers = Breakers(store.client, self.settings)
+        # Domains to ask the gate about, those with a concurrency cap, those adapting (per claim).
+        self.limited: set[str] = set()
+        self.capped: set[str] = set()
+        self.adaptive: set[str] = set()
+        # Ids of the current claim that came from the fresh lane.
+        self.fresh_ids: set[str] = set()
+        # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
+        self.reports: list[tuple[Stored, dict[str, str]]] = []
+
+    def decide(self, msg: Stored) -> Outcome:
+        if not msg.force:
+            rule = first_match(self.rules, msg.raw, msg.envelope)
+            if rule is not None:
+                self._count("rule.match")
+                return Outcome(msg.id, "quarantined", info=rule.findings())
+            verdict = validate.check(msg.raw, msg.envelope, self.limits, self.severity)
+            if not verdict.ok:
+                for code in verdict.reasons:
+                    self._count(code)
+                return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
+        env = msg.envelope
+        now = self.clock()
+        for destination in (RELAY, env.domain):
+            held = self.breakers.held_until(destination, now)
+            if held is not None:
+                until = time.strftime("%H:%M:%S", time.localtime(held))
+                return Outcome(msg.id, "held", score=held + random.uniform(0, 5),
+                               info=f"circuit breaker open for {destination} until {until}", envelope="breaker")
+        domain = env.domain
+        took_slot = False
+        if domain in self.limited:
+            answer, value = self.store.gate(domain, msg.id, msg.slot_us)
+            if answer == GATE_LATER:
+                slot = value / 1e6
+                at = time.strftime("%H:%M:%S", time.localtime(slot))
+                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}",
+                               envelope="rate")
+            if answer in (GATE_PAUSED, GATE_BUSY, GATE_FAR):
+                fresh = msg.fresh or msg.id in self.fresh_ids
+                return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
+            took_slot = domain in self.capped
+        try:
+            # The stored original keeps its Bcc (quarantine evidence); the copy sent does not.
+            result = self.relay.send(env.sender, list(env.recipients), without_bcc(msg.raw), env.smtputf8)
+        finally:
+            if took_slot:
+                self.store.unpark(domain, most=1, done_id=msg.id)
+        if result.kind == "deferred" and ratelimit.is_throttling(result.code, result.text):
+            ratelimit.throttled(self.store.client, domain, now)
+            self.adaptive.add(domain)
+        elif result.kind == "delivered" and domain in self.adaptive and ratelimit.recovered(
+                self.store.client, domain, now) is None:
+            self.adaptive.discard(domain)
+        if result.kind == "deferred":
+            # No reply at all (refused, dropped, timed out), TLS, AUTH, a missing extension or a
+            # session reply is the relay's trouble (or drain's), not the domain's.
+            self.breakers.failure(RELAY if result.code == 0 or result.relay_fault else env.domain, now)
+        else:
+            self.breakers.success(RELAY)
+            self.breakers.success(env.domain)
+        refused = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if permanent(c)}
+        if result.kind == "bounced":
+            self._report(msg, refused or dict.fromkeys(env.recipients, result.reply))
+            return Outcome(msg.id, "bounced", info=result.reply)
+        if result.kind == "delivered":
+            if refused:
+                self._report(msg, refused)
+            transient = [r for r, (c, _t) in result.refused.items() if not permanent(c)]
+            if not transient:
+                return Outcome(msg.id, "delivered", info=result.reply if result.refused else "")
+            # Some recipients took it, some said "later": the rest is deferred on its own.
+            rest = Envelope(env.sender, tuple(transient), env.smtputf8)
+            return self._defer(msg, now, result.reply, rest.to_json())
+        return self._defer(msg, now, result.reply)
+
+    def _defer(self, msg: Stored, now: float, reply: str, envelope: str = "") -> Outcome:
+        if now - msg.accepted_at >= self.settings.max_lifetime_s:
+            self._report(msg, dict.fromkeys(msg.envelope.recipients, f"expired after {msg.attempts + 1} attempts: "
+                                                                      f"{reply}"))
+            return Outcome(msg.id, "bounced", info=f"expired: {reply}")
+        due = now + deferral_delay(self.settings, msg.attempts + 1)
+        return Outcome(msg.id, "deferred", score=due, info=reply, envelope=envelope)
+
+    def _report(self, msg: Stored, failed: dict[str, str]) -> None:
+        # Never bounce a bounce: mail from the null sender gets no report.
+        if self.settings.dsn and msg.envelope.sender and failed:
+            self.reports.append((msg, failed))
+
+    def _send_reports(self) -> None:
+        if not self.reports:
+            return
+        items = [(dsn.build(m.raw, m.envelope, failed, m.id, self.settings.hostname, m.accepted_at),
+                  Envelope("", (m.envelope.sender,)), None) for m, failed in self.reports]
+        self.reports = []
+        self.store.enqueue_many(items)
+
+    def _count(self, code: str) -> None:
+        self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1
+
+    def run(self) -> int:
+        """Work up to batch_size messages; returns how many were claimed."""
+        handled = 0
+        waited = 0.0
+        want = self.settings.batch_size
+        while handled < want:
+            sent = self.lease_clock()
+            claim = self.store.claim(self.owner, want - handled)
+            if claim.paused:
+                break
+            if claim.wait_s:
+                self.sleep(min(claim.wait_s, MAX_RATE_WAIT_S))
+                continue
+            if not claim.ids:
+                pause = self._held_due_in()
+                if pause is None or waited + pause > HOLD_WAIT_BUDGET_S:
+                    break
+                self.sleep(pause)
+                waited += pause
+                self.store.promote_due()
+                continue
+            self.lease_written = sent
+            self.breakers.refresh()
+            self.fresh_ids = claim.fresh
+            self.limited, self.capped, self.adaptive = ratelimit.constrained(self.store.client)
+            handled += len(claim.ids)
+            self._work(claim.ids)
+            if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
+                break
+        return handled
+
+    def _held_due_in(self) -> float | None:
+        """Seconds until the soonest deferred message is due, if that is within HOLD_WAIT_S."""
+        due = self.store.next_due()
+        if due is None:
+            return None
+        pause = max(0.0, due - self.clock())
+        return pause if pause <= HOLD_WAIT_S else None
+
+    def _work(self, ids: list[str]) -> None:
+        pending: list[Outcome] = []
+        done: set[str] = set()
+        try:
+            for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
+                if not self._still_mine(msg_id):
+                    log.warning("lease lapsed (this worker was stopped or frozen) and message %s went to"
+                                " another worker: leaving the rest of this claim alone", msg_id)
+                    self.lost = True
+                    break
+                if msg is None:
+                    log.error("message %s has no data in Redis; counted as deleted", msg_id,
+                              extra={"message_id": msg_id})
+                    outcome = Outcome(msg_id, "vanished")
+                elif isinstance(msg, Damaged):
+                    outcome = msg.outcome()  # logged by the store; quarantined or dropped
+                else:
+                    try:
+                        outcome = self.decide(msg)
+                    except JobTimeoutException:
+                        # The job's time limit struck while this message was being worked:
+                        # it takes the strike, the rest of the batch goes back untouched.
+                        log.warning("message %s outlived the job time limit", msg_id, extra={"message_id": msg_id})
+                        pending.append(Outcome(msg_id, "timeout", info=TIMEOUT_FINDINGS))
+                        done.add(msg_id)
+                        raise
+                pending.append(outcome)
+                done.add(msg_id)
+                if len(pending) >= self.settings.settle_every:
+                    self._settle(pending)
+                    pending = []
+                    if self.lost:
+                        break
+        finally:
+            # Anything not reached (an exception, a job timeout) goes back, untouched.
+            pending += [Outcome(i, "requeue") for i in ids if i not in done]
+            self._settle(pending)
+
+    def _still_mine(self, msg_id: str) -> bool:
+        """Whether this worker still holds the message, asked of Redis only when the lease may
+        have lapsed since this batch last wrote it (a frozen or stopped worker): then the
+        lease is renewed and the message's owner read in one MULTI. Normally no round trip."""
+        sent = self.lease_clock()
+        if sent - self.lease_written < self.settings.lease_ttl_s * LEASE_CHECK_AFTER:
+            return True
+        pipe = self.store.client.pipeline(transaction=True)
+        pipe.set(keys.lease(self.owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
+        pipe.hget(keys.INFLIGHT, msg_id)
+        _renewed, owner = pipe.execute()
+        if owner is None or owner.decode() != self.owner:
+            return False
+        self.lease_written = sent
+        return True
+
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        _settled, skipped = self.store.settle(self.owner, outcomes)
+        self._send_reports()
+        if skipped:
+            log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)
+            self.lost = True
+        for outcome in outcomes:
+            self.tally.add(outcome)

@@ -1,0 +1,262 @@
+"""SMTP delivery to the configured relay, and the classification of every outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from rq.timeouts import JobTimeoutException
+
+from drain.errors import ConfigError
+from drain.worker.retry import reconnect
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["delivered", "deferred", "bounced"]
+_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+_DROPPED = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class RelayTimeout(smtplib.SMTPException):
+    """The relay stopped answering within the timeout."""
+
+
+class RelayAuthMissing(smtplib.SMTPResponseException):
+    """Credentials are configured but the relay offers no AUTH: the session's trouble, deferred."""
+
+
+# Replies that speak about the session or the configuration, never about one message, even
+# when they come at MAIL FROM, RCPT TO or DATA: command trouble (500, 502, 503, 504, 555)
+# and "authenticate first" / "encrypt first" (530, 538). They defer; they never bounce.
+SESSION_CODES = frozenset({500, 502, 503, 504, 530, 538, 555})
+
+
+def permanent(code: int) -> bool:
+    """Whether a reply to MAIL FROM, RCPT TO or DATA refuses this message for good."""
+    return 500 <= code < 600 and code not in SESSION_CODES
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> RelayConfig:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"bad relay URL: {exc}") from None
+        if parts.scheme not in _DEFAULT_PORTS:
+            raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
+        if not parts.hostname:
+            raise ConfigError("relay URL has no host")
+        if parts.password and parts.scheme == "smtp" and not (
+                parts.hostname in _LOOPBACK or parts.hostname.startswith("127.")):
+            raise ConfigError("relay credentials would cross the network in clear text:"
+                              " use smtps:// or smtp+starttls:// for a remote relay")
+        return cls(
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port or _DEFAULT_PORTS[parts.scheme],
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Result:
+    kind: Kind
+    code: int = 0
+    text: str = ""
+    # Recipients the relay refused while it took the message for others: address -> (code, text).
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # The failure is the relay's or drain's (connection, TLS, AUTH, a missing extension, a
+    # session reply, a local error), not the destination's: it counts on the relay breaker.
+    relay_fault: bool = False
+
+    @property
+    def reply(self) -> str:
+        """One line for logs and records."""
+        if self.refused:
+            return json.dumps({r: f"{c} {t}" for r, (c, t) in self.refused.items()})
+        return f"{self.code} {self.text}".strip()
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def wire_form(raw: bytes) -> bytes:
+    """The message with CRLF line endings, as SMTP carries it (files on disk often use LF)."""
+    if raw.count(b"\n") == raw.count(b"\r\n"):
+        return raw
+    return _BARE_LF.sub(b"\r\n", raw)
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return " ".join(text.split())[:300]
+
+
+def tls_context(verify: bool = True, ca_file: Path | None = None) -> ssl.SSLContext:
+    """The relay's TLS context: verified against the system CAs (and ca_file) unless verify is False."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def classify_code(code: int) -> Kind:
+    return "bounced" if permanent(code) else "deferred"
+
+
+class Relay:
+    """One SMTP session to the relay, opened lazily and reused across messages."""
+
+    def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.timeout_s = timeout_s
+        self.helo_name = helo_name or socket.gethostname()
+        # TLS for smtps and STARTTLS: certificate and host name verified unless told otherwise.
+        self.tls = tls or ssl.create_default_context()
+        self._smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.config
+        smtp: smtplib.SMTP
+        if cfg.scheme == "smtps":
+            smtp = smtplib.SMTP_SSL(
+                cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s,
+                context=self.tls,
+            )
+        else:
+            smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s)
+        try:
+            code, reply = smtp.ehlo()
+            if not 200 <= code < 300:
+                # Refused at EHLO: try HELO, and a refusal there is the session's (deferred),
+                # not a 503 at MAIL FROM later that could pass for a verdict on the message.
+                code, reply = smtp.helo()
+                if not 200 <= code < 300:
+                    raise smtplib.SMTPHeloError(code, reply)
+            if cfg.scheme == "smtp+starttls":
+                smtp.starttls(context=self.tls)
+                smtp.ehlo()
+            if cfg.username:
+                if not smtp.has_extn("auth"):
+                    raise RelayAuthMissing(530, "relay offers no AUTH; check the credentials in DRAIN_RELAY")
+                smtp.login(cfg.username, cfg.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def extensions(self) -> frozenset[str]:
+        """The relay's EHLO keywords, lowercased (connects if needed; raises OSError or SMTPException)."""
+        if self._smtp is not None and self._smtp.sock is None:
+            self._smtp = None  # smtplib closed it (e.g. after a 421)
+        if self._smtp is None:
+            self._smtp = self._connect()
+        return frozenset(self._smtp.esmtp_features)
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                self._smtp.close()
+            self._smtp = None
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    def _send_once(self, sender: str, recipients: list[str], raw: bytes,
+                   smtputf8: bool = False) -> dict[str, tuple[int, bytes]]:
+        if self._smtp is not None and self._smtp.sock is None:
+            self._smtp = None  # smtplib closed it (e.g. after a 421)
+        if self._smtp is None:
+            self._smtp = self._connect()
+        smtp = self._smtp
+        options: list[str] = []
+        if smtp.has_extn("8bitmime") and not raw.isascii():
+            options.append("BODY=8BITMIME")
+        if smtputf8 or not (sender + "".join(recipients)).isascii():
+            options.append("SMTPUTF8")  # smtplib refuses it (SMTPNotSupportedError) if not offered
+        try:
+            return smtp.sendmail(sender, recipients, raw, mail_options=options)
+        except _DROPPED as exc:
+            self._drop()
+            if isinstance(exc.__context__, TimeoutError):
+                # A relay that stopped answering is not retried at once: the message may
+                # have been taken, and a tarpit would only hold the worker longer.
+                raise RelayTimeout(f"relay did not answer in {self.timeout_s:g}s") from exc
+            raise
+
+    def send(self, sender: str, recipients: list[str], raw: bytes, smtputf8: bool = False) -> Result:
+        """Hand one message to the relay; every failure becomes a Result, never an exception.
+
+        Only a permanent reply to MAIL FROM, RCPT TO or DATA bounces; everything else (no
+        connection, TLS, AUTH, a missing extension, a session reply, our own error) defers.
+        """
+        try:
+            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, wire_form(raw), smtputf8)
+        except smtplib.SMTPRecipientsRefused as exc:
+            replies = {r: (int(c), _text(t)) for r, (c, t) in exc.recipients.items()}
+            final = all(permanent(c) for c, _t in replies.values())
+            code, text = next(iter(replies.values()), (0, ""))
+            session = any(c in SESSION_CODES for c, _t in replies.values())
+            return Result("bounced" if final else "deferred", code, text, refused=replies, relay_fault=session)
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            kind = classify_code(exc.smtp_code)
+            return Result(kind, exc.smtp_code, _text(exc.smtp_error), relay_fault=exc.smtp_code in SESSION_CODES)
+        except smtplib.SMTPNotSupportedError as exc:
+            # The relay lacks an extension we need (STARTTLS, AUTH, SMTPUTF8): its trouble or
+            # the configuration's, and it may come back (a failover, a fixed certificate).
+            self._drop()
+            return Result("deferred", 0, _text(f"relay lacks what this needs: {exc}"), relay_fault=True)
+        except smtplib.SMTPResponseException as exc:
+            # A refusal at greeting, HELO, STARTTLS or AUTH (even a 535) is about this relay
+            # session or its configuration, not the message.
+            self._drop()
+            return Result("deferred", exc.smtp_code, _text(exc.smtp_error), relay_fault=True)
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            return Result("deferred", 0, _failure(exc), relay_fault=True)
+        except JobTimeoutException:
+            self._drop()
+            raise  # the job's time limit: the batch gives the message a strike (drain.batch)
+        except Exception as exc:  # drain's own fault (a bug, an encoding it could not do): never the message's
+            log.exception("sending to %s failed inside drain", self.config.redacted())
+            self._drop()
+            return Result("deferred", 0, _failure(exc), relay_fault=True)
+        if refused:
+            replies = {r: (int(c), _text(t)) for r, (c, t) in refused.items()}
+            return Result("delivered", 250, "accepted for some recipients", refused=replies)
+        return Result("delivered", 250, "ok")
+
+
+def _failure(exc: BaseException) -> str:
+    return _text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -1,0 +1,58 @@
+"""RQ jobs as work tokens: each `deliver_batch` job claims up to a batch of ready messages.
+
+Messages live in drain's own ready list, so jobs carry no message data; enough jobs are
+kept queued for the ready list (at most `max_tokens`), which `rq info` shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from drain.flow import ratelimit
+from drain.settings import Settings
+from drain.store import keys
+
+JOB_FUNCTION = "workers.jobs.deliver_batch"
+# Keep failed batch jobs (a worker killed mid-job, a timeout) for a day, for `rq info`.
+FAILURE_TTL_S = 24 * 3600
+
+
+def rq_queue(client: redis.Redis) -> Queue:
+    return Queue(keys.RQ_QUEUE, connection=client, serializer=JSONSerializer)
+
+
+def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
+    """Queue batch jobs until there are enough for the ready list; returns how many were added."""
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(keys.PAUSED)
+    pipe.llen(keys.READY)
+    pipe.llen(keys.FRESH)
+    pipe.llen(keys.SUSPECT)
+    pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
+    pipe.get(keys.RATE)
+    paused, backlog, fresh, suspect, queued, rate = pipe.execute()
+    ready = int(backlog) + int(fresh) + int(suspect)
+    # A global rate of 0 holds delivery as a pause does: no work tokens for it.
+    if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
+        return 0
+    wanted = min(math.ceil(int(ready) / settings.batch_size), settings.max_tokens) - int(queued)
+    if wanted <= 0:
+        return 0
+    queue = rq_queue(client)
+    queue.enqueue_many(
+        [
+            Queue.prepare_data(
+                JOB_FUNCTION,
+                timeout=settings.job_timeout_s,
+                result_ttl=0,
+                failure_ttl=FAILURE_TTL_S,
+                description="deliver a batch of ready messages",
+            )
+            for _ in range(wanted)
+        ]
+    )
+    return wanted

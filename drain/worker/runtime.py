@@ -1,0 +1,104 @@
+"""What a worker process holds for its jobs: settings, Redis, the relay session, its lease.
+
+The worker installs it at start-up; job functions read it with `current()`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+import redis
+
+from drain.intake import rules
+from drain.intake.rules import Rule
+from drain.settings import Settings
+from drain.store.store import Store
+from drain.validate import Limits, severity_with
+from drain.worker.delivery import Relay, RelayConfig, tls_context
+from drain.worker.housekeeping import Housekeeper
+from drain.worker.resilience import ResilientStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    relay: Relay
+    owner: str
+    limits: Limits
+    severity: dict[str, str]
+    housekeeper: Housekeeper | None = None
+    _rules: list[Rule] = field(default_factory=list)
+    _rules_version: int = -1
+
+    def rules(self) -> list[Rule]:
+        """Operator rules, reloaded when they change (one GET per call)."""
+        current = rules.version(self.store.client)
+        if current != self._rules_version:
+            self._rules = rules.load(self.store.client)
+            self._rules_version = current
+        return self._rules
+
+    @classmethod
+    def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
+        store = ResilientStore(client, settings)
+        relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s,
+                      helo_name=settings.hostname,
+                      tls=tls_context(settings.relay_tls_verify, settings.relay_ca_file))
+        # host-pid-token: which process holds a claim can be told from Redis.
+        owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        return cls(settings, store, relay, owner, Limits.from_settings(settings),
+                   severity_with(settings.quarantine_codes, settings.record_codes))
+
+    def start(self, housekeeping: bool = True) -> None:
+        self.store.renew(self.owner)
+        if housekeeping:
+            self.housekeeper = Housekeeper(self.store, self.owner)
+            self.housekeeper.start()
+
+    def stop(self) -> None:
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
+            self.housekeeper = None
+        self.relay.close()
+        self.store.release_lease(self.owner)
+
+
+# A worker's Redis socket timeout exceeds RQ's blocking dequeue (BLMOVE/BLPOP for
+# `dequeue_timeout` seconds, worker_ttl - 15 in RQ 3) by this much, so an idle wait for
+# work is never cut short as a "Timeout reading from socket".
+SOCKET_MARGIN_S = 10
+
+
+def fit_socket_timeout(client: redis.Redis, dequeue_timeout_s: float) -> float:
+    """Raise the client's socket timeout above the blocking dequeue, for the connections
+    the pool holds already as well as for new ones; returns the timeout now in force.
+
+    redis-py gives a connection its timeout when the connection object is made (5 s by
+    default since redis-py 6), so raising only the pool's settings, as RQ does, leaves a
+    connection opened before (the first PING) timing out every idle dequeue."""
+    pool = client.connection_pool
+    wanted = dequeue_timeout_s + SOCKET_MARGIN_S
+    current = pool.connection_kwargs.get("socket_timeout")
+    if current is None or current < wanted:
+        pool.connection_kwargs["socket_timeout"] = wanted
+    pool.reset()  # connections are made again from the settings above
+    timeout: float = pool.connection_kwargs["socket_timeout"]
+    return timeout
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime | None) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("no drain runtime in this process: start jobs with `drain worker`")
+    return _current
