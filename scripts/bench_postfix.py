@@ -316,9 +316,9 @@ def bench_ingress(client: Any, messages: int, sessions: int, clients: list[int],
         cmd = [sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
         with listening(cmd, port, env, "drain smtpd"):
             seconds = smtp_source(port, messages, sessions, length=size, recipient=recipient)
-        # -N makes recipient n (0-based) "<n>user@example.com": each one must be stored exactly once.
+        # -N makes recipient n (counted from 1) "<n>user@example.com": each one must be stored exactly once.
         found = sorted(stored_recipients(client))
-        expected = sorted(f"{n}{recipient}" for n in range(messages))
+        expected = sorted(f"{n}{recipient}" for n in range(1, messages + 1))
         lost = len(set(expected) - set(found))
         if found != expected:
             raise RuntimeError(f"{messages} messages got 250 from drain smtpd, Redis holds {len(found)} recipients, "
@@ -329,21 +329,28 @@ def bench_ingress(client: Any, messages: int, sessions: int, clients: list[int],
     if why_not is None:
         with CountingSink() as sink, PostfixInstance(sink.port) as postfix:
             seconds = postfix.inject(messages, sessions, length=size, recipient=recipient)
-            held = postfix.held()
-            postfix.delete_all()
+            held = _all_held(postfix, messages)
             rows.append({"name": f"Postfix {version()} smtpd -> its queue", "client":
                          f"smtp-source -s {sessions} -l {size}", "sessions": sessions, "messages": messages,
                          "seconds": round(seconds, 2), "msg_per_s": round(messages / seconds, 1), "held": held})
             for n in clients:
                 seconds = smtp_load(postfix.smtpd_port, messages, n, size)
-                held = postfix.held()
-                postfix.delete_all()
+                held = _all_held(postfix, messages)
                 rows.append({"name": f"Postfix {version()} smtpd -> its queue", "client": "smtplib",
                              "sessions": n, "messages": messages, "seconds": round(seconds, 2),
                              "msg_per_s": round(messages / seconds, 1), "held": held})
     for row in rows:
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows, ingress_markdown(rows, drain_rows, why_not)
+
+
+def _all_held(postfix: PostfixInstance, messages: int) -> int:
+    """Check that every message that got a 250 is in Postfix's hold queue, then empty it."""
+    held = postfix.held()
+    if held != messages:
+        raise RuntimeError(f"{messages} messages got 250 from Postfix's smtpd, its hold queue has {held}")
+    postfix.delete_all()
+    return held
 
 
 def ingress_markdown(rows: list[dict[str, Any]], drain_rows: list[dict[str, Any]], why_not: str | None) -> str:
