@@ -18,8 +18,8 @@ from drain import validate
 from drain.message import envelope_from_headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bench_postfix  # noqa: E402
-import bench_sizes  # noqa: E402
+import bench_postfix
+import bench_sizes
 
 
 @pytest.mark.parametrize("size", bench_sizes.SIZES)
