@@ -595,11 +595,12 @@ def main() -> None:
             bench_ingress(report, client, clients, args.ingress_messages, args.size)
             rows, postfix_md = bench_postfix.bench_ingress(client, args.ingress_messages, args.sessions, clients,
                                                            args.size, report.rows)
-        print(ingress_markdown(report) + "\n\n" + postfix_md)
+        text = ingress_markdown(report) + "\n\n" + postfix_md
+        print(text)
         report.rows += rows
         if args.out:
             args.out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
-            args.out.with_suffix(".md").write_text(ingress_markdown(report) + "\n\n" + postfix_md + "\n")
+            args.out.with_suffix(".md").write_text(text + "\n")
         return
     with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
         report = Report(machine=machine, sink=sink_name)

@@ -258,12 +258,24 @@ class PostfixInstance:
         if pid_file.exists():
             with contextlib.suppress(RuntimeError):
                 self._postfix("stop")
+            # The master leaves its pid file behind: wait for the process itself.
+            pid = int(pid_file.read_text().split()[0] or 0) if pid_file.read_text().strip() else 0
             deadline = time.monotonic() + 30
-            while pid_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            while pid and _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if exc_type is not None and self.log and (self.root / "maillog").exists():
             print((self.root / "maillog").read_text()[-3000:])
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def smtp_source(port: int, count: int, sessions: int, message: Path | None = None, length: int = 2000,
