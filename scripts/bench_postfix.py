@@ -241,13 +241,13 @@ class PostfixInstance:
         """smtp-source into this instance's smtpd; seconds until every message got its 250."""
         return smtp_source(self.smtpd_port, count, sessions, message, length, sender, recipient)
 
-    def release(self, sink: CountingSink, count: int) -> float:
+    def release(self, sink: CountingSink, count: int, timeout_s: float = 3600.0) -> float:
         """Release the held queue; seconds until the sink has counted `count` more messages."""
         sink.mark()
         started = time.perf_counter()
         _run(tool("postsuper") or "postsuper", "-c", str(self.config), "-H", "ALL")
         _run(tool("postqueue") or "postqueue", "-c", str(self.config), "-f")
-        return sink.wait_for(count, started)
+        return sink.wait_for(count, started, timeout_s)
 
     def delete_all(self) -> None:
         _run(tool("postsuper") or "postsuper", "-c", str(self.config), "-d", "ALL")

@@ -58,7 +58,7 @@ def test_postfix_instance_holds_then_releases_into_the_counting_sink(tmp_path: P
         postfix.inject(25, 5, sample)
         assert postfix.held() == 25
         assert sink.count == 0  # held: nothing reached the sink
-        postfix.release(sink, 25)
+        postfix.release(sink, 25, timeout_s=30)  # without `postqueue -f` they would wait minutes
         assert sink.since() == 25
         assert postfix.queued() == 0
     assert not root.exists()
