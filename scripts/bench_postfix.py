@@ -382,5 +382,5 @@ def ingress_markdown(rows: list[dict[str, Any]], drain_rows: list[dict[str, Any]
         if (kind, n) in postfix:
             lines.append(f"| drain/Postfix | {kind} | {n} | | | | {rate / postfix[(kind, n)]:.2f}x |")
     if why_not is not None:
-        lines.append(f"| Postfix smtpd | | | | | not measured: {why_not} | |")
+        lines.append(f"| Postfix smtpd | | | | | not measured: {why_not.replace('|', chr(92) + '|')} | |")
     return "\n".join(lines)

@@ -190,7 +190,8 @@ def sizes_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["name"].startswith("Postfix"):
             if "missing" in r:
-                lines.append(f"| {r['label']} | Postfix: not measured ({r['missing']}) | | | | | |")
+                why = r["missing"].replace("|", "\\|")
+                lines.append(f"| {r['label']} | Postfix: not measured ({why}) | | | | | |")
                 continue
             postfix[r["size"]] = r["msg_per_s"]
             lines.append(f"| {r['label']} | {r['name']} | {r['messages']:,} | {r['seconds']} | "
