@@ -6,6 +6,7 @@ its own process). Prints a Markdown table and writes JSON with --out.
     scripts/bench --messages 20000 --naive-messages 3000 --processes 1,2,4
     scripts/bench --ingress               # SMTP ingress: msg/s accepted by `drain smtpd`, 1 and 4 clients
     scripts/bench --only backlog          # `drain backlog` on a 1,000,000-message backlog
+    scripts/bench --only sizes --messages 20000   # 2/20/100 KB: drain and Postfix (when installed)
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ from drain.settings import Settings
 from drain.store import keys
 from drain.store.embedded import spawn_on_port
 from drain.worker.delivery import wire_form
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_postfix
+import bench_sizes
 
 POLL_S = 0.05
 
@@ -659,7 +664,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog"],
+    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog", "sizes"],
                         help="run only this part")
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
@@ -671,6 +676,12 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=3.0, help="ages spread over this many hours (--only backlog)")
     parser.add_argument("--window", type=float, default=60.0,
                         help="seconds the rate-fidelity run measures (0 leaves it out of the full run)")
+    parser.add_argument("--sizes", default="2048,20480,102400",
+                        help="message sizes of the size series, bytes ('' leaves it out of the full run)")
+    parser.add_argument("--size-messages", type=int, default=None,
+                        help="messages per size (default: --messages with --only sizes, else 20,000)")
+    parser.add_argument("--size-processes", default="2", help="drain worker processes in the size series")
+    parser.add_argument("--sessions", type=int, default=20, help="smtp-source sessions (Postfix, --ingress)")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -731,14 +742,23 @@ def main() -> None:
             sys.exit(f"retry benchmark failed: {row['deferrals_off_policy']} deferrals off the backoff policy, "
                      f"{row['lost']} lost, books balanced: {row['balanced']}")
         return
+    if args.only == "sizes":
+        run_sizes(args, machine, args.size_messages or args.messages, args.out)
+        return
     if args.ingress:
         with redis_server() as client:
             report = Report(machine=machine, sink="none")
             machine["redis"] = client.info("server")["redis_version"]
-            bench_ingress(report, client, [int(c) for c in args.clients.split(",")], args.ingress_messages, args.size)
-        print(ingress_markdown(report))
+            clients = [int(c) for c in args.clients.split(",")]
+            bench_ingress(report, client, clients, args.ingress_messages, args.size)
+            rows, postfix_md = bench_postfix.bench_ingress(client, args.ingress_messages, args.sessions, clients,
+                                                           args.size, report.rows)
+        text = ingress_markdown(report) + "\n\n" + postfix_md
+        print(text)
+        report.rows += rows
         if args.out:
             args.out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
+            args.out.with_suffix(".md").write_text(text + "\n")
         return
     with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
         report = Report(machine=machine, sink=sink_name)
@@ -753,6 +773,27 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
         args.out.with_suffix(".md").write_text(markdown(report) + "\n")
+    if args.sizes:
+        run_sizes(args, machine, args.size_messages or 20_000,
+                  args.out.with_name(args.out.stem + "-sizes.json") if args.out else None)
+
+
+def run_sizes(args: argparse.Namespace, machine: dict[str, Any], count: int, out: Path | None) -> None:
+    """The size series (scripts/bench_sizes.py): drain and Postfix per size, one run."""
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    processes = [int(p) for p in args.size_processes.split(",")]
+    with redis_server() as client:
+        machine = dict(machine, redis=client.info("server")["redis_version"],
+                       postfix=bench_postfix.version() if bench_postfix.missing() is None else None)
+        report = Report(machine=machine, sink="postfix smtp-sink -c (counting)")
+        bench_sizes.bench_sizes(report, client, count, processes, sizes, args.sessions)
+    m = machine
+    text = (f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m['redis']}, Postfix {m['postfix']}, "
+            f"{m['platform']}; {m['date']}\n\n" + bench_sizes.sizes_markdown(report.rows))
+    print(text)
+    if out:
+        out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
+        out.with_suffix(".md").write_text(text + "\n")
 
 
 def capped_markdown(report: Report) -> str:
