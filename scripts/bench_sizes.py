@@ -27,10 +27,11 @@ from typing import Any
 import bench_postfix
 import redis
 
-from drain import keys, ratelimit
-from drain.api import Client
-from drain.seeding import DOMAINS, synthetic
+from drain.demo.seeding import DOMAINS, synthetic
+from drain.flow import ratelimit
+from drain.intake.api import Client
 from drain.settings import Settings
+from drain.store import keys
 
 SIZES = (2048, 20480, 102400)
 _HEAD = ("From: Billing <billing@sender.example.com>\n"

@@ -45,11 +45,15 @@ import bench_postfix
 import bench_sizes
 from bench import redis_server, smtp_sink
 
-from drain import delivery, keys, ratelimit, rules, store, validate
-from drain.api import Client
+from drain import validate
+from drain.flow import ratelimit
+from drain.intake import rules
+from drain.intake.api import Client
 from drain.settings import Settings
+from drain.store import keys, store
+from drain.worker import delivery
+from drain.worker.rqworker import DrainWorker
 from workers import jobs
-from workers.worker import DrainWorker
 
 STEPS = ("parse+validate", "SMTP", "line endings", "dot-stuffing", "Redis: claim", "Redis: load", "Redis: settle",
          "Redis: other", "drain glue", "RQ (Python)", "RQ (Redis)")
@@ -158,7 +162,7 @@ def instrument(t: Timers) -> Callable[[], None]:
         return inner
 
     wrap(validate, "check", timed("parse+validate"))
-    wrap(sys.modules["drain.batch"], "first_match", timed("parse+validate"))
+    wrap(sys.modules["drain.worker.batch"], "first_match", timed("parse+validate"))
     wrap(delivery.Relay, "send", timed("SMTP"))
     wrap(delivery, "wire_form", timed("line endings"))
     wrap(smtplib, "_quote_periods", timed("dot-stuffing"))
