@@ -15,7 +15,8 @@ import pytest
 
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink, Stall
-from drain.flow import ratelimit
+from drain.flow import adapt, ratelimit
+from drain.flow.gate import unpark
 from drain.intake.api import Client, Submission
 from drain.settings import Settings
 from drain.store import keys
@@ -147,7 +148,7 @@ def test_paused_domain_parks_its_mail_and_resume_brings_it_back(client: Client, 
     assert shown["domains"] == {"held.example.com": {"rate": None, "effective": None, "concurrency": None,
                                                       "paused": True, "held": False}}
     ratelimit.resume_domain(client.redis, "held.example.com")
-    assert client.store.unpark("held.example.com") == 5
+    assert unpark(client.store, "held.example.com") == 5
     client.enqueue(synthetic(50))
     work()
     assert client.store.books().delivered == 11
@@ -193,20 +194,20 @@ def test_old_fresh_mail_joins_the_backlog_lane(client: Client) -> None:
 def test_adaptive_rate_backs_off_and_recovers(client: Client) -> None:
     r = client.redis
     ratelimit.set_domain(r, "busy.example.com", 100.0)
-    assert ratelimit.is_throttling(421, "4.7.0 slow down")
-    assert ratelimit.is_throttling(451, "4.7.1 rate limited, try later")
-    assert not ratelimit.is_throttling(451, "4.3.0 local problem")
+    assert adapt.is_throttling(421, "4.7.0 slow down")
+    assert adapt.is_throttling(451, "4.7.1 rate limited, try later")
+    assert not adapt.is_throttling(451, "4.3.0 local problem")
     now = 1000.0
-    assert ratelimit.throttled(r, "busy.example.com", now) == 50.0
-    assert ratelimit.throttled(r, "busy.example.com", now + 0.5) == 50.0  # once a second at most
-    assert ratelimit.throttled(r, "busy.example.com", now + 1.5) == 25.0
+    assert adapt.throttled(client.store, "busy.example.com", now) == 50.0
+    assert adapt.throttled(client.store, "busy.example.com", now + 0.5) == 50.0  # once a second at most
+    assert adapt.throttled(client.store, "busy.example.com", now + 1.5) == 25.0
     assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] == 25.0  # type: ignore[index]
-    assert ratelimit.recovered(r, "busy.example.com", now + 3) == 30.0  # + 5% of the cap
-    assert ratelimit.recovered(r, "busy.example.com", now + 3.5) == 30.0
+    assert adapt.recovered(client.store, "busy.example.com", now + 3) == 30.0  # + 5% of the cap
+    assert adapt.recovered(client.store, "busy.example.com", now + 3.5) == 30.0
     level: float | None = 30.0
     t = now + 5
     while level is not None:
-        level = ratelimit.recovered(r, "busy.example.com", t)
+        level = adapt.recovered(client.store, "busy.example.com", t)
         t += 1.1
     assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] is None  # type: ignore[index]
 
@@ -216,7 +217,7 @@ def test_throttling_replies_slow_the_domain_down(client: Client, relay: Sink, wo
     client.enqueue_many([synthetic(i, domain="busy.example.com") for i in range(3)])
     work()
     shown = ratelimit.show(client.redis)["domains"]["busy.example.com"]  # type: ignore[index]
-    assert 0 < shown["effective"] < ratelimit.CEILING  # type: ignore[index]
+    assert 0 < shown["effective"] < adapt.CEILING  # type: ignore[index]
 
 
 def test_drain_session_runs_until_empty_and_stops_cleanly(client: Client, settings: Settings,
