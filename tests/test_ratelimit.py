@@ -212,6 +212,32 @@ def test_adaptive_rate_backs_off_and_recovers(client: Client) -> None:
     assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] is None  # type: ignore[index]
 
 
+def test_gate_learns_from_each_reply(client: Client) -> None:
+    """The gate's feedback: "slow down" halves the domain's rate, success raises it again and
+    at the cap the domain stops adapting; failures count on the relay's or the domain's breaker."""
+    from drain.flow.breaker import RELAY
+    from drain.flow.gate import Gate
+    from drain.worker.delivery import Result
+
+    ratelimit.set_domain(client.redis, "busy.example.com", 100.0)
+    gate = Gate(client.store)
+    gate.refresh()
+    now = 1000.0
+    gate.heard("busy.example.com", Result("deferred", 421, "4.7.0 slow down"), now)
+    assert gate.limits.adaptive == {"busy.example.com"}
+    assert client.redis.hget(keys.DOMAIN_EFFECTIVE, "busy.example.com") == b"50"
+    gate.heard("busy.example.com", Result("delivered", 250, "ok"), now + 2)
+    assert client.redis.hget(keys.DOMAIN_EFFECTIVE, "busy.example.com") == b"55"
+    steps = 0
+    while "busy.example.com" in gate.limits.adaptive and steps < 20:
+        steps += 1
+        gate.heard("busy.example.com", Result("delivered", 250, "ok"), now + 2 + 1.1 * steps)
+    assert steps == 9 and not client.redis.hexists(keys.DOMAIN_EFFECTIVE, "busy.example.com")
+    gate.heard("busy.example.com", Result("deferred", 0, "connection refused"), now)
+    gate.heard("busy.example.com", Result("deferred", 451, "4.3.0 try later"), now)
+    assert client.redis.hgetall(keys.BREAKER_FAILS) == {RELAY.encode(): b"1", b"busy.example.com": b"1"}
+
+
 def test_throttling_replies_slow_the_domain_down(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
     relay.set_policy(rcpt_policy=lambda r: "421 4.7.0 too many messages, slow down" if "busy" in r else None)
     client.enqueue_many([synthetic(i, domain="busy.example.com") for i in range(3)])
