@@ -212,6 +212,36 @@ def test_adaptive_rate_backs_off_and_recovers(client: Client) -> None:
     assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] is None  # type: ignore[index]
 
 
+def test_adaptive_steps_are_atomic(client: Client) -> None:
+    """Workers hearing "slow down" and "ok" for one domain at the same moment: the first step
+    wins the second, every other caller sees the rate it set (none applies a step of its own
+    on a stale read). Many rounds of eight racing threads, counted, not timed."""
+    domain, rounds, racers = "race.example.com", 40, 8
+    ratelimit.set_domain(client.redis, domain, 100.0)
+    disagreements = 0
+    for n in range(rounds):
+        client.redis.hset(keys.DOMAIN_EFFECTIVE, domain, "50")
+        client.redis.hset(keys.DOMAIN_RAISED, domain, "1")
+        now = 100.0 + n
+        start = threading.Barrier(racers)
+        seen: list[float | None] = []
+
+        def race(i: int, start: threading.Barrier, seen: list[float | None], now: float) -> None:
+            start.wait()
+            step = adapt.throttled if i % 2 else adapt.recovered
+            seen.append(step(client.store, domain, now))
+
+        threads = [threading.Thread(target=race, args=(i, start, seen, now)) for i in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        final = float(client.redis.hget(keys.DOMAIN_EFFECTIVE, domain) or 0)
+        assert final in (25.0, 55.0)
+        disagreements += sum(1 for value in seen if value != final)
+    assert disagreements == 0
+
+
 def test_gate_learns_from_each_reply(client: Client) -> None:
     """The gate's feedback: "slow down" halves the domain's rate, success raises it again and
     at the cap the domain stops adapting; failures count on the relay's or the domain's breaker."""
