@@ -154,6 +154,22 @@ def test_paused_domain_parks_its_mail_and_resume_brings_it_back(client: Client, 
     assert client.store.books().delivered == 11
 
 
+def test_unparked_mail_gets_a_batch_job_in_the_same_call(client: Client, relay: Sink,
+                                                          work: Callable[..., bool]) -> None:
+    from drain.worker.dispatch import ready_parked
+
+    ratelimit.pause_domain(client.redis, "held.example.com")
+    client.enqueue_many([Submission(synthetic(i), recipients=("u@held.example.com",)) for i in range(3)])
+    work()
+    assert client.redis.llen(f"rq:queue:{keys.RQ_QUEUE}") == 0  # parked, no job left for them
+    assert ready_parked(client.store, "held.example.com") == 0  # still paused: nothing moves
+    ratelimit.resume_domain(client.redis, "held.example.com")
+    assert ready_parked(client.store, "HELD.example.com") == 3
+    assert client.redis.llen(f"rq:queue:{keys.RQ_QUEUE}") == 1
+    work()
+    assert client.store.books().delivered == 3
+
+
 def test_fresh_mail_goes_before_the_backlog(client: Client, relay: Sink, workers: Callable[..., object]) -> None:
     ratelimit.set_global(client.redis, 200.0)
     client.store.enqueue_many(((synthetic(i), _env(i), None) for i in range(2000)), lane="backlog")
