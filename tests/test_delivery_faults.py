@@ -12,10 +12,9 @@ from aiosmtpd.smtp import AuthResult
 
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
-from drain.flow.breaker import Breakers
+from drain.flow.breaker import RELAY, Breakers
 from drain.intake.api import Client
 from drain.observe.deferred import records
-from drain.worker.batch import RELAY
 
 
 def _breaker(client: Client, name: str) -> dict[str, float]:

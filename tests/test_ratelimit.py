@@ -15,7 +15,8 @@ import pytest
 
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink, Stall
-from drain.flow import ratelimit
+from drain.flow import adapt, ratelimit
+from drain.flow.gate import unpark
 from drain.intake.api import Client, Submission
 from drain.settings import Settings
 from drain.store import keys
@@ -147,10 +148,26 @@ def test_paused_domain_parks_its_mail_and_resume_brings_it_back(client: Client, 
     assert shown["domains"] == {"held.example.com": {"rate": None, "effective": None, "concurrency": None,
                                                       "paused": True, "held": False}}
     ratelimit.resume_domain(client.redis, "held.example.com")
-    assert client.store.unpark("held.example.com") == 5
+    assert unpark(client.store, "held.example.com") == 5
     client.enqueue(synthetic(50))
     work()
     assert client.store.books().delivered == 11
+
+
+def test_unparked_mail_gets_a_batch_job_in_the_same_call(client: Client, relay: Sink,
+                                                          work: Callable[..., bool]) -> None:
+    from drain.worker.dispatch import ready_parked
+
+    ratelimit.pause_domain(client.redis, "held.example.com")
+    client.enqueue_many([Submission(synthetic(i), recipients=("u@held.example.com",)) for i in range(3)])
+    work()
+    assert client.redis.llen(f"rq:queue:{keys.RQ_QUEUE}") == 0  # parked, no job left for them
+    assert ready_parked(client.store, "held.example.com") == 0  # still paused: nothing moves
+    ratelimit.resume_domain(client.redis, "held.example.com")
+    assert ready_parked(client.store, "HELD.example.com") == 3
+    assert client.redis.llen(f"rq:queue:{keys.RQ_QUEUE}") == 1
+    work()
+    assert client.store.books().delivered == 3
 
 
 def test_fresh_mail_goes_before_the_backlog(client: Client, relay: Sink, workers: Callable[..., object]) -> None:
@@ -193,22 +210,78 @@ def test_old_fresh_mail_joins_the_backlog_lane(client: Client) -> None:
 def test_adaptive_rate_backs_off_and_recovers(client: Client) -> None:
     r = client.redis
     ratelimit.set_domain(r, "busy.example.com", 100.0)
-    assert ratelimit.is_throttling(421, "4.7.0 slow down")
-    assert ratelimit.is_throttling(451, "4.7.1 rate limited, try later")
-    assert not ratelimit.is_throttling(451, "4.3.0 local problem")
+    assert adapt.is_throttling(421, "4.7.0 slow down")
+    assert adapt.is_throttling(451, "4.7.1 rate limited, try later")
+    assert not adapt.is_throttling(451, "4.3.0 local problem")
     now = 1000.0
-    assert ratelimit.throttled(r, "busy.example.com", now) == 50.0
-    assert ratelimit.throttled(r, "busy.example.com", now + 0.5) == 50.0  # once a second at most
-    assert ratelimit.throttled(r, "busy.example.com", now + 1.5) == 25.0
+    assert adapt.throttled(client.store, "busy.example.com", now) == 50.0
+    assert adapt.throttled(client.store, "busy.example.com", now + 0.5) == 50.0  # once a second at most
+    assert adapt.throttled(client.store, "busy.example.com", now + 1.5) == 25.0
     assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] == 25.0  # type: ignore[index]
-    assert ratelimit.recovered(r, "busy.example.com", now + 3) == 30.0  # + 5% of the cap
-    assert ratelimit.recovered(r, "busy.example.com", now + 3.5) == 30.0
+    assert adapt.recovered(client.store, "busy.example.com", now + 3) == 30.0  # + 5% of the cap
+    assert adapt.recovered(client.store, "busy.example.com", now + 3.5) == 30.0
     level: float | None = 30.0
     t = now + 5
     while level is not None:
-        level = ratelimit.recovered(r, "busy.example.com", t)
+        level = adapt.recovered(client.store, "busy.example.com", t)
         t += 1.1
     assert ratelimit.show(r)["domains"]["busy.example.com"]["effective"] is None  # type: ignore[index]
+
+
+def test_adaptive_steps_are_atomic(client: Client) -> None:
+    """Workers hearing "slow down" and "ok" for one domain at the same moment: the first step
+    wins the second, every other caller sees the rate it set (none applies a step of its own
+    on a stale read). Many rounds of eight racing threads, counted, not timed."""
+    domain, rounds, racers = "race.example.com", 40, 8
+    ratelimit.set_domain(client.redis, domain, 100.0)
+    disagreements = 0
+    for n in range(rounds):
+        client.redis.hset(keys.DOMAIN_EFFECTIVE, domain, "50")
+        client.redis.hset(keys.DOMAIN_RAISED, domain, "1")
+        now = 100.0 + n
+        start = threading.Barrier(racers)
+        seen: list[float | None] = []
+
+        def race(i: int, start: threading.Barrier, seen: list[float | None], now: float) -> None:
+            start.wait()
+            step = adapt.throttled if i % 2 else adapt.recovered
+            seen.append(step(client.store, domain, now))
+
+        threads = [threading.Thread(target=race, args=(i, start, seen, now)) for i in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        final = float(client.redis.hget(keys.DOMAIN_EFFECTIVE, domain) or 0)
+        assert final in (25.0, 55.0)
+        disagreements += sum(1 for value in seen if value != final)
+    assert disagreements == 0
+
+
+def test_gate_learns_from_each_reply(client: Client) -> None:
+    """The gate's feedback: "slow down" halves the domain's rate, success raises it again and
+    at the cap the domain stops adapting; failures count on the relay's or the domain's breaker."""
+    from drain.flow.breaker import RELAY
+    from drain.flow.gate import Gate
+    from drain.worker.delivery import Result
+
+    ratelimit.set_domain(client.redis, "busy.example.com", 100.0)
+    gate = Gate(client.store)
+    gate.refresh()
+    now = 1000.0
+    gate.heard("busy.example.com", Result("deferred", 421, "4.7.0 slow down"), now)
+    assert gate.limits.adaptive == {"busy.example.com"}
+    assert client.redis.hget(keys.DOMAIN_EFFECTIVE, "busy.example.com") == b"50"
+    gate.heard("busy.example.com", Result("delivered", 250, "ok"), now + 2)
+    assert client.redis.hget(keys.DOMAIN_EFFECTIVE, "busy.example.com") == b"55"
+    steps = 0
+    while "busy.example.com" in gate.limits.adaptive and steps < 20:
+        steps += 1
+        gate.heard("busy.example.com", Result("delivered", 250, "ok"), now + 2 + 1.1 * steps)
+    assert steps == 9 and not client.redis.hexists(keys.DOMAIN_EFFECTIVE, "busy.example.com")
+    gate.heard("busy.example.com", Result("deferred", 0, "connection refused"), now)
+    gate.heard("busy.example.com", Result("deferred", 451, "4.3.0 try later"), now)
+    assert client.redis.hgetall(keys.BREAKER_FAILS) == {RELAY.encode(): b"1", b"busy.example.com": b"1"}
 
 
 def test_throttling_replies_slow_the_domain_down(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
@@ -216,7 +289,7 @@ def test_throttling_replies_slow_the_domain_down(client: Client, relay: Sink, wo
     client.enqueue_many([synthetic(i, domain="busy.example.com") for i in range(3)])
     work()
     shown = ratelimit.show(client.redis)["domains"]["busy.example.com"]  # type: ignore[index]
-    assert 0 < shown["effective"] < ratelimit.CEILING  # type: ignore[index]
+    assert 0 < shown["effective"] < adapt.CEILING  # type: ignore[index]
 
 
 def test_drain_session_runs_until_empty_and_stops_cleanly(client: Client, settings: Settings,

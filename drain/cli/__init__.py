@@ -568,6 +568,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
         raise click.BadParameter(str(exc), param_hint="RATE") from None
     if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
+    from drain.flow.gate import unpark
     from drain.worker.dispatch import ensure_tokens
 
     client = obj.client.redis
@@ -579,7 +580,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
         if concurrency is not None:
             ratelimit.set_concurrency(client, domain, concurrency)
         if not ratelimit.holds(per_second):
-            obj.client.store.unpark(domain)  # mail a cap of 0 parked goes back to ready
+            unpark(obj.client.store, domain)  # mail a cap of 0 parked goes back to ready
         said = safe(f"{domain}: {ratelimit.format_rate(per_second)}"
                     + (f", {concurrency} at once" if concurrency else "") + held)
     else:
@@ -623,13 +624,12 @@ def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) ->
 @pass_ctx
 def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
     """Start delivery again; with --intake, reopen SMTP intake instead."""
-    from drain.worker.dispatch import ensure_tokens
+    from drain.worker.dispatch import ensure_tokens, ready_parked
 
     moved = 0
     if domain:
         ratelimit.resume_domain(obj.client.redis, domain)
-        moved = obj.client.store.unpark(domain.lower())
-        ensure_tokens(obj.client.redis, obj.settings)
+        moved = ready_parked(obj.client.store, domain)
         scope, said = "domain", safe(f"delivery to {domain.lower()} resumed ({moved} parked message(s) back to ready)")
     elif intake_only:
         intake.resume(obj.client.redis)

@@ -18,6 +18,8 @@ from tenacity import RetryCallState, Retrying
 from drain.settings import Settings
 from drain.store import keys
 
+# The breaker name for failures of the relay itself (no SMTP reply at all).
+RELAY = "(relay)"
 
 class Breakers:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
@@ -109,7 +111,7 @@ def close(client: redis.Redis, domain: str, actor: str, note: str = "", now: flo
         for msg_id in page:
             pipe.hget(keys.message(msg_id.decode()), "dom")
         mine = [m for m, dom in zip(page, pipe.execute(), strict=True)
-                if domain == "(relay)" or (dom or b"").decode().lower() == domain.lower()]
+                if domain == RELAY or (dom or b"").decode().lower() == domain.lower()]
         if mine:
             pipe = client.pipeline(transaction=False)
             # XX: only mail still in the deferred set (a promotion may have moved it meanwhile).

@@ -87,12 +87,6 @@ def is_paused(client: redis.Redis) -> bool:
 
 # -- per destination domain ---------------------------------------------------------------
 
-# Adaptive rates never drop below this (msgs/s), and recover towards the cap (or the global
-# rate, or this ceiling when neither is set) by an additive step at most once a second.
-MIN_RATE = 0.5
-CEILING = 1000.0
-_THROTTLE_HINTS = ("rate", "throttl", "too many", "slow down", "too fast", "4.7.")
-
 
 def set_domain(client: redis.Redis, domain: str, per_second: float | None) -> None:
     domain = domain.lower()
@@ -124,12 +118,6 @@ def resume_domain(client: redis.Redis, domain: str) -> None:
     client.srem(keys.PAUSED_DOMAINS, domain.lower())
 
 
-def is_throttling(code: int, text: str) -> bool:
-    """A reply that says "slow down" rather than "try later": 421, or a 4xx naming a rate."""
-    lowered = text.lower()
-    return code == 421 or (400 <= code < 500 and any(h in lowered for h in _THROTTLE_HINTS))
-
-
 def _number(value: bytes | None) -> float | None:
     """A stored positive, finite number; None when absent or unreadable."""
     if value is None:
@@ -139,68 +127,6 @@ def _number(value: bytes | None) -> float | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return number if math.isfinite(number) and number > 0 else None
-
-
-def _floats(values: list[bytes | None]) -> list[float | None]:
-    return [_number(v) for v in values]
-
-
-def throttled(client: redis.Redis, domain: str, now: float) -> float:
-    """Halve the domain's effective rate (multiplicative decrease), at most once a second;
-    returns the rate now in force."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hget(keys.DOMAIN_EFFECTIVE, domain)
-    pipe.hget(keys.DOMAIN_RATES, domain)
-    pipe.get(keys.RATE)
-    pipe.hget(keys.DOMAIN_RAISED, domain)
-    effective, cap, global_rate, changed = _floats(pipe.execute())
-    if effective is not None and changed is not None and now - changed < 1.0:
-        return effective
-    start = effective or cap or global_rate or CEILING
-    new = max(MIN_RATE, start / 2)
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.DOMAIN_EFFECTIVE, domain, repr(new))
-    pipe.hset(keys.DOMAIN_RAISED, domain, repr(now))
-    pipe.execute()
-    return new
-
-
-def recovered(client: redis.Redis, domain: str, now: float) -> float | None:
-    """After a success, raise a throttled domain's effective rate by a step, at most once a
-    second (additive increase); at its ceiling the adaptive limit is dropped. Returns the rate."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hget(keys.DOMAIN_EFFECTIVE, domain)
-    pipe.hget(keys.DOMAIN_RAISED, domain)
-    pipe.hget(keys.DOMAIN_RATES, domain)
-    pipe.get(keys.RATE)
-    effective, raised, cap, global_rate = _floats(pipe.execute())
-    if effective is None:
-        return None
-    if raised is not None and now - raised < 1.0:
-        return effective
-    ceiling = cap or global_rate or CEILING
-    new = effective + max(1.0, ceiling * 0.05)
-    pipe = client.pipeline(transaction=True)
-    if new >= ceiling:
-        pipe.hdel(keys.DOMAIN_EFFECTIVE, domain)
-        pipe.hdel(keys.DOMAIN_RAISED, domain)
-    else:
-        pipe.hset(keys.DOMAIN_EFFECTIVE, domain, repr(new))
-        pipe.hset(keys.DOMAIN_RAISED, domain, repr(now))
-    pipe.execute()
-    return None if new >= ceiling else new
-
-
-def constrained(client: redis.Redis) -> tuple[set[str], set[str], set[str]]:
-    """(domains with any limit, pause or adaptive rate; domains with a concurrency cap;
-    domains with an adaptive rate), read in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hkeys(keys.DOMAIN_RATES)
-    pipe.hkeys(keys.DOMAIN_EFFECTIVE)
-    pipe.hkeys(keys.DOMAIN_CONCURRENCY)
-    pipe.smembers(keys.PAUSED_DOMAINS)
-    rates, effective, concurrency, paused = ({v.decode() for v in r} for r in pipe.execute())
-    return rates | effective | concurrency | paused, concurrency, effective
 
 
 def show(client: redis.Redis) -> dict[str, object]:

@@ -27,3 +27,4 @@ class Scripts:
         self.gate: Script = client.register_script(source("gate"))
         self.unpark: Script = client.register_script(source("unpark"))
         self.age: Script = client.register_script(source("age"))
+        self.adapt: Script = client.register_script(source("adapt"))

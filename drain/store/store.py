@@ -429,25 +429,6 @@ class Store:
             if moved < 10000:
                 return total
 
-    def gate(self, domain: str, msg_id: str, reserved_us: float = 0.0) -> tuple[int, float]:
-        """Ask the domain's limits whether a message may go now (see gate.lua)."""
-        verdict, value = self.scripts.gate(
-            keys=[keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE, keys.DOMAIN_CONCURRENCY, keys.PAUSED_DOMAINS,
-                  keys.DOMAIN_TAT, keys.busy(domain), keys.parked(domain), keys.UNPARKED, keys.DOMAIN_SENT],
-            args=[domain, msg_id, self.settings.burst_s, int(self.settings.lease_ttl_s * 1000), f"{reserved_us:.0f}",
-                  int(self.settings.rate_horizon_s * 1e6)],
-        )
-        return int(verdict), float(value)
-
-    def unpark(self, domain: str, most: int = 0, done_id: str = "") -> int:
-        """Free a sent message's busy slot and move parked mail of the domain back to ready."""
-        return int(self.scripts.unpark(
-            keys=[keys.parked(domain), keys.READY, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
-                  keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS, keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE,
-                  keys.UNPARKED, keys.DOMAIN_TAT],
-            args=[domain, most, done_id, self.settings.burst_s, int(self.settings.rate_horizon_s * 1e6)],
-        ))
-
     def sample_pace(self, books: Books | None = None) -> None:
         done = (books or self.books()).delivered
         pipe = self.client.pipeline(transaction=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +15,7 @@ from dataclasses import dataclass, field
 from rq.timeouts import JobTimeoutException
 
 from drain import validate
-from drain.flow import ratelimit
-from drain.flow.breaker import Breakers
+from drain.flow.gate import Gate
 from drain.intake.rules import Rule, first_match
 from drain.message import Envelope, without_bcc
 from drain.store import keys
@@ -29,10 +27,6 @@ from drain.worker.retry import deferral_delay
 log = logging.getLogger(__name__)
 
 TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
-# Verdicts of the domain gate (gate.lua).
-GATE_LATER, GATE_PAUSED, GATE_BUSY, GATE_FAR = 1, 2, 3, 4
-# The breaker name for failures of the relay itself (no SMTP reply at all).
-RELAY = "(relay)"
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
 # Share of the lease time after the last lease write this batch made (claim or check) past
@@ -99,11 +93,8 @@ class Batch:
         # until at least then + lease_ttl_s, by the Redis server's clock.
         self.lease_written = float("-inf")
         self.tally = Tally()
-        self.breakers = Breakers(store.client, self.settings)
-        # Domains to ask the gate about, those with a concurrency cap, those adapting (per claim).
-        self.limited: set[str] = set()
-        self.capped: set[str] = set()
-        self.adaptive: set[str] = set()
+        # May each message go now: breakers, pauses, domain rates and caps (drain.flow.gate).
+        self.gate = Gate(store)
         # Ids of the current claim that came from the fresh lane.
         self.fresh_ids: set[str] = set()
         # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
@@ -122,44 +113,19 @@ class Batch:
                 return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
         env = msg.envelope
         now = self.clock()
-        for destination in (RELAY, env.domain):
-            held = self.breakers.held_until(destination, now)
-            if held is not None:
-                until = time.strftime("%H:%M:%S", time.localtime(held))
-                return Outcome(msg.id, "held", score=held + random.uniform(0, 5),
-                               info=f"circuit breaker open for {destination} until {until}", envelope="breaker")
-        domain = env.domain
-        took_slot = False
-        if domain in self.limited:
-            answer, value = self.store.gate(domain, msg.id, msg.slot_us)
-            if answer == GATE_LATER:
-                slot = value / 1e6
-                at = time.strftime("%H:%M:%S", time.localtime(slot))
-                return Outcome(msg.id, "held", score=slot, info=f"rate limit for {domain}: sends at {at}",
-                               envelope="rate")
-            if answer in (GATE_PAUSED, GATE_BUSY, GATE_FAR):
-                fresh = msg.fresh or msg.id in self.fresh_ids
-                return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
-            took_slot = domain in self.capped
+        answer = self.gate.ask(env.domain, msg.id, msg.slot_us, now)
+        if answer.kind == "hold":
+            return Outcome(msg.id, "held", score=answer.until, info=answer.note, envelope=answer.why)
+        if answer.kind == "park":
+            fresh = msg.fresh or msg.id in self.fresh_ids
+            return Outcome(msg.id, "parked", score=1 if fresh else 0, info=env.domain)
         try:
             # The stored original keeps its Bcc (quarantine evidence); the copy sent does not.
             result = self.relay.send(env.sender, list(env.recipients), without_bcc(msg.raw), env.smtputf8)
         finally:
-            if took_slot:
-                self.store.unpark(domain, most=1, done_id=msg.id)
-        if result.kind == "deferred" and ratelimit.is_throttling(result.code, result.text):
-            ratelimit.throttled(self.store.client, domain, now)
-            self.adaptive.add(domain)
-        elif result.kind == "delivered" and domain in self.adaptive and ratelimit.recovered(
-                self.store.client, domain, now) is None:
-            self.adaptive.discard(domain)
-        if result.kind == "deferred":
-            # No reply at all (refused, dropped, timed out), TLS, AUTH, a missing extension or a
-            # session reply is the relay's trouble (or drain's), not the domain's.
-            self.breakers.failure(RELAY if result.code == 0 or result.relay_fault else env.domain, now)
-        else:
-            self.breakers.success(RELAY)
-            self.breakers.success(env.domain)
+            if answer.slot:
+                self.gate.sent(env.domain, msg.id)
+        self.gate.heard(env.domain, result, now)
         refused = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if permanent(c)}
         if result.kind == "bounced":
             self._report(msg, refused or dict.fromkeys(env.recipients, result.reply))
@@ -221,9 +187,8 @@ class Batch:
                 self.store.promote_due()
                 continue
             self.lease_written = sent
-            self.breakers.refresh()
+            self.gate.refresh()
             self.fresh_ids = claim.fresh
-            self.limited, self.capped, self.adaptive = ratelimit.constrained(self.store.client)
             handled += len(claim.ids)
             self._work(claim.ids)
             if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh

@@ -1,7 +1,9 @@
 """RQ jobs as work tokens: each `deliver_batch` job claims up to a batch of ready messages.
 
 Messages live in drain's own ready list, so jobs carry no message data; enough jobs are
-kept queued for the ready list (at most `max_tokens`), which `rq info` shows.
+kept queued for the ready list (at most `max_tokens`), which `rq info` shows. A move that
+makes mail ready goes through `ready_due` or `ready_parked` here, which queue the jobs for
+it in the same call; anything else that makes mail ready calls `ensure_tokens` once.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from drain.flow import ratelimit
+from drain.flow.gate import unpark
 from drain.settings import Settings
 from drain.store import keys
+from drain.store.store import Store
 
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # Keep failed batch jobs (a worker killed mid-job, a timeout) for a day, for `rq info`.
@@ -56,3 +60,20 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
         ]
     )
     return wanted
+
+
+def ready_due(store: Store) -> int:
+    """Move deferred mail whose time has come to ready and, when any moved, queue batch jobs
+    for it (or it would wait for the next housekeeping round's top-up). Returns how many."""
+    moved = store.promote_due()
+    if moved:
+        ensure_tokens(store.client, store.settings)
+    return moved
+
+
+def ready_parked(store: Store, domain: str) -> int:
+    """Move a domain's parked mail back to ready (its pause or its cap of 0 was lifted) and
+    queue batch jobs for it. Returns how many moved."""
+    moved = unpark(store, domain.lower())
+    ensure_tokens(store.client, store.settings)
+    return moved

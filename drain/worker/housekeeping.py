@@ -10,14 +10,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import cast
 
+from drain.flow.gate import unpark_all
 from drain.observe.backlog import sample_history
 from drain.observe.deferred import drop_stale
 from drain.ops.quarantine import Quarantine
 from drain.store import keys
 from drain.store.store import Store
-from drain.worker.dispatch import ensure_tokens
+from drain.worker.dispatch import ensure_tokens, ready_due
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,7 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     promoted = store.promote_due()
     drop_stale(store, time.time())
     store.age_fresh(store.settings.fresh_max_age_s)
-    # Parked mail of domains that are no longer paused, or have free slots (a worker that
-    # died holding a slot frees it when the slot lapses), goes back to ready.
-    for domain in cast(set[bytes], store.client.smembers(keys.PARKED_DOMAINS)):
-        store.unpark(domain.decode())
+    unpark_all(store)
     expired = Quarantine(store).expire(store.settings.quarantine_retention_s)
     if expired:
         log.warning("deleted %d quarantined messages held past the retention time", expired)
@@ -81,10 +78,9 @@ class Housekeeper(threading.Thread):
                 if now >= next_round:
                     run_once(self.store, self.interval_s)
                     next_round = now + self.interval_s
-                elif self.store.promote_due():
-                    # Mail due at its booked send time is ready now: make sure a batch job is
-                    # queued to take it, or it would wait for the next round's tokens.
-                    ensure_tokens(self.store.client, self.store.settings)
+                else:
+                    # Mail due at its booked send time goes to ready, with a batch job for it.
+                    ready_due(self.store)
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 log.warning("housekeeping failed: %s", exc)
             self.stopping.wait(PROMOTE_EVERY_S)
