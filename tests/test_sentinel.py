@@ -3,9 +3,11 @@ and follows it through a failover, losing nothing that was acknowledged."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
 from drain.intake.api import Client
+from drain.observe.web import StatusServer
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.connection import SentinelUrl, connect
@@ -103,3 +106,19 @@ def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -
     books = api.store.books()
     assert (books.delivered, books.queued) == (30, 0), (books, worker.stderr.decode()[-3000:])
     assert len(relay.messages) == 30
+
+
+def test_serve_reads_its_figures_through_sentinel(cluster: Cluster, relay: Sink) -> None:
+    """`drain serve` given a redis+sentinel:// URL asks the sentinel for the master and shows its books."""
+    settings = Settings(redis_url=cluster.url, relay=relay.url)
+    Client.connect(settings).enqueue_many([synthetic(i) for i in range(3)])
+    server = StatusServer(cluster.url, settings, "127.0.0.1", 0, refresh_s=0.1)
+    server.start()
+    try:
+        wait_until(lambda: server.snapshots.view().up, 20, "the first snapshot read through the sentinel")
+        with urllib.request.urlopen(server.url + "status.json", timeout=10) as reply:
+            doc = json.loads(reply.read())
+    finally:
+        server.stop()
+    assert doc["redis"]["up"] is True
+    assert (doc["status"]["accepted"], doc["status"]["ready"]) == (3, 3)

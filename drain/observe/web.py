@@ -27,8 +27,6 @@ import redis
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from drain.flow import ratelimit
 from drain.message import Envelope
@@ -37,7 +35,7 @@ from drain.observe.metrics import Figures, Reading
 from drain.ops.quarantine import Quarantine
 from drain.settings import Settings
 from drain.store import keys
-from drain.store.connection import redacted
+from drain.store.connection import client_for, redacted
 from drain.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -459,9 +457,8 @@ def _render(view: View) -> bytes:
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A client that gives up quickly: one try, short timeouts."""
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                retry=Retry(NoBackoff(), 0))
+    """A client that gives up quickly: one try, short timeouts (any URL drain takes, sentinel too)."""
+    return client_for(url, timeout_s=REDIS_TIMEOUT_S)
 
 
 class StatusServer:
