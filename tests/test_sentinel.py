@@ -19,7 +19,7 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
 from drain.intake.api import Client
-from drain.observe.web import StatusServer
+from drain.observe.http import StatusServer
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.connection import SentinelUrl, connect

@@ -915,7 +915,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
 def serve(obj: Context, listen: str, refresh_s: float, show_messages: bool, hide_messages: bool,
           log_level: str) -> None:
     """Serve a read-only status page (/), /status.json, /metrics and /healthz; no login, GET only."""
-    from drain.observe.web import StatusServer
+    from drain.observe.http import StatusServer
     from drain.settings import parse_listen
     from drain.store.connection import resolve_url
 
