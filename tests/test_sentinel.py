@@ -20,7 +20,7 @@ from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
 from drain.intake.api import Client
 from drain.observe.http import StatusServer
-from drain.settings import Settings
+from drain.settings import Durability, Settings
 from drain.store import keys
 from drain.store.connection import SentinelUrl, connect
 from tests.chaos_kit import RedisProc, wait_until
@@ -77,7 +77,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -> None:
-    settings = Settings(redis_url=cluster.url, relay=relay.url, durability="replicas:1", lease_ttl_s=1.0)
+    settings = Settings(redis_url=cluster.url, relay=relay.url, durability=Durability.parse("replicas:1"),
+                        lease_ttl_s=1.0)
     api = Client.connect(settings)
     first = api.enqueue_many([synthetic(i) for i in range(20)]).ids
     assert redis.Redis(port=cluster.master.port).llen(keys.FRESH) == 20
@@ -93,7 +94,7 @@ def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -
     client = connect(settings)
     wait_until(lambda: client.connection_pool.get_master_address()[1] == cluster.replica.port, 20,
                "the client to follow the new master")
-    api = Client(client, settings.with_(durability="none"))
+    api = Client(client, settings.with_(durability=Durability.parse("none")))
     second = api.enqueue_many([synthetic(i) for i in range(20, 30)]).ids
     books = api.store.books()
     assert books.accepted == 30 and books.ready == 30  # nothing acknowledged was lost

@@ -889,7 +889,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     from drain.settings import parse_listen
 
     try:
-        host, port = parse_listen(listen or obj.settings.smtpd_listen, "--listen")
+        host, port = parse_listen(listen, "--listen") if listen else obj.settings.smtpd_listen
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     logging_setup.configure(obj.settings.log_format, "smtpd")
