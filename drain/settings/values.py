@@ -24,29 +24,12 @@ LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.
 LOG_FORMATS = ("text", "json")
 
 
-def whole(minimum: int) -> Parse:
-    """A whole number of at least minimum."""
-
-    def parse(raw: str, name: str) -> int:
+def _bounded(convert: Callable[[str], Any], what: str, minimum: float) -> Parse:
+    def parse(raw: str, name: str) -> Any:
         try:
-            value = int(raw)
+            value = convert(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def number(minimum: float) -> Parse:
-    """A finite number of at least minimum (nan and inf refused)."""
-
-    def parse(raw: str, name: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
         if not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {raw!r}")
         if value < minimum:
@@ -54,6 +37,16 @@ def number(minimum: float) -> Parse:
         return value
 
     return parse
+
+
+def whole(minimum: int) -> Parse:
+    """A whole number of at least minimum."""
+    return _bounded(int, "a whole number", minimum)
+
+
+def number(minimum: float) -> Parse:
+    """A finite number of at least minimum (nan and inf refused)."""
+    return _bounded(float, "a number", minimum)
 
 
 def flag(raw: str, name: str) -> bool:
