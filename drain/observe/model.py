@@ -30,6 +30,7 @@ from drain.store.store import Store
 # Upper bounds (seconds) of the delivery latency buckets, as settle.lua writes them; its
 # counts are per bucket (not cumulative), with "inf" above the last bound and "sum" beside.
 LATENCY_BOUNDS = ("1", "5", "15", "60", "300", "900", "3600", "14400", "86400")
+# How far back the backlog history goes, and how many recently quarantined messages are listed.
 HISTORY_S = 6 * 3600.0
 RECENT = 10
 # Headers are read from quarantined messages up to this size; bigger ones show no subject.
