@@ -109,6 +109,11 @@ class Limits:
         )
 
 
+def configured(settings: Settings) -> tuple[Limits, dict[str, str]]:
+    """The limits and the severity table the settings give: what `check` takes after the message."""
+    return Limits.from_settings(settings), severity_with(settings.quarantine_codes, settings.record_codes)
+
+
 @dataclass(frozen=True)
 class Finding:
     code: str

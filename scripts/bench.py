@@ -594,7 +594,8 @@ def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int,
     from drain.flow import ratelimit
     from drain.message import Envelope
     from drain.observe import backlog, metrics
-    from drain.observe.web import Reader, redis_client
+    from drain.observe.http import redis_client
+    from drain.observe.model import Reader, Reading
     from drain.store.store import ENQUEUE_CHUNK, Store
 
     client.flushdb()
@@ -644,7 +645,7 @@ def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int,
     reader = Reader(Store(redis_client(url), settings))
     refresh_s = median_s(reader.read)
     figures = reader.read().figures
-    exposition_s = median_s(lambda: metrics.exposition(metrics.registry(lambda: metrics.Reading(figures, True))))
+    exposition_s = median_s(lambda: metrics.exposition(metrics.registry(lambda: Reading(figures, True))))
     oldest = max((i for d in shaped["domains"] for i, n in enumerate(d["by_age"]) if n), default=0)
     report.add(name="drain backlog on a large backlog", messages=count, domains=len(shaped["domains"]),
                hours=hours, shape_fields=int(client.hlen(keys.SHAPE)), fill_seconds=round(fill_s, 1),

@@ -14,7 +14,7 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError, NotDurable
 from drain.intake.api import Client
-from drain.settings import Settings
+from drain.settings import Durability, Settings
 from drain.store import keys
 from drain.store.durability import plan
 from tests.chaos_kit import RedisProc, one_line, wait_until
@@ -25,8 +25,8 @@ from tests.test_ingress import synthetic as wire_synthetic
 
 
 def test_durability_setting_is_parsed() -> None:
-    assert Settings.from_env({}).durability == "none"
-    assert Settings.from_env({"DRAIN_DURABILITY": "replicas:2"}).durability == "replicas:2"
+    assert Settings.from_env({}).durability == ("none", 0)
+    assert Settings.from_env({"DRAIN_DURABILITY": "replicas:2"}).durability == ("replicas", 2)
     for bad in ("always", "replicas", "replicas:0", "fsync:1"):
         with pytest.raises(ConfigError, match="DRAIN_DURABILITY"):
             Settings.from_env({"DRAIN_DURABILITY": bad})
@@ -35,7 +35,7 @@ def test_durability_setting_is_parsed() -> None:
 def test_fsync_refused_where_redis_cannot_promise_it(settings: Settings, rclient: redis.Redis) -> None:
     # The session's test server keeps no append-only file, and Redis 6.2 has no WAITAOF.
     with pytest.raises(ConfigError, match="appendfsync always"):
-        Client.connect(settings.with_(durability="fsync"))
+        Client.connect(settings.with_(durability=Durability.parse("fsync")))
     result = drain({"DRAIN_REDIS_URL": settings.redis_url or "", "DRAIN_DURABILITY": "fsync"},
                    "enqueue", "-", timeout=30)
     assert result.returncode == 2
@@ -46,7 +46,7 @@ def test_fsync_refused_where_redis_cannot_promise_it(settings: Settings, rclient
 def test_fsync_with_appendfsync_always(tmp_path: Path, relay: Sink) -> None:
     server = RedisProc(tmp_path / "r").start()
     try:
-        api = Client.connect(Settings(redis_url=server.url, relay=relay.url, durability="fsync"))
+        api = Client.connect(Settings(redis_url=server.url, relay=relay.url, durability=Durability.parse("fsync")))
         assert api.durable.plan.command in {"", "waitaof"}  # WAITAOF on Redis >= 7.2
         api.enqueue(synthetic(1))
         server.restart(down_s=0)  # SIGKILL: what enqueue acknowledged is on disk
@@ -61,7 +61,7 @@ def test_replicas_wait_for_a_replica(tmp_path: Path, relay: Sink) -> None:
     try:
         wait_until(lambda: redis.Redis(port=master.port).info("replication")["connected_slaves"] == 1, 10,
                    "the replica to attach")
-        api = Client.connect(Settings(redis_url=master.url, relay=relay.url, durability="replicas:1",
+        api = Client.connect(Settings(redis_url=master.url, relay=relay.url, durability=Durability.parse("replicas:1"),
                                       durability_timeout_s=2.0))
         msg_id = api.enqueue(synthetic(1))
         # Acknowledged means the replica has it already: no waiting needed to read it there.
@@ -70,8 +70,8 @@ def test_replicas_wait_for_a_replica(tmp_path: Path, relay: Sink) -> None:
         replica.stop()
         wait_until(lambda: redis.Redis(port=master.port).info("replication")["connected_slaves"] == 0, 10,
                    "the replica to go")
-        strict = Client.connect(Settings(redis_url=master.url, relay=relay.url, durability="replicas:1",
-                                         durability_timeout_s=0.2))
+        strict = Client.connect(Settings(redis_url=master.url, relay=relay.url,
+                                         durability=Durability.parse("replicas:1"), durability_timeout_s=0.2))
         with pytest.raises(NotDurable, match="0 of 1 replica"):
             strict.enqueue(synthetic(2))
         assert strict.store.books().accepted == 2  # stored all the same: at least once, never less
@@ -154,7 +154,7 @@ def test_worker_keeps_running_while_the_relay_is_down(client: Client, settings: 
 
 def test_smtp_ingress_answers_451_until_durable(client: Client, ingress: StartIngress) -> None:  # noqa: F811
     # No replica behind the test Redis: the write is stored but never confirmed.
-    server = ingress(durability="replicas:1", durability_timeout_s=0.1)
+    server = ingress(durability=Durability.parse("replicas:1"), durability_timeout_s=0.1)
     with smtp_connect(server) as smtp:
         code, reply = submit(smtp, wire_synthetic(1))
     assert code == 451, reply

@@ -30,7 +30,7 @@ from drain.intake.api import Client
 from drain.intake.smtpd import AuthGuard, Features, Ingress
 from drain.message import Envelope
 from drain.ops.quarantine import Quarantine
-from drain.settings import Settings, parse_listen
+from drain.settings import Settings
 from drain.store import keys
 from drain.store.embedded import server_binary
 from drain.worker.delivery import wire_form
@@ -471,11 +471,11 @@ def test_settings_from_env() -> None:
     env = {"DRAIN_SMTPD_LISTEN": "[::1]:2600", "DRAIN_SMTPD_ALLOW": "10.0.0.0/8, ::1", "DRAIN_SMTPD_MAX_BYTES": "5000",
            "DRAIN_SMTPD_AUTH_USER": USER, "DRAIN_SMTPD_AUTH_PASSWORD": PASSWORD, "DRAIN_SMTPD_SMTPUTF8": "false"}
     s = Settings.from_env(env)
-    assert parse_listen(s.smtpd_listen) == ("::1", 2600)
+    assert s.smtpd_listen == ("::1", 2600)
     assert s.smtpd_allow == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert s.smtpd_size_limit == 5000 and s.smtpd_smtputf8 is False and s.smtpd_8bitmime is None
     assert PASSWORD not in repr(s)
-    assert Settings.from_env({}).smtpd_listen == "127.0.0.1:2526"  # not the default relay's 2525
+    assert Settings.from_env({}).smtpd_listen == ("127.0.0.1", 2526)  # not the default relay's 2525
     assert Settings.from_env({"DRAIN_SMTPD_MAX_BYTES": "999999999"}).smtpd_size_limit == Settings.max_message_bytes
     for bad in ({"DRAIN_SMTPD_ALLOW": "10.0.0.0/33"}, {"DRAIN_SMTPD_LISTEN": "localhost"},
                 {"DRAIN_SMTPD_AUTH_USER": USER}, {"DRAIN_SMTPD_TLS_CERT": "/x.pem"},

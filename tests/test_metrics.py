@@ -10,8 +10,9 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.flow import ratelimit
 from drain.intake.api import Client, Submission
-from drain.observe import metrics
-from drain.observe.metrics import DrainCollector, Reading, latency_buckets
+from drain.observe import metrics, model
+from drain.observe.metrics import DrainCollector
+from drain.observe.model import Reading, latency_buckets
 from drain.store import keys
 from drain.store.store import Store
 from tests.conftest import seed
@@ -60,7 +61,7 @@ def test_counters_depths_and_latency_follow_the_books(client: Client, relay: Sin
     assert value(s, "drain_oldest_age_seconds") == 0
     # The histogram: cumulative buckets, +Inf equal to the count, one observation per delivery.
     assert value(s, "drain_delivery_latency_seconds_count") == 6
-    bounds = [*metrics.LATENCY_BOUNDS, "+Inf"]
+    bounds = [*model.LATENCY_BOUNDS, "+Inf"]
     counts = [value(s, "drain_delivery_latency_seconds_bucket", le=_le(b)) for b in bounds]
     assert counts == sorted(counts) and counts[-1] == 6
     assert value(s, "drain_delivery_latency_seconds_bucket", le="60.0") == 6  # delivered within the test
@@ -105,7 +106,7 @@ def test_without_figures_only_redis_down_is_said(client: Client) -> None:
     reg = metrics.registry(lambda: Reading(None, False))
     assert parse(metrics.exposition(reg).decode()) == {("drain_redis_up", frozenset()): 0}
     # Stale figures are still exposed, next to drain_redis_up 0 and their age.
-    figures = metrics.read(client.store)
+    figures = model.read(client.store)
     stale = parse(metrics.exposition(metrics.registry(lambda: Reading(figures, False))).decode())
     assert value(stale, "drain_redis_up") == 0 and value(stale, "drain_figures_age_seconds") >= 0
     assert ("drain_messages_total", frozenset({("event", "accepted")})) in stale

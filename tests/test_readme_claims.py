@@ -21,7 +21,7 @@ from drain.intake import door as intake
 from drain.intake.api import Client, Submission
 from drain.intake.rules import Rule
 from drain.message import envelope_from_headers
-from drain.observe.web import StatusServer
+from drain.observe.http import StatusServer
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.store import Outcome

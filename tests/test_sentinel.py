@@ -3,9 +3,11 @@ and follows it through a failover, losing nothing that was acknowledged."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,8 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink, free_port
 from drain.errors import ConfigError
 from drain.intake.api import Client
-from drain.settings import Settings
+from drain.observe.http import StatusServer
+from drain.settings import Durability, Settings
 from drain.store import keys
 from drain.store.connection import SentinelUrl, connect
 from tests.chaos_kit import RedisProc, wait_until
@@ -74,7 +77,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -> None:
-    settings = Settings(redis_url=cluster.url, relay=relay.url, durability="replicas:1", lease_ttl_s=1.0)
+    settings = Settings(redis_url=cluster.url, relay=relay.url, durability=Durability.parse("replicas:1"),
+                        lease_ttl_s=1.0)
     api = Client.connect(settings)
     first = api.enqueue_many([synthetic(i) for i in range(20)]).ids
     assert redis.Redis(port=cluster.master.port).llen(keys.FRESH) == 20
@@ -90,7 +94,7 @@ def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -
     client = connect(settings)
     wait_until(lambda: client.connection_pool.get_master_address()[1] == cluster.replica.port, 20,
                "the client to follow the new master")
-    api = Client(client, settings.with_(durability="none"))
+    api = Client(client, settings.with_(durability=Durability.parse("none")))
     second = api.enqueue_many([synthetic(i) for i in range(20, 30)]).ids
     books = api.store.books()
     assert books.accepted == 30 and books.ready == 30  # nothing acknowledged was lost
@@ -103,3 +107,19 @@ def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -
     books = api.store.books()
     assert (books.delivered, books.queued) == (30, 0), (books, worker.stderr.decode()[-3000:])
     assert len(relay.messages) == 30
+
+
+def test_serve_reads_its_figures_through_sentinel(cluster: Cluster, relay: Sink) -> None:
+    """`drain serve` given a redis+sentinel:// URL asks the sentinel for the master and shows its books."""
+    settings = Settings(redis_url=cluster.url, relay=relay.url)
+    Client.connect(settings).enqueue_many([synthetic(i) for i in range(3)])
+    server = StatusServer(cluster.url, settings, "127.0.0.1", 0, refresh_s=0.1)
+    server.start()
+    try:
+        wait_until(lambda: server.snapshots.view().up, 20, "the first snapshot read through the sentinel")
+        with urllib.request.urlopen(server.url + "status.json", timeout=10) as reply:
+            doc = json.loads(reply.read())
+    finally:
+        server.stop()
+    assert doc["redis"]["up"] is True
+    assert (doc["status"]["accepted"], doc["status"]["ready"]) == (3, 3)

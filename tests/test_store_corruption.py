@@ -17,7 +17,8 @@ from drain.demo.sink import Sink
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.observe import page as statuspage
-from drain.observe.web import Reader, Snapshots
+from drain.observe.model import Reader
+from drain.observe.snapshot import Snapshots
 from drain.settings import Settings
 from drain.store import keys
 

@@ -30,7 +30,7 @@ from drain.flow import ratelimit
 from drain.intake.api import Client, Submission
 from drain.observe import backlog
 from drain.observe.backlog import BUCKETS_S
-from drain.observe.web import SECURITY_HEADERS, StatusServer
+from drain.observe.http import SECURITY_HEADERS, StatusServer
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.embedded import server_binary
@@ -482,7 +482,7 @@ def test_idle_and_slow_connections_neither_block_nor_add_threads(client: Client,
 
 def test_idle_and_slow_connections_are_closed(client: Client, serve: Callable[..., StatusServer],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("drain.observe.web.IDLE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("drain.observe.http.IDLE_TIMEOUT_S", 0.3)
     server = serve()
     host, port = address(server)
     with socket.create_connection((host, port), timeout=30) as idle, \

@@ -103,8 +103,7 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
 def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
     """Give the verdict the workers would give each message file, without queueing it."""
     s = obj.settings
-    limits = validate.Limits.from_settings(s)
-    severity = validate.severity_with(s.quarantine_codes, s.record_codes)
+    limits, severity = validate.configured(s)
     for path in paths:
         raw = _read(path, s.max_message_bytes)
         verdict = validate.check(raw, envelope_from_headers(raw), limits, severity)
@@ -747,8 +746,7 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
     if force:
         passing = chosen
     else:
-        passing, failing = q.revalidate(chosen, validate.Limits.from_settings(s),
-                                        validate.severity_with(s.quarantine_codes, s.record_codes))
+        passing, failing = q.revalidate(chosen, *validate.configured(s))
     released = 0 if dry_run else q.release(passing, s.actor, force=force, note=note)
     if not dry_run and passing:
         from drain.worker.dispatch import ensure_tokens
@@ -889,7 +887,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     from drain.settings import parse_listen
 
     try:
-        host, port = parse_listen(listen or obj.settings.smtpd_listen, "--listen")
+        host, port = parse_listen(listen, "--listen") if listen else obj.settings.smtpd_listen
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     logging_setup.configure(obj.settings.log_format, "smtpd")
@@ -915,7 +913,7 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
 def serve(obj: Context, listen: str, refresh_s: float, show_messages: bool, hide_messages: bool,
           log_level: str) -> None:
     """Serve a read-only status page (/), /status.json, /metrics and /healthz; no login, GET only."""
-    from drain.observe.web import StatusServer
+    from drain.observe.http import StatusServer
     from drain.settings import parse_listen
     from drain.store.connection import resolve_url
 

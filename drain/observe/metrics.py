@@ -4,14 +4,14 @@ Workers run on many machines and come and go; every figure they would count is a
 kept in Redis by the state moves themselves (the books, findings by reason, the latency
 histogram, rate-limit waits). So one reader exposes them all: a custom collector on a
 private registry, fed by whatever supplies the figures (`drain serve` hands it the last
-snapshot its refresher took, so a scrape never waits on Redis).
+snapshot its refresher took, so a scrape never waits on Redis). It sits on the read model
+(drain.observe.model), like the page and /status.json.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -19,74 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-from drain.flow import ratelimit
-from drain.intake import door as intake
-from drain.observe import backlog, status
-from drain.observe.backlog import Shape
-from drain.observe.status import Status
-from drain.store import keys
+from drain.observe.model import Figures, Reading, latency_buckets, read
 from drain.store.store import Store
 
-# Upper bounds (seconds) of the delivery latency buckets, as settle.lua writes them; its
-# counts are per bucket (not cumulative), with "inf" above the last bound and "sum" beside.
-LATENCY_BOUNDS = ("1", "5", "15", "60", "300", "900", "3600", "14400", "86400")
 # Domains given their own backlog series, largest first: more would swamp Prometheus.
 DOMAINS_EXPOSED = 50
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Counters of the books hash exposed as drain_messages_total{event=...}.
 EVENTS = ("accepted", "delivered", "bounced", "deleted")
-
-
-@dataclass(frozen=True)
-class Figures:
-    """Everything the metrics (and the status page) show, read from Redis at read_at."""
-
-    read_at: float
-    status: Status
-    # The books hash: accepted, delivered, bounced, deleted, held_total, parked_total, parked.
-    counters: dict[str, int]
-    # Quarantine findings by reason code, since the start (a message counts once per code).
-    findings: dict[str, int]
-    # Delivery latency: bound -> count (per bucket), and "sum".
-    latency: dict[str, float]
-    shape: Shape
-    # ratelimit.show(): global rate, burst, pause, per-domain caps.
-    limits: dict[str, Any]
-    intake_paused: bool
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What a scrape gets: the last figures known (None if none yet) and whether the read
-    that should have refreshed them succeeded."""
-
-    figures: Figures | None
-    up: bool
-
-
-def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
-    return {k.decode(): int(float(v)) for k, v in raw.items()}
-
-
-def read(store: Store) -> Figures:
-    """Read every figure; raises redis.RedisError when Redis does not answer."""
-    shape = backlog.shape(store)
-    st = status.read(store, shape)
-    pipe = store.client.pipeline(transaction=False)
-    pipe.hgetall(keys.BOOKS)
-    pipe.hgetall(keys.FINDINGS)
-    pipe.hgetall(keys.LATENCY)
-    counters, findings, latency = pipe.execute()
-    return Figures(
-        read_at=time.time(),
-        status=st,
-        counters=_ints(counters),
-        findings=_ints(findings),
-        latency={k.decode(): float(v) for k, v in cast(dict[bytes, bytes], latency).items()},
-        shape=shape,
-        limits=ratelimit.show(store.client),
-        intake_paused=intake.is_paused(store.client),
-    )
 
 
 def live(store: Store) -> Callable[[], Reading]:
@@ -99,18 +39,6 @@ def live(store: Store) -> Callable[[], Reading]:
             return Reading(None, False)
 
     return source
-
-
-def latency_buckets(latency: dict[str, float]) -> tuple[list[tuple[str, float]], float, int]:
-    """Cumulative (le, count) buckets ending with +Inf, the sum, and the count."""
-    running = 0.0
-    buckets: list[tuple[str, float]] = []
-    for bound in LATENCY_BOUNDS:
-        running += latency.get(bound, 0.0)
-        buckets.append((bound, running))
-    running += latency.get("inf", 0.0)
-    buckets.append(("+Inf", running))
-    return buckets, latency.get("sum", 0.0), int(running)
 
 
 class DrainCollector:

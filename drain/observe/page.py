@@ -7,104 +7,21 @@ recipients and subjects of quarantined mail are written by whoever sent it.
 
 from __future__ import annotations
 
-import html
 import time
+from importlib import resources
 from typing import Any, cast
 
-from drain.durations import human
 from drain.flow import ratelimit
 from drain.observe.backlog import BUCKETS_S
-from drain.observe.metrics import latency_buckets
-from drain.observe.web import Snapshot, View, waiting
+from drain.observe.chart import chart_section
+from drain.observe.markup import clock, dur, esc, num, per_s
+from drain.observe.model import Snapshot, View, latency_buckets, waiting
 
 DOMAINS_SHOWN = 30
-CHART_POINTS = 360
 
 
-def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def num(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def dur(seconds: float | None) -> str:
-    return human(seconds)
-
-
-def clock(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts))
-
-
-def per_s(rate: float) -> str:
-    return f"{rate:,.1f}/s" if rate < 100 else f"{rate:,.0f}/s"
-
-
-CSS = """
-:root{--bg:#f5f6f8;--card:#fff;--ink:#1c2230;--muted:#687186;--line:#e4e7ed;--accent:#2f6fde;
---ok:#1c9451;--warn:#b97204;--bad:#cf3a30;--violet:#7c54e0;--teal:#0f8f8f;--grey:#9aa2b1;--amber:#e0a020}
-@media (prefers-color-scheme:dark){:root{--bg:#12151b;--card:#1a1e26;--ink:#e6e9ef;--muted:#98a1b3;
---line:#2a303b;--accent:#6b9cff;--ok:#3ecf7f;--warn:#f0b43c;--bad:#ff6b60}}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);
-font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1180px;margin:0 auto;padding:22px 28px 36px}
-header{display:flex;align-items:center;gap:14px;margin-bottom:16px}
-.brand{font-weight:750;font-size:24px;letter-spacing:-.02em}
-.sub{color:var(--muted)}
-.spacer{flex:1}
-.pill{display:inline-block;padding:5px 12px;border-radius:999px;font-weight:650;font-size:13px;color:#fff}
-.pill.ok{background:var(--ok)}.pill.run{background:var(--accent)}.pill.warn{background:var(--warn)}
-.pill.bad{background:var(--bad)}
-.updated{color:var(--muted);font-size:13px}
-.banner{border-radius:10px;padding:12px 16px;margin-bottom:14px;font-weight:600;border:1px solid}
-.banner.bad{background:#fdecea;border-color:#f2bdb8;color:#8c1d15}
-.banner.warn{background:#fff6e0;border-color:#f0d690;color:#7a5200}
-.banner small{display:block;font-weight:400;margin-top:2px}
-.cards{display:grid;grid-template-columns:repeat(6,1fr);gap:12px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:13px 16px}
-.label{font-size:11.5px;text-transform:uppercase;letter-spacing:.07em;color:var(--muted);font-weight:600}
-.value{font-size:27px;font-weight:680;font-variant-numeric:tabular-nums;letter-spacing:-.01em;margin-top:2px}
-.note{font-size:12.5px;color:var(--muted)}
-.row{display:grid;grid-template-columns:2fr 1fr;gap:14px;margin-top:14px;align-items:start}
-.row.even{grid-template-columns:1fr 1fr}
-section{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:16px 18px;margin-top:14px}
-.row section{margin-top:0}
-h2{font-size:15px;margin:0 0 12px;font-weight:680}
-h2 .note{font-weight:400;margin-left:6px}
-.bar{display:flex;height:16px;border-radius:6px;overflow:hidden;background:var(--line)}
-.bar span{display:block;flex-basis:0;min-width:0}
-.legend{display:grid;grid-template-columns:repeat(4,1fr);gap:8px 14px;margin-top:12px;font-size:13.5px}
-.legend b{font-variant-numeric:tabular-nums;font-weight:650}
-.dot{display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px;vertical-align:-1px}
-.balance{margin-top:12px;font-size:13.5px}
-.yes{color:var(--ok);font-weight:650}.no{color:var(--bad);font-weight:650}
-dl{display:grid;grid-template-columns:auto 1fr;gap:7px 14px;margin:0;font-size:14px}
-dt{color:var(--muted)}dd{margin:0;font-weight:600}
-table{width:100%;border-collapse:collapse;font-size:13.5px;font-variant-numeric:tabular-nums}
-th{text-align:left;color:var(--muted);font-weight:600;font-size:12px;padding:6px 8px;
-border-bottom:1px solid var(--line);white-space:nowrap}
-td{padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top}
-tr:last-child td{border-bottom:0}
-.n{text-align:right}
-td.h{text-align:right;color:var(--ink)}
-td.z{text-align:right;color:var(--grey)}
-.dom{font-weight:600;word-break:break-all}
-.tag{display:inline-block;font-size:11.5px;font-weight:650;padding:1px 7px;border-radius:6px;margin:0 4px 2px 0}
-.tag.bad{background:#fde4e1;color:#9b2219}.tag.warn{background:#fff1cc;color:#7a5200}
-.tag.info{background:#e6eefc;color:#234f9e}.tag.q{background:#efe9fd;color:#5533b0}
-code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.subject{word-break:break-word}
-.muted{color:var(--muted)}
-.empty{color:var(--muted);padding:18px 0;text-align:center}
-svg{display:block;width:100%;height:auto}
-svg text{font:11px system-ui,sans-serif;fill:var(--muted)}
-.hbar{height:9px;border-radius:4px;background:var(--accent);opacity:.75}
-footer{margin-top:18px;color:var(--muted);font-size:12.5px;text-align:center}
-footer a{color:var(--muted)}
-@media (max-width:900px){.cards{grid-template-columns:repeat(3,1fr)}.row,.row.even{grid-template-columns:1fr}}
-"""
+# The page's style sheet, inlined into every page (the CSP forbids loading it).
+CSS = resources.files("drain.observe").joinpath("page.css").read_text(encoding="utf-8")
 
 STATE_COLOURS = (
     ("delivered", "var(--ok)"), ("bounced", "var(--bad)"), ("quarantined", "var(--violet)"),
@@ -132,7 +49,7 @@ def render(view: View) -> str:
                      "</section>")
     else:
         parts += [_cards(snap), '<div class="row">', _books(snap), _controls(snap), "</div>",
-                  _chart_section(snap, view.now), _domains(snap),
+                  chart_section(snap), _domains(snap),
                   '<div class="row even">', _reasons(snap), _latency(snap), "</div>",
                   _recent(snap, view.show_messages)]
     parts.append(_footer(view))
@@ -245,110 +162,6 @@ def _waiting(snap: Snapshot) -> str:
     if waits["delivery_paused"]:
         parts.insert(0, f"all {num(snap.figures.status.books.queued)} queued (delivery paused)")
     return "<br>".join(parts) or "none"
-
-
-def _nice(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k at least value (an axis top)."""
-    if value <= 0:
-        return 1.0
-    magnitude = 10.0 ** (len(str(int(value))) - 1)
-    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
-        if step * magnitude >= value:
-            return step * magnitude
-    return 10.0 * magnitude
-
-
-def _points(history: list[dict[str, Any]]) -> list[tuple[float, float, float | None]]:
-    """(t, queued, delivered per minute since the previous kept sample), thinned to CHART_POINTS."""
-    step = max(1, -(-len(history) // CHART_POINTS))
-    kept = history[::step]
-    if history and kept[-1] is not history[-1]:
-        kept.append(history[-1])
-    out: list[tuple[float, float, float | None]] = []
-    previous: dict[str, Any] | None = None
-    for sample in kept:
-        rate: float | None = None
-        if previous is not None:
-            dt = float(sample["t"]) - float(previous["t"])
-            if dt > 0:
-                rate = max(0.0, (int(sample["delivered"]) - int(previous["delivered"])) * 60 / dt)
-        out.append((float(sample["t"]), float(sample["queued"]), rate))
-        previous = sample
-    return out
-
-
-def _svg_panel(points: list[tuple[float, float | None]], t0: float, t1: float, height: int, colour: str,
-               label: str, area: bool, gap_s: float) -> str:
-    width, left, right, top, bottom = 1100, 64, 12, 10, 24
-    plot_w, plot_h = width - left - right, height - top - bottom
-    values = [v for _t, v in points if v is not None]
-    top_value = _nice(max(values, default=0.0))
-
-    def x(t: float) -> float:
-        return left + (t - t0) / (t1 - t0) * plot_w if t1 > t0 else left + plot_w
-
-    def y(v: float) -> float:
-        return top + plot_h - v / top_value * plot_h
-
-    grid = []
-    for i in range(5):
-        g = top_value * i / 4
-        grid.append(f'<line x1="{left}" x2="{width - right}" y1="{y(g):.1f}" y2="{y(g):.1f}" '
-                    f'stroke="var(--line)" stroke-width="1"/>'
-                    f'<text x="{left - 8}" y="{y(g) + 4:.1f}" text-anchor="end">{esc(_short(g))}</text>')
-    ticks = []
-    fmt = "%H:%M" if t1 - t0 >= 1800 else "%H:%M:%S"
-    for i in range(7):
-        t = t0 + (t1 - t0) * i / 6
-        anchor = "start" if i == 0 else "end" if i == 6 else "middle"
-        ticks.append(f'<text x="{x(t):.1f}" y="{height - 6}" text-anchor="{anchor}">'
-                     f'{esc(time.strftime(fmt, time.localtime(t)))}</text>')
-    segments: list[list[tuple[float, float]]] = []
-    last_t: float | None = None
-    for t, v in points:
-        if v is None:
-            continue
-        if last_t is None or t - last_t > gap_s or not segments:
-            segments.append([])
-        segments[-1].append((x(t), y(v)))
-        last_t = t
-    shapes = []
-    for seg in segments:
-        line = " ".join(f"{px:.1f},{py:.1f}" for px, py in seg)
-        if area and len(seg) > 1:
-            base = top + plot_h
-            shapes.append(f'<polygon points="{seg[0][0]:.1f},{base} {line} {seg[-1][0]:.1f},{base}" '
-                          f'fill="{colour}" fill-opacity="0.14"/>')
-        if len(seg) == 1:
-            shapes.append(f'<circle cx="{seg[0][0]:.1f}" cy="{seg[0][1]:.1f}" r="2.5" fill="{colour}"/>')
-        shapes.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2" '
-                      f'stroke-linejoin="round"/>')
-    return (f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{esc(label)}">'
-            + "".join(grid) + "".join(shapes) + "".join(ticks) + "</svg>")
-
-
-def _short(value: float) -> str:
-    if value >= 1_000_000:
-        return f"{value / 1_000_000:g}M"
-    if value >= 1000:
-        return f"{value / 1000:g}k"
-    return f"{value:g}"
-
-
-def _chart_section(snap: Snapshot, now: float) -> str:
-    history = snap.history
-    if len(history) < 2:
-        return ("<section><h2>Backlog over time</h2><p class=\"empty\">No history yet: workers record the books "
-                "every 10 seconds while they run.</p></section>")
-    points = _points(history)
-    t0, t1 = points[0][0], max(points[-1][0], points[0][0] + 60)
-    gap = max(120.0, 3 * (t1 - t0) / max(1, len(points)))
-    queued = _svg_panel([(t, q) for t, q, _r in points], t0, t1, 220, "var(--accent)", "messages queued", True, gap)
-    rates = _svg_panel([(t, r) for t, _q, r in points], t0, t1, 130, "var(--ok)", "delivered per minute", False, gap)
-    return (f'<section><h2>Backlog over the last {esc(dur(t1 - t0))} '
-            f'<span class="note">one sample every 10 s; figures from {clock(points[-1][0])}</span></h2>'
-            f'<div class="label">Messages queued</div>{queued}'
-            f'<div class="label" style="margin-top:8px">Delivered per minute</div>{rates}</section>')
 
 
 def _age_label(lower: int) -> str:

@@ -18,11 +18,11 @@ from drain.settings import Settings
 from drain.store import embedded
 from drain.store.store import Books, Store
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Status:
+    """What `drain status` and the status page report: the books, pace, and what holds mail back."""
+
     books: Books
     oldest_age_s: float
     rate_per_s: float
@@ -49,6 +49,9 @@ class Status:
         out["delivery_held"] = self.held
         out["domains_held"] = self.domains_held
         return out
+
+
+log = logging.getLogger(__name__)
 
 
 def _held(store: Store) -> tuple[str | None, list[str]]:

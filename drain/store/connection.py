@@ -115,18 +115,23 @@ def resolve_url(settings: Settings) -> str:
     return settings.redis_url
 
 
-def client_for(url: str) -> redis.Redis:
-    """A client for the URL (not yet connected), with raw (bytes) replies as RQ needs."""
+def client_for(url: str, timeout_s: float | None = None) -> redis.Redis:
+    """A client for the URL (not yet connected), with raw (bytes) replies as RQ needs.
+    With timeout_s, connecting and every command (the sentinels' too) give up after that long."""
+    options = dict(_CLIENT_OPTIONS)
+    if timeout_s is not None:
+        options.update(socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         if url.startswith("redis+sentinel://"):
             where = SentinelUrl.parse(url)
-            sentinel = Sentinel(list(where.sentinels), socket_connect_timeout=5,  # type: ignore[no-untyped-call]
-                                socket_timeout=5)
+            asking = timeout_s or 5
+            sentinel = Sentinel(list(where.sentinels), socket_connect_timeout=asking,  # type: ignore[no-untyped-call]
+                                socket_timeout=asking)
             master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
                 where.service, db=where.db, username=where.username, password=where.password,
-                retry=_no_retry(), **_CLIENT_OPTIONS)
+                retry=_no_retry(), **options)
             return master
-        return redis.Redis.from_url(url, retry=_no_retry(), **_CLIENT_OPTIONS)
+        return redis.Redis.from_url(url, retry=_no_retry(), **options)
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {redacted(url)}: {exc}") from None
 

@@ -25,7 +25,7 @@ from typing import cast
 import redis
 
 from drain.errors import ConfigError, NotDurable
-from drain.settings import Settings, parse_durability
+from drain.settings import Settings
 from drain.store import keys
 
 
@@ -62,7 +62,7 @@ def _has_waitaof(client: redis.Redis, timeout_ms: int) -> bool:
 
 def plan(client: redis.Redis, settings: Settings) -> Plan:
     """Ask the server what the configured durability takes; ConfigError if it cannot be had."""
-    mode, replicas = parse_durability(settings.durability)
+    mode, replicas = settings.durability
     timeout_ms = max(1, int(settings.durability_timeout_s * 1000))
     if mode == "none":
         return Plan(mode)

@@ -16,7 +16,7 @@ from drain.intake import rules
 from drain.intake.rules import Rule
 from drain.settings import Settings
 from drain.store.store import Store
-from drain.validate import Limits, severity_with
+from drain.validate import Limits, configured
 from drain.worker.delivery import Relay, RelayConfig, tls_context
 from drain.worker.housekeeping import Housekeeper
 from drain.worker.resilience import ResilientStore
@@ -50,8 +50,7 @@ class Runtime:
                       tls=tls_context(settings.relay_tls_verify, settings.relay_ca_file))
         # host-pid-token: which process holds a claim can be told from Redis.
         owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        return cls(settings, store, relay, owner, Limits.from_settings(settings),
-                   severity_with(settings.quarantine_codes, settings.record_codes))
+        return cls(settings, store, relay, owner, *configured(settings))
 
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)

@@ -1,0 +1,163 @@
+"""Typed settings, built once from the environment (the only reader of DRAIN_*) and passed on.
+
+Each setting is declared once, below: its field, variable, parser (type and bounds), default,
+group and one-line doc. `from_env` reads them all from that declaration; the README's settings
+tables are checked against it (tests/test_settings.py). Values are kept parsed (the SMTP listen
+address as (host, port), durability as a Durability).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from drain.errors import ConfigError
+from drain.settings import values as v
+from drain.settings.declare import Declared, declared, read, setting
+from drain.settings.values import (
+    LOG_FORMATS,
+    LOOPBACK,
+    Durability,
+    Network,
+    parse_domain,
+    parse_durability,
+    parse_listen,
+    parse_networks,
+)
+
+__all__ = ["LOG_FORMATS", "LOOPBACK", "Declared", "Durability", "Network", "Settings", "declared",
+           "parse_domain", "parse_durability", "parse_listen", "parse_networks"]
+
+# Settings only meaningful together: one without the other is a configuration error.
+PAIRS = (("smtpd_auth_user", "smtpd_auth_password"), ("smtpd_tls_cert", "smtpd_tls_key"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything drain can be told. Build with `Settings.from_env()`; tweak with `.with_()`."""
+
+    # -- store: where state lives, and what an enqueue waits for
+    redis_url: str | None = setting(
+        "DRAIN_REDIS_URL", None, v.text, "store", "Redis URL; unset: the embedded server under home",
+        shown="embedded", secret=True)
+    home: Path = setting("DRAIN_HOME", Path(".drain"), v.path, "store",
+                         "folder of the embedded Redis (socket and data)", shown="./.drain")
+    durability: Durability = setting(
+        "DRAIN_DURABILITY", Durability("none"), parse_durability, "store",
+        "what enqueue waits for: none (Redis memory), fsync (on disk), replicas:N (N replicas)")
+    durability_timeout_s: float = setting("DRAIN_DURABILITY_TIMEOUT", 1.0, v.number(0.001), "store",
+                                          "seconds fsync / replicas:N wait before the enqueue fails")
+
+    # -- relay: where mail goes, and how drain introduces itself
+    relay: str = setting("DRAIN_RELAY", "smtp://127.0.0.1:2525", v.text, "relay",
+                         "smtp://host:port, smtp+starttls://..., smtps://user:pass@host:465", secret=True)
+    relay_timeout_s: float = setting("DRAIN_RELAY_TIMEOUT", 30.0, v.number(0.1), "relay", "seconds for each SMTP step")
+    relay_tls_verify: bool = setting("DRAIN_RELAY_TLS_VERIFY", True, v.flag, "relay",
+                                     "verify the relay's TLS certificate and name")
+    relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.existing_file, "relay",
+                                         "extra CA certificates (PEM) trusted for the relay")
+    hostname: str = setting("DRAIN_HOSTNAME", "localhost.localdomain", v.text, "relay",
+                            "this machine's dotted name, in HELO and bounce reports", shown="host name",
+                            fallback=v.default_hostname)
+    dsn: bool = setting("DRAIN_DSN", False, v.flag, "relay", "send RFC 3464 bounce reports to senders of bounced mail")
+
+    # -- worker: how workers take and hold their work
+    batch_size: int = setting("DRAIN_BATCH_SIZE", 100, v.whole(1), "worker", "messages one RQ job claims")
+    settle_every: int = setting("DRAIN_SETTLE_EVERY", 3, v.whole(1), "worker",
+                                "outcomes recorded in Redis after this many messages")
+    lease_ttl_s: float = setting("DRAIN_LEASE_TTL", 15.0, v.number(0.5), "worker",
+                                 "seconds after which a silent worker's claim lapses")
+    job_timeout_s: int = setting("DRAIN_JOB_TIMEOUT", 900, v.whole(1), "worker", "RQ timeout of one batch job")
+    max_tokens: int = setting("DRAIN_MAX_TOKENS", 64, v.whole(1), "worker", "queued RQ batch jobs kept ready at most")
+    poison_strikes: int = setting("DRAIN_POISON_STRIKES", 2, v.whole(1), "worker",
+                                  "deaths or timeouts holding a message before it is quarantined as poison")
+
+    # -- validation: hostile-input limits and what a finding does
+    max_message_bytes: int = setting("DRAIN_MAX_MESSAGE_BYTES", 25 * 1024 * 1024, v.whole(1024), "validation",
+                                     "larger messages are refused at the door")
+    max_header_count: int = setting("DRAIN_MAX_HEADERS", 500, v.whole(1), "validation", "most header fields")
+    max_mime_depth: int = setting("DRAIN_MAX_MIME_DEPTH", 50, v.whole(1), "validation", "deepest MIME nesting")
+    max_mime_parts: int = setting("DRAIN_MAX_MIME_PARTS", 1000, v.whole(1), "validation", "most MIME parts")
+    max_recipients: int = setting("DRAIN_MAX_RECIPIENTS", 1000, v.whole(1), "validation",
+                                  "most envelope recipients of one message")
+    allow_special_domains: bool = setting("DRAIN_ALLOW_SPECIAL_DOMAINS", False, v.flag, "validation",
+                                          "accept special-use and test domains (.test, .local, .invalid)")
+    check_dns: bool = setting("DRAIN_CHECK_DNS", False, v.flag, "validation", "check recipient domains in DNS (cached)")
+    quarantine_codes: tuple[str, ...] = setting("DRAIN_QUARANTINE_CODES", (), v.words, "validation",
+                                                "reason codes that quarantine")
+    record_codes: tuple[str, ...] = setting("DRAIN_RECORD_CODES", (), v.words, "validation",
+                                            "reason codes only recorded")
+    quarantine_retention_s: float = setting("DRAIN_QUARANTINE_RETENTION", 14 * 24 * 3600.0, v.number(1.0),
+                                            "validation", "seconds quarantined mail is kept (then deleted)")
+
+    # -- flow: rates, lanes and breakers
+    burst_s: float = setting("DRAIN_BURST", 0.2, v.number(0.0), "flow", "seconds of a rate that may go at once")
+    backlog_share: int = setting("DRAIN_BACKLOG_SHARE", 4, v.whole(1), "flow",
+                                 "every Nth claim serves the backlog lane first")
+    rate_horizon_s: float = setting("DRAIN_RATE_HORIZON", 2.0, v.number(0.0), "flow",
+                                    "seconds ahead a domain's rate books send times")
+    fresh_max_age_s: float = setting("DRAIN_FRESH_MAX_AGE", 30.0, v.number(0.0), "flow",
+                                     "seconds after which fresh mail joins the backlog lane")
+    breaker_failures: int = setting("DRAIN_BREAKER_FAILURES", 20, v.whole(1), "flow",
+                                    "transient failures in a row that open a destination's breaker")
+    breaker_cooldown_s: float = setting("DRAIN_BREAKER_COOLDOWN", 60.0, v.number(0.0), "flow",
+                                        "seconds a breaker first stays open (doubling on reopening)")
+    breaker_max_s: float = setting("DRAIN_BREAKER_MAX", 900.0, v.number(0.0), "flow",
+                                   "longest a breaker stays open, seconds")
+
+    # -- retry: the schedule of transient failures
+    retry_first_s: float = setting("DRAIN_RETRY_FIRST", 300.0, v.number(0.0), "retry", "seconds before the first retry")
+    retry_max_s: float = setting("DRAIN_RETRY_MAX", 4000.0, v.number(0.0), "retry", "longest gap between retries")
+    max_lifetime_s: float = setting("DRAIN_MAX_LIFETIME", 5 * 24 * 3600.0, v.number(1.0), "retry",
+                                    "seconds a message may stay queued before it bounces as expired")
+
+    # -- smtpd: the SMTP ingress (`drain smtpd`)
+    smtpd_listen: tuple[str, int] = setting("DRAIN_SMTPD_LISTEN", ("127.0.0.1", 2526), parse_listen, "smtpd",
+                                            "where the ingress listens (not 2525, the default relay's port)",
+                                            shown="127.0.0.1:2526")
+    smtpd_max_bytes: int | None = setting("DRAIN_SMTPD_MAX_BYTES", None, v.size_or_none, "smtpd",
+                                          "largest message taken (unset: max_message_bytes)",
+                                          shown="DRAIN_MAX_MESSAGE_BYTES")
+    smtpd_allow: tuple[Network, ...] = setting("DRAIN_SMTPD_ALLOW", LOOPBACK, v.networks, "smtpd",
+                                               "client networks allowed to connect", shown="127.0.0.0/8,::1/128")
+    smtpd_auth_user: str | None = setting("DRAIN_SMTPD_AUTH_USER", None, v.text, "smtpd",
+                                          "AUTH is required when set")
+    smtpd_auth_password: str | None = setting("DRAIN_SMTPD_AUTH_PASSWORD", None, v.text, "smtpd",
+                                              "the AUTH password", secret=True)
+    smtpd_auth_plaintext: bool = setting("DRAIN_SMTPD_AUTH_PLAINTEXT", False, v.flag, "smtpd",
+                                         "allow AUTH without STARTTLS")
+    smtpd_tls_cert: Path | None = setting("DRAIN_SMTPD_TLS_CERT", None, v.path, "smtpd", "PEM certificate for STARTTLS")
+    smtpd_tls_key: Path | None = setting("DRAIN_SMTPD_TLS_KEY", None, v.path, "smtpd", "PEM key for STARTTLS")
+    smtpd_smtputf8: bool | None = setting("DRAIN_SMTPD_SMTPUTF8", None, v.tristate, "smtpd",
+                                          "offer SMTPUTF8 (auto: as the relay's EHLO says)", shown="auto")
+    smtpd_8bitmime: bool | None = setting("DRAIN_SMTPD_8BITMIME", None, v.tristate, "smtpd",
+                                          "offer 8BITMIME (auto: as the relay's EHLO says)", shown="auto")
+    smtpd_max_sessions: int = setting("DRAIN_SMTPD_MAX_SESSIONS", 50, v.whole(1), "smtpd",
+                                      "SMTP sessions open at once (421 4.3.2 beyond)")
+
+    # -- ops: who acts, and how logs are written
+    actor: str = setting("DRAIN_ACTOR", "", v.text, "ops", "who operator actions are recorded as in the audit log",
+                         shown="$USER@host", fallback=v.default_actor)
+    log_format: str = setting("DRAIN_LOG_FORMAT", "text", v.log_format, "ops", "text or json log lines")
+
+    @property
+    def smtpd_size_limit(self) -> int:
+        """The SIZE the ingress announces and enforces (never above max_message_bytes)."""
+        return min(self.smtpd_max_bytes or self.max_message_bytes, self.max_message_bytes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values = read(cls, env)
+        names = {d.field: d.var.name for d in declared(cls)}
+        for one, other in PAIRS:
+            if (values[one] is None) != (values[other] is None):
+                raise ConfigError(f"{names[one]} and {names[other]} must be set together")
+        settings = cls(**values)
+        return settings.with_(**overrides) if overrides else settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
