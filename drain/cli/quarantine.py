@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from drain.cli.options import Context, filter_options, json_option, limit_option, pass_ctx
-from drain.cli.render import emit, more_caption, out, rows_wanted, when
+from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
 from drain.intake import rules
@@ -128,10 +128,8 @@ def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, se
     """Delete quarantined messages for good (counted as deleted)."""
     chosen, note = _selected(obj, ids, reason, sender, domain)
     deleted = ops.delete(obj.client.store, chosen, dry_run=dry_run, note=note)
-    if as_json:
-        emit({"deleted": deleted, "would_delete": len(chosen) if dry_run else 0, "ids": chosen, "dry_run": dry_run})
-    else:
-        click.echo(f"would delete {len(chosen)} message(s)" if dry_run else f"deleted {deleted} message(s)")
+    doc = {"deleted": deleted, "would_delete": len(chosen) if dry_run else 0, "ids": chosen, "dry_run": dry_run}
+    report(as_json, doc, f"would delete {len(chosen)} message(s)" if dry_run else f"deleted {deleted} message(s)")
 
 
 @quarantine.command("export")
@@ -150,10 +148,8 @@ def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, se
     unless --force)."""
     chosen, _note = _selected(obj, ids, reason, sender, domain)
     count = Quarantine(obj.client.store).export(chosen, fmt, out_path, force=force)
-    if as_json:
-        emit({"exported": count, "format": fmt, "out": str(out_path), "ids": chosen})
-    else:
-        click.echo(safe(f"exported {count} message(s) to {out_path}"))
+    report(as_json, {"exported": count, "format": fmt, "out": str(out_path), "ids": chosen},
+           safe(f"exported {count} message(s) to {out_path}"))
 
 
 @quarantine.group("rule")
@@ -189,10 +185,8 @@ def rule_add(obj: Context, sender: str | None, domain: str | None, header: str |
         raise click.UsageError(safe(f"rule ({probe.describe()}) would catch {plan.scope}; "
                                     "add --yes-all to add it anyway (--dry-run counts first)"))
     rule, swept = rule_ops.add(obj.client.store, plan, note)
-    if as_json:
-        emit({"id": rule.id, "rule": rule.describe(), "swept": swept})
-    else:
-        click.echo(safe(f"rule {rule.id} ({rule.describe()}): {swept} queued message(s) moved to quarantine"))
+    report(as_json, {"id": rule.id, "rule": rule.describe(), "swept": swept},
+           safe(f"rule {rule.id} ({rule.describe()}): {swept} queued message(s) moved to quarantine"))
 
 
 @quarantine_rule.command("list")
@@ -216,8 +210,5 @@ def rule_remove(obj: Context, rule_id: str, as_json: bool) -> None:
     """Remove rule ID (see `rule list`); mail it already quarantined stays there."""
     if not rules.remove(obj.client.redis, rule_id):
         raise InputError(f"no rule {rule_id}")
-    if as_json:
-        emit({"id": rule_id, "removed": True})
-    else:
-        click.echo(safe(f"rule {rule_id} removed"))
+    report(as_json, {"id": rule_id, "removed": True}, safe(f"rule {rule_id} removed"))
 

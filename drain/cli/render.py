@@ -66,3 +66,11 @@ def live(render: Callable[[], RenderableType], watch_s: float | None) -> None:
 def when(ts: float) -> str:
     """A timestamp in local time, or '-' for none."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def report(as_json: bool, doc: Any, line: str) -> None:
+    """A command's result: doc as one JSON document with --json, else line (already safe)."""
+    if as_json:
+        emit(doc)
+    else:
+        click.echo(line)

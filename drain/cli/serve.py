@@ -10,7 +10,7 @@ import click
 
 from drain import logging_setup
 from drain.cli.options import Context, FiniteFloat, json_option, listen_value, log_level_option, moving_rate, pass_ctx
-from drain.cli.render import emit, out
+from drain.cli.render import emit, out, report
 from drain.observe.status import startup_line
 from drain.store import embedded
 
@@ -110,10 +110,7 @@ def server() -> None:
 def server_stop(obj: Context, as_json: bool) -> None:
     """Shut the embedded Redis down (its data stays on disk)."""
     stopped = embedded.stop(obj.settings.home)
-    if as_json:
-        emit({"stopped": stopped})
-    else:
-        click.echo("stopped" if stopped else "not running")
+    report(as_json, {"stopped": stopped}, "stopped" if stopped else "not running")
 
 
 @server.command("status")
@@ -122,10 +119,8 @@ def server_stop(obj: Context, as_json: bool) -> None:
 def server_status(obj: Context, as_json: bool) -> None:
     """Whether the embedded Redis under DRAIN_HOME runs, and its URL."""
     running = embedded.is_running(obj.settings.home)
-    if as_json:
-        emit({"running": running, "url": embedded.url_for(obj.settings.home)})
-    else:
-        click.echo(f"{'running' if running else 'not running'}: {embedded.url_for(obj.settings.home)}")
+    url = embedded.url_for(obj.settings.home)
+    report(as_json, {"running": running, "url": url}, f"{'running' if running else 'not running'}: {url}")
 
 
 @click.command()
