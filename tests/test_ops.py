@@ -52,7 +52,7 @@ def test_a_planned_rule_counts_first_and_sweeps_when_added(client: Client) -> No
     control.pause(client.store)
     client.enqueue_many([synthetic(i, domain="bulk.example.org") for i in range(12)]
                         + [synthetic(i, domain="keep.example.org") for i in range(2)])
-    plan = rule_ops.plan(client.store, None, "bulk.example.org", None)
+    plan = rule_ops.plan(client.store, rule_ops.draft(None, "bulk.example.org", None))
     assert (plan.matched, plan.queued, plan.needs_confirmation) == (12, 14, True)
     assert plan.scope == "12 of 14 queued message(s)"
     assert Quarantine(client.store).count() == 0  # planning moves nothing

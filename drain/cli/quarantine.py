@@ -171,8 +171,9 @@ def quarantine_rule() -> None:
 def rule_add(obj: Context, sender: str | None, domain: str | None, header: str | None, note: str,
              dry_run: bool, yes_all: bool, as_json: bool) -> None:
     """Add a rule; messages already queued that match move to quarantine now."""
-    plan = rule_ops.plan(obj.client.store, sender, domain, header)  # refuses an empty or unusable rule
-    probe, matched, queued, confirm = plan.rule, plan.matched, plan.queued, plan.needs_confirmation
+    probe = rule_ops.draft(sender, domain, header)  # an empty or unusable rule fails here, before Redis
+    plan = rule_ops.plan(obj.client.store, probe)
+    matched, queued, confirm = plan.matched, plan.queued, plan.needs_confirmation
     if dry_run:
         if as_json:
             emit({"dry_run": True, "rule": probe.describe(), "would_sweep": matched, "queued": queued,

@@ -28,12 +28,17 @@ class Plan:
         return f"{self.matched} of {self.queued} queued message(s)"
 
 
-def plan(store: Store, sender: str | None, domain: str | None, header: str | None) -> Plan:
-    """Weigh a rule without adding it; refuses an empty or unusable rule (ConfigError)."""
+def draft(sender: str | None, domain: str | None, header: str | None) -> rules.Rule:
+    """The rule as it would be stored (id "-"); refuses an empty or unusable rule (ConfigError)
+    before anything is counted or stored."""
     name, pattern = rules.parse_header(header) if header else (None, None)
-    probe = rules.Rule(id="-", sender=sender, domain=domain, header=name, pattern=pattern)
-    matched, queued = rules.reach(store, probe)
-    return Plan(probe, matched, queued)
+    return rules.Rule(id="-", sender=sender, domain=domain, header=name, pattern=pattern)
+
+
+def plan(store: Store, rule: rules.Rule) -> Plan:
+    """Weigh a drafted rule against the queued mail without adding it."""
+    matched, queued = rules.reach(store, rule)
+    return Plan(rule, matched, queued)
 
 
 def add(store: Store, planned: Plan, note: str = "") -> tuple[rules.Rule, int]:
