@@ -10,7 +10,9 @@ from drain.intake.api import Client
 from drain.ops import control, quarantine
 from drain.ops import rules as rule_ops
 from drain.ops.quarantine import Quarantine
+from drain.settings import Settings
 from drain.worker.dispatch import rq_queue
+from tests.test_cli import drain
 
 
 def _tokens(client: Client) -> int:
@@ -59,3 +61,11 @@ def test_a_planned_rule_counts_first_and_sweeps_when_added(client: Client) -> No
     rule, swept = rule_ops.add(client.store, plan, note="incident")
     assert swept == 12 and Quarantine(client.store).count() == 12
     assert (rule.domain, rule.actor, rule.note) == ("bulk.example.org", client.settings.actor, "incident")
+
+
+def test_a_bad_rule_is_a_usage_error_before_redis_is_reached(settings: Settings) -> None:
+    unreachable = {"DRAIN_REDIS_URL": "redis://127.0.0.1:1/0"}
+    for args, said in ((("--header", "Subject: ("), "bad header pattern"), ((), "a rule needs --sender")):
+        result = drain(settings, "quarantine", "rule", "add", *args, env=unreachable)
+        assert result.returncode == 2, result.stderr
+        assert said in result.stderr.decode() and len(result.stderr.splitlines()) == 1
