@@ -14,8 +14,8 @@ from rich.console import Console
 from drain.cli.progress import done, watch
 from drain.flow import ratelimit
 from drain.intake.api import Client
+from drain.ops import control
 from drain.store.connection import resolve_url
-from drain.worker.dispatch import ensure_tokens
 
 # How long stopping workers may take to finish their batch before they are killed.
 STOP_GRACE_S = 60.0
@@ -32,7 +32,7 @@ def run_session(client: Client, rate: float | None, set_rate: bool, processes: i
     env = dict(os.environ, DRAIN_REDIS_URL=url)
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
                              "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
-    ensure_tokens(client.redis, client.settings)
+    control.top_up(client.store)  # the rate set above may have held it; tokens once workers run
     finished = False
     try:
         watched = watch(client.store, proc, console, stall_limit_s=float("inf"), baseline=done(books))

@@ -1,1 +1,2 @@
-"""Operator actions on queued and quarantined mail, each one state move and one token top-up."""
+"""Operator actions, each doing its state move, its audit record and its work-token top-up once:
+control (rates, pauses, breakers), quarantine (release, delete, export), rules (add with its sweep)."""

@@ -14,6 +14,7 @@ from drain import validate
 from drain.errors import InputError
 from drain.intake import rules
 from drain.message import Envelope
+from drain.ops.control import top_up
 from drain.ops.export import Original, write_eml, write_mbox
 from drain.store import keys
 from drain.store.store import Store
@@ -227,3 +228,30 @@ class Quarantine:
         else:
             write_mbox(originals, out, force)
         return len(originals)
+
+
+@dataclass(frozen=True)
+class Released:
+    passing: list[str]  # the ids released (or that would be, on a dry run)
+    failing: dict[str, list[str]]  # the ids kept, with what they still fail
+    released: int
+
+
+def release(store: Store, ids: list[str], force: bool = False, dry_run: bool = False, note: str = "") -> Released:
+    """Release quarantined mail to the ready list, each message validated again (and checked
+    against the rules in force) first unless force; audited, and the workers get tokens for it."""
+    q, s = Quarantine(store), store.settings
+    failing: dict[str, list[str]] = {}
+    if force:
+        passing = ids
+    else:
+        passing, failing = q.revalidate(ids, *validate.configured(s))
+    released = 0 if dry_run else q.release(passing, s.actor, force=force, note=note)
+    if not dry_run and passing:
+        top_up(store)
+    return Released(passing, failing, released)
+
+
+def delete(store: Store, ids: list[str], dry_run: bool = False, note: str = "") -> int:
+    """Delete quarantined mail for good (counted as deleted, audited); nothing becomes ready."""
+    return 0 if dry_run else Quarantine(store).delete(ids, store.settings.actor, note=note)

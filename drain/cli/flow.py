@@ -1,0 +1,152 @@
+"""The flow's commands: rate (show, set), pause, resume and breaker (list, close). What they
+change is done by drain.ops.control; these parse, print and map errors."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from rich.table import Table
+
+from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
+from drain.cli.render import emit, out, when
+from drain.cli.terminal import cell, safe
+from drain.flow import ratelimit
+from drain.ops import control
+
+
+@click.group()
+def rate() -> None:
+    """Show or set the delivery rate, live for all workers."""
+
+
+@rate.command("show")
+@json_option('One JSON document {"global", "paused", "domains"}.')
+@pass_ctx
+def rate_show(obj: Context, as_json: bool) -> None:
+    """Global and per-domain rates: operator caps, adaptive (throttled) rates, concurrency, pauses."""
+    shown = ratelimit.show(obj.client.redis)
+    if as_json:
+        emit(shown)
+        return
+    glob = shown["global"]
+    click.echo(f"global: {ratelimit.format_rate(glob if isinstance(glob, float) else None)}"
+               f"{'  (PAUSED)' if shown['paused'] else ''}")
+    domains = shown["domains"]
+    assert isinstance(domains, dict)
+    for name, d in domains.items():
+        parts = [f"cap {ratelimit.format_rate(d['rate'])}" if d["rate"] is not None else "no cap"]
+        if d["effective"]:
+            parts.append(f"throttled to {ratelimit.format_rate(d['effective'])}")
+        if d["concurrency"]:
+            parts.append(f"{d['concurrency']} at once")
+        if d["paused"]:
+            parts.append("PAUSED")
+        click.echo(safe(f"{name}: {', '.join(parts)}"))
+
+
+@rate.command("set")
+@click.argument("value", metavar="RATE")
+@click.option("--domain", callback=domain_option,
+              help="Set the cap of this destination domain instead of the global rate.")
+@click.option("--concurrency", type=click.IntRange(0), default=None,
+              help="With --domain: most messages in flight to it at once (0 removes the cap).")
+@click.option("--burst", type=FiniteFloat(0, 60), default=None,
+              help="Seconds of rate that may go at once (global setting).")
+@json_option('Print {"domain", "rate", "concurrency", "burst"} as JSON.')
+@pass_ctx
+def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None,
+             as_json: bool) -> None:
+    """Set RATE like 500/s, 30000/m; 0 holds delivery; 'unlimited' lifts the limit. Live for every worker."""
+    per_second = rate_value(value, "RATE")
+    if concurrency is not None and domain is None:
+        raise click.UsageError("--concurrency goes with --domain")
+    done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst)
+    if as_json:
+        emit({"domain": domain, "rate": per_second, "concurrency": concurrency, "burst": burst, "held": done.held})
+        return
+    held = "; a rate or 'unlimited' lets it go again" if done.held else ""
+    if domain is not None:
+        click.echo(safe(f"{domain}: {ratelimit.format_rate(per_second)}"
+                        + (f", {concurrency} at once" if concurrency else "") + held))
+    else:
+        click.echo(f"global: {ratelimit.format_rate(per_second)}{held}")
+
+
+@click.command()
+@click.option("--intake", "intake_only", is_flag=True,
+              help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
+@click.option("--domain", callback=domain_option, help="Pause only delivery to this destination domain.")
+@json_option('Print {"scope", "name", "paused"} as JSON.')
+@pass_ctx
+def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
+    """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
+    scope = control.pause(obj.client.store, domain, intake_only)
+    if as_json:
+        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": True})
+    elif scope == control.DOMAIN:
+        click.echo(safe(f"delivery to {str(domain).lower()} paused"))
+    else:
+        click.echo("intake paused (SMTP ingress answers 421)" if scope == control.INTAKE else "delivery paused")
+
+
+@click.command()
+@click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
+@click.option("--domain", callback=domain_option, help="Resume only delivery to this destination domain.")
+@json_option('Print {"scope", "name", "paused", "unparked"} as JSON.')
+@pass_ctx
+def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
+    """Start delivery again; with --intake, reopen SMTP intake instead."""
+    scope = control.scope_of(domain, intake_only)
+    moved = control.resume(obj.client.store, domain, intake_only)
+    if as_json:
+        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": False, "unparked": moved})
+    elif scope == control.DOMAIN:
+        click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
+    else:
+        click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
+
+
+@click.group()
+def breaker() -> None:
+    """Circuit breakers of destinations (and of the relay itself, named "(relay)")."""
+
+
+@breaker.command("list")
+@json_option("One JSON document.")
+@pass_ctx
+def breaker_list(obj: Context, as_json: bool) -> None:
+    """Every destination with failures on record: failures, times opened, open until."""
+    from drain.flow.breaker import Breakers
+
+    now = time.time()
+    states = Breakers(obj.client.redis, obj.settings).states()
+    rows = [{"domain": d, "open": st.get("open_until", 0) > now, "open_until": st.get("open_until"),
+             "failures": int(st.get("failures", 0)), "trips": int(st.get("trips", 0))}
+            for d, st in sorted(states.items())]
+    if as_json:
+        emit({"breakers": rows})
+        return
+    table = Table(title="circuit breakers")
+    for column in ("domain", "state", "open until", "failures", "times opened"):
+        table.add_column(column)
+    for row in rows:
+        until = row["open_until"]
+        table.add_row(cell(str(row["domain"])), "OPEN" if row["open"] else "closed",
+                      when(float(until)) if isinstance(until, float) else "-", str(row["failures"]), str(row["trips"]))
+    out.print(table)
+
+
+@breaker.command("close")
+@click.argument("domain", metavar="DOMAIN")
+@click.option("--note", default="", help="Why, for the audit trail.")
+@pass_ctx
+def breaker_close(obj: Context, domain: str, note: str) -> None:
+    """Close a breaker now (the far side is fixed): its held mail is due at once. Audited."""
+    name = domain if domain == "(relay)" else domain.lower()
+    released = control.close_breaker(obj.client.store, name, obj.settings.actor, note)
+    if released is None:
+        click.echo(f"error: no circuit breaker on record for {domain!r} (see `drain breaker list`)", err=True)
+        sys.exit(1)
+    click.echo(f"closed the circuit breaker for {name}; {released} held messages are due now")

@@ -1,0 +1,118 @@
+"""What the commands share on the way in: the Context object, shared options (`--redis-url`,
+`--json`, `--log-level`, `--limit`, the quarantine filters) and parameter checks (rates,
+listen addresses, finite floats, domain names, addresses), each failing as a usage error."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from email_validator import EmailNotValidError, validate_email
+
+from drain.cli.render import TTY_ROWS
+from drain.errors import ConfigError
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.settings import Settings, parse_domain, parse_listen
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    """The settings (from the environment, with --redis-url on top) and a client made on first use."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        overrides: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
+        self.settings = Settings.from_env(**overrides)
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client.connect(self.settings)
+        return self._client
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+redis_url_option = click.option(
+    "--redis-url", envvar="DRAIN_REDIS_URL", default=None, metavar="URL",
+    help="Redis to use (env DRAIN_REDIS_URL); default: the embedded one under DRAIN_HOME.")
+
+
+def json_option(help: str) -> Callable[[F], F]:
+    """--json: only JSON on standard output, shaped as help says."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def log_level_option(default: str) -> Callable[[F], F]:
+    return click.option("--log-level", default=default, show_default=True,
+                        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+                        help="Least severe log records written to standard error.")
+
+
+limit_option = click.option(
+    "--limit", type=click.IntRange(0), default=None,
+    help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
+
+
+def filter_options(func: F) -> F:
+    """--domain, --sender and --reason of the quarantine commands (see ops.quarantine.Filter)."""
+    func = click.option("--domain", help="Only mail to this recipient domain.")(func)
+    func = click.option("--sender", help="Only mail from this envelope sender.")(func)
+    return click.option("--reason", help="Only this reason code (or a prefix ending in '.', e.g. header.).")(func)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf (a FloatRange lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def domain_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of --domain for `rate set`, `pause` and `resume`: a valid domain name, lowercased."""
+    if value is None:
+        return None
+    try:
+        return parse_domain(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def rate_value(text: str, hint: str) -> float | None:
+    """A rate like 500/s, 30000/m or 'unlimited' (None); 0 holds delivery."""
+    try:
+        return ratelimit.parse_rate(text)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+def moving_rate(text: str, hint: str, why: str) -> float | None:
+    """A rate that lets mail go: 0 is refused, saying why."""
+    per_second = rate_value(text, hint)
+    if ratelimit.holds(per_second):
+        raise click.BadParameter(why, param_hint=hint)
+    return per_second
+
+
+def listen_value(text: str, hint: str = "--listen") -> tuple[str, int]:
+    """HOST:PORT (or :PORT for every address) to listen on."""
+    try:
+        return parse_listen(text, hint)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+def address_value(value: str, hint: str) -> str:
+    """An email address, checked for form only (no DNS)."""
+    try:
+        validate_email(value, check_deliverability=False, allow_smtputf8=True, allow_quoted_local=True)
+    except EmailNotValidError as exc:
+        raise click.BadParameter(f"{value!r} is not a valid address: {exc}", param_hint=hint) from None
+    return value

@@ -1,0 +1,76 @@
+"""What the commands share on the way out: one-line errors, `emit` (one JSON document a line),
+the console that prints tables, the row limit on a terminal and in-place refresh. Text that
+came from mail, relays or Redis goes through drain.cli.terminal (`safe`, `cell`) first."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console, RenderableType
+
+from drain.cli.terminal import safe
+
+# Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+
+# Lists stop after this many rows on a terminal unless --limit says otherwise (--limit 0: all);
+# pipes and --json get everything.
+TTY_ROWS = 50
+
+
+def fail(message: str) -> None:
+    """One line on standard error, whatever the message held (controls shown as escapes)."""
+    click.echo(f"drain: {safe(' '.join(message.split()))}", err=True)
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, separators=(",", ":")))
+
+
+def rows_wanted(limit: int | None, as_json: bool) -> int | None:
+    if limit == 0:
+        return None
+    if limit is None and not as_json and sys.stdout.isatty():
+        return TTY_ROWS
+    return limit
+
+
+def more_caption(found: int, wanted: int | None) -> str | None:
+    """Says that rows were left out (found holds one row more than wanted when there are more)."""
+    if wanted is None or found <= wanted:
+        return None
+    return f"first {wanted:,} shown; --limit N for more, --limit 0 for all"
+
+
+def live(render: Callable[[], RenderableType], watch_s: float | None) -> None:
+    """Print once, or refresh in place every watch_s seconds until Ctrl-C."""
+    if watch_s is None:
+        out.print(render())
+        return
+    from rich.live import Live
+
+    with Live(render(), console=out, refresh_per_second=4) as shown:
+        try:
+            while True:
+                time.sleep(max(0.2, watch_s))
+                shown.update(render())
+        except KeyboardInterrupt:
+            pass
+
+
+def when(ts: float) -> str:
+    """A timestamp in local time, or '-' for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def report(as_json: bool, doc: Any, line: str) -> None:
+    """A command's result: doc as one JSON document with --json, else line (already safe)."""
+    if as_json:
+        emit(doc)
+    else:
+        click.echo(line)
