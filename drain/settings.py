@@ -217,6 +217,8 @@ class Settings:
     relay_ca_file: Path | None = None
     # Most envelope recipients one message may have.
     max_recipients: int = 1000
+    # Intake refuses new mail while Redis uses more than this share of its maxmemory.
+    max_memory_fraction: float = 0.9
     # How workers, smtpd and serve write their logs: "text" lines or "json" lines.
     log_format: str = "text"
 
@@ -331,4 +333,12 @@ def _safety_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "relay_tls_verify": _bool(env, "DRAIN_RELAY_TLS_VERIFY", Settings.relay_tls_verify),
         "relay_ca_file": Path(ca_file) if ca_file else None,
         "max_recipients": _int(env, "DRAIN_MAX_RECIPIENTS", Settings.max_recipients, 1),
+        "max_memory_fraction": _fraction(env, "DRAIN_MAX_MEMORY_FRACTION", Settings.max_memory_fraction),
     }
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default, 0.0)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
