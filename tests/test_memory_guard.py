@@ -4,7 +4,9 @@ itself; and drain refuses a Redis that would evict queued mail."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import random
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,6 +25,12 @@ from tests.test_cli import drain
 from tests.test_ingress import StartIngress, connect, ingress, queued_id  # noqa: F401 (fixture)
 
 SIZE = 20_000
+
+
+def bulky(index: int, size: int = SIZE) -> bytes:
+    """A message of about `size` bytes that does not compress (a base64 attachment-like body)."""
+    noise = base64.encodebytes(random.Random(index).randbytes(size * 3 // 4))
+    return synthetic(index, size=512) + b"\n" + noise
 
 
 def used(rclient: redis.Redis) -> int:
@@ -62,18 +70,18 @@ def test_enqueue_refused_with_drains_error_then_reopens_after_delivery(
     ids: list[str] = []
     with pytest.raises(QueueFull, match="DRAIN_MAX_MEMORY_FRACTION") as refused:
         for index in range(500):  # 10 MB: far more than the room
-            ids.append(client.enqueue(synthetic(index, size=SIZE)))
+            ids.append(client.enqueue(bulky(index)))
     assert 20 < len(ids) < 500
     assert 0.9 * limit <= used(rclient) < limit, "refused by the guard at the line, before Redis itself refuses"
     assert "Traceback" not in str(refused.value) and refused.value.__cause__ is None
     assert all_stored(rclient, ids) and client.store.books().accepted == len(ids)
     with pytest.raises(QueueFull):  # still closed: nothing was freed
-        client.enqueue(synthetic(999, size=SIZE))
+        client.enqueue(bulky(999))
 
     work()  # delivery goes on while intake is closed, and frees the memory
     assert len(relay.messages) == len(ids) and client.store.books().delivered == len(ids)
     wait_for(lambda: client.memory.refusal() is None, what="intake to reopen")
-    assert client.enqueue(synthetic(1000, size=SIZE))
+    assert client.enqueue(bulky(1000))
     work()
 
 
@@ -85,7 +93,7 @@ def test_redis_own_out_of_memory_reply_becomes_queue_full(
     ids: list[str] = []
     with pytest.raises(QueueFull) as refused:
         for index in range(500):
-            ids.append(client.enqueue(synthetic(index, size=SIZE)))
+            ids.append(client.enqueue(bulky(index)))
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
     assert all_stored(rclient, ids) and client.store.books().accepted == len(ids)
     assert client.memory.refusal() is not None, "the refusal made the guard read memory again"
@@ -96,7 +104,7 @@ def test_enqueue_many_stopped_part_way_names_the_chunks_it_stored(
     client.memory.recheck_s = 0.0
     maxmemory(8_000_000)
     with pytest.raises(QueueFull) as refused:
-        client.enqueue_many(synthetic(index, size=5_000) for index in range(4000))
+        client.enqueue_many(bulky(index, 5_000) for index in range(4000))
     accepted = refused.value.accepted
     assert accepted and len(accepted) % 1000 == 0 and len(accepted) < 4000
     assert all_stored(rclient, accepted) and client.store.books().accepted == len(accepted)
@@ -116,7 +124,7 @@ def test_smtp_ingress_answers_452_while_full_and_the_session_goes_on(
         maxmemory: Callable[[int], int]) -> None:
     server = ingress()
     client.memory.recheck_s = 3600.0
-    raw = wire_form(synthetic(1, size=SIZE))
+    raw = wire_form(bulky(1))
     with connect(server) as smtp:
         smtp.ehlo()
         assert smtp.mail("billing@sender.example.com")[0] == 250  # the guard read: room
