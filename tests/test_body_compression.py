@@ -45,7 +45,7 @@ def stored(rclient: redis.Redis, msg_id: str) -> bytes:
 def test_large_mail_is_stored_compressed_and_delivered_unchanged(
         client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
     big, small = html_mail(1), synthetic(2, size=600)
-    marked = body.MARK + b" not a zlib stream\n" + synthetic(3)  # a message that starts like a stored form
+    marked = body.MARK + b" not a zlib stream\n" + synthetic(3, size=600)  # starts like a stored form
     ids = [client.enqueue(raw) for raw in (big, small, marked)]
     kept = [stored(rclient, i) for i in ids]
     assert kept[0].startswith(body.MARK) and len(kept[0]) <= 0.55 * len(big), len(kept[0]) / len(big)
@@ -85,3 +85,13 @@ def test_a_damaged_compressed_body_costs_only_its_message(
     assert {m.message_id for m in relay.messages} == {"<html-0@sender.example.com>", "<html-2@sender.example.com>"}
     assert rclient.zscore(keys.QUARANTINE, victim) is not None
     assert b"store.corrupt" in (rclient.hget(keys.message(victim), "why") or b"")
+
+
+def test_a_rule_sweeps_compressed_mail_by_its_headers(client: Client, settings: Settings,
+                                                      rclient: redis.Redis) -> None:
+    ids = [client.enqueue(html_mail(i)) for i in range(3)]
+    assert all(stored(rclient, i).startswith(body.MARK) for i in ids)
+    added = drain(settings, "quarantine", "rule", "add", "--header", "Subject: ^Weekly news 1$", "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["swept"] == 1
+    assert rclient.zscore(keys.QUARANTINE, ids[1]) is not None
