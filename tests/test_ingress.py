@@ -31,7 +31,7 @@ from drain.intake.smtpd import AuthGuard, Features, Ingress
 from drain.message import Envelope
 from drain.ops.quarantine import Quarantine
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import body, keys
 from drain.store.embedded import server_binary
 from drain.worker.delivery import wire_form
 from tests.conftest import wait_for
@@ -92,7 +92,7 @@ def queued_id(reply: str) -> str:
 def stored(rclient: redis.Redis, msg_id: str) -> tuple[bytes, Envelope]:
     raw, env = rclient.hmget(keys.message(msg_id), ["raw", "env"])
     assert isinstance(raw, bytes) and env is not None, f"message {msg_id} is not in Redis"
-    return raw, Envelope.from_json(env)
+    return body.unpack(raw), Envelope.from_json(env)
 
 
 def test_submission_is_queued_then_delivered_unchanged(client: Client, rclient: redis.Redis, ingress: StartIngress,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from drain.demo.seeding import synthetic, with_message_id
 from drain.demo.sink import Sink
 from drain.intake.api import Client, Submission
-from drain.store import keys
+from drain.store import body, keys
 from tests.conftest import seed
 
 
@@ -35,7 +35,7 @@ def test_enqueue_to_delivery(client: Client, relay: Sink, work: Callable[..., bo
 
 def test_single_enqueue_with_explicit_envelope(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
     msg_id = client.enqueue(synthetic(1), sender="ops@example.com", recipients=["a@example.org", "b@example.net"])
-    assert client.redis.hget(keys.message(msg_id), "raw") == synthetic(1)
+    assert body.unpack(client.redis.hget(keys.message(msg_id), "raw") or b"") == synthetic(1)
     work()
     (received,) = relay.messages
     assert received.sender == "ops@example.com"
@@ -138,7 +138,7 @@ def test_bcc_recipients_get_the_mail_but_no_copy_shows_the_bcc(client: Client, r
     relay.set_policy(data_policy=lambda _i, _m: "451 4.3.0 try again later")
     work()
     # Deferred: the stored originals keep every header (the evidence an operator sees).
-    assert [client.redis.hget(keys.message(i), "raw") for i in ids] == [folded, lower]
+    assert [body.unpack(client.redis.hget(keys.message(i), "raw") or b"") for i in ids] == [folded, lower]
 
     relay.set_policy()
     client.store.promote_due(now=10**10)

@@ -23,7 +23,7 @@ from drain.intake.rules import Rule
 from drain.message import envelope_from_headers
 from drain.observe.http import StatusServer
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import body, keys
 from drain.store.store import Outcome
 from drain.worker.dispatch import ensure_tokens
 from tests.test_web import fetch
@@ -144,7 +144,7 @@ def test_intake_pause_leaves_the_python_api_accepting(client: Client) -> None:
         assert client.enqueue_many([synthetic(2), synthetic(3)]).ids
     finally:
         intake.resume(client.redis)
-    assert client.redis.hget(keys.message(msg_id), "raw") == synthetic(1)
+    assert body.unpack(client.redis.hget(keys.message(msg_id), "raw") or b"") == synthetic(1)
     assert client.store.books().accepted == 3
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from drain import validate
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import body, keys
 from drain.worker.delivery import Relay, RelayConfig
 
 _relay: Relay | None = None
@@ -28,6 +28,7 @@ def deliver_one(msg_id: str) -> str:
     raw, env = client.hmget(keys.message(msg_id), ["raw", "env"])
     if not isinstance(raw, bytes) or env is None:
         raise LookupError(f"message {msg_id} is not in Redis")
+    raw = body.unpack(raw)
     envelope = Envelope.from_json(env)
     verdict = validate.check(raw, envelope)
     kind = _relay.send(envelope.sender, list(envelope.recipients), raw).kind if verdict.ok else "quarantined"

@@ -8,21 +8,26 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
 import redis
 
-from drain.errors import InputError
+from drain.errors import InputError, QueueFull
 from drain.intake import rules
+from drain.intake.memory import MemoryGuard
 from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.observe.status import Status, read
 from drain.settings import Settings
 from drain.store.connection import connect
 from drain.store.durability import Guard
-from drain.store.store import Item, Store
+from drain.store.store import ENQUEUE_CHUNK, Item, Store
 from drain.worker.dispatch import ensure_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class Client:
         self.store = Store(client, settings)
         # Waits for fsync or replicas after each enqueue when DRAIN_DURABILITY asks for it.
         self.durable = Guard(client, settings)
+        # Refuses new mail (QueueFull) while Redis is nearly full: DRAIN_MAX_MEMORY_FRACTION.
+        self.memory = MemoryGuard(client, settings.max_memory_fraction)
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Client:
@@ -80,19 +87,23 @@ class Client:
 
     def enqueue(self, message: bytes | Message, sender: str | None = None,
                 recipients: Iterable[str] | None = None) -> str:
-        """Queue one message; returns its id once Redis holds it (as durably as DRAIN_DURABILITY says)."""
+        """Queue one message; returns its id once Redis holds it (as durably as DRAIN_DURABILITY says).
+
+        QueueFull while Redis memory is over DRAIN_MAX_MEMORY_FRACTION of its maxmemory."""
         raw, env = self.prepare(message, sender, recipients)
+        self.memory.check()
         rule = rules.first_match(rules.load(self.redis), raw, env)
-        ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)])
-        self.durable.confirm()
-        ensure_tokens(self.redis, self.settings)
+        with self.memory.translating():
+            ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)])
+        self._stored()
         return ids[0]
 
     def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
         """Queue many messages in chunks of one transaction each; refusals are reported, not raised.
 
         lane "backlog" is for bulk loads (a replayed or migrated queue) that must not go
-        ahead of new mail."""
+        ahead of new mail. When Redis is nearly full, QueueFull is raised; its `accepted`
+        holds the ids of the chunks stored before (they are queued)."""
         result = Accepted()
         active = rules.load(self.redis)
 
@@ -107,10 +118,29 @@ class Client:
                 rule = rules.first_match(active, raw, env) if active else None
                 yield raw, env, rule.findings() if rule else None
 
-        result.ids = self.store.enqueue_many(prepared(), lane=lane)
-        self.durable.confirm()
-        ensure_tokens(self.redis, self.settings)
+        items = prepared()
+        try:
+            while chunk := list(itertools.islice(items, ENQUEUE_CHUNK)):
+                self.memory.check()
+                with self.memory.translating():
+                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane))
+        except QueueFull as exc:
+            exc.accepted = list(result.ids)
+            if result.ids:
+                self._stored()
+            raise
+        self._stored()
         return result
+
+    def _stored(self) -> None:
+        """After a write: wait for durability as configured, and make sure batch jobs exist
+        for the new mail. Mail already stored is never reported as refused: a batch job that
+        Redis has no memory for now is topped up by the workers' housekeeping."""
+        self.durable.confirm()
+        try:
+            ensure_tokens(self.redis, self.settings)
+        except redis.OutOfMemoryError:
+            log.warning("mail stored, but Redis had no memory left for its batch job (housekeeping adds it)")
 
     def status(self) -> Status:
         return read(self.store)

@@ -20,7 +20,7 @@ import redis
 from drain.errors import ConfigError
 from drain.intake import saferegex
 from drain.message import Envelope
-from drain.store import keys
+from drain.store import body, keys
 from drain.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def sweep(store: Store, rule: Rule) -> int:
             pipe.hmget(keys.message(msg_id), ["raw", "env"])
         matched = []
         for msg_id, (raw, env) in zip(ids, pipe.execute(), strict=True):
-            if raw is not None and env is not None and rule.matches(raw, Envelope.from_json(env)):
+            if raw is not None and env is not None and rule.matches(body.shown(raw), Envelope.from_json(env)):
                 matched.append(msg_id)
         if matched:
             moved += int(store.scripts.sweep(
@@ -187,7 +187,7 @@ def reach(store: Store, rule: Rule) -> tuple[int, int]:
             if raw is None or env is None:
                 continue
             queued += 1
-            matched += rule.matches(raw, Envelope.from_json(env))
+            matched += rule.matches(body.shown(raw), Envelope.from_json(env))
     return matched, queued
 
 

@@ -33,7 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from drain import validate
-from drain.errors import ConfigError, DrainError, InputError
+from drain.errors import ConfigError, DrainError, InputError, QueueFull
 from drain.intake import door as intake
 from drain.intake import rules
 from drain.intake.api import Client
@@ -54,6 +54,7 @@ REPLY_NOT_STORED = "451 4.3.0 message not stored: drain cannot reach its queue; 
 REPLY_ERROR = "451 4.3.0 drain hit an internal error; try again later"
 REPLY_BUSY = "421 4.3.2 too many SMTP sessions at once; try again later"
 REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
+REPLY_FULL = "452 4.3.1 Insufficient system storage: drain's queue is full; try again later"
 REPLY_AUTH_LOCKED = "421 4.7.0 too many failed AUTH attempts; closing"
 REPLY_AUTH_BLOCKED = "421 4.7.0 too many failed AUTH attempts from your address; try again later"
 
@@ -249,9 +250,11 @@ class Committer:
 
     def _write(self, items: list[tuple[bytes, Envelope]]) -> list[str]:
         active = rules.load(self._api.redis)
-        ids = self._api.store.enqueue_many(
-            (raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
-            for raw, env in items)
+        self._api.memory.check()  # QueueFull: 452
+        with self._api.memory.translating():
+            ids = self._api.store.enqueue_many(
+                (raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
+                for raw, env in items)
         self._api.durable.confirm()  # the 250 waits for fsync or replicas when configured
         try:
             ensure_tokens(self._api.redis, self._api.settings)
@@ -320,6 +323,11 @@ class Handler:
                           mail_options: list[str]) -> str:
         if "BODY=8BITMIME" in mail_options and not self.features.eightbitmime:
             return "555 5.5.4 BODY=8BITMIME is not offered here"
+        memory = self.api.memory  # Redis nearly full: 452 (the session goes on)
+        full = memory.refusal() if memory.known() else await asyncio.get_running_loop().run_in_executor(
+            None, memory.refusal)
+        if full is not None:
+            return REPLY_FULL
         sender = _sender(address)
         if sender:  # the null sender <> is for bounces, and always taken
             refusal = self._address_refusal(sender, envelope.smtp_utf8, "sender", "5.1.7")
@@ -354,6 +362,9 @@ class Handler:
             return f"554 5.6.0 message refused: {exc}"
         try:
             msg_id = await self.committer.store(raw, env)
+        except QueueFull as exc:
+            log.warning("a message from %s was not stored (452): %s", _peer(session.peer), exc)
+            return REPLY_FULL
         except redis.RedisError as exc:
             self.gate.recheck()
             log.warning("a message from %s was not stored (451): Redis: %s", _peer(session.peer), exc)

@@ -24,7 +24,7 @@ from drain.observe import backlog, status
 from drain.observe.backlog import Shape
 from drain.observe.status import Status
 from drain.ops.quarantine import Quarantine
-from drain.store import keys
+from drain.store import body, keys
 from drain.store.store import Store
 
 # Upper bounds (seconds) of the delivery latency buckets, as settle.lua writes them; its
@@ -233,7 +233,7 @@ class Reader:
             for msg_id in missing:
                 pipe.hget(keys.message(msg_id), "raw")
             for msg_id, raw in zip(missing, pipe.execute(), strict=True):
-                self._subjects[msg_id] = subject_of(raw or b"")
+                self._subjects[msg_id] = subject_of(body.shown(raw or b""))
         self._subjects = {i: s for i, s in self._subjects.items() if i in sizes}
         out: list[Recent] = []
         for n, (msg_id, score) in enumerate((i.decode(), s) for i, s in newest):

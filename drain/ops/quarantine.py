@@ -16,7 +16,7 @@ from drain.intake import rules
 from drain.message import Envelope
 from drain.ops.control import top_up
 from drain.ops.export import Original, write_eml, write_mbox
-from drain.store import keys
+from drain.store import body, keys
 from drain.store.store import Store
 
 PAGE = 500
@@ -81,7 +81,7 @@ def _findings(why: bytes | None) -> list[dict[str, str]]:
 
 
 def _record(msg_id: str, fields: list[Any], with_raw: bool = False) -> Record | None:
-    env, why, qt, t, n, last, hist, audit, size, raw = fields
+    env, why, qt, t, n, last, hist, audit, sz, size, raw = fields
     if env is None:
         return None
     envelope = Envelope.from_json(env)
@@ -98,12 +98,12 @@ def _record(msg_id: str, fields: list[Any], with_raw: bool = False) -> Record | 
         last_reply=(last or b"").decode("utf-8", "replace"),
         history=json.loads(hist or b"[]"),
         audit=json.loads(audit or b"[]"),
-        size=int(size or 0),
-        raw=raw if with_raw else None,
+        size=int(sz or size or 0),
+        raw=body.shown(raw) if with_raw and raw is not None else None,
     )
 
 
-_FIELDS = ["env", "why", "qt", "t", "n", "last", "hist", "audit"]
+_FIELDS = ["env", "why", "qt", "t", "n", "last", "hist", "audit", "sz"]
 
 
 class Quarantine:

@@ -83,6 +83,8 @@ class Settings:
     max_mime_parts: int = setting("DRAIN_MAX_MIME_PARTS", 1000, v.whole(1), "validation", "most MIME parts")
     max_recipients: int = setting("DRAIN_MAX_RECIPIENTS", 1000, v.whole(1), "validation",
                                   "most envelope recipients of one message")
+    max_memory_fraction: float = setting("DRAIN_MAX_MEMORY_FRACTION", 0.9, v.fraction, "store",
+                                         "intake refuses new mail while Redis uses more than this share of maxmemory")
     allow_special_domains: bool = setting("DRAIN_ALLOW_SPECIAL_DOMAINS", False, v.flag, "validation",
                                           "accept special-use and test domains (.test, .local, .invalid)")
     check_dns: bool = setting("DRAIN_CHECK_DNS", False, v.flag, "validation", "check recipient domains in DNS (cached)")

@@ -49,6 +49,14 @@ def number(minimum: float) -> Parse:
     return _bounded(float, "a number", minimum)
 
 
+def fraction(raw: str, name: str) -> float:
+    """A share above 0 and at most 1."""
+    value: float = number(0.0)(raw, name)
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
+
+
 def flag(raw: str, name: str) -> bool:
     text = raw.strip().lower()
     if text == "":

@@ -7,6 +7,9 @@ to find the master through Redis Sentinel (and follow it through a failover).
 Clients have redis-py's own silent retry turned off: a command that fails is reported to
 drain's code, which decides whether it is safe to repeat (drain.retry.redis_backoff), and a
 claim or an enqueue is never run twice without drain knowing.
+
+Once a process, drain checks that the Redis it connects to does not evict keys when full
+(`maxmemory-policy noeviction`): an evicting Redis would drop queued mail silently.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from drain.errors import ConfigError, RedisUnavailable
+from drain.errors import ConfigError, EvictingRedis, RedisUnavailable
 from drain.settings import Settings
 from drain.store import embedded
 from drain.worker.retry import redis_backoff
@@ -150,12 +153,56 @@ def ping(client: redis.Redis, url: str) -> None:
         raise RedisUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from None
 
 
+# URLs whose eviction policy this process has checked.
+_policy_checked: set[str] = set()
+SAFE_POLICY = "noeviction"
+
+
+def eviction_policy(client: redis.Redis) -> str | None:
+    """Redis's maxmemory-policy: from CONFIG GET, else (CONFIG refused by an ACL or renamed on a
+    managed Redis) from INFO memory; None if neither says."""
+    try:
+        found = client.config_get("maxmemory-policy")
+        for name, value in found.items():
+            if _text(name) == "maxmemory-policy":
+                return _text(value)
+    except redis.ResponseError:
+        pass
+    try:
+        value = client.info("memory").get("maxmemory_policy")
+    except redis.ResponseError:
+        return None
+    return None if value is None else _text(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def check_eviction(client: redis.Redis, url: str) -> None:
+    """EvictingRedis (one line) if Redis would evict queued mail when full; checked once a process."""
+    if url in _policy_checked:
+        return
+    try:
+        policy = eviction_policy(client)
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cannot read the settings of Redis at {redacted(url)}: {exc}") from None
+    if policy is None:
+        log.warning("cannot read maxmemory-policy of Redis at %s (CONFIG GET and INFO refused): "
+                    "make sure it is %s, or queued mail may be evicted", redacted(url), SAFE_POLICY)
+    elif policy != SAFE_POLICY:
+        raise EvictingRedis(f"Redis at {redacted(url)} has maxmemory-policy {policy[:40]!r}: it would evict "
+                            f"queued mail when full; set maxmemory-policy {SAFE_POLICY}")
+    _policy_checked.add(url)
+
+
 def connect(settings: Settings, check: bool = True) -> redis.Redis:
-    """A client for the configured Redis; pinged first unless check is False."""
+    """A client for the configured Redis; pinged and its eviction policy checked unless check is False."""
     url = resolve_url(settings)
     client = client_for(url)
     if check:
         ping(client, url)
+        check_eviction(client, url)
     return client
 
 
@@ -173,4 +220,5 @@ def connect_patiently(settings: Settings) -> redis.Redis:
         redis_backoff()(client.ping)
     except redis.RedisError:
         ping(client, url)  # raises the one-line explanation
+    check_eviction(client, url)
     return client

@@ -20,7 +20,7 @@ from redis.typing import EncodableT, FieldT
 from drain.errors import InputError
 from drain.message import Envelope, envelope_from_headers
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import body, keys
 from drain.store.scripts import Scripts
 
 # A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
@@ -254,7 +254,8 @@ class Store:
         minute = int(float(now) // 60)
         pipe = self.client.pipeline(transaction=True)
         for msg_id, (raw, env, why) in zip(ids, chunk, strict=True):
-            fields: dict[FieldT, EncodableT] = {"raw": raw, "env": env.to_json(), "t": now, "dom": env.domain}
+            fields: dict[FieldT, EncodableT] = {**body.fields(raw), "env": env.to_json(), "t": now,
+                                                "dom": env.domain}
             if why is None:
                 ready.append(msg_id)
                 field_name = f"{env.domain}|{minute}"
@@ -326,6 +327,11 @@ class Store:
                 problems.append(f"field hist is not a JSON list: {_shown(hist)}")
             if raw is None:
                 problems.append("field raw is missing")
+            else:
+                try:
+                    raw = body.unpack(raw)
+                except body.BodyError as exc:
+                    problems.append(str(exc))
             if problems or envelope is None:
                 out.append(_damaged(msg_id, raw, problems, envelope))
                 continue

@@ -1,0 +1,97 @@
+"""Compressed bodies (issue 16 item 2): large mail is stored compressed in the real test Redis,
+and every reader (delivery, quarantine show and export, rules) gets the original bytes back."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store import body, keys
+from drain.worker.delivery import wire_form
+from tests.test_cli import drain
+
+WORDS = ("account", "invoice", "order", "shipped", "total", "customer", "support", "update", "offer", "news",
+         "week", "team")
+
+
+def html_mail(index: int, rows: int = 300) -> bytes:
+    """A newsletter-like HTML message of some tens of KB, different words on every row."""
+    rng = random.Random(index)
+    cells = "".join(
+        f'<tr><td class="item" style="padding:4px;color:#333">{" ".join(rng.choices(WORDS, k=6))}</td>'
+        f'<td class="price" style="text-align:right">{rng.randint(1, 9999) / 100:.2f} EUR</td></tr>\n'
+        for _ in range(rows))
+    head = (f"From: News <news@sender.example.com>\nTo: Reader {index} <reader{index}@example.net>\n"
+            f"Subject: Weekly news {index}\nDate: Mon, 30 Nov 2026 00:00:00 +0000\n"
+            f"Message-ID: <html-{index}@sender.example.com>\nMIME-Version: 1.0\n"
+            "Content-Type: text/html; charset=utf-8\n\n")
+    return (head + f"<html><body><table>\n{cells}</table></body></html>\n").encode()
+
+
+def stored(rclient: redis.Redis, msg_id: str) -> bytes:
+    value = rclient.hget(keys.message(msg_id), "raw")
+    assert isinstance(value, bytes)
+    return value
+
+
+def test_large_mail_is_stored_compressed_and_delivered_unchanged(
+        client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
+    big, small = html_mail(1), synthetic(2, size=600)
+    marked = body.MARK + b" not a zlib stream\n" + synthetic(3, size=600)  # starts like a stored form
+    ids = [client.enqueue(raw) for raw in (big, small, marked)]
+    kept = [stored(rclient, i) for i in ids]
+    assert kept[0].startswith(body.MARK) and len(kept[0]) <= 0.55 * len(big), len(kept[0]) / len(big)
+    assert kept[1] == small
+    assert kept[2] != marked and body.unpack(kept[2]) == marked
+    work()
+    delivered = {m.message_id: m.data for m in relay.messages}
+    assert delivered["<html-1@sender.example.com>"] == wire_form(big)
+    assert delivered["<synthetic-2@sender.example.com>"] == wire_form(small)
+    books = client.store.books()  # the third starts with a NUL byte: quarantined, as before
+    assert (books.delivered, books.quarantined) == (2, 1)
+    assert body.unpack(stored(rclient, ids[2])) == marked
+
+
+def test_quarantined_compressed_mail_shows_and_exports_the_original(
+        client: Client, settings: Settings, rclient: redis.Redis, work: Callable[..., bool], tmp_path: Path) -> None:
+    raw = html_mail(7).replace(b"From: News <news@sender.example.com>\n", b"")  # no From: quarantined
+    msg_id = client.enqueue(raw, sender="news@sender.example.com", recipients=["reader@example.net"])
+    assert stored(rclient, msg_id).startswith(body.MARK)
+    work()
+    shown = drain(settings, "quarantine", "show", "--json", msg_id)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["size"] == len(raw)
+    out = tmp_path / "out"
+    exported = drain(settings, "quarantine", "export", msg_id, "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    (eml,) = out.glob("*.eml")
+    assert eml.read_bytes().endswith(raw[-2000:])
+
+
+def test_a_damaged_compressed_body_costs_only_its_message(
+        client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
+    ids = [client.enqueue(html_mail(i)) for i in range(3)]
+    victim = ids[1]
+    rclient.hset(keys.message(victim), "raw", stored(rclient, victim)[:-40])  # a truncated stream
+    work()
+    assert {m.message_id for m in relay.messages} == {"<html-0@sender.example.com>", "<html-2@sender.example.com>"}
+    assert rclient.zscore(keys.QUARANTINE, victim) is not None
+    assert b"store.corrupt" in (rclient.hget(keys.message(victim), "why") or b"")
+
+
+def test_a_rule_sweeps_compressed_mail_by_its_headers(client: Client, settings: Settings,
+                                                      rclient: redis.Redis) -> None:
+    ids = [client.enqueue(html_mail(i)) for i in range(3)]
+    assert all(stored(rclient, i).startswith(body.MARK) for i in ids)
+    added = drain(settings, "quarantine", "rule", "add", "--header", "Subject: ^Weekly news 1$", "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["swept"] == 1
+    assert rclient.zscore(keys.QUARANTINE, ids[1]) is not None
