@@ -51,27 +51,7 @@ local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
 
 -- The message stops being queued: take it off the backlog shape; returns when it was accepted.
 local function leave(msg)
-  local f = redis.call('HMGET', msg, 'dom', 't')
-  local t = tonumber(f[2] or '')
-  -- A time that is not a finite number has no place in the shape (x ~= x: NaN).
-  if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
-  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', KEYS[11], field, -1) <= 0 then
-    redis.call('HDEL', KEYS[11], field)
-  end
-  return t
-end
-
-local function count_findings(findings)
-  local ok, list = pcall(cjson.decode, findings)
-  if not ok or type(list) ~= 'table' then return end
-  local seen = {}
-  for _, f in ipairs(list) do
-    if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
-      seen[f.code] = true
-      redis.call('HINCRBY', KEYS[12], f.code, 1)
-    end
-  end
+  return lib.shape(KEYS[11], msg, -1)
 end
 
 -- A message whose stored data cannot be read: quarantine its raw bytes, or drop it.
@@ -85,9 +65,7 @@ local function corrupt(msg, id, findings, env)
   redis.call('DEL', msg)
   if raw and env ~= '' then
     redis.call('HSET', msg, 'raw', raw, 'env', env, 't', accepted or now, 'dom', dom)
-    count_findings(findings)
-    redis.call('HSET', msg, 'why', findings, 'qt', now)
-    redis.call('ZADD', KEYS[5], now, id)
+    lib.hold(KEYS[5], KEYS[12], msg, id, findings, now)
   else
     redis.call('HINCRBY', KEYS[2], 'deleted', 1)
   end
@@ -95,10 +73,7 @@ local function corrupt(msg, id, findings, env)
 end
 
 local function quarantine(msg, id, findings)
-  leave(msg)
-  count_findings(findings)
-  redis.call('HSET', msg, 'why', findings, 'qt', now)
-  redis.call('ZADD', KEYS[5], now, id)
+  lib.to_quarantine(KEYS[11], KEYS[5], KEYS[12], msg, id, findings, now)
 end
 
 local function log_bounce(msg, id, reply)
@@ -190,10 +165,8 @@ if refunds > 0 then
   local rate = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
   local tat = tonumber(redis.call('GET', KEYS[10]) or '0') or 0
   if rate > 0 and tat > 0 then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    tat = math.max(now, tat - refunds * 1000000 / rate)
-    redis.call('SET', KEYS[10], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    local now_us = lib.now_us()
+    lib.keep_tat(KEYS[10], math.max(now_us, tat - refunds * 1000000 / rate), now_us)
   end
 end
 return {settled, skipped}
