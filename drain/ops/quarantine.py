@@ -75,21 +75,9 @@ def _record(found: StoredRecord | None) -> Record | None:
     """The operator's view of a decoded record (None when it is gone)."""
     if found is None:
         return None
-    return Record(
-        id=found.id,
-        reasons=found.reasons,
-        findings=found.findings,
-        sender=found.envelope.sender,
-        recipients=list(found.envelope.recipients),
-        quarantined_at=found.quarantined_at,
-        accepted_at=found.accepted_at,
-        attempts=found.attempts,
-        last_reply=found.last_reply,
-        history=found.history,
-        audit=found.audit,
-        size=found.size,
-        raw=found.raw,
-    )
+    return Record(found.id, found.reasons, found.findings, found.envelope.sender, list(found.envelope.recipients),
+                  found.quarantined_at, found.accepted_at, found.attempts, found.last_reply, found.history,
+                  found.audit, found.size, found.raw)
 
 
 class Quarantine:

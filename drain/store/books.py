@@ -12,14 +12,16 @@ import redis
 
 from drain.store import keys, record
 
+log = logging.getLogger(__name__)
+
 # Pace samples kept (one per housekeeping round, about one a second).
 PACE_KEPT = 900
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Books:
+    """How many messages are in each state; the books balance when they add up to what was accepted."""
+
     accepted: int
     ready: int
     deferred: int

@@ -22,6 +22,8 @@ from drain.store import books, keys, record
 from drain.store.books import Books as Books
 from drain.store.scripts import Scripts
 
+log = logging.getLogger(__name__)
+
 # A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
 Item = tuple[bytes, Envelope, str | None]
 Kind = Literal["delivered", "bounced", "deferred", "quarantined", "requeue", "vanished", "timeout", "held", "parked",
@@ -32,8 +34,6 @@ ENQUEUE_CHUNK = 1000
 BOUNCES_KEPT = 10000
 # Audit entries kept in the audit stream of operator actions on quarantine (approximately).
 AUDIT_KEPT = 100_000
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
