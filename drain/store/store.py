@@ -226,6 +226,7 @@ class Store:
                 keys.LATENCY,
                 keys.HELD_RATE,
                 keys.HELD_BREAKER,
+                keys.PARKED_FRESH_LAST,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],

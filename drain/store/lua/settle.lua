@@ -9,7 +9,8 @@
 -- KEYS[11] backlog shape (domain|minute -> queued)   KEYS[12] quarantine findings by code
 -- KEYS[13] delivery latency histogram (bucket -> count, and sum)
 -- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
--- KEYS[14 + 2i] message hash of the i-th outcome, KEYS[15 + 2i] its parked list
+-- KEYS[16] per domain, the fresh message parked last (hash)
+-- KEYS[15 + 2i] message hash of the i-th outcome, KEYS[16 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison
 -- then five per outcome: id, kind, score, info, envelope
@@ -25,8 +26,8 @@
 --                the global rate is given back the permit it was claimed with
 --   parked:      to its domain's parked list (the domain is paused, at its concurrency
 --                cap, or its rate is booked ahead), counted as ready; info = the domain;
---                score 1 puts it at the head (fresh mail), else the tail; the permit is
---                given back too
+--                score 1 (fresh mail) puts it behind the fresh mail parked before it, ahead
+--                of the parked backlog mail; else at the tail; the permit is given back too
 --   quarantined: info = findings (JSON); scored now in the quarantine set
 --   timeout:     the message outlived the job's time limit: a strike; at the limit it is
 --                quarantined with info as findings, below it it goes to the suspect list
@@ -76,6 +77,22 @@ local function quarantine(msg, id, findings)
   lib.to_quarantine(KEYS[11], KEYS[5], KEYS[12], msg, id, findings, now)
 end
 
+-- Parked fresh mail sits at the head of its domain's list, in order: a fresh message goes in
+-- right behind the fresh message parked last, or at the head when that one has left the list
+-- (unparking takes from the head, so the fresh part is empty then). Only fresh mail is
+-- passed over to find its place: at the tail when the list holds no backlog mail.
+local function park_fresh(list, id, domain)
+  local last = redis.call('HGET', KEYS[16], domain)
+  if redis.call('LLEN', list) == 0 then
+    redis.call('RPUSH', list, id)
+  elseif last and redis.call('LINDEX', list, -1) == last then
+    redis.call('RPUSH', list, id)
+  elseif not last or redis.call('LINSERT', list, 'AFTER', last, id) < 0 then
+    redis.call('LPUSH', list, id)
+  end
+  redis.call('HSET', KEYS[16], domain, id)
+end
+
 local function log_bounce(msg, id, reply)
   local env = redis.call('HGET', msg, 'env') or ''
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', keep, '*', 'id', id, 'env', env, 'reply', reply, 'at', now)
@@ -84,7 +101,7 @@ end
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local msg, aux = KEYS[14 + 2 * i], KEYS[15 + 2 * i]
+  local msg, aux = KEYS[15 + 2 * i], KEYS[16 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
   else
@@ -122,7 +139,7 @@ for i = 1, n do
       refunds = refunds + 1
     elseif kind == 'parked' then
       if score == '1' then
-        redis.call('LPUSH', aux, id)
+        park_fresh(aux, id, info)
         redis.call('HSET', msg, 'fr', '1')
       else
         redis.call('RPUSH', aux, id)
