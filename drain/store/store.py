@@ -2,6 +2,8 @@
 
 A message is in exactly one place: the ready list, the in-flight hash, the deferred set,
 the quarantine set, or gone with its count added to delivered, bounced or deleted.
+The message hash's fields and their decoder are in record.py, the reading of the counts
+in books.py, and the scripts of the moves in lua/ (with their shared prelude, _lib.lua).
 """
 
 from __future__ import annotations
