@@ -164,12 +164,7 @@ def test_every_fourth_claim_serves_the_backlog_lane_first(client: Client) -> Non
     assert lanes == ["fresh", "fresh", "fresh", "backlog"] * 3, lanes
 
 
-@pytest.mark.parametrize("lane", [
-    "backlog",
-    pytest.param("fresh", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug found here: settle.lua LPUSHes each parked fresh message to the head of the domain's "
-        "list, so fresh mail for a paused domain goes out newest first"))),
-])
+@pytest.mark.parametrize("lane", ["backlog", "fresh"])
 def test_parked_mail_keeps_its_order(client: Client, relay: Sink, work: Callable[..., bool],
                                      housekeep: Callable[[], object], lane: str) -> None:
     """README: mail for a paused domain is parked on the domain's list, in order, and moved back
@@ -187,3 +182,30 @@ def test_parked_mail_keeps_its_order(client: Client, relay: Sink, work: Callable
     ensure_tokens(client.redis, client.settings)
     work(batch_size=5)
     assert [m.message_id for m in relay.messages] == [f"<synthetic-{i}@sender.example.com>" for i in range(12)]
+
+
+def test_parked_fresh_mail_goes_ahead_of_parked_backlog_mail_in_order(
+        client: Client, relay: Sink, work: Callable[..., bool], housekeep: Callable[[], object]) -> None:
+    """README: parked fresh mail goes ahead of parked backlog mail of its domain (and keeps its
+    order), also when it is parked after the backlog mail and over several batches."""
+    domain = "mixed.example.com"
+    ratelimit.pause_domain(client.redis, domain)
+
+    def submit(first: int, lane: str) -> list[str]:
+        return client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{domain}",))
+                                    for i in range(first, first + 6)], lane=lane).ids
+
+    backlog = submit(0, "backlog")
+    work()
+    fresh = submit(100, "fresh")
+    work(batch_size=4)
+    fresh += submit(200, "fresh")
+    work(batch_size=4)
+    assert relay.accepted == 0
+    assert [i.decode() for i in client.redis.lrange(keys.parked(domain), 0, -1)] == fresh + backlog
+    ratelimit.resume_domain(client.redis, domain)
+    housekeep()
+    ensure_tokens(client.redis, client.settings)
+    work(batch_size=5)
+    order = [*range(100, 106), *range(200, 206), *range(6)]
+    assert [m.message_id for m in relay.messages] == [f"<synthetic-{i}@sender.example.com>" for i in order]

@@ -16,6 +16,7 @@ from drain.demo.seeding import DOMAINS, synthetic
 from drain.demo.sink import Sink
 from drain.flow import ratelimit
 from drain.intake.api import Client
+from drain.message import envelope_from_headers
 from drain.observe import page as statuspage
 from drain.observe.model import Reader
 from drain.observe.snapshot import Snapshots
@@ -174,3 +175,23 @@ def test_damaged_counters_and_settings_leave_status_and_the_page_answering(
     rclient.delete(key)
     if key in (keys.BOOKS, keys.READY):
         rclient.flushdb()
+
+
+@pytest.mark.parametrize("name", ["env", "t", "n", "qt", "why", "hist", "audit"])
+def test_a_damaged_quarantined_message_is_still_listed_and_shown(
+        name: str, client: Client, rclient: redis.Redis, settings: Settings) -> None:
+    """The read side decodes with the store's one decoder: a field it cannot read is shown
+    at its default (findings: store.corrupt) and the rest of the quarantine still lists."""
+    why = json.dumps([{"code": "rule.match", "detail": "test"}])
+    victim, other = client.store.enqueue_many(
+        [(synthetic(i), envelope_from_headers(synthetic(i)), why) for i in (1, 2)])
+    rclient.hset(keys.message(victim), name, DAMAGE["garbage"] or b"")
+    env = {"DRAIN_REDIS_URL": settings.redis_url or ""}
+    listed = CliRunner().invoke(cli, ["quarantine", "list", "--json"], env=env, catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    assert {victim, other} <= {json.loads(line)["id"] for line in listed.stdout.splitlines() if line.strip()}
+    shown = CliRunner().invoke(cli, ["quarantine", "show", victim, "--json"], env=env, catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    if name == "why":
+        assert json.loads(shown.stdout)["reasons"] == ["store.corrupt"]
+    assert_page_answers(client)

@@ -25,6 +25,7 @@ from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import embedded
+from drain.store.record import FINDINGS, fetch
 from drain.worker.dispatch import ensure_tokens
 
 # How long the demo waits after the last message before calling the drain stuck.
@@ -78,16 +79,14 @@ def run_demo(settings: Settings, messages: int, rate: float | None, workers: int
 
 
 def _quarantine_reasons(client: Client) -> dict[str, int]:
-    import json
-
     from drain.store import keys
 
     counts: dict[str, int] = {}
     ids = cast(list[bytes], client.redis.zrange(keys.QUARANTINE, 0, -1))
-    for msg_id in ids:
-        why = client.redis.hget(keys.message(msg_id.decode()), "why")
-        for finding in json.loads(why or b"[]"):
-            counts[finding["code"]] = counts.get(finding["code"], 0) + 1
+    for found in fetch(client.redis, [i.decode() for i in ids], (FINDINGS,)):
+        for finding in found.findings if found else []:
+            code = str(finding.get("code", ""))
+            counts[code] = counts.get(code, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 

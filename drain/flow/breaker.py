@@ -17,6 +17,7 @@ from tenacity import RetryCallState, Retrying
 
 from drain.settings import Settings
 from drain.store import keys
+from drain.store.record import DOMAIN
 
 # The breaker name for failures of the relay itself (no SMTP reply at all).
 RELAY = "(relay)"
@@ -109,7 +110,7 @@ def close(client: redis.Redis, domain: str, actor: str, note: str = "", now: flo
             break
         pipe = client.pipeline(transaction=False)
         for msg_id in page:
-            pipe.hget(keys.message(msg_id.decode()), "dom")
+            pipe.hget(keys.message(msg_id.decode()), DOMAIN)
         mine = [m for m, dom in zip(page, pipe.execute(), strict=True)
                 if domain == RELAY or (dom or b"").decode().lower() == domain.lower()]
         if mine:

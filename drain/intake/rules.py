@@ -20,7 +20,8 @@ import redis
 from drain.errors import ConfigError
 from drain.intake import saferegex
 from drain.message import Envelope
-from drain.store import body, keys
+from drain.store import keys
+from drain.store.record import ENVELOPE, RAW, fetch
 from drain.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -147,24 +148,21 @@ def _queued_ids(client: redis.Redis) -> Iterator[list[str]]:
         offset += SWEEP_CHUNK
 
 
+def _readable(store: Store, ids: list[str]) -> Iterator[tuple[str, bytes, Envelope]]:
+    """(id, raw bytes, envelope) of the messages that can be read (the rest are left to the
+    worker that claims them, which quarantines damage)."""
+    for found in fetch(store.client, ids, (RAW, ENVELOPE)):
+        if found is not None and found.raw is not None and not found.unreadable:
+            yield found.id, found.raw, found.envelope
+
+
 def sweep(store: Store, rule: Rule) -> int:
     """Move waiting messages that match into quarantine; returns how many moved."""
-    client = store.client
     moved = 0
-    for ids in _queued_ids(client):
-        pipe = client.pipeline(transaction=False)
-        for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["raw", "env"])
-        matched = []
-        for msg_id, (raw, env) in zip(ids, pipe.execute(), strict=True):
-            if raw is not None and env is not None and rule.matches(body.shown(raw), Envelope.from_json(env)):
-                matched.append(msg_id)
+    for ids in _queued_ids(store.client):
+        matched = [msg_id for msg_id, raw, envelope in _readable(store, ids) if rule.matches(raw, envelope)]
         if matched:
-            moved += int(store.scripts.sweep(
-                keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS,
-                      *map(keys.message, matched)],
-                args=[f"{time.time():.3f}", rule.findings(), *matched],
-            ))
+            moved += store.sweep(matched, rule.findings())
     return moved
 
 
@@ -180,14 +178,9 @@ def reach(store: Store, rule: Rule) -> tuple[int, int]:
     """(queued messages the rule matches, queued messages), without moving any."""
     matched = queued = 0
     for ids in _queued_ids(store.client):
-        pipe = store.client.pipeline(transaction=False)
-        for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["raw", "env"])
-        for raw, env in pipe.execute():
-            if raw is None or env is None:
-                continue
+        for _msg_id, raw, envelope in _readable(store, ids):
             queued += 1
-            matched += rule.matches(body.shown(raw), Envelope.from_json(env))
+            matched += rule.matches(raw, envelope)
     return matched, queued
 
 

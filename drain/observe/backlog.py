@@ -18,6 +18,7 @@ import redis
 from drain.flow import ratelimit
 from drain.flow.breaker import Breakers
 from drain.store import keys
+from drain.store.record import parse_shape_field
 from drain.store.store import Store
 
 # Lower bounds of the age buckets, in seconds: 0, 5 min, then doubling (as qshape's minutes).
@@ -184,13 +185,14 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
     domains: dict[str, DomainShape] = {}
     for key, value in raw.items():
-        domain, _sep, minute = key.decode().rpartition("|")
+        parsed = parse_shape_field(key.decode())
         count = int(value)
-        if count <= 0 or not minute.isdigit():
+        if count <= 0 or parsed is None:
             continue
+        domain, minute = parsed
         entry = domains.setdefault(domain or "(none)", DomainShape(domain or "(none)"))
         entry.total += count
-        entry.by_age[_bucket(now - int(minute) * 60)] += count
+        entry.by_age[_bucket(now - minute * 60)] += count
     total = sum(d.total for d in domains.values())
     etas, held = forecast({d.domain: d.total for d in domains.values()}, read_limits(store, pace, now))
     for entry in domains.values():

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from drain.message import Envelope
 from drain.store import keys
+from drain.store.record import WAITING, answer, ask
 from drain.store.store import Store
 
 PAGE = 500
@@ -109,28 +109,27 @@ def records(store: Store, limit: int | None = None, domain: str | None = None,
             return
         pipe = store.client.pipeline(transaction=False)
         for msg_id, _due in page:
-            pipe.hmget(keys.message(msg_id.decode()), ["env", "n", "last", "t", "hist", "dom"])
+            ask(pipe, msg_id.decode(), WAITING)
             pipe.zscore(keys.HELD_RATE, msg_id)
             pipe.zscore(keys.HELD_BREAKER, msg_id)
             pipe.zscore(keys.DEFERRED, msg_id)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         for index, (msg_id, _due) in enumerate(page):
-            (env, n, last, t, hist, dom), in_rate, in_breaker, in_deferred = replies[4 * index:4 * index + 4]
-            if env is None or in_deferred is None:
+            stored, in_rate, in_breaker, in_deferred = replies[4 * index:4 * index + 4]
+            found = answer(msg_id.decode(), WAITING, [stored])
+            if found is None or not isinstance(in_deferred, float):
                 continue
             why = "rate" if in_rate is not None else "breaker" if in_breaker is not None else "relay"
             if reason is not None and why != reason:
                 continue
-            envelope = Envelope.from_json(env)
-            dest = (dom or b"").decode("utf-8", "replace") or envelope.domain
+            dest = found.domain or found.envelope.domain
             if want_domain is not None and dest.lower() != want_domain:
                 continue
-            past = json.loads(hist or b"[]")
-            text = (last or b"").decode("utf-8", "replace")
+            past, text = found.history, found.last_reply
             # A hold overwrites `last` with why it is held; the relay's last word is in the history.
             relay_said = text if why == "relay" else (str(past[-1].get("reply", "")) if past else "")
-            yield Deferred(msg_id.decode(), float(in_deferred), int(n or 0), why, text, relay_said, envelope.sender,
-                           list(envelope.recipients), dest, float(t or 0), past)
+            yield Deferred(found.id, float(in_deferred), found.attempts, why, text, relay_said, found.envelope.sender,
+                           list(found.envelope.recipients), dest, found.accepted_at, past)
             yielded += 1
             if limit is not None and yielded >= limit:
                 return

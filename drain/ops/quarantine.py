@@ -3,12 +3,11 @@ release, delete, export), every action recorded in an audit log."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from drain import validate
 from drain.errors import InputError
@@ -16,11 +15,12 @@ from drain.intake import rules
 from drain.message import Envelope
 from drain.ops.control import top_up
 from drain.ops.export import Original, write_eml, write_mbox
-from drain.store import body, keys
+from drain.store import keys
+from drain.store.record import HELD, RAW, fetch
+from drain.store.record import Record as StoredRecord
 from drain.store.store import Store
 
 PAGE = 500
-AUDIT_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,38 +72,13 @@ class Record:
                 "history": self.history, "audit": self.audit, "size": self.size}
 
 
-def _findings(why: bytes | None) -> list[dict[str, str]]:
-    try:
-        found = json.loads(why or b"[]")
-        return [f for f in found if isinstance(f, dict)]
-    except ValueError:
-        return [{"code": "parse.crash", "detail": "stored findings unreadable"}]
-
-
-def _record(msg_id: str, fields: list[Any], with_raw: bool = False) -> Record | None:
-    env, why, qt, t, n, last, hist, audit, sz, size, raw = fields
-    if env is None:
+def _record(found: StoredRecord | None) -> Record | None:
+    """The operator's view of a decoded record (None when it is gone)."""
+    if found is None:
         return None
-    envelope = Envelope.from_json(env)
-    findings = _findings(why)
-    return Record(
-        id=msg_id,
-        reasons=list(dict.fromkeys(f.get("code", "") for f in findings)),
-        findings=findings,
-        sender=envelope.sender,
-        recipients=list(envelope.recipients),
-        quarantined_at=float(qt or 0),
-        accepted_at=float(t or 0),
-        attempts=int(n or 0),
-        last_reply=(last or b"").decode("utf-8", "replace"),
-        history=json.loads(hist or b"[]"),
-        audit=json.loads(audit or b"[]"),
-        size=int(sz or size or 0),
-        raw=body.shown(raw) if with_raw and raw is not None else None,
-    )
-
-
-_FIELDS = ["env", "why", "qt", "t", "n", "last", "hist", "audit", "sz"]
+    return Record(found.id, found.reasons, found.findings, found.envelope.sender, list(found.envelope.recipients),
+                  found.quarantined_at, found.accepted_at, found.attempts, found.last_reply, found.history,
+                  found.audit, found.size, found.raw)
 
 
 class Quarantine:
@@ -115,21 +90,8 @@ class Quarantine:
         return int(self.client.zcard(keys.QUARANTINE))
 
     def _page(self, ids: list[str], with_raw: bool = False) -> list[Record]:
-        pipe = self.client.pipeline(transaction=False)
-        for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), _FIELDS)
-            pipe.hstrlen(keys.message(msg_id), "raw")
-            if with_raw:
-                pipe.hget(keys.message(msg_id), "raw")
-        replies = pipe.execute()
-        step = 3 if with_raw else 2
-        out = []
-        for i, msg_id in enumerate(ids):
-            fields = [*replies[i * step], replies[i * step + 1], replies[i * step + 2] if with_raw else None]
-            record = _record(msg_id, fields, with_raw)
-            if record is not None:
-                out.append(record)
-        return out
+        names = (*HELD, RAW) if with_raw else HELD
+        return [r for r in map(_record, fetch(self.client, ids, names, size=True)) if r is not None]
 
     def records(self, flt: Filter | None = None, limit: int | None = None) -> Iterator[Record]:
         """Quarantined messages, oldest first, that pass the filter."""
@@ -185,15 +147,10 @@ class Quarantine:
                 failing[record.id] = verdict.reasons or [f"rule.match (rule {rule.id if rule else '?'})"]
         return passing, failing
 
-    def _move(self, action: str, ids: list[str], actor: str, force: bool = False, note: str = "") -> int:
-        moved = 0
-        for start in range(0, len(ids), PAGE):
-            chunk = ids[start:start + PAGE]
-            moved += int(self.store.scripts.release(
-                keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, chunk)],
-                args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT, *chunk],
-            ))
-        return moved
+    def _move(self, action: Literal["release", "delete"], ids: list[str], actor: str, force: bool = False,
+              note: str = "") -> int:
+        return sum(self.store.release(action, ids[start:start + PAGE], actor, force, note)
+                   for start in range(0, len(ids), PAGE))
 
     def release(self, ids: list[str], actor: str, force: bool = False, note: str = "") -> int:
         return self._move("release", ids, actor, force, note)

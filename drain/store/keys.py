@@ -74,6 +74,9 @@ DOMAIN_SENT = f"{PREFIX}:domain:sent"
 # Paused domains, and domains that have parked mail (sets).
 PAUSED_DOMAINS = f"{PREFIX}:domain:paused"
 PARKED_DOMAINS = f"{PREFIX}:domain:parked"
+# Per domain, the id of the fresh message parked last (hash): fresh mail parked after it goes
+# in right behind it, so parked fresh mail keeps its order ahead of parked backlog mail.
+PARKED_FRESH_LAST = f"{PREFIX}:domain:parked:fresh-last"
 # Ids just moved back from a parked list, allowed past the mail still parked (set).
 UNPARKED = f"{PREFIX}:unparked"
 # Present while intake is paused: the SMTP ingress answers 421 (delivery goes on).

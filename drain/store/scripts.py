@@ -1,4 +1,8 @@
-"""Lua scripts shipped in drain/store/lua, loaded once and registered once per client."""
+"""Lua scripts shipped in drain/store/lua, loaded once and registered once per client.
+
+Each script is loaded with the shared prelude (lua/_lib.lua) in front of it, so an error's
+line number in a script counts the prelude's lines too.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,17 @@ from importlib.resources import files
 import redis
 from redis.commands.core import Script
 
+PRELUDE = "_lib"
+
+
+def _read(name: str) -> str:
+    return (files("drain.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
 
 @cache
 def source(name: str) -> str:
-    return (files("drain.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """A script's text as Redis runs it: the prelude, then the script."""
+    return _read(PRELUDE) + "\n" + _read(name)
 
 
 class Scripts:

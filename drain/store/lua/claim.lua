@@ -5,9 +5,10 @@
 -- is not stuck behind a backlog, and the backlog still moves. Ids an operator rule swept
 -- into quarantine are dropped when met.
 --
--- The GCRA is written here rather than taken from a library (redis-cell, a Python limiter):
--- it must be one atomic step with the pop, on a stock Redis without modules, clocked by the
--- server; a client-side limiter would race between machines.
+-- The GCRA is hand-written (its arithmetic is in the prelude, _lib.lua) rather than taken
+-- from a library (redis-cell, a Python limiter): it must be one atomic step with the pop, on
+-- a stock Redis without modules, clocked by the server; a client-side limiter would race
+-- between machines.
 --
 -- KEYS[1] backlog lane        KEYS[2] in-flight hash (id -> owner)
 -- KEYS[3] lease key of owner  KEYS[4] paused flag
@@ -55,15 +56,12 @@ if set_rate then
 end
 local now, tat, interval = 0, 0, 0
 if rate > 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  interval = 1000000 / rate
+  now = lib.now_us()
   local burst_s = tonumber(redis.call('GET', KEYS[11]) or ARGV[4]) or tonumber(ARGV[4])
-  local burst = math.max(1, math.floor(rate * burst_s))
-  local tau = interval * (burst - 1)
-  tat = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
-  if tat < now then tat = now end
-  local room = math.floor((tau - (tat - now)) / interval) + 1
+  local tau
+  interval, tau = lib.gcra(rate, burst_s)
+  tat = lib.tat(redis.call('GET', KEYS[6]), now)
+  local room = lib.room(tat, now, interval, tau, 0)
   if room < 1 then
     return {math.max(1, math.ceil((tat - tau - now) / 1000)), 0, 0}
   end
@@ -101,8 +99,7 @@ end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 
 if rate > 0 then
-  tat = tat + #ids * interval
-  redis.call('SET', KEYS[6], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  lib.keep_tat(KEYS[6], tat + #ids * interval, now)
 end
 
 table.insert(ids, 1, fresh)

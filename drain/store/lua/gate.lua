@@ -33,8 +33,7 @@ local set_cap = redis.call('HGET', KEYS[1], domain)
 if set_cap and not ((tonumber(set_cap) or 0) > 0) then
   return {2, 0}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = lib.now_us()
 
 local cap = tonumber(redis.call('HGET', KEYS[3], domain) or '0') or 0
 local reserved = tonumber(ARGV[5]) or 0
@@ -58,12 +57,10 @@ if reserved > now + 50000 then
 end
 local interval, tau = 0, 0
 if rate > 0 then
-  interval = 1000000 / rate
-  tau = interval * (math.max(1, math.floor(rate * tonumber(ARGV[3]))) - 1)
+  interval, tau = lib.gcra(rate, tonumber(ARGV[3]))
 end
 if rate > 0 and reserved == 0 then
-  local tat = tonumber(redis.call('HGET', KEYS[5], domain) or '0') or 0
-  if tat < now then tat = now end
+  local tat = lib.tat(redis.call('HGET', KEYS[5], domain), now)
   local slot = tat - tau
   if slot - now > tonumber(ARGV[6]) then
     return {4, 0}
@@ -75,8 +72,7 @@ if rate > 0 and reserved == 0 then
 end
 
 if rate > 0 then
-  local sent = tonumber(redis.call('HGET', KEYS[9], domain) or '0') or 0
-  if sent < now then sent = now end
+  local sent = lib.tat(redis.call('HGET', KEYS[9], domain), now)
   if sent - now > tau then
     -- Sends would bunch (late mail meeting punctual mail): wait for the next free moment.
     return {1, string.format('%.0f', sent - tau)}

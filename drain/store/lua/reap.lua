@@ -13,15 +13,6 @@
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {0, 0}
 end
-local function shape(msg, delta)
-  local f = redis.call('HMGET', msg, 'dom', 't')
-  local t = tonumber(f[2] or '')
-  if not t or t ~= t or t == math.huge or t == -math.huge then return end
-  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
-    redis.call('HDEL', KEYS[5], field)
-  end
-end
 
 local back, poisoned = 0, 0
 for i = 5, #ARGV do
@@ -33,10 +24,7 @@ for i = 5, #ARGV do
     local strikes = redis.pcall('HINCRBY', msg, 'strikes', 1)
     if type(strikes) ~= 'number' then strikes = 1 end
     if strikes >= tonumber(ARGV[2]) then
-      shape(msg, -1)
-      redis.call('HINCRBY', KEYS[6], 'poison.crash', 1)
-      redis.call('HSET', msg, 'why', ARGV[4], 'qt', ARGV[3])
-      redis.call('ZADD', KEYS[4], ARGV[3], id)
+      lib.to_quarantine(KEYS[5], KEYS[4], KEYS[6], msg, id, ARGV[4], ARGV[3])
       poisoned = poisoned + 1
     else
       redis.call('RPUSH', KEYS[2], id)

@@ -13,15 +13,6 @@
 -- Returns how many were moved.
 
 local action, actor, now, force, note, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local function shape(msg, delta)
-  local f = redis.call('HMGET', msg, 'dom', 't')
-  local t = tonumber(f[2] or '')
-  if not t or t ~= t or t == math.huge or t == -math.huge then return end
-  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
-    redis.call('HDEL', KEYS[5], field)
-  end
-end
 
 local moved = 0
 for i = 7, #ARGV do
@@ -39,7 +30,7 @@ for i = 7, #ARGV do
       redis.call('HSET', msg, 'audit', cjson.encode(audit))
       redis.call('HDEL', msg, 'strikes')
       if force == '1' then redis.call('HSET', msg, 'force', '1') end
-      shape(msg, 1)
+      lib.shape(KEYS[5], msg, 1)
       redis.call('RPUSH', KEYS[2], id)
     end
   end

@@ -9,7 +9,8 @@
 -- KEYS[11] backlog shape (domain|minute -> queued)   KEYS[12] quarantine findings by code
 -- KEYS[13] delivery latency histogram (bucket -> count, and sum)
 -- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
--- KEYS[14 + 2i] message hash of the i-th outcome, KEYS[15 + 2i] its parked list
+-- KEYS[16] per domain, the fresh message parked last (hash)
+-- KEYS[15 + 2i] message hash of the i-th outcome, KEYS[16 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison
 -- then five per outcome: id, kind, score, info, envelope
@@ -25,8 +26,8 @@
 --                the global rate is given back the permit it was claimed with
 --   parked:      to its domain's parked list (the domain is paused, at its concurrency
 --                cap, or its rate is booked ahead), counted as ready; info = the domain;
---                score 1 puts it at the head (fresh mail), else the tail; the permit is
---                given back too
+--                score 1 (fresh mail) puts it behind the fresh mail parked before it, ahead
+--                of the parked backlog mail; else at the tail; the permit is given back too
 --   quarantined: info = findings (JSON); scored now in the quarantine set
 --   timeout:     the message outlived the job's time limit: a strike; at the limit it is
 --                quarantined with info as findings, below it it goes to the suspect list
@@ -51,27 +52,7 @@ local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
 
 -- The message stops being queued: take it off the backlog shape; returns when it was accepted.
 local function leave(msg)
-  local f = redis.call('HMGET', msg, 'dom', 't')
-  local t = tonumber(f[2] or '')
-  -- A time that is not a finite number has no place in the shape (x ~= x: NaN).
-  if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
-  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', KEYS[11], field, -1) <= 0 then
-    redis.call('HDEL', KEYS[11], field)
-  end
-  return t
-end
-
-local function count_findings(findings)
-  local ok, list = pcall(cjson.decode, findings)
-  if not ok or type(list) ~= 'table' then return end
-  local seen = {}
-  for _, f in ipairs(list) do
-    if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
-      seen[f.code] = true
-      redis.call('HINCRBY', KEYS[12], f.code, 1)
-    end
-  end
+  return lib.shape(KEYS[11], msg, -1)
 end
 
 -- A message whose stored data cannot be read: quarantine its raw bytes, or drop it.
@@ -85,9 +66,7 @@ local function corrupt(msg, id, findings, env)
   redis.call('DEL', msg)
   if raw and env ~= '' then
     redis.call('HSET', msg, 'raw', raw, 'env', env, 't', accepted or now, 'dom', dom)
-    count_findings(findings)
-    redis.call('HSET', msg, 'why', findings, 'qt', now)
-    redis.call('ZADD', KEYS[5], now, id)
+    lib.hold(KEYS[5], KEYS[12], msg, id, findings, now)
   else
     redis.call('HINCRBY', KEYS[2], 'deleted', 1)
   end
@@ -95,10 +74,23 @@ local function corrupt(msg, id, findings, env)
 end
 
 local function quarantine(msg, id, findings)
-  leave(msg)
-  count_findings(findings)
-  redis.call('HSET', msg, 'why', findings, 'qt', now)
-  redis.call('ZADD', KEYS[5], now, id)
+  lib.to_quarantine(KEYS[11], KEYS[5], KEYS[12], msg, id, findings, now)
+end
+
+-- Parked fresh mail sits at the head of its domain's list, in order: a fresh message goes in
+-- right behind the fresh message parked last, or at the head when that one has left the list
+-- (unparking takes from the head, so the fresh part is empty then). Only fresh mail is
+-- passed over to find its place: at the tail when the list holds no backlog mail.
+local function park_fresh(list, id, domain)
+  local last = redis.call('HGET', KEYS[16], domain)
+  if redis.call('LLEN', list) == 0 then
+    redis.call('RPUSH', list, id)
+  elseif last and redis.call('LINDEX', list, -1) == last then
+    redis.call('RPUSH', list, id)
+  elseif not last or redis.call('LINSERT', list, 'AFTER', last, id) < 0 then
+    redis.call('LPUSH', list, id)
+  end
+  redis.call('HSET', KEYS[16], domain, id)
 end
 
 local function log_bounce(msg, id, reply)
@@ -109,7 +101,7 @@ end
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local msg, aux = KEYS[14 + 2 * i], KEYS[15 + 2 * i]
+  local msg, aux = KEYS[15 + 2 * i], KEYS[16 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
   else
@@ -147,7 +139,7 @@ for i = 1, n do
       refunds = refunds + 1
     elseif kind == 'parked' then
       if score == '1' then
-        redis.call('LPUSH', aux, id)
+        park_fresh(aux, id, info)
         redis.call('HSET', msg, 'fr', '1')
       else
         redis.call('RPUSH', aux, id)
@@ -190,10 +182,8 @@ if refunds > 0 then
   local rate = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
   local tat = tonumber(redis.call('GET', KEYS[10]) or '0') or 0
   if rate > 0 and tat > 0 then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    tat = math.max(now, tat - refunds * 1000000 / rate)
-    redis.call('SET', KEYS[10], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    local now_us = lib.now_us()
+    lib.keep_tat(KEYS[10], math.max(now_us, tat - refunds * 1000000 / rate), now_us)
   end
 end
 return {settled, skipped}

@@ -11,15 +11,6 @@
 -- Returns how many were swept.
 
 local now, why = ARGV[1], ARGV[2]
-local function shape(msg, delta)
-  local f = redis.call('HMGET', msg, 'dom', 't')
-  local t = tonumber(f[2] or '')
-  if not t or t ~= t or t == math.huge or t == -math.huge then return end
-  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', KEYS[5], field, delta) <= 0 then
-    redis.call('HDEL', KEYS[5], field)
-  end
-end
 
 local swept = 0
 for i = 3, #ARGV do
@@ -31,10 +22,7 @@ for i = 3, #ARGV do
     if redis.call('ZREM', KEYS[1], id) == 0 then
       redis.call('SADD', KEYS[3], id)
     end
-    shape(msg, -1)
-    redis.call('HINCRBY', KEYS[6], 'rule.match', 1)
-    redis.call('HSET', msg, 'why', why, 'qt', now)
-    redis.call('ZADD', KEYS[2], now, id)
+    lib.to_quarantine(KEYS[5], KEYS[2], KEYS[6], msg, id, why, now)
     swept = swept + 1
   end
 end

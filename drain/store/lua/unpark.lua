@@ -38,8 +38,7 @@ local most = tonumber(ARGV[2])
 if most <= 0 then most = waiting end
 local cap = tonumber(redis.call('HGET', KEYS[6], domain) or '0') or 0
 if cap > 0 then
-  local t = redis.call('TIME')
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', lib.now_us())
   local free = cap - redis.call('ZCARD', KEYS[5])
   if free < most then most = free end
 end
@@ -48,13 +47,10 @@ local effective = tonumber(redis.call('HGET', KEYS[9], domain) or '0') or 0
 if effective > 0 and (rate == 0 or effective < rate) then rate = effective end
 if rate > 0 then
   -- Free send times within the horizon: slots go at tat - tau, tat + interval - tau, ...
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local interval = 1000000 / rate
-  local tau = interval * (math.max(1, math.floor(rate * tonumber(ARGV[4]))) - 1)
-  local tat = tonumber(redis.call('HGET', KEYS[11], domain) or '0') or 0
-  if tat < now then tat = now end
-  local room = math.floor((now + tonumber(ARGV[5]) + tau - tat) / interval) + 1
+  local now = lib.now_us()
+  local interval, tau = lib.gcra(rate, tonumber(ARGV[4]))
+  local tat = lib.tat(redis.call('HGET', KEYS[11], domain), now)
+  local room = lib.room(tat, now, interval, tau, tonumber(ARGV[5]))
   if room < 0 then room = 0 end
   if room < most then most = room end
 end

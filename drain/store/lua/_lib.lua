@@ -1,0 +1,78 @@
+-- _lib: helpers shared by every drain script, put in front of each one when the scripts
+-- load (drain/store/scripts.py). Everything hangs off the one local table `lib`, so that no
+-- script's own names can clash with it (Redis forbids global names in scripts).
+
+local lib = {}
+
+-- The Redis server's clock in microseconds: every machine that asks agrees on it.
+function lib.now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- A message stops (delta -1) or starts again (delta 1) being queued: move it on the backlog
+-- shape (hash of "domain|minute of acceptance" -> count, the format of
+-- drain/store/record.py's shape_field). Returns when it was accepted, or nil when its time
+-- is not a finite number (x ~= x: NaN): such a message has no place in the shape.
+function lib.shape(shape_key, msg, delta)
+  local f = redis.call('HMGET', msg, 'dom', 't')
+  local t = tonumber(f[2] or '')
+  if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
+  local field = (f[1] or '') .. '|' .. math.floor(t / 60)
+  if redis.call('HINCRBY', shape_key, field, delta) <= 0 then
+    redis.call('HDEL', shape_key, field)
+  end
+  return t
+end
+
+-- Count each reason code of findings (JSON list of {code, detail}) once.
+function lib.count_findings(findings_key, findings)
+  local ok, list = pcall(cjson.decode, findings)
+  if not ok or type(list) ~= 'table' then return end
+  local seen = {}
+  for _, f in ipairs(list) do
+    if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
+      seen[f.code] = true
+      redis.call('HINCRBY', findings_key, f.code, 1)
+    end
+  end
+end
+
+-- Hold a message in quarantine with its findings, scored by now (unix seconds); it must
+-- already be off the backlog shape.
+function lib.hold(quarantine_key, findings_key, msg, id, findings, now)
+  lib.count_findings(findings_key, findings)
+  redis.call('HSET', msg, 'why', findings, 'qt', now)
+  redis.call('ZADD', quarantine_key, now, id)
+end
+
+-- A queued message moves to quarantine: off the backlog shape, then held.
+function lib.to_quarantine(shape_key, quarantine_key, findings_key, msg, id, findings, now)
+  lib.shape(shape_key, msg, -1)
+  lib.hold(quarantine_key, findings_key, msg, id, findings, now)
+end
+
+-- GCRA (generic cell rate algorithm), all in microseconds. A rate (per second) with a burst
+-- (seconds of rate that may go at once) gives the interval between sends and tau, how far
+-- ahead of now the theoretical arrival time (tat) may run.
+function lib.gcra(rate, burst_s)
+  local interval = 1000000 / rate
+  return interval, interval * (math.max(1, math.floor(rate * burst_s)) - 1)
+end
+
+-- A stored tat (text, may be absent or damaged), never behind now.
+function lib.tat(stored, now)
+  local tat = tonumber(stored or '0') or 0
+  if tat < now then tat = now end
+  return tat
+end
+
+-- How many sends the GCRA still allows at once, and within `ahead` microseconds more.
+function lib.room(tat, now, interval, tau, ahead)
+  return math.floor((ahead + tau - (tat - now)) / interval) + 1
+end
+
+-- Keep a tat in a string key for as long as it matters.
+function lib.keep_tat(key, tat, now)
+  redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
