@@ -8,7 +8,6 @@ these and nothing else.
 
 from __future__ import annotations
 
-import json
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -19,12 +18,12 @@ from typing import Any, cast
 
 from drain.flow import ratelimit
 from drain.intake import door as intake
-from drain.message import Envelope
 from drain.observe import backlog, status
 from drain.observe.backlog import Shape
 from drain.observe.status import Status
 from drain.ops.quarantine import Quarantine
-from drain.store import body, keys
+from drain.store import keys
+from drain.store.record import ENVELOPE, FINDINGS, RAW, fetch
 from drain.store.store import Store
 
 # Upper bounds (seconds) of the delivery latency buckets, as settle.lua writes them; its
@@ -221,36 +220,22 @@ class Reader:
 
     def _recent(self, newest: list[tuple[bytes, float]]) -> list[Recent]:
         ids = [i.decode() for i, _score in newest]
-        pipe = self.store.client.pipeline(transaction=False)
-        for msg_id in ids:
-            pipe.hmget(keys.message(msg_id), ["env", "why"])
-            pipe.hstrlen(keys.message(msg_id), "raw")
-        replies = pipe.execute()
-        sizes = {msg_id: int(replies[2 * n + 1]) for n, msg_id in enumerate(ids)}
+        found = fetch(self.store.client, ids, (ENVELOPE, FINDINGS), size=True)
+        sizes = {msg_id: r.size if r else 0 for msg_id, r in zip(ids, found, strict=True)}
         missing = [i for i in ids if i not in self._subjects and 0 < sizes[i] <= HEAD_READ_MAX]
-        if missing:
-            pipe = self.store.client.pipeline(transaction=False)
-            for msg_id in missing:
-                pipe.hget(keys.message(msg_id), "raw")
-            for msg_id, raw in zip(missing, pipe.execute(), strict=True):
-                self._subjects[msg_id] = subject_of(body.shown(raw or b""))
+        for head in fetch(self.store.client, missing, (RAW,)):
+            if head is not None:
+                self._subjects[head.id] = subject_of(head.raw or b"")
         self._subjects = {i: s for i, s in self._subjects.items() if i in sizes}
         out: list[Recent] = []
-        for n, (msg_id, score) in enumerate((i.decode(), s) for i, s in newest):
-            env_json, why = replies[2 * n]
-            if env_json is None:
+        for r, (_msg_id, score) in zip(found, newest, strict=True):
+            if r is None:
                 continue  # released or deleted meanwhile
-            envelope = Envelope.from_json(env_json)
-            try:
-                found = json.loads(why or b"[]")
-                reasons = list(dict.fromkeys(str(f.get("code", "")) for f in found if isinstance(f, dict)))
-            except ValueError:
-                reasons = ["?"]
-            subject = self._subjects.get(msg_id, "")
-            if sizes[msg_id] > HEAD_READ_MAX:
-                subject = f"(not read: {sizes[msg_id]:,}-byte message)"
-            out.append(Recent(msg_id, score, clean(envelope.sender), [clean(r) for r in envelope.recipients],
-                              subject, reasons, sizes[msg_id]))
+            subject = self._subjects.get(r.id, "")
+            if r.size > HEAD_READ_MAX:
+                subject = f"(not read: {r.size:,}-byte message)"
+            out.append(Recent(r.id, score, clean(r.envelope.sender), [clean(x) for x in r.envelope.recipients],
+                              subject, r.reasons, r.size))
         return out
 
 
