@@ -1,0 +1,210 @@
+"""The size series of scripts/bench: drain and Postfix draining the same held queue of 2 KB,
+20 KB and 100 KB messages into one counting smtp-sink, in the same run.
+
+- 2 KB: plain text (drain.seeding.synthetic), as the rest of the bench;
+- 20 KB: a transactional HTML mail, multipart/alternative (text and HTML);
+- 100 KB: a short text with a base64 attachment (multipart/mixed).
+
+Per size: Postfix gets the message from a file with smtp-source (20 sessions, unique
+recipients, held on arrival), then `postsuper -H ALL; postqueue -f` is timed until the sink
+has counted every message; drain gets the same count enqueued in batches (paused), then
+`drain worker --burst --processes N` is timed until its books show every message done, and
+the sink's count is checked. Reports msg/s and MB/s (MB = 10^6 bytes of message) for both.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_postfix
+import redis
+
+from drain.api import Client
+from drain.demo.seeding import DOMAINS, synthetic
+from drain.flow import ratelimit
+from drain.settings import Settings
+from drain.store import keys
+
+SIZES = (2048, 20480, 102400)
+_HEAD = ("From: Billing <billing@sender.example.com>\n"
+         "To: Customer {i} <user{i}@{domain}>\n"
+         "Subject: Your statement no. {i}\n"
+         "Date: Mon, 23 Nov 2026 10:00:00 +0000\n"
+         "Message-ID: <sized-{i}@sender.example.com>\n"
+         "MIME-Version: 1.0\n")
+
+
+def _html(i: int, size: int) -> bytes:
+    """multipart/alternative: a text part and an HTML part, about `size` bytes in all."""
+    text = (f"Dear customer {i},\n\nyour statement is ready. Thank you for your business.\n\n" * 4).encode()
+    row = (f'<tr><td class="item">Item {{n}} for customer {i}</td><td class="qty">1</td>'
+           '<td class="price">12.50 EUR</td></tr>\n')
+    head = (_HEAD.format(i=i, domain=DOMAINS[i % len(DOMAINS)])
+            + 'Content-Type: multipart/alternative; boundary="=_alt"\n\n').encode()
+    parts = [head, b"--=_alt\nContent-Type: text/plain; charset=us-ascii\n\n", text,
+             b"\n--=_alt\nContent-Type: text/html; charset=us-ascii\n\n",
+             b"<html><head><style>td{padding:4px}</style></head><body><table>\n"]
+    used = sum(map(len, parts)) + 40
+    n = 0
+    while used < size:
+        line = row.format(n=n).encode()
+        parts.append(line)
+        used += len(line)
+        n += 1
+    parts.append(b"</table></body></html>\n--=_alt--\n")
+    return b"".join(parts)
+
+
+def _attachment(i: int, size: int) -> bytes:
+    """multipart/mixed: a short text part and a base64 attachment, about `size` bytes in all."""
+    head = (_HEAD.format(i=i, domain=DOMAINS[i % len(DOMAINS)])
+            + 'Content-Type: multipart/mixed; boundary="=_mix"\n\n').encode()
+    text = b"--=_mix\nContent-Type: text/plain; charset=us-ascii\n\nYour statement is attached.\n\n"
+    attach_head = (b'--=_mix\nContent-Type: application/pdf; name="statement.pdf"\n'
+                   b'Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename="statement.pdf"\n\n')
+    room = size - len(head) - len(text) - len(attach_head) - 20
+    payload = random.Random(i).randbytes(room * 3 // 4 * 76 // 77)
+    encoded = base64.encodebytes(payload)  # 76-character lines
+    return head + text + attach_head + encoded + b"--=_mix--\n"
+
+
+def message(i: int, size: int) -> bytes:
+    """Message number `i` of the size class `size` (2 KB text, 20 KB HTML, 100 KB with attachment)."""
+    if size <= 4096:
+        return synthetic(i, size=size)
+    if size <= 40960:
+        return _html(i, size)
+    return _attachment(i, size)
+
+
+def label(size: int) -> str:
+    kind = "text" if size <= 4096 else "HTML" if size <= 40960 else "base64 attachment"
+    return f"{size // 1024} KB {kind}"
+
+
+def drain_run(client: redis.Redis, sink: Any, raws: list[bytes], processes: int) -> dict[str, Any]:
+    """Enqueue `raws` (paused), then time `drain worker --burst` until all are done."""
+    client.flushdb()
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    settings = Settings(redis_url=url, relay=sink.url)
+    api = Client(client, settings)
+    count = len(raws)
+    ratelimit.pause(client)
+    started = time.perf_counter()
+    api.enqueue_many(raws)
+    enqueue_s = time.perf_counter() - started
+    ratelimit.resume(client)
+    env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+    counting = hasattr(sink, "mark")
+    if counting:
+        sink.mark()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
+                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        while True:
+            done = sum(int(v or 0) for v in client.hmget(keys.BOOKS, ["delivered", "quarantined", "bounced"]))
+            if done >= count:
+                break
+            if proc.poll() is not None and proc.returncode != 0:
+                raise RuntimeError(f"drain worker exited with {proc.returncode} after {done} of {count}")
+            if time.perf_counter() - started > 3600:
+                raise RuntimeError(f"drain did {done} of {count} in an hour")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
+    finally:
+        proc.wait(timeout=120)
+    books = api.store.books()
+    if books.delivered != count:
+        raise RuntimeError(f"drain delivered {books.delivered} of {count} (quarantined {books.quarantined}, "
+                           f"bounced {books.bounced}): the series needs messages that validate")
+    row: dict[str, Any] = {"seconds": round(seconds, 2), "msg_per_s": round(count / seconds, 1),
+                           "enqueue_per_s": round(count / enqueue_s), "delivered": books.delivered}
+    if counting:
+        sink.wait_for(count, time.perf_counter(), timeout_s=30)
+        row["sink_counted"] = sink.since()
+    return row
+
+
+def bench_sizes(report: Any, client: redis.Redis, count: int, processes: list[int], sizes: list[int],
+                sessions: int = 20) -> None:
+    """Per size: Postfix (when it can run here) and drain with each process count, one sink."""
+    why_not = bench_postfix.missing()
+    if why_not is not None and bench_postfix.tool("smtp-sink") is None:
+        from bench import smtp_sink
+
+        sink_cm: Any = smtp_sink(False)
+    else:
+        sink_cm = bench_postfix.CountingSink()
+    with sink_cm as sink, tempfile.TemporaryDirectory() as tmp:
+        if isinstance(sink, tuple):  # the aiosmtpd fallback: (url, name)
+            from types import SimpleNamespace
+
+            sink = SimpleNamespace(url=sink[0])
+        postfix = bench_postfix.PostfixInstance(sink.port) if why_not is None else None
+        try:
+            if postfix is not None:
+                postfix.__enter__()
+            for size in sizes:
+                raws = [message(i, size) for i in range(count)]
+                avg = sum(map(len, raws)) / count
+                common = {"part": "sizes", "size": size, "label": label(size), "messages": count,
+                          "avg_message_bytes": round(avg)}
+                if postfix is not None:
+                    sample = Path(tmp) / f"{size}.eml"
+                    sample.write_bytes(raws[0])
+                    inject_s = postfix.inject(count, sessions, sample)
+                    held = postfix.held()
+                    if held != count:
+                        raise RuntimeError(f"Postfix holds {held} of {count} injected messages")
+                    seconds = postfix.release(sink, count)
+                    report.add(name=f"Postfix {bench_postfix.version()}", **common, seconds=round(seconds, 2),
+                               msg_per_s=round(count / seconds, 1), mb_per_s=round(count * avg / seconds / 1e6, 2),
+                               inject_seconds=round(inject_s, 2), inject_per_s=round(count / inject_s, 1),
+                               sink_counted=sink.since())
+                else:
+                    report.add(name="Postfix", **common, missing=why_not)
+                for n in processes:
+                    row = drain_run(client, sink, raws, n)
+                    report.add(name="drain", processes=n, **common, **row,
+                               mb_per_s=round(count * avg / row["seconds"] / 1e6, 2))
+        finally:
+            if postfix is not None:
+                postfix.__exit__(None, None, None)
+
+
+def sizes_markdown(rows: list[dict[str, Any]]) -> str:
+    rows = [r for r in rows if r.get("part") == "sizes"]
+    if not rows:
+        return ""
+    lines = ["Size series (same held queue, same smtp-sink, one run):", "",
+             "| size | system | messages | seconds | msg/s | MB/s | drain/Postfix |", "|---|---|---|---|---|---|---|"]
+    postfix: dict[int, float] = {}
+    for r in rows:
+        if r["name"].startswith("Postfix"):
+            if "missing" in r:
+                why = r["missing"].replace("|", "\\|")
+                lines.append(f"| {r['label']} | Postfix: not measured ({why}) | | | | | |")
+                continue
+            postfix[r["size"]] = r["msg_per_s"]
+            lines.append(f"| {r['label']} | {r['name']} | {r['messages']:,} | {r['seconds']} | "
+                         f"{r['msg_per_s']:,} | {r['mb_per_s']} | |")
+        else:
+            ratio = f"{r['msg_per_s'] / postfix[r['size']]:.2f}x" if r["size"] in postfix else "-"
+            lines.append(f"| {r['label']} | drain, {r['processes']} process{'es' if r['processes'] > 1 else ''} | "
+                         f"{r['messages']:,} | {r['seconds']} | {r['msg_per_s']:,} | {r['mb_per_s']} | {ratio} |")
+    injected = [r for r in rows if "inject_per_s" in r]
+    if injected:
+        lines.append("")
+        lines.append("Filling the queues (not timed above): Postfix smtpd via smtp-source -s 20 " + ", ".join(
+            f"{r['label']} {r['inject_per_s']:,} msg/s" for r in injected) + "; drain enqueue_many " + ", ".join(
+            f"{r['label']} {r['enqueue_per_s']:,} msg/s" for r in rows if "enqueue_per_s" in r) + ".")
+    return "\n".join(lines)
