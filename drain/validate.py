@@ -17,8 +17,6 @@ from email.errors import (
     StartBoundaryNotFoundDefect,
 )
 from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from email.policy import default as default_policy
 from email.utils import getaddresses
 from functools import lru_cache
@@ -28,6 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from drain.errors import ConfigError
 from drain.message import Envelope, header_text
+from drain.mimeskeleton import structure
 from drain.settings import Settings
 
 QUARANTINE = "quarantine"
@@ -193,7 +192,7 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if dupes:
         yield Finding("header.duplicate-singleton", ", ".join(dupes))
 
-    message = BytesParser(policy=compat32).parsebytes(raw)
+    message = structure(raw, bare_cr=raw.count(b"\r") != crlf)
     yield from _mime(message, limits)
     yield from _addresses(message, envelope, limits)
 
