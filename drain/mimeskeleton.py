@@ -29,25 +29,40 @@ def structure(raw: bytes, bare_cr: bool = True) -> Message:
 _WHOLE_NEEDED = re.compile(rb"message/|digest", re.IGNORECASE)
 
 
-def _through_blank_line(raw: bytes, start: int) -> int:
-    """The end of the first empty line at or after line start `start` (len(raw) if none)."""
-    if raw.startswith(b"\n", start):
-        return start + 1
-    if raw.startswith(b"\r\n", start):
-        return start + 2
-    ends = [i + n for i, n in ((raw.find(b"\n\n", start), 2), (raw.find(b"\n\r\n", start), 3)) if i >= 0]
-    return min(ends) if ends else len(raw)
+class _BlankLines:
+    """Finds the end of the first empty line at or after a line start. Each pattern's next
+    occurrence is remembered, so the scans over one message stay linear (a CRLF message
+    has no LF LF at all, and looking for one again from every part would be quadratic)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.next = {b"\n\n": -2, b"\n\r\n": -2}  # -2: not searched yet; -1: none left
+
+    def end_after(self, start: int) -> int:
+        raw = self.raw
+        if raw.startswith(b"\n", start):
+            return start + 1
+        if raw.startswith(b"\r\n", start):
+            return start + 2
+        best = len(raw)
+        for pattern, at in self.next.items():
+            if -1 < at < start or at == -2:
+                at = self.next[pattern] = raw.find(pattern, start)
+            if at >= 0:
+                best = min(best, at + len(pattern))
+        return best
 
 
 def _skeleton(raw: bytes) -> bytes:
     """See structure(): the lines of `raw` (no lone CR in it) that shape its MIME tree."""
-    pos = _through_blank_line(raw, 0)
+    blank = _BlankLines(raw)
+    pos = blank.end_after(0)
     kept = [raw[:pos]]
     while pos < len(raw):
         hit = raw.find(b"\n--", pos - 1)
         if hit < 0:
             break
-        end = _through_blank_line(raw, hit + 1)
+        end = blank.end_after(hit + 1)
         kept.append(raw[hit + 1:end])
         pos = end
     return b"".join(kept)

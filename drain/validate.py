@@ -171,7 +171,8 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if nul >= 0:
         yield Finding("body.nul-byte", f"line {raw.count(NEWLINE, 0, nul) + 1}")
     crlf = raw.count(b"\r\n")
-    if crlf and (raw.count(b"\n") != crlf or raw.count(b"\r") != crlf):
+    cr = raw.count(b"\r")
+    if crlf and (cr != crlf or raw.count(b"\n") != crlf):
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
     split = _BLANK.search(raw)
@@ -192,7 +193,7 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if dupes:
         yield Finding("header.duplicate-singleton", ", ".join(dupes))
 
-    message = structure(raw, bare_cr=raw.count(b"\r") != crlf)
+    message = structure(raw, bare_cr=cr != crlf)
     yield from _mime(message, limits)
     yield from _addresses(message, envelope, limits)
 
