@@ -275,68 +275,42 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
                  options: list[str]) -> dict[str, tuple[int, bytes]]:
     """smtplib's SMTP.sendmail, step for step (the same replies raise the same exceptions),
     except that the DATA bytes are prepared here in one pass (data_block) and sent as they
-    are: SMTP.data would run two regex passes over the whole message again."""
+    are (SMTP.data would run two regex passes over the whole message again), and that with
+    PIPELINING (RFC 2920) MAIL FROM, every RCPT TO and DATA go out in one write. The replies
+    are then read in order and judged as one at a time; every reply is read before the next
+    step, as the RFC asks (a DATA taken after all recipients were refused gets a lone dot)."""
     smtp.ehlo_or_helo_if_needed()
     esmtp_opts = [f"size={len(wire)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
     if smtp.does_esmtp:
         esmtp_opts.extend(options)
-    if smtp.does_esmtp and smtp.has_extn("pipelining"):
-        return _pipelined(smtp, sender, recipients, wire, esmtp_opts)
-    code, resp = smtp.mail(sender, esmtp_opts)
+    pipelined = smtp.does_esmtp and smtp.has_extn("pipelining")
+    if pipelined:
+        commands = [_command("mail", _mail_args(smtp, sender, esmtp_opts))]
+        commands += [_command("rcpt", f"TO:{smtplib.quoteaddr(rcpt)}") for rcpt in recipients]
+        smtp.send("".join([*commands, "data\r\n"]))
+        code, resp = smtp.getreply()
+    else:
+        code, resp = smtp.mail(sender, esmtp_opts)
     if code != 250:
-        _end(smtp, code)
-        raise smtplib.SMTPSenderRefused(code, resp, sender)
-    refused: dict[str, tuple[int, bytes]] = {}
-    for rcpt in recipients:
-        code, resp = smtp.rcpt(rcpt)
-        if code not in (250, 251):
-            refused[rcpt] = (code, resp)
-        if code == 421:
-            smtp.close()
-            raise smtplib.SMTPRecipientsRefused(refused)
-    if len(refused) == len(recipients):
-        _end(smtp, 0)
-        raise smtplib.SMTPRecipientsRefused(refused)
-    smtp.putcmd("data")
-    code, resp = smtp.getreply()
-    if code != 354:
-        _end(smtp, code)
-        raise smtplib.SMTPDataError(code, resp)
-    smtp.send(data_block(wire))
-    code, resp = smtp.getreply()
-    if code != 250:
-        _end(smtp, code)
-        raise smtplib.SMTPDataError(code, resp)
-    return refused
-
-
-def _pipelined(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: bytes,
-               esmtp_opts: list[str]) -> dict[str, tuple[int, bytes]]:
-    """The same transaction with PIPELINING (RFC 2920): MAIL FROM, every RCPT TO and DATA
-    go out in one write, then the replies are read in order and judged as sendmail judges
-    them. Every reply is read before the next step, as the RFC asks (a DATA accepted after
-    all recipients were refused gets a lone dot, then RSET)."""
-    commands = [_command("mail", _mail_args(smtp, sender, esmtp_opts))]
-    commands += [_command("rcpt", f"TO:{smtplib.quoteaddr(rcpt)}") for rcpt in recipients]
-    smtp.send("".join([*commands, "data\r\n"]))
-    code, resp = smtp.getreply()
-    if code != 250:
-        if code != 421:
+        if pipelined and code != 421:
             _drain_replies(smtp, len(recipients) + 1)
         _end(smtp, code)
         raise smtplib.SMTPSenderRefused(code, resp, sender)
     refused: dict[str, tuple[int, bytes]] = {}
     for rcpt in recipients:
-        code, resp = smtp.getreply()
+        code, resp = smtp.getreply() if pipelined else smtp.rcpt(rcpt)
         if code not in (250, 251):
             refused[rcpt] = (code, resp)
         if code == 421:
             smtp.close()
             raise smtplib.SMTPRecipientsRefused(refused)
     if len(refused) == len(recipients):
-        _drain_replies(smtp, 1)
+        if pipelined:
+            _drain_replies(smtp, 1)
         _end(smtp, 0)
         raise smtplib.SMTPRecipientsRefused(refused)
+    if not pipelined:
+        smtp.putcmd("data")
     code, resp = smtp.getreply()
     if code != 354:
         _end(smtp, code)
