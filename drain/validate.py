@@ -17,8 +17,6 @@ from email.errors import (
     StartBoundaryNotFoundDefect,
 )
 from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from email.policy import default as default_policy
 from email.utils import getaddresses
 from functools import lru_cache
@@ -28,6 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from drain.errors import ConfigError
 from drain.message import Envelope, header_text
+from drain.mimeskeleton import structure
 from drain.settings import Settings
 
 QUARANTINE = "quarantine"
@@ -177,7 +176,8 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if nul >= 0:
         yield Finding("body.nul-byte", f"line {raw.count(NEWLINE, 0, nul) + 1}")
     crlf = raw.count(b"\r\n")
-    if crlf and (raw.count(b"\n") != crlf or raw.count(b"\r") != crlf):
+    cr = raw.count(b"\r")
+    if crlf and (cr != crlf or raw.count(b"\n") != crlf):
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
     split = _BLANK.search(raw)
@@ -198,7 +198,7 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if dupes:
         yield Finding("header.duplicate-singleton", ", ".join(dupes))
 
-    message = BytesParser(policy=compat32).parsebytes(raw)
+    message = structure(raw, bare_cr=cr != crlf)
     yield from _mime(message, limits)
     yield from _addresses(message, envelope, limits)
 

@@ -27,9 +27,9 @@ from typing import Any
 import bench_postfix
 import redis
 
+from drain.api import Client
 from drain.demo.seeding import DOMAINS, synthetic
 from drain.flow import ratelimit
-from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import keys
 

@@ -6,8 +6,9 @@ series), with timers around each step, against its own redis-server and Postfix'
 Steps (exclusive times: a step's figure leaves out the steps inside it):
 - parse+validate: operator rules and drain.validate.check;
 - SMTP: Relay.send (smtplib, the socket, the relay's answers), without the two below;
-- line endings: drain.delivery.wire_form (LF to CRLF);
-- dot-stuffing: smtplib's _quote_periods;
+- line endings: drain.worker.delivery.wire_form (LF to CRLF);
+- dot-stuffing: smtplib's _quote_periods, or drain.worker.delivery.data_block where drain
+  prepares the DATA bytes itself;
 - Redis (drain): commands and pipelines issued inside a batch job, by the Store step around
   them (claim, load, settle, other: gate, breakers, rules version, token top-up...);
 - drain glue: the rest of the batch job in Python (claim bookkeeping, message objects,
@@ -46,9 +47,9 @@ import bench_sizes
 from bench import redis_server, smtp_sink
 
 from drain import validate
+from drain.api import Client
 from drain.flow import ratelimit
 from drain.intake import rules
-from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import keys, store
 from drain.worker import delivery
@@ -166,6 +167,8 @@ def instrument(t: Timers) -> Callable[[], None]:
     wrap(delivery.Relay, "send", timed("SMTP"))
     wrap(delivery, "wire_form", timed("line endings"))
     wrap(smtplib, "_quote_periods", timed("dot-stuffing"))
+    if hasattr(delivery, "data_block"):  # drain prepares the DATA bytes itself (dot-stuffing, terminator)
+        wrap(delivery, "data_block", timed("dot-stuffing"))
     wrap(redis.Redis, "execute_command", redis_call)
     wrap(redis.client.Pipeline, "execute", redis_call)
     for op in ("claim", "load", "settle"):

@@ -53,10 +53,18 @@ class _Handler:
     keep: bool
     data_policy: DataPolicy | None = None
     rcpt_policy: RcptPolicy | None = None
+    pipelining: bool = True
     accepted: int = 0
     seen: int = 0
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]  # aiosmtpd reads commands in order
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
@@ -103,8 +111,9 @@ class Sink:
     """Context manager: a running SMTP server on 127.0.0.1; `url` is its smtp:// address."""
 
     def __init__(self, keep: bool = True, data_policy: DataPolicy | None = None,
-                 rcpt_policy: RcptPolicy | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.handler = _Handler(keep=keep, data_policy=data_policy, rcpt_policy=rcpt_policy)
+                 rcpt_policy: RcptPolicy | None = None, host: str = "127.0.0.1", port: int = 0,
+                 pipelining: bool = True) -> None:
+        self.handler = _Handler(keep=keep, data_policy=data_policy, rcpt_policy=rcpt_policy, pipelining=pipelining)
         self.host = host
         self.port = port or free_port(host)
         self.controller = Controller(self.handler, hostname=host, port=self.port, enable_SMTPUTF8=True,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import re
 import smtplib
 import socket
 import ssl
@@ -102,14 +102,27 @@ class Result:
         return f"{self.code} {self.text}".strip()
 
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-
-
 def wire_form(raw: bytes) -> bytes:
-    """The message with CRLF line endings, as SMTP carries it (files on disk often use LF)."""
+    """The message with CRLF line endings, as SMTP carries it (files on disk often use LF).
+
+    Every LF not already after a CR gets one; a bare CR stays as it is. Done with
+    bytes.replace (C speed): a regex substitution cost 1.5-2 ms on a 100 KB message."""
     if raw.count(b"\n") == raw.count(b"\r\n"):
         return raw
-    return _BARE_LF.sub(b"\r\n", raw)
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def data_block(wire: bytes) -> bytes:
+    """What follows a 354 reply: the CRLF form dot-stuffed (RFC 5321 4.5.2), ended by CRLF
+    (added if the last line lacks one) and the lone dot. The same bytes smtplib's
+    SMTP.data sends, without its regex pass over the whole message."""
+    if b"\n." in wire:
+        wire = wire.replace(b"\n.", b"\n..")
+    if wire[:1] == b".":
+        wire = b"." + wire
+    if wire[-2:] != b"\r\n":
+        wire += b"\r\n"
+    return wire + b".\r\n"
 
 
 def _text(raw: bytes | str) -> str:
@@ -206,7 +219,7 @@ class Relay:
         if smtputf8 or not (sender + "".join(recipients)).isascii():
             options.append("SMTPUTF8")  # smtplib refuses it (SMTPNotSupportedError) if not offered
         try:
-            return smtp.sendmail(sender, recipients, raw, mail_options=options)
+            return _transaction(smtp, sender, recipients, raw, options)
         except _DROPPED as exc:
             self._drop()
             if isinstance(exc.__context__, TimeoutError):
@@ -256,6 +269,98 @@ class Relay:
             replies = {r: (int(c), _text(t)) for r, (c, t) in refused.items()}
             return Result("delivered", 250, "accepted for some recipients", refused=replies)
         return Result("delivered", 250, "ok")
+
+
+def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: bytes,
+                 options: list[str]) -> dict[str, tuple[int, bytes]]:
+    """smtplib's SMTP.sendmail, step for step (the same replies raise the same exceptions),
+    except that the DATA bytes are prepared here in one pass (data_block) and sent as they
+    are (SMTP.data would run two regex passes over the whole message again), and that with
+    PIPELINING (RFC 2920) MAIL FROM, every RCPT TO and DATA go out in one write. The replies
+    are then read in order and judged as one at a time; every reply is read before the next
+    step, as the RFC asks (a DATA taken after all recipients were refused gets a lone dot)."""
+    smtp.ehlo_or_helo_if_needed()
+    esmtp_opts = [f"size={len(wire)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
+    if smtp.does_esmtp:
+        esmtp_opts.extend(options)
+    pipelined = smtp.does_esmtp and smtp.has_extn("pipelining")
+    if pipelined:
+        commands = [_command("mail", _mail_args(smtp, sender, esmtp_opts))]
+        commands += [_command("rcpt", f"TO:{smtplib.quoteaddr(rcpt)}") for rcpt in recipients]
+        smtp.send("".join([*commands, "data\r\n"]))
+        code, resp = smtp.getreply()
+    else:
+        code, resp = smtp.mail(sender, esmtp_opts)
+    if code != 250:
+        if pipelined and code != 421:
+            _drain_replies(smtp, len(recipients) + 1)
+        _end(smtp, code)
+        raise smtplib.SMTPSenderRefused(code, resp, sender)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for rcpt in recipients:
+        code, resp = smtp.getreply() if pipelined else smtp.rcpt(rcpt)
+        if code not in (250, 251):
+            refused[rcpt] = (code, resp)
+        if code == 421:
+            smtp.close()
+            raise smtplib.SMTPRecipientsRefused(refused)
+    if len(refused) == len(recipients):
+        if pipelined:
+            _drain_replies(smtp, 1)
+        _end(smtp, 0)
+        raise smtplib.SMTPRecipientsRefused(refused)
+    if not pipelined:
+        smtp.putcmd("data")
+    code, resp = smtp.getreply()
+    if code != 354:
+        _end(smtp, code)
+        raise smtplib.SMTPDataError(code, resp)
+    smtp.send(data_block(wire))
+    code, resp = smtp.getreply()
+    if code != 250:
+        _end(smtp, code)
+        raise smtplib.SMTPDataError(code, resp)
+    return refused
+
+
+def _drain_replies(smtp: smtplib.SMTP, count: int) -> None:
+    """Read the replies left to pipelined commands after a refusal already decided the
+    outcome; a DATA taken anyway gets a lone dot. A relay that hangs up meanwhile changes
+    nothing (smtplib closes the session; the caller's RSET finds it closed)."""
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):
+        for _ in range(count):
+            code, _resp = smtp.getreply()
+        if code == 354:
+            smtp.send(b".\r\n")
+            smtp.getreply()
+
+
+def _mail_args(smtp: smtplib.SMTP, sender: str, options: list[str]) -> str:
+    """MAIL FROM's argument as smtplib's SMTP.mail writes it (SMTPUTF8 switches the
+    session's command encoding to UTF-8, or is refused if the relay lacks it)."""
+    if not options:
+        return f"FROM:{smtplib.quoteaddr(sender)}"
+    if any(option.lower() == "smtputf8" for option in options):
+        if not smtp.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+        smtp.command_encoding = "utf-8"
+    return f"FROM:{smtplib.quoteaddr(sender)} {' '.join(options)}"
+
+
+def _command(verb: str, args: str) -> str:
+    """One command line, refused like smtplib's putcmd refuses it if it holds CR or LF."""
+    if "\r" in args or "\n" in args:
+        raise ValueError(f"command and arguments contain prohibited newline characters: {args!r}")
+    return f"{verb} {args}\r\n"
+
+
+def _end(smtp: smtplib.SMTP, code: int) -> None:
+    """After a refusal: close on 421 (the relay is leaving), else RSET (as sendmail does)."""
+    if code == 421:
+        smtp.close()
+        return
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):
+        smtp.rset()
 
 
 def _failure(exc: BaseException) -> str:

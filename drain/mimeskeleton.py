@@ -1,0 +1,68 @@
+"""The MIME tree of a message for validation, parsed from as few of its lines as gives the same tree."""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+
+
+def structure(raw: bytes, bare_cr: bool = True) -> Message:
+    """The message as the email package parses it, for the MIME and address checks.
+
+    When it can, this parses a skeleton of the message instead of all of it: the header
+    block, and each line starting with "--" (a boundary, or not) with the lines after it up
+    to the first empty line (a part's header block). The lines left out are body lines of
+    leaf parts, preambles and epilogues, which the parser only tests against the enclosing
+    boundaries; without them the parts, their headers, nesting and boundary defects come
+    out the same, and a base64 attachment is not walked line by line in Python.
+    The whole message is parsed instead when a lone CR may end lines (the parser splits on
+    it) or when a header names a message/* type or a digest (their bodies hold headers)."""
+    if not bare_cr:
+        skeleton = _skeleton(raw)
+        if _WHOLE_NEEDED.search(skeleton) is None:
+            return BytesParser(policy=compat32).parsebytes(skeleton)
+    return BytesParser(policy=compat32).parsebytes(raw)
+
+
+_WHOLE_NEEDED = re.compile(rb"message/|digest", re.IGNORECASE)
+
+
+class _BlankLines:
+    """Finds the end of the first empty line at or after a line start. Each pattern's next
+    occurrence is remembered, so the scans over one message stay linear (a CRLF message
+    has no LF LF at all, and looking for one again from every part would be quadratic)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.next = {b"\n\n": -2, b"\n\r\n": -2}  # -2: not searched yet; -1: none left
+
+    def end_after(self, start: int) -> int:
+        raw = self.raw
+        if raw.startswith(b"\n", start):
+            return start + 1
+        if raw.startswith(b"\r\n", start):
+            return start + 2
+        best = len(raw)
+        for pattern, at in self.next.items():
+            if -1 < at < start or at == -2:
+                at = self.next[pattern] = raw.find(pattern, start)
+            if at >= 0:
+                best = min(best, at + len(pattern))
+        return best
+
+
+def _skeleton(raw: bytes) -> bytes:
+    """See structure(): the lines of `raw` (no lone CR in it) that shape its MIME tree."""
+    blank = _BlankLines(raw)
+    pos = blank.end_after(0)
+    kept = [raw[:pos]]
+    while pos < len(raw):
+        hit = raw.find(b"\n--", pos - 1)
+        if hit < 0:
+            break
+        end = blank.end_after(hit + 1)
+        kept.append(raw[hit + 1:end])
+        pos = end
+    return b"".join(kept)

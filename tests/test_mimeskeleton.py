@@ -1,0 +1,87 @@
+"""The MIME tree validation reads from a message's skeleton is the tree of the whole message.
+
+drain.mimeskeleton.structure parses only a message's header blocks and "--" lines when it
+can; these tests compare that tree, part by part (type, boundary, defects, children), with
+the email package's parse of every line, on messages built to confuse it: boundary-like
+lines everywhere, parts without headers, missing blank lines, LF and CRLF, message/* parts.
+"""
+
+from __future__ import annotations
+
+import base64
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drain.mimeskeleton import _skeleton, structure
+from tests import mailgen
+from tests.conftest import seed
+
+
+def _tree(message: Message) -> list[tuple[object, ...]]:
+    """Every part in walk order: what the MIME checks read from it."""
+    return [(part.get_content_type(), part.get_boundary(), [type(d).__name__ for d in part.defects],
+             part.is_multipart(), len(part.get_payload()) if part.is_multipart() else -1)
+            for part in message.walk()]
+
+
+def _same_tree(raw: bytes) -> None:
+    bare_cr = raw.count(b"\r") != raw.count(b"\r\n")
+    full = BytesParser(policy=compat32).parsebytes(raw)
+    assert _tree(structure(raw, bare_cr=bare_cr)) == _tree(full)
+    assert [(k, str(v)) for k, v in structure(raw, bare_cr=bare_cr).items()] == [(k, str(v)) for k, v in full.items()]
+
+
+_LINES = st.sampled_from([
+    "--b", "--b--", "--b  ", "--bb", "--bx--", "--", "-- ", "---b", "--c", "--c--",
+    "Content-Type: multipart/mixed; boundary=b", "Content-Type: multipart/alternative; boundary=c",
+    "Content-Type: multipart/mixed; boundary=bb", "Content-Type: multipart/mixed",
+    "Content-Type: text/plain", "Content-Type: message/rfc822", "Content-type: Multipart/Digest; boundary=b",
+    "Content-Transfer-Encoding: base64", " folded; boundary=c", "X-Header: value", "no colon here",
+    "", "", "", "text line", "aGVsbG8gd29ybGQ=", ".", "From nobody", "x\ry", "\r--b",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINES, max_size=30), st.lists(_LINES, max_size=40), st.sampled_from([b"\n", b"\r\n"]),
+       st.booleans())
+def test_skeleton_tree_equals_full_tree(head: list[str], body: list[str], eol: bytes, final_eol: bool) -> None:
+    lines = ["From: a@example.com", *head, "", *body]
+    raw = eol.join(line.encode() for line in lines) + (eol if final_eol else b"")
+    _same_tree(raw)
+
+
+@settings(deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(sorted(mailgen.DEFECTS)))
+def test_generated_mail_gives_the_same_tree(rng: object, code: str) -> None:
+    _same_tree(mailgen.with_defect(rng, code))  # type: ignore[arg-type]
+
+
+def test_seeds_give_the_same_tree() -> None:
+    for kind in ("good", "bad"):
+        for _name, raw in seed(kind):
+            _same_tree(raw)
+
+
+def test_attachment_body_is_left_out() -> None:
+    """The point of the skeleton: a base64 attachment's lines are not parsed."""
+    attachment = base64.encodebytes(bytes(range(256)) * 300)
+    raw = (b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+           b"--zz\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + attachment.replace(b"\n", b"\r\n") + b"--zz--\r\n")
+    skeleton = _skeleton(raw)
+    assert len(skeleton) < 300 and b"hello" not in skeleton
+    _same_tree(raw)
+
+
+def test_lone_cr_ends_a_line_for_the_parser() -> None:
+    """The parser splits lines on a lone CR too, so a boundary can follow one: such a
+    message is parsed whole (the skeleton's line scan only knows LF)."""
+    raw = (b"From: a@example.com\nContent-Type: multipart/mixed; boundary=b\n\n"
+           b"text\r--b\nContent-Type: text/plain\n\nhi\r--b--\n")
+    _same_tree(raw)
+    assert len(BytesParser(policy=compat32).parsebytes(raw).get_payload()) == 1
