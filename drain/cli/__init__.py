@@ -882,8 +882,10 @@ def rule_remove(obj: Context, rule_id: str, as_json: bool) -> None:
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Least severe log records written to standard error.")
+@click.option("--processes", type=click.IntRange(1, 256), default=None,
+              help="Ingress processes sharing the address (default: the number of cores).")
 @pass_ctx
-def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
+def smtpd(obj: Context, listen: str | None, log_level: str, processes: int | None) -> None:
     """Take mail over SMTP and queue it; 250 to DATA only once Redis holds the message."""
     from drain.intake.smtpd import Ingress
     from drain.settings import parse_listen
@@ -896,7 +898,12 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
     logging_setup.announce(startup_line("smtpd", obj.settings, obj.client.redis))
-    server = Ingress(obj.client, host, port)
+    import os
+
+    from drain.intake.smtpd_pool import Pool
+
+    processes = processes or os.cpu_count() or 1
+    server = Ingress(obj.client, host, port) if processes == 1 else Pool(obj.client, host, port, processes)
     server.serve(on_ready=lambda s: logging_setup.announce(f"drain smtpd: listening on {s.describe()}"))
 
 

@@ -57,6 +57,16 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def check_config(settings: Settings) -> tuple[Credentials | None, ssl.SSLContext | None]:
+    """The AUTH account and the STARTTLS context; ConfigError when they do not go together."""
+    credentials = _credentials(settings)
+    tls = _tls_context(settings)
+    if credentials is not None and tls is None and not settings.smtpd_auth_plaintext:
+        raise ConfigError("AUTH needs STARTTLS: set DRAIN_SMTPD_TLS_CERT and DRAIN_SMTPD_TLS_KEY, "
+                          "or DRAIN_SMTPD_AUTH_PLAINTEXT=true on a trusted network")
+    return credentials, tls
+
+
 class Ingress:
     """The SMTP ingress server on its own event loop thread: `start()` and `stop()`, or `serve()`."""
 
@@ -66,11 +76,7 @@ class Ingress:
         """`socks`: listening sockets to serve (bound by the parent of several processes) instead
         of binding host:port; `sessions`: the session count shared with those processes."""
         settings = api.settings
-        credentials = _credentials(settings)
-        tls = _tls_context(settings)
-        if credentials is not None and tls is None and not settings.smtpd_auth_plaintext:
-            raise ConfigError("AUTH needs STARTTLS: set DRAIN_SMTPD_TLS_CERT and DRAIN_SMTPD_TLS_KEY, "
-                              "or DRAIN_SMTPD_AUTH_PLAINTEXT=true on a trusted network")
+        credentials, tls = check_config(settings)
         self.api = api
         self.host = host
         self.port = port
