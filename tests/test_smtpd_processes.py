@@ -216,6 +216,31 @@ def test_sigterm_mid_sessions_loses_nothing_that_got_250(settings: Settings, rcl
     assert all("4.3.2" in reply for reply in refused), refused  # 421 shutting down, not an error
 
 
+def test_a_message_under_way_at_sigterm_is_finished_then_the_session_told(
+        settings: Settings, rclient: redis.Redis, tmp_path: Path, pools: list[Pool]) -> None:
+    pool = Pool(settings, tmp_path, processes=2)
+    pools.append(pool)
+    smtp = pool.connect()
+    smtp.ehlo()
+    assert smtp.mail("billing@sender.example.com")[0] == 250
+    assert smtp.rcpt("user@example.org")[0] == 250
+    assert smtp.docmd("DATA")[0] == 354
+    assert smtp.sock is not None
+    raw = message("under-way")
+    smtp.sock.sendall(raw[:1000])
+    pool.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: pool.log.read_bytes().count(b"stopping (pid") == 2, what="both processes stopping")
+    assert b"1 in a transaction" in pool.log.read_bytes()
+    smtp.sock.sendall(raw[1000:] + b"\r\n.\r\n")
+    code, reply = smtp.getreply()
+    assert code == 250, reply
+    assert stored_message_ids(rclient) == ["under-way"]
+    code, reply = smtp.mail("billing@sender.example.com")  # no new transaction
+    assert code == 421 and reply.startswith(b"4.3.2"), reply
+    smtp.close()
+    assert pool.proc.wait(timeout=60) == 0
+
+
 def test_session_cap_counts_across_processes(settings: Settings, rclient: redis.Redis, tmp_path: Path,
                                              pools: list[Pool]) -> None:
     pool = Pool(settings, tmp_path, processes=2, DRAIN_SMTPD_MAX_SESSIONS="4")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -159,6 +160,8 @@ class Ingress:
         for server in self._servers:
             server.close()
         self.gate.stopping = True
+        log.info("stopping (pid %d): %d session(s) open, %d in a transaction", os.getpid(),
+                 len(self.handler.open), sum(session.busy for session in self.handler.open))
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and not (
                 self.committer.idle and not any(session.busy for session in self.handler.open)):
