@@ -28,9 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from drain.store import keys
-from drain.message import Envelope
 from drain.demo.sink import free_port
+from drain.message import Envelope
+from drain.store import keys
 
 TOOLS = ("postfix", "postconf", "postsuper", "postqueue", "smtp-source", "smtp-sink")
 SBIN = (Path("/usr/sbin"), Path("/usr/bin"))

@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench import listening, redis_server  # noqa: E402
-from bench_postfix import CountingSink, PostfixInstance, _all_held, missing, smtp_source, stored_recipients, version  # noqa: E402
+from bench import listening, redis_server
+from bench_postfix import CountingSink, PostfixInstance, _all_held, missing, smtp_source, stored_recipients, version
 
-from drain.demo.sink import free_port  # noqa: E402
+from drain.demo.sink import free_port
 
 RECIPIENT = "user@example.com"
 
