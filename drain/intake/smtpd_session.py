@@ -253,7 +253,8 @@ class _SMTP(SMTP):
             await self._refuse(REPLY_BUSY)
             return
         door.open.add(self)
-        log.debug("session from %s in process %d", _peer(self.session.peer), os.getpid())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session from %s in process %d", _peer(self.session.peer), os.getpid())
         try:
             try:
                 refusal = await door.at_connect(self.session.peer)
