@@ -897,13 +897,13 @@ def smtpd(obj: Context, listen: str | None, log_level: str, processes: int | Non
     logging_setup.configure(obj.settings.log_format, "smtpd")
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
-    logging_setup.announce(startup_line("smtpd", obj.settings, obj.client.redis))
     import os
 
     from drain.intake.smtpd_pool import Pool
 
     processes = processes or os.cpu_count() or 1
     server = Ingress(obj.client, host, port) if processes == 1 else Pool(obj.client, host, port, processes)
+    logging_setup.announce(startup_line("smtpd", obj.settings, obj.client.redis))  # after the Pool's bind
     server.serve(on_ready=lambda s: logging_setup.announce(f"drain smtpd: listening on {s.describe()}"))
 
 
