@@ -313,3 +313,12 @@ def test_a_child_that_dies_is_replaced(settings: Settings, rclient: redis.Redis,
         n += 1
     assert len(pids) == 2 and victim not in pids
     assert pool.stop() == 0
+
+
+def test_processes_option_refuses_nonsense(settings: Settings) -> None:
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=settings.relay)
+    for bad in ("0", "-1", "many"):
+        done = subprocess.run([sys.executable, "-m", "drain", "smtpd", "--processes", bad], env=env,
+                              capture_output=True, timeout=60, check=False)
+        lines = done.stderr.decode().strip().splitlines()
+        assert done.returncode == 2 and "--processes" in lines[-1] and "Traceback" not in done.stderr.decode()
