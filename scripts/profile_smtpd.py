@@ -41,6 +41,19 @@ GROUPS = {  # (file fragment, function or "") -> group; first match wins, by exc
     "DATA: prepare and hooks": [("drain/intake/", "")],
 }
 
+# Inclusive time of the steps of a session (coroutines: each resumption counted, so a step's
+# time covers its own CPU, not the waits).
+STEPS = {
+    "session set-up (aiosmtpd SMTP.__init__)": ("aiosmtpd/smtp.py", "__init__"),
+    "EHLO": ("aiosmtpd/smtp.py", "smtp_EHLO"),
+    "MAIL (aiosmtpd parse + drain checks)": ("aiosmtpd/smtp.py", "smtp_MAIL"),
+    "RCPT (aiosmtpd parse + drain checks)": ("aiosmtpd/smtp.py", "smtp_RCPT"),
+    "DATA (lines read one by one, then the hook)": ("aiosmtpd/smtp.py", "smtp_DATA"),
+    "  of which drain's DATA hook (prepare, hand to the writer)": ("drain/intake/smtpd_session.py", "handle_DATA"),
+    "  of which Client.prepare (envelope and size checks)": ("drain/intake/api.py", "prepare"),
+    "address validation (MAIL/RCPT)": ("drain/validate.py", "address_valid"),
+}
+
 
 def group_of(filename: str, function: str) -> str:
     for group, patterns in GROUPS.items():
@@ -89,6 +102,11 @@ def main() -> None:
             loop.call_soon_threadsafe(profile.disable)
             time.sleep(0.2)
         stats = pstats.Stats(profile)
+        inclusive: dict[str, float] = {}
+        for (filename, _line, function), (_cc, _nc, _tt, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+            for label, (part, name) in STEPS.items():
+                if part in filename and function == name:
+                    inclusive[label] = inclusive.get(label, 0.0) + cumtime
         groups: dict[str, float] = {}
         top = []
         for (filename, _line, function), (_cc, _nc, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -101,6 +119,7 @@ def main() -> None:
                               "loop_thread_us_per_msg": {g: round(t * per, 1) for g, t in
                                                          sorted(groups.items(), key=lambda kv: -kv[1])},
                               "redis_write_thread_cpu_us_per_msg": round(write_cpu[0] * per, 1),
+                              "loop_thread_inclusive_us_per_msg": {k: round(v * per, 1) for k, v in inclusive.items()},
                               "top_exclusive_us_per_msg": [[name, round(t * per, 1)] for t, name, _c in top[:15]]}
     result["load_average"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result, indent=2))
