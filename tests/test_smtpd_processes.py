@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import pytest
 import redis
 
 from drain.demo.sink import free_port
+from drain.intake import door as intake
 from drain.settings import Settings
 from drain.store import keys
 from drain.worker.delivery import wire_form
@@ -241,6 +243,41 @@ def test_a_message_under_way_at_sigterm_is_finished_then_the_session_told(
     assert code == 421 and reply.startswith(b"4.3.2"), reply
     smtp.close()
     assert pool.proc.wait(timeout=60) == 0
+
+
+def test_intake_pause_is_answered_by_every_process(settings: Settings, rclient: redis.Redis, tmp_path: Path,
+                                                  pools: list[Pool]) -> None:
+    pool = Pool(settings, tmp_path, processes=2)
+    pools.append(pool)
+    served: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(served) < 2:  # both processes have read intake open
+        assert time.monotonic() < deadline, f"only {served} served a session"
+        with pool.connect() as smtp:
+            served.add(pool.pid_of(smtp))
+    intake.pause(rclient)
+    refused_by: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(refused_by) < 2:  # each process reads the pause within its second
+        assert time.monotonic() < deadline, f"only {refused_by} answered 421"
+        with socket.create_connection(("127.0.0.1", pool.port), timeout=20) as sock:
+            greeting = sock.makefile("rb").readline()
+            port = sock.getsockname()[1]
+        if greeting.startswith(b"421 4.3.2"):
+            wait_for(lambda p=port: p in pool.sessions(), what="the session's log line")  # type: ignore[misc]
+            refused_by.add(pool.sessions()[port])
+        else:
+            assert greeting.startswith(b"220"), greeting
+    intake.resume(rclient)
+
+    def taken() -> bool:  # within the second each process may still answer from what it read
+        try:
+            with pool.connect() as smtp:
+                return send(smtp, "after-resume")[0] == 250
+        except smtplib.SMTPConnectError:
+            return False
+
+    wait_for(taken, what="mail taken again after resume")
 
 
 def test_session_cap_counts_across_processes(settings: Settings, rclient: redis.Redis, tmp_path: Path,
