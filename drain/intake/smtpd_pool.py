@@ -63,7 +63,7 @@ class Pool:
         self.host = host
         self.processes = processes
         self.grace_s = grace_s
-        self.features = Features.for_relay(api.settings)  # asked once, not by every child
+        self.features: Features | None = None  # asked once in serve(), not by every child
         self.socks = bind(host, port)
         self.port = int(self.socks[0].getsockname()[1])
         self._slots: Any = multiprocessing.RawArray("q", processes)
@@ -90,6 +90,7 @@ class Pool:
         stopping = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self.features = Features.for_relay(self.api.settings)
             for index in range(self.processes):
                 self._start(index)
             if on_ready is not None:
