@@ -224,6 +224,9 @@ class Handler:
         return f"553 {status} {role} <{_echo(address)}> is not a valid address: {problem}"
 
 
+_HOOK_NAMES: dict[type, list[str]] = {}
+
+
 class _SMTP(SMTP):
     """aiosmtpd's session with drain's checks at connect, AUTH and MAIL, where a 421 closes the session."""
 
@@ -237,6 +240,16 @@ class _SMTP(SMTP):
         self._auth_refused = False
         self._auth_locked = False
         self._in_data = False
+
+    def __dir__(self) -> list[str]:
+        """Only the command and AUTH methods (found once per class): aiosmtpd looks those up with
+        dir() and inspect.getmembers() for every new session, which otherwise reads every
+        attribute of the session object on each connection."""
+        names = _HOOK_NAMES.get(type(self))
+        if names is None:
+            names = _HOOK_NAMES[type(self)] = sorted(
+                name for name in object.__dir__(self) if name.startswith(("smtp_", "auth_")))
+        return list(names)
 
     @property
     def busy(self) -> bool:
