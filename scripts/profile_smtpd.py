@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1)
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-profile", action="store_true", help="the plain run only (CPU per message)")
     args = parser.parse_args()
     write_cpu = [0.0]
     original = Committer._write
@@ -92,6 +93,9 @@ def main() -> None:
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             result["plain"] = {"seconds": round(wall, 2), "msg_per_s": round(args.messages / wall, 1),
                                "cpu_us_per_msg": round(cpu / args.messages * 1e6, 1)}
+            if args.no_profile:
+                print(json.dumps(result["plain"]))
+                return
             profile = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not wall time
             loop = ingress._loop
             loop.call_soon_threadsafe(profile.enable)
