@@ -61,6 +61,21 @@ class Pool:
         wait_for(lambda: port in self.sessions(), what="the session's log line")
         return self.sessions()[port]
 
+    def until_two_processes_served(self, tag: str) -> tuple[set[int], int]:
+        """Messages tagged TAG-0, TAG-1, ..., one session each, until two processes answered:
+        (their PIDs, messages sent). The kernel picks the process: no order is assumed."""
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        n = 0
+        while len(pids) < 2:
+            assert time.monotonic() < deadline, f"{n} sessions, all served by {pids}"
+            with self.connect() as smtp:
+                code, reply = send(smtp, f"{tag}-{n}")
+                assert code == 250, reply
+                pids.add(self.pid_of(smtp))
+            n += 1
+        return pids, n
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -104,16 +119,7 @@ def test_several_processes_serve_one_port(settings: Settings, rclient: redis.Red
                                           pools: list[Pool]) -> None:
     pool = Pool(settings, tmp_path, processes=3)
     pools.append(pool)
-    pids: set[int] = set()
-    deadline = time.monotonic() + 60
-    n = 0
-    while len(pids) < 2 and time.monotonic() < deadline:  # sessions one after another, until two processes answered
-        with pool.connect() as smtp:
-            code, reply = send(smtp, f"port-{n}")
-            assert code == 250, reply
-            pids.add(pool.pid_of(smtp))
-        n += 1
-    assert len(pids) >= 2, f"{n} sessions, all served by {pids}"
+    pids, n = pool.until_two_processes_served("port")
     assert pool.proc.pid not in pids  # the children serve; the parent only watches
     assert sorted(stored_message_ids(rclient)) == sorted(f"port-{i}" for i in range(n))
     assert pool.stop() == 0
@@ -128,6 +134,9 @@ def test_a_stuck_process_does_not_stop_the_others(settings: Settings, rclient: r
     first = pool.connect()
     frozen = pool.pid_of(first)
     os.kill(frozen, signal.SIGSTOP)
+    # kill() returns before the signal takes effect on another core: wait until it is stopped.
+    wait_for(lambda: Path(f"/proc/{frozen}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
+             what="the process stopped")
     try:
         for n in range(20):
             with pool.connect() as smtp:
@@ -249,12 +258,7 @@ def test_intake_pause_is_answered_by_every_process(settings: Settings, rclient: 
                                                   pools: list[Pool]) -> None:
     pool = Pool(settings, tmp_path, processes=2)
     pools.append(pool)
-    served: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(served) < 2:  # both processes have read intake open
-        assert time.monotonic() < deadline, f"only {served} served a session"
-        with pool.connect() as smtp:
-            served.add(pool.pid_of(smtp))
+    pool.until_two_processes_served("before-pause")  # both processes have read intake open
     intake.pause(rclient)
     refused_by: set[int] = set()
     deadline = time.monotonic() + 60
@@ -340,15 +344,8 @@ def test_a_child_that_dies_is_replaced(settings: Settings, rclient: redis.Redis,
         victim = pool.pid_of(smtp)
         os.kill(victim, signal.SIGKILL)
     wait_for(lambda: b"exited with -9; starting another" in pool.log.read_bytes(), what="the restart")
-    pids: set[int] = set()
-    deadline = time.monotonic() + 60
-    n = 0
-    while len(pids) < 2 and time.monotonic() < deadline:
-        with pool.connect() as smtp:
-            assert send(smtp, f"after-restart-{n}")[0] == 250
-            pids.add(pool.pid_of(smtp))
-        n += 1
-    assert len(pids) == 2 and victim not in pids
+    pids, _n = pool.until_two_processes_served("after-restart")
+    assert victim not in pids
     assert pool.stop() == 0
 
 
