@@ -4,6 +4,7 @@ server (the embedded Redis) and acl."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -56,8 +57,10 @@ def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
 @click.option("--listen", metavar="HOST:PORT", default=None,
               help="Address to listen on (env DRAIN_SMTPD_LISTEN; default 127.0.0.1:2526).")
 @log_level_option("INFO")
+@click.option("--processes", type=click.IntRange(1, 256), default=None,
+              help="Ingress processes sharing the address (default: the number of cores).")
 @pass_ctx
-def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
+def smtpd(obj: Context, listen: str | None, log_level: str, processes: int | None) -> None:
     """Take mail over SMTP and queue it; 250 to DATA only once Redis holds the message."""
     from drain.intake.smtpd import Ingress
 
@@ -65,8 +68,11 @@ def smtpd(obj: Context, listen: str | None, log_level: str) -> None:
     logging_setup.configure(obj.settings.log_format, "smtpd")
     logging.getLogger("drain").setLevel(log_level.upper())
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-command chatter
-    logging_setup.announce(startup_line("smtpd", obj.settings, obj.client.redis))
-    server = Ingress(obj.client, host, port)
+    from drain.intake.smtpd_pool import Pool
+
+    processes = processes or os.cpu_count() or 1
+    server = Ingress(obj.client, host, port) if processes == 1 else Pool(obj.client, host, port, processes)
+    logging_setup.announce(startup_line("smtpd", obj.settings, obj.client.redis))  # after the Pool's bind
     server.serve(on_ready=lambda s: logging_setup.announce(f"drain smtpd: listening on {s.describe()}"))
 
 

@@ -114,3 +114,9 @@ def busy(domain: str) -> str:
 
 def lease_owner(key: str) -> str:
     return key.rsplit(":", 1)[1]
+
+
+def smtpd_auth_failures(address: str) -> str:
+    """Failed AUTH attempts from one client address, counted by every `drain smtpd` process
+    (string counter; expires DRAIN's AUTH window after the first failure)."""
+    return f"{PREFIX}:smtpd:authfail:{address}"
