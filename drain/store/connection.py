@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from drain.errors import ConfigError, RedisUnavailable
 from drain.settings import Settings
@@ -81,6 +81,18 @@ class SentinelUrl:
                    unquote(username) or None, unquote(password) or None)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel connection keeps its socket when a read is interrupted (its
+    read_response defaults to disconnect_on_error=False, unlike a plain Connection's). A
+    worker's SIGTERM arrives as an exception inside the blocking dequeue, so the connection
+    went back to the pool with that reply still due: the next command (RQ's teardown) waited
+    out the dequeue and then read the dequeue's reply as its own. Dropped here instead."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["disconnect_on_error"] = True
+        return super().read_response(*args, **kwargs)
+
+
 _announced = False
 
 
@@ -124,7 +136,7 @@ def client_for(url: str) -> redis.Redis:
                                 socket_timeout=5)
             master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
                 where.service, db=where.db, username=where.username, password=where.password,
-                retry=_no_retry(), **_CLIENT_OPTIONS)
+                retry=_no_retry(), connection_class=_SentinelConnection, **_CLIENT_OPTIONS)
             return master
         return redis.Redis.from_url(url, retry=_no_retry(), **_CLIENT_OPTIONS)
     except ValueError as exc:
