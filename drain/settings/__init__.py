@@ -48,7 +48,7 @@ class Settings:
     durability: Durability = setting(
         "DRAIN_DURABILITY", Durability("none"), parse_durability, "store",
         "what enqueue waits for: none (Redis memory), fsync (on disk), replicas:N (N replicas)")
-    durability_timeout_s: float = setting("DRAIN_DURABILITY_TIMEOUT", 1.0, v.number(0.001), "store",
+    durability_timeout_s: float = setting("DRAIN_DURABILITY_TIMEOUT", 2.5, v.number(0.001), "store",
                                           "seconds fsync / replicas:N wait before the enqueue fails")
 
     # -- relay: where mail goes, and how drain introduces itself

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from drain.errors import ConfigError, EvictingRedis, RedisUnavailable
 from drain.settings import Settings
@@ -84,6 +84,18 @@ class SentinelUrl:
                    unquote(username) or None, unquote(password) or None)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel connection keeps its socket when a read is interrupted (its
+    read_response defaults to disconnect_on_error=False, unlike a plain Connection's). A
+    worker's SIGTERM arrives as an exception inside the blocking dequeue, so the connection
+    went back to the pool with that reply still due: the next command (RQ's teardown) waited
+    out the dequeue and then read the dequeue's reply as its own. Dropped here instead."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["disconnect_on_error"] = True
+        return super().read_response(*args, **kwargs)
+
+
 _announced = False
 
 
@@ -132,7 +144,7 @@ def client_for(url: str, timeout_s: float | None = None) -> redis.Redis:
                                 socket_timeout=asking)
             master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
                 where.service, db=where.db, username=where.username, password=where.password,
-                retry=_no_retry(), **options)
+                retry=_no_retry(), connection_class=_SentinelConnection, **options)
             return master
         return redis.Redis.from_url(url, retry=_no_retry(), **options)
     except ValueError as exc:

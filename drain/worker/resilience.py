@@ -1,7 +1,11 @@
 """How a worker rides out a Redis restart or failover without losing or stranding mail.
 
 - Settling is repeated until Redis answers (with drain.retry.redis_backoff): the settle
-  script skips outcomes for messages the owner no longer holds, so a repeat is harmless.
+  script skips outcomes for messages the owner no longer holds, so a repeat is harmless
+  (a settle whose reply was lost is not counted twice).
+- All of this needs redis-py's own retry off (drain.store.connection does that): a client
+  that silently re-sends a claim whose reply was lost leaves the first claim's ids in flight
+  under a live worker, where no reaper takes them until the worker stops.
 - A claim is not repeated blindly: a claim whose reply was lost has still moved ids to in
   flight under this owner. Between batches a worker holds nothing, so after a failed claim
   it waits for Redis and gives back whatever it finds under its name ("strays").
@@ -50,7 +54,16 @@ class ResilientStore(Store):
             return Claim([])
 
     def settle(self, owner: str, outcomes: Any) -> tuple[int, int]:
+        try:
+            return super().settle(owner, outcomes)
+        except TROUBLE as exc:
+            log.warning("settle failed, Redis unavailable (%s); repeating it until Redis answers", exc)
         result: tuple[int, int] = redis_backoff()(super().settle, owner, outcomes)
+        if result[1]:
+            # The settle script is atomic: a first try that ran recorded every outcome, and
+            # the repeat skips them all. Skipped outcomes are recorded once, never twice.
+            log.warning("repeated settle skipped %d outcome(s): recorded by the try whose reply was lost,"
+                        " or given back after the lease lapsed", result[1])
         return result
 
     def give_back(self, owner: str) -> int:
