@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
 from rq.timeouts import JobTimeoutException
 
 from drain import validate
@@ -124,8 +125,8 @@ class Batch:
             result = self.relay.send(env.sender, list(env.recipients), without_bcc(msg.raw), env.smtputf8)
         finally:
             if answer.slot:
-                self.gate.sent(env.domain, msg.id)
-        self.gate.heard(env.domain, result, now)
+                self._after_send(self.gate.sent, env.domain, msg.id)
+        self._after_send(self.gate.heard, env.domain, result, now)
         refused = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if permanent(c)}
         if result.kind == "bounced":
             self._report(msg, refused or dict.fromkeys(env.recipients, result.reply))
@@ -148,6 +149,16 @@ class Batch:
             return Outcome(msg.id, "bounced", info=f"expired: {reply}")
         due = now + deferral_delay(self.settings, msg.attempts + 1)
         return Outcome(msg.id, "deferred", score=due, info=reply, envelope=envelope)
+
+    def _after_send(self, step: Callable[..., object], *args: object) -> None:
+        """Bookkeeping once the relay has answered (the concurrency slot, breakers, the adaptive
+        rate). Redis trouble here must not lose the relay's answer: the message would go back
+        to ready untouched and be sent again. The slot expires with the lease anyway."""
+        try:
+            step(*args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("after a send, %s was skipped (Redis unavailable: %s); the outcome is kept",
+                        getattr(step, "__name__", "bookkeeping"), exc)
 
     def _report(self, msg: Stored, failed: dict[str, str]) -> None:
         # Never bounce a bounce: mail from the null sender gets no report.
