@@ -208,13 +208,18 @@ def test_worker_waits_for_redis_then_works(tmp_path: Path, relay: Sink) -> None:
         assert proc.poll() is None
     finally:
         proc.terminate()  # a warm shutdown: the job under way finishes first (slow on a loaded machine)
+        stopped = True
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            stopped = False
         finally:
             if proc.poll() is None:
                 proc.kill()
             server.stop()
     text = log.read_text()
+    # Once seen on CI (not reproduced since): the worker outlived 60 s after SIGTERM; the log says where it was.
+    assert stopped, f"the worker did not stop within 90 s of SIGTERM; its log ends:\n{text[-4000:]}"
     assert "Traceback" not in text
     assert len(relay.messages) == 8
 
