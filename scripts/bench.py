@@ -264,6 +264,13 @@ def bench_retry(report: Report, client: redis.Redis, count: int, processes: int,
                max_attempts=max(attempts.values()) if attempts else 0)
 
 
+def start_workers(url: str, relay: str, processes: int) -> subprocess.Popen[bytes]:
+    """`drain worker --processes N` against this Redis and relay, quiet."""
+    env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay)
+    return subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                             "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @contextmanager
 def listening(cmd: list[str], port: int, env: dict[str, str], name: str) -> Iterator[None]:
     """A server process, from the moment it accepts connections until it is told to stop."""
@@ -399,10 +406,7 @@ def bench_rate(report: Report, client: redis.Redis, backlog: int, processes: int
         for domain, cap in caps.items():
             ratelimit.set_domain(client, domain, cap)
         ratelimit.resume(client)
-        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
-        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
-                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = start_workers(url, sink.url, processes)
         try:
             # Warm up, then measure over the window; a producer adds fresh mail meanwhile.
             wait_until = time.time() + 5
@@ -493,10 +497,7 @@ def bench_capped(report: Report, client: redis.Redis, processes: int, mixed: boo
             ratelimit.set_global(client, global_rate)
         ratelimit.set_domain(client, capped, cap)
         ratelimit.resume(client)
-        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
-        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
-                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = start_workers(url, sink.url, processes)
         try:
             time.sleep(warmup_s)
             t0 = time.time()

@@ -70,18 +70,23 @@ def test_a_worker_says_which_redis_relay_and_rates(settings: Settings, rclient: 
     assert "s3cret-pw" not in err
 
 
-def test_smtpd_says_what_it_runs_with_and_hides_passwords(settings: Settings, rclient: redis.Redis) -> None:
+def _first_stderr_line(settings: Settings, command: str, relay: str) -> str:
+    """The first line a long-running `drain COMMAND --listen ...` writes to stderr, then it is stopped."""
     from drain.demo.sink import free_port
 
-    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY="smtps://u:hidden-pw@relay.example:465")
-    proc = subprocess.Popen([sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{free_port()}"],
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay)
+    proc = subprocess.Popen([sys.executable, "-m", "drain", command, "--listen", f"127.0.0.1:{free_port()}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline().decode()
+        return proc.stderr.readline().decode()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_smtpd_says_what_it_runs_with_and_hides_passwords(settings: Settings, rclient: redis.Redis) -> None:
+    line = _first_stderr_line(settings, "smtpd", "smtps://u:hidden-pw@relay.example:465")
     assert line.startswith("drain smtpd: Redis ") and "relay smtps://u:***@relay.example:465" in line
     assert "rates global unlimited" in line and "hidden-pw" not in line
 
@@ -150,17 +155,7 @@ def test_the_actor_is_a_real_account_without_user(monkeypatch: pytest.MonkeyPatc
 
 
 def test_serve_says_what_it_runs_with(settings: Settings, rclient: redis.Redis) -> None:
-    from drain.demo.sink import free_port
-
     ratelimit.set_global(rclient, 0.0)
-    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY="smtp://u:serve-pw@relay.example:25")
-    proc = subprocess.Popen([sys.executable, "-m", "drain", "serve", "--listen", f"127.0.0.1:{free_port()}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline().decode()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    line = _first_stderr_line(settings, "serve", "smtp://u:serve-pw@relay.example:25")
     assert line.startswith("drain serve: Redis ") and "relay smtp://u:***@relay.example:25" in line
     assert "rates global 0 (held)" in line and "serve-pw" not in line
