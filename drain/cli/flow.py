@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 from rich.table import Table
 
+from drain.cli.cells import apply_all, rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.flow import ratelimit
 from drain.ops import control
+from drain.store.store import Store
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -26,7 +32,8 @@ def rate() -> None:
 @pass_ctx
 def rate_show(obj: Context, as_json: bool) -> None:
     """Global and per-domain rates: operator caps, adaptive (throttled) rates, concurrency, pauses."""
-    shown = ratelimit.show(obj.client.redis)
+    # With cells, each holds its share: the figures shown are the sums.
+    shown = rate_shown(obj) if obj.multi else ratelimit.show(obj.client.redis)
     if as_json:
         emit(shown)
         return
@@ -62,7 +69,10 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
     per_second = rate_value(value, "RATE")
     if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
-    done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst)
+    if obj.multi:  # each cell gets its share of the rate (and of the concurrency)
+        done = set_rate(obj, per_second, domain, concurrency, burst)
+    else:
+        done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst)
     if as_json:
         emit({"domain": domain, "rate": per_second, "concurrency": concurrency, "burst": burst, "held": done.held})
         return
@@ -82,7 +92,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
 @pass_ctx
 def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
     """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
-    scope = control.pause(obj.client.store, domain, intake_only)
+    scope = on_each(obj, lambda store: control.pause(store, domain, intake_only))
     if as_json:
         emit({"scope": scope, "name": domain.lower() if domain else None, "paused": True})
     elif scope == control.DOMAIN:
@@ -99,13 +109,25 @@ def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) ->
 def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     scope = control.scope_of(domain, intake_only)
-    moved = control.resume(obj.client.store, domain, intake_only)
+    moved: int = on_each(obj, lambda store: control.resume(store, domain, intake_only), _total)
     if as_json:
         emit({"scope": scope, "name": domain.lower() if domain else None, "paused": False, "unparked": moved})
     elif scope == control.DOMAIN:
         click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
     else:
         click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
+
+
+def _total(counts: list[int]) -> int:
+    return sum(counts)
+
+
+def on_each(obj: Context, action: Callable[[Store], T], combine: Callable[[list[T]], T] | None = None) -> T:
+    """action(store) on the one Redis, or on every cell (combined, default: the first cell's answer)."""
+    if not obj.multi:
+        return action(obj.client.store)
+    done = [value for _cell, value in apply_all(obj, lambda c: action(c.store))]
+    return combine(done) if combine else done[0]
 
 
 @click.group()

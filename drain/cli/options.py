@@ -14,8 +14,9 @@ from email_validator import EmailNotValidError, validate_email
 from drain.cli.render import TTY_ROWS
 from drain.errors import ConfigError
 from drain.flow import ratelimit
-from drain.intake.api import Client
+from drain.intake.api import CellsClient, Client
 from drain.settings import Settings, parse_domain, parse_listen
+from drain.store.cells import Cell, is_multi
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +34,18 @@ class Context:
         if self._client is None:
             self._client = Client.connect(self.settings)
         return self._client
+
+    @property
+    def multi(self) -> bool:
+        """Whether DRAIN_REDIS_URL lists several cells (drain.store.cells)."""
+        return is_multi(self.settings)
+
+    @property
+    def members(self) -> list[tuple[Cell, Client]]:
+        """Every cell with its client (several cells only)."""
+        client = self.client
+        assert isinstance(client, CellsClient)
+        return client.members
 
 
 pass_ctx = click.make_pass_decorator(Context)

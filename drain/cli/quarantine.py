@@ -3,11 +3,14 @@ remove). Releasing, deleting and adding a rule are done by drain.ops; these pars
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from rich.table import Table
 
+from drain.cli.cells import by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
 from drain.cli.options import Context, filter_options, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -15,7 +18,11 @@ from drain.errors import InputError
 from drain.intake import rules
 from drain.ops import quarantine as ops
 from drain.ops import rules as rule_ops
-from drain.ops.quarantine import Filter, Quarantine
+from drain.ops.quarantine import Filter, Quarantine, Record
+from drain.store.cells import Cell
+from drain.store.store import Store
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -31,14 +38,21 @@ def quarantine() -> None:
 def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str | None, sender: str | None,
                     domain: str | None) -> None:
     """Quarantined messages, oldest first."""
-    q = Quarantine(obj.client.store)
     wanted = rows_wanted(limit, as_json)
+    records: Callable[[Filter, int | None], Iterator[Record]]
+    count: Callable[[], int]
+    if obj.multi:  # every cell's, oldest first, ids naming their cell
+        records = lambda flt, n: quarantine_records(obj, flt, n)  # noqa: E731
+        count = lambda: quarantine_count(obj)  # noqa: E731
+    else:
+        q = Quarantine(obj.client.store)
+        records, count = q.records, q.count
     if as_json:
-        for record in q.records(Filter(reason, sender, domain), wanted):
+        for record in records(Filter(reason, sender, domain), wanted):
             emit(record.summary())
         return
-    found = list(q.records(Filter(reason, sender, domain), None if wanted is None else wanted + 1))
-    table = Table(title=f"quarantine ({q.count():,} held)", caption=more_caption(len(found), wanted))
+    found = list(records(Filter(reason, sender, domain), None if wanted is None else wanted + 1))
+    table = Table(title=f"quarantine ({count():,} held)", caption=more_caption(len(found), wanted))
     table.add_column("id", no_wrap=True)
     table.add_column("quarantined", no_wrap=True)
     for column in ("reason", "sender", "recipients"):
@@ -56,7 +70,7 @@ def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str 
 @pass_ctx
 def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
     """One quarantined message: reasons with evidence, attempts, audit trail, headers."""
-    record = Quarantine(obj.client.store).get(msg_id)
+    record = quarantine_get(obj, msg_id) if obj.multi else Quarantine(obj.client.store).get(msg_id)
     detail = record.detail()
     if as_json:
         emit(detail)
@@ -85,12 +99,20 @@ def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
 def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
               domain: str | None) -> tuple[list[str], str]:
     """The ids named, or those the filter matches (not both), and the filter as an audit note."""
-    q = Quarantine(obj.client.store)
     flt = Filter(reason, sender, domain)
     if ids and not flt.empty:
         raise click.UsageError("give message ids or a filter, not both")
     note = " ".join(f"--{k} {v}" for k, v in (("reason", reason), ("sender", sender), ("domain", domain)) if v)
-    return q.select(ids, flt), note
+    if obj.multi:
+        return quarantine_select(obj, ids, flt), note
+    return Quarantine(obj.client.store).select(ids, flt), note
+
+
+def _per_cell(obj: Context, chosen: list[str], action: Callable[[Store, list[str]], T]) -> list[tuple[Cell, T]]:
+    """action(store, ids) once (one cell) or on each cell holding some of the ids (qualified)."""
+    if not obj.multi:
+        return [(Cell("", ""), action(obj.client.store, chosen))]
+    return [(cell, action(client.store, local)) for cell, client, local in by_cell(obj, chosen)]
 
 
 @quarantine.command("release")
@@ -104,8 +126,15 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
                        domain: str | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Put messages back on the ready list. They are validated again first, unless --force."""
     chosen, note = _selected(obj, ids, reason, sender, domain)
-    done = ops.release(obj.client.store, chosen, force=force, dry_run=dry_run, note=note)
-    passing, failing, released = done.passing, done.failing, done.released
+    passing: list[str] = []
+    failing: dict[str, list[str]] = {}
+    released = 0
+    for where, done in _per_cell(obj, chosen, lambda store, ids: ops.release(store, ids, force=force,
+                                                                               dry_run=dry_run, note=note)):
+        named = where.qualify if where.name else str
+        passing += [named(i) for i in done.passing]
+        failing.update({named(i): codes for i, codes in done.failing.items()})
+        released += done.released
     result = {"released": released, "would_release": len(passing) if dry_run else 0, "ids": passing,
               "still_failing": failing, "dry_run": dry_run}
     if as_json:
@@ -127,7 +156,8 @@ def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, se
                       domain: str | None, dry_run: bool, as_json: bool) -> None:
     """Delete quarantined messages for good (counted as deleted)."""
     chosen, note = _selected(obj, ids, reason, sender, domain)
-    deleted = ops.delete(obj.client.store, chosen, dry_run=dry_run, note=note)
+    deleted = sum(n for _cell, n in _per_cell(obj, chosen, lambda store, ids: ops.delete(store, ids, dry_run=dry_run,
+                                                                                            note=note)))
     doc = {"deleted": deleted, "would_delete": len(chosen) if dry_run else 0, "ids": chosen, "dry_run": dry_run}
     report(as_json, doc, f"would delete {len(chosen)} message(s)" if dry_run else f"deleted {deleted} message(s)")
 
@@ -146,6 +176,9 @@ def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, se
                       domain: str | None, fmt: str, out_path: Path, force: bool, as_json: bool) -> None:
     """Write the original bytes of quarantined messages, as .eml files or one mbox (a new file
     unless --force)."""
+    if obj.multi:
+        raise click.UsageError("export works on one cell: give --redis-url that cell's URL "
+                               "(and its ids without the cN. prefix)")
     chosen, _note = _selected(obj, ids, reason, sender, domain)
     count = Quarantine(obj.client.store).export(chosen, fmt, out_path, force=force)
     report(as_json, {"exported": count, "format": fmt, "out": str(out_path), "ids": chosen},

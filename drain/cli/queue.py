@@ -19,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from drain import validate
+from drain.cli.cells import backlog as cells_backlog
+from drain.cli.cells import status as cells_status
 from drain.cli.options import Context, FiniteFloat, address_value, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, fail, live, more_caption, out, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -203,6 +205,9 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
 @pass_ctx
 def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
     """The books (every state's count) and the pace."""
+    if obj.multi:  # several cells: sums, a column per cell, the cells down named
+        cells_status(obj, as_json, watch_s)
+        return
     if as_json:
         emit(read_status(obj.client.store).as_dict())
         return
@@ -243,14 +248,22 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 @pass_ctx
 def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> None:
     """The backlog's shape: queued mail by destination domain and age, with per-domain ETA."""
-    from drain.observe.backlog import BUCKETS_S, shape
+    from drain.observe.backlog import BUCKETS_S, Shape, shape
+
+    def read() -> Shape:
+        if obj.multi:  # added up over the cells
+            return cells_backlog(obj, as_json, top)
+        return shape(obj.client.store)
 
     if as_json:
-        emit(shape(obj.client.store).as_dict())
+        if obj.multi:
+            read()
+        else:
+            emit(shape(obj.client.store).as_dict())
         return
 
     def render() -> Table:
-        current = shape(obj.client.store)
+        current = read()
         more = len(current.domains) - top
         table = Table(title=f"backlog: {current.total:,} queued",
                       caption=f"{more:,} more domain(s); --top N shows more" if more > 0 else None)

@@ -20,19 +20,34 @@ from drain.store import embedded
 @click.option("--burst", is_flag=True, help="Stop when nothing is left to do now.")
 @click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Worker processes on this machine (an RQ worker pool when more than one).")
+@click.option("--cell", "cell_name", default=None, metavar="NAME",
+              help="With several cells: serve only this one (c0, c1, ...); default: every cell, "
+                   "--processes each.")
 @log_level_option("INFO")
 @pass_ctx
-def worker(obj: Context, burst: bool, processes: int, log_level: str) -> None:
+def worker(obj: Context, burst: bool, processes: int, cell_name: str | None, log_level: str) -> None:
     """Run RQ workers that validate, quarantine and deliver."""
+    from drain.store.cells import cells_of
     from drain.store.connection import connect_patiently
     from drain.worker.delivery import RelayConfig
     from drain.worker.rqworker import run
 
     RelayConfig.from_url(obj.settings.relay)  # a bad relay URL fails here, in one line
-    logging_setup.configure(obj.settings.log_format, "worker")
-    client = connect_patiently(obj.settings)  # waits (and logs) while Redis is down
-    logging_setup.announce(startup_line("worker", obj.settings, client))
-    run(client, obj.settings, processes=processes, burst=burst, logging_level=log_level.upper())
+    settings = obj.settings
+    if cell_name is not None or obj.multi:
+        named = {c.name: c for c in cells_of(settings)}
+        if cell_name is not None and cell_name not in named:
+            raise click.BadParameter(f"no cell {cell_name!r} (cells: {', '.join(named) or 'none'})",
+                                     param_hint="--cell")
+        if cell_name is None:
+            from drain.cli.cellworkers import run_all
+
+            sys.exit(run_all(settings, processes, burst, log_level.upper()))
+        settings = named[cell_name].settings(settings)
+    logging_setup.configure(settings.log_format, "worker")
+    client = connect_patiently(settings)  # waits (and logs) while Redis is down
+    logging_setup.announce(startup_line("worker", settings, client))
+    run(client, settings, processes=processes, burst=burst, logging_level=log_level.upper())
 
 
 @click.command("drain")

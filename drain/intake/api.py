@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
 import redis
 
-from drain.errors import InputError, QueueFull
-from drain.intake import rules
+from drain.errors import InputError, QueueFull, RedisUnavailable
+from drain.intake import door, rules
 from drain.intake.memory import MemoryGuard
 from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.observe.status import Status, read
 from drain.settings import Settings
-from drain.store.connection import connect
+from drain.store.cells import Cell, cells_of, down, is_multi
+from drain.store.connection import check_eviction, client_for, connect
 from drain.store.durability import Guard
 from drain.store.store import ENQUEUE_CHUNK, Item, Store
 from drain.worker.dispatch import ensure_tokens
@@ -58,8 +61,11 @@ class Client:
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Client:
-        """A client for the configured Redis; durability it cannot have fails here (ConfigError)."""
+        """A client for the configured Redis; durability it cannot have fails here (ConfigError).
+        With several URLs (cells), a client that spreads new mail over them (CellsClient, below)."""
         settings = settings or Settings.from_env()
+        if is_multi(settings):
+            return CellsClient.connect_cells(settings)
         client = cls(connect(settings), settings)
         _plan = client.durable.plan
         return client
@@ -132,6 +138,28 @@ class Client:
         self._stored()
         return result
 
+    def write_batch(self, items: Iterable[tuple[bytes, Envelope]], lane: str = "fresh",
+                    active: list[rules.Rule] | None = None) -> list[str]:
+        """Store prepared messages in one go (the SMTP ingress's path): the operator rules
+        applied (`active`: already loaded), QueueFull while Redis is nearly full, and the
+        durability wait and batch jobs as after any write. Returns the ids in order."""
+        active = rules.load(self.redis) if active is None else active
+        self.memory.check()
+        with self.memory.translating():
+            ids = self.store.enqueue_many(
+                ((raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
+                 for raw, env in items), lane=lane)
+        self.durable.confirm()
+        try:
+            ensure_tokens(self.redis, self.settings)
+        except redis.RedisError as exc:  # stored all the same; housekeeping tops jobs up
+            log.warning("stored %d message(s) but queued no batch job: Redis: %s", len(ids), exc)
+        return ids
+
+    def intake_paused(self) -> bool:
+        """Whether the SMTP ingress is paused (`drain pause --intake`)."""
+        return door.is_paused(self.redis)
+
     def _stored(self) -> None:
         """After a write: wait for durability as configured, and make sure batch jobs exist
         for the new mail. Mail already stored is never reported as refused: a batch job that
@@ -144,3 +172,136 @@ class Client:
 
     def status(self) -> Status:
         return read(self.store)
+
+
+# -- several cells ---------------------------------------------------------------------------------
+# The producer API over several cells: new mail is spread round robin over the cells that
+# answer, one message at a time, so each cell holds an even share of every sender, tenant and
+# destination (and the per-cell rate shares of `drain rate set` add up to the global rate).
+#
+# Why round robin and not a hash of tenant or sender: the incident's backlog came from one
+# sender; hashed, it would all land in one cell, which would then carry the whole load and,
+# down, stop all of it. Spread evenly, a cell that is down holds back only its own share.
+#
+# A cell that does not answer is routed around: before writing to a cell the client reads
+# its quarantine rules (needed anyway), and a connection failure there means nothing was
+# written, so the same messages go to the next cell, and that cell is skipped for RETRY_S.
+# A failure during the write itself is reported (raised), never repeated elsewhere: the
+# write may have happened, and a silent second copy would be sent twice. When no cell
+# answers, RedisUnavailable names them all. A cell that is nearly full (QueueFull) is
+# skipped the same way; QueueFull is raised only when every cell is full.
+
+# How long a cell that did not answer is left out of the rotation before it is tried again.
+RETRY_S = 2.0
+
+
+class CellsClient(Client):
+    """Client.enqueue / enqueue_many / write_batch over several cells; ids name their cell."""
+
+    def __init__(self, members: list[tuple[Cell, Client]], settings: Settings) -> None:
+        home = members[0][1]
+        # The inherited attributes (store, memory, durable, redis) are the first cell's: what
+        # is read from one cell (settings keys written to all) is read there.
+        self.redis, self.settings, self.store = home.redis, settings, home.store
+        self.durable, self.memory = home.durable, home.memory
+        self.members = members
+        self._next = 0
+        self._down_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect_cells(cls, settings: Settings) -> CellsClient:
+        """Clients for every cell, not yet connected: a cell that is down now does not stop
+        the others (each cell's eviction policy is checked the first time it answers)."""
+        members = [(cell, Client(client_for(cell.url), cell.settings(settings))) for cell in cells_of(settings)]
+        return cls(members, settings)
+
+    # -- the rotation ----------------------------------------------------------------
+
+    def _order(self, advance: bool = True) -> list[tuple[Cell, Client]]:
+        """Cells to try for the next group: the next in turn first, cells left out for a
+        failure last (they are tried again if every other one fails)."""
+        with self._lock:
+            start = self._next
+            if advance:
+                self._next = (self._next + 1) % len(self.members)
+            now = time.monotonic()
+            turn = self.members[start:] + self.members[:start]
+            return ([m for m in turn if self._down_until.get(m[0].name, 0) <= now]
+                    + [m for m in turn if self._down_until.get(m[0].name, 0) > now])
+
+    def _mark_down(self, cell: Cell) -> None:
+        with self._lock:
+            self._down_until[cell.name] = time.monotonic() + RETRY_S
+
+    def _store_in_a_cell(self, items: list[tuple[bytes, Envelope]], lane: str) -> list[str]:
+        failures: list[str] = []
+        full: QueueFull | None = None
+        for cell, member in self._order():
+            try:
+                active = rules.load(member.redis)  # the probe: nothing is written if this fails
+                check_eviction(member.redis, cell.url)
+                member.memory.check()
+            except QueueFull as exc:
+                full = exc
+                failures.append(f"{cell.name} full")
+                continue
+            except redis.RedisError as exc:
+                if not down(exc):
+                    raise
+                self._mark_down(cell)
+                failures.append(f"{cell.name} down")
+                continue
+            ids = member.write_batch(items, lane=lane, active=active)
+            return [cell.qualify(i) for i in ids]
+        if full is not None and all(f.endswith("full") for f in failures):
+            raise QueueFull(f"every cell is nearly full; {full}")
+        raise RedisUnavailable(f"no cell can take mail now ({', '.join(failures)})")
+
+    # -- the producer API ------------------------------------------------------------
+
+    def write_batch(self, items: Iterable[tuple[bytes, Envelope]], lane: str = "fresh",
+                    active: list[rules.Rule] | None = None) -> list[str]:
+        """Spread the messages over the cells (one group per cell, one transaction each)."""
+        listed = list(items)
+        width = len(self.members)
+        groups = [listed[k::width] for k in range(width)]
+        stored = [self._store_in_a_cell(group, lane) if group else [] for group in groups]
+        # Back into the input's order: message i went to group i % width, at place i // width.
+        return [stored[i % width][i // width] for i in range(len(listed))]
+
+    def enqueue(self, message: bytes | Message, sender: str | None = None,
+                recipients: Iterable[str] | None = None) -> str:
+        raw, env = self.prepare(message, sender, recipients)
+        return self.write_batch([(raw, env)])[0]
+
+    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
+        result = Accepted()
+
+        def prepared() -> Iterator[tuple[bytes, Envelope]]:
+            for index, item in enumerate(messages):
+                sub = item if isinstance(item, Submission) else Submission(item)
+                try:
+                    yield self.prepare(sub.message, sub.sender, sub.recipients)
+                except InputError as exc:
+                    result.rejected.append((index, str(exc)))
+
+        items = prepared()
+        try:
+            while window := list(itertools.islice(items, ENQUEUE_CHUNK * len(self.members))):
+                result.ids.extend(self.write_batch(window, lane=lane))
+        except QueueFull as exc:
+            exc.accepted = list(result.ids)
+            raise
+        return result
+
+    def intake_paused(self) -> bool:
+        """The intake pause is written to every cell; the first cell that answers says."""
+        for cell, member in self._order(advance=False):
+            try:
+                return door.is_paused(member.redis)
+            except redis.RedisError as exc:
+                if not down(exc):
+                    raise
+                self._mark_down(cell)
+        raise RedisUnavailable("no cell answers")

@@ -83,7 +83,7 @@ class Ingress:
         self.port = port
         self.features = features or Features.for_relay(settings)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drain-smtpd")
-        self.gate = Gate(api.redis, self._executor, recheck_s)
+        self.gate = Gate(api.intake_paused, self._executor, recheck_s)
         self.committer = Committer(api, self._executor)
         self.handler = Handler(api, self.committer, self.gate, self.features, auth=credentials is not None,
                                guard=guard, sessions=sessions)

@@ -7,15 +7,13 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from drain.intake import door as intake
-from drain.intake import rules
 from drain.intake.api import Client
 from drain.message import Envelope
-from drain.worker.dispatch import ensure_tokens
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +36,8 @@ REPLY_STOPPING = "421 4.3.2 drain is shutting down; try again later"
 class Gate:
     """Is intake open? The pause flag and Redis health, read again at most every `recheck_s`."""
 
-    def __init__(self, client: redis.Redis, executor: ThreadPoolExecutor, recheck_s: float) -> None:
-        self._client = client
+    def __init__(self, paused: Callable[[], bool], executor: ThreadPoolExecutor, recheck_s: float) -> None:
+        self._paused = paused  # Client.intake_paused: one Redis, or any live cell
         self.executor = executor
         self.recheck_s = recheck_s
         self.stopping = False  # set by a graceful stop: new transactions get 421
@@ -61,7 +59,7 @@ class Gate:
 
     def _read(self) -> str | None:
         try:
-            return REPLY_PAUSED if intake.is_paused(self._client) else None
+            return REPLY_PAUSED if self._paused() else None
         except redis.RedisError as exc:
             log.warning("intake closed: Redis: %s", exc)
             return REPLY_DOWN
@@ -129,16 +127,5 @@ class Committer:
         return batch
 
     def _write(self, items: list[tuple[bytes, Envelope]]) -> list[str]:
-        active = rules.load(self._api.redis)
-        self._api.memory.check()  # QueueFull: 452
-        with self._api.memory.translating():
-            ids = self._api.store.enqueue_many(
-                (raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
-                for raw, env in items)
-        self._api.durable.confirm()  # the 250 waits for fsync or replicas when configured
-        try:
-            ensure_tokens(self._api.redis, self._api.settings)
-        except redis.RedisError as exc:  # stored all the same; housekeeping tops jobs up
-            log.warning("stored %d message(s) but queued no batch job: Redis: %s", len(ids), exc)
-        return ids
-
+        # Rules, the memory guard (QueueFull: 452), durability, batch jobs: the API's path.
+        return self._api.write_batch(items)

@@ -28,6 +28,7 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 from drain.errors import ConfigError, EvictingRedis, RedisUnavailable
 from drain.settings import Settings
 from drain.store import embedded
+from drain.store.cells import split_urls
 from drain.worker.retry import redis_backoff
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ def resolve_url(settings: Settings) -> str:
         else:
             _announce(f"no DRAIN_REDIS_URL: using the embedded Redis in {where}")
         return embedded.ensure_running(settings.home)
+    if len(split_urls(settings.redis_url)) > 1:
+        raise ConfigError("DRAIN_REDIS_URL lists several cells; this command works on one Redis: give it "
+                          "one cell's URL with --redis-url")
     try:
         scheme = urlsplit(settings.redis_url).scheme
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket: redis://[::1

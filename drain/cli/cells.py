@@ -1,0 +1,248 @@
+"""The operator commands over several cells (DRAIN_REDIS_URL listing several Redis).
+
+Reading commands read every cell and add up, with a column or row per cell, and name a cell
+that is down (its mail is then missing from the sums, and said to be). Writing commands
+(rate, pause, resume, quarantine release/delete) are applied to every cell that answers;
+a cell that is down is named on one line and the command exits 1, so it can be run again
+once the cell is back. Message ids name their cell (`c1.2f3a`, see drain.store.cells).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from drain.cli.options import Context, json_option, pass_ctx
+from drain.cli.render import emit, live, out
+from drain.errors import DrainError, InputError
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.observe import cells as merge
+from drain.observe.backlog import Shape, shape
+from drain.observe.status import Status
+from drain.observe.status import read as read_status
+from drain.ops import control
+from drain.ops.quarantine import Filter, Quarantine, Record
+from drain.store.books import Books
+from drain.store.cells import Cell, parse_id
+
+T = TypeVar("T")
+BOOK_ROWS = ("accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted")
+
+
+class CellsDown(DrainError):
+    """A write reached some cells only (exit 1, one line naming the others)."""
+
+
+def apply_all(obj: Context, action: Callable[[Client], T]) -> list[tuple[Cell, T]]:
+    """action() on every cell; CellsDown after the others are done if any cell failed."""
+    readings = merge.each(obj.members, action)
+    failed = merge.down(readings)
+    if failed:
+        named = "; ".join(f"{row['cell']} ({row['error']})" for row in failed)
+        done = ", ".join(r.cell.name for r in readings if r.value is not None) or "none"
+        raise CellsDown(f"done on cells {done}; NOT on {named}: run it again once they are back")
+    return merge.answered(readings)
+
+
+def statuses(obj: Context) -> list[merge.Reading[Status]]:
+    return merge.each(obj.members, lambda c: read_status(c.store))
+
+
+def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
+    """`drain status` over cells: the sums, a column per cell, and the cells that are down."""
+    if as_json:
+        emit(merge.status_doc(statuses(obj)))
+        return
+
+    def render() -> Table:
+        readings = statuses(obj)
+        got = merge.answered(readings)
+        total = merge.add_status([st for _c, st in got])
+        table = Table(title=f"drain status ({len(readings)} cells)")
+        table.add_column("")
+        table.add_column("all cells", justify="right")
+        for r in readings:
+            table.add_column(r.cell.name, justify="right")
+
+        def row(label: str, whole: str, each: Callable[[Status], str]) -> None:
+            table.add_row(label, whole, *(each(r.value) if r.value is not None else "DOWN" for r in readings))
+
+        for key in BOOK_ROWS:
+            def count(st: Status, k: str = key) -> str:
+                return f"{getattr(st.books, k):,}"
+            row(key.replace("_", " "), count(total), count)
+        row("books balance", "yes" if total.books.balanced else "NO", lambda st: "yes" if st.books.balanced else "NO")
+        row("oldest age", f"{total.oldest_age_s:,.1f} s", lambda st: f"{st.oldest_age_s:,.1f} s")
+        row("rate", f"{total.rate_per_s:,.1f} msg/s", lambda st: f"{st.rate_per_s:,.1f} msg/s")
+        row("eta", "-" if total.eta_s is None else f"{total.eta_s:,.0f} s",
+            lambda st: "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
+        row("delivery", total.held.upper() if total.held else "runs",
+            lambda st: st.held.upper() if st.held else "runs")
+        for d in merge.down(readings):
+            table.add_row(Text(f"{d['cell']} DOWN"), Text(d["error"]), *([""] * len(readings)))
+        return table
+
+    live(render, watch_s)
+
+
+def backlog(obj: Context, as_json: bool, top: int) -> Shape:
+    """The backlog shape added over the cells; the cells down are named on standard error."""
+    readings = merge.each(obj.members, lambda c: shape(c.store))
+    for d in merge.down(readings):
+        click.echo(f"cell {d['cell']} is down, its mail is not counted: {d['error']}", err=True)
+    total = merge.add_shapes([sh for _c, sh in merge.answered(readings)])
+    if as_json:
+        doc = total.as_dict()
+        doc["cells"] = [{"cell": c.name, "total": sh.total} for c, sh in merge.answered(readings)]
+        doc["cells_down"] = merge.down(readings)
+        emit(doc)
+    return total
+
+
+# -- quarantine: ids name their cell ---------------------------------------------------
+
+def _qualified(cell: Cell, record: Record) -> Record:
+    return dataclasses.replace(record, id=cell.qualify(record.id))
+
+
+def quarantine_records(obj: Context, flt: Filter, limit: int | None) -> Iterator[Record]:
+    """Quarantined mail of every cell that answers, oldest first, ids qualified."""
+    readings: list[merge.Reading[list[Record]]] = []
+    for cell, member in obj.members:
+        def read(c: Client, cell: Cell = cell) -> list[Record]:
+            return [_qualified(cell, r) for r in Quarantine(c.store).records(flt, limit)]
+        readings += merge.each([(cell, member)], read)
+    for d in merge.down(readings):
+        click.echo(f"cell {d['cell']} is down, its quarantine is not listed: {d['error']}", err=True)
+    ordered = heapq.merge(*(rows for _c, rows in merge.answered(readings)), key=lambda r: r.quarantined_at)
+    for count, record in enumerate(ordered):
+        if limit is not None and count >= limit:
+            return
+        yield record
+
+
+def quarantine_count(obj: Context) -> int:
+    return sum(n for _c, n in merge.answered(merge.each(obj.members, lambda c: Quarantine(c.store).count())))
+
+
+def quarantine_get(obj: Context, msg_id: str) -> Record:
+    cell, local = parse_id(msg_id, [c for c, _m in obj.members])
+    return _qualified(cell, Quarantine(dict(obj.members)[cell].store).get(local))
+
+
+def by_cell(obj: Context, ids: list[str]) -> list[tuple[Cell, Client, list[str]]]:
+    """Qualified ids grouped by cell, as (cell, its client, ids within it)."""
+    cells = [c for c, _m in obj.members]
+    groups: dict[Cell, list[str]] = {}
+    for msg_id in ids:
+        cell, local = parse_id(msg_id, cells)
+        groups.setdefault(cell, []).append(local)
+    clients = dict(obj.members)
+    return [(cell, clients[cell], local) for cell, local in groups.items()]
+
+
+def quarantine_select(obj: Context, ids: tuple[str, ...], flt: Filter) -> list[str]:
+    """The qualified ids named (those in quarantine), or all that the filter matches."""
+    if ids:
+        return [cell.qualify(i) for cell, client, local in by_cell(obj, list(ids))
+                for i in Quarantine(client.store).select(tuple(local), Filter(None, None, None))]
+    if flt.empty:
+        raise InputError("name message ids, or a filter (--reason, --sender, --domain)")
+    return [r.id for r in quarantine_records(obj, flt, None)]
+
+
+# -- `drain cells` ---------------------------------------------------------------------
+
+@click.command("cells")
+@json_option('JSON: [{"cell", "url", "up", "accepted", ..., "used_memory", "maxmemory", "error"?}]')
+@pass_ctx
+def cells(obj: Context, as_json: bool) -> None:
+    """The Redis cells drain is spread over: each one's URL, whether it answers, books and memory."""
+    from drain.store.cells import cells_of
+    from drain.store.connection import redacted
+
+    if not obj.multi:
+        listed = cells_of(obj.settings)
+        members = [(listed[0] if listed else Cell("c0", "embedded"), obj.client)]
+    else:
+        members = obj.members
+
+    def one(c: Client) -> tuple[Books, int, int]:
+        memory = c.redis.info("memory")
+        return c.store.books(), int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+
+    rows = []
+    for r in merge.each(members, one):
+        row: dict[str, object] = {"cell": r.cell.name, "url": redacted(r.cell.url), "up": r.value is not None}
+        if r.value is not None:
+            books, used, maximum = r.value
+            row.update(books.as_dict(), balanced=books.balanced, used_memory=used, maxmemory=maximum)
+        else:
+            row["error"] = r.error
+        rows.append(row)
+    if as_json:
+        emit(rows)
+        return
+    table = Table(title="cells")
+    for column in ("cell", "url", "state", "queued", "delivered", "memory"):
+        table.add_column(column)
+    for row in rows:
+        if row["up"]:
+            queued = sum(int(str(row[k])) for k in ("ready", "deferred", "in_flight"))
+            table.add_row(str(row["cell"]), Text(str(row["url"])), "up", f"{queued:,}", f"{row['delivered']:,}",
+                          f"{int(str(row['used_memory'])) / 1e6:,.1f} MB")
+        else:
+            table.add_row(str(row["cell"]), Text(str(row["url"])), "DOWN", "", "", Text(str(row["error"])))
+    out.print(table)
+
+
+# -- rates: each cell holds its share ----------------------------------------------------
+
+def share(value: float | None, cells: int) -> float | None:
+    """A cell's share of a rate: unlimited stays unlimited, 0 (held) stays 0."""
+    return None if value is None else value / cells
+
+
+def set_rate(obj: Context, per_second: float | None, domain: str | None, concurrency: int | None,
+             burst: float | None) -> control.RateSet:
+    """`drain rate set` over cells: each gets rate / N (mail is spread evenly, see intake.api)
+    and a concurrency of ceil(C / N); the burst, in seconds, is the same everywhere."""
+    n = len(obj.members)
+    each_concurrency = None if concurrency is None else -(-concurrency // n)
+    apply_all(obj, lambda c: control.set_rate(c.store, share(per_second, n), domain, each_concurrency, burst))
+    return control.RateSet(domain, per_second, concurrency, burst)
+
+
+def _sum_rates(rates: list[object]) -> float | None:
+    """The sum of the cells' rates; unlimited if any cell is unlimited."""
+    if any(not isinstance(r, (int, float)) for r in rates):
+        return None
+    return sum(float(r) for r in rates if isinstance(r, (int, float)))
+
+
+def rate_shown(obj: Context) -> dict[str, object]:
+    """`drain rate show` over cells: the global rate and domain caps added up across the cells
+    that answer, any pause anywhere shown, and each cell's own figures under "cells"."""
+    got = apply_all(obj, lambda c: ratelimit.show(c.redis))
+    shown = [s for _c, s in got]
+    domains: dict[str, dict[str, object]] = {}
+    for one in shown:
+        listed = one["domains"]
+        for name, d in (listed.items() if isinstance(listed, dict) else []):
+            domains.setdefault(name, dict(d))["rate"] = None
+    for name, merged in domains.items():
+        rates = [s["domains"][name]["rate"] if isinstance(s["domains"], dict) and name in s["domains"] else None
+                 for s in shown]
+        merged["rate"] = _sum_rates(rates)
+        merged["paused"] = any(isinstance(s["domains"], dict) and s["domains"].get(name, {}).get("paused")
+                               for s in shown)
+    return {**shown[0], "global": _sum_rates([s["global"] for s in shown]),
+            "paused": any(s["paused"] for s in shown), "domains": domains,
+            "cells": {c.name: s for c, s in got}}

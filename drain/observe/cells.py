@@ -1,0 +1,111 @@
+"""Reading several cells as one drain: each cell is read on its own (a cell that is down is
+named, never fatal), then the figures are added up. Books add; the pace adds (cells deliver
+side by side); the oldest age and the ETA are the largest of the cells' (cells drain in
+parallel, so the last one to finish decides); what holds mail back is the union."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
+
+import redis
+
+from drain.errors import DrainError
+from drain.intake.api import Client
+from drain.observe.backlog import DomainShape, Shape
+from drain.observe.status import Status
+from drain.store.books import Books
+from drain.store.cells import Cell
+from drain.store.connection import redacted
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Reading(Generic[T]):
+    """One cell's answer: a value, or why the cell could not give one."""
+
+    cell: Cell
+    value: T | None = None
+    error: str | None = None
+
+
+def each(members: Sequence[tuple[Cell, Client]], read: Callable[[Client], T]) -> list[Reading[T]]:
+    """read() on every cell; a cell that fails (Redis down, refusing) gets its error in one line."""
+    out: list[Reading[T]] = []
+    for cell, member in members:
+        try:
+            out.append(Reading(cell, read(member)))
+        except (redis.RedisError, DrainError) as exc:
+            out.append(Reading(cell, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+    return out
+
+
+def answered(readings: Sequence[Reading[T]]) -> list[tuple[Cell, T]]:
+    return [(r.cell, r.value) for r in readings if r.value is not None]
+
+
+def down(readings: Sequence[Reading[Any]]) -> list[dict[str, str]]:
+    """The cells that did not answer, as JSON rows {"cell", "url", "error"} (passwords hidden)."""
+    return [{"cell": r.cell.name, "url": redacted(r.cell.url), "error": r.error or ""}
+            for r in readings if r.value is None]
+
+
+def add_books(books: Sequence[Books]) -> Books:
+    return Books(**{f.name: sum(getattr(b, f.name) for b in books) for f in fields(Books)})
+
+
+def _largest(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else max((v for v in values if v is not None), default=0.0)
+
+
+def add_status(statuses: Sequence[Status]) -> Status:
+    """One Status for the cells read (a cell whose mail is all done counts with an ETA of 0)."""
+    parts = ("rate", "breaker", "relay")
+    held_by: dict[str, str] = {}
+    for st in statuses:
+        held_by.update(st.held_by)
+    return Status(
+        books=add_books([s.books for s in statuses]),
+        oldest_age_s=max((s.oldest_age_s for s in statuses), default=0.0),
+        rate_per_s=sum(s.rate_per_s for s in statuses),
+        eta_s=_largest([s.eta_s for s in statuses]),
+        breakers_open=sorted({d for s in statuses for d in s.breakers_open}),
+        held_by=held_by,
+        deferred_by={p: sum(s.deferred_by.get(p, 0) for s in statuses) for p in parts},
+        held=next((s.held for s in statuses if s.held is not None), None),
+        domains_held=sorted({d for s in statuses for d in s.domains_held}),
+    )
+
+
+def status_doc(readings: Sequence[Reading[Status]]) -> dict[str, Any]:
+    """`drain status --json` over cells: the summed document, then a row per cell and the
+    cells that are down (their mail is not in the sums)."""
+    got = answered(readings)
+    doc = add_status([st for _c, st in got]).as_dict()
+    doc["cells"] = [{"cell": cell.name, **st.books.as_dict(), "balanced": st.books.balanced,
+                     "rate_per_s": round(st.rate_per_s, 2), "oldest_age_s": round(st.oldest_age_s, 3)}
+                    for cell, st in got]
+    doc["cells_down"] = down(readings)
+    return doc
+
+
+def add_shapes(shapes: Sequence[Shape]) -> Shape:
+    """One backlog shape: each domain's counts added across cells, its ETA the largest."""
+    merged: dict[str, DomainShape] = {}
+    etas: dict[str, list[float | None]] = {}
+    for sh in shapes:
+        for d in sh.domains:
+            entry = merged.setdefault(d.domain, DomainShape(d.domain))
+            entry.total += d.total
+            entry.by_age = [a + b for a, b in zip(entry.by_age, d.by_age, strict=True)]
+            entry.held_by = entry.held_by or d.held_by
+            etas.setdefault(d.domain, []).append(d.eta_s)
+    for name, entry in merged.items():
+        entry.eta_s = None if entry.held_by else _largest(etas[name])
+    held_by: dict[str, str] = {}
+    for sh in shapes:
+        held_by.update(sh.held_by)
+    ordered = sorted(merged.values(), key=lambda d: (-d.total, d.domain))
+    return Shape(ordered, sum(d.total for d in ordered), _largest([sh.eta_s for sh in shapes]), held_by)
