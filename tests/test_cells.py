@@ -1,0 +1,171 @@
+"""Cells: drain over three real redis-servers. Mail is spread over the cells, ids name their
+cell, the commands add up across cells and name a cell that is down, and a cell that is
+killed stops only its own share: the others keep taking and delivering, and its mail moves
+again once it is back (appendfsync always: nothing acknowledged is lost)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.errors import ConfigError, RedisUnavailable
+from drain.flow import ratelimit
+from drain.intake.api import CellsClient, Client
+from drain.settings import Settings
+from drain.store import keys
+from drain.store.books import Books
+from drain.store.cells import Cell, cells_of, parse_id, split_urls
+from drain.store.store import Store
+from drain.worker.rqworker import DrainWorker
+from tests.chaos_kit import RedisProc
+from tests.conftest import SEEDS
+
+
+@pytest.fixture
+def cells(tmp_path: Path) -> Iterator[list[RedisProc]]:
+    procs = [RedisProc(tmp_path / f"cell{i}").start() for i in range(3)]
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def csettings(cells: list[RedisProc], relay: Sink) -> Settings:
+    return Settings(redis_url=",".join(p.url for p in cells), relay=relay.url, relay_timeout_s=5.0,
+                    batch_size=20, settle_every=5, lease_ttl_s=1.0)
+
+
+def books_of(proc: RedisProc, settings: Settings) -> Books:
+    return Store(redis.Redis(port=proc.port), settings).books()
+
+
+def work_cell(proc: RedisProc, settings: Settings) -> None:
+    """A burst worker on one cell, in this process (as `drain worker --cell cN --burst` runs)."""
+    client = redis.Redis(port=proc.port)
+    DrainWorker(["drain"], connection=client, drain_settings=settings.with_(redis_url=proc.url),
+                housekeeping=False).work(burst=True, logging_level="WARNING")
+    client.close()
+
+
+def drain(settings: Settings, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=settings.relay)
+    return subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, env=env, timeout=120,
+                          check=False)
+
+
+def test_urls_split_into_cells_and_sentinel_host_lists_stay_whole() -> None:
+    text = "redis://a:6379/0, redis+sentinel://s1:26379,s2:26379/mymaster/0 rediss://b:6380/1"
+    assert split_urls(text) == ["redis://a:6379/0", "redis+sentinel://s1:26379,s2:26379/mymaster/0",
+                                "rediss://b:6380/1"]
+    assert [c.name for c in cells_of(Settings(redis_url=text))] == ["c0", "c1", "c2"]
+    assert split_urls("redis://one:1/0") == ["redis://one:1/0"]
+    with pytest.raises(ConfigError, match="same Redis twice"):
+        cells_of(Settings(redis_url="redis://a:1/0,redis://a:1/0"))
+    listed = [Cell("c0", "redis://a"), Cell("c1", "redis://b")]
+    assert parse_id("c1.2f", listed) == (listed[1], "2f")
+    for bad in ("2f", "c7.2f", "c1.", "c1-2f"):
+        with pytest.raises(ConfigError, match="does not name a cell"):
+            parse_id(bad, listed)
+
+
+def test_mail_is_spread_evenly_and_every_cell_delivers_its_share(
+        cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
+    api = Client.connect(csettings)
+    assert isinstance(api, CellsClient)
+    ids = api.enqueue_many([synthetic(i) for i in range(30)]).ids + [api.enqueue(synthetic(30))]
+    assert [i.split(".")[0] for i in ids[:6]] == ["c0", "c1", "c2", "c0", "c1", "c2"]
+    assert [books_of(p, csettings).accepted for p in cells] == [11, 10, 10]
+    for proc in cells:
+        work_cell(proc, csettings)
+    assert len(relay.messages) == 31
+    assert all(books_of(p, csettings).balanced for p in cells)
+    status = json.loads(drain(csettings, "status", "--json").stdout)
+    assert (status["accepted"], status["delivered"], status["cells_down"]) == (31, 31, [])
+    assert [(c["cell"], c["delivered"]) for c in status["cells"]] == [("c0", 11), ("c1", 10), ("c2", 10)]
+
+
+def test_a_killed_cell_is_routed_around_and_its_mail_moves_once_it_returns(
+        cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
+    api = Client.connect(csettings)
+    before = api.enqueue_many([synthetic(i) for i in range(30)]).ids
+    cells[1].kill()
+    after = api.enqueue_many([synthetic(100 + i) for i in range(30)]).ids  # no error: c1 is skipped
+    assert not any(i.startswith("c1.") for i in after) and len(after) == 30
+    for proc in (cells[0], cells[2]):
+        work_cell(proc, csettings)
+    assert len(relay.messages) == 50  # the other cells' mail, before and after the kill
+    status = drain(csettings, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert [d["cell"] for d in doc["cells_down"]] == ["c1"] and doc["delivered"] == 50
+    cells[1].start()
+    work_cell(cells[1], csettings)
+    got = sorted(m.message_id for m in relay.messages)
+    assert len(got) == 60 and len(set(got)) == 60  # 0 lost, none twice
+    assert len(before) + len(after) == 60
+    per_cell = [books_of(p, csettings) for p in cells]
+    assert all(b.balanced for b in per_cell) and sum(b.delivered for b in per_cell) == 60
+
+
+def test_no_cell_answering_is_one_clear_error(cells: list[RedisProc], csettings: Settings) -> None:
+    api = Client.connect(csettings)
+    for proc in cells:
+        proc.kill()
+    with pytest.raises(RedisUnavailable, match="no cell can take mail now .*c0 down.*c1 down.*c2 down"):
+        api.enqueue(synthetic(1))
+    result = drain(csettings, "pause")
+    assert result.returncode == 1 and b"NOT on c0" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_writes_reach_every_cell_and_a_down_cell_is_named(cells: list[RedisProc], csettings: Settings) -> None:
+    assert drain(csettings, "rate", "set", "600/s").returncode == 0
+    assert [ratelimit.get_global(redis.Redis(port=p.port)) for p in cells] == [200.0, 200.0, 200.0]
+    shown = json.loads(drain(csettings, "rate", "show", "--json").stdout)
+    assert shown["global"] == 600.0
+    assert drain(csettings, "rate", "set", "90/s", "--domain", "example.com").returncode == 0
+    shown = json.loads(drain(csettings, "rate", "show", "--json").stdout)
+    assert shown["domains"]["example.com"]["rate"] == 90.0
+    cells[2].kill()
+    result = drain(csettings, "pause")
+    assert result.returncode == 1
+    assert b"done on cells c0, c1; NOT on c2" in result.stderr
+    assert [ratelimit.is_paused(redis.Redis(port=p.port)) for p in cells[:2]] == [True, True]
+
+
+def test_quarantine_ids_name_their_cell(cells: list[RedisProc], csettings: Settings) -> None:
+    api = Client.connect(csettings)
+    bad = sorted((SEEDS / "bad").glob("*.eml"))[:6]
+    api.enqueue_many([p.read_bytes() for p in bad])
+    for proc in cells:
+        work_cell(proc, csettings)
+    listed = [json.loads(line) for line in drain(csettings, "quarantine", "list", "--json").stdout.splitlines()]
+    assert len(listed) == 6 and {row["id"].split(".")[0] for row in listed} == {"c0", "c1", "c2"}
+    one = next(row["id"] for row in listed if row["id"].startswith("c2."))
+    shown = drain(csettings, "quarantine", "show", one, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == one
+    assert drain(csettings, "quarantine", "show", one.split(".")[1]).returncode == 2  # no cell named
+    deleted = json.loads(drain(csettings, "quarantine", "delete", one, "--json").stdout)
+    assert deleted["deleted"] == 1
+    c2 = books_of(cells[2], csettings)
+    assert c2.deleted == 1 and c2.balanced
+    assert redis.Redis(port=cells[2].port).zcard(keys.QUARANTINE) == 1
+
+
+def test_drain_worker_runs_a_group_per_cell(cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
+    api = Client.connect(csettings)
+    api.enqueue_many([synthetic(i) for i in range(12)])
+    result = drain(csettings, "worker", "--burst", "--log-level", "WARNING")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(relay.messages) == 12
+    assert [books_of(p, csettings).delivered for p in cells] == [4, 4, 4]
+    assert drain(csettings, "worker", "--cell", "c9").returncode == 2
