@@ -169,3 +169,44 @@ def test_drain_worker_runs_a_group_per_cell(cells: list[RedisProc], csettings: S
     assert len(relay.messages) == 12
     assert [books_of(p, csettings).delivered for p in cells] == [4, 4, 4]
     assert drain(csettings, "worker", "--cell", "c9").returncode == 2
+
+
+def test_smtp_ingress_spreads_over_cells_and_routes_around_a_dead_one(
+        cells: list[RedisProc], csettings: Settings) -> None:
+    from drain.intake.smtpd import AuthGuard, Ingress
+    from tests.test_ingress import BOTH, connect, queued_id, submit
+
+    server = Ingress(Client.connect(csettings), "127.0.0.1", 0, features=BOTH, recheck_s=0.0,
+                     hostname="drain.test", guard=AuthGuard(delay_s=0.01)).start()
+    try:
+        with connect(server) as smtp:
+            first = [queued_id(submit(smtp, synthetic(i))[1]) for i in range(6)]
+            cells[0].kill()  # the cell next in turn, and the one read first for the intake pause
+            later = [submit(smtp, synthetic(10 + i)) for i in range(4)]
+    finally:
+        server.stop()
+    assert sorted(i.split(".")[0] for i in first) == ["c0", "c0", "c1", "c1", "c2", "c2"]
+    assert [code for code, _reply in later] == [250] * 4
+    assert not any(queued_id(reply).startswith("c0.") for _code, reply in later)
+    assert sum(books_of(p, csettings).accepted for p in cells[1:]) == 8
+
+
+def test_sums_across_cells() -> None:
+    from drain.observe.backlog import DomainShape, Shape
+    from drain.observe.cells import add_shapes, add_status
+    from drain.observe.status import Status
+
+    def st(accepted: int, rate: float, eta: float | None, oldest: float) -> Status:
+        return Status(Books(accepted, accepted, 0, 0, 0, 0, 0, 0), oldest, rate, eta, deferred_by={"rate": 1})
+
+    total = add_status([st(3, 10.0, 5.0, 1.0), st(4, 20.0, 9.0, 7.0)])
+    assert (total.books.accepted, total.rate_per_s, total.eta_s, total.oldest_age_s) == (7, 30.0, 9.0, 7.0)
+    assert total.books.balanced and total.deferred_by["rate"] == 2
+    assert add_status([st(3, 10.0, None, 1.0), st(4, 20.0, 9.0, 7.0)]).eta_s is None
+    one = Shape([DomainShape("a.example", 2, [2] + [0] * 9, 4.0)], 2, 4.0)
+    two = Shape([DomainShape("a.example", 3, [1, 2] + [0] * 8, 6.0), DomainShape("b.example", 9, [9] + [0] * 9, 1.0)],
+                12, 6.0)
+    merged = add_shapes([one, two])
+    assert [(d.domain, d.total, d.by_age[:2], d.eta_s) for d in merged.domains] == [
+        ("b.example", 9, [9, 0], 1.0), ("a.example", 5, [3, 2], 6.0)]
+    assert (merged.total, merged.eta_s) == (14, 6.0)
