@@ -7,6 +7,7 @@ its own process). Prints a Markdown table and writes JSON with --out.
     scripts/bench --ingress               # SMTP ingress: msg/s accepted by `drain smtpd`, 1 and 4 clients
     scripts/bench --only backlog          # `drain backlog` on a 1,000,000-message backlog
     scripts/bench --only sizes --messages 20000   # 2/20/100 KB: drain and Postfix (when installed)
+    scripts/bench --only cells --messages 20000   # Redis CPU per message, 1/2/3 cells (bench_cells.py)
 """
 
 from __future__ import annotations
@@ -659,6 +660,11 @@ def bench_backlog(report: Report, client: redis.Redis, count: int, domains: int,
 
 
 def main() -> None:
+    if sys.argv[1:3] == ["--only", "cells"]:  # Redis CPU per message over 1-3 cells: its own options
+        import bench_cells
+
+        bench_cells.main(sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
     parser.add_argument("--naive-messages", type=int, default=10_000, help="messages drained by naive RQ")

@@ -1,0 +1,189 @@
+"""Redis work per message, and throughput over 1, 2 and 3 cells (`scripts/bench --only cells`).
+
+For each cell count and message size: fresh redis-servers, delivery paused while the backlog
+is enqueued through the API (spread over the cells), then `drain worker --burst` (a group per
+cell) drains it into an SMTP sink. Around each phase the redis-servers' own CPU time is read
+(INFO cpu: used_cpu_user + used_cpu_sys, summed over the cells) and INFO commandstats, so the
+figures are redis-server CPU microseconds per message, enqueue and drain, and which commands
+it went to. Every figure comes from one run; the machine is shared, so compare ratios.
+
+    scripts/bench --only cells --messages 20000 --cells 1,2,3 --sizes 2048,20480 --out benchmarks/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import free_port
+from drain.flow import ratelimit
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store import keys
+from drain.store.embedded import spawn_on_port
+from drain.store.store import Store
+
+POLL_S = 0.05
+
+
+def cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def commandstats(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """command -> (calls, usec) as INFO commandstats counts them."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, stats in client.info("commandstats").items():
+        out[name.removeprefix("cmdstat_")] = (int(stats["calls"]), int(stats["usec"]))
+    return out
+
+
+class Meter:
+    """redis-server CPU and command counts of several servers, between two readings."""
+
+    def __init__(self, clients: list[redis.Redis]) -> None:
+        self.clients = clients
+        self.cpu = sum(cpu_s(c) for c in clients)
+        self.stats = [commandstats(c) for c in clients]
+
+    def delta(self) -> tuple[float, dict[str, tuple[int, int]]]:
+        cpu = sum(cpu_s(c) for c in self.clients) - self.cpu
+        per: dict[str, tuple[int, int]] = {}
+        for client, before in zip(self.clients, self.stats, strict=True):
+            for name, (calls, usec) in commandstats(client).items():
+                c0, u0 = before.get(name, (0, 0))
+                had = per.get(name, (0, 0))
+                per[name] = (had[0] + calls - c0, had[1] + usec - u0)
+        return cpu, {k: v for k, v in per.items() if v[0] > 0}
+
+
+def done_count(clients: list[redis.Redis]) -> int:
+    return sum(sum(int(v or 0) for v in c.hmget(keys.BOOKS, ["delivered", "quarantined", "bounced"]))
+               for c in clients)
+
+
+def per_message(stats: dict[str, tuple[int, int]], count: int, top: int = 40) -> list[dict[str, Any]]:
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"command": name, "calls_per_msg": round(calls / count, 3), "usec_per_msg": round(usec / count, 2)}
+            for name, (calls, usec) in rows]
+
+
+def run_one(cells: int, size: int, count: int, processes: int, relay: str) -> dict[str, Any]:
+    with ExitStack() as stack:
+        ports, clients = [], []
+        for _ in range(cells):
+            port = free_port()
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            proc = spawn_on_port(port, folder)
+            stack.callback(proc.wait)
+            stack.callback(proc.terminate)
+            ports.append(port)
+            clients.append(redis.Redis(port=port))
+        url = ",".join(f"redis://127.0.0.1:{p}/0" for p in ports)
+        settings = Settings(redis_url=url, relay=relay)
+        api = Client.connect(settings)
+        for c in clients:
+            ratelimit.pause(c)
+            c.config_resetstat()
+        raws = [synthetic(i, size=size) for i in range(count)]
+        used_before = sum(int(c.info("memory")["used_memory"]) for c in clients)
+        meter = Meter(clients)
+        started = time.perf_counter()
+        api.enqueue_many(raws)
+        enqueue_s = time.perf_counter() - started
+        enqueue_cpu, enqueue_stats = meter.delta()
+        used = sum(int(c.info("memory")["used_memory"]) for c in clients) - used_before
+        for c in clients:
+            ratelimit.resume(c)
+            c.config_resetstat()
+        meter = Meter(clients)
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay)
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
+                                 "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL)
+        while done_count(clients) < count:
+            if proc.poll() is not None and done_count(clients) < count:
+                raise RuntimeError(f"workers stopped with {done_count(clients)} of {count} done")
+            time.sleep(POLL_S)
+        drain_s = time.perf_counter() - started
+        drain_cpu, drain_stats = meter.delta()
+        proc.wait(timeout=120)
+        books = [Store(c, settings).books() for c in clients]
+        delivered = sum(b.delivered for b in books)
+        return {
+            "cells": cells, "size": size, "messages": count, "worker_processes_per_cell": processes,
+            "enqueue_per_s": round(count / enqueue_s), "drain_msg_per_s": round(count / drain_s, 1),
+            "redis_cpu_us_per_msg_enqueue": round(enqueue_cpu * 1e6 / count, 1),
+            "redis_cpu_us_per_msg_drain": round(drain_cpu * 1e6 / delivered, 1) if delivered else None,
+            "redis_cpu_us_per_msg_total": round((enqueue_cpu * 1e6 / count) + drain_cpu * 1e6 / max(1, delivered), 1),
+            "redis_bytes_per_queued_msg": round(used / count),
+            "delivered": delivered, "balanced": all(b.balanced for b in books),
+            "per_cell_delivered": [b.delivered for b in books],
+            "enqueue_commands": per_message(enqueue_stats, count),
+            "drain_commands": per_message(drain_stats, max(1, delivered)),
+        }
+
+
+def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    lines = [f"Machine: {machine['cpus']} CPUs (shared); {machine['date']}; sink: {machine['sink']}", "",
+             "| cells | size | messages | workers/cell | drain msg/s | enqueue msg/s | Redis µs/msg enqueue | "
+             "Redis µs/msg drain | Redis µs/msg total | projected msg/s per Redis core | bytes/queued msg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ceiling = round(1e6 / r["redis_cpu_us_per_msg_total"]) if r["redis_cpu_us_per_msg_total"] else "-"
+        lines.append(f"| {r['cells']} | {r['size']} | {r['messages']} | {r['worker_processes_per_cell']} | "
+                     f"{r['drain_msg_per_s']} | {r['enqueue_per_s']} | {r['redis_cpu_us_per_msg_enqueue']} | "
+                     f"{r['redis_cpu_us_per_msg_drain']} | {r['redis_cpu_us_per_msg_total']} | {ceiling} | "
+                     f"{r['redis_bytes_per_queued_msg']} |")
+    for r in rows:
+        lines += ["", f"Commands per delivered message, {r['cells']} cell(s), {r['size']} B (drain phase, "
+                  "time inside Redis commands, INFO commandstats):", "",
+                  "| command | calls/msg | µs/msg |", "|---|---|---|"]
+        lines += [f"| {c['command']} | {c['calls_per_msg']} | {c['usec_per_msg']} |" for c in r["drain_commands"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--cells", default="1,2,3")
+    parser.add_argument("--sizes", default="2048,20480")
+    parser.add_argument("--processes", default="2,1,1", help="worker processes per cell, for each cell count")
+    parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.cells.split(",")]
+    per_cell = [int(p) for p in args.processes.split(",")]
+    rows = []
+    with bench.smtp_sink(args.sink == "auto") as (relay, sink_name):
+        for size in [int(s) for s in args.sizes.split(",")]:
+            for index, cells in enumerate(counts):
+                row = run_one(cells, size, args.messages, per_cell[min(index, len(per_cell) - 1)], relay)
+                print(json.dumps({k: v for k, v in row.items() if not k.endswith("_commands")}), file=sys.stderr,
+                      flush=True)
+                rows.append(row)
+    machine = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "sink": sink_name}
+    text = markdown(rows, machine)
+    print(text)
+    if args.out:
+        args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+        args.out.with_suffix(".md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
