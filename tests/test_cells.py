@@ -81,7 +81,7 @@ def test_mail_is_spread_evenly_and_every_cell_delivers_its_share(
         cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
     api = Client.connect(csettings)
     assert isinstance(api, CellsClient)
-    ids = api.enqueue_many([synthetic(i) for i in range(30)]).ids + [api.enqueue(synthetic(30))]
+    ids = [*api.enqueue_many([synthetic(i) for i in range(30)]).ids, api.enqueue(synthetic(30))]
     assert [i.split(".")[0] for i in ids[:6]] == ["c0", "c1", "c2", "c0", "c1", "c2"]
     assert [books_of(p, csettings).accepted for p in cells] == [11, 10, 10]
     for proc in cells:
@@ -120,7 +120,7 @@ def test_no_cell_answering_is_one_clear_error(cells: list[RedisProc], csettings:
     api = Client.connect(csettings)
     for proc in cells:
         proc.kill()
-    with pytest.raises(RedisUnavailable, match="no cell can take mail now .*c0 down.*c1 down.*c2 down"):
+    with pytest.raises(RedisUnavailable, match=r"no cell can take mail now .*c0 down.*c1 down.*c2 down"):
         api.enqueue(synthetic(1))
     result = drain(csettings, "pause")
     assert result.returncode == 1 and b"NOT on c0" in result.stderr and b"Traceback" not in result.stderr
