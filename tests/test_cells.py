@@ -210,3 +210,43 @@ def test_sums_across_cells() -> None:
     assert [(d.domain, d.total, d.by_age[:2], d.eta_s) for d in merged.domains] == [
         ("b.example", 9, [9, 0], 1.0), ("a.example", 5, [3, 2], 6.0)]
     assert (merged.total, merged.eta_s) == (14, 6.0)
+
+
+def test_status_page_json_and_metrics_add_up_cells_and_name_the_one_down(
+        cells: list[RedisProc], csettings: Settings) -> None:
+    from drain.observe.http import StatusServer
+    from tests.conftest import wait_for
+    from tests.test_web import fetch
+
+    api = Client.connect(csettings)
+    api.enqueue_many([synthetic(i) for i in range(9)])
+    server = StatusServer(csettings.redis_url or "", csettings, "127.0.0.1", 0, refresh_s=0.1)
+    server.start()
+    try:
+        assert server.snapshots.refreshed.wait(10)
+        doc = fetch(server.url + "status.json").json()
+        assert doc["status"]["accepted"] == 9 and [c["ready"] for c in doc["cells"]] == [3, 3, 3]
+        cells[1].kill()
+
+        def c1_down() -> bool:
+            return [c["up"] for c in fetch(server.url + "status.json").json()["cells"]] == [True, False, True]
+
+        wait_for(c1_down, what="the page to see c1 down")
+        doc = fetch(server.url + "status.json").json()
+        assert doc["redis"]["up"] and doc["status"]["accepted"] == 6
+        assert str(cells[1].port) not in json.dumps(doc["cells"])  # no address on the page
+        metrics = fetch(server.url + "metrics").text
+        assert 'drain_cell_up{cell="c1"} 0.0' in metrics and 'drain_cell_up{cell="c0"} 1.0' in metrics
+        assert 'drain_cell_queue_depth{cell="c2",state="ready"} 3.0' in metrics
+        page = fetch(server.url).text
+        assert "c1</td><td class=\"no\">DOWN" in page
+    finally:
+        server.stop()
+
+
+def test_every_cells_password_is_hidden() -> None:
+    from drain.store.connection import redacted
+
+    shown = redacted("redis://:first@a:1/0,redis+sentinel://u:second@s1:2,s2:3/m/0 rediss://x:third@b/0")
+    assert "first" not in shown and "second" not in shown and "third" not in shown
+    assert shown.count("***") == 3 and "s2:3/m/0" in shown

@@ -220,29 +220,8 @@ def set_rate(obj: Context, per_second: float | None, domain: str | None, concurr
     return control.RateSet(domain, per_second, concurrency, burst)
 
 
-def _sum_rates(rates: list[object]) -> float | None:
-    """The sum of the cells' rates; unlimited if any cell is unlimited."""
-    if any(not isinstance(r, (int, float)) for r in rates):
-        return None
-    return sum(float(r) for r in rates if isinstance(r, (int, float)))
-
-
 def rate_shown(obj: Context) -> dict[str, object]:
-    """`drain rate show` over cells: the global rate and domain caps added up across the cells
-    that answer, any pause anywhere shown, and each cell's own figures under "cells"."""
+    """`drain rate show` over cells: the sums (observe.cells.add_limits), each cell's own figures
+    under "cells"."""
     got = apply_all(obj, lambda c: ratelimit.show(c.redis))
-    shown = [s for _c, s in got]
-    domains: dict[str, dict[str, object]] = {}
-    for one in shown:
-        listed = one["domains"]
-        for name, d in (listed.items() if isinstance(listed, dict) else []):
-            domains.setdefault(name, dict(d))["rate"] = None
-    for name, merged in domains.items():
-        rates = [s["domains"][name]["rate"] if isinstance(s["domains"], dict) and name in s["domains"] else None
-                 for s in shown]
-        merged["rate"] = _sum_rates(rates)
-        merged["paused"] = any(isinstance(s["domains"], dict) and s["domains"].get(name, {}).get("paused")
-                               for s in shown)
-    return {**shown[0], "global": _sum_rates([s["global"] for s in shown]),
-            "paused": any(s["paused"] for s in shown), "domains": domains,
-            "cells": {c.name: s for c, s in got}}
+    return {**merge.add_limits([s for _c, s in got]), "cells": {c.name: s for c, s in got}}

@@ -105,17 +105,17 @@ def serve(obj: Context, listen: str, refresh_s: float, show_messages: bool, hide
           log_level: str) -> None:
     """Serve a read-only status page (/), /status.json, /metrics and /healthz; no login, GET only."""
     from drain.observe.http import StatusServer
-    from drain.store.connection import client_for, resolve_url
+    from drain.store.connection import resolve_url
 
     host, port = listen_value(listen)
     logging_setup.configure(obj.settings.log_format, "serve")
     logging.getLogger("drain").setLevel(log_level.upper())
+    url = obj.settings.redis_url if obj.multi and obj.settings.redis_url else resolve_url(obj.settings)
     try:
-        server = StatusServer(resolve_url(obj.settings), obj.settings, host, port, refresh_s,
-                              show_messages and not hide_messages)
+        server = StatusServer(url, obj.settings, host, port, refresh_s, show_messages and not hide_messages)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    logging_setup.announce(startup_line("serve", obj.settings, client_for(resolve_url(obj.settings))))
+    logging_setup.announce(startup_line("serve", obj.settings, server.client))
     logging_setup.announce(f"drain serve: {server.describe()}; /status.json /metrics /healthz")
     server.serve_forever()
 

@@ -109,3 +109,25 @@ def add_shapes(shapes: Sequence[Shape]) -> Shape:
         held_by.update(sh.held_by)
     ordered = sorted(merged.values(), key=lambda d: (-d.total, d.domain))
     return Shape(ordered, sum(d.total for d in ordered), _largest([sh.eta_s for sh in shapes]), held_by)
+
+
+def _sum_rates(rates: list[object]) -> float | None:
+    """The sum of the cells' rates; unlimited (None) if any cell is unlimited."""
+    if any(not isinstance(r, (int, float)) for r in rates):
+        return None
+    return sum(float(r) for r in rates if isinstance(r, (int, float)))
+
+
+def add_limits(shown: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """ratelimit.show() of every cell as one: the global rate and each domain's cap added up
+    (each cell holds its share), a pause anywhere shown; the rest as the first cell has it."""
+    domains: dict[str, dict[str, Any]] = {}
+    for one in shown:
+        for name, d in one["domains"].items():
+            domains.setdefault(name, dict(d))
+    for name, merged in domains.items():
+        mine = [one["domains"].get(name) or {} for one in shown]
+        merged["rate"] = _sum_rates([d.get("rate") for d in mine])
+        merged["paused"] = any(d.get("paused") for d in mine)
+    return {**shown[0], "global": _sum_rates([one["global"] for one in shown]),
+            "paused": any(one["paused"] for one in shown), "domains": domains}

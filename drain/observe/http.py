@@ -23,10 +23,12 @@ from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
 from drain.observe import metrics, page
+from drain.observe.cellsread import CellsReader
 from drain.observe.document import status_document
 from drain.observe.model import Reader, View, clean
 from drain.observe.snapshot import REFRESH_S, Snapshots
 from drain.settings import Settings
+from drain.store.cells import cells_of, split_urls
 from drain.store.connection import client_for, redacted
 from drain.store.store import Store
 
@@ -158,16 +160,23 @@ class StatusServer:
     def __init__(self, url: str, settings: Settings, host: str = "127.0.0.1", port: int = 8025,
                  refresh_s: float = REFRESH_S, show_messages: bool = False) -> None:
         self.redis_url = url
-        self.client = redis_client(url)
-        reader = Reader(Store(self.client, settings), show_messages)
-        self.snapshots = Snapshots(reader.read, refresh_s, show_messages)
+        if len(split_urls(url)) > 1:  # several cells: added up, a row per cell
+            cells = CellsReader(cells_of(settings.with_(redis_url=url)), settings, show_messages, REDIS_TIMEOUT_S)
+            self._clients = cells.clients
+            read = cells.read
+        else:
+            self._clients = [redis_client(url)]
+            read = Reader(Store(self._clients[0], settings), show_messages).read
+        self.client = self._clients[0]
+        self.snapshots = Snapshots(read, refresh_s, show_messages)
         self.app = StatusApp(self.snapshots)
         self.snapshots.after_refresh = self.app.prerender
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         except OSError:
-            self.client.close()
+            for client in self._clients:
+                client.close()
             raise
         self.sock.setblocking(False)
         self._loop = asyncio.new_event_loop()
@@ -224,7 +233,8 @@ class StatusServer:
     def close(self) -> None:
         self.snapshots.stop()
         self.sock.close()
-        self.client.close()
+        for client in self._clients:
+            client.close()
         if not self._loop.is_running() and not self._loop.is_closed():
             self._loop.close()
 

@@ -64,6 +64,27 @@ class DrainCollector:
                                     "Time from acceptance to delivery of delivered messages.",
                                     buckets=[(_le(le), n) for le, n in buckets], sum_value=total)
         yield from _domains(f)
+        if f.cells:
+            yield from _cells(f)
+
+
+def _cells(f: Figures) -> Iterator[Metric]:
+    """Per-cell series, with several cells (the series above are their sums)."""
+    up = GaugeMetricFamily("drain_cell_up", "1 when the cell's Redis answered the last read.", labels=["cell"])
+    depth = GaugeMetricFamily("drain_cell_queue_depth", "Messages in each state now, by cell (cells that "
+                              "answered).", labels=["cell", "state"])
+    done = CounterMetricFamily("drain_cell_messages", "Messages that entered a state, by cell.",
+                               labels=["cell", "event"])
+    for row in f.cells:
+        up.add_metric([row["cell"]], 1 if row["up"] else 0)
+        if row["up"]:
+            for state in ("ready", "deferred", "in_flight", "quarantined"):
+                depth.add_metric([row["cell"], state], row[state])
+            for event in EVENTS:
+                done.add_metric([row["cell"], event], row[event])
+    yield up
+    yield depth
+    yield done
 
 
 def _le(bound: str) -> str:

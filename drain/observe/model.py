@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -57,6 +57,8 @@ class Figures:
     # ratelimit.show(): global rate, burst, pause, per-domain caps.
     limits: dict[str, Any]
     intake_paused: bool
+    # With several cells: a row per cell {"cell", "up", "error"?, books, "rate_per_s"}.
+    cells: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

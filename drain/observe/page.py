@@ -48,7 +48,7 @@ def render(view: View) -> str:
         parts.append('<section><p class="empty">No figures yet: waiting for the first answer from Redis.</p>'
                      "</section>")
     else:
-        parts += [_cards(snap), '<div class="row">', _books(snap), _controls(snap), "</div>",
+        parts += [_cards(snap), '<div class="row">', _books(snap), _controls(snap), "</div>", _cells(snap),
                   chart_section(snap), _domains(snap),
                   '<div class="row even">', _reasons(snap), _latency(snap), "</div>",
                   _recent(snap, view.show_messages)]
@@ -127,6 +127,29 @@ def _books(snap: Snapshot) -> str:
             f'<div class="bar">{bar}</div><div class="legend">{legend}</div>'
             f'<div class="balance">{verdict} <span class="muted">accepted {num(b["accepted"])} = {terms}</span></div>'
             f"</section>")
+
+
+def _cells(snap: Snapshot) -> str:
+    """A row per cell (several cells only): the figures above are their sums."""
+    if not snap.figures.cells:
+        return ""
+    head = ('<tr><th>Cell</th><th>Redis</th>' + "".join(f'<th class="n">{esc(k.replace("_", " "))}</th>'
+                                                       for k in CELL_FIELDS) + '<th class="n">Rate</th></tr>')
+    rows = []
+    for row in snap.figures.cells:
+        if row["up"]:
+            rows.append(f'<tr><td>{esc(row["cell"])}</td><td class="yes">up</td>'
+                        + "".join(f'<td class="n">{num(row[k])}</td>' for k in CELL_FIELDS)
+                        + f'<td class="n">{esc(per_s(row["rate_per_s"]))}</td></tr>')
+        else:
+            rows.append(f'<tr><td>{esc(row["cell"])}</td><td class="no">DOWN</td>'
+                        f'<td colspan="{len(CELL_FIELDS) + 1}" class="muted">{esc(row.get("error", ""))}; its '
+                        f"mail is not in the figures above and waits for it</td></tr>")
+    return (f'<section><h2>Cells <span class="note">{len(rows)} Redis; the figures above add them up</span></h2>'
+            f"<table>{head}{''.join(rows)}</table></section>")
+
+
+CELL_FIELDS = ("accepted", "ready", "deferred", "in_flight", "delivered", "quarantined")
 
 
 def _controls(snap: Snapshot) -> str:

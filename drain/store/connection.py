@@ -43,7 +43,10 @@ def _no_retry() -> Retry:
 
 
 def redacted(url: str) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
+    """The URL with any password replaced, fit for logs and error messages (each URL of a list of cells)."""
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return ",".join(redacted(one) for one in urls)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
