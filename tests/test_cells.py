@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,20 +101,24 @@ def test_a_killed_cell_is_routed_around_and_its_mail_moves_once_it_returns(
     cells[1].kill()
     after = api.enqueue_many([synthetic(100 + i) for i in range(30)]).ids  # no error: c1 is skipped
     assert not any(i.startswith("c1.") for i in after) and len(after) == 30
+    # Once c1 is known down, its share is spread over the cells left, evenly.
+    spread = api.enqueue_many([synthetic(200 + i) for i in range(30)]).ids
+    assert sorted(Counter(i.split(".")[0] for i in spread).items()) == [("c0", 15), ("c2", 15)]
+    after += spread
     for proc in (cells[0], cells[2]):
         work_cell(proc, csettings)
-    assert len(relay.messages) == 50  # the other cells' mail, before and after the kill
+    assert len(relay.messages) == 80  # the other cells' mail, before and after the kill
     status = drain(csettings, "status", "--json")
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
-    assert [d["cell"] for d in doc["cells_down"]] == ["c1"] and doc["delivered"] == 50
+    assert [d["cell"] for d in doc["cells_down"]] == ["c1"] and doc["delivered"] == 80
     cells[1].start()
     work_cell(cells[1], csettings)
     got = sorted(m.message_id for m in relay.messages)
-    assert len(got) == 60 and len(set(got)) == 60  # 0 lost, none twice
-    assert len(before) + len(after) == 60
+    assert len(got) == 90 and len(set(got)) == 90  # 0 lost, none twice
+    assert len(before) + len(after) == 90
     per_cell = [books_of(p, csettings) for p in cells]
-    assert all(b.balanced for b in per_cell) and sum(b.delivered for b in per_cell) == 60
+    assert all(b.balanced for b in per_cell) and sum(b.delivered for b in per_cell) == 90
 
 
 def test_no_cell_answering_is_one_clear_error(cells: list[RedisProc], csettings: Settings) -> None:

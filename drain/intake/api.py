@@ -219,16 +219,24 @@ class CellsClient(Client):
     # -- the rotation ----------------------------------------------------------------
 
     def _order(self, advance: bool = True) -> list[tuple[Cell, Client]]:
-        """Cells to try for the next group: the next in turn first, cells left out for a
-        failure last (they are tried again if every other one fails)."""
+        """Cells to try for the next group: the next live cell in turn first, then the other
+        live ones, cells left out for a failure last (tried again if every other one fails).
+        The turn passes over cells left out, so their share is spread over all the others."""
         with self._lock:
-            start = self._next
-            if advance:
-                self._next = (self._next + 1) % len(self.members)
             now = time.monotonic()
-            turn = self.members[start:] + self.members[:start]
-            return ([m for m in turn if self._down_until.get(m[0].name, 0) <= now]
-                    + [m for m in turn if self._down_until.get(m[0].name, 0) > now])
+            count = len(self.members)
+            turn = [self.members[(self._next + k) % count] for k in range(count)]
+            live = [m for m in turn if self._down_until.get(m[0].name, 0) <= now]
+            order = live + [m for m in turn if m not in live]
+            if advance:
+                self._next = (self.members.index(order[0]) + 1) % count
+            return order
+
+    def _live(self) -> int:
+        """How many cells are not left out now (at least 1)."""
+        with self._lock:
+            now = time.monotonic()
+            return max(1, sum(1 for cell, _m in self.members if self._down_until.get(cell.name, 0) <= now))
 
     def _mark_down(self, cell: Cell) -> None:
         with self._lock:
@@ -264,7 +272,7 @@ class CellsClient(Client):
                     active: list[rules.Rule] | None = None) -> list[str]:
         """Spread the messages over the cells (one group per cell, one transaction each)."""
         listed = list(items)
-        width = len(self.members)
+        width = self._live()
         groups = [listed[k::width] for k in range(width)]
         stored = [self._store_in_a_cell(group, lane) if group else [] for group in groups]
         # Back into the input's order: message i went to group i % width, at place i // width.
