@@ -136,6 +136,29 @@ def run_one(cells: int, size: int, count: int, processes: int, relay: str) -> di
         }
 
 
+def idle_cost(processes: int, seconds: float, relay: str) -> dict[str, Any]:
+    """redis-server CPU per second of one cell with `drain worker` running and nothing to do:
+    the fixed cost (polls, heartbeats, housekeeping) that a slower cell spreads over fewer messages."""
+    with ExitStack() as stack:
+        port = free_port()
+        proc = spawn_on_port(port, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        stack.callback(proc.wait)
+        stack.callback(proc.terminate)
+        client = redis.Redis(port=port)
+        env = dict(os.environ, DRAIN_REDIS_URL=f"redis://127.0.0.1:{port}/0", DRAIN_RELAY=relay)
+        workers = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
+                                    "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL)
+        stack.callback(workers.wait, 60)
+        stack.callback(workers.terminate)
+        time.sleep(3.0)  # the workers start up
+        meter = Meter([client])
+        time.sleep(seconds)
+        cpu, stats = meter.delta()
+        return {"idle_worker_processes": processes, "seconds": seconds,
+                "redis_cpu_us_per_s": round(cpu * 1e6 / seconds), "commands_per_s":
+                {k: round(v[0] / seconds, 1) for k, v in sorted(stats.items(), key=lambda kv: -kv[1][0])[:8]}}
+
+
 def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     lines = [f"Machine: {machine['cpus']} CPUs (shared); {machine['date']}; sink: {machine['sink']}", "",
              "| cells | size | messages | workers/cell | drain msg/s | enqueue msg/s | Redis µs/msg enqueue | "
@@ -166,7 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", default="2,1,1", help="worker processes per cell, for each cell count")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="only measure an idle cell's Redis CPU for this many seconds")
     args = parser.parse_args(argv)
+    if args.idle:
+        with bench.smtp_sink(args.sink == "auto") as (relay, _name):
+            print(json.dumps(idle_cost(int(args.processes.split(",")[0]), args.idle, relay)))
+        return
     counts = [int(c) for c in args.cells.split(",")]
     per_cell = [int(p) for p in args.processes.split(",")]
     rows = []
