@@ -255,3 +255,20 @@ def test_every_cells_password_is_hidden() -> None:
     shown = redacted("redis://:first@a:1/0,redis+sentinel://u:second@s1:2,s2:3/m/0 rediss://x:third@b/0")
     assert "first" not in shown and "second" not in shown and "third" not in shown
     assert shown.count("***") == 3 and "s2:3/m/0" in shown
+
+
+def test_deferred_list_spans_cells_and_one_redis_commands_refuse(
+        cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
+    api = Client.connect(csettings)
+    api.enqueue_many([synthetic(i) for i in range(6)])
+    relay.set_policy(data_policy=lambda _i, _m: "451 4.3.0 try again later")
+    for proc in cells:
+        work_cell(proc, csettings)
+    listed = drain(csettings, "deferred", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["id"].split(".")[0] for r in rows) == ["c0", "c0", "c1", "c1", "c2", "c2"]
+    assert [r["next_attempt_at"] for r in rows] == sorted(r["next_attempt_at"] for r in rows)
+    for command in (("breaker", "list"), ("quarantine", "rule", "list"), ("quarantine", "export", "--out", "x")):
+        refused = drain(csettings, *command)
+        assert refused.returncode == 2 and b"not across cells" in refused.stderr, (command, refused.stderr)

@@ -25,6 +25,7 @@ from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.observe import cells as merge
 from drain.observe.backlog import Shape, shape
+from drain.observe.deferred import Deferred, records
 from drain.observe.status import Status
 from drain.observe.status import read as read_status
 from drain.ops import control
@@ -156,6 +157,31 @@ def quarantine_select(obj: Context, ids: tuple[str, ...], flt: Filter) -> list[s
     if flt.empty:
         raise InputError("name message ids, or a filter (--reason, --sender, --domain)")
     return [r.id for r in quarantine_records(obj, flt, None)]
+
+
+def one_redis(obj: Context, what: str) -> None:
+    """Refuse (exit 2) a command that does not work across cells yet, rather than show or
+    change one cell as if it were all of them."""
+    if obj.multi:
+        raise click.UsageError(f"{what} works on one Redis, not across cells yet: give one cell's URL "
+                               "with --redis-url (see `drain cells`)")
+
+
+def deferred_rows(obj: Context, limit: int | None, domain: str | None, reason: str | None) -> Iterator[Deferred]:
+    """Deferred mail of every cell that answers, soonest next attempt first, ids with their cell."""
+    readings: list[merge.Reading[list[Deferred]]] = []
+    for cell, member in obj.members:
+        def read(c: Client, cell: Cell = cell) -> list[Deferred]:
+            return [dataclasses.replace(r, id=cell.qualify(r.id))
+                    for r in records(c.store, limit, domain=domain, reason=reason)]
+        readings += merge.each([(cell, member)], read)
+    for d in merge.down(readings):
+        click.echo(f"cell {d['cell']} is down, its deferred mail is not listed: {d['error']}", err=True)
+    ordered = heapq.merge(*(rows for _c, rows in merge.answered(readings)), key=lambda r: r.next_attempt_at)
+    for count, row in enumerate(ordered):
+        if limit is not None and count >= limit:
+            return
+        yield row
 
 
 # -- `drain cells` ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import TypeVar
 import click
 from rich.table import Table
 
-from drain.cli.cells import apply_all, rate_shown, set_rate
+from drain.cli.cells import apply_all, one_redis, rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
@@ -142,6 +142,7 @@ def breaker_list(obj: Context, as_json: bool) -> None:
     """Every destination with failures on record: failures, times opened, open until."""
     from drain.flow.breaker import Breakers
 
+    one_redis(obj, "drain breaker list")
     now = time.time()
     states = Breakers(obj.client.redis, obj.settings).states()
     rows = [{"domain": d, "open": st.get("open_until", 0) > now, "open_until": st.get("open_until"),
@@ -166,6 +167,7 @@ def breaker_list(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def breaker_close(obj: Context, domain: str, note: str) -> None:
     """Close a breaker now (the far side is fixed): its held mail is due at once. Audited."""
+    one_redis(obj, "drain breaker close")
     name = domain if domain == "(relay)" else domain.lower()
     released = control.close_breaker(obj.client.store, name, obj.settings.actor, note)
     if released is None:

@@ -10,7 +10,7 @@ from typing import TypeVar
 import click
 from rich.table import Table
 
-from drain.cli.cells import by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
+from drain.cli.cells import by_cell, one_redis, quarantine_count, quarantine_get, quarantine_records, quarantine_select
 from drain.cli.options import Context, filter_options, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -176,9 +176,7 @@ def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, se
                       domain: str | None, fmt: str, out_path: Path, force: bool, as_json: bool) -> None:
     """Write the original bytes of quarantined messages, as .eml files or one mbox (a new file
     unless --force)."""
-    if obj.multi:
-        raise click.UsageError("export works on one cell: give --redis-url that cell's URL "
-                               "(and its ids without the cN. prefix)")
+    one_redis(obj, "drain quarantine export")
     chosen, _note = _selected(obj, ids, reason, sender, domain)
     count = Quarantine(obj.client.store).export(chosen, fmt, out_path, force=force)
     report(as_json, {"exported": count, "format": fmt, "out": str(out_path), "ids": chosen},
@@ -204,6 +202,7 @@ def quarantine_rule() -> None:
 def rule_add(obj: Context, sender: str | None, domain: str | None, header: str | None, note: str,
              dry_run: bool, yes_all: bool, as_json: bool) -> None:
     """Add a rule; messages already queued that match move to quarantine now."""
+    one_redis(obj, "drain quarantine rule add")
     probe = rule_ops.draft(sender, domain, header)  # an empty or unusable rule fails here, before Redis
     plan = rule_ops.plan(obj.client.store, probe)
     matched, queued, confirm = plan.matched, plan.queued, plan.needs_confirmation
@@ -228,6 +227,7 @@ def rule_add(obj: Context, sender: str | None, domain: str | None, header: str |
 @pass_ctx
 def rule_list(obj: Context, as_json: bool) -> None:
     """Rules in force, oldest first: what each matches, who added it, when and why."""
+    one_redis(obj, "drain quarantine rule list")
     for rule in rules.load(obj.client.redis):
         if as_json:
             emit({"id": rule.id, "sender": rule.sender, "domain": rule.domain, "header": rule.header,
@@ -242,6 +242,7 @@ def rule_list(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def rule_remove(obj: Context, rule_id: str, as_json: bool) -> None:
     """Remove rule ID (see `rule list`); mail it already quarantined stays there."""
+    one_redis(obj, "drain quarantine rule remove")
     if not rules.remove(obj.client.redis, rule_id):
         raise InputError(f"no rule {rule_id}")
     report(as_json, {"id": rule_id, "removed": True}, safe(f"rule {rule_id} removed"))

@@ -306,14 +306,19 @@ def deferred() -> None:
 @pass_ctx
 def deferred_list(obj: Context, as_json: bool, limit: int | None, domain: str | None, reason: str | None) -> None:
     """Deferred messages, soonest next attempt first: why each waits, attempts, the last reply."""
-    from drain.observe.deferred import records
+    from drain.cli.cells import deferred_rows
+    from drain.observe.deferred import Deferred, records
+
+    def read(n: int | None) -> Iterator[Deferred]:  # several cells: every cell's, ids with their cell
+        return deferred_rows(obj, n, domain, reason) if obj.multi else records(obj.client.store, n, domain=domain,
+                                                                                reason=reason)
 
     wanted = rows_wanted(limit, as_json)
     if as_json:
-        for row in records(obj.client.store, wanted, domain=domain, reason=reason):
+        for row in read(wanted):
             emit(row.as_dict())
         return
-    rows = list(records(obj.client.store, None if wanted is None else wanted + 1, domain=domain, reason=reason))
+    rows = list(read(None if wanted is None else wanted + 1))
     table = Table(title="deferred", caption=more_caption(len(rows), wanted))
     table.add_column("id", no_wrap=True)
     table.add_column("why", no_wrap=True)

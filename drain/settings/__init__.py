@@ -41,7 +41,8 @@ class Settings:
 
     # -- store: where state lives, and what an enqueue waits for
     redis_url: str | None = setting(
-        "DRAIN_REDIS_URL", None, v.text, "store", "Redis URL; unset: the embedded server under home",
+        "DRAIN_REDIS_URL", None, v.text, "store",
+        "Redis URL (several, comma-separated: cells); unset: the embedded server under home",
         shown="embedded", secret=True)
     home: Path = setting("DRAIN_HOME", Path(".drain"), v.path, "store",
                          "folder of the embedded Redis (socket and data)", shown="./.drain")
