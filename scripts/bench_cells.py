@@ -159,6 +159,64 @@ def idle_cost(processes: int, seconds: float, relay: str) -> dict[str, Any]:
                 {k: round(v[0] / seconds, 1) for k, v in sorted(stats.items(), key=lambda kv: -kv[1][0])[:8]}}
 
 
+def rate_check(cells: int, rate: float, cap: float, window_s: float, backlog: int) -> dict[str, Any]:
+    """The global rate and one domain's cap across cells: `drain rate set` (each cell gets its
+    share), a worker group per cell, sends timed by the relay's own clock over the window."""
+    import threading
+
+    from drain.demo.sink import Sink
+
+    sends: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def record(_index: int, msg: Any) -> None:
+        with lock:
+            sends.append((msg.at, msg.recipients[0].rpartition("@")[2]))
+
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(cells):
+            port = free_port()
+            proc = spawn_on_port(port, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            stack.callback(proc.wait)
+            stack.callback(proc.terminate)
+            ports.append(port)
+        sink = stack.enter_context(Sink(keep=False, data_policy=record))
+        url = ",".join(f"redis://127.0.0.1:{p}/0" for p in ports)
+        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=sink.url)
+
+        def drain(*argv: str) -> None:
+            subprocess.run([sys.executable, "-m", "drain", *argv], env=env, check=True, capture_output=True)
+
+        drain("pause")
+        Client.connect(Settings(redis_url=url, relay=sink.url)).enqueue_many(
+            [synthetic(i) for i in range(backlog)], lane="backlog")
+        drain("rate", "set", f"{rate:g}/s")
+        drain("rate", "set", f"{cap:g}/s", "--domain", "example.net")
+        drain("resume")
+        workers = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", "1", "--log-level",
+                                    "ERROR"], env=env, stdout=subprocess.DEVNULL)
+        stack.callback(workers.wait, 120)
+        stack.callback(workers.send_signal, 2)
+        time.sleep(5.0)  # warm up
+        t0 = time.time()
+        time.sleep(window_s)
+        t1 = time.time()
+    with lock:
+        inside = sorted((t, d) for t, d in sends if t0 <= t <= t1)
+    capped = [t for t, d in inside if d == "example.net"]
+    most, start = 0, 0
+    for end, t in enumerate(capped):
+        while t - capped[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    achieved = len(inside) / (t1 - t0)
+    return {"cells": cells, "rate_set": rate, "window_s": window_s, "delivered_in_window": len(inside),
+            "achieved_per_s": round(achieved, 1), "off_by_percent": round(100 * (achieved - rate) / rate, 2),
+            "domain_cap_per_s": cap, "domain_achieved_per_s": round(len(capped) / (t1 - t0), 1),
+            "domain_most_in_any_second": most}
+
+
 def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     lines = [f"Machine: {machine['cpus']} CPUs (shared); {machine['date']}; sink: {machine['sink']}", "",
              "| cells | size | messages | workers/cell | drain msg/s | enqueue msg/s | Redis µs/msg enqueue | "
@@ -189,9 +247,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", default="2,1,1", help="worker processes per cell, for each cell count")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="only check rate fidelity at this global rate over the last --cells count")
+    parser.add_argument("--cap", type=float, default=30.0, help="example.net's cap in the rate check")
+    parser.add_argument("--window", type=float, default=20.0, help="seconds the rate check measures")
     parser.add_argument("--idle", type=float, default=0.0,
                         help="only measure an idle cell's Redis CPU for this many seconds")
     args = parser.parse_args(argv)
+    if args.rate:
+        print(json.dumps(rate_check(int(args.cells.split(",")[-1]), args.rate, args.cap, args.window, args.messages)))
+        return
     if args.idle:
         with bench.smtp_sink(args.sink == "auto") as (relay, _name):
             print(json.dumps(idle_cost(int(args.processes.split(",")[0]), args.idle, relay)))
