@@ -242,39 +242,61 @@ class CellsClient(Client):
         with self._lock:
             self._down_until[cell.name] = time.monotonic() + RETRY_S
 
-    def _store_in_a_cell(self, items: list[tuple[bytes, Envelope]], lane: str) -> list[str]:
+    def _is_left_out(self, cell: Cell) -> bool:
+        with self._lock:
+            return self._down_until.get(cell.name, 0) > time.monotonic()
+
+    def _try_cell(self, cell: Cell, member: Client, items: list[tuple[bytes, Envelope]],
+                  lane: str) -> list[str] | str:
+        """The ids once stored in this cell, or why it could not take them ("down", "full"),
+        in which case nothing was written and the cell is left out for RETRY_S."""
+        try:
+            active = rules.load(member.redis)  # the probe: nothing is written if this fails
+            check_eviction(member.redis, cell.url)
+            member.memory.check()
+        except QueueFull:
+            self._mark_down(cell)
+            return "full"
+        except redis.RedisError as exc:
+            if not down(exc):
+                raise
+            self._mark_down(cell)
+            return "down"
+        return [cell.qualify(i) for i in member.write_batch(items, lane=lane, active=active)]
+
+    def _last_try(self, items: list[tuple[bytes, Envelope]], lane: str) -> list[str]:
+        """Every cell is left out: each is tried once more, in turn."""
         failures: list[str] = []
-        full: QueueFull | None = None
         for cell, member in self._order():
-            try:
-                active = rules.load(member.redis)  # the probe: nothing is written if this fails
-                check_eviction(member.redis, cell.url)
-                member.memory.check()
-            except QueueFull as exc:
-                full = exc
-                failures.append(f"{cell.name} full")
-                continue
-            except redis.RedisError as exc:
-                if not down(exc):
-                    raise
-                self._mark_down(cell)
-                failures.append(f"{cell.name} down")
-                continue
-            ids = member.write_batch(items, lane=lane, active=active)
-            return [cell.qualify(i) for i in ids]
-        if full is not None and all(f.endswith("full") for f in failures):
-            raise QueueFull(f"every cell is nearly full; {full}")
+            got = self._try_cell(cell, member, items, lane)
+            if isinstance(got, list):
+                return got
+            failures.append(f"{cell.name} {got}")
+        failures.sort()
+        if all(f.endswith("full") for f in failures):
+            raise QueueFull(f"every cell is nearly full ({', '.join(failures)}): delivery frees memory, "
+                            "try again later")
         raise RedisUnavailable(f"no cell can take mail now ({', '.join(failures)})")
 
     # -- the producer API ------------------------------------------------------------
 
     def write_batch(self, items: Iterable[tuple[bytes, Envelope]], lane: str = "fresh",
                     active: list[rules.Rule] | None = None) -> list[str]:
-        """Spread the messages over the cells (one group per cell, one transaction each)."""
+        """Spread the messages over the live cells (one group per cell, one transaction each);
+        a group whose cell turns out to be down is spread over the cells left."""
         listed = list(items)
         width = self._live()
-        groups = [listed[k::width] for k in range(width)]
-        stored = [self._store_in_a_cell(group, lane) if group else [] for group in groups]
+        stored: list[list[str]] = []
+        for group in (listed[k::width] for k in range(width)):
+            if not group:
+                stored.append([])
+                continue
+            cell, member = self._order()[0]
+            if self._is_left_out(cell):
+                stored.append(self._last_try(group, lane))
+                continue
+            got = self._try_cell(cell, member, group, lane)
+            stored.append(got if isinstance(got, list) else self.write_batch(group, lane))
         # Back into the input's order: message i went to group i % width, at place i // width.
         return [stored[i % width][i // width] for i in range(len(listed))]
 
