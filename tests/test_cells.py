@@ -274,3 +274,23 @@ def test_deferred_list_spans_cells_and_one_redis_commands_refuse(
     for command in (("breaker", "list"), ("quarantine", "rule", "list"), ("quarantine", "export", "--out", "x")):
         refused = drain(csettings, *command)
         assert refused.returncode == 2 and b"not across cells" in refused.stderr, (command, refused.stderr)
+
+
+def test_a_full_cell_is_skipped_and_all_full_is_queue_full(cells: list[RedisProc], csettings: Settings) -> None:
+    from drain.errors import QueueFull
+
+    settings = csettings.with_(max_memory_fraction=0.5)
+
+    def fill(proc: RedisProc) -> None:  # memory use now is over half of maxmemory: intake closes
+        client = redis.Redis(port=proc.port)
+        client.config_set("maxmemory", int(int(client.info("memory")["used_memory"]) * 1.2))
+
+    fill(cells[0])
+    api = Client.connect(settings)
+    ids = api.enqueue_many([synthetic(i) for i in range(30)]).ids
+    assert sorted(Counter(i.split(".")[0] for i in ids).items()) == [("c1", 15), ("c2", 15)]
+    fill(cells[1])
+    fill(cells[2])
+    with pytest.raises(QueueFull, match="every cell is nearly full"):
+        Client.connect(settings).enqueue(synthetic(99))
+    assert sum(books_of(p, csettings).accepted for p in cells) == 30
