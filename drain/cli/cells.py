@@ -113,20 +113,28 @@ def _qualified(cell: Cell, record: Record) -> Record:
     return dataclasses.replace(record, id=cell.qualify(record.id))
 
 
-def quarantine_records(obj: Context, flt: Filter, limit: int | None) -> Iterator[Record]:
-    """Quarantined mail of every cell that answers, oldest first, ids qualified."""
-    readings: list[merge.Reading[list[Record]]] = []
+def _merged(obj: Context, read: Callable[[Client], list[T]], key: Callable[[T], float], with_id: Callable[[T, Cell], T],
+            what: str, limit: int | None) -> Iterator[T]:
+    """Rows of every cell that answers, merged in key order (each cell's own rows come
+    sorted), ids with their cell; a cell that is down is named on standard error."""
+    readings: list[merge.Reading[list[T]]] = []
     for cell, member in obj.members:
-        def read(c: Client, cell: Cell = cell) -> list[Record]:
-            return [_qualified(cell, r) for r in Quarantine(c.store).records(flt, limit)]
-        readings += merge.each([(cell, member)], read)
+        def rows(c: Client, cell: Cell = cell) -> list[T]:
+            return [with_id(r, cell) for r in read(c)]
+        readings += merge.each([(cell, member)], rows)
     for d in merge.down(readings):
-        click.echo(f"cell {d['cell']} is down, its quarantine is not listed: {d['error']}", err=True)
-    ordered = heapq.merge(*(rows for _c, rows in merge.answered(readings)), key=lambda r: r.quarantined_at)
-    for count, record in enumerate(ordered):
+        click.echo(f"cell {d['cell']} is down, its {what} is not listed: {d['error']}", err=True)
+    ordered = heapq.merge(*(rows for _c, rows in merge.answered(readings)), key=key)
+    for count, row in enumerate(ordered):
         if limit is not None and count >= limit:
             return
-        yield record
+        yield row
+
+
+def quarantine_records(obj: Context, flt: Filter, limit: int | None) -> Iterator[Record]:
+    """Quarantined mail of every cell that answers, oldest first, ids qualified."""
+    return _merged(obj, lambda c: list(Quarantine(c.store).records(flt, limit)), lambda r: r.quarantined_at,
+                   lambda r, cell: dataclasses.replace(r, id=cell.qualify(r.id)), "quarantine", limit)
 
 
 def quarantine_count(obj: Context) -> int:
@@ -169,19 +177,9 @@ def one_redis(obj: Context, what: str) -> None:
 
 def deferred_rows(obj: Context, limit: int | None, domain: str | None, reason: str | None) -> Iterator[Deferred]:
     """Deferred mail of every cell that answers, soonest next attempt first, ids with their cell."""
-    readings: list[merge.Reading[list[Deferred]]] = []
-    for cell, member in obj.members:
-        def read(c: Client, cell: Cell = cell) -> list[Deferred]:
-            return [dataclasses.replace(r, id=cell.qualify(r.id))
-                    for r in records(c.store, limit, domain=domain, reason=reason)]
-        readings += merge.each([(cell, member)], read)
-    for d in merge.down(readings):
-        click.echo(f"cell {d['cell']} is down, its deferred mail is not listed: {d['error']}", err=True)
-    ordered = heapq.merge(*(rows for _c, rows in merge.answered(readings)), key=lambda r: r.next_attempt_at)
-    for count, row in enumerate(ordered):
-        if limit is not None and count >= limit:
-            return
-        yield row
+    return _merged(obj, lambda c: list(records(c.store, limit, domain=domain, reason=reason)),
+                   lambda r: r.next_attempt_at, lambda r, cell: dataclasses.replace(r, id=cell.qualify(r.id)),
+                   "deferred mail", limit)
 
 
 # -- `drain cells` ---------------------------------------------------------------------
