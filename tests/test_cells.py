@@ -294,3 +294,31 @@ def test_a_full_cell_is_skipped_and_all_full_is_queue_full(cells: list[RedisProc
     with pytest.raises(QueueFull, match="every cell is nearly full"):
         Client.connect(settings).enqueue(synthetic(99))
     assert sum(books_of(p, csettings).accepted for p in cells) == 30
+
+
+def test_drain_worker_passes_sigterm_to_every_cells_group(cells: list[RedisProc], csettings: Settings) -> None:
+    import signal
+
+    from tests.conftest import wait_for
+
+    env = dict(os.environ, DRAIN_REDIS_URL=csettings.redis_url or "", DRAIN_RELAY=csettings.relay)
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clients = [redis.Redis(port=p.port) for p in cells]
+    try:
+        def idle(c: redis.Redis) -> bool:  # waiting for work: RQ's signal handlers are in place by then
+            return any(c.hget(key, "state") == b"idle" for key in c.smembers("rq:workers"))
+
+        wait_for(lambda: all(idle(c) for c in clients), timeout=60, what="a worker per cell, idle")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        # Every group stopped the gentle way: each RQ worker took its name off the register.
+        wait_for(lambda: all(c.scard("rq:workers") == 0 for c in clients), timeout=30, what="workers gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for c in clients:  # a group left running (a failed run) is stopped by its pid
+            for key in c.smembers("rq:workers"):
+                pid = c.hget(key, "pid")
+                if pid:
+                    os.kill(int(pid), signal.SIGKILL)
