@@ -5,6 +5,7 @@ again once it is back (appendfsync always: nothing acknowledged is lost)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -321,4 +322,5 @@ def test_drain_worker_passes_sigterm_to_every_cells_group(cells: list[RedisProc]
             for key in c.smembers("rq:workers"):
                 pid = c.hget(key, "pid")
                 if pid:
-                    os.kill(int(pid), signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
