@@ -22,6 +22,7 @@ from drain.errors import InputError, QueueFull, RedisUnavailable
 from drain.intake import door, rules
 from drain.intake.memory import MemoryGuard
 from drain.message import Envelope, as_bytes, envelope_from_headers
+from drain.observe import cells as cells_view
 from drain.observe.status import Status, read
 from drain.settings import Settings
 from drain.store.cells import Cell, cells_of, down, is_multi
@@ -324,6 +325,15 @@ class CellsClient(Client):
             exc.accepted = list(result.ids)
             raise
         return result
+
+    def status(self) -> Status:
+        """The books and pace added up over the cells that answer (RedisUnavailable if none)."""
+        readings = cells_view.each(self.members, lambda c: read(c.store))
+        got = [st for _cell, st in cells_view.answered(readings)]
+        if not got:
+            raise RedisUnavailable("no cell answers: " + "; ".join(f"{d['cell']} {d['error']}"
+                                                                   for d in cells_view.down(readings)))
+        return cells_view.add_status(got)
 
     def intake_paused(self) -> bool:
         """The intake pause is written to every cell; the first cell that answers says."""

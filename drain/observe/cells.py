@@ -12,7 +12,6 @@ from typing import Any, Generic, TypeVar
 import redis
 
 from drain.errors import DrainError
-from drain.intake.api import Client
 from drain.observe.backlog import DomainShape, Shape
 from drain.observe.status import Status
 from drain.store.books import Books
@@ -20,6 +19,7 @@ from drain.store.cells import Cell
 from drain.store.connection import redacted
 
 T = TypeVar("T")
+C = TypeVar("C")  # a cell's client (drain.intake.api.Client)
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Reading(Generic[T]):
     error: str | None = None
 
 
-def each(members: Sequence[tuple[Cell, Client]], read: Callable[[Client], T]) -> list[Reading[T]]:
+def each(members: Sequence[tuple[Cell, C]], read: Callable[[C], T]) -> list[Reading[T]]:
     """read() on every cell; a cell that fails (Redis down, refusing) gets its error in one line."""
     out: list[Reading[T]] = []
     for cell, member in members:
