@@ -36,5 +36,6 @@ def status_document(view: View) -> dict[str, Any]:
             "recent": [r.as_dict() for r in q.recent] if view.show_messages else None,
         },
         "history": snap.history,
-        "cells": f.cells,  # several cells only: a row per cell, those down with "up": false
+        # Several cells only: a row per cell, those down with "up": false.
+        **({"cells": f.cells} if f.cells else {}),
     }
