@@ -325,3 +325,14 @@ def test_drain_worker_passes_sigterm_to_every_cells_group(cells: list[RedisProc]
                 if pid:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
+
+
+def test_durability_a_cell_cannot_give_fails_before_anything_is_written(
+        cells: list[RedisProc], csettings: Settings) -> None:
+    from drain.settings import parse_durability
+
+    redis.Redis(port=cells[0].port).config_set("appendfsync", "everysec")  # no fsync per write there
+    api = Client.connect(csettings.with_(durability=parse_durability("fsync")))
+    with pytest.raises(ConfigError, match="DRAIN_DURABILITY=fsync"):
+        api.enqueue(synthetic(1))  # c0's turn
+    assert books_of(cells[0], csettings).accepted == 0

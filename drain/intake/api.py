@@ -254,6 +254,7 @@ class CellsClient(Client):
         try:
             active = rules.load(member.redis)  # the probe: nothing is written if this fails
             check_eviction(member.redis, cell.url)
+            _plan = member.durable.plan  # durability it cannot have: ConfigError before a write
             member.memory.check()
         except QueueFull:
             self._mark_down(cell)
