@@ -109,20 +109,23 @@ def test_a_killed_cell_is_routed_around_and_its_mail_moves_once_it_returns(
     spread = api.enqueue_many([synthetic(200 + i) for i in range(30)]).ids
     assert sorted(Counter(i.split(".")[0] for i in spread).items()) == [("c0", 15), ("c2", 15)]
     after += spread
+    one_by_one = [api.enqueue(synthetic(300 + i)) for i in range(6)]  # the turn passes over c1
+    assert sorted(Counter(i.split(".")[0] for i in one_by_one).items()) == [("c0", 3), ("c2", 3)]
+    after += one_by_one
     for proc in (cells[0], cells[2]):
         work_cell(proc, csettings)
-    assert len(relay.messages) == 80  # the other cells' mail, before and after the kill
+    assert len(relay.messages) == 86  # the other cells' mail, before and after the kill
     status = drain(csettings, "status", "--json")
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
-    assert [d["cell"] for d in doc["cells_down"]] == ["c1"] and doc["delivered"] == 80
+    assert [d["cell"] for d in doc["cells_down"]] == ["c1"] and doc["delivered"] == 86
     cells[1].start()
     work_cell(cells[1], csettings)
     got = sorted(m.message_id for m in relay.messages)
-    assert len(got) == 90 and len(set(got)) == 90  # 0 lost, none twice
-    assert len(before) + len(after) == 90
+    assert len(got) == 96 and len(set(got)) == 96  # 0 lost, none twice
+    assert len(before) + len(after) == 96
     per_cell = [books_of(p, csettings) for p in cells]
-    assert all(b.balanced for b in per_cell) and sum(b.delivered for b in per_cell) == 90
+    assert all(b.balanced for b in per_cell) and sum(b.delivered for b in per_cell) == 96
 
 
 def test_no_cell_answering_is_one_clear_error(cells: list[RedisProc], csettings: Settings) -> None:
