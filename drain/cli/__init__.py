@@ -12,7 +12,7 @@ import click
 import redis
 
 from drain import logging_setup
-from drain.cli import flow, quarantine, queue, serve
+from drain.cli import flow, quarantine, queue, routes, serve
 from drain.cli.options import Context, redis_url_option
 from drain.cli.render import TTY_ROWS, fail
 from drain.errors import ConfigError, DrainError
@@ -33,6 +33,7 @@ for _command in (queue.check, queue.enqueue, queue.status, queue.backlog, queue.
                  flow.rate, flow.pause, flow.resume, flow.breaker, quarantine.quarantine,
                  serve.worker, serve.smtpd, serve.serve, serve.server, serve.drain_session, serve.demo, serve.acl):
     cli.add_command(_command)
+cli.add_command(routes.route)
 
 
 def main(argv: list[str] | None = None) -> None:

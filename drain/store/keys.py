@@ -92,6 +92,10 @@ DURABLE = f"{PREFIX}:durable"
 ROUTES = f"{PREFIX}:routes"
 ROUTES_VERSION = f"{PREFIX}:routes:version"
 RELAY_CONCURRENCY = f"{PREFIX}:relay:concurrency"
+# Per relay name: messages (destination groups) it gave a reply about, and times it gave no
+# usable session (refused, timed out, TLS, AUTH) (hashes).
+RELAY_HANDED = f"{PREFIX}:relay:handed"
+RELAY_FAILED = f"{PREFIX}:relay:failed"
 
 # RQ queue that carries batch jobs.
 RQ_QUEUE = "drain"

@@ -61,6 +61,8 @@ class Relays:
         self.sessions: dict[str, Relay] = {}
         self.configs: dict[str, tuple[str, RelayConfig]] = {}
         self.caps: dict[str, int] = {}
+        # Counts not yet written: (key, relay name) -> how many (see `flush`).
+        self.counts: dict[tuple[str, str], int] = {}
         if default is not None:
             # The session given is the environment's relay, whatever its URL.
             self.sessions[RELAY] = default
@@ -112,7 +114,9 @@ class Relays:
                 self._give(name, msg_id)
             if result.kind == "deferred" and (result.relay_fault or result.code == 0):
                 failed.append((name, result))
+                self.counts[keys.RELAY_FAILED, name] = self.counts.get((keys.RELAY_FAILED, name), 0) + 1
                 continue
+            self.counts[keys.RELAY_HANDED, name] = self.counts.get((keys.RELAY_HANDED, name), 0) + 1
             return Sent(result, name, tuple(failed))
         if failed:
             name, result = failed.pop()
@@ -141,6 +145,17 @@ class Relays:
             # Redis trouble here must not lose the relay's answer: the slot lapses on its own.
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                 self.client.zrem(keys.relay_busy(name), msg_id)
+
+    def flush(self) -> None:
+        """Add the relays' counts to Redis (with each settle); kept for the next try on Redis trouble."""
+        if not self.counts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for (key, name), count in self.counts.items():
+            pipe.hincrby(key, name, count)
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            pipe.execute()
+            self.counts = {}
 
     def close(self) -> None:
         for session in self.sessions.values():

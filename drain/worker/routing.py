@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Literal, cast
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import redis
 
 from drain.errors import ConfigError
-from drain.flow.breaker import RELAY
+from drain.flow.breaker import RELAY, Breakers, is_relay
 from drain.settings import Settings
 from drain.store import keys
 from drain.worker.delivery import RelayConfig
@@ -157,3 +158,44 @@ class Routes:
             if isinstance(value, bytes):
                 found[msg_id] = value.decode("utf-8", "replace")
         return found
+
+
+def _counts(raw: object) -> dict[str, int]:
+    table = cast(dict[bytes, bytes], raw)
+    return {k.decode("utf-8", "replace"): int(v) for k, v in table.items() if v.lstrip(b"-").isdigit()}
+
+
+def relay_states(client: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, dict[str, object]]:
+    """Every relay drain knows of (the environment's, the routes', any with counts): what it
+    took, how often it gave no session, its concurrency cap and its breaker, by relay name."""
+    now = time.time() if now is None else now
+    urls = [settings.relay, *settings.relay_fallbacks, *(u for r in load(client) for u in r.urls)]
+    names: list[str] = []
+    for url in urls:
+        try:
+            names.append(relay_name(RelayConfig.from_url(url), settings))
+        except ConfigError:
+            continue
+    pipe = client.pipeline(transaction=False)
+    for key in (keys.RELAY_HANDED, keys.RELAY_FAILED, keys.RELAY_CONCURRENCY):
+        pipe.hgetall(key)
+    handed, failed, caps = (_counts(r) for r in pipe.execute())
+    breakers = {n: st for n, st in Breakers(client, settings).states().items() if is_relay(n)}
+    out: dict[str, dict[str, object]] = {}
+    for name in dict.fromkeys([*names, *handed, *failed, *breakers]):
+        until = breakers.get(name, {}).get("open_until", 0.0)
+        out[name] = {"handed": handed.get(name, 0), "failed": failed.get(name, 0),
+                     "concurrency": caps.get(name, 0), "open": until > now,
+                     "open_until": until if until > now else None,
+                     "failures": int(breakers.get(name, {}).get("failures", 0))}
+    return out
+
+
+def set_concurrency(client: redis.Redis, url: str, most: int, settings: Settings) -> str:
+    """A relay's concurrency cap (0 removes it), live for every worker; returns the relay's name."""
+    name = relay_name(RelayConfig.from_url(url) if url == settings.relay else check_url(url), settings)
+    if most > 0:
+        client.hset(keys.RELAY_CONCURRENCY, name, most)
+    else:
+        client.hdel(keys.RELAY_CONCURRENCY, name)
+    return name
