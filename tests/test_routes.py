@@ -202,7 +202,8 @@ def test_a_5xx_through_a_routed_relay_bounces_that_message_only(
 
 
 @pytest.mark.parametrize("url", ["ftp://relay.example.com", "smtp://", "smtp://relay.example.com:99999",
-                                 "smtp://user:secret@relay.example.com:2525", "smtp://relay.example.com:0",
+                                 "smtp://user:secret@relay.example.com:2525", "smtps://user:secret@relay.example.com",
+                                 "smtp://relay.example.com:0",
                                  "smtp://relay.example.com/path?x=1"])
 def test_a_route_url_drain_cannot_use_is_refused_and_changes_nothing(settings: Settings, client: Client,
                                                                      url: str) -> None:
@@ -232,3 +233,23 @@ def test_routes_are_live_for_a_running_worker(client: Client, sinks: tuple[Sink,
     # The same worker's relays followed the change: the route, then the default again.
     assert [len(first.messages), len(relay.messages)] == [1, 1]
     assert client.store.books().delivered == 2
+
+
+def test_a_relay_at_its_concurrency_cap_holds_its_mail_until_a_slot_frees(
+        client: Client, sinks: tuple[Sink, Sink], settings: Settings, work: Callable[..., bool]) -> None:
+    first, fallback = sinks
+    routing.set_route(client.redis, "domain", "example.com", [first.url, fallback.url])
+    done = drain(settings, "route", "concurrency", first.url, "1")
+    assert done.returncode == 0, done.stderr
+    name = f"relay:{first.url}"
+    # Another worker holds the relay's one slot.
+    client.redis.zadd(keys.relay_busy(name), {"other-worker-message": time.time() + 60})
+    client.enqueue(synthetic(1, domain="example.com"))
+    work()
+    books = client.store.books()
+    assert (books.deferred, books.delivered) == (1, 0) and first.messages == [] == fallback.messages
+    assert "concurrency cap" in (client.redis.hget(keys.message("1"), "last") or b"").decode()
+
+    client.redis.delete(keys.relay_busy(name))
+    _run_until_done(client, work)
+    assert len(first.messages) == 1 and fallback.messages == []

@@ -125,7 +125,8 @@ class Batch:
         raw = without_bcc(msg.raw)
         tenant = self.tenants.get(msg.id, "")
         tally = Groups()
-        for index, (domain, rcpts) in enumerate(env.by_domain()):
+        # (A message released with --force may have no recipient: one empty group, as before.)
+        for index, (domain, rcpts) in enumerate(env.by_domain() or [(env.domain, env.recipients)]):
             urls = self.relays.routes.chain(domain, tenant)
             # A send time booked before was for the first group's domain (narrow.lua keeps it so).
             answer = self.gate.ask(domain, msg.id, msg.slot_us if index == 0 else 0.0, now, self.relays.names(urls))

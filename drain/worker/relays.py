@@ -133,9 +133,9 @@ class Relays:
         pipe = self.client.pipeline(transaction=True)
         pipe.zremrangebyscore(key, "-inf", now)
         pipe.zadd(key, {msg_id: now + self.settings.lease_ttl_s})
-        pipe.zrank(key, msg_id)
-        _gone, _added, rank = pipe.execute()
-        if rank is not None and int(rank) < cap:
+        pipe.zcard(key)
+        _gone, _added, taken = pipe.execute()
+        if int(taken) <= cap:
             return True
         self.client.zrem(key, msg_id)
         return False
