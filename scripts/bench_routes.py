@@ -53,8 +53,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=120)
 
 
-def drain_cmd(url: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "drain", *args], env=dict(os.environ, DRAIN_REDIS_URL=url),
+def drain_cmd(url: str, *args: str, **env: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "drain", *args], env=dict(os.environ, DRAIN_REDIS_URL=url, **env),
                           capture_output=True, text=True, timeout=60, check=False)
     return done.stdout + done.stderr
 
@@ -153,6 +153,7 @@ def relay_killed(client: redis.Redis, url: str, messages: int, rate: float, proc
              for i in range(messages)], lane="backlog")
         ratelimit.set_global(client, rate)
         ratelimit.resume(client)
+        started = time.monotonic()
         proc = workers(url, primary.url, processes, DRAIN_RELAY_FALLBACK=fallback.url)
         status_text = ""
         try:
@@ -161,8 +162,10 @@ def relay_killed(client: redis.Redis, url: str, messages: int, rate: float, proc
             killed_at = time.time()
             primary.stop()
             time.sleep(3.0)
-            status_text = drain_cmd(url, "status") + drain_cmd(url, "route", "list")
-            seconds = finished(client, messages, timeout_s)
+            relays = {"DRAIN_RELAY": primary.url, "DRAIN_RELAY_FALLBACK": fallback.url}
+            status_text = drain_cmd(url, "status", **relays) + drain_cmd(url, "route", "list", **relays)
+            finished(client, messages, timeout_s)
+            seconds = time.monotonic() - started
         finally:
             stop(proc)
         books = api.store.books()
@@ -189,6 +192,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="global rate of the relay-killed run (msg/s)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--only", choices=("multi", "killed"), default=None, help="run one of the two rows")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -196,11 +200,13 @@ def main() -> None:
     rows = []
     with redis_server() as client:
         url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
-        rows.append(multi_domain(client, url, args.messages, args.share, args.cap, args.processes, args.timeout))
-        print(json.dumps(rows[-1]), flush=True)
-        rows.append(relay_killed(client, url, args.messages, args.rate, args.processes, args.timeout))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "status_after_kill"}), flush=True)
-        print(rows[-1]["status_after_kill"])
+        if args.only in (None, "multi"):
+            rows.append(multi_domain(client, url, args.messages, args.share, args.cap, args.processes, args.timeout))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.only in (None, "killed"):
+            rows.append(relay_killed(client, url, args.messages, args.rate, args.processes, args.timeout))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "status_after_kill"}), flush=True)
+            print(rows[-1]["status_after_kill"])
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
 

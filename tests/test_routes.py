@@ -253,3 +253,22 @@ def test_a_relay_at_its_concurrency_cap_holds_its_mail_until_a_slot_frees(
     client.redis.delete(keys.relay_busy(name))
     _run_until_done(client, work)
     assert len(first.messages) == 1 and fallback.messages == []
+
+
+def test_a_group_told_later_is_retried_alone_and_the_message_counts_once(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    relay.set_policy(rcpt_policy=lambda r: "451 4.3.0 try later" if r.endswith(B) else None)
+    (msg_id,) = _two_domain(client, 1)
+    work()
+    books = client.store.books()
+    assert (books.deferred, books.delivered) == (1, 0)
+    assert client.redis.hmget(keys.message(msg_id), ["dom", "pd"]) == [B.encode(), b"1"]
+
+    relay.set_policy()
+    client.store.promote_due(now=time.time() + 10**6)
+    work()
+    assert _deliveries(relay) == Counter({("<synthetic-0@sender.example.com>", f"user0@{A}"): 1,
+                                          ("<synthetic-0@sender.example.com>", f"user0@{B}"): 1})
+    books = client.store.books()
+    assert (books.accepted, books.delivered, books.bounced, books.queued) == (1, 1, 0, 0)
+    assert client.redis.hgetall(keys.SHAPE) == {}

@@ -66,6 +66,11 @@ def relay_name(config: RelayConfig, settings: Settings) -> str:
     return f"relay:{config.redacted()}"
 
 
+def default_names(settings: Settings) -> list[str]:
+    """The relay names of the environment's route: "(relay)", then its fallbacks'."""
+    return [RELAY, *(relay_name(RelayConfig.from_url(url), settings) for url in settings.relay_fallbacks)]
+
+
 def _field(kind: Kind, name: str) -> str:
     return f"{kind}:{name}"
 
