@@ -14,6 +14,7 @@ real worker processes and aiosmtpd sinks (in this process, so every delivery is 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ from drain.settings import Settings
 from drain.store import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import redis_server
+from bench import redis_server, wait_done
 
 CAPPED = ("capped-a.example.org", "capped-b.example.org", "capped-c.example.org")
 
@@ -59,25 +60,10 @@ def drain_cmd(url: str, *args: str, **env: str) -> str:
     return done.stdout + done.stderr
 
 
-def finished(client: redis.Redis, total: int, timeout_s: float) -> float:
-    started = time.monotonic()
-    while True:
-        done = sum(int(v or 0) for v in client.hmget(keys.BOOKS, ["delivered", "bounced", "quarantined"]))
-        if done >= total:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise RuntimeError(f"only {done} of {total} done after {timeout_s}s")
-        time.sleep(0.1)
-
-
 def most_in_a_second(times: list[float]) -> int:
+    """The most sends in any window of one second (each window starting at a send)."""
     times = sorted(times)
-    most, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
+    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
 
 
 def multi_domain(client: redis.Redis, url: str, messages: int, share: float, cap: float, processes: int,
@@ -112,7 +98,7 @@ def multi_domain(client: redis.Redis, url: str, messages: int, share: float, cap
         ratelimit.resume(client)
         proc = workers(url, sink.url, processes)
         try:
-            seconds = finished(client, messages, timeout_s)
+            seconds = wait_done(client, messages, timeout_s)
         finally:
             stop(proc)
         books = api.store.books()
@@ -164,7 +150,7 @@ def relay_killed(client: redis.Redis, url: str, messages: int, rate: float, proc
             time.sleep(3.0)
             relays = {"DRAIN_RELAY": primary.url, "DRAIN_RELAY_FALLBACK": fallback.url}
             status_text = drain_cmd(url, "status", **relays) + drain_cmd(url, "route", "list", **relays)
-            finished(client, messages, timeout_s)
+            wait_done(client, messages, timeout_s)
             seconds = time.monotonic() - started
         finally:
             stop(proc)
