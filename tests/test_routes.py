@@ -15,7 +15,9 @@ from drain import validate
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink
 from drain.flow import ratelimit
+from drain.flow.breaker import RELAY, Breakers
 from drain.intake.api import Client
+from drain.observe.http import StatusServer
 from drain.ops import control
 from drain.settings import Settings
 from drain.store import body, keys
@@ -23,7 +25,9 @@ from drain.worker import routing
 from drain.worker.batch import Batch
 from drain.worker.delivery import RelayConfig
 from drain.worker.relays import Relays, relay_for
+from tests.conftest import wait_for
 from tests.test_cli import drain
+from tests.test_web import fetch
 
 A, B = "alpha.example.com", "beta.example.net"
 
@@ -272,3 +276,43 @@ def test_a_group_told_later_is_retried_alone_and_the_message_counts_once(
     books = client.store.books()
     assert (books.accepted, books.delivered, books.bounced, books.queued) == (1, 1, 0, 0)
     assert client.redis.hgetall(keys.SHAPE) == {}
+
+
+def test_relays_show_in_drain_status_and_on_the_status_page(
+        client: Client, settings: Settings) -> None:
+    dead = "smtp://127.0.0.1:9"
+    routing.set_route(client.redis, "domain", "example.com", [dead, "smtp://127.0.0.1:2600"])
+    breakers = Breakers(client.redis, settings)
+    for _ in range(settings.relay_breaker_failures):
+        breakers.failure(f"relay:{dead}")
+    client.redis.hset(keys.RELAY_HANDED, "relay:smtp://127.0.0.1:2600", 7)
+
+    shown = drain(settings, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    relays = json.loads(shown.stdout)["relays"]
+    assert relays[f"relay:{dead}"]["open"] is True and relays["relay:smtp://127.0.0.1:2600"]["handed"] == 7
+    text = drain(settings, "status").stdout.decode()
+    assert f"relay relay:{dead}" in text and "OPEN until" in text
+    server = StatusServer(settings.redis_url or "", settings, "127.0.0.1", 0, refresh_s=0.1)
+    server.start()
+    try:
+        wait_for(lambda: "<dt>Relays</dt>" in fetch(server.url).text, what="the page's first read")
+        page = fetch(server.url).text
+    finally:
+        server.stop()
+    assert f"relay:{dead}: 0 handed, 0 without a session <span class=\"no\">breaker open</span>" in page
+    assert "relay:smtp://127.0.0.1:2600: 7 handed" in page
+
+
+def test_an_open_environment_relay_holds_the_backlog_only_without_a_fallback_up(
+        client: Client, settings: Settings) -> None:
+    client.enqueue(synthetic(1))
+    ratelimit.set_global(client.redis, 100.0)
+    breakers = Breakers(client.redis, settings)
+    for _ in range(settings.relay_breaker_failures):
+        breakers.failure(RELAY)
+
+    alone = json.loads(drain(settings, "status", "--json").stdout)
+    assert "relay breaker open" in alone["held_by"].get("*", "")
+    backed = json.loads(drain(settings, "status", "--json", env={"DRAIN_RELAY_FALLBACK": "smtp://127.0.0.1:2600"}).stdout)
+    assert "*" not in backed["held_by"] and backed["eta_s"] is not None
