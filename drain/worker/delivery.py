@@ -161,14 +161,14 @@ class Relay:
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
         smtp: smtplib.SMTP
+        # Connecting (and TLS for smtps, and the greeting) within the connect timeout; every
+        # step after it within the step timeout.
         if cfg.scheme == "smtps":
-            smtp = smtplib.SMTP_SSL(local_hostname=self.helo_name, timeout=self.connect_timeout_s, context=self.tls)
+            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, local_hostname=self.helo_name,
+                                    timeout=self.connect_timeout_s, context=self.tls)
         else:
-            smtp = smtplib.SMTP(local_hostname=self.helo_name, timeout=self.connect_timeout_s)
+            smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.connect_timeout_s)
         try:
-            code, greeting = smtp.connect(cfg.host, cfg.port)
-            if code != 220:
-                raise smtplib.SMTPConnectError(code, greeting)
             smtp.timeout = self.timeout_s
             if smtp.sock is not None:
                 smtp.sock.settimeout(self.timeout_s)
