@@ -311,7 +311,6 @@ class Batch:
         if not outcomes:
             return
         _settled, skipped = self.store.settle(self.owner, outcomes)
-        self.relays.flush()
         self._send_reports()
         if skipped:
             log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)

@@ -69,9 +69,22 @@ class Relays:
             self.configs[settings.relay] = (RELAY, default.config)
 
     def refresh(self) -> None:
-        """Routes (when changed) and relay concurrency caps, once per claim."""
-        self.routes.refresh()
-        caps = cast(dict[bytes, bytes], self.client.hgetall(keys.RELAY_CONCURRENCY))
+        """Once per claim, in one round trip: the routes' version (reloaded when it changed),
+        the relays' concurrency caps, and the counts kept since the last claim written."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.ROUTES_VERSION)
+        pipe.hgetall(keys.RELAY_CONCURRENCY)
+        counts, self.counts = self.counts, {}
+        for (key, name), count in counts.items():
+            pipe.hincrby(key, name, count)
+        try:
+            version, caps, *_added = pipe.execute()
+        except redis.RedisError:
+            for item, count in counts.items():  # kept for the next claim
+                self.counts[item] = self.counts.get(item, 0) + count
+            raise
+        self.routes.refresh(cast(bytes | None, version))
+        caps = cast(dict[bytes, bytes], caps)
         self.caps = {k.decode("utf-8", "replace"): int(v) for k, v in caps.items() if v.isdigit()}
 
     def names(self, urls: tuple[str, ...]) -> list[str]:
@@ -147,7 +160,7 @@ class Relays:
                 self.client.zrem(keys.relay_busy(name), msg_id)
 
     def flush(self) -> None:
-        """Add the relays' counts to Redis (with each settle); kept for the next try on Redis trouble."""
+        """Add the relays' counts to Redis now (when the worker stops); kept on Redis trouble."""
         if not self.counts:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -158,5 +171,6 @@ class Relays:
             self.counts = {}
 
     def close(self) -> None:
+        self.flush()
         for session in self.sessions.values():
             session.close()

@@ -138,8 +138,8 @@ class Routes:
         self.by_domain: dict[str, tuple[str, ...]] = {}
         self.by_tenant: dict[str, tuple[str, ...]] = {}
 
-    def refresh(self) -> None:
-        version = cast(bytes | None, self.client.get(keys.ROUTES_VERSION))
+    def refresh(self, version: bytes | None) -> None:
+        """Reload the routes when their version (read by the caller) changed."""
         if version == self.version:
             return
         routes = load(self.client)
