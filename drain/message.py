@@ -48,6 +48,14 @@ class Envelope:
             return ""
         return self.recipients[0].rpartition("@")[2].lower()
 
+    def by_domain(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The recipients grouped by destination domain (lowercased), groups in the order their
+        first recipient appears, recipients in their own order: one delivery per group."""
+        groups: dict[str, list[str]] = {}
+        for rcpt in self.recipients:
+            groups.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
+        return [(domain, tuple(rcpts)) for domain, rcpts in groups.items()]
+
 
 def header_text(value: object) -> str:
     """A header value from the compat32 parser as text: raw 8-bit bytes (kept there as

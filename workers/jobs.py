@@ -10,7 +10,7 @@ from drain.worker.dispatch import ensure_tokens
 def deliver_batch() -> int:
     """Claim and work up to one batch of ready messages; returns how many were claimed."""
     rt = runtime.current()
-    batch = Batch(rt.store, rt.relay, rt.owner, rt.limits, rt.severity, rt.rules())
+    batch = Batch(rt.store, rt.relays or rt.relay, rt.owner, rt.limits, rt.severity, rt.rules())
     handled = batch.run()
     ensure_tokens(rt.store.client, rt.settings)
     return handled

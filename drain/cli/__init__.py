@@ -12,7 +12,7 @@ import click
 import redis
 
 from drain import logging_setup
-from drain.cli import cells, flow, quarantine, queue, serve
+from drain.cli import cells, flow, quarantine, queue, routes, serve
 from drain.cli.options import Context, redis_url_option
 from drain.cli.render import TTY_ROWS, fail
 from drain.errors import ConfigError, DrainError
@@ -34,6 +34,7 @@ for _command in (queue.check, queue.enqueue, queue.status, queue.backlog, queue.
                  serve.worker, serve.smtpd, serve.serve, serve.server, serve.drain_session, serve.demo, serve.acl,
                  cells.cells):
     cli.add_command(_command)
+cli.add_command(routes.route)
 
 
 def main(argv: list[str] | None = None) -> None:

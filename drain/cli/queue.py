@@ -234,6 +234,11 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
             table.add_row("held (rate 0)", Text(name))
         for name in data.get("breakers_open", []):
             table.add_row("circuit open", cell(name))
+        for name, relay in st.relays.items():
+            until = relay["open_until"]
+            table.add_row(cell(f"relay {name}"), cell(f"handed {relay['handed']:,}, no session {relay['failed']:,}"
+                                                      + (f", OPEN until {when(until)}" if isinstance(until, float)
+                                                         else "")))
         if intake.is_paused(obj.client.redis):
             table.add_row("intake (SMTP)", "PAUSED")
         return table

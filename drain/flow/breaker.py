@@ -21,11 +21,19 @@ from drain.store.record import DOMAIN
 
 # The breaker name for failures of the relay itself (no SMTP reply at all).
 RELAY = "(relay)"
+# Other relays' breakers are named this and the relay's URL without credentials.
+RELAY_PREFIX = "relay:"
+
+
+def is_relay(name: str) -> bool:
+    """Whether a breaker is a relay's (it opens after DRAIN_RELAY_BREAKER_FAILURES)."""
+    return name == RELAY or name.startswith(RELAY_PREFIX)
 
 class Breakers:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.client = client
         self.threshold = settings.breaker_failures
+        self.relay_threshold = settings.relay_breaker_failures
         self.wait = tenacity.wait_exponential(multiplier=settings.breaker_cooldown_s, max=settings.breaker_max_s)
         self.open_until: dict[str, float] = {}
         self.failing: set[str] = set()
@@ -53,7 +61,8 @@ class Breakers:
         pipe.hget(keys.BREAKER_TRIPS, domain)
         fails, trips = pipe.execute()
         tripped = int(trips or 0)
-        if int(fails) < (1 if tripped else self.threshold):
+        threshold = self.relay_threshold if is_relay(domain) else self.threshold
+        if int(fails) < (1 if tripped else threshold):
             return None
         state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
         state.attempt_number = tripped + 1
@@ -112,7 +121,7 @@ def close(client: redis.Redis, domain: str, actor: str, note: str = "", now: flo
         for msg_id in page:
             pipe.hget(keys.message(msg_id.decode()), DOMAIN)
         mine = [m for m, dom in zip(page, pipe.execute(), strict=True)
-                if domain == RELAY or (dom or b"").decode().lower() == domain.lower()]
+                if is_relay(domain) or (dom or b"").decode().lower() == domain.lower()]
         if mine:
             pipe = client.pipeline(transaction=False)
             # XX: only mail still in the deferred set (a promotion may have moved it meanwhile).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 
@@ -122,10 +123,14 @@ class Gate:
         self.breakers.refresh()
         self.limits = constrained(self.store)
 
-    def ask(self, domain: str, msg_id: str, reserved_us: float, now: float) -> Answer:
-        """May this message to `domain` go now? reserved_us: the send time booked for it before."""
-        for destination in (RELAY, domain):
-            held = self.breakers.held_until(destination, now)
+    def ask(self, domain: str, msg_id: str, reserved_us: float, now: float,
+            relays: Sequence[str] = (RELAY,)) -> Answer:
+        """May this message to `domain` go now? reserved_us: the send time booked for it before;
+        relays: the names of the relays its route may use (held while every one's breaker is open)."""
+        shut = [self.breakers.held_until(name, now) for name in relays]
+        closing = min((t for t in shut if t is not None), default=None) if all(shut) else None
+        for destination, held in ((relays[0] if len(relays) == 1 else "every relay of its route", closing),
+                                  (domain, self.breakers.held_until(domain, now))):
             if held is not None:
                 until = time.strftime("%H:%M:%S", time.localtime(held))
                 return Answer("hold", held + random.uniform(0, BREAKER_SPREAD_S), "breaker",
@@ -145,7 +150,7 @@ class Gate:
         """A send that took a concurrency slot is over: free the slot, let one parked message on."""
         unpark(self.store, domain, most=1, done_id=msg_id)
 
-    def heard(self, domain: str, reply: Reply, now: float) -> None:
+    def heard(self, domain: str, reply: Reply, now: float, relay: str = RELAY) -> None:
         """Learn from the relay's reply: adaptive rate down on "slow down", up on success for a
         domain that adapts; breakers count failures of the relay or of the domain."""
         if reply.kind == "deferred" and adapt.is_throttling(reply.code, reply.text):
@@ -157,7 +162,7 @@ class Gate:
         if reply.kind == "deferred":
             # No reply at all (refused, dropped, timed out), TLS, AUTH, a missing extension or a
             # session reply is the relay's trouble (or drain's), not the domain's.
-            self.breakers.failure(RELAY if reply.code == 0 or reply.relay_fault else domain, now)
+            self.breakers.failure(relay if reply.code == 0 or reply.relay_fault else domain, now)
         else:
-            self.breakers.success(RELAY)
+            self.breakers.success(relay)
             self.breakers.success(domain)

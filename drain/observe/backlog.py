@@ -16,10 +16,11 @@ from typing import Any, cast
 import redis
 
 from drain.flow import ratelimit
-from drain.flow.breaker import Breakers
+from drain.flow.breaker import RELAY, Breakers
 from drain.store import keys
 from drain.store.record import parse_shape_field
 from drain.store.store import Store
+from drain.worker import routing
 
 # Lower bounds of the age buckets, in seconds: 0, 5 min, then doubling (as qshape's minutes).
 BUCKETS_S = [0, 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 76800]
@@ -93,6 +94,8 @@ def read_limits(store: Store, pace: float | None = None, now: float | None = Non
     except (ValueError, redis.ResponseError) as exc:
         log.error("the circuit breaker states cannot be read: %s", exc)
         opened = {}
+    if any(name not in opened for name in routing.default_names(store.settings)):
+        opened.pop(RELAY, None)  # a fallback of the environment's relay still takes its mail
     return Limits(caps, paused, opened, cast(float | None, shown["global"]),
                   bool(shown["paused"]) or bool(shown.get("held")), store.pace() if pace is None else pace)
 

@@ -165,6 +165,10 @@ def _controls(snap: Snapshot) -> str:
         ("Domains limited", esc(num(len(domains)))),
         ("Domains paused", esc(", ".join(n for n, d in domains.items() if d.get("paused")) or "none")),
         ("Circuits open", esc(", ".join(opened) or "none")),
+        ("Relays", "<br>".join(
+            f"{esc(name)}: {num(int(str(r['handed'])))} handed, {num(int(str(r['failed'])))} without a session"
+            + (' <span class="no">breaker open</span>' if r["open"] else "")
+            for name, r in f.status.relays.items()) or "none"),
         ("Waiting on limits", _waiting(snap)),
     ]
     body = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in rows)

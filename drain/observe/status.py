@@ -17,6 +17,7 @@ from drain.observe.deferred import deferred_by
 from drain.settings import Settings
 from drain.store import embedded
 from drain.store.store import Books, Store
+from drain.worker import routing
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Status:
     held: str | None = None
     # Destination domains whose cap is 0 (their mail is held).
     domains_held: list[str] = field(default_factory=list)
+    # Every relay drain knows of, by name: handed, failed (no session), concurrency, open, open_until.
+    relays: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = self.books.as_dict()
@@ -48,6 +51,7 @@ class Status:
         out["breakers_open"] = self.breakers_open
         out["delivery_held"] = self.held
         out["domains_held"] = self.domains_held
+        out["relays"] = self.relays
         return out
 
 
@@ -96,7 +100,13 @@ def read(store: Store, shape: backlog.Shape | None = None) -> Status:
     rate_held = min(read_split["rate"], books.deferred)
     breaker_held = min(read_split["breaker"], books.deferred - rate_held)
     split = {"rate": rate_held, "breaker": breaker_held, "relay": books.deferred - rate_held - breaker_held}
-    return Status(books, store.oldest_age_s(), rate, eta, sorted(opened), held_by, split, held, domains_held)
+    try:
+        relays = routing.relay_states(store.client, store.settings, now)
+    except (ValueError, redis.ResponseError) as exc:
+        log.error("the relay states cannot be read: %s", exc)
+        relays = {}
+    return Status(books, store.oldest_age_s(), rate, eta, sorted(opened), held_by, split, held, domains_held,
+                  relays)
 
 
 def startup_line(role: str, settings: Settings, client: redis.Redis) -> str:

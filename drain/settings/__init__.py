@@ -56,6 +56,13 @@ class Settings:
     relay: str = setting("DRAIN_RELAY", "smtp://127.0.0.1:2525", v.text, "relay",
                          "smtp://host:port, smtp+starttls://..., smtps://user:pass@host:465", secret=True)
     relay_timeout_s: float = setting("DRAIN_RELAY_TIMEOUT", 30.0, v.number(0.1), "relay", "seconds for each SMTP step")
+    relay_fallbacks: tuple[str, ...] = setting(
+        "DRAIN_RELAY_FALLBACK", (), v.words, "relay",
+        "relays tried in order while DRAIN_RELAY is down or its breaker open (comma-separated URLs)", secret=True)
+    relay_connect_timeout_s: float = setting("DRAIN_RELAY_CONNECT_TIMEOUT", 5.0, v.number(0.1), "relay",
+                                             "seconds to connect to a relay and read its greeting")
+    relay_breaker_failures: int = setting("DRAIN_RELAY_BREAKER_FAILURES", 5, v.whole(1), "relay",
+                                          "connection failures in a row that open a relay's breaker")
     relay_tls_verify: bool = setting("DRAIN_RELAY_TLS_VERIFY", True, v.flag, "relay",
                                      "verify the relay's TLS certificate and name")
     relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.existing_file, "relay",

@@ -86,6 +86,17 @@ HOUSEKEEPING_LOCK = f"{PREFIX}:housekeeping"
 # Counter bumped just before WAIT / WAITAOF, so the wait covers the writes before it.
 DURABLE = f"{PREFIX}:durable"
 
+# Routes to relays by destination domain or tenant: "domain:NAME" / "tenant:NAME" -> JSON list
+# of relay URLs, the first the relay, the rest its fallbacks in order (hash); bumped on every
+# change so workers reload them (string); concurrency caps of relays by relay name (hash).
+ROUTES = f"{PREFIX}:routes"
+ROUTES_VERSION = f"{PREFIX}:routes:version"
+RELAY_CONCURRENCY = f"{PREFIX}:relay:concurrency"
+# Per relay name: messages (destination groups) it gave a reply about, and times it gave no
+# usable session (refused, timed out, TLS, AUTH) (hashes).
+RELAY_HANDED = f"{PREFIX}:relay:handed"
+RELAY_FAILED = f"{PREFIX}:relay:failed"
+
 # RQ queue that carries batch jobs.
 RQ_QUEUE = "drain"
 # Every key (and pub/sub channel) RQ keeps, for drain's ACL rules (drain.acl).
@@ -120,3 +131,8 @@ def smtpd_auth_failures(address: str) -> str:
     """Failed AUTH attempts from one client address, counted by every `drain smtpd` process
     (string counter; expires DRAIN's AUTH window after the first failure)."""
     return f"{PREFIX}:smtpd:authfail:{address}"
+
+
+def relay_busy(name: str) -> str:
+    """Messages being handed to one relay now, scored by when their slot lapses (sorted set)."""
+    return f"{PREFIX}:relay:busy:{name}"

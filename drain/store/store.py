@@ -236,6 +236,14 @@ class Store:
         )
         return int(reply[0]), int(reply[1])
 
+    def narrow(self, owner: str, msg_id: str, rest: Envelope, partly: bool) -> bool:
+        """Keep only the recipients still to do of a message this owner holds, its domain (and
+        backlog shape) following their first one (narrow.lua); False when no longer held."""
+        return bool(self.scripts.narrow(
+            keys=[keys.INFLIGHT, keys.SHAPE, keys.message(msg_id)],
+            args=[msg_id, owner, rest.to_json(), rest.domain, "1" if partly else "0"],
+        ))
+
     # -- housekeeping ------------------------------------------------------------------
 
     def held(self) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,13 +17,15 @@ import redis
 from rq.timeouts import JobTimeoutException
 
 from drain import validate
-from drain.flow.gate import Gate
+from drain.flow.gate import Answer, Gate
 from drain.intake.rules import Rule, first_match
 from drain.message import Envelope, without_bcc
 from drain.store import keys
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
-from drain.worker.delivery import Relay, permanent
+from drain.worker.delivery import Relay
+from drain.worker.groups import Groups
+from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import deferral_delay
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,7 @@ class Batch:
     def __init__(
         self,
         store: Store,
-        relay: Relay,
+        relay: Relay | Relays,
         owner: str,
         limits: validate.Limits,
         severity: dict[str, str] | None = None,
@@ -82,7 +85,10 @@ class Batch:
     ) -> None:
         self.store = store
         self.settings = store.settings
-        self.relay = relay
+        # The relays by route (a lone Relay is the environment's relay, for every destination).
+        self.relays = relay if isinstance(relay, Relays) else Relays(store.client, store.settings, relay)
+        # Tenants of the current claim's messages (read only while some route is by tenant).
+        self.tenants: dict[str, str] = {}
         self.owner = owner
         self.limits = limits
         self.severity = severity or validate.SEVERITY
@@ -114,41 +120,72 @@ class Batch:
                 return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
         env = msg.envelope
         now = self.clock()
-        answer = self.gate.ask(env.domain, msg.id, msg.slot_us, now)
-        if answer.kind == "hold":
-            return Outcome(msg.id, "held", score=answer.until, info=answer.note, envelope=answer.why)
-        if answer.kind == "park":
-            fresh = msg.fresh or msg.id in self.fresh_ids
-            return Outcome(msg.id, "parked", score=1 if fresh else 0, info=env.domain)
+        # One copy of the bytes for every group (the stored original keeps its Bcc, as
+        # quarantine evidence; the copy sent does not).
+        raw = without_bcc(msg.raw)
+        tenant = self.tenants.get(msg.id, "")
+        tally = Groups()
+        # (A message released with --force may have no recipient: one empty group, as before.)
+        for index, (domain, rcpts) in enumerate(env.by_domain() or [(env.domain, env.recipients)]):
+            urls = self.relays.routes.chain(domain, tenant)
+            # A send time booked before was for the first group's domain (narrow.lua keeps it so).
+            answer = self.gate.ask(domain, msg.id, msg.slot_us if index == 0 else 0.0, now, self.relays.names(urls))
+            if answer.kind == "send":
+                answer = self._send(msg, domain, rcpts, raw, urls, answer, now, tally)
+            if answer.kind != "send":
+                tally.blocked.append((domain, rcpts, answer))
+        return self._conclude(msg, tally, now)
+
+    def _send(self, msg: Stored, domain: str, rcpts: tuple[str, ...], raw: bytes, urls: tuple[str, ...],
+              answer: Answer, now: float, tally: Groups) -> Answer:
+        """Hand one destination group to its route's relays; returns SEND, or a short hold
+        when the route's relay is at its concurrency cap."""
+        env = msg.envelope
         try:
-            # The stored original keeps its Bcc (quarantine evidence); the copy sent does not.
-            result = self.relay.send(env.sender, list(env.recipients), without_bcc(msg.raw), env.smtputf8)
+            sent = self.relays.send(urls, self.gate.breakers, msg.id, env.sender, list(rcpts), raw, env.smtputf8, now)
         finally:
             if answer.slot:
-                self._after_send(self.gate.sent, env.domain, msg.id)
-        self._after_send(self.gate.heard, env.domain, result, now)
-        refused = {r: f"{c} {t}" for r, (c, t) in result.refused.items() if permanent(c)}
-        if result.kind == "bounced":
-            self._report(msg, refused or dict.fromkeys(env.recipients, result.reply))
-            return Outcome(msg.id, "bounced", info=result.reply)
-        if result.kind == "delivered":
-            if refused:
-                self._report(msg, refused)
-            transient = [r for r, (c, _t) in result.refused.items() if not permanent(c)]
-            if not transient:
-                return Outcome(msg.id, "delivered", info=result.reply if result.refused else "")
-            # Some recipients took it, some said "later": the rest is deferred on its own.
-            rest = Envelope(env.sender, tuple(transient), env.smtputf8)
-            return self._defer(msg, now, result.reply, rest.to_json())
-        return self._defer(msg, now, result.reply)
+                self._after_send(self.gate.sent, domain, msg.id)
+        for name, failure in sent.failed:
+            self._after_send(self.gate.heard, domain, failure, now, name)
+        if sent.result is None:
+            return Answer("hold", now + BUSY_WAIT_S + random.uniform(0, BUSY_WAIT_S), "rate",
+                          f"the relay for {domain} is at its concurrency cap")
+        self._after_send(self.gate.heard, domain, sent.result, now, sent.relay)
+        tally.add(rcpts, sent.result)
+        return answer
 
-    def _defer(self, msg: Stored, now: float, reply: str, envelope: str = "") -> Outcome:
+    def _conclude(self, msg: Stored, tally: Groups, now: float) -> Outcome:
+        """One outcome for the message from its groups' (counted once in the books)."""
+        if not (tally.delivered or tally.bounced or tally.transient):
+            _domain, _rcpts, answer = tally.blocked[0]  # nothing was tried: held as it is
+            return self._wait(msg, msg.envelope.domain, answer)
+        self._report(msg, tally.bounced)
+        rest = tally.rest(msg.envelope)
+        if not rest.recipients:
+            if tally.delivered:
+                return Outcome(msg.id, "delivered", info=json.dumps(tally.bounced) if tally.bounced else "")
+            return Outcome(msg.id, "bounced", info=tally.reply)
+        if rest.recipients != msg.envelope.recipients:
+            # Some groups are done: the rest keeps its turn, its next domain first (books unchanged).
+            self.store.narrow(self.owner, msg.id, rest, bool(tally.delivered))
+        if tally.blocked:
+            domain, _rcpts, answer = tally.blocked[0]
+            return self._wait(msg, domain, answer)
+        return self._defer(msg, now, tally.reply, rest.recipients)
+
+    def _wait(self, msg: Stored, domain: str, answer: Answer) -> Outcome:
+        if answer.kind == "hold":
+            return Outcome(msg.id, "held", score=answer.until, info=answer.note, envelope=answer.why)
+        fresh = msg.fresh or msg.id in self.fresh_ids
+        return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
+
+    def _defer(self, msg: Stored, now: float, reply: str, left: tuple[str, ...]) -> Outcome:
         if now - msg.accepted_at >= self.settings.max_lifetime_s:
-            self._report(msg, dict.fromkeys(msg.envelope.recipients, f"expired after {msg.attempts + 1} attempts: "
-                                                                      f"{reply}"))
+            self._report(msg, dict.fromkeys(left, f"expired after {msg.attempts + 1} attempts: {reply}"))
             return Outcome(msg.id, "bounced", info=f"expired: {reply}")
         due = now + deferral_delay(self.settings, msg.attempts + 1)
-        return Outcome(msg.id, "deferred", score=due, info=reply, envelope=envelope)
+        return Outcome(msg.id, "deferred", score=due, info=reply)
 
     def _after_send(self, step: Callable[..., object], *args: object) -> None:
         """Bookkeeping once the relay has answered (the concurrency slot, breakers, the adaptive
@@ -199,6 +236,7 @@ class Batch:
                 continue
             self.lease_written = sent
             self.gate.refresh()
+            self.relays.refresh()
             self.fresh_ids = claim.fresh
             handled += len(claim.ids)
             self._work(claim.ids)
@@ -217,6 +255,7 @@ class Batch:
     def _work(self, ids: list[str]) -> None:
         pending: list[Outcome] = []
         done: set[str] = set()
+        self.tenants = self.relays.routes.tenants(ids)
         try:
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
                 if not self._still_mine(msg_id):

@@ -147,9 +147,12 @@ class Relay:
     """One SMTP session to the relay, opened lazily and reused across messages."""
 
     def __init__(self, config: RelayConfig, timeout_s: float = 30.0, helo_name: str | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, connect_timeout_s: float | None = None) -> None:
         self.config = config
         self.timeout_s = timeout_s
+        # Connecting and the greeting get their own (shorter) limit: a relay that is down or
+        # dropped off the network must not hold a worker for the whole SMTP step timeout.
+        self.connect_timeout_s = min(timeout_s, connect_timeout_s or timeout_s)
         self.helo_name = helo_name or socket.gethostname()
         # TLS for smtps and STARTTLS: certificate and host name verified unless told otherwise.
         self.tls = tls or ssl.create_default_context()
@@ -158,14 +161,17 @@ class Relay:
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
         smtp: smtplib.SMTP
+        # Connecting (and TLS for smtps, and the greeting) within the connect timeout; every
+        # step after it within the step timeout.
         if cfg.scheme == "smtps":
-            smtp = smtplib.SMTP_SSL(
-                cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s,
-                context=self.tls,
-            )
+            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, local_hostname=self.helo_name,
+                                    timeout=self.connect_timeout_s, context=self.tls)
         else:
-            smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.timeout_s)
+            smtp = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=self.connect_timeout_s)
         try:
+            smtp.timeout = self.timeout_s
+            if smtp.sock is not None:
+                smtp.sock.settimeout(self.timeout_s)
             code, reply = smtp.ehlo()
             if not 200 <= code < 300:
                 # Refused at EHLO: try HELO, and a refusal there is the session's (deferred),

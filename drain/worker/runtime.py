@@ -17,8 +17,9 @@ from drain.intake.rules import Rule
 from drain.settings import Settings
 from drain.store.store import Store
 from drain.validate import Limits, configured
-from drain.worker.delivery import Relay, RelayConfig, tls_context
+from drain.worker.delivery import Relay, RelayConfig
 from drain.worker.housekeeping import Housekeeper
+from drain.worker.relays import Relays, relay_for
 from drain.worker.resilience import ResilientStore
 
 
@@ -31,6 +32,8 @@ class Runtime:
     limits: Limits
     severity: dict[str, str]
     housekeeper: Housekeeper | None = None
+    # Every relay this worker uses, by route (the environment's relay among them).
+    relays: Relays | None = None
     _rules: list[Rule] = field(default_factory=list)
     _rules_version: int = -1
 
@@ -45,12 +48,14 @@ class Runtime:
     @classmethod
     def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
         store = ResilientStore(client, settings)
-        relay = Relay(RelayConfig.from_url(settings.relay), timeout_s=settings.relay_timeout_s,
-                      helo_name=settings.hostname,
-                      tls=tls_context(settings.relay_tls_verify, settings.relay_ca_file))
+        relay = relay_for(settings, RelayConfig.from_url(settings.relay))
+        for url in settings.relay_fallbacks:
+            RelayConfig.from_url(url)  # a fallback drain cannot use stops the start, as DRAIN_RELAY does
         # host-pid-token: which process holds a claim can be told from Redis.
         owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        return cls(settings, store, relay, owner, *configured(settings))
+        runtime = cls(settings, store, relay, owner, *configured(settings))
+        runtime.relays = Relays(client, settings, relay)
+        return runtime
 
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)
@@ -63,6 +68,8 @@ class Runtime:
             self.housekeeper.stop()
             self.housekeeper = None
         self.relay.close()
+        if self.relays is not None:
+            self.relays.close()
         self.store.release_lease(self.owner)
 
 

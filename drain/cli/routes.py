@@ -1,0 +1,116 @@
+"""`drain route`: relays by destination domain or tenant, with fallbacks, live for all workers.
+Storage and checks are drain.worker.routing's; these parse, print and map errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from drain.cli.options import Context, json_option, pass_ctx
+from drain.cli.render import emit, out, when
+from drain.cli.terminal import cell, safe
+from drain.flow.breaker import RELAY
+from drain.worker import routing
+from drain.worker.delivery import RelayConfig
+
+
+def _target(names: tuple[str, ...], tenant: str | None, want: int) -> tuple[routing.Kind, str, list[str]]:
+    """(kind, name, the other arguments) from DOMAIN ... or --tenant T ...; UsageError if neither fits."""
+    if tenant is not None:
+        if len(names) != want - 1:
+            raise click.UsageError("with --tenant, give no DOMAIN" + (" and one relay URL" if want > 1 else ""))
+        return "tenant", tenant, list(names)
+    if len(names) != want:
+        raise click.UsageError("give DOMAIN" + (" and one relay URL" if want > 1 else "") + ", or --tenant T")
+    return "domain", names[0], list(names[1:])
+
+
+@click.group()
+def route() -> None:
+    """Relays by destination domain or tenant, with fallbacks; live for every worker."""
+
+
+@route.command("set")
+@click.argument("names", nargs=-1, metavar="[DOMAIN] URL")
+@click.option("--tenant", default=None, help="Route this tenant's mail (domain routes go first).")
+@click.option("--fallback", "fallbacks", multiple=True, metavar="URL",
+              help="A relay tried, in the order given, while the ones before it are down (repeatable).")
+@json_option('Print {"kind", "name", "relay", "fallbacks"} as JSON.')
+@pass_ctx
+def route_set(obj: Context, names: tuple[str, ...], tenant: str | None, fallbacks: tuple[str, ...],
+              as_json: bool) -> None:
+    """Send mail for DOMAIN (or --tenant T) through the relay at URL (smtp://host:port,
+    smtp+starttls://, smtps://; no credentials: those come from the environment)."""
+    kind, name, urls = _target(names, tenant, 2)
+    name = routing.set_route(obj.client.redis, kind, name, [*urls, *fallbacks])
+    shown = routing.Route(kind, name, (*urls, *fallbacks)).to_json()
+    if as_json:
+        emit(shown)
+        return
+    tail = f" (then {', '.join(fallbacks)})" if fallbacks else ""
+    click.echo(safe(f"{kind} {name}: {urls[0]}{tail}"))
+
+
+@route.command("delete")
+@click.argument("names", nargs=-1, metavar="[DOMAIN]")
+@click.option("--tenant", default=None, help="Delete this tenant's route.")
+@json_option('Print {"kind", "name", "deleted"} as JSON.')
+@pass_ctx
+def route_delete(obj: Context, names: tuple[str, ...], tenant: str | None, as_json: bool) -> None:
+    """Delete the route of DOMAIN (or --tenant T): its mail goes by the default route again."""
+    kind, name, _rest = _target(names, tenant, 1)
+    deleted = routing.delete_route(obj.client.redis, kind, name)
+    if as_json:
+        emit({"kind": kind, "name": routing.check_name(kind, name), "deleted": deleted})
+    elif not deleted:
+        click.echo(safe(f"error: no route for {kind} {name}"), err=True)
+        sys.exit(1)
+    else:
+        click.echo(safe(f"deleted the route of {kind} {name}"))
+
+
+@route.command("concurrency")
+@click.argument("url", metavar="URL|(relay)")
+@click.argument("most", type=click.IntRange(0), metavar="N")
+@pass_ctx
+def route_concurrency(obj: Context, url: str, most: int) -> None:
+    """Most messages handed to the relay at URL at once, by all workers (0 removes the cap)."""
+    settings = obj.settings
+    name = routing.set_concurrency(obj.client.redis, settings.relay if url == RELAY else url, most, settings)
+    click.echo(safe(f"{name}: {most} at once" if most else f"{name}: no concurrency cap"))
+
+
+def _default(obj: Context) -> dict[str, Any]:
+    urls = (obj.settings.relay, *obj.settings.relay_fallbacks)
+    shown = [RelayConfig.from_url(u).redacted() for u in urls]
+    return {"kind": "default", "name": "*", "relay": shown[0], "fallbacks": shown[1:]}
+
+
+@route.command("list")
+@json_option('One JSON document {"routes": [{"kind", "name", "relay", "fallbacks"}], "relays": {name: state}}.')
+@pass_ctx
+def route_list(obj: Context, as_json: bool) -> None:
+    """Every route (the environment's default last) and every relay's counts and breaker."""
+    client = obj.client.redis
+    routes = [r.to_json() for r in routing.load(client)] + [_default(obj)]
+    relays = routing.relay_states(client, obj.settings)
+    if as_json:
+        emit({"routes": routes, "relays": relays})
+        return
+    table = Table(title="routes")
+    for column in ("for", "relay", "fallbacks"):
+        table.add_column(column)
+    for r in routes:
+        table.add_row(cell(f"{r['kind']} {r['name']}"), cell(str(r["relay"])), cell(", ".join(r["fallbacks"]) or "-"))
+    out.print(table)
+    states = Table(title="relays")
+    for column in ("relay", "breaker", "handed", "no session", "at once"):
+        states.add_column(column)
+    for name, st in relays.items():
+        until = st["open_until"]
+        states.add_row(cell(name), f"OPEN until {when(until)}" if isinstance(until, float) else "closed",
+                       str(st["handed"]), str(st["failed"]), str(st["concurrency"] or "-"))
+    out.print(states)

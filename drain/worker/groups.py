@@ -1,0 +1,48 @@
+"""A message's recipients by destination group, as one delivery attempt leaves them: delivered,
+bounced (with the reply), to try again, or waiting behind their domain's gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drain.flow.gate import Answer
+from drain.message import Envelope
+from drain.worker.delivery import Result, permanent
+
+
+@dataclass
+class Groups:
+    delivered: list[str] = field(default_factory=list)
+    # Refused for good: recipient -> the relay's reply.
+    bounced: dict[str, str] = field(default_factory=dict)
+    # The relay said "later" (or gave no answer).
+    transient: list[str] = field(default_factory=list)
+    # Groups the gate did not let go now: (domain, recipients, the gate's answer), in order.
+    blocked: list[tuple[str, tuple[str, ...], Answer]] = field(default_factory=list)
+    # The last reply that was not a plain success, for the record of a deferral or bounce.
+    reply: str = ""
+
+    def add(self, rcpts: tuple[str, ...], result: Result) -> None:
+        """Sort one group's recipients by the relay's result."""
+        for rcpt in rcpts:
+            if rcpt in result.refused:
+                code, text = result.refused[rcpt]
+                if permanent(code):
+                    self.bounced[rcpt] = f"{code} {text}"
+                else:
+                    self.transient.append(rcpt)
+            elif result.kind == "delivered":
+                self.delivered.append(rcpt)
+            elif result.kind == "bounced":
+                self.bounced[rcpt] = result.reply
+            else:
+                self.transient.append(rcpt)
+        if result.kind != "delivered" or result.refused:
+            self.reply = result.reply
+
+    def rest(self, env: Envelope) -> Envelope:
+        """The envelope still to do: the first waiting group first (its domain becomes the
+        message's), then the other waiting groups, then recipients to try again."""
+        waiting = [rcpt for _domain, rcpts, _answer in self.blocked for rcpt in rcpts]
+        again = set(self.transient)
+        return Envelope(env.sender, (*waiting, *(r for r in env.recipients if r in again)), env.smtputf8)
