@@ -129,13 +129,23 @@ def pace(client: redis.Redis, window_s: float = 30.0) -> float:
 
 
 def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
-    """Age of the oldest message still to be worked (ready head, or earliest deferred)."""
+    """Age of the oldest message still to be worked: the heads of the ready lanes, the earliest
+    deferred, and both ends of each domain's parked list (fresh mail is parked ahead of
+    backlog mail, so the oldest may be at either end)."""
     now = time.time() if now is None else now
     ids: list[str] = []
+    try:
+        parked = client.smembers(keys.PARKED_DOMAINS)
+    except redis.ResponseError:  # a damaged key: the parked mail's age is not shown, the rest is
+        parked = set()
     pipe = client.pipeline(transaction=False)
     pipe.lindex(keys.READY, 0)
     pipe.lindex(keys.FRESH, 0)
+    pipe.lindex(keys.SUSPECT, 0)
     pipe.zrange(keys.DEFERRED, 0, 9)
+    for domain in parked if isinstance(parked, set) else ():
+        pipe.lindex(keys.parked(text(domain)), 0)
+        pipe.lindex(keys.parked(text(domain)), -1)
     for reply in pipe.execute(raise_on_error=False):
         if isinstance(reply, bytes):
             ids.append(text(reply))
