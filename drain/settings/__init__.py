@@ -59,7 +59,7 @@ class Settings:
                                      "verify the relay's TLS certificate and name")
     relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.existing_file, "relay",
                                          "extra CA certificates (PEM) trusted for the relay")
-    hostname: str = setting("DRAIN_HOSTNAME", "localhost.localdomain", v.text, "relay",
+    hostname: str = setting("DRAIN_HOSTNAME", "localhost.localdomain", v.helo_name, "relay",
                             "this machine's dotted name, in HELO and bounce reports", shown="host name",
                             fallback=v.default_hostname)
     dsn: bool = setting("DRAIN_DSN", False, v.flag, "relay", "send RFC 3464 bounce reports to senders of bounced mail")

@@ -1,0 +1,35 @@
+"""Settings with a bad value are refused at start-up in one line naming the setting, never later
+in the middle of a run.
+
+Found by setting each DRAIN_* variable to a bad value: DRAIN_HOSTNAME took anything. A name
+with a space went out in every EHLO (a strict relay refuses it, so every message deferred and
+the relay's breaker opened), and one with a line break made every delivery attempt fail inside
+smtplib; `drain worker` started happily either way."""
+
+from __future__ import annotations
+
+import pytest
+
+from drain.errors import ConfigError
+from drain.settings import Settings
+from tests.test_cli import drain
+
+
+@pytest.mark.parametrize("bad", ["bad host", "mail.example.com\r\nRSET", "-lead.example", "a..b", "[not-an-ip]",
+                                 "x" * 64 + ".example", "höst.example"])
+def test_a_bad_helo_name_is_refused_in_one_line(bad: str) -> None:
+    with pytest.raises(ConfigError, match="DRAIN_HOSTNAME"):
+        Settings.from_env({"DRAIN_HOSTNAME": bad})
+
+
+@pytest.mark.parametrize("good", ["mail.example.com", "relay-1.example.org.", "localhost", "[192.0.2.1]",
+                                  "[IPv6:2001:db8::1]"])
+def test_good_helo_names_are_kept_as_given(good: str) -> None:
+    assert Settings.from_env({"DRAIN_HOSTNAME": good}).hostname == good
+
+
+def test_worker_refuses_a_bad_helo_name_at_start(settings: Settings) -> None:
+    result = drain(settings, "worker", "--burst", env={"DRAIN_HOSTNAME": "bad host"})
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "DRAIN_HOSTNAME" in lines[0], lines
