@@ -8,6 +8,8 @@ smtplib; `drain worker` started happily either way."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from drain.errors import ConfigError
@@ -33,3 +35,15 @@ def test_worker_refuses_a_bad_helo_name_at_start(settings: Settings) -> None:
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "DRAIN_HOSTNAME" in lines[0], lines
+
+
+def test_a_relay_ca_file_that_is_not_pem_is_refused_at_start(settings: Settings, tmp_path: Path) -> None:
+    """It was taken, then `drain worker` died with an ssl.SSLError traceback once connected."""
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("this is not a certificate\n")
+    with pytest.raises(ConfigError, match="DRAIN_RELAY_CA_FILE"):
+        Settings.from_env({"DRAIN_RELAY_CA_FILE": str(not_pem)})
+    result = drain(settings, "worker", "--burst", env={"DRAIN_RELAY_CA_FILE": str(not_pem)})
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "DRAIN_RELAY_CA_FILE" in lines[0], lines

@@ -57,7 +57,7 @@ class Settings:
     relay_timeout_s: float = setting("DRAIN_RELAY_TIMEOUT", 30.0, v.number(0.1), "relay", "seconds for each SMTP step")
     relay_tls_verify: bool = setting("DRAIN_RELAY_TLS_VERIFY", True, v.flag, "relay",
                                      "verify the relay's TLS certificate and name")
-    relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.existing_file, "relay",
+    relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.ca_file, "relay",
                                          "extra CA certificates (PEM) trusted for the relay")
     hostname: str = setting("DRAIN_HOSTNAME", "localhost.localdomain", v.helo_name, "relay",
                             "this machine's dotted name, in HELO and bounce reports", shown="host name",

@@ -87,6 +87,18 @@ def existing_file(raw: str, name: str) -> Path:
     return Path(raw)
 
 
+def ca_file(raw: str, name: str) -> Path:
+    """A readable file of PEM certificates that TLS can load (checked now, not at the first send)."""
+    import ssl
+
+    path = existing_file(raw, name)
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{name} holds no certificate TLS can use (PEM expected): {raw} ({exc})") from None
+    return path
+
+
 def helo_name(raw: str, name: str) -> str:
     """A name for HELO/EHLO (RFC 5321 4.1.1.1): a dotted host name, or an address literal
     such as [192.0.2.1]. Refused at start rather than by the relay at every message."""
