@@ -47,3 +47,17 @@ def test_a_relay_ca_file_that_is_not_pem_is_refused_at_start(settings: Settings,
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "DRAIN_RELAY_CA_FILE" in lines[0], lines
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"DRAIN_RETRY_MAX": "1"}, "DRAIN_RETRY_MAX"),  # below the default first retry, 300 s
+    ({"DRAIN_RETRY_FIRST": "5000"}, "DRAIN_RETRY_MAX"),  # above the default longest gap, 4000 s
+    ({"DRAIN_BREAKER_MAX": "10"}, "DRAIN_BREAKER_MAX"),  # below the default cool-down, 60 s
+])
+def test_a_longest_wait_below_the_first_is_refused(env: dict[str, str], named: str) -> None:
+    """DRAIN_RETRY_MAX=1 was taken and silently made every retry come after 1 s, hammering the
+    relay, whatever DRAIN_RETRY_FIRST said."""
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+    Settings.from_env({**env, "DRAIN_RETRY_FIRST": "1", "DRAIN_RETRY_MAX": "6000",
+                       "DRAIN_BREAKER_COOLDOWN": "1", "DRAIN_BREAKER_MAX": "900"})

@@ -33,6 +33,8 @@ __all__ = ["LOG_FORMATS", "LOOPBACK", "Declared", "Durability", "Network", "Sett
 
 # Settings only meaningful together: one without the other is a configuration error.
 PAIRS = (("smtpd_auth_user", "smtpd_auth_password"), ("smtpd_tls_cert", "smtpd_tls_key"))
+# A shortest and a longest wait: the longest below the shortest would silently override it.
+ORDERED = (("retry_first_s", "retry_max_s"), ("breaker_cooldown_s", "breaker_max_s"))
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,10 @@ class Settings:
         for one, other in PAIRS:
             if (values[one] is None) != (values[other] is None):
                 raise ConfigError(f"{names[one]} and {names[other]} must be set together")
+        for low, high in ORDERED:
+            if values[high] < values[low]:
+                raise ConfigError(f"{names[high]} ({values[high]:g} s) must be at least "
+                                  f"{names[low]} ({values[low]:g} s)")
         settings = cls(**values)
         return settings.with_(**overrides) if overrides else settings
 
