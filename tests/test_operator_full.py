@@ -36,3 +36,18 @@ def test_status_answers_while_redis_is_over_its_maxmemory(client: Client, rclien
     finally:
         rclient.config_set("maxmemory", 0)
     assert len(ids) == 3
+
+
+def test_a_write_refused_for_memory_says_what_to_do(client: Client, rclient: redis.Redis,
+                                                    settings: Settings) -> None:
+    """`drain pause --intake`, the runbook's first step for a full Redis, failed with Redis's own
+    "command not allowed when used memory > 'maxmemory'" and nothing on what to do."""
+    used = int(rclient.info("memory")["used_memory"])
+    rclient.config_set("maxmemory", max(1, used - 200_000))
+    try:
+        result = drain(settings, "pause", "--intake")
+    finally:
+        rclient.config_set("maxmemory", 0)
+    assert result.returncode == 1
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "maxmemory" in lines[0] and "drain quarantine delete" in lines[0], lines
