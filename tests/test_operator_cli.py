@@ -7,6 +7,7 @@ import pytest
 
 from drain.intake.api import Client
 from drain.settings import Settings
+from tests.conftest import SEEDS
 from tests.test_cli import drain
 
 BAD = (b"From: app@example.com\r\nTo: user@example.org\r\nSubject: nul\r\n"
@@ -24,3 +25,14 @@ def test_quarantine_action_without_ids_or_filter_is_a_usage_error(
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "--reason" in lines[0], lines
     assert client.store.books().quarantined == 1  # nothing changed
+
+
+def test_check_with_a_missing_file_is_a_usage_error_before_any_verdict(settings: Settings) -> None:
+    """`drain check good.eml /nonexistent` printed the first verdict, then exited 1; enqueue
+    checks every input first and exits 2. A script reading the JSON lines got half an answer."""
+    good = sorted((SEEDS / "good").glob("*.eml"))[0]
+    result = drain(settings, "check", "--json", str(good), "/nonexistent/mail.eml")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "/nonexistent/mail.eml" in lines[0], lines
