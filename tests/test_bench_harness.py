@@ -16,6 +16,7 @@ import pytest
 
 from drain import validate
 from drain.message import envelope_from_headers
+from tests.conftest import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_postfix
@@ -60,5 +61,7 @@ def test_postfix_instance_holds_then_releases_into_the_counting_sink(tmp_path: P
         assert sink.count == 0  # held: nothing reached the sink
         postfix.release(sink, 25, timeout_s=30)  # without `postqueue -f` they would wait minutes
         assert sink.since() == 25
-        assert postfix.queued() == 0
+        # The sink counts a message at its 250; Postfix removes the queue file a moment later,
+        # when its delivery agent reports back (one file was still there on a loaded machine).
+        wait_for(lambda: postfix.queued() == 0, timeout=30, what="Postfix's queue to empty")
     assert not root.exists()

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     except DrainError as exc:
         fail(f"error: {exc}")
         sys.exit(1)
+    except redis.exceptions.OutOfMemoryError:
+        fail("error: Redis is over its maxmemory and refuses writes (reads still work): free memory with "
+             "`drain quarantine delete`, or raise Redis's maxmemory (docs/runbook.md, Redis is full)")
+        sys.exit(1)
     except redis.RedisError as exc:
         fail(f"error: Redis: {exc}")
         sys.exit(1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.table import Table
@@ -110,12 +110,24 @@ def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     scope = control.scope_of(domain, intake_only)
     moved: int = on_each(obj, lambda store: control.resume(store, domain, intake_only), _total)
+    # A rate of 0 holds delivery as a pause does, but only `rate set` lifts it: say so rather
+    # than report delivery as going again while nothing moves (the first cell's rate tells).
+    limits = on_each(obj, lambda store: ratelimit.show(store.client)) if scope != control.INTAKE else {}
+    held = bool(limits.get("held")) if scope != control.DOMAIN else bool(
+        cast(dict[str, dict[str, Any]], limits.get("domains", {})).get(str(domain).lower(), {}).get("held"))
     if as_json:
-        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": False, "unparked": moved})
-    elif scope == control.DOMAIN:
+        doc: dict[str, Any] = {"scope": scope, "name": domain.lower() if domain else None, "paused": False,
+                               "unparked": moved}
+        emit(doc if scope == control.INTAKE else {**doc, "held": held})
+        return
+    if scope == control.DOMAIN:
         click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
     else:
         click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
+    if held:
+        where = f" --domain {str(domain).lower()}" if scope == control.DOMAIN else ""
+        click.echo(safe(f"drain: still held: the rate is 0; `drain rate set RATE{where}` (or unlimited) "
+                        "lets it go"), err=True)
 
 
 def _total(counts: list[int]) -> int:

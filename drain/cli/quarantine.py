@@ -102,6 +102,8 @@ def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: st
     flt = Filter(reason, sender, domain)
     if ids and not flt.empty:
         raise click.UsageError("give message ids or a filter, not both")
+    if not ids and flt.empty:  # a usage error (exit 2), before anything is read or changed
+        raise click.UsageError("name message ids, or a filter (--reason, --sender, --domain)")
     note = " ".join(f"--{k} {v}" for k, v in (("reason", reason), ("sender", sender), ("domain", domain)) if v)
     if obj.multi:
         return quarantine_select(obj, ids, flt), note

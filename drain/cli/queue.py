@@ -42,6 +42,9 @@ def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
     """Give the verdict the workers would give each message file, without queueing it."""
     s = obj.settings
     limits, severity = validate.configured(s)
+    for path in paths:  # every path first, as enqueue does: a bad one is a usage error, before any verdict
+        if path != "-":
+            _readable_file(path)
     for path in paths:
         raw = _read(path, s.max_message_bytes)
         verdict = validate.check(raw, envelope_from_headers(raw), limits, severity)

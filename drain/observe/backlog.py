@@ -71,6 +71,8 @@ class Limits:
     global_rate: float | None
     all_paused: bool
     pace: float
+    # Domains held by a cap of 0 (not paused): `drain rate set`, not `resume`, lets them go.
+    zero: frozenset[str] = frozenset()
 
 
 def read_limits(store: Store, pace: float | None = None, now: float | None = None) -> Limits:
@@ -82,12 +84,15 @@ def read_limits(store: Store, pace: float | None = None, now: float | None = Non
         shown = {"domains": {}, "global": None, "paused": False, "held": False}
     caps: dict[str, float] = {}
     paused: set[str] = set()
+    zero: set[str] = set()
     for name, d in cast(dict[str, dict[str, Any]], shown["domains"]).items():
         rates = [float(r) for r in (d.get("rate"), d.get("effective")) if r]
         if rates:
             caps[name] = min(rates)
         if d.get("paused") or d.get("held"):  # a cap of 0 holds the domain like a pause
             paused.add(name)
+            if not d.get("paused"):
+                zero.add(name)
     try:
         opened = {name: state["open_until"] for name, state in
                   Breakers(store.client, store.settings).states().items() if state.get("open_until", 0) > now}
@@ -97,7 +102,8 @@ def read_limits(store: Store, pace: float | None = None, now: float | None = Non
     if any(name not in opened for name in routing.default_names(store.settings)):
         opened.pop(RELAY, None)  # a fallback of the environment's relay still takes its mail
     return Limits(caps, paused, opened, cast(float | None, shown["global"]),
-                  bool(shown["paused"]) or bool(shown.get("held")), store.pace() if pace is None else pace)
+                  bool(shown["paused"]) or bool(shown.get("held")), store.pace() if pace is None else pace,
+                  frozenset(zero))
 
 
 def _until(ts: float) -> str:
@@ -123,7 +129,7 @@ def forecast(totals: dict[str, int], limits: Limits) -> tuple[dict[str, float | 
         if limits.all_paused:
             held["*"] = "delivery paused"
         elif domain in limits.paused:
-            held[domain] = "paused"
+            held[domain] = "rate 0" if domain in limits.zero else "paused"
         elif domain in limits.breakers:
             held[domain] = f"breaker open until {_until(limits.breakers[domain])}"
         elif relay_open is not None:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from redis.exceptions import OutOfMemoryError
+
 from drain.store import keys
 from drain.store.record import WAITING, answer, ask
 from drain.store.store import Store
@@ -24,11 +26,17 @@ _REPLY = re.compile(r"^\s*(\d{3})\b[\s-]*(.*)$", re.DOTALL)
 
 def deferred_by(store: Store) -> dict[str, int]:
     """How many deferred messages wait for each reason; they add up to the deferred count."""
-    pipe = store.client.pipeline(transaction=True)
-    pipe.zcard(keys.DEFERRED)
-    pipe.zcard(keys.HELD_RATE)
-    pipe.zcard(keys.HELD_BREAKER)
-    total, rate, breaker = (int(v) for v in pipe.execute())
+    def counts(transaction: bool) -> list[Any]:
+        pipe = store.client.pipeline(transaction=transaction)
+        for key in (keys.DEFERRED, keys.HELD_RATE, keys.HELD_BREAKER):
+            pipe.zcard(key)
+        return pipe.execute()
+
+    try:
+        replies = counts(True)
+    except OutOfMemoryError:  # over maxmemory Redis queues nothing in MULTI: read without (clipped below)
+        replies = counts(False)
+    total, rate, breaker = (int(v) for v in replies)
     # The held sets can only lag the deferred set (a rule sweep takes mail out of it alone,
     # until housekeeping drops the stale ids), never lead it: clip so the parts add up.
     rate = min(rate, total)

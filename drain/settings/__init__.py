@@ -33,6 +33,8 @@ __all__ = ["LOG_FORMATS", "LOOPBACK", "Declared", "Durability", "Network", "Sett
 
 # Settings only meaningful together: one without the other is a configuration error.
 PAIRS = (("smtpd_auth_user", "smtpd_auth_password"), ("smtpd_tls_cert", "smtpd_tls_key"))
+# A shortest and a longest wait: the longest below the shortest would silently override it.
+ORDERED = (("retry_first_s", "retry_max_s"), ("breaker_cooldown_s", "breaker_max_s"))
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,9 @@ class Settings:
                                           "connection failures in a row that open a relay's breaker")
     relay_tls_verify: bool = setting("DRAIN_RELAY_TLS_VERIFY", True, v.flag, "relay",
                                      "verify the relay's TLS certificate and name")
-    relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.existing_file, "relay",
+    relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.ca_file, "relay",
                                          "extra CA certificates (PEM) trusted for the relay")
-    hostname: str = setting("DRAIN_HOSTNAME", "localhost.localdomain", v.text, "relay",
+    hostname: str = setting("DRAIN_HOSTNAME", "localhost.localdomain", v.helo_name, "relay",
                             "this machine's dotted name, in HELO and bounce reports", shown="host name",
                             fallback=v.default_hostname)
     dsn: bool = setting("DRAIN_DSN", False, v.flag, "relay", "send RFC 3464 bounce reports to senders of bounced mail")
@@ -166,6 +168,10 @@ class Settings:
         for one, other in PAIRS:
             if (values[one] is None) != (values[other] is None):
                 raise ConfigError(f"{names[one]} and {names[other]} must be set together")
+        for low, high in ORDERED:
+            if values[high] < values[low]:
+                raise ConfigError(f"{names[high]} ({values[high]:g} s) must be at least "
+                                  f"{names[low]} ({values[low]:g} s)")
         settings = cls(**values)
         return settings.with_(**overrides) if overrides else settings
 

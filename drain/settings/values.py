@@ -87,6 +87,38 @@ def existing_file(raw: str, name: str) -> Path:
     return Path(raw)
 
 
+def ca_file(raw: str, name: str) -> Path:
+    """A readable file of PEM certificates that TLS can load (checked now, not at the first send)."""
+    import ssl
+
+    path = existing_file(raw, name)
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{name} holds no certificate TLS can use (PEM expected): {raw} ({exc})") from None
+    return path
+
+
+def helo_name(raw: str, name: str) -> str:
+    """A name for HELO/EHLO (RFC 5321 4.1.1.1): a dotted host name, or an address literal
+    such as [192.0.2.1]. Refused at start rather than by the relay at every message."""
+    literal = raw[1:-1].removeprefix("IPv6:") if raw.startswith("[") and raw.endswith("]") else None
+    if literal is not None:
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            raise ConfigError(f"{name} must be a host name or an address literal like [192.0.2.1], "
+                              f"got {raw!r}") from None
+        return raw
+    labels = raw.removesuffix(".").split(".")
+    if len(raw) > 253 or not all(0 < len(label) <= 63 and label.isascii()
+                                 and label.replace("-", "").isalnum()
+                                 and not label.startswith("-") and not label.endswith("-") for label in labels):
+        raise ConfigError(f"{name} must be a host name like mail.example.com (letters, digits, hyphens, dots), "
+                          f"got {raw!r}")
+    return raw
+
+
 def words(raw: str, name: str) -> tuple[str, ...]:
     """Comma-separated words, blanks dropped."""
     return tuple(item.strip() for item in raw.split(",") if item.strip())

@@ -7,8 +7,10 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import redis
+from redis.exceptions import OutOfMemoryError
 
 from drain.store import keys, record
 
@@ -67,10 +69,13 @@ def _count(key: str, value: bytes | None) -> int:
         return 0
 
 
+COUNTERS = ["accepted", "delivered", "bounced", "deleted", "parked"]
+
+
 def read(client: redis.Redis) -> Books:
-    """One consistent snapshot (MULTI/EXEC) of every state's count."""
+    """One consistent snapshot (MULTI/EXEC, or one read-only script while Redis is full)."""
     pipe = client.pipeline(transaction=True)
-    pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted", "parked"])
+    pipe.hmget(keys.BOOKS, COUNTERS)
     pipe.llen(keys.READY)
     pipe.llen(keys.FRESH)
     pipe.llen(keys.SUSPECT)
@@ -80,7 +85,10 @@ def read(client: redis.Redis) -> Books:
     pipe.zcard(keys.QUARANTINE)
     # A key of the wrong type or a counter that is not a number (damaged or planted data)
     # reads as 0 and is logged: the books then show it by not balancing.
-    replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
+    try:
+        replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
+    except OutOfMemoryError:  # over maxmemory, Redis queues nothing in MULTI, not even reads
+        replies = _read_by_script(client)
     counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = replies
     counters = counters if isinstance(counters, list) else [None] * 5
     accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in counters)
@@ -94,6 +102,15 @@ def read(client: redis.Redis) -> Books:
         quarantined=int(quarantined),
         deleted=deleted,
     )
+
+
+def _read_by_script(client: redis.Redis) -> list[Any]:
+    from drain.store.scripts import source
+
+    script = client.register_script(source("books"))
+    counters, *counts = script(keys=[keys.BOOKS, keys.READY, keys.FRESH, keys.SUSPECT, keys.SWEPT,
+                                     keys.DEFERRED, keys.INFLIGHT, keys.QUARANTINE], args=COUNTERS)
+    return [counters if isinstance(counters, list) and len(counters) == len(COUNTERS) else None, *counts]
 
 
 def sample_pace(client: redis.Redis, books: Books) -> None:
@@ -129,13 +146,23 @@ def pace(client: redis.Redis, window_s: float = 30.0) -> float:
 
 
 def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
-    """Age of the oldest message still to be worked (ready head, or earliest deferred)."""
+    """Age of the oldest message still to be worked: the heads of the ready lanes, the earliest
+    deferred, and both ends of each domain's parked list (fresh mail is parked ahead of
+    backlog mail, so the oldest may be at either end)."""
     now = time.time() if now is None else now
     ids: list[str] = []
+    try:
+        parked = client.smembers(keys.PARKED_DOMAINS)
+    except redis.ResponseError:  # a damaged key: the parked mail's age is not shown, the rest is
+        parked = set()
     pipe = client.pipeline(transaction=False)
     pipe.lindex(keys.READY, 0)
     pipe.lindex(keys.FRESH, 0)
+    pipe.lindex(keys.SUSPECT, 0)
     pipe.zrange(keys.DEFERRED, 0, 9)
+    for domain in parked if isinstance(parked, set) else ():
+        pipe.lindex(keys.parked(text(domain)), 0)
+        pipe.lindex(keys.parked(text(domain)), -1)
     for reply in pipe.execute(raise_on_error=False):
         if isinstance(reply, bytes):
             ids.append(text(reply))

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
 PROMOTE_EVERY_S = 0.05
+# While housekeeping keeps failing (Redis away), one log line this often (seconds).
+FAILURE_LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Housekeeper(threading.Thread):
     def run(self) -> None:
         renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
         next_round = next_renew = 0.0
+        failures, logged_at = 0, 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
             try:
@@ -82,7 +85,17 @@ class Housekeeper(threading.Thread):
                     # Mail due at its booked send time goes to ready, with a batch job for it.
                     ready_due(self.store)
             except Exception as exc:  # Redis away, or anything else: log, keep going
-                log.warning("housekeeping failed: %s", exc)
+                # It retries every PROMOTE_EVERY_S: one line when it starts failing, then one
+                # every FAILURE_LOG_EVERY_S, not twenty a second for as long as Redis is away.
+                failures += 1
+                if failures == 1 or now - logged_at >= FAILURE_LOG_EVERY_S:
+                    log.warning("housekeeping failed (%d attempts so far, retrying every %.2f s): %s",
+                                failures, PROMOTE_EVERY_S, exc)
+                    logged_at = now
+            else:
+                if failures:
+                    log.warning("housekeeping works again after %d failed attempts", failures)
+                    failures = 0
             self.stopping.wait(PROMOTE_EVERY_S)
 
     def stop(self) -> None:
