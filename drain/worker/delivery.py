@@ -29,6 +29,11 @@ class RelayTimeout(smtplib.SMTPException):
     """The relay stopped answering within the timeout."""
 
 
+class RelayLostReply(smtplib.SMTPException):
+    """The relay hung up after the message's final dot, before its reply: it may have taken
+    the message, so it is deferred rather than sent again at once."""
+
+
 class RelayAuthMissing(smtplib.SMTPResponseException):
     """Credentials are configured but the relay offers no AUTH: the session's trouble, deferred."""
 
@@ -316,7 +321,12 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
     smtp.send(data_block(wire))
-    code, resp = smtp.getreply()
+    try:
+        code, resp = smtp.getreply()
+    except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, TimeoutError):
+            raise  # RelayTimeout (in Relay._send_once)
+        raise RelayLostReply("relay hung up after the end of the message, before its reply") from exc
     if code != 250:
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
