@@ -90,6 +90,16 @@ def _addresses(values: list[str]) -> list[str]:
     return out
 
 
+def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
+    """Each mailbox once, in order: the domain part is compared without case (RFC 5321 2.4),
+    the local part as written (the destination's to judge). The first spelling is kept."""
+    seen: dict[str, str] = {}
+    for address in recipients:
+        local, at, domain = address.rpartition("@")
+        seen.setdefault(f"{local}{at}{domain.lower()}" if at else address, address)
+    return tuple(seen.values())
+
+
 _ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc"})
 
 

@@ -1,0 +1,52 @@
+"""A hostile relay (a real aiosmtpd sink): what it receives, message by message, and what
+drain makes of replies that are lost, odd or about part of the recipients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import DROP, Received, Sink
+from drain.intake.api import Client
+from drain.observe.deferred import records
+
+
+def test_a_reply_lost_after_the_final_dot_defers_without_sending_again(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """The relay read the whole message, then hung up before its reply: it may have taken
+    it. Sending it again at once in the same attempt doubles it; it is deferred instead
+    (one copy per attempt, as for a relay that stops answering)."""
+    seen: list[Received] = []
+
+    def take_then_drop(_index: int, received: Received) -> str:
+        seen.append(received)
+        return DROP
+
+    relay.set_policy(data_policy=take_then_drop)
+    msg_id = client.enqueue(synthetic(1))
+
+    work(breaker_failures=100)
+
+    assert len(seen) == 1, f"the relay got {len(seen)} copies in one attempt"
+    books = client.store.books()
+    assert books.deferred == 1 and books.delivered == 0 and books.bounced == 0, books
+    (record,) = records(client.store)
+    assert record.id == msg_id and record.last_reply
+
+
+def test_a_recipient_given_twice_gets_one_copy(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """The same mailbox twice (given twice, or with its domain in another case) is one RCPT
+    at the relay: the domain part of an address is case-insensitive (RFC 5321 2.4); the
+    local part is the destination's to judge, so a different local part stays."""
+    raw = synthetic(1)
+    client.enqueue(raw, recipients=["b@example.com", "b@example.com", "b@EXAMPLE.COM", "B@example.com"])
+    head = (b"From: a@example.com\nTo: x@example.org, X@Example.Org\nCc: x@EXAMPLE.org\n"
+            b"Date: Mon, 23 Nov 2026 10:00:00 +0000\nMessage-ID: <dup@example.com>\n\nbody\n")
+    client.enqueue(head)
+
+    work()
+
+    got = sorted(m.recipients for m in relay.messages)
+    assert got == sorted([("b@example.com", "B@example.com"), ("x@example.org", "X@Example.Org")]), got
+    assert client.store.books().delivered == 2
+
