@@ -100,7 +100,8 @@ def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(seen.values())
 
 
-_ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc"})
+_ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc", "resent-sender",
+                              "resent-from", "resent-to", "resent-cc", "resent-bcc"})
 
 
 def _address_fields(head: bytes) -> dict[str, list[str]]:
@@ -108,6 +109,7 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
     the envelope is needed for every message at enqueue time, so no full parser here)."""
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
+    resent = 0  # 0: no Resent-* field yet; 1: in the first (newest) resent block; 2: past it
     for line in head.split(b"\n"):
         line = line.rstrip(b"\r")
         if line[:1] in (b" ", b"\t"):
@@ -116,7 +118,11 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
             continue
         name, colon, value = line.partition(b":")
         key = name.strip().lower().decode("ascii", "replace")
-        if colon and key in _ENVELOPE_FIELDS:
+        if key.startswith("resent-"):
+            resent = max(resent, 1)
+        elif resent:
+            resent = 2
+        if colon and key in _ENVELOPE_FIELDS and not (resent == 2 and key.startswith("resent-")):
             current = fields.setdefault(key, [])
             current.append(value.strip().decode("ascii", "surrogateescape"))
         else:
@@ -125,7 +131,8 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
 
 
 def envelope_from_headers(raw: bytes) -> Envelope:
-    """Sender from Return-Path/Sender/From, recipients from To, Cc and Bcc. Never raises.
+    """Sender from Return-Path/Sender/From, recipients from To, Cc and Bcc (or from the newest
+    block of Resent-* fields, when the message has one). Never raises.
 
     Whatever cannot be made sense of yields an empty field, which validation then reports
     as a reason rather than crashing here.
@@ -138,10 +145,15 @@ def envelope_from_headers(raw: bytes) -> Envelope:
         else:
             senders = (
                 _addresses(fields.get("return-path", []))
+                or _addresses(fields.get("resent-sender", []))
+                or _addresses(fields.get("resent-from", []))
                 or _addresses(fields.get("sender", []))
                 or _addresses(fields.get("from", []))
             )
-        recipients = _addresses(fields.get("to", []) + fields.get("cc", []) + fields.get("bcc", []))
+        # A resent message goes to its newest Resent-To/Cc/Bcc only (as sendmail -t takes it).
+        kind = "resent-" if any(f"resent-{k}" in fields for k in ("to", "cc", "bcc")) else ""
+        recipients = _addresses(fields.get(f"{kind}to", []) + fields.get(f"{kind}cc", [])
+                                + fields.get(f"{kind}bcc", []))
     except Exception:  # hostile headers: no envelope rather than a crash
         return Envelope("", ())
     return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)))

@@ -50,3 +50,24 @@ def test_a_recipient_given_twice_gets_one_copy(client: Client, relay: Sink, work
     assert got == sorted([("b@example.com", "B@example.com"), ("x@example.org", "X@Example.Org")]), got
     assert client.store.books().delivered == 2
 
+
+def test_a_resent_message_goes_to_its_resent_recipients_only(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """With Resent-* fields (RFC 5322 3.6.6), the envelope is the resent block's, as
+    sendmail -t and Postfix take it: the original To/Cc got the message already, and so did
+    the recipients of an older resent block."""
+    raw = (b"Resent-From: fwd@example.net\nResent-To: new@example.org\nResent-Bcc: hidden@example.org\n"
+           b"Resent-Date: Tue, 24 Nov 2026 10:00:00 +0000\nResent-Message-ID: <r1@example.net>\n"
+           b"Received: from a by b; Mon, 23 Nov 2026 11:00:00 +0000\n"  # an older resent block
+           b"Resent-From: first@example.net\nResent-To: older@example.org\n"
+           b"Resent-Date: Mon, 23 Nov 2026 11:00:00 +0000\n"
+           b"From: a@example.com\nTo: old@example.com\nCc: old2@example.com\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0000\nMessage-ID: <m1@example.com>\n\nbody\n")
+    client.enqueue(raw)
+
+    work()
+
+    (got,) = relay.messages
+    assert got.recipients == ("new@example.org", "hidden@example.org")
+    assert got.sender == "fwd@example.net"
+    assert b"hidden@" not in got.data and b"Resent-To: new@example.org" in got.data
