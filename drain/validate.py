@@ -177,7 +177,9 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
         yield Finding("body.nul-byte", f"line {raw.count(NEWLINE, 0, nul) + 1}")
     crlf = raw.count(b"\r\n")
     cr = raw.count(b"\r")
-    if crlf and (cr != crlf or raw.count(b"\n") != crlf):
+    # A lone CR is never a line end (LF-only files are, and go out as CRLF): in an LF-only
+    # message it would reach the relay as it is (CR . CR ends DATA for some servers).
+    if cr != crlf or (crlf and raw.count(b"\n") != crlf):
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
     split = _BLANK.search(raw)
@@ -204,6 +206,11 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
 
 
 def _bare_line_evidence(raw: bytes) -> str:
+    if b"\r\n" not in raw:  # an LF-only (or CR-only) message: the line of its first lone CR
+        at = raw.find(b"\r")
+        end = raw.find(b"\n", at)
+        line = raw[raw.rfind(b"\n", 0, at) + 1: end if end >= 0 else len(raw)]
+        return f"line {raw.count(NEWLINE, 0, at) + 1}: {_excerpt(line)}"
     for number, line in enumerate(raw.split(b"\r\n"), 1):
         if b"\r" in line or b"\n" in line:
             return f"line {number}: {_excerpt(line)}"
