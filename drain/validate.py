@@ -39,6 +39,7 @@ SEVERITY: dict[str, str] = {
     "body.bare-cr-lf": QUARANTINE,
     "header.malformed": QUARANTINE,
     "header.line-too-long": QUARANTINE,
+    "body.line-too-long": QUARANTINE,
     "header.too-many": QUARANTINE,
     "header.non-ascii-unencoded": QUARANTINE,
     "header.missing-from": QUARANTINE,
@@ -184,6 +185,8 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
 
     split = _BLANK.search(raw)
     head = raw[: split.start()] if split else raw
+    if split is not None and len(raw) - split.end() > MAX_LINE:
+        yield from _long_body_line(raw, split.end())
     names, header_ok = yield from _header_lines(head, limits, envelope.smtputf8)
     if not header_ok:
         return
@@ -203,6 +206,22 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     message = structure(raw, bare_cr=cr != crlf)
     yield from _mime(message, limits)
     yield from _addresses(message, envelope, limits)
+
+
+def _long_body_line(raw: bytes, start: int) -> Iterator[Finding]:
+    """The first body line over 998 octets (RFC 5322 2.1.1), CRLF not counted: relays that
+    enforce the limit refuse the whole message at the end of DATA (a 500, the session's
+    trouble to drain, which would defer it again and again). The lengths are taken in C
+    first; lines are walked in Python only when one is long."""
+    lines = raw[start:].split(NEWLINE)
+    if max(map(len, lines)) <= MAX_LINE:
+        return
+    head_lines = raw.count(NEWLINE, 0, start)
+    for number, line in enumerate(lines, head_lines + 1):
+        octets = len(line) - line.endswith(b"\r")
+        if octets > MAX_LINE:
+            yield Finding("body.line-too-long", f"line {number}: {octets} octets: {_excerpt(line)}")
+            return
 
 
 def _bare_line_evidence(raw: bytes) -> str:
