@@ -71,3 +71,35 @@ def test_a_resent_message_goes_to_its_resent_recipients_only(
     assert got.recipients == ("new@example.org", "hidden@example.org")
     assert got.sender == "fwd@example.net"
     assert b"hidden@" not in got.data and b"Resent-To: new@example.org" in got.data
+
+
+def test_452_too_many_recipients_defers_the_rest_and_each_gets_one_copy(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """A relay that takes at most two recipients a transaction (452 4.5.3 for the rest,
+    RFC 5321 4.5.3.1.10): the message goes to the first two, the rest wait for the next
+    attempt, never bounce; in the end every recipient has exactly one copy."""
+    taken: list[str] = []
+
+    def two_per_transaction(address: str) -> str | None:
+        if len(taken) >= 2:
+            return "452 4.5.3 Too many recipients"
+        taken.append(address)
+        return None
+
+    def reset(_index: int, _received: Received) -> None:
+        taken.clear()  # a new transaction after each DATA
+        return None
+
+    relay.set_policy(data_policy=reset, rcpt_policy=two_per_transaction)
+    rcpts = [f"r{i}@example.org" for i in range(5)]
+    client.enqueue(synthetic(1), recipients=rcpts)
+
+    for _round in range(4):
+        work()
+        taken.clear()
+        client.store.promote_due(now=10**10)
+
+    books = client.store.books()
+    assert books.bounced == 0 and books.delivered == 1, books
+    got = sorted(r for m in relay.messages for r in m.recipients)
+    assert got == rcpts

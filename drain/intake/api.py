@@ -140,8 +140,8 @@ class Client:
         self.durable.confirm()
         try:
             ensure_tokens(self.redis, self.settings)
-        except redis.OutOfMemoryError:
-            log.warning("mail stored, but Redis had no memory left for its batch job (housekeeping adds it)")
+        except redis.RedisError as exc:  # out of memory, a damaged key, gone: stored all the same
+            log.warning("mail stored, but no batch job was queued for it (housekeeping adds it): Redis: %s", exc)
 
     def status(self) -> Status:
         return read(self.store)

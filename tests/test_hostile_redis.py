@@ -1,0 +1,59 @@
+"""drain's global keys in Redis with the wrong type or a value that makes no sense: what
+was accepted stays accepted exactly once, and upkeep goes on around the damage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.store import keys
+
+
+@pytest.mark.parametrize("damage", ["rate-hash", "ready-string"])
+def test_enqueue_stored_is_reported_as_stored_when_the_batch_job_cannot_be_queued(
+        damage: str, client: Client, rclient: redis.Redis) -> None:
+    """The message is stored before its batch job is queued. When queueing the job fails
+    (here: drain:rate or drain:ready of the wrong type), the producer got a raw redis
+    ResponseError for a message drain holds: it would send it again, a second copy."""
+    if damage == "rate-hash":
+        rclient.hset(keys.RATE, "x", "1")
+    else:
+        rclient.set(keys.READY, "oops")
+
+    msg_id = client.enqueue(synthetic(1))
+    result = client.enqueue_many([synthetic(2), synthetic(3)])
+
+    assert msg_id and len(result.ids) == 2 and not result.rejected
+    assert client.store.books().accepted == 3
+
+
+def test_one_damaged_key_does_not_stop_the_rest_of_housekeeping(
+        client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A housekeeping round is a row of steps; the first one that met a wrong-typed key
+    (here drain:seq:time, only used to age fresh mail) raised and every later step was
+    skipped, round after round: parked mail of a paused domain never came back after
+    resume, quarantine never expired, no batch job was topped up. Each step now fails alone,
+    logged with what is wrong."""
+    from drain.flow import ratelimit
+    from drain.worker.housekeeping import run_once
+
+    ratelimit.pause_domain(rclient, "example.org")
+    client.enqueue_many([synthetic(i, domain="example.org") for i in range(3)])
+    work()
+    assert client.store.books().delivered == 0 and relay.accepted == 0
+    rclient.delete(keys.SEQ_TIME)
+    rclient.set(keys.SEQ_TIME, "not a sorted set")
+    ratelimit.resume_domain(rclient, "example.org")
+
+    run_once(client.store, force=True)
+    work()
+
+    assert client.store.books().delivered == 3 and relay.accepted == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("age fresh mail failed" in e and "WRONGTYPE" in e for e in errors), errors
