@@ -57,3 +57,25 @@ def test_one_damaged_key_does_not_stop_the_rest_of_housekeeping(
     assert client.store.books().delivered == 3 and relay.accepted == 3
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("age fresh mail failed" in e and "WRONGTYPE" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("key", [keys.SHAPE, keys.LATENCY, keys.FINDINGS, keys.SEQ_TIME])
+def test_a_wrong_typed_statistics_key_neither_loses_nor_repeats_mail(
+        key: str, client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
+    """The backlog shape, the latency histogram, the findings count and the enqueue times
+    only feed figures. Of the wrong type, they failed the enqueue transaction after it had
+    stored the mail (a raw ResponseError: the producer sends it again) and the settle script
+    after it had taken the first message off the in-flight hash (lost from the books) and
+    before the others were recorded (reaped and delivered again, round after round)."""
+    rclient.set(key, "not what drain writes here")
+    good = [synthetic(i, domain="example.org") for i in range(3)]
+    bad = b"From: a@example.com\nTo: b@example.org\nSubject: x\rDATA\n\nbody\n"  # body.bare-cr-lf
+
+    ids = client.enqueue_many([*good, bad]).ids
+    assert len(ids) == 4
+    work()
+
+    books = client.store.books()
+    assert books.delivered == 3 and books.quarantined == 1 and books.in_flight == 0, books
+    assert sorted(m.message_id for m in relay.messages) == sorted(f"<synthetic-{i}@sender.example.com>"
+                                                                 for i in range(3))

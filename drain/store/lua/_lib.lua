@@ -19,10 +19,20 @@ function lib.shape(shape_key, msg, delta)
   local t = tonumber(f[2] or '')
   if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
   local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', shape_key, field, delta) <= 0 then
+  local count = lib.figure('HINCRBY', shape_key, field, delta)
+  if count and count <= 0 then
     redis.call('HDEL', shape_key, field)
   end
   return t
+end
+
+-- A write to a key that only feeds figures (the backlog shape, the latency histogram, the
+-- findings count): a key of the wrong type fails this write alone (nil), never the script,
+-- which would stop half way with the moves before it made and the books behind it not.
+function lib.figure(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then return nil end
+  return reply
 end
 
 -- Count each reason code of findings (JSON list of {code, detail}) once.
@@ -33,7 +43,7 @@ function lib.count_findings(findings_key, findings)
   for _, f in ipairs(list) do
     if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
       seen[f.code] = true
-      redis.call('HINCRBY', findings_key, f.code, 1)
+      lib.figure('HINCRBY', findings_key, f.code, 1)
     end
   end
 end

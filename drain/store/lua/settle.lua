@@ -116,8 +116,8 @@ for i = 1, n do
         for _, le in ipairs(LATENCY) do
           if latency <= le then bucket = tostring(le); break end
         end
-        redis.call('HINCRBY', KEYS[13], bucket, 1)
-        redis.call('HINCRBYFLOAT', KEYS[13], 'sum', latency)
+        lib.figure('HINCRBY', KEYS[13], bucket, 1)
+        lib.figure('HINCRBYFLOAT', KEYS[13], 'sum', latency)
       end
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'delivered', 1)
