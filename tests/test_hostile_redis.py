@@ -79,3 +79,48 @@ def test_a_wrong_typed_statistics_key_neither_loses_nor_repeats_mail(
     assert books.delivered == 3 and books.quarantined == 1 and books.in_flight == 0, books
     assert sorted(m.message_id for m in relay.messages) == sorted(f"<synthetic-{i}@sender.example.com>"
                                                                  for i in range(3))
+
+
+@pytest.mark.parametrize("key", [keys.READY, keys.INFLIGHT])
+def test_a_wrong_typed_lane_or_in_flight_hash_stops_claims_without_losing_mail(
+        key: str, client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
+    """The claim script popped ids off the fresh lane, then failed on the backlog lane or the
+    in-flight hash of the wrong type: a Lua script keeps the writes it made before an error,
+    so those ids were on no list at all. Now it refuses before its first write."""
+    from drain.worker.dispatch import ensure_tokens
+
+    client.enqueue_many([synthetic(i, domain="example.org") for i in range(3)])
+    rclient.set(key, "not what drain writes here")
+
+    work()
+    assert relay.accepted == 0
+    rclient.delete(key)  # the operator repairs it
+    ensure_tokens(rclient, client.settings)
+    work()
+
+    books = client.store.books()
+    assert books.delivered == 3 and relay.accepted == 3, books
+
+
+def test_a_wrong_typed_deferred_set_stops_settling_without_losing_mail(
+        client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
+    """The settle script took each message off the in-flight hash, then failed to add it to
+    a deferred set of the wrong type: the message was on no list. Now it refuses before its
+    first write; the messages stay in flight and come back when the worker's lease lapses."""
+    from tests.conftest import wait_for
+
+    relay.set_policy(data_policy=lambda _i, _m: "451 4.3.0 try later")
+    client.enqueue_many([synthetic(i, domain="example.org") for i in range(3)])
+    rclient.set(keys.DEFERRED, "not what drain writes here")
+
+    work()
+    assert client.store.books().in_flight == 3
+    rclient.delete(keys.DEFERRED)  # the operator repairs it
+    relay.set_policy()
+    wait_for(lambda: sum(client.store.reap_dead()) > 0, what="the lapsed claims to come back")
+    from drain.worker.dispatch import ensure_tokens
+    ensure_tokens(rclient, client.settings)
+    work()
+
+    books = client.store.books()
+    assert books.delivered == 3 and books.in_flight == 0, books

@@ -35,6 +35,20 @@ function lib.figure(...)
   return reply
 end
 
+-- Before a script's first write: an error reply when one of the keys it moves ids through
+-- has the wrong type (pairs: key, type, key, type...), else nil. A script that fails half
+-- way keeps the writes it made: ids popped off a list would be on no list at all.
+function lib.wrong_types(pairs)
+  for i = 1, #pairs, 2 do
+    local found = redis.call('TYPE', pairs[i])['ok']
+    if found ~= 'none' and found ~= pairs[i + 1] then
+      return redis.error_reply('WRONGTYPE ' .. pairs[i] .. ' is a ' .. found .. ', drain keeps a '
+                               .. pairs[i + 1] .. ' there: nothing was moved')
+    end
+  end
+  return nil
+end
+
 -- Count each reason code of findings (JSON list of {code, detail}) once.
 function lib.count_findings(findings_key, findings)
   local ok, list = pcall(cjson.decode, findings)

@@ -42,6 +42,11 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+local wrong = lib.wrong_types({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'list', KEYS[4], 'zset',
+                               KEYS[5], 'zset', KEYS[7], 'list', KEYS[8], 'set', KEYS[14], 'zset',
+                               KEYS[15], 'zset'})
+if wrong then return wrong end
+
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled, skipped = 0, 0
 local n = (#ARGV - 4) / 5
