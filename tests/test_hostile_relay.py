@@ -103,3 +103,25 @@ def test_452_too_many_recipients_defers_the_rest_and_each_gets_one_copy(
     assert books.bounced == 0 and books.delivered == 1, books
     got = sorted(r for m in relay.messages for r in m.recipients)
     assert got == rcpts
+
+
+def test_any_2xx_after_the_final_dot_is_a_delivery(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """A relay that answers the end of DATA with a 2xx other than 250 took the message.
+    drain deferred it (only 250 counted), so every later attempt delivered another copy,
+    about a hundred over the five days of the message's lifetime."""
+    seen: list[Received] = []
+
+    def took_it(_index: int, received: Received) -> str:
+        seen.append(received)
+        return "251 2.0.0 taken, will forward"
+
+    relay.set_policy(data_policy=took_it)
+    client.enqueue(synthetic(1))
+
+    for _attempt in range(3):
+        work()
+        client.store.promote_due(now=10**10)
+
+    assert len(seen) == 1
+    books = client.store.books()
+    assert books.delivered == 1 and books.deferred == 0, books

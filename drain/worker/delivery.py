@@ -327,7 +327,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
         if isinstance(exc.__context__, TimeoutError):
             raise  # RelayTimeout (in Relay._send_once)
         raise RelayLostReply("relay hung up after the end of the message, before its reply") from exc
-    if code != 250:
+    if not 200 <= code < 300:  # any 2xx took it: deferring would send it again and again
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
     return refused
