@@ -24,7 +24,7 @@ LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.
 LOG_FORMATS = ("text", "json")
 
 
-def _bounded(convert: Callable[[str], Any], what: str, minimum: float) -> Parse:
+def _bounded(convert: Callable[[str], Any], what: str, minimum: float, maximum: float | None = None) -> Parse:
     def parse(raw: str, name: str) -> Any:
         try:
             value = convert(raw)
@@ -34,6 +34,8 @@ def _bounded(convert: Callable[[str], Any], what: str, minimum: float) -> Parse:
             raise ConfigError(f"{name} must be a finite number, got {raw!r}")
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum:g}, got {value:g}")
         return value
 
     return parse
@@ -44,9 +46,14 @@ def whole(minimum: int) -> Parse:
     return _bounded(int, "a whole number", minimum)
 
 
+# The largest number setting (they are seconds, or a share): 10^9 s is over 30 years, and
+# larger ones overflow what socket timeouts, sleeps and Redis expiry times can hold.
+NUMBER_MAX = 1e9
+
+
 def number(minimum: float) -> Parse:
-    """A finite number of at least minimum (nan and inf refused)."""
-    return _bounded(float, "a number", minimum)
+    """A finite number of at least minimum and at most NUMBER_MAX (nan and inf refused)."""
+    return _bounded(float, "a number", minimum, NUMBER_MAX)
 
 
 def fraction(raw: str, name: str) -> float:
