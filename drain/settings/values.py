@@ -41,14 +41,15 @@ def _bounded(convert: Callable[[str], Any], what: str, minimum: float, maximum: 
     return parse
 
 
-def whole(minimum: int) -> Parse:
-    """A whole number of at least minimum."""
-    return _bounded(int, "a whole number", minimum)
-
-
-# The largest number setting (they are seconds, or a share): 10^9 s is over 30 years, and
-# larger ones overflow what socket timeouts, sleeps and Redis expiry times can hold.
+# The largest number setting: 10^9 s is over 30 years, 10^9 messages or bytes more than any
+# batch, cap or limit needs; larger ones overflow what socket timeouts, sleeps, Redis expiry
+# times and counts (LPOP's, in Lua's numbers) can hold.
 NUMBER_MAX = 1e9
+
+
+def whole(minimum: int) -> Parse:
+    """A whole number of at least minimum and at most NUMBER_MAX."""
+    return _bounded(int, "a whole number", minimum, NUMBER_MAX)
 
 
 def number(minimum: float) -> Parse:
