@@ -125,3 +125,21 @@ def test_any_2xx_after_the_final_dot_is_a_delivery(client: Client, relay: Sink, 
     assert len(seen) == 1
     books = client.store.books()
     assert books.delivered == 1 and books.deferred == 0, books
+
+
+def test_a_reply_that_is_not_smtp_closes_the_session_and_costs_one_message(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """The relay answers the end of the first message with a line that is not SMTP, then a
+    250. drain took the junk as the reply (-1), sent RSET on the same session and read the
+    stray 250 as its answer: from then on each reply was paired with the wrong command, and
+    the next messages were deferred on replies meant for others. Now the session is closed
+    at the junk line: that message is deferred, the others go out on a new session."""
+    relay.set_policy(data_policy=lambda i, _m: "junk, this is not smtp\r\n250 2.0.0 ok" if i == 0 else None)
+    client.enqueue_many([synthetic(i, domain="example.org") for i in range(4)])
+
+    work(breaker_failures=100)
+
+    books = client.store.books()
+    assert books.delivered == 3 and books.deferred == 1, books
+    got = sorted((m.message_id, m.recipients) for m in relay.messages)
+    assert got == [(f"<synthetic-{i}@sender.example.com>", (f"user{i}@example.org",)) for i in (1, 2, 3)]
