@@ -140,13 +140,15 @@ def envelope_from_headers(raw: bytes) -> Envelope:
     try:
         split = _BLANK_LINE.search(raw)
         fields = _address_fields(raw[: split.start()] if split else raw)
-        if [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
+        # The resent block's sender first: a Return-Path there is the original delivery's.
+        resent = _addresses(fields.get("resent-sender", [])) or _addresses(fields.get("resent-from", []))
+        if resent:
+            senders = resent
+        elif [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
             senders = [""]  # the null sender: this is a bounce
         else:
             senders = (
                 _addresses(fields.get("return-path", []))
-                or _addresses(fields.get("resent-sender", []))
-                or _addresses(fields.get("resent-from", []))
                 or _addresses(fields.get("sender", []))
                 or _addresses(fields.get("from", []))
             )

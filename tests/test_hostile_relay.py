@@ -61,6 +61,7 @@ def test_a_resent_message_goes_to_its_resent_recipients_only(
            b"Received: from a by b; Mon, 23 Nov 2026 11:00:00 +0000\n"  # an older resent block
            b"Resent-From: first@example.net\nResent-To: older@example.org\n"
            b"Resent-Date: Mon, 23 Nov 2026 11:00:00 +0000\n"
+           b"Return-Path: <a@example.com>\n"  # from the original delivery
            b"From: a@example.com\nTo: old@example.com\nCc: old2@example.com\n"
            b"Date: Mon, 23 Nov 2026 10:00:00 +0000\nMessage-ID: <m1@example.com>\n\nbody\n")
     client.enqueue(raw)
