@@ -41,6 +41,16 @@ class Envelope:
         except (ValueError, TypeError) as exc:
             raise InputError(f"stored envelope is not valid: {exc}") from None
 
+    @staticmethod
+    def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
+        """Each mailbox once, in order: the domain part is compared without case (RFC 5321
+        2.4), the local part as written (the destination's to judge). The first spelling is kept."""
+        seen: dict[str, str] = {}
+        for address in recipients:
+            local, at, domain = address.rpartition("@")
+            seen.setdefault(f"{local}{at}{domain.lower()}" if at else address, address)
+        return tuple(seen.values())
+
     @property
     def domain(self) -> str:
         """Destination domain of the first recipient, lowercased ('' if none)."""
@@ -88,16 +98,6 @@ def _addresses(values: list[str]) -> list[str]:
         simple = _simple(text)
         out.extend(simple if simple is not None else [a for _n, a in getaddresses([text]) if a])
     return out
-
-
-def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
-    """Each mailbox once, in order: the domain part is compared without case (RFC 5321 2.4),
-    the local part as written (the destination's to judge). The first spelling is kept."""
-    seen: dict[str, str] = {}
-    for address in recipients:
-        local, at, domain = address.rpartition("@")
-        seen.setdefault(f"{local}{at}{domain.lower()}" if at else address, address)
-    return tuple(seen.values())
 
 
 _ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc", "resent-sender",

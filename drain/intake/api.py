@@ -19,7 +19,7 @@ import redis
 from drain.errors import InputError, QueueFull
 from drain.intake import rules
 from drain.intake.memory import MemoryGuard
-from drain.message import Envelope, as_bytes, envelope_from_headers, unique_recipients
+from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.observe.status import Status, read
 from drain.settings import Settings
 from drain.store.connection import connect
@@ -81,7 +81,7 @@ class Client:
             headers = envelope_from_headers(raw)
             sender = headers.sender if sender is None else sender
             rcpts = rcpts or headers.recipients
-        rcpts = unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
+        rcpts = Envelope.unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
         if len(rcpts) > self.settings.max_recipients:
             raise InputError(f"message has {len(rcpts)} recipients, over the limit of {self.settings.max_recipients}")
         return raw, Envelope(sender, rcpts)
