@@ -41,6 +41,16 @@ class Envelope:
         except (ValueError, TypeError) as exc:
             raise InputError(f"stored envelope is not valid: {exc}") from None
 
+    @staticmethod
+    def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
+        """Each mailbox once, in order: the domain part is compared without case (RFC 5321
+        2.4), the local part as written (the destination's to judge). The first spelling is kept."""
+        seen: dict[str, str] = {}
+        for address in recipients:
+            local, at, domain = address.rpartition("@")
+            seen.setdefault(f"{local}{at}{domain.lower()}" if at else address, address)
+        return tuple(seen.values())
+
     @property
     def domain(self) -> str:
         """Destination domain of the first recipient, lowercased ('' if none)."""
@@ -98,7 +108,8 @@ def _addresses(values: list[str]) -> list[str]:
     return out
 
 
-_ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc"})
+_ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc", "resent-sender",
+                              "resent-from", "resent-to", "resent-cc", "resent-bcc"})
 
 
 def _address_fields(head: bytes) -> dict[str, list[str]]:
@@ -106,6 +117,7 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
     the envelope is needed for every message at enqueue time, so no full parser here)."""
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
+    resent = 0  # 0: no Resent-* field yet; 1: in the first (newest) resent block; 2: past it
     for line in head.split(b"\n"):
         line = line.rstrip(b"\r")
         if line[:1] in (b" ", b"\t"):
@@ -114,7 +126,11 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
             continue
         name, colon, value = line.partition(b":")
         key = name.strip().lower().decode("ascii", "replace")
-        if colon and key in _ENVELOPE_FIELDS:
+        if key.startswith("resent-"):
+            resent = max(resent, 1)
+        elif resent:
+            resent = 2
+        if colon and key in _ENVELOPE_FIELDS and not (resent == 2 and key.startswith("resent-")):
             current = fields.setdefault(key, [])
             current.append(value.strip().decode("ascii", "surrogateescape"))
         else:
@@ -123,7 +139,8 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
 
 
 def envelope_from_headers(raw: bytes) -> Envelope:
-    """Sender from Return-Path/Sender/From, recipients from To, Cc and Bcc. Never raises.
+    """Sender from Return-Path/Sender/From, recipients from To, Cc and Bcc (or from the newest
+    block of Resent-* fields, when the message has one). Never raises.
 
     Whatever cannot be made sense of yields an empty field, which validation then reports
     as a reason rather than crashing here.
@@ -131,7 +148,11 @@ def envelope_from_headers(raw: bytes) -> Envelope:
     try:
         split = _BLANK_LINE.search(raw)
         fields = _address_fields(raw[: split.start()] if split else raw)
-        if [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
+        # The resent block's sender first: a Return-Path there is the original delivery's.
+        resent = _addresses(fields.get("resent-sender", [])) or _addresses(fields.get("resent-from", []))
+        if resent:
+            senders = resent
+        elif [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
             senders = [""]  # the null sender: this is a bounce
         else:
             senders = (
@@ -139,7 +160,10 @@ def envelope_from_headers(raw: bytes) -> Envelope:
                 or _addresses(fields.get("sender", []))
                 or _addresses(fields.get("from", []))
             )
-        recipients = _addresses(fields.get("to", []) + fields.get("cc", []) + fields.get("bcc", []))
+        # A resent message goes to its newest Resent-To/Cc/Bcc only (as sendmail -t takes it).
+        kind = "resent-" if any(f"resent-{k}" in fields for k in ("to", "cc", "bcc")) else ""
+        recipients = _addresses(fields.get(f"{kind}to", []) + fields.get(f"{kind}cc", [])
+                                + fields.get(f"{kind}bcc", []))
     except Exception:  # hostile headers: no envelope rather than a crash
         return Envelope("", ())
     return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)))

@@ -39,6 +39,7 @@ SEVERITY: dict[str, str] = {
     "body.bare-cr-lf": QUARANTINE,
     "header.malformed": QUARANTINE,
     "header.line-too-long": QUARANTINE,
+    "body.line-too-long": QUARANTINE,
     "header.too-many": QUARANTINE,
     "header.non-ascii-unencoded": QUARANTINE,
     "header.missing-from": QUARANTINE,
@@ -177,11 +178,15 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
         yield Finding("body.nul-byte", f"line {raw.count(NEWLINE, 0, nul) + 1}")
     crlf = raw.count(b"\r\n")
     cr = raw.count(b"\r")
-    if crlf and (cr != crlf or raw.count(b"\n") != crlf):
+    # A lone CR is never a line end (LF-only files are, and go out as CRLF): in an LF-only
+    # message it would reach the relay as it is (CR . CR ends DATA for some servers).
+    if cr != crlf or (crlf and raw.count(b"\n") != crlf):
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
     split = _BLANK.search(raw)
     head = raw[: split.start()] if split else raw
+    if split is not None and len(raw) - split.end() > MAX_LINE:
+        yield from _long_body_line(raw, split.end())
     names, header_ok = yield from _header_lines(head, limits, envelope.smtputf8)
     if not header_ok:
         return
@@ -203,7 +208,28 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     yield from _addresses(message, envelope, limits)
 
 
+def _long_body_line(raw: bytes, start: int) -> Iterator[Finding]:
+    """The first body line over 998 octets (RFC 5322 2.1.1), CRLF not counted: relays that
+    enforce the limit refuse the whole message at the end of DATA (a 500, the session's
+    trouble to drain, which would defer it again and again). The lengths are taken in C
+    first; lines are walked in Python only when one is long."""
+    lines = raw[start:].split(NEWLINE)
+    if max(map(len, lines)) <= MAX_LINE:
+        return
+    head_lines = raw.count(NEWLINE, 0, start)
+    for number, line in enumerate(lines, head_lines + 1):
+        octets = len(line) - line.endswith(b"\r")
+        if octets > MAX_LINE:
+            yield Finding("body.line-too-long", f"line {number}: {octets} octets: {_excerpt(line)}")
+            return
+
+
 def _bare_line_evidence(raw: bytes) -> str:
+    if b"\r\n" not in raw:  # an LF-only (or CR-only) message: the line of its first lone CR
+        at = raw.find(b"\r")
+        end = raw.find(b"\n", at)
+        line = raw[raw.rfind(b"\n", 0, at) + 1: end if end >= 0 else len(raw)]
+        return f"line {raw.count(NEWLINE, 0, at) + 1}: {_excerpt(line)}"
     for number, line in enumerate(raw.split(b"\r\n"), 1):
         if b"\r" in line or b"\n" in line:
             return f"line {number}: {_excerpt(line)}"

@@ -174,6 +174,10 @@ def bare_cr_lf(rng: random.Random, mail: Mail) -> None:
     _into_text(rng, mail, rng.choice(("\r", "\n")) if mail.eol == "\r\n" else "\r\n")
 
 
+def body_line_too_long(rng: random.Random, mail: Mail) -> None:
+    _into_text(rng, mail, "b" * rng.randint(999, 1500))
+
+
 def malformed(rng: random.Random, mail: Mail) -> None:
     if rng.random() < 0.5:
         mail.extra_head, mail.extra_at = [b"this line is not a field"], rng.randint(1, len(mail.headers))
@@ -273,6 +277,7 @@ def parse_crash(rng: random.Random, mail: Mail) -> None:
 DEFECTS: dict[str, Callable[[random.Random, Mail], None]] = {
     "body.nul-byte": nul_byte,
     "body.bare-cr-lf": bare_cr_lf,
+    "body.line-too-long": body_line_too_long,
     "header.malformed": malformed,
     "header.line-too-long": line_too_long,
     "header.too-many": too_many,

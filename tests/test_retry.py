@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import default
+from typing import Any
 
 from drain.demo.seeding import synthetic
 from drain.demo.sink import DROP, Received, Sink, Stall, free_port
@@ -132,17 +133,22 @@ def test_partly_delivered_message_whose_rest_bounces_counts_as_delivered(
     assert (books.delivered, books.bounced, books.queued) == (1, 0, 0)
 
 
-def test_connection_dropped_mid_data_is_retried_at_once(client: Client, relay: Sink,
-                                                        work: Callable[..., bool]) -> None:
+def test_connection_dropped_before_the_end_of_data_is_retried_at_once(client: Client, relay: Sink,
+                                                                       work: Callable[..., bool]) -> None:
+    """A drop before the message's final dot (here at RCPT) is retried at once on a new
+    connection: the relay cannot have taken it. A drop after the final dot defers instead
+    (tests/test_hostile_relay.py): the relay may have taken it."""
     dropped: list[str] = []
+    take = relay.handler.handle_RCPT
 
-    def drop_first(_index: int, msg: Received) -> str | None:
-        if msg.message_id.startswith("<synthetic-3@") and not dropped:
-            dropped.append(msg.message_id)
-            return DROP
-        return None
+    async def drop_first(server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address.startswith("user3@") and not dropped:
+            dropped.append(address)
+            server.transport.close()
+            return "421 4.4.2 connection dropped"
+        return await take(server, session, envelope, address, options)
 
-    relay.set_policy(data_policy=drop_first)
+    relay.handler.handle_RCPT = drop_first  # type: ignore[method-assign]
     client.enqueue_many([synthetic(i) for i in range(6)])
     work()
     books = client.store.books()

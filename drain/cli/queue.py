@@ -31,7 +31,7 @@ from drain.intake.api import Submission
 from drain.message import envelope_from_headers
 from drain.observe.status import read as read_status
 
-watch_option = click.option("--watch", "watch_s", type=FiniteFloat(0), default=None, metavar="SECONDS",
+watch_option = click.option("--watch", "watch_s", type=FiniteFloat(0, 86400), default=None, metavar="SECONDS",
                             help="Refresh in place every SECONDS (plain output only).")
 
 @click.command()

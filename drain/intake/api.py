@@ -88,6 +88,7 @@ class Client:
             headers = envelope_from_headers(raw)
             sender = headers.sender if sender is None else sender
             rcpts = rcpts or headers.recipients
+        rcpts = Envelope.unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
         if len(rcpts) > self.settings.max_recipients:
             raise InputError(f"message has {len(rcpts)} recipients, over the limit of {self.settings.max_recipients}")
         return raw, Envelope(sender, rcpts)
@@ -168,8 +169,8 @@ class Client:
         self.durable.confirm()
         try:
             ensure_tokens(self.redis, self.settings)
-        except redis.OutOfMemoryError:
-            log.warning("mail stored, but Redis had no memory left for its batch job (housekeeping adds it)")
+        except redis.RedisError as exc:  # out of memory, a damaged key, gone: stored all the same
+            log.warning("mail stored, but no batch job was queued for it (housekeeping adds it): Redis: %s", exc)
 
     def status(self) -> Status:
         return read(self.store)

@@ -116,7 +116,7 @@ class Credentials:
             password_ok = hmac.compare_digest(auth_data.password, self._password)
             if user_ok and password_ok:
                 return AuthResult(success=True, auth_data=auth_data.login)
-        reply = server.auth_failed() if isinstance(server, _SMTP) else None
+        reply = server.note_auth_failure() if isinstance(server, _SMTP) else None
         return AuthResult(success=False, handled=False, message=reply)
 
 
@@ -134,7 +134,7 @@ class Handler:
         self.sessions = sessions or SessionCount()
         self.open: set[_SMTP] = set()  # this process's sessions, for a graceful stop
 
-    async def auth_blocked(self, host: str) -> bool:
+    async def blocked_from_auth(self, host: str) -> bool:
         """Too many failed AUTH attempts from this address, in any ingress process."""
         guard = self.guard
         if guard.blocked(host):
@@ -148,7 +148,7 @@ class Handler:
             log.info("refused a connection from %s: not in DRAIN_SMTPD_ALLOW", _peer(peer))
             host = peer[0] if isinstance(peer, tuple) and peer else "your address"
             return f"554 5.7.1 {host} is not allowed to send mail here"
-        if self.auth and await self.auth_blocked(_host(peer)):
+        if self.auth and await self.blocked_from_auth(_host(peer)):
             log.info("refused a connection from %s: too many failed AUTH attempts", _peer(peer))
             return REPLY_AUTH_BLOCKED
         return await self.gate.refusal()
@@ -302,7 +302,7 @@ class _SMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
         guard, host = self._door.guard, _host(self.session.peer)
-        if await self._door.auth_blocked(host):
+        if await self._door.blocked_from_auth(host):
             await self._refuse(REPLY_AUTH_BLOCKED)
             return
         self._auth_refused = False
@@ -314,7 +314,7 @@ class _SMTP(SMTP):
             # The next command is read only after a pause that grows with each failure.
             await asyncio.sleep(guard.delay_s * self._auth_failures)
 
-    def auth_failed(self) -> str | None:
+    def note_auth_failure(self) -> str | None:
         """Count a refused AUTH (Credentials calls this); the reply to give instead of 535, if any."""
         assert self.session is not None
         guard, host = self._door.guard, _host(self.session.peer)

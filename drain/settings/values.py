@@ -24,7 +24,7 @@ LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.
 LOG_FORMATS = ("text", "json")
 
 
-def _bounded(convert: Callable[[str], Any], what: str, minimum: float) -> Parse:
+def _bounded(convert: Callable[[str], Any], what: str, minimum: float, maximum: float | None = None) -> Parse:
     def parse(raw: str, name: str) -> Any:
         try:
             value = convert(raw)
@@ -34,19 +34,27 @@ def _bounded(convert: Callable[[str], Any], what: str, minimum: float) -> Parse:
             raise ConfigError(f"{name} must be a finite number, got {raw!r}")
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum:g}, got {value:g}")
         return value
 
     return parse
 
 
+# The largest number setting: 10^9 s is over 30 years, 10^9 messages or bytes more than any
+# batch, cap or limit needs; larger ones overflow what socket timeouts, sleeps, Redis expiry
+# times and counts (LPOP's, in Lua's numbers) can hold.
+NUMBER_MAX = 1e9
+
+
 def whole(minimum: int) -> Parse:
-    """A whole number of at least minimum."""
-    return _bounded(int, "a whole number", minimum)
+    """A whole number of at least minimum and at most NUMBER_MAX."""
+    return _bounded(int, "a whole number", minimum, NUMBER_MAX)
 
 
 def number(minimum: float) -> Parse:
-    """A finite number of at least minimum (nan and inf refused)."""
-    return _bounded(float, "a number", minimum)
+    """A finite number of at least minimum and at most NUMBER_MAX (nan and inf refused)."""
+    return _bounded(float, "a number", minimum, NUMBER_MAX)
 
 
 def fraction(raw: str, name: str) -> float:

@@ -153,6 +153,11 @@ class Store:
         ready: list[str] = []
         shape: dict[str, int] = {}
         pipe = self.client.pipeline(transaction=True)
+        figures: set[int] = set()  # positions of the writes that only feed figures
+
+        def figure() -> None:
+            figures.add(len(pipe.command_stack) - 1)
+
         for msg_id, (raw, env, why) in zip(ids, chunk, strict=True):
             fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
                                                 record.ACCEPTED: now, record.DOMAIN: env.domain}
@@ -162,6 +167,7 @@ class Store:
                 shape[field_name] = shape.get(field_name, 0) + 1
             else:
                 pipe.hincrby(keys.FINDINGS, "rule.match", 1)
+                figure()
                 fields.update({record.FINDINGS: why, record.QUARANTINED: now})
                 pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
             pipe.hset(keys.message(msg_id), mapping=fields)
@@ -169,9 +175,19 @@ class Store:
             pipe.rpush(keys.FRESH if lane == "fresh" else keys.READY, *ready)
         for field_name, count in shape.items():
             pipe.hincrby(keys.SHAPE, field_name, count)
+            figure()
         pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
+        figure()
         pipe.hincrby(keys.BOOKS, "accepted", len(ids))
-        pipe.execute()
+        # EXEC runs every command even when one fails: the mail is stored and counted then,
+        # and a failed write that only feeds figures (a key of the wrong type) must not
+        # report it as refused (a producer would send it again). Any other failure is raised.
+        replies = pipe.execute(raise_on_error=False)
+        failed = [(i, r) for i, r in enumerate(replies) if isinstance(r, Exception)]
+        if any(i not in figures for i, _r in failed):
+            raise next(r for i, r in failed if i not in figures)
+        for _i, error in failed:
+            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", error)
         return ids
 
     # -- workers ---------------------------------------------------------------------

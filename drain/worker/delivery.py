@@ -29,6 +29,16 @@ class RelayTimeout(smtplib.SMTPException):
     """The relay stopped answering within the timeout."""
 
 
+class RelayLostReply(smtplib.SMTPException):
+    """The relay hung up after the message's final dot, before its reply: it may have taken
+    the message, so it is deferred rather than sent again at once."""
+
+
+class RelayGarbled(smtplib.SMTPResponseException):
+    """A reply that is not SMTP (no three-digit code): the session is closed, since which
+    reply answers which command can no longer be told; the message is deferred."""
+
+
 class RelayAuthMissing(smtplib.SMTPResponseException):
     """Credentials are configured but the relay offers no AUTH: the session's trouble, deferred."""
 
@@ -297,6 +307,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
         code, resp = smtp.getreply()
     else:
         code, resp = smtp.mail(sender, esmtp_opts)
+    _smtp_reply(smtp, code, resp)
     if code != 250:
         if pipelined and code != 421:
             _drain_replies(smtp, len(recipients) + 1)
@@ -305,6 +316,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     refused: dict[str, tuple[int, bytes]] = {}
     for rcpt in recipients:
         code, resp = smtp.getreply() if pipelined else smtp.rcpt(rcpt)
+        _smtp_reply(smtp, code, resp)
         if code not in (250, 251):
             refused[rcpt] = (code, resp)
         if code == 421:
@@ -318,15 +330,30 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     if not pipelined:
         smtp.putcmd("data")
     code, resp = smtp.getreply()
+    _smtp_reply(smtp, code, resp)
     if code != 354:
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
     smtp.send(data_block(wire))
-    code, resp = smtp.getreply()
-    if code != 250:
+    try:
+        code, resp = smtp.getreply()
+    except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, TimeoutError):
+            raise  # RelayTimeout (in Relay._send_once)
+        raise RelayLostReply("relay hung up after the end of the message, before its reply") from exc
+    _smtp_reply(smtp, code, resp)
+    if not 200 <= code < 300:  # any 2xx took it: deferring would send it again and again
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
     return refused
+
+
+def _smtp_reply(smtp: smtplib.SMTP, code: int, resp: bytes) -> None:
+    """smtplib gives -1 for a reply without a three-digit code: close the session (the next
+    replies could answer other commands than drain would take them for) and defer."""
+    if code == -1:
+        smtp.close()
+        raise RelayGarbled(code, resp)
 
 
 def _drain_replies(smtp: smtplib.SMTP, count: int) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+import redis
 
 from drain.flow.gate import unpark_all
 from drain.observe.backlog import sample_history
@@ -20,6 +24,7 @@ from drain.store.store import Store
 from drain.worker.dispatch import ensure_tokens, ready_due
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
 PROMOTE_EVERY_S = 0.05
@@ -39,21 +44,35 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     """One round, unless another worker ran one within interval_s (then None)."""
     if not force and not store.client.set(keys.HOUSEKEEPING_LOCK, b"1", nx=True, px=int(interval_s * 1000)):
         return None
-    reaped, poisoned = store.reap_dead()
+    reaped, poisoned = _step("give back dead workers' mail", store.reap_dead, (0, 0))
     if reaped or poisoned:
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
                     reaped + poisoned, reaped, poisoned)
-    promoted = store.promote_due()
-    drop_stale(store, time.time())
-    store.age_fresh(store.settings.fresh_max_age_s)
-    unpark_all(store)
-    expired = Quarantine(store).expire(store.settings.quarantine_retention_s)
+    promoted = _step("promote due deferred mail", store.promote_due, 0)
+    _step("drop stale held ids", lambda: drop_stale(store, time.time()), None)
+    _step("age fresh mail", lambda: store.age_fresh(store.settings.fresh_max_age_s), 0)
+    _step("move parked mail back", lambda: unpark_all(store), None)
+    expired = _step("expire quarantine",
+                    lambda: Quarantine(store).expire(store.settings.quarantine_retention_s), 0)
     if expired:
         log.warning("deleted %d quarantined messages held past the retention time", expired)
-    store.sample_pace()
-    sample_history(store)
-    tokens = ensure_tokens(store.client, store.settings)
+    _step("sample the pace", store.sample_pace, None)
+    _step("sample the books' history", lambda: sample_history(store), False)
+    tokens = _step("queue batch jobs", lambda: ensure_tokens(store.client, store.settings), 0)
     return Round(reaped, poisoned, promoted, tokens)
+
+
+def _step(name: str, action: Callable[[], T], default: T) -> T:
+    """One step of a round. A damaged key (a wrong type, a value that cannot be read) fails
+    that step alone, logged with what is wrong, and the others still run; Redis gone ends
+    the round (every step would fail the same way)."""
+    try:
+        return action()
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise
+    except Exception as exc:
+        log.error("housekeeping: %s failed (%s: %s); the other steps go on", name, type(exc).__name__, exc)
+        return default
 
 
 class Housekeeper(threading.Thread):

@@ -19,10 +19,34 @@ function lib.shape(shape_key, msg, delta)
   local t = tonumber(f[2] or '')
   if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
   local field = (f[1] or '') .. '|' .. math.floor(t / 60)
-  if redis.call('HINCRBY', shape_key, field, delta) <= 0 then
+  local count = lib.figure('HINCRBY', shape_key, field, delta)
+  if count and count <= 0 then
     redis.call('HDEL', shape_key, field)
   end
   return t
+end
+
+-- A write to a key that only feeds figures (the backlog shape, the latency histogram, the
+-- findings count): a key of the wrong type fails this write alone (nil), never the script,
+-- which would stop half way with the moves before it made and the books behind it not.
+function lib.figure(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then return nil end
+  return reply
+end
+
+-- Before a script's first write: an error reply when one of the keys it moves ids through
+-- has the wrong type (pairs: key, type, key, type...), else nil. A script that fails half
+-- way keeps the writes it made: ids popped off a list would be on no list at all.
+function lib.wrong_types(pairs)
+  for i = 1, #pairs, 2 do
+    local found = redis.call('TYPE', pairs[i])['ok']
+    if found ~= 'none' and found ~= pairs[i + 1] then
+      return redis.error_reply('WRONGTYPE ' .. pairs[i] .. ' is a ' .. found .. ', drain keeps a '
+                               .. pairs[i + 1] .. ' there: nothing was moved')
+    end
+  end
+  return nil
 end
 
 -- Count each reason code of findings (JSON list of {code, detail}) once.
@@ -33,7 +57,7 @@ function lib.count_findings(findings_key, findings)
   for _, f in ipairs(list) do
     if type(f) == 'table' and type(f.code) == 'string' and not seen[f.code] then
       seen[f.code] = true
-      redis.call('HINCRBY', findings_key, f.code, 1)
+      lib.figure('HINCRBY', findings_key, f.code, 1)
     end
   end
 end

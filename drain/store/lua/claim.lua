@@ -34,6 +34,10 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   return {-1, 0, 0}
 end
 
+local wrong = lib.wrong_types({KEYS[1], 'list', KEYS[2], 'hash', KEYS[7], 'list', KEYS[8], 'set',
+                               KEYS[9], 'list'})
+if wrong then return wrong end
+
 local want = tonumber(ARGV[1])
 local isolated = 0
 local sources

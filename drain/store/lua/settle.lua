@@ -42,6 +42,11 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+local wrong = lib.wrong_types({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'list', KEYS[4], 'zset',
+                               KEYS[5], 'zset', KEYS[7], 'list', KEYS[8], 'set', KEYS[14], 'zset',
+                               KEYS[15], 'zset'})
+if wrong then return wrong end
+
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled, skipped = 0, 0
 local n = (#ARGV - 4) / 5
@@ -116,8 +121,8 @@ for i = 1, n do
         for _, le in ipairs(LATENCY) do
           if latency <= le then bucket = tostring(le); break end
         end
-        redis.call('HINCRBY', KEYS[13], bucket, 1)
-        redis.call('HINCRBYFLOAT', KEYS[13], 'sum', latency)
+        lib.figure('HINCRBY', KEYS[13], bucket, 1)
+        lib.figure('HINCRBYFLOAT', KEYS[13], 'sum', latency)
       end
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'delivered', 1)
