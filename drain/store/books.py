@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import redis
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Pace samples kept (one per housekeeping round, about one a second).
 PACE_KEPT = 900
+# Tenants of each lane's ring whose oldest ready message `oldest_age_s` looks at.
+HEADS_LOOKED_AT = 100
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,7 @@ def read(client: redis.Redis) -> Books:
     """One consistent snapshot (MULTI/EXEC) of every state's count."""
     pipe = client.pipeline(transaction=True)
     pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted", "parked"])
-    pipe.llen(keys.READY)
-    pipe.llen(keys.FRESH)
+    pipe.hmget(keys.READY_COUNT, list(keys.LANES))
     pipe.llen(keys.SUSPECT)
     pipe.scard(keys.SWEPT)
     pipe.zcard(keys.DEFERRED)
@@ -81,12 +83,13 @@ def read(client: redis.Redis) -> Books:
     # A key of the wrong type or a counter that is not a number (damaged or planted data)
     # reads as 0 and is logged: the books then show it by not balancing.
     replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
-    counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = replies
+    counters, lanes, suspect, swept, deferred, in_flight, quarantined = replies
     counters = counters if isinstance(counters, list) else [None] * 5
+    lanes = lanes if isinstance(lanes, list) else [None] * 2
     accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in counters)
     return Books(
         accepted=accepted,
-        ready=int(ready) + int(fresh) + int(suspect) + parked - int(swept),
+        ready=sum(_count(keys.READY_COUNT, c) for c in lanes) + int(suspect) + parked - int(swept),
         deferred=int(deferred),
         in_flight=int(in_flight),
         delivered=delivered,
@@ -129,12 +132,15 @@ def pace(client: redis.Redis, window_s: float = 30.0) -> float:
 
 
 def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
-    """Age of the oldest message still to be worked (ready head, or earliest deferred)."""
+    """Age of the oldest message still to be worked (the heads of the first tenants of each
+    lane's ring, or the earliest deferred): a bounded look, so with many tenants it can miss
+    an older head further round the ring."""
     now = time.time() if now is None else now
     ids: list[str] = []
     pipe = client.pipeline(transaction=False)
-    pipe.lindex(keys.READY, 0)
-    pipe.lindex(keys.FRESH, 0)
+    for lane in keys.LANES:
+        for tenant in cast(list[bytes], client.lrange(keys.ring(lane), 0, HEADS_LOOKED_AT - 1)):
+            pipe.lindex(keys.lane(lane, text(tenant)), 0)
     pipe.zrange(keys.DEFERRED, 0, 9)
     for reply in pipe.execute(raise_on_error=False):
         if isinstance(reply, bytes):

@@ -33,13 +33,12 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     """Queue batch jobs until there are enough for the ready list; returns how many were added."""
     pipe = client.pipeline(transaction=False)
     pipe.exists(keys.PAUSED)
-    pipe.llen(keys.READY)
-    pipe.llen(keys.FRESH)
+    pipe.hmget(keys.READY_COUNT, list(keys.LANES))
     pipe.llen(keys.SUSPECT)
     pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
     pipe.get(keys.RATE)
-    paused, backlog, fresh, suspect, queued, rate = pipe.execute()
-    ready = int(backlog) + int(fresh) + int(suspect)
+    paused, lanes, suspect, queued, rate = pipe.execute()
+    ready = sum(int(n or 0) for n in lanes) + int(suspect)
     # A global rate of 0 holds delivery as a pause does: no work tokens for it.
     if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
         return 0

@@ -2,7 +2,7 @@
 -- An outcome for a message the owner no longer holds (its lease lapsed and the message
 -- was given back) is skipped.
 --
--- KEYS[1] in-flight hash   KEYS[2] books hash       KEYS[3] ready list
+-- KEYS[1] in-flight hash   KEYS[2] books hash       KEYS[3] ready count per lane
 -- KEYS[4] deferred zset    KEYS[5] quarantine zset  KEYS[6] bounces stream
 -- KEYS[7] suspect list     KEYS[8] domains with parked mail (set)
 -- KEYS[9] global rate      KEYS[10] global GCRA state
@@ -106,6 +106,7 @@ for i = 1, n do
     skipped = skipped + 1
   else
     redis.call('HDEL', KEYS[1], id)
+    lib.tenant_free(msg, id)
     settled = settled + 1
     if kind == 'delivered' then
       if info ~= '' then log_bounce(msg, id, info) end
@@ -173,7 +174,7 @@ for i = 1, n do
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'deleted', 1)
     else
-      redis.call('LPUSH', KEYS[3], id)
+      lib.ready_push('backlog', msg, id, true)
     end
   end
 end
