@@ -19,6 +19,7 @@ import redis
 from drain.errors import InputError, QueueFull
 from drain.intake import rules
 from drain.intake.memory import MemoryGuard
+from drain.intake.tenant import resolve
 from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.observe.status import Status, read
 from drain.settings import Settings
@@ -37,6 +38,8 @@ class Submission:
     message: bytes | Message
     sender: str | None = None
     recipients: tuple[str, ...] | None = None
+    # Whose mail it is (see drain.intake.tenant); None: as the settings and the sender say.
+    tenant: str | None = None
 
 
 @dataclass
@@ -86,36 +89,43 @@ class Client:
         return raw, Envelope(sender, rcpts)
 
     def enqueue(self, message: bytes | Message, sender: str | None = None,
-                recipients: Iterable[str] | None = None) -> str:
+                recipients: Iterable[str] | None = None, tenant: str | None = None) -> str:
         """Queue one message; returns its id once Redis holds it (as durably as DRAIN_DURABILITY says).
 
-        QueueFull while Redis memory is over DRAIN_MAX_MEMORY_FRACTION of its maxmemory."""
+        QueueFull while Redis memory is over DRAIN_MAX_MEMORY_FRACTION of its maxmemory; InputError
+        when `tenant` is not a tenant name (1 to 128 printable characters without spaces)."""
         raw, env = self.prepare(message, sender, recipients)
+        raw, owner = resolve(raw, env, self.settings, tenant)
         self.memory.check()
         rule = rules.first_match(rules.load(self.redis), raw, env)
         with self.memory.translating():
-            ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)])
+            ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)], tenants=[owner])
         self._stored()
         return ids[0]
 
-    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
+    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh",
+                     tenant: str | None = None) -> Accepted:
         """Queue many messages in chunks of one transaction each; refusals are reported, not raised.
 
         lane "backlog" is for bulk loads (a replayed or migrated queue) that must not go
         ahead of new mail. When Redis is nearly full, QueueFull is raised; its `accepted`
-        holds the ids of the chunks stored before (they are queued)."""
+        holds the ids of the chunks stored before (they are queued). `tenant` is the tenant of
+        every message that does not name its own (Submission.tenant)."""
         result = Accepted()
         active = rules.load(self.redis)
+        owners: list[str] = []
 
         def prepared() -> Iterator[Item]:
             for index, item in enumerate(messages):
                 sub = item if isinstance(item, Submission) else Submission(item)
                 try:
                     raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
+                    raw, owner = resolve(raw, env, self.settings, sub.tenant or tenant)
                 except InputError as exc:
                     result.rejected.append((index, str(exc)))
                     continue
                 rule = rules.first_match(active, raw, env) if active else None
+                owners.append(owner)
                 yield raw, env, rule.findings() if rule else None
 
         items = prepared()
@@ -123,7 +133,7 @@ class Client:
             while chunk := list(itertools.islice(items, ENQUEUE_CHUNK)):
                 self.memory.check()
                 with self.memory.translating():
-                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane))
+                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane, tenants=owners[-len(chunk):]))
         except QueueFull as exc:
             exc.accepted = list(result.ids)
             if result.ids:

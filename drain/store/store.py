@@ -128,32 +128,22 @@ class Store:
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh") -> list[str]:
+    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh",
+                     tenants: Iterable[str] | None = None) -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
         quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
-        balance at every moment.
+        balance at every moment. `tenants` gives each item's tenant, in order (an empty one,
+        or none given: the sender's domain).
         """
         ids: list[str] = []
         chunk: list[Item] = []
+        owners: list[str] = []
+        named = iter(tenants) if tenants is not None else None
         for item in items:
             chunk.append(item)
-            if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk, lane))
-                chunk = []
-        if chunk:
-            ids.extend(self._enqueue_chunk(chunk, lane))
-        return ids
-
-    def enqueue_tenant(self, items: Iterable[Item], tenants: Iterable[str], lane: str = "fresh") -> list[str]:
-        """enqueue_many with each message's tenant given (one per item, in order)."""
-        ids: list[str] = []
-        chunk: list[Item] = []
-        owners: list[str] = []
-        for item, tenant in zip(items, tenants, strict=True):
-            chunk.append(item)
-            owners.append(tenant)
+            owners.append((next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender))
             if len(chunk) >= ENQUEUE_CHUNK:
                 ids.extend(self._enqueue_chunk(chunk, lane, owners))
                 chunk, owners = [], []
@@ -161,7 +151,7 @@ class Store:
             ids.extend(self._enqueue_chunk(chunk, lane, owners))
         return ids
 
-    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str] = ()) -> list[str]:
+    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str]) -> list[str]:
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
@@ -171,7 +161,7 @@ class Store:
         lane = "fresh" if lane == "fresh" else "backlog"
         pipe = self.client.pipeline(transaction=True)
         for n, (msg_id, (raw, env, why)) in enumerate(zip(ids, chunk, strict=True)):
-            owner = owners[n] if owners else tenancy.from_sender(env.sender)
+            owner = owners[n]
             fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
                                                 record.ACCEPTED: now, record.DOMAIN: env.domain, record.TENANT: owner}
             by_tenant[owner] = by_tenant.get(owner, 0) + 1
@@ -328,7 +318,8 @@ class Store:
         self.client.zremrangebyscore(keys.SEQ_TIME, "-inf", cutoff - 86400)
         total = 0
         while True:
-            moved = int(self.scripts.age(keys=[keys.ring("fresh"), keys.READY_COUNT], args=[books.text(found[0]), 10000]))
+            moved = int(self.scripts.age(keys=[keys.ring("fresh"), keys.READY_COUNT],
+                                         args=[books.text(found[0]), 10000]))
             total += moved
             if moved < 10000:
                 return total
