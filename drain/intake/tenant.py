@@ -58,6 +58,13 @@ def from_network(peer_host: str, mapping: tuple[tuple[Network, str], ...]) -> st
     return next((tenant for network, tenant in mapping if address in network), None)
 
 
+def auth_user(auth_data: object) -> str | None:
+    """The user an SMTP session authenticated as (aiosmtpd keeps the login as bytes)."""
+    if isinstance(auth_data, bytes):
+        return auth_data.decode("utf-8", "replace")
+    return auth_data if isinstance(auth_data, str) and auth_data else None
+
+
 def resolve(raw: bytes, env: Envelope, settings: Settings, named: str | None = None) -> tuple[bytes, str]:
     """The (possibly header-stripped) bytes and the tenant of a message; `named` is what the
     API or the ingress said (InputError when it is not a tenant name)."""

@@ -94,9 +94,17 @@ function lib.ring_join(lane, tenant)
   end
 end
 
+-- A tenant goes back in the ring of each lane it has ready mail in.
+function lib.rejoin(tenant)
+  for _, lane in ipairs({'fresh', 'backlog'}) do
+    if redis.call('LLEN', lib.lane_key(lane, tenant)) > 0 then lib.ring_join(lane, tenant) end
+  end
+end
+
 -- Put a ready message on its tenant's list of a lane, at the head or the tail, and count it.
 function lib.ready_push(lane, msg, id, head)
-  local tenant = redis.call('HGET', msg, 'tn') or ''
+  local tenant = redis.pcall('HGET', msg, 'tn')
+  if type(tenant) ~= 'string' then tenant = '' end
   redis.call(head and 'LPUSH' or 'RPUSH', lib.lane_key(lane, tenant), id)
   redis.call('HINCRBY', 'drain:ready:count', lane, 1)
   lib.ring_join(lane, tenant)
@@ -104,8 +112,10 @@ end
 
 -- A claimed message of a tenant with a concurrency cap is done: free its slot.
 function lib.tenant_free(msg, id)
-  local tenant = redis.call('HGET', msg, 'tn')
-  if tenant then redis.call('ZREM', 'drain:tenant:busy:' .. tenant, id) end
+  local tenant = redis.pcall('HGET', msg, 'tn')  -- pcall: a damaged message key is not a hash
+  if type(tenant) ~= 'string' or redis.call('ZREM', 'drain:tenant:busy:' .. tenant, id) == 0 then return end
+  -- It may have been waiting for this slot: back in the rings it has mail for.
+  if redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then lib.rejoin(tenant) end
 end
 
 -- Tenants that asked to join a lane's ring (enqueue cannot run a script; it lists them in

@@ -38,7 +38,7 @@
 -- ARGV[5] share: every share-th claim serves the backlog lane first
 --
 -- Returns {wait_ms, isolated, fresh, id...}: wait_ms -1 when paused, > 0 when the rate
--- says wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
+-- (global, or the caps of the only tenants with mail) says wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
 -- isolated is 1 when the id is a suspect to be worked alone; fresh is how many ids came
 -- from the fresh lane, counted from the front (> 0) or from the back (< 0).
 
@@ -106,16 +106,11 @@ local function take(list, n)
 end
 
 -- Tenants that woke (their cap's time came) or asked to join rejoin the rings.
-local function rejoin(tenant)
-  for _, lane in ipairs({'fresh', 'backlog'}) do
-    if redis.call('LLEN', lib.lane_key(lane, tenant)) > 0 then lib.ring_join(lane, tenant) end
-  end
-end
 local bound = math.max(64, 2 * want)
 if redis.call('ZCARD', KEYS[16]) > 0 then
   for _, tenant in ipairs(redis.call('ZRANGEBYSCORE', KEYS[16], '-inf', now_us(), 'LIMIT', 0, bound)) do
     redis.call('ZREM', KEYS[16], tenant)
-    rejoin(tenant)
+    lib.rejoin(tenant)
   end
 end
 
@@ -221,6 +216,11 @@ for position, lane in ipairs(sources) do
   end
 end
 if #ids == 0 then
+  -- Only tenants at their caps have mail: say when the first of them may go again.
+  local first = redis.call('ZRANGE', KEYS[16], 0, 0, 'WITHSCORES')
+  if first[2] then
+    return {math.max(1, math.ceil((tonumber(first[2]) - now_us()) / 1000)), isolated, 0}
+  end
   return {0, isolated, 0}
 end
 
