@@ -231,6 +231,10 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
             table.add_row("circuit open", cell(name))
         if intake.is_paused(obj.client.redis):
             table.add_row("intake (SMTP)", "PAUSED")
+        for name, queued in st.tenants:
+            table.add_row(Text(f"tenant {name}"), f"{queued:,}" + ("  (PAUSED)" if name in st.tenants_paused else ""))
+        if st.tenants_queued > len(st.tenants):
+            table.add_row("tenants", f"{st.tenants_queued:,} with queued mail")
         return table
 
     live(render, watch_s)
@@ -239,12 +243,19 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 @click.command()
 @json_option("One JSON document.")
 @watch_option
-@click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Domains shown (plain output).")
+@click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Rows shown (plain output).")
+@click.option("--by", "by", type=click.Choice(["domain", "tenant"]), default="domain", show_default=True,
+              help="Shape by destination domain and age, or list queued mail by tenant.")
 @pass_ctx
-def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> None:
+def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int, by: str) -> None:
     """The backlog's shape: queued mail by destination domain and age, with per-domain ETA."""
     from drain.observe.backlog import BUCKETS_S, shape
 
+    if by == "tenant":
+        from drain.cli.tenant import by_tenant
+
+        by_tenant(obj, as_json, watch_s, top)
+        return
     if as_json:
         emit(shape(obj.client.store).as_dict())
         return

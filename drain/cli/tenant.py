@@ -3,11 +3,13 @@ are `drain rate set --tenant` and `drain pause --tenant` (drain.cli.flow)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
 from drain.cli.options import Context, json_option, pass_ctx
-from drain.cli.render import emit, out
+from drain.cli.render import emit, live, out
 from drain.cli.terminal import cell, safe
 from drain.flow import ratelimit
 from drain.ops import tenants
@@ -59,3 +61,30 @@ def tenant_set(obj: Context, name: str, weight: int | None, concurrency: int | N
     parts = ([f"weight {weight}"] if weight is not None else []) + (
         [f"{concurrency or 'no cap'} at once"] if concurrency is not None else [])
     click.echo(safe(f"{name}: {', '.join(parts)}"))
+
+
+def by_tenant(obj: Context, as_json: bool, watch_s: float | None, top: int) -> None:
+    """`drain backlog --by tenant`: queued and ready mail per tenant, most queued first."""
+
+    def rows() -> list[dict[str, Any]]:
+        return sorted(tenants.listing(obj.client.store), key=lambda r: (-r["queued"], r["tenant"]))
+
+    if as_json:
+        listed = rows()
+        emit({"by": "tenant", "total": sum(r["queued"] for r in listed), "tenants": listed})
+        return
+
+    def render() -> Table:
+        listed = rows()
+        more = len(listed) - top
+        table = Table("tenant", "queued", "ready", "weight", "rate", "paused",
+                      title=f"backlog by tenant: {sum(r['queued'] for r in listed):,} queued",
+                      caption=f"{more:,} more tenant(s); --top N shows more" if more > 0 else None)
+        for row in listed[:top]:
+            table.add_row(cell(row["tenant"]), f"{row['queued']:,}",
+                          f"{row['ready_fresh'] + row['ready_backlog']:,}", str(row["weight"]),
+                          ratelimit.format_rate(row["rate"]),
+                          "yes" if row["paused"] else "")
+        return table
+
+    live(render, watch_s)
