@@ -198,23 +198,23 @@ def test_tenants_are_shown_in_status_backlog_metrics_and_the_page(client: Client
     from drain.observe.model import Reader
     from drain.observe.snapshot import Snapshots
 
-    client.enqueue_many([mail("big", i) for i in range(6)] + [mail("small", i) for i in range(2)])
+    client.enqueue_many([mail("zed", i) for i in range(6)] + [mail("small", i) for i in range(2)])
     tenants.pause(client.store, "small.example.com")
     status = json.loads(drain_cli(settings, "status", "--json").stdout)
-    assert status["tenants"] == [{"tenant": "big.example.com", "queued": 6},
+    assert status["tenants"] == [{"tenant": "zed.example.com", "queued": 6},
                                  {"tenant": "small.example.com", "queued": 2}]
     assert status["tenants_paused"] == ["small.example.com"]
     by_tenant = json.loads(drain_cli(settings, "backlog", "--by", "tenant", "--json").stdout)
     assert by_tenant["total"] == 8
     assert [(r["tenant"], r["queued"], r["paused"]) for r in by_tenant["tenants"]] == [
-        ("big.example.com", 6, False), ("small.example.com", 2, True)]
+        ("zed.example.com", 6, False), ("small.example.com", 2, True)]
     plain = drain_cli(settings, "backlog", "--by", "tenant").stdout.decode()
-    assert "big.example.com" in plain and "backlog by tenant: 8 queued" in plain
+    assert "zed.example.com" in plain and "backlog by tenant: 8 queued" in plain
     exposed = metrics.exposition(metrics.registry(metrics.live(client.store))).decode()
-    assert 'drain_tenant_backlog_messages{tenant="big.example.com"} 6.0' in exposed
+    assert 'drain_tenant_backlog_messages{tenant="zed.example.com"} 6.0' in exposed
     for show in (False, True):
         snapshots = Snapshots(Reader(client.store, show).read, 1.0, show)
         assert snapshots.refresh()
         html = statuspage.render(snapshots.view())
         assert "Queued by tenant" in html
-        assert ("big.example.com" in html) is show
+        assert ("zed.example.com" in html) is show
