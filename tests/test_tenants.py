@@ -218,3 +218,21 @@ def test_tenants_are_shown_in_status_backlog_metrics_and_the_page(client: Client
         html = statuspage.render(snapshots.view())
         assert "Queued by tenant" in html
         assert ("zed.example.com" in html) is show
+
+
+def test_ready_mail_of_a_drain_from_before_tenants_is_adopted(client: Client, relay: Sink, work: Work) -> None:
+    """Mutant caught: adopt.lua not pushing the ids to their tenants' lists (lost from the
+    books, never delivered)."""
+    ids = client.enqueue_many([mail("old", i) for i in range(3)]).ids
+    # As an older drain left them: one list per lane, no tenant in the message.
+    r = client.redis
+    r.delete(keys.lane("fresh", "old.example.com"), keys.READY_COUNT, keys.ring("fresh") + ":join", keys.TENANTS)
+    r.rpush(keys.LEGACY_READY[1], *ids)
+    for msg_id in ids:
+        r.hdel(keys.message(msg_id), record.TENANT)
+    assert client.store.books().ready == 3 and client.store.books().balanced
+    assert client.store.adopt_legacy() == 3
+    assert not r.exists(*keys.LEGACY_READY) and client.store.books().ready == 3
+    work()
+    assert len(relay.messages) == 3
+    assert r.sismember(keys.TENANTS, "old.example.com")

@@ -75,6 +75,8 @@ def read(client: redis.Redis) -> Books:
     pipe = client.pipeline(transaction=True)
     pipe.hmget(keys.BOOKS, ["accepted", "delivered", "bounced", "deleted", "parked"])
     pipe.hmget(keys.READY_COUNT, list(keys.LANES))
+    for key in keys.LEGACY_READY:  # ready mail of a drain from before tenants, until adopted
+        pipe.llen(key)
     pipe.llen(keys.SUSPECT)
     pipe.scard(keys.SWEPT)
     pipe.zcard(keys.DEFERRED)
@@ -83,13 +85,14 @@ def read(client: redis.Redis) -> Books:
     # A key of the wrong type or a counter that is not a number (damaged or planted data)
     # reads as 0 and is logged: the books then show it by not balancing.
     replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
-    counters, lanes, suspect, swept, deferred, in_flight, quarantined = replies
+    counters, lanes, legacy, legacy_fresh, suspect, swept, deferred, in_flight, quarantined = replies
     counters = counters if isinstance(counters, list) else [None] * 5
     lanes = lanes if isinstance(lanes, list) else [None] * 2
     accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in counters)
     return Books(
         accepted=accepted,
-        ready=sum(_count(keys.READY_COUNT, c) for c in lanes) + int(suspect) + parked - int(swept),
+        ready=sum(_count(keys.READY_COUNT, c) for c in lanes) + int(legacy) + int(legacy_fresh)
+        + int(suspect) + parked - int(swept),
         deferred=int(deferred),
         in_flight=int(in_flight),
         delivered=delivered,

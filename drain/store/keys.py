@@ -15,6 +15,9 @@ SEQ = f"{PREFIX}:seq"
 LANES = ("fresh", "backlog")
 # Ready messages per lane: field fresh / backlog -> count (hash).
 READY_COUNT = f"{PREFIX}:ready:count"
+# The single ready lists (backlog, fresh lane) of a drain from before tenants: housekeeping
+# moves what is left on them to the tenants' lists (Store.adopt_legacy).
+LEGACY_READY = (f"{PREFIX}:ready", f"{PREFIX}:ready:fresh")
 # Every tenant that ever had mail accepted (set): a tenant not in it is unknown.
 TENANTS = f"{PREFIX}:tenants"
 # Per tenant: DRR weight, rate cap (msgs/s), concurrency cap (hashes keyed by tenant), GCRA

@@ -325,6 +325,17 @@ class Store:
                 return total
 
 
+    def adopt_legacy(self) -> int:
+        """Move ready mail left on the ready lists of a drain from before tenants to the
+        tenants' lists (adopt.lua); returns how many moved."""
+        total = 0
+        while self.client.exists(*keys.LEGACY_READY):
+            moved = int(self.scripts.adopt(keys=list(keys.LEGACY_READY), args=[10000]))
+            total += moved
+            if not moved:
+                break
+        return total
+
     # -- the books -------------------------------------------------------------------
 
     def books(self) -> Books:

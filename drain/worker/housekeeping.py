@@ -41,6 +41,7 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     if reaped or poisoned:
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
                     reaped + poisoned, reaped, poisoned)
+    store.adopt_legacy()
     promoted = store.promote_due()
     drop_stale(store, time.time())
     store.age_fresh(store.settings.fresh_max_age_s)

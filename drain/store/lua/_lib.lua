@@ -94,6 +94,23 @@ function lib.ring_join(lane, tenant)
   end
 end
 
+-- A message's tenant. One stored before tenants existed gets its sender's domain (as
+-- drain/store/tenancy.py's from_sender gives it), kept in the message and the tenants set.
+function lib.tenant_of(msg)
+  local f = redis.pcall('HMGET', msg, 'tn', 'env')
+  if type(f) ~= 'table' then return '' end  -- a damaged message key: the worker finds it
+  if f[1] then return f[1] end
+  local ok, env = pcall(cjson.decode, f[2] or '')
+  local sender = (ok and type(env) == 'table' and type(env[1]) == 'string') and env[1] or ''
+  local tenant = string.lower(string.match(sender, '@([^@%s]+)%s*$') or '')
+  if tenant == '' or #tenant > 128 then tenant = '-' end
+  if f[2] then
+    redis.call('HSET', msg, 'tn', tenant)
+    redis.call('SADD', 'drain:tenants', tenant)
+  end
+  return tenant
+end
+
 -- A tenant goes back in the ring of each lane it has ready mail in.
 function lib.rejoin(tenant)
   for _, lane in ipairs({'fresh', 'backlog'}) do
@@ -103,8 +120,7 @@ end
 
 -- Put a ready message on its tenant's list of a lane, at the head or the tail, and count it.
 function lib.ready_push(lane, msg, id, head)
-  local tenant = redis.pcall('HGET', msg, 'tn')
-  if type(tenant) ~= 'string' then tenant = '' end
+  local tenant = lib.tenant_of(msg)
   redis.call(head and 'LPUSH' or 'RPUSH', lib.lane_key(lane, tenant), id)
   redis.call('HINCRBY', 'drain:ready:count', lane, 1)
   lib.ring_join(lane, tenant)
