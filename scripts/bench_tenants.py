@@ -128,7 +128,7 @@ def claims_per_s(client: redis.Redis, tenants: int, per_tenant: int, batch: int,
     store.enqueue_many(((TINY, Envelope("bench@x.example", ("u@dest.example.net",)), None) for _ in range(total)),
                        lane="backlog", tenants=(f"t{i % tenants}" for i in range(total)))
     warm = 0
-    while client.llen(keys.ring("backlog") + ":join") > 0:  # every tenant in the ring first
+    while client.scard(keys.ring("backlog") + ":join") > 0:  # every tenant in the ring first
         store.claim("warm", batch)
         warm += 1
     ring = int(client.llen(keys.ring("backlog")))

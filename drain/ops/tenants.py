@@ -31,7 +31,7 @@ def _rejoin(client: redis.Redis, tenant: str) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.zrem(keys.TENANT_WAKE, tenant)
     for lane in keys.LANES:
-        pipe.rpush(keys.ring(lane) + ":join", tenant)
+        pipe.sadd(keys.ring(lane) + ":join", tenant)
     pipe.execute()
 
 

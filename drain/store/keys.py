@@ -148,7 +148,7 @@ def lane(name: str, tenant: str) -> str:
 
 def ring(name: str) -> str:
     """Tenants with ready mail in a lane, served in turn (list); `ring(name) + ":in"` is the
-    same as a set, ":join" holds tenants queued to join it, ":deficit" their DRR credit (hash)."""
+    same as a set, ":join" the tenants asking to join it (set), ":deficit" their DRR credit (hash)."""
     return f"{PREFIX}:ring:{name}"
 
 

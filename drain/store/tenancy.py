@@ -35,10 +35,10 @@ def from_sender(sender: str) -> str:
 
 def push(pipe: redis.client.Pipeline, lane: str, tenant: str, ids: list[str]) -> None:
     """Queue ids on a tenant's list of a lane (in a MULTI), count them, and ask for the tenant
-    to join the lane's ring (the claim script makes it join, once; see claim.lua)."""
+    to join the lane's ring (a set: one ask per tenant; the claim script makes it join)."""
     pipe.rpush(keys.lane(lane, tenant), *ids)
     pipe.hincrby(keys.READY_COUNT, lane, len(ids))
-    pipe.rpush(keys.ring(lane) + ":join", tenant)
+    pipe.sadd(keys.ring(lane) + ":join", tenant)
 
 
 def known(client: redis.Redis, tenant: str) -> bool:

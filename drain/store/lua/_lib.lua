@@ -135,10 +135,10 @@ function lib.tenant_free(msg, id)
 end
 
 -- Tenants that asked to join a lane's ring (enqueue cannot run a script; it lists them in
--- the ring's ':join' list) join it, at most `most` asks at a time.
+-- the ring's ':join' set, so a tenant asks once however much mail it sends) join it, at
+-- most `most` of them at a time.
 function lib.absorb(lane, most)
-  local joining = redis.call('LPOP', 'drain:ring:' .. lane .. ':join', most)
-  if not joining then return end
+  local joining = redis.call('SPOP', 'drain:ring:' .. lane .. ':join', most)
   for _, tenant in ipairs(joining) do
     if redis.call('LLEN', lib.lane_key(lane, tenant)) > 0 then lib.ring_join(lane, tenant) end
   end

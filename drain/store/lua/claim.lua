@@ -179,6 +179,8 @@ local function serve(lane, need)
       if credit < 1 then
         credit = credit + math.max(1, math.floor(tonumber(redis.call('HGET', KEYS[12], tenant) or '1') or 1))
       end
+      -- Alone in the ring (nobody waits for a turn): as many as the batch wants at once.
+      if credit < room and redis.call('LLEN', ring) == 1 then credit = room end
       local first = #ids + 1
       local took = take(list, math.min(credit, room))
       redis.call('HINCRBY', KEYS[17], lane, 0 - took)
