@@ -116,6 +116,7 @@ end
 
 -- How many more the tenant may take now (its rate and concurrency caps), or nil with the
 -- time (microseconds) to wake it at; false when it is paused.
+-- (Looked up only when some tenant is paused or capped at all: `held`, below.)
 local function allowance(tenant, need)
   if redis.call('SISMEMBER', KEYS[15], tenant) == 1 then return false end
   local room = need
@@ -161,36 +162,44 @@ local function book(tenant, first, last)
 end
 
 -- Serve one lane's ring by deficit round robin until need ids are taken or the ring is done.
+local held = redis.call('SCARD', KEYS[15]) > 0 or redis.call('HLEN', KEYS[13]) > 0
+  or redis.call('HLEN', KEYS[18]) > 0
+local weighted = redis.call('HLEN', KEYS[12]) > 0
+
 local function serve(lane, need)
   local ring = 'drain:ring:' .. lane
   local members, deficits = ring .. ':in', ring .. ':deficit'
   lib.absorb(lane, bound)
   local goal = #ids + need
-  local visits = 0
+  local visits, popped = 0, 0
+  local alone = redis.call('LLEN', ring) == 1
   while #ids < goal and visits < need + bound do
     visits = visits + 1
     local tenant = redis.call('LINDEX', ring, 0)
     if not tenant then break end
     local list = lib.lane_key(lane, tenant)
-    local room, wake = allowance(tenant, goal - #ids)
+    local room, wake = goal - #ids, nil
+    if held then room, wake = allowance(tenant, room) end
     local left = 1
     if room then
-      local credit = tonumber(redis.call('HGET', deficits, tenant) or '0') or 0
+      local stored = redis.call('HGET', deficits, tenant)
+      local credit = tonumber(stored or '0') or 0
       if credit < 1 then
-        credit = credit + math.max(1, math.floor(tonumber(redis.call('HGET', KEYS[12], tenant) or '1') or 1))
+        local weight = weighted and tonumber(redis.call('HGET', KEYS[12], tenant) or '1') or 1
+        credit = credit + math.max(1, math.floor(weight))
       end
       -- Alone in the ring (nobody waits for a turn): as many as the batch wants at once.
-      if credit < room and redis.call('LLEN', ring) == 1 then credit = room end
+      if alone and credit < room then credit = room end
       local first = #ids + 1
       local took = take(list, math.min(credit, room))
-      redis.call('HINCRBY', KEYS[17], lane, 0 - took)
-      book(tenant, first, #ids)
+      popped = popped + took
+      if held then book(tenant, first, #ids) end
       credit = credit - took
       left = redis.call('LLEN', list)
       if left > 0 and credit >= 1 and took > 0 then
         redis.call('HSET', deficits, tenant, credit)  -- the batch is full: it keeps the head
       elseif left > 0 then
-        redis.call('HDEL', deficits, tenant)
+        if stored then redis.call('HDEL', deficits, tenant) end
         redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
       end
     end
@@ -201,6 +210,7 @@ local function serve(lane, need)
       if wake then redis.call('ZADD', KEYS[16], wake, tenant) end
     end
   end
+  if popped > 0 then redis.call('HINCRBY', KEYS[17], lane, 0 - popped) end
 end
 
 for position, lane in ipairs(sources) do
