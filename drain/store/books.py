@@ -142,7 +142,10 @@ def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
     ids: list[str] = []
     pipe = client.pipeline(transaction=False)
     for lane in keys.LANES:
-        for tenant in cast(list[bytes], client.lrange(keys.ring(lane), 0, HEADS_LOOKED_AT - 1)):
+        # The tenants first in the ring, and some of those still asking to join it.
+        tenants = {*cast(list[bytes], client.lrange(keys.ring(lane), 0, HEADS_LOOKED_AT - 1)),
+                   *cast(list[bytes], client.srandmember(keys.ring(lane) + ":join", HEADS_LOOKED_AT))}
+        for tenant in tenants:
             pipe.lindex(keys.lane(lane, text(tenant)), 0)
     pipe.zrange(keys.DEFERRED, 0, 9)
     for reply in pipe.execute(raise_on_error=False):
