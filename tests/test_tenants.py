@@ -236,3 +236,18 @@ def test_ready_mail_of_a_drain_from_before_tenants_is_adopted(client: Client, re
     work()
     assert len(relay.messages) == 3
     assert r.sismember(keys.TENANTS, "old.example.com")
+
+
+def test_a_tenant_rate_of_zero_holds_its_mail_without_busy_jobs(client: Client, relay: Sink, work: Work) -> None:
+    """Mutant caught: dispatch.held_by_tenant_pauses not counting tenants held by a rate of 0
+    (batch jobs are then queued again and again for mail no claim can take: the burst
+    worker never ends)."""
+    client.enqueue(mail("zero", 0))
+    tenants.set_rate(client.store, "zero.example.com", 0.0)
+    client.enqueue_many([mail(t, i) for i in range(1, 6) for t in ("zero", "other")])
+    work()
+    assert Counter(order(relay)) == {"other": 5}
+    assert client.redis.llen(f"rq:queue:{keys.RQ_QUEUE}") == 0
+    tenants.set_rate(client.store, "zero.example.com", None)
+    work()
+    assert Counter(order(relay)) == {"other": 5, "zero": 6}

@@ -31,7 +31,7 @@ _CONNECTION = ("+ping", "+hello", "+select", "+echo", "+client|setname", "+clien
 # for the batch jobs it queues.
 _PRODUCER_KEYS = (
     keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.lane("*", "*"), keys.ring("*") + ":join", keys.READY_COUNT,
-    keys.TENANTS, keys.TENANT_SHAPE, keys.PAUSED_TENANTS, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
+    keys.TENANTS, keys.TENANT_SHAPE, keys.PAUSED_TENANTS, keys.TENANT_RATES, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
     keys.FINDINGS, keys.QUARANTINE, keys.RULES, keys.RULE_SEQ, keys.PAUSED, keys.INTAKE_PAUSED, keys.DURABLE,
     keys.RATE,
 )

@@ -63,8 +63,11 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
 
 
 def held_by_tenant_pauses(client: redis.Redis) -> int:
-    """Ready mail of paused tenants: no batch job is queued for it (costs the paused tenants)."""
-    paused = [p.decode("utf-8", "replace") for p in cast(set[bytes], client.smembers(keys.PAUSED_TENANTS))]
+    """Ready mail of paused tenants (or held by a rate cap of 0): no batch job is queued for
+    it (costs the held tenants)."""
+    paused = {p.decode("utf-8", "replace") for p in cast(set[bytes], client.smembers(keys.PAUSED_TENANTS))}
+    rates = cast(dict[bytes, bytes], client.hgetall(keys.TENANT_RATES))
+    paused |= {t.decode("utf-8", "replace") for t, r in rates.items() if ratelimit.holds(ratelimit.stored_rate(r))}
     if not paused:
         return 0
     pipe = client.pipeline(transaction=False)
