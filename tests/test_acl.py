@@ -73,7 +73,7 @@ def test_producer_enqueues_but_cannot_read_quarantine_delete_or_administer(
     assert refused(lambda: r.hget(keys.message(ids[0]), "raw"))
     assert refused(lambda: r.hmget(keys.message(ids[0]), ["raw", "env"]))
     assert refused(lambda: r.delete(keys.message(ids[0])))
-    assert refused(lambda: r.lpop(keys.FRESH))
+    assert refused(lambda: r.lpop(keys.lane("fresh", "example.com")))
     assert refused(lambda: r.set(keys.PAUSED, "1"))
     assert refused(lambda: r.keys("*"))
     assert client.store.books().ready == 6  # nothing it tried changed the queue
@@ -88,7 +88,7 @@ def test_viewer_reads_status_but_cannot_write(as_role: RoleClient, client: Clien
     admin_refused(viewer)
     assert refused(lambda: viewer.set(keys.PAUSED, "1"))
     assert refused(lambda: viewer.hset(keys.BOOKS, "delivered", 99))
-    assert refused(lambda: viewer.delete(keys.FRESH))
+    assert refused(lambda: viewer.delete(keys.lane("fresh", "example.com")))
     assert refused(lambda: viewer.get("some:other:key"))
     assert client.store.books().ready == 3
 

@@ -14,16 +14,12 @@ from drain.intake.api import Client
 from drain.store import keys
 
 
-@pytest.mark.parametrize("damage", ["rate-hash", "ready-string"])
 def test_enqueue_stored_is_reported_as_stored_when_the_batch_job_cannot_be_queued(
-        damage: str, client: Client, rclient: redis.Redis) -> None:
+        client: Client, rclient: redis.Redis) -> None:
     """The message is stored before its batch job is queued. When queueing the job fails
-    (here: drain:rate or drain:ready of the wrong type), the producer got a raw redis
-    ResponseError for a message drain holds: it would send it again, a second copy."""
-    if damage == "rate-hash":
-        rclient.hset(keys.RATE, "x", "1")
-    else:
-        rclient.set(keys.READY, "oops")
+    (here: drain:rate of the wrong type), the producer got a raw redis ResponseError for a
+    message drain holds: it would send it again, a second copy."""
+    rclient.hset(keys.RATE, "x", "1")
 
     msg_id = client.enqueue(synthetic(1))
     result = client.enqueue_many([synthetic(2), synthetic(3)])
@@ -81,7 +77,7 @@ def test_a_wrong_typed_statistics_key_neither_loses_nor_repeats_mail(
                                                                  for i in range(3))
 
 
-@pytest.mark.parametrize("key", [keys.READY, keys.INFLIGHT])
+@pytest.mark.parametrize("key", [keys.ring("fresh"), keys.INFLIGHT])
 def test_a_wrong_typed_lane_or_in_flight_hash_stops_claims_without_losing_mail(
         key: str, client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
     """The claim script popped ids off the fresh lane, then failed on the backlog lane or the

@@ -31,7 +31,7 @@ from drain.intake.smtpd import AuthGuard, Features, Ingress
 from drain.message import Envelope
 from drain.ops.quarantine import Quarantine
 from drain.settings import Settings
-from drain.store import body, keys
+from drain.store import body, keys, tenancy
 from drain.store.embedded import server_binary
 from drain.worker.delivery import wire_form
 from tests.conftest import wait_for
@@ -133,7 +133,7 @@ def test_250_waits_for_the_write_while_other_sessions_go_on(rclient: redis.Redis
             wait_for(lambda: not server.committer.idle, timeout=10, what="the write to start")
             # Another session is served meanwhile, and the first still has no reply.
             assert other.ehlo()[0] == 250 and other.noop()[0] == 250
-            assert not replies and rclient.llen(keys.FRESH) == 0
+            assert not replies and not tenancy.ready_ids(rclient, "fresh")
         finally:
             rclient.execute_command("CLIENT", "UNPAUSE")
         sender.join(timeout=10)
@@ -401,7 +401,7 @@ def test_redis_stopped_mid_session(settings: Settings, ingress: StartIngress, tm
             third_id = queued_id(reply)
         books = api.store.books()
         assert (books.accepted, books.ready) == (2, 2) and books.balanced
-        ready = [i.decode() for i in own.lrange(keys.FRESH, 0, -1)]
+        ready = tenancy.ready_ids(own, "fresh")
         assert ready == [first_id, third_id]
         assert [stored(own, i)[0] for i in ready] == [raws[0], raws[2]]
     finally:
@@ -525,9 +525,8 @@ def test_swaks(client: Client, rclient: redis.Redis, ingress: StartIngress) -> N
     )
     assert result.returncode == 0, result.stdout.decode()[-2000:]
     assert b"PIPELINING" in result.stdout
-    msg_id = rclient.lindex(keys.FRESH, 0)
-    assert msg_id is not None
-    raw, envelope = stored(rclient, msg_id.decode())
+    (msg_id,) = tenancy.ready_ids(rclient, "fresh")
+    raw, envelope = stored(rclient, msg_id)
     assert envelope == Envelope("swaks@example.com", ("one@example.org", "two@example.net"))
     assert b"Subject: from swaks" in raw
     assert client.store.books().accepted == 1

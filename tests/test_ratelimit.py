@@ -19,7 +19,7 @@ from drain.flow import adapt, ratelimit
 from drain.flow.gate import unpark
 from drain.intake.api import Client, Submission
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import keys, tenancy
 from tests.conftest import wait_for
 
 
@@ -200,10 +200,10 @@ def _env(i: int) -> object:
 
 def test_old_fresh_mail_joins_the_backlog_lane(client: Client) -> None:
     ids = client.enqueue_many([synthetic(i) for i in range(5)]).ids
-    assert client.redis.llen(keys.FRESH) == 5
+    assert len(tenancy.ready_ids(client.redis, "fresh")) == 5
     assert client.store.age_fresh(max_age_s=3600) == 0
     assert client.store.age_fresh(max_age_s=0, now=time.time() + 1) == 5
-    assert [i.decode() for i in client.redis.lrange(keys.READY, 0, -1)] == ids
+    assert tenancy.ready_ids(client.redis, "backlog") == ids
     assert client.store.books().ready == 5
 
 

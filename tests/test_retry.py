@@ -14,7 +14,7 @@ from drain.demo.sink import DROP, Received, Sink, Stall, free_port
 from drain.intake.api import Client
 from drain.observe.deferred import records
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import keys, tenancy
 from tests.conftest import wait_for
 
 FAR = 10**10  # a moment after every backoff
@@ -233,7 +233,7 @@ def test_message_past_its_lifetime_bounces_as_expired(client: Client, relay: Sin
     assert client.store.books().deferred == 1
     client.store.promote_due(now=FAR)
     # Age the message past its lifetime, then try again.
-    (msg_id,) = [m.decode() for m in client.redis.lrange(keys.READY, 0, -1)]
+    (msg_id,) = tenancy.ready_ids(client.redis, "backlog")
     client.redis.hset(keys.message(msg_id), "t", "1000")
     work(max_lifetime_s=1.0)
     books = client.store.books()

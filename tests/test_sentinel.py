@@ -24,7 +24,7 @@ from drain.errors import ConfigError
 from drain.intake.api import Client
 from drain.observe.http import StatusServer
 from drain.settings import Durability, Settings
-from drain.store import keys
+from drain.store import keys, tenancy
 from drain.store.connection import SentinelUrl, connect
 from tests.chaos_kit import RedisProc, wait_until
 
@@ -84,7 +84,7 @@ def test_through_sentinel_and_across_a_failover(cluster: Cluster, relay: Sink) -
                         lease_ttl_s=1.0)
     api = Client.connect(settings)
     first = api.enqueue_many([synthetic(i) for i in range(20)]).ids
-    assert redis.Redis(port=cluster.master.port).llen(keys.FRESH) == 20
+    assert len(tenancy.ready_ids(redis.Redis(port=cluster.master.port), "fresh")) == 20
 
     # Failover: the replica becomes master; drain's client follows the sentinel's word.
     wait_until(lambda: bool(redis.Redis(port=cluster.sentinel_port).sentinel_failover(SERVICE)), 20,

@@ -21,7 +21,7 @@ from drain.observe import page as statuspage
 from drain.observe.model import Reader
 from drain.observe.snapshot import Snapshots
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import keys, tenancy
 
 BOOK_KEYS = ["accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted"]
 # Every field a queued message may have (the ones workers read, and the rest).
@@ -61,9 +61,10 @@ def where(rclient: redis.Redis, msg_id: str) -> str:
     """Where a message is now: a queue it still waits in, quarantine, or gone."""
     if rclient.hexists(keys.INFLIGHT, msg_id):
         return "in_flight"
-    for lane in (keys.READY, keys.FRESH, keys.SUSPECT):
-        if msg_id.encode() in rclient.lrange(lane, 0, -1):
-            return "ready"
+    if msg_id in tenancy.ready_ids(rclient, "fresh") + tenancy.ready_ids(rclient, "backlog"):
+        return "ready"
+    if msg_id.encode() in rclient.lrange(keys.SUSPECT, 0, -1):
+        return "ready"
     if rclient.zscore(keys.DEFERRED, msg_id) is not None:
         return "deferred"
     if rclient.zscore(keys.QUARANTINE, msg_id) is not None:
@@ -151,7 +152,7 @@ def test_the_head_of_ready_with_a_bad_time_does_not_stall_status_or_the_page(
     (keys.BURST, b"nan"),
     (keys.PACE, b"x y z"),
     (keys.BOOKS, b"wrongtype"),
-    (keys.READY, b"wrongtype"),
+    (keys.READY_COUNT, b"wrongtype"),
     (keys.DOMAIN_RATES, b"wrongtype"),
 ])
 def test_damaged_counters_and_settings_leave_status_and_the_page_answering(
@@ -173,7 +174,7 @@ def test_damaged_counters_and_settings_leave_status_and_the_page_answering(
         assert doc["delivery_held"] == "rate 0"
     # The books are left for the test's own check: repair what was planted in them.
     rclient.delete(key)
-    if key in (keys.BOOKS, keys.READY):
+    if key in (keys.BOOKS, keys.READY_COUNT):
         rclient.flushdb()
 
 

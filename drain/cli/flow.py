@@ -16,7 +16,7 @@ from drain.cli.options import Context, FiniteFloat, domain_option, json_option, 
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.flow import ratelimit
-from drain.ops import control
+from drain.ops import control, tenants
 from drain.store.store import Store
 
 T = TypeVar("T")
@@ -61,12 +61,22 @@ def rate_show(obj: Context, as_json: bool) -> None:
               help="With --domain: most messages in flight to it at once (0 removes the cap).")
 @click.option("--burst", type=FiniteFloat(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")
-@json_option('Print {"domain", "rate", "concurrency", "burst"} as JSON.')
+@click.option("--tenant", "tenant_name", default=None, help="Set the cap of this (known) tenant instead.")
+@json_option('Print {"domain", "rate", "concurrency", "burst"} as JSON ({"tenant", "rate"} with --tenant).')
 @pass_ctx
 def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None,
-             as_json: bool) -> None:
+             tenant_name: str | None, as_json: bool) -> None:
     """Set RATE like 500/s, 30000/m; 0 holds delivery; 'unlimited' lifts the limit. Live for every worker."""
     per_second = rate_value(value, "RATE")
+    if tenant_name is not None:
+        if domain is not None or concurrency is not None or burst is not None:
+            raise click.UsageError("--tenant goes alone (use `drain tenant set --concurrency` for its concurrency)")
+        on_each(obj, lambda store: tenants.set_rate(store, tenant_name, per_second))
+        if as_json:
+            emit({"tenant": tenant_name, "rate": per_second})
+        else:
+            click.echo(safe(f"tenant {tenant_name}: {ratelimit.format_rate(per_second)}"))
+        return
     if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
     if obj.multi:  # each cell gets its share of the rate (and of the concurrency)
@@ -88,10 +98,17 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
 @click.option("--intake", "intake_only", is_flag=True,
               help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
 @click.option("--domain", callback=domain_option, help="Pause only delivery to this destination domain.")
+@click.option("--tenant", "tenant_name", default=None, help="Pause only delivery of this (known) tenant's mail.")
 @json_option('Print {"scope", "name", "paused"} as JSON.')
 @pass_ctx
-def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
+def pause(obj: Context, intake_only: bool, domain: str | None, tenant_name: str | None, as_json: bool) -> None:
     """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
+    if tenant_name is not None:
+        _only_tenant(intake_only, domain)
+        on_each(obj, lambda store: tenants.pause(store, tenant_name))
+        emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
+            safe(f"delivery of tenant {tenant_name} paused"))
+        return
     scope = on_each(obj, lambda store: control.pause(store, domain, intake_only))
     if as_json:
         emit({"scope": scope, "name": domain.lower() if domain else None, "paused": True})
@@ -104,10 +121,17 @@ def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) ->
 @click.command()
 @click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
 @click.option("--domain", callback=domain_option, help="Resume only delivery to this destination domain.")
+@click.option("--tenant", "tenant_name", default=None, help="Resume only delivery of this tenant's mail.")
 @json_option('Print {"scope", "name", "paused", "unparked"} as JSON.')
 @pass_ctx
-def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
+def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str | None, as_json: bool) -> None:
     """Start delivery again; with --intake, reopen SMTP intake instead."""
+    if tenant_name is not None:
+        _only_tenant(intake_only, domain)
+        on_each(obj, lambda store: tenants.resume(store, tenant_name))
+        emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
+            safe(f"delivery of tenant {tenant_name} resumed"))
+        return
     scope = control.scope_of(domain, intake_only)
     moved: int = on_each(obj, lambda store: control.resume(store, domain, intake_only), _total)
     # A rate of 0 holds delivery as a pause does, but only `rate set` lifts it: say so rather
@@ -140,6 +164,11 @@ def on_each(obj: Context, action: Callable[[Store], T], combine: Callable[[list[
         return action(obj.client.store)
     done = [value for _cell, value in apply_all(obj, lambda c: action(c.store))]
     return combine(done) if combine else done[0]
+
+
+def _only_tenant(intake_only: bool, domain: str | None) -> None:
+    if intake_only or domain is not None:
+        raise click.UsageError("--tenant does not go with --intake or --domain")
 
 
 @click.group()

@@ -244,6 +244,10 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
                                                          else "")))
         if intake.is_paused(obj.client.redis):
             table.add_row("intake (SMTP)", "PAUSED")
+        for name, queued in st.tenants:
+            table.add_row(Text(f"tenant {name}"), f"{queued:,}" + ("  (PAUSED)" if name in st.tenants_paused else ""))
+        if st.tenants_queued > len(st.tenants):
+            table.add_row("tenants", f"{st.tenants_queued:,} with queued mail")
         return table
 
     live(render, watch_s)
@@ -252,9 +256,11 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 @click.command()
 @json_option("One JSON document.")
 @watch_option
-@click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Domains shown (plain output).")
+@click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Rows shown (plain output).")
+@click.option("--by", "by", type=click.Choice(["domain", "tenant"]), default="domain", show_default=True,
+              help="Shape by destination domain and age, or list queued mail by tenant.")
 @pass_ctx
-def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> None:
+def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int, by: str) -> None:
     """The backlog's shape: queued mail by destination domain and age, with per-domain ETA."""
     from drain.observe.backlog import BUCKETS_S, Shape, shape
 
@@ -263,6 +269,11 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int) -> Non
             return cells_backlog(obj, as_json, top)
         return shape(obj.client.store)
 
+    if by == "tenant":
+        from drain.cli.tenant import by_tenant
+
+        by_tenant(obj, as_json, watch_s, top)
+        return
     if as_json:
         if obj.multi:
             read()

@@ -96,7 +96,7 @@ def unpark(store: Store, domain: str, most: int = 0, done_id: str = "") -> int:
     unpark.lua); returns how many moved. Batch jobs for them: drain.worker.dispatch."""
     settings = store.settings
     return int(store.scripts.unpark(
-        keys=[keys.parked(domain), keys.READY, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
+        keys=[keys.parked(domain), keys.READY_COUNT, keys.BOOKS, keys.PAUSED_DOMAINS, keys.busy(domain),
               keys.DOMAIN_CONCURRENCY, keys.PARKED_DOMAINS, keys.DOMAIN_RATES, keys.DOMAIN_EFFECTIVE,
               keys.UNPARKED, keys.DOMAIN_TAT],
         args=[domain, most, done_id, settings.burst_s, int(settings.rate_horizon_s * 1e6)],

@@ -21,6 +21,7 @@ import redis
 from drain.errors import InputError, QueueFull, RedisUnavailable
 from drain.intake import door, rules
 from drain.intake.memory import MemoryGuard
+from drain.intake.tenant import resolve
 from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.observe import cells as cells_view
 from drain.observe.status import Status, read
@@ -30,6 +31,9 @@ from drain.store.connection import check_eviction, client_for, connect
 from drain.store.durability import Guard
 from drain.store.store import ENQUEUE_CHUNK, Item, Store
 from drain.worker.dispatch import ensure_tokens
+
+# A message ready to store: its bytes, envelope and tenant (see drain.intake.tenant).
+Prepared = tuple[bytes, Envelope, str]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ class Submission:
     message: bytes | Message
     sender: str | None = None
     recipients: tuple[str, ...] | None = None
+    # Whose mail it is (see drain.intake.tenant); None: as the settings and the sender say.
+    tenant: str | None = None
 
 
 @dataclass
@@ -94,36 +100,43 @@ class Client:
         return raw, Envelope(sender, rcpts)
 
     def enqueue(self, message: bytes | Message, sender: str | None = None,
-                recipients: Iterable[str] | None = None) -> str:
+                recipients: Iterable[str] | None = None, tenant: str | None = None) -> str:
         """Queue one message; returns its id once Redis holds it (as durably as DRAIN_DURABILITY says).
 
-        QueueFull while Redis memory is over DRAIN_MAX_MEMORY_FRACTION of its maxmemory."""
+        QueueFull while Redis memory is over DRAIN_MAX_MEMORY_FRACTION of its maxmemory; InputError
+        when `tenant` is not a tenant name (1 to 128 printable characters without spaces)."""
         raw, env = self.prepare(message, sender, recipients)
+        raw, owner = resolve(raw, env, self.settings, tenant)
         self.memory.check()
         rule = rules.first_match(rules.load(self.redis), raw, env)
         with self.memory.translating():
-            ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)])
+            ids = self.store.enqueue_many([(raw, env, rule.findings() if rule else None)], tenants=[owner])
         self._stored()
         return ids[0]
 
-    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
+    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh",
+                     tenant: str | None = None) -> Accepted:
         """Queue many messages in chunks of one transaction each; refusals are reported, not raised.
 
         lane "backlog" is for bulk loads (a replayed or migrated queue) that must not go
         ahead of new mail. When Redis is nearly full, QueueFull is raised; its `accepted`
-        holds the ids of the chunks stored before (they are queued)."""
+        holds the ids of the chunks stored before (they are queued). `tenant` is the tenant of
+        every message that does not name its own (Submission.tenant)."""
         result = Accepted()
         active = rules.load(self.redis)
+        owners: list[str] = []
 
         def prepared() -> Iterator[Item]:
             for index, item in enumerate(messages):
                 sub = item if isinstance(item, Submission) else Submission(item)
                 try:
                     raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
+                    raw, owner = resolve(raw, env, self.settings, sub.tenant or tenant)
                 except InputError as exc:
                     result.rejected.append((index, str(exc)))
                     continue
                 rule = rules.first_match(active, raw, env) if active else None
+                owners.append(owner)
                 yield raw, env, rule.findings() if rule else None
 
         items = prepared()
@@ -131,7 +144,7 @@ class Client:
             while chunk := list(itertools.islice(items, ENQUEUE_CHUNK)):
                 self.memory.check()
                 with self.memory.translating():
-                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane))
+                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane, tenants=owners[-len(chunk):]))
         except QueueFull as exc:
             exc.accepted = list(result.ids)
             if result.ids:
@@ -140,17 +153,19 @@ class Client:
         self._stored()
         return result
 
-    def write_batch(self, items: Iterable[tuple[bytes, Envelope]], lane: str = "fresh",
+    def write_batch(self, items: Iterable[Prepared], lane: str = "fresh",
                     active: list[rules.Rule] | None = None) -> list[str]:
-        """Store prepared messages in one go (the SMTP ingress's path): the operator rules
-        applied (`active`: already loaded), QueueFull while Redis is nearly full, and the
-        durability wait and batch jobs as after any write. Returns the ids in order."""
+        """Store prepared messages (bytes, envelope, tenant) in one go (the SMTP ingress's
+        path): the operator rules applied (`active`: already loaded), QueueFull while Redis is
+        nearly full, and the durability wait and batch jobs as after any write. Returns the ids
+        in order."""
         active = rules.load(self.redis) if active is None else active
+        listed = list(items)
         self.memory.check()
         with self.memory.translating():
             ids = self.store.enqueue_many(
                 ((raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
-                 for raw, env in items), lane=lane)
+                 for raw, env, _tenant in listed), lane=lane, tenants=[tenant for _r, _e, tenant in listed])
         self.durable.confirm()
         try:
             ensure_tokens(self.redis, self.settings)
@@ -248,7 +263,7 @@ class CellsClient(Client):
         with self._lock:
             return self._down_until.get(cell.name, 0) > time.monotonic()
 
-    def _try_cell(self, cell: Cell, member: Client, items: list[tuple[bytes, Envelope]],
+    def _try_cell(self, cell: Cell, member: Client, items: list[Prepared],
                   lane: str) -> list[str] | str:
         """The ids once stored in this cell, or why it could not take them ("down", "full"),
         in which case nothing was written and the cell is left out for RETRY_S."""
@@ -267,7 +282,7 @@ class CellsClient(Client):
             return "down"
         return [cell.qualify(i) for i in member.write_batch(items, lane=lane, active=active)]
 
-    def _last_try(self, items: list[tuple[bytes, Envelope]], lane: str) -> list[str]:
+    def _last_try(self, items: list[Prepared], lane: str) -> list[str]:
         """Every cell is left out: each is tried once more, in turn."""
         failures: list[str] = []
         for cell, member in self._order():
@@ -283,7 +298,7 @@ class CellsClient(Client):
 
     # -- the producer API ------------------------------------------------------------
 
-    def write_batch(self, items: Iterable[tuple[bytes, Envelope]], lane: str = "fresh",
+    def write_batch(self, items: Iterable[Prepared], lane: str = "fresh",
                     active: list[rules.Rule] | None = None) -> list[str]:
         """Spread the messages over the live cells (one group per cell, one transaction each);
         a group whose cell turns out to be down is spread over the cells left."""
@@ -304,18 +319,22 @@ class CellsClient(Client):
         return [stored[i % width][i // width] for i in range(len(listed))]
 
     def enqueue(self, message: bytes | Message, sender: str | None = None,
-                recipients: Iterable[str] | None = None) -> str:
+                recipients: Iterable[str] | None = None, tenant: str | None = None) -> str:
         raw, env = self.prepare(message, sender, recipients)
-        return self.write_batch([(raw, env)])[0]
+        raw, owner = resolve(raw, env, self.settings, tenant)
+        return self.write_batch([(raw, env, owner)])[0]
 
-    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
+    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh",
+                     tenant: str | None = None) -> Accepted:
         result = Accepted()
 
-        def prepared() -> Iterator[tuple[bytes, Envelope]]:
+        def prepared() -> Iterator[Prepared]:
             for index, item in enumerate(messages):
                 sub = item if isinstance(item, Submission) else Submission(item)
                 try:
-                    yield self.prepare(sub.message, sub.sender, sub.recipients)
+                    raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
+                    raw, owner = resolve(raw, env, self.settings, sub.tenant or tenant)
+                    yield raw, env, owner
                 except InputError as exc:
                     result.rejected.append((index, str(exc)))
 

@@ -20,7 +20,7 @@ import redis
 from drain.errors import ConfigError
 from drain.intake import saferegex
 from drain.message import Envelope
-from drain.store import keys
+from drain.store import keys, tenancy
 from drain.store.record import ENVELOPE, RAW, fetch
 from drain.store.store import Store
 
@@ -131,7 +131,8 @@ def first_match(rules: list[Rule], raw: bytes, envelope: Envelope) -> Rule | Non
 def _queued_ids(client: redis.Redis) -> Iterator[list[str]]:
     """Ids of waiting messages, in chunks: ready list, suspect list, deferred set."""
     parked = [keys.parked(d.decode()) for d in cast(set[bytes], client.smembers(keys.PARKED_DOMAINS))]
-    for key in (keys.FRESH, keys.READY, keys.SUSPECT, *parked):
+    lanes = [keys.lane(lane, t) for t in tenancy.names(client) for lane in keys.LANES]
+    for key in (*lanes, keys.SUSPECT, *parked):
         start = 0
         while True:
             chunk = cast(list[bytes], client.lrange(key, start, start + SWEEP_CHUNK - 1))

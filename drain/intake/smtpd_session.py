@@ -32,6 +32,7 @@ from drain.intake.smtpd_write import (
     Committer,
     Gate,
 )
+from drain.intake.tenant import auth_user, from_network, resolve
 from drain.message import Envelope
 from drain.settings import Network, Settings
 from drain.worker.delivery import Relay, RelayConfig, tls_context
@@ -203,10 +204,12 @@ class Handler:
             raw, env = self.api.prepare(raw, _sender(envelope.mail_from), recipients)
             if envelope.smtp_utf8:  # kept with the envelope: headers may be UTF-8, and it goes out with SMTPUTF8
                 env = Envelope(env.sender, env.recipients, smtputf8=True)
+            named = auth_user(session.auth_data) or from_network(_host(session.peer), self.api.settings.smtpd_tenants)
+            raw, owner = resolve(raw, env, self.api.settings, named)
         except InputError as exc:
             return f"554 5.6.0 message refused: {exc}"
         try:
-            msg_id = await self.committer.store(raw, env)
+            msg_id = await self.committer.store(raw, env, owner)
         except QueueFull as exc:
             log.warning("a message from %s was not stored (452): %s", _peer(session.peer), exc)
             return REPLY_FULL

@@ -64,6 +64,7 @@ class DrainCollector:
                                     "Time from acceptance to delivery of delivered messages.",
                                     buckets=[(_le(le), n) for le, n in buckets], sum_value=total)
         yield from _domains(f)
+        yield from _tenants(f)
         if f.cells:
             yield from _cells(f)
 
@@ -175,6 +176,15 @@ def _domains(f: Figures) -> Iterator[Metric]:
     for name in f.status.breakers_open:
         opened.add_metric([name], 1)
     yield opened
+
+
+def _tenants(f: Figures) -> Iterator[Metric]:
+    queued = GaugeMetricFamily("drain_tenant_backlog_messages", "Queued messages by tenant (the tenants with the "
+                               "most; drain_tenants_queued counts them all).", labels=["tenant"])
+    for name, count in f.status.tenants:
+        queued.add_metric([name], count)
+    yield queued
+    yield GaugeMetricFamily("drain_tenants_queued", "Tenants with queued mail.", value=f.status.tenants_queued)
 
 
 def registry(source: Callable[[], Reading]) -> CollectorRegistry:

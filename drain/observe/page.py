@@ -49,7 +49,7 @@ def render(view: View) -> str:
                      "</section>")
     else:
         parts += [_cards(snap), '<div class="row">', _books(snap), _controls(snap), "</div>", _cells(snap),
-                  chart_section(snap), _domains(snap),
+                  chart_section(snap), _domains(snap), _tenants(snap, view.show_messages),
                   '<div class="row even">', _reasons(snap), _latency(snap), "</div>",
                   _recent(snap, view.show_messages)]
     parts.append(_footer(view))
@@ -193,6 +193,21 @@ def _waiting(snap: Snapshot) -> str:
 
 def _age_label(lower: int) -> str:
     return "<5m" if lower == 0 else f"{lower // 60}m"
+
+
+def _tenants(snap: Snapshot, show: bool) -> str:
+    """Queued mail by tenant, most first; tenant names (customers) only with --show-messages."""
+    st = snap.figures.status
+    if not st.tenants:
+        return ""
+    paused = set(st.tenants_paused)
+    rows = [f'<tr><td class="dom">{esc(name) if show else f"tenant {rank}"}</td><td class="n"><b>{num(count)}</b>'
+            f"</td><td>{'paused' if name in paused else ''}</td></tr>"
+            for rank, (name, count) in enumerate(st.tenants, start=1)]
+    note = "" if show else "; names are not shown on this page (drain serve --show-messages shows them)"
+    return (f'<section><h2>Queued by tenant <span class="note">{num(st.tenants_queued)} tenants with queued mail'
+            f'{note}</span></h2><table><tr><th>Tenant</th><th class="n">Queued</th><th></th></tr>'
+            f"{''.join(rows)}</table></section>")
 
 
 def _domains(snap: Snapshot) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -15,7 +15,7 @@ from drain.flow.breaker import Breakers
 from drain.observe import backlog
 from drain.observe.deferred import deferred_by
 from drain.settings import Settings
-from drain.store import embedded
+from drain.store import embedded, keys
 from drain.store.store import Books, Store
 from drain.worker import routing
 
@@ -40,6 +40,11 @@ class Status:
     domains_held: list[str] = field(default_factory=list)
     # Every relay drain knows of, by name: handed, failed (no session), concurrency, open, open_until.
     relays: dict[str, dict[str, object]] = field(default_factory=dict)
+    # The tenants with the most queued mail (name, queued), largest first, and how many
+    # tenants have queued mail; paused tenants.
+    tenants: list[tuple[str, int]] = field(default_factory=list)
+    tenants_queued: int = 0
+    tenants_paused: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = self.books.as_dict()
@@ -52,10 +57,15 @@ class Status:
         out["delivery_held"] = self.held
         out["domains_held"] = self.domains_held
         out["relays"] = self.relays
+        out["tenants"] = [{"tenant": name, "queued": queued} for name, queued in self.tenants]
+        out["tenants_queued"] = self.tenants_queued
+        out["tenants_paused"] = self.tenants_paused
         return out
 
 
 log = logging.getLogger(__name__)
+# Tenants named in the status (by queued mail, largest first).
+TENANTS_SHOWN = 10
 
 
 def _held(store: Store) -> tuple[str | None, list[str]]:
@@ -105,8 +115,28 @@ def read(store: Store, shape: backlog.Shape | None = None) -> Status:
     except (ValueError, redis.ResponseError) as exc:
         log.error("the relay states cannot be read: %s", exc)
         relays = {}
+    top, count, paused = tenant_figures(store)
     return Status(books, store.oldest_age_s(), rate, eta, sorted(opened), held_by, split, held, domains_held,
-                  relays)
+                  relays, top, count, paused)
+
+
+def tenant_figures(store: Store, top: int = TENANTS_SHOWN) -> tuple[list[tuple[str, int]], int, list[str]]:
+    """The tenants with the most queued mail, how many have any, and the paused ones (a
+    damaged key reads as none, logged)."""
+    try:
+        queued = cast(dict[bytes, bytes], store.client.hgetall(keys.TENANT_SHAPE))
+        paused = cast(set[bytes], store.client.smembers(keys.PAUSED_TENANTS))
+    except redis.ResponseError as exc:
+        log.error("the tenant figures cannot be read: %s", exc)
+        return [], 0, []
+    counts: dict[str, int] = {}
+    for name, value in queued.items():
+        try:
+            counts[name.decode("utf-8", "replace")] = int(value)
+        except ValueError:
+            continue
+    ranked = sorted(((n, c) for n, c in counts.items() if c > 0), key=lambda item: (-item[1], item[0]))
+    return ranked[:top], len(ranked), sorted(p.decode("utf-8", "replace") for p in paused)
 
 
 def startup_line(role: str, settings: Settings, client: redis.Redis) -> str:

@@ -149,6 +149,15 @@ class Settings:
                                           "offer 8BITMIME (auto: as the relay's EHLO says)", shown="auto")
     smtpd_max_sessions: int = setting("DRAIN_SMTPD_MAX_SESSIONS", 50, v.whole(1), "smtpd",
                                       "SMTP sessions open at once (421 4.3.2 beyond)")
+    smtpd_tenants: tuple[tuple[Network, str], ...] = setting(
+        "DRAIN_SMTPD_TENANTS", (), v.tenant_networks, "smtpd",
+        "client network -> tenant of its mail when no AUTH user names one", shown="")
+
+    # -- tenants: whose mail a message is
+    tenant_header: str = setting("DRAIN_TENANT_HEADER", "", v.text, "flow",
+                                 "header naming a message's tenant (when the API or ingress named none)")
+    tenant_header_remove: bool = setting("DRAIN_TENANT_HEADER_REMOVE", False, v.flag, "flow",
+                                         "remove that header before the message is stored (and so delivered)")
 
     # -- ops: who acts, and how logs are written
     actor: str = setting("DRAIN_ACTOR", "", v.text, "ops", "who operator actions are recorded as in the audit log",

@@ -233,3 +233,18 @@ def default_actor(env: Mapping[str, str]) -> str:
     import socket
 
     return f"{env.get('USER') or env.get('LOGNAME') or _login_name()}@{socket.gethostname()}"
+
+
+def tenant_networks(raw: str, name: str) -> tuple[tuple[Network, str], ...]:
+    """'CIDR=tenant, CIDR=tenant': client networks of the SMTP ingress and whose mail they
+    send (the first network that holds the client wins)."""
+    pairs: list[tuple[Network, str]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        cidr, equals, tenant = part.partition("=")
+        tenant = tenant.strip()
+        if not equals or not tenant or not tenant.isprintable() or any(c.isspace() for c in tenant):
+            raise ConfigError(f"{name} must list CIDR=tenant pairs like 10.1.0.0/16=acme, got {part!r}")
+        pairs.append((parse_networks(cidr, name)[0], tenant))
+    return tuple(pairs)

@@ -30,7 +30,8 @@ _CONNECTION = ("+ping", "+hello", "+select", "+echo", "+client|setname", "+clien
 # batch job is queued), the durability marker, and RQ's keys
 # for the batch jobs it queues.
 _PRODUCER_KEYS = (
-    keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.READY, keys.FRESH, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
+    keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.lane("*", "*"), keys.ring("*") + ":join", keys.READY_COUNT,
+    keys.TENANTS, keys.TENANT_SHAPE, keys.PAUSED_TENANTS, keys.TENANT_RATES, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
     keys.FINDINGS, keys.QUARANTINE, keys.RULES, keys.RULE_SEQ, keys.PAUSED, keys.INTAKE_PAUSED, keys.DURABLE,
     keys.RATE,
 )
@@ -40,7 +41,7 @@ _PRODUCER_COMMANDS = (
     # ZADD on the quarantine set only for mail an operator rule sends straight there
     "+incrby", "+incr", "+hset", "+rpush", "+hincrby", "+zadd",
     # reads needed before queueing: rules, pause flags, list lengths for the batch jobs
-    "+hgetall", "+get", "+exists", "+llen",
+    "+hgetall", "+get", "+exists", "+llen", "+smembers",
     # RQ's enqueue (rq:queues); WAIT for DRAIN_DURABILITY=replicas
     "+sadd", "+wait",
 )

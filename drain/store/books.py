@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.exceptions import OutOfMemoryError
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Pace samples kept (one per housekeeping round, about one a second).
 PACE_KEPT = 900
+# Tenants of each lane's ring whose oldest ready message `oldest_age_s` looks at.
+HEADS_LOOKED_AT = 100
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ def read(client: redis.Redis) -> Books:
     """One consistent snapshot (MULTI/EXEC, or one read-only script while Redis is full)."""
     pipe = client.pipeline(transaction=True)
     pipe.hmget(keys.BOOKS, COUNTERS)
-    pipe.llen(keys.READY)
-    pipe.llen(keys.FRESH)
+    pipe.hmget(keys.READY_COUNT, list(keys.LANES))
+    for key in keys.LEGACY_READY:  # ready mail of a drain from before tenants, until adopted
+        pipe.llen(key)
     pipe.llen(keys.SUSPECT)
     pipe.scard(keys.SWEPT)
     pipe.zcard(keys.DEFERRED)
@@ -89,12 +92,14 @@ def read(client: redis.Redis) -> Books:
         replies = [0 if isinstance(r, redis.ResponseError) else r for r in pipe.execute(raise_on_error=False)]
     except OutOfMemoryError:  # over maxmemory, Redis queues nothing in MULTI, not even reads
         replies = _read_by_script(client)
-    counters, ready, fresh, suspect, swept, deferred, in_flight, quarantined = replies
+    counters, lanes, legacy, legacy_fresh, suspect, swept, deferred, in_flight, quarantined = replies
     counters = counters if isinstance(counters, list) else [None] * 5
+    lanes = lanes if isinstance(lanes, list) else [None] * 2
     accepted, delivered, bounced, deleted, parked = (_count(keys.BOOKS, c) for c in counters)
     return Books(
         accepted=accepted,
-        ready=int(ready) + int(fresh) + int(suspect) + parked - int(swept),
+        ready=sum(_count(keys.READY_COUNT, c) for c in lanes) + int(legacy) + int(legacy_fresh)
+        + int(suspect) + parked - int(swept),
         deferred=int(deferred),
         in_flight=int(in_flight),
         delivered=delivered,
@@ -108,9 +113,11 @@ def _read_by_script(client: redis.Redis) -> list[Any]:
     from drain.store.scripts import source
 
     script = client.register_script(source("books"))
-    counters, *counts = script(keys=[keys.BOOKS, keys.READY, keys.FRESH, keys.SUSPECT, keys.SWEPT,
-                                     keys.DEFERRED, keys.INFLIGHT, keys.QUARANTINE], args=COUNTERS)
-    return [counters if isinstance(counters, list) and len(counters) == len(COUNTERS) else None, *counts]
+    counters, lanes, *counts = script(keys=[keys.BOOKS, keys.READY_COUNT, *keys.LEGACY_READY, keys.SUSPECT,
+                                            keys.SWEPT, keys.DEFERRED, keys.INFLIGHT, keys.QUARANTINE],
+                                      args=[*keys.LANES, *COUNTERS])
+    return [counters if isinstance(counters, list) and len(counters) == len(COUNTERS) else None,
+            lanes if isinstance(lanes, list) and len(lanes) == len(keys.LANES) else None, *counts]
 
 
 def sample_pace(client: redis.Redis, books: Books) -> None:
@@ -146,9 +153,10 @@ def pace(client: redis.Redis, window_s: float = 30.0) -> float:
 
 
 def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
-    """Age of the oldest message still to be worked: the heads of the ready lanes, the earliest
-    deferred, and both ends of each domain's parked list (fresh mail is parked ahead of
-    backlog mail, so the oldest may be at either end)."""
+    """Age of the oldest message still to be worked: the heads of the first tenants of each
+    lane's ring (a bounded look: with many tenants it can miss an older head further round the
+    ring), the suspects' head, the earliest deferred, and both ends of each domain's parked
+    list (fresh mail is parked ahead of backlog mail, so the oldest may be at either end)."""
     now = time.time() if now is None else now
     ids: list[str] = []
     try:
@@ -156,9 +164,13 @@ def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
     except redis.ResponseError:  # a damaged key: the parked mail's age is not shown, the rest is
         parked = set()
     pipe = client.pipeline(transaction=False)
-    pipe.lindex(keys.READY, 0)
-    pipe.lindex(keys.FRESH, 0)
     pipe.lindex(keys.SUSPECT, 0)
+    for lane in keys.LANES:
+        # The tenants first in the ring, and some of those still asking to join it.
+        tenants = {*cast(list[bytes], client.lrange(keys.ring(lane), 0, HEADS_LOOKED_AT - 1)),
+                   *cast(list[bytes], client.srandmember(keys.ring(lane) + ":join", HEADS_LOOKED_AT))}
+        for tenant in tenants:
+            pipe.lindex(keys.lane(lane, text(tenant)), 0)
     pipe.zrange(keys.DEFERRED, 0, 9)
     for domain in parked if isinstance(parked, set) else ():
         pipe.lindex(keys.parked(text(domain)), 0)

@@ -8,10 +8,29 @@ PREFIX = "drain"
 BOOKS = f"{PREFIX}:books"
 # Message ids are handed out from this counter.
 SEQ = f"{PREFIX}:seq"
-# Ids waiting for a worker, oldest at the head (lists): the backlog lane (retries, released
-# and bulk-loaded mail, and fresh mail that waited too long) and the fresh lane (new mail).
-READY = f"{PREFIX}:ready"
-FRESH = f"{PREFIX}:ready:fresh"
+# Ids waiting for a worker are kept per tenant and lane (lists, see `lane`): the backlog lane
+# (retries, released and bulk-loaded mail, and fresh mail that waited too long) and the fresh
+# lane (new mail). Each lane has a ring of its tenants with ready mail (list, see `ring`),
+# served by deficit round robin; the Lua prelude (_lib.lua) forms these names the same way.
+LANES = ("fresh", "backlog")
+# Ready messages per lane: field fresh / backlog -> count (hash).
+READY_COUNT = f"{PREFIX}:ready:count"
+# The single ready lists (backlog, fresh lane) of a drain from before tenants: housekeeping
+# moves what is left on them to the tenants' lists (Store.adopt_legacy).
+LEGACY_READY = (f"{PREFIX}:ready", f"{PREFIX}:ready:fresh")
+# Every tenant that ever had mail accepted (set): a tenant not in it is unknown.
+TENANTS = f"{PREFIX}:tenants"
+# Per tenant: DRR weight, rate cap (msgs/s), concurrency cap (hashes keyed by tenant), GCRA
+# state of the rate cap (hash), paused tenants (set), and tenants taken off the rings by their
+# rate cap, scored by when they may go again (sorted set).
+TENANT_WEIGHTS = f"{PREFIX}:tenant:weights"
+TENANT_RATES = f"{PREFIX}:tenant:rates"
+TENANT_CONCURRENCY = f"{PREFIX}:tenant:concurrency"
+TENANT_TAT = f"{PREFIX}:tenant:tat"
+PAUSED_TENANTS = f"{PREFIX}:tenant:paused"
+TENANT_WAKE = f"{PREFIX}:tenant:wake"
+# Queued mail by tenant (hash tenant -> count), kept with the backlog shape.
+TENANT_SHAPE = f"{PREFIX}:shape:tenant"
 # Counts claims, to give the backlog lane its guaranteed share (string).
 LANE_TICK = f"{PREFIX}:lane:tick"
 # When each enqueue chunk was accepted: last id of the chunk scored by time (sorted set),
@@ -136,3 +155,18 @@ def smtpd_auth_failures(address: str) -> str:
 def relay_busy(name: str) -> str:
     """Messages being handed to one relay now, scored by when their slot lapses (sorted set)."""
     return f"{PREFIX}:relay:busy:{name}"
+
+def lane(name: str, tenant: str) -> str:
+    """A tenant's ready mail in one lane ("fresh" or "backlog"), oldest at the head (list)."""
+    return f"{PREFIX}:lane:{name}:{tenant}"
+
+
+def ring(name: str) -> str:
+    """Tenants with ready mail in a lane, served in turn (list); `ring(name) + ":in"` is the
+    same as a set, ":join" the tenants asking to join it (set), ":deficit" their DRR credit (hash)."""
+    return f"{PREFIX}:ring:{name}"
+
+
+def tenant_busy(tenant: str) -> str:
+    """Messages of a tenant claimed now, scored by when their slot lapses (sorted set)."""
+    return f"{PREFIX}:tenant:busy:{tenant}"

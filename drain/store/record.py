@@ -26,6 +26,7 @@ RAW = "raw"  # the message's bytes
 ENVELOPE = "env"  # its envelope (JSON, see Envelope.to_json)
 ACCEPTED = "t"  # when it was accepted (unix seconds)
 DOMAIN = "dom"  # its destination domain, as the backlog shape counts it
+TENANT = "tn"  # the tenant (customer) it belongs to, whose ready list it waits on
 ATTEMPTS = "n"  # delivery attempts the relay deferred
 LAST_REPLY = "last"  # the relay's last reply, or why it is held
 HISTORY = "hist"  # the last few attempts (JSON list of {at, n, reply})
@@ -42,7 +43,7 @@ STORED_SIZE = "sz"  # the message's own size, when RAW is stored compressed (see
 # What each reader asks for. A worker reads everything it needs to deliver.
 CLAIMED = (RAW, ENVELOPE, ACCEPTED, ATTEMPTS, FORCE, SLOT, FRESH, STRIKES, HISTORY, PARTLY)
 HELD = (ENVELOPE, FINDINGS, QUARANTINED, ACCEPTED, ATTEMPTS, LAST_REPLY, HISTORY, AUDIT)
-WAITING = (ENVELOPE, ATTEMPTS, LAST_REPLY, ACCEPTED, HISTORY, DOMAIN)
+WAITING = (ENVELOPE, ATTEMPTS, LAST_REPLY, ACCEPTED, HISTORY, DOMAIN, TENANT)
 
 # Counters stored in a message hash (attempts, strikes) never go past this: HINCRBY must work.
 MAX_COUNTER = 2**31
@@ -54,7 +55,7 @@ CORRUPT = "store.corrupt"
 _NUMBERS = (ACCEPTED, SLOT, QUARANTINED)
 _COUNTERS = (ATTEMPTS, STRIKES)
 _FLAGS = (FORCE, FRESH, PARTLY)
-_TEXTS = (DOMAIN, LAST_REPLY)
+_TEXTS = (DOMAIN, LAST_REPLY, TENANT)
 _EMPTY = Envelope("", ())
 
 
@@ -81,6 +82,7 @@ class Record:
     size: int = 0
     accepted_at: float = 0.0
     domain: str = ""
+    tenant: str = ""
     attempts: int = 0
     last_reply: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -162,7 +164,7 @@ def _field(name: str, value: bytes, latest: float) -> tuple[str, Any] | str:
             return f"field {name} is not a JSON list: {shown(value)}"
         return {HISTORY: "history", FINDINGS: "findings", AUDIT: "audit"}[name], items
     if name in _TEXTS:
-        return ("domain" if name == DOMAIN else "last_reply"), value.decode("utf-8", "replace")
+        return {DOMAIN: "domain", TENANT: "tenant"}.get(name, "last_reply"), value.decode("utf-8", "replace")
     return "raw", value
 
 

@@ -40,3 +40,4 @@ class Scripts:
         self.age: Script = client.register_script(source("age"))
         self.adapt: Script = client.register_script(source("adapt"))
         self.narrow: Script = client.register_script(source("narrow"))
+        self.adopt: Script = client.register_script(source("adopt"))

@@ -20,7 +20,7 @@ from redis.typing import EncodableT, FieldT
 
 from drain.message import Envelope, envelope_from_headers
 from drain.settings import Settings
-from drain.store import body, books, keys, record
+from drain.store import body, books, keys, record, tenancy
 from drain.store.books import Books as Books
 from drain.store.scripts import Scripts
 
@@ -128,41 +128,50 @@ class Store:
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh") -> list[str]:
+    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh",
+                     tenants: Iterable[str] | None = None) -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
         quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
-        balance at every moment.
+        balance at every moment. `tenants` gives each item's tenant, in order (an empty one,
+        or none given: the sender's domain).
         """
         ids: list[str] = []
         chunk: list[Item] = []
+        owners: list[str] = []
+        named = iter(tenants) if tenants is not None else None
         for item in items:
             chunk.append(item)
+            owners.append((next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender))
             if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk, lane))
-                chunk = []
+                ids.extend(self._enqueue_chunk(chunk, lane, owners))
+                chunk, owners = [], []
         if chunk:
-            ids.extend(self._enqueue_chunk(chunk, lane))
+            ids.extend(self._enqueue_chunk(chunk, lane, owners))
         return ids
 
-    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str) -> list[str]:
+    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str]) -> list[str]:
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
-        ready: list[str] = []
+        ready: dict[str, list[str]] = {}
         shape: dict[str, int] = {}
+        by_tenant: dict[str, int] = {}
+        lane = "fresh" if lane == "fresh" else "backlog"
         pipe = self.client.pipeline(transaction=True)
         figures: set[int] = set()  # positions of the writes that only feed figures
 
         def figure() -> None:
             figures.add(len(pipe.command_stack) - 1)
 
-        for msg_id, (raw, env, why) in zip(ids, chunk, strict=True):
+        for n, (msg_id, (raw, env, why)) in enumerate(zip(ids, chunk, strict=True)):
+            owner = owners[n]
             fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
-                                                record.ACCEPTED: now, record.DOMAIN: env.domain}
+                                                record.ACCEPTED: now, record.DOMAIN: env.domain, record.TENANT: owner}
+            by_tenant[owner] = by_tenant.get(owner, 0) + 1
             if why is None:
-                ready.append(msg_id)
+                ready.setdefault(owner, []).append(msg_id)
                 field_name = record.shape_field(env.domain, float(now))
                 shape[field_name] = shape.get(field_name, 0) + 1
             else:
@@ -171,10 +180,15 @@ class Store:
                 fields.update({record.FINDINGS: why, record.QUARANTINED: now})
                 pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
             pipe.hset(keys.message(msg_id), mapping=fields)
-        if ready:
-            pipe.rpush(keys.FRESH if lane == "fresh" else keys.READY, *ready)
+        for owner, owned in ready.items():
+            tenancy.push(pipe, lane, owner, owned)
+        if by_tenant:
+            pipe.sadd(keys.TENANTS, *by_tenant)
         for field_name, count in shape.items():
             pipe.hincrby(keys.SHAPE, field_name, count)
+            figure()
+        for owner, owned in ready.items():
+            pipe.hincrby(keys.TENANT_SHAPE, owner, len(owned))
             figure()
         pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
         figure()
@@ -195,8 +209,10 @@ class Store:
     def claim(self, owner: str, want: int) -> Claim:
         lease_ms = int(self.settings.lease_ttl_s * 1000)
         reply = self.scripts.claim(
-            keys=[keys.READY, keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE,
-                  keys.SUSPECT, keys.SWEPT, keys.FRESH, keys.LANE_TICK, keys.BURST],
+            keys=[keys.ring("backlog"), keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE,
+                  keys.SUSPECT, keys.SWEPT, keys.ring("fresh"), keys.LANE_TICK, keys.BURST, keys.TENANT_WEIGHTS,
+                  keys.TENANT_RATES, keys.TENANT_TAT, keys.PAUSED_TENANTS, keys.TENANT_WAKE, keys.READY_COUNT,
+                  keys.TENANT_CONCURRENCY],
             args=[want, owner, lease_ms, self.settings.burst_s, self.settings.backlog_share],
         )
         wait = int(reply[0])
@@ -231,7 +247,7 @@ class Store:
             keys=[
                 keys.INFLIGHT,
                 keys.BOOKS,
-                keys.READY,
+                keys.READY_COUNT,
                 keys.DEFERRED,
                 keys.QUARANTINE,
                 keys.BOUNCES,
@@ -290,7 +306,7 @@ class Store:
         now = time.time() if now is None else now
         total = 0
         while True:
-            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY, keys.HELD_RATE, keys.HELD_BREAKER],
+            moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY_COUNT, keys.HELD_RATE, keys.HELD_BREAKER],
                                              args=[f"{now:.3f}", limit]))
             total += moved
             if moved < limit:
@@ -309,7 +325,7 @@ class Store:
         """Move quarantined messages back to the backlog lane, or delete them, each action
         audited (release.lua); returns how many moved."""
         return int(self.scripts.release(
-            keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, ids)],
+            keys=[keys.QUARANTINE, keys.READY_COUNT, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, ids)],
             args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT, *ids],
         ))
 
@@ -327,11 +343,23 @@ class Store:
         self.client.zremrangebyscore(keys.SEQ_TIME, "-inf", cutoff - 86400)
         total = 0
         while True:
-            moved = int(self.scripts.age(keys=[keys.FRESH, keys.READY], args=[books.text(found[0]), 10000]))
+            moved = int(self.scripts.age(keys=[keys.ring("fresh"), keys.READY_COUNT],
+                                         args=[books.text(found[0]), 10000]))
             total += moved
             if moved < 10000:
                 return total
 
+
+    def adopt_legacy(self) -> int:
+        """Move ready mail left on the ready lists of a drain from before tenants to the
+        tenants' lists (adopt.lua); returns how many moved."""
+        total = 0
+        while self.client.exists(*keys.LEGACY_READY):
+            moved = int(self.scripts.adopt(keys=list(keys.LEGACY_READY), args=[10000]))
+            total += moved
+            if not moved:
+                break
+        return total
 
     # -- the books -------------------------------------------------------------------
 

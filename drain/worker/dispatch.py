@@ -9,6 +9,7 @@ it in the same call; anything else that makes mail ready calls `ensure_tokens` o
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import redis
 from rq import Queue
@@ -33,13 +34,12 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     """Queue batch jobs until there are enough for the ready list; returns how many were added."""
     pipe = client.pipeline(transaction=False)
     pipe.exists(keys.PAUSED)
-    pipe.llen(keys.READY)
-    pipe.llen(keys.FRESH)
+    pipe.hgetall(keys.READY_COUNT)
     pipe.llen(keys.SUSPECT)
     pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
     pipe.get(keys.RATE)
-    paused, backlog, fresh, suspect, queued, rate = pipe.execute()
-    ready = int(backlog) + int(fresh) + int(suspect)
+    paused, lanes, suspect, queued, rate = pipe.execute()
+    ready = sum(int(n) for n in lanes.values()) + int(suspect) - held_by_tenant_pauses(client)
     # A global rate of 0 holds delivery as a pause does: no work tokens for it.
     if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
         return 0
@@ -60,6 +60,21 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
         ]
     )
     return wanted
+
+
+def held_by_tenant_pauses(client: redis.Redis) -> int:
+    """Ready mail of paused tenants (or held by a rate cap of 0): no batch job is queued for
+    it (costs the held tenants)."""
+    paused = {p.decode("utf-8", "replace") for p in cast(set[bytes], client.smembers(keys.PAUSED_TENANTS))}
+    rates = cast(dict[bytes, bytes], client.hgetall(keys.TENANT_RATES))
+    paused |= {t.decode("utf-8", "replace") for t, r in rates.items() if ratelimit.holds(ratelimit.stored_rate(r))}
+    if not paused:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for tenant in paused:
+        for lane in keys.LANES:
+            pipe.llen(keys.lane(lane, tenant))
+    return sum(int(n) for n in pipe.execute())
 
 
 def ready_due(store: Store) -> int:

@@ -48,6 +48,7 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     if reaped or poisoned:
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
                     reaped + poisoned, reaped, poisoned)
+    _step("adopt ready mail of an older drain", store.adopt_legacy, 0)
     promoted = _step("promote due deferred mail", store.promote_due, 0)
     _step("drop stale held ids", lambda: drop_stale(store, time.time()), None)
     _step("age fresh mail", lambda: store.age_fresh(store.settings.fresh_max_age_s), 0)

@@ -15,9 +15,12 @@ end
 -- drain/store/record.py's shape_field). Returns when it was accepted, or nil when its time
 -- is not a finite number (x ~= x: NaN): such a message has no place in the shape.
 function lib.shape(shape_key, msg, delta)
-  local f = redis.call('HMGET', msg, 'dom', 't')
+  local f = redis.call('HMGET', msg, 'dom', 't', 'tn')
   local t = tonumber(f[2] or '')
   if not t or t ~= t or t == math.huge or t == -math.huge then return nil end
+  if redis.call('HINCRBY', 'drain:shape:tenant', f[3] or '', delta) <= 0 then
+    redis.call('HDEL', 'drain:shape:tenant', f[3] or '')
+  end
   local field = (f[1] or '') .. '|' .. math.floor(t / 60)
   local count = lib.figure('HINCRBY', shape_key, field, delta)
   if count and count <= 0 then
@@ -99,4 +102,68 @@ end
 -- Keep a tat in a string key for as long as it matters.
 function lib.keep_tat(key, tat, now)
   redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+
+-- Ready mail is kept per tenant and lane ('fresh' or 'backlog'), with a ring per lane of the
+-- tenants that have some (names as in drain/store/keys.py: lane, ring, READY_COUNT). A
+-- tenant is in a ring at most once: the ring's ':in' set says whether it is.
+function lib.lane_key(lane, tenant)
+  return 'drain:lane:' .. lane .. ':' .. tenant
+end
+
+function lib.ring_join(lane, tenant)
+  local ring = 'drain:ring:' .. lane
+  if redis.call('SADD', ring .. ':in', tenant) == 1 then
+    redis.call('RPUSH', ring, tenant)
+  end
+end
+
+-- A message's tenant. One stored before tenants existed gets its sender's domain (as
+-- drain/store/tenancy.py's from_sender gives it), kept in the message and the tenants set.
+function lib.tenant_of(msg)
+  local f = redis.pcall('HMGET', msg, 'tn', 'env')
+  if type(f) ~= 'table' then return '' end  -- a damaged message key: the worker finds it
+  if f[1] then return f[1] end
+  local ok, env = pcall(cjson.decode, f[2] or '')
+  local sender = (ok and type(env) == 'table' and type(env[1]) == 'string') and env[1] or ''
+  local tenant = string.lower(string.match(sender, '@([^@%s]+)%s*$') or '')
+  if tenant == '' or #tenant > 128 then tenant = '-' end
+  if f[2] then
+    redis.call('HSET', msg, 'tn', tenant)
+    redis.call('SADD', 'drain:tenants', tenant)
+  end
+  return tenant
+end
+
+-- A tenant goes back in the ring of each lane it has ready mail in.
+function lib.rejoin(tenant)
+  for _, lane in ipairs({'fresh', 'backlog'}) do
+    if redis.call('LLEN', lib.lane_key(lane, tenant)) > 0 then lib.ring_join(lane, tenant) end
+  end
+end
+
+-- Put a ready message on its tenant's list of a lane, at the head or the tail, and count it.
+function lib.ready_push(lane, msg, id, head)
+  local tenant = lib.tenant_of(msg)
+  redis.call(head and 'LPUSH' or 'RPUSH', lib.lane_key(lane, tenant), id)
+  redis.call('HINCRBY', 'drain:ready:count', lane, 1)
+  lib.ring_join(lane, tenant)
+end
+
+-- A claimed message of a tenant with a concurrency cap is done: free its slot.
+function lib.tenant_free(msg, id)
+  local tenant = redis.pcall('HGET', msg, 'tn')  -- pcall: a damaged message key is not a hash
+  if type(tenant) ~= 'string' or redis.call('ZREM', 'drain:tenant:busy:' .. tenant, id) == 0 then return end
+  -- It may have been waiting for this slot: back in the rings it has mail for.
+  if redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then lib.rejoin(tenant) end
+end
+
+-- Tenants that asked to join a lane's ring (enqueue cannot run a script; it lists them in
+-- the ring's ':join' set, so a tenant asks once however much mail it sends) join it, at
+-- most `most` of them at a time.
+function lib.absorb(lane, most)
+  local joining = redis.call('SPOP', 'drain:ring:' .. lane .. ':join', most)
+  for _, tenant in ipairs(joining) do
+    if redis.call('LLEN', lib.lane_key(lane, tenant)) > 0 then lib.ring_join(lane, tenant) end
+  end
 end

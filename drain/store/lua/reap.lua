@@ -19,6 +19,7 @@ for i = 5, #ARGV do
   local id, msg = ARGV[i], KEYS[i + 2]
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
     redis.call('HDEL', KEYS[1], id)
+    lib.tenant_free(msg, id)
     -- A strikes field that is not a number (damaged) counts as the first strike; the
     -- worker that claims it next finds the damage and quarantines it (store.load).
     local strikes = redis.pcall('HINCRBY', msg, 'strikes', 1)

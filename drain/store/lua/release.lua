@@ -1,14 +1,14 @@
 -- release: operator actions on quarantined messages, each recorded in the message's own
 -- audit trail and in the audit stream. Ids not in quarantine (any more) are skipped.
 --
--- KEYS[1] quarantine zset   KEYS[2] ready list   KEYS[3] books hash   KEYS[4] audit stream
+-- KEYS[1] quarantine zset   KEYS[2] ready count per lane (the backlog lists are by tenant)   KEYS[3] books hash   KEYS[4] audit stream
 -- KEYS[5] backlog shape   KEYS[5 + i] message hash of the i-th id
 -- ARGV[1] action: release | delete
 -- ARGV[2] actor   ARGV[3] now (unix seconds)   ARGV[4] force (1: workers skip validation)
 -- ARGV[5] note (e.g. the filter used)   ARGV[6] audit entries kept
 -- ARGV[6 + i] the i-th id
 --
--- release: back to the tail of the ready list, strikes cleared.
+-- release: back to the tail of its tenant's backlog list, strikes cleared.
 -- delete:  message data dropped, counted as deleted.
 -- Returns how many were moved.
 
@@ -31,7 +31,7 @@ for i = 7, #ARGV do
       redis.call('HDEL', msg, 'strikes')
       if force == '1' then redis.call('HSET', msg, 'force', '1') end
       lib.shape(KEYS[5], msg, 1)
-      redis.call('RPUSH', KEYS[2], id)
+      lib.ready_push('backlog', msg, id, false)
     end
   end
 end

@@ -2,7 +2,7 @@
 -- An outcome for a message the owner no longer holds (its lease lapsed and the message
 -- was given back) is skipped.
 --
--- KEYS[1] in-flight hash   KEYS[2] books hash       KEYS[3] ready list
+-- KEYS[1] in-flight hash   KEYS[2] books hash       KEYS[3] ready count per lane
 -- KEYS[4] deferred zset    KEYS[5] quarantine zset  KEYS[6] bounces stream
 -- KEYS[7] suspect list     KEYS[8] domains with parked mail (set)
 -- KEYS[9] global rate      KEYS[10] global GCRA state
@@ -42,7 +42,7 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local wrong = lib.wrong_types({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'list', KEYS[4], 'zset',
+local wrong = lib.wrong_types({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'zset',
                                KEYS[5], 'zset', KEYS[7], 'list', KEYS[8], 'set', KEYS[14], 'zset',
                                KEYS[15], 'zset'})
 if wrong then return wrong end
@@ -111,6 +111,7 @@ for i = 1, n do
     skipped = skipped + 1
   else
     redis.call('HDEL', KEYS[1], id)
+    lib.tenant_free(msg, id)
     settled = settled + 1
     if kind == 'delivered' then
       if info ~= '' then log_bounce(msg, id, info) end
@@ -178,7 +179,7 @@ for i = 1, n do
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'deleted', 1)
     else
-      redis.call('LPUSH', KEYS[3], id)
+      lib.ready_push('backlog', msg, id, true)
     end
   end
 end

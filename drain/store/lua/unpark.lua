@@ -5,7 +5,7 @@
 -- one of them and parks none again, and the booking never runs dry between two rounds).
 -- Also frees the busy slot of a message that was just sent (ARGV[3], may be empty).
 --
--- KEYS[1] the domain's parked list   KEYS[2] backlog lane     KEYS[3] books hash
+-- KEYS[1] the domain's parked list   KEYS[2] ready count    KEYS[3] books hash
 -- KEYS[4] paused domains set         KEYS[5] the domain's busy set
 -- KEYS[6] domain concurrency caps    KEYS[7] domains with parked mail (set)
 -- KEYS[8] domain rate caps           KEYS[9] adaptive effective rates
@@ -59,7 +59,7 @@ if most > 0 then
   local ids = redis.call('LPOP', KEYS[1], most)
   if ids then
     for i = #ids, 1, -1 do
-      redis.call('LPUSH', KEYS[2], ids[i])
+      lib.ready_push('backlog', 'drain:msg:' .. ids[i], ids[i], true)
       redis.call('SADD', KEYS[10], ids[i])
     end
     moved = #ids

@@ -1,0 +1,117 @@
+"""Operator actions on tenants: weights, rate and concurrency caps, pauses, and the listing.
+
+Each setting is a field of a Redis hash the claim script reads on every claim, so it holds
+for every worker at once. Only a known tenant (mail of it was accepted at least once) can be
+set: anything else is refused with ConfigError and nothing changes."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import redis
+
+from drain.errors import ConfigError
+from drain.flow import ratelimit
+from drain.store import keys, tenancy
+from drain.store.store import Store
+from drain.worker.dispatch import ensure_tokens
+
+MAX_WEIGHT = 1000
+
+
+def _known(client: redis.Redis, tenant: str) -> str:
+    tenancy.valid(tenant)
+    if not tenancy.known(client, tenant):
+        raise ConfigError(f"unknown tenant {tenant[:80]!a}: no mail of it was ever accepted (see `drain tenant list`)")
+    return tenant
+
+
+def _rejoin(client: redis.Redis, tenant: str) -> None:
+    """Ask the claim script to put the tenant back in the rings it has ready mail for."""
+    pipe = client.pipeline(transaction=True)
+    pipe.zrem(keys.TENANT_WAKE, tenant)
+    for lane in keys.LANES:
+        pipe.sadd(keys.ring(lane) + ":join", tenant)
+    pipe.execute()
+
+
+def set_weight(store: Store, tenant: str, weight: int) -> None:
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise ConfigError(f"--weight must be a whole number from 1 to {MAX_WEIGHT}, got {weight}")
+    client = store.client
+    _known(client, tenant)
+    if weight == 1:
+        client.hdel(keys.TENANT_WEIGHTS, tenant)
+    else:
+        client.hset(keys.TENANT_WEIGHTS, tenant, weight)
+
+
+def set_rate(store: Store, tenant: str, per_second: float | None) -> None:
+    """A tenant's rate cap: None lifts it; 0 holds its mail like a pause."""
+    client = store.client
+    _known(client, tenant)
+    if per_second is None:
+        client.hdel(keys.TENANT_RATES, tenant)
+    else:
+        client.hset(keys.TENANT_RATES, tenant, repr(per_second))
+    _rejoin(client, tenant)
+    ensure_tokens(client, store.settings)
+
+
+def set_concurrency(store: Store, tenant: str, most: int) -> None:
+    """Most messages of a tenant claimed at once (0 lifts the cap)."""
+    client = store.client
+    _known(client, tenant)
+    if most > 0:
+        client.hset(keys.TENANT_CONCURRENCY, tenant, most)
+    else:
+        client.hdel(keys.TENANT_CONCURRENCY, tenant)
+    _rejoin(client, tenant)
+    ensure_tokens(client, store.settings)
+
+
+def pause(store: Store, tenant: str) -> None:
+    store.client.sadd(keys.PAUSED_TENANTS, _known(store.client, tenant))
+
+
+def resume(store: Store, tenant: str) -> None:
+    client = store.client
+    client.srem(keys.PAUSED_TENANTS, _known(client, tenant))
+    _rejoin(client, tenant)
+    ensure_tokens(client, store.settings)
+
+
+def _hash(client: redis.Redis, key: str) -> dict[str, bytes]:
+    found = cast(dict[bytes, bytes], client.hgetall(key))
+    return {k.decode("utf-8", "replace"): v for k, v in found.items()}
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    """Every known tenant: ready mail per lane, queued mail, weight, caps, paused."""
+    client = store.client
+    names = tenancy.names(client)
+    pipe = client.pipeline(transaction=True)
+    for name in names:
+        for lane in keys.LANES:
+            pipe.llen(keys.lane(lane, name))
+    lengths = pipe.execute()
+    queued, weights = _hash(client, keys.TENANT_SHAPE), _hash(client, keys.TENANT_WEIGHTS)
+    rates, caps = _hash(client, keys.TENANT_RATES), _hash(client, keys.TENANT_CONCURRENCY)
+    paused = {p.decode("utf-8", "replace") for p in client.smembers(keys.PAUSED_TENANTS)}  # type: ignore[union-attr]
+    rows = []
+    for n, name in enumerate(names):
+        fresh, backlog = int(lengths[2 * n]), int(lengths[2 * n + 1])
+        rows.append({
+            "tenant": name, "ready_fresh": fresh, "ready_backlog": backlog,
+            "queued": _int(queued.get(name)), "weight": _int(weights.get(name)) or 1,
+            "rate": ratelimit.stored_rate(rates.get(name)), "concurrency": _int(caps.get(name)) or None,
+            "paused": name in paused,
+        })
+    return rows
+
+
+def _int(value: bytes | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0

@@ -1,0 +1,59 @@
+"""Tenants: who a message belongs to, and the per-tenant ready lists and rings it waits on.
+
+A tenant is any name of 1 to 128 printable characters without spaces. A tenant is known
+once mail of it has been accepted (it is then in keys.TENANTS): weights and caps may only be
+set for known tenants, so a typo is refused rather than stored for nobody.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from drain.errors import InputError
+from drain.store import keys
+
+MAX_LEN = 128
+# A message whose sender has no domain (a bounce, <>) belongs to this tenant.
+NO_SENDER = "-"
+
+
+def valid(name: str) -> str:
+    """The tenant name, or InputError when it cannot be one."""
+    if not 0 < len(name) <= MAX_LEN or not name.isprintable() or any(c.isspace() for c in name):
+        raise InputError(f"tenant must be 1 to {MAX_LEN} printable characters without spaces: {name[:40]!a}")
+    return name
+
+
+def from_sender(sender: str) -> str:
+    """The fallback tenant: the sender's domain (lower case), or NO_SENDER."""
+    domain = sender.rpartition("@")[2].strip().lower() if "@" in sender else ""
+    try:
+        return valid(domain)
+    except InputError:
+        return NO_SENDER
+
+
+def push(pipe: redis.client.Pipeline, lane: str, tenant: str, ids: list[str]) -> None:
+    """Queue ids on a tenant's list of a lane (in a MULTI), count them, and ask for the tenant
+    to join the lane's ring (a set: one ask per tenant; the claim script makes it join)."""
+    pipe.rpush(keys.lane(lane, tenant), *ids)
+    pipe.hincrby(keys.READY_COUNT, lane, len(ids))
+    pipe.sadd(keys.ring(lane) + ":join", tenant)
+
+
+def known(client: redis.Redis, tenant: str) -> bool:
+    return bool(client.sismember(keys.TENANTS, tenant))
+
+
+def names(client: redis.Redis) -> list[str]:
+    return sorted(m.decode("utf-8", "replace") for m in client.smembers(keys.TENANTS))  # type: ignore[union-attr]
+
+
+def ready_ids(client: redis.Redis, lane: str) -> list[str]:
+    """Every ready id of one lane, tenant by tenant (for operators' tools and tests; costs
+    the whole lane)."""
+    pipe = client.pipeline(transaction=True)
+    for tenant in names(client):
+        pipe.lrange(keys.lane(lane, tenant), 0, -1)
+    pipe.lrange(keys.lane(lane, ""), 0, -1)
+    return [i.decode() for chunk in pipe.execute() for i in chunk]
