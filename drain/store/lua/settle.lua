@@ -129,8 +129,10 @@ for i = 1, n do
       local accepted = leave(msg)
       if tr then
         local delay = accepted and math.floor(math.max(0, tonumber(now) - accepted) * 1000) / 1000 or ''
-        lib.event(tr, 'd', id, {string.sub(env, 1, TEXT), attempt(msg), delay})
+        -- Recipients refused for good while others took it: bounced first, so that the
+        -- last event says delivered, as the books count it.
         if info ~= '' then lib.event(tr, 'b', id, {string.sub(info, 1, TEXT)}) end
+        lib.event(tr, 'd', id, {string.sub(env, 1, TEXT), attempt(msg), delay})
       end
       if accepted then
         local latency = math.max(0, tonumber(now) - accepted)
