@@ -175,8 +175,7 @@ def test_lookup_finds_the_one_message_among_many_in_its_bucket(client: Client, r
     ms, seq = spots[events.BY_ID + ids[0]][0]
     tag, bucket = lookup._hashed(events.BY_RECIPIENT + target)
     day = ms // 86_400_000
-    rclient.append(keys.events_index(day, bucket), tag + (ms - day * 86_400_000).to_bytes(4, "big")
-                   + seq.to_bytes(2, "big"))
+    rclient.append(keys.events_index(day, bucket), tag + ((ms - day * 86_400_000) * 8192 + seq).to_bytes(5, "big"))
     assert [d["id"] for d in traced(client, recipient=target)] == [mine]
     assert [d["id"] for d in traced(client, recipient=neighbours[7])] == [ids[7]]
 
@@ -261,3 +260,45 @@ def test_events_off_records_nothing(client: Client, work: Callable[..., bool], r
 def test_times_parse(text: str, expected: float) -> None:
     from drain.trace import when
     assert when.parse(text, now=1796000000.0) == expected
+
+
+def test_parked_recorded_the_first_time_only(client: Client, work: Callable[..., bool], store: Store,
+                                             rclient: redis.Redis, settings: Settings) -> None:
+    from drain.flow import gate, ratelimit
+    msg_id = client.enqueue(mail(1))
+    for _round in range(2):  # parked twice: paused, let go, paused again before it went
+        ratelimit.pause_domain(rclient, "example.org")
+        work()
+        ratelimit.resume_domain(rclient, "example.org")
+        assert gate.unpark_all(store) == 1
+    work()
+    doc = traced(client, id=msg_id)[0]
+    assert names(doc) == ["received", "parked", "delivered"] and doc["events"][1]["domain"] == "example.org"
+    assert where.show(rclient, msg_id, settings.trace_retention_s)[0]["state"] == "delivered"
+
+
+def test_expired_is_its_own_event(client: Client, work: Callable[..., bool], relay: Any,
+                                  rclient: redis.Redis) -> None:
+    relay.set_policy(data_policy=lambda _n, _m: "451 4.3.0 later")
+    msg_id = client.enqueue(mail(1))
+    rclient.hset(keys.message(msg_id), "t", f"{time.time() - 7200:.3f}")
+    work(max_lifetime_s=3600.0)
+    doc = traced(client, id=msg_id)[0]
+    assert names(doc) == ["received", "expired"] and doc["state"] == "expired"
+    assert doc["events"][1]["reply"] == "451 4.3.0 later" and doc["events"][1]["attempt"] == 1
+
+
+def test_an_event_recorded_in_a_python_transaction_is_atomic_with_it(client: Client, store: Store,
+                                                                     rclient: redis.Redis) -> None:
+    msg_id = client.enqueue(mail(1))
+    pipe = rclient.pipeline(transaction=True)
+    pipe.lrem(keys.FRESH, 0, msg_id)
+    events.record(pipe, store.scripts, store.settings, [events.Event("D", msg_id, ["ops@test", "spam run"])])
+    pipe.delete(keys.message(msg_id))
+    pipe.hincrby(keys.BOOKS, "deleted", 1)
+    replies = pipe.execute()
+    assert replies[1][0]  # the span of the events it recorded
+    doc = traced(client, id=msg_id)[0]
+    assert names(doc) == ["received", "deleted"] and doc["state"] == "deleted"
+    assert doc["events"][1] == {"event": "deleted", "time": doc["events"][1]["time"], "actor": "ops@test",
+                                "reason": "spam run"}

@@ -2,16 +2,15 @@
 appends to, read back here.
 
 A value (prefix + text, lowercased ASCII as Lua's string.lower does) hashes with SHA-1 to a
-4-byte tag (hex digits 1-8) and a bucket (hex digits 9-11). Each day's bucket is a string of
-10-byte records: tag, ms within the day (4 bytes), stream sequence (2 bytes, 65535 = that or
-more). A lookup reads one string per day, keeps the records whose tag matches, and reads
-those exact stream entries. Tags collide now and then: callers check the events they get.
+3-byte tag (hex digits 1-6) and a bucket (hex digits 7-9, 4096 buckets). Each day's bucket
+is a string of 8-byte records: tag, then ms within the day * 8192 + stream sequence (5 bytes;
+8191 = that or more). A lookup reads one string per day, keeps the records whose tag matches,
+and reads those exact stream entries. Tags collide now and then: callers check the events.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,14 +18,14 @@ import redis
 
 from drain.store import events, keys
 
-RECORD = 10
+RECORD = 8
 _DAY_MS = 86_400_000
-_SEQ_MORE = 65535
+_SEQ_MORE = 8191
 
 
 def _hashed(value: str) -> tuple[bytes, str]:
     digest = hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).hexdigest()
-    return bytes.fromhex(digest[:8]), digest[8:11]
+    return bytes.fromhex(digest[:6]), digest[6:9]
 
 
 def days(since: float, until: float) -> range:
@@ -40,8 +39,8 @@ def matches(blob: bytes, tag: bytes, day: int) -> list[tuple[int, int]]:
     at = blob.find(tag)
     while at >= 0:
         if at % RECORD == 0 and at + RECORD <= len(blob):
-            ms, seq = struct.unpack_from(">IH", blob, at + 4)
-            found.append((day * _DAY_MS + ms, seq))
+            spot = int.from_bytes(blob[at + 3:at + RECORD], "big")
+            found.append((day * _DAY_MS + (spot >> 13), spot & _SEQ_MORE))
             at = blob.find(tag, at + RECORD)
         else:
             at = blob.find(tag, at + 1)
