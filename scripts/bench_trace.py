@@ -98,7 +98,10 @@ def drain_once(client: redis.Redis, url: str, relay: str, count: int, processes:
     client.flushdb()
     settings = Settings(redis_url=url, relay=relay, trace=trace)
     ratelimit.pause(client)
-    Client(client, settings).enqueue_many(synthetic(i, size=2048) for i in range(count))
+    raws = [synthetic(i, size=2048) for i in range(count)]
+    began = time.perf_counter()
+    Client(client, settings).enqueue_many(raws)
+    enqueue_s = time.perf_counter() - began
     ratelimit.resume(client)
     env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay, DRAIN_TRACE="on" if trace else "off")
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
@@ -109,7 +112,7 @@ def drain_once(client: redis.Redis, url: str, relay: str, count: int, processes:
         proc.wait(timeout=120)
     delivered = int(client.hget(keys.BOOKS, "delivered") or 0)
     kinds = client.xlen(keys.EVENTS)
-    return {"msg_per_s": count / seconds, "delivered": delivered, "events": kinds,
+    return {"msg_per_s": count / seconds, "enqueue_per_s": count / enqueue_s, "delivered": delivered, "events": kinds,
             "event_bytes_per_delivered": events_bytes(client) / max(1, delivered)}
 
 
@@ -125,6 +128,8 @@ def bench_cost(report: Any, client: redis.Redis, url: str, relay: str, count: in
                msg_per_s_events_off=[round(r["msg_per_s"]) for r in runs[False]],
                msg_per_s_events_on=[round(r["msg_per_s"]) for r in runs[True]],
                median_off=round(off), median_on=round(on), on_vs_off=round(on / off, 3),
+               enqueue_per_s_off=round(statistics.median(r["enqueue_per_s"] for r in runs[False])),
+               enqueue_per_s_on=round(statistics.median(r["enqueue_per_s"] for r in runs[True])),
                events_per_message=round(statistics.median(r["events"] / count for r in runs[True]), 2),
                event_bytes_per_delivered_msg=round(statistics.median(r["event_bytes_per_delivered"]
                                                                      for r in runs[True])),

@@ -302,3 +302,25 @@ def test_an_event_recorded_in_a_python_transaction_is_atomic_with_it(client: Cli
     assert names(doc) == ["received", "deleted"] and doc["state"] == "deleted"
     assert doc["events"][1] == {"event": "deleted", "time": doc["events"][1]["time"], "actor": "ops@test",
                                 "reason": "spam run"}
+
+
+def test_log_follow_prints_events_as_they_happen(client: Client, work: Callable[..., bool],
+                                                 settings: Settings) -> None:
+    first = client.enqueue(mail(1))
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "log", "--follow", "--since", "1h", "--json",
+                             "--count", "4"], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        seen = [json.loads(proc.stdout.readline())]  # the event before it started: read with --since
+        assert (seen[0]["event"], seen[0]["id"]) == ("received", first)
+        work()  # the rest arrive while it follows (XREAD BLOCK)
+        second = client.enqueue(mail(2))
+        work()
+        out, _err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    seen += [json.loads(x) for x in out.splitlines()]
+    assert [(x["event"], x["id"]) for x in seen] == [("received", first), ("delivered", first),
+                                                     ("received", second), ("delivered", second)]
+    assert seen[1]["message_id"] == "<m1@sender.example.com>"
