@@ -80,14 +80,19 @@ def bench_lookup(report: Any, client: redis.Redis, count: int, url: str) -> None
         began = time.perf_counter()
         docs = history.trace(client, history.Query(recipient=target), time.time(), settings.trace_retention_s)
         timings.append(time.perf_counter() - began)
+    env = dict(os.environ, DRAIN_REDIS_URL=url)
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "drain", "--version"], env=env, capture_output=True, check=False)
+    start_s = time.perf_counter() - began  # the process alone: Python and drain's imports
     began = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "drain", "trace", "--recipient", target, "--json"],
-                          env=dict(os.environ, DRAIN_REDIS_URL=url), capture_output=True, check=False)
+                          env=env, capture_output=True, check=False)
     cli_s = time.perf_counter() - began
     report.add(name="trace lookup", messages=count, events=client.xlen(keys.EVENTS), load_s=round(seconds, 1),
                synthetic_bytes_per_message=round(per_message), recipient=target, found=len(docs),
                lookup_s_median=round(statistics.median(timings), 4), lookup_s_max=round(max(timings), 4),
-               cli_trace_s=round(cli_s, 3), cli_lines=len(proc.stdout.splitlines()), cli_exit=proc.returncode)
+               cli_trace_s=round(cli_s, 3), cli_version_s=round(start_s, 3),
+               cli_lines=len(proc.stdout.splitlines()), cli_exit=proc.returncode)
 
 
 def drain_once(client: redis.Redis, url: str, relay: str, count: int, processes: int, trace: bool,
