@@ -72,6 +72,7 @@ local function corrupt(msg, id, findings, env)
   if raw and env ~= '' then
     redis.call('HSET', msg, 'raw', raw, 'env', env, 't', accepted or now, 'dom', dom)
     lib.hold(KEYS[5], KEYS[12], msg, id, findings, now)
+    lib.event(tr, 'q', id, {lib.codes(findings)})
   else
     redis.call('HINCRBY', KEYS[2], 'deleted', 1)
     lib.event(tr, 'D', id, {'drain', 'stored data unreadable'})
