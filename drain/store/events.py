@@ -14,7 +14,8 @@ How a Lua script records an event (the prelude _lib.lua is in front of every scr
     local tr = lib.tracer(KEYS[k], ARGV[a], ARGV[a + 1])      -- once per run; nil = off
     lib.event(tr, 'D', id, {actor, reason})                    -- 'D' = deleted
     lib.event(tr, 'r', id, data_json, {'r:bob@example.org'})   -- with lookup values
-    return lib.recorded(tr)   -- {first, last} stream ids, for the DRAIN_EVENT_LOG writer
+    return lib.recorded(tr)   -- REQUIRED before returning: writes the index records it
+                              -- gathered; {first, last} stream ids, for DRAIN_EVENT_LOG
 
 The index keys (keys.events_index) are derived from the stream key inside the script.
 Operator actions record `released`, `deleted`, `flushed` with {actor, reason}, `held` with
