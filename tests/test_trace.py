@@ -356,3 +356,13 @@ def test_damaged_message_quarantined_with_its_event(client: Client, work: Callab
     work()
     doc = traced(client, id=msg_id)[0]
     assert names(doc) == ["received", "quarantined"] and doc["events"][1]["codes"] == ["store.corrupt"]
+
+
+def test_a_script_that_does_not_gather_is_indexed_without_lib_recorded(client: Client,
+                                                                       rclient: redis.Redis) -> None:
+    from drain.store.scripts import PRELUDE, _read
+    script = _read(PRELUDE) + "\nlocal tr = lib.tracer(KEYS[1], ARGV[1], ARGV[2])\n" \
+        "lib.event(tr, 'D', 'abc', {'ops@test', 'spam run'})\nreturn 1\n"
+    rclient.eval(script, 1, keys.EVENTS, *events.tracer_args(client.settings))
+    doc = traced(client, id="abc")[0]
+    assert names(doc) == ["deleted"] and doc["events"][0]["actor"] == "ops@test"

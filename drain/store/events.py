@@ -12,10 +12,11 @@ How a Lua script records an event (the prelude _lib.lua is in front of every scr
 
     -- KEYS: pass keys.EVENTS; ARGV: pass *tracer_args(settings) (retention, most kept)
     local tr = lib.tracer(KEYS[k], ARGV[a], ARGV[a + 1])      -- once per run; nil = off
+                                    -- (a 4th argument true gathers index writes until lib.recorded)
     lib.event(tr, 'D', id, {actor, reason})                    -- 'D' = deleted
     lib.event(tr, 'r', id, data_json, {'r:bob@example.org'})   -- with lookup values
-    return lib.recorded(tr)   -- REQUIRED before returning: writes the index records it
-                              -- gathered; {first, last} stream ids, for DRAIN_EVENT_LOG
+    return lib.recorded(tr)   -- {first, last} stream ids, for DRAIN_EVENT_LOG (and it
+                              -- writes gathered index records: required when gathering)
 
 The index keys (keys.events_index) are derived from the stream key inside the script.
 Operator actions record `released`, `deleted`, `flushed` with {actor, reason}, `held` with

@@ -81,9 +81,10 @@ end
 -- fields in drain/store/events.py, which also says how a script records one). A tracer is
 -- made once per script run from the events stream key and two ARGVs (retention seconds,
 -- 0 = events off; most events kept): nil when events are off, and lib.event does nothing.
--- Index records are gathered per key and written by lib.recorded(tr), which every script
--- that records events must call before it returns (one APPEND per key, not per record).
-function lib.tracer(stream, retention_s, max_events)
+-- With gather true, index records are gathered per key and written by lib.recorded(tr)
+-- (one APPEND per key, not per record), which the script must then call before it returns;
+-- without it each record is written at once.
+function lib.tracer(stream, retention_s, max_events, gather)
   local keep = tonumber(retention_s) or 0
   if keep <= 0 then return nil end
   local t = redis.call('TIME')
@@ -91,7 +92,7 @@ function lib.tracer(stream, retention_s, max_events)
   local most = tonumber(max_events) or 0
   if most > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', most) end
   return {stream = stream, keep = keep, minid = string.format('%.0f', now_ms - keep * 1000), pending = {},
-          order = {}}
+          order = {}, gather = gather}
 end
 
 -- One 8-byte index record: a 3-byte tag of the value (lowercased ASCII; SHA-1 hex digits
@@ -107,6 +108,7 @@ local function index(tr, day, value, where)
     table.insert(tr.order, key)
   end
   table.insert(records, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
+  if not tr.gather then lib.flush(tr) end
 end
 
 -- Record one event: kind (a code of events.py's KINDS), message id, data (a Lua array, or
@@ -127,11 +129,8 @@ function lib.event(tr, kind, id, data, values)
   return sid
 end
 
--- Write the gathered index records (a new key expires with the retention), then return the
--- stream ids of the first and last events this tracer recorded ('' when none): a script's
--- events are contiguous in the stream, so a writer of DRAIN_EVENT_LOG reads them back.
-function lib.recorded(tr)
-  if not tr or not tr.first then return {'', ''} end
+-- Write the gathered index records (a new key expires with the retention).
+function lib.flush(tr)
   for _, key in ipairs(tr.order) do
     local records = tr.pending[key]
     local text = table.concat(records)
@@ -140,6 +139,14 @@ function lib.recorded(tr)
     end
   end
   tr.pending, tr.order = {}, {}
+end
+
+-- Write what is gathered, then return the stream ids of the first and last events this
+-- tracer recorded ('' when none): a script's events are contiguous in the stream, so a
+-- writer of DRAIN_EVENT_LOG reads them back.
+function lib.recorded(tr)
+  if not tr or not tr.first then return {'', ''} end
+  lib.flush(tr)
   return {tr.first, tr.last}
 end
 

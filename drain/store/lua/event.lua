@@ -7,7 +7,7 @@
 --
 -- Returns {first, last}: the stream ids of the events recorded ('' when none).
 
-local tr = lib.tracer(KEYS[1], ARGV[1], ARGV[2])
+local tr = lib.tracer(KEYS[1], ARGV[1], ARGV[2], true)
 local i = 3
 while i <= #ARGV do
   local kind, id, data, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])

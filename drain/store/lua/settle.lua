@@ -48,7 +48,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled, skipped = 0, 0
 local n = (#ARGV - 6) / 5
-local tr = lib.tracer(KEYS[17], ARGV[5], ARGV[6])
+local tr = lib.tracer(KEYS[17], ARGV[5], ARGV[6], true)
 local TEXT = 300
 local HISTORY = 10
 local refunds = 0
