@@ -812,7 +812,8 @@ def run_trace(args: argparse.Namespace, machine: dict[str, Any]) -> None:
         report = Report(machine=machine, sink=sink_name)
         machine["redis"] = client.info("server")["redis_version"]
         url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
-        bench_trace.bench_lookup(report, client, args.lookup_messages, url)
+        if args.lookup_messages > 0:  # 0: only the cost rows
+            bench_trace.bench_lookup(report, client, args.lookup_messages, url)
         processes = max(int(p) for p in args.processes.split(","))
         bench_trace.bench_cost(report, client, url, relay, args.messages, processes, args.rounds, wait_done)
     print(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
