@@ -32,8 +32,9 @@ from drain.store.durability import Guard
 from drain.store.store import ENQUEUE_CHUNK, Item, Store
 from drain.worker.dispatch import ensure_tokens
 
-# A message ready to store: its bytes, envelope and tenant (see drain.intake.tenant).
-Prepared = tuple[bytes, Envelope, str]
+# A message ready to store: its bytes, envelope, tenant (see drain.intake.tenant) and where it
+# came from (api, cli, smtp CLIENT-ADDRESS: its received event says so).
+Prepared = tuple[bytes, Envelope, str, str]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Client:
         return ids[0]
 
     def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh",
-                     tenant: str | None = None) -> Accepted:
+                     tenant: str | None = None, source: str = "api") -> Accepted:
         """Queue many messages in chunks of one transaction each; refusals are reported, not raised.
 
         lane "backlog" is for bulk loads (a replayed or migrated queue) that must not go
@@ -144,7 +145,8 @@ class Client:
             while chunk := list(itertools.islice(items, ENQUEUE_CHUNK)):
                 self.memory.check()
                 with self.memory.translating():
-                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane, tenants=owners[-len(chunk):]))
+                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane, tenants=owners[-len(chunk):],
+                                                              source=source))
         except QueueFull as exc:
             exc.accepted = list(result.ids)
             if result.ids:
@@ -165,7 +167,8 @@ class Client:
         with self.memory.translating():
             ids = self.store.enqueue_many(
                 ((raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
-                 for raw, env, _tenant in listed), lane=lane, tenants=[tenant for _r, _e, tenant in listed])
+                 for raw, env, _tenant, _source in listed), lane=lane,
+                tenants=[tenant for _r, _e, tenant, _s in listed], source=[source for *_x, source in listed])
         self.durable.confirm()
         try:
             ensure_tokens(self.redis, self.settings)
@@ -322,10 +325,10 @@ class CellsClient(Client):
                 recipients: Iterable[str] | None = None, tenant: str | None = None) -> str:
         raw, env = self.prepare(message, sender, recipients)
         raw, owner = resolve(raw, env, self.settings, tenant)
-        return self.write_batch([(raw, env, owner)])[0]
+        return self.write_batch([(raw, env, owner, "api")])[0]
 
     def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh",
-                     tenant: str | None = None) -> Accepted:
+                     tenant: str | None = None, source: str = "api") -> Accepted:
         result = Accepted()
 
         def prepared() -> Iterator[Prepared]:
@@ -334,7 +337,7 @@ class CellsClient(Client):
                 try:
                     raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
                     raw, owner = resolve(raw, env, self.settings, sub.tenant or tenant)
-                    yield raw, env, owner
+                    yield raw, env, owner, source
                 except InputError as exc:
                     result.rejected.append((index, str(exc)))
 

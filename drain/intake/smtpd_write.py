@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from drain.intake.api import Client
+from drain.intake.api import Client, Prepared
 from drain.message import Envelope
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Gate:
             return REPLY_DOWN
 
 
-_Pending = tuple[bytes, Envelope, str, "asyncio.Future[str]"]
+_Pending = tuple[bytes, Envelope, str, str, "asyncio.Future[str]"]
 
 
 class Committer:
@@ -87,11 +87,12 @@ class Committer:
     def idle(self) -> bool:
         return not self._pending and self._active == 0
 
-    async def store(self, raw: bytes, envelope: Envelope, tenant: str = "") -> str:
-        """The message's id once Redis holds it; raises what the write raised (RedisError...)."""
+    async def store(self, raw: bytes, envelope: Envelope, tenant: str = "", source: str = "smtp") -> str:
+        """The message's id once Redis holds it; raises what the write raised (RedisError...).
+        source is where it came from, for its received event ("smtp CLIENT-ADDRESS")."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
-        self._pending.append((raw, envelope, tenant, done))
+        self._pending.append((raw, envelope, tenant, source, done))
         if self._active < self._writers:
             self._active += 1
             task = loop.create_task(self._run())
@@ -105,13 +106,14 @@ class Committer:
             while self._pending:
                 batch = self._take()
                 try:
-                    ids = await loop.run_in_executor(self._executor, self._write, [(r, e, t) for r, e, t, _ in batch])
+                    ids = await loop.run_in_executor(self._executor, self._write,
+                                                     [(r, e, t, s) for r, e, t, s, _ in batch])
                 except Exception as exc:
-                    for _r, _e, _t, done in batch:
+                    for *_x, done in batch:
                         if not done.done():
                             done.set_exception(exc)
                     continue
-                for (_r, _e, _t, done), msg_id in zip(batch, ids, strict=True):
+                for (*_x, done), msg_id in zip(batch, ids, strict=True):
                     if not done.done():
                         done.set_result(msg_id)
         finally:
@@ -126,6 +128,6 @@ class Committer:
             size += len(batch[-1][0])
         return batch
 
-    def _write(self, items: list[tuple[bytes, Envelope, str]]) -> list[str]:
+    def _write(self, items: list[Prepared]) -> list[str]:
         # Rules, the memory guard (QueueFull: 452), durability, batch jobs: the API's path.
         return self._api.write_batch(items)

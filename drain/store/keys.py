@@ -116,6 +116,11 @@ RELAY_CONCURRENCY = f"{PREFIX}:relay:concurrency"
 RELAY_HANDED = f"{PREFIX}:relay:handed"
 RELAY_FAILED = f"{PREFIX}:relay:failed"
 
+# Every move of a message, as events (stream; fields in drain/store/events.py), trimmed by
+# age and length. Its lookup index hangs off the same name: EVENTS:ix:DAY:BUCKET (strings of
+# 8-byte records, see events_index and _lib.lua's lib.event).
+EVENTS = f"{PREFIX}:events"
+
 # RQ queue that carries batch jobs.
 RQ_QUEUE = "drain"
 # Every key (and pub/sub channel) RQ keeps, for drain's ACL rules (drain.acl).
@@ -170,3 +175,9 @@ def ring(name: str) -> str:
 def tenant_busy(tenant: str) -> str:
     """Messages of a tenant claimed now, scored by when their slot lapses (sorted set)."""
     return f"{PREFIX}:tenant:busy:{tenant}"
+
+
+def events_index(day: int, bucket: str) -> str:
+    """Index records of the events of one day (unix day number) in one hash bucket (3 hex
+    digits): 3-byte tag of the looked-up value + where the event is (string, APPENDed)."""
+    return f"{EVENTS}:ix:{day}:{bucket}"

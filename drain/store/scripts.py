@@ -41,3 +41,4 @@ class Scripts:
         self.adapt: Script = client.register_script(source("adapt"))
         self.narrow: Script = client.register_script(source("narrow"))
         self.adopt: Script = client.register_script(source("adopt"))
+        self.event: Script = client.register_script(source("event"))

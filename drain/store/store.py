@@ -8,6 +8,7 @@ in books.py, and the scripts of the moves in lua/ (with their shared prelude, _l
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from drain.message import Envelope, envelope_from_headers
 from drain.settings import Settings
-from drain.store import body, books, keys, record, tenancy
+from drain.store import body, books, eventlog, events, keys, record, tenancy
 from drain.store.books import Books as Books
 from drain.store.scripts import Scripts
 
@@ -129,29 +130,35 @@ class Store:
     # -- producers -------------------------------------------------------------------
 
     def enqueue_many(self, items: Iterable[Item], lane: str = "fresh",
-                     tenants: Iterable[str] | None = None) -> list[str]:
+                     tenants: Iterable[str] | None = None, source: str | Sequence[str] = "api") -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
         quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
-        balance at every moment. `tenants` gives each item's tenant, in order (an empty one,
-        or none given: the sender's domain).
+        balance at every moment; its received (and quarantined) events are in it too.
+        `tenants` gives each item's tenant, in order (an empty one, or none given: the sender's
+        domain); source (api, cli, smtp CLIENT-ADDRESS; one for all, or one per item) says
+        where the mail came from.
         """
+        sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
         ids: list[str] = []
         chunk: list[Item] = []
         owners: list[str] = []
+        froms: list[str] = []
         named = iter(tenants) if tenants is not None else None
         for item in items:
             chunk.append(item)
             owners.append((next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender))
+            froms.append(next(sources, "api"))
             if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk, lane, owners))
-                chunk, owners = [], []
+                ids.extend(self._enqueue_chunk(chunk, lane, owners, froms))
+                chunk, owners, froms = [], [], []
         if chunk:
-            ids.extend(self._enqueue_chunk(chunk, lane, owners))
+            ids.extend(self._enqueue_chunk(chunk, lane, owners, froms))
         return ids
 
-    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str]) -> list[str]:
+    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str],
+                       sources: Sequence[str]) -> list[str]:
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
@@ -159,13 +166,14 @@ class Store:
         shape: dict[str, int] = {}
         by_tenant: dict[str, int] = {}
         lane = "fresh" if lane == "fresh" else "backlog"
+        recorded: list[events.Event] = []
         pipe = self.client.pipeline(transaction=True)
         figures: set[int] = set()  # positions of the writes that only feed figures
 
         def figure() -> None:
             figures.add(len(pipe.command_stack) - 1)
 
-        for n, (msg_id, (raw, env, why)) in enumerate(zip(ids, chunk, strict=True)):
+        for n, (msg_id, (raw, env, why), source) in enumerate(zip(ids, chunk, sources, strict=True)):
             owner = owners[n]
             fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
                                                 record.ACCEPTED: now, record.DOMAIN: env.domain, record.TENANT: owner}
@@ -179,6 +187,10 @@ class Store:
                 figure()
                 fields.update({record.FINDINGS: why, record.QUARANTINED: now})
                 pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
+            if self.settings.trace:
+                recorded.append(events.received(msg_id, raw, env.sender, env.recipients, source, owner))
+                if why is not None:
+                    recorded.append(events.Event("q", msg_id, [events.codes(why)]))
             pipe.hset(keys.message(msg_id), mapping=fields)
         for owner, owned in ready.items():
             tenancy.push(pipe, lane, owner, owned)
@@ -193,6 +205,7 @@ class Store:
         pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
         figure()
         pipe.hincrby(keys.BOOKS, "accepted", len(ids))
+        events.record(pipe, self.scripts, self.settings, recorded)
         # EXEC runs every command even when one fails: the mail is stored and counted then,
         # and a failed write that only feeds figures (a key of the wrong type) must not
         # report it as refused (a producer would send it again). Any other failure is raised.
@@ -202,6 +215,8 @@ class Store:
             raise next(r for i, r in failed if i not in figures)
         for _i, error in failed:
             log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", error)
+        if recorded:
+            eventlog.write_span(self.client, self.settings, replies[-1])
         return ids
 
     # -- workers ---------------------------------------------------------------------
@@ -240,7 +255,8 @@ class Store:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
         if not outcomes:
             return (0, 0)
-        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes]
+        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
+                                   *events.tracer_args(self.settings)]
         for o in outcomes:
             args += [o.id, o.kind, o.score, o.info, o.envelope]
         reply = self.scripts.settle(
@@ -261,11 +277,13 @@ class Store:
                 keys.HELD_RATE,
                 keys.HELD_BREAKER,
                 keys.PARKED_FRESH_LAST,
+                keys.EVENTS,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
             args=args,
         )
+        eventlog.write_span(self.client, self.settings, reply[2:])
         return int(reply[0]), int(reply[1])
 
     def narrow(self, owner: str, msg_id: str, rest: Envelope, partly: bool) -> bool:
@@ -294,9 +312,11 @@ class Store:
                 continue
             reply = self.scripts.reap(
                 keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, keys.SHAPE, keys.FINDINGS,
-                      *map(keys.message, ids)],
-                args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why, *ids],
+                      keys.EVENTS, *map(keys.message, ids)],
+                args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why,
+                      *events.tracer_args(self.settings), *ids],
             )
+            eventlog.write_span(self.client, self.settings, reply[2:])
             back += int(reply[0])
             poisoned += int(reply[1])
         return back, poisoned
@@ -314,20 +334,26 @@ class Store:
 
     def sweep(self, ids: Sequence[str], findings: str) -> int:
         """Quarantine messages an operator rule matched, if they are still waiting (sweep.lua)."""
-        return int(self.scripts.sweep(
-            keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS,
+        reply = self.scripts.sweep(
+            keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS, keys.EVENTS,
                   *map(keys.message, ids)],
-            args=[f"{time.time():.3f}", findings, *ids],
-        ))
+            args=[f"{time.time():.3f}", findings, *events.tracer_args(self.settings), *ids],
+        )
+        eventlog.write_span(self.client, self.settings, reply[1:])
+        return int(reply[0])
 
     def release(self, action: Literal["release", "delete"], ids: Sequence[str], actor: str, force: bool = False,
                 note: str = "") -> int:
         """Move quarantined messages back to the backlog lane, or delete them, each action
         audited (release.lua); returns how many moved."""
-        return int(self.scripts.release(
-            keys=[keys.QUARANTINE, keys.READY_COUNT, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, ids)],
-            args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT, *ids],
-        ))
+        reply = self.scripts.release(
+            keys=[keys.QUARANTINE, keys.READY_COUNT, keys.BOOKS, keys.AUDIT, keys.SHAPE, keys.EVENTS,
+                  *map(keys.message, ids)],
+            args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT,
+                  *events.tracer_args(self.settings), *ids],
+        )
+        eventlog.write_span(self.client, self.settings, reply[1:])
+        return int(reply[0])
 
     def next_due(self) -> float | None:
         """When the soonest deferred message is due (None when none is deferred)."""

@@ -164,7 +164,9 @@ class Batch:
         rest = tally.rest(msg.envelope)
         if not rest.recipients:
             if tally.delivered:
-                return Outcome(msg.id, "delivered", info=json.dumps(tally.bounced) if tally.bounced else "")
+                # The relays' own replies (with their queue ids) go to the delivered event.
+                return Outcome(msg.id, "delivered", info=json.dumps(tally.bounced) if tally.bounced else "",
+                               envelope="; ".join(tally.accepted)[:1000])
             return Outcome(msg.id, "bounced", info=tally.reply)
         if rest.recipients != msg.envelope.recipients:
             # Some groups are done: the rest keeps its turn, its next domain first (books unchanged).
@@ -208,7 +210,7 @@ class Batch:
         items = [(dsn.build(m.raw, m.envelope, failed, m.id, self.settings.hostname, m.accepted_at),
                   Envelope("", (m.envelope.sender,)), None) for m, failed in self.reports]
         self.reports = []
-        self.store.enqueue_many(items)
+        self.store.enqueue_many(items, source="dsn")
 
     def _count(self, code: str) -> None:
         self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1

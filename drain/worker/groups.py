@@ -21,6 +21,8 @@ class Groups:
     blocked: list[tuple[str, tuple[str, ...], Answer]] = field(default_factory=list)
     # The last reply that was not a plain success, for the record of a deferral or bounce.
     reply: str = ""
+    # The replies of the relays that took a group (they carry the relay's queue id).
+    accepted: list[str] = field(default_factory=list)
 
     def add(self, rcpts: tuple[str, ...], result: Result) -> None:
         """Sort one group's recipients by the relay's result."""
@@ -37,6 +39,8 @@ class Groups:
                 self.bounced[rcpt] = result.reply
             else:
                 self.transient.append(rcpt)
+        if result.kind == "delivered":
+            self.accepted.append(f"{result.code} {result.text}".strip())
         if result.kind != "delivered" or result.refused:
             self.reply = result.reply
 

@@ -167,3 +167,88 @@ function lib.absorb(lane, most)
     if redis.call('LLEN', lib.lane_key(lane, tenant)) > 0 then lib.ring_join(lane, tenant) end
   end
 end
+
+-- Events: every move of a message is recorded in the same script as the move (names and
+-- fields in drain/store/events.py, which also says how a script records one). A tracer is
+-- made once per script run from the events stream key and two ARGVs (retention seconds,
+-- 0 = events off; most events kept): nil when events are off, and lib.event does nothing.
+-- With gather true, index records are gathered per key and written by lib.recorded(tr)
+-- (one APPEND per key, not per record), which the script must then call before it returns;
+-- without it each record is written at once.
+function lib.tracer(stream, retention_s, max_events, gather)
+  local keep = tonumber(retention_s) or 0
+  if keep <= 0 then return nil end
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local most = tonumber(max_events) or 0
+  if most > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', most) end
+  return {stream = stream, keep = keep, minid = string.format('%.0f', now_ms - keep * 1000), pending = {},
+          order = {}, gather = gather}
+end
+
+-- One 8-byte index record: a 3-byte tag of the value (lowercased ASCII; SHA-1 hex digits
+-- 1-6), then where the event is: ms within its day * 8192 + stream sequence (8191 meaning
+-- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-9).
+local function index(tr, day, value, where)
+  local h = redis.sha1hex(string.lower(value))
+  local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 7, 9)
+  local records = tr.pending[key]
+  if not records then
+    records = {day = day}
+    tr.pending[key] = records
+    table.insert(tr.order, key)
+  end
+  table.insert(records, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
+  if not tr.gather then lib.flush(tr) end
+end
+
+-- Record one event: kind (a code of events.py's KINDS), message id, data (a Lua array, or
+-- its JSON text), and the values it can be looked up by besides its id (e.g. 'r:' ..
+-- recipient; see events.py's index prefixes). Returns the event's stream id.
+function lib.event(tr, kind, id, data, values)
+  if not tr then return nil end
+  if type(data) ~= 'string' then data = cjson.encode(data) end
+  local sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'i', id, 'd', data)
+  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
+  ms, seq = tonumber(ms), tonumber(seq)
+  local day = math.floor(ms / 86400000)
+  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
+  index(tr, day, 'i:' .. id, where)
+  for _, value in ipairs(values or {}) do index(tr, day, value, where) end
+  tr.first = tr.first or sid
+  tr.last = sid
+  return sid
+end
+
+-- Write the gathered index records (a new key expires with the retention).
+function lib.flush(tr)
+  for _, key in ipairs(tr.order) do
+    local records = tr.pending[key]
+    local text = table.concat(records)
+    if redis.call('APPEND', key, text) == #text then
+      redis.call('EXPIREAT', key, (records.day + 1) * 86400 + tr.keep)
+    end
+  end
+  tr.pending, tr.order = {}, {}
+end
+
+-- Write what is gathered, then return the stream ids of the first and last events this
+-- tracer recorded ('' when none): a script's events are contiguous in the stream, so a
+-- writer of DRAIN_EVENT_LOG reads them back.
+function lib.recorded(tr)
+  if not tr or not tr.first then return {'', ''} end
+  lib.flush(tr)
+  return {tr.first, tr.last}
+end
+
+-- The reason codes of quarantine findings (JSON list of {code, detail}), as a Lua array.
+function lib.codes(findings)
+  local ok, list = pcall(cjson.decode, findings)
+  local codes = {}
+  if ok and type(list) == 'table' then
+    for _, f in ipairs(list) do
+      if type(f) == 'table' and type(f.code) == 'string' then table.insert(codes, f.code) end
+    end
+  end
+  return codes
+end
