@@ -203,14 +203,14 @@ def test_hostile_text_never_reaches_the_terminal(client: Client, work: Callable[
 
 def test_bad_input_one_line_and_nothing_changed(client: Client, settings: Settings, rclient: redis.Redis) -> None:
     client.enqueue(mail(1))
-    before = rclient.xlen(keys.EVENTS), rclient.llen(keys.FRESH)
+    before = rclient.xlen(keys.EVENTS), rclient.hget(keys.READY_COUNT, "fresh")
     for args, code in ((["show", "ffffff"], 1), (["trace", "--id", "ffffff"], 1),
                        (["trace", "--since", "yesterday-ish"], 2), (["log", "--since", "3x"], 2),
                        (["trace", "--recipient", "@"], 2), (["trace", "--recipient", "nobody@nowhere.test"], 1)):
         result = drain(settings, *args)
         assert result.returncode == code, (args, result.stdout, result.stderr)
         assert result.stdout == b"" and len(result.stderr.strip().splitlines()) == 1, args
-    assert (rclient.xlen(keys.EVENTS), rclient.llen(keys.FRESH)) == before
+    assert (rclient.xlen(keys.EVENTS), rclient.hget(keys.READY_COUNT, "fresh")) == before
 
 
 def test_show_where_a_queued_message_is(client: Client, settings: Settings, store: Store,
@@ -295,12 +295,13 @@ def test_an_event_recorded_in_a_python_transaction_is_atomic_with_it(client: Cli
                                                                      rclient: redis.Redis) -> None:
     msg_id = client.enqueue(mail(1))
     pipe = rclient.pipeline(transaction=True)
-    pipe.lrem(keys.FRESH, 0, msg_id)
+    pipe.lrem(keys.lane("fresh", rclient.hget(keys.message(msg_id), "tn").decode()), 0, msg_id)
+    pipe.hincrby(keys.READY_COUNT, "fresh", -1)
     events.record(pipe, store.scripts, store.settings, [events.Event("D", msg_id, ["ops@test", "spam run"])])
     pipe.delete(keys.message(msg_id))
     pipe.hincrby(keys.BOOKS, "deleted", 1)
     replies = pipe.execute()
-    assert replies[1][0]  # the span of the events it recorded
+    assert replies[2][0]  # the span of the events it recorded
     doc = traced(client, id=msg_id)[0]
     assert names(doc) == ["received", "deleted"] and doc["state"] == "deleted"
     assert doc["events"][1] == {"event": "deleted", "time": doc["events"][1]["time"], "actor": "ops@test",
