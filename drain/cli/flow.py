@@ -1,4 +1,4 @@
-"""The flow's commands: rate (show, set), pause, resume and breaker (list, close). What they
+"""The flow's commands: rate (show, set) and breaker (list, close) (pause and resume: pausing.py). What they
 change is done by drain.ops.control; these parse, print and map errors."""
 
 from __future__ import annotations
@@ -54,15 +54,16 @@ def rate_show(obj: Context, as_json: bool) -> None:
               help="With --domain: most messages in flight to it at once (0 removes the cap).")
 @click.option("--burst", type=FiniteFloat(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")
+@click.option("--reason", default="", help="Why, for the audit log.")
 @json_option('Print {"domain", "rate", "concurrency", "burst"} as JSON.')
 @pass_ctx
 def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None,
-             as_json: bool) -> None:
+             reason: str, as_json: bool) -> None:
     """Set RATE like 500/s, 30000/m; 0 holds delivery; 'unlimited' lifts the limit. Live for every worker."""
     per_second = rate_value(value, "RATE")
     if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
-    done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst)
+    done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst, reason)
     if as_json:
         emit({"domain": domain, "rate": per_second, "concurrency": concurrency, "burst": burst, "held": done.held})
         return
@@ -72,40 +73,6 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
                         + (f", {concurrency} at once" if concurrency else "") + held))
     else:
         click.echo(f"global: {ratelimit.format_rate(per_second)}{held}")
-
-
-@click.command()
-@click.option("--intake", "intake_only", is_flag=True,
-              help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
-@click.option("--domain", callback=domain_option, help="Pause only delivery to this destination domain.")
-@json_option('Print {"scope", "name", "paused"} as JSON.')
-@pass_ctx
-def pause(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
-    """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
-    scope = control.pause(obj.client.store, domain, intake_only)
-    if as_json:
-        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": True})
-    elif scope == control.DOMAIN:
-        click.echo(safe(f"delivery to {str(domain).lower()} paused"))
-    else:
-        click.echo("intake paused (SMTP ingress answers 421)" if scope == control.INTAKE else "delivery paused")
-
-
-@click.command()
-@click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
-@click.option("--domain", callback=domain_option, help="Resume only delivery to this destination domain.")
-@json_option('Print {"scope", "name", "paused", "unparked"} as JSON.')
-@pass_ctx
-def resume(obj: Context, intake_only: bool, domain: str | None, as_json: bool) -> None:
-    """Start delivery again; with --intake, reopen SMTP intake instead."""
-    scope = control.scope_of(domain, intake_only)
-    moved = control.resume(obj.client.store, domain, intake_only)
-    if as_json:
-        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": False, "unparked": moved})
-    elif scope == control.DOMAIN:
-        click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
-    else:
-        click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
 
 
 @click.group()

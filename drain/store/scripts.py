@@ -39,3 +39,4 @@ class Scripts:
         self.unpark: Script = client.register_script(source("unpark"))
         self.age: Script = client.register_script(source("age"))
         self.adapt: Script = client.register_script(source("adapt"))
+        self.act: Script = client.register_script(source("act"))

@@ -1,7 +1,8 @@
 """Periodic upkeep shared by all workers: one of them does it each round, under a lock.
 
-A round gives a dead worker's messages back, moves due deferred mail to ready, samples
-the delivery pace, and keeps enough batch jobs queued.
+A round gives a dead worker's messages back, moves due deferred mail to ready, lifts timed
+domain pauses that are over, expires waiting mail past its lifetime (and warns of delays),
+samples the delivery pace, and keeps enough batch jobs queued.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from drain.flow.gate import unpark_all
 from drain.observe.backlog import sample_history
 from drain.observe.deferred import drop_stale
+from drain.ops.control import lapse
 from drain.ops.quarantine import Quarantine
 from drain.store import keys
 from drain.store.store import Store
+from drain.worker import lifetime
 from drain.worker.dispatch import ensure_tokens, ready_due
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,9 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     promoted = store.promote_due()
     drop_stale(store, time.time())
     store.age_fresh(store.settings.fresh_max_age_s)
+    lapse(store)  # timed domain pauses that are over
     unpark_all(store)
+    lifetime.scan(store, force=force)  # waiting mail past its lifetime, delay warnings
     expired = Quarantine(store).expire(store.settings.quarantine_retention_s)
     if expired:
         log.warning("deleted %d quarantined messages held past the retention time", expired)

@@ -1,0 +1,107 @@
+"""Pause and resume (with why and for how long), `pause list`, and `drain audit`. What they
+change is done by drain.ops.control; these parse and print."""
+
+from __future__ import annotations
+
+import click
+
+from drain.cli.actions import duration_option
+from drain.cli.options import Context, domain_option, json_option, pass_ctx
+from drain.cli.render import emit, when
+from drain.cli.terminal import safe
+from drain.errors import ConfigError
+from drain.ops import audit as audit_log
+from drain.ops import control, pauses
+from drain.ops.select import parse_time
+
+
+@click.group(invoke_without_command=True)
+@click.option("--intake", "intake_only", is_flag=True,
+              help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
+@click.option("--domain", callback=domain_option, help="Pause only delivery to this destination domain.")
+@click.option("--reason", default="", help="Why, for `pause list` and the audit log.")
+@click.option("--for", "for_s", callback=duration_option, metavar="DURATION",
+              help="Resume by itself after this long (90s, 15m, 2h, 7d).")
+@json_option('Print {"scope", "name", "paused", "reason", "until"} as JSON.')
+@click.pass_context
+def pause(ctx: click.Context, intake_only: bool, domain: str | None, reason: str, for_s: float | None,
+          as_json: bool) -> None:
+    """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead.
+    `drain pause list` shows what is paused."""
+    if ctx.invoked_subcommand is not None:
+        if intake_only or domain or reason or for_s is not None or as_json:
+            raise click.UsageError("options of `drain pause` go after it, not before `list`")
+        return
+    obj = ctx.find_object(Context)
+    assert obj is not None
+    scope = control.pause(obj.client.store, domain, intake_only, reason, for_s)
+    name = domain.lower() if domain else None
+    listed = [row for row in pauses.listing(obj.client.redis) if row["scope"] == scope and row["name"] == name]
+    until = listed[0]["until"] if listed else None
+    if as_json:
+        emit({"scope": scope, "name": name, "paused": True, "reason": reason, "until": until})
+        return
+    what = {control.DOMAIN: f"delivery to {name} paused", control.INTAKE: "intake paused (SMTP ingress answers 421)",
+            control.DELIVERY: "delivery paused"}[scope]
+    click.echo(safe(what + (f" until {when(until)}" if until else "")))
+
+
+@pause.command("list")
+@json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until"}].')
+@pass_ctx
+def pause_list(obj: Context, as_json: bool) -> None:
+    """What is paused (delivery, intake, domains), why, by whom, since and until when."""
+    rows = pauses.listing(obj.client.redis)
+    if as_json:
+        emit(rows)
+        return
+    if not rows:
+        click.echo("nothing is paused")
+    for row in rows:
+        what = f"{row['scope']} {row['name']}" if row["name"] else row["scope"]
+        click.echo(safe(f"{what}: paused since {when(row['since'] or 0)} by {row['actor'] or '?'}"
+                        f" until {when(row['until']) if row['until'] else 'resumed'}"
+                        + (f" ({row['reason']})" if row["reason"] else "")))
+
+
+@click.command()
+@click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
+@click.option("--domain", callback=domain_option, help="Resume only delivery to this destination domain.")
+@click.option("--reason", default="", help="Why, for the audit log.")
+@json_option('Print {"scope", "name", "paused", "unparked"} as JSON.')
+@pass_ctx
+def resume(obj: Context, intake_only: bool, domain: str | None, reason: str, as_json: bool) -> None:
+    """Start delivery again; with --intake, reopen SMTP intake instead."""
+    scope = control.scope_of(domain, intake_only)
+    moved = control.resume(obj.client.store, domain, intake_only, reason)
+    if as_json:
+        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": False, "unparked": moved})
+    elif scope == control.DOMAIN:
+        click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
+    else:
+        click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@click.command()
+@click.option("--since", callback=_since, metavar="TIME",
+              help="Only records from then on: a duration ago (2h), unix seconds or ISO 8601.")
+@json_option('JSON lines {"time", "actor", "action", "reason", ...}.')
+@pass_ctx
+def audit(obj: Context, since: float | None, as_json: bool) -> None:
+    """Operator actions, oldest first: quarantine, rules, rates, pauses, bulk actions."""
+    for entry in audit_log.entries(obj.client.redis, since):
+        if as_json:
+            emit(entry)
+            continue
+        rest = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "actor", "action", "reason") and v)
+        click.echo(safe(f"{when(entry['time'])} {entry['actor'] or '?'} {entry['action']}"
+                        + (f" ({entry['reason']})" if entry["reason"] else "") + (f" {rest}" if rest else "")))

@@ -1,0 +1,229 @@
+"""Which queued messages an operator's action is about: selectors (ids, destination domain,
+sender glob, age, state), where each message is now, and the time and duration words the
+commands take (`30s`, `15m`, `2h`, `7d`; a time as ISO 8601, unix seconds or a duration ago).
+
+Reads only: the moves are in drain.ops.actions (act.lua checks each place again).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from drain.errors import ConfigError, InputError
+from drain.store import books, keys, record
+from drain.store.record import Record
+
+# The states a queued message can be in, as `drain show` names them: on a ready lane (or the
+# suspect list), deferred by the relay, held for its domain's rate or by a breaker (both in
+# the deferred set), parked behind its domain, quarantined (operator holds included). In
+# flight is a state too, but no action takes mail a worker holds.
+STATES = ("ready", "deferred", "held", "parked", "quarantined")
+IN_FLIGHT = "in_flight"
+# The place act.lua checks for each state.
+PLACE = {"ready": "l", "parked": "l", "deferred": "d", "held": "d", "quarantined": "q"}
+PAGE = 1000
+# The reason code of mail put on hold by an operator (`drain hold`).
+HOLD_CODE = "operator.hold"
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `2h`, `7d` or `1w` (ConfigError when it is not one)."""
+    match = _DURATION.match(text)
+    seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()] if match else math.nan
+    if not math.isfinite(seconds):
+        raise ConfigError(f"a duration looks like 90s, 15m, 2h or 7d; got {text!r}")
+    return seconds
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """A moment: a duration ago (`2h`), unix seconds (`1764460800`) or ISO 8601
+    (`2026-11-30T01:00`, UTC unless it says otherwise)."""
+    now = time.time() if now is None else now
+    if _DURATION.match(text) and text.strip()[-1:].isalpha():
+        return now - parse_duration(text)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds >= 0:
+        return seconds
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"a time is a duration ago (2h), unix seconds or ISO 8601 "
+                          f"(2026-11-30T01:00); got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+@dataclass(frozen=True)
+class Selector:
+    ids: tuple[str, ...] = ()
+    domain: str | None = None  # any recipient at this domain
+    sender: str | None = None  # a glob on the envelope sender, case-insensitive
+    older_than_s: float | None = None
+    states: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ids or self.domain or self.sender or self.older_than_s is not None or self.states)
+
+    def describe(self) -> str:
+        """The selectors as options, for the audit record."""
+        parts = [f"--{name} {value}" for name, value in (("domain", self.domain), ("sender", self.sender),
+                                                            ("older-than", self.older_than_s)) if value is not None]
+        parts += [f"--state {s}" for s in self.states]
+        return " ".join([*parts, *self.ids[:20]] + (["..."] if len(self.ids) > 20 else []))
+
+    def matches(self, found: Record, now: float) -> bool:
+        env = found.envelope
+        if self.domain and not any(r.rpartition("@")[2].lower() == self.domain for r in env.recipients):
+            return False
+        if self.sender and not fnmatch.fnmatchcase(env.sender.lower(), self.sender.lower()):
+            return False
+        return self.older_than_s is None or now - found.accepted_at >= self.older_than_s
+
+
+@dataclass(frozen=True)
+class Found:
+    id: str
+    state: str
+    record: Record
+
+    @property
+    def place(self) -> str:
+        return PLACE[self.state]
+
+
+def _text(values: list[bytes]) -> list[str]:
+    return [books.text(v) for v in values]
+
+
+def _list_ids(client: redis.Redis, key: str) -> Iterator[str]:
+    start = 0
+    while True:
+        page = _text(cast(list[bytes], client.lrange(key, start, start + PAGE - 1)))
+        yield from page
+        if len(page) < PAGE:
+            return
+        start += PAGE
+
+
+def _zset_ids(client: redis.Redis, key: str) -> Iterator[str]:
+    start = 0
+    while True:
+        page = _text(cast(list[bytes], client.zrange(key, start, start + PAGE - 1)))
+        yield from page
+        if len(page) < PAGE:
+            return
+        start += PAGE
+
+
+def parked_domains(client: redis.Redis, domain: str | None = None) -> list[str]:
+    names = sorted(_text(list(cast(set[bytes], client.smembers(keys.PARKED_DOMAINS)))))
+    return [d for d in names if domain is None or d == domain]
+
+
+def candidates(client: redis.Redis, states: tuple[str, ...], domain: str | None = None) -> Iterator[tuple[str, str]]:
+    """(id, state) of every message in the states, each id once (a parked list only for
+    `domain` when given). Ids in the swept set are on their way out and left aside."""
+    swept = set(_text(list(cast(set[bytes], client.smembers(keys.SWEPT)))))
+    seen: set[str] = set()
+    held = set(_zset_ids(client, keys.HELD_RATE)) | set(_zset_ids(client, keys.HELD_BREAKER))
+    sources: list[tuple[str, Iterator[str]]] = []
+    if "ready" in states:
+        sources += [("ready", _list_ids(client, k)) for k in (keys.FRESH, keys.READY, keys.SUSPECT)]
+    if "deferred" in states or "held" in states:
+        sources.append(("deferred", _zset_ids(client, keys.DEFERRED)))
+    if "parked" in states:
+        sources += [("parked", _list_ids(client, keys.parked(d))) for d in parked_domains(client, domain)]
+    if "quarantined" in states:
+        sources.append(("quarantined", _zset_ids(client, keys.QUARANTINE)))
+    for state, ids in sources:
+        for msg_id in ids:
+            state_now = "held" if state == "deferred" and msg_id in held else state
+            if msg_id in seen or state_now not in states or (PLACE[state_now] == "l" and msg_id in swept):
+                continue
+            seen.add(msg_id)
+            yield msg_id, state_now
+
+
+def state_of(client: redis.Redis, msg_id: str) -> str | None:
+    """Where one message is now; None when drain holds no such queued message."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hexists(keys.INFLIGHT, msg_id)
+    pipe.zscore(keys.DEFERRED, msg_id)
+    pipe.zscore(keys.HELD_RATE, msg_id)
+    pipe.zscore(keys.HELD_BREAKER, msg_id)
+    pipe.zscore(keys.QUARANTINE, msg_id)
+    pipe.sismember(keys.SWEPT, msg_id)
+    pipe.hget(keys.message(msg_id), record.DOMAIN)
+    pipe.exists(keys.message(msg_id))
+    inflight, deferred, rate, brk, quarantined, swept, domain, exists = pipe.execute()
+    if inflight:
+        return IN_FLIGHT
+    if quarantined is not None:
+        return "quarantined"
+    if deferred is not None:
+        return "held" if rate is not None or brk is not None else "deferred"
+    if not exists or swept:
+        return None
+    parked = client.lpos(keys.parked(books.text(domain)), msg_id) if domain else None
+    return "parked" if parked is not None else "ready"
+
+
+def fields(needs_raw: bool) -> tuple[str, ...]:
+    return (record.ENVELOPE, record.ACCEPTED, record.DOMAIN) + ((record.RAW,) if needs_raw else ())
+
+
+def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
+           now: float | None = None) -> tuple[list[Found], dict[str, str]]:
+    """The messages the selector picks among the allowed states, oldest place first, and
+    those it names that are elsewhere (id -> state: in flight, or not a state the action
+    takes). An id drain does not hold is an InputError, before anything is changed."""
+    now = time.time() if now is None else now
+    states = tuple(s for s in (sel.states or allowed) if s in allowed)
+    skipped: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    if sel.ids:
+        where = {msg_id: state_of(client, msg_id) for msg_id in dict.fromkeys(sel.ids)}
+        unknown = [msg_id for msg_id, state in where.items() if state is None]
+        if unknown:
+            raise InputError(f"unknown id: {', '.join(unknown[:10])} (not queued, held or quarantined)")
+        for msg_id, state in where.items():
+            if state in states:
+                pairs.append((msg_id, str(state)))
+            else:
+                skipped[msg_id] = str(state)
+    else:
+        pairs = list(candidates(client, states, sel.domain))
+    found: list[Found] = []
+    for start in range(0, len(pairs), PAGE):
+        page = pairs[start:start + PAGE]
+        records = record.fetch(client, [i for i, _s in page], fields(False))
+        for (msg_id, state), rec in zip(page, records, strict=True):
+            if rec is not None and sel.matches(rec, now):
+                found.append(Found(msg_id, state, rec))
+    return found, skipped
+
+
+def in_flight(client: redis.Redis, sel: Selector, now: float | None = None) -> list[str]:
+    """Ids a worker holds now that the selector would pick (they are left to the worker)."""
+    if sel.ids:
+        return []
+    ids = _text(cast(list[bytes], client.hkeys(keys.INFLIGHT)))
+    now = time.time() if now is None else now
+    return [r.id for r in record.fetch(client, ids, fields(False)) if r is not None and sel.matches(r, now)]
