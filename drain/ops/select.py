@@ -48,7 +48,7 @@ def parse_duration(text: str) -> float:
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """A moment: a duration ago (`2h`), unix seconds (`1764460800`) or ISO 8601
+    """A moment: a duration ago (`2h`), unix seconds (`1795996800`) or ISO 8601
     (`2026-11-30T01:00`, UTC unless it says otherwise)."""
     now = time.time() if now is None else now
     if _DURATION.match(text) and text.strip()[-1:].isalpha():
