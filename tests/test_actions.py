@@ -115,6 +115,10 @@ def _moved_to(action: str, before: Books, after: Books, n: int, state: str) -> N
     assert after.accepted == before.accepted and after.balanced
 
 
+def _shape_total(r: redis.Redis) -> int:
+    return sum(int(v) for v in r.hvals(keys.SHAPE))
+
+
 @pytest.mark.parametrize(("action", "state"), CASES)
 def test_each_action_on_mail_in_each_state(client: Client, relay: Sink, work: Callable[..., bool], world: World,
                                            action: str, state: str) -> None:
@@ -124,7 +128,11 @@ def test_each_action_on_mail_in_each_state(client: Client, relay: Sink, work: Ca
     sel = Selector(states=(state,)) if state == "ready" else Selector(domain=DOMAINS[state], states=(state,))
     done = actions.run(client.store, action, sel, reason="test")
     assert sorted(done.ids) == sorted(wanted) and done.moved == len(wanted)
-    _moved_to(action, before, client.store.books(), len(wanted), state)
+    after = client.store.books()
+    _moved_to(action, before, after, len(wanted), state)
+    assert _shape_total(r) == after.queued  # the backlog shape keeps counting what is queued
+    if action != "flush":
+        assert actions.run(client.store, action, sel, dry_run=True).ids == []  # gone from where it was
     assert not any(r.zscore(k, i) is not None for k in (keys.HELD_RATE, keys.HELD_BREAKER) for i in wanted)
     if action == "hold":
         q = r.zrange(keys.QUARANTINE, 0, -1)
@@ -191,6 +199,19 @@ def test_in_flight_mail_is_left_to_its_worker(client: Client, world: World) -> N
     assert done.in_flight == world.ids["in_flight"]
     assert world.ids["in_flight"][0] not in done.ids
     assert client.store.books().in_flight == 1 and client.redis.hexists(keys.INFLIGHT, world.ids["in_flight"][0])
+
+
+def test_a_message_that_moved_since_it_was_found_is_skipped(client: Client, world: World) -> None:
+    """act.lua checks each place again: mail in flight, or elsewhere than the caller saw it, stays."""
+    store = client.store
+    stale = [(world.ids["in_flight"][0], "l"), (world.ids["deferred"][0], "l"), (world.ids["ready"][0], "d"),
+             (world.ids["ready"][0], "q"), (world.ids["quarantined"][0], "l")]
+    before = store.books()
+    for action in ("delete", "bounce", "hold", "flush"):
+        assert actions.act(store, action, stale, "tester", "stale") == []
+    assert actions.act(store, "flush", [(world.ids["ready"][1], "l")], "tester", "not deferred") == []
+    assert actions.act(store, "hold", [(world.ids["quarantined"][0], "q")], "tester", "already held") == []
+    assert store.books() == before
 
 
 def test_bounce_sends_a_report_when_dsn_is_on(client: Client, relay: Sink, work: Callable[..., bool],
