@@ -160,7 +160,7 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     group: list[tuple[str, Submission]] = []
 
     def commit() -> None:
-        accepted = client.enqueue_many((sub for _name, sub in group), lane=lane)
+        accepted = client.enqueue_many((sub for _name, sub in group), lane=lane, source="cli")
         for index, why in accepted.rejected:
             done.rejected.append((group[index][0], why))
             fail(f"rejected {group[index][0]}: {why}")

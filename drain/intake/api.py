@@ -98,7 +98,8 @@ class Client:
         self._stored()
         return ids[0]
 
-    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh") -> Accepted:
+    def enqueue_many(self, messages: Iterable[bytes | Message | Submission], lane: str = "fresh",
+                     source: str = "api") -> Accepted:
         """Queue many messages in chunks of one transaction each; refusals are reported, not raised.
 
         lane "backlog" is for bulk loads (a replayed or migrated queue) that must not go
@@ -123,7 +124,7 @@ class Client:
             while chunk := list(itertools.islice(items, ENQUEUE_CHUNK)):
                 self.memory.check()
                 with self.memory.translating():
-                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane))
+                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane, source=source))
         except QueueFull as exc:
             exc.accepted = list(result.ids)
             if result.ids:

@@ -206,7 +206,7 @@ class Handler:
         except InputError as exc:
             return f"554 5.6.0 message refused: {exc}"
         try:
-            msg_id = await self.committer.store(raw, env)
+            msg_id = await self.committer.store(raw, env, f"smtp {_host(session.peer)}")
         except QueueFull as exc:
             log.warning("a message from %s was not stored (452): %s", _peer(session.peer), exc)
             return REPLY_FULL

@@ -67,7 +67,7 @@ class Gate:
             return REPLY_DOWN
 
 
-_Pending = tuple[bytes, Envelope, "asyncio.Future[str]"]
+_Pending = tuple[bytes, Envelope, "asyncio.Future[str]", str]
 
 
 class Committer:
@@ -89,11 +89,12 @@ class Committer:
     def idle(self) -> bool:
         return not self._pending and self._active == 0
 
-    async def store(self, raw: bytes, envelope: Envelope) -> str:
-        """The message's id once Redis holds it; raises what the write raised (RedisError...)."""
+    async def store(self, raw: bytes, envelope: Envelope, source: str = "smtp") -> str:
+        """The message's id once Redis holds it; raises what the write raised (RedisError...).
+        source is where it came from, for its received event ("smtp CLIENT-ADDRESS")."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
-        self._pending.append((raw, envelope, done))
+        self._pending.append((raw, envelope, done, source))
         if self._active < self._writers:
             self._active += 1
             task = loop.create_task(self._run())
@@ -107,13 +108,14 @@ class Committer:
             while self._pending:
                 batch = self._take()
                 try:
-                    ids = await loop.run_in_executor(self._executor, self._write, [(r, e) for r, e, _ in batch])
+                    ids = await loop.run_in_executor(self._executor, self._write, [(r, e) for r, e, _d, _s in batch],
+                                                     [s for _r, _e, _d, s in batch])
                 except Exception as exc:
-                    for _r, _e, done in batch:
+                    for _r, _e, done, _s in batch:
                         if not done.done():
                             done.set_exception(exc)
                     continue
-                for (_r, _e, done), msg_id in zip(batch, ids, strict=True):
+                for (_r, _e, done, _s), msg_id in zip(batch, ids, strict=True):
                     if not done.done():
                         done.set_result(msg_id)
         finally:
@@ -128,13 +130,13 @@ class Committer:
             size += len(batch[-1][0])
         return batch
 
-    def _write(self, items: list[tuple[bytes, Envelope]]) -> list[str]:
+    def _write(self, items: list[tuple[bytes, Envelope]], sources: list[str]) -> list[str]:
         active = rules.load(self._api.redis)
         self._api.memory.check()  # QueueFull: 452
         with self._api.memory.translating():
             ids = self._api.store.enqueue_many(
-                (raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
-                for raw, env in items)
+                ((raw, env, rule.findings() if (rule := rules.first_match(active, raw, env)) else None)
+                 for raw, env in items), source=sources)
         self._api.durable.confirm()  # the 250 waits for fsync or replicas when configured
         try:
             ensure_tokens(self._api.redis, self._api.settings)

@@ -146,6 +146,14 @@ class Settings:
     actor: str = setting("DRAIN_ACTOR", "", v.text, "ops", "who operator actions are recorded as in the audit log",
                          shown="$USER@host", fallback=v.default_actor)
     log_format: str = setting("DRAIN_LOG_FORMAT", "text", v.log_format, "ops", "text or json log lines")
+    trace: bool = setting("DRAIN_TRACE", True, v.flag, "ops",
+                          "record every move of a message as an event (`drain log`, `drain trace`)")
+    trace_retention_s: float = setting("DRAIN_TRACE_RETENTION", 7 * 86400.0, v.number(60.0), "ops",
+                                       "seconds events are kept", shown="604800 (7 days)")
+    trace_max_events: int = setting("DRAIN_TRACE_MAX_EVENTS", 3_000_000, v.whole(1000), "ops",
+                                    "events kept at most (the oldest go first)")
+    event_log: str | None = setting("DRAIN_EVENT_LOG", None, v.text, "ops",
+                                    "also write events as JSON lines: `-` for stdout, or a file path")
 
     @property
     def smtpd_size_limit(self) -> int:

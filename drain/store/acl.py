@@ -32,7 +32,7 @@ _CONNECTION = ("+ping", "+hello", "+select", "+echo", "+client|setname", "+clien
 _PRODUCER_KEYS = (
     keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.READY, keys.FRESH, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
     keys.FINDINGS, keys.QUARANTINE, keys.RULES, keys.RULE_SEQ, keys.PAUSED, keys.INTAKE_PAUSED, keys.DURABLE,
-    keys.RATE,
+    keys.RATE, keys.EVENTS, f"{keys.EVENTS}:ix:*",
 )
 _PRODUCER_COMMANDS = (
     "+multi", "+exec", "+discard", "+info",
@@ -43,6 +43,9 @@ _PRODUCER_COMMANDS = (
     "+hgetall", "+get", "+exists", "+llen",
     # RQ's enqueue (rq:queues); WAIT for DRAIN_DURABILITY=replicas
     "+sadd", "+wait",
+    # the received events, recorded by a script in the enqueue transaction (events.py),
+    # and read back for DRAIN_EVENT_LOG
+    "+evalsha", "+script|load", "+script|exists", "+xadd", "+xtrim", "+append", "+expireat", "+time", "+xrange",
 )
 # Read-only commands for the status page (the @read category minus KEYS and the like).
 _VIEWER_COMMANDS = ("+@read", "-@dangerous", "+multi", "+exec", "+discard", "+info")

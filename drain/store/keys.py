@@ -94,6 +94,11 @@ LIFETIME_LOCK = f"{PREFIX}:lifetime:lock"
 # Counter bumped just before WAIT / WAITAOF, so the wait covers the writes before it.
 DURABLE = f"{PREFIX}:durable"
 
+# Every move of a message, as events (stream; fields in drain/store/events.py), trimmed by
+# age and length. Its lookup index hangs off the same name: EVENTS:ix:DAY:BUCKET (strings of
+# fixed-width records, see events_index and _lib.lua's lib.event).
+EVENTS = f"{PREFIX}:events"
+
 # RQ queue that carries batch jobs.
 RQ_QUEUE = "drain"
 # Every key (and pub/sub channel) RQ keeps, for drain's ACL rules (drain.acl).
@@ -128,3 +133,9 @@ def smtpd_auth_failures(address: str) -> str:
     """Failed AUTH attempts from one client address, counted by every `drain smtpd` process
     (string counter; expires DRAIN's AUTH window after the first failure)."""
     return f"{PREFIX}:smtpd:authfail:{address}"
+
+
+def events_index(day: int, bucket: str) -> str:
+    """Index records of the events of one day (unix day number) in one hash bucket (3 hex
+    digits): 4-byte tag of the looked-up value + where the event is (string, APPENDed)."""
+    return f"{EVENTS}:ix:{day}:{bucket}"

@@ -40,3 +40,4 @@ class Scripts:
         self.age: Script = client.register_script(source("age"))
         self.adapt: Script = client.register_script(source("adapt"))
         self.act: Script = client.register_script(source("act"))
+        self.event: Script = client.register_script(source("event"))

@@ -8,6 +8,7 @@ in books.py, and the scripts of the moves in lua/ (with their shared prelude, _l
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from drain.message import Envelope, envelope_from_headers
 from drain.settings import Settings
-from drain.store import body, books, keys, record
+from drain.store import body, books, eventlog, events, keys, record
 from drain.store.books import Books as Books
 from drain.store.scripts import Scripts
 
@@ -128,32 +129,39 @@ class Store:
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh") -> list[str]:
+    def enqueue_many(self, items: Iterable[Item], lane: str = "fresh",
+                     source: str | Sequence[str] = "api") -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
         quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
-        balance at every moment.
+        balance at every moment; its received (and quarantined) events are in it too, and
+        source (api, cli, smtp CLIENT-ADDRESS; one for all, or one per item) says where the
+        mail came from.
         """
+        sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
         ids: list[str] = []
         chunk: list[Item] = []
+        froms: list[str] = []
         for item in items:
             chunk.append(item)
+            froms.append(next(sources, "api"))
             if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk, lane))
-                chunk = []
+                ids.extend(self._enqueue_chunk(chunk, lane, froms))
+                chunk, froms = [], []
         if chunk:
-            ids.extend(self._enqueue_chunk(chunk, lane))
+            ids.extend(self._enqueue_chunk(chunk, lane, froms))
         return ids
 
-    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str) -> list[str]:
+    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, sources: Sequence[str]) -> list[str]:
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
         ready: list[str] = []
         shape: dict[str, int] = {}
+        recorded: list[events.Event] = []
         pipe = self.client.pipeline(transaction=True)
-        for msg_id, (raw, env, why) in zip(ids, chunk, strict=True):
+        for msg_id, (raw, env, why), source in zip(ids, chunk, sources, strict=True):
             fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
                                                 record.ACCEPTED: now, record.DOMAIN: env.domain}
             if why is None:
@@ -164,6 +172,10 @@ class Store:
                 pipe.hincrby(keys.FINDINGS, "rule.match", 1)
                 fields.update({record.FINDINGS: why, record.QUARANTINED: now})
                 pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
+            if self.settings.trace:
+                recorded.append(events.received(msg_id, raw, env.sender, env.recipients, source))
+                if why is not None:
+                    recorded.append(events.Event("q", msg_id, [events.codes(why)]))
             pipe.hset(keys.message(msg_id), mapping=fields)
         if ready:
             pipe.rpush(keys.FRESH if lane == "fresh" else keys.READY, *ready)
@@ -171,7 +183,10 @@ class Store:
             pipe.hincrby(keys.SHAPE, field_name, count)
         pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
         pipe.hincrby(keys.BOOKS, "accepted", len(ids))
-        pipe.execute()
+        events.record(pipe, self.scripts, self.settings, recorded)
+        replies = pipe.execute()
+        if recorded:
+            eventlog.write_span(self.client, self.settings, replies[-1])
         return ids
 
     # -- workers ---------------------------------------------------------------------
@@ -208,7 +223,8 @@ class Store:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
         if not outcomes:
             return (0, 0)
-        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes]
+        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
+                                   *events.tracer_args(self.settings)]
         for o in outcomes:
             args += [o.id, o.kind, o.score, o.info, o.envelope]
         reply = self.scripts.settle(
@@ -229,11 +245,13 @@ class Store:
                 keys.HELD_RATE,
                 keys.HELD_BREAKER,
                 keys.PARKED_FRESH_LAST,
+                keys.EVENTS,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
             args=args,
         )
+        eventlog.write_span(self.client, self.settings, reply[2:])
         return int(reply[0]), int(reply[1])
 
     # -- housekeeping ------------------------------------------------------------------
@@ -254,9 +272,11 @@ class Store:
                 continue
             reply = self.scripts.reap(
                 keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, keys.SHAPE, keys.FINDINGS,
-                      *map(keys.message, ids)],
-                args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why, *ids],
+                      keys.EVENTS, *map(keys.message, ids)],
+                args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why,
+                      *events.tracer_args(self.settings), *ids],
             )
+            eventlog.write_span(self.client, self.settings, reply[2:])
             back += int(reply[0])
             poisoned += int(reply[1])
         return back, poisoned
@@ -274,20 +294,26 @@ class Store:
 
     def sweep(self, ids: Sequence[str], findings: str) -> int:
         """Quarantine messages an operator rule matched, if they are still waiting (sweep.lua)."""
-        return int(self.scripts.sweep(
-            keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS,
+        reply = self.scripts.sweep(
+            keys=[keys.DEFERRED, keys.QUARANTINE, keys.SWEPT, keys.INFLIGHT, keys.SHAPE, keys.FINDINGS, keys.EVENTS,
                   *map(keys.message, ids)],
-            args=[f"{time.time():.3f}", findings, *ids],
-        ))
+            args=[f"{time.time():.3f}", findings, *events.tracer_args(self.settings), *ids],
+        )
+        eventlog.write_span(self.client, self.settings, reply[1:])
+        return int(reply[0])
 
     def release(self, action: Literal["release", "delete"], ids: Sequence[str], actor: str, force: bool = False,
                 note: str = "") -> int:
         """Move quarantined messages back to the backlog lane, or delete them, each action
         audited (release.lua); returns how many moved."""
-        return int(self.scripts.release(
-            keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, keys.SHAPE, *map(keys.message, ids)],
-            args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT, *ids],
-        ))
+        reply = self.scripts.release(
+            keys=[keys.QUARANTINE, keys.READY, keys.BOOKS, keys.AUDIT, keys.SHAPE, keys.EVENTS,
+                  *map(keys.message, ids)],
+            args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT,
+                  *events.tracer_args(self.settings), *ids],
+        )
+        eventlog.write_span(self.client, self.settings, reply[1:])
+        return int(reply[0])
 
     def next_due(self) -> float | None:
         """When the soonest deferred message is due (None when none is deferred)."""

@@ -136,7 +136,8 @@ class Batch:
                 self._report(msg, refused)
             transient = [r for r, (c, _t) in result.refused.items() if not permanent(c)]
             if not transient:
-                return Outcome(msg.id, "delivered", info=result.reply if result.refused else "")
+                return Outcome(msg.id, "delivered", info=result.reply if result.refused else "",
+                               envelope=f"{result.code} {result.text}".strip())
             # Some recipients took it, some said "later": the rest is deferred on its own.
             rest = Envelope(env.sender, tuple(transient), env.smtputf8)
             return self._defer(msg, now, result.reply, rest.to_json())

@@ -76,3 +76,65 @@ end
 function lib.keep_tat(key, tat, now)
   redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
+
+-- Events: every move of a message is recorded in the same script as the move (names and
+-- fields in drain/store/events.py, which also says how a script records one). A tracer is
+-- made once per script run from the events stream key and two ARGVs (retention seconds,
+-- 0 = events off; most events kept): nil when events are off, and lib.event does nothing.
+function lib.tracer(stream, retention_s, max_events)
+  local keep = tonumber(retention_s) or 0
+  if keep <= 0 then return nil end
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local most = tonumber(max_events) or 0
+  if most > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', most) end
+  return {stream = stream, keep = keep, minid = string.format('%.0f', now_ms - keep * 1000)}
+end
+
+-- One index record: 4-byte tag of the value (lowercased ASCII), then where the event is
+-- (ms within its day, 4 bytes; sequence, 2 bytes, 65535 meaning "that or more"), appended
+-- to the string of its day and hash bucket (the first 3 hex digits after the tag's 8).
+local function index(tr, day, value, where)
+  local h = redis.sha1hex(string.lower(value))
+  local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 9, 11)
+  if redis.call('APPEND', key, struct.pack('>I4', tonumber(string.sub(h, 1, 8), 16)) .. where) == 10 then
+    redis.call('EXPIREAT', key, (day + 1) * 86400 + tr.keep)
+  end
+end
+
+-- Record one event: kind (a code of events.py's KINDS), message id, data (a Lua array, or
+-- its JSON text), and the values it can be looked up by besides its id (e.g. 'r:' ..
+-- recipient; see events.py's index prefixes). Returns the event's stream id.
+function lib.event(tr, kind, id, data, values)
+  if not tr then return nil end
+  if type(data) ~= 'string' then data = cjson.encode(data) end
+  local sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'i', id, 'd', data)
+  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
+  ms, seq = tonumber(ms), tonumber(seq)
+  local day = math.floor(ms / 86400000)
+  local where = struct.pack('>I4I2', ms - day * 86400000, math.min(seq, 65535))
+  index(tr, day, 'i:' .. id, where)
+  for _, value in ipairs(values or {}) do index(tr, day, value, where) end
+  tr.first = tr.first or sid
+  tr.last = sid
+  return sid
+end
+
+-- The stream ids of the first and last events this tracer recorded ('' when none): a
+-- script's events are contiguous in the stream, so a writer of DRAIN_EVENT_LOG reads them back.
+function lib.recorded(tr)
+  if not tr or not tr.first then return {'', ''} end
+  return {tr.first, tr.last}
+end
+
+-- The reason codes of quarantine findings (JSON list of {code, detail}), as a Lua array.
+function lib.codes(findings)
+  local ok, list = pcall(cjson.decode, findings)
+  local codes = {}
+  if ok and type(list) == 'table' then
+    for _, f in ipairs(list) do
+      if type(f) == 'table' and type(f.code) == 'string' then table.insert(codes, f.code) end
+    end
+  end
+  return codes
+end

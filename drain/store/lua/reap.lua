@@ -4,19 +4,21 @@
 --
 -- KEYS[1] in-flight hash (id -> owner)   KEYS[2] suspect list   KEYS[3] lease key of the owner
 -- KEYS[4] quarantine zset                KEYS[5] backlog shape   KEYS[6] findings by code
--- KEYS[6 + i] message hash of the i-th id
+-- KEYS[7] events stream                   KEYS[7 + i] message hash of the i-th id
 -- ARGV[1] owner   ARGV[2] strikes that make poison   ARGV[3] now (unix seconds)
--- ARGV[4] evidence (JSON findings) for poison   ARGV[4 + i] the i-th id
+-- ARGV[4] evidence (JSON findings) for poison
+-- ARGV[5], ARGV[6] events: retention (0 = off), most kept   ARGV[6 + i] the i-th id
 --
--- Returns {given back, quarantined}.
+-- Returns {given back, quarantined, first event's stream id, last event's}.
 
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  return {0, 0}
+  return {0, 0, '', ''}
 end
+local tr = lib.tracer(KEYS[7], ARGV[5], ARGV[6])
 
 local back, poisoned = 0, 0
-for i = 5, #ARGV do
-  local id, msg = ARGV[i], KEYS[i + 2]
+for i = 7, #ARGV do
+  local id, msg = ARGV[i], KEYS[i + 1]
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
     redis.call('HDEL', KEYS[1], id)
     -- A strikes field that is not a number (damaged) counts as the first strike; the
@@ -25,6 +27,7 @@ for i = 5, #ARGV do
     if type(strikes) ~= 'number' then strikes = 1 end
     if strikes >= tonumber(ARGV[2]) then
       lib.to_quarantine(KEYS[5], KEYS[4], KEYS[6], msg, id, ARGV[4], ARGV[3])
+      lib.event(tr, 'q', id, {lib.codes(ARGV[4])})
       poisoned = poisoned + 1
     else
       redis.call('RPUSH', KEYS[2], id)
@@ -32,4 +35,5 @@ for i = 5, #ARGV do
     end
   end
 end
-return {back, poisoned}
+local span = lib.recorded(tr)
+return {back, poisoned, span[1], span[2]}

@@ -2,25 +2,28 @@
 -- audit trail and in the audit stream. Ids not in quarantine (any more) are skipped.
 --
 -- KEYS[1] quarantine zset   KEYS[2] ready list   KEYS[3] books hash   KEYS[4] audit stream
--- KEYS[5] backlog shape   KEYS[5 + i] message hash of the i-th id
+-- KEYS[5] backlog shape   KEYS[6] events stream   KEYS[6 + i] message hash of the i-th id
 -- ARGV[1] action: release | delete
 -- ARGV[2] actor   ARGV[3] now (unix seconds)   ARGV[4] force (1: workers skip validation)
 -- ARGV[5] note (e.g. the filter used)   ARGV[6] audit entries kept
--- ARGV[6 + i] the i-th id
+-- ARGV[7], ARGV[8] events: retention (0 = off), most kept   ARGV[8 + i] the i-th id
 --
 -- release: back to the tail of the ready list, strikes cleared.
 -- delete:  message data dropped, counted as deleted.
--- Returns how many were moved.
+-- Each move records a released or deleted event (actor, note as the reason).
+-- Returns {how many were moved, first event's stream id, last event's}.
 
 local action, actor, now, force, note, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
+local tr = lib.tracer(KEYS[6], ARGV[7], ARGV[8])
 local moved = 0
-for i = 7, #ARGV do
-  local id, msg = ARGV[i], KEYS[i - 1]
+for i = 9, #ARGV do
+  local id, msg = ARGV[i], KEYS[i - 2]
   if redis.call('ZREM', KEYS[1], id) == 1 then
     moved = moved + 1
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', keep, '*',
       'id', id, 'action', action, 'actor', actor, 'at', now, 'force', force, 'note', note)
+    lib.event(tr, action == 'delete' and 'D' or 'R', id, {actor, note})
     if action == 'delete' then
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[3], 'deleted', 1)
@@ -35,4 +38,5 @@ for i = 7, #ARGV do
     end
   end
 end
-return moved
+local span = lib.recorded(tr)
+return {moved, span[1], span[2]}

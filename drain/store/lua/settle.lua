@@ -9,12 +9,13 @@
 -- KEYS[11] backlog shape (domain|minute -> queued)   KEYS[12] quarantine findings by code
 -- KEYS[13] delivery latency histogram (bucket -> count, and sum)
 -- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
--- KEYS[16] per domain, the fresh message parked last (hash)
--- KEYS[15 + 2i] message hash of the i-th outcome, KEYS[16 + 2i] its parked list
+-- KEYS[16] per domain, the fresh message parked last (hash)   KEYS[17] events stream
+-- KEYS[16 + 2i] message hash of the i-th outcome, KEYS[17 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
--- ARGV[4] strikes that make poison
+-- ARGV[4] strikes that make poison   ARGV[5], ARGV[6] events: retention (0 = off), most kept
 -- then five per outcome: id, kind, score, info, envelope
---   delivered:   drop the message, count it; info, if any, lists refused recipients (logged)
+--   delivered:   drop the message, count it; info, if any, lists refused recipients (logged);
+--                envelope = the relay's reply (for the delivered event)
 --   bounced:     drop the message, count it (as delivered if some recipients already took
 --                it), log info (the reply) to the bounces stream
 --   deferred:    score = due time; attempts + 1; info = last reply, also kept in a short
@@ -38,13 +39,17 @@
 --                bytes, that envelope and a readable time, and quarantined; without one the
 --                key (of whatever type) is deleted and the message counted as deleted
 --
--- Returns {settled, skipped}.
+-- Each move records its event (held and parked only the first time for a message; a bounce
+-- whose info starts with "expired: " is recorded as expired).
+-- Returns {settled, skipped, first event's stream id, last event's stream id}.
 
 if redis.replicate_commands then redis.replicate_commands() end
 
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled, skipped = 0, 0
-local n = (#ARGV - 4) / 5
+local n = (#ARGV - 6) / 5
+local tr = lib.tracer(KEYS[17], ARGV[5], ARGV[6])
+local TEXT = 300
 local HISTORY = 10
 local refunds = 0
 
@@ -69,12 +74,24 @@ local function corrupt(msg, id, findings, env)
     lib.hold(KEYS[5], KEYS[12], msg, id, findings, now)
   else
     redis.call('HINCRBY', KEYS[2], 'deleted', 1)
+    lib.event(tr, 'D', id, {'drain', 'stored data unreadable'})
   end
   redis.call('HINCRBY', KEYS[2], 'corrupt', 1)
 end
 
 local function quarantine(msg, id, findings)
   lib.to_quarantine(KEYS[11], KEYS[5], KEYS[12], msg, id, findings, now)
+  lib.event(tr, 'q', id, {lib.codes(findings)})
+end
+
+-- Attempts so far, this one included.
+local function attempt(msg)
+  return (tonumber(redis.call('HGET', msg, 'n') or '0') or 0) + 1
+end
+
+-- Held or parked: the event is recorded the first time only (flag in the message hash).
+local function first_time(msg, flag)
+  return redis.call('HSETNX', msg, flag, '1') == 1
 end
 
 -- Parked fresh mail sits at the head of its domain's list, in order: a fresh message goes in
@@ -99,9 +116,9 @@ local function log_bounce(msg, id, reply)
 end
 
 for i = 1, n do
-  local base = 4 + (i - 1) * 5
+  local base = 6 + (i - 1) * 5
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local msg, aux = KEYS[15 + 2 * i], KEYS[16 + 2 * i]
+  local msg, aux = KEYS[16 + 2 * i], KEYS[17 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= owner then
     skipped = skipped + 1
   else
@@ -110,6 +127,11 @@ for i = 1, n do
     if kind == 'delivered' then
       if info ~= '' then log_bounce(msg, id, info) end
       local accepted = leave(msg)
+      if tr then
+        local delay = accepted and math.floor(math.max(0, tonumber(now) - accepted) * 1000) / 1000 or ''
+        lib.event(tr, 'd', id, {string.sub(env, 1, TEXT), attempt(msg), delay})
+        if info ~= '' then lib.event(tr, 'b', id, {string.sub(info, 1, TEXT)}) end
+      end
       if accepted then
         local latency = math.max(0, tonumber(now) - accepted)
         local bucket = 'inf'
@@ -124,10 +146,18 @@ for i = 1, n do
     elseif kind == 'bounced' then
       log_bounce(msg, id, info)
       local partly = redis.call('HGET', msg, 'pd') == '1'
+      if string.sub(info, 1, 9) == 'expired: ' then
+        lib.event(tr, 'x', id, {string.sub(info, 10, 9 + TEXT), attempt(msg)})
+      else
+        lib.event(tr, 'b', id, {string.sub(info, 1, TEXT)})
+      end
       leave(msg)
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], partly and 'delivered' or 'bounced', 1)
     elseif kind == 'held' then
+      if tr and first_time(msg, 'evh') then
+        lib.event(tr, 'h', id, {redis.call('HGET', msg, 'dom') or '', env})
+      end
       redis.call('HSET', msg, 'last', info, 'slot', score)
       redis.call('ZADD', KEYS[4], score, id)
       if env == 'breaker' then
@@ -145,6 +175,7 @@ for i = 1, n do
         redis.call('RPUSH', aux, id)
       end
       redis.call('SADD', KEYS[8], info)
+      if tr and first_time(msg, 'evp') then lib.event(tr, 'p', id, {info}) end
       redis.call('HINCRBY', KEYS[2], 'parked', 1)
       redis.call('HINCRBY', KEYS[2], 'parked_total', 1)
       refunds = refunds + 1
@@ -159,6 +190,7 @@ for i = 1, n do
       while #hist > HISTORY do table.remove(hist, 1) end
       redis.call('HSET', msg, 'last', info, 'hist', cjson.encode(hist))
       redis.call('ZADD', KEYS[4], score, id)
+      lib.event(tr, 'f', id, {string.sub(info, 1, TEXT), attempts, tonumber(score)})
     elseif kind == 'quarantined' then
       quarantine(msg, id, info)
     elseif kind == 'timeout' then
@@ -172,6 +204,7 @@ for i = 1, n do
     elseif kind == 'vanished' then
       redis.call('DEL', msg)
       redis.call('HINCRBY', KEYS[2], 'deleted', 1)
+      lib.event(tr, 'D', id, {'drain', 'stored data gone'})
     else
       redis.call('LPUSH', KEYS[3], id)
     end
@@ -186,4 +219,5 @@ if refunds > 0 then
     lib.keep_tat(KEYS[10], math.max(now_us, tat - refunds * 1000000 / rate), now_us)
   end
 end
-return {settled, skipped}
+local span = lib.recorded(tr)
+return {settled, skipped, span[1], span[2]}

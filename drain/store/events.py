@@ -1,0 +1,159 @@
+"""Events: what happened to a message, recorded in the same atomic step as the move itself.
+
+Stored as entries of one stream (keys.EVENTS) with three short fields, so that entries share
+their field names and stay small: `e` the kind's code (KINDS), `i` the message id, `d` a
+JSON array of the kind's fields in the order KINDS gives (trailing ones may be left out).
+The entry's stream id is the event's time (the Redis server's clock, in ms).
+
+Each event is also indexed so that a trace needs no scan (drain/trace/lookup.py): by its
+message id always, and by the values given when it is recorded (INDEX prefixes + value).
+
+How a Lua script records an event (the prelude _lib.lua is in front of every script):
+
+    -- KEYS: pass keys.EVENTS; ARGV: pass *tracer_args(settings) (retention, most kept)
+    local tr = lib.tracer(KEYS[k], ARGV[a], ARGV[a + 1])      -- once per run; nil = off
+    lib.event(tr, 'D', id, {actor, reason})                    -- 'D' = deleted
+    lib.event(tr, 'r', id, data_json, {'r:bob@example.org'})   -- with lookup values
+    return lib.recorded(tr)   -- {first, last} stream ids, for the DRAIN_EVENT_LOG writer
+
+The index keys (keys.events_index) are derived from the stream key inside the script.
+In a Python MULTI/EXEC (a redis-py pipeline with transaction=True), call `record` with the
+pipeline: it queues the event script in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from drain.settings import Settings
+from drain.store import keys
+from drain.store.scripts import Scripts
+
+# Stream entry fields.
+KIND, ID, DATA = "e", "i", "d"
+
+# Kind code -> (event name, names of its data fields in order).
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "r": ("received", ("source", "size", "message_id", "sender", "recipients", "tenant")),
+    "q": ("quarantined", ("codes",)),
+    "h": ("held", ("domain", "why", "actor", "reason")),
+    "p": ("parked", ("domain", "why")),
+    "f": ("deferred", ("reply", "attempt", "next_attempt")),
+    "d": ("delivered", ("reply", "attempt", "delay_s")),
+    "b": ("bounced", ("reply", "recipients", "actor", "reason")),
+    "x": ("expired", ("reply", "attempt")),
+    "R": ("released", ("actor", "reason")),
+    "D": ("deleted", ("actor", "reason")),
+    "F": ("flushed", ("actor", "reason")),
+}
+CODES = {name: code for code, (name, _fields) in KINDS.items()}
+NAMES = tuple(name for name, _fields in KINDS.values())
+
+# Prefixes of indexed values: message id (always), recipient address, recipient domain,
+# sender, Message-ID. Values are indexed lowercased (ASCII only, as Lua's string.lower).
+BY_ID, BY_RECIPIENT, BY_DOMAIN, BY_SENDER, BY_MESSAGE_ID = "i:", "r:", "d:", "s:", "m:"
+
+# Longest reply or header text kept in an event.
+TEXT_MAX = 300
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
+def tracer_args(settings: Settings) -> list[str | int]:
+    """The two ARGVs a script's lib.tracer takes: retention seconds (0 = off), most kept."""
+    return [int(settings.trace_retention_s) if settings.trace else 0, settings.trace_max_events]
+
+
+def message_id(raw: bytes) -> str:
+    """The Message-ID header's value (first line, stripped, capped), '' when there is none;
+    read from the header block with one regex, cheaply enough for every enqueue."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    found = _MESSAGE_ID.search(raw, 0, end if end >= 0 else min(len(raw), 65536))
+    return found.group(1).decode("utf-8", "replace").strip()[:TEXT_MAX] if found else ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event to record: kind code, message id, data fields in order, lookup values."""
+
+    kind: str
+    id: str
+    data: Sequence[Any]
+    values: Sequence[str] = field(default_factory=tuple)
+
+
+def received(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], source: str,
+             tenant: str = "") -> Event:
+    """The received event of a message, indexed by recipient, recipient domain, sender, Message-ID."""
+    mid = message_id(raw)
+    values = [BY_SENDER + sender] if sender else []
+    domains: set[str] = set()
+    for rcpt in dict.fromkeys(r.lower() for r in recipients):
+        values.append(BY_RECIPIENT + rcpt)
+        domain = rcpt.rpartition("@")[2]
+        if domain and domain not in domains:
+            domains.add(domain)
+            values.append(BY_DOMAIN + domain)
+    if mid:
+        values.append(BY_MESSAGE_ID + mid)
+    data: list[Any] = [source, len(raw), mid, sender, list(recipients)]
+    if tenant:
+        data.append(tenant)
+    return Event("r", msg_id, data, values)
+
+
+def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings, events: Sequence[Event]) -> Any:
+    """Record events through the event script; on a transactional pipeline the script runs
+    inside its MULTI/EXEC, atomic with the rest of it. Nothing when events are off."""
+    if not events or not settings.trace:
+        return None
+    args: list[str | int] = tracer_args(settings)
+    for ev in events:
+        args += [ev.kind, ev.id, json.dumps(list(ev.data), separators=(",", ":"), ensure_ascii=False),
+                 len(ev.values), *ev.values]
+    return scripts.event(keys=[keys.EVENTS], args=args, client=target)
+
+
+def decode(stream_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A stream entry as the event document `drain log --json` and `drain trace` show:
+    {"event", "time", "id", ...its fields}; None when the entry is not a readable event."""
+    sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    kind = fields.get(KIND.encode(), b"").decode("utf-8", "replace")
+    if kind not in KINDS:
+        return None
+    name, names = KINDS[kind]
+    try:
+        data = json.loads(fields.get(DATA.encode(), b"[]"))
+        ms = int(sid.split("-", 1)[0])
+    except ValueError:
+        return None
+    doc: dict[str, Any] = {"event": name, "time": ms / 1000, "id": fields.get(ID.encode(), b"").decode(
+        "utf-8", "replace"), "stream_id": sid}
+    if isinstance(data, list):
+        doc.update((n, v) for n, v in zip(names, data, strict=False) if v not in ("", None))
+    return doc
+
+
+def codes(findings: str) -> list[str]:
+    """The reason codes of quarantine findings (JSON list of {code, detail})."""
+    try:
+        found = json.loads(findings)
+    except ValueError:
+        return []
+    return [f["code"] for f in found if isinstance(f, dict) and isinstance(f.get("code"), str)] \
+        if isinstance(found, list) else []
+
+
+def decode_all(entries: Any) -> list[dict[str, Any]]:
+    """The readable events of an XRANGE / XREVRANGE reply, in its order."""
+    return [doc for sid, fields in entries or () if isinstance(fields, dict)
+            and (doc := decode(sid, fields)) is not None]
