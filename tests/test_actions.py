@@ -17,7 +17,7 @@ from drain.intake.api import Client
 from drain.ops import actions, control, pauses
 from drain.ops.select import Selector, parse_duration, parse_time
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import events, keys
 from drain.store.books import Books
 from drain.store.store import Outcome
 from tests.chaos_kit import one_line
@@ -212,6 +212,22 @@ def test_a_message_that_moved_since_it_was_found_is_skipped(client: Client, worl
     assert actions.act(store, "flush", [(world.ids["ready"][1], "l")], "tester", "not deferred") == []
     assert actions.act(store, "hold", [(world.ids["quarantined"][0], "q")], "tester", "already held") == []
     assert store.books() == before
+
+
+def test_each_action_records_its_event_with_actor_and_reason(client: Client, world: World) -> None:
+    store = client.store
+    store.settings = store.settings.with_(actor="carol@ops")
+    plan = [("flush", world.ids["deferred"][:1], "F"), ("hold", world.ids["ready"][:1], "h"),
+            ("delete", world.ids["parked"][:1], "D"), ("bounce", world.ids["held"][:1], "b")]
+    for action, ids, _kind in plan:
+        assert actions.run(store, action, Selector(ids=tuple(ids)), reason=f"why {action}").moved == 1
+    found = events.decode_all(client.redis.xrange(keys.EVENTS))
+    for action, ids, kind in plan:
+        name = events.KINDS[kind][0]
+        (doc,) = [d for d in found if d["id"] == ids[0] and d["event"] == name and d.get("actor")]
+        assert doc["actor"] == "carol@ops" and doc["reason"] == f"why {action}", doc
+    (held,) = [d for d in found if d["id"] == world.ids["ready"][0] and d["event"] == "held"]
+    assert held["domain"] == DOMAINS["ready"] and held["why"] == "operator"
 
 
 def test_bounce_sends_a_report_when_dsn_is_on(client: Client, relay: Sink, work: Callable[..., bool],

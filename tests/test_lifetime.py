@@ -9,7 +9,7 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.intake.api import Client
 from drain.ops import control
-from drain.store import keys
+from drain.store import events, keys
 from drain.worker import lifetime
 from drain.worker.housekeeping import run_once
 
@@ -49,6 +49,8 @@ def test_parked_held_and_deferred_mail_expires_with_a_report(client: Client, rel
     books = store.books()
     assert (books.bounced, books.ready, books.deferred, books.balanced) == (6, 6, 0, True), books  # 6 reports
     assert client.redis.zcard(keys.HELD_BREAKER) == 0
+    expiries = [d for d in events.decode_all(client.redis.xrange(keys.EVENTS)) if d["event"] == "expired"]
+    assert len(expiries) == 6 and all("5.4.7" in d["reply"] for d in expiries)
     _let_go(client, relay, work)
     assert [m for m in relay.messages if m.sender] == []  # expired mail never goes out
     reports = [m for m in relay.messages if m.sender == ""]

@@ -17,7 +17,7 @@ from drain.message import Envelope
 from drain.ops import quarantine
 from drain.ops.control import top_up
 from drain.ops.select import STATES, Found, Selector, in_flight, locate
-from drain.store import keys, record
+from drain.store import eventlog, events, keys, record
 from drain.store.store import AUDIT_KEPT, BOUNCES_KEPT, Store
 from drain.worker import dsn
 
@@ -67,12 +67,13 @@ def act(store: Store, action: str, pairs: Sequence[tuple[str, str]], actor: str,
         page = pairs[start:start + PAGE]
         reply = store.scripts.act(
             keys=[keys.INFLIGHT, keys.DEFERRED, keys.HELD_RATE, keys.HELD_BREAKER, keys.QUARANTINE, keys.SWEPT,
-                  keys.READY, keys.BOOKS, keys.SHAPE, keys.FINDINGS, keys.BOUNCES, keys.AUDIT,
+                  keys.READY, keys.BOOKS, keys.SHAPE, keys.FINDINGS, keys.BOUNCES, keys.AUDIT, keys.EVENTS,
                   *(keys.message(i) for i, _p in page)],
             args=[action, actor, reason, now, "" if cutoff is None else f"{cutoff:.3f}", "1" if audit else "0",
-                  AUDIT_KEPT, BOUNCES_KEPT, *(x for pair in page for x in pair)],
+                  AUDIT_KEPT, BOUNCES_KEPT, *events.tracer_args(store.settings), *(x for pair in page for x in pair)],
         )
-        done += [m.decode() if isinstance(m, bytes) else str(m) for m in reply]
+        eventlog.write_span(store.client, store.settings, reply[:2])
+        done += [m.decode() if isinstance(m, bytes) else str(m) for m in reply[2:]]
     return done
 
 

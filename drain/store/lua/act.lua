@@ -16,12 +16,12 @@
 -- KEYS[1] in-flight hash   KEYS[2] deferred zset   KEYS[3] held for rate   KEYS[4] held by a breaker
 -- KEYS[5] quarantine zset  KEYS[6] swept set       KEYS[7] backlog lane    KEYS[8] books hash
 -- KEYS[9] backlog shape    KEYS[10] findings by code   KEYS[11] bounces stream   KEYS[12] audit stream
--- KEYS[12 + i] message hash of the i-th id
+-- KEYS[13] events stream   KEYS[13 + i] message hash of the i-th id
 -- ARGV[1] action: flush | hold | delete | bounce | expire | warn
 -- ARGV[2] actor   ARGV[3] reason   ARGV[4] now (unix seconds)
 -- ARGV[5] accepted at or before this (unix seconds) or the message is skipped; '' = any
 -- ARGV[6] audit (1: one audit record for the ids moved by this call)   ARGV[7] audit entries kept
--- ARGV[8] bounce records kept
+-- ARGV[8] bounce records kept   ARGV[9], ARGV[10] events: retention (0 = off), most kept
 -- then two per message: id, place ('d', 'l' or 'q')
 --
 --   flush:  'd' only: due now, at the head of the backlog lane (as promote.lua does); the
@@ -32,14 +32,17 @@
 --           as settle.lua counts), the reason logged to the bounces stream
 --   expire: as bounce; the lifetime limit's doing (not audited)
 --   warn:   nothing moves; the message is marked as warned of its delay ('dw'), once
+-- Each move records its event (drain/store/events.py): flushed, held (why 'operator'),
+-- deleted, bounced (with actor and reason), expired; a warning records none.
 --
--- Returns the ids acted on.
+-- Returns {first event's stream id, last event's, id acted on...}.
 
 if redis.replicate_commands then redis.replicate_commands() end
 
 local action, actor, reason, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cutoff = tonumber(ARGV[5])
 local done = {}
+local tr = lib.tracer(KEYS[13], ARGV[9], ARGV[10])
 
 -- Is the message still where the caller saw it?
 local function still(msg, id, place)
@@ -70,9 +73,9 @@ end
 
 local hold_why = cjson.encode({{code = 'operator.hold', detail = reason}})
 
-for i = 9, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local id, place = ARGV[i], ARGV[i + 1]
-  local msg = KEYS[12 + (i - 7) / 2]
+  local msg = KEYS[13 + (i - 9) / 2]
   local ok = still(msg, id, place)
   if ok and cutoff then
     local t = tonumber(redis.call('HGET', msg, 't') or '')
@@ -87,15 +90,24 @@ for i = 9, #ARGV, 2 do
       redis.call('ZREM', KEYS[3], id)
       redis.call('ZREM', KEYS[4], id)
       redis.call('LPUSH', KEYS[7], id)
+      lib.event(tr, 'F', id, {actor, reason})
     elseif action == 'hold' then
       take(msg, id, place)
       lib.hold(KEYS[5], KEYS[10], msg, id, hold_why, now)
+      lib.event(tr, 'h', id, {redis.call('HGET', msg, 'dom') or '', 'operator', actor, reason})
     else
       local counted = 'deleted'
       if action ~= 'delete' then
         counted = redis.call('HGET', msg, 'pd') == '1' and 'delivered' or 'bounced'
         local env = redis.call('HGET', msg, 'env') or ''
         redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[8], '*', 'id', id, 'env', env, 'reply', reason, 'at', now)
+      end
+      if action == 'delete' then
+        lib.event(tr, 'D', id, {actor, reason})
+      elseif action == 'bounce' then
+        lib.event(tr, 'b', id, {'administrative bounce', '', actor, reason})
+      else
+        lib.event(tr, 'x', id, {reason, tonumber(redis.call('HGET', msg, 'n') or '0') or 0})
       end
       take(msg, id, place)
       redis.call('DEL', msg)
@@ -108,4 +120,7 @@ if ARGV[6] == '1' and #done > 0 then
   redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[7], '*', 'action', action, 'actor', actor, 'reason', reason,
     'at', now, 'count', tostring(#done), 'ids', table.concat(done, ','))
 end
+local span = lib.recorded(tr)
+table.insert(done, 1, span[2])
+table.insert(done, 1, span[1])
 return done
