@@ -37,7 +37,8 @@ QUARANTINE = f"{PREFIX}:quarantine"
 # Operator rules that quarantine matching mail: field rule id -> JSON (hash), and the id counter.
 RULES = f"{PREFIX}:rules"
 RULE_SEQ = f"{PREFIX}:rules:seq"
-# Every operator action on quarantine: who, when, what (stream, capped).
+# Every operator action: who, when, what, why (stream, capped): quarantine, rules, rates,
+# pauses, breakers, bulk actions (drain/ops/audit.py reads it).
 AUDIT = f"{PREFIX}:audit"
 # Circuit breakers by destination domain: consecutive failures, times opened, open until (hashes).
 BREAKER_FAILS = f"{PREFIX}:breaker:fails"
