@@ -8,7 +8,7 @@ from collections.abc import Callable
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.intake.api import Client
-from drain.ops import control
+from drain.ops import actions, control
 from drain.store import events, keys
 from drain.worker import lifetime
 from drain.worker.housekeeping import run_once
@@ -84,6 +84,16 @@ def test_delay_warning_is_sent_once_per_message(client: Client, relay: Sink, wor
     delivered = {r for m in relay.messages if m.sender for r in m.recipients}
     assert len(delivered) == sum(len(v) for v in ids.values())  # a warning does not stop delivery
     assert store.books().balanced
+
+
+def test_a_message_is_marked_warned_once_in_the_script(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    ids = _waiting(client, relay, work)
+    pairs = [(i, "d") for i in ids[DEFERRED]]
+    assert actions.act(client.store, "warn", pairs, "lifetime", "delay warning", audit=False) == ids[DEFERRED]
+    assert actions.act(client.store, "warn", pairs, "lifetime", "delay warning", audit=False) == []
+    # A message that is gone is not marked (no stray hash is made for it).
+    assert actions.act(client.store, "warn", [("fffff", "l")], "lifetime", "delay warning", audit=False) == []
+    assert not client.redis.exists(keys.message("fffff"))
 
 
 def test_delay_warnings_are_off_by_default(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
