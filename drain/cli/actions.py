@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from drain.cli.options import Context, domain_option, json_option, pass_ctx
+from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
 from drain.errors import ConfigError, InputError
@@ -34,17 +34,15 @@ HELP = {
 }
 
 
-def duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """Callback of a duration option (90s, 15m, 2h, 7d): seconds, more than 0."""
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
     if seconds <= 0:
-        raise click.BadParameter(f"must be more than 0, got {value!r}", ctx, param)
+        raise ConfigError(f"a duration must be more than 0, got {text!r}")
     return seconds
+
+
+# Callback of a duration option (90s, 15m, 2h, 7d): seconds, more than 0.
+duration_option = parsed(_positive_duration)
 
 
 def _selector_options(action: str, func: Callable[..., Any]) -> Callable[..., Any]:

@@ -75,14 +75,23 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
-def domain_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback of --domain for `rate set`, `pause` and `resume`: a valid domain name, lowercased."""
-    if value is None:
-        return None
-    try:
-        return parse_domain(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+def parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """An option callback that parses its text with `parse` (None stays None); a ConfigError
+    is a usage error naming the option."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+# Callback of --domain for `rate set`, `pause`, `resume` and the actions: a valid domain name, lowercased.
+domain_option = parsed(parse_domain)
 
 
 def rate_value(text: str, hint: str) -> float | None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import click
 
 from drain.cli.actions import duration_option
-from drain.cli.options import Context, domain_option, json_option, pass_ctx
+from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
 from drain.cli.render import emit, when
 from drain.cli.terminal import safe
-from drain.errors import ConfigError
 from drain.ops import audit as audit_log
 from drain.ops import control, pauses
 from drain.ops.select import parse_time
@@ -82,17 +81,8 @@ def resume(obj: Context, intake_only: bool, domain: str | None, reason: str, as_
         click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
 
 
-def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
 @click.command()
-@click.option("--since", callback=_since, metavar="TIME",
+@click.option("--since", callback=parsed(parse_time), metavar="TIME",
               help="Only records from then on: a duration ago (2h), unix seconds or ISO 8601.")
 @json_option('JSON lines {"time", "actor", "action", "reason", ...}.')
 @pass_ctx

@@ -112,20 +112,12 @@ def _text(values: list[bytes]) -> list[str]:
     return [books.text(v) for v in values]
 
 
-def _list_ids(client: redis.Redis, key: str) -> Iterator[str]:
+def _paged(client: redis.Redis, key: str, listed: bool) -> Iterator[str]:
+    """Every member of a list (listed) or sorted set, in order, a page at a time."""
+    read = client.lrange if listed else client.zrange
     start = 0
     while True:
-        page = _text(cast(list[bytes], client.lrange(key, start, start + PAGE - 1)))
-        yield from page
-        if len(page) < PAGE:
-            return
-        start += PAGE
-
-
-def _zset_ids(client: redis.Redis, key: str) -> Iterator[str]:
-    start = 0
-    while True:
-        page = _text(cast(list[bytes], client.zrange(key, start, start + PAGE - 1)))
+        page = _text(cast(list[bytes], read(key, start, start + PAGE - 1)))
         yield from page
         if len(page) < PAGE:
             return
@@ -142,16 +134,16 @@ def candidates(client: redis.Redis, states: tuple[str, ...], domain: str | None 
     `domain` when given). Ids in the swept set are on their way out and left aside."""
     swept = set(_text(list(cast(set[bytes], client.smembers(keys.SWEPT)))))
     seen: set[str] = set()
-    held = set(_zset_ids(client, keys.HELD_RATE)) | set(_zset_ids(client, keys.HELD_BREAKER))
+    held = set(_paged(client, keys.HELD_RATE, False)) | set(_paged(client, keys.HELD_BREAKER, False))
     sources: list[tuple[str, Iterator[str]]] = []
     if "ready" in states:
-        sources += [("ready", _list_ids(client, k)) for k in (keys.FRESH, keys.READY, keys.SUSPECT)]
+        sources += [("ready", _paged(client, k, True)) for k in (keys.FRESH, keys.READY, keys.SUSPECT)]
     if "deferred" in states or "held" in states:
-        sources.append(("deferred", _zset_ids(client, keys.DEFERRED)))
+        sources.append(("deferred", _paged(client, keys.DEFERRED, False)))
     if "parked" in states:
-        sources += [("parked", _list_ids(client, keys.parked(d))) for d in parked_domains(client, domain)]
+        sources += [("parked", _paged(client, keys.parked(d), True)) for d in parked_domains(client, domain)]
     if "quarantined" in states:
-        sources.append(("quarantined", _zset_ids(client, keys.QUARANTINE)))
+        sources.append(("quarantined", _paged(client, keys.QUARANTINE, False)))
     for state, ids in sources:
         for msg_id in ids:
             state_now = "held" if state == "deferred" and msg_id in held else state
