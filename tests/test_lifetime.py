@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.intake.api import Client
@@ -68,6 +70,23 @@ def test_housekeeping_expires_parked_mail(client: Client, relay: Sink, work: Cal
     run_once(store, force=True)
     books = store.books()
     assert (books.bounced, books.ready, books.deferred, books.balanced) == (2, 0, 4, True), books
+
+
+def test_a_long_parked_queue_is_covered_a_bounded_page_at_a_time(client: Client, work: Callable[..., bool],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.store
+    store.settings = store.settings.with_(max_lifetime_s=3600.0)
+    for domain in ("a.example.org", "b.example.org"):
+        control.pause(store, domain)
+    client.enqueue_many([synthetic(n, domain="a.example.org") for n in range(5)]
+                        + [synthetic(n, domain="b.example.org") for n in range(10, 14)])
+    work()
+    assert store.books().ready == 9 and client.redis.scard(keys.PARKED_DOMAINS) == 2
+    monkeypatch.setattr(lifetime, "SCAN_PAGE", 2)
+    later = time.time() + 3601
+    counts = [lifetime.scan(store, now=later, force=True)[0] for _round in range(6)]
+    assert all(c <= 2 for c in counts) and sum(counts) == 9, counts
+    assert store.books().bounced == 9 and store.books().balanced
 
 
 def test_delay_warning_is_sent_once_per_message(client: Client, relay: Sink, work: Callable[..., bool]) -> None:

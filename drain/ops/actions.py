@@ -127,8 +127,7 @@ def run(store: Store, action: str, sel: Selector, reason: str = "", dry_run: boo
         return done
     bounced = action == "bounce" and settings.dsn
     kept = originals(store, done.ids) if bounced else {}
-    moved = act(store, action, [(f.id, f.place) for f in found], settings.actor,
-                reason or f"{action} by {settings.actor}")
+    moved = act(store, action, [(f.id, f.place) for f in found], settings.actor, reason)
     done.ids, done.moved = moved, len(moved)
     if kept:
         done.reports = send_reports(store, [

@@ -3,11 +3,12 @@ breaker, or parked behind a paused or capped domain. A failed attempt checks the
 itself (drain.worker.batch); mail that waits without attempts is found here.
 
 Housekeeping runs `scan` every round; at most every SCAN_EVERY_S it reads a page of the
-deferred set (ZSCAN, going on from where the last page ended) and a page of each parked
-list, so a queue of millions costs a bounded amount a round and is covered over some
-rounds. Mail older than DRAIN_MAX_LIFETIME bounces as expired (counted as bounced, a
-report to the sender when DRAIN_DSN is on); with DRAIN_DELAY_WARNING set, mail older than
-that gets one delay warning (a "delayed" report) per message.
+deferred set (ZSCAN, going on from where the last page ended) and a page of parked mail
+(the parked lists in turn, each from where it was left), so a queue of millions costs a
+bounded amount a round (SCAN_PAGE entries of each) and is covered over some rounds.
+Mail older than DRAIN_MAX_LIFETIME bounces as expired (counted as bounced, a report to the
+sender when DRAIN_DSN is on); with DRAIN_DELAY_WARNING set, mail older than that gets one
+delay warning (a "delayed" report) per message.
 Ready mail is left to the workers: it is tried soon (or delivery is paused on purpose).
 """
 
@@ -32,24 +33,38 @@ WARNED = "dw"  # message hash field: when a delay warning was sent (see act.lua)
 
 
 def _page(store: Store) -> list[tuple[str, str]]:
-    """The next (id, place) entries to look at: a page of the deferred set and of each parked list."""
+    """The next (id, place) entries to look at: a page of the deferred set, and a page taken
+    from the parked lists, domain after domain, each going on from where the last one ended."""
     client = store.client
     cursors = {books.text(k): books.text(v) for k, v in cast(dict[bytes, bytes],
                                                                client.hgetall(keys.LIFETIME_CURSOR)).items()}
-    cursor, members = client.zscan(keys.DEFERRED, int(cursors.get("deferred", "0") or 0), count=SCAN_PAGE)
+    cursor, members = client.zscan(keys.DEFERRED, _int(cursors.get("deferred")), count=SCAN_PAGE)
     pairs = [(books.text(cast(bytes, m)), "d") for m, _score in members]
-    positions: dict[str | bytes, int | str] = {"deferred": int(cursor)}
-    for domain in parked_domains(client):
-        name = f"parked:{domain}"
-        start = int(cursors.get(name, "0") or 0)
-        page = cast(list[bytes], client.lrange(keys.parked(domain), start, start + SCAN_PAGE - 1))
-        positions[name] = start + len(page) if len(page) == SCAN_PAGE else 0
+    domains = parked_domains(client)
+    positions: dict[str, int] = {"deferred": int(cursor)}
+    positions.update((f"parked:{d}", _int(cursors.get(f"parked:{d}"))) for d in domains)
+    budget, turn = SCAN_PAGE, _int(cursors.get("turn"))
+    for step in range(len(domains)):
+        if budget <= 0:
+            break
+        turn = (turn + (1 if step else 0)) % len(domains)
+        name = f"parked:{domains[turn]}"
+        start = positions[name]
+        page = cast(list[bytes], client.lrange(keys.parked(domains[turn]), start, start + budget - 1))
         pairs += [(books.text(m), "l") for m in page]
+        # A full page: this list may go on, the next scan starts there; else it starts over.
+        positions[name] = start + len(page) if len(page) == budget else 0
+        budget -= len(page)
+    positions["turn"] = turn
     pipe = client.pipeline(transaction=False)
     pipe.delete(keys.LIFETIME_CURSOR)
     pipe.hset(keys.LIFETIME_CURSOR, mapping=cast(dict[Any, Any], positions))
     pipe.execute()
     return list(dict.fromkeys(pairs))
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
 
 
 def scan(store: Store, now: float | None = None, force: bool = False) -> tuple[int, int]:

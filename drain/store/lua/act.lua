@@ -29,8 +29,8 @@
 --   hold:   'd' or 'l' to quarantine, findings operator.hold with the reason
 --   delete: dropped, counted as deleted
 --   bounce: dropped, counted as bounced (as delivered when some recipients already took it,
---           as settle.lua counts), the reason logged to the bounces stream
---   expire: as bounce; the lifetime limit's doing (not audited)
+--           as settle.lua counts), logged to the bounces stream with the actor and reason
+--   expire: as bounce; the lifetime limit's doing (not audited); the reason is the reply
 --   warn:   nothing moves; the message is marked as warned of its delay ('dw'), once
 -- Each move records its event (drain/store/events.py): flushed, held (why 'operator'),
 -- deleted, bounced (with actor and reason), expired; a warning records none.
@@ -100,7 +100,11 @@ for i = 11, #ARGV, 2 do
       if action ~= 'delete' then
         counted = redis.call('HGET', msg, 'pd') == '1' and 'delivered' or 'bounced'
         local env = redis.call('HGET', msg, 'env') or ''
-        redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[8], '*', 'id', id, 'env', env, 'reply', reason, 'at', now)
+        local reply = reason
+        if action == 'bounce' then
+          reply = 'administrative bounce by ' .. actor .. (reason ~= '' and (': ' .. reason) or '')
+        end
+        redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[8], '*', 'id', id, 'env', env, 'reply', reply, 'at', now)
       end
       if action == 'delete' then
         lib.event(tr, 'D', id, {actor, reason})
