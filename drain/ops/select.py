@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import functools
+import json
 import math
 import re
 import time
@@ -20,7 +22,6 @@ import redis
 
 from drain.errors import ConfigError, InputError
 from drain.store import books, keys, record
-from drain.store.record import Record
 
 # The states a queued message can be in, as `drain show` names them: on a ready lane (or the
 # suspect list), deferred by the relay, held for its domain's rate or by a breaker (both in
@@ -88,20 +89,39 @@ class Selector:
         parts += [f"--state {s}" for s in self.states]
         return " ".join([*parts, *self.ids[:20]] + (["..."] if len(self.ids) > 20 else []))
 
-    def matches(self, found: Record, now: float) -> bool:
-        env = found.envelope
-        if self.domain and not any(r.rpartition("@")[2].lower() == self.domain for r in env.recipients):
+    @property
+    def filters(self) -> bool:
+        """Whether it looks at a message's envelope or age (else only at where it is)."""
+        return bool(self.domain or self.sender or self.older_than_s is not None)
+
+    def matches(self, envelope: object, accepted: object, now: float) -> bool:
+        """Whether a message's stored envelope and acceptance time (raw HMGET values) pass;
+        a message whose fields cannot be read passes only selectors that do not read them."""
+        if not self.filters:
+            return envelope is not None or accepted is not None
+        try:
+            sender, recipients, *_rest = json.loads(cast(bytes, envelope))
+            accepted_at = float(cast(bytes, accepted))
+        except (TypeError, ValueError):
             return False
-        if self.sender and not fnmatch.fnmatchcase(env.sender.lower(), self.sender.lower()):
+        if not isinstance(sender, str) or not isinstance(recipients, list):
             return False
-        return self.older_than_s is None or now - found.accepted_at >= self.older_than_s
+        if self.domain and not any(str(r).rpartition("@")[2].lower() == self.domain for r in recipients):
+            return False
+        if self.sender and not _glob(self.sender).match(sender.lower()):
+            return False
+        return self.older_than_s is None or now - accepted_at >= self.older_than_s
+
+
+@functools.cache
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern.lower()))
 
 
 @dataclass(frozen=True)
 class Found:
     id: str
     state: str
-    record: Record
 
     @property
     def place(self) -> str:
@@ -177,10 +197,6 @@ def state_of(client: redis.Redis, msg_id: str) -> str | None:
     return "parked" if parked is not None else "ready"
 
 
-def fields(needs_raw: bool) -> tuple[str, ...]:
-    return (record.ENVELOPE, record.ACCEPTED, record.DOMAIN) + ((record.RAW,) if needs_raw else ())
-
-
 def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
            now: float | None = None) -> tuple[list[Found], dict[str, str]]:
     """The messages the selector picks among the allowed states, oldest place first, and
@@ -202,14 +218,21 @@ def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
                 skipped[msg_id] = str(state)
     else:
         pairs = list(candidates(client, states, sel.domain))
+    return _matching(client, sel, pairs, now), skipped
+
+
+def _matching(client: redis.Redis, sel: Selector, pairs: list[tuple[str, str]], now: float) -> list[Found]:
+    """The (id, state) pairs whose message passes the selector, read a page at a time."""
     found: list[Found] = []
     for start in range(0, len(pairs), PAGE):
         page = pairs[start:start + PAGE]
-        records = record.fetch(client, [i for i, _s in page], fields(False))
-        for (msg_id, state), rec in zip(page, records, strict=True):
-            if rec is not None and sel.matches(rec, now):
-                found.append(Found(msg_id, state, rec))
-    return found, skipped
+        pipe = client.pipeline(transaction=False)
+        for msg_id, _state in page:
+            pipe.hmget(keys.message(msg_id), [record.ENVELOPE, record.ACCEPTED])
+        for (msg_id, state), reply in zip(page, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, list) and sel.matches(reply[0], reply[1], now):
+                found.append(Found(msg_id, state))
+    return found
 
 
 def in_flight(client: redis.Redis, sel: Selector, now: float | None = None) -> list[str]:
@@ -217,5 +240,4 @@ def in_flight(client: redis.Redis, sel: Selector, now: float | None = None) -> l
     if sel.ids:
         return []
     ids = _text(cast(list[bytes], client.hkeys(keys.INFLIGHT)))
-    now = time.time() if now is None else now
-    return [r.id for r in record.fetch(client, ids, fields(False)) if r is not None and sel.matches(r, now)]
+    return [f.id for f in _matching(client, sel, [(i, IN_FLIGHT) for i in ids], time.time() if now is None else now)]
