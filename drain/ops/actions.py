@@ -108,7 +108,7 @@ def send_reports(store: Store, reports: Sequence[Report], kind: str = "failed") 
 
 def _release(store: Store, found: list[Found], reason: str, sel: Selector, dry_run: bool,
              force: bool) -> tuple[list[str], int, dict[str, list[str]]]:
-    note = " ".join(x for x in (reason, f"({sel.describe()})" if sel.describe() else "") if x)
+    note = "; ".join(x for x in (reason, sel.describe()) if x)
     done = quarantine.release(store, [f.id for f in found], force=force, dry_run=dry_run, note=note)
     return done.passing, done.released, done.failing
 
