@@ -7,6 +7,7 @@ its own process). Prints a Markdown table and writes JSON with --out.
     scripts/bench --ingress               # SMTP ingress: msg/s accepted by `drain smtpd`, 1 and 4 clients
     scripts/bench --only backlog          # `drain backlog` on a 1,000,000-message backlog
     scripts/bench --only sizes --messages 20000   # 2/20/100 KB: drain and Postfix (when installed)
+    scripts/bench --only trace            # events: memory per message, trace lookup among 1M, on vs off
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from drain.worker.delivery import wire_form
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_postfix
 import bench_sizes
+import bench_trace
 
 POLL_S = 0.05
 
@@ -666,7 +668,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog", "sizes"],
+    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog", "sizes", "trace"],
                         help="run only this part")
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
@@ -684,6 +686,9 @@ def main() -> None:
                         help="messages per size (default: --messages with --only sizes, else 20,000)")
     parser.add_argument("--size-processes", default="2", help="drain worker processes in the size series")
     parser.add_argument("--sessions", type=int, default=20, help="smtp-source sessions (Postfix, --ingress)")
+    parser.add_argument("--lookup-messages", type=int, default=1_000_000,
+                        help="delivered messages' events loaded for the trace lookup (--only trace)")
+    parser.add_argument("--rounds", type=int, default=3, help="events off/on pairs of runs (--only trace)")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -747,6 +752,9 @@ def main() -> None:
     if args.only == "sizes":
         run_sizes(args, machine, args.size_messages or args.messages, args.out)
         return
+    if args.only == "trace":
+        run_trace(args, machine)
+        return
     if args.ingress:
         with redis_server() as client:
             report = Report(machine=machine, sink="none")
@@ -796,6 +804,20 @@ def run_sizes(args: argparse.Namespace, machine: dict[str, Any], count: int, out
     if out:
         out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
         out.with_suffix(".md").write_text(text + "\n")
+
+
+def run_trace(args: argparse.Namespace, machine: dict[str, Any]) -> None:
+    """Events: lookup among --lookup-messages, then on/off throughput and memory per message."""
+    with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
+        report = Report(machine=machine, sink=sink_name)
+        machine["redis"] = client.info("server")["redis_version"]
+        url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+        bench_trace.bench_lookup(report, client, args.lookup_messages, url)
+        processes = max(int(p) for p in args.processes.split(","))
+        bench_trace.bench_cost(report, client, url, relay, args.messages, processes, args.rounds, wait_done)
+    print(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps({"machine": machine, "sink": report.sink, "rows": report.rows}, indent=2))
 
 
 def capped_markdown(report: Report) -> str:

@@ -12,7 +12,7 @@ import click
 import redis
 
 from drain import logging_setup
-from drain.cli import actions, flow, pausing, quarantine, queue, serve
+from drain.cli import actions, flow, pausing, quarantine, queue, serve, trace
 from drain.cli.options import Context, redis_url_option
 from drain.cli.render import TTY_ROWS, fail
 from drain.errors import ConfigError, DrainError
@@ -32,7 +32,8 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
 for _command in (queue.check, queue.enqueue, queue.status, queue.backlog, queue.deferred,
                  flow.rate, pausing.pause, pausing.resume, flow.breaker, quarantine.quarantine,
                  serve.worker, serve.smtpd, serve.serve, serve.server, serve.drain_session, serve.demo, serve.acl,
-                 actions.flush, actions.bounce, actions.delete, actions.hold, actions.release, pausing.audit):
+                 actions.flush, actions.bounce, actions.delete, actions.hold, actions.release, pausing.audit,
+                 trace.log, trace.trace, trace.show):
     cli.add_command(_command)
 
 

@@ -97,7 +97,7 @@ DURABLE = f"{PREFIX}:durable"
 
 # Every move of a message, as events (stream; fields in drain/store/events.py), trimmed by
 # age and length. Its lookup index hangs off the same name: EVENTS:ix:DAY:BUCKET (strings of
-# fixed-width records, see events_index and _lib.lua's lib.event).
+# 8-byte records, see events_index and _lib.lua's lib.event).
 EVENTS = f"{PREFIX}:events"
 
 # RQ queue that carries batch jobs.
@@ -138,5 +138,5 @@ def smtpd_auth_failures(address: str) -> str:
 
 def events_index(day: int, bucket: str) -> str:
     """Index records of the events of one day (unix day number) in one hash bucket (3 hex
-    digits): 4-byte tag of the looked-up value + where the event is (string, APPENDed)."""
+    digits): 3-byte tag of the looked-up value + where the event is (string, APPENDed)."""
     return f"{EVENTS}:ix:{day}:{bucket}"

@@ -172,7 +172,7 @@ class Batch:
         items = [(dsn.build(m.raw, m.envelope, failed, m.id, self.settings.hostname, m.accepted_at),
                   Envelope("", (m.envelope.sender,)), None) for m, failed in self.reports]
         self.reports = []
-        self.store.enqueue_many(items)
+        self.store.enqueue_many(items, source="dsn")
 
     def _count(self, code: str) -> None:
         self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1

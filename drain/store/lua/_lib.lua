@@ -91,13 +91,13 @@ function lib.tracer(stream, retention_s, max_events)
   return {stream = stream, keep = keep, minid = string.format('%.0f', now_ms - keep * 1000)}
 end
 
--- One index record: 4-byte tag of the value (lowercased ASCII), then where the event is
--- (ms within its day, 4 bytes; sequence, 2 bytes, 65535 meaning "that or more"), appended
--- to the string of its day and hash bucket (the first 3 hex digits after the tag's 8).
+-- One 8-byte index record: a 3-byte tag of the value (lowercased ASCII; SHA-1 hex digits
+-- 1-6), then where the event is: ms within its day * 8192 + stream sequence (8191 meaning
+-- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-9).
 local function index(tr, day, value, where)
   local h = redis.sha1hex(string.lower(value))
-  local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 9, 11)
-  if redis.call('APPEND', key, struct.pack('>I4', tonumber(string.sub(h, 1, 8), 16)) .. where) == 10 then
+  local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 7, 9)
+  if redis.call('APPEND', key, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where) == 8 then
     redis.call('EXPIREAT', key, (day + 1) * 86400 + tr.keep)
   end
 end
@@ -112,7 +112,7 @@ function lib.event(tr, kind, id, data, values)
   local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
   ms, seq = tonumber(ms), tonumber(seq)
   local day = math.floor(ms / 86400000)
-  local where = struct.pack('>I4I2', ms - day * 86400000, math.min(seq, 65535))
+  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
   index(tr, day, 'i:' .. id, where)
   for _, value in ipairs(values or {}) do index(tr, day, value, where) end
   tr.first = tr.first or sid

@@ -72,6 +72,7 @@ local function corrupt(msg, id, findings, env)
   if raw and env ~= '' then
     redis.call('HSET', msg, 'raw', raw, 'env', env, 't', accepted or now, 'dom', dom)
     lib.hold(KEYS[5], KEYS[12], msg, id, findings, now)
+    lib.event(tr, 'q', id, {lib.codes(findings)})
   else
     redis.call('HINCRBY', KEYS[2], 'deleted', 1)
     lib.event(tr, 'D', id, {'drain', 'stored data unreadable'})
@@ -129,8 +130,10 @@ for i = 1, n do
       local accepted = leave(msg)
       if tr then
         local delay = accepted and math.floor(math.max(0, tonumber(now) - accepted) * 1000) / 1000 or ''
-        lib.event(tr, 'd', id, {string.sub(env, 1, TEXT), attempt(msg), delay})
+        -- Recipients refused for good while others took it: bounced first, so that the
+        -- last event says delivered, as the books count it.
         if info ~= '' then lib.event(tr, 'b', id, {string.sub(info, 1, TEXT)}) end
+        lib.event(tr, 'd', id, {string.sub(env, 1, TEXT), attempt(msg), delay})
       end
       if accepted then
         local latency = math.max(0, tonumber(now) - accepted)

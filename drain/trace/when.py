@@ -1,0 +1,36 @@
+"""Points in time as operators type them for --since and --until: an ISO 8601 date or time
+(UTC unless it says otherwise), unix seconds, or a time ago (`90s`, `15m`, `2h`, `7d`)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import UTC, datetime
+
+from drain.errors import InputError
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse(text: str, now: float | None = None) -> float:
+    """Unix seconds for the text; InputError (one line) when it is none of the forms."""
+    now = time.time() if now is None else now
+    value = text.strip()
+    ago = _AGO.match(value.lower())
+    if ago:
+        return now - float(ago.group(1)) * _UNIT[ago.group(2)]
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number) and number >= 0 and re.fullmatch(r"\d+(\.\d+)?", value):
+        return number
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError(f"not a time: {value!r} (ISO 8601, unix seconds, or ago as 90s, 15m, 2h, 7d)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
