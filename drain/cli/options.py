@@ -12,7 +12,7 @@ import click
 from email_validator import EmailNotValidError, validate_email
 
 from drain.cli.render import TTY_ROWS
-from drain.errors import ConfigError
+from drain.errors import ConfigError, InputError
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.settings import Settings, parse_domain, parse_listen
@@ -77,14 +77,14 @@ class FiniteFloat(click.FloatRange):
 
 def parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
     """An option callback that parses its text with `parse` (None stays None); a ConfigError
-    is a usage error naming the option."""
+    or InputError is a usage error naming the option."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
         if value is None:
             return None
         try:
             return parse(value)
-        except ConfigError as exc:
+        except (ConfigError, InputError) as exc:
             raise click.BadParameter(str(exc), ctx, param) from None
 
     return callback

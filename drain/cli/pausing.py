@@ -11,7 +11,7 @@ from drain.cli.render import emit, when
 from drain.cli.terminal import safe
 from drain.ops import audit as audit_log
 from drain.ops import control, pauses
-from drain.ops.select import parse_time
+from drain.trace import when as moments
 
 
 @click.group(invoke_without_command=True)
@@ -82,7 +82,7 @@ def resume(obj: Context, intake_only: bool, domain: str | None, reason: str, as_
 
 
 @click.command()
-@click.option("--since", callback=parsed(parse_time), metavar="TIME",
+@click.option("--since", callback=parsed(moments.parse), metavar="TIME",
               help="Only records from then on: a duration ago (2h), unix seconds or ISO 8601.")
 @json_option('JSON lines {"time", "actor", "action", "reason", ...}.')
 @pass_ctx

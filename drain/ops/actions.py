@@ -102,7 +102,7 @@ def send_reports(store: Store, reports: Sequence[Report], kind: str = "failed") 
     items = [(dsn.build(r.raw, r.envelope, r.replies, r.id, store.settings.hostname, r.accepted_at, kind=kind),
               Envelope("", (r.envelope.sender,)), None) for r in reports]
     if items:
-        store.enqueue_many(items)
+        store.enqueue_many(items, source="dsn")
     return len(items)
 
 

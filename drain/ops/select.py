@@ -1,13 +1,12 @@
 """Which queued messages an operator's action is about: selectors (ids, destination domain,
 sender glob, age, state), where each message is now, and the time and duration words the
-commands take (`30s`, `15m`, `2h`, `7d`; a time as ISO 8601, unix seconds or a duration ago).
+commands take (`30s`, `15m`, `2h`, `7d`; times are drain.trace.when's).
 
 Reads only: the moves are in drain.ops.actions (act.lua checks each place again).
 """
 
 from __future__ import annotations
 
-import datetime
 import fnmatch
 import functools
 import json
@@ -46,28 +45,6 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(seconds):
         raise ConfigError(f"a duration looks like 90s, 15m, 2h or 7d; got {text!r}")
     return seconds
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """A moment: a duration ago (`2h`), unix seconds (`1795996800`) or ISO 8601
-    (`2026-11-30T01:00`, UTC unless it says otherwise)."""
-    now = time.time() if now is None else now
-    if _DURATION.match(text) and text.strip()[-1:].isalpha():
-        return now - parse_duration(text)
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if math.isfinite(seconds) and seconds >= 0:
-        return seconds
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"a time is a duration ago (2h), unix seconds or ISO 8601 "
-                          f"(2026-11-30T01:00); got {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
 
 
 @dataclass(frozen=True)
