@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drain.message import Envelope
@@ -108,7 +108,8 @@ def send_reports(store: Store, reports: Sequence[Report], kind: str = "failed") 
 
 def _release(store: Store, found: list[Found], reason: str, sel: Selector, dry_run: bool,
              force: bool) -> tuple[list[str], int, dict[str, list[str]]]:
-    note = "; ".join(x for x in (reason, sel.describe()) if x)
+    # The ids are each message's own record already: the note keeps the reason and the filters.
+    note = "; ".join(x for x in (reason, replace(sel, ids=()).describe()) if x)
     done = quarantine.release(store, [f.id for f in found], force=force, dry_run=dry_run, note=note)
     return done.passing, done.released, done.failing
 
