@@ -347,3 +347,12 @@ def test_follow_resumes_where_reading_stopped(client: Client, work: Callable[...
     rounds = iter(range(3))
     got = list(reader.follow(lambda: next(rounds, None) is None, block_ms=50))
     assert [(d["event"], d["id"]) for d in got] == [("delivered", msg_id)]
+
+
+def test_damaged_message_quarantined_with_its_event(client: Client, work: Callable[..., bool],
+                                                    rclient: redis.Redis) -> None:
+    msg_id = client.enqueue(mail(1))
+    rclient.hset(keys.message(msg_id), "n", "not a number")
+    work()
+    doc = traced(client, id=msg_id)[0]
+    assert names(doc) == ["received", "quarantined"] and doc["events"][1]["codes"] == ["store.corrupt"]

@@ -5,8 +5,8 @@ their field names and stay small: `e` the kind's code (KINDS), `i` the message i
 JSON array of the kind's fields in the order KINDS gives (trailing ones may be left out).
 The entry's stream id is the event's time (the Redis server's clock, in ms).
 
-Each event is also indexed so that a trace needs no scan (drain/trace/lookup.py): by its
-message id always, and by the values given when it is recorded (INDEX prefixes + value).
+Each event is also indexed so that a trace needs no scan (drain/store/lookup.py): by its
+message id always, and by the values given when it is recorded (the BY_* prefixes + value).
 
 How a Lua script records an event (the prelude _lib.lua is in front of every script):
 
@@ -14,11 +14,23 @@ How a Lua script records an event (the prelude _lib.lua is in front of every scr
     local tr = lib.tracer(KEYS[k], ARGV[a], ARGV[a + 1])      -- once per run; nil = off
     lib.event(tr, 'D', id, {actor, reason})                    -- 'D' = deleted
     lib.event(tr, 'r', id, data_json, {'r:bob@example.org'})   -- with lookup values
-    return lib.recorded(tr)   -- {first, last} stream ids, for the DRAIN_EVENT_LOG writer
+    return lib.recorded(tr)   -- REQUIRED before returning: writes the index records it
+                              -- gathered; {first, last} stream ids, for DRAIN_EVENT_LOG
 
 The index keys (keys.events_index) are derived from the stream key inside the script.
-In a Python MULTI/EXEC (a redis-py pipeline with transaction=True), call `record` with the
-pipeline: it queues the event script in the same transaction.
+Operator actions record `released`, `deleted`, `flushed` with {actor, reason}, `held` with
+{domain, why, actor, reason} and `bounced` with {reply, recipients, actor, reason} (use ''
+for a field that does not apply). After the script, pass its lib.recorded reply to
+eventlog.write_span(client, settings, span) so DRAIN_EVENT_LOG gets the lines too.
+
+In a Python MULTI/EXEC (a redis-py pipeline with transaction=True):
+
+    pipe = client.pipeline(transaction=True)
+    ...the move...
+    record(pipe, store.scripts, settings, [Event("D", msg_id, [actor, reason])])
+    replies = pipe.execute()   # the record's reply (the span) is where it was queued
+
+`record` queues the event script (event.lua) in the same transaction as the move.
 """
 
 from __future__ import annotations

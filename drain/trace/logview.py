@@ -37,7 +37,8 @@ def _value(v: Any) -> str:
 
 def text_line(doc: dict[str, Any]) -> str:
     """time id message-id event key=value..."""
-    rest = " ".join(f"{k}={_value(v)}" for k, v in doc.items()
+    rest = " ".join(f"{k}={stamp(v) if k == 'next_attempt' and isinstance(v, (int, float)) else _value(v)}"
+                    for k, v in doc.items()
                     if k not in ("event", "time", "id", "message_id", "stream_id") and v not in ("", None))
     line = f"{stamp(doc['time'])} {doc['id']} {doc.get('message_id') or '-'} {doc['event']}"
     return f"{line} {rest}" if rest else line

@@ -81,6 +81,8 @@ end
 -- fields in drain/store/events.py, which also says how a script records one). A tracer is
 -- made once per script run from the events stream key and two ARGVs (retention seconds,
 -- 0 = events off; most events kept): nil when events are off, and lib.event does nothing.
+-- Index records are gathered per key and written by lib.recorded(tr), which every script
+-- that records events must call before it returns (one APPEND per key, not per record).
 function lib.tracer(stream, retention_s, max_events)
   local keep = tonumber(retention_s) or 0
   if keep <= 0 then return nil end
@@ -88,7 +90,8 @@ function lib.tracer(stream, retention_s, max_events)
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local most = tonumber(max_events) or 0
   if most > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', most) end
-  return {stream = stream, keep = keep, minid = string.format('%.0f', now_ms - keep * 1000)}
+  return {stream = stream, keep = keep, minid = string.format('%.0f', now_ms - keep * 1000), pending = {},
+          order = {}}
 end
 
 -- One 8-byte index record: a 3-byte tag of the value (lowercased ASCII; SHA-1 hex digits
@@ -97,9 +100,13 @@ end
 local function index(tr, day, value, where)
   local h = redis.sha1hex(string.lower(value))
   local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 7, 9)
-  if redis.call('APPEND', key, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where) == 8 then
-    redis.call('EXPIREAT', key, (day + 1) * 86400 + tr.keep)
+  local records = tr.pending[key]
+  if not records then
+    records = {day = day}
+    tr.pending[key] = records
+    table.insert(tr.order, key)
   end
+  table.insert(records, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
 end
 
 -- Record one event: kind (a code of events.py's KINDS), message id, data (a Lua array, or
@@ -120,10 +127,19 @@ function lib.event(tr, kind, id, data, values)
   return sid
 end
 
--- The stream ids of the first and last events this tracer recorded ('' when none): a
--- script's events are contiguous in the stream, so a writer of DRAIN_EVENT_LOG reads them back.
+-- Write the gathered index records (a new key expires with the retention), then return the
+-- stream ids of the first and last events this tracer recorded ('' when none): a script's
+-- events are contiguous in the stream, so a writer of DRAIN_EVENT_LOG reads them back.
 function lib.recorded(tr)
   if not tr or not tr.first then return {'', ''} end
+  for _, key in ipairs(tr.order) do
+    local records = tr.pending[key]
+    local text = table.concat(records)
+    if redis.call('APPEND', key, text) == #text then
+      redis.call('EXPIREAT', key, (records.day + 1) * 86400 + tr.keep)
+    end
+  end
+  tr.pending, tr.order = {}, {}
   return {tr.first, tr.last}
 end
 
