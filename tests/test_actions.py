@@ -214,7 +214,8 @@ def test_a_message_that_moved_since_it_was_found_is_skipped(client: Client, worl
     assert store.books() == before
 
 
-def test_each_action_records_its_event_with_actor_and_reason(client: Client, world: World) -> None:
+def test_each_action_records_its_event_with_actor_and_reason(client: Client, world: World,
+                                                             settings: Settings) -> None:
     store = client.store
     store.settings = store.settings.with_(actor="carol@ops")
     plan = [("flush", world.ids["deferred"][:1], "F"), ("hold", world.ids["ready"][:1], "h"),
@@ -228,6 +229,12 @@ def test_each_action_records_its_event_with_actor_and_reason(client: Client, wor
         assert doc["actor"] == "carol@ops" and doc["reason"] == f"why {action}", doc
     (held,) = [d for d in found if d["id"] == world.ids["ready"][0] and d["event"] == "held"]
     assert held["domain"] == DOMAINS["ready"] and held["why"] == "operator"
+    # Indexed too: `drain trace` finds the bounce by the message's id.
+    traced = drain(settings, "trace", "--id", world.ids["held"][0], "--json")
+    assert traced.returncode == 0, traced.stderr
+    (doc,) = [json.loads(line) for line in traced.stdout.splitlines()]
+    assert doc["state"] == "bounced"
+    assert [e["actor"] for e in doc["events"] if e["event"] == "bounced"] == ["carol@ops"]
 
 
 def test_bounce_sends_a_report_when_dsn_is_on(client: Client, relay: Sink, work: Callable[..., bool],
