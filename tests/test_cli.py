@@ -216,9 +216,10 @@ def test_json_on_commands_that_used_to_print_only_text(client: Client, settings:
         assert result.returncode == 0, (args, result.stderr)
         return json.loads(result.stdout)
 
-    assert doc("pause") == {"scope": "delivery", "name": None, "paused": True}
+    # pause's JSON gained "reason" and "until" (issue 14); the contract's fields stay the same.
+    assert doc("pause") == {"scope": "delivery", "name": None, "paused": True, "reason": "", "until": None}
     assert doc("pause", "--domain", "Slow.Example.com") == {"scope": "domain", "name": "slow.example.com",
-                                                             "paused": True}
+                                                             "paused": True, "reason": "", "until": None}
     assert doc("resume", "--intake") == {"scope": "intake", "name": None, "paused": False, "unparked": 0}
     assert doc("resume")["paused"] is False
     assert doc("rate", "set", "100/s", "--domain", "slow.example.com", "--concurrency", "3") == {

@@ -37,7 +37,7 @@ def test_the_runbook_calls_no_existing_command_planned() -> None:
     text = (DOCS / "runbook.md").read_text()
     sentences = re.split(r"(?<=[.;:])\s", text.replace("\n", " "))
     planned = [s for s in sentences if "planned" in s]
-    assert planned  # the check below reads something
+    # (Nothing is called planned now that trace and flush exist; the check stays for the next.)
     for sentence in planned:
         for command in re.findall(r"`drain ([a-z][a-z -]*)", sentence):
             words = [w for w in command.split() if not w.startswith("-")]

@@ -84,5 +84,6 @@ def test_every_runbook_command_runs(incident: dict[str, str], client: Client, re
     books = client.store.books()
     assert books.balanced  # nothing the runbook does loses mail
     # The compromised sender's 3 messages were swept by the rule and deleted (with the malformed
-    # one, under "Redis is full"); the 3 legitimate ones to slow.example still wait, unharmed.
-    assert (books.ready, books.quarantined, books.deleted) == (3, 0, 4)
+    # one, under "Redis is full"); the 3 legitimate ones to slow.example still wait, unharmed, and
+    # the one deferred to down.example was flushed ("Flush after the remote side is fixed").
+    assert (books.ready, books.deferred, books.quarantined, books.deleted) == (4, 0, 0, 4)

@@ -12,7 +12,7 @@ import click
 import redis
 
 from drain import logging_setup
-from drain.cli import cells, flow, quarantine, queue, routes, serve, tenant, trace
+from drain.cli import actions, cells, flow, pausing, quarantine, queue, routes, serve, tenant, trace
 from drain.cli.options import Context, redis_url_option
 from drain.cli.render import TTY_ROWS, fail
 from drain.errors import ConfigError, DrainError
@@ -30,8 +30,9 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
 
 
 for _command in (queue.check, queue.enqueue, queue.status, queue.backlog, queue.deferred,
-                 flow.rate, flow.pause, flow.resume, flow.breaker, quarantine.quarantine,
+                 flow.rate, pausing.pause, pausing.resume, flow.breaker, quarantine.quarantine,
                  serve.worker, serve.smtpd, serve.serve, serve.server, serve.drain_session, serve.demo, serve.acl,
+                 actions.flush, actions.bounce, actions.delete, actions.hold, actions.release, pausing.audit,
                  cells.cells, tenant.tenant, trace.log, trace.trace, trace.show):
     cli.add_command(_command)
 cli.add_command(routes.route)

@@ -32,6 +32,7 @@ from drain.ops import control
 from drain.ops.quarantine import Filter, Quarantine, Record
 from drain.store.books import Books
 from drain.store.cells import Cell, parse_id
+from drain.store.store import Store
 
 T = TypeVar("T")
 BOOK_ROWS = ("accepted", "ready", "deferred", "in_flight", "delivered", "bounced", "quarantined", "deleted")
@@ -235,12 +236,13 @@ def share(value: float | None, cells: int) -> float | None:
 
 
 def set_rate(obj: Context, per_second: float | None, domain: str | None, concurrency: int | None,
-             burst: float | None) -> control.RateSet:
+             burst: float | None, reason: str = "") -> control.RateSet:
     """`drain rate set` over cells: each gets rate / N (mail is spread evenly, see intake.api)
     and a concurrency of ceil(C / N); the burst, in seconds, is the same everywhere."""
     n = len(obj.members)
     each_concurrency = None if concurrency is None else -(-concurrency // n)
-    apply_all(obj, lambda c: control.set_rate(c.store, share(per_second, n), domain, each_concurrency, burst))
+    apply_all(obj, lambda c: control.set_rate(c.store, share(per_second, n), domain, each_concurrency, burst,
+                                              reason))
     return control.RateSet(domain, per_second, concurrency, burst)
 
 
@@ -249,3 +251,11 @@ def rate_shown(obj: Context) -> dict[str, object]:
     under "cells"."""
     got = apply_all(obj, lambda c: ratelimit.show(c.redis))
     return {**merge.add_limits([s for _c, s in got]), "cells": {c.name: s for c, s in got}}
+
+
+def on_each(obj: Context, action: Callable[[Store], T], combine: Callable[[list[T]], T] | None = None) -> T:
+    """action(store) on the one Redis, or on every cell (combined, default: the first cell's answer)."""
+    if not obj.multi:
+        return action(obj.client.store)
+    done = [value for _cell, value in apply_all(obj, lambda c: action(c.store))]
+    return combine(done) if combine else done[0]

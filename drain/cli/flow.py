@@ -1,25 +1,20 @@
-"""The flow's commands: rate (show, set), pause, resume and breaker (list, close). What they
+"""The flow's commands: rate (show, set) and breaker (list, close) (pause and resume: pausing.py). What they
 change is done by drain.ops.control; these parse, print and map errors."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
 
 import click
 from rich.table import Table
 
-from drain.cli.cells import apply_all, one_redis, rate_shown, set_rate
+from drain.cli.cells import on_each, one_redis, rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.flow import ratelimit
 from drain.ops import control, tenants
-from drain.store.store import Store
-
-T = TypeVar("T")
 
 
 @click.group()
@@ -62,10 +57,11 @@ def rate_show(obj: Context, as_json: bool) -> None:
 @click.option("--burst", type=FiniteFloat(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")
 @click.option("--tenant", "tenant_name", default=None, help="Set the cap of this (known) tenant instead.")
+@click.option("--reason", default="", help="Why, for the audit log.")
 @json_option('Print {"domain", "rate", "concurrency", "burst"} as JSON ({"tenant", "rate"} with --tenant).')
 @pass_ctx
 def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | None, burst: float | None,
-             tenant_name: str | None, as_json: bool) -> None:
+             tenant_name: str | None, reason: str, as_json: bool) -> None:
     """Set RATE like 500/s, 30000/m; 0 holds delivery; 'unlimited' lifts the limit. Live for every worker."""
     per_second = rate_value(value, "RATE")
     if tenant_name is not None:
@@ -80,9 +76,9 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
     if concurrency is not None and domain is None:
         raise click.UsageError("--concurrency goes with --domain")
     if obj.multi:  # each cell gets its share of the rate (and of the concurrency)
-        done = set_rate(obj, per_second, domain, concurrency, burst)
+        done = set_rate(obj, per_second, domain, concurrency, burst, reason)
     else:
-        done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst)
+        done = control.set_rate(obj.client.store, per_second, domain, concurrency, burst, reason)
     if as_json:
         emit({"domain": domain, "rate": per_second, "concurrency": concurrency, "burst": burst, "held": done.held})
         return
@@ -92,83 +88,6 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
                         + (f", {concurrency} at once" if concurrency else "") + held))
     else:
         click.echo(f"global: {ratelimit.format_rate(per_second)}{held}")
-
-
-@click.command()
-@click.option("--intake", "intake_only", is_flag=True,
-              help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
-@click.option("--domain", callback=domain_option, help="Pause only delivery to this destination domain.")
-@click.option("--tenant", "tenant_name", default=None, help="Pause only delivery of this (known) tenant's mail.")
-@json_option('Print {"scope", "name", "paused"} as JSON.')
-@pass_ctx
-def pause(obj: Context, intake_only: bool, domain: str | None, tenant_name: str | None, as_json: bool) -> None:
-    """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead."""
-    if tenant_name is not None:
-        _only_tenant(intake_only, domain)
-        on_each(obj, lambda store: tenants.pause(store, tenant_name))
-        emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
-            safe(f"delivery of tenant {tenant_name} paused"))
-        return
-    scope = on_each(obj, lambda store: control.pause(store, domain, intake_only))
-    if as_json:
-        emit({"scope": scope, "name": domain.lower() if domain else None, "paused": True})
-    elif scope == control.DOMAIN:
-        click.echo(safe(f"delivery to {str(domain).lower()} paused"))
-    else:
-        click.echo("intake paused (SMTP ingress answers 421)" if scope == control.INTAKE else "delivery paused")
-
-
-@click.command()
-@click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
-@click.option("--domain", callback=domain_option, help="Resume only delivery to this destination domain.")
-@click.option("--tenant", "tenant_name", default=None, help="Resume only delivery of this tenant's mail.")
-@json_option('Print {"scope", "name", "paused", "unparked"} as JSON.')
-@pass_ctx
-def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str | None, as_json: bool) -> None:
-    """Start delivery again; with --intake, reopen SMTP intake instead."""
-    if tenant_name is not None:
-        _only_tenant(intake_only, domain)
-        on_each(obj, lambda store: tenants.resume(store, tenant_name))
-        emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
-            safe(f"delivery of tenant {tenant_name} resumed"))
-        return
-    scope = control.scope_of(domain, intake_only)
-    moved: int = on_each(obj, lambda store: control.resume(store, domain, intake_only), _total)
-    # A rate of 0 holds delivery as a pause does, but only `rate set` lifts it: say so rather
-    # than report delivery as going again while nothing moves (the first cell's rate tells).
-    limits = on_each(obj, lambda store: ratelimit.show(store.client)) if scope != control.INTAKE else {}
-    held = bool(limits.get("held")) if scope != control.DOMAIN else bool(
-        cast(dict[str, dict[str, Any]], limits.get("domains", {})).get(str(domain).lower(), {}).get("held"))
-    if as_json:
-        doc: dict[str, Any] = {"scope": scope, "name": domain.lower() if domain else None, "paused": False,
-                               "unparked": moved}
-        emit(doc if scope == control.INTAKE else {**doc, "held": held})
-        return
-    if scope == control.DOMAIN:
-        click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
-    else:
-        click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
-    if held:
-        where = f" --domain {str(domain).lower()}" if scope == control.DOMAIN else ""
-        click.echo(safe(f"drain: still held: the rate is 0; `drain rate set RATE{where}` (or unlimited) "
-                        "lets it go"), err=True)
-
-
-def _total(counts: list[int]) -> int:
-    return sum(counts)
-
-
-def on_each(obj: Context, action: Callable[[Store], T], combine: Callable[[list[T]], T] | None = None) -> T:
-    """action(store) on the one Redis, or on every cell (combined, default: the first cell's answer)."""
-    if not obj.multi:
-        return action(obj.client.store)
-    done = [value for _cell, value in apply_all(obj, lambda c: action(c.store))]
-    return combine(done) if combine else done[0]
-
-
-def _only_tenant(intake_only: bool, domain: str | None) -> None:
-    if intake_only or domain is not None:
-        raise click.UsageError("--tenant does not go with --intake or --domain")
 
 
 @click.group()

@@ -12,7 +12,7 @@ import click
 from email_validator import EmailNotValidError, validate_email
 
 from drain.cli.render import TTY_ROWS
-from drain.errors import ConfigError
+from drain.errors import ConfigError, InputError
 from drain.flow import ratelimit
 from drain.intake.api import CellsClient, Client
 from drain.settings import Settings, parse_domain, parse_listen
@@ -88,14 +88,23 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
-def domain_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Callback of --domain for `rate set`, `pause` and `resume`: a valid domain name, lowercased."""
-    if value is None:
-        return None
-    try:
-        return parse_domain(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+def parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """An option callback that parses its text with `parse` (None stays None); a ConfigError
+    or InputError is a usage error naming the option."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except (ConfigError, InputError) as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+# Callback of --domain for `rate set`, `pause`, `resume` and the actions: a valid domain name, lowercased.
+domain_option = parsed(parse_domain)
 
 
 def rate_value(text: str, hint: str) -> float | None:

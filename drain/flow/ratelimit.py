@@ -73,8 +73,9 @@ def get_global(client: redis.Redis) -> float | None:
     return stored_rate(client.get(keys.RATE))
 
 
-def pause(client: redis.Redis) -> None:
-    client.set(keys.PAUSED, b"1")
+def pause(client: redis.Redis, ttl_ms: int | None = None) -> None:
+    """Pause delivery, until resumed or for ttl_ms (the flag expires by itself)."""
+    client.set(keys.PAUSED, b"1", px=ttl_ms)
 
 
 def resume(client: redis.Redis) -> None:

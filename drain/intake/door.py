@@ -10,8 +10,9 @@ import redis
 from drain.store import keys
 
 
-def pause(client: redis.Redis) -> None:
-    client.set(keys.INTAKE_PAUSED, b"1")
+def pause(client: redis.Redis, ttl_ms: int | None = None) -> None:
+    """Close intake, until resumed or for ttl_ms (the flag expires by itself)."""
+    client.set(keys.INTAKE_PAUSED, b"1", px=ttl_ms)
 
 
 def resume(client: redis.Redis) -> None:

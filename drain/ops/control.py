@@ -5,14 +5,18 @@ RQ work tokens up once (`top_up`) when it may have let mail go, so no caller has
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from drain.flow import breaker, gate, ratelimit
 from drain.intake import door
+from drain.ops import audit, pauses
+from drain.ops.pauses import DELIVERY, DOMAIN, INTAKE
 from drain.store.store import Store
 from drain.worker.dispatch import ensure_tokens
 
-DELIVERY, INTAKE, DOMAIN = "delivery", "intake", "domain"
+__all__ = ["DELIVERY", "DOMAIN", "INTAKE", "RateSet", "close_breaker", "lapse", "pause", "resume", "scope_of",
+           "set_rate", "top_up"]
 
 
 def top_up(store: Store) -> int:
@@ -33,9 +37,9 @@ class RateSet:
 
 
 def set_rate(store: Store, per_second: float | None, domain: str | None = None,
-             concurrency: int | None = None, burst: float | None = None) -> RateSet:
-    """Set the global rate (or a domain's cap and concurrency) and the burst; a domain cap
-    that lets mail go again puts the mail a cap of 0 parked back on the ready list."""
+             concurrency: int | None = None, burst: float | None = None, reason: str = "") -> RateSet:
+    """Set the global rate (or a domain's cap and concurrency) and the burst, audited; a domain
+    cap that lets mail go again puts the mail a cap of 0 parked back on the ready list."""
     client = store.client
     if burst is not None:
         ratelimit.set_burst(client, burst)
@@ -47,6 +51,8 @@ def set_rate(store: Store, per_second: float | None, domain: str | None = None,
             gate.unpark(store, domain)  # mail a cap of 0 parked goes back to ready
     else:
         ratelimit.set_global(client, per_second)
+    audit.write(client, "rate-set", store.settings.actor, reason, domain=domain,
+                rate=ratelimit.format_rate(per_second), concurrency=concurrency, burst=burst)
     top_up(store)
     return RateSet(domain, per_second, concurrency, burst)
 
@@ -55,22 +61,35 @@ def scope_of(domain: str | None, intake: bool) -> str:
     return DOMAIN if domain else INTAKE if intake else DELIVERY
 
 
-def pause(store: Store, domain: str | None = None, intake: bool = False) -> str:
-    """Pause delivery to one domain, the SMTP intake, or all delivery; returns the scope."""
+def pause(store: Store, domain: str | None = None, intake: bool = False, reason: str = "",
+          for_s: float | None = None) -> str:
+    """Pause delivery to one domain, the SMTP intake, or all delivery, for for_s seconds or
+    until resumed; noted (why, who, until when) and audited. Returns the scope."""
     scope = scope_of(domain, intake)
+    name = domain.lower() if domain else None
+    ttl_ms = max(1, round(for_s * 1000)) if for_s is not None else None
     if scope == DOMAIN:
-        ratelimit.pause_domain(store.client, str(domain))
+        ratelimit.pause_domain(store.client, str(name))
     elif scope == INTAKE:
-        door.pause(store.client)
+        door.pause(store.client, ttl_ms)
     else:
-        ratelimit.pause(store.client)
+        ratelimit.pause(store.client, ttl_ms)
+    until = time.time() + for_s if for_s is not None else None
+    actor = store.settings.actor
+    pauses.note(store.client, scope, name, actor, reason, until)
+    audit.write(store.client, "pause", actor, reason, scope=scope, name=name,
+                until=f"{until:.3f}" if until is not None else None)
     return scope
 
 
-def resume(store: Store, domain: str | None = None, intake: bool = False) -> int:
-    """Undo `pause` for the same scope; returns how many parked messages went back to ready
-    (a domain's only). Delivery that starts again gets its work tokens."""
+def resume(store: Store, domain: str | None = None, intake: bool = False, reason: str = "",
+           actor: str | None = None) -> int:
+    """Undo `pause` for the same scope (audited); returns how many parked messages went back
+    to ready (a domain's only). Delivery that starts again gets its work tokens."""
     scope = scope_of(domain, intake)
+    name = domain.lower() if domain else None
+    pauses.clear(store.client, scope, name)
+    audit.write(store.client, "resume", actor or store.settings.actor, reason, scope=scope, name=name)
     if scope == INTAKE:
         door.resume(store.client)
         return 0
@@ -91,3 +110,12 @@ def close_breaker(store: Store, name: str, actor: str, note: str = "") -> int | 
     if released is not None:
         top_up(store)
     return released
+
+
+def lapse(store: Store, now: float | None = None) -> int:
+    """Resume the domains whose timed pause (`drain pause --domain D --for DUR`) is over;
+    returns how many."""
+    lapsed = pauses.lapsed_domains(store.client, now)
+    for name in lapsed:
+        resume(store, name, reason="the pause's time is over", actor="timer")
+    return len(lapsed)

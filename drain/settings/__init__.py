@@ -125,6 +125,8 @@ class Settings:
     retry_max_s: float = setting("DRAIN_RETRY_MAX", 4000.0, v.number(0.0), "retry", "longest gap between retries")
     max_lifetime_s: float = setting("DRAIN_MAX_LIFETIME", 5 * 24 * 3600.0, v.number(1.0), "retry",
                                     "seconds a message may stay queued before it bounces as expired")
+    delay_warning_s: float = setting("DRAIN_DELAY_WARNING", 0.0, v.number(0.0), "retry",
+                                     "seconds queued after which the sender is told once of the delay (0: never)")
 
     # -- smtpd: the SMTP ingress (`drain smtpd`)
     smtpd_listen: tuple[str, int] = setting("DRAIN_SMTPD_LISTEN", ("127.0.0.1", 2526), parse_listen, "smtpd",

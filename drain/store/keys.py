@@ -56,7 +56,8 @@ QUARANTINE = f"{PREFIX}:quarantine"
 # Operator rules that quarantine matching mail: field rule id -> JSON (hash), and the id counter.
 RULES = f"{PREFIX}:rules"
 RULE_SEQ = f"{PREFIX}:rules:seq"
-# Every operator action on quarantine: who, when, what (stream, capped).
+# Every operator action: who, when, what, why (stream, capped): quarantine, rules, rates,
+# pauses, breakers, bulk actions (drain/ops/audit.py reads it).
 AUDIT = f"{PREFIX}:audit"
 # Circuit breakers by destination domain: consecutive failures, times opened, open until (hashes).
 BREAKER_FAILS = f"{PREFIX}:breaker:fails"
@@ -102,6 +103,14 @@ UNPARKED = f"{PREFIX}:unparked"
 INTAKE_PAUSED = f"{PREFIX}:intake:paused"
 # Held by whichever worker runs housekeeping this round.
 HOUSEKEEPING_LOCK = f"{PREFIX}:housekeeping"
+# Pauses with their why, who and until when: "delivery", "intake" or "domain:NAME" -> JSON
+# {reason, actor, since, until} (hash). The pause itself is PAUSED, INTAKE_PAUSED (which
+# expire by themselves for `drain pause --for`) or PAUSED_DOMAINS (lapsed by housekeeping).
+PAUSES = f"{PREFIX}:pauses"
+# Where the lifetime scan of queued mail goes on from: "deferred" -> ZSCAN cursor,
+# "parked:DOMAIN" -> list offset (hash); and the lock that spaces its rounds.
+LIFETIME_CURSOR = f"{PREFIX}:lifetime:cursor"
+LIFETIME_LOCK = f"{PREFIX}:lifetime:lock"
 # Counter bumped just before WAIT / WAITAOF, so the wait covers the writes before it.
 DURABLE = f"{PREFIX}:durable"
 

@@ -41,4 +41,5 @@ class Scripts:
         self.adapt: Script = client.register_script(source("adapt"))
         self.narrow: Script = client.register_script(source("narrow"))
         self.adopt: Script = client.register_script(source("adopt"))
+        self.act: Script = client.register_script(source("act"))
         self.event: Script = client.register_script(source("event"))

@@ -24,19 +24,31 @@ def _block(fields: list[tuple[str, str]]) -> Message:
     return block
 
 
+# What each kind of report says: subject, first line, the Action field (RFC 3464 2.3.3).
+KINDS = {
+    "failed": ("Undelivered Mail Returned to Sender",
+               "Your message could not be delivered to one or more recipients:", "failed"),
+    "delayed": ("Delayed Mail (still being retried)",
+                "Your message has not been delivered yet to these recipients; the mail system will go "
+                "on trying, and you need not send it again:", "delayed"),
+}
+
+
 def build(raw: bytes, envelope: Envelope, failed: dict[str, str], msg_id: str,
-          reporting_mta: str | None = None, arrival: float | None = None) -> bytes:
-    """A multipart/report for `failed` recipients (address -> the relay's reply)."""
+          reporting_mta: str | None = None, arrival: float | None = None, kind: str = "failed") -> bytes:
+    """A multipart/report for `failed` recipients (address -> the relay's reply); kind
+    "delayed" makes it a delay warning (the recipients are still being tried)."""
+    subject, opening, action = KINDS[kind]
     mta = reporting_mta or socket.gethostname()
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{mta}>"
     report["To"] = envelope.sender
-    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Subject"] = subject
     report["Date"] = formatdate(localtime=False)
     report["Message-ID"] = make_msgid(domain=mta)
     report["Auto-Submitted"] = "auto-replied"
     lines = [f"This is the mail system at {mta}.", "",
-             "Your message could not be delivered to one or more recipients:", ""]
+             opening, ""]
     lines += [f"<{rcpt}>: {reply}" for rcpt, reply in failed.items()]
     report.attach(MIMEText("\n".join(lines) + "\n", "plain", "utf-8"))
 
@@ -48,7 +60,7 @@ def build(raw: bytes, envelope: Envelope, failed: dict[str, str], msg_id: str,
         words = reply.split()
         code = words[0] if words and words[0].isdigit() else "554"
         enhanced = next((w for w in words[1:2] if w.count(".") == 2 and w[:1].isdigit()), code[0] + ".0.0")
-        blocks.append(_block([("Final-Recipient", f"rfc822; {rcpt}"), ("Action", "failed"), ("Status", enhanced),
+        blocks.append(_block([("Final-Recipient", f"rfc822; {rcpt}"), ("Action", action), ("Status", enhanced),
                               ("Diagnostic-Code", f"smtp; {reply}"), ("Last-Attempt-Date", formatdate())]))
     status = MIMEBase("message", "delivery-status")
     status.set_payload(blocks)

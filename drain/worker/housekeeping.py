@@ -1,7 +1,8 @@
 """Periodic upkeep shared by all workers: one of them does it each round, under a lock.
 
-A round gives a dead worker's messages back, moves due deferred mail to ready, samples
-the delivery pace, and keeps enough batch jobs queued.
+A round gives a dead worker's messages back, moves due deferred mail to ready, lifts timed
+domain pauses that are over, expires waiting mail past its lifetime (and warns of delays),
+samples the delivery pace, and keeps enough batch jobs queued.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import redis
 from drain.flow.gate import unpark_all
 from drain.observe.backlog import sample_history
 from drain.observe.deferred import drop_stale
+from drain.ops.control import lapse
 from drain.ops.quarantine import Quarantine
 from drain.store import keys
 from drain.store.store import Store
+from drain.worker import lifetime
 from drain.worker.dispatch import ensure_tokens, ready_due
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,9 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     promoted = _step("promote due deferred mail", store.promote_due, 0)
     _step("drop stale held ids", lambda: drop_stale(store, time.time()), None)
     _step("age fresh mail", lambda: store.age_fresh(store.settings.fresh_max_age_s), 0)
+    _step("lift timed domain pauses that are over", lambda: lapse(store), None)
     _step("move parked mail back", lambda: unpark_all(store), None)
+    _step("expire waiting mail past its lifetime", lambda: lifetime.scan(store, force=force), None)
     expired = _step("expire quarantine",
                     lambda: Quarantine(store).expire(store.settings.quarantine_retention_s), 0)
     if expired:

@@ -1,0 +1,140 @@
+"""Pause and resume (with why and for how long), `pause list`, and `drain audit`. What they
+change is done by drain.ops.control; these parse and print."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import click
+
+from drain.cli.actions import duration_option
+from drain.cli.cells import on_each
+from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
+from drain.cli.render import emit, when
+from drain.cli.terminal import safe
+from drain.flow import ratelimit
+from drain.ops import audit as audit_log
+from drain.ops import control, pauses, tenants
+from drain.trace import when as moments
+
+
+@click.group(invoke_without_command=True)
+@click.option("--intake", "intake_only", is_flag=True,
+              help="Close the SMTP ingress instead (it answers 421); delivery goes on.")
+@click.option("--domain", callback=domain_option, help="Pause only delivery to this destination domain.")
+@click.option("--tenant", "tenant_name", default=None, help="Pause only delivery of this (known) tenant's mail.")
+@click.option("--reason", default="", help="Why, for `pause list` and the audit log.")
+@click.option("--for", "for_s", callback=duration_option, metavar="DURATION",
+              help="Resume by itself after this long (90s, 15m, 2h, 7d).")
+@json_option('Print {"scope", "name", "paused", "reason", "until"} as JSON.')
+@click.pass_context
+def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name: str | None, reason: str,
+          for_s: float | None, as_json: bool) -> None:
+    """Stop delivery on all workers (accepting goes on); with --intake, stop SMTP intake instead.
+    `drain pause list` shows what is paused."""
+    if ctx.invoked_subcommand is not None:
+        if intake_only or domain or tenant_name or reason or for_s is not None or as_json:
+            raise click.UsageError("options of `drain pause` go after it, not before `list`")
+        return
+    obj = ctx.find_object(Context)
+    assert obj is not None
+    if tenant_name is not None:
+        _only_tenant(intake_only, domain, for_s)
+        on_each(obj, lambda store: tenants.pause(store, tenant_name))
+        emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
+            safe(f"delivery of tenant {tenant_name} paused"))
+        return
+    scope = on_each(obj, lambda store: control.pause(store, domain, intake_only, reason, for_s))
+    name = domain.lower() if domain else None
+    listed = [row for row in on_each(obj, lambda store: pauses.listing(store.client))
+              if row["scope"] == scope and row["name"] == name]
+    until = listed[0]["until"] if listed else None
+    if as_json:
+        emit({"scope": scope, "name": name, "paused": True, "reason": reason, "until": until})
+        return
+    what = {control.DOMAIN: f"delivery to {name} paused", control.INTAKE: "intake paused (SMTP ingress answers 421)",
+            control.DELIVERY: "delivery paused"}[scope]
+    click.echo(safe(what + (f" until {when(until)}" if until else "")))
+
+
+@pause.command("list")
+@json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until"}].')
+@pass_ctx
+def pause_list(obj: Context, as_json: bool) -> None:
+    """What is paused (delivery, intake, domains), why, by whom, since and until when."""
+    rows: list[dict[str, Any]] = on_each(obj, lambda store: pauses.listing(store.client))
+    if as_json:
+        emit(rows)
+        return
+    if not rows:
+        click.echo("nothing is paused")
+    for row in rows:
+        what = f"{row['scope']} {row['name']}" if row["name"] else row["scope"]
+        click.echo(safe(f"{what}: paused since {when(row['since'] or 0)} by {row['actor'] or '?'}"
+                        f" until {when(row['until']) if row['until'] else 'resumed'}"
+                        + (f" ({row['reason']})" if row["reason"] else "")))
+
+
+@click.command()
+@click.option("--intake", "intake_only", is_flag=True, help="Reopen the SMTP ingress instead.")
+@click.option("--domain", callback=domain_option, help="Resume only delivery to this destination domain.")
+@click.option("--tenant", "tenant_name", default=None, help="Resume only delivery of this tenant's mail.")
+@click.option("--reason", default="", help="Why, for the audit log.")
+@json_option('Print {"scope", "name", "paused", "unparked"} as JSON.')
+@pass_ctx
+def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str | None, reason: str,
+           as_json: bool) -> None:
+    """Start delivery again; with --intake, reopen SMTP intake instead."""
+    if tenant_name is not None:
+        _only_tenant(intake_only, domain, None)
+        on_each(obj, lambda store: tenants.resume(store, tenant_name))
+        emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
+            safe(f"delivery of tenant {tenant_name} resumed"))
+        return
+    scope = control.scope_of(domain, intake_only)
+    moved: int = on_each(obj, lambda store: control.resume(store, domain, intake_only, reason), _total)
+    # A rate of 0 holds delivery as a pause does, but only `rate set` lifts it: say so rather
+    # than report delivery as going again while nothing moves (the first cell's rate tells).
+    limits = on_each(obj, lambda store: ratelimit.show(store.client)) if scope != control.INTAKE else {}
+    held = bool(limits.get("held")) if scope != control.DOMAIN else bool(
+        cast(dict[str, dict[str, Any]], limits.get("domains", {})).get(str(domain).lower(), {}).get("held"))
+    if as_json:
+        doc: dict[str, Any] = {"scope": scope, "name": domain.lower() if domain else None, "paused": False,
+                               "unparked": moved}
+        emit(doc if scope == control.INTAKE else {**doc, "held": held})
+        return
+    if scope == control.DOMAIN:
+        click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
+    else:
+        click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
+    if held:
+        where = f" --domain {str(domain).lower()}" if scope == control.DOMAIN else ""
+        click.echo(safe(f"drain: still held: the rate is 0; `drain rate set RATE{where}` (or unlimited) "
+                        "lets it go"), err=True)
+
+
+def _total(counts: list[int]) -> int:
+    return sum(counts)
+
+
+def _only_tenant(intake_only: bool, domain: str | None, for_s: float | None) -> None:
+    if intake_only or domain is not None:
+        raise click.UsageError("--tenant does not go with --intake or --domain")
+    if for_s is not None:
+        raise click.UsageError("--for does not go with --tenant yet: resume it with `drain resume --tenant`")
+
+
+@click.command()
+@click.option("--since", callback=parsed(moments.parse), metavar="TIME",
+              help="Only records from then on: a duration ago (2h), unix seconds or ISO 8601.")
+@json_option('JSON lines {"time", "actor", "action", "reason", ...}.')
+@pass_ctx
+def audit(obj: Context, since: float | None, as_json: bool) -> None:
+    """Operator actions, oldest first: quarantine, rules, rates, pauses, bulk actions."""
+    for entry in audit_log.entries(obj.client.redis, since):
+        if as_json:
+            emit(entry)
+            continue
+        rest = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "actor", "action", "reason") and v)
+        click.echo(safe(f"{when(entry['time'])} {entry['actor'] or '?'} {entry['action']}"
+                        + (f" ({entry['reason']})" if entry["reason"] else "") + (f" {rest}" if rest else "")))

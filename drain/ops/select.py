@@ -1,0 +1,221 @@
+"""Which queued messages an operator's action is about: selectors (ids, destination domain,
+sender glob, age, state), where each message is now, and the time and duration words the
+commands take (`30s`, `15m`, `2h`, `7d`; times are drain.trace.when's).
+
+Reads only: the moves are in drain.ops.actions (act.lua checks each place again).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from drain.errors import ConfigError, InputError
+from drain.store import books, keys, record, tenancy
+
+# The states a queued message can be in, as `drain show` names them: on a ready lane (or the
+# suspect list), deferred by the relay, held for its domain's rate or by a breaker (both in
+# the deferred set), parked behind its domain, quarantined (operator holds included). In
+# flight is a state too, but no action takes mail a worker holds.
+STATES = ("ready", "deferred", "held", "parked", "quarantined")
+IN_FLIGHT = "in_flight"
+# The place act.lua checks for each state.
+PLACE = {"ready": "l", "parked": "l", "deferred": "d", "held": "d", "quarantined": "q"}
+PAGE = 1000
+# The reason code of mail put on hold by an operator (`drain hold`).
+HOLD_CODE = "operator.hold"
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `2h`, `7d` or `1w` (ConfigError when it is not one)."""
+    match = _DURATION.match(text)
+    seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()] if match else math.nan
+    if not math.isfinite(seconds):
+        raise ConfigError(f"a duration looks like 90s, 15m, 2h or 7d; got {text!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Selector:
+    ids: tuple[str, ...] = ()
+    domain: str | None = None  # any recipient at this domain
+    sender: str | None = None  # a glob on the envelope sender, case-insensitive
+    older_than_s: float | None = None
+    states: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ids or self.domain or self.sender or self.older_than_s is not None or self.states)
+
+    def describe(self) -> str:
+        """The selectors as options, for the audit record."""
+        parts = [f"--{name} {value}" for name, value in (("domain", self.domain), ("sender", self.sender),
+                                                            ("older-than", self.older_than_s)) if value is not None]
+        parts += [f"--state {s}" for s in self.states]
+        return " ".join([*parts, *self.ids[:20]] + (["..."] if len(self.ids) > 20 else []))
+
+    @property
+    def filters(self) -> bool:
+        """Whether it looks at a message's envelope or age (else only at where it is)."""
+        return bool(self.domain or self.sender or self.older_than_s is not None)
+
+    def matches(self, envelope: object, accepted: object, now: float) -> bool:
+        """Whether a message's stored envelope and acceptance time (raw HMGET values) pass;
+        a message whose fields cannot be read passes only selectors that do not read them."""
+        if not self.filters:
+            return envelope is not None or accepted is not None
+        try:
+            sender, recipients, *_rest = json.loads(cast(bytes, envelope))
+            accepted_at = float(cast(bytes, accepted))
+        except (TypeError, ValueError):
+            return False
+        if not isinstance(sender, str) or not isinstance(recipients, list):
+            return False
+        if self.domain and not any(str(r).rpartition("@")[2].lower() == self.domain for r in recipients):
+            return False
+        if self.sender and not _glob(self.sender).match(sender.lower()):
+            return False
+        return self.older_than_s is None or now - accepted_at >= self.older_than_s
+
+
+@functools.cache
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern.lower()))
+
+
+@dataclass(frozen=True)
+class Found:
+    id: str
+    state: str
+
+    @property
+    def place(self) -> str:
+        return PLACE[self.state]
+
+
+def _text(values: list[bytes]) -> list[str]:
+    return [books.text(v) for v in values]
+
+
+def _paged(client: redis.Redis, key: str, listed: bool) -> Iterator[str]:
+    """Every member of a list (listed) or sorted set, in order, a page at a time."""
+    read = client.lrange if listed else client.zrange
+    start = 0
+    while True:
+        page = _text(cast(list[bytes], read(key, start, start + PAGE - 1)))
+        yield from page
+        if len(page) < PAGE:
+            return
+        start += PAGE
+
+
+def parked_domains(client: redis.Redis, domain: str | None = None) -> list[str]:
+    names = sorted(_text(list(cast(set[bytes], client.smembers(keys.PARKED_DOMAINS)))))
+    return [d for d in names if domain is None or d == domain]
+
+
+def candidates(client: redis.Redis, states: tuple[str, ...], domain: str | None = None) -> Iterator[tuple[str, str]]:
+    """(id, state) of every message in the states, each id once (a parked list only for
+    `domain` when given). Ids in the swept set are on their way out and left aside."""
+    swept = set(_text(list(cast(set[bytes], client.smembers(keys.SWEPT)))))
+    seen: set[str] = set()
+    held = set(_paged(client, keys.HELD_RATE, False)) | set(_paged(client, keys.HELD_BREAKER, False))
+    sources: list[tuple[str, Iterator[str]]] = []
+    if "ready" in states:
+        lanes = [keys.lane(lane, t) for t in tenancy.names(client) for lane in keys.LANES]
+        sources += [("ready", _paged(client, k, True)) for k in (*lanes, *keys.LEGACY_READY, keys.SUSPECT)]
+    if "deferred" in states or "held" in states:
+        sources.append(("deferred", _paged(client, keys.DEFERRED, False)))
+    if "parked" in states:
+        sources += [("parked", _paged(client, keys.parked(d), True)) for d in parked_domains(client, domain)]
+    if "quarantined" in states:
+        sources.append(("quarantined", _paged(client, keys.QUARANTINE, False)))
+    for state, ids in sources:
+        for msg_id in ids:
+            state_now = "held" if state == "deferred" and msg_id in held else state
+            if msg_id in seen or state_now not in states or (PLACE[state_now] == "l" and msg_id in swept):
+                continue
+            seen.add(msg_id)
+            yield msg_id, state_now
+
+
+def state_of(client: redis.Redis, msg_id: str) -> str | None:
+    """Where one message is now; None when drain holds no such queued message."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hexists(keys.INFLIGHT, msg_id)
+    pipe.zscore(keys.DEFERRED, msg_id)
+    pipe.zscore(keys.HELD_RATE, msg_id)
+    pipe.zscore(keys.HELD_BREAKER, msg_id)
+    pipe.zscore(keys.QUARANTINE, msg_id)
+    pipe.sismember(keys.SWEPT, msg_id)
+    pipe.hget(keys.message(msg_id), record.DOMAIN)
+    pipe.exists(keys.message(msg_id))
+    inflight, deferred, rate, brk, quarantined, swept, domain, exists = pipe.execute()
+    if inflight:
+        return IN_FLIGHT
+    if quarantined is not None:
+        return "quarantined"
+    if deferred is not None:
+        return "held" if rate is not None or brk is not None else "deferred"
+    if not exists or swept:
+        return None
+    parked = client.lpos(keys.parked(books.text(domain)), msg_id) if domain else None
+    return "parked" if parked is not None else "ready"
+
+
+def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
+           now: float | None = None) -> tuple[list[Found], dict[str, str]]:
+    """The messages the selector picks among the allowed states, oldest place first, and
+    those it names that are elsewhere (id -> state: in flight, or not a state the action
+    takes). An id drain does not hold is an InputError, before anything is changed."""
+    now = time.time() if now is None else now
+    states = tuple(s for s in (sel.states or allowed) if s in allowed)
+    skipped: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    if sel.ids:
+        where = {msg_id: state_of(client, msg_id) for msg_id in dict.fromkeys(sel.ids)}
+        unknown = [msg_id for msg_id, state in where.items() if state is None]
+        if unknown:
+            raise InputError(f"unknown id: {', '.join(unknown[:10])} (not queued, held or quarantined)")
+        for msg_id, state in where.items():
+            if state in states:
+                pairs.append((msg_id, str(state)))
+            else:
+                skipped[msg_id] = str(state)
+    else:
+        pairs = list(candidates(client, states, sel.domain))
+    return _matching(client, sel, pairs, now), skipped
+
+
+def _matching(client: redis.Redis, sel: Selector, pairs: list[tuple[str, str]], now: float) -> list[Found]:
+    """The (id, state) pairs whose message passes the selector, read a page at a time."""
+    found: list[Found] = []
+    for start in range(0, len(pairs), PAGE):
+        page = pairs[start:start + PAGE]
+        pipe = client.pipeline(transaction=False)
+        for msg_id, _state in page:
+            pipe.hmget(keys.message(msg_id), [record.ENVELOPE, record.ACCEPTED])
+        for (msg_id, state), reply in zip(page, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, list) and sel.matches(reply[0], reply[1], now):
+                found.append(Found(msg_id, state))
+    return found
+
+
+def in_flight(client: redis.Redis, sel: Selector, now: float | None = None) -> list[str]:
+    """Ids a worker holds now that the selector would pick (they are left to the worker)."""
+    if sel.ids:
+        return []
+    ids = _text(cast(list[bytes], client.hkeys(keys.INFLIGHT)))
+    return [f.id for f in _matching(client, sel, [(i, IN_FLIGHT) for i in ids], time.time() if now is None else now)]
