@@ -183,7 +183,7 @@ def ingress_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [f"Accepted over SMTP, {rounds} round(s), load average {min(loads, default=0)}-{max(loads, default=0)} "
              "(a message counts once its 250 came; drain's are checked in Redis, Postfix's in its hold queue). "
              "msg/s: median of the rounds [each round]; drain/Postfix: ratio of the medians [range of the "
-             "ratios within a round]; peak RSS: largest process (its name) / sum at one moment, MB, "
+             "ratios within a round]; peak RSS: largest process's RSS (its name) / PSS sum at one moment, MB, "
              "in N processes, highest of the rounds:", "",
              "| server | client | sessions | messages | msg/s | drain/Postfix | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]

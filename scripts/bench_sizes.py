@@ -204,8 +204,8 @@ def sizes_markdown(rows: list[dict[str, Any]]) -> str:
     loads = [r["load_average"] for r in rows]
     lines = [f"Size series (same held queue, same smtp-sink), {max(r['round'] for r in rows)} round(s), load "
              f"average {min(loads)}-{max(loads)}. msg/s: median [each round]; drain/Postfix: ratio of the "
-             "medians [range within a round]; peak RSS while delivering: largest process (its name) / sum at one "
-             "moment, MB, in N processes, highest of the rounds:", "",
+             "medians [range within a round]; peak RSS while delivering: largest process's RSS (its name) / "
+             "PSS sum at one moment, MB, in N processes, highest of the rounds:", "",
              "| size | system | messages | msg/s | MB/s | drain/Postfix | peak RSS MB | enqueue msg/s |",
              "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -230,8 +230,9 @@ def sizes_markdown(rows: list[dict[str, Any]]) -> str:
             ratio = f"{median / statistics.median(theirs.values()):.2f}x [{min(within):.2f}-{max(within):.2f}]"
         rss = max((r.get("peak_rss") or {} for r in group), key=lambda s: s.get("sum_mb", 0))
         enqueue = statistics.median(r["enqueue_per_s"] for r in group) if "enqueue_per_s" in first else None
+        mb_per_s = statistics.median(r["mb_per_s"] for r in group)
         lines.append(f"| {first['label']} | {system} | {first['messages']:,} | {median:,.0f} "
-                     f"[{', '.join(f'{x:,.0f}' for x in rates)}] | {statistics.median(r['mb_per_s'] for r in group)} "
+                     f"[{', '.join(f'{x:,.0f}' for x in rates)}] | {mb_per_s:.2f} "
                      f"| {ratio} | {brief(rss)} | {f'{enqueue:,.0f}' if enqueue else ''} |")
     injected = [r for r in rows if "inject_per_s" in r]
     if injected:

@@ -4,7 +4,9 @@ psutil finds the processes (a root and all its descendants, sampled every `every
 seconds, so workers forked later and Postfix's on-demand daemons are found too); each
 process's peak is the kernel's own high-water mark (VmHWM in /proc/PID/status), so a spike
 between two samples is not missed. Where /proc has no VmHWM, the largest RSS psutil saw
-stands in. The sum over a tree is sampled: the largest total RSS seen at one moment.
+stands in. The sum over a tree is sampled: the largest total PSS (proportional set size:
+pages shared between processes, such as a forked parent's or shared libraries, counted
+once across them) seen at one moment.
 """
 
 from __future__ import annotations
@@ -70,17 +72,18 @@ class PeakRss:
                 continue
             for proc in procs:
                 try:
-                    rss = proc.memory_info().rss
+                    full = proc.memory_full_info()
+                    rss = full.rss
                     name = proc.name()
                 except psutil.Error:
                     continue
-                total += rss
+                total += getattr(full, "pss", rss)
                 peak = max(high_water(proc.pid) or 0, rss, self.peaks.get(proc.pid, ("", 0))[1])
                 self.peaks[proc.pid] = (name, peak)
         self.total_peak = max(self.total_peak, total)
 
     def summary(self) -> dict[str, Any]:
-        """Peaks in MB: the largest process, the largest sum at one moment, and by process name."""
+        """Peaks in MB: the largest process (RSS), the largest PSS sum at one moment, by process name."""
         by_name: dict[str, float] = {}
         for name, peak in self.peaks.values():
             by_name[name] = max(by_name.get(name, 0.0), round(peak / MB, 1))
@@ -90,7 +93,7 @@ class PeakRss:
 
 
 def brief(summary: dict[str, Any] | None) -> str:
-    """One table cell: the largest process's peak and the tree's peak sum."""
+    """One table cell: the largest process's peak RSS and the tree's peak PSS sum."""
     if not summary or not summary.get("processes"):
         return ""
     return f"{summary['largest_mb']} ({summary['largest']}) / {summary['sum_mb']} in {summary['processes']}"
