@@ -4,7 +4,8 @@ its own process). Prints a Markdown table and writes JSON with --out.
 
     scripts/bench                         # 100,000 messages through drain, 10,000 through naive RQ
     scripts/bench --messages 20000 --naive-messages 3000 --processes 1,2,4
-    scripts/bench --ingress               # SMTP ingress: msg/s accepted by `drain smtpd`, 1 and 4 clients
+    scripts/bench --ingress               # SMTP ingress: `drain smtpd --processes 1,2` beside Postfix's smtpd
+    scripts/bench --only enqueue          # enqueue_many at 2 and 20 KB, with the cost of each step
     scripts/bench --only backlog          # `drain backlog` on a 1,000,000-message backlog
     scripts/bench --only sizes --messages 20000   # 2/20/100 KB: drain and Postfix (when installed)
     scripts/bench --only cells --messages 20000   # Redis CPU per message, 1/2/3 cells (bench_cells.py)
@@ -15,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import shutil
 import signal
-import smtplib
 import socket
 import statistics
 import subprocess
@@ -46,9 +45,10 @@ from drain.observe.deferred import records
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.embedded import spawn_on_port
-from drain.worker.delivery import wire_form
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_enqueue
+import bench_ingress
 import bench_postfix
 import bench_sizes
 import bench_trace
@@ -275,7 +275,7 @@ def start_workers(url: str, relay: str, processes: int) -> subprocess.Popen[byte
 
 
 @contextmanager
-def listening(cmd: list[str], port: int, env: dict[str, str], name: str) -> Iterator[None]:
+def listening(cmd: list[str], port: int, env: dict[str, str], name: str) -> Iterator[subprocess.Popen[bytes]]:
     """A server process, from the moment it accepts connections until it is told to stop."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -289,84 +289,10 @@ def listening(cmd: list[str], port: int, env: dict[str, str], name: str) -> Iter
                 raise RuntimeError(f"{name} did not start") from None
             time.sleep(0.05)
     try:
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def smtp_client(port: int, first: int, count: int, size: int, ready: Any, go: Any, done: Any) -> None:
-    """One SMTP connection (smtplib, no pipelining) sending `count` messages, after the go signal."""
-    raws = [wire_form(synthetic(i, size=size)) for i in range(first, first + count)]
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
-        smtp.ehlo()
-        ready.put(1)
-        go.wait()
-        for i, raw in enumerate(raws, first):
-            smtp.sendmail("billing@sender.example.com", [f"user{i}@example.com"], raw)
-    done.put(count)
-
-
-def smtp_load(port: int, messages: int, clients: int, size: int) -> float:
-    """Seconds for `clients` processes, one connection each, to have all `messages` accepted."""
-    ctx = multiprocessing.get_context("fork")
-    ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    share = [messages // clients + (1 if n < messages % clients else 0) for n in range(clients)]
-    firsts = [sum(share[:n]) for n in range(clients)]
-    procs = [ctx.Process(target=smtp_client, args=(port, firsts[n], share[n], size, ready, go, done))
-             for n in range(clients)]
-    for proc in procs:
-        proc.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    started = time.perf_counter()
-    go.set()
-    sent = sum(done.get(timeout=3600) for _ in procs)
-    seconds = time.perf_counter() - started
-    for proc in procs:
-        proc.join(timeout=60)
-        if proc.exitcode != 0:
-            raise RuntimeError(f"an SMTP client process failed (exit {proc.exitcode})")
-    assert sent == messages
-    return seconds
-
-
-def bench_ingress(report: Report, client: redis.Redis, counts: list[int], messages: int, size: int) -> None:
-    """`drain smtpd` in its own process against this Redis; smtplib clients in their own processes.
-
-    Each message's 250 comes only after Redis holds it; the books are checked after each run.
-    The same clients against a bare aiosmtpd sink (no Redis) show what the ingress adds.
-    """
-    redis_url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
-    port = free_port()
-    env = dict(os.environ, DRAIN_REDIS_URL=redis_url, DRAIN_SMTPD_SMTPUTF8="true", DRAIN_SMTPD_8BITMIME="true")
-    cmd = [sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
-    with listening(cmd, port, env, "drain smtpd"):
-        for clients in counts:
-            client.flushdb()
-            seconds = smtp_load(port, messages, clients, size)
-            accepted = int(client.hget(keys.BOOKS, "accepted") or 0)
-            if accepted != messages:
-                raise RuntimeError(f"{messages} messages got 250 but Redis holds {accepted}")
-            report.add(name="SMTP ingress (drain smtpd -> Redis)", clients=clients, messages=messages,
-                       seconds=round(seconds, 2), msg_per_s=round(messages / seconds, 1), stored=accepted)
-    port = free_port()
-    with listening([sys.executable, __file__, "--serve-sink", str(port)], port, dict(os.environ), "aiosmtpd sink"):
-        for clients in counts:
-            seconds = smtp_load(port, messages, clients, size)
-            report.add(name="bare aiosmtpd sink (stores nothing)", clients=clients, messages=messages,
-                       seconds=round(seconds, 2), msg_per_s=round(messages / seconds, 1))
-
-
-def ingress_markdown(report: Report) -> str:
-    m = report.machine
-    lines = [f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m.get('redis')}, {m['platform']}; {m['date']}",
-             "", "Messages accepted over SMTP (smtplib, one connection per client process, no pipelining, "
-             f"{report.rows[0]['messages']:,} messages a run):", "",
-             "| server | clients | messages | seconds | msg/s |", "|---|---|---|---|---|"]
-    for r in report.rows:
-        lines.append(f"| {r['name']} | {r['clients']} | {r['messages']:,} | {r['seconds']} | {r['msg_per_s']:,} |")
-    return "\n".join(lines)
 
 
 def bench_rate(report: Report, client: redis.Redis, backlog: int, processes: int, rate: float = 500.0,
@@ -674,12 +600,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--only", choices=["validation", "retry", "rate", "capped", "eta", "backlog", "sizes", "trace"],
-                        help="run only this part")
+    parser.add_argument("--only", help="run only this part",
+                        choices=["validation", "retry", "rate", "capped", "eta", "backlog", "sizes", "enqueue",
+                                 "trace"])
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
     parser.add_argument("--ingress-messages", type=int, default=5000, help="messages per ingress run")
-    parser.add_argument("--clients", default="1,4", help="comma-separated SMTP client counts (--ingress)")
+    parser.add_argument("--clients", default="1,4", help="comma-separated smtplib client counts (--ingress)")
+    parser.add_argument("--smtpd-processes", default="1,2", help="comma-separated `drain smtpd --processes` "
+                        "counts (--ingress)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of --ingress, --only sizes and --only enqueue (medians are reported); "
+                        "events off/on pairs of --only trace")
     parser.add_argument("--backlog", type=int, default=None,
                         help="backlog size for --only rate (default 200,000) or --only backlog (1,000,000)")
     parser.add_argument("--domains", type=int, default=2000, help="destination domains for --only backlog")
@@ -694,7 +626,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20, help="smtp-source sessions (Postfix, --ingress)")
     parser.add_argument("--lookup-messages", type=int, default=1_000_000,
                         help="delivered messages' events loaded for the trace lookup (--only trace)")
-    parser.add_argument("--rounds", type=int, default=3, help="events off/on pairs of runs (--only trace)")
+    parser.add_argument("--cprofile", type=int, default=0, help="--only enqueue: cProfile's top N functions")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -708,7 +640,8 @@ def main() -> None:
         print(markdown(report))
         return
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-               "date": time.strftime("%Y-%m-%d %H:%M")}
+               "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": round(os.getloadavg()[0], 1),
+               "postfix": bench_postfix.version() if bench_postfix.missing() is None else None}
     if args.only == "rate":
         with redis_server() as client:
             report = Report(machine={"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")},
@@ -755,6 +688,13 @@ def main() -> None:
             sys.exit(f"retry benchmark failed: {row['deferrals_off_policy']} deferrals off the backoff policy, "
                      f"{row['lost']} lost, books balanced: {row['balanced']}")
         return
+    if args.only == "enqueue":
+        with redis_server() as client:
+            machine["redis"] = client.info("server")["redis_version"]
+            rows = bench_enqueue.bench_enqueue(client, [int(s) for s in args.sizes.split(",") if s],
+                                               args.size_messages or 20_000, args.rounds, args.cprofile)
+        write(args.out, machine, rows, header(machine) + bench_enqueue.enqueue_markdown(rows))
+        return
     if args.only == "sizes":
         run_sizes(args, machine, args.size_messages or args.messages, args.out)
         return
@@ -763,18 +703,11 @@ def main() -> None:
         return
     if args.ingress:
         with redis_server() as client:
-            report = Report(machine=machine, sink="none")
             machine["redis"] = client.info("server")["redis_version"]
-            clients = [int(c) for c in args.clients.split(",")]
-            bench_ingress(report, client, clients, args.ingress_messages, args.size)
-            rows, postfix_md = bench_postfix.bench_ingress(client, args.ingress_messages, args.sessions, clients,
-                                                           args.size, report.rows)
-        text = ingress_markdown(report) + "\n\n" + postfix_md
-        print(text)
-        report.rows += rows
-        if args.out:
-            args.out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
-            args.out.with_suffix(".md").write_text(text + "\n")
+            rows = bench_ingress.bench_ingress(client, [int(p) for p in args.smtpd_processes.split(",")],
+                                               [int(c) for c in args.clients.split(",") if c],
+                                               args.ingress_messages, args.sessions, args.size, args.rounds)
+        write(args.out, machine, rows, header(machine) + bench_ingress.ingress_markdown(rows))
         return
     with redis_server() as client, smtp_sink(args.sink == "auto") as (relay, sink_name):
         report = Report(machine=machine, sink=sink_name)
@@ -802,13 +735,22 @@ def run_sizes(args: argparse.Namespace, machine: dict[str, Any], count: int, out
         machine = dict(machine, redis=client.info("server")["redis_version"],
                        postfix=bench_postfix.version() if bench_postfix.missing() is None else None)
         report = Report(machine=machine, sink="postfix smtp-sink -c (counting)")
-        bench_sizes.bench_sizes(report, client, count, processes, sizes, args.sessions)
-    m = machine
-    text = (f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m['redis']}, Postfix {m['postfix']}, "
-            f"{m['platform']}; {m['date']}\n\n" + bench_sizes.sizes_markdown(report.rows))
+        bench_sizes.bench_sizes(report, client, count, processes, sizes, args.sessions, args.rounds)
+    write(out, machine, report.rows, header(machine) + bench_sizes.sizes_markdown(report.rows))
+
+
+def header(m: dict[str, Any]) -> str:
+    return (f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m.get('redis')}, Postfix {m.get('postfix')}, "
+            f"{m['platform']}; {m['date']}; load average at the start {m.get('load_average')}\n\n")
+
+
+def write(out: Path | None, machine: dict[str, Any], rows: list[dict[str, Any]], text: str) -> None:
+    """Print the Markdown; with --out, the rows as JSON there and the Markdown beside it (.md)."""
+    machine["load_average_end"] = round(os.getloadavg()[0], 1)
+    text += f"\n\nLoad average at the end: {machine['load_average_end']}"
     print(text)
     if out:
-        out.write_text(json.dumps({"machine": machine, "rows": report.rows}, indent=2))
+        out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
         out.with_suffix(".md").write_text(text + "\n")
 
 

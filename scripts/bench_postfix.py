@@ -15,12 +15,10 @@ Needs the Debian package `postfix` and root (Postfix's master runs as root and d
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -228,6 +226,12 @@ class PostfixInstance:
             lines.append(line)
         (self.config / "master.cf").write_text("\n".join(lines) + "\n")
 
+    def master_pids(self) -> list[int]:
+        """The running master's pid (its daemons are its children), or none."""
+        pid_file = self.root / "spool" / "pid" / "master.pid"
+        text = pid_file.read_text().strip() if pid_file.exists() else ""
+        return [int(text.split()[0])] if text else []
+
     def held(self) -> int:
         return sum(len(files) for _dir, _subdirs, files in os.walk(self.root / "spool" / "hold"))
 
@@ -308,79 +312,10 @@ def stored_recipients(client: Any) -> list[str]:
     return found
 
 
-def bench_ingress(client: Any, messages: int, sessions: int, clients: list[int], size: int,
-                  drain_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """Acceptance over SMTP: smtp-source (`sessions` sessions, a connection per message, 2 KB)
-    into `drain smtpd` and into Postfix's smtpd, and the bench's smtplib clients into Postfix's
-    smtpd (their drain rows come from bench.bench_ingress in the same run). drain's figure
-    counts only when every recipient that got a 250 is found in Redis."""
-    from bench import listening, smtp_load
-
-    rows: list[dict[str, Any]] = []
-    why_not = missing()
-    source = tool("smtp-source")
-    recipient = "user@example.com"
-    if source is not None:
-        client.flushdb()
-        redis_url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
-        port = free_port()
-        env = dict(os.environ, DRAIN_REDIS_URL=redis_url)
-        cmd = [sys.executable, "-m", "drain", "smtpd", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
-        with listening(cmd, port, env, "drain smtpd"):
-            seconds = smtp_source(port, messages, sessions, length=size, recipient=recipient)
-        # -N makes recipient n (counted from 1) "<n>user@example.com": each one must be stored exactly once.
-        found = sorted(stored_recipients(client))
-        expected = sorted(f"{n}{recipient}" for n in range(1, messages + 1))
-        lost = len(set(expected) - set(found))
-        if found != expected:
-            raise RuntimeError(f"{messages} messages got 250 from drain smtpd, Redis holds {len(found)} recipients, "
-                               f"{lost} of them missing")
-        rows.append({"name": "drain smtpd -> Redis", "client": f"smtp-source -s {sessions} -l {size}",
-                     "sessions": sessions, "messages": messages, "seconds": round(seconds, 2),
-                     "msg_per_s": round(messages / seconds, 1), "checked_in_redis": len(found)})
-    if why_not is None:
-        with CountingSink() as sink, PostfixInstance(sink.port) as postfix:
-            seconds = postfix.inject(messages, sessions, length=size, recipient=recipient)
-            held = _all_held(postfix, messages)
-            rows.append({"name": f"Postfix {version()} smtpd -> its queue", "client":
-                         f"smtp-source -s {sessions} -l {size}", "sessions": sessions, "messages": messages,
-                         "seconds": round(seconds, 2), "msg_per_s": round(messages / seconds, 1), "held": held})
-            for n in clients:
-                seconds = smtp_load(postfix.smtpd_port, messages, n, size)
-                held = _all_held(postfix, messages)
-                rows.append({"name": f"Postfix {version()} smtpd -> its queue", "client": "smtplib",
-                             "sessions": n, "messages": messages, "seconds": round(seconds, 2),
-                             "msg_per_s": round(messages / seconds, 1), "held": held})
-    for row in rows:
-        print(json.dumps(row), file=sys.stderr, flush=True)
-    return rows, ingress_markdown(rows, drain_rows, why_not)
-
-
-def _all_held(postfix: PostfixInstance, messages: int) -> int:
+def all_held(postfix: PostfixInstance, messages: int) -> int:
     """Check that every message that got a 250 is in Postfix's hold queue, then empty it."""
     held = postfix.held()
     if held != messages:
         raise RuntimeError(f"{messages} messages got 250 from Postfix's smtpd, its hold queue has {held}")
     postfix.delete_all()
     return held
-
-
-def ingress_markdown(rows: list[dict[str, Any]], drain_rows: list[dict[str, Any]], why_not: str | None) -> str:
-    lines = ["Accepted over SMTP, drain and Postfix in this run (a message counts once its 250 came; "
-             "drain's are checked in Redis, Postfix's in its hold queue):", "",
-             "| server | client | sessions | messages | seconds | msg/s | drain/Postfix |",
-             "|---|---|---|---|---|---|---|"]
-    drain = {("smtp-source", r["sessions"]): r["msg_per_s"] for r in rows if r["name"].startswith("drain")}
-    drain.update({("smtplib", r["clients"]): r["msg_per_s"] for r in drain_rows
-                  if r["name"].startswith("SMTP ingress")})
-    postfix = {("smtplib" if r["client"] == "smtplib" else "smtp-source", r["sessions"]): r["msg_per_s"]
-               for r in rows if r["name"].startswith("Postfix")}
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['client']} | {r['sessions']} | {r['messages']:,} | {r['seconds']} | "
-                     f"{r['msg_per_s']:,} | |")
-    for (kind, n), rate in sorted(drain.items()):
-        if (kind, n) in postfix:
-            lines.append(f"| drain/Postfix | {kind} | {n} | | | | {rate / postfix[(kind, n)]:.2f}x |")
-    if why_not is not None:
-        lines.append(f"| Postfix smtpd | | | | | not measured: {why_not.replace('|', chr(92) + '|')} | |")
-    return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from typing import Any
 
 import bench_postfix
 import redis
+from peak_rss import PeakRss, brief
 
 from drain.api import Client
 from drain.demo.seeding import DOMAINS, synthetic
@@ -109,6 +111,7 @@ def drain_run(client: redis.Redis, sink: Any, raws: list[bytes], processes: int)
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
                              "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
+    rss = PeakRss(lambda: [proc.pid]).__enter__()
     try:
         while True:
             done = sum(int(v or 0) for v in client.hmget(keys.BOOKS, ["delivered", "quarantined", "bounced"]))
@@ -121,22 +124,40 @@ def drain_run(client: redis.Redis, sink: Any, raws: list[bytes], processes: int)
             time.sleep(0.01)
         seconds = time.perf_counter() - started
     finally:
+        rss.__exit__(None, None, None)
         proc.wait(timeout=120)
     books = api.store.books()
     if books.delivered != count:
         raise RuntimeError(f"drain delivered {books.delivered} of {count} (quarantined {books.quarantined}, "
                            f"bounced {books.bounced}): the series needs messages that validate")
     row: dict[str, Any] = {"seconds": round(seconds, 2), "msg_per_s": round(count / seconds, 1),
-                           "enqueue_per_s": round(count / enqueue_s), "delivered": books.delivered}
+                           "enqueue_per_s": round(count / enqueue_s), "delivered": books.delivered,
+                           "peak_rss": rss.summary()}
     if counting:
         sink.wait_for(count, time.perf_counter(), timeout_s=30)
         row["sink_counted"] = sink.since()
     return row
 
 
+def postfix_run(postfix: bench_postfix.PostfixInstance, sink: Any, sample: bytes, tmp: Path, count: int,
+                sessions: int) -> dict[str, Any]:
+    """Inject `count` copies of `sample` (held), then time their release into the sink."""
+    path = tmp / "sample.eml"
+    path.write_bytes(sample)
+    inject_s = postfix.inject(count, sessions, path)
+    held = postfix.held()
+    if held != count:
+        raise RuntimeError(f"Postfix holds {held} of {count} injected messages")
+    with PeakRss(postfix.master_pids) as rss:
+        seconds = postfix.release(sink, count)
+    return {"seconds": round(seconds, 2), "msg_per_s": round(count / seconds, 1),
+            "mb_per_s": round(count * len(sample) / seconds / 1e6, 2), "inject_seconds": round(inject_s, 2),
+            "inject_per_s": round(count / inject_s, 1), "sink_counted": sink.since(), "peak_rss": rss.summary()}
+
+
 def bench_sizes(report: Any, client: redis.Redis, count: int, processes: list[int], sizes: list[int],
-                sessions: int = 20) -> None:
-    """Per size: Postfix (when it can run here) and drain with each process count, one sink."""
+                sessions: int = 20, rounds: int = 1) -> None:
+    """Per size and round: Postfix (when it can run here) and drain with each process count, one sink."""
     why_not = bench_postfix.missing()
     if why_not is not None and bench_postfix.tool("smtp-sink") is None:
         from bench import smtp_sink
@@ -156,55 +177,66 @@ def bench_sizes(report: Any, client: redis.Redis, count: int, processes: list[in
             for size in sizes:
                 raws = [message(i, size) for i in range(count)]
                 avg = sum(map(len, raws)) / count
-                common = {"part": "sizes", "size": size, "label": label(size), "messages": count,
-                          "avg_message_bytes": round(avg)}
-                if postfix is not None:
-                    sample = Path(tmp) / f"{size}.eml"
-                    sample.write_bytes(raws[0])
-                    inject_s = postfix.inject(count, sessions, sample)
-                    held = postfix.held()
-                    if held != count:
-                        raise RuntimeError(f"Postfix holds {held} of {count} injected messages")
-                    seconds = postfix.release(sink, count)
-                    report.add(name=f"Postfix {bench_postfix.version()}", **common, seconds=round(seconds, 2),
-                               msg_per_s=round(count / seconds, 1), mb_per_s=round(count * avg / seconds / 1e6, 2),
-                               inject_seconds=round(inject_s, 2), inject_per_s=round(count / inject_s, 1),
-                               sink_counted=sink.since())
-                else:
-                    report.add(name="Postfix", **common, missing=why_not)
-                for n in processes:
-                    row = drain_run(client, sink, raws, n)
-                    report.add(name="drain", processes=n, **common, **row,
-                               mb_per_s=round(count * avg / row["seconds"] / 1e6, 2))
+                for round_no in range(1, rounds + 1):
+                    common = {"part": "sizes", "size": size, "label": label(size), "messages": count,
+                              "avg_message_bytes": round(avg), "round": round_no,
+                              "load_average": round(os.getloadavg()[0], 1)}
+                    if postfix is not None:
+                        report.add(name=f"Postfix {bench_postfix.version()}", **common,
+                                   **postfix_run(postfix, sink, raws[0], Path(tmp), count, sessions))
+                    else:
+                        report.add(name="Postfix", **common, missing=why_not)
+                    for n in processes:
+                        row = drain_run(client, sink, raws, n)
+                        report.add(name="drain", processes=n, **common, **row,
+                                   mb_per_s=round(count * avg / row["seconds"] / 1e6, 2))
         finally:
             if postfix is not None:
                 postfix.__exit__(None, None, None)
 
 
 def sizes_markdown(rows: list[dict[str, Any]]) -> str:
+    """Per size and system: the median over the rounds [each round], drain/Postfix from the
+    medians [the range of the ratios within a round], and peak RSS."""
     rows = [r for r in rows if r.get("part") == "sizes"]
     if not rows:
         return ""
-    lines = ["Size series (same held queue, same smtp-sink, one run):", "",
-             "| size | system | messages | seconds | msg/s | MB/s | drain/Postfix |", "|---|---|---|---|---|---|---|"]
-    postfix: dict[int, float] = {}
+    loads = [r["load_average"] for r in rows]
+    lines = [f"Size series (same held queue, same smtp-sink), {max(r['round'] for r in rows)} round(s), load "
+             f"average {min(loads)}-{max(loads)}. msg/s: median [each round]; drain/Postfix: ratio of the "
+             "medians [range within a round]; peak RSS while delivering: largest process's RSS (its name) / "
+             "PSS sum at one moment, MB, in N processes, highest of the rounds:", "",
+             "| size | system | messages | msg/s | MB/s | drain/Postfix | peak RSS MB | enqueue msg/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if r["name"].startswith("Postfix"):
-            if "missing" in r:
-                why = r["missing"].replace("|", "\\|")
-                lines.append(f"| {r['label']} | Postfix: not measured ({why}) | | | | | |")
-                continue
-            postfix[r["size"]] = r["msg_per_s"]
-            lines.append(f"| {r['label']} | {r['name']} | {r['messages']:,} | {r['seconds']} | "
-                         f"{r['msg_per_s']:,} | {r['mb_per_s']} | |")
-        else:
-            ratio = f"{r['msg_per_s'] / postfix[r['size']]:.2f}x" if r["size"] in postfix else "-"
-            lines.append(f"| {r['label']} | drain, {r['processes']} process{'es' if r['processes'] > 1 else ''} | "
-                         f"{r['messages']:,} | {r['seconds']} | {r['msg_per_s']:,} | {r['mb_per_s']} | {ratio} |")
+        system = r["name"] if r["name"] != "drain" else f"drain, {r['processes']} process" + (
+            "es" if r["processes"] > 1 else "")
+        groups.setdefault((r["size"], system), []).append(r)
+    postfix = {size: {r["round"]: r["msg_per_s"] for r in g} for (size, system), g in groups.items()
+               if system.startswith("Postfix") and "missing" not in g[0]}
+    for (size, system), group in groups.items():
+        first = group[0]
+        if "missing" in first:
+            lines.append(f"| {first['label']} | Postfix: not measured ({first['missing'].replace('|', chr(92) + '|')})"
+                         " | | | | | | |")
+            continue
+        rates = [r["msg_per_s"] for r in group]
+        median = statistics.median(rates)
+        ratio = ""
+        if system.startswith("drain") and size in postfix:
+            theirs = postfix[size]
+            within = [r["msg_per_s"] / theirs[r["round"]] for r in group if r["round"] in theirs]
+            ratio = f"{median / statistics.median(theirs.values()):.2f}x [{min(within):.2f}-{max(within):.2f}]"
+        rss = max((r.get("peak_rss") or {} for r in group), key=lambda s: s.get("sum_mb", 0))
+        enqueue = statistics.median(r["enqueue_per_s"] for r in group) if "enqueue_per_s" in first else None
+        mb_per_s = statistics.median(r["mb_per_s"] for r in group)
+        lines.append(f"| {first['label']} | {system} | {first['messages']:,} | {median:,.0f} "
+                     f"[{', '.join(f'{x:,.0f}' for x in rates)}] | {mb_per_s:.2f} "
+                     f"| {ratio} | {brief(rss)} | {f'{enqueue:,.0f}' if enqueue else ''} |")
     injected = [r for r in rows if "inject_per_s" in r]
     if injected:
-        lines.append("")
-        lines.append("Filling the queues (not timed above): Postfix smtpd via smtp-source -s 20 " + ", ".join(
-            f"{r['label']} {r['inject_per_s']:,} msg/s" for r in injected) + "; drain enqueue_many " + ", ".join(
-            f"{r['label']} {r['enqueue_per_s']:,} msg/s" for r in rows if "enqueue_per_s" in r) + ".")
+        lines += ["", "Filling Postfix's queue (not timed above): smtp-source -s 20, median msg/s " + ", ".join(
+            f"{label(size)} {statistics.median(r['inject_per_s'] for r in injected if r['size'] == size):,.0f}"
+            for size in dict.fromkeys(r["size"] for r in injected)) + "."]
     return "\n".join(lines)

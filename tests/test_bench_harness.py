@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from drain import validate
 from drain.message import envelope_from_headers
@@ -65,3 +67,46 @@ def test_postfix_instance_holds_then_releases_into_the_counting_sink(tmp_path: P
         # when its delivery agent reports back (one file was still there on a loaded machine).
         wait_for(lambda: postfix.queued() == 0, timeout=30, what="Postfix's queue to empty")
     assert not root.exists()
+
+
+def test_peak_rss_finds_a_child_and_its_high_water_mark() -> None:
+    import subprocess
+
+    from peak_rss import PeakRss
+
+    # A child that touches 40 MB, frees it, then waits: only the kernel's VmHWM still knows.
+    code = "b = bytearray(40 * 1024 * 1024); del b; print('ready', flush=True); input()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        rss = PeakRss(lambda: [os.getpid()])
+        rss.sample()
+        summary = rss.summary()
+    finally:
+        child.communicate("\n", timeout=30)
+    assert rss.peaks[child.pid][1] >= 40 * 1024 * 1024, rss.peaks
+    assert summary["processes"] >= 2 and summary["sum_mb"] > 0, summary
+
+
+def test_enqueue_bench_runs_and_reports(rclient: redis.Redis) -> None:
+    import bench_enqueue
+
+    rows = bench_enqueue.bench_enqueue(rclient, [2048], 50, rounds=2, cprofile=3)
+    assert [r["name"] for r in rows] == ["Client.enqueue_many(raw bytes)", "Store.enqueue_many(envelopes given)"]
+    assert all(r["msg_per_s"] > 0 and len(r["msg_per_s_each"]) == 2 for r in rows)
+    text = bench_enqueue.enqueue_markdown(rows)
+    assert "| 2 KB text | Client.enqueue_many(raw bytes) | 50 |" in text and "cProfile" in text
+
+
+def test_ingress_report_gives_medians_and_the_ratio_of_one_run() -> None:
+    import bench_ingress
+
+    def row(name: str, round_no: int, rate: float) -> dict[str, object]:
+        return {"part": "ingress", "name": name, "client": "smtp-source", "sessions": 20, "messages": 100,
+                "msg_per_s": rate, "round": round_no, "load_average": 1.0,
+                "peak_rss": {"processes": 1, "largest_mb": 50.0, "largest": "python", "sum_mb": 40.0}}
+
+    rows = [row("drain smtpd --processes 2 -> Redis", n, rate) for n, rate in ((1, 100.0), (2, 200.0), (3, 900.0))]
+    rows += [row("Postfix 3.7 smtpd -> its queue", n, rate) for n, rate in ((1, 50.0), (2, 100.0), (3, 100.0))]
+    text = bench_ingress.ingress_markdown(rows)
+    assert "| 200 [100, 200, 900] | 2.00x [2.00-9.00] | 50.0 (python) / 40.0 in 1 |" in text, text

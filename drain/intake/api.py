@@ -86,7 +86,8 @@ class Client:
         limit); every other defect is judged by the workers and ends in quarantine.
         """
         raw = as_bytes(message)
-        if not raw.strip():
+        # isspace() stops at the first byte that is not white space; strip() copied the message.
+        if not raw or raw.isspace():
             raise InputError("message is empty")
         if len(raw) > self.settings.max_message_bytes:
             raise InputError(f"message is {len(raw)} bytes, over the {self.settings.max_message_bytes}-byte limit")

@@ -163,7 +163,9 @@ class Store:
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
         now = f"{time.time():.3f}"
         ready: dict[str, list[str]] = {}
-        shape: dict[str, int] = {}
+        # Ready messages per destination domain. The whole chunk shares one acceptance time,
+        # so each domain's backlog-shape field is formed once, after the loop.
+        domains: dict[str, int] = {}
         by_tenant: dict[str, int] = {}
         lane = "fresh" if lane == "fresh" else "backlog"
         recorded: list[events.Event] = []
@@ -175,13 +177,13 @@ class Store:
 
         for n, (msg_id, (raw, env, why), source) in enumerate(zip(ids, chunk, sources, strict=True)):
             owner = owners[n]
+            domain = env.domain
             fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
-                                                record.ACCEPTED: now, record.DOMAIN: env.domain, record.TENANT: owner}
+                                                record.ACCEPTED: now, record.DOMAIN: domain, record.TENANT: owner}
             by_tenant[owner] = by_tenant.get(owner, 0) + 1
             if why is None:
                 ready.setdefault(owner, []).append(msg_id)
-                field_name = record.shape_field(env.domain, float(now))
-                shape[field_name] = shape.get(field_name, 0) + 1
+                domains[domain] = domains.get(domain, 0) + 1
             else:
                 pipe.hincrby(keys.FINDINGS, "rule.match", 1)
                 figure()
@@ -196,8 +198,8 @@ class Store:
             tenancy.push(pipe, lane, owner, owned)
         if by_tenant:
             pipe.sadd(keys.TENANTS, *by_tenant)
-        for field_name, count in shape.items():
-            pipe.hincrby(keys.SHAPE, field_name, count)
+        for domain, count in domains.items():
+            pipe.hincrby(keys.SHAPE, record.shape_field(domain, float(now)), count)
             figure()
         for owner, owned in ready.items():
             pipe.hincrby(keys.TENANT_SHAPE, owner, len(owned))
