@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import click
 
+from drain.cli import cellcmds
 from drain.cli.actions import duration_option
 from drain.cli.cells import on_each
 from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
@@ -58,11 +59,11 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
 
 
 @pause.command("list")
-@json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until"}].')
+@json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until", "cell"?}].')
 @pass_ctx
 def pause_list(obj: Context, as_json: bool) -> None:
     """What is paused (delivery, intake, domains), why, by whom, since and until when."""
-    rows: list[dict[str, Any]] = on_each(obj, lambda store: pauses.listing(store.client))
+    rows: list[dict[str, Any]] = cellcmds.pause_rows(obj) if obj.multi else pauses.listing(obj.client.redis)
     if as_json:
         emit(rows)
         return
@@ -70,6 +71,7 @@ def pause_list(obj: Context, as_json: bool) -> None:
         click.echo("nothing is paused")
     for row in rows:
         what = f"{row['scope']} {row['name']}" if row["name"] else row["scope"]
+        what = f"{row['cell']}: {what}" if "cell" in row else what
         click.echo(safe(f"{what}: paused since {when(row['since'] or 0)} by {row['actor'] or '?'}"
                         f" until {when(row['until']) if row['until'] else 'resumed'}"
                         + (f" ({row['reason']})" if row["reason"] else "")))
@@ -127,14 +129,16 @@ def _only_tenant(intake_only: bool, domain: str | None, for_s: float | None) -> 
 @click.command()
 @click.option("--since", callback=parsed(moments.parse), metavar="TIME",
               help="Only records from then on: a duration ago (2h), unix seconds or ISO 8601.")
-@json_option('JSON lines {"time", "actor", "action", "reason", ...}.')
+@json_option('JSON lines {"time", "actor", "action", "reason", "cell"?, ...}.')
 @pass_ctx
 def audit(obj: Context, since: float | None, as_json: bool) -> None:
     """Operator actions, oldest first: quarantine, rules, rates, pauses, bulk actions."""
-    for entry in audit_log.entries(obj.client.redis, since):
+    for entry in cellcmds.audit_rows(obj, since) if obj.multi else audit_log.entries(obj.client.redis, since):
         if as_json:
             emit(entry)
             continue
-        rest = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "actor", "action", "reason") and v)
-        click.echo(safe(f"{when(entry['time'])} {entry['actor'] or '?'} {entry['action']}"
+        rest = " ".join(f"{k}={v}" for k, v in entry.items()
+                        if k not in ("time", "actor", "action", "reason", "cell") and v)
+        cell = f"{entry['cell']} " if "cell" in entry else ""
+        click.echo(safe(f"{when(entry['time'])} {cell}{entry['actor'] or '?'} {entry['action']}"
                         + (f" ({entry['reason']})" if entry["reason"] else "") + (f" {rest}" if rest else "")))
