@@ -1,6 +1,7 @@
 """Events as log lines, and DRAIN_EVENT_LOG: events also written as JSON lines, to stdout
-(`-`; standard error in an operator command, see operator_command) or appended to a file, by whichever process made them (workers, the SMTP ingress,
-operator commands), for journald, Loki or Elastic.
+(`-`; standard error in an operator command, see operator_command) or appended to a file,
+by whichever process made them (workers, the SMTP ingress, operator commands), for
+journald, Loki or Elastic.
 
 A script's events are contiguous in the stream: it returns the first and last stream ids
 (lib.recorded), and the writer reads that span back. Every line carries its message's
