@@ -118,7 +118,8 @@ def test_tenants_are_set_on_every_cell_with_rates_shared_and_listed_added_up(
         cells: list[RedisProc], csettings: Settings) -> None:
     """Mutants caught: tenant list / backlog --by tenant reading the first cell (queued 3,
     not 9); rate set --tenant giving every cell the whole rate (30, not 10);
-    tenant set on obj.client.store (c1, c2 keep weight 1)."""
+    tenant set on obj.client.store (c1, c2 keep weight 1); pause --tenant through on_each
+    (a tenant unknown to c1 and c2 is taken for a cell down: exit 1)."""
     Client.connect(csettings).enqueue_many([synthetic(i) for i in range(9)], tenant="acme")
     listed = json.loads(drain(csettings, "tenant", "list", "--json").stdout)
     assert [(r["tenant"], r["queued"]) for r in listed] == [("acme", 9)]
@@ -130,6 +131,11 @@ def test_tenants_are_set_on_every_cell_with_rates_shared_and_listed_added_up(
         assert (row["rate"], row["weight"], row["concurrency"]) == (10.0, 3, 2)
     listed = json.loads(drain(csettings, "tenant", "list", "--json").stdout)
     assert (listed[0]["rate"], listed[0]["weight"], listed[0]["concurrency"]) == (30.0, 3, 6)
+    # A tenant whose mail is in one cell only: set (and paused) where it is known.
+    assert Client.connect(csettings).enqueue(synthetic(99), tenant="solo").startswith("c0.")
+    paused = drain(csettings, "pause", "--tenant", "solo")
+    assert paused.returncode == 0, paused.stderr
+    assert [r["paused"] for r in json.loads(drain(csettings, "tenant", "list", "--json").stdout)] == [False, True]
     unknown = drain(csettings, "tenant", "set", "nobody", "--weight", "2")
     assert unknown.returncode == 2 and b"unknown tenant" in unknown.stderr
 
