@@ -110,7 +110,7 @@ def _command(action: str) -> click.Command:
     command.__doc__ = HELP[action]
     decorated: Callable[..., Any] = pass_ctx(command)
     decorated = json_option('Print {"action", "matched", "ids", "dry_run", "moved", "skipped", "in_flight", '
-                            '"still_failing", "reports"} as JSON.')(decorated)
+                            '"still_failing", "reports", "cells_down" (several cells)} as JSON.')(decorated)
     if action == "release":
         decorated = click.option("--force", is_flag=True,
                                  help="Release even if validation still fails; workers deliver it as is.")(decorated)
