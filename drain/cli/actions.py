@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from drain.cli import cellcmds
+from drain.cli.cellcmds import act as cells_act
+from drain.cli.cellcmds import cells_down
 from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
@@ -71,12 +72,12 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
                                f"--state), or --all for every message it can take")
     failed: list[dict[str, str]] = []
     if obj.multi:  # ids go to their cell, selectors run on every cell
-        done, failed = cellcmds.act(obj, action, sel, reason, dry_run, force)
+        done, failed = cells_act(obj, action, sel, reason, dry_run, force)
     else:
         done = actions.run(obj.client.store, action, sel, reason, dry_run=dry_run, force=force)
     doc = done.doc()
     if failed and not doc["matched"]:
-        raise cellcmds.cells_down(action, failed)
+        raise cells_down(action, failed)
     if not doc["matched"]:
         left = [f"{i} is {s.replace('_', ' ')}" for i, s in done.skipped.items()]
         if done.in_flight:
@@ -85,7 +86,7 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
     if as_json:
         emit({**doc, "cells_down": failed} if obj.multi else doc)
         if failed:
-            raise cellcmds.cells_down(action, failed)
+            raise cells_down(action, failed)
         return
     ids_shown = " ".join(done.ids[:SHOWN_IDS]) + (" ..." if len(done.ids) > SHOWN_IDS else "")
     if dry_run:
@@ -100,7 +101,7 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
     if done.in_flight:
         click.echo(f"left {len(done.in_flight)} message(s) in flight to their worker; run again once they settle")
     if failed:
-        raise cellcmds.cells_down(action, failed)
+        raise cells_down(action, failed)
 
 
 def _command(action: str) -> click.Command:

@@ -25,6 +25,7 @@ from drain.observe import cells as merge
 from drain.ops import actions, audit, pauses, tenants
 from drain.ops.select import Selector
 from drain.store.cells import Cell, parse_id
+from drain.store.store import Store
 from drain.trace import history, logview, where
 
 T = TypeVar("T")
@@ -207,10 +208,10 @@ def tenant_rows(obj: Context) -> list[dict[str, Any]]:
     return sorted(out.values(), key=lambda r: str(r["tenant"]))
 
 
-def tenant_set(obj: Context, name: str, change: Callable[[Any, int], None], cells_count: int | None = None) -> None:
+def on_tenant_cells(obj: Context, name: str, change: Callable[[Store, int], None]) -> None:
     """change(store, n) on every cell that knows the tenant (n: the number of cells, for a
     share); a ConfigError when no cell knows it, CellsDown when a cell is down."""
-    n = cells_count or len(obj.members)
+    n = len(obj.members)
 
     def one(c: Client) -> bool:
         try:
@@ -228,9 +229,9 @@ def tenant_set(obj: Context, name: str, change: Callable[[Any, int], None], cell
 
 def tenant_rate(obj: Context, name: str, per_second: float | None) -> None:
     """A tenant's rate over cells: each cell gets rate / N, as the global rate."""
-    tenant_set(obj, name, lambda store, n: tenants.set_rate(store, name, share(per_second, n)))
+    on_tenant_cells(obj, name, lambda store, n: tenants.set_rate(store, name, share(per_second, n)))
 
 
 def tenant_concurrency(obj: Context, name: str, most: int) -> None:
     """A tenant's cap over cells: each cell gets ceil(C / N) (0 stays 0: no cap)."""
-    tenant_set(obj, name, lambda store, n: tenants.set_concurrency(store, name, -(-most // n)))
+    on_tenant_cells(obj, name, lambda store, n: tenants.set_concurrency(store, name, -(-most // n)))

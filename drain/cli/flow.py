@@ -9,7 +9,7 @@ import time
 import click
 from rich.table import Table
 
-from drain.cli import cellcmds
+from drain.cli.cellcmds import tenant_rate
 from drain.cli.cells import one_redis, rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
@@ -69,7 +69,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
         if domain is not None or concurrency is not None or burst is not None:
             raise click.UsageError("--tenant goes alone (use `drain tenant set --concurrency` for its concurrency)")
         if obj.multi:  # each cell gets its share, as the global rate
-            cellcmds.tenant_rate(obj, tenant_name, per_second)
+            tenant_rate(obj, tenant_name, per_second)
         else:
             tenants.set_rate(obj.client.store, tenant_name, per_second)
         if as_json:

@@ -3,12 +3,13 @@ change is done by drain.ops.control; these parse and print."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import click
 
-from drain.cli import cellcmds
 from drain.cli.actions import duration_option
+from drain.cli.cellcmds import audit_rows, on_tenant_cells, pause_rows
 from drain.cli.cells import on_each
 from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
 from drain.cli.render import emit, when
@@ -16,6 +17,7 @@ from drain.cli.terminal import safe
 from drain.flow import ratelimit
 from drain.ops import audit as audit_log
 from drain.ops import control, pauses, tenants
+from drain.store.store import Store
 from drain.trace import when as moments
 
 
@@ -41,7 +43,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
     assert obj is not None
     if tenant_name is not None:
         _only_tenant(intake_only, domain, for_s)
-        on_each(obj, lambda store: tenants.pause(store, tenant_name))
+        _on_tenant(obj, tenant_name, tenants.pause)
         emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} paused"))
         return
@@ -63,7 +65,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
 @pass_ctx
 def pause_list(obj: Context, as_json: bool) -> None:
     """What is paused (delivery, intake, domains), why, by whom, since and until when."""
-    rows: list[dict[str, Any]] = cellcmds.pause_rows(obj) if obj.multi else pauses.listing(obj.client.redis)
+    rows: list[dict[str, Any]] = pause_rows(obj) if obj.multi else pauses.listing(obj.client.redis)
     if as_json:
         emit(rows)
         return
@@ -89,7 +91,7 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     if tenant_name is not None:
         _only_tenant(intake_only, domain, None)
-        on_each(obj, lambda store: tenants.resume(store, tenant_name))
+        _on_tenant(obj, tenant_name, tenants.resume)
         emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} resumed"))
         return
@@ -115,6 +117,15 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
                         "lets it go"), err=True)
 
 
+def _on_tenant(obj: Context, name: str, change: Callable[[Store, str], None]) -> None:
+    """change(store, name) on the one Redis, or on every cell that knows the tenant (its mail
+    may be in some cells only); unknown to every cell is refused."""
+    if obj.multi:
+        on_tenant_cells(obj, name, lambda store, _n: change(store, name))
+    else:
+        change(obj.client.store, name)
+
+
 def _total(counts: list[int]) -> int:
     return sum(counts)
 
@@ -133,7 +144,7 @@ def _only_tenant(intake_only: bool, domain: str | None, for_s: float | None) -> 
 @pass_ctx
 def audit(obj: Context, since: float | None, as_json: bool) -> None:
     """Operator actions, oldest first: quarantine, rules, rates, pauses, bulk actions."""
-    for entry in cellcmds.audit_rows(obj, since) if obj.multi else audit_log.entries(obj.client.redis, since):
+    for entry in audit_rows(obj, since) if obj.multi else audit_log.entries(obj.client.redis, since):
         if as_json:
             emit(entry)
             continue

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from drain.cli import cellcmds
+from drain.cli.cellcmds import add_relays, routes_of_each
 from drain.cli.cells import apply_all, on_each
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
@@ -103,8 +103,8 @@ def route_list(obj: Context, as_json: bool) -> None:
     """Every route (the environment's default last) and every relay's counts and breaker."""
     differ = ""
     if obj.multi:  # every cell holds the routes; their relay counts add up
-        stored, differ = cellcmds.routes_of_each(obj, lambda c: [r.to_json() for r in routing.load(c.redis)])
-        relays = cellcmds.add_relays([st for _c, st in apply_all(obj, lambda c: routing.relay_states(
+        stored, differ = routes_of_each(obj, lambda c: [r.to_json() for r in routing.load(c.redis)])
+        relays = add_relays([st for _c, st in apply_all(obj, lambda c: routing.relay_states(
             c.redis, obj.settings))])
     else:
         stored = [r.to_json() for r in routing.load(obj.client.redis)]

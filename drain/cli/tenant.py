@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from drain.cli import cellcmds
+from drain.cli.cellcmds import on_tenant_cells, tenant_concurrency, tenant_rows
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, live, out
 from drain.cli.terminal import cell, safe
@@ -27,7 +27,7 @@ def tenant() -> None:
 @pass_ctx
 def tenant_list(obj: Context, as_json: bool) -> None:
     """Every known tenant with its ready and queued mail, weight, caps and pause."""
-    rows = cellcmds.tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
+    rows = tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
     if as_json:
         emit(rows)
         return
@@ -54,9 +54,9 @@ def tenant_set(obj: Context, name: str, weight: int | None, concurrency: int | N
     if obj.multi:  # the weight on every cell, the cap shared out (each cell holds ceil(C / N))
         if weight is not None:
             tenants.check_weight(weight)
-            cellcmds.tenant_set(obj, name, lambda store, _n: tenants.set_weight(store, name, weight))
+            on_tenant_cells(obj, name, lambda store, _n: tenants.set_weight(store, name, weight))
         if concurrency is not None:
-            cellcmds.tenant_concurrency(obj, name, concurrency)
+            tenant_concurrency(obj, name, concurrency)
     else:
         store = obj.client.store
         if weight is not None:
@@ -75,7 +75,7 @@ def by_tenant(obj: Context, as_json: bool, watch_s: float | None, top: int) -> N
     """`drain backlog --by tenant`: queued and ready mail per tenant, most queued first."""
 
     def rows() -> list[dict[str, Any]]:
-        listed = cellcmds.tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
+        listed = tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
         return sorted(listed, key=lambda r: (-r["queued"], r["tenant"]))
 
     if as_json:
