@@ -16,8 +16,11 @@ from drain.cli import actions, cells, flow, pausing, quarantine, queue, routes, 
 from drain.cli.options import Context, redis_url_option
 from drain.cli.render import TTY_ROWS, fail
 from drain.errors import ConfigError, DrainError
+from drain.store import eventlog
 
 __all__ = ["TTY_ROWS", "Context", "cli", "main"]
+# Commands whose standard output is a log (DRAIN_EVENT_LOG=- writes there).
+LONG_RUNNING = frozenset({"worker", "smtpd", "drain", "serve", "server", "demo"})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +30,10 @@ __all__ = ["TTY_ROWS", "Context", "cli", "main"]
 def cli(ctx: click.Context, redis_url: str | None) -> None:
     """drain: validate, quarantine and deliver a mail backlog at a rate you control."""
     ctx.obj = Context(redis_url)
+    # DRAIN_EVENT_LOG=- : an operator command's standard output is its own answer, so its
+    # events go to standard error; the long-running processes keep standard output.
+    eventlog.operator_command(ctx.invoked_subcommand not in LONG_RUNNING)
+    ctx.call_on_close(lambda: eventlog.operator_command(False))
 
 
 for _command in (queue.check, queue.enqueue, queue.status, queue.backlog, queue.deferred,

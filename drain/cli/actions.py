@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from drain.cli.cellcmds import act as cells_act
+from drain.cli.cellcmds import cells_down
 from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
@@ -68,15 +70,23 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
     if sel.empty and not all_:
         raise click.UsageError(f"{action}: name message ids or a selector (--domain, --sender, --older-than, "
                                f"--state), or --all for every message it can take")
-    done = actions.run(obj.client.store, action, sel, reason, dry_run=dry_run, force=force)
+    failed: list[dict[str, str]] = []
+    if obj.multi:  # ids go to their cell, selectors run on every cell
+        done, failed = cells_act(obj, action, sel, reason, dry_run, force)
+    else:
+        done = actions.run(obj.client.store, action, sel, reason, dry_run=dry_run, force=force)
     doc = done.doc()
+    if failed and not doc["matched"]:
+        raise cells_down(action, failed)
     if not doc["matched"]:
         left = [f"{i} is {s.replace('_', ' ')}" for i, s in done.skipped.items()]
         if done.in_flight:
             left.append(f"{len(done.in_flight)} in flight, left to their worker")
         raise InputError(f"0 matched: no message to {action}" + (f" ({'; '.join(left[:5])})" if left else ""))
     if as_json:
-        emit(doc)
+        emit({**doc, "cells_down": failed} if obj.multi else doc)
+        if failed:
+            raise cells_down(action, failed)
         return
     ids_shown = " ".join(done.ids[:SHOWN_IDS]) + (" ..." if len(done.ids) > SHOWN_IDS else "")
     if dry_run:
@@ -90,6 +100,8 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
         click.echo(safe(f"left {msg_id}: it is {state.replace('_', ' ')}"))
     if done.in_flight:
         click.echo(f"left {len(done.in_flight)} message(s) in flight to their worker; run again once they settle")
+    if failed:
+        raise cells_down(action, failed)
 
 
 def _command(action: str) -> click.Command:
@@ -99,7 +111,7 @@ def _command(action: str) -> click.Command:
     command.__doc__ = HELP[action]
     decorated: Callable[..., Any] = pass_ctx(command)
     decorated = json_option('Print {"action", "matched", "ids", "dry_run", "moved", "skipped", "in_flight", '
-                            '"still_failing", "reports"} as JSON.')(decorated)
+                            '"still_failing", "reports", "cells_down" (several cells)} as JSON.')(decorated)
     if action == "release":
         decorated = click.option("--force", is_flag=True,
                                  help="Release even if validation still fails; workers deliver it as is.")(decorated)

@@ -9,7 +9,8 @@ import time
 import click
 from rich.table import Table
 
-from drain.cli.cells import on_each, one_redis, rate_shown, set_rate
+from drain.cli.cellcmds import tenant_rate
+from drain.cli.cells import one_redis, rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
@@ -67,7 +68,10 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
     if tenant_name is not None:
         if domain is not None or concurrency is not None or burst is not None:
             raise click.UsageError("--tenant goes alone (use `drain tenant set --concurrency` for its concurrency)")
-        on_each(obj, lambda store: tenants.set_rate(store, tenant_name, per_second))
+        if obj.multi:  # each cell gets its share, as the global rate
+            tenant_rate(obj, tenant_name, per_second)
+        else:
+            tenants.set_rate(obj.client.store, tenant_name, per_second)
         if as_json:
             emit({"tenant": tenant_name, "rate": per_second})
         else:

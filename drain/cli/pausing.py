@@ -3,11 +3,13 @@ change is done by drain.ops.control; these parse and print."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import click
 
 from drain.cli.actions import duration_option
+from drain.cli.cellcmds import audit_rows, on_tenant_cells, pause_rows
 from drain.cli.cells import on_each
 from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
 from drain.cli.render import emit, when
@@ -15,6 +17,7 @@ from drain.cli.terminal import safe
 from drain.flow import ratelimit
 from drain.ops import audit as audit_log
 from drain.ops import control, pauses, tenants
+from drain.store.store import Store
 from drain.trace import when as moments
 
 
@@ -40,7 +43,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
     assert obj is not None
     if tenant_name is not None:
         _only_tenant(intake_only, domain, for_s)
-        on_each(obj, lambda store: tenants.pause(store, tenant_name))
+        _on_tenant(obj, tenant_name, tenants.pause)
         emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} paused"))
         return
@@ -58,11 +61,11 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
 
 
 @pause.command("list")
-@json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until"}].')
+@json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until", "cell"?}].')
 @pass_ctx
 def pause_list(obj: Context, as_json: bool) -> None:
     """What is paused (delivery, intake, domains), why, by whom, since and until when."""
-    rows: list[dict[str, Any]] = on_each(obj, lambda store: pauses.listing(store.client))
+    rows: list[dict[str, Any]] = pause_rows(obj) if obj.multi else pauses.listing(obj.client.redis)
     if as_json:
         emit(rows)
         return
@@ -70,6 +73,7 @@ def pause_list(obj: Context, as_json: bool) -> None:
         click.echo("nothing is paused")
     for row in rows:
         what = f"{row['scope']} {row['name']}" if row["name"] else row["scope"]
+        what = f"{row['cell']}: {what}" if "cell" in row else what
         click.echo(safe(f"{what}: paused since {when(row['since'] or 0)} by {row['actor'] or '?'}"
                         f" until {when(row['until']) if row['until'] else 'resumed'}"
                         + (f" ({row['reason']})" if row["reason"] else "")))
@@ -87,7 +91,7 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     if tenant_name is not None:
         _only_tenant(intake_only, domain, None)
-        on_each(obj, lambda store: tenants.resume(store, tenant_name))
+        _on_tenant(obj, tenant_name, tenants.resume)
         emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} resumed"))
         return
@@ -113,6 +117,15 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
                         "lets it go"), err=True)
 
 
+def _on_tenant(obj: Context, name: str, change: Callable[[Store, str], None]) -> None:
+    """change(store, name) on the one Redis, or on every cell that knows the tenant (its mail
+    may be in some cells only); unknown to every cell is refused."""
+    if obj.multi:
+        on_tenant_cells(obj, name, lambda store, _n: change(store, name))
+    else:
+        change(obj.client.store, name)
+
+
 def _total(counts: list[int]) -> int:
     return sum(counts)
 
@@ -127,14 +140,16 @@ def _only_tenant(intake_only: bool, domain: str | None, for_s: float | None) -> 
 @click.command()
 @click.option("--since", callback=parsed(moments.parse), metavar="TIME",
               help="Only records from then on: a duration ago (2h), unix seconds or ISO 8601.")
-@json_option('JSON lines {"time", "actor", "action", "reason", ...}.')
+@json_option('JSON lines {"time", "actor", "action", "reason", "cell"?, ...}.')
 @pass_ctx
 def audit(obj: Context, since: float | None, as_json: bool) -> None:
     """Operator actions, oldest first: quarantine, rules, rates, pauses, bulk actions."""
-    for entry in audit_log.entries(obj.client.redis, since):
+    for entry in audit_rows(obj, since) if obj.multi else audit_log.entries(obj.client.redis, since):
         if as_json:
             emit(entry)
             continue
-        rest = " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "actor", "action", "reason") and v)
-        click.echo(safe(f"{when(entry['time'])} {entry['actor'] or '?'} {entry['action']}"
+        rest = " ".join(f"{k}={v}" for k, v in entry.items()
+                        if k not in ("time", "actor", "action", "reason", "cell") and v)
+        cell = f"{entry['cell']} " if "cell" in entry else ""
+        click.echo(safe(f"{when(entry['time'])} {cell}{entry['actor'] or '?'} {entry['action']}"
                         + (f" ({entry['reason']})" if entry["reason"] else "") + (f" {rest}" if rest else "")))

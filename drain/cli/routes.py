@@ -9,6 +9,8 @@ from typing import Any
 import click
 from rich.table import Table
 
+from drain.cli.cellcmds import add_relays, routes_of_each
+from drain.cli.cells import apply_all, on_each
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
@@ -45,7 +47,8 @@ def route_set(obj: Context, names: tuple[str, ...], tenant: str | None, fallback
     """Send mail for DOMAIN (or --tenant T) through the relay at URL (smtp://host:port,
     smtp+starttls://, smtps://; no credentials: those come from the environment)."""
     kind, name, urls = _target(names, tenant, 2)
-    name = routing.set_route(obj.client.redis, kind, name, [*urls, *fallbacks])
+    # Routes are settings of each Redis: every cell gets the same.
+    name = on_each(obj, lambda store: routing.set_route(store.client, kind, name, [*urls, *fallbacks]))
     shown = routing.Route(kind, name, (*urls, *fallbacks)).to_json()
     if as_json:
         emit(shown)
@@ -62,7 +65,7 @@ def route_set(obj: Context, names: tuple[str, ...], tenant: str | None, fallback
 def route_delete(obj: Context, names: tuple[str, ...], tenant: str | None, as_json: bool) -> None:
     """Delete the route of DOMAIN (or --tenant T): its mail goes by the default route again."""
     kind, name, _rest = _target(names, tenant, 1)
-    deleted = routing.delete_route(obj.client.redis, kind, name)
+    deleted: bool = on_each(obj, lambda store: routing.delete_route(store.client, kind, name), any)
     if as_json:
         emit({"kind": kind, "name": routing.check_name(kind, name), "deleted": deleted})
     elif not deleted:
@@ -77,9 +80,12 @@ def route_delete(obj: Context, names: tuple[str, ...], tenant: str | None, as_js
 @click.argument("most", type=click.IntRange(0), metavar="N")
 @pass_ctx
 def route_concurrency(obj: Context, url: str, most: int) -> None:
-    """Most messages handed to the relay at URL at once, by all workers (0 removes the cap)."""
+    """Most messages handed to the relay at URL at once, by all workers (0 removes the cap).
+    Over several cells each cell's workers get ceil(N / cells) of it."""
     settings = obj.settings
-    name = routing.set_concurrency(obj.client.redis, settings.relay if url == RELAY else url, most, settings)
+    each = -(-most // len(obj.members)) if obj.multi else most
+    name = on_each(obj, lambda store: routing.set_concurrency(store.client, settings.relay if url == RELAY else url,
+                                                              each, settings))
     click.echo(safe(f"{name}: {most} at once" if most else f"{name}: no concurrency cap"))
 
 
@@ -90,15 +96,24 @@ def _default(obj: Context) -> dict[str, Any]:
 
 
 @route.command("list")
-@json_option('One JSON document {"routes": [{"kind", "name", "relay", "fallbacks"}], "relays": {name: state}}.')
+@json_option('One JSON document {"routes": [{"kind", "name", "relay", "fallbacks"}], "relays": {name: state}, '
+             '"cells_agree"? (several cells)}.')
 @pass_ctx
 def route_list(obj: Context, as_json: bool) -> None:
     """Every route (the environment's default last) and every relay's counts and breaker."""
-    client = obj.client.redis
-    routes = [r.to_json() for r in routing.load(client)] + [_default(obj)]
-    relays = routing.relay_states(client, obj.settings)
+    differ = ""
+    if obj.multi:  # every cell holds the routes; their relay counts add up
+        stored, differ = routes_of_each(obj, lambda c: [r.to_json() for r in routing.load(c.redis)])
+        relays = add_relays([st for _c, st in apply_all(obj, lambda c: routing.relay_states(
+            c.redis, obj.settings))])
+    else:
+        stored = [r.to_json() for r in routing.load(obj.client.redis)]
+        relays = routing.relay_states(obj.client.redis, obj.settings)
+    routes = [*stored, _default(obj)]
+    if differ:
+        click.echo(safe(f"drain: {differ}"), err=True)
     if as_json:
-        emit({"routes": routes, "relays": relays})
+        emit({"routes": routes, "relays": relays, **({"cells_agree": not differ} if obj.multi else {})})
         return
     table = Table(title="routes")
     for column in ("for", "relay", "fallbacks"):

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from drain.cli.cellcmds import on_tenant_cells, tenant_concurrency, tenant_rows
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, live, out
 from drain.cli.terminal import cell, safe
@@ -26,7 +27,7 @@ def tenant() -> None:
 @pass_ctx
 def tenant_list(obj: Context, as_json: bool) -> None:
     """Every known tenant with its ready and queued mail, weight, caps and pause."""
-    rows = tenants.listing(obj.client.store)
+    rows = tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
     if as_json:
         emit(rows)
         return
@@ -50,11 +51,18 @@ def tenant_set(obj: Context, name: str, weight: int | None, concurrency: int | N
     """Set TENANT's weight or concurrency cap; an unknown tenant (no mail of it ever accepted) is refused."""
     if weight is None and concurrency is None:
         raise click.UsageError("give --weight or --concurrency")
-    store = obj.client.store
-    if weight is not None:
-        tenants.set_weight(store, name, weight)
-    if concurrency is not None:
-        tenants.set_concurrency(store, name, concurrency)
+    if obj.multi:  # the weight on every cell, the cap shared out (each cell holds ceil(C / N))
+        if weight is not None:
+            tenants.check_weight(weight)
+            on_tenant_cells(obj, name, lambda store, _n: tenants.set_weight(store, name, weight))
+        if concurrency is not None:
+            tenant_concurrency(obj, name, concurrency)
+    else:
+        store = obj.client.store
+        if weight is not None:
+            tenants.set_weight(store, name, weight)
+        if concurrency is not None:
+            tenants.set_concurrency(store, name, concurrency)
     if as_json:
         emit({"tenant": name, "weight": weight, "concurrency": concurrency})
         return
@@ -67,7 +75,8 @@ def by_tenant(obj: Context, as_json: bool, watch_s: float | None, top: int) -> N
     """`drain backlog --by tenant`: queued and ready mail per tenant, most queued first."""
 
     def rows() -> list[dict[str, Any]]:
-        return sorted(tenants.listing(obj.client.store), key=lambda r: (-r["queued"], r["tenant"]))
+        listed = tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
+        return sorted(listed, key=lambda r: (-r["queued"], r["tenant"]))
 
     if as_json:
         listed = rows()

@@ -15,6 +15,10 @@ from typing import Any
 
 import click
 
+from drain.cli.cellcmds import log_since
+from drain.cli.cellcmds import show as cells_show
+from drain.cli.cellcmds import trace as cells_trace
+from drain.cli.cells import one_redis
 from drain.cli.options import Context, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
@@ -43,10 +47,12 @@ def _echo_event(doc: dict[str, Any], as_json: bool) -> None:
 @pass_ctx
 def log(obj: Context, follow: bool, since: float | None, as_json: bool, count: int | None) -> None:
     """The delivery log: one line per event, with queue id and Message-ID."""
+    if obj.multi and follow:
+        one_redis(obj, "drain log --follow")
     reader = logview.Reader(obj.client.redis, obj.settings.trace_retention_s)
     shown = 0
     if since is not None or not follow:
-        for doc in reader.since(since):
+        for doc in log_since(obj, since) if obj.multi else reader.since(since):
             _echo_event(doc, as_json)
             shown += 1
             if count is not None and shown >= count:
@@ -82,7 +88,8 @@ def trace(obj: Context, msg_id: str | None, message_id: str | None, sender: str 
     if since is not None and until is not None and until < since:
         raise click.BadParameter("--until is before --since", param_hint="--until")
     q = history.Query(msg_id, message_id, sender, recipient.strip() if recipient else None, since, until)
-    docs = history.trace(obj.client.redis, q, time.time(), obj.settings.trace_retention_s)
+    docs = (cells_trace(obj, q, time.time()) if obj.multi
+            else history.trace(obj.client.redis, q, time.time(), obj.settings.trace_retention_s))
     if not docs:
         raise InputError(f"unknown message id: {msg_id}" if msg_id else "0 messages matched")
     for doc in docs:
@@ -124,7 +131,8 @@ def _show_text(doc: dict[str, Any]) -> None:
 @pass_ctx
 def show(obj: Context, msg_id: str, as_json: bool, raw: bool) -> None:
     """One message in any state: where it is, envelope, headers, attempts, history."""
-    doc, data = where.show(obj.client.redis, msg_id, obj.settings.trace_retention_s, with_raw=raw)
+    doc, data = (cells_show(obj, msg_id, raw) if obj.multi
+                 else where.show(obj.client.redis, msg_id, obj.settings.trace_retention_s, with_raw=raw))
     if raw:
         if data is None:
             raise InputError(f"the bytes of {msg_id} are no longer kept (state {doc['state']})")

@@ -35,9 +35,13 @@ def _rejoin(client: redis.Redis, tenant: str) -> None:
     pipe.execute()
 
 
-def set_weight(store: Store, tenant: str, weight: int) -> None:
+def check_weight(weight: int) -> None:
     if not 1 <= weight <= MAX_WEIGHT:
         raise ConfigError(f"--weight must be a whole number from 1 to {MAX_WEIGHT}, got {weight}")
+
+
+def set_weight(store: Store, tenant: str, weight: int) -> None:
+    check_weight(weight)
     client = store.client
     _known(client, tenant)
     if weight == 1:

@@ -1,6 +1,7 @@
 """Events as log lines, and DRAIN_EVENT_LOG: events also written as JSON lines, to stdout
-(`-`) or appended to a file, by whichever process made them (workers, the SMTP ingress,
-operator commands), for journald, Loki or Elastic.
+(`-`; standard error in an operator command, see operator_command) or appended to a file,
+by whichever process made them (workers, the SMTP ingress, operator commands), for
+journald, Loki or Elastic.
 
 A script's events are contiguous in the stream: it returns the first and last stream ids
 (lib.recorded), and the writer reads that span back. Every line carries its message's
@@ -67,6 +68,15 @@ def json_line(doc: dict[str, Any]) -> str:
 
 
 _writers: dict[int, MessageIds] = {}
+# Where `-` writes: standard output for the workers and the SMTP ingress (their output is a
+# log), standard error in an operator command, whose standard output is its answer (--json).
+_operator = False
+
+
+def operator_command(on: bool = True) -> None:
+    """Send `-` to standard error from now on (on=False: back to standard output)."""
+    global _operator
+    _operator = on
 
 
 def write_span(client: redis.Redis, settings: Settings, span: Any) -> None:
@@ -82,8 +92,9 @@ def write_span(client: redis.Redis, settings: Settings, span: Any) -> None:
         text = "".join(json_line(d) + "\n" for d in docs)
         with _lock:
             if settings.event_log == "-":
-                sys.stdout.write(text)
-                sys.stdout.flush()
+                stream = sys.stderr if _operator else sys.stdout
+                stream.write(text)
+                stream.flush()
             else:
                 with open(settings.event_log, "a", encoding="utf-8") as out:
                     out.write(text)
