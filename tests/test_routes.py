@@ -217,8 +217,21 @@ def test_a_route_url_drain_cannot_use_is_refused_and_changes_nothing(settings: S
     assert len(lines) == 1 and lines[0].startswith("drain: error:"), lines
     assert "secret" not in done.stderr.decode()
     assert client.redis.hgetall(keys.ROUTES) == {}
+    client.enqueue(synthetic(1), tenant="acme")  # a known tenant: the URL is what is refused
     bad_fallback = drain(settings, "route", "set", "--tenant", "acme", "smtp://127.0.0.1:2600", "--fallback", url)
     assert bad_fallback.returncode == 2 and client.redis.hgetall(keys.ROUTES) == {}
+
+
+def test_a_route_for_an_unknown_tenant_is_refused_and_changes_nothing(settings: Settings, client: Client) -> None:
+    """A tenant no mail was ever accepted for (a typo, most likely) would route nobody's mail."""
+    done = drain(settings, "route", "set", "--tenant", "acmee", "smtp://127.0.0.1:2600")
+    assert done.returncode == 2, done
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "unknown tenant 'acmee'" in lines[0], lines
+    assert client.redis.hgetall(keys.ROUTES) == {}
+    client.enqueue(synthetic(1), tenant="acmee")
+    assert drain(settings, "route", "set", "--tenant", "acmee", "smtp://127.0.0.1:2600").returncode == 0
+    assert client.redis.hgetall(keys.ROUTES) != {}
 
 
 def test_routes_are_live_for_a_running_worker(client: Client, sinks: tuple[Sink, Sink], relay: Sink,

@@ -15,6 +15,7 @@ from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.flow.breaker import RELAY
+from drain.store import tenancy
 from drain.worker import routing
 from drain.worker.delivery import RelayConfig
 
@@ -47,6 +48,9 @@ def route_set(obj: Context, names: tuple[str, ...], tenant: str | None, fallback
     """Send mail for DOMAIN (or --tenant T) through the relay at URL (smtp://host:port,
     smtp+starttls://, smtps://; no credentials: those come from the environment)."""
     kind, name, urls = _target(names, tenant, 2)
+    if kind == "tenant" and not on_each(obj, lambda store: tenancy.known(store.client, name), any):
+        # As `drain tenant set` does: a typo would otherwise route nobody's mail, silently.
+        raise click.UsageError(f"unknown tenant {name!r}: no mail of it was ever accepted (see `drain tenant list`)")
     # Routes are settings of each Redis: every cell gets the same.
     name = on_each(obj, lambda store: routing.set_route(store.client, kind, name, [*urls, *fallbacks]))
     shown = routing.Route(kind, name, (*urls, *fallbacks)).to_json()
