@@ -40,7 +40,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
     assert obj is not None
     if tenant_name is not None:
         _only_tenant(intake_only, domain, for_s)
-        on_each(obj, lambda store: tenants.pause(store, tenant_name))
+        on_each(obj, lambda store: tenants.pause(store, tenant_name, reason))
         emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} paused"))
         return
@@ -87,7 +87,7 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     if tenant_name is not None:
         _only_tenant(intake_only, domain, None)
-        on_each(obj, lambda store: tenants.resume(store, tenant_name))
+        on_each(obj, lambda store: tenants.resume(store, tenant_name, reason))
         emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} resumed"))
         return

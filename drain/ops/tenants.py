@@ -12,6 +12,7 @@ import redis
 
 from drain.errors import ConfigError
 from drain.flow import ratelimit
+from drain.ops import audit, pauses
 from drain.store import keys, tenancy
 from drain.store.store import Store
 from drain.worker.dispatch import ensure_tokens
@@ -70,13 +71,20 @@ def set_concurrency(store: Store, tenant: str, most: int) -> None:
     ensure_tokens(client, store.settings)
 
 
-def pause(store: Store, tenant: str) -> None:
+def pause(store: Store, tenant: str, reason: str = "") -> None:
+    """Pause a known tenant's delivery; noted for `drain pause list` and audited, as the
+    other pauses are."""
     store.client.sadd(keys.PAUSED_TENANTS, _known(store.client, tenant))
+    actor = store.settings.actor
+    pauses.note(store.client, pauses.TENANT, tenant, actor, reason, None)
+    audit.write(store.client, "pause", actor, reason, scope=pauses.TENANT, name=tenant)
 
 
-def resume(store: Store, tenant: str) -> None:
+def resume(store: Store, tenant: str, reason: str = "") -> None:
     client = store.client
     client.srem(keys.PAUSED_TENANTS, _known(client, tenant))
+    pauses.clear(client, pauses.TENANT, tenant)
+    audit.write(client, "resume", store.settings.actor, reason, scope=pauses.TENANT, name=tenant)
     _rejoin(client, tenant)
     ensure_tokens(client, store.settings)
 

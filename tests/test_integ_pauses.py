@@ -1,0 +1,51 @@
+"""A tenant's pause is a pause like the others: `drain pause list` shows it with its reason,
+the audit log has it, and hostile text in the tenant's name or the reason is shown inert."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store import keys
+from tests.test_cli import drain
+
+TENANT = "[bold]acme[/bold]"
+REASON = "bad\x1b[31mRED\x1b[0m\r\nFAKE LINE [red]markup[/red]"
+
+
+def _out(settings: Settings, *args: str) -> tuple[int, str, str]:
+    done = drain(settings, *args)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def test_a_tenant_pause_is_listed_and_audited_with_its_reason(client: Client, relay: Sink,
+                                                              work: Callable[..., bool], settings: Settings) -> None:
+    client.enqueue(synthetic(1), recipients=["a@x.example.org"], tenant=TENANT)
+    assert _out(settings, "pause", "--tenant", TENANT, "--reason", REASON)[0] == 0
+    work()
+    assert relay.messages == []  # paused: nothing went
+
+    rows = json.loads(_out(settings, "pause", "list", "--json")[1])
+    assert [(r["scope"], r["name"], r["reason"]) for r in rows] == [("tenant", TENANT, REASON)]
+    code, text, _err = _out(settings, "pause", "list")
+    assert code == 0 and "tenant" in text and TENANT in text and "FAKE LINE" in text
+    assert "\x1b" not in text and "\r" not in text and text.count("\n") == 1, repr(text)
+    audit = _out(settings, "audit", "--json")[1]
+    assert '"pause"' in audit and "tenant" in audit, audit
+
+    assert _out(settings, "resume", "--tenant", TENANT, "--reason", "done")[0] == 0
+    assert json.loads(_out(settings, "pause", "list", "--json")[1]) == []
+    assert '"resume"' in _out(settings, "audit", "--json")[1]
+    work()
+    assert [list(m.recipients) for m in relay.messages] == [["a@x.example.org"]]
+
+
+def test_pausing_an_unknown_tenant_notes_and_audits_nothing(client: Client, settings: Settings) -> None:
+    code, out, err = _out(settings, "pause", "--tenant", "nobody", "--reason", "x")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "unknown tenant" in err
+    r = client.redis
+    assert not r.exists(keys.PAUSES) and not r.exists(keys.AUDIT) and not r.exists(keys.PAUSED_TENANTS)
