@@ -49,3 +49,16 @@ def test_pausing_an_unknown_tenant_notes_and_audits_nothing(client: Client, sett
     assert code == 2 and out == "" and err.count("\n") == 1 and "unknown tenant" in err
     r = client.redis
     assert not r.exists(keys.PAUSES) and not r.exists(keys.AUDIT) and not r.exists(keys.PAUSED_TENANTS)
+
+
+def test_trace_says_quarantined_after_an_operator_hold_as_show_and_status_do(
+        client: Client, settings: Settings) -> None:
+    client.enqueue(synthetic(1), recipients=["a@x.example.org"], tenant=TENANT)
+    code, _out_text, _err = _out(settings, "hold", "--domain", "x.example.org", "--reason", REASON)
+    assert code == 0
+    doc = json.loads(_out(settings, "trace", "--id", "1", "--json")[1])
+    shown = json.loads(_out(settings, "show", "1", "--json")[1])
+    assert doc["state"] == "quarantined" and shown["state"] == "quarantined", (doc, shown)
+    assert client.store.books().quarantined == 1
+    text = _out(settings, "trace", "--id", "1")[1]
+    assert "state=quarantined" in text and "\x1b" not in text and "\r" not in text
