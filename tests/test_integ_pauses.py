@@ -62,3 +62,18 @@ def test_trace_says_quarantined_after_an_operator_hold_as_show_and_status_do(
     assert client.store.books().quarantined == 1
     text = _out(settings, "trace", "--id", "1")[1]
     assert "state=quarantined" in text and "\x1b" not in text and "\r" not in text
+
+
+def test_a_tenant_rate_is_audited_with_its_reason_like_a_domain_rate(client: Client, settings: Settings) -> None:
+    client.enqueue(synthetic(1), recipients=["a@x.example.org"], tenant="acme")
+    assert _out(settings, "rate", "set", "--tenant", "acme", "0", "--reason", REASON)[0] == 0
+    assert _out(settings, "rate", "set", "--tenant", "acme", "5/s")[0] == 0
+    records = [json.loads(line) for line in _out(settings, "audit", "--json")[1].splitlines()]
+    rows = records[0] if len(records) == 1 and isinstance(records[0], list) else records
+    rates = [(r["action"], r.get("tenant"), r["reason"]) for r in rows if r["action"] == "rate-set"]
+    assert sorted(rates) == sorted([("rate-set", "acme", REASON), ("rate-set", "acme", "")]), rows
+    text = _out(settings, "audit")[1]
+    assert "\x1b" not in text and "\r" not in text and text.count("\n") == 2, repr(text)
+    # An unknown tenant is refused and leaves no audit record.
+    code, _o, err = _out(settings, "rate", "set", "--tenant", "nobody", "5/s")
+    assert code == 2 and err.count("\n") == 1 and client.redis.xlen(keys.AUDIT) == 2

@@ -67,7 +67,7 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
     if tenant_name is not None:
         if domain is not None or concurrency is not None or burst is not None:
             raise click.UsageError("--tenant goes alone (use `drain tenant set --concurrency` for its concurrency)")
-        on_each(obj, lambda store: tenants.set_rate(store, tenant_name, per_second))
+        on_each(obj, lambda store: tenants.set_rate(store, tenant_name, per_second, reason))
         if as_json:
             emit({"tenant": tenant_name, "rate": per_second})
         else:

@@ -47,14 +47,17 @@ def set_weight(store: Store, tenant: str, weight: int) -> None:
         client.hset(keys.TENANT_WEIGHTS, tenant, weight)
 
 
-def set_rate(store: Store, tenant: str, per_second: float | None) -> None:
-    """A tenant's rate cap: None lifts it; 0 holds its mail like a pause."""
+def set_rate(store: Store, tenant: str, per_second: float | None, reason: str = "") -> None:
+    """A tenant's rate cap: None lifts it; 0 holds its mail like a pause. Audited, as the
+    global and domain rates are."""
     client = store.client
     _known(client, tenant)
     if per_second is None:
         client.hdel(keys.TENANT_RATES, tenant)
     else:
         client.hset(keys.TENANT_RATES, tenant, repr(per_second))
+    audit.write(client, "rate-set", store.settings.actor, reason, tenant=tenant,
+                rate=ratelimit.format_rate(per_second))
     _rejoin(client, tenant)
     ensure_tokens(client, store.settings)
 
