@@ -68,8 +68,7 @@ def test_a_tenant_rate_is_audited_with_its_reason_like_a_domain_rate(client: Cli
     client.enqueue(synthetic(1), recipients=["a@x.example.org"], tenant="acme")
     assert _out(settings, "rate", "set", "--tenant", "acme", "0", "--reason", REASON)[0] == 0
     assert _out(settings, "rate", "set", "--tenant", "acme", "5/s")[0] == 0
-    records = [json.loads(line) for line in _out(settings, "audit", "--json")[1].splitlines()]
-    rows = records[0] if len(records) == 1 and isinstance(records[0], list) else records
+    rows = [json.loads(line) for line in _out(settings, "audit", "--json")[1].splitlines()]
     rates = [(r["action"], r.get("tenant"), r["reason"]) for r in rows if r["action"] == "rate-set"]
     assert sorted(rates) == sorted([("rate-set", "acme", REASON), ("rate-set", "acme", "")]), rows
     text = _out(settings, "audit")[1]
