@@ -47,7 +47,10 @@ def test_a_group_delivered_before_the_rest_parks_is_in_the_history(
         assert doc["events"][1]["reply"].startswith("250"), doc
     # The operator bounces the first while it waits: its alpha delivery stays in its history.
     assert actions.run(client.store, "bounce", Selector(ids=(ids[0],)), reason="test").moved == 1
-    assert _names(_trace(client, ids[0])) == ["received", "delivered", "parked", "bounced"]
+    doc = _trace(client, ids[0])
+    assert _names(doc) == ["received", "delivered", "parked", "bounced"]
+    # Alpha took it: it counts as delivered in the books, and its trace says so too.
+    assert doc["state"] == "delivered" and client.store.books().delivered == 1
     control.resume(client.store, B)
     _run_until_done(client, work)
     # One delivered event per group, and each recipient got it once at the relay.
