@@ -61,7 +61,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
 @json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until"}].')
 @pass_ctx
 def pause_list(obj: Context, as_json: bool) -> None:
-    """What is paused (delivery, intake, domains), why, by whom, since and until when."""
+    """What is paused (delivery, intake, domains, tenants), why, by whom, since and until when."""
     rows: list[dict[str, Any]] = on_each(obj, lambda store: pauses.listing(store.client))
     if as_json:
         emit(rows)
