@@ -227,9 +227,9 @@ def on_tenant_cells(obj: Context, name: str, change: Callable[[Store, int], None
         raise ConfigError(f"unknown tenant {name[:80]!a}: no mail of it was ever accepted (see `drain tenant list`)")
 
 
-def tenant_rate(obj: Context, name: str, per_second: float | None) -> None:
+def tenant_rate(obj: Context, name: str, per_second: float | None, reason: str = "") -> None:
     """A tenant's rate over cells: each cell gets rate / N, as the global rate."""
-    on_tenant_cells(obj, name, lambda store, n: tenants.set_rate(store, name, share(per_second, n)))
+    on_tenant_cells(obj, name, lambda store, n: tenants.set_rate(store, name, share(per_second, n), reason))
 
 
 def tenant_concurrency(obj: Context, name: str, most: int) -> None:

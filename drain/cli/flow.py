@@ -69,9 +69,9 @@ def rate_set(obj: Context, value: str, domain: str | None, concurrency: int | No
         if domain is not None or concurrency is not None or burst is not None:
             raise click.UsageError("--tenant goes alone (use `drain tenant set --concurrency` for its concurrency)")
         if obj.multi:  # each cell gets its share, as the global rate
-            tenant_rate(obj, tenant_name, per_second)
+            tenant_rate(obj, tenant_name, per_second, reason)
         else:
-            tenants.set_rate(obj.client.store, tenant_name, per_second)
+            tenants.set_rate(obj.client.store, tenant_name, per_second, reason)
         if as_json:
             emit({"tenant": tenant_name, "rate": per_second})
         else:

@@ -43,7 +43,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
     assert obj is not None
     if tenant_name is not None:
         _only_tenant(intake_only, domain, for_s)
-        _on_tenant(obj, tenant_name, tenants.pause)
+        _on_tenant(obj, tenant_name, lambda store, name: tenants.pause(store, name, reason))
         emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} paused"))
         return
@@ -64,7 +64,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
 @json_option('One JSON document: [{"scope", "name", "reason", "actor", "since", "until", "cell"?}].')
 @pass_ctx
 def pause_list(obj: Context, as_json: bool) -> None:
-    """What is paused (delivery, intake, domains), why, by whom, since and until when."""
+    """What is paused (delivery, intake, domains, tenants), why, by whom, since and until when."""
     rows: list[dict[str, Any]] = pause_rows(obj) if obj.multi else pauses.listing(obj.client.redis)
     if as_json:
         emit(rows)
@@ -91,7 +91,7 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
     """Start delivery again; with --intake, reopen SMTP intake instead."""
     if tenant_name is not None:
         _only_tenant(intake_only, domain, None)
-        _on_tenant(obj, tenant_name, tenants.resume)
+        _on_tenant(obj, tenant_name, lambda store, name: tenants.resume(store, name, reason))
         emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} resumed"))
         return

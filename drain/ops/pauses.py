@@ -1,7 +1,7 @@
 """What is paused, why, by whom and until when.
 
 The pauses themselves are the flags the claim and gate scripts read (keys.PAUSED,
-keys.INTAKE_PAUSED, keys.PAUSED_DOMAINS); this keeps, beside them, a note per pause
+keys.INTAKE_PAUSED, keys.PAUSED_DOMAINS, keys.PAUSED_TENANTS); this keeps, beside them, a note per pause
 (keys.PAUSES): reason, actor, since, until. A timed pause of delivery or intake is a key
 that expires by itself (claim and the ingress read it), so it resumes on time with no one
 running; a timed domain pause is lifted by housekeeping's round once its time has passed
@@ -17,11 +17,11 @@ import redis
 
 from drain.store import books, keys
 
-DELIVERY, INTAKE, DOMAIN = "delivery", "intake", "domain"
+DELIVERY, INTAKE, DOMAIN, TENANT = "delivery", "intake", "domain", "tenant"
 
 
 def field(scope: str, name: str | None) -> str:
-    return f"{DOMAIN}:{name}" if scope == DOMAIN else scope
+    return f"{scope}:{name}" if scope in (DOMAIN, TENANT) else scope
 
 
 def note(client: redis.Redis, scope: str, name: str | None, actor: str, reason: str, until: float | None) -> None:
@@ -54,7 +54,8 @@ def listing(client: redis.Redis, now: float | None = None) -> list[dict[str, Any
     pipe.pttl(keys.PAUSED)
     pipe.pttl(keys.INTAKE_PAUSED)
     pipe.smembers(keys.PAUSED_DOMAINS)
-    delivery_ttl, intake_ttl, domains = pipe.execute()
+    pipe.smembers(keys.PAUSED_TENANTS)
+    delivery_ttl, intake_ttl, domains, tenants = pipe.execute()
     rows: list[dict[str, Any]] = []
     for scope, ttl in ((DELIVERY, delivery_ttl), (INTAKE, intake_ttl)):
         if ttl == -2:  # no such key: not paused
@@ -64,6 +65,8 @@ def listing(client: redis.Redis, now: float | None = None) -> list[dict[str, Any
     for name in sorted(books.text(d) for d in domains):
         doc = notes.get(field(DOMAIN, name), {})
         rows.append(_row(DOMAIN, name, doc, doc.get("until")))
+    for name in sorted(books.text(t) for t in tenants):
+        rows.append(_row(TENANT, name, notes.get(field(TENANT, name), {}), None))
     return rows
 
 

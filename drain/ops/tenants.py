@@ -12,6 +12,7 @@ import redis
 
 from drain.errors import ConfigError
 from drain.flow import ratelimit
+from drain.ops import audit, pauses
 from drain.store import keys, tenancy
 from drain.store.store import Store
 from drain.worker.dispatch import ensure_tokens
@@ -50,14 +51,17 @@ def set_weight(store: Store, tenant: str, weight: int) -> None:
         client.hset(keys.TENANT_WEIGHTS, tenant, weight)
 
 
-def set_rate(store: Store, tenant: str, per_second: float | None) -> None:
-    """A tenant's rate cap: None lifts it; 0 holds its mail like a pause."""
+def set_rate(store: Store, tenant: str, per_second: float | None, reason: str = "") -> None:
+    """A tenant's rate cap: None lifts it; 0 holds its mail like a pause. Audited, as the
+    global and domain rates are."""
     client = store.client
     _known(client, tenant)
     if per_second is None:
         client.hdel(keys.TENANT_RATES, tenant)
     else:
         client.hset(keys.TENANT_RATES, tenant, repr(per_second))
+    audit.write(client, "rate-set", store.settings.actor, reason, tenant=tenant,
+                rate=ratelimit.format_rate(per_second))
     _rejoin(client, tenant)
     ensure_tokens(client, store.settings)
 
@@ -74,13 +78,20 @@ def set_concurrency(store: Store, tenant: str, most: int) -> None:
     ensure_tokens(client, store.settings)
 
 
-def pause(store: Store, tenant: str) -> None:
+def pause(store: Store, tenant: str, reason: str = "") -> None:
+    """Pause a known tenant's delivery; noted for `drain pause list` and audited, as the
+    other pauses are."""
     store.client.sadd(keys.PAUSED_TENANTS, _known(store.client, tenant))
+    actor = store.settings.actor
+    pauses.note(store.client, pauses.TENANT, tenant, actor, reason, None)
+    audit.write(store.client, "pause", actor, reason, scope=pauses.TENANT, name=tenant)
 
 
-def resume(store: Store, tenant: str) -> None:
+def resume(store: Store, tenant: str, reason: str = "") -> None:
     client = store.client
     client.srem(keys.PAUSED_TENANTS, _known(client, tenant))
+    pauses.clear(client, pauses.TENANT, tenant)
+    audit.write(client, "resume", store.settings.actor, reason, scope=pauses.TENANT, name=tenant)
     _rejoin(client, tenant)
     ensure_tokens(client, store.settings)
 

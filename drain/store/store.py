@@ -209,13 +209,19 @@ class Store:
         eventlog.write_span(self.client, self.settings, reply[2:])
         return int(reply[0]), int(reply[1])
 
-    def narrow(self, owner: str, msg_id: str, rest: Envelope, partly: bool) -> bool:
+    def narrow(self, owner: str, msg_id: str, rest: Envelope, partly: bool, accepted: str = "",
+               refused: str = "") -> bool:
         """Keep only the recipients still to do of a message this owner holds, its domain (and
-        backlog shape) following their first one (narrow.lua); False when no longer held."""
-        return bool(self.scripts.narrow(
-            keys=[keys.INFLIGHT, keys.SHAPE, keys.message(msg_id)],
-            args=[msg_id, owner, rest.to_json(), rest.domain, "1" if partly else "0"],
-        ))
+        backlog shape) following their first one, and record the groups done (accepted: the
+        relays' replies; refused: JSON of recipients refused for good) as events (narrow.lua);
+        False when no longer held."""
+        reply = self.scripts.narrow(
+            keys=[keys.INFLIGHT, keys.SHAPE, keys.message(msg_id), keys.EVENTS],
+            args=[msg_id, owner, rest.to_json(), rest.domain, "1" if partly else "0", accepted, refused,
+                  *events.tracer_args(self.settings)],
+        )
+        eventlog.write_span(self.client, self.settings, reply[1:])
+        return bool(int(reply[0]))
 
     # -- housekeeping ------------------------------------------------------------------
 

@@ -101,6 +101,18 @@ def find_ids(client: redis.Redis, q: Query, now: float, retention_s: float) -> l
     return sorted(found or (), key=lambda i: order.get(i, 0.0))
 
 
+def state_after(evs: list[dict[str, Any]]) -> str:
+    """Where a message's events left it. An operator's hold (`drain hold`) puts it in
+    quarantine, unlike a hold for a rate or a breaker. A message some recipients took
+    before the rest bounced or expired counts as delivered, as the books count it."""
+    event = evs[-1]
+    if event["event"] == "held" and event.get("why") == "operator":
+        return "quarantined"
+    if event["event"] in ("bounced", "expired") and any(e["event"] == "delivered" for e in evs):
+        return "delivered"
+    return STATE_AFTER.get(event["event"], "unknown")
+
+
 def document(msg_id: str, evs: list[dict[str, Any]]) -> dict[str, Any]:
     """One message's trace: {"id","message_id","sender","recipients","tenant","state","events"}."""
     first = next((e for e in evs if e["event"] == "received"), {})
@@ -111,7 +123,7 @@ def document(msg_id: str, evs: list[dict[str, Any]]) -> dict[str, Any]:
         "sender": first.get("sender", ""),
         "recipients": list(first.get("recipients", [])),
         "tenant": first.get("tenant"),
-        "state": STATE_AFTER.get(evs[-1]["event"], "unknown") if evs else "unknown",
+        "state": state_after(evs) if evs else "unknown",
         "events": shown,
     }
 

@@ -170,7 +170,8 @@ class Batch:
             return Outcome(msg.id, "bounced", info=tally.reply)
         if rest.recipients != msg.envelope.recipients:
             # Some groups are done: the rest keeps its turn, its next domain first (books unchanged).
-            self.store.narrow(self.owner, msg.id, rest, bool(tally.delivered))
+            self.store.narrow(self.owner, msg.id, rest, bool(tally.delivered), "; ".join(tally.accepted)[:1000],
+                              json.dumps(tally.bounced) if tally.bounced else "")
         if tally.blocked:
             domain, _rcpts, answer = tally.blocked[0]
             return self._wait(msg, domain, answer)

@@ -53,14 +53,15 @@ class ResilientStore(Store):
                 log.warning("gave back %d message(s) claimed while the reply was lost", strays)
             return Claim([])
 
-    def narrow(self, owner: str, msg_id: str, rest: Any, partly: bool) -> bool:
+    def narrow(self, owner: str, msg_id: str, rest: Any, partly: bool, accepted: str = "",
+               refused: str = "") -> bool:
         """Narrowing after a send must not be lost to a Redis outage (the groups already sent
         would go again): repeated until Redis answers; a repeat changes nothing more."""
         try:
-            return super().narrow(owner, msg_id, rest, partly)
+            return super().narrow(owner, msg_id, rest, partly, accepted, refused)
         except TROUBLE as exc:
             log.warning("narrowing message %s failed, Redis unavailable (%s); repeating it", msg_id, exc)
-        done: bool = redis_backoff()(super().narrow, owner, msg_id, rest, partly)
+        done: bool = redis_backoff()(super().narrow, owner, msg_id, rest, partly, accepted, refused)
         return done
 
     def settle(self, owner: str, outcomes: Any) -> tuple[int, int]:

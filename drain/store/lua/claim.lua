@@ -52,6 +52,22 @@ local wrong = lib.wrong_types({KEYS[1], 'list', KEYS[2], 'hash', KEYS[7], 'list'
                                KEYS[9], 'list'})
 if wrong then return wrong end
 
+-- Suspects of a paused tenant (or one held by a rate of 0) go back to the head of their
+-- tenant's backlog list, to wait there with the rest of its mail (a few per claim).
+if redis.call('LLEN', KEYS[7]) > 0 and (redis.call('SCARD', KEYS[15]) > 0 or redis.call('HLEN', KEYS[13]) > 0) then
+  for _ = 1, 64 do
+    local id = redis.call('LINDEX', KEYS[7], 0)
+    if not id then break end
+    local msg = 'drain:msg:' .. id
+    local tenant = redis.pcall('HGET', msg, 'tn')
+    if type(tenant) ~= 'string' then break end
+    local rate = redis.call('HGET', KEYS[13], tenant)
+    if redis.call('SISMEMBER', KEYS[15], tenant) == 0 and not (rate and not ((tonumber(rate) or 0) > 0)) then break end
+    redis.call('LPOP', KEYS[7])
+    lib.ready_push('backlog', msg, id, true)
+  end
+end
+
 local want = tonumber(ARGV[1])
 local isolated = 0
 local sources
