@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -35,6 +35,22 @@ from drain.worker.dispatch import ensure_tokens
 # A message ready to store: its bytes, envelope, tenant (see drain.intake.tenant) and where it
 # came from (api, cli, smtp CLIENT-ADDRESS: its received event says so).
 Prepared = tuple[bytes, Envelope, str, str]
+
+
+def submissions(prepare: Callable[[bytes | Message, str | None, Iterable[str] | None], tuple[bytes, Envelope]],
+                settings: Settings, messages: Iterable[bytes | Message | Submission], tenant: str | None,
+                source: str, rejected: list[tuple[int, str]]) -> Iterator[Prepared]:
+    """The messages ready to store, each with its tenant (its own, else `tenant`, else as the
+    settings and sender say); a message refused is noted in `rejected` (index, why) and skipped."""
+    for index, item in enumerate(messages):
+        sub = item if isinstance(item, Submission) else Submission(item)
+        try:
+            raw, env = prepare(sub.message, sub.sender, sub.recipients)
+            raw, owner = resolve(raw, env, settings, sub.tenant or tenant)
+        except InputError as exc:
+            rejected.append((index, str(exc)))
+            continue
+        yield raw, env, owner, source
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +145,8 @@ class Client:
         owners: list[str] = []
 
         def prepared() -> Iterator[Item]:
-            for index, item in enumerate(messages):
-                sub = item if isinstance(item, Submission) else Submission(item)
-                try:
-                    raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
-                    raw, owner = resolve(raw, env, self.settings, sub.tenant or tenant)
-                except InputError as exc:
-                    result.rejected.append((index, str(exc)))
-                    continue
+            for raw, env, owner, _source in submissions(self.prepare, self.settings, messages, tenant, source,
+                                                        result.rejected):
                 rule = rules.first_match(active, raw, env) if active else None
                 owners.append(owner)
                 yield raw, env, rule.findings() if rule else None
@@ -332,17 +342,7 @@ class CellsClient(Client):
                      tenant: str | None = None, source: str = "api") -> Accepted:
         result = Accepted()
 
-        def prepared() -> Iterator[Prepared]:
-            for index, item in enumerate(messages):
-                sub = item if isinstance(item, Submission) else Submission(item)
-                try:
-                    raw, env = self.prepare(sub.message, sub.sender, sub.recipients)
-                    raw, owner = resolve(raw, env, self.settings, sub.tenant or tenant)
-                    yield raw, env, owner, source
-                except InputError as exc:
-                    result.rejected.append((index, str(exc)))
-
-        items = prepared()
+        items = submissions(self.prepare, self.settings, messages, tenant, source, result.rejected)
         try:
             while window := list(itertools.islice(items, ENQUEUE_CHUNK * len(self.members))):
                 result.ids.extend(self.write_batch(window, lane=lane))
