@@ -190,3 +190,27 @@ def test_a_policy_nobody_may_read_is_warned_about_once(rclient: redis.Redis, red
         limited.close()
     finally:
         rclient.execute_command("ACL", "DELUSER", user)
+
+
+def test_closed_intake_reopens_only_clearly_under_the_line(rclient: redis.Redis,
+                                                          maxmemory: Callable[[int], int]) -> None:
+    """Redis's own use dips by tens of KB with no mail moving (client buffers shrink); a guard
+    that reopened on such a dip let the next message in right at the line (seen in CI)."""
+    from drain.intake.memory import REOPEN_MARGIN, MemoryGuard
+
+    guard = MemoryGuard(rclient, 0.5, recheck_s=0.0)
+
+    def at(share: float) -> None:  # maxmemory set so that what Redis uses now is this share of it
+        rclient.config_set("maxmemory", int(used(rclient) / share))
+
+    maxmemory(0)  # (the fixture puts maxmemory back to 0 afterwards)
+    at(0.45)
+    assert guard.refusal() is None
+    at(0.55)
+    assert guard.refusal() is not None
+    at(0.5 - REOPEN_MARGIN / 2)  # under the line, not clearly: still closed
+    assert guard.refusal() is not None
+    at(0.45)
+    assert guard.refusal() is None
+    at(0.5 - REOPEN_MARGIN / 2)  # open, and under the line: stays open
+    assert guard.refusal() is None

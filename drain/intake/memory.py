@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # How long one reading of INFO memory is trusted.
 RECHECK_S = 0.25
+# Once closed, intake reopens only this share of maxmemory under the line: Redis's own use
+# moves by tens of KB without any mail moving (client buffers shrink, a lazy free ends), and
+# a guard that reopened on such a dip would let mail in one message at a time at the line.
+REOPEN_MARGIN = 0.02
 
 
 def _mb(n: int) -> str:
@@ -43,6 +47,7 @@ class MemoryGuard:
         self._lock = threading.Lock()
         self._checked = float("-inf")
         self._refusal: str | None = None
+        self._closed = False
         self._warned = False
 
     def refusal(self) -> str | None:
@@ -91,7 +96,9 @@ class MemoryGuard:
                 log.warning("cannot read Redis memory use (%s): the memory guard relies on Redis's own refusals",
                             exc)
             return None
-        if limit <= 0 or used < self.fraction * limit:
+        line = self.fraction - (REOPEN_MARGIN if self._closed else 0.0)
+        self._closed = limit > 0 and used >= line * limit
+        if not self._closed:
             return None
         return (f"Redis memory is at {used * 100 / limit:.0f}% of its maxmemory ({_mb(used)} of {_mb(limit)}), "
                 f"over DRAIN_MAX_MEMORY_FRACTION={self.fraction:g}: new mail is refused until delivery frees memory")
