@@ -154,16 +154,11 @@ def candidates(client: redis.Redis, states: tuple[str, ...], domain: str | None 
 def state_of(client: redis.Redis, msg_id: str) -> str | None:
     """Where one message is now; None when drain holds no such queued message."""
     pipe = client.pipeline(transaction=True)
-    pipe.hexists(keys.INFLIGHT, msg_id)
-    pipe.zscore(keys.DEFERRED, msg_id)
-    pipe.zscore(keys.HELD_RATE, msg_id)
-    pipe.zscore(keys.HELD_BREAKER, msg_id)
-    pipe.zscore(keys.QUARANTINE, msg_id)
-    pipe.sismember(keys.SWEPT, msg_id)
+    books.ask_places(pipe, msg_id)
     pipe.hget(keys.message(msg_id), record.DOMAIN)
     pipe.exists(keys.message(msg_id))
-    inflight, deferred, rate, brk, quarantined, swept, domain, exists = pipe.execute()
-    if inflight:
+    inflight, quarantined, deferred, rate, brk, swept, domain, exists = pipe.execute()
+    if inflight is not None:
         return IN_FLIGHT
     if quarantined is not None:
         return "quarantined"

@@ -184,3 +184,16 @@ def oldest_age_s(client: redis.Redis, now: float | None = None) -> float:
     candidates = [r.accepted_at for r in record.fetch(client, ids, (record.ACCEPTED,))
                   if r is not None and not r.unreadable and r.accepted_at > 0]
     return max(0.0, now - min(candidates)) if candidates else 0.0
+
+
+def ask_places(pipe: redis.client.Pipeline, msg_id: str) -> None:
+    """Queue on `pipe` the reads that say where one message is, in this order: its owner in
+    the in-flight hash, its scores in the quarantine, deferred, held-for-rate and
+    held-by-a-breaker sets, and whether the swept set names it (six replies). The rest of
+    where it can be (its ready lanes, a parked list) the caller asks as it needs."""
+    pipe.hget(keys.INFLIGHT, msg_id)
+    pipe.zscore(keys.QUARANTINE, msg_id)
+    pipe.zscore(keys.DEFERRED, msg_id)
+    pipe.zscore(keys.HELD_RATE, msg_id)
+    pipe.zscore(keys.HELD_BREAKER, msg_id)
+    pipe.sismember(keys.SWEPT, msg_id)

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from drain.errors import InputError
-from drain.store import keys, lookup, record
+from drain.store import books, keys, lookup, record
 from drain.trace import history
 
 _SHOWN = (record.RAW, record.ENVELOPE, record.ACCEPTED, record.DOMAIN, record.ATTEMPTS, record.LAST_REPLY,
@@ -41,12 +41,7 @@ def _place(client: redis.Redis, msg_id: str, domain: str, tenant: str) -> dict[s
     """The message's queued state, or {} when it is in none of the queued places."""
     lanes = _lanes(tenant)
     pipe = client.pipeline(transaction=True)
-    pipe.hget(keys.INFLIGHT, msg_id)
-    pipe.zscore(keys.QUARANTINE, msg_id)
-    pipe.zscore(keys.DEFERRED, msg_id)
-    pipe.zscore(keys.HELD_RATE, msg_id)
-    pipe.zscore(keys.HELD_BREAKER, msg_id)
-    pipe.sismember(keys.SWEPT, msg_id)
+    books.ask_places(pipe, msg_id)
     for _lane, key in lanes:
         pipe.lpos(key, msg_id)
     pipe.lpos(keys.parked(domain), msg_id)
