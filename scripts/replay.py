@@ -17,6 +17,7 @@ duplicate is charged to no kill.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -36,10 +37,11 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import replay_relay
 from bench import redis_server
 
 from drain.demo.seeding import backlog, synthetic, with_message_id
-from drain.demo.sink import Received, Sink, free_port
+from drain.demo.sink import free_port
 from drain.flow import ratelimit
 from drain.intake.api import Client, Submission
 from drain.settings import Settings
@@ -66,10 +68,10 @@ def relay_policy(client: redis.Redis) -> Any:
             snapshot = dict(counts)
         client.hset(RELAY_STATS, mapping=snapshot)
 
-    def policy(index: int, msg: Received) -> str | None:
-        mid = msg.message_id
+    def policy(mid: str, first_rcpt: str, at: float) -> str | None:
         h = zlib.crc32(mid.encode())
         with lock:
+            index = counts["attempts"]
             counts["attempts"] += 1
             if h % 1000 < 3:
                 counts["t550"] += 1
@@ -79,7 +81,7 @@ def relay_policy(client: redis.Redis) -> Any:
                 failed_once.add(h)
                 counts["t451"] += 1
                 answer = "451 4.3.0 temporary failure"
-            elif msg.recipients[0].endswith("@" + THROTTLED) and index % 10 == 0:
+            elif first_rcpt.endswith("@" + THROTTLED) and index % 10 == 0:
                 counts["t421"] += 1
                 answer = "421 4.7.0 too many messages, slow down"
             else:
@@ -90,7 +92,7 @@ def relay_policy(client: redis.Redis) -> Any:
                     counts["duplicates"] += 1
         if mid.startswith("<fresh-"):
             if answer is None:
-                client.hset(FRESH_SEEN, mid, msg.at)
+                client.hset(FRESH_SEEN, mid, at)
             else:
                 client.hset(FRESH_REFUSED, mid, 1)
         if index % 5000 == 0:
@@ -106,17 +108,42 @@ def relay_policy(client: redis.Redis) -> Any:
 
 
 def serve_relay(port: int, url: str, record_to: Path) -> None:
+    """The relay process: replay_relay's asyncio protocol with relay_policy's answers."""
     client = redis.Redis.from_url(url)
     policy, flush, record = relay_policy(client)
-    with Sink(keep=False, data_policy=policy, port=port):
-        done = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
-        try:
-            while not done.wait(1.0):
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+        async def flusher() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(1.0)
                 flush()
+
+        task = asyncio.create_task(flusher())
+        try:
+            await replay_relay.serve(port, policy, stop)
         finally:
-            record(record_to)
+            task.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        record(record_to)
         flush()
+
+
+def relay_cpu(relay: subprocess.Popen[bytes]) -> float:
+    """Wait for the relay process and return the CPU seconds it used."""
+    _pid, _status, usage = os.wait4(relay.pid, 0)
+    relay.returncode = 0
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def message_id(raw: bytes) -> str | None:
@@ -171,6 +198,7 @@ def main() -> None:
         print(f"queued {len(accepted.ids):,} in {enqueue_s:.0f}s; Redis {memory_queued / 2**20:,.0f} MiB",
               file=sys.stderr)
         ratelimit.set_global(client, rate)
+        redis_cpu_before = redis_cpu(client)
         ratelimit.resume(client)
         env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay_url, DRAIN_RETRY_FIRST="10",
                    DRAIN_RETRY_MAX="60", DRAIN_LEASE_TTL="5")
@@ -221,7 +249,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(workers.pid, signal.SIGKILL)
             relay.send_signal(signal.SIGTERM)
-            relay.wait(timeout=30)
+            relay_cpu_s = relay_cpu(relay)
         books = api.store.books()
         seen = {k.decode(): float(v) for k, v in client.hgetall(FRESH_SEEN).items()}
         refused = {k.decode() for k in client.hkeys(FRESH_REFUSED)}
@@ -255,7 +283,10 @@ def main() -> None:
             "duplicates": sum(n - 1 for n in copies.values() if n > 1),
             "unexplained_duplicates": unexplained, "checks": checks,
             "quarantine_by_reason": dict(sorted(findings.items(), key=lambda kv: -kv[1])),
-            "relay": stats, "fresh_sent": len(fresh_sent), "fresh_delivered": len(latencies),
+            "relay": stats, "relay_cpu_s": round(relay_cpu_s, 1),
+            "relay_cpu_us_per_attempt": round(relay_cpu_s * 1e6 / max(1, stats.get("attempts", 0)), 1),
+            "redis_cpu_s": round(redis_cpu(client) - redis_cpu_before, 1),
+            "fresh_sent": len(fresh_sent), "fresh_delivered": len(latencies),
             "fresh_p50_s": round(statistics.median(latencies), 3) if latencies else None,
             "fresh_p99_s": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3) if latencies else None,
             "fresh_max_s": round(latencies[-1], 3) if latencies else None,
