@@ -34,16 +34,23 @@ PAGE = 1000
 # The reason code of mail put on hold by an operator (`drain hold`).
 HOLD_CODE = "operator.hold"
 
+# The longest duration a command takes (`pause --for`, `--older-than`): a year. No state of
+# drain is meant to last longer (a message lives DRAIN_MAX_LIFETIME, 5 d by default), and a
+# pause of `99999999w` would print as a date in year 1918561 and never lapse in practice.
+LONGEST_S = 366 * 86400.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `15m`, `2h`, `7d` or `1w` (ConfigError when it is not one)."""
+    """Seconds from `90`, `90s`, `15m`, `2h`, `7d` or `1w` (ConfigError when it is not one, or
+    when it is longer than a year: LONGEST_S)."""
     match = _DURATION.match(text)
     seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()] if match else math.nan
     if not math.isfinite(seconds):
         raise ConfigError(f"a duration looks like 90s, 15m, 2h or 7d; got {text!r}")
+    if seconds > LONGEST_S:
+        raise ConfigError(f"a duration is at most a year (366d); got {text!r}")
     return seconds
 
 
