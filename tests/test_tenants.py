@@ -251,3 +251,36 @@ def test_a_tenant_rate_of_zero_holds_its_mail_without_busy_jobs(client: Client, 
     tenants.set_rate(client.store, "zero.example.com", None)
     work()
     assert Counter(order(relay)) == {"other": 5, "zero": 6}
+
+
+def test_tenant_list_leaves_out_mail_an_action_took_at_once(client: Client, relay: Sink, work: Work,
+                                                            settings: Settings) -> None:
+    """Mutants caught: act.lua not noting the lane of an id it sweeps off a ready list, and
+    ops.tenants.listing not subtracting the notes: deleted or held mail stayed in ready_*
+    until a claim passed it."""
+    from drain.ops import actions
+    from drain.ops.select import Selector
+
+    def ready(name: str) -> tuple[int, int]:
+        row = next(r for r in tenants.listing(client.store) if r["tenant"] == name)
+        return row["ready_fresh"], row["ready_backlog"]
+
+    fresh = [client.enqueue(mail("acme", i), tenant="acme") for i in range(4)]
+    backlog = client.enqueue_many([mail("acme", 10 + i) for i in range(3)], lane="backlog", tenant="acme").ids
+    client.enqueue(mail("other", 1), tenant="other")
+    assert ready("acme") == (4, 3)
+    # By id (its lane is looked up) and by selector (its lane is where it was found).
+    assert actions.run(client.store, "delete", Selector(ids=(fresh[0],))).moved == 1
+    assert actions.run(client.store, "hold", Selector(ids=(backlog[0],))).moved == 1
+    assert actions.run(client.store, "bounce", Selector(sender="a@acme.example.com", older_than_s=0,
+                                                        states=("ready",)), reason="t").moved == 5
+    assert ready("acme") == (0, 0) and ready("other") == (1, 0)
+    listed = drain_cli(settings, "tenant", "list", "--json")
+    assert {r["tenant"]: r["ready_fresh"] + r["ready_backlog"] for r in json.loads(listed.stdout)} == {
+        "acme": 0, "other": 1}, listed
+    # Once the claim has passed the swept ids, their notes are stale and tidied away.
+    work()
+    assert ready("acme") == (0, 0) and ready("other") == (0, 0)
+    assert not client.redis.exists(keys.SWEPT) and not client.redis.hlen(keys.SWEPT_LANE)
+    assert actions.run(client.store, "release", Selector(ids=(backlog[0],)), force=True).moved == 1
+    assert ready("acme") == (0, 1)

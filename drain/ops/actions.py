@@ -68,7 +68,7 @@ def act(store: Store, action: str, pairs: Sequence[tuple[str, str]], actor: str,
         reply = store.scripts.act(
             keys=[keys.INFLIGHT, keys.DEFERRED, keys.HELD_RATE, keys.HELD_BREAKER, keys.QUARANTINE, keys.SWEPT,
                   keys.READY_COUNT, keys.BOOKS, keys.SHAPE, keys.FINDINGS, keys.BOUNCES, keys.AUDIT, keys.EVENTS,
-                  *(keys.message(i) for i, _p in page)],
+                  keys.SWEPT_LANE, *(keys.message(i) for i, _p in page)],
             args=[action, actor, reason, now, "" if cutoff is None else f"{cutoff:.3f}", "1" if audit else "0",
                   AUDIT_KEPT, BOUNCES_KEPT, *events.tracer_args(store.settings), *(x for pair in page for x in pair)],
         )
