@@ -23,7 +23,7 @@ import redis
 from drain.errors import ConfigError
 from drain.flow.breaker import RELAY, Breakers, is_relay
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import keys, record
 from drain.worker.delivery import RelayConfig
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ Kind = Literal["domain", "tenant"]
 # Most relays one route may list (the relay and its fallbacks).
 MOST_RELAYS = 8
 # The message hash field naming its tenant (written by the intake; read here defensively).
-TENANT = "tenant"
+TENANT = record.TENANT
 _NAME = re.compile(r"[^\s@/:\\\"'<>\x00-\x1f\x7f]{1,253}")
 
 
