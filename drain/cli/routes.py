@@ -9,12 +9,13 @@ from typing import Any
 import click
 from rich.table import Table
 
-from drain.cli.cellcmds import add_relays, routes_of_each
+from drain.cli.cellcmds import routes_of_each
 from drain.cli.cells import apply_all, on_each
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.flow.breaker import RELAY
+from drain.observe.cells import add_relays
 from drain.store import tenancy
 from drain.worker import routing
 from drain.worker.delivery import RelayConfig

@@ -190,7 +190,9 @@ def _counts(raw: object) -> dict[str, int]:
 
 def relay_states(client: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, dict[str, object]]:
     """Every relay drain knows of (the environment's, the routes', any with counts): what it
-    took, how often it gave no session, its concurrency cap and its breaker, by relay name."""
+    took, how often it gave no session, its concurrency cap, the messages being handed to
+    it now (counted for a capped relay only), its breaker, and whether the environment or a
+    route names it now ("configured"; the others have counts left from former routes)."""
     now = time.time() if now is None else now
     urls = [settings.relay, *settings.relay_fallbacks, *(u for r in load(client) for u in r.urls)]
     names: list[str] = []
@@ -203,14 +205,19 @@ def relay_states(client: redis.Redis, settings: Settings, now: float | None = No
     for key in (keys.RELAY_HANDED, keys.RELAY_FAILED, keys.RELAY_CONCURRENCY):
         pipe.hgetall(key)
     handed, failed, caps = (_counts(r) for r in pipe.execute())
+    capped = [name for name in dict.fromkeys(names) if caps.get(name, 0) > 0]
+    pipe = client.pipeline(transaction=False)
+    for name in capped:
+        pipe.zcount(keys.relay_busy(name), f"({now}", "+inf")
+    busy = dict(zip(capped, (int(n) for n in pipe.execute()), strict=True)) if capped else {}
     breakers = {n: st for n, st in Breakers(client, settings).states().items() if is_relay(n)}
     out: dict[str, dict[str, object]] = {}
     for name in dict.fromkeys([*names, *handed, *failed, *breakers]):
         until = breakers.get(name, {}).get("open_until", 0.0)
         out[name] = {"handed": handed.get(name, 0), "failed": failed.get(name, 0),
-                     "concurrency": caps.get(name, 0), "open": until > now,
+                     "concurrency": caps.get(name, 0), "busy": busy.get(name, 0), "open": until > now,
                      "open_until": until if until > now else None,
-                     "failures": int(breakers.get(name, {}).get("failures", 0))}
+                     "failures": int(breakers.get(name, {}).get("failures", 0)), "configured": name in names}
     return out
 
 
