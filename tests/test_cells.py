@@ -264,7 +264,7 @@ def test_every_cells_password_is_hidden() -> None:
     assert shown.count("***") == 3 and "s2:3/m/0" in shown
 
 
-def test_deferred_list_spans_cells_and_one_redis_commands_refuse(
+def test_deferred_list_spans_cells(
         cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
     api = Client.connect(csettings)
     api.enqueue_many([synthetic(i) for i in range(6)])
@@ -276,9 +276,7 @@ def test_deferred_list_spans_cells_and_one_redis_commands_refuse(
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted(r["id"].split(".")[0] for r in rows) == ["c0", "c0", "c1", "c1", "c2", "c2"]
     assert [r["next_attempt_at"] for r in rows] == sorted(r["next_attempt_at"] for r in rows)
-    for command in (("breaker", "list"), ("quarantine", "rule", "list"), ("quarantine", "export", "--out", "x")):
-        refused = drain(csettings, *command)
-        assert refused.returncode == 2 and b"not across cells" in refused.stderr, (command, refused.stderr)
+    # (breakers, rules, export: tests/test_cells_ops.py; none refuses over cells now)
 
 
 def test_a_full_cell_is_skipped_and_all_full_is_queue_full(cells: list[RedisProc], csettings: Settings) -> None:
