@@ -87,12 +87,13 @@ class Report:
     envelope: Envelope
     accepted_at: float
     replies: dict[str, str]
+    tenant: str = ""  # the original's: the report is booked under it ("": the null sender's "-")
 
 
 def originals(store: Store, ids: Sequence[str]) -> dict[str, record.Record]:
     """Bytes and envelopes of messages about to be bounced, for their reports (null sender:
     none, a bounce is never bounced)."""
-    names = (record.RAW, record.ENVELOPE, record.ACCEPTED)
+    names = (record.RAW, record.ENVELOPE, record.ACCEPTED, record.TENANT)
     found = record.fetch(store.client, list(ids), names)
     return {r.id: r for r in found if r is not None and r.raw is not None and r.envelope.sender}
 
@@ -102,7 +103,7 @@ def send_reports(store: Store, reports: Sequence[Report], kind: str = "failed") 
     items = [(dsn.build(r.raw, r.envelope, r.replies, r.id, store.settings.hostname, r.accepted_at, kind=kind),
               Envelope("", (r.envelope.sender,)), None) for r in reports]
     if items:
-        store.enqueue_many(items, source="dsn")
+        store.enqueue_many(items, source="dsn", tenants=[r.tenant for r in reports])
     return len(items)
 
 
@@ -133,7 +134,8 @@ def run(store: Store, action: str, sel: Selector, reason: str = "", dry_run: boo
     if kept:
         done.reports = send_reports(store, [
             Report(i, kept[i].raw or b"", kept[i].envelope, kept[i].accepted_at,
-                   dict.fromkeys(kept[i].envelope.recipients, ADMIN_REPLY)) for i in moved if i in kept])
+                   dict.fromkeys(kept[i].envelope.recipients, ADMIN_REPLY), kept[i].tenant)
+            for i in moved if i in kept])
     if (moved and action == "flush") or done.reports:
         top_up(store)
     return done
