@@ -232,12 +232,18 @@ def test_status_page_json_and_metrics_add_up_cells_and_name_the_one_down(
 
     api = Client.connect(csettings)
     api.enqueue_many([synthetic(i) for i in range(9)])
+    api.enqueue_many([synthetic(i) for i in range(3)], tenant="acme")
     server = StatusServer(csettings.redis_url or "", csettings, "127.0.0.1", 0, refresh_s=0.1)
     server.start()
     try:
         assert server.snapshots.refreshed.wait(10)
         doc = fetch(server.url + "status.json").json()
-        assert doc["status"]["accepted"] == 9 and [c["ready"] for c in doc["cells"]] == [3, 3, 3]
+        assert doc["status"]["accepted"] == 12 and [c["ready"] for c in doc["cells"]] == [4, 4, 4]
+        # Tenants and relays add up over the cells too (they were left out of the sums).
+        assert doc["status"]["tenants"] == [{"tenant": "sender.example.com", "queued": 9},
+                                            {"tenant": "acme", "queued": 3}], doc["status"]["tenants"]
+        assert doc["status"]["tenants_queued"] == 2 and "(relay)" in doc["status"]["relays"]
+        assert 'drain_tenant_backlog_messages{tenant="acme"} 3.0' in fetch(server.url + "metrics").text
         cells[1].kill()
 
         def c1_down() -> bool:
@@ -245,11 +251,11 @@ def test_status_page_json_and_metrics_add_up_cells_and_name_the_one_down(
 
         wait_for(c1_down, what="the page to see c1 down")
         doc = fetch(server.url + "status.json").json()
-        assert doc["redis"]["up"] and doc["status"]["accepted"] == 6
+        assert doc["redis"]["up"] and doc["status"]["accepted"] == 8
         assert str(cells[1].port) not in json.dumps(doc["cells"])  # no address on the page
         metrics = fetch(server.url + "metrics").text
         assert 'drain_cell_up{cell="c1"} 0.0' in metrics and 'drain_cell_up{cell="c0"} 1.0' in metrics
-        assert 'drain_cell_queue_depth{cell="c2",state="ready"} 3.0' in metrics
+        assert 'drain_cell_queue_depth{cell="c2",state="ready"} 4.0' in metrics
         page = fetch(server.url).text
         assert "c1</td><td class=\"no\">DOWN" in page
     finally:
