@@ -104,7 +104,7 @@ class Batch:
         self.gate = Gate(store)
         # Ids of the current claim that came from the fresh lane.
         self.fresh_ids: set[str] = set()
-        # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
+        # Bounce reports to send once the outcomes are settled: (message, recipient -> reply, its tenant).
         self.reports: list[tuple[Stored, dict[str, str], str]] = []
 
     def decide(self, msg: Stored) -> Outcome:

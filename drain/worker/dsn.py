@@ -83,5 +83,5 @@ def tenant_of(client: redis.Redis, msg_id: str) -> str:
     try:
         value = client.hget(keys.message(msg_id), record.TENANT)
         return tenancy.valid(value.decode("utf-8")) if isinstance(value, bytes) else ""
-    except (InputError, UnicodeDecodeError, redis.ResponseError):
+    except (InputError, UnicodeDecodeError, redis.RedisError):  # Redis trouble costs the tenant, not the report
         return ""
