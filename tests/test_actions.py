@@ -327,3 +327,19 @@ def test_durations_parse_or_refuse() -> None:
     for bad in ("", "5x", "-1h", "nan", "1e9999", "h"):
         with pytest.raises(Exception, match="duration"):
             parse_duration(bad)
+    assert parse_duration("366d") == 366 * 86400
+    for absurd in ("99999999w", "367d", "53w", "31622401"):
+        with pytest.raises(Exception, match="at most a year"):
+            parse_duration(absurd)
+
+
+def test_absurd_durations_and_times_are_refused_and_change_nothing(client: Client, world: World,
+                                                                   settings: Settings) -> None:
+    before = _snapshot(client.redis)
+    for args in (("pause", "--for", "99999999w"), ("pause", "--domain", "slow.example.org", "--for", "400d"),
+                 ("hold", "--all", "--older-than", "99999999w"), ("log", "--since", "999999999999999d"),
+                 ("audit", "--since", "99999999999d"), ("trace", "--since", "0001-01-01")):
+        result = drain(settings, *args)
+        assert result.returncode == 2 and one_line(result), (args, result.stderr)
+        assert result.stdout == b"", args
+    assert _snapshot(client.redis) == before

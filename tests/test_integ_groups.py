@@ -14,7 +14,7 @@ from drain.intake.api import Client
 from drain.ops import actions, control
 from drain.ops.select import Selector
 from drain.store import keys
-from drain.trace import history
+from drain.trace import history, where
 from tests.test_routes import _deliveries, _run_until_done
 
 A, B = "alpha.example.com", "beta.example.net"
@@ -130,3 +130,32 @@ def test_actions_on_tenants_mail_parked_for_its_second_group_reach_the_relay_exa
     # Every message took alpha before the action: each counts as delivered but the deleted ones.
     assert (books.accepted, books.delivered, books.deleted, books.bounced, books.queued) == (18, 15, 3, 0, 0)
     assert client.redis.hgetall(keys.SHAPE) == {} and client.redis.hgetall(keys.TENANT_SHAPE) == {}
+
+
+def test_show_counts_the_attempts_of_groups_done_before_the_rest(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    # Alpha takes it while beta waits, paused: one delivery attempt was made.
+    control.pause(client.store, B)
+    (parked,) = _two(client, 1)
+    work()
+    doc, _raw = where.show(client.redis, parked, client.settings.trace_retention_s)
+    assert doc["state"] == "parked" and doc["attempts"] == 1, doc
+    # Two groups done in one pass are two attempts.
+    three = client.enqueue(synthetic(2), recipients=[f"user2@{A}", "user2@gamma.example.org", f"user2@{B}"])
+    work()
+    assert where.show(client.redis, three, client.settings.trace_retention_s)[0]["attempts"] == 2
+    # Beta defers it in the same pass as alpha takes it: two attempts (one per group).
+    control.resume(client.store, B)
+    relay.set_policy(rcpt_policy=lambda r: "451 4.3.0 later" if r.endswith(B) and "user1@" in r else None)
+    (deferred,) = [client.enqueue(synthetic(1), recipients=[f"user1@{A}", f"user1@{B}"])]
+    work()
+    doc, _raw = where.show(client.redis, deferred, client.settings.trace_retention_s)
+    assert doc["state"] == "deferred" and doc["attempts"] == 2, doc
+    # Once done, each group's delivered event has its own attempt number, as show counts them.
+    relay.set_policy()
+    client.redis.zadd(keys.DEFERRED, {deferred: 0})
+    _run_until_done(client, work)
+    for msg_id, attempts in ((parked, [1, 2]), (deferred, [1, 3]), (three, [2, 3])):
+        events = _trace(client, msg_id)["events"]
+        assert [e["attempt"] for e in events if e["event"] == "delivered"] == attempts, events
+        assert where.show(client.redis, msg_id, client.settings.trace_retention_s)[0]["attempts"] == attempts[-1]

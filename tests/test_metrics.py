@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,12 +12,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.flow import ratelimit
+from drain.flow.breaker import Breakers
 from drain.intake.api import Client, Submission
 from drain.observe import metrics, model
 from drain.observe.metrics import DrainCollector
 from drain.observe.model import Reading, latency_buckets
+from drain.settings import Settings
 from drain.store import keys
 from drain.store.store import Store
+from drain.worker import routing
 from tests.conftest import seed
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -117,3 +123,38 @@ def test_collector_reads_findings_by_code(client: Client) -> None:
     samples = list(DrainCollector(metrics.live(client.store)).collect())
     (found,) = [m for m in samples if m.name == "drain_quarantine_findings"]
     assert [(s.labels, s.value) for s in found.samples] == [({"reason": "rule.match"}, 4)]
+
+
+def test_relays_have_their_own_series_for_the_configured_relays_only(client: Client, settings: Settings) -> None:
+    """Mutants caught: _relays left out of the collector; the configured filter dropped (a
+    relay named only by leftover counts, or planted in Redis, would get a series); the
+    busy count read for every relay or never. The exposition passes `promtool check metrics`."""
+    dead, capped = "smtp://127.0.0.1:9", "smtp://127.0.0.1:2600"
+    routing.set_route(client.redis, "domain", "example.com", [dead, capped])
+    for _ in range(settings.relay_breaker_failures):
+        Breakers(client.redis, settings).failure(f"relay:{dead}")
+    routing.set_concurrency(client.redis, capped, 4, settings)
+    client.redis.hset(keys.RELAY_HANDED, mapping={f"relay:{capped}": 7, "relay:smtp://gone.example:25": 3,
+                                                  "planted\nname": 9})
+    client.redis.hset(keys.RELAY_FAILED, f"relay:{dead}", 2)
+    client.redis.zadd(keys.relay_busy(f"relay:{capped}"), {"m1": time.time() + 60, "m2": time.time() + 60,
+                                                           "lapsed": time.time() - 1})
+    text = metrics.exposition(metrics.registry(metrics.live(client.store))).decode()
+    samples = parse(text)
+    assert value(samples, "drain_relay_handed_total", relay=f"relay:{capped}") == 7
+    assert value(samples, "drain_relay_failed_total", relay=f"relay:{dead}") == 2
+    assert value(samples, "drain_relay_circuit_open", relay=f"relay:{dead}") == 1
+    assert value(samples, "drain_relay_circuit_open", relay="(relay)") == 0
+    failures = routing.relay_states(client.redis, settings)[f"relay:{dead}"]["failures"]
+    assert value(samples, "drain_relay_breaker_failures", relay=f"relay:{dead}") == failures
+    assert value(samples, "drain_relay_concurrency_limit", relay=f"relay:{capped}") == 4
+    assert value(samples, "drain_relay_sessions", relay=f"relay:{capped}") == 2
+    relays = {dict(labels)["relay"] for (name, labels) in samples if name.startswith("drain_relay_")}
+    assert relays == {"(relay)", f"relay:{dead}", f"relay:{capped}"}, relays
+    assert not any(name == "drain_relay_sessions" and dict(labels)["relay"] != f"relay:{capped}"
+                   for (name, labels) in samples)
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True,
+                                 timeout=30, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -119,8 +119,8 @@ def test_routes_by_domain_and_by_tenant_reach_their_relays(
     assert done.returncode == 0, done.stderr
     routing.set_route(client.redis, "tenant", "acme", [by_tenant.url])
     client.enqueue(synthetic(1), recipients=["one@routed.example.com", "two@plain.example.com"])
-    acme = client.enqueue(synthetic(2), recipients=["three@plain.example.org"])
-    client.redis.hset(keys.message(acme), routing.TENANT, "acme")
+    # The tenant as the intake stores it (a route by tenant read another field before).
+    client.enqueue(synthetic(2), recipients=["three@plain.example.org"], tenant="acme")
     client.enqueue(synthetic(3), recipients=["four@plain.example.org"])
     work()
 
@@ -203,6 +203,46 @@ def test_a_5xx_through_a_routed_relay_bounces_that_message_only(
     assert (books.delivered, books.bounced) == (3, 1)
     assert fallback.messages == [], "a reply about one message sent it to the fallback"
     assert routing.relay_states(client.redis, settings)[f"relay:{primary.url}"]["failures"] == 0
+
+
+def test_a_route_for_a_parent_domain_takes_its_subdomains_nearest_first(
+        client: Client, relay: Sink, sinks: tuple[Sink, Sink], settings: Settings,
+        work: Callable[..., bool]) -> None:
+    """Mutants caught: Routes.chain looking up the exact domain only (the parents' routes
+    ignored), the farthest parent first, a parent's route before the domain's own, or the
+    tenant's before a parent's; check_name refusing a leading dot."""
+    parent, nearer = sinks
+    with Sink(keep=True) as exact, Sink(keep=True) as by_tenant:
+        for name, sink in ((".Example.com", parent), (".sub.example.com", nearer), ("sub.example.com", exact)):
+            done = drain(settings, "route", "set", name, sink.url)
+            assert done.returncode == 0, done.stderr
+        client.enqueue(synthetic(0), tenant="acme")
+        assert drain(settings, "route", "set", "--tenant", "acme", by_tenant.url).returncode == 0
+        routes = routing.Routes(client.redis, settings)
+        routes.refresh(b"now")
+        assert routes.chain("x.example.com", "acme") == (parent.url,)
+        assert routes.chain("deep.sub.example.com", "acme") == (nearer.url,)
+        assert routes.chain("sub.example.com", "acme") == (exact.url,)
+        # A parent's route is for its subdomains, not the domain itself (as in Postfix).
+        assert routes.chain("example.com", "acme") == (by_tenant.url,)
+        assert routes.chain("example.com") == routes.chain("notexample.com") == routes.default
+        for n, rcpt in enumerate(("a@x.example.com", "b@deep.sub.example.com", "c@sub.example.com",
+                                  "d@example.com", "e@elsewhere.example.org")):
+            client.enqueue(synthetic(n + 1), recipients=[rcpt], tenant="acme")
+        work()
+
+        def got(sink: Sink) -> list[str]:
+            return sorted(r for m in sink.messages for r in m.recipients)
+
+        assert (got(parent), got(nearer), got(exact)) == (
+            ["a@x.example.com"], ["b@deep.sub.example.com"], ["c@sub.example.com"])
+        assert {"d@example.com", "e@elsewhere.example.org"} <= set(got(by_tenant))
+    listed = json.loads(drain(settings, "route", "list", "--json").stdout)
+    assert [r["name"] for r in listed["routes"] if r["kind"] == "domain"] == [
+        ".example.com", ".sub.example.com", "sub.example.com"]
+    assert drain(settings, "route", "delete", ".example.com").returncode == 0
+    for bad in ("..example.com", ".", ".@x"):
+        assert drain(settings, "route", "set", bad, parent.url).returncode == 2, bad
 
 
 @pytest.mark.parametrize("url", ["ftp://relay.example.com", "smtp://", "smtp://relay.example.com:99999",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -251,3 +252,67 @@ def test_a_tenant_rate_of_zero_holds_its_mail_without_busy_jobs(client: Client, 
     tenants.set_rate(client.store, "zero.example.com", None)
     work()
     assert Counter(order(relay)) == {"other": 5, "zero": 6}
+
+
+def test_tenant_list_leaves_out_mail_an_action_took_at_once(client: Client, relay: Sink, work: Work,
+                                                            settings: Settings) -> None:
+    """Mutants caught: act.lua not noting the lane of an id it sweeps off a ready list, and
+    ops.tenants.listing not subtracting the notes: deleted or held mail stayed in ready_*
+    until a claim passed it."""
+    from drain.ops import actions
+    from drain.ops.select import Selector
+
+    def ready(name: str) -> tuple[int, int]:
+        row = next(r for r in tenants.listing(client.store) if r["tenant"] == name)
+        return row["ready_fresh"], row["ready_backlog"]
+
+    fresh = [client.enqueue(mail("acme", i), tenant="acme") for i in range(4)]
+    backlog = client.enqueue_many([mail("acme", 10 + i) for i in range(3)], lane="backlog", tenant="acme").ids
+    client.enqueue(mail("other", 1), tenant="other")
+    assert ready("acme") == (4, 3)
+    # By id (its lane is looked up) and by selector (its lane is where it was found).
+    assert actions.run(client.store, "delete", Selector(ids=(fresh[0],))).moved == 1
+    assert actions.run(client.store, "hold", Selector(ids=(backlog[0],))).moved == 1
+    assert actions.run(client.store, "bounce", Selector(sender="a@acme.example.com", older_than_s=0,
+                                                        states=("ready",)), reason="t").moved == 5
+    assert ready("acme") == (0, 0) and ready("other") == (1, 0)
+    listed = drain_cli(settings, "tenant", "list", "--json")
+    assert {r["tenant"]: r["ready_fresh"] + r["ready_backlog"] for r in json.loads(listed.stdout)} == {
+        "acme": 0, "other": 1}, listed
+    # Once the claim has passed the swept ids, their notes are stale and tidied away.
+    work()
+    assert ready("acme") == (0, 0) and ready("other") == (0, 0)
+    assert not client.redis.exists(keys.SWEPT) and not client.redis.hlen(keys.SWEPT_LANE)
+    assert actions.run(client.store, "release", Selector(ids=(backlog[0],)), force=True).moved == 1
+    assert ready("acme") == (0, 1)
+
+
+def test_reports_are_booked_under_the_original_messages_tenant(client: Client, relay: Sink, work: Work) -> None:
+    """Mutants caught: Batch._send_reports, actions.send_reports or lifetime's _report not
+    passing the original's tenant: the report is booked under the null sender's "-"."""
+    from drain.ops import actions
+    from drain.ops.select import Selector
+    from drain.store import events
+    from drain.worker import lifetime
+
+    store = client.store
+    store.settings = store.settings.with_(dsn=True, max_lifetime_s=3600.0)
+
+    def blue(n: int) -> bytes:  # a sender whose domain is not its tenant
+        return mail("blue", n).replace(b"a@blue.example.com", b"a@blue.example.org")
+
+    relay.set_policy(rcpt_policy=lambda r: {"u1": "550 5.1.1 no such user", "u3": "451 4.3.0 later"}.get(
+        r.split("@")[0]))
+    client.enqueue(blue(1), tenant="acme")  # refused by the relay: the worker's report
+    client.enqueue(blue(3), tenant="initech")  # deferred, then expired: the lifetime's report
+    work(dsn=True)
+    bounced = client.enqueue(blue(2), tenant="globex")  # bounced by the operator
+    assert actions.run(store, "bounce", Selector(ids=(bounced,)), reason="test").reports == 1
+    expired, _warned = lifetime.scan(store, now=time.time() + 3601, force=True)
+    assert expired == 1
+    relay.set_policy()
+    work(dsn=True)
+    received = [e for e in events.decode_all(client.redis.xrange(keys.EVENTS)) if e["event"] == "received"]
+    assert sorted(e["tenant"] for e in received if e.get("source") == "dsn") == ["acme", "globex", "initech"]
+    reports = [m for m in relay.messages if m.sender == ""]
+    assert len(reports) == 3 and all(m.recipients == ("a@blue.example.org",) for m in reports)

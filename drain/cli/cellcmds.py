@@ -171,21 +171,6 @@ def routes_of_each(obj: Context, read: Callable[[Client], list[dict[str, Any]]])
                    "(shown); set them again with `drain route set` to make them agree")
 
 
-def add_relays(states: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Relay states added over cells: counts and caps add, a breaker is open if it is in any cell."""
-    out: dict[str, dict[str, Any]] = {}
-    for cell_states in states:
-        for name, st in cell_states.items():
-            row = out.setdefault(name, {"handed": 0, "failed": 0, "concurrency": 0, "open": False,
-                                        "open_until": None, "failures": 0})
-            for k in ("handed", "failed", "concurrency", "failures"):
-                row[k] += int(st[k])
-            if st["open"]:
-                row["open"] = True
-                row["open_until"] = max(row["open_until"] or 0.0, float(st["open_until"]))
-    return out
-
-
 # -- tenants -------------------------------------------------------------------------------
 
 def tenant_rows(obj: Context) -> list[dict[str, Any]]:

@@ -168,14 +168,6 @@ def quarantine_select(obj: Context, ids: tuple[str, ...], flt: Filter) -> list[s
     return [r.id for r in quarantine_records(obj, flt, None)]
 
 
-def one_redis(obj: Context, what: str) -> None:
-    """Refuse (exit 2) a command that does not work across cells yet, rather than show or
-    change one cell as if it were all of them."""
-    if obj.multi:
-        raise click.UsageError(f"{what} works on one Redis, not across cells yet: give one cell's URL "
-                               "with --redis-url (see `drain cells`)")
-
-
 def deferred_rows(obj: Context, limit: int | None, domain: str | None, reason: str | None) -> Iterator[Deferred]:
     """Deferred mail of every cell that answers, soonest next attempt first, ids with their cell."""
     return _merged(obj, lambda c: list(records(c.store, limit, domain=domain, reason=reason)),

@@ -9,8 +9,9 @@ import time
 import click
 from rich.table import Table
 
+import drain.cli.cellops as cellops
 from drain.cli.cellcmds import tenant_rate
-from drain.cli.cells import one_redis, rate_shown, set_rate
+from drain.cli.cells import rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
@@ -106,12 +107,14 @@ def breaker_list(obj: Context, as_json: bool) -> None:
     """Every destination with failures on record: failures, times opened, open until."""
     from drain.flow.breaker import Breakers
 
-    one_redis(obj, "drain breaker list")
     now = time.time()
-    states = Breakers(obj.client.redis, obj.settings).states()
-    rows = [{"domain": d, "open": st.get("open_until", 0) > now, "open_until": st.get("open_until"),
-             "failures": int(st.get("failures", 0)), "trips": int(st.get("trips", 0))}
-            for d, st in sorted(states.items())]
+    if obj.multi:  # every cell's, merged by name, with the cells where it is open
+        rows = cellops.breaker_rows(obj, now)
+    else:
+        states = Breakers(obj.client.redis, obj.settings).states()
+        rows = [{"domain": d, "open": st.get("open_until", 0) > now, "open_until": st.get("open_until"),
+                 "failures": int(st.get("failures", 0)), "trips": int(st.get("trips", 0))}
+                for d, st in sorted(states.items())]
     if as_json:
         emit({"breakers": rows})
         return
@@ -120,7 +123,8 @@ def breaker_list(obj: Context, as_json: bool) -> None:
         table.add_column(column)
     for row in rows:
         until = row["open_until"]
-        table.add_row(cell(str(row["domain"])), "OPEN" if row["open"] else "closed",
+        opened = "OPEN" + (f" ({', '.join(row['open_in'])})" if row.get("open_in") else "")
+        table.add_row(cell(str(row["domain"])), opened if row["open"] else "closed",
                       when(float(until)) if isinstance(until, float) else "-", str(row["failures"]), str(row["trips"]))
     out.print(table)
 
@@ -131,9 +135,9 @@ def breaker_list(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def breaker_close(obj: Context, domain: str, note: str) -> None:
     """Close a breaker now (the far side is fixed): its held mail is due at once. Audited."""
-    one_redis(obj, "drain breaker close")
     name = domain if domain == "(relay)" else domain.lower()
-    released = control.close_breaker(obj.client.store, name, obj.settings.actor, note)
+    released = (cellops.close_breaker(obj, name, note) if obj.multi
+                else control.close_breaker(obj.client.store, name, obj.settings.actor, note))
     if released is None:
         click.echo(f"error: no circuit breaker on record for {domain!r} (see `drain breaker list`)", err=True)
         sys.exit(1)

@@ -5,11 +5,19 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from drain.store.store import Books, Store
+from drain.store.store import Books
+
+
+class HasBooks(Protocol):
+    """Whatever gives the books: a Store, or several cells' added up."""
+
+    def books(self) -> Books: ...
+
 
 # Progress refreshes this often (seconds).
 TICK_S = 0.2
@@ -26,7 +34,7 @@ def done(books: Books) -> int:
     return books.delivered + books.bounced + books.quarantined + books.deleted
 
 
-def watch(store: Store, proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, console: Console,
+def watch(store: HasBooks, proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, console: Console,
           stall_limit_s: float = 60.0, baseline: int = 0) -> Watched:
     """Show done/total, pace, ETA and quarantined so far until nothing is queued, the
     workers exit, or nothing moves for stall_limit_s. `baseline` is what was already done

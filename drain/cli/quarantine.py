@@ -10,7 +10,8 @@ from typing import TypeVar
 import click
 from rich.table import Table
 
-from drain.cli.cells import by_cell, one_redis, quarantine_count, quarantine_get, quarantine_records, quarantine_select
+import drain.cli.cellops as cellops
+from drain.cli.cells import by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
 from drain.cli.options import Context, filter_options, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -178,9 +179,9 @@ def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, se
                       domain: str | None, fmt: str, out_path: Path, force: bool, as_json: bool) -> None:
     """Write the original bytes of quarantined messages, as .eml files or one mbox (a new file
     unless --force)."""
-    one_redis(obj, "drain quarantine export")
     chosen, _note = _selected(obj, ids, reason, sender, domain)
-    count = Quarantine(obj.client.store).export(chosen, fmt, out_path, force=force)
+    count = (cellops.export(obj, chosen, fmt, out_path, force) if obj.multi
+             else Quarantine(obj.client.store).export(chosen, fmt, out_path, force=force))
     report(as_json, {"exported": count, "format": fmt, "out": str(out_path), "ids": chosen},
            safe(f"exported {count} message(s) to {out_path}"))
 
@@ -204,9 +205,8 @@ def quarantine_rule() -> None:
 def rule_add(obj: Context, sender: str | None, domain: str | None, header: str | None, note: str,
              dry_run: bool, yes_all: bool, as_json: bool) -> None:
     """Add a rule; messages already queued that match move to quarantine now."""
-    one_redis(obj, "drain quarantine rule add")
     probe = rule_ops.draft(sender, domain, header)  # an empty or unusable rule fails here, before Redis
-    plan = rule_ops.plan(obj.client.store, probe)
+    plan = cellops.rule_plan(obj, probe) if obj.multi else rule_ops.plan(obj.client.store, probe)
     matched, queued, confirm = plan.matched, plan.queued, plan.needs_confirmation
     if dry_run:
         if as_json:
@@ -219,7 +219,7 @@ def rule_add(obj: Context, sender: str | None, domain: str | None, header: str |
     if confirm and not yes_all:
         raise click.UsageError(safe(f"rule ({probe.describe()}) would catch {plan.scope}; "
                                     "add --yes-all to add it anyway (--dry-run counts first)"))
-    rule, swept = rule_ops.add(obj.client.store, plan, note)
+    rule, swept = cellops.rule_add(obj, plan, note) if obj.multi else rule_ops.add(obj.client.store, plan, note)
     report(as_json, {"id": rule.id, "rule": rule.describe(), "swept": swept},
            safe(f"rule {rule.id} ({rule.describe()}): {swept} queued message(s) moved to quarantine"))
 
@@ -229,7 +229,15 @@ def rule_add(obj: Context, sender: str | None, domain: str | None, header: str |
 @pass_ctx
 def rule_list(obj: Context, as_json: bool) -> None:
     """Rules in force, oldest first: what each matches, who added it, when and why."""
-    one_redis(obj, "drain quarantine rule list")
+    if obj.multi:  # every cell's, merged by id, with the cells that hold each
+        for row in cellops.rule_rows(obj):
+            if as_json:
+                emit({k: v for k, v in row.items() if k != "rule"})
+            else:
+                where = "" if len(row["cells"]) == len(obj.members) else f" [only on {', '.join(row['cells'])}]"
+                click.echo(safe(f"{row['id']}: {row['rule']}  (by {row['actor']}, {when(row['created_at'])}) "
+                                f"{row['note']}{where}"))
+        return
     for rule in rules.load(obj.client.redis):
         if as_json:
             emit({"id": rule.id, "sender": rule.sender, "domain": rule.domain, "header": rule.header,
@@ -244,8 +252,7 @@ def rule_list(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def rule_remove(obj: Context, rule_id: str, as_json: bool) -> None:
     """Remove rule ID (see `rule list`); mail it already quarantined stays there."""
-    one_redis(obj, "drain quarantine rule remove")
-    if not rules.remove(obj.client.redis, rule_id):
+    if not (cellops.rule_remove(obj, rule_id) if obj.multi else rules.remove(obj.client.redis, rule_id)):
         raise InputError(f"no rule {rule_id}")
     report(as_json, {"id": rule_id, "removed": True}, safe(f"rule {rule_id} removed"))
 

@@ -9,12 +9,13 @@ from typing import Any
 import click
 from rich.table import Table
 
-from drain.cli.cellcmds import add_relays, routes_of_each
+from drain.cli.cellcmds import routes_of_each
 from drain.cli.cells import apply_all, on_each
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.flow.breaker import RELAY
+from drain.observe.cells import add_relays
 from drain.store import tenancy
 from drain.worker import routing
 from drain.worker.delivery import RelayConfig
@@ -38,7 +39,7 @@ def route() -> None:
 
 @route.command("set")
 @click.argument("names", nargs=-1, metavar="[DOMAIN] URL")
-@click.option("--tenant", default=None, help="Route this tenant's mail (domain routes go first).")
+@click.option("--tenant", default=None, help="Route this tenant's mail (domain and parent-domain routes go first).")
 @click.option("--fallback", "fallbacks", multiple=True, metavar="URL",
               help="A relay tried, in the order given, while the ones before it are down (repeatable).")
 @json_option('Print {"kind", "name", "relay", "fallbacks"} as JSON.')
@@ -46,7 +47,9 @@ def route() -> None:
 def route_set(obj: Context, names: tuple[str, ...], tenant: str | None, fallbacks: tuple[str, ...],
               as_json: bool) -> None:
     """Send mail for DOMAIN (or --tenant T) through the relay at URL (smtp://host:port,
-    smtp+starttls://, smtps://; no credentials: those come from the environment)."""
+    smtp+starttls://, smtps://; no credentials: those come from the environment). A DOMAIN
+    with a leading dot (.example.com) takes its subdomains, as in a Postfix transport map.
+    Precedence: the domain's route, its nearest parent's, the tenant's, the default."""
     kind, name, urls = _target(names, tenant, 2)
     if kind == "tenant" and not on_each(obj, lambda store: tenancy.known(store.client, name), any):
         # As `drain tenant set` does: a typo would otherwise route nobody's mail, silently.

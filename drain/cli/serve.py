@@ -64,7 +64,12 @@ def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
     if rate_text is not None:
         per_second = moving_rate(rate_text, "--rate", "0 would hold delivery for good (to hold it: drain rate set 0)")
     RelayConfig.from_url(obj.settings.relay)
-    if not run_session(obj.client, per_second, rate_text is not None, processes, out):
+    cells = None
+    if obj.multi:  # a worker group per cell; the progress and the rate over all of them
+        from drain.cli.cellops import CellsBooks
+
+        cells = CellsBooks(obj)
+    if not run_session(obj.client, per_second, rate_text is not None, processes, out, cells):
         sys.exit(1)
 
 

@@ -8,34 +8,54 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Protocol
 
 from rich.console import Console
 
-from drain.cli.progress import done, watch
+from drain.cli.progress import HasBooks, done, watch
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.ops import control
 from drain.store.connection import resolve_url
 
+
+class Cells(HasBooks, Protocol):
+    """What a session over several cells needs of them (drain.cli.cellops.CellsBooks)."""
+
+    count: int
+
+    def set_rate(self, per_second: float | None) -> None: ...
+
+    def rate(self) -> float | None: ...
+
+    def top_up(self) -> None: ...
+
+
 # How long stopping workers may take to finish their batch before they are killed.
 STOP_GRACE_S = 60.0
 
 
-def run_session(client: Client, rate: float | None, set_rate: bool, processes: int, console: Console) -> bool:
+def run_session(client: Client, rate: float | None, set_rate: bool, processes: int, console: Console,
+                cells: Cells | None = None) -> bool:
+    """Drain until nothing is queued. With several cells (`cells`: their books added up, a
+    way to set the rate over them and to give each its tokens), `drain worker` runs a group
+    per cell and the progress is the cells' sum."""
     if set_rate:
-        ratelimit.set_global(client.redis, rate)
-    url = resolve_url(client.settings)
-    books = client.store.books()
-    pace = ratelimit.format_rate(ratelimit.get_global(client.redis))
-    console.print(f"draining {books.queued:,} queued messages at {pace} with {processes} worker process(es);"
-                  " Ctrl-C stops cleanly")
+        cells.set_rate(rate) if cells else ratelimit.set_global(client.redis, rate)
+    books_of: HasBooks = cells or client.store
+    url = client.settings.redis_url or "" if cells else resolve_url(client.settings)
+    books = books_of.books()
+    pace = ratelimit.format_rate(cells.rate() if cells else ratelimit.get_global(client.redis))
+    console.print(f"draining {books.queued:,} queued messages at {pace} with {processes} worker process(es)"
+                  + (f" per cell ({cells.count} cells)" if cells else "") + "; Ctrl-C stops cleanly")
     env = dict(os.environ, DRAIN_REDIS_URL=url)
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
                              "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
-    control.top_up(client.store)  # the rate set above may have held it; tokens once workers run
+    # The rate set above may have held it; tokens once workers run.
+    cells.top_up() if cells else control.top_up(client.store)
     finished = False
     try:
-        watched = watch(client.store, proc, console, stall_limit_s=float("inf"), baseline=done(books))
+        watched = watch(books_of, proc, console, stall_limit_s=float("inf"), baseline=done(books))
         finished = watched.finished
         if not finished:
             console.print(f"[red]stopped: {watched.reason}[/]")
@@ -43,7 +63,7 @@ def run_session(client: Client, rate: float | None, set_rate: bool, processes: i
         console.print("stopping: workers finish and record their current batch...")
     finally:
         _stop(proc)
-    final = client.store.books()
+    final = books_of.books()
     console.print(f"books: {final.as_dict()} -> {'balanced' if final.balanced else 'NOT BALANCED'}")
     return finished and final.balanced
 

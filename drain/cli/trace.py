@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
+import drain.cli.cellops as cellops
 from drain.cli.cellcmds import log_since
 from drain.cli.cellcmds import show as cells_show
 from drain.cli.cellcmds import trace as cells_trace
-from drain.cli.cells import one_redis
 from drain.cli.options import Context, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
@@ -47,8 +47,6 @@ def _echo_event(doc: dict[str, Any], as_json: bool) -> None:
 @pass_ctx
 def log(obj: Context, follow: bool, since: float | None, as_json: bool, count: int | None) -> None:
     """The delivery log: one line per event, with queue id and Message-ID."""
-    if obj.multi and follow:
-        one_redis(obj, "drain log --follow")
     reader = logview.Reader(obj.client.redis, obj.settings.trace_retention_s)
     shown = 0
     if since is not None or not follow:
@@ -59,7 +57,7 @@ def log(obj: Context, follow: bool, since: float | None, as_json: bool, count: i
                 return
     if follow:
         left = None if count is None else count - shown
-        for doc in itertools.islice(reader.follow(lambda: False), left):
+        for doc in itertools.islice(cellops.follow(obj) if obj.multi else reader.follow(lambda: False), left):
             _echo_event(doc, as_json)
 
 

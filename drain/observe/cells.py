@@ -76,7 +76,41 @@ def add_status(statuses: Sequence[Status]) -> Status:
         deferred_by={p: sum(s.deferred_by.get(p, 0) for s in statuses) for p in parts},
         held=next((s.held for s in statuses if s.held is not None), None),
         domains_held=sorted({d for s in statuses for d in s.domains_held}),
+        relays=add_relays([s.relays for s in statuses]),
+        **add_tenants(statuses),
     )
+
+
+def add_tenants(statuses: Sequence[Status]) -> dict[str, Any]:
+    """The tenants over cells: each cell's top tenants with their queued mail added up (a
+    tenant in no cell's top is left out), how many tenants have queued mail (at least: a
+    tenant with mail in two cells is one), paused in any cell."""
+    queued: dict[str, int] = {}
+    for st in statuses:
+        for name, count in st.tenants:
+            queued[name] = queued.get(name, 0) + count
+    shown = max((len(st.tenants) for st in statuses), default=0)
+    top = sorted(queued.items(), key=lambda item: (-item[1], item[0]))[:shown]
+    return {"tenants": top,
+            "tenants_queued": max([len(queued), *(st.tenants_queued for st in statuses)]),
+            "tenants_paused": sorted({t for st in statuses for t in st.tenants_paused})}
+
+
+def add_relays(states: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Relay states added over cells: counts and caps add, a breaker is open if it is in any
+    cell, a relay is configured if any cell's routes name it."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell_states in states:
+        for name, st in cell_states.items():
+            row = out.setdefault(name, {"handed": 0, "failed": 0, "concurrency": 0, "busy": 0, "open": False,
+                                        "open_until": None, "failures": 0, "configured": False})
+            for k in ("handed", "failed", "concurrency", "busy", "failures"):
+                row[k] += int(st.get(k, 0))
+            row["configured"] = row["configured"] or bool(st.get("configured", True))
+            if st["open"]:
+                row["open"] = True
+                row["open_until"] = max(row["open_until"] or 0.0, float(st["open_until"]))
+    return out
 
 
 def status_doc(readings: Sequence[Reading[Status]]) -> dict[str, Any]:

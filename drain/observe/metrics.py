@@ -25,6 +25,9 @@ from drain.store.store import Store
 # Domains given their own backlog series, largest first: more would swamp Prometheus.
 DOMAINS_EXPOSED = 50
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Relays given their own series (those the environment or a route names now, most handed
+# first): the label values come from the configuration, never from a message.
+RELAYS_EXPOSED = 100
 # Counters of the books hash exposed as drain_messages_total{event=...}.
 EVENTS = ("accepted", "delivered", "bounced", "deleted")
 
@@ -65,6 +68,7 @@ class DrainCollector:
                                     buckets=[(_le(le), n) for le, n in buckets], sum_value=total)
         yield from _domains(f)
         yield from _tenants(f)
+        yield from _relays(f)
         if f.cells:
             yield from _cells(f)
 
@@ -185,6 +189,38 @@ def _tenants(f: Figures) -> Iterator[Metric]:
         queued.add_metric([name], count)
     yield queued
     yield GaugeMetricFamily("drain_tenants_queued", "Tenants with queued mail.", value=f.status.tenants_queued)
+
+
+def _relays(f: Figures) -> Iterator[Metric]:
+    """Per relay (named as in `drain route list`): its counts, cap, handoffs now and breaker."""
+    configured = [(name, st) for name, st in f.status.relays.items() if st.get("configured", True)]
+    configured.sort(key=lambda row: (-_number(row[1].get("handed")), row[0]))
+    handed = CounterMetricFamily("drain_relay_handed", "Destination groups each relay gave a reply about "
+                                 "(2xx, 4xx or 5xx).", labels=["relay"])
+    failed = CounterMetricFamily("drain_relay_failed", "Times each relay gave no usable session (refused, "
+                                 "no greeting, TLS, AUTH); the next relay of the route took the mail.",
+                                 labels=["relay"])
+    opened = GaugeMetricFamily("drain_relay_circuit_open", "1 while the relay's circuit breaker is open.",
+                               labels=["relay"])
+    failures = GaugeMetricFamily("drain_relay_breaker_failures", "Failures the relay's breaker counts now "
+                                 "(it opens at DRAIN_RELAY_BREAKER_FAILURES).", labels=["relay"])
+    cap = GaugeMetricFamily("drain_relay_concurrency_limit", "Most messages handed to the relay at once by "
+                            "all workers (relays with a cap).", labels=["relay"])
+    busy = GaugeMetricFamily("drain_relay_sessions", "Messages being handed to the relay now (counted for "
+                             "relays with a concurrency cap).", labels=["relay"])
+    for name, st in configured[:RELAYS_EXPOSED]:
+        handed.add_metric([name], _number(st.get("handed")))
+        failed.add_metric([name], _number(st.get("failed")))
+        opened.add_metric([name], 1 if st.get("open") else 0)
+        failures.add_metric([name], _number(st.get("failures")))
+        if _number(st.get("concurrency")) > 0:
+            cap.add_metric([name], _number(st.get("concurrency")))
+            busy.add_metric([name], _number(st.get("busy")))
+    yield from (handed, failed, opened, failures, cap, busy)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def registry(source: Callable[[], Reading]) -> CollectorRegistry:

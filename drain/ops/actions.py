@@ -68,7 +68,7 @@ def act(store: Store, action: str, pairs: Sequence[tuple[str, str]], actor: str,
         reply = store.scripts.act(
             keys=[keys.INFLIGHT, keys.DEFERRED, keys.HELD_RATE, keys.HELD_BREAKER, keys.QUARANTINE, keys.SWEPT,
                   keys.READY_COUNT, keys.BOOKS, keys.SHAPE, keys.FINDINGS, keys.BOUNCES, keys.AUDIT, keys.EVENTS,
-                  *(keys.message(i) for i, _p in page)],
+                  keys.SWEPT_LANE, *(keys.message(i) for i, _p in page)],
             args=[action, actor, reason, now, "" if cutoff is None else f"{cutoff:.3f}", "1" if audit else "0",
                   AUDIT_KEPT, BOUNCES_KEPT, *events.tracer_args(store.settings), *(x for pair in page for x in pair)],
         )
@@ -87,12 +87,13 @@ class Report:
     envelope: Envelope
     accepted_at: float
     replies: dict[str, str]
+    tenant: str = ""  # the original's: the report is booked under it ("": the null sender's "-")
 
 
 def originals(store: Store, ids: Sequence[str]) -> dict[str, record.Record]:
     """Bytes and envelopes of messages about to be bounced, for their reports (null sender:
     none, a bounce is never bounced)."""
-    names = (record.RAW, record.ENVELOPE, record.ACCEPTED)
+    names = (record.RAW, record.ENVELOPE, record.ACCEPTED, record.TENANT)
     found = record.fetch(store.client, list(ids), names)
     return {r.id: r for r in found if r is not None and r.raw is not None and r.envelope.sender}
 
@@ -102,7 +103,7 @@ def send_reports(store: Store, reports: Sequence[Report], kind: str = "failed") 
     items = [(dsn.build(r.raw, r.envelope, r.replies, r.id, store.settings.hostname, r.accepted_at, kind=kind),
               Envelope("", (r.envelope.sender,)), None) for r in reports]
     if items:
-        store.enqueue_many(items, source="dsn")
+        store.enqueue_many(items, source="dsn", tenants=[r.tenant for r in reports])
     return len(items)
 
 
@@ -133,7 +134,8 @@ def run(store: Store, action: str, sel: Selector, reason: str = "", dry_run: boo
     if kept:
         done.reports = send_reports(store, [
             Report(i, kept[i].raw or b"", kept[i].envelope, kept[i].accepted_at,
-                   dict.fromkeys(kept[i].envelope.recipients, ADMIN_REPLY)) for i in moved if i in kept])
+                   dict.fromkeys(kept[i].envelope.recipients, ADMIN_REPLY), kept[i].tenant)
+            for i in moved if i in kept])
     if (moved and action == "flush") or done.reports:
         top_up(store)
     return done

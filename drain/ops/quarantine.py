@@ -176,10 +176,14 @@ class Quarantine:
                 break
         return out
 
+    def originals(self, ids: list[str]) -> list[Original]:
+        """The quarantined messages' original bytes, with sender and time, for an export."""
+        return [Original(r.id, r.sender, r.accepted_at, r.raw or b"") for r in map(self.get, ids)]
+
     def export(self, ids: list[str], fmt: str, out: Path, force: bool = False) -> int:
         """Write the original bytes: one .eml per message into a folder, or one mbox file.
         Refuses devices, links and existing files (unless force) before writing anything."""
-        originals = [Original(r.id, r.sender, r.accepted_at, r.raw or b"") for r in map(self.get, ids)]
+        originals = self.originals(ids)
         if fmt == "eml":
             write_eml(originals, out, force)
         else:

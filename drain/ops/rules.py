@@ -4,9 +4,12 @@ it sweeps the queued mail it matches into quarantine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
+from drain.errors import ConfigError
 from drain.intake import rules
+from drain.store import keys
 from drain.store.store import Store
 
 
@@ -48,3 +51,20 @@ def add(store: Store, planned: Plan, note: str = "") -> tuple[rules.Rule, int]:
     rule = rules.add(store.client, store.settings.actor, note,
                      sender=p.sender, domain=p.domain, header=p.header, pattern=p.pattern)
     return rule, rules.sweep(store, rule)
+
+
+def add_as(store: Store, rule: rules.Rule) -> int:
+    """Store a rule under its own id (over several cells every cell holds it under one id)
+    and sweep the queued mail it matches; returns how many messages moved. The same rule
+    already there is swept again only; another rule under that id is refused (ConfigError).
+    The rules' version moves past the id, so a rule added later on this Redis alone gets
+    a new one, and workers reload."""
+    client = store.client
+    if not client.hsetnx(keys.RULES, rule.id, json.dumps(asdict(rule))):
+        held = next((r for r in rules.load(client) if r.id == rule.id), None)
+        if held is None or (held.sender, held.domain, held.header, held.pattern) != (
+                rule.sender, rule.domain, rule.header, rule.pattern):
+            raise ConfigError(f"rule {rule.id} is another rule here (see `drain quarantine rule list`)")
+    if int(client.incr(keys.RULE_SEQ)) < int(rule.id):
+        client.set(keys.RULE_SEQ, rule.id)
+    return rules.sweep(store, rule)

@@ -34,16 +34,23 @@ PAGE = 1000
 # The reason code of mail put on hold by an operator (`drain hold`).
 HOLD_CODE = "operator.hold"
 
+# The longest duration a command takes (`pause --for`, `--older-than`): a year. No state of
+# drain is meant to last longer (a message lives DRAIN_MAX_LIFETIME, 5 d by default), and a
+# pause of `99999999w` would print as a date in year 1918561 and never lapse in practice.
+LONGEST_S = 366 * 86400.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `15m`, `2h`, `7d` or `1w` (ConfigError when it is not one)."""
+    """Seconds from `90`, `90s`, `15m`, `2h`, `7d` or `1w` (ConfigError when it is not one, or
+    when it is longer than a year: LONGEST_S)."""
     match = _DURATION.match(text)
     seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()] if match else math.nan
     if not math.isfinite(seconds):
         raise ConfigError(f"a duration looks like 90s, 15m, 2h or 7d; got {text!r}")
+    if seconds > LONGEST_S:
+        raise ConfigError(f"a duration is at most a year (366d); got {text!r}")
     return seconds
 
 
@@ -99,10 +106,13 @@ def _glob(pattern: str) -> re.Pattern[str]:
 class Found:
     id: str
     state: str
+    # The tenant's ready lane it is on ("fresh" or "backlog"), when it is on one.
+    lane: str = ""
 
     @property
     def place(self) -> str:
-        return PLACE[self.state]
+        """Where act.lua checks it: 'lf'/'lb' when on its tenant's fresh/backlog lane."""
+        return PLACE[self.state] + self.lane[:1]
 
 
 def _text(values: list[bytes]) -> list[str]:
@@ -126,29 +136,46 @@ def parked_domains(client: redis.Redis, domain: str | None = None) -> list[str]:
     return [d for d in names if domain is None or d == domain]
 
 
-def candidates(client: redis.Redis, states: tuple[str, ...], domain: str | None = None) -> Iterator[tuple[str, str]]:
-    """(id, state) of every message in the states, each id once (a parked list only for
-    `domain` when given). Ids in the swept set are on their way out and left aside."""
+def candidates(client: redis.Redis, states: tuple[str, ...],
+               domain: str | None = None) -> Iterator[tuple[str, str, str]]:
+    """(id, state, the tenant's lane it is on or '') of every message in the states, each id
+    once (a parked list only for `domain` when given). Ids in the swept set are on their way
+    out and left aside."""
     swept = set(_text(list(cast(set[bytes], client.smembers(keys.SWEPT)))))
     seen: set[str] = set()
     held = set(_paged(client, keys.HELD_RATE, False)) | set(_paged(client, keys.HELD_BREAKER, False))
-    sources: list[tuple[str, Iterator[str]]] = []
+    sources: list[tuple[str, Iterator[str], str]] = []
     if "ready" in states:
-        lanes = [keys.lane(lane, t) for t in tenancy.names(client) for lane in keys.LANES]
-        sources += [("ready", _paged(client, k, True)) for k in (*lanes, *keys.LEGACY_READY, keys.SUSPECT)]
+        sources += [("ready", _paged(client, keys.lane(lane, t), True), lane)
+                    for t in tenancy.names(client) for lane in keys.LANES]
+        sources += [("ready", _paged(client, k, True), "") for k in (*keys.LEGACY_READY, keys.SUSPECT)]
     if "deferred" in states or "held" in states:
-        sources.append(("deferred", _paged(client, keys.DEFERRED, False)))
+        sources.append(("deferred", _paged(client, keys.DEFERRED, False), ""))
     if "parked" in states:
-        sources += [("parked", _paged(client, keys.parked(d), True)) for d in parked_domains(client, domain)]
+        sources += [("parked", _paged(client, keys.parked(d), True), "") for d in parked_domains(client, domain)]
     if "quarantined" in states:
-        sources.append(("quarantined", _paged(client, keys.QUARANTINE, False)))
-    for state, ids in sources:
+        sources.append(("quarantined", _paged(client, keys.QUARANTINE, False), ""))
+    for state, ids, lane in sources:
         for msg_id in ids:
             state_now = "held" if state == "deferred" and msg_id in held else state
             if msg_id in seen or state_now not in states or (PLACE[state_now] == "l" and msg_id in swept):
                 continue
             seen.add(msg_id)
-            yield msg_id, state_now
+            yield msg_id, state_now, lane
+
+
+def lane_of(client: redis.Redis, msg_id: str) -> str:
+    """The tenant's lane a ready message is on: 'fresh' when its tenant's fresh lane holds it,
+    '' when the suspect or an old single list does, else 'backlog' (the one place left; the
+    backlog lane, the long one, is not searched)."""
+    tenant = books.text(cast(bytes | None, client.hget(keys.message(msg_id), record.TENANT)))
+    if not tenant:
+        return ""
+    pipe = client.pipeline(transaction=True)
+    for key in (keys.lane("fresh", tenant), keys.SUSPECT, *keys.LEGACY_READY):
+        pipe.lpos(key, msg_id)
+    fresh, *elsewhere = pipe.execute()
+    return "fresh" if fresh is not None else "" if any(p is not None for p in elsewhere) else "backlog"
 
 
 def state_of(client: redis.Redis, msg_id: str) -> str | None:
@@ -178,7 +205,7 @@ def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
     now = time.time() if now is None else now
     states = tuple(s for s in (sel.states or allowed) if s in allowed)
     skipped: dict[str, str] = {}
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str]] = []
     if sel.ids:
         where = {msg_id: state_of(client, msg_id) for msg_id in dict.fromkeys(sel.ids)}
         unknown = [msg_id for msg_id, state in where.items() if state is None]
@@ -186,7 +213,7 @@ def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
             raise InputError(f"unknown id: {', '.join(unknown[:10])} (not queued, held or quarantined)")
         for msg_id, state in where.items():
             if state in states:
-                pairs.append((msg_id, str(state)))
+                pairs.append((msg_id, str(state), lane_of(client, msg_id) if state == "ready" else ""))
             else:
                 skipped[msg_id] = str(state)
     else:
@@ -194,17 +221,17 @@ def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
     return _matching(client, sel, pairs, now), skipped
 
 
-def _matching(client: redis.Redis, sel: Selector, pairs: list[tuple[str, str]], now: float) -> list[Found]:
-    """The (id, state) pairs whose message passes the selector, read a page at a time."""
+def _matching(client: redis.Redis, sel: Selector, pairs: list[tuple[str, str, str]], now: float) -> list[Found]:
+    """The (id, state, lane) triples whose message passes the selector, read a page at a time."""
     found: list[Found] = []
     for start in range(0, len(pairs), PAGE):
         page = pairs[start:start + PAGE]
         pipe = client.pipeline(transaction=False)
-        for msg_id, _state in page:
+        for msg_id, _state, _lane in page:
             pipe.hmget(keys.message(msg_id), [record.ENVELOPE, record.ACCEPTED])
-        for (msg_id, state), reply in zip(page, pipe.execute(raise_on_error=False), strict=True):
+        for (msg_id, state, lane), reply in zip(page, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(reply, list) and sel.matches(reply[0], reply[1], now):
-                found.append(Found(msg_id, state))
+                found.append(Found(msg_id, state, lane))
     return found
 
 
@@ -213,4 +240,5 @@ def in_flight(client: redis.Redis, sel: Selector, now: float | None = None) -> l
     if sel.ids:
         return []
     ids = _text(cast(list[bytes], client.hkeys(keys.INFLIGHT)))
-    return [f.id for f in _matching(client, sel, [(i, IN_FLIGHT) for i in ids], time.time() if now is None else now)]
+    now = time.time() if now is None else now
+    return [f.id for f in _matching(client, sel, [(i, IN_FLIGHT, "") for i in ids], now)]

@@ -102,20 +102,26 @@ def _hash(client: redis.Redis, key: str) -> dict[str, bytes]:
 
 
 def listing(store: Store) -> list[dict[str, Any]]:
-    """Every known tenant: ready mail per lane, queued mail, weight, caps, paused."""
+    """Every known tenant: ready mail per lane, queued mail, weight, caps, paused. Mail an
+    operator's action took off a ready lane is not counted, though its id waits on the lane
+    until the claim passes it (keys.SWEPT_LANE)."""
     client = store.client
     names = tenancy.names(client)
     pipe = client.pipeline(transaction=True)
     for name in names:
         for lane in keys.LANES:
             pipe.llen(keys.lane(lane, name))
-    lengths = pipe.execute()
+    pipe.hgetall(keys.SWEPT_LANE)
+    pipe.smembers(keys.SWEPT)
+    *lengths, noted, swept = pipe.execute()
+    off = tenancy.swept_off(client, noted, swept)
     queued, weights = _hash(client, keys.TENANT_SHAPE), _hash(client, keys.TENANT_WEIGHTS)
     rates, caps = _hash(client, keys.TENANT_RATES), _hash(client, keys.TENANT_CONCURRENCY)
     paused = {p.decode("utf-8", "replace") for p in client.smembers(keys.PAUSED_TENANTS)}  # type: ignore[union-attr]
     rows = []
     for n, name in enumerate(names):
-        fresh, backlog = int(lengths[2 * n]), int(lengths[2 * n + 1])
+        fresh = max(0, int(lengths[2 * n]) - off.get(("fresh", name), 0))
+        backlog = max(0, int(lengths[2 * n + 1]) - off.get(("backlog", name), 0))
         rows.append({
             "tenant": name, "ready_fresh": fresh, "ready_backlog": backlog,
             "queued": _int(queued.get(name)), "weight": _int(weights.get(name)) or 1,

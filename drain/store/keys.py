@@ -42,6 +42,10 @@ SUSPECT = f"{PREFIX}:suspect"
 # Ids swept into quarantine by an operator rule while still on the ready or suspect list;
 # the claim script drops them when it meets them (set). Ready count = lists - this set.
 SWEPT = f"{PREFIX}:swept"
+# Of the swept ids an operator's action took off a tenant's ready lane: id -> "lane|tenant"
+# (hash), so `drain tenant list` counts them out at once; an id the claim has passed (no
+# longer in SWEPT) is a stale entry, pruned by the listing (drain/ops/tenants.py).
+SWEPT_LANE = f"{PREFIX}:swept:lane"
 # Ids claimed by a worker: field id -> owner (hash).
 INFLIGHT = f"{PREFIX}:inflight"
 # Ids waiting for their next attempt, scored by due time (sorted set).

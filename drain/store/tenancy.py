@@ -7,6 +7,9 @@ set for known tenants, so a typo is refused rather than stored for nobody.
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import cast
+
 import redis
 
 from drain.errors import InputError
@@ -57,3 +60,31 @@ def ready_ids(client: redis.Redis, lane: str) -> list[str]:
         pipe.lrange(keys.lane(lane, tenant), 0, -1)
     pipe.lrange(keys.lane(lane, ""), 0, -1)
     return [i.decode() for chunk in pipe.execute() for i in chunk]
+
+
+def swept_off(client: redis.Redis, noted: dict[bytes, bytes], swept: set[bytes]) -> Counter[tuple[str, str]]:
+    """How many ids on each (lane, tenant) ready list an operator's action took away and the
+    claim has not passed yet, from the swept-lanes hash and the swept set read together.
+    Notes of ids the claim has passed are stale: dropped (checked again under WATCH, so a
+    note an action writes meanwhile stays)."""
+    off: Counter[tuple[str, str]] = Counter()
+    stale = []
+    for msg_id, where in noted.items():
+        if msg_id not in swept:
+            stale.append(msg_id)
+            continue
+        lane, _sep, tenant = where.decode("utf-8", "replace").partition("|")
+        off[(lane, tenant)] += 1
+    if stale:
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(keys.SWEPT_LANE, keys.SWEPT)  # type: ignore[no-untyped-call]
+                still = cast(list[int], pipe.smismember(keys.SWEPT, stale))
+                gone = [i for i, s in zip(stale, still, strict=True) if not s]
+                if gone:
+                    pipe.multi()
+                    pipe.hdel(keys.SWEPT_LANE, *gone)
+                    pipe.execute()
+            except (redis.WatchError, redis.ResponseError):
+                pass  # an action moved meanwhile, or a read-only (viewer) user: a later listing tidies
+    return off

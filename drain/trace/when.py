@@ -14,9 +14,20 @@ _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# The latest time taken: the end of year 9999, the last a date can show.
+LATEST = 253402300799.0
+
+
 def parse(text: str, now: float | None = None) -> float:
-    """Unix seconds for the text; InputError (one line) when it is none of the forms."""
-    now = time.time() if now is None else now
+    """Unix seconds for the text; InputError (one line) when it is none of the forms, or a time
+    before 1970 or after 9999 (`99999999d` ago, which Redis cannot turn into a stream id)."""
+    moment = _parse(text, time.time() if now is None else now)
+    if not 0 <= moment <= LATEST:
+        raise InputError(f"not a time between 1970 and 9999: {text.strip()!r}")
+    return moment
+
+
+def _parse(text: str, now: float) -> float:
     value = text.strip()
     ago = _AGO.match(value.lower())
     if ago:

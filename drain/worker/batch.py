@@ -104,8 +104,8 @@ class Batch:
         self.gate = Gate(store)
         # Ids of the current claim that came from the fresh lane.
         self.fresh_ids: set[str] = set()
-        # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
-        self.reports: list[tuple[Stored, dict[str, str]]] = []
+        # Bounce reports to send once the outcomes are settled: (message, recipient -> reply, its tenant).
+        self.reports: list[tuple[Stored, dict[str, str], str]] = []
 
     def decide(self, msg: Stored) -> Outcome:
         if not msg.force:
@@ -203,15 +203,15 @@ class Batch:
     def _report(self, msg: Stored, failed: dict[str, str]) -> None:
         # Never bounce a bounce: mail from the null sender gets no report.
         if self.settings.dsn and msg.envelope.sender and failed:
-            self.reports.append((msg, failed))
+            self.reports.append((msg, failed, dsn.tenant_of(self.store.client, msg.id)))
 
     def _send_reports(self) -> None:
         if not self.reports:
             return
         items = [(dsn.build(m.raw, m.envelope, failed, m.id, self.settings.hostname, m.accepted_at),
-                  Envelope("", (m.envelope.sender,)), None) for m, failed in self.reports]
-        self.reports = []
-        self.store.enqueue_many(items, source="dsn")
+                  Envelope("", (m.envelope.sender,)), None) for m, failed, _t in self.reports]
+        tenants, self.reports = [t for _m, _f, t in self.reports], []  # booked under the original's tenant
+        self.store.enqueue_many(items, source="dsn", tenants=tenants)
 
     def _count(self, code: str) -> None:
         self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1

@@ -11,7 +11,11 @@ from email.mime.text import MIMEText
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 
+import redis
+
+from drain.errors import InputError
 from drain.message import Envelope
+from drain.store import keys, record, tenancy
 
 # Original headers quoted in the report, at most.
 HEADERS_QUOTED = 32 * 1024
@@ -70,3 +74,14 @@ def build(raw: bytes, envelope: Envelope, failed: dict[str, str], msg_id: str,
     quoted = MIMEText(head.decode("ascii", "replace"), "rfc822-headers", "us-ascii")
     report.attach(quoted)
     return report.as_bytes(policy=SMTP)
+
+
+def tenant_of(client: redis.Redis, msg_id: str) -> str:
+    """The tenant of a message about to be reported on (read while it is still stored), so
+    that its report is booked under the same tenant; "" (the report's own fallback, the
+    null sender's "-") when it cannot be read."""
+    try:
+        value = client.hget(keys.message(msg_id), record.TENANT)
+        return tenancy.valid(value.decode("utf-8")) if isinstance(value, bytes) else ""
+    except (InputError, UnicodeDecodeError, redis.RedisError):  # Redis trouble costs the tenant, not the report
+        return ""

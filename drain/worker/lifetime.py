@@ -119,4 +119,4 @@ def _warn(store: Store, pairs: list[tuple[str, str]], now: float) -> int:
 
 def _report(found: record.Record, reply: str) -> Report:
     return Report(found.id, found.raw or b"", found.envelope, found.accepted_at,
-                  dict.fromkeys(found.envelope.recipients, reply))
+                  dict.fromkeys(found.envelope.recipients, reply), found.tenant)

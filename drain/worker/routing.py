@@ -2,9 +2,13 @@
 worker sees a change at its next claim.
 
 A route is a list of relay URLs: the relay, then its fallbacks, tried in that order while a
-relay is down or its breaker is open (as Postfix's smtp_fallback_relay). A message goes by
-the route of its recipients' domain, else by its tenant's, else by the environment's
-(DRAIN_RELAY, then DRAIN_RELAY_FALLBACK). Route URLs carry no credentials: they are stored
+relay is down or its breaker is open (as Postfix's smtp_fallback_relay). A recipients'
+domain group goes by, in this order: the route of its domain (`example.com`, that domain
+only); the route of its nearest parent domain (`.example.com` takes every subdomain of
+example.com, not example.com itself, as in a Postfix transport map; `.sub.example.com`
+goes before `.example.com`); its tenant's route; the environment's (DRAIN_RELAY, then
+DRAIN_RELAY_FALLBACK). Destination routes go before a tenant's: a destination that needs
+its own path (a partner's gateway) needs it whoever sends. Route URLs carry no credentials: they are stored
 in Redis, and secrets come from the environment only (an authenticated relay is DRAIN_RELAY).
 """
 
@@ -23,7 +27,7 @@ import redis
 from drain.errors import ConfigError
 from drain.flow.breaker import RELAY, Breakers, is_relay
 from drain.settings import Settings
-from drain.store import keys
+from drain.store import keys, record
 from drain.worker.delivery import RelayConfig
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ Kind = Literal["domain", "tenant"]
 # Most relays one route may list (the relay and its fallbacks).
 MOST_RELAYS = 8
 # The message hash field naming its tenant (written by the intake; read here defensively).
-TENANT = "tenant"
+TENANT = record.TENANT
 _NAME = re.compile(r"[^\s@/:\\\"'<>\x00-\x1f\x7f]{1,253}")
 
 
@@ -51,11 +55,19 @@ def check_url(url: str) -> RelayConfig:
 
 
 def check_name(kind: Kind, name: str) -> str:
-    """A route's domain (lowercased) or tenant name, or ConfigError (one line)."""
+    """A route's domain (lowercased; a leading dot: its subdomains) or tenant name, or
+    ConfigError (one line)."""
     value = name.strip().lower() if kind == "domain" else name.strip()
-    if not _NAME.fullmatch(value) or (kind == "domain" and (".." in value or value.startswith("."))):
+    domain = value[1:] if kind == "domain" and value.startswith(".") else value
+    if not _NAME.fullmatch(domain) or (kind == "domain" and (".." in domain or domain.startswith("."))):
         raise ConfigError(f"not a {kind} name drain can route: {name!r}")
     return value
+
+
+def parents(domain: str) -> list[str]:
+    """The names of the routes for a domain's parents, nearest first: `.b.c`, `.c` for a.b.c."""
+    labels = domain.split(".")
+    return ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
 
 
 def relay_name(config: RelayConfig, settings: Settings) -> str:
@@ -137,6 +149,7 @@ class Routes:
         self.version: bytes | None = b"unread"
         self.by_domain: dict[str, tuple[str, ...]] = {}
         self.by_tenant: dict[str, tuple[str, ...]] = {}
+        self.by_parent = False  # whether some route is for a parent domain (`.example.com`)
 
     def refresh(self, version: bytes | None) -> None:
         """Reload the routes when their version (read by the caller) changed."""
@@ -145,11 +158,16 @@ class Routes:
         routes = load(self.client)
         self.by_domain = {r.name: r.urls for r in routes if r.kind == "domain"}
         self.by_tenant = {r.name: r.urls for r in routes if r.kind == "tenant"}
+        self.by_parent = any(name.startswith(".") for name in self.by_domain)
         self.version = version
 
     def chain(self, domain: str, tenant: str = "") -> tuple[str, ...]:
-        """The relay URLs for mail to `domain` of `tenant`, in the order they are tried."""
-        return self.by_domain.get(domain) or self.by_tenant.get(tenant) or self.default
+        """The relay URLs for mail to `domain` of `tenant`, in the order they are tried: the
+        domain's route, its nearest parent's, the tenant's, the default."""
+        found = self.by_domain.get(domain)
+        if found is None and self.by_parent:
+            found = next((self.by_domain[p] for p in parents(domain) if p in self.by_domain), None)
+        return found or self.by_tenant.get(tenant) or self.default
 
     def tenants(self, ids: list[str]) -> dict[str, str]:
         """Each message's tenant (id -> name), read only while some route is by tenant."""
@@ -172,7 +190,9 @@ def _counts(raw: object) -> dict[str, int]:
 
 def relay_states(client: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, dict[str, object]]:
     """Every relay drain knows of (the environment's, the routes', any with counts): what it
-    took, how often it gave no session, its concurrency cap and its breaker, by relay name."""
+    took, how often it gave no session, its concurrency cap, the messages being handed to
+    it now (counted for a capped relay only), its breaker, and whether the environment or a
+    route names it now ("configured"; the others have counts left from former routes)."""
     now = time.time() if now is None else now
     urls = [settings.relay, *settings.relay_fallbacks, *(u for r in load(client) for u in r.urls)]
     names: list[str] = []
@@ -185,14 +205,19 @@ def relay_states(client: redis.Redis, settings: Settings, now: float | None = No
     for key in (keys.RELAY_HANDED, keys.RELAY_FAILED, keys.RELAY_CONCURRENCY):
         pipe.hgetall(key)
     handed, failed, caps = (_counts(r) for r in pipe.execute())
+    capped = [name for name in dict.fromkeys(names) if caps.get(name, 0) > 0]
+    pipe = client.pipeline(transaction=False)
+    for name in capped:
+        pipe.zcount(keys.relay_busy(name), f"({now}", "+inf")
+    busy = dict(zip(capped, (int(n) for n in pipe.execute()), strict=True)) if capped else {}
     breakers = {n: st for n, st in Breakers(client, settings).states().items() if is_relay(n)}
     out: dict[str, dict[str, object]] = {}
     for name in dict.fromkeys([*names, *handed, *failed, *breakers]):
         until = breakers.get(name, {}).get("open_until", 0.0)
         out[name] = {"handed": handed.get(name, 0), "failed": failed.get(name, 0),
-                     "concurrency": caps.get(name, 0), "open": until > now,
+                     "concurrency": caps.get(name, 0), "busy": busy.get(name, 0), "open": until > now,
                      "open_until": until if until > now else None,
-                     "failures": int(breakers.get(name, {}).get("failures", 0))}
+                     "failures": int(breakers.get(name, {}).get("failures", 0)), "configured": name in names}
     return out
 
 

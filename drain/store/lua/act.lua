@@ -10,19 +10,21 @@
 --       swept, so the books move at once). Such a message is one that exists, is in no
 --       set and in flight nowhere; one already in the swept set is skipped (a second
 --       tombstone cannot be written: it went back to ready after a sweep and is waiting).
+--   'lf', 'lb' as 'l', on its tenant's fresh or backlog lane: the swept-lanes hash notes
+--       which (id -> "lane|tenant"), so the tenant's ready figures leave it out at once
 --   'q' quarantine
 -- Mail in flight is never touched: its worker settles it (see drain/ops/actions.py).
 --
 -- KEYS[1] in-flight hash   KEYS[2] deferred zset   KEYS[3] held for rate   KEYS[4] held by a breaker
 -- KEYS[5] quarantine zset  KEYS[6] swept set       KEYS[7] ready counts    KEYS[8] books hash
 -- KEYS[9] backlog shape    KEYS[10] findings by code   KEYS[11] bounces stream   KEYS[12] audit stream
--- KEYS[13] events stream   KEYS[13 + i] message hash of the i-th id
+-- KEYS[13] events stream   KEYS[14] swept lanes hash   KEYS[14 + i] message hash of the i-th id
 -- ARGV[1] action: flush | hold | delete | bounce | expire | warn
 -- ARGV[2] actor   ARGV[3] reason   ARGV[4] now (unix seconds)
 -- ARGV[5] accepted at or before this (unix seconds) or the message is skipped; '' = any
 -- ARGV[6] audit (1: one audit record for the ids moved by this call)   ARGV[7] audit entries kept
 -- ARGV[8] bounce records kept   ARGV[9], ARGV[10] events: retention (0 = off), most kept
--- then two per message: id, place ('d', 'l' or 'q')
+-- then two per message: id, place ('d', 'l', 'lf', 'lb' or 'q')
 --
 --   flush:  'd' only: due now, at the head of the backlog lane (as promote.lua does); the
 --           limits still apply when it is claimed (a booked send time, an open breaker)
@@ -67,15 +69,20 @@ local function take(msg, id, place)
     redis.call('ZREM', KEYS[4], id)
   else
     redis.call('SADD', KEYS[6], id)
+    local lane = place == 'lf' and 'fresh' or place == 'lb' and 'backlog' or nil
+    if lane then redis.call('HSET', KEYS[14], id, lane .. '|' .. lib.tenant_of(msg)) end
   end
   lib.shape(KEYS[9], msg, -1)
 end
+
+-- Once the claim has passed every swept id, every note of the swept lanes is stale.
+if redis.call('SCARD', KEYS[6]) == 0 then redis.call('DEL', KEYS[14]) end
 
 local hold_why = cjson.encode({{code = 'operator.hold', detail = reason}})
 
 for i = 11, #ARGV, 2 do
   local id, place = ARGV[i], ARGV[i + 1]
-  local msg = KEYS[13 + (i - 9) / 2]
+  local msg = KEYS[14 + (i - 9) / 2]
   local ok = still(msg, id, place)
   if ok and cutoff then
     local t = tonumber(redis.call('HGET', msg, 't') or '')
