@@ -178,10 +178,11 @@ class Store:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
         if not outcomes:
             return (0, 0)
-        args: list[str | float] = [owner, f"{time.time():.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
-                                   *events.tracer_args(self.settings)]
+        now = time.time()
+        args: list[str | float] = [owner, f"{now:.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
+                                   *events.tracer_args(self.settings), events.oldest_kept(self.settings, now)]
         for o in outcomes:
-            args += [o.id, o.kind, o.score, o.info, o.envelope]
+            args += [o.id, o.kind, o.score, o.info, o.envelope, o.event]
         reply = self.scripts.settle(
             keys=[
                 keys.INFLIGHT,

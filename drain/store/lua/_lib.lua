@@ -208,7 +208,12 @@ end
 function lib.event(tr, kind, id, data, values)
   if not tr then return nil end
   if type(data) ~= 'string' then data = cjson.encode(data) end
-  local sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'i', id, 'd', data)
+  local sid
+  if tr.minid then
+    sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'i', id, 'd', data)
+  else  -- a tracer of lib.untrimmed: its script trims the stream itself (lib.trim)
+    sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'i', id, 'd', data)
+  end
   local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
   ms, seq = tonumber(ms), tonumber(seq)
   local day = math.floor(ms / 86400000)
@@ -218,6 +223,25 @@ function lib.event(tr, kind, id, data, values)
   tr.first = tr.first or sid
   tr.last = sid
   return sid
+end
+
+-- A gathering tracer for a script that records many events per run (settle.lua): no read
+-- of the server's clock and no trim per run or per event; the script calls lib.trim.
+function lib.untrimmed(stream, retention_s)
+  local keep = tonumber(retention_s) or 0
+  if keep <= 0 then return nil end
+  return {stream = stream, keep = keep, pending = {}, order = {}, gather = true}
+end
+
+-- Trim the events stream of an untrimmed tracer, by age (stream ids below minid_ms, the
+-- oldest kept by the caller's clock) and by size (about max_events), on about one run in
+-- ten (those whose first event's millisecond ends in 0): a trim is approximate anyway.
+function lib.trim(tr, minid_ms, max_events)
+  if not tr or not tr.first then return end
+  local dash = string.find(tr.first, '-', 1, true)
+  if string.byte(tr.first, dash - 1) ~= 48 then return end
+  redis.call('XTRIM', tr.stream, 'MINID', '~', minid_ms)
+  if (tonumber(max_events) or 0) > 0 then redis.call('XTRIM', tr.stream, 'MAXLEN', '~', max_events) end
 end
 
 -- Write the gathered index records (a new key expires with the retention).
