@@ -38,6 +38,7 @@ from drain.store import scripts as lua_scripts
 from drain.store.store import Outcome, Store
 
 TRACE = True
+SETTLE_EVERY = 3
 REPLY = "250 2.0.0 Ok: queued as 4Xk2Vb0Lz3z9abc"
 
 
@@ -47,23 +48,28 @@ def delivered(msg_id: str) -> Outcome:
     return Outcome(msg_id, "delivered", envelope=REPLY, **({"event": data} if data else {}))
 
 
-def snapshot(client: redis.Redis) -> tuple[float, dict[str, tuple[int, int]]]:
+Snapshot = tuple[float, float, dict[str, tuple[int, int]]]
+
+
+def snapshot(client: redis.Redis) -> Snapshot:
+    """redis-server's CPU seconds (user, system) and its commandstats."""
     cpu = client.info("cpu")
     stats = {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
              for k, v in client.info("commandstats").items()}
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), stats
+    return float(cpu["used_cpu_user"]), float(cpu["used_cpu_sys"]), stats
 
 
 class Phase:
     def __init__(self) -> None:
         self.cpu = 0.0
+        self.sys = 0.0
         self.stats: dict[str, list[int]] = {}
 
-    def add(self, before: tuple[float, dict[str, tuple[int, int]]],
-            after: tuple[float, dict[str, tuple[int, int]]]) -> None:
-        self.cpu += after[0] - before[0]
-        for name, (calls, usec) in after[1].items():
-            c0, u0 = before[1].get(name, (0, 0))
+    def add(self, before: Snapshot, after: Snapshot) -> None:
+        self.cpu += after[0] - before[0] + after[1] - before[1]
+        self.sys += after[1] - before[1]
+        for name, (calls, usec) in after[2].items():
+            c0, u0 = before[2].get(name, (0, 0))
             if calls - c0 and name != "info":
                 row = self.stats.setdefault(name, [0, 0])
                 row[0] += calls - c0
@@ -71,7 +77,7 @@ class Phase:
 
     def report(self, count: int) -> dict[str, Any]:
         rows = sorted(self.stats.items(), key=lambda kv: -kv[1][1])
-        return {"cpu_us_per_msg": round(self.cpu * 1e6 / count, 1),
+        return {"cpu_us_per_msg": round(self.cpu * 1e6 / count, 1), "of_it_sys": round(self.sys * 1e6 / count, 1),
                 "commands": {n: [round(c / count, 3), round(u / count, 2)] for n, (c, u) in rows}}
 
 
@@ -108,7 +114,8 @@ def counted(count: int, size: int, out: Path) -> dict[str, Any]:
         proc = embedded.spawn_on_port(port, Path(tmp), timeout_s=120)
         try:
             client = redis.Redis(port=port)
-            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE)
+            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE,
+                                settle_every=SETTLE_EVERY)
             store = Store(client, settings)
             ratelimit.pause(client)
             Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
@@ -141,7 +148,8 @@ def run(count: int, size: int) -> dict[str, Any]:
         proc = embedded.spawn_on_port(port, Path(tmp))
         try:
             client = redis.Redis(port=port)
-            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE)
+            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE,
+                                settle_every=SETTLE_EVERY)
             store = Store(client, settings)
             ratelimit.pause(client)
             Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
@@ -182,10 +190,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--lua", default=None, help="read the Lua scripts from this folder")
     parser.add_argument("--callgrind", default=None, metavar="DIR", help="count redis-server's instructions")
+    parser.add_argument("--settle-every", type=int, default=3, help="DRAIN_SETTLE_EVERY (3)")
     parser.add_argument("--no-trace", action="store_true", help="events off (DRAIN_TRACE=off)")
     args = parser.parse_args()
-    global TRACE
+    global TRACE, SETTLE_EVERY
     TRACE = not args.no_trace
+    SETTLE_EVERY = args.settle_every
     if args.lua:
         folder = Path(args.lua)
         lua_scripts._read = lambda name: (folder / f"{name}.lua").read_text(encoding="utf-8")  # type: ignore[assignment]
