@@ -11,8 +11,8 @@ out), to see what a part of a script costs.
 
 --callgrind DIR runs redis-server under valgrind's callgrind and counts the instructions it
 executes (a figure the other processes on a shared machine do not move, unlike CPU time):
-all messages are claimed and read back first, then settled, each step dumped to its own
-file in DIR (callgrind_annotate DIR/callgrind.out.*: which functions, Lua's or Redis's).
+each claim (with its read back) and each claim's settles dumped to their own file in DIR
+(callgrind_annotate DIR/callgrind.out.*: which functions, Lua's or Redis's).
 """
 
 from __future__ import annotations
@@ -121,22 +121,27 @@ def counted(count: int, size: int, out: Path) -> dict[str, Any]:
             Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
             ratelimit.resume(client)
             owner = "profile-worker"
-            claims = []
-            callgrind(proc.pid, "-i", "on")
-            while (claim := store.claim(owner, settings.batch_size)).ids:
-                store.load(claim.ids)
-                claims.append(claim.ids)
-            callgrind(proc.pid, "-d")
             every = settings.settle_every
-            for ids in claims:
-                for i in range(0, len(ids), every):
-                    store.settle(owner, [delivered(m) for m in ids[i:i + every]])
-            callgrind(proc.pid, "-d")
+            callgrind(proc.pid, "-i", "on")
+            done = parts = 0
+            while True:
+                claim = store.claim(owner, settings.batch_size)
+                store.load(claim.ids)
+                callgrind(proc.pid, "-d")  # dump 1, 3, 5...: claims and reads back
+                parts += 1
+                if not claim.ids:
+                    break
+                for i in range(0, len(claim.ids), every):
+                    store.settle(owner, [delivered(m) for m in claim.ids[i:i + every]])
+                callgrind(proc.pid, "-d")  # dump 2, 4, 6...: settles
+                parts += 1
+                done += len(claim.ids)
             callgrind(proc.pid, "-i", "off")
-            done = sum(map(len, claims))
             return {"messages": done, "size": size, "balanced": store.books().balanced,
-                    "claim_and_load_instructions_per_msg": round(instructions(out, 1) / done),
-                    "settle_instructions_per_msg": round(instructions(out, 2) / done)}
+                    "claim_and_load_instructions_per_msg":
+                        round(sum(instructions(out, p) for p in range(1, parts + 1, 2)) / done),
+                    "settle_instructions_per_msg":
+                        round(sum(instructions(out, p) for p in range(2, parts + 1, 2)) / done)}
         finally:
             proc.terminate()
             proc.wait()

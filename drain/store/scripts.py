@@ -31,6 +31,7 @@ class Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.claim: Script = client.register_script(source("claim"))
         self.settle: Script = client.register_script(source("settle"))
+        self.deliver: Script = client.register_script(source("deliver"))
         self.reap: Script = client.register_script(source("reap"))
         self.promote: Script = client.register_script(source("promote"))
         self.release: Script = client.register_script(source("release"))

@@ -178,6 +178,8 @@ class Store:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
         if not outcomes:
             return (0, 0)
+        if all(o.kind == "delivered" and o.event for o in outcomes):
+            return self._deliver(owner, outcomes)
         now = time.time()
         args: list[str | float] = [owner, f"{now:.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
                                    *events.tracer_args(self.settings), events.oldest_kept(self.settings, now)]
@@ -205,6 +207,22 @@ class Store:
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
             ],
+            args=args,
+        )
+        eventlog.write_span(self.client, self.settings, reply[2:])
+        return int(reply[0]), int(reply[1])
+
+    def _deliver(self, owner: str, outcomes: Sequence[Outcome]) -> tuple[int, int]:
+        """Settle deliveries whose event data the worker made (deliver.lua: settle.lua's usual
+        call, with fewer keys and arguments)."""
+        now = time.time()
+        args: list[str | float] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
+                                   events.oldest_kept(self.settings, now)]
+        for o in outcomes:
+            args += [o.id, o.info, o.event]
+        reply = self.scripts.deliver(
+            keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS,
+                  *(keys.message(o.id) for o in outcomes)],
             args=args,
         )
         eventlog.write_span(self.client, self.settings, reply[2:])

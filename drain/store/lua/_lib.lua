@@ -191,7 +191,8 @@ end
 -- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-9).
 local function index(tr, day, value, where)
   local h = redis.sha1hex(string.lower(value))
-  local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 7, 9)
+  if tr.prefix_day ~= day then tr.prefix, tr.prefix_day = tr.stream .. ':ix:' .. day .. ':', day end
+  local key = tr.prefix .. string.sub(h, 7, 9)
   local records = tr.pending[key]
   if not records then
     records = {day = day}
@@ -214,10 +215,17 @@ function lib.event(tr, kind, id, data, values)
   else  -- a tracer of lib.untrimmed: its script trims the stream itself (lib.trim)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'i', id, 'd', data)
   end
-  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
-  ms, seq = tonumber(ms), tonumber(seq)
-  local day = math.floor(ms / 86400000)
-  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
+  -- The millisecond part is read once per tracer and millisecond (a script's events mostly
+  -- share one): number parsing and formatting are a good part of an event's cost.
+  local dash = string.find(sid, '-', 1, true)
+  local ms_text = string.sub(sid, 1, dash - 1)
+  if ms_text ~= tr.ms_text then
+    local ms = tonumber(ms_text)
+    local at_day = math.floor(ms / 86400000)
+    tr.ms_text, tr.at_day, tr.in_day = ms_text, at_day, (ms - at_day * 86400000) * 8192
+  end
+  local day = tr.at_day
+  local where = struct.pack('>I5', tr.in_day + math.min(tonumber(string.sub(sid, dash + 1)), 8191))
   index(tr, day, 'i:' .. id, where)
   for _, value in ipairs(values or {}) do index(tr, day, value, where) end
   tr.first = tr.first or sid
@@ -275,4 +283,115 @@ function lib.codes(findings)
     end
   end
   return codes
+end
+
+-- Which of ids (a Lua array) owner holds in the in-flight hash, read in one command: the
+-- held ids in order, each once, and id -> its first position among ids.
+function lib.held(inflight, owner, ids)
+  local mine, first = {}, {}
+  if #ids == 0 then return mine, first end
+  local holders = redis.call('HMGET', inflight, unpack(ids))
+  for i, id in ipairs(ids) do
+    if holders[i] == owner and not first[id] then
+      mine[#mine + 1] = id
+      first[id] = i
+    end
+  end
+  return mine, first
+end
+
+-- Deliveries settled in one script run (settle.lua, deliver.lua). lib.deliveries makes
+-- their tally; lib.delivered records one (its events at once; its figures and counts
+-- gathered); lib.deliveries_done writes what was gathered, one write per field, not per
+-- message: the backlog shape by field and by tenant, the latency histogram, the dropped
+-- message keys, the freed concurrency slots of capped tenants.
+function lib.deliveries(tr, now, bounces, bounces_kept)
+  return {tr = tr, now = now, at = tonumber(now), bounces = bounces, kept = bounces_kept, count = 0, sum = 0,
+          shape = {}, tenants = {}, buckets = {}, busy = {}, gone = {}, times = {}}
+end
+
+-- Latency buckets (seconds) and their names; counts as text (a number handed to
+-- redis.call is formatted by snprintf each time).
+local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
+local LATENCY_NAMES = {'1', '5', '15', '60', '300', '900', '3600', '14400', '86400'}
+local UP = {'1', '2', '3', '4', '5', '6', '7', '8'}
+local DOWN = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}
+lib.UP = UP
+
+-- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
+-- logged to the bounces stream and recorded as a bounce first, so that the last event
+-- says delivered, as the books count it); data is the delivered event's data as JSON, or
+-- '' to make it here from reply.
+function lib.delivered(d, msg, id, info, data, reply)
+  local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
+  if f.err then f = {} end  -- not a hash: dropped all the same
+  local tenant = f[3]
+  if tenant then
+    local freed = d.busy[tenant]
+    if not freed then freed = {}; d.busy[tenant] = freed end
+    freed[#freed + 1] = id
+  end
+  if info ~= '' then
+    local env = redis.call('HGET', msg, 'env') or ''
+    redis.call('XADD', d.bounces, 'MAXLEN', '~', d.kept, '*', 'id', id, 'env', env, 'reply', info, 'at', d.now)
+  end
+  -- When it was accepted, and its backlog-shape minute: read once per acceptance time.
+  local accepted, minute = nil, nil
+  if f[2] then
+    local known = d.times[f[2]]
+    if not known then
+      local t = tonumber(f[2])
+      if t and (t ~= t or t == math.huge or t == -math.huge) then t = nil end
+      known = t and {t, '|' .. math.floor(t / 60)} or {false}
+      d.times[f[2]] = known
+    end
+    accepted, minute = known[1] or nil, known[2]
+  end
+  if accepted then
+    local field = (f[1] or '') .. minute
+    d.shape[field] = (d.shape[field] or 0) + 1
+    d.tenants[tenant or ''] = (d.tenants[tenant or ''] or 0) + 1
+  end
+  if d.tr then
+    if info ~= '' then lib.event(d.tr, 'b', id, {string.sub(info, 1, 300)}) end
+    if data == '' then
+      local delay = accepted and math.floor(math.max(0, d.at - accepted) * 1000) / 1000 or ''
+      data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
+    end
+    lib.event(d.tr, 'd', id, data)
+  end
+  if accepted then
+    local latency = math.max(0, d.at - accepted)
+    local bucket = 'inf'
+    for i, le in ipairs(LATENCY) do
+      if latency <= le then bucket = LATENCY_NAMES[i]; break end
+    end
+    d.buckets[bucket] = (d.buckets[bucket] or 0) + 1
+    d.sum = d.sum + latency
+  end
+  d.gone[#d.gone + 1] = msg
+  d.count = d.count + 1
+end
+
+-- Write the deliveries' gathered figures (shape_key: backlog shape; latency_key: latency
+-- histogram) and drop their messages.
+function lib.deliveries_done(d, shape_key, latency_key)
+  if d.count == 0 then return end
+  for tenant, freed in pairs(d.busy) do
+    if redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(freed)) > 0
+        and redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then
+      lib.rejoin(tenant)  -- it may have been waiting for a slot: back in its rings
+    end
+  end
+  for field, count in pairs(d.shape) do
+    local left = lib.figure('HINCRBY', shape_key, field, DOWN[count] or -count)
+    if left and left <= 0 then redis.call('HDEL', shape_key, field) end
+  end
+  for tenant, count in pairs(d.tenants) do
+    local left = lib.figure('HINCRBY', 'drain:shape:tenant', tenant, DOWN[count] or -count)
+    if left and left <= 0 then redis.call('HDEL', 'drain:shape:tenant', tenant) end
+  end
+  for bucket, count in pairs(d.buckets) do lib.figure('HINCRBY', latency_key, bucket, UP[count] or count) end
+  if next(d.buckets) then lib.figure('HINCRBYFLOAT', latency_key, 'sum', d.sum) end
+  redis.call('DEL', unpack(d.gone))
 end

@@ -68,15 +68,10 @@ end
 
 local settled, skipped = 0, 0
 local tr = lib.untrimmed(KEYS[17], ARGV[5])
-local at = tonumber(now)
 local TEXT = 300
 local HISTORY = 10
 local refunds = 0
 
-local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
--- Small counts as text: a number handed to redis.call is formatted by snprintf each time.
-local UP = {'1', '2', '3', '4', '5', '6', '7', '8'}
-local DOWN = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}
 
 -- The message stops being queued: take it off the backlog shape; returns when it was accepted.
 local function leave(msg)
@@ -139,77 +134,24 @@ local function log_bounce(msg, id, reply)
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', keep, '*', 'id', id, 'env', env, 'reply', reply, 'at', now)
 end
 
--- Figures and counts of the call's deliveries, written once at the end (one write per
--- field, not per message): backlog shape by field and by tenant, latency buckets and sum,
--- the books, the message keys to drop, and the ids to free per capped tenant.
-local shape, tenants, buckets, busy, gone = {}, {}, {}, {}, {}
-local latency_sum, delivered = 0, 0
-
 -- Who holds each id, read in one go; an id given twice is settled once.
 local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
-local holders = n > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
-local mine, seen = {}, {}
-for i = 1, n do
-  if holders[i] == owner and not seen[ids[i]] then
-    mine[#mine + 1] = ids[i]
-    seen[ids[i]] = i
-  end
-end
+local mine, first = lib.held(KEYS[1], owner, ids)
 if #mine == 0 then return {0, n, '', ''} end
-if plain then redis.call('HINCRBY', KEYS[2], 'delivered', UP[#mine] or #mine) end  -- the first write
+if plain then redis.call('HINCRBY', KEYS[2], 'delivered', lib.UP[#mine] or #mine) end  -- the first write
 redis.call('HDEL', KEYS[1], unpack(mine))
-
--- A delivered message: its fields read once (domain, acceptance time, tenant, attempts).
-local function deliver(msg, id, info, env, data)
-  local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
-  if f.err then f = {} end  -- not a hash: dropped all the same
-  if f[3] then
-    local list = busy[f[3]]
-    if not list then list = {}; busy[f[3]] = list end
-    list[#list + 1] = id
-  end
-  if info ~= '' then log_bounce(msg, id, info) end
-  local accepted = tonumber(f[2] or '')
-  if accepted and (accepted ~= accepted or accepted == math.huge or accepted == -math.huge) then accepted = nil end
-  if accepted then
-    local field = (f[1] or '') .. '|' .. math.floor(accepted / 60)
-    shape[field] = (shape[field] or 0) + 1
-    local tenant = f[3] or ''
-    tenants[tenant] = (tenants[tenant] or 0) + 1
-  end
-  if tr then
-    -- Recipients refused for good while others took it: bounced first, so that the
-    -- last event says delivered, as the books count it.
-    if info ~= '' then lib.event(tr, 'b', id, {string.sub(info, 1, TEXT)}) end
-    if data == '' then
-      local delay = accepted and math.floor(math.max(0, at - accepted) * 1000) / 1000 or ''
-      data = {string.sub(env, 1, TEXT), (tonumber(f[4] or '0') or 0) + 1, delay}
-    end
-    lib.event(tr, 'd', id, data)
-  end
-  if accepted then
-    local latency = math.max(0, at - accepted)
-    local bucket = 'inf'
-    for _, le in ipairs(LATENCY) do
-      if latency <= le then bucket = tostring(le); break end
-    end
-    buckets[bucket] = (buckets[bucket] or 0) + 1
-    latency_sum = latency_sum + latency
-  end
-  gone[#gone + 1] = msg
-  delivered = delivered + 1
-end
+local deliveries = lib.deliveries(tr, now, KEYS[6], keep)
 
 for i = 1, n do
   local base = HEAD + (i - 1) * EACH
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
   local msg, aux = KEYS[16 + 2 * i], KEYS[17 + 2 * i]
-  if seen[id] ~= i then
+  if first[id] ~= i then
     skipped = skipped + 1
   elseif kind == 'delivered' then
     settled = settled + 1
-    deliver(msg, id, info, env, ARGV[base + 6])
+    lib.delivered(deliveries, msg, id, info, ARGV[base + 6], env)
   else
     lib.tenant_free(msg, id)
     settled = settled + 1
@@ -281,27 +223,11 @@ for i = 1, n do
   end
 end
 
--- The deliveries' figures and counts, one write each.
-if delivered > 0 then
-  for tenant, ids_freed in pairs(busy) do
-    if redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(ids_freed)) > 0
-        and redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then
-      lib.rejoin(tenant)  -- it may have been waiting for a slot: back in its rings
-    end
-  end
-  for field, count in pairs(shape) do
-    local left = lib.figure('HINCRBY', KEYS[11], field, DOWN[count] or -count)
-    if left and left <= 0 then redis.call('HDEL', KEYS[11], field) end
-  end
-  for tenant, count in pairs(tenants) do
-    local left = lib.figure('HINCRBY', 'drain:shape:tenant', tenant, DOWN[count] or -count)
-    if left and left <= 0 then redis.call('HDEL', 'drain:shape:tenant', tenant) end
-  end
-  for bucket, count in pairs(buckets) do lib.figure('HINCRBY', KEYS[13], bucket, UP[count] or count) end
-  if next(buckets) then lib.figure('HINCRBYFLOAT', KEYS[13], 'sum', latency_sum) end
-  redis.call('DEL', unpack(gone))
-  if not plain then redis.call('HINCRBY', KEYS[2], 'delivered', UP[delivered] or delivered) end
+lib.deliveries_done(deliveries, KEYS[11], KEYS[13])
+if not plain and deliveries.count > 0 then
+  redis.call('HINCRBY', KEYS[2], 'delivered', lib.UP[deliveries.count] or deliveries.count)
 end
+
 -- Mail held back or parked did not use the permit it was claimed with: give it back.
 if refunds > 0 then
   local rate = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
