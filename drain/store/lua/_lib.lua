@@ -304,19 +304,15 @@ end
 -- their tally; lib.delivered records one (its events at once; its figures and counts
 -- gathered); lib.deliveries_done writes what was gathered, one write per field, not per
 -- message: the backlog shape by field and by tenant, the latency histogram, the dropped
--- message keys, the freed concurrency slots of capped tenants.
+-- message keys, the freed concurrency slots of capped tenants. Counts go to redis.call as
+-- text (d.up, d.down: a number handed to redis.call is formatted by snprintf each time).
 function lib.deliveries(tr, now, bounces, bounces_kept)
   return {tr = tr, now = now, at = tonumber(now), bounces = bounces, kept = bounces_kept, count = 0, sum = 0,
-          shape = {}, tenants = {}, buckets = {}, busy = {}, gone = {}, times = {}}
+          shape = {}, tenants = {}, buckets = {}, busy = {}, gone = {}, times = {},
+          latency = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400},
+          buckets_named = {'1', '5', '15', '60', '300', '900', '3600', '14400', '86400'},
+          up = {'1', '2', '3', '4', '5', '6', '7', '8'}, down = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}}
 end
-
--- Latency buckets (seconds) and their names; counts as text (a number handed to
--- redis.call is formatted by snprintf each time).
-local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
-local LATENCY_NAMES = {'1', '5', '15', '60', '300', '900', '3600', '14400', '86400'}
-local UP = {'1', '2', '3', '4', '5', '6', '7', '8'}
-local DOWN = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}
-lib.UP = UP
 
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
@@ -363,8 +359,8 @@ function lib.delivered(d, msg, id, info, data, reply)
   if accepted then
     local latency = math.max(0, d.at - accepted)
     local bucket = 'inf'
-    for i, le in ipairs(LATENCY) do
-      if latency <= le then bucket = LATENCY_NAMES[i]; break end
+    for i, le in ipairs(d.latency) do
+      if latency <= le then bucket = d.buckets_named[i]; break end
     end
     d.buckets[bucket] = (d.buckets[bucket] or 0) + 1
     d.sum = d.sum + latency
@@ -384,14 +380,14 @@ function lib.deliveries_done(d, shape_key, latency_key)
     end
   end
   for field, count in pairs(d.shape) do
-    local left = lib.figure('HINCRBY', shape_key, field, DOWN[count] or -count)
+    local left = lib.figure('HINCRBY', shape_key, field, d.down[count] or -count)
     if left and left <= 0 then redis.call('HDEL', shape_key, field) end
   end
   for tenant, count in pairs(d.tenants) do
-    local left = lib.figure('HINCRBY', 'drain:shape:tenant', tenant, DOWN[count] or -count)
+    local left = lib.figure('HINCRBY', 'drain:shape:tenant', tenant, d.down[count] or -count)
     if left and left <= 0 then redis.call('HDEL', 'drain:shape:tenant', tenant) end
   end
-  for bucket, count in pairs(d.buckets) do lib.figure('HINCRBY', latency_key, bucket, UP[count] or count) end
+  for bucket, count in pairs(d.buckets) do lib.figure('HINCRBY', latency_key, bucket, d.up[count] or count) end
   if next(d.buckets) then lib.figure('HINCRBYFLOAT', latency_key, 'sum', d.sum) end
   redis.call('DEL', unpack(d.gone))
 end

@@ -26,11 +26,11 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
 local mine, first = lib.held(KEYS[1], ARGV[1], ids)
 if #mine == 0 then return {0, n, '', ''} end
-redis.call('HINCRBY', KEYS[2], 'delivered', lib.UP[#mine] or #mine)
-redis.call('HDEL', KEYS[1], unpack(mine))
-
 local tr = lib.untrimmed(KEYS[6], ARGV[4])
 local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine)
+redis.call('HDEL', KEYS[1], unpack(mine))
+
 for i = 1, n do
   if first[ids[i]] == i then
     local base = HEAD + (i - 1) * EACH

@@ -139,9 +139,9 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
 local mine, first = lib.held(KEYS[1], owner, ids)
 if #mine == 0 then return {0, n, '', ''} end
-if plain then redis.call('HINCRBY', KEYS[2], 'delivered', lib.UP[#mine] or #mine) end  -- the first write
-redis.call('HDEL', KEYS[1], unpack(mine))
 local deliveries = lib.deliveries(tr, now, KEYS[6], keep)
+if plain then redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine) end  -- the first write
+redis.call('HDEL', KEYS[1], unpack(mine))
 
 for i = 1, n do
   local base = HEAD + (i - 1) * EACH
@@ -225,7 +225,7 @@ end
 
 lib.deliveries_done(deliveries, KEYS[11], KEYS[13])
 if not plain and deliveries.count > 0 then
-  redis.call('HINCRBY', KEYS[2], 'delivered', lib.UP[deliveries.count] or deliveries.count)
+  redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[deliveries.count] or deliveries.count)
 end
 
 -- Mail held back or parked did not use the permit it was claimed with: give it back.
