@@ -18,11 +18,13 @@ each claim (with its read back) and each claim's settles dumped to their own fil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,11 @@ REPLY = "250 2.0.0 Ok: queued as 4Xk2Vb0Lz3z9abc"
 
 
 def delivered(msg_id: str) -> Outcome:
-    """A delivery as the worker settles it (its event's data made by the worker, where it can)."""
-    data = events.delivered_data(REPLY, 1, 0.5) if hasattr(events, "delivered_data") else ""
-    return Outcome(msg_id, "delivered", envelope=REPLY, **({"event": data} if data else {}))
+    """A delivery as the worker settles it (its event's data made by the worker, where the
+    tree profiled can: one from before deliver.lua cannot)."""
+    if hasattr(events, "delivered_data"):
+        return Outcome(msg_id, "delivered", envelope=REPLY, event=events.delivered_data(REPLY, 1, 0.5))
+    return Outcome(msg_id, "delivered", envelope=REPLY)
 
 
 Snapshot = tuple[float, float, dict[str, tuple[int, int]]]
@@ -89,7 +93,7 @@ def callgrind_server(out: Path) -> None:
     wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no "
                        f"--callgrind-out-file={out}/callgrind.out.%p {real} \"$@\"\n")
     wrapper.chmod(0o755)
-    embedded.server_binary = lambda: str(wrapper)  # type: ignore[assignment]
+    embedded.server_binary = lambda: str(wrapper)
 
 
 def callgrind(pid: int, *args: str) -> None:
@@ -105,88 +109,83 @@ def instructions(out: Path, part: int) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def loaded(count: int, size: int, timeout_s: float = 10.0) -> Iterator[tuple[subprocess.Popen[bytes], Store]]:
+    """A redis-server of its own holding `count` ready messages of `size` bytes, and a Store on it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = embedded.spawn_on_port(port, Path(tmp), timeout_s=timeout_s)
+        try:
+            client = redis.Redis(port=port)
+            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE,
+                                settle_every=SETTLE_EVERY)
+            ratelimit.pause(client)
+            Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
+            ratelimit.resume(client)
+            yield proc, Store(client, settings)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
 def counted(count: int, size: int, out: Path) -> dict[str, Any]:
     """Instructions redis-server executes per message for the claims (with the reads back)
     and for the settles."""
     callgrind_server(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        proc = embedded.spawn_on_port(port, Path(tmp), timeout_s=120)
-        try:
-            client = redis.Redis(port=port)
-            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE,
-                                settle_every=SETTLE_EVERY)
-            store = Store(client, settings)
-            ratelimit.pause(client)
-            Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
-            ratelimit.resume(client)
-            owner = "profile-worker"
-            every = settings.settle_every
-            callgrind(proc.pid, "-i", "on")
-            done = parts = 0
-            while True:
-                claim = store.claim(owner, settings.batch_size)
-                store.load(claim.ids)
-                callgrind(proc.pid, "-d")  # dump 1, 3, 5...: claims and reads back
-                parts += 1
-                if not claim.ids:
-                    break
-                for i in range(0, len(claim.ids), every):
-                    store.settle(owner, [delivered(m) for m in claim.ids[i:i + every]])
-                callgrind(proc.pid, "-d")  # dump 2, 4, 6...: settles
-                parts += 1
-                done += len(claim.ids)
-            callgrind(proc.pid, "-i", "off")
-            return {"messages": done, "size": size, "balanced": store.books().balanced,
-                    "claim_and_load_instructions_per_msg":
-                        round(sum(instructions(out, p) for p in range(1, parts + 1, 2)) / done),
-                    "settle_instructions_per_msg":
-                        round(sum(instructions(out, p) for p in range(2, parts + 1, 2)) / done)}
-        finally:
-            proc.terminate()
-            proc.wait()
+    with loaded(count, size, timeout_s=120) as (proc, store):
+        settings = store.settings
+        owner = "profile-worker"
+        every = settings.settle_every
+        callgrind(proc.pid, "-i", "on")
+        done = parts = 0
+        while True:
+            claim = store.claim(owner, settings.batch_size)
+            store.load(claim.ids)
+            callgrind(proc.pid, "-d")  # dump 1, 3, 5...: claims and reads back
+            parts += 1
+            if not claim.ids:
+                break
+            for i in range(0, len(claim.ids), every):
+                store.settle(owner, [delivered(m) for m in claim.ids[i:i + every]])
+            callgrind(proc.pid, "-d")  # dump 2, 4, 6...: settles
+            parts += 1
+            done += len(claim.ids)
+        callgrind(proc.pid, "-i", "off")
+        return {"messages": done, "size": size, "balanced": store.books().balanced,
+                "claim_and_load_instructions_per_msg":
+                    round(sum(instructions(out, p) for p in range(1, parts + 1, 2)) / done),
+                "settle_instructions_per_msg":
+                    round(sum(instructions(out, p) for p in range(2, parts + 1, 2)) / done)}
 
 
 def run(count: int, size: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        proc = embedded.spawn_on_port(port, Path(tmp))
-        try:
-            client = redis.Redis(port=port)
-            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE,
-                                settle_every=SETTLE_EVERY)
-            store = Store(client, settings)
-            ratelimit.pause(client)
-            Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
-            ratelimit.resume(client)
-            phases = {name: Phase() for name in ("claim", "load", "settle", "probe")}
-            owner = "profile-worker"
-            done = 0
-            started = time.perf_counter()
-            while True:
-                s0 = snapshot(client)
-                claim = store.claim(owner, settings.batch_size)
-                s1 = snapshot(client)
-                phases["claim"].add(s0, s1)
-                if not claim.ids:
-                    break
-                store.load(claim.ids)
-                s2 = snapshot(client)
-                phases["load"].add(s1, s2)
-                phases["probe"].add(s2, snapshot(client))  # what reading the figures costs
-                every = settings.settle_every
-                s3 = snapshot(client)
-                for i in range(0, len(claim.ids), every):
-                    store.settle(owner, [delivered(m) for m in claim.ids[i:i + every]])
-                phases["settle"].add(s3, snapshot(client))
-                done += len(claim.ids)
-            wall = time.perf_counter() - started
-            books = store.books()
-            return {"messages": done, "size": size, "wall_s": round(wall, 2), "balanced": books.balanced,
-                    **{name: p.report(max(1, done)) for name, p in phases.items()}}
-        finally:
-            proc.terminate()
-            proc.wait()
+    with loaded(count, size) as (_proc, store):
+        client, settings = store.client, store.settings
+        phases = {name: Phase() for name in ("claim", "load", "settle", "probe")}
+        owner = "profile-worker"
+        done = 0
+        started = time.perf_counter()
+        while True:
+            s0 = snapshot(client)
+            claim = store.claim(owner, settings.batch_size)
+            s1 = snapshot(client)
+            phases["claim"].add(s0, s1)
+            if not claim.ids:
+                break
+            store.load(claim.ids)
+            s2 = snapshot(client)
+            phases["load"].add(s1, s2)
+            phases["probe"].add(s2, snapshot(client))  # what reading the figures costs
+            every = settings.settle_every
+            s3 = snapshot(client)
+            for i in range(0, len(claim.ids), every):
+                store.settle(owner, [delivered(m) for m in claim.ids[i:i + every]])
+            phases["settle"].add(s3, snapshot(client))
+            done += len(claim.ids)
+        wall = time.perf_counter() - started
+        books = store.books()
+        return {"messages": done, "size": size, "wall_s": round(wall, 2), "balanced": books.balanced,
+                **{name: p.report(max(1, done)) for name, p in phases.items()}}
 
 
 def main() -> None:
@@ -203,7 +202,7 @@ def main() -> None:
     SETTLE_EVERY = args.settle_every
     if args.lua:
         folder = Path(args.lua)
-        lua_scripts._read = lambda name: (folder / f"{name}.lua").read_text(encoding="utf-8")  # type: ignore[assignment]
+        lua_scripts._read = lambda name: (folder / f"{name}.lua").read_text(encoding="utf-8")
         lua_scripts.source.cache_clear()
     if args.callgrind:
         print(json.dumps(counted(args.messages, args.size, Path(args.callgrind)), indent=1))
