@@ -18,6 +18,10 @@ How a Lua script records an event (the prelude _lib.lua is in front of every scr
     return lib.recorded(tr)   -- {first, last} stream ids, for DRAIN_EVENT_LOG (and it
                               -- writes gathered index records: required when gathering)
 
+A script that records many events per run (settle.lua, deliver.lua) makes its tracer with
+lib.untrimmed(stream, retention) instead: no clock read and no trim per event; it then calls
+lib.trim(tr, oldest_kept(settings, now), most kept), which trims on about one run in ten.
+
 The index keys (keys.events_index) are derived from the stream key inside the script.
 Operator actions record `released`, `deleted`, `flushed` with {actor, reason}, `held` with
 {domain, why, actor, reason} and `bounced` with {reply, recipients, actor, reason} (use ''

@@ -72,7 +72,6 @@ local TEXT = 300
 local HISTORY = 10
 local refunds = 0
 
-
 -- The message stops being queued: take it off the backlog shape; returns when it was accepted.
 local function leave(msg)
   return lib.shape(KEYS[11], msg, -1)
