@@ -24,6 +24,7 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.intake.api import Client
 from drain.settings import Settings
+from drain.store import events
 from drain.store.connection import client_for
 from drain.store.scripts import source
 from drain.store.store import Outcome
@@ -59,7 +60,9 @@ def _one_worker(connection: redis.Redis, client: Client, settings: Settings) -> 
     worker.work(burst=True, logging_level="WARNING")
 
 
-@pytest.mark.parametrize("script", ["claim", "settle"])
+# A worker's deliveries are settled by deliver.lua (settle.lua's usual call); settle.lua
+# is the last test's.
+@pytest.mark.parametrize("script", ["claim", "deliver"])
 def test_a_lost_script_reply_loses_strands_and_repeats_nothing(
     client: Client, relay: Sink, settings: Settings, eater: Callable[[bytes], ReplyEater], script: str
 ) -> None:
@@ -106,16 +109,19 @@ def test_a_lost_claim_reply_is_given_back_at_once(
     assert client.store.held() == {}
 
 
+@pytest.mark.parametrize("script", ["settle", "deliver"])
 def test_a_settle_whose_reply_was_lost_is_repeated_and_counted_once(
-    client: Client, settings: Settings, eater: Callable[[bytes], ReplyEater]
+    client: Client, settings: Settings, eater: Callable[[bytes], ReplyEater], script: str
 ) -> None:
     client.enqueue_many([synthetic(i) for i in range(6)])
-    client.redis.script_load(source("settle"))
-    proxy = eater(_sha("settle"))
+    client.redis.script_load(source(script))
+    proxy = eater(_sha(script))
+    # Deliveries with their event data made by the worker go to deliver.lua, others to settle.lua.
+    event = events.delivered_data("250 ok", 1, 0.5) if script == "deliver" else ""
     store = ResilientStore(client_for(proxy.url), settings)
     try:
         ids = store.claim("w1", 4).ids
-        result = store.settle("w1", [Outcome(i, "delivered") for i in ids])
+        result = store.settle("w1", [Outcome(i, "delivered", event=event) for i in ids])
     finally:
         store.client.close()
     assert proxy.eaten == 1 and proxy.lost_reply.startswith(b"*")

@@ -57,6 +57,9 @@ class Outcome:
     # For a deferral after a partial delivery: the envelope still to do (JSON); for a hold,
     # why it is held ("rate" or "breaker").
     envelope: str = ""
+    # For a delivery: its delivered event's data, made by the worker (events.delivered_data);
+    # empty: the settle script makes it.
+    event: str = ""
 
 
 @dataclass(frozen=True)

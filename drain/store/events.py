@@ -18,6 +18,10 @@ How a Lua script records an event (the prelude _lib.lua is in front of every scr
     return lib.recorded(tr)   -- {first, last} stream ids, for DRAIN_EVENT_LOG (and it
                               -- writes gathered index records: required when gathering)
 
+A script that records many events per run (settle.lua, deliver.lua) makes its tracer with
+lib.untrimmed(stream, retention) instead: no clock read and no trim per event; it then calls
+lib.trim(tr, oldest_kept(settings, now), most kept), which trims on about one run in ten.
+
 The index keys (keys.events_index) are derived from the stream key inside the script.
 Operator actions record `released`, `deleted`, `flushed` with {actor, reason}, `held` with
 {domain, why, actor, reason} and `bounced` with {reply, recipients, actor, reason} (use ''
@@ -37,6 +41,7 @@ In a Python MULTI/EXEC (a redis-py pipeline with transaction=True):
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,6 +87,19 @@ _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MU
 def tracer_args(settings: Settings) -> list[str | int]:
     """The two ARGVs a script's lib.tracer takes: retention seconds (0 = off), most kept."""
     return [int(settings.trace_retention_s) if settings.trace else 0, settings.trace_max_events]
+
+
+def oldest_kept(settings: Settings, now: float) -> str:
+    """The oldest events stream id (milliseconds) the retention keeps at `now`, for a script
+    that trims the stream itself (lib.trim)."""
+    return f"{(now - settings.trace_retention_s) * 1000:.0f}"
+
+
+def delivered_data(reply: str, attempt: int, delay_s: float) -> str:
+    """The data of a delivered event as JSON (reply, attempt, delay_s), made by the worker so
+    that the settle script does not: as the script made it (the reply cut to TEXT_MAX)."""
+    return json.dumps([reply[:TEXT_MAX], attempt, math.floor(max(0.0, delay_s) * 1000) / 1000], separators=(",", ":"),
+                      ensure_ascii=False)
 
 
 def message_id(raw: bytes) -> str:

@@ -20,7 +20,7 @@ from drain import validate
 from drain.flow.gate import Answer, Gate
 from drain.intake.rules import Rule, first_match
 from drain.message import Envelope, without_bcc
-from drain.store import keys
+from drain.store import events, keys
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
 from drain.worker.delivery import Relay
@@ -165,8 +165,10 @@ class Batch:
         if not rest.recipients:
             if tally.delivered:
                 # The relays' own replies (with their queue ids) go to the delivered event.
+                reply = "; ".join(tally.accepted)[:1000]
                 return Outcome(msg.id, "delivered", info=json.dumps(tally.bounced) if tally.bounced else "",
-                               envelope="; ".join(tally.accepted)[:1000])
+                               envelope=reply, event=events.delivered_data(reply, msg.attempts + 1,
+                                                                           self.clock() - msg.accepted_at))
             return Outcome(msg.id, "bounced", info=tally.reply)
         if rest.recipients != msg.envelope.recipients:
             # Some groups are done: the rest keeps its turn, its next domain first (books unchanged).

@@ -191,7 +191,8 @@ end
 -- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-9).
 local function index(tr, day, value, where)
   local h = redis.sha1hex(string.lower(value))
-  local key = tr.stream .. ':ix:' .. day .. ':' .. string.sub(h, 7, 9)
+  if tr.prefix_day ~= day then tr.prefix, tr.prefix_day = tr.stream .. ':ix:' .. day .. ':', day end
+  local key = tr.prefix .. string.sub(h, 7, 9)
   local records = tr.pending[key]
   if not records then
     records = {day = day}
@@ -208,16 +209,47 @@ end
 function lib.event(tr, kind, id, data, values)
   if not tr then return nil end
   if type(data) ~= 'string' then data = cjson.encode(data) end
-  local sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'i', id, 'd', data)
-  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
-  ms, seq = tonumber(ms), tonumber(seq)
-  local day = math.floor(ms / 86400000)
-  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
+  local sid
+  if tr.minid then
+    sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'i', id, 'd', data)
+  else  -- a tracer of lib.untrimmed: its script trims the stream itself (lib.trim)
+    sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'i', id, 'd', data)
+  end
+  -- The millisecond part is read once per tracer and millisecond (a script's events mostly
+  -- share one): number parsing and formatting are a good part of an event's cost.
+  local dash = string.find(sid, '-', 1, true)
+  local ms_text = string.sub(sid, 1, dash - 1)
+  if ms_text ~= tr.ms_text then
+    local ms = tonumber(ms_text)
+    local at_day = math.floor(ms / 86400000)
+    tr.ms_text, tr.at_day, tr.in_day = ms_text, at_day, (ms - at_day * 86400000) * 8192
+  end
+  local day = tr.at_day
+  local where = struct.pack('>I5', tr.in_day + math.min(tonumber(string.sub(sid, dash + 1)), 8191))
   index(tr, day, 'i:' .. id, where)
   for _, value in ipairs(values or {}) do index(tr, day, value, where) end
   tr.first = tr.first or sid
   tr.last = sid
   return sid
+end
+
+-- A gathering tracer for a script that records many events per run (settle.lua): no read
+-- of the server's clock and no trim per run or per event; the script calls lib.trim.
+function lib.untrimmed(stream, retention_s)
+  local keep = tonumber(retention_s) or 0
+  if keep <= 0 then return nil end
+  return {stream = stream, keep = keep, pending = {}, order = {}, gather = true}
+end
+
+-- Trim the events stream of an untrimmed tracer, by age (stream ids below minid_ms, the
+-- oldest kept by the caller's clock) and by size (about max_events), on about one run in
+-- ten (those whose first event's millisecond ends in 0): a trim is approximate anyway.
+function lib.trim(tr, minid_ms, max_events)
+  if not tr or not tr.first then return end
+  local dash = string.find(tr.first, '-', 1, true)
+  if string.byte(tr.first, dash - 1) ~= 48 then return end
+  redis.call('XTRIM', tr.stream, 'MINID', '~', minid_ms)
+  if (tonumber(max_events) or 0) > 0 then redis.call('XTRIM', tr.stream, 'MAXLEN', '~', max_events) end
 end
 
 -- Write the gathered index records (a new key expires with the retention).
@@ -251,4 +283,111 @@ function lib.codes(findings)
     end
   end
   return codes
+end
+
+-- Which of ids (a Lua array) owner holds in the in-flight hash, read in one command: the
+-- held ids in order, each once, and id -> its first position among ids.
+function lib.held(inflight, owner, ids)
+  local mine, first = {}, {}
+  if #ids == 0 then return mine, first end
+  local holders = redis.call('HMGET', inflight, unpack(ids))
+  for i, id in ipairs(ids) do
+    if holders[i] == owner and not first[id] then
+      mine[#mine + 1] = id
+      first[id] = i
+    end
+  end
+  return mine, first
+end
+
+-- Deliveries settled in one script run (settle.lua, deliver.lua). lib.deliveries makes
+-- their tally; lib.delivered records one (its events at once; its figures and counts
+-- gathered); lib.deliveries_done writes what was gathered, one write per field, not per
+-- message: the backlog shape by field and by tenant, the latency histogram, the dropped
+-- message keys, the freed concurrency slots of capped tenants. Counts go to redis.call as
+-- text (d.up, d.down: a number handed to redis.call is formatted by snprintf each time).
+function lib.deliveries(tr, now, bounces, bounces_kept)
+  return {tr = tr, now = now, at = tonumber(now), bounces = bounces, kept = bounces_kept, count = 0, sum = 0,
+          shape = {}, tenants = {}, buckets = {}, busy = {}, gone = {}, times = {},
+          latency = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400},
+          buckets_named = {'1', '5', '15', '60', '300', '900', '3600', '14400', '86400'},
+          up = {'1', '2', '3', '4', '5', '6', '7', '8'}, down = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}}
+end
+
+-- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
+-- logged to the bounces stream and recorded as a bounce first, so that the last event
+-- says delivered, as the books count it); data is the delivered event's data as JSON, or
+-- '' to make it here from reply.
+function lib.delivered(d, msg, id, info, data, reply)
+  local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
+  if f.err then f = {} end  -- not a hash: dropped all the same
+  local tenant = f[3]
+  if tenant then
+    local freed = d.busy[tenant]
+    if not freed then freed = {}; d.busy[tenant] = freed end
+    freed[#freed + 1] = id
+  end
+  if info ~= '' then
+    local env = redis.call('HGET', msg, 'env') or ''
+    redis.call('XADD', d.bounces, 'MAXLEN', '~', d.kept, '*', 'id', id, 'env', env, 'reply', info, 'at', d.now)
+  end
+  -- When it was accepted, and its backlog-shape minute: read once per acceptance time.
+  local accepted, minute = nil, nil
+  if f[2] then
+    local known = d.times[f[2]]
+    if not known then
+      local t = tonumber(f[2])
+      if t and (t ~= t or t == math.huge or t == -math.huge) then t = nil end
+      known = t and {t, '|' .. math.floor(t / 60)} or {false}
+      d.times[f[2]] = known
+    end
+    accepted, minute = known[1] or nil, known[2]
+  end
+  if accepted then
+    local field = (f[1] or '') .. minute
+    d.shape[field] = (d.shape[field] or 0) + 1
+    d.tenants[tenant or ''] = (d.tenants[tenant or ''] or 0) + 1
+  end
+  if d.tr then
+    if info ~= '' then lib.event(d.tr, 'b', id, {string.sub(info, 1, 300)}) end
+    if data == '' then
+      local delay = accepted and math.floor(math.max(0, d.at - accepted) * 1000) / 1000 or ''
+      data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
+    end
+    lib.event(d.tr, 'd', id, data)
+  end
+  if accepted then
+    local latency = math.max(0, d.at - accepted)
+    local bucket = 'inf'
+    for i, le in ipairs(d.latency) do
+      if latency <= le then bucket = d.buckets_named[i]; break end
+    end
+    d.buckets[bucket] = (d.buckets[bucket] or 0) + 1
+    d.sum = d.sum + latency
+  end
+  d.gone[#d.gone + 1] = msg
+  d.count = d.count + 1
+end
+
+-- Write the deliveries' gathered figures (shape_key: backlog shape; latency_key: latency
+-- histogram) and drop their messages.
+function lib.deliveries_done(d, shape_key, latency_key)
+  if d.count == 0 then return end
+  for tenant, freed in pairs(d.busy) do
+    if redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(freed)) > 0
+        and redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then
+      lib.rejoin(tenant)  -- it may have been waiting for a slot: back in its rings
+    end
+  end
+  for field, count in pairs(d.shape) do
+    local left = lib.figure('HINCRBY', shape_key, field, d.down[count] or -count)
+    if left and left <= 0 then redis.call('HDEL', shape_key, field) end
+  end
+  for tenant, count in pairs(d.tenants) do
+    local left = lib.figure('HINCRBY', 'drain:shape:tenant', tenant, d.down[count] or -count)
+    if left and left <= 0 then redis.call('HDEL', 'drain:shape:tenant', tenant) end
+  end
+  for bucket, count in pairs(d.buckets) do lib.figure('HINCRBY', latency_key, bucket, d.up[count] or count) end
+  if next(d.buckets) then lib.figure('HINCRBYFLOAT', latency_key, 'sum', d.sum) end
+  redis.call('DEL', unpack(d.gone))
 end

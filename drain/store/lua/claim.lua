@@ -256,10 +256,12 @@ if #ids == 0 then
   return {0, isolated, 0}
 end
 
-local owner = ARGV[2]
-for _, id in ipairs(ids) do
-  redis.call('HSET', KEYS[2], id, owner)
+-- One write for the whole claim: id, owner, id, owner...
+local owner, pairs_of = ARGV[2], {}
+for i, id in ipairs(ids) do
+  pairs_of[2 * i - 1], pairs_of[2 * i] = id, owner
 end
+redis.call('HSET', KEYS[2], unpack(pairs_of))
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 
 if rate > 0 then

@@ -13,9 +13,11 @@
 -- KEYS[16 + 2i] message hash of the i-th outcome, KEYS[17 + 2i] its parked list
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison   ARGV[5], ARGV[6] events: retention (0 = off), most kept
--- then five per outcome: id, kind, score, info, envelope
+-- ARGV[7] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
+-- then six per outcome: id, kind, score, info, envelope, event
 --   delivered:   drop the message, count it; info, if any, lists refused recipients (logged);
---                envelope = the relay's reply (for the delivered event)
+--                envelope = the relay's reply; event = the delivered event's data as JSON
+--                (reply, attempt, delay_s), '' to have it made here from the reply
 --   bounced:     drop the message, count it (as delivered if some recipients already took
 --                it), log info (the reply) to the bounces stream
 --   deferred:    score = due time; attempts + 1; info = last reply, also kept in a short
@@ -45,20 +47,30 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local wrong = lib.wrong_types({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'zset',
-                               KEYS[5], 'zset', KEYS[7], 'list', KEYS[8], 'set', KEYS[14], 'zset',
-                               KEYS[15], 'zset'})
-if wrong then return wrong end
-
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local HEAD, EACH = 7, 6
+local n = (#ARGV - HEAD) / EACH
+
+-- Type checks before the first write, of the keys the moves write. A call of deliveries
+-- only (the usual one) needs none: its first command reads the in-flight hash and its
+-- first write counts them in the books, so a key of the wrong type there fails the call
+-- before anything moved. Any other kind checks every key the moves may write.
+local plain = true
+for i = 1, n do
+  if ARGV[HEAD + (i - 1) * EACH + 2] ~= 'delivered' then plain = false; break end
+end
+if not plain then
+  local wrong = lib.wrong_types({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'zset',
+                                 KEYS[5], 'zset', KEYS[7], 'list', KEYS[8], 'set', KEYS[14], 'zset',
+                                 KEYS[15], 'zset'})
+  if wrong then return wrong end
+end
+
 local settled, skipped = 0, 0
-local n = (#ARGV - 6) / 5
-local tr = lib.tracer(KEYS[17], ARGV[5], ARGV[6], true)
+local tr = lib.untrimmed(KEYS[17], ARGV[5])
 local TEXT = 300
 local HISTORY = 10
 local refunds = 0
-
-local LATENCY = {1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
 
 -- The message stops being queued: take it off the backlog shape; returns when it was accepted.
 local function leave(msg)
@@ -121,38 +133,28 @@ local function log_bounce(msg, id, reply)
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', keep, '*', 'id', id, 'env', env, 'reply', reply, 'at', now)
 end
 
+-- Who holds each id, read in one go; an id given twice is settled once.
+local ids = {}
+for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
+local mine, first = lib.held(KEYS[1], owner, ids)
+if #mine == 0 then return {0, n, '', ''} end
+local deliveries = lib.deliveries(tr, now, KEYS[6], keep)
+if plain then redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine) end  -- the first write
+redis.call('HDEL', KEYS[1], unpack(mine))
+
 for i = 1, n do
-  local base = 6 + (i - 1) * 5
+  local base = HEAD + (i - 1) * EACH
   local id, kind, score, info, env = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
   local msg, aux = KEYS[16 + 2 * i], KEYS[17 + 2 * i]
-  if redis.call('HGET', KEYS[1], id) ~= owner then
+  if first[id] ~= i then
     skipped = skipped + 1
+  elseif kind == 'delivered' then
+    settled = settled + 1
+    lib.delivered(deliveries, msg, id, info, ARGV[base + 6], env)
   else
-    redis.call('HDEL', KEYS[1], id)
     lib.tenant_free(msg, id)
     settled = settled + 1
-    if kind == 'delivered' then
-      if info ~= '' then log_bounce(msg, id, info) end
-      local accepted = leave(msg)
-      if tr then
-        local delay = accepted and math.floor(math.max(0, tonumber(now) - accepted) * 1000) / 1000 or ''
-        -- Recipients refused for good while others took it: bounced first, so that the
-        -- last event says delivered, as the books count it.
-        if info ~= '' then lib.event(tr, 'b', id, {string.sub(info, 1, TEXT)}) end
-        lib.event(tr, 'd', id, {string.sub(env, 1, TEXT), attempt(msg), delay})
-      end
-      if accepted then
-        local latency = math.max(0, tonumber(now) - accepted)
-        local bucket = 'inf'
-        for _, le in ipairs(LATENCY) do
-          if latency <= le then bucket = tostring(le); break end
-        end
-        lib.figure('HINCRBY', KEYS[13], bucket, 1)
-        lib.figure('HINCRBYFLOAT', KEYS[13], 'sum', latency)
-      end
-      redis.call('DEL', msg)
-      redis.call('HINCRBY', KEYS[2], 'delivered', 1)
-    elseif kind == 'bounced' then
+    if kind == 'bounced' then
       log_bounce(msg, id, info)
       local partly = redis.call('HGET', msg, 'pd') == '1'
       if string.sub(info, 1, 9) == 'expired: ' then
@@ -219,6 +221,12 @@ for i = 1, n do
     end
   end
 end
+
+lib.deliveries_done(deliveries, KEYS[11], KEYS[13])
+if not plain and deliveries.count > 0 then
+  redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[deliveries.count] or deliveries.count)
+end
+
 -- Mail held back or parked did not use the permit it was claimed with: give it back.
 if refunds > 0 then
   local rate = tonumber(redis.call('GET', KEYS[9]) or '0') or 0
@@ -229,4 +237,5 @@ if refunds > 0 then
   end
 end
 local span = lib.recorded(tr)
+lib.trim(tr, ARGV[7], ARGV[6])
 return {settled, skipped, span[1], span[2]}

@@ -1,0 +1,43 @@
+-- deliver: settle.lua for the usual call, where every outcome is a delivery whose event
+-- data the worker made: the same moves, books, figures and events, with fewer keys and
+-- arguments (each one costs Redis work at every call, and a worker settles every few
+-- messages). A delivery of a message the owner no longer holds (its lease lapsed and the
+-- message was given back) is skipped.
+--
+-- KEYS[1] in-flight hash   KEYS[2] books hash   KEYS[3] backlog shape (domain|minute -> queued)
+-- KEYS[4] delivery latency histogram   KEYS[5] bounces stream   KEYS[6] events stream
+-- KEYS[6 + i] message hash of the i-th delivery
+-- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
+-- ARGV[4], ARGV[5] events: retention (0 = off), most kept
+-- ARGV[6] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
+-- then three per delivery: id, info (recipients refused for good, JSON, or ''), the
+-- delivered event's data (JSON: reply, attempt, delay_s)
+--
+-- No type checks are needed before the first write: the first command reads the in-flight
+-- hash and the first write counts the deliveries in the books, so a key of the wrong type
+-- there fails the call before anything moved.
+-- Returns {settled, skipped, first event's stream id, last event's stream id}.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local HEAD, EACH = 6, 3
+local n = (#ARGV - HEAD) / EACH
+local ids = {}
+for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
+local mine, first = lib.held(KEYS[1], ARGV[1], ids)
+if #mine == 0 then return {0, n, '', ''} end
+local tr = lib.untrimmed(KEYS[6], ARGV[4])
+local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine)
+redis.call('HDEL', KEYS[1], unpack(mine))
+
+for i = 1, n do
+  if first[ids[i]] == i then
+    local base = HEAD + (i - 1) * EACH
+    lib.delivered(deliveries, KEYS[6 + i], ids[i], ARGV[base + 2], ARGV[base + 3], '')
+  end
+end
+lib.deliveries_done(deliveries, KEYS[3], KEYS[4])
+local span = lib.recorded(tr)
+lib.trim(tr, ARGV[6], ARGV[5])
+return {#mine, n - #mine, span[1], span[2]}
