@@ -369,3 +369,33 @@ def test_an_open_environment_relay_holds_the_backlog_only_without_a_fallback_up(
     assert "relay breaker open" in alone["held_by"].get("*", "")
     backed = json.loads(drain(settings, "status", "--json", env={"DRAIN_RELAY_FALLBACK": "smtp://127.0.0.1:2600"}).stdout)
     assert "*" not in backed["held_by"] and backed["eta_s"] is not None
+
+
+def test_a_domain_route_written_with_a_root_dot_or_in_unicode_takes_its_mail(
+        client: Client, relay: Sink, sinks: tuple[Sink, Sink], settings: Settings,
+        work: Callable[..., bool]) -> None:
+    """`route set Example.COM. URL` (the DNS root's dot) and `route set bücher.de URL` were
+    accepted and stored as written, so no recipient (example.com, xn--bcher-kva.de) ever
+    matched them: the mail went by the default route, silently. Mutants caught: check_name
+    without ascii_domain (the names stored as written), chain not encoding a recipient's
+    Unicode domain."""
+    dotted, idn = sinks
+    for name, sink in (("Example.COM.", dotted), ("BÜCHER.de", idn)):
+        done = drain(settings, "route", "set", name, sink.url)
+        assert done.returncode == 0, done.stderr
+    listed = json.loads(drain(settings, "route", "list", "--json").stdout)
+    assert sorted(r["name"] for r in listed["routes"] if r["kind"] == "domain") == ["example.com", "xn--bcher-kva.de"]
+    routes = routing.Routes(client.redis, settings)
+    routes.refresh(b"now")
+    assert routes.chain("bücher.de") == routes.chain("xn--bcher-kva.de") == (idn.url,)
+    assert routes.chain("example.com.") == (dotted.url,)
+    client.enqueue(synthetic(0), recipients=["a@example.com"])
+    client.enqueue(synthetic(1), recipients=["b@xn--bcher-kva.de"])
+    work()
+    assert [r for m in dotted.messages for r in m.recipients] == ["a@example.com"]
+    assert [r for m in idn.messages for r in m.recipients] == ["b@xn--bcher-kva.de"]
+    assert not relay.messages
+    # A name that is no domain in any form is refused, nothing stored.
+    for bad in ("\u200b.com", "example.com..", ". "):
+        assert drain(settings, "route", "set", bad, dotted.url).returncode == 2, bad
+    assert drain(settings, "route", "delete", "example.com.").returncode == 0

@@ -59,9 +59,26 @@ def check_name(kind: Kind, name: str) -> str:
     ConfigError (one line)."""
     value = name.strip().lower() if kind == "domain" else name.strip()
     domain = value[1:] if kind == "domain" and value.startswith(".") else value
-    if not _NAME.fullmatch(domain) or (kind == "domain" and (".." in domain or domain.startswith("."))):
+    if kind == "domain" and ".." not in domain:
+        domain = ascii_domain(domain)
+        value = ("." if value.startswith(".") else "") + domain
+    if not _NAME.fullmatch(domain) or (kind == "domain" and (".." in domain or domain.startswith(".")
+                                                             or not domain.isascii())):
         raise ConfigError(f"not a {kind} name drain can route: {name!r}")
     return value
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain as routes key it: lowercased, in IDNA A-labels (bücher.de is xn--bcher-kva.de,
+    whichever form a recipient or the operator wrote) and without the DNS root's trailing dot
+    (example.com. is example.com); left as it is when it cannot be encoded."""
+    domain = domain.lower()
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return domain
+    return domain[:-1] if domain.endswith(".") else domain
 
 
 def parents(domain: str) -> list[str]:
@@ -164,6 +181,8 @@ class Routes:
     def chain(self, domain: str, tenant: str = "") -> tuple[str, ...]:
         """The relay URLs for mail to `domain` of `tenant`, in the order they are tried: the
         domain's route, its nearest parent's, the tenant's, the default."""
+        if domain.endswith(".") or not domain.isascii():
+            domain = ascii_domain(domain)
         found = self.by_domain.get(domain)
         if found is None and self.by_parent:
             found = next((self.by_domain[p] for p in parents(domain) if p in self.by_domain), None)
