@@ -136,3 +136,19 @@ def test_drain_session_drains_every_cell(cells: list[RedisProc], csettings: Sett
         assert books.delivered == 3 and books.balanced, books
         assert redis.Redis(port=proc.port).get(keys.RATE) == b"100.0"
     assert len(relay.messages) == 9
+
+
+def test_closing_a_breaker_no_cell_has_says_so_and_a_down_cell_is_the_only_one_named(
+        cells: list[RedisProc], csettings: Settings) -> None:
+    """`breaker close never.example.com` over cells that all answered said "done on cells
+    none; NOT on c0 (); c1 (); c2 ()": a cell's answer None ("no such breaker here") was
+    taken for a cell that is down. Mutant caught: observe.cells.down/answered (or
+    apply_all's "done on") telling down cells by a None value instead of an error."""
+    unknown = drain(csettings, "breaker", "close", "never.example.com")
+    assert unknown.returncode == 1 and unknown.stderr.decode().startswith("error: no circuit breaker"), unknown
+    Breakers(_clients(cells)[0], csettings).failure(SPAM)
+    cells[2].kill()
+    partial = drain(csettings, "breaker", "close", SPAM)
+    err = partial.stderr.decode()
+    assert partial.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "done on cells c0, c1; NOT on c2 (" in err and "c0 ()" not in err, err

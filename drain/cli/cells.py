@@ -48,7 +48,7 @@ def apply_all(obj: Context, action: Callable[[Client], T]) -> list[tuple[Cell, T
     failed = merge.down(readings)
     if failed:
         named = "; ".join(f"{row['cell']} ({row['error']})" for row in failed)
-        done = ", ".join(r.cell.name for r in readings if r.value is not None) or "none"
+        done = ", ".join(r.cell.name for r in readings if r.error is None) or "none"
         raise CellsDown(f"done on cells {done}; NOT on {named}: run it again once they are back")
     return merge.answered(readings)
 
