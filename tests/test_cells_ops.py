@@ -152,3 +152,27 @@ def test_closing_a_breaker_no_cell_has_says_so_and_a_down_cell_is_the_only_one_n
     err = partial.stderr.decode()
     assert partial.returncode == 1 and len(err.splitlines()) == 1, err
     assert "done on cells c0, c1; NOT on c2 (" in err and "c0 ()" not in err, err
+
+
+def test_quarantine_export_and_delete_by_filter_with_a_cell_down_exit_1_and_a_rerun_finishes(
+        cells: list[RedisProc], csettings: Settings, tmp_path: Path) -> None:
+    """With a cell down, `quarantine export/delete/release --reason ...` acted on the cells
+    that answered and exited 0 (a warning on standard error only): a script went on as if
+    every cell's mail was exported or deleted. Mutant caught: _cells_missed not raising
+    (or quarantine_select not passing `missed` on)."""
+    Client.connect(csettings).enqueue_many([synthetic(i, domain=SPAM) for i in range(6)])
+    assert drain(csettings, "quarantine", "rule", "add", "--domain", SPAM).returncode == 0
+    cells[2].kill()
+    out = tmp_path / "eml"
+    exported = drain(csettings, "quarantine", "export", "--reason", "rule.match", "--out", str(out), "--json")
+    assert exported.returncode == 1 and json.loads(exported.stdout)["exported"] == 4, exported
+    assert b"cells c2 did not answer" in exported.stderr and b"Traceback" not in exported.stderr
+    assert sorted(p.name.split(".")[0] for p in out.iterdir()) == ["c0", "c0", "c1", "c1"]
+    deleted = drain(csettings, "quarantine", "delete", "--reason", "rule.match")
+    assert deleted.returncode == 1 and b"deleted 4 message(s)" in deleted.stdout, deleted
+    released = drain(csettings, "quarantine", "release", "--reason", "rule.match", "--json")
+    assert released.returncode == 1 and json.loads(released.stdout)["released"] == 0, released
+    cells[2].start()
+    again = drain(csettings, "quarantine", "delete", "--reason", "rule.match")
+    assert again.returncode == 0 and b"deleted 2 message(s)" in again.stdout, again
+    assert [c.zcard(keys.QUARANTINE) for c in _clients(cells)] == [0, 0, 0]
