@@ -247,6 +247,7 @@ def test_a_route_for_a_parent_domain_takes_its_subdomains_nearest_first(
 
 @pytest.mark.parametrize("url", ["ftp://relay.example.com", "smtp://", "smtp://relay.example.com:99999",
                                  "smtp://user:secret@relay.example.com:2525", "smtps://user:secret@relay.example.com",
+                                 "smtps://user:secret/x@relay.example.com", "smtps://user:secret#x@relay.example.com",
                                  "smtp://relay.example.com:0",
                                  "smtp://relay.example.com/path?x=1"])
 def test_a_route_url_drain_cannot_use_is_refused_and_changes_nothing(settings: Settings, client: Client,
@@ -261,6 +262,19 @@ def test_a_route_url_drain_cannot_use_is_refused_and_changes_nothing(settings: S
     bad_fallback = drain(settings, "route", "set", "--tenant", "acme", "smtp://127.0.0.1:2600", "--fallback", url)
     assert bad_fallback.returncode == 2 and client.redis.hgetall(keys.ROUTES) == {}
 
+
+def test_a_relay_listed_twice_in_a_route_is_refused_and_changes_nothing(settings: Settings, client: Client,
+                                                                        relay: Sink) -> None:
+    """`route set d URL --fallback URL` was stored: a relay that failed was tried again at
+    once as its own fallback (a second connect timeout, its failures counted twice).
+    Mutant caught: set_route without the `twice` check."""
+    url = "smtp://127.0.0.1:2600"
+    for fallback in (url, url + "/", "SMTP://127.0.0.1:2600"):
+        done = drain(settings, "route", "set", "example.com", url, "--fallback", "smtp://127.0.0.1:2601",
+                     "--fallback", fallback)
+        assert done.returncode == 2 and b"listed twice" in done.stderr, done
+        assert len(done.stderr.splitlines()) == 1 and client.redis.hgetall(keys.ROUTES) == {}
+    assert drain(settings, "route", "set", "example.com", url, "--fallback", "smtp://127.0.0.1:2601").returncode == 0
 
 def test_a_route_for_an_unknown_tenant_is_refused_and_changes_nothing(settings: Settings, client: Client) -> None:
     """A tenant no mail was ever accepted for (a typo, most likely) would route nobody's mail."""

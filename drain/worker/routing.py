@@ -42,6 +42,11 @@ _NAME = re.compile(r"[^\s@/:\\\"'<>\x00-\x1f\x7f]{1,253}")
 
 def check_url(url: str) -> RelayConfig:
     """A route's relay URL as drain can use it, or ConfigError saying why not (one line)."""
+    # Before parsing: a password holding "/", "?" or "#" would end the URL's host part there
+    # and the parser's error would quote the password as a port.
+    if "@" in url:
+        raise ConfigError("route URLs carry no credentials (they would be kept in Redis);"
+                          " an authenticated relay is DRAIN_RELAY, from the environment")
     config = RelayConfig.from_url(url)
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
@@ -111,8 +116,10 @@ def set_route(client: redis.Redis, kind: Kind, name: str, urls: list[str]) -> st
         raise ConfigError("a route needs a relay URL")
     if len(urls) > MOST_RELAYS:
         raise ConfigError(f"a route lists at most {MOST_RELAYS} relays")
-    for url in urls:
-        check_url(url)
+    named = [check_url(url).redacted() for url in urls]
+    twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+    if twice is not None:  # it would be tried again right after failing, its failures counted twice
+        raise ConfigError(f"relay {twice} is listed twice in the route (a fallback of itself)")
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.ROUTES, _field(kind, name), json.dumps(urls))
     pipe.incr(keys.ROUTES_VERSION)
