@@ -176,3 +176,21 @@ def test_quarantine_export_and_delete_by_filter_with_a_cell_down_exit_1_and_a_re
     again = drain(csettings, "quarantine", "delete", "--reason", "rule.match")
     assert again.returncode == 0 and b"deleted 2 message(s)" in again.stdout, again
     assert [c.zcard(keys.QUARANTINE) for c in _clients(cells)] == [0, 0, 0]
+
+
+def test_log_follow_over_cells_keeps_the_first_events_of_a_cell_that_had_none(client: Client) -> None:
+    """`drain log --follow` over cells reads each cell in short rounds (one Reader.follow
+    call each); a cell whose event stream was empty at the first round jumped to its newest
+    event at the next round, so the events recorded in between (a cell's first mail) were
+    never shown. Mutant caught: Reader.follow taking its starting point again while its
+    last id is still 0-0 (without `following`)."""
+    from drain.cli.cellops import _one_read
+    from drain.trace import logview
+
+    reader = logview.Reader(client.redis, client.settings.trace_retention_s)
+    assert _one_read(reader, 50) == []
+    first = client.enqueue(synthetic(0))
+    second = client.enqueue(synthetic(1))
+    assert [(d["event"], d["id"]) for d in _one_read(reader, 50)] == [("received", first), ("received", second)]
+    third = client.enqueue(synthetic(2))
+    assert [d["id"] for d in _one_read(reader, 50)] == [third]
