@@ -194,3 +194,19 @@ def test_log_follow_over_cells_keeps_the_first_events_of_a_cell_that_had_none(cl
     assert [(d["event"], d["id"]) for d in _one_read(reader, 50)] == [("received", first), ("received", second)]
     third = client.enqueue(synthetic(2))
     assert [d["id"] for d in _one_read(reader, 50)] == [third]
+
+
+def test_drain_session_with_a_cell_down_stops_before_changing_any_rate(
+        cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
+    """`drain drain --rate 300/s` with a cell down set the other cells' rate to their share
+    (100/s, kept after the refusal) before finding the cell down, and said "done on cells
+    c0, c1". Mutant caught: run_session setting the rate before reading the books."""
+    Client.connect(csettings).enqueue_many([synthetic(i) for i in range(3)])
+    cells[2].kill()
+    env = dict(os.environ, DRAIN_REDIS_URL=csettings.redis_url or "", DRAIN_RELAY=csettings.relay)
+    done = subprocess.run([sys.executable, "-m", "drain", "drain", "--processes", "1", "--rate", "300/s"],
+                          env=env, capture_output=True, timeout=120, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and len(err.splitlines()) == 1 and "c2" in err and "Traceback" not in err, err
+    assert [c.get(keys.RATE) for c in _clients(cells)[:2]] == [None, None]
+    assert not relay.messages
