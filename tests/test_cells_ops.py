@@ -136,3 +136,77 @@ def test_drain_session_drains_every_cell(cells: list[RedisProc], csettings: Sett
         assert books.delivered == 3 and books.balanced, books
         assert redis.Redis(port=proc.port).get(keys.RATE) == b"100.0"
     assert len(relay.messages) == 9
+
+
+def test_closing_a_breaker_no_cell_has_says_so_and_a_down_cell_is_the_only_one_named(
+        cells: list[RedisProc], csettings: Settings) -> None:
+    """`breaker close never.example.com` over cells that all answered said "done on cells
+    none; NOT on c0 (); c1 (); c2 ()": a cell's answer None ("no such breaker here") was
+    taken for a cell that is down. Mutant caught: observe.cells.down/answered (or
+    apply_all's "done on") telling down cells by a None value instead of an error."""
+    unknown = drain(csettings, "breaker", "close", "never.example.com")
+    assert unknown.returncode == 1 and unknown.stderr.decode().startswith("error: no circuit breaker"), unknown
+    Breakers(_clients(cells)[0], csettings).failure(SPAM)
+    cells[2].kill()
+    partial = drain(csettings, "breaker", "close", SPAM)
+    err = partial.stderr.decode()
+    assert partial.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "done on cells c0, c1; NOT on c2 (" in err and "c0 ()" not in err, err
+
+
+def test_quarantine_export_and_delete_by_filter_with_a_cell_down_exit_1_and_a_rerun_finishes(
+        cells: list[RedisProc], csettings: Settings, tmp_path: Path) -> None:
+    """With a cell down, `quarantine export/delete/release --reason ...` acted on the cells
+    that answered and exited 0 (a warning on standard error only): a script went on as if
+    every cell's mail was exported or deleted. Mutant caught: _cells_missed not raising
+    (or quarantine_select not passing `missed` on)."""
+    Client.connect(csettings).enqueue_many([synthetic(i, domain=SPAM) for i in range(6)])
+    assert drain(csettings, "quarantine", "rule", "add", "--domain", SPAM).returncode == 0
+    cells[2].kill()
+    out = tmp_path / "eml"
+    exported = drain(csettings, "quarantine", "export", "--reason", "rule.match", "--out", str(out), "--json")
+    assert exported.returncode == 1 and json.loads(exported.stdout)["exported"] == 4, exported
+    assert b"cells c2 did not answer" in exported.stderr and b"Traceback" not in exported.stderr
+    assert sorted(p.name.split(".")[0] for p in out.iterdir()) == ["c0", "c0", "c1", "c1"]
+    deleted = drain(csettings, "quarantine", "delete", "--reason", "rule.match")
+    assert deleted.returncode == 1 and b"deleted 4 message(s)" in deleted.stdout, deleted
+    released = drain(csettings, "quarantine", "release", "--reason", "rule.match", "--json")
+    assert released.returncode == 1 and json.loads(released.stdout)["released"] == 0, released
+    cells[2].start()
+    again = drain(csettings, "quarantine", "delete", "--reason", "rule.match")
+    assert again.returncode == 0 and b"deleted 2 message(s)" in again.stdout, again
+    assert [c.zcard(keys.QUARANTINE) for c in _clients(cells)] == [0, 0, 0]
+
+
+def test_log_follow_over_cells_keeps_the_first_events_of_a_cell_that_had_none(client: Client) -> None:
+    """`drain log --follow` over cells reads each cell in short rounds (one Reader.follow
+    call each); a cell whose event stream was empty at the first round jumped to its newest
+    event at the next round, so the events recorded in between (a cell's first mail) were
+    never shown. Mutant caught: Reader.follow taking its starting point again while its
+    last id is still 0-0 (without `following`)."""
+    from drain.cli.cellops import _one_read
+    from drain.trace import logview
+
+    reader = logview.Reader(client.redis, client.settings.trace_retention_s)
+    assert _one_read(reader, 50) == []
+    first = client.enqueue(synthetic(0))
+    second = client.enqueue(synthetic(1))
+    assert [(d["event"], d["id"]) for d in _one_read(reader, 50)] == [("received", first), ("received", second)]
+    third = client.enqueue(synthetic(2))
+    assert [d["id"] for d in _one_read(reader, 50)] == [third]
+
+
+def test_drain_session_with_a_cell_down_stops_before_changing_any_rate(
+        cells: list[RedisProc], csettings: Settings, relay: Sink) -> None:
+    """`drain drain --rate 300/s` with a cell down set the other cells' rate to their share
+    (100/s, kept after the refusal) before finding the cell down, and said "done on cells
+    c0, c1". Mutant caught: run_session setting the rate before reading the books."""
+    Client.connect(csettings).enqueue_many([synthetic(i) for i in range(3)])
+    cells[2].kill()
+    env = dict(os.environ, DRAIN_REDIS_URL=csettings.redis_url or "", DRAIN_RELAY=csettings.relay)
+    done = subprocess.run([sys.executable, "-m", "drain", "drain", "--processes", "1", "--rate", "300/s"],
+                          env=env, capture_output=True, timeout=120, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and len(err.splitlines()) == 1 and "c2" in err and "Traceback" not in err, err
+    assert [c.get(keys.RATE) for c in _clients(cells)[:2]] == [None, None]
+    assert not relay.messages

@@ -247,6 +247,7 @@ def test_a_route_for_a_parent_domain_takes_its_subdomains_nearest_first(
 
 @pytest.mark.parametrize("url", ["ftp://relay.example.com", "smtp://", "smtp://relay.example.com:99999",
                                  "smtp://user:secret@relay.example.com:2525", "smtps://user:secret@relay.example.com",
+                                 "smtps://user:secret/x@relay.example.com", "smtps://user:secret#x@relay.example.com",
                                  "smtp://relay.example.com:0",
                                  "smtp://relay.example.com/path?x=1"])
 def test_a_route_url_drain_cannot_use_is_refused_and_changes_nothing(settings: Settings, client: Client,
@@ -261,6 +262,19 @@ def test_a_route_url_drain_cannot_use_is_refused_and_changes_nothing(settings: S
     bad_fallback = drain(settings, "route", "set", "--tenant", "acme", "smtp://127.0.0.1:2600", "--fallback", url)
     assert bad_fallback.returncode == 2 and client.redis.hgetall(keys.ROUTES) == {}
 
+
+def test_a_relay_listed_twice_in_a_route_is_refused_and_changes_nothing(settings: Settings, client: Client,
+                                                                        relay: Sink) -> None:
+    """`route set d URL --fallback URL` was stored: a relay that failed was tried again at
+    once as its own fallback (a second connect timeout, its failures counted twice).
+    Mutant caught: set_route without the `twice` check."""
+    url = "smtp://127.0.0.1:2600"
+    for fallback in (url, url + "/", "SMTP://127.0.0.1:2600"):
+        done = drain(settings, "route", "set", "example.com", url, "--fallback", "smtp://127.0.0.1:2601",
+                     "--fallback", fallback)
+        assert done.returncode == 2 and b"listed twice" in done.stderr, done
+        assert len(done.stderr.splitlines()) == 1 and client.redis.hgetall(keys.ROUTES) == {}
+    assert drain(settings, "route", "set", "example.com", url, "--fallback", "smtp://127.0.0.1:2601").returncode == 0
 
 def test_a_route_for_an_unknown_tenant_is_refused_and_changes_nothing(settings: Settings, client: Client) -> None:
     """A tenant no mail was ever accepted for (a typo, most likely) would route nobody's mail."""
@@ -369,3 +383,33 @@ def test_an_open_environment_relay_holds_the_backlog_only_without_a_fallback_up(
     assert "relay breaker open" in alone["held_by"].get("*", "")
     backed = json.loads(drain(settings, "status", "--json", env={"DRAIN_RELAY_FALLBACK": "smtp://127.0.0.1:2600"}).stdout)
     assert "*" not in backed["held_by"] and backed["eta_s"] is not None
+
+
+def test_a_domain_route_written_with_a_root_dot_or_in_unicode_takes_its_mail(
+        client: Client, relay: Sink, sinks: tuple[Sink, Sink], settings: Settings,
+        work: Callable[..., bool]) -> None:
+    """`route set Example.COM. URL` (the DNS root's dot) and `route set bücher.de URL` were
+    accepted and stored as written, so no recipient (example.com, xn--bcher-kva.de) ever
+    matched them: the mail went by the default route, silently. Mutants caught: check_name
+    without ascii_domain (the names stored as written), chain not encoding a recipient's
+    Unicode domain."""
+    dotted, idn = sinks
+    for name, sink in (("Example.COM.", dotted), ("BÜCHER.de", idn)):
+        done = drain(settings, "route", "set", name, sink.url)
+        assert done.returncode == 0, done.stderr
+    listed = json.loads(drain(settings, "route", "list", "--json").stdout)
+    assert sorted(r["name"] for r in listed["routes"] if r["kind"] == "domain") == ["example.com", "xn--bcher-kva.de"]
+    routes = routing.Routes(client.redis, settings)
+    routes.refresh(b"now")
+    assert routes.chain("bücher.de") == routes.chain("xn--bcher-kva.de") == (idn.url,)
+    assert routes.chain("example.com.") == (dotted.url,)
+    client.enqueue(synthetic(0), recipients=["a@example.com"])
+    client.enqueue(synthetic(1), recipients=["b@xn--bcher-kva.de"])
+    work()
+    assert [r for m in dotted.messages for r in m.recipients] == ["a@example.com"]
+    assert [r for m in idn.messages for r in m.recipients] == ["b@xn--bcher-kva.de"]
+    assert not relay.messages
+    # A name that is no domain in any form is refused, nothing stored.
+    for bad in ("\u200b.com", "example.com..", ". "):
+        assert drain(settings, "route", "set", bad, dotted.url).returncode == 2, bad
+    assert drain(settings, "route", "delete", "example.com.").returncode == 0

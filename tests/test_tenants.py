@@ -287,6 +287,30 @@ def test_tenant_list_leaves_out_mail_an_action_took_at_once(client: Client, rela
     assert ready("acme") == (0, 1)
 
 
+def test_tenant_list_leaves_out_mail_a_quarantine_rule_swept_at_once(client: Client, relay: Sink, work: Work,
+                                                                     settings: Settings) -> None:
+    """`drain quarantine rule add` sweeps matching ready mail into quarantine, but its ids
+    wait on the tenant's lane until a claim passes them: tenant list still counted them
+    as ready (act.lua notes the lane for delete/hold/bounce; the rule's sweep did not).
+    Mutant caught: rules.sweep without _note_lane."""
+    for i in range(3):
+        client.enqueue(mail("acme", i), tenant="acme", recipients=[f"u{i}@spam.example.org"])
+    client.enqueue_many([mail("acme", 10 + i) for i in range(2)], lane="backlog", tenant="acme")
+    client.enqueue_many([mail("acme", 20)], lane="backlog", tenant="acme")
+    added = drain_cli(settings, "quarantine", "rule", "add", "--domain", "spam.example.org", "--json")
+    assert json.loads(added.stdout)["swept"] == 3, added
+    listed = drain_cli(settings, "tenant", "list", "--json")
+    assert [(r["ready_fresh"], r["ready_backlog"]) for r in json.loads(listed.stdout) if r["tenant"] == "acme"] == [
+        (0, 3)], listed
+    work()
+    assert len(relay.messages) == 3 and not any(r.endswith("spam.example.org") for m in relay.messages
+                                                for r in m.recipients)
+    # The claim passed the swept ids: the next listing counts nothing and tidies the notes.
+    rows = tenants.listing(client.store)
+    assert [r["ready_fresh"] + r["ready_backlog"] for r in rows if r["tenant"] == "acme"] == [0]
+    assert not client.redis.exists(keys.SWEPT) and not client.redis.hlen(keys.SWEPT_LANE)
+
+
 def test_reports_are_booked_under_the_original_messages_tenant(client: Client, relay: Sink, work: Work) -> None:
     """Mutants caught: Batch._send_reports, actions.send_reports or lifetime's _report not
     passing the original's tenant: the report is booked under the null sender's "-"."""

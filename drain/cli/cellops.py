@@ -18,7 +18,7 @@ import click
 import redis
 
 from drain.cli.cellcmds import _read_each
-from drain.cli.cells import apply_all, by_cell, set_rate
+from drain.cli.cells import CellsDown, apply_all, by_cell, set_rate
 from drain.cli.options import Context
 from drain.flow import ratelimit
 from drain.flow.breaker import Breakers
@@ -162,7 +162,13 @@ class CellsBooks:
         self.count = len(obj.members)
 
     def books(self) -> Books:
-        return merge.add_books([b for _c, b in apply_all(self.obj, lambda c: c.store.books())])
+        readings = merge.each(self.obj.members, lambda c: c.store.books())
+        failed = merge.down(readings)
+        if failed:
+            named = "; ".join(f"{row['cell']} ({row['error']})" for row in failed)
+            raise CellsDown(f"cells {named} did not answer: their mail cannot be counted; run it again once they"
+                            " are back")
+        return merge.add_books([b for _c, b in merge.answered(readings)])
 
     def set_rate(self, per_second: float | None) -> None:
         set_rate(self.obj, per_second, None, None, None)

@@ -48,7 +48,7 @@ def apply_all(obj: Context, action: Callable[[Client], T]) -> list[tuple[Cell, T
     failed = merge.down(readings)
     if failed:
         named = "; ".join(f"{row['cell']} ({row['error']})" for row in failed)
-        done = ", ".join(r.cell.name for r in readings if r.value is not None) or "none"
+        done = ", ".join(r.cell.name for r in readings if r.error is None) or "none"
         raise CellsDown(f"done on cells {done}; NOT on {named}: run it again once they are back")
     return merge.answered(readings)
 
@@ -115,9 +115,10 @@ def _qualified(cell: Cell, record: Record) -> Record:
 
 
 def _merged(obj: Context, read: Callable[[Client], list[T]], key: Callable[[T], float], with_id: Callable[[T, Cell], T],
-            what: str, limit: int | None) -> Iterator[T]:
+            what: str, limit: int | None, missed: list[str] | None = None) -> Iterator[T]:
     """Rows of every cell that answers, merged in key order (each cell's own rows come
-    sorted), ids with their cell; a cell that is down is named on standard error."""
+    sorted), ids with their cell; a cell that is down is named on standard error (and in
+    `missed`, for a command that acts on the rows)."""
     readings: list[merge.Reading[list[T]]] = []
     for cell, member in obj.members:
         def rows(c: Client, cell: Cell = cell) -> list[T]:
@@ -125,6 +126,8 @@ def _merged(obj: Context, read: Callable[[Client], list[T]], key: Callable[[T], 
         readings += merge.each([(cell, member)], rows)
     for d in merge.down(readings):
         click.echo(f"cell {d['cell']} is down, its {what} is not listed: {d['error']}", err=True)
+        if missed is not None:
+            missed.append(d["cell"])
     ordered = heapq.merge(*(rows for _c, rows in merge.answered(readings)), key=key)
     for count, row in enumerate(ordered):
         if limit is not None and count >= limit:
@@ -132,10 +135,11 @@ def _merged(obj: Context, read: Callable[[Client], list[T]], key: Callable[[T], 
         yield row
 
 
-def quarantine_records(obj: Context, flt: Filter, limit: int | None) -> Iterator[Record]:
+def quarantine_records(obj: Context, flt: Filter, limit: int | None,
+                       missed: list[str] | None = None) -> Iterator[Record]:
     """Quarantined mail of every cell that answers, oldest first, ids qualified."""
     return _merged(obj, lambda c: list(Quarantine(c.store).records(flt, limit)), lambda r: r.quarantined_at,
-                   lambda r, cell: dataclasses.replace(r, id=cell.qualify(r.id)), "quarantine", limit)
+                   lambda r, cell: dataclasses.replace(r, id=cell.qualify(r.id)), "quarantine", limit, missed)
 
 
 def quarantine_count(obj: Context) -> int:
@@ -158,14 +162,15 @@ def by_cell(obj: Context, ids: list[str]) -> list[tuple[Cell, Client, list[str]]
     return [(cell, clients[cell], local) for cell, local in groups.items()]
 
 
-def quarantine_select(obj: Context, ids: tuple[str, ...], flt: Filter) -> list[str]:
-    """The qualified ids named (those in quarantine), or all that the filter matches."""
+def quarantine_select(obj: Context, ids: tuple[str, ...], flt: Filter, missed: list[str] | None = None) -> list[str]:
+    """The qualified ids named (those in quarantine), or all that the filter matches (the
+    cells that did not answer named in `missed`)."""
     if ids:
         return [cell.qualify(i) for cell, client, local in by_cell(obj, list(ids))
                 for i in Quarantine(client.store).select(tuple(local), Filter(None, None, None))]
     if flt.empty:
         raise InputError("name message ids, or a filter (--reason, --sender, --domain)")
-    return [r.id for r in quarantine_records(obj, flt, None)]
+    return [r.id for r in quarantine_records(obj, flt, None, missed)]
 
 
 def deferred_rows(obj: Context, limit: int | None, domain: str | None, reason: str | None) -> Iterator[Deferred]:

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 import drain.cli.cellops as cellops
-from drain.cli.cells import by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
+from drain.cli.cells import CellsDown, by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
 from drain.cli.options import Context, filter_options, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -98,8 +98,9 @@ def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
 
 
 def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
-              domain: str | None) -> tuple[list[str], str]:
-    """The ids named, or those the filter matches (not both), and the filter as an audit note."""
+              domain: str | None, missed: list[str] | None = None) -> tuple[list[str], str]:
+    """The ids named, or those the filter matches (not both), and the filter as an audit note
+    (cells that did not answer the filter named in `missed`)."""
     flt = Filter(reason, sender, domain)
     if ids and not flt.empty:
         raise click.UsageError("give message ids or a filter, not both")
@@ -107,8 +108,16 @@ def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: st
         raise click.UsageError("name message ids, or a filter (--reason, --sender, --domain)")
     note = " ".join(f"--{k} {v}" for k, v in (("reason", reason), ("sender", sender), ("domain", domain)) if v)
     if obj.multi:
-        return quarantine_select(obj, ids, flt), note
+        return quarantine_select(obj, ids, flt, missed), note
     return Quarantine(obj.client.store).select(ids, flt), note
+
+
+def _cells_missed(missed: list[str], done: str) -> None:
+    """After acting on the cells that answered: exit 1 naming those that did not (a filter
+    could not select their mail), so the command is run again once they are back."""
+    if missed:
+        raise CellsDown(f"cells {', '.join(missed)} did not answer: their quarantined mail was not {done};"
+                        " run it again once they are back")
 
 
 def _per_cell(obj: Context, chosen: list[str], action: Callable[[Store, list[str]], T]) -> list[tuple[Cell, T]]:
@@ -128,7 +137,8 @@ def _per_cell(obj: Context, chosen: list[str], action: Callable[[Store, list[str
 def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
                        domain: str | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Put messages back on the ready list. They are validated again first, unless --force."""
-    chosen, note = _selected(obj, ids, reason, sender, domain)
+    missed: list[str] = []
+    chosen, note = _selected(obj, ids, reason, sender, domain, missed)
     passing: list[str] = []
     failing: dict[str, list[str]] = {}
     released = 0
@@ -142,11 +152,13 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
               "still_failing": failing, "dry_run": dry_run}
     if as_json:
         emit(result)
+        _cells_missed(missed, "released")
         return
     verb = "would release" if dry_run else "released"
     click.echo(f"{verb} {len(passing) if dry_run else released} message(s)")
     for msg_id, codes in failing.items():
         click.echo(safe(f"kept {msg_id}: still fails validation ({', '.join(codes)}); use --force to release anyway"))
+    _cells_missed(missed, "released")
 
 
 @quarantine.command("delete")
@@ -158,11 +170,13 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
 def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, sender: str | None,
                       domain: str | None, dry_run: bool, as_json: bool) -> None:
     """Delete quarantined messages for good (counted as deleted)."""
-    chosen, note = _selected(obj, ids, reason, sender, domain)
+    missed: list[str] = []
+    chosen, note = _selected(obj, ids, reason, sender, domain, missed)
     deleted = sum(n for _cell, n in _per_cell(obj, chosen, lambda store, ids: ops.delete(store, ids, dry_run=dry_run,
                                                                                             note=note)))
     doc = {"deleted": deleted, "would_delete": len(chosen) if dry_run else 0, "ids": chosen, "dry_run": dry_run}
     report(as_json, doc, f"would delete {len(chosen)} message(s)" if dry_run else f"deleted {deleted} message(s)")
+    _cells_missed(missed, "deleted")
 
 
 @quarantine.command("export")
@@ -179,11 +193,13 @@ def quarantine_export(obj: Context, ids: tuple[str, ...], reason: str | None, se
                       domain: str | None, fmt: str, out_path: Path, force: bool, as_json: bool) -> None:
     """Write the original bytes of quarantined messages, as .eml files or one mbox (a new file
     unless --force)."""
-    chosen, _note = _selected(obj, ids, reason, sender, domain)
+    missed: list[str] = []
+    chosen, _note = _selected(obj, ids, reason, sender, domain, missed)
     count = (cellops.export(obj, chosen, fmt, out_path, force) if obj.multi
              else Quarantine(obj.client.store).export(chosen, fmt, out_path, force=force))
     report(as_json, {"exported": count, "format": fmt, "out": str(out_path), "ids": chosen},
            safe(f"exported {count} message(s) to {out_path}"))
+    _cells_missed(missed, "exported")
 
 
 @quarantine.group("rule")

@@ -40,11 +40,11 @@ def run_session(client: Client, rate: float | None, set_rate: bool, processes: i
     """Drain until nothing is queued. With several cells (`cells`: their books added up, a
     way to set the rate over them and to give each its tokens), `drain worker` runs a group
     per cell and the progress is the cells' sum."""
+    books_of: HasBooks = cells or client.store
+    books = books_of.books()  # first: a cell that is down stops the session before any rate is changed
     if set_rate:
         cells.set_rate(rate) if cells else ratelimit.set_global(client.redis, rate)
-    books_of: HasBooks = cells or client.store
     url = client.settings.redis_url or "" if cells else resolve_url(client.settings)
-    books = books_of.books()
     pace = ratelimit.format_rate(cells.rate() if cells else ratelimit.get_global(client.redis))
     console.print(f"draining {books.queued:,} queued messages at {pace} with {processes} worker process(es)"
                   + (f" per cell ({cells.count} cells)" if cells else "") + "; Ctrl-C stops cleanly")

@@ -130,22 +130,29 @@ def first_match(rules: list[Rule], raw: bytes, envelope: Envelope) -> Rule | Non
 
 def _queued_ids(client: redis.Redis) -> Iterator[list[str]]:
     """Ids of waiting messages, in chunks: ready list, suspect list, deferred set."""
+    for _lane, ids in _queued_where(client):
+        yield ids
+
+
+def _queued_where(client: redis.Redis) -> Iterator[tuple[str, list[str]]]:
+    """As _queued_ids, each chunk with the tenant's ready lane it is on ("fresh|acme", as
+    act.lua notes it in keys.SWEPT_LANE), or "" (suspect, parked, deferred)."""
     parked = [keys.parked(d.decode()) for d in cast(set[bytes], client.smembers(keys.PARKED_DOMAINS))]
-    lanes = [keys.lane(lane, t) for t in tenancy.names(client) for lane in keys.LANES]
-    for key in (*lanes, keys.SUSPECT, *parked):
+    lanes = [(keys.lane(lane, t), f"{lane}|{t}") for t in tenancy.names(client) for lane in keys.LANES]
+    for key, where in (*lanes, (keys.SUSPECT, ""), *((p, "") for p in parked)):
         start = 0
         while True:
             chunk = cast(list[bytes], client.lrange(key, start, start + SWEEP_CHUNK - 1))
             if not chunk:
                 break
-            yield [c.decode() for c in chunk]
+            yield where, [c.decode() for c in chunk]
             start += SWEEP_CHUNK
     offset = 0
     while True:
         chunk = cast(list[bytes], client.zrange(keys.DEFERRED, offset, offset + SWEEP_CHUNK - 1))
         if not chunk:
             break
-        yield [c.decode() for c in chunk]
+        yield "", [c.decode() for c in chunk]
         offset += SWEEP_CHUNK
 
 
@@ -160,11 +167,23 @@ def _readable(store: Store, ids: list[str]) -> Iterator[tuple[str, bytes, Envelo
 def sweep(store: Store, rule: Rule) -> int:
     """Move waiting messages that match into quarantine; returns how many moved."""
     moved = 0
-    for ids in _queued_ids(store.client):
+    for where, ids in _queued_where(store.client):
         matched = [msg_id for msg_id, raw, envelope in _readable(store, ids) if rule.matches(raw, envelope)]
         if matched:
             moved += store.sweep(matched, rule.findings())
+            if where:
+                _note_lane(store.client, matched, where)
     return moved
+
+
+def _note_lane(client: redis.Redis, ids: list[str], where: str) -> None:
+    """Note the ready lane of the swept ids still waiting on it (as act.lua does for an
+    operator's action), so `drain tenant list` leaves them out at once; a note of an id
+    the claim passed meanwhile is stale and pruned by the listing."""
+    still = cast(list[int], client.smismember(keys.SWEPT, ids))
+    waiting = {msg_id: where for msg_id, s in zip(ids, still, strict=True) if s}
+    if waiting:
+        client.hset(keys.SWEPT_LANE, mapping=waiting)  # type: ignore[arg-type]
 
 
 # A rule needs the operator's explicit confirmation (`rule add --yes-all`) when it would

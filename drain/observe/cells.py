@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 
@@ -43,13 +43,14 @@ def each(members: Sequence[tuple[Cell, C]], read: Callable[[C], T]) -> list[Read
 
 
 def answered(readings: Sequence[Reading[T]]) -> list[tuple[Cell, T]]:
-    return [(r.cell, r.value) for r in readings if r.value is not None]
+    # (A cell's answer may be None itself, as "no such breaker here": down means an error.)
+    return [(r.cell, cast(T, r.value)) for r in readings if r.error is None]
 
 
 def down(readings: Sequence[Reading[Any]]) -> list[dict[str, str]]:
     """The cells that did not answer, as JSON rows {"cell", "url", "error"} (passwords hidden)."""
     return [{"cell": r.cell.name, "url": redacted(r.cell.url), "error": r.error or ""}
-            for r in readings if r.value is None]
+            for r in readings if r.error is not None]
 
 
 def add_books(books: Sequence[Books]) -> Books:

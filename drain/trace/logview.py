@@ -52,6 +52,7 @@ class Reader:
         self.client = client
         self.ids = MessageIds(client, retention_s)
         self.last = "0-0"
+        self.following = False  # follow() has taken its starting point (the stream may have been empty)
 
     def _fill(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.ids.fill(docs)
@@ -70,11 +71,14 @@ class Reader:
 
     def follow(self, stop: Callable[[], bool], block_ms: int = 1000) -> Iterator[dict[str, Any]]:
         """Events as they are recorded after the last one read (XREAD BLOCK), until stop()."""
-        if self.last == "0-0":  # nothing read before: from the newest event on
+        if self.last == "0-0" and not self.following:  # nothing read before: from the newest event on
             newest: Any = self.client.xrevrange(keys.EVENTS, count=1)
             if newest:
                 sid = newest[0][0]
                 self.last = sid.decode() if isinstance(sid, bytes) else str(sid)
+        # A later call goes on from here: over cells each round is one short call per cell, and
+        # a stream still empty at the first call must not skip what came since to its newest.
+        self.following = True
         while not stop():
             reply: Any = self.client.xread({keys.EVENTS: self.last}, count=PAGE, block=block_ms)
             for _stream, entries in reply or ():

@@ -42,6 +42,11 @@ _NAME = re.compile(r"[^\s@/:\\\"'<>\x00-\x1f\x7f]{1,253}")
 
 def check_url(url: str) -> RelayConfig:
     """A route's relay URL as drain can use it, or ConfigError saying why not (one line)."""
+    # Before parsing: a password holding "/", "?" or "#" would end the URL's host part there
+    # and the parser's error would quote the password as a port.
+    if "@" in url:
+        raise ConfigError("route URLs carry no credentials (they would be kept in Redis);"
+                          " an authenticated relay is DRAIN_RELAY, from the environment")
     config = RelayConfig.from_url(url)
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
@@ -59,9 +64,26 @@ def check_name(kind: Kind, name: str) -> str:
     ConfigError (one line)."""
     value = name.strip().lower() if kind == "domain" else name.strip()
     domain = value[1:] if kind == "domain" and value.startswith(".") else value
-    if not _NAME.fullmatch(domain) or (kind == "domain" and (".." in domain or domain.startswith("."))):
+    if kind == "domain" and ".." not in domain:
+        domain = ascii_domain(domain)
+        value = ("." if value.startswith(".") else "") + domain
+    if not _NAME.fullmatch(domain) or (kind == "domain" and (".." in domain or domain.startswith(".")
+                                                             or not domain.isascii())):
         raise ConfigError(f"not a {kind} name drain can route: {name!r}")
     return value
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain as routes key it: lowercased, in IDNA A-labels (bücher.de is xn--bcher-kva.de,
+    whichever form a recipient or the operator wrote) and without the DNS root's trailing dot
+    (example.com. is example.com); left as it is when it cannot be encoded."""
+    domain = domain.lower()
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return domain
+    return domain[:-1] if domain.endswith(".") else domain
 
 
 def parents(domain: str) -> list[str]:
@@ -94,8 +116,10 @@ def set_route(client: redis.Redis, kind: Kind, name: str, urls: list[str]) -> st
         raise ConfigError("a route needs a relay URL")
     if len(urls) > MOST_RELAYS:
         raise ConfigError(f"a route lists at most {MOST_RELAYS} relays")
-    for url in urls:
-        check_url(url)
+    named = [check_url(url).redacted() for url in urls]
+    twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+    if twice is not None:  # it would be tried again right after failing, its failures counted twice
+        raise ConfigError(f"relay {twice} is listed twice in the route (a fallback of itself)")
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.ROUTES, _field(kind, name), json.dumps(urls))
     pipe.incr(keys.ROUTES_VERSION)
@@ -164,6 +188,8 @@ class Routes:
     def chain(self, domain: str, tenant: str = "") -> tuple[str, ...]:
         """The relay URLs for mail to `domain` of `tenant`, in the order they are tried: the
         domain's route, its nearest parent's, the tenant's, the default."""
+        if domain.endswith(".") or not domain.isascii():
+            domain = ascii_domain(domain)
         found = self.by_domain.get(domain)
         if found is None and self.by_parent:
             found = next((self.by_domain[p] for p in parents(domain) if p in self.by_domain), None)
