@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
 from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import deferral_delay
+from drain.worker.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class Batch:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         lease_clock: Callable[[], float] = lease_clock,
+        window: Window | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.settings = store.settings
@@ -106,6 +110,12 @@ class Batch:
         self.fresh_ids: set[str] = set()
         # Bounce reports to send once the outcomes are settled: (message, recipient -> reply).
         self.reports: list[tuple[Stored, dict[str, str]]] = []
+        # Places taken in the process's settle window for messages not yet settled (a lone
+        # batch has a window of its own); other lanes of the job share it (drain.worker.lanes).
+        self.window = window or Window(store.settings.settle_every)
+        self.taken = 0
+        # Set when the job ends early (its time limit struck another lane): stop between messages.
+        self.stop = stop
 
     def decide(self, msg: Stored) -> Outcome:
         if not msg.force:
@@ -221,7 +231,7 @@ class Batch:
         handled = 0
         waited = 0.0
         want = self.settings.batch_size
-        while handled < want:
+        while handled < want and not self._stopped():
             sent = self.lease_clock()
             claim = self.store.claim(self.owner, want - handled)
             if claim.paused:
@@ -266,6 +276,10 @@ class Batch:
                                 " another worker: leaving the rest of this claim alone", msg_id)
                     self.lost = True
                     break
+                if not self._place(pending):
+                    break
+                if self.lost:
+                    break
                 if msg is None:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id,
                               extra={"message_id": msg_id})
@@ -294,6 +308,26 @@ class Batch:
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
             self._settle(pending)
 
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _place(self, pending: list[Outcome]) -> bool:
+        """A place in the settle window for the next message: when none is free, this lane's
+        own outcomes are settled first (giving its places back), then it waits for one.
+        False when the job is stopping (the rest of the claim goes back untouched)."""
+        if self._stopped():
+            return False
+        if not self.window.take():
+            if pending:
+                self._settle(pending)
+                pending.clear()
+                if self.lost:
+                    return True  # the caller sees `lost` and leaves the rest alone
+            if not self.window.wait(self.stop):
+                return False
+        self.taken += 1
+        return True
+
     def _still_mine(self, msg_id: str) -> bool:
         """Whether this worker still holds the message, asked of Redis only when the lease may
         have lapsed since this batch last wrote it (a frozen or stopped worker): then the
@@ -312,8 +346,14 @@ class Batch:
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
+            self.window.give(self.taken)
+            self.taken = 0
             return
-        _settled, skipped = self.store.settle(self.owner, outcomes)
+        try:
+            _settled, skipped = self.store.settle(self.owner, outcomes)
+        finally:
+            taken, self.taken = self.taken, 0
+            self.window.give(taken)
         self._send_reports()
         if skipped:
             log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)
