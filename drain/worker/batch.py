@@ -6,6 +6,7 @@ deliveries; whatever a batch has not reached when it stops goes back to the read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -86,6 +87,7 @@ class Batch:
         lease_clock: Callable[[], float] = lease_clock,
         window: Window | None = None,
         stop: threading.Event | None = None,
+        limited: threading.Lock | None = None,
     ) -> None:
         self.store = store
         self.settings = store.settings
@@ -116,6 +118,8 @@ class Batch:
         self.taken = 0
         # Set when the job ends early (its time limit struck another lane): stop between messages.
         self.stop = stop
+        # Held by the lane asking for and sending mail to a domain with a limit (drain.worker.lanes).
+        self.limited = limited or threading.Lock()
 
     def decide(self, msg: Stored) -> Outcome:
         if not msg.force:
@@ -139,9 +143,11 @@ class Batch:
         for index, (domain, rcpts) in enumerate(env.by_domain() or [(env.domain, env.recipients)]):
             urls = self.relays.routes.chain(domain, tenant)
             # A send time booked before was for the first group's domain (narrow.lua keeps it so).
-            answer = self.gate.ask(domain, msg.id, msg.slot_us if index == 0 else 0.0, now, self.relays.names(urls))
-            if answer.kind == "send":
-                answer = self._send(msg, domain, rcpts, raw, urls, answer, now, tally)
+            with self.limited if domain in self.gate.limits.limited else contextlib.nullcontext():
+                answer = self.gate.ask(domain, msg.id, msg.slot_us if index == 0 else 0.0, now,
+                                       self.relays.names(urls))
+                if answer.kind == "send":
+                    answer = self._send(msg, domain, rcpts, raw, urls, answer, now, tally)
             if answer.kind != "send":
                 tally.blocked.append((domain, rcpts, answer))
         return self._conclude(msg, tally, now)

@@ -6,12 +6,23 @@ own thread and the others in threads of their own, each with its own relay sessi
 claiming and working its own share of the ready mail: while one lane waits on a socket
 (Python lets go of the GIL there) another validates or sends.
 
-Every limit holds as it does between processes: the global rate is taken by the claim,
-domain rates and caps, breakers and relay caps are counted in Redis (drain.flow.gate,
-drain.worker.relays). The lanes share one settle window (drain.worker.window), so a killed
-process repeats no more deliveries than with one lane. A lane's failure, or the job's time
-limit striking the job's thread, stops the other lanes between messages: what they had not
-reached goes back to ready, and the job ends with the error as before.
+Limits hold as with one lane. Concurrency caps (domains, relays) and breakers are counted
+in Redis (drain.flow.gate, drain.worker.relays). Rates are booked in Redis too, but the
+global and tenant rates when mail is claimed and a domain's when it is asked, so sends that
+run side by side could land closer together than booked: while a global or tenant rate is
+set a job runs one lane, and mail to a domain with a limit is asked for and sent by one lane
+of the process at a time (in the order it was booked). The lanes share one settle window
+(drain.worker.window), so a killed process repeats no more deliveries than with one lane.
+A lane's failure, or the job's time limit striking the job's thread, stops the other lanes
+between messages: what they had not reached goes back to ready, and the job ends with the
+error as before.
+
+Why it is off by default (DRAIN_RELAY_SESSIONS=1), what a process with lanes does not do as
+one lane does: a process that dies holds a message in each lane, and each takes a strike
+towards quarantine as poison (one of them innocent); the job's time limit strikes only the
+message of the job's own thread; and a claim whose reply was lost (Redis failing over) gives
+back every message the process holds, the other lanes' too, which those lanes then deliver
+while they go to ready again (a repeat beyond the settle window).
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from drain.flow import ratelimit
+from drain.store import keys
 from drain.worker.batch import Batch
 from drain.worker.window import Window
 
@@ -49,8 +62,12 @@ def deliver(rt: Runtime) -> int:
     rules = rt.rules()
     window = Window(rt.settings.settle_every)
     stop = threading.Event()
-    batches = [Batch(rt.store, relays, rt.owner, rt.limits, rt.severity, rules, window=window, stop=stop)
-               for relays in rt.lanes()]
+    limited = threading.Lock()
+    relays = rt.lanes()
+    if len(relays) > 1 and _rated(rt):
+        relays = relays[:1]
+    batches = [Batch(rt.store, r, rt.owner, rt.limits, rt.severity, rules, window=window, stop=stop, limited=limited)
+               for r in relays]
     lanes = [Lane(batch, stop) for batch in batches[1:]]
     for lane in lanes:
         lane.start()
@@ -65,6 +82,15 @@ def deliver(rt: Runtime) -> int:
         if lane.error is not None:
             raise lane.error
     return handled + sum(lane.handled for lane in lanes)
+
+
+def _rated(rt: Runtime) -> bool:
+    """Whether a global or tenant rate is set (claims book them: one lane then)."""
+    pipe = rt.store.client.pipeline(transaction=False)
+    pipe.get(keys.RATE)
+    pipe.hlen(keys.TENANT_RATES)
+    rate, tenants = pipe.execute()
+    return ratelimit.stored_rate(rate) is not None or int(tenants) > 0
 
 
 def _join(lanes: list[Lane]) -> None:

@@ -1,0 +1,62 @@
+"""Lanes (DRAIN_RELAY_SESSIONS): one worker process works several claims at once, each on
+its own relay session, and still has at most DRAIN_SETTLE_EVERY messages in the relay's
+hands without their outcome recorded (the duplicate window of one worker death)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Received, Sink, Stall
+from drain.intake.api import Client
+from drain.store import keys
+
+
+def test_a_second_lane_delivers_while_the_first_waits_on_the_relay(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """The relay holds the first message until another message reaches it: only a second
+    session of the same worker process can send that one meanwhile."""
+    client.enqueue_many([synthetic(i) for i in range(10)])
+    release = threading.Event()
+    overlapped: list[bool] = []
+
+    def policy(index: int, _msg: Received) -> Stall | None:
+        if index == 0:
+            return Stall(seconds=3, release=release)
+        if index == 1:
+            overlapped.append(not release.is_set())
+            release.set()
+        return None
+
+    relay.set_policy(data_policy=policy)
+    work(relay_sessions=2, batch_size=5)
+    assert overlapped == [True]
+    books = client.store.books()
+    assert books.delivered == 10 and books.in_flight == 0
+
+
+def test_lanes_share_one_settle_window(
+        client: Client, relay: Sink, rclient: redis.Redis, work: Callable[..., bool]) -> None:
+    """Whenever the relay takes a message, the messages it has taken that Redis still holds
+    in flight (not settled) are at most DRAIN_SETTLE_EVERY, across all lanes."""
+    total, window = 60, 2
+    ids = client.enqueue_many([synthetic(i) for i in range(total)]).ids
+    by_message_id = {f"<synthetic-{i}@sender.example.com>": ids[i] for i in range(total)}
+    taken: list[str] = []
+    most: list[int] = []
+    probe = redis.Redis(connection_pool=rclient.connection_pool)
+
+    def policy(_index: int, msg: Received) -> None:
+        taken.append(by_message_id[msg.message_id])
+        pipe = probe.pipeline(transaction=False)
+        for msg_id in taken:
+            pipe.hexists(keys.INFLIGHT, msg_id)
+        most.append(sum(pipe.execute()))
+
+    relay.set_policy(data_policy=policy)
+    work(relay_sessions=3, batch_size=10, settle_every=window)
+    assert client.store.books().delivered == total
+    assert len(most) == total and max(most) <= window, most
