@@ -7,11 +7,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink, Stall
-from drain.intake.api import Client
+from drain.flow import ratelimit
+from drain.intake.api import Client, Submission
 from drain.store import keys
 
 
@@ -27,7 +29,7 @@ def test_a_second_lane_delivers_while_the_first_waits_on_the_relay(
         if index == 0:
             return Stall(seconds=3, release=release)
         if index == 1:
-            overlapped.append(not release.is_set())
+            overlapped.append(relay.handler.accepted == 0)  # the first is still unanswered
             release.set()
         return None
 
@@ -60,3 +62,28 @@ def test_lanes_share_one_settle_window(
     work(relay_sessions=3, batch_size=10, settle_every=window)
     assert client.store.books().delivered == total
     assert len(most) == total and max(most) <= window, most
+
+
+@pytest.mark.parametrize("limit", ["global", "domain"])
+def test_rated_mail_is_sent_by_one_lane_at_a_time(
+        client: Client, relay: Sink, work: Callable[..., bool], limit: str) -> None:
+    """Rates are booked when mail is claimed (global) or asked for (domain): lanes sending side
+    by side could land sends closer than booked, so rated mail goes one send at a time."""
+    if limit == "global":
+        ratelimit.set_global(client.redis, 1000.0)
+    else:
+        ratelimit.set_domain(client.redis, "rated.example.com", 1000.0)
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@rated.example.com",)) for i in range(6)])
+    overlapped: list[bool] = []
+
+    def policy(index: int, _msg: Received) -> Stall | None:
+        if index == 0:
+            return Stall(seconds=1)
+        if index == 1:
+            overlapped.append(relay.handler.accepted == 0)
+        return None
+
+    relay.set_policy(data_policy=policy)
+    work(relay_sessions=2, batch_size=3)
+    assert overlapped == [False]
+    assert client.store.books().delivered == 6
