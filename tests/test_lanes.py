@@ -9,12 +9,17 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from rq import Queue
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
 
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink, Stall
 from drain.flow import ratelimit
 from drain.intake.api import Client, Submission
 from drain.store import keys
+from drain.store.store import Outcome, Stored
+from drain.worker.batch import Batch
 
 
 def test_a_second_lane_delivers_while_the_first_waits_on_the_relay(
@@ -87,3 +92,31 @@ def test_rated_mail_is_sent_by_one_lane_at_a_time(
     work(relay_sessions=2, batch_size=3)
     assert overlapped == [False]
     assert client.store.books().delivered == 6
+
+
+def test_a_failing_lane_fails_the_job_and_every_message_is_accounted(
+        client: Client, relay: Sink, rclient: redis.Redis, work: Callable[..., bool],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a lane of its own thread (here drain's own decide raising, once) stops the
+    others between messages, the job fails as with one lane, and nothing is left in flight:
+    the rest goes back to ready and a later worker delivers it."""
+    client.enqueue_many([synthetic(i) for i in range(30)])
+    original = Batch.decide
+    raised: list[str] = []
+
+    def decide(self: Batch, msg: Stored) -> Outcome:
+        if not raised and threading.current_thread() is not threading.main_thread():
+            raised.append(msg.id)
+            raise RuntimeError("a bug in drain")
+        return original(self, msg)
+
+    monkeypatch.setattr(Batch, "decide", decide)
+    work(relay_sessions=2, batch_size=10)
+    queue = Queue(keys.RQ_QUEUE, connection=rclient, serializer=JSONSerializer)
+    assert raised and len(FailedJobRegistry(queue=queue).get_job_ids()) >= 1
+    assert client.store.books().in_flight == 0
+    monkeypatch.setattr(Batch, "decide", original)
+    work(relay_sessions=2, batch_size=10)
+    books = client.store.books()
+    assert books.delivered == 30 and books.in_flight == 0
+    assert len({m.message_id for m in relay.messages}) == 30
