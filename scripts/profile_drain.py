@@ -293,6 +293,9 @@ def main() -> None:
         results = [profile_size(client, relay, size, args.messages, args.cprofile, args.sessions) for size in sizes]
     if args.sessions > 1:
         print(json.dumps(results, indent=2))
+        if args.out:
+            figures = {"machine": machine, "sessions": args.sessions, "results": results}
+            args.out.write_text(json.dumps(figures, indent=2))
         return
     text = markdown(machine, results)
     print(text)
