@@ -61,3 +61,17 @@ def test_a_longest_wait_below_the_first_is_refused(env: dict[str, str], named: s
         Settings.from_env(env)
     Settings.from_env({**env, "DRAIN_RETRY_FIRST": "1", "DRAIN_RETRY_MAX": "6000",
                        "DRAIN_BREAKER_COOLDOWN": "1", "DRAIN_BREAKER_MAX": "900"})
+
+
+@pytest.mark.parametrize("url", ["smtps://user:top/secret@relay.example.com",
+                                 "smtps://user:top#secret@relay.example.com",
+                                 "smtps://user:top?secret@relay.example.com:465"])
+def test_a_relay_url_that_cannot_be_read_never_shows_its_password(settings: Settings, url: str) -> None:
+    """A password with / # or ? not percent-encoded made the URL parser read part of it as the
+    port, and its error ('Port could not be cast to integer value as 'top'') was passed on."""
+    result = drain(settings, "worker", "--burst", env={"DRAIN_RELAY": url})
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "relay URL" in lines[0], lines
+    assert "top" not in err and "secret" not in err, err

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from drain.worker import runtime
-from drain.worker.batch import Batch
 from drain.worker.dispatch import ensure_tokens
+from drain.worker.lanes import deliver
 
 
 def deliver_batch() -> int:
-    """Claim and work up to one batch of ready messages; returns how many were claimed."""
+    """Claim and work up to one batch of ready messages per lane (DRAIN_RELAY_SESSIONS);
+    returns how many were claimed."""
     rt = runtime.current()
-    batch = Batch(rt.store, rt.relays or rt.relay, rt.owner, rt.limits, rt.severity, rt.rules())
-    handled = batch.run()
+    handled = deliver(rt)
     ensure_tokens(rt.store.client, rt.settings)
     return handled

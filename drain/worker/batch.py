@@ -6,9 +6,11 @@ deliveries; whatever a batch has not reached when it stops goes back to the read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
 from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import deferral_delay
+from drain.worker.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,9 @@ class Batch:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         lease_clock: Callable[[], float] = lease_clock,
+        window: Window | None = None,
+        stop: threading.Event | None = None,
+        limited: threading.Lock | None = None,
     ) -> None:
         self.store = store
         self.settings = store.settings
@@ -106,6 +112,14 @@ class Batch:
         self.fresh_ids: set[str] = set()
         # Bounce reports to send once the outcomes are settled: (message, recipient -> reply, its tenant).
         self.reports: list[tuple[Stored, dict[str, str], str]] = []
+        # Places taken in the process's settle window for messages not yet settled (a lone
+        # batch has a window of its own); other lanes of the job share it (drain.worker.lanes).
+        self.window = window or Window(store.settings.settle_every)
+        self.taken = 0
+        # Set when the job ends early (its time limit struck another lane): stop between messages.
+        self.stop = stop
+        # Held by the lane asking for and sending mail to a domain with a limit (drain.worker.lanes).
+        self.limited = limited or threading.Lock()
 
     def decide(self, msg: Stored) -> Outcome:
         if not msg.force:
@@ -129,9 +143,11 @@ class Batch:
         for index, (domain, rcpts) in enumerate(env.by_domain() or [(env.domain, env.recipients)]):
             urls = self.relays.routes.chain(domain, tenant)
             # A send time booked before was for the first group's domain (narrow.lua keeps it so).
-            answer = self.gate.ask(domain, msg.id, msg.slot_us if index == 0 else 0.0, now, self.relays.names(urls))
-            if answer.kind == "send":
-                answer = self._send(msg, domain, rcpts, raw, urls, answer, now, tally)
+            with self.limited if domain in self.gate.limits.limited else contextlib.nullcontext():
+                answer = self.gate.ask(domain, msg.id, msg.slot_us if index == 0 else 0.0, now,
+                                       self.relays.names(urls))
+                if answer.kind == "send":
+                    answer = self._send(msg, domain, rcpts, raw, urls, answer, now, tally)
             if answer.kind != "send":
                 tally.blocked.append((domain, rcpts, answer))
         return self._conclude(msg, tally, now)
@@ -223,7 +239,7 @@ class Batch:
         handled = 0
         waited = 0.0
         want = self.settings.batch_size
-        while handled < want:
+        while handled < want and not self._stopped():
             sent = self.lease_clock()
             claim = self.store.claim(self.owner, want - handled)
             if claim.paused:
@@ -268,6 +284,10 @@ class Batch:
                                 " another worker: leaving the rest of this claim alone", msg_id)
                     self.lost = True
                     break
+                if not self._place(pending):
+                    break
+                if self.lost:
+                    break
                 if msg is None:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id,
                               extra={"message_id": msg_id})
@@ -296,6 +316,26 @@ class Batch:
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
             self._settle(pending)
 
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _place(self, pending: list[Outcome]) -> bool:
+        """A place in the settle window for the next message: when none is free, this lane's
+        own outcomes are settled first (giving its places back), then it waits for one.
+        False when the job is stopping (the rest of the claim goes back untouched)."""
+        if self._stopped():
+            return False
+        if not self.window.take():
+            if pending:
+                self._settle(pending)
+                pending.clear()
+                if self.lost:
+                    return True  # the caller sees `lost` and leaves the rest alone
+            if not self.window.wait(self.stop):
+                return False
+        self.taken += 1
+        return True
+
     def _still_mine(self, msg_id: str) -> bool:
         """Whether this worker still holds the message, asked of Redis only when the lease may
         have lapsed since this batch last wrote it (a frozen or stopped worker): then the
@@ -314,8 +354,14 @@ class Batch:
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
+            self.window.give(self.taken)
+            self.taken = 0
             return
-        _settled, skipped = self.store.settle(self.owner, outcomes)
+        try:
+            _settled, skipped = self.store.settle(self.owner, outcomes)
+        finally:
+            taken, self.taken = self.taken, 0
+            self.window.give(taken)
         self._send_reports()
         if skipped:
             log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)

@@ -1,4 +1,6 @@
-"""SMTP delivery to the configured relay, and the classification of every outcome."""
+"""SMTP delivery to the configured relay, and the classification of every outcome.
+
+The relay's URL and TLS settings are read in drain.worker.relayconfig (imported from here too)."""
 
 from __future__ import annotations
 
@@ -9,19 +11,17 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
 from rq.timeouts import JobTimeoutException
 
-from drain.errors import ConfigError
-from drain.worker.retry import reconnect
+from drain.worker.addresses import quote_address
+from drain.worker.relayconfig import RelayConfig as RelayConfig
+from drain.worker.relayconfig import tls_context as tls_context
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["delivered", "deferred", "bounced"]
-_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
 _DROPPED = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeError)
 
 
@@ -52,45 +52,6 @@ SESSION_CODES = frozenset({500, 502, 503, 504, 530, 538, 555})
 def permanent(code: int) -> bool:
     """Whether a reply to MAIL FROM, RCPT TO or DATA refuses this message for good."""
     return 500 <= code < 600 and code not in SESSION_CODES
-
-
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    scheme: str
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_url(cls, url: str) -> RelayConfig:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"bad relay URL: {exc}") from None
-        if parts.scheme not in _DEFAULT_PORTS:
-            raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
-        if not parts.hostname:
-            raise ConfigError("relay URL has no host")
-        if parts.password and parts.scheme == "smtp" and not (
-                parts.hostname in _LOOPBACK or parts.hostname.startswith("127.")):
-            raise ConfigError("relay credentials would cross the network in clear text:"
-                              " use smtps:// or smtp+starttls:// for a remote relay")
-        return cls(
-            scheme=parts.scheme,
-            host=parts.hostname,
-            port=port or _DEFAULT_PORTS[parts.scheme],
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-        )
-
-    def redacted(self) -> str:
-        user = f"{self.username}:***@" if self.username else ""
-        return f"{self.scheme}://{user}{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -138,15 +99,6 @@ def data_block(wire: bytes) -> bytes:
 def _text(raw: bytes | str) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return " ".join(text.split())[:300]
-
-
-def tls_context(verify: bool = True, ca_file: Path | None = None) -> ssl.SSLContext:
-    """The relay's TLS context: verified against the system CAs (and ca_file) unless verify is False."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def classify_code(code: int) -> Kind:
@@ -244,6 +196,17 @@ class Relay:
                 raise RelayTimeout(f"relay did not answer in {self.timeout_s:g}s") from exc
             raise
 
+    def _send_again(self, sender: str, recipients: list[str], wire: bytes,
+                    smtputf8: bool) -> dict[str, tuple[int, bytes]]:
+        """One more try, at once, on a new session when the reused one turns out dropped
+        (the relay closed it while idle). A hang-up after the final dot is RelayLostReply
+        and is not tried again."""
+        try:
+            return self._send_once(sender, recipients, wire, smtputf8)
+        except _DROPPED as exc:
+            log.warning("relay connection dropped (%s); reconnecting, attempt 2", exc)
+        return self._send_once(sender, recipients, wire, smtputf8)
+
     def send(self, sender: str, recipients: list[str], raw: bytes, smtputf8: bool = False) -> Result:
         """Hand one message to the relay; every failure becomes a Result, never an exception.
 
@@ -251,7 +214,7 @@ class Relay:
         connection, TLS, AUTH, a missing extension, a session reply, our own error) defers.
         """
         try:
-            refused = reconnect(_DROPPED)(self._send_once, sender, recipients, wire_form(raw), smtputf8)
+            refused = self._send_again(sender, recipients, wire_form(raw), smtputf8)
         except smtplib.SMTPRecipientsRefused as exc:
             replies = {r: (int(c), _text(t)) for r, (c, t) in exc.recipients.items()}
             final = all(permanent(c) for c, _t in replies.values())
@@ -302,7 +265,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     pipelined = smtp.does_esmtp and smtp.has_extn("pipelining")
     if pipelined:
         commands = [_command("mail", _mail_args(smtp, sender, esmtp_opts))]
-        commands += [_command("rcpt", f"TO:{smtplib.quoteaddr(rcpt)}") for rcpt in recipients]
+        commands += [_command("rcpt", f"TO:{quote_address(rcpt)}") for rcpt in recipients]
         smtp.send("".join([*commands, "data\r\n"]))
         code, resp = smtp.getreply()
     else:
@@ -372,12 +335,12 @@ def _mail_args(smtp: smtplib.SMTP, sender: str, options: list[str]) -> str:
     """MAIL FROM's argument as smtplib's SMTP.mail writes it (SMTPUTF8 switches the
     session's command encoding to UTF-8, or is refused if the relay lacks it)."""
     if not options:
-        return f"FROM:{smtplib.quoteaddr(sender)}"
+        return f"FROM:{quote_address(sender)}"
     if any(option.lower() == "smtputf8" for option in options):
         if not smtp.has_extn("smtputf8"):
             raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
         smtp.command_encoding = "utf-8"
-    return f"FROM:{smtplib.quoteaddr(sender)} {' '.join(options)}"
+    return f"FROM:{quote_address(sender)} {' '.join(options)}"
 
 
 def _command(verb: str, args: str) -> str:

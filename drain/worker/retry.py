@@ -38,21 +38,6 @@ def deferral_delay(settings: Settings, attempts: int, rng: random.Random | None 
     return max(0.0, min(base + jitter, cap))
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("relay connection dropped (%s); reconnecting, attempt %d", exc, state.attempt_number + 1)
-
-
-def reconnect(exceptions: tuple[type[BaseException], ...]) -> Retrying:
-    """One more try, at once, after the relay connection dropped."""
-    return Retrying(
-        stop=tenacity.stop_after_attempt(2),
-        retry=tenacity.retry_if_exception_type(exceptions),
-        before_sleep=_log_retry,
-        reraise=True,
-    )
-
-
 def redis_backoff() -> Retrying:
     """Keep trying a Redis operation while the server is away: 0.5 s doubling to 30 s."""
     import redis

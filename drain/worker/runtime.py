@@ -34,6 +34,8 @@ class Runtime:
     housekeeper: Housekeeper | None = None
     # Every relay this worker uses, by route (the environment's relay among them).
     relays: Relays | None = None
+    # The relays of the other lanes of a batch job (DRAIN_RELAY_SESSIONS), each its own sessions.
+    extra: list[Relays] = field(default_factory=list)
     _rules: list[Rule] = field(default_factory=list)
     _rules_version: int = -1
 
@@ -44,6 +46,16 @@ class Runtime:
             self._rules = rules.load(self.store.client)
             self._rules_version = current
         return self._rules
+
+    def lanes(self) -> list[Relays]:
+        """Each lane's relays (drain.worker.lanes): the first lane uses the environment's
+        relay session, every other lane sessions of its own, kept across jobs."""
+        if self.relays is None:
+            self.relays = Relays(self.store.client, self.settings, self.relay)
+        while len(self.extra) < self.settings.relay_sessions - 1:
+            own = relay_for(self.settings, self.relay.config)
+            self.extra.append(Relays(self.store.client, self.settings, own))
+        return [self.relays, *self.extra[: self.settings.relay_sessions - 1]]
 
     @classmethod
     def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
@@ -70,6 +82,9 @@ class Runtime:
         self.relay.close()
         if self.relays is not None:
             self.relays.close()
+        for relays in self.extra:
+            relays.close()
+        self.extra = []
         self.store.release_lease(self.owner)
 
 

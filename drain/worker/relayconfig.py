@@ -1,0 +1,61 @@
+"""A relay's address and credentials (its DRAIN_RELAY-style URL) and the TLS context drain
+opens its sessions with."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from drain.errors import ConfigError
+
+_DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> RelayConfig:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            # The parser's own message can quote part of the URL, which may be a password.
+            raise ConfigError("bad relay URL: its host and port cannot be read (in a user name or password,"
+                              " / # ? and @ must be percent-encoded)") from None
+        if parts.scheme not in _DEFAULT_PORTS:
+            raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
+        if not parts.hostname:
+            raise ConfigError("relay URL has no host")
+        if parts.password and parts.scheme == "smtp" and not (
+                parts.hostname in _LOOPBACK or parts.hostname.startswith("127.")):
+            raise ConfigError("relay credentials would cross the network in clear text:"
+                              " use smtps:// or smtp+starttls:// for a remote relay")
+        return cls(
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port or _DEFAULT_PORTS[parts.scheme],
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+def tls_context(verify: bool = True, ca_file: Path | None = None) -> ssl.SSLContext:
+    """The relay's TLS context: verified against the system CAs (and ca_file) unless verify is False."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
