@@ -36,6 +36,7 @@ In a Python MULTI/EXEC (a redis-py pipeline with transaction=True):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -124,6 +125,31 @@ def received(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], so
     return Event("r", msg_id, data, values)
 
 
+def index_record(value: str) -> tuple[bytes, bytes]:
+    """A lookup value (prefix + text) as the enqueue script takes it: its bucket (SHA-1 hex
+    digits 7-9) and its 3-byte tag (digits 1-6) of the lowercased value, as lib.event forms
+    them in Lua (lookup.py reads them)."""
+    digest = hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).digest()
+    return digest[3:5].hex()[:3].encode(), digest[:3]
+
+
+def received_args(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], source: str,
+                  tenant: str) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """A message's received event for the enqueue script (lua/enqueue.lua): its data (JSON)
+    and its index records (bucket, tag), the first one that of its id."""
+    event = received(msg_id, raw, sender, recipients, source, tenant)
+    return _json(event.data), [index_record(BY_ID + msg_id), *map(index_record, event.values)]
+
+
+def quarantined_data(findings: str) -> str:
+    """The data (JSON) of the quarantined event of a message held by findings at enqueue."""
+    return _json([codes(findings)])
+
+
+def _json(data: Sequence[Any]) -> str:
+    return json.dumps(list(data), separators=(",", ":"), ensure_ascii=False)
+
+
 def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings, events: Sequence[Event]) -> Any:
     """Record events through the event script; on a transactional pipeline the script runs
     inside its MULTI/EXEC, atomic with the rest of it. Nothing when events are off."""
@@ -131,8 +157,7 @@ def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings,
         return None
     args: list[str | int] = tracer_args(settings)
     for ev in events:
-        args += [ev.kind, ev.id, json.dumps(list(ev.data), separators=(",", ":"), ensure_ascii=False),
-                 len(ev.values), *ev.values]
+        args += [ev.kind, ev.id, _json(ev.data), len(ev.values), *ev.values]
     return scripts.event(keys=[keys.EVENTS], args=args, client=target)
 
 

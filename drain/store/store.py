@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, cast
 
 import redis
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from drain.message import Envelope
 from drain.settings import Settings
@@ -80,66 +80,46 @@ class Store:
 
     def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str],
                        sources: Sequence[str]) -> list[str]:
+        """One script call (lua/enqueue.lua) stores the chunk, queues it, keeps the books and
+        records its events; it writes nothing when it cannot store all of it (an error is
+        raised: none of the chunk is queued). A write that only feeds figures may fail alone:
+        logged, the mail is stored."""
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
-        now = f"{time.time():.3f}"
-        ready: dict[str, list[str]] = {}
-        # Ready messages per destination domain. The whole chunk shares one acceptance time,
-        # so each domain's backlog-shape field is formed once, after the loop.
-        domains: dict[str, int] = {}
-        by_tenant: dict[str, int] = {}
         lane = "fresh" if lane == "fresh" else "backlog"
-        recorded: list[events.Event] = []
-        pipe = self.client.pipeline(transaction=True)
-        figures: set[int] = set()  # positions of the writes that only feed figures
-
-        def figure() -> None:
-            figures.add(len(pipe.command_stack) - 1)
-
-        for n, (msg_id, (raw, env, why), source) in enumerate(zip(ids, chunk, sources, strict=True)):
-            owner = owners[n]
-            domain = env.domain
-            fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
-                                                record.ACCEPTED: now, record.DOMAIN: domain, record.TENANT: owner}
-            by_tenant[owner] = by_tenant.get(owner, 0) + 1
-            if why is None:
-                ready.setdefault(owner, []).append(msg_id)
-                domains[domain] = domains.get(domain, 0) + 1
-            else:
-                pipe.hincrby(keys.FINDINGS, "rule.match", 1)
-                figure()
-                fields.update({record.FINDINGS: why, record.QUARANTINED: now})
-                pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
-            if self.settings.trace:
-                recorded.append(events.received(msg_id, raw, env.sender, env.recipients, source, owner))
-                if why is not None:
-                    recorded.append(events.Event("q", msg_id, [events.codes(why)]))
-            pipe.hset(keys.message(msg_id), mapping=fields)
-        for owner, owned in ready.items():
-            tenancy.push(pipe, lane, owner, owned)
-        if by_tenant:
-            pipe.sadd(keys.TENANTS, *by_tenant)
-        for domain, count in domains.items():
-            pipe.hincrby(keys.SHAPE, record.shape_field(domain, float(now)), count)
-            figure()
-        for owner, owned in ready.items():
-            pipe.hincrby(keys.TENANT_SHAPE, owner, len(owned))
-            figure()
-        pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
-        figure()
-        pipe.hincrby(keys.BOOKS, "accepted", len(ids))
-        events.record(pipe, self.scripts, self.settings, recorded)
-        # EXEC runs every command even when one fails: the mail is stored and counted then,
-        # and a failed write that only feeds figures (a key of the wrong type) must not
-        # report it as refused (a producer would send it again). Any other failure is raised.
-        replies = pipe.execute(raise_on_error=False)
-        failed = [(i, r) for i, r in enumerate(replies) if isinstance(r, Exception)]
-        if any(i not in figures for i, _r in failed):
-            raise next(r for i, r in failed if i not in figures)
-        for _i, error in failed:
-            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", error)
-        if recorded:
-            eventlog.write_span(self.client, self.settings, replies[-1])
+        trace = self.settings.trace
+        tenants = list(dict.fromkeys(owners))
+        args: list[EncodableT] = [f"{time.time():.3f}", lane, keys.message(""), keys.lane(lane, ""),
+                                  *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants]
+        # The events' index records by bucket: (event number, tag) pairs, flat.
+        buckets: dict[bytes, list[EncodableT]] = {}
+        numbered = 0
+        for msg_id, (raw, env, why), owner, source in zip(ids, chunk, owners, sources, strict=True):
+            stored = body.pack(raw)
+            data = quarantined = ""
+            if trace:
+                data, records = events.received_args(msg_id, raw, env.sender, env.recipients, source, owner)
+                numbered += 1
+                for bucket, tag in records:
+                    buckets.setdefault(bucket, []).extend((numbered, tag))
+                if why:
+                    quarantined = events.quarantined_data(why)
+                    numbered += 1
+                    buckets.setdefault(records[0][0], []).extend((numbered, records[0][1]))
+            args += [msg_id, stored, len(raw) if stored.startswith(body.MARK) else "", env.to_json(), env.domain,
+                     owner, why or "", data, quarantined]
+        args.append(len(buckets))
+        for bucket, pairs in buckets.items():
+            args += [bucket, len(pairs) // 2, *pairs]
+        reply = self.scripts.enqueue(
+            keys=[keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
+                  keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS],
+            args=args)
+        for error in reply[2:]:
+            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored",
+                      books.text(error))
+        if reply[0]:
+            eventlog.write_span(self.client, self.settings, [books.text(reply[0]), books.text(reply[1])])
         return ids
 
     # -- workers ---------------------------------------------------------------------
