@@ -133,12 +133,12 @@ def index_record(value: str) -> tuple[bytes, bytes]:
     return digest[3:5].hex()[:3].encode(), digest[:3]
 
 
-def received_args(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], source: str,
-                  tenant: str) -> tuple[str, list[tuple[bytes, bytes]]]:
-    """A message's received event for the enqueue script (lua/enqueue.lua): its data (JSON)
-    and its index records (bucket, tag), the first one that of its id."""
-    event = received(msg_id, raw, sender, recipients, source, tenant)
-    return _json(event.data), [index_record(BY_ID + msg_id), *map(index_record, event.values)]
+def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
+                   tenant: str) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """A message's received event for the enqueue script (lua/enqueue.lua), but for its id:
+    its data (JSON) and the index records (bucket, tag) of its lookup values."""
+    event = received("", raw, sender, recipients, source, tenant)
+    return _json(event.data), [index_record(value) for value in event.values]
 
 
 def quarantined_data(findings: str) -> str:

@@ -8,19 +8,17 @@ in books.py, and the scripts of the moves in lua/ (with their shared prelude, _l
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, cast
 
 import redis
-from redis.typing import EncodableT
 
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import body, books, eventlog, events, keys, record, tenancy
+from drain.store import books, eventlog, events, keys, record
 from drain.store.books import Books as Books
 from drain.store.claimed import Claim as Claim
 from drain.store.claimed import Damaged as Damaged
@@ -28,14 +26,13 @@ from drain.store.claimed import Kind as Kind
 from drain.store.claimed import Outcome as Outcome
 from drain.store.claimed import Stored as Stored
 from drain.store.claimed import claimed
+from drain.store.enqueue import ENQUEUE_CHUNK as ENQUEUE_CHUNK
+from drain.store.enqueue import Enqueue
+from drain.store.enqueue import Item as Item
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
-# A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
-Item = tuple[bytes, Envelope, str | None]
-# Messages written to Redis per round trip when enqueueing.
-ENQUEUE_CHUNK = 1000
 # Bounce records kept in the bounces stream (approximately).
 BOUNCES_KEPT = 10000
 # Audit entries kept in the audit stream of operator actions on quarantine (approximately).
@@ -51,76 +48,21 @@ class Store:
     # -- producers -------------------------------------------------------------------
 
     def enqueue_many(self, items: Iterable[Item], lane: str = "fresh",
-                     tenants: Iterable[str] | None = None, source: str | Sequence[str] = "api") -> list[str]:
+                     tenants: Iterable[str] | None = None, source: str | Sequence[str] = "api",
+                     stored: list[str] | None = None, before_chunk: Callable[[], None] | None = None) -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
-        quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
-        balance at every moment; its received (and quarantined) events are in it too.
-        `tenants` gives each item's tenant, in order (an empty one, or none given: the sender's
-        domain); source (api, cli, smtp CLIENT-ADDRESS; one for all, or one per item) says
-        where the mail came from.
+        quarantine, as an operator rule does. Each chunk of ENQUEUE_CHUNK is one script call
+        (see drain/store/enqueue.py), so the books balance at every moment; its received (and
+        quarantined) events are in it too. `tenants` gives each item's tenant, in order (an
+        empty one, or none given: the sender's domain); source (api, cli, smtp CLIENT-ADDRESS;
+        one for all, or one per item) says where the mail came from. `stored`, when given, gets
+        each chunk's ids once Redis holds it (what is queued when an error stops the enqueue
+        part way); `before_chunk` is called before each chunk is sent (the memory guard).
         """
-        sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
-        ids: list[str] = []
-        chunk: list[Item] = []
-        owners: list[str] = []
-        froms: list[str] = []
-        named = iter(tenants) if tenants is not None else None
-        for item in items:
-            chunk.append(item)
-            owners.append((next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender))
-            froms.append(next(sources, "api"))
-            if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk, lane, owners, froms))
-                chunk, owners, froms = [], [], []
-        if chunk:
-            ids.extend(self._enqueue_chunk(chunk, lane, owners, froms))
-        return ids
-
-    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str],
-                       sources: Sequence[str]) -> list[str]:
-        """One script call (lua/enqueue.lua) stores the chunk, queues it, keeps the books and
-        records its events; it writes nothing when it cannot store all of it (an error is
-        raised: none of the chunk is queued). A write that only feeds figures may fail alone:
-        logged, the mail is stored."""
-        last = int(self.client.incrby(keys.SEQ, len(chunk)))
-        ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
-        lane = "fresh" if lane == "fresh" else "backlog"
-        trace = self.settings.trace
-        tenants = list(dict.fromkeys(owners))
-        args: list[EncodableT] = [f"{time.time():.3f}", lane, keys.message(""), keys.lane(lane, ""),
-                                  *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants]
-        # The events' index records by bucket: (event number, tag) pairs, flat.
-        buckets: dict[bytes, list[EncodableT]] = {}
-        numbered = 0
-        for msg_id, (raw, env, why), owner, source in zip(ids, chunk, owners, sources, strict=True):
-            stored = body.pack(raw)
-            data = quarantined = ""
-            if trace:
-                data, records = events.received_args(msg_id, raw, env.sender, env.recipients, source, owner)
-                numbered += 1
-                for bucket, tag in records:
-                    buckets.setdefault(bucket, []).extend((numbered, tag))
-                if why:
-                    quarantined = events.quarantined_data(why)
-                    numbered += 1
-                    buckets.setdefault(records[0][0], []).extend((numbered, records[0][1]))
-            args += [msg_id, stored, len(raw) if stored.startswith(body.MARK) else "", env.to_json(), env.domain,
-                     owner, why or "", data, quarantined]
-        args.append(len(buckets))
-        for bucket, pairs in buckets.items():
-            args += [bucket, len(pairs) // 2, *pairs]
-        reply = self.scripts.enqueue(
-            keys=[keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
-                  keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS],
-            args=args)
-        for error in reply[2:]:
-            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored",
-                      books.text(error))
-        if reply[0]:
-            eventlog.write_span(self.client, self.settings, [books.text(reply[0]), books.text(reply[1])])
-        return ids
+        return Enqueue(self.client, self.settings, self.scripts).many(
+            items, lane, tenants, source, stored if stored is not None else [], before_chunk)
 
     # -- workers ---------------------------------------------------------------------
 
