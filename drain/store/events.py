@@ -36,6 +36,7 @@ In a Python MULTI/EXEC (a redis-py pipeline with transaction=True):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -78,6 +79,7 @@ BY_ID, BY_RECIPIENT, BY_DOMAIN, BY_SENDER, BY_MESSAGE_ID = "i:", "r:", "d:", "s:
 TEXT_MAX = 300
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_END_OF_HEADERS = re.compile(rb"\n\r?\n")
 
 
 def tracer_args(settings: Settings) -> list[str | int]:
@@ -87,11 +89,11 @@ def tracer_args(settings: Settings) -> list[str | int]:
 
 def message_id(raw: bytes) -> str:
     """The Message-ID header's value (first line, stripped, capped), '' when there is none;
-    read from the header block with one regex, cheaply enough for every enqueue."""
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        end = raw.find(b"\n\n")
-    found = _MESSAGE_ID.search(raw, 0, end if end >= 0 else min(len(raw), 65536))
+    read from the header block (up to the first empty line) with one regex, cheaply enough
+    for every enqueue. (Two bytes.find calls for CRLF CRLF and LF LF scanned the whole of a
+    large LF message first: ~20 µs at 20 KB.)"""
+    end = _END_OF_HEADERS.search(raw)
+    found = _MESSAGE_ID.search(raw, 0, end.start() if end else min(len(raw), 65536))
     return found.group(1).decode("utf-8", "replace").strip()[:TEXT_MAX] if found else ""
 
 
@@ -125,6 +127,7 @@ def received(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], so
     return Event("r", msg_id, data, values)
 
 
+@functools.lru_cache(maxsize=8192)  # senders and domains come back message after message
 def index_record(value: str) -> tuple[bytes, bytes]:
     """A lookup value (prefix + text) as the enqueue script takes it: its bucket (SHA-1 hex
     digits 7-9) and its 3-byte tag (digits 1-6) of the lowercased value, as lib.event forms
@@ -146,8 +149,12 @@ def quarantined_data(findings: str) -> str:
     return _json([codes(findings)])
 
 
+# One encoder for every event: json.dumps with arguments builds a new one each call (~3 µs).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(data: Sequence[Any]) -> str:
-    return json.dumps(list(data), separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(list(data))
 
 
 def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings, events: Sequence[Event]) -> Any:
