@@ -38,8 +38,10 @@ Row = tuple[list[EncodableT], list[tuple[bytes, bytes]]]
 class Enqueue:
     """Store.enqueue_many's work on one Redis client."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, scripts: Scripts) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, scripts: Scripts,
+                 clock: Callable[[], float] = time.time) -> None:
         self.client, self.settings, self.scripts = client, settings, scripts
+        self.clock = clock  # the acceptance time (unix seconds)
 
     def many(self, items: Iterable[Item], lane: str, tenants: Iterable[str] | None, source: str | Sequence[str],
              stored: list[str], before_chunk: Callable[[], None] | None) -> list[str]:
@@ -105,7 +107,7 @@ class Enqueue:
         last = int(self.client.incrby(keys.SEQ, len(rows)))
         ids = [format(n, "x") for n in range(last - len(rows) + 1, last + 1)]
         tenants = list(dict.fromkeys(str(fields[4]) for fields, _records in rows))
-        args: list[EncodableT] = [f"{time.time():.3f}", lane, keys.message(""), keys.lane(lane, ""),
+        args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(rows), len(tenants), *tenants]
         # The events' lookup records by bucket: (event number, tag) pairs, flat.
         buckets: dict[bytes, list[EncodableT]] = {}

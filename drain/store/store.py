@@ -61,7 +61,8 @@ class Store:
         each chunk's ids once Redis holds it (what is queued when an error stops the enqueue
         part way); `before_chunk` is called before each chunk is sent (the memory guard).
         """
-        return Enqueue(self.client, self.settings, self.scripts).many(
+        # The clock is read through this module's `time` (tests accept mail "in the past" by moving it).
+        return Enqueue(self.client, self.settings, self.scripts, lambda: time.time()).many(
             items, lane, tenants, source, stored if stored is not None else [], before_chunk)
 
     # -- workers ---------------------------------------------------------------------
