@@ -151,13 +151,11 @@ class Client:
                 owners.append(owner)
                 yield raw, env, rule.findings() if rule else None
 
-        items = prepared()
         try:
-            while chunk := list(itertools.islice(items, ENQUEUE_CHUNK)):
-                self.memory.check()
-                with self.memory.translating():
-                    result.ids.extend(self.store.enqueue_many(chunk, lane=lane, tenants=owners[-len(chunk):],
-                                                              source=source))
+            with self.memory.translating():
+                # `owners` grows as prepared() yields, one tenant per item, read in step by the store.
+                self.store.enqueue_many(prepared(), lane=lane, tenants=iter(owners), source=source,
+                                        stored=result.ids, before_chunk=self.memory.check)
         except QueueFull as exc:
             exc.accepted = list(result.ids)
             if result.ids:

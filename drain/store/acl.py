@@ -44,9 +44,11 @@ _PRODUCER_COMMANDS = (
     "+hgetall", "+get", "+exists", "+llen", "+smembers",
     # RQ's enqueue (rq:queues); WAIT for DRAIN_DURABILITY=replicas
     "+sadd", "+wait",
-    # the received events, recorded by a script in the enqueue transaction (events.py),
-    # and read back for DRAIN_EVENT_LOG
+    # the enqueue script (lua/enqueue.lua), which records the received events too (read
+    # back for DRAIN_EVENT_LOG)
     "+evalsha", "+script|load", "+script|exists", "+xadd", "+xtrim", "+append", "+expireat", "+time", "+xrange",
+    # the enqueue script checks the types of the keys it moves mail through before writing
+    "+type",
 )
 # Read-only commands for the status page (the @read category minus KEYS and the like).
 _VIEWER_COMMANDS = ("+@read", "-@dangerous", "+multi", "+exec", "+discard", "+info")

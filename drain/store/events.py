@@ -40,6 +40,8 @@ In a Python MULTI/EXEC (a redis-py pipeline with transaction=True):
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import re
@@ -82,6 +84,7 @@ BY_ID, BY_RECIPIENT, BY_DOMAIN, BY_SENDER, BY_MESSAGE_ID = "i:", "r:", "d:", "s:
 TEXT_MAX = 300
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_END_OF_HEADERS = re.compile(rb"\n\r?\n")
 
 
 def tracer_args(settings: Settings) -> list[str | int]:
@@ -104,11 +107,11 @@ def delivered_data(reply: str, attempt: int, delay_s: float) -> str:
 
 def message_id(raw: bytes) -> str:
     """The Message-ID header's value (first line, stripped, capped), '' when there is none;
-    read from the header block with one regex, cheaply enough for every enqueue."""
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        end = raw.find(b"\n\n")
-    found = _MESSAGE_ID.search(raw, 0, end if end >= 0 else min(len(raw), 65536))
+    read from the header block (up to the first empty line) with one regex, cheaply enough
+    for every enqueue. (Two bytes.find calls for CRLF CRLF and LF LF scanned the whole of a
+    large LF message first: ~20 µs at 20 KB.)"""
+    end = _END_OF_HEADERS.search(raw)
+    found = _MESSAGE_ID.search(raw, 0, end.start() if end else min(len(raw), 65536))
     return found.group(1).decode("utf-8", "replace").strip()[:TEXT_MAX] if found else ""
 
 
@@ -142,6 +145,36 @@ def received(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], so
     return Event("r", msg_id, data, values)
 
 
+@functools.lru_cache(maxsize=8192)  # senders and domains come back message after message
+def index_record(value: str) -> tuple[bytes, bytes]:
+    """A lookup value (prefix + text) as the enqueue script takes it: its bucket (SHA-1 hex
+    digits 7-9) and its 3-byte tag (digits 1-6) of the lowercased value, as lib.event forms
+    them in Lua (lookup.py reads them)."""
+    digest = hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).digest()
+    return digest[3:5].hex()[:3].encode(), digest[:3]
+
+
+def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
+                   tenant: str) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """A message's received event for the enqueue script (lua/enqueue.lua), but for its id:
+    its data (JSON) and the index records (bucket, tag) of its lookup values."""
+    event = received("", raw, sender, recipients, source, tenant)
+    return _json(event.data), [index_record(value) for value in event.values]
+
+
+def quarantined_data(findings: str) -> str:
+    """The data (JSON) of the quarantined event of a message held by findings at enqueue."""
+    return _json([codes(findings)])
+
+
+# One encoder for every event: json.dumps with arguments builds a new one each call (~3 µs).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _json(data: Sequence[Any]) -> str:
+    return _ENCODER.encode(list(data))
+
+
 def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings, events: Sequence[Event]) -> Any:
     """Record events through the event script; on a transactional pipeline the script runs
     inside its MULTI/EXEC, atomic with the rest of it. Nothing when events are off."""
@@ -149,8 +182,7 @@ def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings,
         return None
     args: list[str | int] = tracer_args(settings)
     for ev in events:
-        args += [ev.kind, ev.id, json.dumps(list(ev.data), separators=(",", ":"), ensure_ascii=False),
-                 len(ev.values), *ev.values]
+        args += [ev.kind, ev.id, _json(ev.data), len(ev.values), *ev.values]
     return scripts.event(keys=[keys.EVENTS], args=args, client=target)
 
 

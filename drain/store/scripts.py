@@ -85,3 +85,4 @@ class Scripts:
         self.adopt: Script = client.register_script(source("adopt"))
         self.act: Script = client.register_script(source("act"))
         self.event: Script = client.register_script(source("event"))
+        self.enqueue: Script = client.register_script(source("enqueue"))

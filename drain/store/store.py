@@ -8,19 +8,17 @@ in books.py, and the scripts of the moves in lua/ (with their shared prelude, _l
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, cast
 
 import redis
-from redis.typing import EncodableT, FieldT
 
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import body, books, eventlog, events, keys, record, tenancy
+from drain.store import books, eventlog, events, keys, record
 from drain.store.books import Books as Books
 from drain.store.claimed import Claim as Claim
 from drain.store.claimed import Damaged as Damaged
@@ -28,14 +26,13 @@ from drain.store.claimed import Kind as Kind
 from drain.store.claimed import Outcome as Outcome
 from drain.store.claimed import Stored as Stored
 from drain.store.claimed import claimed
+from drain.store.enqueue import ENQUEUE_CHUNK as ENQUEUE_CHUNK
+from drain.store.enqueue import Enqueue
+from drain.store.enqueue import Item as Item
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
-# A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
-Item = tuple[bytes, Envelope, str | None]
-# Messages written to Redis per round trip when enqueueing.
-ENQUEUE_CHUNK = 1000
 # Bounce records kept in the bounces stream (approximately).
 BOUNCES_KEPT = 10000
 # Audit entries kept in the audit stream of operator actions on quarantine (approximately).
@@ -51,96 +48,22 @@ class Store:
     # -- producers -------------------------------------------------------------------
 
     def enqueue_many(self, items: Iterable[Item], lane: str = "fresh",
-                     tenants: Iterable[str] | None = None, source: str | Sequence[str] = "api") -> list[str]:
+                     tenants: Iterable[str] | None = None, source: str | Sequence[str] = "api",
+                     stored: list[str] | None = None, before_chunk: Callable[[], None] | None = None) -> list[str]:
         """Store messages and put them on the ready list; returns their ids in order.
 
         An item is (raw, envelope, findings): findings (JSON) send the message straight to
-        quarantine, as an operator rule does. Each chunk is one MULTI/EXEC, so the books
-        balance at every moment; its received (and quarantined) events are in it too.
-        `tenants` gives each item's tenant, in order (an empty one, or none given: the sender's
-        domain); source (api, cli, smtp CLIENT-ADDRESS; one for all, or one per item) says
-        where the mail came from.
+        quarantine, as an operator rule does. Each chunk of ENQUEUE_CHUNK is one script call
+        (see drain/store/enqueue.py), so the books balance at every moment; its received (and
+        quarantined) events are in it too. `tenants` gives each item's tenant, in order (an
+        empty one, or none given: the sender's domain); source (api, cli, smtp CLIENT-ADDRESS;
+        one for all, or one per item) says where the mail came from. `stored`, when given, gets
+        each chunk's ids once Redis holds it (what is queued when an error stops the enqueue
+        part way); `before_chunk` is called before each chunk is sent (the memory guard).
         """
-        sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
-        ids: list[str] = []
-        chunk: list[Item] = []
-        owners: list[str] = []
-        froms: list[str] = []
-        named = iter(tenants) if tenants is not None else None
-        for item in items:
-            chunk.append(item)
-            owners.append((next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender))
-            froms.append(next(sources, "api"))
-            if len(chunk) >= ENQUEUE_CHUNK:
-                ids.extend(self._enqueue_chunk(chunk, lane, owners, froms))
-                chunk, owners, froms = [], [], []
-        if chunk:
-            ids.extend(self._enqueue_chunk(chunk, lane, owners, froms))
-        return ids
-
-    def _enqueue_chunk(self, chunk: Sequence[Item], lane: str, owners: Sequence[str],
-                       sources: Sequence[str]) -> list[str]:
-        last = int(self.client.incrby(keys.SEQ, len(chunk)))
-        ids = [format(n, "x") for n in range(last - len(chunk) + 1, last + 1)]
-        now = f"{time.time():.3f}"
-        ready: dict[str, list[str]] = {}
-        # Ready messages per destination domain. The whole chunk shares one acceptance time,
-        # so each domain's backlog-shape field is formed once, after the loop.
-        domains: dict[str, int] = {}
-        by_tenant: dict[str, int] = {}
-        lane = "fresh" if lane == "fresh" else "backlog"
-        recorded: list[events.Event] = []
-        pipe = self.client.pipeline(transaction=True)
-        figures: set[int] = set()  # positions of the writes that only feed figures
-
-        def figure() -> None:
-            figures.add(len(pipe.command_stack) - 1)
-
-        for n, (msg_id, (raw, env, why), source) in enumerate(zip(ids, chunk, sources, strict=True)):
-            owner = owners[n]
-            domain = env.domain
-            fields: dict[FieldT, EncodableT] = {**body.fields(raw), record.ENVELOPE: env.to_json(),
-                                                record.ACCEPTED: now, record.DOMAIN: domain, record.TENANT: owner}
-            by_tenant[owner] = by_tenant.get(owner, 0) + 1
-            if why is None:
-                ready.setdefault(owner, []).append(msg_id)
-                domains[domain] = domains.get(domain, 0) + 1
-            else:
-                pipe.hincrby(keys.FINDINGS, "rule.match", 1)
-                figure()
-                fields.update({record.FINDINGS: why, record.QUARANTINED: now})
-                pipe.zadd(keys.QUARANTINE, {msg_id: float(now)})
-            if self.settings.trace:
-                recorded.append(events.received(msg_id, raw, env.sender, env.recipients, source, owner))
-                if why is not None:
-                    recorded.append(events.Event("q", msg_id, [events.codes(why)]))
-            pipe.hset(keys.message(msg_id), mapping=fields)
-        for owner, owned in ready.items():
-            tenancy.push(pipe, lane, owner, owned)
-        if by_tenant:
-            pipe.sadd(keys.TENANTS, *by_tenant)
-        for domain, count in domains.items():
-            pipe.hincrby(keys.SHAPE, record.shape_field(domain, float(now)), count)
-            figure()
-        for owner, owned in ready.items():
-            pipe.hincrby(keys.TENANT_SHAPE, owner, len(owned))
-            figure()
-        pipe.zadd(keys.SEQ_TIME, {ids[-1]: float(now)})
-        figure()
-        pipe.hincrby(keys.BOOKS, "accepted", len(ids))
-        events.record(pipe, self.scripts, self.settings, recorded)
-        # EXEC runs every command even when one fails: the mail is stored and counted then,
-        # and a failed write that only feeds figures (a key of the wrong type) must not
-        # report it as refused (a producer would send it again). Any other failure is raised.
-        replies = pipe.execute(raise_on_error=False)
-        failed = [(i, r) for i, r in enumerate(replies) if isinstance(r, Exception)]
-        if any(i not in figures for i, _r in failed):
-            raise next(r for i, r in failed if i not in figures)
-        for _i, error in failed:
-            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", error)
-        if recorded:
-            eventlog.write_span(self.client, self.settings, replies[-1])
-        return ids
+        # The clock is read through this module's `time` (tests accept mail "in the past" by moving it).
+        return Enqueue(self.client, self.settings, self.scripts, lambda: time.time()).many(
+            items, lane, tenants, source, stored if stored is not None else [], before_chunk)
 
     # -- workers ---------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ NO_SENDER = "-"
 
 def valid(name: str) -> str:
     """The tenant name, or InputError when it cannot be one."""
-    if not 0 < len(name) <= MAX_LEN or not name.isprintable() or any(c.isspace() for c in name):
+    # Of the white space characters only the space is printable.
+    if not 0 < len(name) <= MAX_LEN or not name.isprintable() or " " in name:
         raise InputError(f"tenant must be 1 to {MAX_LEN} printable characters without spaces: {name[:40]!a}")
     return name
 

@@ -1,4 +1,4 @@
--- event: record events for moves done in a Python MULTI/EXEC (enqueue): queued in the same
+-- event: record events for moves done in a Python MULTI/EXEC (events.record): queued in the same
 -- transaction as the move, so it is just as atomic. Other scripts call lib.event directly.
 --
 -- KEYS[1] events stream

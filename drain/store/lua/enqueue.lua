@@ -1,0 +1,160 @@
+-- enqueue: store a chunk of new messages, put the ready ones on their tenants' lists of a
+-- lane, count them, and record their events: one script call per chunk (Store.enqueue_many).
+--
+-- KEYS[1] books hash          KEYS[2] ready count per lane (hash)   KEYS[3] the lane's ring ':join' set
+-- KEYS[4] tenants set         KEYS[5] ready per tenant (hash)       KEYS[6] backlog shape (hash)
+-- KEYS[7] acceptance times (zset)   KEYS[8] quarantine zset          KEYS[9] findings by code (hash)
+-- KEYS[10] events stream
+-- ARGV[1] accepted at (unix seconds)   ARGV[2] lane   ARGV[3] message key prefix (id follows)
+-- ARGV[4] the lane's list key prefix (tenant follows)   ARGV[5], ARGV[6] events: retention
+-- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] t, how many tenants
+-- they have, then those t tenants; then 9 per message: id, body as stored (body.py), its own
+-- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
+-- JSON ('' = ready), received event data (JSON array; '' = no events), quarantined event data
+-- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
+-- per bucket: its 3 hex digits, r, and r pairs: the event's number in this call (counting
+-- from 1 in the order recorded: each message's received event, then its quarantined one),
+-- the value's 3-byte tag (events.py's index_record says how values hash to both).
+--
+-- Nothing is written when a key it moves mail through has the wrong type, or a new id's
+-- message key exists already: an error reply, and the producer is told nothing was queued
+-- (the same when Redis refuses the first write for memory). Writes that only feed figures
+-- (shape, acceptance times, findings count, the lookup index) may fail alone.
+-- Returns {first, last, failures...}: the stream ids of the first and last events ('' when
+-- none) and the error of each write that only feeds figures and failed.
+
+local now, lane, msg_prefix, lane_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count, tenants = tonumber(ARGV[7]), {}
+for k = 1, tonumber(ARGV[8]) do tenants[k] = ARGV[8 + k] end
+local base = 8 + #tenants  -- message k's fields are ARGV[base + 9 * (k - 1) + 1 ...]
+
+local checks = {KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'set', KEYS[4], 'set'}
+if (tonumber(ARGV[5]) or 0) > 0 then
+  checks[#checks + 1], checks[#checks + 2] = KEYS[10], 'stream'
+end
+for _, tenant in ipairs(tenants) do
+  checks[#checks + 1], checks[#checks + 2] = lane_prefix .. tenant, 'list'
+end
+local names, quarantined = {}, 0
+for k = 1, count do
+  local at = base + 9 * (k - 1) + 1
+  names[k] = msg_prefix .. ARGV[at]
+  if ARGV[at + 6] ~= '' then quarantined = quarantined + 1 end
+end
+if quarantined > 0 then
+  checks[#checks + 1], checks[#checks + 2] = KEYS[8], 'zset'
+end
+local wrong = lib.wrong_types(checks)
+if wrong then return wrong end
+-- New ids have no key yet (unless drain:seq went back): nothing may be written over one.
+if redis.call('EXISTS', unpack(names)) > 0 then
+  return redis.error_reply('enqueue stored nothing: a new message id already has a key (was drain:seq set back?)')
+end
+
+-- The message hashes first: the first write is where Redis refuses a script for memory.
+for k = 1, count do
+  local at = base + 9 * (k - 1) + 1
+  local raw, size, why = ARGV[at + 1], ARGV[at + 2], ARGV[at + 6]
+  local reply
+  if size == '' then
+    reply = redis.pcall('HSET', names[k], 'raw', raw, 'env', ARGV[at + 3], 't', now, 'dom', ARGV[at + 4],
+                        'tn', ARGV[at + 5])
+  else
+    reply = redis.pcall('HSET', names[k], 'raw', raw, 'env', ARGV[at + 3], 't', now, 'dom', ARGV[at + 4],
+                        'tn', ARGV[at + 5], 'sz', size)
+  end
+  if why ~= '' and type(reply) ~= 'table' then reply = redis.pcall('HSET', names[k], 'why', why, 'qt', now) end
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'OOM', 1, true) then
+      return redis.error_reply("OOM command not allowed when used memory > 'maxmemory'.")
+    end
+    return redis.error_reply('enqueue queued nothing: message ' .. ARGV[at] .. ': ' .. reply.err)
+  end
+end
+
+-- The ready lists, the books and the figures.
+local failures = {'', ''}
+local function figure(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then failures[#failures + 1] = reply.err end
+  return reply
+end
+local ready, by_domain = {}, {}
+for k = 1, count do
+  local at = base + 9 * (k - 1) + 1
+  if ARGV[at + 6] == '' then
+    local tenant, domain = ARGV[at + 5], ARGV[at + 4]
+    local ids = ready[tenant]
+    if not ids then
+      ids = {}
+      ready[tenant] = ids
+    end
+    ids[#ids + 1] = ARGV[at]
+    by_domain[domain] = (by_domain[domain] or 0) + 1
+  else
+    redis.call('ZADD', KEYS[8], now, ARGV[at])
+  end
+end
+local ready_count = 0
+for _, tenant in ipairs(tenants) do
+  local ids = ready[tenant]
+  if ids then
+    for first = 1, #ids, 4000 do
+      redis.call('RPUSH', lane_prefix .. tenant, unpack(ids, first, math.min(first + 3999, #ids)))
+    end
+    redis.call('SADD', KEYS[3], tenant)
+    figure('HINCRBY', KEYS[5], tenant, #ids)
+    ready_count = ready_count + #ids
+  end
+end
+if ready_count > 0 then redis.call('HINCRBY', KEYS[2], lane, ready_count) end
+redis.call('SADD', KEYS[4], unpack(tenants))
+local minute = math.floor(tonumber(now) / 60)
+for domain, n in pairs(by_domain) do figure('HINCRBY', KEYS[6], domain .. '|' .. minute, n) end
+if quarantined > 0 then figure('HINCRBY', KEYS[9], 'rule.match', quarantined) end
+figure('ZADD', KEYS[7], now, ARGV[base + 9 * (count - 1) + 1])
+redis.call('HINCRBY', KEYS[1], 'accepted', count)
+
+-- The events, then their lookup index: each record is its value's tag and the 5 bytes of
+-- where its event is (as lib.event writes them), appended to its day's bucket.
+local tr = lib.tracer(KEYS[10], ARGV[5], ARGV[6])
+if not tr then return failures end
+redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
+local wheres, days = {}, {}
+local function event(kind, id, data)
+  local sid = redis.call('XADD', KEYS[10], '*', 'e', kind, 'i', id, 'd', data)
+  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
+  ms, seq = tonumber(ms), tonumber(seq)
+  local day = math.floor(ms / 86400000)
+  wheres[#wheres + 1] = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
+  days[#days + 1] = day
+  if failures[1] == '' then failures[1] = sid end
+  failures[2] = sid
+end
+for k = 1, count do
+  local at = base + 9 * (k - 1) + 1
+  if ARGV[at + 7] ~= '' then event('r', ARGV[at], ARGV[at + 7]) end
+  if ARGV[at + 8] ~= '' then event('q', ARGV[at], ARGV[at + 8]) end
+end
+local function append(day, bucket, parts)
+  local key = tr.stream .. ':ix:' .. day .. ':' .. bucket
+  local text = table.concat(parts)
+  if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
+end
+local at = base + 9 * count + 1
+for _ = 1, tonumber(ARGV[at] or '0') do
+  local bucket, records = ARGV[at + 1], tonumber(ARGV[at + 2])
+  local parts, day = {}, nil
+  for j = at + 3, at + 1 + 2 * records, 2 do
+    local e = tonumber(ARGV[j])
+    if day ~= days[e] then  -- the day changed during this call: a key per day
+      if day then append(day, bucket, parts) end
+      parts, day = {}, days[e]
+    end
+    parts[#parts + 1] = ARGV[j + 1]
+    parts[#parts + 1] = wheres[e]
+  end
+  if day then append(day, bucket, parts) end
+  at = at + 2 + 2 * records
+end
+return failures
