@@ -10,6 +10,7 @@ its own process). Prints a Markdown table and writes JSON with --out.
     scripts/bench --only sizes --messages 20000   # 2/20/100 KB: drain and Postfix (when installed)
     scripts/bench --only cells --messages 20000   # Redis CPU per message, 1/2/3 cells (bench_cells.py)
     scripts/bench --only trace            # events: memory per message, trace lookup among 1M, on vs off
+    scripts/bench --only tenants          # issue 15 in one run: 1M, 90 % one tenant, capped domains, relay killed
 """
 
 from __future__ import annotations
@@ -593,6 +594,11 @@ def main() -> None:
 
         bench_cells.main(sys.argv[3:])
         return
+    if sys.argv[1:3] == ["--only", "tenants"]:  # issue 15's run: tenants, capped domains, a relay killed
+        import bench_issue15
+
+        bench_issue15.main(sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages drained by drain")
     parser.add_argument("--naive-messages", type=int, default=10_000, help="messages drained by naive RQ")
@@ -602,7 +608,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", help="run only this part",
                         choices=["validation", "retry", "rate", "capped", "eta", "backlog", "sizes", "enqueue",
-                                 "trace"])
+                                 "trace", "cells", "tenants"])
     parser.add_argument("--ingress", action="store_true",
                         help="measure only the SMTP ingress: messages/s accepted by `drain smtpd`")
     parser.add_argument("--ingress-messages", type=int, default=5000, help="messages per ingress run")
@@ -629,6 +635,8 @@ def main() -> None:
     parser.add_argument("--cprofile", type=int, default=0, help="--only enqueue: cProfile's top N functions")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only in ("cells", "tenants"):  # their own options, read above
+        parser.error(f"--only {args.only} comes first: scripts/bench --only {args.only} [its options]")
     if args.serve_sink:
         serve_sink(args.serve_sink)
         return

@@ -66,6 +66,15 @@ def most_in_a_second(times: list[float]) -> int:
     return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
 
 
+def recipients(i: int, share: float) -> tuple[str, ...]:
+    """Message i's recipients: one in an uncapped domain; for `share` of the messages (spread
+    evenly) one or two more in the capped domains. Each local part ends with i."""
+    rcpts = [f"user{i}@{DOMAINS[i % len(DOMAINS)]}"]
+    if (i * 7919) % 100 < share * 100:
+        rcpts += [f"user{i}@{CAPPED[i % 3]}", f"other{i}@{CAPPED[(i + 1) % 3]}"][: 1 + i % 2]
+    return tuple(rcpts)
+
+
 def multi_domain(client: redis.Redis, url: str, messages: int, share: float, cap: float, processes: int,
                  timeout_s: float) -> dict[str, Any]:
     client.flushdb()
@@ -85,12 +94,10 @@ def multi_domain(client: redis.Redis, url: str, messages: int, share: float, cap
         items = []
         several = 0
         for i in range(messages):
-            rcpts = [f"user{i}@{DOMAINS[i % len(DOMAINS)]}"]
-            if (i * 7919) % 100 < share * 100:  # spread evenly through the backlog
-                several += 1
-                rcpts += [f"user{i}@{CAPPED[i % 3]}", f"other{i}@{CAPPED[(i + 1) % 3]}"][: 1 + i % 2]
+            rcpts = recipients(i, share)
+            several += len(rcpts) > 1
             raw = with_message_id(synthetic(i), f"<route-{i}@bench.example>")
-            items.append((raw, Envelope("billing@sender.example.com", tuple(rcpts)), None))
+            items.append((raw, Envelope("billing@sender.example.com", rcpts), None))
         ratelimit.pause(client)
         api.store.enqueue_many(items, lane="backlog")
         for domain in CAPPED:
