@@ -26,7 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from drain.errors import ConfigError
 from drain.linescan import endings, lines_within
-from drain.message import Envelope, header_text
+from drain.message import Envelope, header_text, plain_address_field
 from drain.mimeskeleton import structure
 from drain.settings import Settings
 
@@ -375,7 +375,8 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
     # failures on odd real-world headers surface as parse.crash through check().
     for name in ADDRESS_FIELDS:
         for value in message.get_all(name, []):
-            failure = _strict_parse_failure(name, header_text(value).replace("\r", "").replace("\n", ""))
+            text = header_text(value).replace("\r", "").replace("\n", "")
+            failure = None if plain_address_field(text) else _strict_parse_failure(name, text)
             if failure is not None:
                 raise failure
     header_from = [addr for _n, addr in getaddresses([header_text(v) for v in message.get_all("From", [])])]
