@@ -15,6 +15,8 @@ Endings = Literal["lf", "crlf", "mixed"]
 # After this many occurrences of a prefix's first byte that do not start a line, the search
 # for a line prefix gives up on memchr and searches for newline + prefix instead.
 _FALSE_HITS = 16
+# Shorter than this, the general search is used at once.
+_SHORT = 4096
 
 _last: tuple[bytes, Endings] = (b"", "lf")
 
@@ -44,6 +46,8 @@ def find_line_prefix(raw: bytes, prefix: bytes, start: int = 0) -> int:
     """Where b"\\n" + prefix first occurs in raw at or after `start` (the index of the LF),
     or -1: raw.find(b"\\n" + prefix, start), found by memchr on the prefix's first byte
     while that byte is rare, by the general search once it turns out common."""
+    if len(raw) - start < _SHORT:  # a few KB: one general search costs less than the loop
+        return raw.find(b"\n" + prefix, start)
     first = prefix[:1]
     misses = 0
     at = raw.find(first, start + 1)
