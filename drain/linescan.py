@@ -38,7 +38,8 @@ def endings(raw: bytes) -> Endings:
     else:
         crlf = raw.count(b"\r\n")
         kind = "crlf" if raw.count(b"\r") == crlf and raw.count(b"\n") == crlf else "mixed"
-    _last = (raw, kind)
+    if type(raw) is bytes:  # immutable: the answer stays true while the object lives
+        _last = (raw, kind)
     return kind
 
 

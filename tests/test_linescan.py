@@ -50,3 +50,10 @@ def test_lines_within_at_the_limit() -> None:
             line = b"a" * n
             for raw in (b"h\n" + line + b"\nend\n", b"h\n" + line, b"h\nbbb\n" + line + b"\n"):
                 assert lines_within(raw, 2, most) == (n <= most), (most, n, raw[:20])
+
+
+def test_endings_of_a_changed_bytearray_are_not_remembered() -> None:
+    buffer = bytearray(b"a\r\nb\r\n")
+    assert endings(buffer) == "crlf"  # type: ignore[arg-type]
+    buffer[:] = b"a\nb\n"
+    assert endings(buffer) == "lf"  # type: ignore[arg-type]
