@@ -111,6 +111,22 @@ def _addresses(values: list[str]) -> list[str]:
     return out
 
 
+_WORD = r"[A-Za-z0-9]+"
+_ADDR = rf"{_WORD}(?:[._+-]{_WORD})*@{_WORD}(?:[.-]{_WORD})*"
+_MAILBOX = rf"(?:{_ADDR}|{_WORD}(?: {_WORD})* ?<{_ADDR}>)"
+_PLAIN_FIELD = re.compile(rf" *{_MAILBOX}(?: *, *{_MAILBOX})* *")
+
+
+def plain_address_field(value: str) -> bool:
+    """Whether an address field's value is only plain mailboxes ("a.b@c.d", "Name Two
+    <a@c.d>", separated by commas): ASCII letters and digits, with dots, hyphens, "+" and
+    "_" only between them. The strict header parser reads such a value without fault (its
+    known crashes need quotes, dots or other specials in a display name, encoded words,
+    groups, comments or routes), so validation need not run it on one: it costs ~100 µs
+    per new value."""
+    return _PLAIN_FIELD.fullmatch(value) is not None
+
+
 _ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc", "resent-sender",
                               "resent-from", "resent-to", "resent-cc", "resent-bcc"})
 

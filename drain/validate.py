@@ -25,7 +25,8 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from drain.errors import ConfigError
-from drain.message import Envelope, header_text
+from drain.linescan import endings, lines_within
+from drain.message import Envelope, header_text, plain_address_field
 from drain.mimeskeleton import structure
 from drain.settings import Settings
 
@@ -176,11 +177,11 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     nul = raw.find(b"\x00")
     if nul >= 0:
         yield Finding("body.nul-byte", f"line {raw.count(NEWLINE, 0, nul) + 1}")
-    crlf = raw.count(b"\r\n")
-    cr = raw.count(b"\r")
     # A lone CR is never a line end (LF-only files are, and go out as CRLF): in an LF-only
     # message it would reach the relay as it is (CR . CR ends DATA for some servers).
-    if cr != crlf or (crlf and raw.count(b"\n") != crlf):
+    kind = endings(raw)
+    lone_cr = kind == "mixed" and raw.count(b"\r") != raw.count(b"\r\n")
+    if kind == "mixed":
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
     split = _BLANK.search(raw)
@@ -203,7 +204,7 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if dupes:
         yield Finding("header.duplicate-singleton", ", ".join(dupes))
 
-    message = structure(raw, bare_cr=cr != crlf)
+    message = structure(raw, bare_cr=lone_cr, kind=kind)
     yield from _mime(message, limits)
     yield from _addresses(message, envelope, limits)
 
@@ -212,10 +213,10 @@ def _long_body_line(raw: bytes, start: int) -> Iterator[Finding]:
     """The first body line over 998 octets (RFC 5322 2.1.1), CRLF not counted: relays that
     enforce the limit refuse the whole message at the end of DATA (a 500, the session's
     trouble to drain, which would defer it again and again). The lengths are taken in C
-    first; lines are walked in Python only when one is long."""
-    lines = raw[start:].split(NEWLINE)
-    if max(map(len, lines)) <= MAX_LINE:
+    first (drain.linescan.lines_within); lines are walked in Python only when one may be long."""
+    if lines_within(raw, start, MAX_LINE):
         return
+    lines = raw[start:].split(NEWLINE)
     head_lines = raw.count(NEWLINE, 0, start)
     for number, line in enumerate(lines, head_lines + 1):
         octets = len(line) - line.endswith(b"\r")
@@ -374,7 +375,8 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
     # failures on odd real-world headers surface as parse.crash through check().
     for name in ADDRESS_FIELDS:
         for value in message.get_all(name, []):
-            failure = _strict_parse_failure(name, header_text(value).replace("\r", "").replace("\n", ""))
+            text = header_text(value).replace("\r", "").replace("\n", "")
+            failure = None if plain_address_field(text) else _strict_parse_failure(name, text)
             if failure is not None:
                 raise failure
     header_from = [addr for _n, addr in getaddresses([header_text(v) for v in message.get_all("From", [])])]

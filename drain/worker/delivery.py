@@ -18,6 +18,7 @@ from rq.timeouts import JobTimeoutException
 from drain.worker.addresses import quote_address
 from drain.worker.relayconfig import RelayConfig as RelayConfig
 from drain.worker.relayconfig import tls_context as tls_context
+from drain.worker.wire import data_block, wire_form
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +72,6 @@ class Result:
         if self.refused:
             return json.dumps({r: f"{c} {t}" for r, (c, t) in self.refused.items()})
         return f"{self.code} {self.text}".strip()
-
-
-def wire_form(raw: bytes) -> bytes:
-    """The message with CRLF line endings, as SMTP carries it (files on disk often use LF).
-
-    Every LF not already after a CR gets one; a bare CR stays as it is. Done with
-    bytes.replace (C speed): a regex substitution cost 1.5-2 ms on a 100 KB message."""
-    if raw.count(b"\n") == raw.count(b"\r\n"):
-        return raw
-    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def data_block(wire: bytes) -> bytes:
-    """What follows a 354 reply: the CRLF form dot-stuffed (RFC 5321 4.5.2), ended by CRLF
-    (added if the last line lacks one) and the lone dot. The same bytes smtplib's
-    SMTP.data sends, without its regex pass over the whole message."""
-    if b"\n." in wire:
-        wire = wire.replace(b"\n.", b"\n..")
-    if wire[:1] == b".":
-        wire = b"." + wire
-    if wire[-2:] != b"\r\n":
-        wire += b"\r\n"
-    return wire + b".\r\n"
 
 
 def _text(raw: bytes | str) -> str:

@@ -1,0 +1,79 @@
+"""Scans over a message's lines at C speed: how its lines end, where a line starts with a
+given prefix, whether any line is over a length.
+
+Searching bytes for one byte is memchr (about 1 µs for 100 KB here); searching for two or
+more bytes (b"\\r\\n", b"\\n--") is CPython's general search, near 1 µs per KB, and
+bytes.count of a two-byte pattern the same (benchmarks/bytes-2026-11-30.md). So these scans
+look for single bytes first and fall back to the general search only where that is cheaper.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Endings = Literal["lf", "crlf", "mixed"]
+# After this many occurrences of a prefix's first byte that do not start a line, the search
+# for a line prefix gives up on memchr and searches for newline + prefix instead.
+_FALSE_HITS = 16
+# Shorter than this, the general search is used at once.
+_SHORT = 4096
+
+_last: tuple[bytes, Endings] = (b"", "lf")
+
+
+def endings(raw: bytes) -> Endings:
+    """How the lines of `raw` end: "lf" when it holds no CR at all (LF-only, or one line),
+    "crlf" when every CR is followed by an LF and every LF follows a CR, else "mixed" (a
+    lone CR or a bare LF somewhere).
+
+    The answer for the last message asked about is remembered (by identity: the bytes are
+    held, so the object cannot be another one): validation and the wire form ask about the
+    same bytes one after the other."""
+    global _last
+    last = _last
+    if last[0] is raw:
+        return last[1]
+    if b"\r" not in raw:
+        kind: Endings = "lf"
+    else:
+        crlf = raw.count(b"\r\n")
+        kind = "crlf" if raw.count(b"\r") == crlf and raw.count(b"\n") == crlf else "mixed"
+    if type(raw) is bytes:  # immutable: the answer stays true while the object lives
+        _last = (raw, kind)
+    return kind
+
+
+def find_line_prefix(raw: bytes, prefix: bytes, start: int = 0) -> int:
+    """Where b"\\n" + prefix first occurs in raw at or after `start` (the index of the LF),
+    or -1: raw.find(b"\\n" + prefix, start), found by memchr on the prefix's first byte
+    while that byte is rare, by the general search once it turns out common."""
+    if len(raw) - start < _SHORT:  # a few KB: one general search costs less than the loop
+        return raw.find(b"\n" + prefix, start)
+    first = prefix[:1]
+    misses = 0
+    at = raw.find(first, start + 1)
+    while at >= 0:
+        if raw[at - 1] == 10 and raw.startswith(prefix, at):
+            return at - 1
+        misses += 1
+        if misses > _FALSE_HITS:
+            return raw.find(b"\n" + prefix, at)
+        at = raw.find(first, at + 1)
+    return -1
+
+
+def lines_within(raw: bytes, start: int, most: int) -> bool:
+    """True when no line of raw[start:] is longer than `most` bytes (its LF not counted);
+    False when one may be (the caller then measures them exactly).
+
+    From each line start the farthest LF within most + 1 bytes is taken (memrchr): every
+    line up to it is short enough, and the walk goes on after it, so a 100 KB body takes
+    about a hundred short steps instead of a split into lines."""
+    end = len(raw)
+    at = start
+    while end - at > most:
+        newline = raw.rfind(b"\n", at, at + most + 1)
+        if newline < 0:
+            return False
+        at = newline + 1
+    return True
