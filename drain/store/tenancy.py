@@ -37,14 +37,6 @@ def from_sender(sender: str) -> str:
         return NO_SENDER
 
 
-def push(pipe: redis.client.Pipeline, lane: str, tenant: str, ids: list[str]) -> None:
-    """Queue ids on a tenant's list of a lane (in a MULTI), count them, and ask for the tenant
-    to join the lane's ring (a set: one ask per tenant; the claim script makes it join)."""
-    pipe.rpush(keys.lane(lane, tenant), *ids)
-    pipe.hincrby(keys.READY_COUNT, lane, len(ids))
-    pipe.sadd(keys.ring(lane) + ":join", tenant)
-
-
 def known(client: redis.Redis, tenant: str) -> bool:
     return bool(client.sismember(keys.TENANTS, tenant))
 
