@@ -14,10 +14,12 @@ returns None (250) or a reply line.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
 Policy = Callable[[str, str, float], "str | None"]
+Taken = Callable[[list[str], float], None]  # every recipient of a message answered 250, and when
 
 _EHLO = (b"250-relay.replay.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
          b"250 SIZE 104857600\r\n")
@@ -40,8 +42,11 @@ def message_id(data: bytes) -> str:
 
 
 class RelayProtocol(asyncio.Protocol):
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, taken: Taken | None = None,
+                 open_transports: set[asyncio.Transport] | None = None) -> None:
         self.policy = policy
+        self.taken = taken
+        self.open_transports = open_transports
         self.buf = bytearray()
         self.in_data = False
         self.scanned = 0  # how far DATA has been searched for its end
@@ -51,6 +56,8 @@ class RelayProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.open_transports is not None:
+            self.open_transports.add(transport)
         transport.write(b"220 relay.replay.test ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
@@ -73,6 +80,10 @@ class RelayProtocol(asyncio.Protocol):
                 break
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.open_transports is not None and self.transport is not None:
+            self.open_transports.discard(self.transport)
 
     def _command(self, line: bytes, out: list[bytes]) -> bool:
         verb = line[:4].upper()
@@ -120,7 +131,10 @@ class RelayProtocol(asyncio.Protocol):
         data = bytes(self.buf[:end])
         del self.buf[:skip]
         self.in_data = False
-        answer = self.policy(message_id(data), self.rcpts[0] if self.rcpts else "", time.time())
+        at = time.time()
+        answer = self.policy(message_id(data), self.rcpts[0] if self.rcpts else "", at)
+        if answer is None and self.taken is not None:
+            self.taken(self.rcpts, at)
         self.rcpts = []
         out.append(b"250 2.0.0 OK queued\r\n" if answer is None else answer.encode() + b"\r\n")
         return True
@@ -131,3 +145,49 @@ async def serve(port: int, policy: Policy, stop: asyncio.Event) -> None:
     server = await loop.create_server(lambda: RelayProtocol(policy), "127.0.0.1", port, backlog=128)
     async with server:
         await stop.wait()
+
+
+class ThreadedRelay:
+    """The protocol on its own event loop in a thread, for a benchmark that counts what a relay
+    took in its own process: start(), url, and stop(), which closes the listener and drops every
+    open session, as a relay that dies does."""
+
+    def __init__(self, taken: Taken, policy: Policy = lambda _mid, _rcpt, _at: None) -> None:
+        self.policy, self.taken = policy, taken
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        self.transports: set[asyncio.Transport] = set()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: asyncio.base_events.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedRelay:
+        self.thread.start()
+
+        async def listen() -> None:
+            self.server = await self.loop.create_server(
+                lambda: RelayProtocol(self.policy, self.taken, self.transports), "127.0.0.1", 0, backlog=128)
+            self.port = self.server.sockets[0].getsockname()[1]
+        asyncio.run_coroutine_threadsafe(listen(), self.loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self.server is not None:
+                self.server.close()
+            for transport in list(self.transports):
+                transport.abort()
+            self.transports.clear()
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+    def __enter__(self) -> ThreadedRelay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
