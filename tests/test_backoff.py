@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from drain.settings import Settings
-from drain.worker.retry import deferral_delay
+from drain.worker.retry import deferral_delay, next_try_in
 
 
 def test_delays_double_from_the_first_within_the_jitter_and_stop_at_the_cap() -> None:
@@ -24,3 +24,13 @@ def test_delays_double_from_the_first_within_the_jitter_and_stop_at_the_cap() ->
 def test_jitter_spreads_mail_deferred_together() -> None:
     delays = {round(deferral_delay(Settings(retry_first_s=300, retry_max_s=4000), 1), 3) for _ in range(100)}
     assert len(delays) > 50 and max(delays) - min(delays) > 30
+
+
+def test_the_quick_retry_is_never_longer_than_the_schedule_and_comes_only_first() -> None:
+    rng = random.Random(3)
+    settings = Settings(retry_first_s=300, retry_max_s=4000, retry_quick_s=1)
+    assert all(1 <= next_try_in(settings, 1, True, rng) <= 1.2 for _ in range(50))
+    assert next_try_in(settings, 1, False, rng) >= 300
+    assert next_try_in(settings, 2, True, rng) >= 600
+    assert next_try_in(settings.with_(retry_quick_s=0), 1, True, rng) >= 300
+    assert next_try_in(settings.with_(retry_first_s=0), 1, True, rng) == 0

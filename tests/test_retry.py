@@ -240,3 +240,47 @@ def test_message_past_its_lifetime_bounces_as_expired(client: Client, relay: Sin
     assert (books.bounced, books.queued) == (1, 0)
     (entry,) = client.redis.xrange(keys.BOUNCES)
     assert entry[1][b"reply"].startswith(b"expired: 451")
+
+
+def _wait_after_first_try(client: Client, relay: Sink, work: Callable[..., bool], answer: str) -> float:
+    relay.set_policy(data_policy=lambda _i, _m: answer)
+    client.enqueue_many([synthetic(1)])
+    work()
+    (row,) = records(client.store)
+    assert row.attempts == 1
+    return float(row.next_attempt_at - row.history[-1]["at"])
+
+
+def test_a_4xx_about_the_message_on_its_first_try_is_retried_about_a_second_later(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    assert settings.retry_first_s >= 60  # the schedule's first step is far longer
+    wait = _wait_after_first_try(client, relay, work, "451 4.3.0 temporary local problem")
+    assert settings.retry_quick_s <= wait <= settings.retry_quick_s * 1.2 + 0.01
+
+
+def test_a_recipient_refused_with_a_4xx_on_the_first_try_gets_the_quick_retry_too(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    relay.set_policy(rcpt_policy=lambda r: "450 4.2.1 mailbox busy" if r.startswith("busy") else None)
+    client.enqueue(synthetic(1), recipients=["busy@example.org", "ok@example.org"])
+    work()
+    (row,) = records(client.store)
+    assert row.next_attempt_at - row.history[-1]["at"] <= settings.retry_quick_s * 1.2 + 0.01
+
+
+def test_a_421_or_a_dead_relay_waits_the_schedule_not_the_quick_retry(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    assert _wait_after_first_try(client, relay, work, "421 4.7.0 slow down") >= settings.retry_first_s - 1
+    client.store.promote_due(now=FAR)
+    relay.set_policy(data_policy=lambda _i, _m: DROP)
+    work()
+    (row,) = records(client.store)
+    assert row.attempts == 2 and row.next_attempt_at - row.history[-1]["at"] >= 2 * settings.retry_first_s - 1
+
+
+def test_the_quick_retry_comes_once(client: Client, relay: Sink, work: Callable[..., bool],
+                                    settings: Settings) -> None:
+    _wait_after_first_try(client, relay, work, "451 4.3.0 still busy")
+    client.store.promote_due(now=FAR)
+    work()
+    (row,) = records(client.store)
+    assert row.attempts == 2 and row.next_attempt_at - row.history[-1]["at"] >= 2 * settings.retry_first_s - 1

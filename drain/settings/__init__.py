@@ -125,6 +125,9 @@ class Settings:
     # -- retry: the schedule of transient failures
     retry_first_s: float = setting("DRAIN_RETRY_FIRST", 300.0, v.number(0.0), "retry", "seconds before the first retry")
     retry_max_s: float = setting("DRAIN_RETRY_MAX", 4000.0, v.number(0.0), "retry", "longest gap between retries")
+    retry_quick_s: float = setting("DRAIN_RETRY_QUICK", 1.0, v.number(0.0), "retry",
+                                   "seconds before the one quick retry of mail the relay refused with a 4xx "
+                                   "on its first try (0: none)")
     max_lifetime_s: float = setting("DRAIN_MAX_LIFETIME", 5 * 24 * 3600.0, v.number(1.0), "retry",
                                     "seconds a message may stay queued before it bounces as expired")
     delay_warning_s: float = setting("DRAIN_DELAY_WARNING", 0.0, v.number(0.0), "retry",

@@ -28,7 +28,7 @@ from drain.worker import dsn
 from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
 from drain.worker.relays import BUSY_WAIT_S, Relays
-from drain.worker.retry import deferral_delay
+from drain.worker.retry import next_try_in
 from drain.worker.window import Window
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class Batch:
         if tally.blocked:
             domain, _rcpts, answer = tally.blocked[0]
             return self._wait(msg, domain, answer)
-        return self._defer(msg, now, tally.reply, rest.recipients)
+        return self._defer(msg, now, tally.reply, rest.recipients, quick=not tally.slow)
 
     def _wait(self, msg: Stored, domain: str, answer: Answer) -> Outcome:
         if answer.kind == "hold":
@@ -201,11 +201,11 @@ class Batch:
         fresh = msg.fresh or msg.id in self.fresh_ids
         return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
 
-    def _defer(self, msg: Stored, now: float, reply: str, left: tuple[str, ...]) -> Outcome:
+    def _defer(self, msg: Stored, now: float, reply: str, left: tuple[str, ...], quick: bool = False) -> Outcome:
         if now - msg.accepted_at >= self.settings.max_lifetime_s:
             self._report(msg, dict.fromkeys(left, f"expired after {msg.attempts + 1} attempts: {reply}"))
             return Outcome(msg.id, "bounced", info=f"expired: {reply}")
-        due = now + deferral_delay(self.settings, msg.attempts + 1)
+        due = now + next_try_in(self.settings, msg.attempts + 1, quick)
         return Outcome(msg.id, "deferred", score=due, info=reply)
 
     def _after_send(self, step: Callable[..., object], *args: object) -> None:

@@ -17,6 +17,8 @@ class Groups:
     bounced: dict[str, str] = field(default_factory=dict)
     # The relay said "later" (or gave no answer).
     transient: list[str] = field(default_factory=list)
+    # A transient failure was the connection's, the relay's, or a 421: no quick retry.
+    slow: bool = False
     # Groups the gate did not let go now: (domain, recipients, the gate's answer), in order.
     blocked: list[tuple[str, tuple[str, ...], Answer]] = field(default_factory=list)
     # The last reply that was not a plain success, for the record of a deferral or bounce.
@@ -33,12 +35,14 @@ class Groups:
                     self.bounced[rcpt] = f"{code} {text}"
                 else:
                     self.transient.append(rcpt)
+                    self.slow = self.slow or code == 421
             elif result.kind == "delivered":
                 self.delivered.append(rcpt)
             elif result.kind == "bounced":
                 self.bounced[rcpt] = result.reply
             else:
                 self.transient.append(rcpt)
+                self.slow = self.slow or result.relay_fault or result.code in (0, 421)
         if result.kind == "delivered":
             self.accepted.append(f"{result.code} {result.text}".strip())
         if result.kind != "delivered" or result.refused:

@@ -1,7 +1,13 @@
 """Retry policies.
 
 - `deferral_delay`: when a deferred message is tried again (exponential, jittered, capped),
-  Postfix-like by default: about 5 minutes first, at most about 67 minutes apart. Written
+  Postfix-like by default: about 5 minutes first, at most about 67 minutes apart. Before that
+  schedule, mail that the relay refused on its first try with a 4xx about the message or its
+  recipients (not a 421, not a connection or relay fault) gets one quick retry after about
+  `retry_quick_s`: most such refusals (a relay briefly busy, a lock, a recipient check that
+  timed out) are gone a second later, and waiting 5 minutes for them is most of fresh mail's
+  tail. The quick retry takes the place of the schedule's first step: the second
+  failure waits 2 x first, as it would have. Written
   out here: a deferral is not a retry loop in one process (the next attempt is a due time
   in Redis, taken by whichever worker comes), so tenacity's wait strategies, which read the
   state of a running `Retrying`, do not apply.
@@ -36,6 +42,15 @@ def deferral_delay(settings: Settings, attempts: int, rng: random.Random | None 
     # 2^exponent overflows a float past about 1,000 attempts; by then the cap holds anyway.
     base = cap if exponent >= 1000 else first * 2.0**exponent
     return max(0.0, min(base + jitter, cap))
+
+
+def next_try_in(settings: Settings, attempts: int, quick: bool, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt; `quick` when every failure of
+    that attempt was the relay's 4xx about the message or a recipient."""
+    delay = deferral_delay(settings, attempts, rng)
+    if attempts <= 1 and quick and settings.retry_quick_s > 0:
+        return min(settings.retry_quick_s * (1 + (rng or random).uniform(0, JITTER_SHARE)), delay)
+    return delay
 
 
 def redis_backoff() -> Retrying:
