@@ -284,3 +284,32 @@ def test_the_quick_retry_comes_once(client: Client, relay: Sink, work: Callable[
     work()
     (row,) = records(client.store)
     assert row.attempts == 2 and row.next_attempt_at - row.history[-1]["at"] >= 2 * settings.retry_first_s - 1
+
+
+def test_a_4xx_that_says_slow_down_waits_the_schedule_not_the_quick_retry(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    # A relay that rate-limits says so with a 4.7.x or "too many": sending again a second
+    # later is what it asked drain not to do (the domain's adaptive rate halves too).
+    wait = _wait_after_first_try(client, relay, work, "451 4.7.1 too many messages, slow down")
+    assert wait >= settings.retry_first_s - 1
+
+
+def test_a_recipient_refused_with_a_slow_down_4xx_waits_the_schedule(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    relay.set_policy(rcpt_policy=lambda r: "450 4.7.1 rate limited, try later" if r.startswith("busy") else None)
+    client.enqueue(synthetic(1), recipients=["busy@example.org", "ok@example.org"])
+    work()
+    (row,) = records(client.store)
+    assert row.next_attempt_at - row.history[-1]["at"] >= settings.retry_first_s - 1
+
+
+def test_a_session_reply_at_rcpt_is_no_verdict_on_the_message_and_gets_no_quick_retry(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    # "530 authenticate first" at RCPT is the configuration's trouble: it defers, and
+    # trying again in a second would change nothing.
+    relay.set_policy(rcpt_policy=lambda r: "530 5.7.0 Authentication required" if r.startswith("a") else None)
+    client.enqueue(synthetic(1), recipients=["a@example.org", "b@example.org"])
+    work()
+    (row,) = records(client.store)
+    assert row.last_reply.startswith('{"a@example.org": "530')
+    assert row.next_attempt_at - row.history[-1]["at"] >= settings.retry_first_s - 1

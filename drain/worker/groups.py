@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drain.flow.adapt import is_throttling
 from drain.flow.gate import Answer
 from drain.message import Envelope
-from drain.worker.delivery import Result, permanent
+from drain.worker.delivery import SESSION_CODES, Result, permanent
+
+
+def _no_quick_retry(code: int, text: str) -> bool:
+    """A transient reply that a second's wait would not change: 421 or another "slow down"
+    (trying again at once is what the relay asked drain not to do), or a session reply
+    (530 "authenticate first", 503, ...: the configuration's trouble, not the message's)."""
+    return code in SESSION_CODES or is_throttling(code, text)
 
 
 @dataclass
@@ -17,7 +25,8 @@ class Groups:
     bounced: dict[str, str] = field(default_factory=dict)
     # The relay said "later" (or gave no answer).
     transient: list[str] = field(default_factory=list)
-    # A transient failure was the connection's, the relay's, or a 421: no quick retry.
+    # A transient failure was the connection's, the relay's, a session reply or a "slow
+    # down" (421, 4.7.x, "too many"): no quick retry.
     slow: bool = False
     # Groups the gate did not let go now: (domain, recipients, the gate's answer), in order.
     blocked: list[tuple[str, tuple[str, ...], Answer]] = field(default_factory=list)
@@ -35,14 +44,15 @@ class Groups:
                     self.bounced[rcpt] = f"{code} {text}"
                 else:
                     self.transient.append(rcpt)
-                    self.slow = self.slow or code == 421
+                    self.slow = self.slow or result.relay_fault or _no_quick_retry(code, text)
             elif result.kind == "delivered":
                 self.delivered.append(rcpt)
             elif result.kind == "bounced":
                 self.bounced[rcpt] = result.reply
             else:
                 self.transient.append(rcpt)
-                self.slow = self.slow or result.relay_fault or result.code in (0, 421)
+                self.slow = (self.slow or result.relay_fault or result.code == 0
+                             or _no_quick_retry(result.code, result.text))
         if result.kind == "delivered":
             self.accepted.append(f"{result.code} {result.text}".strip())
         if result.kind != "delivered" or result.refused:
