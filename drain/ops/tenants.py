@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import redis
 
-from drain.errors import ConfigError
+from drain.errors import ConfigError, InputError
 from drain.flow import ratelimit
 from drain.ops import audit, pauses
 from drain.store import keys, tenancy
@@ -21,7 +21,10 @@ MAX_WEIGHT = 1000
 
 
 def _known(client: redis.Redis, tenant: str) -> str:
-    tenancy.valid(tenant)
+    try:
+        tenancy.valid(tenant)
+    except InputError as exc:  # the operator's typo, as an unknown name is: a usage error
+        raise ConfigError(str(exc)) from None
     if not tenancy.known(client, tenant):
         raise ConfigError(f"unknown tenant {tenant[:80]!a}: no mail of it was ever accepted (see `drain tenant list`)")
     return tenant
