@@ -30,13 +30,15 @@ class Groups:
     slow: bool = False
     # Groups the gate did not let go now: (domain, recipients, the gate's answer), in order.
     blocked: list[tuple[str, tuple[str, ...], Answer]] = field(default_factory=list)
-    # The last reply that was not a plain success, for the record of a deferral or bounce.
+    # The last reply that was not a plain success, for the record of a deferral or bounce
+    # (once some recipient is to be tried again, the last reply that said so).
     reply: str = ""
     # The replies of the relays that took a group (they carry the relay's queue id).
     accepted: list[str] = field(default_factory=list)
 
     def add(self, rcpts: tuple[str, ...], result: Result) -> None:
         """Sort one group's recipients by the relay's result."""
+        waited = len(self.transient)
         for rcpt in rcpts:
             if rcpt in result.refused:
                 code, text = result.refused[rcpt]
@@ -55,7 +57,9 @@ class Groups:
                              or _no_quick_retry(result.code, result.text))
         if result.kind == "delivered":
             self.accepted.append(f"{result.code} {result.text}".strip())
-        if result.kind != "delivered" or result.refused:
+        # A message that waits keeps the reply it waits for: a later group's bounce does not
+        # take its place (the bounce has its own record and event).
+        if (result.kind != "delivered" or result.refused) and (len(self.transient) > waited or not self.transient):
             self.reply = result.reply
 
     def rest(self, env: Envelope) -> Envelope:
