@@ -210,7 +210,48 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
     unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
     headline = None if unknown else max((e for e in etas.values() if e is not None), default=0.0)
+    # Tenants: all the mail theirs and held, no number; capped ones take at least their time.
+    tenant_held, floor = tenant_limits(store, total)
+    if tenant_held and "*" not in held:
+        held["*"] = tenant_held
+        headline = None
+    elif headline is not None:
+        headline = max(headline, floor)
     return Shape(ordered, total, headline, held)
+
+
+def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:
+    """What tenants do to the ETA: why nothing moves when all queued mail is of tenants that
+    are paused or at a rate of 0 (else None), and the least time the capped tenants' mail
+    needs at their caps (0.0 when none is capped). A damaged key reads as no limit, logged."""
+    try:
+        pipe = store.client.pipeline(transaction=False)
+        pipe.hgetall(keys.TENANT_SHAPE)
+        pipe.smembers(keys.PAUSED_TENANTS)
+        pipe.hgetall(keys.TENANT_RATES)
+        shape, paused, rates = cast(tuple[dict[bytes, bytes], set[bytes], dict[bytes, bytes]], pipe.execute())
+    except redis.ResponseError as exc:
+        log.error("the tenant limits cannot be read: %s", exc)
+        return None, 0.0
+    held: list[str] = []
+    held_mail, floor = 0, 0.0
+    for name, value in shape.items():
+        try:
+            count = int(value)
+        except ValueError:
+            continue
+        if count <= 0:
+            continue
+        rate = ratelimit.stored_rate(rates.get(name))
+        if name in paused or ratelimit.holds(rate):
+            held.append(f"{name.decode('utf-8', 'replace')} ({'paused' if name in paused else 'rate 0'})")
+            held_mail += count
+        elif rate is not None:
+            floor = max(floor, count / rate)
+    if held and held_mail >= queued:
+        names = ", ".join(sorted(held)[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        return f"tenant{'s' if len(held) > 1 else ''} held: {names}", floor
+    return None, floor
 
 
 def sample_history(store: Store, now: float | None = None) -> bool:
