@@ -7,6 +7,7 @@ import pytest
 
 from drain.intake.api import Client
 from drain.settings import Settings
+from drain.store import keys
 from tests.chaos_kit import one_line
 from tests.test_cli import drain
 
@@ -27,3 +28,28 @@ def test_a_name_that_cannot_be_a_tenant_is_a_usage_error(args: tuple[str, ...], 
     err = one_line(result)
     assert result.returncode == 2, err
     assert "tenant" in err and "\x1b" not in err
+
+
+@pytest.mark.parametrize("name", ["*.example.com", "example.com/24", "ex%41mple.com", "exa!mple.com",
+                                  "x_y.example.com"])
+def test_a_route_for_a_domain_no_recipient_can_have_is_refused_and_changes_nothing(
+        name: str, client: Client, settings: Settings) -> None:
+    """`drain route set '*.example.com' URL` (the wildcard other MTAs use) was stored and
+    listed, and matched nothing: recipient domains are letters, digits and hyphens, so the
+    subdomains' mail went by the default relay, silently. Mutant caught: check_name without
+    the hostname test."""
+    result = drain(settings, "route", "set", name, "smtp://127.0.0.1:2600")
+    err = one_line(result)
+    assert result.returncode == 2, err
+    if name.startswith("*."):
+        assert "'.example.com'" in err  # the form that takes every subdomain
+    assert client.redis.hgetall(keys.ROUTES) == {}
+    assert drain(settings, "route", "set", ".example.com", "smtp://127.0.0.1:2600").returncode == 0
+
+
+def test_a_route_stored_before_the_check_can_still_be_deleted(client: Client, settings: Settings) -> None:
+    """A '*.example.com' route an older drain stored must not be stuck for good."""
+    client.redis.hset(keys.ROUTES, "domain:*.example.com", '["smtp://127.0.0.1:2600"]')
+    result = drain(settings, "route", "delete", "*.example.com")
+    assert result.returncode == 0, result.stderr
+    assert client.redis.hgetall(keys.ROUTES) == {}

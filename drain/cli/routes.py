@@ -74,7 +74,7 @@ def route_delete(obj: Context, names: tuple[str, ...], tenant: str | None, as_js
     kind, name, _rest = _target(names, tenant, 1)
     deleted: bool = on_each(obj, lambda store: routing.delete_route(store.client, kind, name), any)
     if as_json:
-        emit({"kind": kind, "name": routing.check_name(kind, name), "deleted": deleted})
+        emit({"kind": kind, "name": routing.check_name(kind, name, settable=False), "deleted": deleted})
     elif not deleted:
         click.echo(safe(f"error: no route for {kind} {name}"), err=True)
         sys.exit(1)

@@ -38,6 +38,8 @@ MOST_RELAYS = 8
 # The message hash field naming its tenant (written by the intake; read here defensively).
 TENANT = record.TENANT
 _NAME = re.compile(r"[^\s@/:\\\"'<>\x00-\x1f\x7f]{1,253}")
+# A domain a recipient can have (email-validator's rule): labels of letters, digits and inner hyphens.
+_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def check_url(url: str) -> RelayConfig:
@@ -59,9 +61,10 @@ def check_url(url: str) -> RelayConfig:
     return config
 
 
-def check_name(kind: Kind, name: str) -> str:
+def check_name(kind: Kind, name: str, settable: bool = True) -> str:
     """A route's domain (lowercased; a leading dot: its subdomains) or tenant name, or
-    ConfigError (one line)."""
+    ConfigError (one line). `settable` False (to delete one) lets by a domain that no
+    recipient can have, as a drain from before this check stored."""
     value = name.strip().lower() if kind == "domain" else name.strip()
     domain = value[1:] if kind == "domain" and value.startswith(".") else value
     if kind == "domain" and ".." not in domain:
@@ -70,6 +73,10 @@ def check_name(kind: Kind, name: str) -> str:
     if not _NAME.fullmatch(domain) or (kind == "domain" and (".." in domain or domain.startswith(".")
                                                              or not domain.isascii())):
         raise ConfigError(f"not a {kind} name drain can route: {name!r}")
+    if settable and kind == "domain" and not _HOST.fullmatch(domain):
+        # No recipient's domain is written so: the route would take no mail, silently.
+        hint = f" (every subdomain of {domain[2:]} is '.{domain[2:]}')" if domain.startswith("*.") else ""
+        raise ConfigError(f"not a domain name a recipient can have: {name!r}{hint}")
     return value
 
 
@@ -128,7 +135,7 @@ def set_route(client: redis.Redis, kind: Kind, name: str, urls: list[str]) -> st
 
 
 def delete_route(client: redis.Redis, kind: Kind, name: str) -> bool:
-    name = check_name(kind, name)
+    name = check_name(kind, name, settable=False)
     pipe = client.pipeline(transaction=True)
     pipe.hdel(keys.ROUTES, _field(kind, name))
     pipe.incr(keys.ROUTES_VERSION)
