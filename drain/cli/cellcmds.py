@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from drain.cli.cells import CellsDown, apply_all, by_cell, share
+from drain.cli.cells import CellsDown, apply_all, by_cell, read_up, share
 from drain.cli.options import Context
 from drain.errors import ConfigError
 from drain.intake.api import Client
@@ -159,7 +159,7 @@ def audit_rows(obj: Context, since: float | None) -> Iterator[dict[str, Any]]:
 def routes_of_each(obj: Context, read: Callable[[Client], list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], str]:
     """The routes as every cell that answers holds them, and a line saying which cells hold
     other routes than the first ('' when they all agree)."""
-    got = apply_all(obj, read)
+    got, _failed = read_up(obj, read, "its routes")
     first_cell, first = got[0]
     def canon(routes: list[dict[str, Any]]) -> list[str]:
         return sorted(json.dumps(r, sort_keys=True) for r in routes)

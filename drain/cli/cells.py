@@ -53,6 +53,22 @@ def apply_all(obj: Context, action: Callable[[Client], T]) -> list[tuple[Cell, T
     return merge.answered(readings)
 
 
+def read_up(obj: Context, action: Callable[[Client], T],
+            what: str) -> tuple[list[tuple[Cell, T]], list[dict[str, str]]]:
+    """action() on every cell, for a command that only reads: the answers of the cells that
+    are up, and those down (each named on standard error, `what` it holds left out);
+    CellsDown only when no cell answers. (A read that failed on one cell down showed
+    nothing at all, while the operator needs what the others hold most.)"""
+    readings = merge.each(obj.members, action)
+    got, failed = merge.answered(readings), merge.down(readings)
+    if not got:
+        named = "; ".join(f"{row['cell']} ({row['error']})" for row in failed)
+        raise CellsDown(f"no cell answered: {named}")
+    for d in failed:
+        click.echo(f"cell {d['cell']} is down, {what} is not shown: {d['error']}", err=True)
+    return got, failed
+
+
 def statuses(obj: Context) -> list[merge.Reading[Status]]:
     return merge.each(obj.members, lambda c: read_status(c.store))
 
@@ -246,8 +262,9 @@ def set_rate(obj: Context, per_second: float | None, domain: str | None, concurr
 def rate_shown(obj: Context) -> dict[str, object]:
     """`drain rate show` over cells: the sums (observe.cells.add_limits), each cell's own figures
     under "cells"."""
-    got = apply_all(obj, lambda c: ratelimit.show(c.redis))
-    return {**merge.add_limits([s for _c, s in got]), "cells": {c.name: s for c, s in got}}
+    got, failed = read_up(obj, lambda c: ratelimit.show(c.redis), "its share of the rates")
+    shown = {**merge.add_limits([s for _c, s in got]), "cells": {c.name: s for c, s in got}}
+    return {**shown, "cells_down": failed} if failed else shown
 
 
 def on_each(obj: Context, action: Callable[[Store], T], combine: Callable[[list[T]], T] | None = None) -> T:

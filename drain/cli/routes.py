@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from drain.cli.cellcmds import routes_of_each
-from drain.cli.cells import apply_all, on_each
+from drain.cli.cells import on_each, read_up
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
@@ -111,8 +111,8 @@ def route_list(obj: Context, as_json: bool) -> None:
     differ = ""
     if obj.multi:  # every cell holds the routes; their relay counts add up
         stored, differ = routes_of_each(obj, lambda c: [r.to_json() for r in routing.load(c.redis)])
-        relays = add_relays([st for _c, st in apply_all(obj, lambda c: routing.relay_states(
-            c.redis, obj.settings))])
+        relays = add_relays([st for _c, st in read_up(obj, lambda c: routing.relay_states(
+            c.redis, obj.settings), "its relay counts")[0]])
     else:
         stored = [r.to_json() for r in routing.load(obj.client.redis)]
         relays = routing.relay_states(obj.client.redis, obj.settings)
