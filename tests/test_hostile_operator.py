@@ -53,3 +53,16 @@ def test_a_route_stored_before_the_check_can_still_be_deleted(client: Client, se
     result = drain(settings, "route", "delete", "*.example.com")
     assert result.returncode == 0, result.stderr
     assert client.redis.hgetall(keys.ROUTES) == {}
+
+
+@pytest.mark.parametrize("option", ["--id", "--message-id", "--sender"])
+def test_trace_with_an_empty_selector_is_a_usage_error_not_every_message(
+        option: str, client: Client, settings: Settings) -> None:
+    """`drain trace --id "$ID"` with ID unset traced every message, exit 0: a script asking
+    "did this one go out?" got the states of all of them. Mutant caught: the empty check
+    removed from cli/trace.py."""
+    client.enqueue(b"Subject: x\r\n\r\nbody\r\n", sender="a@example.com", recipients=["b@example.org"])
+    result = drain(settings, "trace", option, "", "--json")
+    err = one_line(result)
+    assert result.returncode == 2 and option in err, err
+    assert result.stdout == b""

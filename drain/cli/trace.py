@@ -83,6 +83,11 @@ def trace(obj: Context, msg_id: str | None, message_id: str | None, sender: str 
     """Each matching message's history: every event with time, attempt and reply."""
     if recipient is not None and recipient.strip() in ("", "@"):
         raise click.BadParameter("give an address or @domain", param_hint="--recipient")
+    # An empty value (a script's unset variable) selected nothing and so traced every message.
+    for hint, given in (("--id", msg_id), ("--message-id", message_id), ("--sender", sender)):
+        if given is not None and not given.strip():
+            raise click.BadParameter("is empty (the null sender is not indexed: find its mail by"
+                                     " --recipient or --id)" if hint == "--sender" else "is empty", param_hint=hint)
     if since is not None and until is not None and until < since:
         raise click.BadParameter("--until is before --since", param_hint="--until")
     q = history.Query(msg_id, message_id, sender, recipient.strip() if recipient else None, since, until)
