@@ -66,3 +66,25 @@ def test_trace_with_an_empty_selector_is_a_usage_error_not_every_message(
     err = one_line(result)
     assert result.returncode == 2 and option in err, err
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("args", [
+    ("delete", "--domain", "example.org", "--sender", ""),
+    ("quarantine", "delete", "--domain", "example.org", "--sender", ""),
+    ("quarantine", "release", "--reason", "", "--domain", "example.org"),
+    ("quarantine", "rule", "add", "--domain", "example.org", "--sender", ""),
+])
+def test_an_empty_selector_beside_another_is_a_usage_error_not_a_wider_action(
+        args: tuple[str, ...], client: Client, settings: Settings) -> None:
+    """`drain delete --domain example.org --sender "$SENDER"` with SENDER unset deleted all
+    of example.org's mail: the empty glob selected nothing and was dropped, the domain alone
+    was left. So did the quarantine filters and rules. Mutant caught: options.nonempty
+    returning the value unchecked."""
+    for _ in range(3):
+        client.enqueue(b"Subject: x\r\n\r\nbody\r\n", sender="a@example.com", recipients=["b@example.org"])
+    before = client.store.books()
+    result = drain(settings, *args)
+    err = one_line(result)
+    assert result.returncode == 2 and "is empty" in err, err
+    assert client.store.books() == before
+    assert client.redis.exists(keys.RULES) == 0

@@ -11,7 +11,7 @@ import click
 
 from drain.cli.cellcmds import act as cells_act
 from drain.cli.cellcmds import cells_down
-from drain.cli.options import Context, domain_option, json_option, parsed, pass_ctx
+from drain.cli.options import Context, domain_option, json_option, nonempty, parsed, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
 from drain.errors import ConfigError, InputError
@@ -57,8 +57,9 @@ def _selector_options(action: str, func: Callable[..., Any]) -> Callable[..., An
                         help=f"Only mail in this state (repeatable; default: {', '.join(states)}).")(func)
     func = click.option("--older-than", callback=duration_option, metavar="DURATION",
                         help="Only mail accepted at least this long ago (90s, 15m, 2h, 7d).")(func)
-    func = click.option("--sender", metavar="GLOB", help="Only mail from an envelope sender matching this glob "
-                                                         "(e.g. '*@bulk.example.com'; case-insensitive).")(func)
+    func = click.option("--sender", metavar="GLOB", callback=nonempty,
+                        help="Only mail from an envelope sender matching this glob "
+                             "(e.g. '*@bulk.example.com'; case-insensitive).")(func)
     func = click.option("--domain", callback=domain_option, help="Only mail with a recipient at this domain.")(func)
     return click.argument("ids", nargs=-1, metavar="[ID]...")(func)
 

@@ -71,11 +71,20 @@ limit_option = click.option(
     help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
 
 
+def nonempty(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of a selector option: an empty value is a usage error. It selected nothing,
+    so `--domain D --sender "$UNSET"` acted on all of D's mail rather than one sender's."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give a value, or leave the option out")
+    return value
+
+
 def filter_options(func: F) -> F:
     """--domain, --sender and --reason of the quarantine commands (see ops.quarantine.Filter)."""
-    func = click.option("--domain", help="Only mail to this recipient domain.")(func)
-    func = click.option("--sender", help="Only mail from this envelope sender.")(func)
-    return click.option("--reason", help="Only this reason code (or a prefix ending in '.', e.g. header.).")(func)
+    func = click.option("--domain", callback=nonempty, help="Only mail to this recipient domain.")(func)
+    func = click.option("--sender", callback=nonempty, help="Only mail from this envelope sender.")(func)
+    return click.option("--reason", callback=nonempty,
+                        help="Only this reason code (or a prefix ending in '.', e.g. header.).")(func)
 
 
 class FiniteFloat(click.FloatRange):

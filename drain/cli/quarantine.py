@@ -12,7 +12,7 @@ from rich.table import Table
 
 import drain.cli.cellops as cellops
 from drain.cli.cells import CellsDown, by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
-from drain.cli.options import Context, filter_options, json_option, limit_option, pass_ctx
+from drain.cli.options import Context, filter_options, json_option, limit_option, nonempty, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
@@ -208,9 +208,9 @@ def quarantine_rule() -> None:
 
 
 @quarantine_rule.command("add")
-@click.option("--sender", help="Envelope sender, glob allowed (e.g. '*@bulk.example.com').")
-@click.option("--domain", help="Any recipient in this domain.")
-@click.option("--header", "header", help="'Name: regex' searched in that header's value(s).")
+@click.option("--sender", callback=nonempty, help="Envelope sender, glob allowed (e.g. '*@bulk.example.com').")
+@click.option("--domain", callback=nonempty, help="Any recipient in this domain.")
+@click.option("--header", "header", callback=nonempty, help="'Name: regex' searched in that header's value(s).")
 @click.option("--note", default="", help="Why, for the audit trail.")
 @click.option("--dry-run", is_flag=True, help="Count the queued messages the rule would catch; add nothing.")
 @click.option("--yes-all", is_flag=True,
