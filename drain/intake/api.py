@@ -73,6 +73,19 @@ class Accepted:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
+
+def _holdable(sender: object, recipients: Iterable[object]) -> None:
+    """InputError for an envelope Redis cannot hold: an address that is not text, or text
+    that is not UTF-8 (a lone surrogate, as os.fsdecode leaves for a byte it cannot read);
+    any other defect of an address is the workers' to judge (quarantine)."""
+    for address in (sender, *recipients):
+        if not isinstance(address, str):
+            raise InputError(f"an address must be text, got {type(address).__name__}")
+        try:
+            address.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"address is not UTF-8 text: {address[:80]!a}") from None
+
 class Client:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
@@ -112,6 +125,7 @@ class Client:
             headers = envelope_from_headers(raw)
             sender = headers.sender if sender is None else sender
             rcpts = rcpts or headers.recipients
+        _holdable(sender, rcpts)
         rcpts = Envelope.unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
         if len(rcpts) > self.settings.max_recipients:
             raise InputError(f"message has {len(rcpts)} recipients, over the limit of {self.settings.max_recipients}")
