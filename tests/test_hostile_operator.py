@@ -88,3 +88,21 @@ def test_an_empty_selector_beside_another_is_a_usage_error_not_a_wider_action(
     assert result.returncode == 2 and "is empty" in err, err
     assert client.store.books() == before
     assert client.redis.exists(keys.RULES) == 0
+
+
+@pytest.mark.parametrize("args", [
+    ("rate", "set", "0.0000000000000000000000001/h"),
+    ("rate", "set", "0.00001/h", "--domain", "example.org"),
+    ("rate", "set", "0.0000001/s", "--tenant", "example.com"),
+])
+def test_a_rate_slower_than_one_a_day_is_refused(args: tuple[str, ...], client: Client, settings: Settings) -> None:
+    """`drain rate set 0.0000000000000000000000001/h` was stored; then every claim failed in
+    the claim script ('ERR value is not an integer or out of range': the booked send time's
+    lifetime), a traceback per job, a message left in flight, and an ETA of 1e29 s. Mutant
+    caught: parse_rate without the SLOWEST check."""
+    client.enqueue(b"Subject: x\r\n\r\nbody\r\n", sender="a@example.com", recipients=["b@example.org"])
+    result = drain(settings, *args)
+    err = one_line(result)
+    assert result.returncode == 2 and "one message a day" in err, err
+    assert client.redis.exists(keys.RATE, keys.DOMAIN_RATES, keys.TENANT_RATES) == 0
+    assert drain(settings, "rate", "set", "1/h").returncode == 0

@@ -18,6 +18,10 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h|hour)\s*$", re.IGN
 _PER_SECOND = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 
 
+# The slowest rate taken (messages per second): one message a day.
+SLOWEST = 1 / 86400
+
+
 def parse_rate(text: str) -> float | None:
     """Messages per second from '500/s' style text; None for unlimited; 0.0 holds delivery."""
     if text.strip().lower() == "unlimited":
@@ -29,6 +33,10 @@ def parse_rate(text: str) -> float | None:
     if not math.isfinite(per_second):
         raise ConfigError(f"rate must look like 500/s, 30000/m or 1000000/h, 0 to hold delivery, or 'unlimited'"
                           f" to lift the limit; got {text!r}")
+    if 0 < per_second < SLOWEST:
+        # The rate scripts book send times and keep them in Redis with a lifetime: at a
+        # rate of 1e-15/s that lifetime is no longer a number Redis takes, and every claim failed.
+        raise ConfigError(f"rate {text.strip()!r} is slower than one message a day; to hold delivery, set 0")
     return per_second
 
 
