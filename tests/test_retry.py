@@ -294,12 +294,18 @@ def test_a_4xx_that_says_slow_down_waits_the_schedule_not_the_quick_retry(
     assert wait >= settings.retry_first_s - 1
 
 
-def test_a_recipient_refused_with_a_slow_down_4xx_waits_the_schedule(
-        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
-    relay.set_policy(rcpt_policy=lambda r: "450 4.7.1 rate limited, try later" if r.startswith("busy") else None)
-    client.enqueue(synthetic(1), recipients=["busy@example.org", "ok@example.org"])
+def _after_one_refused_rcpt(client: Client, relay: Sink, work: Callable[..., bool], reply: str) -> Any:
+    """The deferred record after the relay refused a@ with `reply` and took b@."""
+    relay.set_policy(rcpt_policy=lambda r: reply if r.startswith("a@") else None)
+    client.enqueue(synthetic(1), recipients=["a@example.org", "b@example.org"])
     work()
     (row,) = records(client.store)
+    return row
+
+
+def test_a_recipient_refused_with_a_slow_down_4xx_waits_the_schedule(
+        client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
+    row = _after_one_refused_rcpt(client, relay, work, "450 4.7.1 rate limited, try later")
     assert row.next_attempt_at - row.history[-1]["at"] >= settings.retry_first_s - 1
 
 
@@ -307,9 +313,6 @@ def test_a_session_reply_at_rcpt_is_no_verdict_on_the_message_and_gets_no_quick_
         client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
     # "530 authenticate first" at RCPT is the configuration's trouble: it defers, and
     # trying again in a second would change nothing.
-    relay.set_policy(rcpt_policy=lambda r: "530 5.7.0 Authentication required" if r.startswith("a") else None)
-    client.enqueue(synthetic(1), recipients=["a@example.org", "b@example.org"])
-    work()
-    (row,) = records(client.store)
+    row = _after_one_refused_rcpt(client, relay, work, "530 5.7.0 Authentication required")
     assert row.last_reply.startswith('{"a@example.org": "530')
     assert row.next_attempt_at - row.history[-1]["at"] >= settings.retry_first_s - 1
