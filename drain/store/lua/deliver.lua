@@ -13,6 +13,9 @@
 -- then three per delivery: id, info (recipients refused for good, JSON, or ''), the
 -- delivered event's data (JSON: reply, attempt, delay_s)
 --
+-- The delivered events of a call are one stream entry naming every message settled
+-- (lib.event_batch), each message indexed by its id: one XADD per call, not per message.
+--
 -- No type checks are needed before the first write: the first command reads the in-flight
 -- hash and the first write counts the deliveries in the books, so a key of the wrong type
 -- there fails the call before anything moved.
@@ -28,6 +31,7 @@ local mine, first = lib.held(KEYS[1], ARGV[1], ids)
 if #mine == 0 then return {0, n, '', ''} end
 local tr = lib.untrimmed(KEYS[6], ARGV[4])
 local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
+deliveries.batch = {}  -- the delivered events: one stream entry for the call (lib.event_batch)
 redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine)
 redis.call('HDEL', KEYS[1], unpack(mine))
 
@@ -37,6 +41,7 @@ for i = 1, n do
     lib.delivered(deliveries, KEYS[6 + i], ids[i], ARGV[base + 2], ARGV[base + 3], '')
   end
 end
+lib.event_batch(tr, 'd', deliveries.batch)
 lib.deliveries_done(deliveries, KEYS[3], KEYS[4])
 local span = lib.recorded(tr)
 lib.trim(tr, ARGV[6], ARGV[5])
