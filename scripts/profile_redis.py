@@ -35,7 +35,7 @@ from drain.demo.sink import free_port
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.settings import Settings
-from drain.store import embedded, events
+from drain.store import connection, embedded, events
 from drain.store import scripts as lua_scripts
 from drain.store.store import Outcome, Store
 
@@ -137,6 +137,9 @@ def counted(count: int, size: int, out: Path) -> dict[str, Any]:
     """Instructions redis-server executes per message for the claims (with the reads back)
     and for the settles."""
     callgrind_server(out)
+    # Under callgrind an enqueue call of a thousand messages takes far longer than a client's
+    # usual timeouts allow.
+    connection._CLIENT_OPTIONS.update(socket_timeout=600, socket_connect_timeout=600)
 
     @contextlib.contextmanager
     def enqueue_counted(pid: int) -> Iterator[None]:
