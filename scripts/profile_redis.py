@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -50,6 +52,11 @@ def delivered(msg_id: str) -> Outcome:
     if hasattr(events, "delivered_data"):
         return Outcome(msg_id, "delivered", envelope=REPLY, event=events.delivered_data(REPLY, 1, 0.5))
     return Outcome(msg_id, "delivered", envelope=REPLY)
+
+
+def worker_owner() -> str:
+    """An owner's name as a worker makes it (host-pid-token)."""
+    return f"{socket.gethostname()}-{os.getpid()}-0123abcd"
 
 
 Snapshot = tuple[float, float, dict[str, tuple[int, int]]]
@@ -150,7 +157,7 @@ def counted(count: int, size: int, out: Path) -> dict[str, Any]:
 
     with loaded(count, size, timeout_s=120, around=enqueue_counted) as (proc, store):
         settings = store.settings
-        owner = "profile-worker"
+        owner = worker_owner()
         every = settings.settle_every
         callgrind(proc.pid, "-i", "on")
         done, parts = 0, 1
@@ -179,7 +186,7 @@ def run(count: int, size: int) -> dict[str, Any]:
     with loaded(count, size) as (_proc, store):
         client, settings = store.client, store.settings
         phases = {name: Phase() for name in ("claim", "load", "settle", "probe")}
-        owner = "profile-worker"
+        owner = worker_owner()
         done = 0
         started = time.perf_counter()
         while True:

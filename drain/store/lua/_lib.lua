@@ -189,18 +189,22 @@ end
 -- One 8-byte index record: a 3-byte tag of the value (lowercased ASCII; SHA-1 hex digits
 -- 1-6), then where the event is: ms within its day * 8192 + stream sequence (8191 meaning
 -- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-8).
-local function index(tr, day, value, where)
-  local h = redis.sha1hex(string.lower(value))
+local function gather(tr, day, bucket, record)
   if tr.prefix_day ~= day then tr.prefix, tr.prefix_day = tr.stream .. ':ix:' .. day .. ':', day end
-  local key = tr.prefix .. string.sub(h, 7, 8)
+  local key = tr.prefix .. bucket
   local records = tr.pending[key]
   if not records then
     records = {day = day}
     tr.pending[key] = records
     table.insert(tr.order, key)
   end
-  table.insert(records, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
+  table.insert(records, record)
   if not tr.gather then lib.flush(tr) end
+end
+
+local function index(tr, day, value, where)
+  local h = redis.sha1hex(string.lower(value))
+  gather(tr, day, string.sub(h, 7, 8), struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
 end
 
 -- Where the event of stream id sid is, for its index records: its day, and the 5 bytes of
@@ -242,7 +246,9 @@ end
 -- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
 -- a Lua array of {id, data as JSON text}). Each message is indexed by its id, as with an
 -- entry of its own; events.py's decode_all reads such an entry as one event per message.
--- A lone event keeps the usual form. Returns the entry's stream id.
+-- An item's third element, when given, is its id's index record made by the caller (2 hex
+-- digits of bucket, 3 bytes of tag: events.index_record of 'i:' .. id), which spares the
+-- hashing here. A lone event keeps the usual form. Returns the entry's stream id.
 function lib.event_batch(tr, kind, list)
   if not tr or #list == 0 then return nil end
   if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
@@ -256,7 +262,10 @@ function lib.event_batch(tr, kind, list)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'm', text)
   end
   local day, where = place(tr, sid)
-  for _, e in ipairs(list) do index(tr, day, 'i:' .. e[1], where) end
+  for _, e in ipairs(list) do
+    if e[3] and e[3] ~= '' then gather(tr, day, string.sub(e[3], 1, 2), string.sub(e[3], 3) .. where)
+    else index(tr, day, 'i:' .. e[1], where) end
+  end
   tr.first = tr.first or sid
   tr.last = sid
   return sid
@@ -346,8 +355,8 @@ end
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
 -- says delivered, as the books count it); data is the delivered event's data as JSON, or
--- '' to make it here from reply.
-function lib.delivered(d, msg, id, info, data, reply)
+-- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch).
+function lib.delivered(d, msg, id, info, data, reply, ix)
   local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
   if f.err then f = {} end  -- not a hash: dropped all the same
   local tenant = f[3]
@@ -384,7 +393,7 @@ function lib.delivered(d, msg, id, info, data, reply)
       data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
     end
     if d.batch and type(data) == 'string' then
-      d.batch[#d.batch + 1] = {id, data}  -- recorded by the script as one entry (lib.event_batch)
+      d.batch[#d.batch + 1] = {id, data, ix}  -- recorded by the script as one entry (lib.event_batch)
     else
       lib.event(d.tr, 'd', id, data)
     end
