@@ -7,7 +7,9 @@ earlier 4,096-bucket format are read too."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from importlib.resources import files
 from typing import Any
 
 import redis
@@ -69,8 +71,8 @@ def test_received_events_go_fifty_to_an_entry_and_each_is_found(
 
 def test_a_value_repeated_in_one_entry_is_indexed_once(client: Client, rclient: redis.Redis) -> None:
     """Ten messages from one sender in one entry leave one record of the sender in its bucket,
-    and a lookup by sender still finds all ten. Mutant caught: the `seen` check of
-    enqueue.lua's index writes left out (ten records)."""
+    and a lookup by sender still finds all ten. Mutant caught: the producer's check of the
+    values its entry has already left out (enqueue.py; ten records)."""
     ids = client.enqueue_many([synthetic(i) for i in range(10)]).ids
     sender = events.BY_SENDER + "billing@sender.example.com"
     tag, bucket = lookup._hashed(sender)
@@ -105,3 +107,24 @@ def test_an_entry_of_several_with_damaged_pairs_gives_the_readable_ones() -> Non
     docs = events.decode_all([(b"1700000000000-3", fields)])
     assert [(d["id"], d.get("attempt")) for d in docs] == [("a1", 1), ("a3", 2)]
     assert events.decode_all([(b"1700000000000-4", {b"e": b"d", b"m": b"not json"})]) == []
+
+
+def test_the_producer_and_the_script_agree_on_received_events_per_entry() -> None:
+    """The producer leaves out a value's record when the same entry has it already, so it
+    must group received events as enqueue.lua does. Mutant caught: PER_ENTRY changed in
+    enqueue.lua alone."""
+    text = (files("drain.store") / "lua" / "enqueue.lua").read_text(encoding="utf-8")
+    found = re.search(r"^local PER_ENTRY = (\d+)$", text, re.MULTILINE)
+    assert found and int(found.group(1)) == events.RECEIVED_PER_ENTRY
+
+
+def test_a_repeated_value_is_found_in_every_entry(client: Client, rclient: redis.Redis) -> None:
+    """120 messages from one sender make three entries: the sender has one record in each,
+    and a lookup by sender finds all 120. Mutant caught: the producer's set of values seen
+    kept over the whole chunk instead of per entry (one record, 50 found)."""
+    ids = client.enqueue_many([synthetic(i) for i in range(120)]).ids
+    tag, bucket = lookup._hashed(events.BY_SENDER + "billing@sender.example.com")
+    day = int(time.time() // 86400)
+
+    assert len(lookup.matches(rclient.get(keys.events_index(day, bucket)) or b"", tag, day)) == 3
+    assert sorted(d["id"] for d in _traced(client, sender="billing@sender.example.com")) == sorted(ids)

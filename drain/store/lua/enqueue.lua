@@ -15,8 +15,9 @@
 -- per bucket: its 3 hex digits, r, and r pairs: the event's number in this call (counting
 -- from 1 in the order recorded: each message's received event, then its quarantined one),
 -- the value's 3-byte tag (events.py's index_record says how values hash to both). The
--- received events are written PER_ENTRY to a stream entry, and their index records point
--- at their entry (a value repeated in one entry is recorded once).
+-- received events are written PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY),
+-- and their index records point at their entry (the producer sends a value repeated in
+-- one entry once).
 --
 -- Nothing is written when a key it moves mail through has the wrong type, or a new id's
 -- message key exists already: an error reply, and the producer is told nothing was queued
@@ -172,18 +173,15 @@ end
 local at = base + 9 * count + 1
 for _ = 1, tonumber(ARGV[at] or '0') do
   local bucket, records = ARGV[at + 1], tonumber(ARGV[at + 2])
-  local parts, day, seen = {}, nil, {}
+  local parts, day = {}, nil
   for j = at + 3, at + 1 + 2 * records, 2 do
     local e = tonumber(ARGV[j])
     if day ~= days[e] then  -- the day changed during this call: a key per day
       if day then append(day, bucket, parts) end
       parts, day = {}, days[e]
     end
-    local one = ARGV[j + 1] .. wheres[e]
-    if not seen[one] then  -- the same value in one entry (a sender, a domain): one record
-      seen[one] = true
-      parts[#parts + 1] = one
-    end
+    parts[#parts + 1] = ARGV[j + 1]
+    parts[#parts + 1] = wheres[e]
   end
   if day then append(day, bucket, parts) end
   at = at + 2 + 2 * records
