@@ -128,3 +128,22 @@ def test_a_repeated_value_is_found_in_every_entry(client: Client, rclient: redis
 
     assert len(lookup.matches(rclient.get(keys.events_index(day, bucket)) or b"", tag, day)) == 3
     assert sorted(d["id"] for d in _traced(client, sender="billing@sender.example.com")) == sorted(ids)
+
+
+def _mail(n: int, sender: str, to: str) -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: n{n}\r\nMessage-ID: <b{n}@x.example>\r\n"
+            f"Date: Mon, 30 Nov 2026 01:00:00 +0000\r\n\r\nHello {n}\r\n").encode()
+
+
+def test_a_lookup_gives_only_the_messages_it_asks_for_from_a_shared_entry(client: Client) -> None:
+    """Messages of two senders and two recipients share one entry: a trace by sender or by
+    recipient gives only its own, and by id only that message's events. Mutant caught:
+    history.find_ids without its check of each received event (every message of the entry)."""
+    ids = client.enqueue_many([_mail(i, "ann@a.example" if i % 2 else "bo@b.example",
+                                     "x@one.example" if i < 3 else "y@two.example") for i in range(6)]).ids
+
+    assert [d["id"] for d in _traced(client, sender="ann@a.example")] == [ids[1], ids[3], ids[5]]
+    assert [d["id"] for d in _traced(client, recipient="y@two.example")] == ids[3:]
+    assert [d["id"] for d in _traced(client, recipient="@one.example")] == ids[:3]
+    (doc,) = _traced(client, id=ids[4])
+    assert doc["sender"] == "bo@b.example" and [e["event"] for e in doc["events"]] == ["received"]
