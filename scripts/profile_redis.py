@@ -11,7 +11,7 @@ out), to see what a part of a script costs.
 
 --callgrind DIR runs redis-server under valgrind's callgrind and counts the instructions it
 executes (a figure the other processes on a shared machine do not move, unlike CPU time):
-each claim (with its read back) and each claim's settles dumped to their own file in DIR
+the enqueue, each claim (with its read back) and each claim's settles dumped to their own file in DIR
 (callgrind_annotate DIR/callgrind.out.*: which functions, Lua's or Redis's).
 """
 
@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from drain.demo.sink import free_port
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.settings import Settings
-from drain.store import embedded, events
+from drain.store import connection, embedded, events
 from drain.store import scripts as lua_scripts
 from drain.store.store import Outcome, Store
 
@@ -50,6 +52,11 @@ def delivered(msg_id: str) -> Outcome:
     if hasattr(events, "delivered_data"):
         return Outcome(msg_id, "delivered", envelope=REPLY, event=events.delivered_data(REPLY, 1, 0.5))
     return Outcome(msg_id, "delivered", envelope=REPLY)
+
+
+def worker_owner() -> str:
+    """An owner's name as a worker makes it (host-pid-token)."""
+    return f"{socket.gethostname()}-{os.getpid()}-0123abcd"
 
 
 Snapshot = tuple[float, float, dict[str, tuple[int, int]]]
@@ -110,8 +117,11 @@ def instructions(out: Path, part: int) -> int:
 
 
 @contextlib.contextmanager
-def loaded(count: int, size: int, timeout_s: float = 10.0) -> Iterator[tuple[subprocess.Popen[bytes], Store]]:
-    """A redis-server of its own holding `count` ready messages of `size` bytes, and a Store on it."""
+def loaded(count: int, size: int, timeout_s: float = 10.0,
+           around: Callable[[int], contextlib.AbstractContextManager[Any]] = lambda _pid: contextlib.nullcontext(),
+           ) -> Iterator[tuple[subprocess.Popen[bytes], Store]]:
+    """A redis-server of its own holding `count` ready messages of `size` bytes, and a Store on
+    it; the enqueue runs inside around(the server's pid)."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         proc = embedded.spawn_on_port(port, Path(tmp), timeout_s=timeout_s)
@@ -120,7 +130,9 @@ def loaded(count: int, size: int, timeout_s: float = 10.0) -> Iterator[tuple[sub
             settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", relay="smtp://127.0.0.1:1", trace=TRACE,
                                 settle_every=SETTLE_EVERY)
             ratelimit.pause(client)
-            Client.connect(settings).enqueue_many([synthetic(i, size=size) for i in range(count)])
+            items = [synthetic(i, size=size) for i in range(count)]
+            with around(proc.pid):
+                Client.connect(settings).enqueue_many(items)
             ratelimit.resume(client)
             yield proc, Store(client, settings)
         finally:
@@ -132,37 +144,49 @@ def counted(count: int, size: int, out: Path) -> dict[str, Any]:
     """Instructions redis-server executes per message for the claims (with the reads back)
     and for the settles."""
     callgrind_server(out)
-    with loaded(count, size, timeout_s=120) as (proc, store):
+    # Under callgrind an enqueue call of a thousand messages takes far longer than a client's
+    # usual timeouts allow.
+    connection._CLIENT_OPTIONS.update(socket_timeout=600, socket_connect_timeout=600)
+
+    @contextlib.contextmanager
+    def enqueue_counted(pid: int) -> Iterator[None]:
+        callgrind(pid, "-i", "on")
+        yield
+        callgrind(pid, "-d")  # dump 1: the enqueue
+        callgrind(pid, "-i", "off")
+
+    with loaded(count, size, timeout_s=120, around=enqueue_counted) as (proc, store):
         settings = store.settings
-        owner = "profile-worker"
+        owner = worker_owner()
         every = settings.settle_every
         callgrind(proc.pid, "-i", "on")
-        done = parts = 0
+        done, parts = 0, 1
         while True:
             claim = store.claim(owner, settings.batch_size)
             store.load(claim.ids)
-            callgrind(proc.pid, "-d")  # dump 1, 3, 5...: claims and reads back
+            callgrind(proc.pid, "-d")  # dump 2, 4, 6...: claims and reads back
             parts += 1
             if not claim.ids:
                 break
             for i in range(0, len(claim.ids), every):
                 store.settle(owner, [delivered(m) for m in claim.ids[i:i + every]])
-            callgrind(proc.pid, "-d")  # dump 2, 4, 6...: settles
+            callgrind(proc.pid, "-d")  # dump 3, 5, 7...: settles
             parts += 1
             done += len(claim.ids)
         callgrind(proc.pid, "-i", "off")
         return {"messages": done, "size": size, "balanced": store.books().balanced,
+                "enqueue_instructions_per_msg": round(instructions(out, 1) / count),
                 "claim_and_load_instructions_per_msg":
-                    round(sum(instructions(out, p) for p in range(1, parts + 1, 2)) / done),
+                    round(sum(instructions(out, p) for p in range(2, parts + 1, 2)) / done),
                 "settle_instructions_per_msg":
-                    round(sum(instructions(out, p) for p in range(2, parts + 1, 2)) / done)}
+                    round(sum(instructions(out, p) for p in range(3, parts + 1, 2)) / done)}
 
 
 def run(count: int, size: int) -> dict[str, Any]:
     with loaded(count, size) as (_proc, store):
         client, settings = store.client, store.settings
         phases = {name: Phase() for name in ("claim", "load", "settle", "probe")}
-        owner = "profile-worker"
+        owner = worker_owner()
         done = 0
         started = time.perf_counter()
         while True:

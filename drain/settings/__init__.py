@@ -175,7 +175,8 @@ class Settings:
     trace_retention_s: float = setting("DRAIN_TRACE_RETENTION", 7 * 86400.0, v.number(60.0), "ops",
                                        "seconds events are kept", shown="604800 (7 days)")
     trace_max_events: int = setting("DRAIN_TRACE_MAX_EVENTS", 3_000_000, v.whole(1000), "ops",
-                                    "events kept at most (the oldest go first)")
+                                    "event stream entries kept at most (the oldest go first; an entry "
+                                    "is one event, a settle's deliveries or up to 50 received events)")
     event_log: str | None = setting("DRAIN_EVENT_LOG", None, v.text, "ops",
                                     "also write events as JSON lines: `-` for stdout, or a file path")
 

@@ -109,17 +109,25 @@ class Enqueue:
         tenants = list(dict.fromkeys(str(fields[4]) for fields, _records in rows))
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(rows), len(tenants), *tenants]
-        # The events' lookup records by bucket: (event number, tag) pairs, flat.
+        # The events' lookup records by bucket: (event number, tag) pairs, flat. Received
+        # events share a stream entry RECEIVED_PER_ENTRY at a time (enqueue.lua): a value met
+        # again in the same entry (a sender, a domain) has its record already.
         buckets: dict[bytes, list[EncodableT]] = {}
-        numbered = 0
+        numbered = received = 0
+        entry: set[tuple[bytes, bytes]] = set()
         for msg_id, (fields, records) in zip(ids, rows, strict=True):
             args.append(msg_id)
             args += fields
             if fields[6]:  # its received event
                 numbered += 1
+                if received % events.RECEIVED_PER_ENTRY == 0:
+                    entry = set()
+                received += 1
                 own = events.index_record(events.BY_ID + msg_id)
                 for bucket, tag in (own, *records):
-                    buckets.setdefault(bucket, []).extend((numbered, tag))
+                    if (bucket, tag) not in entry:
+                        entry.add((bucket, tag))
+                        buckets.setdefault(bucket, []).extend((numbered, tag))
                 if fields[7]:  # and its quarantined event, found by its id
                     numbered += 1
                     buckets.setdefault(own[0], []).extend((numbered, own[1]))

@@ -56,8 +56,9 @@ from drain.settings import Settings
 from drain.store import keys
 from drain.store.scripts import Scripts
 
-# Stream entry fields.
-KIND, ID, DATA = "e", "i", "d"
+# Stream entry fields. An entry of several messages' events of one kind (a settle's
+# deliveries, lib.event_batch) has MANY, a JSON array of [id, data] pairs, instead of ID and DATA.
+KIND, ID, DATA, MANY = "e", "i", "d", "m"
 
 # Kind code -> (event name, names of its data fields in order).
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -79,6 +80,9 @@ NAMES = tuple(name for name, _fields in KINDS.values())
 # Prefixes of indexed values: message id (always), recipient address, recipient domain,
 # sender, Message-ID. Values are indexed lowercased (ASCII only, as Lua's string.lower).
 BY_ID, BY_RECIPIENT, BY_DOMAIN, BY_SENDER, BY_MESSAGE_ID = "i:", "r:", "d:", "s:", "m:"
+
+# Received events an enqueue writes to one stream entry (enqueue.lua's PER_ENTRY).
+RECEIVED_PER_ENTRY = 50
 
 # Longest reply or header text kept in an event.
 TEXT_MAX = 300
@@ -148,10 +152,10 @@ def received(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], so
 @functools.lru_cache(maxsize=8192)  # senders and domains come back message after message
 def index_record(value: str) -> tuple[bytes, bytes]:
     """A lookup value (prefix + text) as the enqueue script takes it: its bucket (SHA-1 hex
-    digits 7-9) and its 3-byte tag (digits 1-6) of the lowercased value, as lib.event forms
+    digits 7-8) and its 3-byte tag (digits 1-6) of the lowercased value, as lib.event forms
     them in Lua (lookup.py reads them)."""
     digest = hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).digest()
-    return digest[3:5].hex()[:3].encode(), digest[:3]
+    return digest[3:4].hex().encode(), digest[:3]
 
 
 def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
@@ -186,24 +190,36 @@ def record(target: redis.Redis | Pipeline, scripts: Scripts, settings: Settings,
     return scripts.event(keys=[keys.EVENTS], args=args, client=target)
 
 
-def decode(stream_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
-    """A stream entry as the event document `drain log --json` and `drain trace` show:
-    {"event", "time", "id", ...its fields}; None when the entry is not a readable event."""
+def decode_entry(stream_id: bytes | str, fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """One stream entry as the event documents `drain log --json` and `drain trace` show,
+    {"event", "time", "id", ...its fields}: one, or one per message of an entry of several
+    (MANY) in its order; none when it is not a readable event."""
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     kind = fields.get(KIND.encode(), b"").decode("utf-8", "replace")
     if kind not in KINDS:
-        return None
-    name, names = KINDS[kind]
+        return []
+    many = fields.get(MANY.encode())
     try:
-        data = json.loads(fields.get(DATA.encode(), b"[]"))
         ms = int(sid.split("-", 1)[0])
+        if many is None:
+            pairs: Any = [[fields.get(ID.encode(), b"").decode("utf-8", "replace"), json.loads(
+                fields.get(DATA.encode(), b"[]"))]]
+        else:
+            pairs = json.loads(many)
     except ValueError:
-        return None
-    doc: dict[str, Any] = {"event": name, "time": ms / 1000, "id": fields.get(ID.encode(), b"").decode(
-        "utf-8", "replace"), "stream_id": sid}
-    if isinstance(data, list):
-        doc.update((n, v) for n, v in zip(names, data, strict=False) if v not in ("", None))
-    return doc
+        return []
+    if not isinstance(pairs, list):
+        return []
+    name, names = KINDS[kind]
+    out: list[dict[str, Any]] = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+            continue
+        doc: dict[str, Any] = {"event": name, "time": ms / 1000, "id": pair[0], "stream_id": sid}
+        if isinstance(pair[1], list):
+            doc.update((n, v) for n, v in zip(names, pair[1], strict=False) if v not in ("", None))
+        out.append(doc)
+    return out
 
 
 def codes(findings: str) -> list[str]:
@@ -219,4 +235,4 @@ def codes(findings: str) -> list[str]:
 def decode_all(entries: Any) -> list[dict[str, Any]]:
     """The readable events of an XRANGE / XREVRANGE reply, in its order."""
     return [doc for sid, fields in entries or () if isinstance(fields, dict)
-            and (doc := decode(sid, fields)) is not None]
+            for doc in decode_entry(sid, fields)]

@@ -191,6 +191,7 @@ def tenant_busy(tenant: str) -> str:
 
 
 def events_index(day: int, bucket: str) -> str:
-    """Index records of the events of one day (unix day number) in one hash bucket (3 hex
-    digits): 3-byte tag of the looked-up value + where the event is (string, APPENDed)."""
+    """Index records of the events of one day (unix day number) in one hash bucket (2 hex
+    digits; 3 in the earlier format): 3-byte tag of the looked-up value + where the event is
+    (string, APPENDed)."""
     return f"{EVENTS}:ix:{day}:{bucket}"

@@ -2,10 +2,15 @@
 appends to, read back here.
 
 A value (prefix + text, lowercased ASCII as Lua's string.lower does) hashes with SHA-1 to a
-3-byte tag (hex digits 1-6) and a bucket (hex digits 7-9, 4096 buckets). Each day's bucket
+3-byte tag (hex digits 1-6) and a bucket (hex digits 7-8, 256 buckets). Each day's bucket
 is a string of 8-byte records: tag, then ms within the day * 8192 + stream sequence (5 bytes;
 8191 = that or more). A lookup reads one string per day, keeps the records whose tag matches,
 and reads those exact stream entries. Tags collide now and then: callers check the events.
+
+256 buckets, not more: a writer appends once per bucket its records fall in, and an enqueue
+of a thousand messages has thousands of records (4,096 buckets made that ~2,200 APPENDs; 256
+make it at most 256). Records written with 4,096 buckets (hex digits 7-9, before this
+format) are read too until they expire.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ _SEQ_MORE = 8191
 
 def _hashed(value: str) -> tuple[bytes, str]:
     digest = hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).hexdigest()
-    return bytes.fromhex(digest[:6]), digest[6:9]
+    return bytes.fromhex(digest[:6]), digest[6:8]
+
+
+def _legacy_bucket(value: str) -> str:
+    """The bucket of a value in the index's earlier format (4,096 buckets)."""
+    return hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).hexdigest()[6:9]
 
 
 def days(since: float, until: float) -> range:
@@ -50,26 +60,29 @@ def matches(blob: bytes, tag: bytes, day: int) -> list[tuple[int, int]]:
 def where(client: redis.Redis, values: Sequence[str], day_range: Iterable[int]) -> dict[str, list[tuple[int, int]]]:
     """For each value (prefix + text), where its events are: (ms, sequence), oldest first.
     One GET per day and bucket, shared by the values that fall in the same one."""
-    wanted = {v: _hashed(v) for v in values}
+    wanted = {v: (*_hashed(v), _legacy_bucket(v)) for v in values}
     day_list = list(day_range)
-    names = sorted({(day, bucket) for _tag, bucket in wanted.values() for day in day_list})
+    names = sorted({(day, b) for _tag, bucket, legacy in wanted.values() for day in day_list for b in (bucket, legacy)})
     pipe = client.pipeline(transaction=False)
     for day, bucket in names:
         pipe.get(keys.events_index(day, bucket))
     blobs = dict(zip(names, pipe.execute(), strict=True))
     out: dict[str, list[tuple[int, int]]] = {}
-    for value, (tag, bucket) in wanted.items():
+    for value, (tag, bucket, legacy) in wanted.items():
         spots: list[tuple[int, int]] = []
         for day in day_list:
-            blob = blobs.get((day, bucket))
-            if isinstance(blob, bytes) and blob:
-                spots.extend(matches(blob, tag, day))
+            for name in (bucket, legacy):
+                blob = blobs.get((day, name))
+                if isinstance(blob, bytes) and blob:
+                    spots.extend(matches(blob, tag, day))
         out[value] = sorted(set(spots))
     return out
 
 
 def read(client: redis.Redis, spots: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
-    """The events at these places (gone ones are skipped), oldest first, without repeats."""
+    """The events at these places (gone ones are skipped), oldest first, without repeats.
+    An entry of several messages' events (events.MANY) gives every one of them: callers
+    check the events, as they do for colliding tags."""
     places = sorted(set(spots))
     pipe = client.pipeline(transaction=False)
     for ms, seq in places:
@@ -77,11 +90,11 @@ def read(client: redis.Redis, spots: Iterable[tuple[int, int]]) -> list[dict[str
             pipe.xrange(keys.EVENTS, f"{ms}-{seq}", f"{ms}-18446744073709551615")
         else:
             pipe.xrange(keys.EVENTS, f"{ms}-{seq}", f"{ms}-{seq}")
-    docs: dict[str, dict[str, Any]] = {}
+    docs: dict[tuple[str, str], dict[str, Any]] = {}  # an entry may hold several messages' events
     for reply in pipe.execute() if places else ():
         for doc in events.decode_all(reply):
-            docs[doc["stream_id"]] = doc
-    return [docs[k] for k in sorted(docs, key=_order)]
+            docs[(doc["stream_id"], doc["id"])] = doc
+    return [docs[k] for k in sorted(docs, key=lambda k: _order(k[0]))]
 
 
 def _order(stream_id: str) -> tuple[int, int]:

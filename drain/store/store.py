@@ -147,10 +147,11 @@ class Store:
         """Settle deliveries whose event data the worker made (deliver.lua: settle.lua's usual
         call, with fewer keys and arguments)."""
         now = time.time()
-        args: list[str | float] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
-                                   events.oldest_kept(self.settings, now)]
-        for o in outcomes:
-            args += [o.id, o.info, o.event]
+        args: list[str | float | bytes] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
+                                           events.oldest_kept(self.settings, now)]
+        trace = self.settings.trace
+        for o in outcomes:  # with its id's index record: the script need not hash the id
+            args += [o.id, o.info, o.event, b"".join(events.index_record(events.BY_ID + o.id)) if trace else ""]
         reply = self.scripts.deliver(
             keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS,
                   *(keys.message(o.id) for o in outcomes)],

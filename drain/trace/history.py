@@ -89,16 +89,16 @@ def find_ids(client: redis.Redis, q: Query, now: float, retention_s: float) -> l
     if not q.narrowed:
         return list(dict.fromkeys(_received_ids(client, since, until)))
     found: set[str] | None = None
-    order: dict[str, float] = {}
+    order: dict[str, int] = {}  # place in the stream (lookup.read's order: entries share a time)
     for values, check in _selectors(q):
         spots = lookup.where(client, values, lookup.days(since, until))
         ids = set()
         for doc in lookup.read(client, (s for ss in spots.values() for s in ss)):
             if doc["event"] == "received" and since <= doc["time"] <= until + 0.001 and check(doc):
                 ids.add(str(doc["id"]))
-                order[str(doc["id"])] = doc["time"]
+                order.setdefault(str(doc["id"]), len(order))
         found = ids if found is None else found & ids
-    return sorted(found or (), key=lambda i: order.get(i, 0.0))
+    return sorted(found or (), key=lambda i: order.get(i, 0))
 
 
 def state_after(evs: list[dict[str, Any]]) -> str:

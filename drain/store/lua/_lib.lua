@@ -188,19 +188,38 @@ end
 
 -- One 8-byte index record: a 3-byte tag of the value (lowercased ASCII; SHA-1 hex digits
 -- 1-6), then where the event is: ms within its day * 8192 + stream sequence (8191 meaning
--- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-9).
-local function index(tr, day, value, where)
-  local h = redis.sha1hex(string.lower(value))
+-- "that or more"), 5 bytes; appended to the string of its day and hash bucket (hex digits 7-8).
+local function gather(tr, day, bucket, record)
   if tr.prefix_day ~= day then tr.prefix, tr.prefix_day = tr.stream .. ':ix:' .. day .. ':', day end
-  local key = tr.prefix .. string.sub(h, 7, 9)
+  local key = tr.prefix .. bucket
   local records = tr.pending[key]
   if not records then
     records = {day = day}
     tr.pending[key] = records
     table.insert(tr.order, key)
   end
-  table.insert(records, struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
+  table.insert(records, record)
   if not tr.gather then lib.flush(tr) end
+end
+
+local function index(tr, day, value, where)
+  local h = redis.sha1hex(string.lower(value))
+  gather(tr, day, string.sub(h, 7, 8), struct.pack('>I3', tonumber(string.sub(h, 1, 6), 16)) .. where)
+end
+
+-- Where the event of stream id sid is, for its index records: its day, and the 5 bytes of
+-- its place in the day. The millisecond part is read once per tracer and millisecond (a
+-- script's events mostly share one): number parsing and formatting are a good part of an
+-- event's cost.
+local function place(tr, sid)
+  local dash = string.find(sid, '-', 1, true)
+  local ms_text = string.sub(sid, 1, dash - 1)
+  if ms_text ~= tr.ms_text then
+    local ms = tonumber(ms_text)
+    local at_day = math.floor(ms / 86400000)
+    tr.ms_text, tr.at_day, tr.in_day = ms_text, at_day, (ms - at_day * 86400000) * 8192
+  end
+  return tr.at_day, struct.pack('>I5', tr.in_day + math.min(tonumber(string.sub(sid, dash + 1)), 8191))
 end
 
 -- Record one event: kind (a code of events.py's KINDS), message id, data (a Lua array, or
@@ -215,19 +234,38 @@ function lib.event(tr, kind, id, data, values)
   else  -- a tracer of lib.untrimmed: its script trims the stream itself (lib.trim)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'i', id, 'd', data)
   end
-  -- The millisecond part is read once per tracer and millisecond (a script's events mostly
-  -- share one): number parsing and formatting are a good part of an event's cost.
-  local dash = string.find(sid, '-', 1, true)
-  local ms_text = string.sub(sid, 1, dash - 1)
-  if ms_text ~= tr.ms_text then
-    local ms = tonumber(ms_text)
-    local at_day = math.floor(ms / 86400000)
-    tr.ms_text, tr.at_day, tr.in_day = ms_text, at_day, (ms - at_day * 86400000) * 8192
-  end
-  local day = tr.at_day
-  local where = struct.pack('>I5', tr.in_day + math.min(tonumber(string.sub(sid, dash + 1)), 8191))
+  local day, where = place(tr, sid)
   index(tr, day, 'i:' .. id, where)
   for _, value in ipairs(values or {}) do index(tr, day, value, where) end
+  tr.first = tr.first or sid
+  tr.last = sid
+  return sid
+end
+
+-- Record events of one kind for several messages as one stream entry (a settle's
+-- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
+-- a Lua array of {id, data as JSON text}). Each message is indexed by its id, as with an
+-- entry of its own; events.py's decode_all reads such an entry as one event per message.
+-- An item's third element, when given, is its id's index record made by the caller (2 hex
+-- digits of bucket, 3 bytes of tag: events.index_record of 'i:' .. id), which spares the
+-- hashing here. A lone event keeps the usual form. Returns the entry's stream id.
+function lib.event_batch(tr, kind, list)
+  if not tr or #list == 0 then return nil end
+  if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
+  local parts = {}
+  for i, e in ipairs(list) do parts[i] = '[' .. cjson.encode(e[1]) .. ',' .. e[2] .. ']' end
+  local text = '[' .. table.concat(parts, ',') .. ']'
+  local sid
+  if tr.minid then
+    sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'm', text)
+  else
+    sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'm', text)
+  end
+  local day, where = place(tr, sid)
+  for _, e in ipairs(list) do
+    if e[3] and e[3] ~= '' then gather(tr, day, string.sub(e[3], 1, 2), string.sub(e[3], 3) .. where)
+    else index(tr, day, 'i:' .. e[1], where) end
+  end
   tr.first = tr.first or sid
   tr.last = sid
   return sid
@@ -317,8 +355,8 @@ end
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
 -- says delivered, as the books count it); data is the delivered event's data as JSON, or
--- '' to make it here from reply.
-function lib.delivered(d, msg, id, info, data, reply)
+-- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch).
+function lib.delivered(d, msg, id, info, data, reply, ix)
   local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
   if f.err then f = {} end  -- not a hash: dropped all the same
   local tenant = f[3]
@@ -354,7 +392,11 @@ function lib.delivered(d, msg, id, info, data, reply)
       local delay = accepted and math.floor(math.max(0, d.at - accepted) * 1000) / 1000 or ''
       data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
     end
-    lib.event(d.tr, 'd', id, data)
+    if d.batch and type(data) == 'string' then
+      d.batch[#d.batch + 1] = {id, data, ix}  -- recorded by the script as one entry (lib.event_batch)
+    else
+      lib.event(d.tr, 'd', id, data)
+    end
   end
   if accepted then
     local latency = math.max(0, d.at - accepted)

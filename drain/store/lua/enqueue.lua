@@ -14,7 +14,10 @@
 -- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
 -- per bucket: its 3 hex digits, r, and r pairs: the event's number in this call (counting
 -- from 1 in the order recorded: each message's received event, then its quarantined one),
--- the value's 3-byte tag (events.py's index_record says how values hash to both).
+-- the value's 3-byte tag (events.py's index_record says how values hash to both). The
+-- received events are written PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY),
+-- and their index records point at their entry (the producer sends a value repeated in
+-- one entry once).
 --
 -- Nothing is written when a key it moves mail through has the wrong type, or a new id's
 -- message key exists already: an error reply, and the producer is told nothing was queued
@@ -120,21 +123,47 @@ redis.call('HINCRBY', KEYS[1], 'accepted', count)
 local tr = lib.tracer(KEYS[10], ARGV[5], ARGV[6])
 if not tr then return failures end
 redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
-local wheres, days = {}, {}
-local function event(kind, id, data)
-  local sid = redis.call('XADD', KEYS[10], '*', 'e', kind, 'i', id, 'd', data)
+local wheres, days = {}, {}  -- by event number: where its entry is, and its day
+local function placed(sid, numbers)
   local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
   ms, seq = tonumber(ms), tonumber(seq)
   local day = math.floor(ms / 86400000)
-  wheres[#wheres + 1] = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
-  days[#days + 1] = day
+  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
+  for _, e in ipairs(numbers) do wheres[e], days[e] = where, day end
   if failures[1] == '' then failures[1] = sid end
   failures[2] = sid
 end
+-- The received events go PER_ENTRY to a stream entry (lib.event_batch's form: `m`, a JSON
+-- array of [id, data] pairs; a lone one keeps the usual form): one XADD per entry, not per
+-- message. Then the quarantined events, one entry each (a message's received comes first).
+local PER_ENTRY = 50
+local numbered, batch, batch_numbers, held = 0, {}, {}, {}
+local function received()
+  if #batch == 1 then
+    placed(redis.call('XADD', KEYS[10], '*', 'e', 'r', 'i', batch[1][1], 'd', batch[1][2]), batch_numbers)
+  elseif #batch > 1 then
+    local parts = {}
+    for i, e in ipairs(batch) do parts[i] = '["' .. e[1] .. '",' .. e[2] .. ']' end  -- ids are hex
+    placed(redis.call('XADD', KEYS[10], '*', 'e', 'r', 'm', '[' .. table.concat(parts, ',') .. ']'),
+           batch_numbers)
+  end
+  batch, batch_numbers = {}, {}
+end
 for k = 1, count do
   local at = base + 9 * (k - 1) + 1
-  if ARGV[at + 7] ~= '' then event('r', ARGV[at], ARGV[at + 7]) end
-  if ARGV[at + 8] ~= '' then event('q', ARGV[at], ARGV[at + 8]) end
+  if ARGV[at + 7] ~= '' then
+    numbered = numbered + 1
+    batch[#batch + 1], batch_numbers[#batch_numbers + 1] = {ARGV[at], ARGV[at + 7]}, numbered
+    if #batch >= PER_ENTRY then received() end
+  end
+  if ARGV[at + 8] ~= '' then
+    numbered = numbered + 1
+    held[#held + 1] = {numbered, ARGV[at], ARGV[at + 8]}
+  end
+end
+received()
+for _, q in ipairs(held) do
+  placed(redis.call('XADD', KEYS[10], '*', 'e', 'q', 'i', q[2], 'd', q[3]), {q[1]})
 end
 local function append(day, bucket, parts)
   local key = tr.stream .. ':ix:' .. day .. ':' .. bucket
