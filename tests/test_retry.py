@@ -9,6 +9,8 @@ from email import message_from_bytes
 from email.policy import default
 from typing import Any
 
+import pytest
+
 from drain.demo.seeding import synthetic
 from drain.demo.sink import DROP, Received, Sink, Stall, free_port
 from drain.intake.api import Client
@@ -18,6 +20,12 @@ from drain.store import keys, tenancy
 from tests.conftest import wait_for
 
 FAR = 10**10  # a moment after every backoff
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """conftest's settings with the default quick retry (conftest turns it off)."""
+    return settings.with_(retry_quick_s=Settings().retry_quick_s)
 
 
 def _ids(relay: Sink) -> list[str]:
@@ -255,7 +263,8 @@ def test_a_4xx_about_the_message_on_its_first_try_is_retried_about_a_second_late
         client: Client, relay: Sink, work: Callable[..., bool], settings: Settings) -> None:
     assert settings.retry_first_s >= 60  # the schedule's first step is far longer
     wait = _wait_after_first_try(client, relay, work, "451 4.3.0 temporary local problem")
-    assert settings.retry_quick_s <= wait <= settings.retry_quick_s * 1.2 + 0.01
+    # (the due time counts from the attempt's start, the history from its settle: a little less)
+    assert settings.retry_quick_s - 0.5 <= wait <= settings.retry_quick_s * 1.2 + 0.01
 
 
 def test_a_recipient_refused_with_a_4xx_on_the_first_try_gets_the_quick_retry_too(
