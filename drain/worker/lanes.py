@@ -17,12 +17,28 @@ A lane's failure, or the job's time limit striking the job's thread, stops the o
 between messages: what they had not reached goes back to ready, and the job ends with the
 error as before.
 
-Why it is off by default (DRAIN_RELAY_SESSIONS=1), what a process with lanes does not do as
-one lane does: a process that dies holds a message in each lane, and each takes a strike
-towards quarantine as poison (one of them innocent); the job's time limit strikes only the
-message of the job's own thread; and a claim whose reply was lost (Redis failing over) gives
-back every message the process holds, the other lanes' too, which those lanes then deliver
-while they go to ready again (a repeat beyond the settle window).
+What one lane guarantees, the lanes keep:
+- Each lane claims under an owner of its own ("<process owner>/<n>"; the job's thread keeps
+  the process's), which lives by the process's lease (keys.lease). A claim whose reply was
+  lost (Redis failing over) gives back what Redis holds under that lane's owner: that claim's
+  mail, never another lane's (drain.worker.resilience).
+- Suspects (mail a dead worker held) are worked alone in the process (drain.worker.alone): a
+  lane that sees suspects waiting has the other lanes settle theirs and claim no more, then
+  claims with the process to itself; every other claim takes no suspect. A process that dies
+  while working a suspect held nothing else, so the strike is earned, as with one lane; a
+  process that dies working ordinary mail gives each of its messages a first strike, as one
+  lane gives its whole claim.
+- The job's time limit (DRAIN_JOB_TIMEOUT): past DEADLINE_SHARE of it no lane starts another
+  message, so slow but healthy mail ends the job before the limit. Should the limit strike
+  all the same (RQ raises it in the job's thread), every lane is stopped and given GRACE_S to
+  finish the message it is on; the lanes still busy then are left behind (their sessions
+  are not used again, and close when they end) and their mail is given back, except one
+  message: of theirs and the job thread's, the one in progress longest takes the strike.
+
+What remains: a lane left behind that later gets its message through has that message
+delivered once more by whoever works it next (its settle is skipped), as with one lane
+whose send the time limit cut short; and its deliveries not yet settled (at most the settle
+window) are given back, as a killed process's are.
 """
 
 from __future__ import annotations
