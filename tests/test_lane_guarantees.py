@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,6 +37,7 @@ from drain.worker.rqworker import DrainWorker
 from tests.conftest import wait_for
 from tests.reply_eater import ReplyEater
 from tests.test_lost_replies import _sha
+from tests.test_poison import killed_worker
 
 POISON = "<poison@example.com>"
 INNOCENT = "<innocent@example.com>"
@@ -80,19 +79,7 @@ def test_a_process_that_dies_on_a_suspect_strikes_no_other_lanes_suspect(
         return None
 
     relay.set_policy(data_policy=policy)
-    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
-               DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="5", DRAIN_LEASE_TTL="1", DRAIN_RELAY_SESSIONS="2")
-    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "ERROR"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    victim["pid"] = proc.pid
-    try:
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    wait_for(lambda: (run_once(store, force=True), store.books().in_flight == 0)[1],
-             what="the dead worker's lease to lapse")
+    killed_worker(client, settings, relay, victim, DRAIN_RELAY_SESSIONS="2")
     assert _reasons(client, ids[0]) == ["poison.crash"]
     assert client.redis.zscore(keys.QUARANTINE, ids[1]) is None, _reasons(client, ids[1])
     relay.set_policy()
@@ -144,11 +131,12 @@ def test_no_lane_starts_a_message_past_the_job_deadline(
         settings: Settings, relay: Sink, rclient: redis.Redis, work: Callable[..., bool]) -> None:
     """Every message is slow at the relay and a batch is longer than the job's time limit: the
     lanes stop between messages before it, so the limit never strikes healthy mail."""
-    client = Client(rclient, settings.with_(job_timeout_s=3))  # the jobs it queues have the short limit
+    client = Client(rclient, settings.with_(job_timeout_s=6))  # the jobs it queues have this limit
     total = 40
     ids = client.enqueue_many([synthetic(i) for i in range(total)]).ids
-    relay.set_policy(data_policy=lambda _i, _m: Stall(seconds=0.2))
-    work(relay_sessions=2, batch_size=40, job_timeout_s=3, settle_every=2)
+    # The first lane's claim (30) takes 7.5 s at the relay, past the 6 s limit.
+    relay.set_policy(data_policy=lambda _i, _m: Stall(seconds=0.25))
+    work(relay_sessions=2, batch_size=30, job_timeout_s=6, settle_every=2)
     queue = Queue(keys.RQ_QUEUE, connection=rclient, serializer=JSONSerializer)
     assert FailedJobRegistry(queue=queue).get_job_ids() == []
     assert _strikes(client, ids) == {}

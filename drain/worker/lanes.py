@@ -79,6 +79,9 @@ class Lane(threading.Thread):
         self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.abandoned = self.ended = False
+        # Set when run() returns. Waited on rather than Thread.join: a join that the time
+        # limit's signal interrupts can leave Python taking a live thread for ended (bpo-45274).
+        self.done = threading.Event()
 
     def run(self) -> None:
         try:
@@ -91,6 +94,7 @@ class Lane(threading.Thread):
                 self.ended = True
                 if self.abandoned:
                     self.batch.relays.close()
+            self.done.set()
 
     def abandon(self) -> None:
         """Left behind by its job (stuck past the time limit): its sessions close when it ends."""
@@ -119,8 +123,8 @@ class Judge:
         self.stop.set()
         until = time.monotonic() + GRACE_S
         for lane in self.lanes:
-            lane.join(max(0.0, until - time.monotonic()))
-        stuck = [lane for lane in self.lanes if lane.is_alive()]
+            lane.done.wait(max(0.0, until - time.monotonic()))
+        stuck = [lane for lane in self.lanes if not lane.done.is_set()]
         working = [(lane.batch.current, lane.batch) for lane in stuck if lane.batch.current is not None]
         if own is not None and own.current is not None:
             working.append((own.current, own))
@@ -189,4 +193,4 @@ def _rated(rt: Runtime) -> bool:
 
 def _join(lanes: list[Lane]) -> None:
     for lane in lanes:
-        lane.join()
+        lane.done.wait()
