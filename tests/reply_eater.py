@@ -1,7 +1,7 @@
 """A TCP proxy in front of the test Redis that loses one reply on purpose.
 
-The first time a client sends a command that holds `mark` (a key name that only one drain
-script uses), the proxy forwards it, so Redis runs it, then closes the client's connection
+The first time (after `skip` others) a client sends a command that holds `mark` (a key name
+that only one drain script uses), the proxy forwards it, so Redis runs it, then closes the client's connection
 instead of passing the reply on: the client cannot know whether its command ran (it did).
 Every other connection, and everything before the marked command, is passed through as is.
 """
@@ -21,9 +21,10 @@ def _close(*socks: socket.socket) -> None:
 
 
 class ReplyEater:
-    def __init__(self, upstream_port: int, mark: bytes) -> None:
+    def __init__(self, upstream_port: int, mark: bytes, skip: int = 0) -> None:
         self.upstream_port = upstream_port
         self.mark = mark
+        self.skip = skip  # marked commands passed on as usual before the one whose reply is lost
         self.eaten = 0  # how many replies were lost (at most one)
         self.lost_reply = b""  # the start of the reply that never reached the client
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -56,6 +57,8 @@ class ReplyEater:
             while data := client.recv(65536):
                 with self._lock:
                     eat = self.eaten == 0 and self.mark in data
+                    if eat and self.skip > 0:
+                        self.skip, eat = self.skip - 1, False
                     if eat:
                         self.eaten = 1
                 if eat:

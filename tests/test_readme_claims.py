@@ -173,14 +173,14 @@ def test_parked_mail_keeps_its_order(client: Client, relay: Sink, work: Callable
     ratelimit.pause_domain(client.redis, domain)
     ids = client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{domain}",)) for i in range(12)],
                               lane=lane).ids
-    work()
+    work(relay_sessions=1)  # one session parks (and later sends) in claim order
     assert relay.accepted == 0
     assert int(client.redis.hget(keys.BOOKS, "parked") or 0) == 12
     assert [i.decode() for i in client.redis.lrange(keys.parked(domain), 0, -1)] == ids
     ratelimit.resume_domain(client.redis, domain)
     housekeep()
     ensure_tokens(client.redis, client.settings)
-    work(batch_size=5)
+    work(batch_size=5, relay_sessions=1)
     assert [m.message_id for m in relay.messages] == [f"<synthetic-{i}@sender.example.com>" for i in range(12)]
 
 
@@ -196,16 +196,16 @@ def test_parked_fresh_mail_goes_ahead_of_parked_backlog_mail_in_order(
                                     for i in range(first, first + 6)], lane=lane).ids
 
     backlog = submit(0, "backlog")
-    work()
+    work(relay_sessions=1)  # one session parks (and later sends) in claim order
     fresh = submit(100, "fresh")
-    work(batch_size=4)
+    work(batch_size=4, relay_sessions=1)
     fresh += submit(200, "fresh")
-    work(batch_size=4)
+    work(batch_size=4, relay_sessions=1)
     assert relay.accepted == 0
     assert [i.decode() for i in client.redis.lrange(keys.parked(domain), 0, -1)] == fresh + backlog
     ratelimit.resume_domain(client.redis, domain)
     housekeep()
     ensure_tokens(client.redis, client.settings)
-    work(batch_size=5)
+    work(batch_size=5, relay_sessions=1)
     order = [*range(100, 106), *range(200, 206), *range(6)]
     assert [m.message_id for m in relay.messages] == [f"<synthetic-{i}@sender.example.com>" for i in order]

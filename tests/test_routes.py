@@ -162,8 +162,10 @@ def test_a_killed_relay_fails_over_to_its_fallback_with_nothing_lost_or_doubled(
     states = routing.relay_states(client.redis, settings)
     dead = f"relay:{primary.url}"
     assert states[dead]["open"] is True
-    # Once its breaker opened, the dead relay was no longer tried.
-    assert states[dead]["failed"] == settings.relay_breaker_failures
+    # Once its breaker opened, the dead relay was no longer tried (each other lane of the
+    # worker may have had one try under way as it opened).
+    failures = settings.relay_breaker_failures
+    assert failures <= states[dead]["failed"] <= failures + settings.relay_sessions - 1
     assert states[f"relay:{fallback.url}"]["handed"] == 30
     books = client.store.books()
     assert (books.delivered, books.deferred, books.bounced) == (40, 0, 0)

@@ -76,7 +76,7 @@ class Settings:
 
     # -- worker: how workers take and hold their work
     batch_size: int = setting("DRAIN_BATCH_SIZE", 100, v.whole(1), "worker", "messages one RQ job claims")
-    relay_sessions: int = setting("DRAIN_RELAY_SESSIONS", 1, v.whole(1), "worker",
+    relay_sessions: int = setting("DRAIN_RELAY_SESSIONS", 2, v.whole(1), "worker",
                                   "lanes of a worker process, each with its own relay session")
     settle_every: int = setting("DRAIN_SETTLE_EVERY", 3, v.whole(1), "worker",
                                 "outcomes recorded in Redis after this many messages")

@@ -146,8 +146,9 @@ def message(msg_id: str) -> str:
 
 
 def lease(owner: str) -> str:
-    """Present while the worker that owns a claim is alive (expires on its own)."""
-    return f"{PREFIX}:lease:{owner}"
+    """Present while the worker that owns a claim is alive (expires on its own). A lane's owner
+    ("<process owner>/<lane>", drain.worker.lanes) lives by its process's lease."""
+    return f"{PREFIX}:lease:{owner.split('/', 1)[0]}"
 
 
 def parked(domain: str) -> str:

@@ -67,14 +67,16 @@ class Store:
 
     # -- workers ---------------------------------------------------------------------
 
-    def claim(self, owner: str, want: int) -> Claim:
+    def claim(self, owner: str, want: int, suspects: bool = True) -> Claim:
+        """Claim up to `want` ready ids for `owner`; with `suspects` False, never a suspect."""
         lease_ms = int(self.settings.lease_ttl_s * 1000)
         reply = self.scripts.claim(
             keys=[keys.ring("backlog"), keys.INFLIGHT, keys.lease(owner), keys.PAUSED, keys.RATE, keys.RATE_STATE,
                   keys.SUSPECT, keys.SWEPT, keys.ring("fresh"), keys.LANE_TICK, keys.BURST, keys.TENANT_WEIGHTS,
                   keys.TENANT_RATES, keys.TENANT_TAT, keys.PAUSED_TENANTS, keys.TENANT_WAKE, keys.READY_COUNT,
                   keys.TENANT_CONCURRENCY],
-            args=[want, owner, lease_ms, self.settings.burst_s, self.settings.backlog_share],
+            args=[want, owner, lease_ms, self.settings.burst_s, self.settings.backlog_share,
+                  "1" if suspects else "0"],
         )
         wait = int(reply[0])
         if wait < 0:

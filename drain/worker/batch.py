@@ -25,6 +25,7 @@ from drain.message import Envelope, without_bcc
 from drain.store import events, keys
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
+from drain.worker.alone import Alone
 from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
 from drain.worker.relays import BUSY_WAIT_S, Relays
@@ -73,6 +74,15 @@ class Batch:
     # Set when a settle finds messages no longer held (the lease lapsed and housekeeping gave
     # them to others): the rest of the claim is then left alone, not delivered a second time.
     lost = False
+    # Lanes of one process (drain.worker.lanes): suspects are worked alone (drain.worker.alone);
+    # past `deadline` (time.monotonic) no lane starts another message; when the job's time
+    # limit strikes, `blame` says whether this lane's message takes the strike (it may be
+    # another lane's, the one in progress longest); `current` is (id, start) of the message
+    # being worked.
+    alone: Alone | None = None
+    deadline: float | None = None
+    blame: Callable[[Batch], bool] | None = None
+    current: tuple[str, float] | None = None
 
     def __init__(
         self,
@@ -240,29 +250,36 @@ class Batch:
         waited = 0.0
         want = self.settings.batch_size
         while handled < want and not self._stopped():
-            sent = self.lease_clock()
-            claim = self.store.claim(self.owner, want - handled)
-            if claim.paused:
-                break
-            if claim.wait_s:
-                self.sleep(min(claim.wait_s, MAX_RATE_WAIT_S))
-                continue
-            if not claim.ids:
-                pause = self._held_due_in()
-                if pause is None or waited + pause > HOLD_WAIT_BUDGET_S:
+            turn: contextlib.AbstractContextManager[bool | None] = (
+                self.alone.turn(self.store.client, self.stop) if self.alone else contextlib.nullcontext(True))
+            with turn as may:
+                if may is None:
                     break
-                self.sleep(pause)
-                waited += pause
-                self.store.promote_due()
-                continue
-            self.lease_written = sent
-            self.gate.refresh()
-            self.relays.refresh()
-            self.fresh_ids = claim.fresh
-            handled += len(claim.ids)
-            self._work(claim.ids)
-            if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
-                break
+                sent = self.lease_clock()
+                claim = self.store.claim(self.owner, want - handled, suspects=may)
+                if self.alone is not None:
+                    self.alone.claimed(claim.isolated)
+                if claim.paused:
+                    break
+                if claim.wait_s:
+                    self.sleep(min(claim.wait_s, MAX_RATE_WAIT_S))
+                    continue
+                if not claim.ids:
+                    pause = self._held_due_in()
+                    if pause is None or waited + pause > HOLD_WAIT_BUDGET_S:
+                        break
+                    self.sleep(pause)
+                    waited += pause
+                    self.store.promote_due()
+                    continue
+                self.lease_written = sent
+                self.gate.refresh()
+                self.relays.refresh()
+                self.fresh_ids = claim.fresh
+                handled += len(claim.ids)
+                self._work(claim.ids)
+                if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
+                    break
         return handled
 
     def _held_due_in(self) -> float | None:
@@ -295,15 +312,21 @@ class Batch:
                 elif isinstance(msg, Damaged):
                     outcome = msg.outcome()  # logged by the store; quarantined or dropped
                 else:
+                    self.current = (msg_id, time.monotonic())
                     try:
                         outcome = self.decide(msg)
                     except JobTimeoutException:
                         # The job's time limit struck while this message was being worked:
-                        # it takes the strike, the rest of the batch goes back untouched.
-                        log.warning("message %s outlived the job time limit", msg_id, extra={"message_id": msg_id})
-                        pending.append(Outcome(msg_id, "timeout", info=TIMEOUT_FINDINGS))
-                        done.add(msg_id)
+                        # it takes the strike (unless another lane's has been worked longer),
+                        # the rest of the batch goes back untouched.
+                        if self.blame is None or self.blame(self):
+                            log.warning("message %s outlived the job time limit", msg_id,
+                                        extra={"message_id": msg_id})
+                            pending.append(Outcome(msg_id, "timeout", info=TIMEOUT_FINDINGS))
+                            done.add(msg_id)
                         raise
+                    finally:
+                        self.current = None
                 pending.append(outcome)
                 done.add(msg_id)
                 if len(pending) >= self.settings.settle_every:
@@ -317,6 +340,8 @@ class Batch:
             self._settle(pending)
 
     def _stopped(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True
         return self.stop is not None and self.stop.is_set()
 
     def _place(self, pending: list[Outcome]) -> bool:

@@ -36,6 +36,7 @@
 -- ARGV[3] lease time to live, milliseconds
 -- ARGV[4] default burst, seconds of rate that may go at once
 -- ARGV[5] share: every share-th claim serves the backlog lane first
+-- ARGV[6] '0': take no suspect (another lane of the process holds mail; absent = take them)
 --
 -- Returns {wait_ms, isolated, fresh, id...}: wait_ms -1 when paused, > 0 when the rate
 -- (global, or the caps of the only tenants with mail) says wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
@@ -71,7 +72,7 @@ end
 local want = tonumber(ARGV[1])
 local isolated = 0
 local sources
-if redis.call('LLEN', KEYS[7]) > 0 then
+if ARGV[6] ~= '0' and redis.call('LLEN', KEYS[7]) > 0 then
   sources, isolated, want = {KEYS[7]}, 1, 1
 elseif redis.call('INCR', KEYS[10]) % tonumber(ARGV[5]) == 0 then
   sources = {'backlog', 'fresh'}
