@@ -89,27 +89,39 @@ def capture(url: str, env: dict[str, str], label: str, *commands: tuple[str, ...
 
 
 def watch(client: redis.Redis, url: str, total: int, kill_at: float, primary: ThreadedRelay, env: dict[str, str],
-          tally: Tally, marks: dict[str, Any], done: threading.Event) -> None:
+          marks: dict[str, Any], done: threading.Event) -> None:
     """Kill the primary relay at `kill_at` of the mail delivered; capture the commands'
-    output at 25 % (before), 3 s after the kill and at 75 %."""
+    output at 25 % (before), 3 s after the kill and at 75 %. The captures run in a thread of
+    their own: a slow `drain` command must not delay the kill past its mark."""
     backlog, status, routes = ("backlog", "--by", "tenant", "--top", "12"), ("status",), ("route", "list")
-    todo = [(0.25, "25 % delivered", (backlog, status)), (kill_at, "kill", ()),
-            (0.75, "75 % delivered", (backlog, status, routes))]
-    while todo and not done.wait(0.2):
+    marks_todo = [(0.25, "25 % delivered", (backlog, status)), (0.75, "75 % delivered", (backlog, status, routes))]
+    killed = threading.Event()
+
+    def captures() -> None:
+        todo = list(marks_todo)
+        while todo and not done.wait(0.2):
+            delivered = int(client.hget(keys.BOOKS, "delivered") or 0)
+            if killed.is_set() and "after_kill" not in marks:
+                marks["after_kill"] = True
+                time.sleep(3.0)
+                marks["captures"].append(capture(url, env, f"3 s after the primary relay was stopped (at "
+                                                 f"{marks['delivered_at_kill']:,} delivered)", status, routes, backlog))
+            at, label, commands = todo[0]
+            if delivered >= at * total:
+                todo.pop(0)
+                marks["captures"].append(capture(url, env, f"{label}: {delivered:,} of {total:,}", *commands))
+
+    capturer = threading.Thread(target=captures, daemon=True)
+    capturer.start()
+    while not done.wait(0.05):
         delivered = int(client.hget(keys.BOOKS, "delivered") or 0)
-        at, label, commands = todo[0]
-        if delivered < at * total:
-            continue
-        todo.pop(0)
-        if label != "kill":
-            marks["captures"].append(capture(url, env, f"{label}: {delivered:,} of {total:,}", *commands))
-            continue
-        marks["killed_at"] = time.time()
-        marks["delivered_at_kill"] = delivered
-        primary.stop()
-        time.sleep(3.0)
-        marks["captures"].append(capture(url, env, f"3 s after the primary relay was stopped (at {delivered:,} "
-                                         "delivered)", status, routes, backlog))
+        if delivered >= kill_at * total:
+            marks["killed_at"] = time.time()
+            marks["delivered_at_kill"] = delivered
+            primary.stop()
+            killed.set()
+            break
+    capturer.join()
 
 
 def one_run(client: redis.Redis, total: int, rate: float, cap: float, share: float, kill_at: float,
@@ -143,7 +155,7 @@ def one_run(client: redis.Redis, total: int, rate: float, cap: float, share: flo
         env = {"DRAIN_RELAY": primary.url, "DRAIN_RELAY_FALLBACK": fallback.url, "COLUMNS": COLUMNS}
         proc = workers(url, primary.url, processes, DRAIN_RELAY_FALLBACK=fallback.url)
         done = threading.Event()
-        watcher = threading.Thread(target=watch, args=(client, url, total, kill_at, primary, env, tally, marks, done),
+        watcher = threading.Thread(target=watch, args=(client, url, total, kill_at, primary, env, marks, done),
                                    daemon=True)
         watcher.start()
         loads = [os.getloadavg()[0]]
