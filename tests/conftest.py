@@ -109,8 +109,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "
 
 # -- chaos: scale from --chaos-scale or DRAIN_CHAOS_SCALE; figures shown at the end of the run --
 
-CHAOS_FIGURES = pytest.StashKey[list[str]]()
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-scale", type=float, default=None,
@@ -126,11 +124,22 @@ def chaos_scale(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
-def chaos_figures(request: pytest.FixtureRequest) -> list[str]:
-    """Lines a chaos test wants shown in the run's summary (so CI logs carry the figures)."""
-    return request.config.stash.setdefault(CHAOS_FIGURES, [])
+def chaos_figures(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Lines a chaos test wants shown in the run's summary (so CI logs carry the figures).
+    They travel on the test's report, so they are shown when pytest-xdist runs the test in
+    a worker process too."""
+    lines: list[str] = []
+    yield lines
+    request.node.user_properties.extend((CHAOS_FIGURE, line) for line in lines)
+
+
+CHAOS_FIGURE = "chaos figure"
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    for line in config.stash.get(CHAOS_FIGURES, []):
-        terminalreporter.write_line(line)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) == "teardown":
+                for name, line in report.user_properties:
+                    if name == CHAOS_FIGURE:
+                        terminalreporter.write_line(str(line))

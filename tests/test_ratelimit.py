@@ -18,6 +18,7 @@ from drain.demo.sink import Received, Sink, Stall
 from drain.flow import adapt, ratelimit
 from drain.flow.gate import unpark
 from drain.intake.api import Client, Submission
+from drain.ops import control
 from drain.settings import Settings
 from drain.store import keys, tenancy
 from tests.conftest import wait_for
@@ -63,16 +64,32 @@ def _books_settle(client: Client, delivered: int, timeout: float = 60) -> None:
     wait_for(lambda: client.store.books().delivered >= delivered, timeout=timeout, what=f"{delivered} delivered")
 
 
+def _idle_workers(client: Client) -> int:
+    r = client.redis
+    return sum(r.hget(key, "state") == b"idle" for key in r.smembers("rq:workers"))
+
+
 def test_global_rate_holds_across_worker_processes(client: Client, relay: Sink,
                                                    workers: Callable[..., object]) -> None:
-    ratelimit.set_global(client.redis, 100.0)
-    client.enqueue_many([synthetic(i) for i in range(250)])
+    """Two worker processes share one global rate. Counted against the moment the rate was
+    set (the workers already running, the mail held by a rate of 0 until then): the k-th
+    delivery cannot come before `(k - burst) / rate` seconds after it. A late worker (a loaded
+    box) only makes deliveries later, so this holds however slow the box is, and fails when
+    the rate is not shared (twice as fast) or not kept at all."""
+    rate, total = 100.0, 250
+    ratelimit.set_global(client.redis, 0.0)  # held
+    client.enqueue_many([synthetic(i) for i in range(total)])
     workers(processes=2)
-    _books_settle(client, 250)
-    times = [m.at for m in relay.messages]
-    burst = int(100 * Settings().burst_s)
-    assert _per_second(times) <= 100 + burst
-    assert max(times) - min(times) >= (250 - burst) / 100 - 0.3
+    wait_for(lambda: _idle_workers(client) >= 2, timeout=60, what="two idle worker processes")
+    assert relay.accepted == 0
+    started = time.time()
+    control.set_rate(client.store, rate)
+    _books_settle(client, total)
+    times = sorted(m.at for m in relay.messages)
+    assert len(times) == total
+    allowed = int(rate * Settings().burst_s) + 1  # at once, when the rate is set
+    early = [(k, round(t - started, 3)) for k, t in enumerate(times, 1) if t - started < (k - allowed) / rate]
+    assert not early, f"deliveries ahead of {rate:g}/s (k-th, seconds after the rate was set): {early[:5]}"
 
 
 def test_domain_cap_is_never_exceeded_and_other_domains_flow(client: Client, relay: Sink,
@@ -320,11 +337,15 @@ def test_drain_session_runs_until_empty_and_stops_cleanly(client: Client, settin
 def test_capped_domain_alone_reaches_its_cap(client: Client, relay: Sink, workers: Callable[..., object],
                                              processes: int) -> None:
     """A capped domain with plenty of ready mail is sent at its cap, not a fraction of it:
-    counted from the relay's receive times between the first and the last delivery seen."""
-    cap, wanted = 20.0, 200
+    counted from the relay's receive times between the first and the last delivery seen.
+    A loaded box makes the workers late and loses some of the cap's send times (17/s and,
+    at a load of 22 on 2 cores, 12.5/s of 20 were seen with nothing broken), so the bar is
+    11/s: a cap kept at half its rate (10/s at best) fails it. That held mail is picked up
+    as soon as it comes due, which a 0.9 bar here was for, is counted exactly by the next test."""
+    cap, wanted = 20.0, 120
     ratelimit.set_domain(client.redis, "capped.example.com", cap)
     client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@capped.example.com",))
-                         for i in range(wanted + 100)])
+                         for i in range(wanted + 60)])
     workers(processes=processes)
     deadline = time.monotonic() + wanted / cap * 2 + 5
     while len(relay.messages) < wanted and time.monotonic() < deadline:
@@ -332,7 +353,29 @@ def test_capped_domain_alone_reaches_its_cap(client: Client, relay: Sink, worker
     times = sorted(m.at for m in relay.messages)
     assert len(times) >= 2 * cap, f"only {len(times)} delivered"
     achieved = (len(times) - 1) / (times[-1] - times[0])
-    assert achieved >= 0.9 * cap, f"{achieved:.1f}/s delivered against a cap of {cap:g}/s"
+    assert achieved >= 0.55 * cap, f"{achieved:.1f}/s delivered against a cap of {cap:g}/s"
+
+
+def test_held_mail_that_comes_due_gets_a_batch_job_in_the_same_call(client: Client, relay: Sink,
+                                                                     work: Callable[..., bool]) -> None:
+    """Mail a domain's cap held for a later send time is moved back to ready when its time
+    comes, and a batch job is queued for it in the same call: no wait for the next
+    housekeeping round's top-up (which cost a capped domain a fifth of its cap)."""
+    from drain.worker.dispatch import ready_due
+
+    queue = f"rq:queue:{keys.RQ_QUEUE}"
+    ratelimit.set_domain(client.redis, "capped.example.com", 1.0)
+    client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@capped.example.com",)) for i in range(3)])
+    work()  # the first goes now; the next is held for its send time, later than a batch waits
+    sent = relay.accepted
+    assert 1 <= sent < 3
+    assert client.redis.llen(queue) == 0 and client.store.books().ready == 0
+    moved: list[int] = []
+    wait_for(lambda: bool(moved.append(ready_due(client.store)) or moved[-1]), timeout=10,
+             what="the held mail to come due")
+    assert client.redis.llen(queue) == 1  # queued by the same call that moved it
+    work()
+    assert relay.accepted > sent
 
 
 def _rate_cli(settings: Settings, *args: str) -> str:

@@ -129,7 +129,7 @@ def test_an_idle_worker_logs_no_errors(settings: Settings, rclient: redis.Redis)
     rq_log = logging.getLogger("rq.worker")
     rq_log.addHandler(errors)
     try:
-        worker.work(burst=False, max_idle_time=5, logging_level="WARNING", with_scheduler=False)
+        worker.work(burst=False, max_idle_time=3, logging_level="WARNING", with_scheduler=False)
     finally:
         rq_log.removeHandler(errors)
         client.close()
