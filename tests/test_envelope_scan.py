@@ -44,8 +44,8 @@ def reference(raw: bytes) -> Envelope:
     found = message._addresses(fields.get("resent-sender", [])) or message._addresses(fields.get("resent-from", []))
     if not found and [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
         found = [""]
-    for name in ("return-path", "sender", "from"):
-        found = found or message._addresses(fields.get(name, []))
+    for field in ("return-path", "sender", "from"):
+        found = found or message._addresses(fields.get(field, []))
     kind = "resent-" if any(f"resent-{k}" in fields for k in ("to", "cc", "bcc")) else ""
     rcpts = message._addresses([v for k in ("to", "cc", "bcc") for v in fields.get(kind + k, [])])
     return Envelope(found[0] if found else "", tuple(dict.fromkeys(rcpts)))
