@@ -145,19 +145,19 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
     resent = 0  # 0: no Resent-* field yet; 1: in the first (newest) resent block; 2: past it
+    # A line's CR (of CRLF) needs no stripping of its own: strip() takes it off every part kept.
     for line in head.split(b"\n"):
-        line = line.rstrip(b"\r")
         if line[:1] in (b" ", b"\t"):
             if current is not None:
                 current[-1] += " " + line.strip().decode("ascii", "surrogateescape")
             continue
         name, colon, value = line.partition(b":")
         key = name.strip().lower()
-        if key.startswith(b"resent-"):
-            resent = max(resent, 1)
+        if key[:7] == b"resent-":
+            resent = resent or 1
         elif resent:
             resent = 2
-        if colon and key in _ENVELOPE_NAMES and not (resent == 2 and key.startswith(b"resent-")):
+        if colon and key in _ENVELOPE_NAMES and not (resent == 2 and key[:7] == b"resent-"):
             current = fields.setdefault(key.decode(), [])
             current.append(value.strip().decode("ascii", "surrogateescape"))
         else:
