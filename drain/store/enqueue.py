@@ -107,9 +107,11 @@ class Enqueue:
             msg_id = format(n, "x")
             tenants[owner] = None
             stored = pack(raw)
+            envelope = env.to_json()
             data = quarantined = ""
             if trace:
-                data, records = events.received_parts(raw, env.sender, env.recipients, source, owner)
+                data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
+                                                      "" if env.smtputf8 else envelope)
                 numbered += 1
                 own = unique(events.BY_ID + msg_id)
                 for bucket, tag in (own, *records):
@@ -121,7 +123,7 @@ class Enqueue:
                     quarantined = events.quarantined_data(why)
                     numbered += 1
                     buckets[own[0]] += (numbered, own[1])
-            fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", env.to_json(), env.domain, owner,
+            fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
                        why or "", data, quarantined)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
