@@ -9,7 +9,7 @@ import json
 import pytest
 import redis
 
-from drain.intake.api import Client
+from drain.intake.api import Client, Submission
 from drain.message import Envelope
 from drain.store import events, keys
 
@@ -46,3 +46,17 @@ def test_an_smtputf8_message_keeps_its_received_event_fields(client: Client, rcl
         ("a@b.example", ["x@y.example"], "t1", "<u@m.example>"),
         ("j\u00f6rg@m\u00fcnchen.example", ["x@y.example"], "t2", "<u@m.example>")]
     assert Envelope.from_json(rclient.hget(keys.message(ids[1]), "env") or b"") == utf8
+
+
+def test_the_headers_envelope_is_kept_only_when_nothing_changes_it(client: Client, rclient: redis.Redis) -> None:
+    """Client.prepare keeps the envelope read from the headers as it is when neither the
+    caller nor the one-copy-per-mailbox rule changes it. Mutants caught: the headers'
+    envelope kept whatever the caller gave or the rule removed; the rule skipped for a few
+    recipients."""
+    raw = b"From: a@b.example\nTo: u@X.example, u@x.example, v@y.example\nSubject: s\n\nhi\n"
+    ids = client.enqueue_many([raw, Submission(raw, sender="ops@c.example"),
+                               Submission(raw, recipients=("w@z.example",))]).ids
+    envs = [Envelope.from_json(rclient.hget(keys.message(i), "env") or b"") for i in ids]
+    assert envs == [Envelope("a@b.example", ("u@X.example", "v@y.example")),
+                    Envelope("ops@c.example", ("u@X.example", "v@y.example")),
+                    Envelope("a@b.example", ("w@z.example",))]
