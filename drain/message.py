@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import Header, decode_header
 from email.message import EmailMessage, Message
@@ -88,10 +89,13 @@ _BARE = re.compile(r"^\s*([^\s<>@,;:]+@[^\s<>@,;:]+)\s*$")
 _ANGLED = re.compile(r"^[^<>@]*<([^\s<>@,;:]+@[^\s<>@,;:]+)>\s*$")
 
 
+_NEEDS_PARSER = re.compile(r'["()\\;:]')
+
+
 def _simple(value: str) -> list[str] | None:
     """Addresses of a plain field ("a@b, Name <c@d>") without the full RFC 5322 parser, or
     None when the field has quotes, comments, groups or anything else that needs it."""
-    if any(ch in value for ch in '"()\\;:'):
+    if _NEEDS_PARSER.search(value):
         return None
     found = []
     for part in value.split(","):
@@ -102,7 +106,7 @@ def _simple(value: str) -> list[str] | None:
     return found
 
 
-def _addresses(values: list[str]) -> list[str]:
+def _addresses(values: Sequence[str]) -> list[str]:
     out: list[str] = []
     for value in values:
         text = header_text(value)
@@ -129,6 +133,10 @@ def plain_address_field(value: str) -> bool:
 
 _ENVELOPE_FIELDS = frozenset({"return-path", "sender", "from", "to", "cc", "bcc", "resent-sender",
                               "resent-from", "resent-to", "resent-cc", "resent-bcc"})
+_ENVELOPE_NAMES = frozenset(name.encode() for name in _ENVELOPE_FIELDS)
+# The first blank line ends the header block: found from its LF (a regex that starts with a
+# literal is searched for quickly; `\r?\n\r?\n` tried every byte, ~2.5 µs for a 2 KB message).
+_BLANK_LINE_LF = re.compile(rb"\n\r?\n")
 
 
 def _address_fields(head: bytes) -> dict[str, list[str]]:
@@ -137,20 +145,20 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
     resent = 0  # 0: no Resent-* field yet; 1: in the first (newest) resent block; 2: past it
+    # A line's CR (of CRLF) needs no stripping of its own: strip() takes it off every part kept.
     for line in head.split(b"\n"):
-        line = line.rstrip(b"\r")
         if line[:1] in (b" ", b"\t"):
             if current is not None:
                 current[-1] += " " + line.strip().decode("ascii", "surrogateescape")
             continue
         name, colon, value = line.partition(b":")
-        key = name.strip().lower().decode("ascii", "replace")
-        if key.startswith("resent-"):
-            resent = max(resent, 1)
+        key = name.strip().lower()
+        if key[:7] == b"resent-":
+            resent = resent or 1
         elif resent:
             resent = 2
-        if colon and key in _ENVELOPE_FIELDS and not (resent == 2 and key.startswith("resent-")):
-            current = fields.setdefault(key, [])
+        if colon and key in _ENVELOPE_NAMES and not (resent == 2 and key[:7] == b"resent-"):
+            current = fields.setdefault(key.decode(), [])
             current.append(value.strip().decode("ascii", "surrogateescape"))
         else:
             current = None
@@ -165,24 +173,25 @@ def envelope_from_headers(raw: bytes) -> Envelope:
     as a reason rather than crashing here.
     """
     try:
-        split = _BLANK_LINE.search(raw)
-        fields = _address_fields(raw[: split.start()] if split else raw)
+        split = _BLANK_LINE_LF.search(raw)  # where _BLANK_LINE would find it: from a CR before
+        end = len(raw) if split is None else split.start() - (split.start() > 0 and raw[split.start() - 1] == 13)
+        fields = _address_fields(raw[:end])
+        get = fields.get
         # The resent block's sender first: a Return-Path there is the original delivery's.
-        resent = _addresses(fields.get("resent-sender", [])) or _addresses(fields.get("resent-from", []))
+        resent = _addresses(get("resent-sender", ())) or _addresses(get("resent-from", ()))
         if resent:
             senders = resent
-        elif [v.strip() for v in fields.get("return-path", [])][:1] == ["<>"]:
+        elif "return-path" in fields and fields["return-path"][0].strip() == "<>":
             senders = [""]  # the null sender: this is a bounce
         else:
             senders = (
-                _addresses(fields.get("return-path", []))
-                or _addresses(fields.get("sender", []))
-                or _addresses(fields.get("from", []))
+                _addresses(get("return-path", ()))
+                or _addresses(get("sender", ()))
+                or _addresses(get("from", ()))
             )
         # A resent message goes to its newest Resent-To/Cc/Bcc only (as sendmail -t takes it).
-        kind = "resent-" if any(f"resent-{k}" in fields for k in ("to", "cc", "bcc")) else ""
-        recipients = _addresses(fields.get(f"{kind}to", []) + fields.get(f"{kind}cc", [])
-                                + fields.get(f"{kind}bcc", []))
+        kind = "resent-" if ("resent-to" in fields or "resent-cc" in fields or "resent-bcc" in fields) else ""
+        recipients = _addresses([*get(f"{kind}to", ()), *get(f"{kind}cc", ()), *get(f"{kind}bcc", ())])
     except Exception:  # hostile headers: no envelope rather than a crash
         return Envelope("", ())
     return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)))

@@ -5,7 +5,8 @@ Per size and round, on the bench's redis-server (flushed, paused): the producer 
 bytes (`Client.enqueue_many`: envelope from the headers, rules, the store) and the store alone
 with envelopes given (`Store.enqueue_many`). Reported: msg/s (wall), the producer's CPU per
 message and redis-server's (INFO cpu), medians over the rounds; then the steps on one core
-(best of 5 loops: the header scan for the envelope, the stored body form, the envelope JSON)
+(best of 5 loops: the header scan for the envelope, the stored body form, the envelope JSON,
+the received event's data and lookup records)
 and, with --cprofile N, cProfile's top N functions of one API run.
 """
 
@@ -29,7 +30,7 @@ from drain.api import Client
 from drain.flow import ratelimit
 from drain.message import envelope_from_headers
 from drain.settings import Settings
-from drain.store import body
+from drain.store import body, events
 
 
 def _redis_cpu(client: redis.Redis) -> float:
@@ -69,7 +70,9 @@ def bench_enqueue(client: redis.Redis, sizes: list[int], count: int, rounds: int
         envelope = items[len(raws) // 2][1]
         steps = {"envelope from headers": _step_us(partial(envelope_from_headers, sample)),
                  "stored body form (body.fields)": _step_us(partial(body.fields, sample)),
-                 "envelope JSON": _step_us(envelope.to_json)}
+                 "envelope JSON": _step_us(envelope.to_json),
+                 "received event parts": _step_us(partial(events.received_parts, sample, envelope.sender,
+                                                          envelope.recipients, "api", ""))}
         for name, results in runs.items():
             row = {"part": "enqueue", "name": name, "size": size, "label": label(size), "messages": count,
                    "rounds": rounds, "avg_message_bytes": round(sum(map(len, raws)) / count)}

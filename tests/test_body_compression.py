@@ -113,3 +113,31 @@ def test_mail_that_is_mostly_an_attachment_is_stored_as_it_is(
     assert stored(rclient, ids[1]).startswith(body.MARK)
     work()
     assert [m.data for m in relay.messages] == [wire_form(attached), wire_form(half)]
+
+
+def test_mail_stored_zlib_compressed_by_an_earlier_drain_is_delivered_unchanged(
+        client: Client, rclient: redis.Redis, relay: Sink, work: Callable[..., bool]) -> None:
+    """Bodies are zstd frames now; a queue written when they were zlib streams still drains."""
+    import zlib
+    old, new = html_mail(11), html_mail(12)
+    ids = [client.enqueue(raw) for raw in (old, new)]
+    assert stored(rclient, ids[1]).startswith(body.MARK) and body.MARK != body.ZLIB_MARK
+    rclient.hset(keys.message(ids[0]), "raw", body.ZLIB_MARK + zlib.compress(old, 1))
+    work()
+    assert {m.message_id: m.data for m in relay.messages} == {"<html-11@sender.example.com>": wire_form(old),
+                                                             "<html-12@sender.example.com>": wire_form(new)}
+
+
+def test_a_zstd_body_is_read_back_only_within_its_limit_and_whole() -> None:
+    """The size a frame claims is checked before it is inflated; a cut frame is refused."""
+    raw = html_mail(5)
+    packed = body.pack(raw)
+    assert packed.startswith(body.MARK) and len(packed) < len(raw) // 2
+    assert body.unpack(packed) == raw and body.unpack(packed, limit=len(raw)) == raw
+    for damaged, limit in ((packed, len(raw) - 1), (packed[:-20], body.MAX_BODY), (body.MARK + b"\x01\x02", 100)):
+        try:
+            body.unpack(damaged, limit=limit)
+        except body.BodyError:
+            continue
+        raise AssertionError(f"read back a damaged or oversized body ({len(damaged)} bytes, limit {limit})")
+    assert body.shown(packed[:-20]) == packed[:-20]

@@ -43,10 +43,13 @@ def submissions(prepare: Callable[[bytes | Message, str | None, Iterable[str] | 
     """The messages ready to store, each with its tenant (its own, else `tenant`, else as the
     settings and sender say); a message refused is noted in `rejected` (index, why) and skipped."""
     for index, item in enumerate(messages):
-        sub = item if isinstance(item, Submission) else Submission(item)
         try:
-            raw, env = prepare(sub.message, sub.sender, sub.recipients)
-            raw, owner = resolve(raw, env, settings, sub.tenant or tenant)
+            if isinstance(item, Submission):
+                raw, env = prepare(item.message, item.sender, item.recipients)
+                raw, owner = resolve(raw, env, settings, item.tenant or tenant)
+            else:  # bytes or a Message, the envelope from its headers (no Submission made per message)
+                raw, env = prepare(item, None, None)
+                raw, owner = resolve(raw, env, settings, tenant)
         except InputError as exc:
             rejected.append((index, str(exc)))
             continue
@@ -114,21 +117,25 @@ class Client:
         Only what makes a message impossible to hold is refused here (empty, over the size
         limit); every other defect is judged by the workers and ends in quarantine.
         """
-        raw = as_bytes(message)
+        raw = message if type(message) is bytes else as_bytes(message)
         # isspace() stops at the first byte that is not white space; strip() copied the message.
         if not raw or raw.isspace():
             raise InputError("message is empty")
         if len(raw) > self.settings.max_message_bytes:
             raise InputError(f"message is {len(raw)} bytes, over the {self.settings.max_message_bytes}-byte limit")
         rcpts = tuple(recipients) if recipients is not None else None
+        headers = None
         if sender is None or not rcpts:
             headers = envelope_from_headers(raw)
             sender = headers.sender if sender is None else sender
             rcpts = rcpts or headers.recipients
         _holdable(sender, rcpts)
-        rcpts = Envelope.unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
+        if len(rcpts) > 1:
+            rcpts = Envelope.unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
         if len(rcpts) > self.settings.max_recipients:
             raise InputError(f"message has {len(rcpts)} recipients, over the limit of {self.settings.max_recipients}")
+        if headers is not None and headers.sender == sender and headers.recipients == rcpts:
+            return raw, headers  # the headers' envelope as it is (the common case: no second one made)
         return raw, Envelope(sender, rcpts)
 
     def enqueue(self, message: bytes | Message, sender: str | None = None,

@@ -2,10 +2,11 @@
 which stores them, queues the ready ones on their tenants' lists, keeps the books and
 records their received (and quarantined) events, all or nothing.
 
-The producer's share of the work (the stored body form, the envelope's JSON, the events'
-data and lookup hashes) is done for the next chunk while Redis stores the one before: each
-chunk is sent by a helper thread, and the next is sent only once that one is stored, so an
-error stops the enqueue with exactly the chunks before it queued.
+The producer's share of the work (the new ids, the stored body form, the envelope's JSON,
+the events' data and lookup hashes) is done for the next chunk while Redis stores the one
+before: each chunk is sent by a helper thread, and the next is sent only once that one is
+stored, so an error stops the enqueue with exactly the chunks before it queued (a chunk
+that is never sent leaves a gap in the ids, as one that fails does).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import redis
 from redis.typing import EncodableT
@@ -30,9 +32,6 @@ log = logging.getLogger(__name__)
 Item = tuple[bytes, Envelope, str | None]
 # Messages per script call.
 ENQUEUE_CHUNK = 1000
-# What a message needs besides its id: its 8 fields of the script's ARGV after the id, and
-# its received event's lookup records besides the id's (bucket, tag).
-Row = tuple[list[EncodableT], list[tuple[bytes, bytes]]]
 
 
 class Enqueue:
@@ -50,18 +49,18 @@ class Enqueue:
         helper: ThreadPoolExecutor | None = None
         try:
             for chunk in self._chunks(items, tenants, source):
-                rows = [self._row(*parts) for parts in chunk]
+                call = self._call(chunk, lane)
                 if pending is not None:
                     sent, pending = pending, None
                     stored.extend(sent.result())
                 if before_chunk is not None:
                     before_chunk()
                 if helper is None:  # one chunk: no thread
-                    if len(rows) < ENQUEUE_CHUNK:
-                        stored.extend(self.store(rows, lane))
+                    if len(chunk) < ENQUEUE_CHUNK:
+                        stored.extend(self._send(call))
                         continue
                     helper = ThreadPoolExecutor(1, thread_name_prefix="drain-enqueue")
-                pending = helper.submit(self.store, rows, lane)
+                pending = helper.submit(self._send, call)
             if pending is not None:
                 sent, pending = pending, None
                 stored.extend(sent.result())
@@ -90,60 +89,82 @@ class Enqueue:
         if chunk:
             yield chunk
 
-    def _row(self, item: Item, owner: str, source: str) -> Row:
-        raw, env, why = item
-        stored = body.pack(raw)
-        data = quarantined = ""
-        records: list[tuple[bytes, bytes]] = []
-        if self.settings.trace:
-            data, records = events.received_parts(raw, env.sender, env.recipients, source, owner)
-            quarantined = events.quarantined_data(why) if why else ""
-        return [stored, len(raw) if stored.startswith(body.MARK) else "", env.to_json(), env.domain, owner,
-                why or "", data, quarantined], records
-
-    def store(self, rows: Sequence[Row], lane: str) -> list[str]:
-        """Give prepared messages their ids and store them (one script call); their ids. A
-        write that only feeds figures may fail alone: logged, the mail is stored."""
-        last = int(self.client.incrby(keys.SEQ, len(rows)))
-        ids = [format(n, "x") for n in range(last - len(rows) + 1, last + 1)]
-        tenants = list(dict.fromkeys(str(fields[4]) for fields, _records in rows))
-        args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
-                                  *events.tracer_args(self.settings), len(rows), len(tenants), *tenants]
+    def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str) -> _Call:
+        """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
+        producer's whole share per message is here, in one pass that writes straight into the
+        one ARGV list (no list or tuple per message): the stored body form, the envelope's
+        JSON, the received event's data and the lookup records of its values (events.py)."""
+        last = int(self.client.incrby(keys.SEQ, len(chunk)))
+        first = last - len(chunk) + 1
+        fields: list[EncodableT] = []
+        tenants: dict[str, None] = {}
         # The events' lookup records by bucket: (event number, tag) pairs, flat. Received
         # events share a stream entry RECEIVED_PER_ENTRY at a time (enqueue.lua): a value met
         # again in the same entry (a sender, a domain) has its record already.
         buckets: dict[bytes, list[EncodableT]] = {}
+        trace, pack, mark = self.settings.trace, body.pack, body.MARK
+        unique = events.index_record.__wrapped__  # an id is hashed once: no cache
         numbered = received = 0
         entry: set[tuple[bytes, bytes]] = set()
-        for msg_id, (fields, records) in zip(ids, rows, strict=True):
-            args.append(msg_id)
-            args += fields
-            if fields[6]:  # its received event
+        for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
+            msg_id = format(n, "x")
+            tenants[owner] = None
+            stored = pack(raw)
+            envelope = env.to_json()
+            data = quarantined = ""
+            if trace:
+                data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
+                                                      "" if env.smtputf8 else envelope)
                 numbered += 1
                 if received % events.RECEIVED_PER_ENTRY == 0:
                     entry = set()
                 received += 1
-                own = events.index_record(events.BY_ID + msg_id)
-                for bucket, tag in (own, *records):
-                    if (bucket, tag) not in entry:
-                        entry.add((bucket, tag))
-                        buckets.setdefault(bucket, []).extend((numbered, tag))
-                if fields[7]:  # and its quarantined event, found by its id
+                own = unique(events.BY_ID + msg_id)
+                for record in (own, *records):
+                    if record in entry:
+                        continue
+                    entry.add(record)
+                    bucket, tag = record
+                    pairs = buckets.get(bucket)
+                    if pairs is None:
+                        buckets[bucket] = pairs = []
+                    pairs += (numbered, tag)
+                if why:  # and its quarantined event, found by its id
+                    quarantined = events.quarantined_data(why)
                     numbered += 1
-                    buckets.setdefault(own[0], []).extend((numbered, own[1]))
-        args.append(len(buckets))
+                    buckets[own[0]] += (numbered, own[1])
+            fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
+                       why or "", data, quarantined)
+        args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
+                                  *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
+                                  len(buckets)]
         for bucket, pairs in buckets.items():
-            args += [bucket, len(pairs) // 2, *pairs]
+            args += (bucket, len(pairs) // 2, *pairs)
+        return _Call(lane, args, [format(n, "x") for n in range(first, last + 1)])
+
+    def _send(self, call: _Call) -> list[str]:
+        """Store a chunk (one script call); its ids. A write that only feeds figures may fail
+        alone: logged, the mail is stored."""
+        lane = call.lane
         reply = self.scripts.enqueue(
             keys=[keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
                   keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS],
-            args=args)
+            args=call.args)
         for error in reply[2:]:
             log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored",
                       _text(error))
         if reply[0]:
             eventlog.write_span(self.client, self.settings, [_text(reply[0]), _text(reply[1])])
-        return ids
+        return call.ids
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One chunk ready for the enqueue script: its lane, ARGV and the ids it gives."""
+
+    lane: str
+    args: list[EncodableT]
+    ids: list[str]
 
 
 def _text(value: bytes | str) -> str:

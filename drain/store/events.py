@@ -159,11 +159,31 @@ def index_record(value: str) -> tuple[bytes, bytes]:
 
 
 def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
-                   tenant: str) -> tuple[str, list[tuple[bytes, bytes]]]:
+                   tenant: str, pair_json: str = "") -> tuple[str, list[tuple[bytes, bytes]]]:
     """A message's received event for the enqueue script (lua/enqueue.lua), but for its id:
-    its data (JSON) and the index records (bucket, tag) of its lookup values."""
-    event = received("", raw, sender, recipients, source, tenant)
-    return _json(event.data), [index_record(value) for value in event.values]
+    its data (JSON) and the index records (bucket, tag) of its lookup values, those of
+    `received` in its order. Made for every message enqueued, so in one pass: the values that
+    come back message after message (sender, domains) through index_record's cache, those of
+    one message (recipient, Message-ID) hashed directly (a cache miss costs more than a hash).
+    `pair_json`, when given, is [sender, recipients] as JSON (the envelope's own JSON without
+    its SMTPUTF8 flag): the data is then written around it (~0.3 µs, not ~1.7 to encode)."""
+    mid = message_id(raw)
+    once = index_record.__wrapped__
+    records = [index_record(BY_SENDER + sender)] if sender else []
+    domains: set[str] = set()
+    for rcpt in dict.fromkeys([r.lower() for r in recipients]):
+        records.append(once(BY_RECIPIENT + rcpt))
+        domain = rcpt.rpartition("@")[2]
+        if domain and domain not in domains:
+            domains.add(domain)
+            records.append(index_record(BY_DOMAIN + domain))
+    if mid:
+        records.append(once(BY_MESSAGE_ID + mid))
+    if pair_json:
+        tail = f",{_string(tenant)}]" if tenant else "]"
+        return f"[{_string(source)},{len(raw)},{_string(mid)},{pair_json[1:-1]}{tail}", records
+    return _ENCODER.encode([source, len(raw), mid, sender, list(recipients), tenant] if tenant else
+                           [source, len(raw), mid, sender, list(recipients)]), records
 
 
 def quarantined_data(findings: str) -> str:
@@ -173,6 +193,9 @@ def quarantined_data(findings: str) -> str:
 
 # One encoder for every event: json.dumps with arguments builds a new one each call (~3 µs).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+_string = json.encoder.encode_basestring  # a str as JSON, as _ENCODER writes it (no ASCII escapes)
 
 
 def _json(data: Sequence[Any]) -> str:
