@@ -42,6 +42,10 @@ class _Part(Message):
             self._content_type = super().get_content_type()
         return self._content_type
 
+    def set_raw(self, name: str, value: str) -> None:  # the parser's way in: written out, called most
+        self._content_type = None
+        super().set_raw(name, value)
+
 
 def _forgetting(name: str) -> object:
     change = getattr(Message, name)
@@ -53,7 +57,7 @@ def _forgetting(name: str) -> object:
     return method
 
 
-for _name in ("set_raw", "__setitem__", "__delitem__", "add_header", "replace_header", "set_default_type",
+for _name in ("__setitem__", "__delitem__", "add_header", "replace_header", "set_default_type",
               "set_param", "del_param", "set_type", "set_boundary"):
     setattr(_Part, _name, _forgetting(_name))
 

@@ -418,15 +418,21 @@ def _mailboxes(values: tuple[str, ...]) -> tuple[str, ...]:
 def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
     # The strict (default policy) header parser reads every address field; its own
     # failures on odd real-world headers surface as parse.crash through check().
+    # The fields by name in one pass over the header (what get_all gives, in order:
+    # get_all of each name was a pass of its own).
+    fields: dict[str, list[Any]] = {}
+    for key, value in message.items():
+        fields.setdefault(key.lower(), []).append(value)
     for name in ADDRESS_FIELDS:
-        for value in message.get_all(name, []):
+        for value in fields.get(name.lower(), ()):
             text = header_text(value).replace("\r", "").replace("\n", "")
             failure = None if plain_address_field(text) else _strict_parse_failure(name, text)
             if failure is not None:
                 raise failure
-    header_from = _mailboxes(tuple(header_text(v) for v in message.get_all("From", [])))
+    froms = fields.get("from", [])
+    header_from = _mailboxes(tuple(header_text(v) for v in froms))
     bad_from = [a for a in header_from if not _valid(a, limits)]
-    if message.get_all("From") and (not header_from or bad_from):
+    if froms and (not header_from or bad_from):
         yield Finding("address.invalid-sender", f"From: {_excerpt(', '.join(bad_from) or str(message['From']))}")
     elif envelope.sender and not _valid(envelope.sender, limits):
         yield Finding("address.invalid-sender", f"MAIL FROM: {_excerpt(envelope.sender)}")
