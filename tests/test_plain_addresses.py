@@ -1,5 +1,5 @@
 """The workers' address rule answers without running all of email-validator for plain
-addresses at domains it accepted before (drain.validate._plain_valid): it must only ever
+addresses at domains it accepted before (drain.addressrule.plain_valid): it must only ever
 say "valid" where email-validator itself does, so the verdicts stay the same."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drain import validate
+from drain import addressrule, validate
 
 ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~.-"
 DOMAINS = ["example.com", "mail-1.example.org", "EXAMPLE.NET", "xn--bcher-kva.example", "b\u00fccher.example",
@@ -29,7 +29,7 @@ def _email_validator_says(address: str, special: bool) -> bool:
 @given(local_parts, domains, st.booleans())
 def test_the_quick_rule_never_accepts_what_email_validator_refuses(local: str, domain: str, special: bool) -> None:
     address = f"{local}@{domain}"
-    if validate._plain_valid(address, special):
+    if addressrule.plain_valid(address, special):
         assert _email_validator_says(address, special), address
 
 
@@ -41,24 +41,24 @@ def test_any_text_gets_email_validators_answer(address: str, special: bool) -> N
 
 
 def test_plain_addresses_take_the_quick_rule_and_lengths_still_count() -> None:
-    assert validate._plain_valid("user7@example.com", False)
-    assert validate._plain_valid("b.c+d@mail-1.example.org", False)
+    assert addressrule.plain_valid("user7@example.com", False)
+    assert addressrule.plain_valid("b.c+d@mail-1.example.org", False)
     # The total length limit (254 octets), with the domain's forms counted.
     domain = ("a" * 60 + ".") * 3 + "example.com"
     fits = "u" * (254 - 1 - len(domain))
-    assert validate._plain_valid(f"{fits}@{domain}", False)
-    assert not validate._plain_valid(f"{fits}x@{domain}", False)
+    assert addressrule.plain_valid(f"{fits}@{domain}", False)
+    assert not addressrule.plain_valid(f"{fits}x@{domain}", False)
     assert not _email_validator_says(f"{fits}x@{domain}", False)
     # An IDNA domain counts in its Unicode form when that is the longer one (20 CJK
     # characters: 34 octets as given, 68 in UTF-8).
     idna = "xn--fiqaaaaaaaaaaaaaaaaaaa.example"
     fits = "u" * (254 - 1 - 68)
-    assert validate._plain_valid(f"{fits}@{idna}", False)
-    assert not validate._plain_valid(f"{fits}x@{idna}", False)
+    assert addressrule.plain_valid(f"{fits}@{idna}", False)
+    assert not addressrule.plain_valid(f"{fits}x@{idna}", False)
     assert not _email_validator_says(f"{fits}x@{idna}", False)
     # Refused domains, special-use ones unless allowed, and anything not plain go the long way.
-    assert not validate._plain_valid("user@example.test", False)
-    assert validate._plain_valid("user@example.test", True)
+    assert not addressrule.plain_valid("user@example.test", False)
+    assert addressrule.plain_valid("user@example.test", True)
     for other in ("\"quoted\"@example.com", "Name <a@example.com>", "a@[192.0.2.1]", "\u00fc@example.com", "a@b@c.com",
                   "a..b@example.com", "@example.com", "a@"):
-        assert not validate._plain_valid(other, False), other
+        assert not addressrule.plain_valid(other, False), other
