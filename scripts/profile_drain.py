@@ -187,7 +187,8 @@ def run_worker(client: redis.Redis, settings: Settings) -> None:
 
 
 def profile_size(client: redis.Redis, relay: str, size: int, count: int, top: int,
-                 sessions: int = 1) -> dict[str, Any]:
+                 sessions: int = 1, cpu_profile: bool = False, only_cprofile: bool = False,
+                 sort: str = "tottime", dump: Path | None = None) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
     settings = Settings(redis_url=url, relay=relay, relay_sessions=sessions)
     # The step timers follow one thread: with lanes only the plain run is made, and its CPU
@@ -198,6 +199,8 @@ def profile_size(client: redis.Redis, relay: str, size: int, count: int, top: in
     figures: dict[str, Any] = {"size": size, "label": bench_sizes.label(size), "messages": count,
                                "avg_message_bytes": round(avg)}
     modes = ("plain", "timed", "cprofile") if top else ("plain", "timed")
+    if top and only_cprofile:
+        modes = ("cprofile",)
     for mode in modes if sessions == 1 else ("plain",):
         client.flushdb()
         rules.version(client)
@@ -210,7 +213,10 @@ def profile_size(client: redis.Redis, relay: str, size: int, count: int, top: in
         ratelimit.resume(client)
         t = Timers()
         restore = instrument(t) if mode == "timed" else (lambda: None)
-        profiler = cProfile.Profile() if mode == "cprofile" else None
+        # On a shared box the wall clock mostly counts waiting (the sink, Redis, other
+        # processes): --cprofile-cpu times the worker thread's own CPU instead.
+        timer = (time.thread_time,) if cpu_profile else ()
+        profiler = cProfile.Profile(*timer) if mode == "cprofile" else None
         started_wall, started_cpu = time.perf_counter(), cpu_clock()
         try:
             if profiler is not None:
@@ -241,8 +247,10 @@ def profile_size(client: redis.Redis, relay: str, size: int, count: int, top: in
             figures["start_stop_s"] = round(wall - jobs_s, 3)
         if profiler is not None:
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+            pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(top)
             figures["cprofile_top"] = out.getvalue()
+            if dump is not None:
+                profiler.dump_stats(dump / f"cprofile-{size}.pstats")
         print(json.dumps({k: v for k, v in figures.items() if k != "cprofile_top"}), file=sys.stderr, flush=True)
     return figures
 
@@ -278,6 +286,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="2048,20480,102400", help="comma-separated sizes in bytes")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N",
                         help="also run under cProfile and print its top N functions by own time")
+    parser.add_argument("--cprofile-cpu", action="store_true",
+                        help="time cProfile by the worker thread's CPU, not the wall clock")
+    parser.add_argument("--cprofile-sort", default="tottime", help="pstats sort key (tottime, cumulative, ...)")
+    parser.add_argument("--cprofile-dump", type=Path, metavar="DIR",
+                        help="also write each size's cProfile stats to DIR/cprofile-SIZE.pstats")
+    parser.add_argument("--only-cprofile", action="store_true", help="with --cprofile: skip the timed runs")
     parser.add_argument("--out", type=Path, help="write JSON here (and Markdown beside it)")
     parser.add_argument("--sessions", type=int, default=1,
                         help="DRAIN_RELAY_SESSIONS (lanes); above 1 only the plain run, CPU of every thread")
@@ -290,8 +304,12 @@ def main() -> None:
         machine = {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                    "platform": platform.platform(), "redis": client.info("server")["redis_version"],
                    "sink": sink_name, "date": time.strftime("%Y-%m-%d %H:%M")}
-        results = [profile_size(client, relay, size, args.messages, args.cprofile, args.sessions) for size in sizes]
-    if args.sessions > 1:
+        results = [profile_size(client, relay, size, args.messages, args.cprofile, args.sessions,
+                                args.cprofile_cpu, args.only_cprofile, args.cprofile_sort, args.cprofile_dump)
+                   for size in sizes]
+    if args.sessions > 1 or args.only_cprofile:
+        for r in results:
+            print(f"\ncProfile, {r['label']}:\n{r.pop('cprofile_top', '')}")
         print(json.dumps(results, indent=2))
         if args.out:
             figures = {"machine": machine, "sessions": args.sessions, "results": results}

@@ -85,3 +85,28 @@ def test_lone_cr_ends_a_line_for_the_parser() -> None:
            b"text\r--b\nContent-Type: text/plain\n\nhi\r--b--\n")
     _same_tree(raw)
     assert len(BytesParser(policy=compat32).parsebytes(raw).get_payload()) == 1
+
+
+def test_the_remembered_content_type_follows_every_change() -> None:
+    """mimeskeleton._Part remembers its content type: each way a header or the default type
+    changes must give the answer a plain Message gives after the same change."""
+    from email.message import Message
+
+    from drain.mimeskeleton import _Part
+
+    steps: list[tuple[str, tuple[object, ...]]] = [
+        ("set_default_type", ("message/rfc822",)), ("set_raw", ("Content-Type", "text/html")),
+        ("__delitem__", ("content-type",)), ("__setitem__", ("Content-Type", "multipart/mixed; boundary=x")),
+        ("replace_header", ("Content-Type", "image/png")), ("set_type", ("text/x-one",)),
+        ("__delitem__", ("content-type",)), ("add_header", ("Content-Type", "application/pdf")),
+        ("set_param", ("charset", "utf-8")), ("del_param", ("charset",)), ("set_default_type", ("text/plain",)),
+        ("__delitem__", ("content-type",)), ("set_default_type", ("message/rfc822",)),
+        ("add_header", ("Content-Type", "multipart/alternative", )), ("set_boundary", ("b",)),
+    ]
+    part, plain = _Part(), Message()
+    assert part.get_content_type() == plain.get_content_type() == "text/plain"
+    for name, args in steps:
+        getattr(part, name)(*args)
+        getattr(plain, name)(*args)
+        assert part.get_content_type() == plain.get_content_type(), name
+        assert part.get_content_maintype() == plain.get_content_maintype(), name
