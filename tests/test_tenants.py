@@ -46,15 +46,21 @@ def test_small_tenants_are_served_in_turn_beside_a_big_backlog(client: Client, r
     client.enqueue_many([mail("big", i) for i in range(200)])
     small = [f"s{k}" for k in range(5)]
     client.enqueue_many([mail(t, i) for i in range(10) for t in small])
-    work()
+    # One relay session: the relay then sees claim order. With two, a claim runs beside the next
+    # and the arrival order mixes them (by up to a batch), which says nothing about claim.lua.
+    work(relay_sessions=1)
     seen = order(relay)
     assert len(seen) == 250
     # Round by round: 6 tenants with ready mail, one message each per round.
     last_small = max(i for i, t in enumerate(seen) if t != "big")
     assert last_small < 60 + 20, f"the small tenants waited behind the big one: last at {last_small}"
-    for start in range(0, 60, 6):
-        window = seen[start:start + 12]
-        assert set(small) <= set(window), f"a small tenant missed its turn at {start}: {window}"
+    # The k-th message of every small tenant arrives by round k + 1 (6 tenants a round), give or
+    # take one round. A tenant may finish early; none may lag.
+    for tenant in small:
+        places = [i for i, t in enumerate(seen) if t == tenant]
+        assert len(places) == 10
+        for k, place in enumerate(places):
+            assert place < 6 * (k + 1) + 6, f"{tenant}'s message {k} waited until place {place}: {seen[:place + 1]}"
 
 
 def test_weights_are_honoured(client: Client, relay: Sink, work: Work, settings: Settings) -> None:
@@ -62,7 +68,7 @@ def test_weights_are_honoured(client: Client, relay: Sink, work: Work, settings:
     client.enqueue_many([mail("a", 0), mail("b", 0)])
     tenants.set_weight(client.store, "a.example.com", 3)
     client.enqueue_many([mail(t, i) for i in range(1, 81) for t in ("a", "b")])
-    work()
+    work(relay_sessions=1)  # the relay sees claim order (see above)
     first = Counter(order(relay)[:40])
     assert 28 <= first["a"] <= 32 and 8 <= first["b"] <= 12, first
 
