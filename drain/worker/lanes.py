@@ -7,11 +7,12 @@ claiming and working its own share of the ready mail: while one lane waits on a 
 (Python lets go of the GIL there) another validates or sends.
 
 Limits hold as with one lane. Concurrency caps (domains, relays) and breakers are counted
-in Redis (drain.flow.gate, drain.worker.relays). Rates are booked in Redis too, but the
-global and tenant rates when mail is claimed and a domain's when it is asked, so sends that
-run side by side could land closer together than booked: while a global or tenant rate is
-set a job runs one lane, and mail to a domain with a limit is asked for and sent by one lane
-of the process at a time (in the order it was booked). The lanes share one settle window
+in Redis (drain.flow.gate, drain.worker.relays). The global and tenant rates are booked when
+mail is claimed: every send comes after its claim, so the k-th send overall comes no earlier
+than the k-th booking however many lanes (or processes) claim, and lanes run under those
+rates as processes do. A domain's rate is booked when it is asked and a second GCRA paces
+its actual sends, which lanes side by side could bunch: mail to a domain with a limit is
+asked for and sent by one lane of the process at a time (in the order it was booked). The lanes share one settle window
 (drain.worker.window), so a killed process repeats no more deliveries than with one lane.
 A lane's failure, or the job's time limit striking the job's thread, stops the other lanes
 between messages: what they had not reached goes back to ready, and the job ends with the
@@ -50,8 +51,6 @@ from typing import TYPE_CHECKING
 
 from rq.timeouts import JobTimeoutException
 
-from drain.flow import ratelimit
-from drain.store import keys
 from drain.store.store import Outcome, Store
 from drain.worker.alone import Alone
 from drain.worker.batch import TIMEOUT_FINDINGS, Batch
@@ -148,8 +147,6 @@ def deliver(rt: Runtime) -> int:
     stop = threading.Event()
     limited = threading.Lock()
     relays = rt.lanes()
-    if len(relays) > 1 and _rated(rt):
-        relays = relays[:1]
     # Each lane claims under an owner of its own, living by the process's lease (keys.lease).
     owners = [rt.owner, *(f"{rt.owner}/{n}" for n in range(1, len(relays)))]
     batches = [Batch(rt.store, r, o, rt.limits, rt.severity, rules, window=window, stop=stop, limited=limited)
@@ -180,15 +177,6 @@ def deliver(rt: Runtime) -> int:
         if lane.error is not None:
             raise lane.error
     return handled + sum(lane.handled for lane in lanes)
-
-
-def _rated(rt: Runtime) -> bool:
-    """Whether a global or tenant rate is set (claims book them: one lane then)."""
-    pipe = rt.store.client.pipeline(transaction=False)
-    pipe.get(keys.RATE)
-    pipe.hlen(keys.TENANT_RATES)
-    rate, tenants = pipe.execute()
-    return ratelimit.stored_rate(rate) is not None or int(tenants) > 0
 
 
 def _join(lanes: list[Lane]) -> None:
