@@ -29,8 +29,8 @@ def test_jitter_spreads_mail_deferred_together() -> None:
 def test_the_quick_retry_is_never_longer_than_the_schedule_and_comes_only_first() -> None:
     rng = random.Random(3)
     settings = Settings(retry_first_s=300, retry_max_s=4000, retry_quick_s=1)
-    assert all(1 <= next_try_in(settings, 1, True, rng) <= 1.2 for _ in range(50))
-    assert next_try_in(settings, 1, False, rng) >= 300
-    assert next_try_in(settings, 2, True, rng) >= 600
-    assert next_try_in(settings.with_(retry_quick_s=0), 1, True, rng) >= 300
-    assert next_try_in(settings.with_(retry_first_s=0), 1, True, rng) == 0
+    assert all(1 <= next_try_in(settings, 1, True, rng=rng) <= 1.2 for _ in range(50))
+    assert next_try_in(settings, 1, False, rng=rng) >= 300
+    assert next_try_in(settings, 2, True, rng=rng) >= 600
+    assert next_try_in(settings.with_(retry_quick_s=0), 1, True, rng=rng) >= 300
+    assert next_try_in(settings.with_(retry_first_s=0), 1, True, rng=rng) == 0

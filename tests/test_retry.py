@@ -58,7 +58,7 @@ def test_transient_failures_on_a_share_of_messages_are_retried(client: Client, r
 
 def test_retry_schedule_follows_the_backoff_policy(client: Client, relay: Sink, work: Callable[..., bool],
                                                    settings: Settings) -> None:
-    relay.set_policy(data_policy=lambda _i, _m: "421 4.7.0 try again")
+    relay.set_policy(data_policy=lambda _i, _m: "451 4.3.0 try again")
     (msg_id,) = client.enqueue_many([synthetic(1)]).ids
     delays = []
     for attempt in range(1, 7):
@@ -68,11 +68,44 @@ def test_retry_schedule_follows_the_backoff_policy(client: Client, relay: Sink, 
         delays.append(row.next_attempt_at - row.history[-1]["at"])
         client.store.promote_due(now=FAR)
     first, cap = settings.retry_first_s, settings.retry_max_s
-    for n, delay in enumerate(delays, 1):
+    assert delays.pop(0) <= settings.retry_quick_s * 1.2 + 0.01  # the quick retry takes the first step
+    for n, delay in enumerate(delays, 2):
         floor = min(first * 2 ** (n - 1), cap)
         assert floor - 1 <= delay <= min(floor + first * 0.2, cap) + 1, (n, delay)
     assert len(relay.messages) == 0 and client.store.books().ready == 1
     assert json.loads(client.redis.hget(keys.message(msg_id), "hist") or b"[]")[-1]["n"] == 6
+
+
+@pytest.mark.parametrize("answer", ["421 4.7.0 try again later", "451 4.7.1 too many messages, slow down"])
+def test_a_slow_down_waits_the_first_step_each_time(client: Client, relay: Sink, work: Callable[..., bool],
+                                                    settings: Settings, answer: str) -> None:
+    """A "slow down" is about the pace to the domain (its adaptive rate halves), not about the
+    message: the message's delay does not double. Mutant caught: next_try_in ignoring
+    `throttled` (the delays then go first, 2 x first, 4 x first...)."""
+    relay.set_policy(data_policy=lambda _i, _m: answer)
+    client.enqueue_many([synthetic(1)])
+    first = settings.retry_first_s
+    for attempt in range(1, 5):
+        work()
+        (row,) = records(client.store)
+        assert row.attempts == attempt
+        delay = row.next_attempt_at - row.history[-1]["at"]
+        assert first - 1 <= delay <= first * 1.2 + 1, (attempt, delay)
+        client.store.promote_due(now=FAR)
+
+
+def test_a_slow_down_beside_another_4xx_keeps_the_doubling(client: Client, relay: Sink,
+                                                            work: Callable[..., bool], settings: Settings) -> None:
+    """One recipient slowed down, another refused for itself: the message's own trouble sets the
+    delay. Mutant caught: `throttled` true when any (not every) refusal was a slow-down."""
+    relay.set_policy(rcpt_policy=lambda r: "450 4.7.1 rate limited" if r.startswith("a@") else "450 4.2.1 busy")
+    client.enqueue(synthetic(1), recipients=["a@example.org", "b@example.org"])
+    work()
+    for _attempt in range(2):
+        client.store.promote_due(now=FAR)
+        work()
+    (row,) = records(client.store)
+    assert row.attempts == 3 and row.next_attempt_at - row.history[-1]["at"] >= 4 * settings.retry_first_s - 1
 
 
 def test_some_recipients_refused_permanently_get_a_report(client: Client, relay: Sink, rclient: object,

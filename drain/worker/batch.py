@@ -203,7 +203,7 @@ class Batch:
         if tally.blocked:
             domain, _rcpts, answer = tally.blocked[0]
             return self._wait(msg, domain, answer)
-        return self._defer(msg, now, tally.reply, rest.recipients, quick=not tally.slow)
+        return self._defer(msg, now, tally.reply, rest.recipients, quick=not tally.slow, throttled=tally.throttled)
 
     def _wait(self, msg: Stored, domain: str, answer: Answer) -> Outcome:
         if answer.kind == "hold":
@@ -211,11 +211,12 @@ class Batch:
         fresh = msg.fresh or msg.id in self.fresh_ids
         return Outcome(msg.id, "parked", score=1 if fresh else 0, info=domain)
 
-    def _defer(self, msg: Stored, now: float, reply: str, left: tuple[str, ...], quick: bool = False) -> Outcome:
+    def _defer(self, msg: Stored, now: float, reply: str, left: tuple[str, ...], quick: bool = False,
+               throttled: bool = False) -> Outcome:
         if now - msg.accepted_at >= self.settings.max_lifetime_s:
             self._report(msg, dict.fromkeys(left, f"expired after {msg.attempts + 1} attempts: {reply}"))
             return Outcome(msg.id, "bounced", info=f"expired: {reply}")
-        due = now + next_try_in(self.settings, msg.attempts + 1, quick)
+        due = now + next_try_in(self.settings, msg.attempts + 1, quick, throttled)
         return Outcome(msg.id, "deferred", score=due, info=reply)
 
     def _after_send(self, step: Callable[..., object], *args: object) -> None:

@@ -28,6 +28,8 @@ class Groups:
     # A transient failure was the connection's, the relay's, a session reply or a "slow
     # down" (421, 4.7.x, "too many"): no quick retry.
     slow: bool = False
+    # A transient failure was something other than a "slow down" (421, 4.7.x, "too many").
+    unthrottled: bool = False
     # Groups the gate did not let go now: (domain, recipients, the gate's answer), in order.
     blocked: list[tuple[str, tuple[str, ...], Answer]] = field(default_factory=list)
     # The last reply that was not a plain success, for the record of a deferral or bounce
@@ -47,6 +49,7 @@ class Groups:
                 else:
                     self.transient.append(rcpt)
                     self.slow = self.slow or result.relay_fault or _no_quick_retry(code, text)
+                    self.unthrottled = self.unthrottled or result.relay_fault or not is_throttling(code, text)
             elif result.kind == "delivered":
                 self.delivered.append(rcpt)
             elif result.kind == "bounced":
@@ -55,12 +58,19 @@ class Groups:
                 self.transient.append(rcpt)
                 self.slow = (self.slow or result.relay_fault or result.code == 0
                              or _no_quick_retry(result.code, result.text))
+                self.unthrottled = (self.unthrottled or result.relay_fault or result.code == 0
+                                    or not is_throttling(result.code, result.text))
         if result.kind == "delivered":
             self.accepted.append(f"{result.code} {result.text}".strip())
         # A message that waits keeps the reply it waits for: a later group's bounce does not
         # take its place (the bounce has its own record and event).
         if (result.kind != "delivered" or result.refused) and (len(self.transient) > waited or not self.transient):
             self.reply = result.reply
+
+    @property
+    def throttled(self) -> bool:
+        """Every recipient to try again was refused with a "slow down" and nothing else."""
+        return bool(self.transient) and not self.unthrottled
 
     def rest(self, env: Envelope) -> Envelope:
         """The envelope still to do: the first waiting group first (its domain becomes the

@@ -7,7 +7,9 @@
   `retry_quick_s`: most such refusals (a relay briefly busy, a lock, a recipient check that
   timed out) are gone a second later, and waiting 5 minutes for them is most of fresh mail's
   tail. The quick retry takes the place of the schedule's first step: the second
-  failure waits 2 x first, as it would have. Written
+  failure waits 2 x first, as it would have. A "slow down" (421, 4.7.x, "too many") is about
+  the pace to the domain, which the domain's adaptive rate sets, not about the message: mail
+  deferred only by slow-downs waits the first step each time, its delay does not double. Written
   out here: a deferral is not a retry loop in one process (the next attempt is a due time
   in Redis, taken by whichever worker comes), so tenacity's wait strategies, which read the
   state of a running `Retrying`, do not apply.
@@ -44,10 +46,14 @@ def deferral_delay(settings: Settings, attempts: int, rng: random.Random | None 
     return max(0.0, min(base + jitter, cap))
 
 
-def next_try_in(settings: Settings, attempts: int, quick: bool, rng: random.Random | None = None) -> float:
+def next_try_in(settings: Settings, attempts: int, quick: bool, throttled: bool = False,
+                rng: random.Random | None = None) -> float:
     """Seconds to wait after the `attempts`-th failed attempt; `quick` when every failure of
-    that attempt was the relay's 4xx about the message or a recipient."""
-    delay = deferral_delay(settings, attempts, rng)
+    that attempt was the relay's 4xx about the message or a recipient, `throttled` when every
+    one was a "slow down" (421, 4.7.x, "too many"): that says how fast to send to the domain,
+    which its adaptive rate takes care of, and nothing about the message, so the message
+    waits the schedule's first step each time rather than a delay that doubles."""
+    delay = deferral_delay(settings, 1 if throttled else attempts, rng)
     if attempts <= 1 and quick and settings.retry_quick_s > 0:
         return min(settings.retry_quick_s * (1 + (rng or random).uniform(0, JITTER_SHARE)), delay)
     return delay
