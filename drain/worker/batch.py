@@ -2,6 +2,8 @@
 
 Outcomes are settled every `settle_every` messages, so a crash repeats at most that many
 deliveries; whatever a batch has not reached when it stops goes back to the ready list.
+Deliveries are settled by writing them to the owner's journal (drain/store/journal.py), one
+plain command, and the journal is settled by one script call at the end of the claim.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from drain import validate
 from drain.flow.gate import Answer, Gate
 from drain.intake.rules import Rule, first_match
 from drain.message import Envelope, without_bcc
-from drain.store import events, keys
+from drain.store import events, journal, keys
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
 from drain.worker.alone import Alone
@@ -126,6 +128,10 @@ class Batch:
         # batch has a window of its own); other lanes of the job share it (drain.worker.lanes).
         self.window = window or Window(store.settings.settle_every)
         self.taken = 0
+        # Deliveries in this owner's journal, not settled yet; whether this claim's may go there
+        # (not when it took a capped tenant's concurrency slot: settling frees it).
+        self.journalled = 0
+        self.journalling = True
         # Set when the job ends early (its time limit struck another lane): stop between messages.
         self.stop = stop
         # Held by the lane asking for and sending mail to a domain with a limit (drain.worker.lanes).
@@ -276,6 +282,7 @@ class Batch:
                 self.gate.refresh()
                 self.relays.refresh()
                 self.fresh_ids = claim.fresh
+                self.journalling = not claim.capped
                 handled += len(claim.ids)
                 self._work(claim.ids)
                 if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
@@ -337,7 +344,7 @@ class Batch:
         finally:
             # Anything not reached (an exception, a job timeout) goes back, untouched.
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
-            self._settle(pending)
+            self._settle(pending, final=True)
 
     def _stopped(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -377,13 +384,22 @@ class Batch:
         self.lease_written = sent
         return True
 
-    def _settle(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
+    def _settle(self, outcomes: list[Outcome], final: bool = False) -> None:
+        """Settle outcomes (and the journal); deliveries go to the journal instead, unless
+        `final` (the claim is done: everything is settled)."""
+        if not final and self.journalling and journal.journalable(outcomes):
+            self._journal(outcomes)
+            return
+        if not outcomes and not (final and self.journalled):
             self.window.give(self.taken)
             self.taken = 0
             return
         try:
-            _settled, skipped = self.store.settle(self.owner, outcomes)
+            if outcomes:
+                _settled, skipped = self.store.settle(self.owner, outcomes)
+            else:
+                _settled, skipped = self.store.commit(self.owner)
+            self.journalled = 0
         finally:
             taken, self.taken = self.taken, 0
             self.window.give(taken)
@@ -393,3 +409,17 @@ class Batch:
             self.lost = True
         for outcome in outcomes:
             self.tally.add(outcome)
+
+    def _journal(self, outcomes: list[Outcome]) -> None:
+        """Deliveries to the journal: from then on they count as settled (never sent again)."""
+        try:
+            self.store.journal(self.owner, outcomes, first=not self.journalled)
+            self.journalled += len(outcomes)
+        finally:
+            taken, self.taken = self.taken, 0
+            self.window.give(taken)
+        self._send_reports()
+        for outcome in outcomes:
+            self.tally.add(outcome)
+        if self.journalled >= journal.JOURNAL_MOST:
+            self._settle([], final=True)

@@ -433,3 +433,42 @@ function lib.deliveries_done(d, shape_key, latency_key)
   if next(d.buckets) then lib.figure('HINCRBYFLOAT', latency_key, 'sum', d.sum) end
   redis.call('DEL', unpack(d.gone))
 end
+
+-- One journal entry (drain/store/journal.py): 'x' and the id's 5-byte index record, or '-';
+-- the length of info, ':', info, then the delivered event's data. Returns info, data, index
+-- record ('' when none). A damaged entry still gives a delivery: no info, data made by
+-- lib.delivered from an empty reply.
+function lib.journalled(entry)
+  local at, ix = 2, ''
+  if string.byte(entry, 1) == 120 then ix, at = string.sub(entry, 2, 6), 7 end
+  local colon = string.find(entry, ':', at, true)
+  local size = colon and tonumber(string.sub(entry, at, colon - 1))
+  if not size then return '', '', ix end
+  return string.sub(entry, colon + 1, colon + size), string.sub(entry, colon + size + 1), ix
+end
+
+-- Settle the deliveries in owner's journal (hash id -> entry) into d, a tally of
+-- lib.deliveries whose events are batched (d.batch): each message the owner still holds is
+-- counted delivered in the books and leaves the in-flight hash; entries of messages it no
+-- longer holds (its lease lapsed and they were given back) are dropped, counted in the
+-- second value returned. The journal is deleted. Returns settled, skipped.
+function lib.commit_journal(d, journal, inflight, books, owner)
+  local flat = redis.call('HGETALL', journal)
+  if #flat == 0 then return 0, 0 end
+  local ids, entries = {}, {}
+  for i = 1, #flat, 2 do
+    ids[#ids + 1] = flat[i]
+    entries[flat[i]] = flat[i + 1]
+  end
+  local mine = lib.held(inflight, owner, ids)
+  if #mine > 0 then
+    redis.call('HINCRBY', books, 'delivered', d.up[#mine] or #mine)
+    redis.call('HDEL', inflight, unpack(mine))
+  end
+  redis.call('DEL', journal)
+  for _, id in ipairs(mine) do
+    local info, data, ix = lib.journalled(entries[id])
+    lib.delivered(d, 'drain:msg:' .. id, id, info, data, '', ix)
+  end
+  return #mine, #ids - #mine
+end

@@ -1,0 +1,59 @@
+"""The delivery journal: a worker's deliveries written with one plain HSET as they happen, and
+settled by a script once per claim.
+
+A settle script call has a large fixed cost in Redis (the call, its arguments, the prelude,
+the reply), several times what the moves of one delivered message cost. A worker used to pay
+it every DRAIN_SETTLE_EVERY deliveries, the duplicate window. Now, every DRAIN_SETTLE_EVERY
+deliveries, it writes them to its journal (keys.journal(owner), id -> entry): that write is
+what bounds the window, since a journalled message is never delivered again. The owner's
+next settle (deliver.lua, settle.lua: at the end of the claim, or once JOURNAL_MOST are
+waiting) settles every journalled message it still holds as delivered, with the same books,
+figures and events as before, and drops the journal. When the worker dies, the reaper does
+the same before it gives the rest of its claim back (reap.lua), so a journalled message is
+not redelivered.
+
+An entry (bytes, read by lib.journalled in _lib.lua): 'x' and the 5-byte index record of the
+id (events.index_record; '-' and nothing when events are off), the length in bytes of info
+(recipients refused for good, JSON, or empty) in decimal, ':', info, then the delivered
+event's data (JSON, events.delivered_data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from drain.store import events, keys
+from drain.store.claimed import Outcome
+
+# Most deliveries waiting in a journal: past this many the worker settles them before going on.
+JOURNAL_MOST = 100
+# A journal lives this long after its first entry: long past any lease, so the reaper finds
+# it; it only outlives its worker when every entry in it was stale.
+JOURNAL_TTL_S = 86400
+
+
+def entry(outcome: Outcome, trace: bool) -> bytes:
+    """One delivery as its journal entry."""
+    info = outcome.info.encode("utf-8", "surrogateescape")
+    head = b"x" + b"".join(events.index_record(events.BY_ID + outcome.id)) if trace else b"-"
+    return head + str(len(info)).encode() + b":" + info + outcome.event.encode("utf-8", "surrogateescape")
+
+
+def journalable(outcomes: Sequence[Outcome]) -> bool:
+    """Whether outcomes may go to the journal: deliveries whose event data the worker made."""
+    return bool(outcomes) and all(o.kind == "delivered" and o.event for o in outcomes)
+
+
+def write(client: redis.Redis, owner: str, outcomes: Sequence[Outcome], trace: bool, first: bool) -> None:
+    """Journal deliveries (one HSET; the first write of a journal also sets its lifetime)."""
+    key = keys.journal(owner)
+    mapping = {o.id: entry(o, trace) for o in outcomes}
+    if not first:
+        client.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+    pipe.expire(key, JOURNAL_TTL_S)
+    pipe.execute()
