@@ -4,7 +4,8 @@ settled by a script once per claim.
 A settle script call has a large fixed cost in Redis (the call, its arguments, the prelude,
 the reply), several times what the moves of one delivered message cost. A worker used to pay
 it every DRAIN_SETTLE_EVERY deliveries, the duplicate window. Now, every DRAIN_SETTLE_EVERY
-deliveries, it writes them to its journal (keys.journal(owner), id -> entry): that write is
+deliveries, it appends them to its journal (keys.journal(owner), a list: an append is O(1)
+where a hash field's write scans a small hash's listpack for the field): that write is
 what bounds the window, since a journalled message is never delivered again. The owner's
 next settle (deliver.lua, settle.lua: at the end of the claim, or once JOURNAL_MOST are
 waiting) settles every journalled message it still holds as delivered, with the same books,
@@ -13,9 +14,9 @@ the same before it gives the rest of its claim back (reap.lua), so a journalled 
 not redelivered.
 
 An entry (bytes, read by lib.journalled in _lib.lua): 'x' and the 5-byte index record of the
-id (events.index_record; '-' and nothing when events are off), the length in bytes of info
-(recipients refused for good, JSON, or empty) in decimal, ':', info, then the delivered
-event's data (JSON, events.delivered_data).
+id (events.index_record; '-' and nothing when events are off); the id's length in bytes in
+decimal, ':', the id; the length of info (recipients refused for good, JSON, or empty), ':',
+info; then the delivered event's data (JSON, events.delivered_data).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ JOURNAL_TTL_S = 86400
 
 def entry(outcome: Outcome, trace: bool) -> bytes:
     """One delivery as its journal entry."""
-    info = outcome.info.encode("utf-8", "surrogateescape")
+    msg_id, info = (t.encode("utf-8", "surrogateescape") for t in (outcome.id, outcome.info))
     head = b"x" + b"".join(events.index_record(events.BY_ID + outcome.id)) if trace else b"-"
-    return head + str(len(info)).encode() + b":" + info + outcome.event.encode("utf-8", "surrogateescape")
+    return b"%s%d:%s%d:%s%s" % (head, len(msg_id), msg_id, len(info), info,
+                                outcome.event.encode("utf-8", "surrogateescape"))
 
 
 def journalable(outcomes: Sequence[Outcome]) -> bool:
@@ -47,13 +49,13 @@ def journalable(outcomes: Sequence[Outcome]) -> bool:
 
 
 def write(client: redis.Redis, owner: str, outcomes: Sequence[Outcome], trace: bool, first: bool) -> None:
-    """Journal deliveries (one HSET; the first write of a journal also sets its lifetime)."""
+    """Journal deliveries (one RPUSH; the first write of a journal also sets its lifetime)."""
     key = keys.journal(owner)
-    mapping = {o.id: entry(o, trace) for o in outcomes}
+    entries = [entry(o, trace) for o in outcomes]
     if not first:
-        client.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        client.rpush(key, *entries)
         return
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+    pipe.rpush(key, *entries)
     pipe.expire(key, JOURNAL_TTL_S)
     pipe.execute()

@@ -152,8 +152,8 @@ def lease(owner: str) -> str:
 
 
 def journal(owner: str) -> str:
-    """Deliveries a worker (a lane's owner) made and has not settled yet: id -> what the settle
-    needs (drain/store/journal.py; hash). A journalled message counts as delivered: the next
+    """Deliveries a worker (a lane's owner) made and has not settled yet, each with what the
+    settle needs (drain/store/journal.py; list). A journalled message counts as delivered: the next
     settle of that owner, or the reaper when its lease lapses, settles it so."""
     return f"{PREFIX}:journal:{owner}"
 

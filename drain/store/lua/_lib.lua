@@ -435,30 +435,39 @@ function lib.deliveries_done(d, shape_key, latency_key)
 end
 
 -- One journal entry (drain/store/journal.py): 'x' and the id's 5-byte index record, or '-';
--- the length of info, ':', info, then the delivered event's data. Returns info, data, index
--- record ('' when none). A damaged entry still gives a delivery: no info, data made by
--- lib.delivered from an empty reply.
+-- the id's length, ':', the id; the length of info, ':', info; then the delivered event's
+-- data. Returns id, info, data, index record ('' when none); id nil when the entry is
+-- damaged past reading its id. Damage after the id still gives a delivery: no info, data
+-- made by lib.delivered from an empty reply.
 function lib.journalled(entry)
   local at, ix = 2, ''
   if string.byte(entry, 1) == 120 then ix, at = string.sub(entry, 2, 6), 7 end
   local colon = string.find(entry, ':', at, true)
   local size = colon and tonumber(string.sub(entry, at, colon - 1))
-  if not size then return '', '', ix end
-  return string.sub(entry, colon + 1, colon + size), string.sub(entry, colon + size + 1), ix
+  if not size then return nil end
+  local id = string.sub(entry, colon + 1, colon + size)
+  at = colon + size + 1
+  colon = string.find(entry, ':', at, true)
+  size = colon and tonumber(string.sub(entry, at, colon - 1))
+  if not size then return id, '', '', ix end
+  return id, string.sub(entry, colon + 1, colon + size), string.sub(entry, colon + size + 1), ix
 end
 
--- Settle the deliveries in owner's journal (hash id -> entry) into d, a tally of
+-- Settle the deliveries in owner's journal (a list of entries) into d, a tally of
 -- lib.deliveries whose events are batched (d.batch): each message the owner still holds is
 -- counted delivered in the books and leaves the in-flight hash; entries of messages it no
 -- longer holds (its lease lapsed and they were given back) are dropped, counted in the
 -- second value returned. The journal is deleted. Returns settled, skipped.
 function lib.commit_journal(d, journal, inflight, books, owner)
-  local flat = redis.call('HGETALL', journal)
-  if #flat == 0 then return 0, 0 end
+  local list = redis.call('LRANGE', journal, 0, -1)
+  if #list == 0 then return 0, 0 end
   local ids, entries = {}, {}
-  for i = 1, #flat, 2 do
-    ids[#ids + 1] = flat[i]
-    entries[flat[i]] = flat[i + 1]
+  for _, entry in ipairs(list) do
+    local id, info, data, ix = lib.journalled(entry)
+    if id then
+      ids[#ids + 1] = id
+      entries[id] = {info, data, ix}
+    end
   end
   local mine = lib.held(inflight, owner, ids)
   if #mine > 0 then
@@ -467,8 +476,8 @@ function lib.commit_journal(d, journal, inflight, books, owner)
   end
   redis.call('DEL', journal)
   for _, id in ipairs(mine) do
-    local info, data, ix = lib.journalled(entries[id])
-    lib.delivered(d, 'drain:msg:' .. id, id, info, data, '', ix)
+    local e = entries[id]
+    lib.delivered(d, 'drain:msg:' .. id, id, e[1], e[2], '', e[3])
   end
-  return #mine, #ids - #mine
+  return #mine, #list - #mine
 end
