@@ -17,8 +17,8 @@ import redis
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink, Stall
 from drain.intake.api import Client
-from drain.settings import Settings
 from drain.ops import tenants
+from drain.settings import Settings
 from drain.store import events, keys
 from drain.store.store import Outcome, Store
 from tests.conftest import wait_for

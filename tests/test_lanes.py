@@ -51,7 +51,7 @@ UNSETTLED = """
 local journalled = {}
 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do
   for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do  -- entries of drain/store/journal.py
-    local at = string.byte(e, 1) == 120 and 7 or 2
+    local at = string.byte(e, 1) - 46
     local colon = string.find(e, ':', at, true)
     journalled[string.sub(e, colon + 1, colon + tonumber(string.sub(e, at, colon - 1)))] = true
   end

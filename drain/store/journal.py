@@ -13,8 +13,8 @@ figures and events as before, and drops the journal. When the worker dies, the r
 the same before it gives the rest of its claim back (reap.lua), so a journalled message is
 not redelivered.
 
-An entry (bytes, read by lib.journalled in _lib.lua): 'x' and the 5-byte index record of the
-id (events.index_record; '-' and nothing when events are off); the id's length in bytes in
+An entry (bytes, read by lib.journalled in _lib.lua): the length of the id's index record
+(one digit) and the record (events.delivered_record; none when events are off); the id's length in bytes in
 decimal, ':', the id; the length of info (recipients refused for good, JSON, or empty), ':',
 info; then the delivered event's data (JSON, events.delivered_data).
 """
@@ -38,7 +38,8 @@ JOURNAL_TTL_S = 86400
 def entry(outcome: Outcome, trace: bool) -> bytes:
     """One delivery as its journal entry."""
     msg_id, info = (t.encode("utf-8", "surrogateescape") for t in (outcome.id, outcome.info))
-    head = b"x" + b"".join(events.index_record(events.BY_ID + outcome.id)) if trace else b"-"
+    ix = events.delivered_record(outcome.id) if trace else b""
+    head = b"%d%s" % (len(ix), ix)
     return b"%s%d:%s%d:%s%s" % (head, len(msg_id), msg_id, len(info), info,
                                 outcome.event.encode("utf-8", "surrogateescape"))
 

@@ -165,7 +165,7 @@ class Store:
                                            events.oldest_kept(self.settings, now)]
         trace = self.settings.trace
         for o in outcomes:  # with its id's index record: the script need not hash the id
-            args += [o.id, o.info, o.event, b"".join(events.index_record(events.BY_ID + o.id)) if trace else ""]
+            args += [o.id, o.info, o.event, events.delivered_record(o.id) if trace else ""]
         reply = self.scripts.deliver(
             keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS, keys.journal(owner),
                   *(keys.message(o.id) for o in outcomes)],

@@ -246,9 +246,8 @@ end
 -- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
 -- a Lua array of {id, data as JSON text}). Each message is indexed by its id, as with an
 -- entry of its own; events.py's decode_all reads such an entry as one event per message.
--- An item's third element, when given, is its id's index record made by the caller (2 hex
--- digits of bucket, 3 bytes of tag: events.index_record of 'i:' .. id), which spares the
--- hashing here. A lone event keeps the usual form. Returns the entry's stream id.
+-- An item's third element, when given, is its id's index record made by the caller (its
+-- bucket, then 3 bytes of tag: events.delivered_record), which spares the hashing here. A lone event keeps the usual form. Returns the entry's stream id.
 function lib.event_batch(tr, kind, list)
   if not tr or #list == 0 then return nil end
   if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
@@ -263,7 +262,7 @@ function lib.event_batch(tr, kind, list)
   end
   local day, where = place(tr, sid)
   for _, e in ipairs(list) do
-    if e[3] and e[3] ~= '' then gather(tr, day, string.sub(e[3], 1, 2), string.sub(e[3], 3) .. where)
+    if e[3] and #e[3] > 3 then gather(tr, day, string.sub(e[3], 1, -4), string.sub(e[3], -3) .. where)
     else index(tr, day, 'i:' .. e[1], where) end
   end
   tr.first = tr.first or sid
@@ -324,11 +323,21 @@ function lib.codes(findings)
 end
 
 -- Which of ids (a Lua array) owner holds in the in-flight hash, read in one command: the
--- held ids in order, each once, and id -> its first position among ids.
+-- held ids in order, each once, and id -> its first position among ids. Many ids of a small
+-- hash (a journal's, most of what is in flight) are read with one HGETALL: a small hash is a
+-- listpack, where HMGET scans for each field asked for.
 function lib.held(inflight, owner, ids)
   local mine, first = {}, {}
   if #ids == 0 then return mine, first end
-  local holders = redis.call('HMGET', inflight, unpack(ids))
+  local holders
+  if #ids >= 16 and redis.call('HLEN', inflight) <= 2 * #ids then
+    local flat, by = redis.call('HGETALL', inflight), {}
+    for i = 1, #flat, 2 do by[flat[i]] = flat[i + 1] end
+    holders = {}
+    for i, id in ipairs(ids) do holders[i] = by[id] end
+  else
+    holders = redis.call('HMGET', inflight, unpack(ids))
+  end
   for i, id in ipairs(ids) do
     if holders[i] == owner and not first[id] then
       mine[#mine + 1] = id
@@ -434,14 +443,15 @@ function lib.deliveries_done(d, shape_key, latency_key)
   redis.call('DEL', unpack(d.gone))
 end
 
--- One journal entry (drain/store/journal.py): 'x' and the id's 5-byte index record, or '-';
--- the id's length, ':', the id; the length of info, ':', info; then the delivered event's
+-- One journal entry (drain/store/journal.py): the length of the id's index record (a digit)
+-- and the record; the id's length, ':', the id; the length of info, ':', info; then the delivered event's
 -- data. Returns id, info, data, index record ('' when none); id nil when the entry is
 -- damaged past reading its id. Damage after the id still gives a delivery: no info, data
 -- made by lib.delivered from an empty reply.
 function lib.journalled(entry)
-  local at, ix = 2, ''
-  if string.byte(entry, 1) == 120 then ix, at = string.sub(entry, 2, 6), 7 end
+  local at = (string.byte(entry, 1) or 0) - 46
+  if at < 2 or at > 11 then return nil end
+  local ix = string.sub(entry, 2, at - 1)
   local colon = string.find(entry, ':', at, true)
   local size = colon and tonumber(string.sub(entry, at, colon - 1))
   if not size then return nil end
@@ -461,23 +471,23 @@ end
 function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
-  local ids, entries = {}, {}
+  local ids, infos, datas, ixs = {}, {}, {}, {}
   for _, entry in ipairs(list) do
     local id, info, data, ix = lib.journalled(entry)
     if id then
-      ids[#ids + 1] = id
-      entries[id] = {info, data, ix}
+      local k = #ids + 1
+      ids[k], infos[k], datas[k], ixs[k] = id, info, data, ix
     end
   end
-  local mine = lib.held(inflight, owner, ids)
+  local mine, first = lib.held(inflight, owner, ids)
   if #mine > 0 then
     redis.call('HINCRBY', books, 'delivered', d.up[#mine] or #mine)
     redis.call('HDEL', inflight, unpack(mine))
   end
   redis.call('DEL', journal)
   for _, id in ipairs(mine) do
-    local e = entries[id]
-    lib.delivered(d, 'drain:msg:' .. id, id, e[1], e[2], '', e[3])
+    local k = first[id]
+    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k])
   end
   return #mine, #list - #mine
 end

@@ -13,7 +13,7 @@
 -- ARGV[6] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
 -- then four per delivery: id, info (recipients refused for good, JSON, or ''), the
 -- delivered event's data (JSON: reply, attempt, delay_s), the index record of its id
--- (events.index_record of 'i:' .. id: bucket then tag, 5 bytes)
+-- (events.delivered_record: bucket then 3-byte tag)
 --
 -- The owner's journalled deliveries are settled first, the same way (lib.commit_journal); a
 -- call may carry no delivery of its own, only the journal's.
