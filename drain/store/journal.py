@@ -14,9 +14,13 @@ the same before it gives the rest of its claim back (reap.lua), so a journalled 
 not redelivered.
 
 An entry (bytes, read by lib.journalled in _lib.lua): the length of the id's index record
-(one digit) and the record (events.delivered_record; none when events are off); the id's length in bytes in
-decimal, ':', the id; the length of info (recipients refused for good, JSON, or empty), ':',
-info; then the delivered event's data (JSON, events.delivered_data).
+(one digit) and the record (events.delivered_record; none when events are off); then five
+fields, each its length in bytes in decimal, ':' and its bytes ('-' when the message lacks
+it, '?' when not known): the id, info (recipients refused for good, JSON, or empty), and the
+message's FIGURES as the worker read them when it claimed it (Store.load), which spares the
+settle a read of each message; then the delivered event's data (JSON, events.delivered_data).
+The figures are read only to count the message out of the backlog shape, the tenant's count
+and its concurrency slot; they do not change while a worker holds the message.
 """
 
 from __future__ import annotations
@@ -30,18 +34,26 @@ from drain.store.claimed import Outcome
 
 # Most deliveries waiting in a journal: past this many the worker settles them before going on.
 JOURNAL_MOST = 100
+# The message fields an entry carries: domain, accepted time, tenant (record.py).
+FIGURES = (b"dom", b"t", b"tn")
+# Most messages whose figures a Store keeps between load and journal.
+FIGURES_KEPT = 10_000
 # A journal lives this long after its first entry: long past any lease, so the reaper finds
 # it; it only outlives its worker when every entry in it was stale.
 JOURNAL_TTL_S = 86400
 
 
-def entry(outcome: Outcome, trace: bool) -> bytes:
-    """One delivery as its journal entry."""
+def _field(value: bytes | None) -> bytes:
+    return b"-" if value is None else b"%d:%s" % (len(value), value)
+
+
+def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | None = None) -> bytes:
+    """One delivery as its journal entry (figures: its FIGURES fields, None when not known)."""
     msg_id, info = (t.encode("utf-8", "surrogateescape") for t in (outcome.id, outcome.info))
     ix = events.delivered_record(outcome.id) if trace else b""
-    head = b"%d%s" % (len(ix), ix)
-    return b"%s%d:%s%d:%s%s" % (head, len(msg_id), msg_id, len(info), info,
-                                outcome.event.encode("utf-8", "surrogateescape"))
+    known = b"".join(map(_field, figures)) if figures and len(figures) == len(FIGURES) else b"???"
+    return b"%d%s%s%s%s%s" % (len(ix), ix, _field(msg_id), _field(info), known,
+                              outcome.event.encode("utf-8", "surrogateescape"))
 
 
 def journalable(outcomes: Sequence[Outcome]) -> bool:
@@ -49,10 +61,12 @@ def journalable(outcomes: Sequence[Outcome]) -> bool:
     return bool(outcomes) and all(o.kind == "delivered" and o.event for o in outcomes)
 
 
-def write(client: redis.Redis, owner: str, outcomes: Sequence[Outcome], trace: bool, first: bool) -> None:
-    """Journal deliveries (one RPUSH; the first write of a journal also sets its lifetime)."""
+def write(client: redis.Redis, owner: str, outcomes: Sequence[Outcome], trace: bool, first: bool,
+          figures: Sequence[tuple[bytes | None, ...] | None] | None = None) -> None:
+    """Journal deliveries (one RPUSH; the first write of a journal also sets its lifetime);
+    figures: each one's FIGURES as read when claimed, if known."""
     key = keys.journal(owner)
-    entries = [entry(o, trace) for o in outcomes]
+    entries = [entry(o, trace, f) for o, f in zip(outcomes, figures or [None] * len(outcomes), strict=True)]
     if not first:
         client.rpush(key, *entries)
         return

@@ -44,6 +44,9 @@ class Store:
         self.client = client
         self.settings = settings
         self.scripts = Scripts(client)
+        # What load read of each claimed message's figures fields (journal.FIGURES), until
+        # its delivery is journalled: the journal entry carries them to the settle.
+        self.figures: dict[str, tuple[bytes | None, ...]] = {}
 
     # -- producers -------------------------------------------------------------------
 
@@ -104,9 +107,15 @@ class Store:
         for msg_id in ids:
             pipe.hgetall(keys.message(msg_id))
         names = [n.encode() for n in record.CLAIMED]
+        found_all = pipe.execute(raise_on_error=False)
+        if len(self.figures) > journal.FIGURES_KEPT:
+            self.figures.clear()  # (entries of mail that was not delivered: read again if need be)
+        for msg_id, found in zip(ids, found_all, strict=True):
+            if isinstance(found, dict):
+                self.figures[msg_id] = tuple(found.get(n) for n in journal.FIGURES)
         return [claimed(record.decode(msg_id, record.CLAIMED, found if isinstance(found, Exception)
                                       else [found.get(n) for n in names]))
-                for msg_id, found in zip(ids, pipe.execute(raise_on_error=False), strict=True)]
+                for msg_id, found in zip(ids, found_all, strict=True)]
 
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> tuple[int, int]:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
@@ -151,7 +160,8 @@ class Store:
         """Journal deliveries whose event data the worker made (drain/store/journal.py): one
         HSET; the owner's next settle (or the reaper) settles them. `first`: the first write
         since the owner's last settle."""
-        journal.write(self.client, owner, outcomes, self.settings.trace, first)
+        journal.write(self.client, owner, outcomes, self.settings.trace, first,
+                      [self.figures.pop(o.id, None) for o in outcomes])
 
     def commit(self, owner: str) -> tuple[int, int]:
         """Settle the owner's journal (deliver.lua with no delivery of its own)."""

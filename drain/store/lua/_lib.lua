@@ -364,10 +364,15 @@ end
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
 -- says delivered, as the books count it); data is the delivered event's data as JSON, or
--- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch).
-function lib.delivered(d, msg, id, info, data, reply, ix)
-  local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
-  if f.err then f = {} end  -- not a hash: dropped all the same
+-- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch);
+-- known (optional) the message's dom, t and tn fields as the worker read them when it
+-- claimed it (a journal entry's: spares reading them here), false for one it lacks.
+function lib.delivered(d, msg, id, info, data, reply, ix, known)
+  local f = known
+  if not f then
+    f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
+    if f.err then f = {} end  -- not a hash: dropped all the same
+  end
   local tenant = f[3]
   if tenant then
     local freed = d.busy[tenant]
@@ -443,24 +448,38 @@ function lib.deliveries_done(d, shape_key, latency_key)
   redis.call('DEL', unpack(d.gone))
 end
 
--- One journal entry (drain/store/journal.py): the length of the id's index record (a digit)
--- and the record; the id's length, ':', the id; the length of info, ':', info; then the delivered event's
--- data. Returns id, info, data, index record ('' when none); id nil when the entry is
--- damaged past reading its id. Damage after the id still gives a delivery: no info, data
--- made by lib.delivered from an empty reply.
-function lib.journalled(entry)
-  local at = (string.byte(entry, 1) or 0) - 46
-  if at < 2 or at > 11 then return nil end
-  local ix = string.sub(entry, 2, at - 1)
+-- One field of a journal entry at position at: its length, ':', its bytes; '-' for a field
+-- the message lacks (false), '?' for one not known (nil). Returns the value and the position
+-- after it, or nothing when the entry is damaged there.
+local function journal_field(entry, at)
+  local c = string.byte(entry, at)
+  if c == 45 then return false, at + 1 end
+  if c == 63 then return nil, at + 1 end
   local colon = string.find(entry, ':', at, true)
   local size = colon and tonumber(string.sub(entry, at, colon - 1))
-  if not size then return nil end
-  local id = string.sub(entry, colon + 1, colon + size)
-  at = colon + size + 1
-  colon = string.find(entry, ':', at, true)
-  size = colon and tonumber(string.sub(entry, at, colon - 1))
-  if not size then return id, '', '', ix end
-  return id, string.sub(entry, colon + 1, colon + size), string.sub(entry, colon + size + 1), ix
+  if not size then return end
+  return string.sub(entry, colon + 1, colon + size), colon + size + 1
+end
+
+-- One journal entry (drain/store/journal.py): the length of the id's index record (a digit)
+-- and the record; then fields (journal_field): id, info, dom, t, tn; then the delivered
+-- event's data. Returns id, info, data, index record, and {dom, t, tn} (nil when not all are
+-- known); nothing when the entry is damaged. (A damaged data gives a delivery all the same:
+-- lib.delivered makes its data from an empty reply.)
+function lib.journalled(entry)
+  local at = (string.byte(entry, 1) or 0) - 46
+  if at < 2 or at > 11 then return end
+  local ix = string.sub(entry, 2, at - 1)
+  local got = {}
+  for k = 1, 5 do
+    local value, after = journal_field(entry, at)
+    if not after then return end
+    got[k], at = value, after
+  end
+  if not got[1] then return end
+  local known = nil
+  if got[3] ~= nil and got[4] ~= nil and got[5] ~= nil then known = {got[3], got[4], got[5]} end
+  return got[1], got[2] or '', string.sub(entry, at), ix, known
 end
 
 -- Settle the deliveries in owner's journal (a list of entries) into d, a tally of
@@ -471,12 +490,12 @@ end
 function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
-  local ids, infos, datas, ixs = {}, {}, {}, {}
+  local ids, infos, datas, ixs, knowns = {}, {}, {}, {}, {}
   for _, entry in ipairs(list) do
-    local id, info, data, ix = lib.journalled(entry)
+    local id, info, data, ix, known = lib.journalled(entry)
     if id then
       local k = #ids + 1
-      ids[k], infos[k], datas[k], ixs[k] = id, info, data, ix
+      ids[k], infos[k], datas[k], ixs[k], knowns[k] = id, info, data, ix, known or false
     end
   end
   local mine, first = lib.held(inflight, owner, ids)
@@ -487,7 +506,7 @@ function lib.commit_journal(d, journal, inflight, books, owner)
   redis.call('DEL', journal)
   for _, id in ipairs(mine) do
     local k = first[id]
-    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k])
+    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k])
   end
   return #mine, #list - #mine
 end
