@@ -73,12 +73,12 @@ def test_journal_entries_of_mail_no_longer_held_are_dropped(
     """An entry whose message went to another owner meanwhile (the lease lapsed) is not
     counted; a damaged entry is skipped; refused recipients reach the bounces stream.
     Mutants caught: lib.commit_journal without the lib.held check (the other owner's message
-    counted delivered); lib.journalled without its check of the id's length (the call fails)."""
+    counted delivered); lib.journalled calling struct.unpack without pcall (the call fails)."""
     ids = client.enqueue_many([synthetic(i) for i in range(3)]).ids
     assert store.claim("w1", 3).ids == ids
     refused = '{"x@example.net": "550 no"}'
     store.journal("w1", [_delivered(ids[0], info=refused), _delivered(ids[1])], first=True)
-    rclient.rpush(keys.journal("w1"), b"x12345zz:garbage")
+    rclient.rpush(keys.journal("w1"), b"\x01\x00\x00\x00\x05short")
     rclient.hset(keys.INFLIGHT, ids[1], "w2")  # given back and claimed by w2
 
     assert store.commit("w1") == (1, 2)
@@ -151,7 +151,7 @@ def test_journalled_deliveries_leave_the_figures_as_a_settle_does(
     read fewer per message in the settle), or not (read in the settle): either way the backlog
     shape and the tenants' counts go down to nothing and the latency counts each message.
     Mutants caught: lib.journalled taking the figures in another order (the shape left at 7);
-    journal.entry writing no figures' fields (the entry unreadable: nothing settled)."""
+    journal.entry without the flag of a figure the message has (the shape left at 4)."""
     ids = client.enqueue_many([synthetic(i) for i in range(7)]).ids
     assert store.claim("w1", 7).ids == ids
     store.load(ids[:4])  # the figures of the first 4 known, of the rest not

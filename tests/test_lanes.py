@@ -51,9 +51,8 @@ UNSETTLED = """
 local journalled = {}
 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do
   for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do  -- entries of drain/store/journal.py
-    local at = string.byte(e, 1) - 46
-    local colon = string.find(e, ':', at, true)
-    journalled[string.sub(e, colon + 1, colon + tonumber(string.sub(e, at, colon - 1)))] = true
+    local _, _, id = struct.unpack('>BI4c0I4c0', e)
+    journalled[id] = true
   end
 end
 local count = 0

@@ -13,18 +13,19 @@ figures and events as before, and drops the journal. When the worker dies, the r
 the same before it gives the rest of its claim back (reap.lua), so a journalled message is
 not redelivered.
 
-An entry (bytes, read by lib.journalled in _lib.lua): the length of the id's index record
-(one digit) and the record (events.delivered_record; none when events are off); then five
-fields, each its length in bytes in decimal, ':' and its bytes ('-' when the message lacks
-it, '?' when not known): the id, info (recipients refused for good, JSON, or empty), and the
-message's FIGURES as the worker read them when it claimed it (Store.load), which spares the
-settle a read of each message; then the delivered event's data (JSON, events.delivered_data).
-The figures are read only to count the message out of the backlog shape, the tenant's count
-and its concurrency slot; they do not change while a worker holds the message.
+An entry (bytes, read by lib.journalled in _lib.lua with one struct.unpack): a flags byte,
+then seven fields, each its length (4 bytes, big-endian) and its bytes: the id's index record
+(events.delivered_record; empty when events are off), the id, info (recipients refused for
+good, JSON, or empty), the message's FIGURES as the worker read them when it claimed it
+(Store.load), and the delivered event's data (JSON, events.delivered_data). Flags: 1 when
+the figures are known, then 2, 4, 8 for each figure the message has. The figures spare the
+settle a read of each message; they count it out of the backlog shape, its tenant's count
+and its concurrency slot, and do not change while a worker holds the message.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import redis
@@ -43,17 +44,18 @@ FIGURES_KEPT = 10_000
 JOURNAL_TTL_S = 86400
 
 
-def _field(value: bytes | None) -> bytes:
-    return b"-" if value is None else b"%d:%s" % (len(value), value)
-
-
 def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | None = None) -> bytes:
     """One delivery as its journal entry (figures: its FIGURES fields, None when not known)."""
-    msg_id, info = (t.encode("utf-8", "surrogateescape") for t in (outcome.id, outcome.info))
-    ix = events.delivered_record(outcome.id) if trace else b""
-    known = b"".join(map(_field, figures)) if figures and len(figures) == len(FIGURES) else b"???"
-    return b"%d%s%s%s%s%s" % (len(ix), ix, _field(msg_id), _field(info), known,
-                              outcome.event.encode("utf-8", "surrogateescape"))
+    flags, values = 0, [b""] * len(FIGURES)
+    if figures is not None and len(figures) == len(FIGURES):
+        flags = 1
+        for k, value in enumerate(figures):
+            if value is not None:
+                flags |= 2 << k
+                values[k] = value
+    fields = (events.delivered_record(outcome.id) if trace else b"", *(t.encode("utf-8", "surrogateescape")
+              for t in (outcome.id, outcome.info)), *values, outcome.event.encode("utf-8", "surrogateescape"))
+    return bytes([flags]) + b"".join(struct.pack(">I", len(f)) + f for f in fields)
 
 
 def journalable(outcomes: Sequence[Outcome]) -> bool:
