@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import redis
 from rq.timeouts import JobTimeoutException
@@ -24,14 +23,16 @@ from drain import validate
 from drain.flow.gate import Answer, Gate
 from drain.intake.rules import Rule, first_match
 from drain.message import Envelope, without_bcc
-from drain.store import events, journal, keys
+from drain.store import events, journal
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
 from drain.worker.alone import Alone
 from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
+from drain.worker.lease import LEASE_CHECK_AFTER, lease_clock, renewed_holding
 from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import next_try_in
+from drain.worker.tally import Tally
 from drain.worker.window import Window
 
 log = logging.getLogger(__name__)
@@ -39,37 +40,11 @@ log = logging.getLogger(__name__)
 TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
-# Share of the lease time after the last lease write this batch made (claim or check) past
-# which ownership is checked again before the next message (one round trip).
-LEASE_CHECK_AFTER = 0.5
-
-
-def lease_clock() -> float:
-    """Seconds on a clock that keeps running while the process is stopped or the host sleeps
-    (CLOCK_BOOTTIME on Linux), so a frozen worker sees how long it was away."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
-
-
 # With nothing ready, a batch waits for held mail due within this long (its booked send time
 # is near), promotes it itself and goes on, rather than ending and leaving it to the next
 # promotion and job: sends then go on their booked times. At most HOLD_WAIT_BUDGET_S a batch.
 HOLD_WAIT_S = 0.25
 HOLD_WAIT_BUDGET_S = 2.0
-
-
-@dataclass
-class Tally:
-    """What one batch did, by outcome kind and by quarantine reason."""
-
-    kinds: dict[str, int] = field(default_factory=dict)
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    def add(self, outcome: Outcome) -> None:
-        self.kinds[outcome.kind] = self.kinds.get(outcome.kind, 0) + 1
-
-    def __getitem__(self, kind: str) -> int:
-        return self.kinds.get(kind, 0)
 
 
 class Batch:
@@ -375,11 +350,7 @@ class Batch:
         sent = self.lease_clock()
         if sent - self.lease_written < self.settings.lease_ttl_s * LEASE_CHECK_AFTER:
             return True
-        pipe = self.store.client.pipeline(transaction=True)
-        pipe.set(keys.lease(self.owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
-        pipe.hget(keys.INFLIGHT, msg_id)
-        _renewed, owner = pipe.execute()
-        if owner is None or owner.decode() != self.owner:
+        if not renewed_holding(self.store, self.owner, msg_id):
             return False
         self.lease_written = sent
         return True
