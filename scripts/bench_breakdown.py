@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -73,36 +72,43 @@ def tally(entries: list[Any], shas: dict[str, str]) -> dict[str, list[int]]:
     return out
 
 
+def drained(client: redis.Redis, url: str, count: int, processes: int, relay: str) -> tuple[float, float, int]:
+    """Drain the backlog with the slow log on every command: (seconds, redis-server CPU
+    seconds, delivered)."""
+    client.config_set("slowlog-max-len", SLOWLOG_MOST)
+    client.config_set("slowlog-log-slower-than", 0)
+    client.execute_command("SLOWLOG", "RESET")
+    before = cpu_s(client)
+    env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay)
+    started = time.perf_counter()
+    workers = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes",
+                                str(processes), "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL)
+    while sum(int(v or 0) for v in client.hmget(keys.BOOKS, ["delivered", "quarantined", "bounced"])) < count:
+        if workers.poll() is not None:
+            break
+        time.sleep(0.05)
+    seconds, cpu = time.perf_counter() - started, cpu_s(client) - before
+    client.config_set("slowlog-log-slower-than", -1)
+    workers.wait(timeout=120)
+    return seconds, cpu, int(client.hget(keys.BOOKS, "delivered") or 0)
+
+
 def run(count: int, size: int, processes: int, relay: str) -> dict[str, Any]:
-    with ExitStack() as stack:
-        port = free_port()
-        proc = spawn_on_port(port, Path(stack.enter_context(tempfile.TemporaryDirectory())))
-        stack.callback(proc.wait)
-        stack.callback(proc.terminate)
-        client = redis.Redis(port=port)
-        url = f"redis://127.0.0.1:{port}/0"
-        ratelimit.pause(client)
-        Client.connect(Settings(redis_url=url, relay=relay)).enqueue_many([synthetic(i, size=size)
-                                                                             for i in range(count)])
-        ratelimit.resume(client)
-        client.config_set("slowlog-max-len", SLOWLOG_MOST)
-        client.config_set("slowlog-log-slower-than", 0)
-        client.execute_command("SLOWLOG", "RESET")
-        before = cpu_s(client)
-        env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay)
-        started = time.perf_counter()
-        workers = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes",
-                                    str(processes), "--log-level", "ERROR"], env=env, stdout=subprocess.DEVNULL)
-        while sum(int(v or 0) for v in client.hmget(keys.BOOKS, ["delivered", "quarantined", "bounced"])) < count:
-            if workers.poll() is not None:
-                break
-            time.sleep(0.05)
-        drain_s = time.perf_counter() - started
-        cpu = cpu_s(client) - before
-        client.config_set("slowlog-log-slower-than", -1)
-        workers.wait(timeout=120)
-        delivered = int(client.hget(keys.BOOKS, "delivered") or 0)
-        rows = tally(read_log(client), script_names())
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    with tempfile.TemporaryDirectory() as folder:
+        server = spawn_on_port(port, Path(folder))
+        try:
+            client = redis.Redis(port=port)
+            ratelimit.pause(client)
+            Client.connect(Settings(redis_url=url, relay=relay)).enqueue_many([synthetic(i, size=size)
+                                                                                 for i in range(count)])
+            ratelimit.resume(client)
+            drain_s, cpu, delivered = drained(client, url, count, processes, relay)
+            rows = tally(read_log(client), script_names())
+        finally:
+            server.terminate()
+            server.wait()
     per = max(1, delivered)
     inside = sum(u for k, (_c, u) in rows.items() if k.startswith("client\t"))
     table = sorted(({"who": k.split("\t")[0], "what": k.split("\t")[1], "calls_per_msg": round(c / per, 3),
@@ -120,22 +126,21 @@ def markdown(result: dict[str, Any]) -> str:
              f"of which inside commands sent by clients {result['inside_commands_us_per_msg']} µs "
              f"(slow log, wall time inside Redis), the rest {result['outside_commands_us_per_msg']} µs "
              "(event loop, socket reads and writes, the slow log itself)", "",
-             "| sent by | script / command | calls/msg | µs/msg |", "|---|---|---|---|"]
-    lines += [f"| {r['who']} | {r['what']} | {r['calls_per_msg']} | {r['usec_per_msg']} |" for r in result["rows"]]
+             "| sent by | script / command | calls/msg | µs/msg |", "|---|---|---|---|",
+             *(f"| {r['who']} | {r['what']} | {r['calls_per_msg']} | {r['usec_per_msg']} |" for r in result["rows"])]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--processes", type=int, default=2)
+    for flag, default in (("--messages", 5000), ("--size", 2048), ("--processes", 2)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    with bench.smtp_sink(True) as (relay, _name):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import smtp_sink  # scripts/bench.py: Postfix's smtp-sink when installed
+
+    with smtp_sink(True) as (relay, _name):
         result = run(args.messages, args.size, args.processes, relay)
     text = markdown(result)
     print(text)

@@ -5,23 +5,19 @@ journal write and the settle does not have its journalled mail sent again."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 
 import redis
 
 from drain.demo.seeding import synthetic
-from drain.demo.sink import Received, Sink, Stall
+from drain.demo.sink import Sink
 from drain.intake.api import Client
 from drain.ops import tenants
 from drain.settings import Settings
 from drain.store import events, keys
 from drain.store.store import Outcome, Store
 from tests.conftest import wait_for
+from tests.test_crash import kill_mid_batch
 
 REPLY = "250 2.0.0 Ok: queued as J1"
 
@@ -113,25 +109,7 @@ def test_a_worker_killed_between_journal_and_settle_does_not_resend_journalled_m
     twice. Mutant caught: reap.lua without lib.commit_journal (8 copies more)."""
     total = 30
     client.enqueue_many([synthetic(i) for i in range(total)])
-    release = threading.Event()
-
-    def policy(index: int, _msg: Received) -> Stall | None:
-        return Stall(seconds=60, release=release) if index == 7 else None
-
-    relay.set_policy(data_policy=policy)
-    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
-               DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="1", DRAIN_LEASE_TTL="1", DRAIN_RELAY_SESSIONS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: relay.handler.seen >= 8, what="the worker to reach the stalled message")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        release.set()
-    relay.set_policy()
+    kill_mid_batch(client, relay, settings, DRAIN_SETTLE_EVERY="1", DRAIN_RELAY_SESSIONS="1")
     journalled = sum(rclient.llen(k) for k in rclient.scan_iter(keys.journal("*")))
     assert journalled == 7 and client.store.books().delivered == 0
 
