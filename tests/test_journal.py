@@ -143,3 +143,16 @@ def test_journalled_deliveries_leave_the_figures_as_a_settle_does(
     latency = rclient.hgetall(keys.LATENCY)
     assert sum(int(v) for k, v in latency.items() if k != b"sum") == 7, latency
     assert store.figures == {}
+
+
+def test_a_worker_journals_with_events_off(client: Client, settings: Settings, work: Callable[..., bool],
+                                           rclient: redis.Redis) -> None:
+    """With DRAIN_TRACE=off an entry has no index record; the worker's journal is settled all
+    the same, and nothing is recorded. Mutant caught: lib.journalled refusing an entry with an
+    empty index record (the deliveries left in flight, counted as skipped)."""
+    off = Client(client.redis, settings.with_(trace=False))
+    off.enqueue_many([synthetic(i) for i in range(12)])
+    work(trace=False, settle_every=2)
+    books = client.store.books()
+    assert (books.delivered, books.in_flight) == (12, 0) and books.balanced, books
+    assert rclient.xlen(keys.EVENTS) == 0 and not list(rclient.scan_iter(keys.journal("*")))
