@@ -17,21 +17,18 @@ from drain.settings import Settings
 from tests.conftest import wait_for
 
 
-def test_sigkill_mid_batch_loses_nothing(
-    client: Client, relay: Sink, settings: Settings, work: Callable[..., bool], housekeep: Callable[[], object]
-) -> None:
-    total = 60
-    client.enqueue_many([synthetic(i) for i in range(total)])
+def kill_mid_batch(client: Client, relay: Sink, settings: Settings, **env: str) -> None:
+    """Run `drain worker` in a process (batches of 20, lease 1 s, `env` on top); the relay
+    takes 7 messages, then stalls on the 8th: the worker is mid-batch when it is SIGKILLed."""
     release = threading.Event()
 
-    # The relay takes 7 messages, then stalls on the 8th: the worker is mid-batch.
     def policy(index: int, _msg: Received) -> Stall | None:
         return Stall(seconds=60, release=release) if index == 7 else None
 
     relay.set_policy(data_policy=policy)
-    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
-               DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="5", DRAIN_LEASE_TTL="1")
-    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=env,
+    environ = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
+                   DRAIN_BATCH_SIZE="20", DRAIN_LEASE_TTL="1", **env)
+    proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: relay.handler.seen >= 8, what="the worker to reach the stalled message")
@@ -44,6 +41,14 @@ def test_sigkill_mid_batch_loses_nothing(
             proc.kill()
         release.set()
     relay.set_policy()
+
+
+def test_sigkill_mid_batch_loses_nothing(
+    client: Client, relay: Sink, settings: Settings, work: Callable[..., bool], housekeep: Callable[[], object]
+) -> None:
+    total = 60
+    client.enqueue_many([synthetic(i) for i in range(total)])
+    kill_mid_batch(client, relay, settings, DRAIN_SETTLE_EVERY="5")
 
     # Nothing is lost while the dead worker's lease runs out: the books still balance.
     assert client.store.books().balanced

@@ -71,6 +71,9 @@ class Claim:
     isolated: bool = False
     # Ids that came from the fresh lane.
     fresh: set[str] = field(default_factory=set)
+    # Some id took a capped tenant's concurrency slot, freed when it is settled: the claim's
+    # deliveries are settled at once, not journalled (drain/store/journal.py).
+    capped: bool = False
 
 
 def claimed(found: record.Record | None) -> Stored | Damaged | None:

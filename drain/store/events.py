@@ -149,6 +149,25 @@ def received(msg_id: str, raw: bytes, sender: str, recipients: Sequence[str], so
     return Event("r", msg_id, data, values)
 
 
+def id_bucket(msg_id: str) -> str | None:
+    """The lookup index's bucket of a delivered event's id record, by the id's number, when
+    the id is one drain makes (hex): 'n' and 2 hex digits, one bucket for each run of 256
+    ids. A settle's ids are mostly a claim's, numbers close together: their records go to
+    one or two buckets (one APPEND each) instead of one per id. lookup.py reads it beside
+    the value's hash bucket. None for any other id (its hash bucket then)."""
+    if not 0 < len(msg_id) <= 16 or msg_id.strip("0123456789abcdef"):
+        return None
+    return f"n{(int(msg_id, 16) >> 8) & 0xFF:02x}"
+
+
+def delivered_record(msg_id: str) -> bytes:
+    """The index record of a delivered event's id as deliver.lua and the journal take it:
+    its bucket (id_bucket, else the hash bucket), then its 3-byte tag."""
+    bucket, tag = index_record(BY_ID + msg_id)
+    by_number = id_bucket(msg_id)
+    return (by_number.encode() if by_number else bucket) + tag
+
+
 @functools.lru_cache(maxsize=8192)  # senders and domains come back message after message
 def index_record(value: str) -> tuple[bytes, bytes]:
     """A lookup value (prefix + text) as the enqueue script takes it: its bucket (SHA-1 hex

@@ -151,6 +151,13 @@ def lease(owner: str) -> str:
     return f"{PREFIX}:lease:{owner.split('/', 1)[0]}"
 
 
+def journal(owner: str) -> str:
+    """Deliveries a worker (a lane's owner) made and has not settled yet, each with what the
+    settle needs (drain/store/journal.py; list). A journalled message counts as delivered: the next
+    settle of that owner, or the reaper when its lease lapses, settles it so."""
+    return f"{PREFIX}:journal:{owner}"
+
+
 def parked(domain: str) -> str:
     """Mail for a domain that is paused or at its concurrency cap, waiting its turn (list)."""
     return f"{PREFIX}:parked:{domain}"

@@ -10,7 +10,9 @@ and reads those exact stream entries. Tags collide now and then: callers check t
 256 buckets, not more: a writer appends once per bucket its records fall in, and an enqueue
 of a thousand messages has thousands of records (4,096 buckets made that ~2,200 APPENDs; 256
 make it at most 256). Records written with 4,096 buckets (hex digits 7-9, before this
-format) are read too until they expire.
+format) are read too until they expire. A delivered event's id record goes to a bucket by
+the id's number instead (events.id_bucket: a settle's ids share one): an id's lookup reads
+that bucket too.
 """
 
 from __future__ import annotations
@@ -61,8 +63,11 @@ def where(client: redis.Redis, values: Sequence[str], day_range: Iterable[int]) 
     """For each value (prefix + text), where its events are: (ms, sequence), oldest first.
     One GET per day and bucket, shared by the values that fall in the same one."""
     wanted = {v: (*_hashed(v), _legacy_bucket(v)) for v in values}
+    numbered = {v: events.id_bucket(v[len(events.BY_ID):]) for v in values if v.startswith(events.BY_ID)}
+    also = {v: b for v, b in numbered.items() if b}
     day_list = list(day_range)
-    names = sorted({(day, b) for _tag, bucket, legacy in wanted.values() for day in day_list for b in (bucket, legacy)})
+    names = sorted({(day, b) for v, (_tag, bucket, legacy) in wanted.items() for day in day_list
+                    for b in (bucket, legacy, *([also[v]] if v in also else []))})
     pipe = client.pipeline(transaction=False)
     for day, bucket in names:
         pipe.get(keys.events_index(day, bucket))
@@ -71,7 +76,7 @@ def where(client: redis.Redis, values: Sequence[str], day_range: Iterable[int]) 
     for value, (tag, bucket, legacy) in wanted.items():
         spots: list[tuple[int, int]] = []
         for day in day_list:
-            for name in (bucket, legacy):
+            for name in (bucket, legacy, *([also[value]] if value in also else [])):
                 blob = blobs.get((day, name))
                 if isinstance(blob, bytes) and blob:
                     spots.extend(matches(blob, tag, day))

@@ -18,7 +18,7 @@ import redis
 
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import books, eventlog, events, keys, record
+from drain.store import books, eventlog, events, journal, keys, record
 from drain.store.books import Books as Books
 from drain.store.claimed import Claim as Claim
 from drain.store.claimed import Damaged as Damaged
@@ -44,6 +44,9 @@ class Store:
         self.client = client
         self.settings = settings
         self.scripts = Scripts(client)
+        # What load read of each claimed message's figures fields (journal.FIGURES), until
+        # its delivery is journalled: the journal entry carries them to the settle.
+        self.figures: dict[str, tuple[bytes | None, ...]] = {}
 
     # -- producers -------------------------------------------------------------------
 
@@ -86,7 +89,8 @@ class Store:
         ids = [books.text(i) for i in reply[3:]]
         fresh_count = int(reply[2])
         fresh = set(ids[:fresh_count] if fresh_count >= 0 else ids[len(ids) + fresh_count:])
-        return Claim(ids, isolated=bool(int(reply[1])), fresh=fresh)
+        flags = int(reply[1])
+        return Claim(ids, isolated=bool(flags & 1), fresh=fresh, capped=bool(flags & 2))
 
     def renew(self, owner: str) -> None:
         self.client.set(keys.lease(owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
@@ -103,9 +107,15 @@ class Store:
         for msg_id in ids:
             pipe.hgetall(keys.message(msg_id))
         names = [n.encode() for n in record.CLAIMED]
+        found_all = pipe.execute(raise_on_error=False)
+        if len(self.figures) > journal.FIGURES_KEPT:
+            self.figures.clear()  # (entries of mail that was not delivered: read again if need be)
+        for msg_id, found in zip(ids, found_all, strict=True):
+            if isinstance(found, dict):
+                self.figures[msg_id] = tuple(found.get(n) for n in journal.FIGURES)
         return [claimed(record.decode(msg_id, record.CLAIMED, found if isinstance(found, Exception)
                                       else [found.get(n) for n in names]))
-                for msg_id, found in zip(ids, pipe.execute(raise_on_error=False), strict=True)]
+                for msg_id, found in zip(ids, found_all, strict=True)]
 
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> tuple[int, int]:
         """Record outcomes atomically; returns (settled, skipped because no longer held)."""
@@ -139,23 +149,35 @@ class Store:
                 keys.EVENTS,
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
+                keys.journal(owner),
             ],
             args=args,
         )
         eventlog.write_span(self.client, self.settings, reply[2:])
         return int(reply[0]), int(reply[1])
 
+    def journal(self, owner: str, outcomes: Sequence[Outcome], first: bool) -> None:
+        """Journal deliveries whose event data the worker made (drain/store/journal.py): one
+        HSET; the owner's next settle (or the reaper) settles them. `first`: the first write
+        since the owner's last settle."""
+        journal.write(self.client, owner, outcomes, self.settings.trace, first,
+                      [self.figures.pop(o.id, None) for o in outcomes])
+
+    def commit(self, owner: str) -> tuple[int, int]:
+        """Settle the owner's journal (deliver.lua with no delivery of its own)."""
+        return self._deliver(owner, [])
+
     def _deliver(self, owner: str, outcomes: Sequence[Outcome]) -> tuple[int, int]:
         """Settle deliveries whose event data the worker made (deliver.lua: settle.lua's usual
-        call, with fewer keys and arguments)."""
+        call, with fewer keys and arguments), and the owner's journal."""
         now = time.time()
         args: list[str | float | bytes] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
                                            events.oldest_kept(self.settings, now)]
         trace = self.settings.trace
         for o in outcomes:  # with its id's index record: the script need not hash the id
-            args += [o.id, o.info, o.event, b"".join(events.index_record(events.BY_ID + o.id)) if trace else ""]
+            args += [o.id, o.info, o.event, events.delivered_record(o.id) if trace else ""]
         reply = self.scripts.deliver(
-            keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS,
+            keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS, keys.journal(owner),
                   *(keys.message(o.id) for o in outcomes)],
             args=args,
         )
@@ -186,7 +208,8 @@ class Store:
         return owners
 
     def reap_dead(self) -> tuple[int, int]:
-        """Give back the messages of every owner whose lease lapsed: (to suspects, to quarantine)."""
+        """Give back the messages of every owner whose lease lapsed: (to suspects, to quarantine).
+        The deliveries in an owner's journal are settled as delivered first, not given back."""
         back = poisoned = 0
         why = json.dumps([{"code": "poison.crash", "detail": "a worker died or hung while holding it"}])
         for owner, ids in self.held().items():
@@ -194,9 +217,10 @@ class Store:
                 continue
             reply = self.scripts.reap(
                 keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, keys.SHAPE, keys.FINDINGS,
-                      keys.EVENTS, *map(keys.message, ids)],
+                      keys.EVENTS, keys.journal(owner), keys.BOOKS, keys.LATENCY, keys.BOUNCES,
+                      *map(keys.message, ids)],
                 args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why,
-                      *events.tracer_args(self.settings), *ids],
+                      *events.tracer_args(self.settings), BOUNCES_KEPT, *ids],
             )
             eventlog.write_span(self.client, self.settings, reply[2:])
             back += int(reply[0])

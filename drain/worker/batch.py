@@ -2,6 +2,8 @@
 
 Outcomes are settled every `settle_every` messages, so a crash repeats at most that many
 deliveries; whatever a batch has not reached when it stops goes back to the ready list.
+Deliveries are settled by writing them to the owner's journal (drain/store/journal.py), one
+plain command, and the journal is settled by one script call at the end of the claim.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import redis
 from rq.timeouts import JobTimeoutException
@@ -22,14 +23,16 @@ from drain import validate
 from drain.flow.gate import Answer, Gate
 from drain.intake.rules import Rule, first_match
 from drain.message import Envelope, without_bcc
-from drain.store import events, keys
+from drain.store import events, journal
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
 from drain.worker.alone import Alone
 from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
+from drain.worker.lease import LEASE_CHECK_AFTER, lease_clock, renewed_holding
 from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import next_try_in
+from drain.worker.tally import Tally
 from drain.worker.window import Window
 
 log = logging.getLogger(__name__)
@@ -37,37 +40,11 @@ log = logging.getLogger(__name__)
 TIMEOUT_FINDINGS = json.dumps([{"code": "poison.timeout", "detail": "worked past the job time limit"}])
 # Longest single pause while the rate limit says wait; the claim is asked again after it.
 MAX_RATE_WAIT_S = 1.0
-# Share of the lease time after the last lease write this batch made (claim or check) past
-# which ownership is checked again before the next message (one round trip).
-LEASE_CHECK_AFTER = 0.5
-
-
-def lease_clock() -> float:
-    """Seconds on a clock that keeps running while the process is stopped or the host sleeps
-    (CLOCK_BOOTTIME on Linux), so a frozen worker sees how long it was away."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
-
-
 # With nothing ready, a batch waits for held mail due within this long (its booked send time
 # is near), promotes it itself and goes on, rather than ending and leaving it to the next
 # promotion and job: sends then go on their booked times. At most HOLD_WAIT_BUDGET_S a batch.
 HOLD_WAIT_S = 0.25
 HOLD_WAIT_BUDGET_S = 2.0
-
-
-@dataclass
-class Tally:
-    """What one batch did, by outcome kind and by quarantine reason."""
-
-    kinds: dict[str, int] = field(default_factory=dict)
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    def add(self, outcome: Outcome) -> None:
-        self.kinds[outcome.kind] = self.kinds.get(outcome.kind, 0) + 1
-
-    def __getitem__(self, kind: str) -> int:
-        return self.kinds.get(kind, 0)
 
 
 class Batch:
@@ -126,6 +103,10 @@ class Batch:
         # batch has a window of its own); other lanes of the job share it (drain.worker.lanes).
         self.window = window or Window(store.settings.settle_every)
         self.taken = 0
+        # Deliveries in this owner's journal, not settled yet; whether this claim's may go there
+        # (not when it took a capped tenant's concurrency slot: settling frees it).
+        self.journalled = 0
+        self.journalling = True
         # Set when the job ends early (its time limit struck another lane): stop between messages.
         self.stop = stop
         # Held by the lane asking for and sending mail to a domain with a limit (drain.worker.lanes).
@@ -277,6 +258,7 @@ class Batch:
                 self.gate.refresh()
                 self.relays.refresh()
                 self.fresh_ids = claim.fresh
+                self.journalling = not claim.capped
                 handled += len(claim.ids)
                 self._work(claim.ids)
                 if self.lost:  # it was frozen past its lease: end this job, the next one starts afresh
@@ -338,7 +320,7 @@ class Batch:
         finally:
             # Anything not reached (an exception, a job timeout) goes back, untouched.
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
-            self._settle(pending)
+            self._settle(pending, final=True)
 
     def _stopped(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -369,22 +351,27 @@ class Batch:
         sent = self.lease_clock()
         if sent - self.lease_written < self.settings.lease_ttl_s * LEASE_CHECK_AFTER:
             return True
-        pipe = self.store.client.pipeline(transaction=True)
-        pipe.set(keys.lease(self.owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
-        pipe.hget(keys.INFLIGHT, msg_id)
-        _renewed, owner = pipe.execute()
-        if owner is None or owner.decode() != self.owner:
+        if not renewed_holding(self.store, self.owner, msg_id):
             return False
         self.lease_written = sent
         return True
 
-    def _settle(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
+    def _settle(self, outcomes: list[Outcome], final: bool = False) -> None:
+        """Settle outcomes (and the journal); deliveries go to the journal instead, unless
+        `final` (the claim is done: everything is settled)."""
+        if not final and self.journalling and journal.journalable(outcomes):
+            self._journal(outcomes)
+            return
+        if not outcomes and not (final and self.journalled):
             self.window.give(self.taken)
             self.taken = 0
             return
         try:
-            _settled, skipped = self.store.settle(self.owner, outcomes)
+            if outcomes:
+                _settled, skipped = self.store.settle(self.owner, outcomes)
+            else:
+                _settled, skipped = self.store.commit(self.owner)
+            self.journalled = 0
         finally:
             taken, self.taken = self.taken, 0
             self.window.give(taken)
@@ -394,3 +381,17 @@ class Batch:
             self.lost = True
         for outcome in outcomes:
             self.tally.add(outcome)
+
+    def _journal(self, outcomes: list[Outcome]) -> None:
+        """Deliveries to the journal: from then on they count as settled (never sent again)."""
+        try:
+            self.store.journal(self.owner, outcomes, first=not self.journalled)
+            self.journalled += len(outcomes)
+        finally:
+            taken, self.taken = self.taken, 0
+            self.window.give(taken)
+        self._send_reports()
+        for outcome in outcomes:
+            self.tally.add(outcome)
+        if self.journalled >= journal.JOURNAL_MOST:
+            self._settle([], final=True)

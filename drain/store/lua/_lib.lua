@@ -246,9 +246,8 @@ end
 -- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
 -- a Lua array of {id, data as JSON text}). Each message is indexed by its id, as with an
 -- entry of its own; events.py's decode_all reads such an entry as one event per message.
--- An item's third element, when given, is its id's index record made by the caller (2 hex
--- digits of bucket, 3 bytes of tag: events.index_record of 'i:' .. id), which spares the
--- hashing here. A lone event keeps the usual form. Returns the entry's stream id.
+-- An item's third element, when given, is its id's index record made by the caller (its
+-- bucket, then 3 bytes of tag: events.delivered_record), which spares the hashing here. A lone event keeps the usual form. Returns the entry's stream id.
 function lib.event_batch(tr, kind, list)
   if not tr or #list == 0 then return nil end
   if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
@@ -263,7 +262,7 @@ function lib.event_batch(tr, kind, list)
   end
   local day, where = place(tr, sid)
   for _, e in ipairs(list) do
-    if e[3] and e[3] ~= '' then gather(tr, day, string.sub(e[3], 1, 2), string.sub(e[3], 3) .. where)
+    if e[3] and #e[3] > 3 then gather(tr, day, string.sub(e[3], 1, -4), string.sub(e[3], -3) .. where)
     else index(tr, day, 'i:' .. e[1], where) end
   end
   tr.first = tr.first or sid
@@ -324,11 +323,21 @@ function lib.codes(findings)
 end
 
 -- Which of ids (a Lua array) owner holds in the in-flight hash, read in one command: the
--- held ids in order, each once, and id -> its first position among ids.
+-- held ids in order, each once, and id -> its first position among ids. Many ids of a small
+-- hash (a journal's, most of what is in flight) are read with one HGETALL: a small hash is a
+-- listpack, where HMGET scans for each field asked for.
 function lib.held(inflight, owner, ids)
   local mine, first = {}, {}
   if #ids == 0 then return mine, first end
-  local holders = redis.call('HMGET', inflight, unpack(ids))
+  local holders
+  if #ids >= 16 and redis.call('HLEN', inflight) <= 2 * #ids then
+    local flat, by = redis.call('HGETALL', inflight), {}
+    for i = 1, #flat, 2 do by[flat[i]] = flat[i + 1] end
+    holders = {}
+    for i, id in ipairs(ids) do holders[i] = by[id] end
+  else
+    holders = redis.call('HMGET', inflight, unpack(ids))
+  end
   for i, id in ipairs(ids) do
     if holders[i] == owner and not first[id] then
       mine[#mine + 1] = id
@@ -355,10 +364,15 @@ end
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
 -- says delivered, as the books count it); data is the delivered event's data as JSON, or
--- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch).
-function lib.delivered(d, msg, id, info, data, reply, ix)
-  local f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
-  if f.err then f = {} end  -- not a hash: dropped all the same
+-- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch);
+-- known (optional) the message's dom, t and tn fields as the worker read them when it
+-- claimed it (a journal entry's: spares reading them here), false for one it lacks.
+function lib.delivered(d, msg, id, info, data, reply, ix, known)
+  local f = known
+  if not f then
+    f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
+    if f.err then f = {} end  -- not a hash: dropped all the same
+  end
   local tenant = f[3]
   if tenant then
     local freed = d.busy[tenant]
@@ -432,4 +446,47 @@ function lib.deliveries_done(d, shape_key, latency_key)
   for bucket, count in pairs(d.buckets) do lib.figure('HINCRBY', latency_key, bucket, d.up[count] or count) end
   if next(d.buckets) then lib.figure('HINCRBYFLOAT', latency_key, 'sum', d.sum) end
   redis.call('DEL', unpack(d.gone))
+end
+
+-- One journal entry (drain/store/journal.py): a flags byte, then seven fields, each a 4-byte
+-- length and its bytes: the id's index record, the id, info, the message's dom, t and tn
+-- as the worker read them, the delivered event's data. Returns id, info, data, index record
+-- and {dom, t, tn} (false for a field the message lacks; nil when the worker did not know
+-- them); nothing when the entry is damaged. Read in one call (struct.unpack): each call of
+-- a C function from Lua costs about as much as a field's worth of parsing.
+function lib.journalled(entry)
+  local ok, flags, ix, id, info, dom, t, tn, data = pcall(struct.unpack, '>BI4c0I4c0I4c0I4c0I4c0I4c0I4c0', entry)
+  if not ok or id == '' then return end
+  local known = nil
+  if flags % 2 == 1 then known = {flags % 4 >= 2 and dom, flags % 8 >= 4 and t, flags % 16 >= 8 and tn} end
+  return id, info, data, ix, known
+end
+
+-- Settle the deliveries in owner's journal (a list of entries) into d, a tally of
+-- lib.deliveries whose events are batched (d.batch): each message the owner still holds is
+-- counted delivered in the books and leaves the in-flight hash; entries of messages it no
+-- longer holds (its lease lapsed and they were given back) are dropped, counted in the
+-- second value returned. The journal is deleted. Returns settled, skipped.
+function lib.commit_journal(d, journal, inflight, books, owner)
+  local list = redis.call('LRANGE', journal, 0, -1)
+  if #list == 0 then return 0, 0 end
+  local ids, infos, datas, ixs, knowns = {}, {}, {}, {}, {}
+  for _, entry in ipairs(list) do
+    local id, info, data, ix, known = lib.journalled(entry)
+    if id then
+      local k = #ids + 1
+      ids[k], infos[k], datas[k], ixs[k], knowns[k] = id, info, data, ix, known or false
+    end
+  end
+  local mine, first = lib.held(inflight, owner, ids)
+  if #mine > 0 then
+    redis.call('HINCRBY', books, 'delivered', d.up[#mine] or #mine)
+    redis.call('HDEL', inflight, unpack(mine))
+  end
+  redis.call('DEL', journal)
+  for _, id in ipairs(mine) do
+    local k = first[id]
+    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k])
+  end
+  return #mine, #list - #mine
 end

@@ -40,7 +40,9 @@
 --
 -- Returns {wait_ms, isolated, fresh, id...}: wait_ms -1 when paused, > 0 when the rate
 -- (global, or the caps of the only tenants with mail) says wait (no ids), 0 with the claimed ids otherwise (none when nothing is ready);
--- isolated is 1 when the id is a suspect to be worked alone; fresh is how many ids came
+-- isolated is 1 when the id is a suspect to be worked alone, plus 2 when some id took a
+-- capped tenant's concurrency slot (its worker settles it at once: drain/store/journal.py);
+-- fresh is how many ids came
 -- from the fresh lane, counted from the front (> 0) or from the back (< 0).
 
 if redis.replicate_commands then redis.replicate_commands() end
@@ -71,6 +73,7 @@ end
 
 local want = tonumber(ARGV[1])
 local isolated = 0
+local capped = 0  -- 2 once an id took a capped tenant's concurrency slot
 local sources
 if ARGV[6] ~= '0' and redis.call('LLEN', KEYS[7]) > 0 then
   sources, isolated, want = {KEYS[7]}, 1, 1
@@ -176,6 +179,7 @@ local function book(tenant, first, last)
   end
   if (tonumber(redis.call('HGET', KEYS[18], tenant) or '0') or 0) > 0 then
     local lapse = now_us() + tonumber(ARGV[3]) * 1000
+    capped = 2
     for i = first, last do
       redis.call('ZADD', 'drain:tenant:busy:' .. tenant, lapse, ids[i])
     end
@@ -270,6 +274,6 @@ if rate > 0 then
 end
 
 table.insert(ids, 1, fresh)
-table.insert(ids, 1, isolated)
+table.insert(ids, 1, isolated + capped)
 table.insert(ids, 1, 0)
 return ids

@@ -4,10 +4,16 @@
 --
 -- KEYS[1] in-flight hash (id -> owner)   KEYS[2] suspect list   KEYS[3] lease key of the owner
 -- KEYS[4] quarantine zset                KEYS[5] backlog shape   KEYS[6] findings by code
--- KEYS[7] events stream                   KEYS[7 + i] message hash of the i-th id
+-- KEYS[7] events stream                   KEYS[8] the owner's delivery journal
+-- KEYS[9] books hash   KEYS[10] delivery latency histogram   KEYS[11] bounces stream
+-- KEYS[11 + i] message hash of the i-th id
 -- ARGV[1] owner   ARGV[2] strikes that make poison   ARGV[3] now (unix seconds)
 -- ARGV[4] evidence (JSON findings) for poison
--- ARGV[5], ARGV[6] events: retention (0 = off), most kept   ARGV[6 + i] the i-th id
+-- ARGV[5], ARGV[6] events: retention (0 = off), most kept   ARGV[7] bounces kept
+-- ARGV[7 + i] the i-th id
+--
+-- The deliveries in the owner's journal (drain/store/journal.py) were made: they are settled
+-- as delivered first (lib.commit_journal), and only the rest is given back.
 --
 -- Returns {given back, quarantined, first event's stream id, last event's}.
 
@@ -16,9 +22,13 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local tr = lib.tracer(KEYS[7], ARGV[5], ARGV[6])
 
+local deliveries = lib.deliveries(tr, ARGV[3], KEYS[11], ARGV[7])
+lib.commit_journal(deliveries, KEYS[8], KEYS[1], KEYS[9], ARGV[1])
+lib.deliveries_done(deliveries, KEYS[5], KEYS[10])
+
 local back, poisoned = 0, 0
-for i = 7, #ARGV do
-  local id, msg = ARGV[i], KEYS[i + 1]
+for i = 8, #ARGV do
+  local id, msg = ARGV[i], KEYS[i + 4]
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
     redis.call('HDEL', KEYS[1], id)
     lib.tenant_free(msg, id)

@@ -11,6 +11,7 @@
 -- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
 -- KEYS[16] per domain, the fresh message parked last (hash)   KEYS[17] events stream
 -- KEYS[16 + 2i] message hash of the i-th outcome, KEYS[17 + 2i] its parked list
+-- KEYS[18 + 2n] (the last) the owner's delivery journal (drain/store/journal.py)
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison   ARGV[5], ARGV[6] events: retention (0 = off), most kept
 -- ARGV[7] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
@@ -40,6 +41,9 @@
 --                envelope (its raw bytes were intact) the hash is rewritten to just the raw
 --                bytes, that envelope and a readable time, and quarantined; without one the
 --                key (of whatever type) is deleted and the message counted as deleted
+--
+-- The owner's journalled deliveries are settled first, as delivered (lib.commit_journal):
+-- an outcome given for one of them is then skipped.
 --
 -- Each move records its event (held and parked only the first time for a message; a bounce
 -- whose info starts with "expired: " is recorded as expired).
@@ -136,11 +140,18 @@ end
 -- Who holds each id, read in one go; an id given twice is settled once.
 local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
-local mine, first = lib.held(KEYS[1], owner, ids)
-if #mine == 0 then return {0, n, '', ''} end
 local deliveries = lib.deliveries(tr, now, KEYS[6], keep)
-if plain then redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine) end  -- the first write
-redis.call('HDEL', KEYS[1], unpack(mine))
+deliveries.batch = {}  -- the journal's delivered events: one stream entry (lib.event_batch)
+local journalled, stale = lib.commit_journal(deliveries, KEYS[18 + 2 * n], KEYS[1], KEYS[2], owner)
+lib.event_batch(tr, 'd', deliveries.batch)
+deliveries.batch = nil
+settled, skipped = journalled, stale
+local mine, first = lib.held(KEYS[1], owner, ids)
+if #mine + journalled == 0 then return {0, n + stale, '', ''} end
+if #mine > 0 then
+  if plain then redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[#mine] or #mine) end  -- the first write
+  redis.call('HDEL', KEYS[1], unpack(mine))
+end
 
 for i = 1, n do
   local base = HEAD + (i - 1) * EACH
@@ -223,8 +234,9 @@ for i = 1, n do
 end
 
 lib.deliveries_done(deliveries, KEYS[11], KEYS[13])
-if not plain and deliveries.count > 0 then
-  redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[deliveries.count] or deliveries.count)
+local counted = deliveries.count - journalled  -- the journal's are in the books already
+if not plain and counted > 0 then
+  redis.call('HINCRBY', KEYS[2], 'delivered', deliveries.up[counted] or counted)
 end
 
 -- Mail held back or parked did not use the permit it was claimed with: give it back.
