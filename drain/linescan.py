@@ -94,10 +94,12 @@ def lines_within(raw: bytes, start: int, most: int) -> bool:
     From each line start the farthest LF within most + 1 bytes is taken (memrchr): every
     line up to it is short enough, and the walk goes on after it, so a 100 KB body takes
     about a hundred short steps instead of a split into lines."""
-    end = len(raw)
+    last = len(raw) - most  # a line starting here or later is short enough
     at = start
-    while end - at > most:
-        newline = raw.rfind(b"\n", at, at + most + 1)
+    rfind = raw.rfind
+    window = most + 1
+    while at < last:
+        newline = rfind(b"\n", at, at + window)
         if newline < 0:
             return False
         at = newline + 1
