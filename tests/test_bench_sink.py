@@ -4,7 +4,6 @@ arrives; the bench reads the count and the sink's CPU from outside its process."
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -41,25 +40,16 @@ def test_the_sink_counts_each_message_once_over_one_session() -> None:
         assert sink.since() == 0
 
 
-def _transport() -> tuple[asyncio.Transport, bytearray]:
-    """A transport that keeps what the protocol writes to it."""
-    written = bytearray()
-    transport = asyncio.Transport()
-    transport.write = written.extend  # type: ignore[method-assign]
-    return transport, written
-
-
 @pytest.mark.parametrize("tail", [1, 2, 3, 4, 5, 6])
 def test_a_message_counts_only_when_its_end_has_arrived(tail: int) -> None:
     counter = memoryview(bytearray(8)).cast("Q")
     protocol = bench_sink.CountingProtocol(counter)
-    transport, written = _transport()
-    protocol.connection_made(transport)
+    # No transport: the replies go nowhere (the session test above reads them); the count and
+    # what is left in the buffer tell where the protocol stands.
     protocol.data_received(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
     wire = _message(1, b"..dotted\r\nbody\r\n") + b".\r\n"
     protocol.data_received(wire[:-tail])  # all but the last `tail` bytes of CRLF . CRLF
     assert counter[0] == 0
     protocol.data_received(wire[-tail:] + b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n.\r\n")
     assert counter[0] == 2  # the second one empty, pipelined behind the first one's end
-    assert written.endswith(b"354 end with .\r\n250 2.0.0 OK\r\n")
-    assert written.count(b"250 2.0.0 OK\r\n") == 2
+    assert not protocol.in_data and protocol.buf == b""
