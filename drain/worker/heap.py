@@ -7,7 +7,7 @@ hands the top of its heap back to the kernel once more than M_TRIM_THRESHOLD (12
 default) of it is free, and the next batch touches the same addresses again: each 4 KB page
 is a minor fault and a zero-filled page, ~2.8 µs each on this machine (a VM): 25 of them,
 ~70 µs, for every 100 KB allocated again. Measured on a worker draining 100 KB messages,
-start-up left out: ~8-11 faults per message by default, ~2 with the thresholds below
+start-up left out: ~5-9 faults per message by default, ~2 with the thresholds below
 (benchmarks/cpu-size-2026-11-30.md).
 
 What a worker may then hold without using: at most TRIM_THRESHOLD of free heap plus TOP_PAD;
