@@ -78,6 +78,8 @@ class CountingSink:
     The counter only grows; `mark()` and `since()` count messages from a moment on.
     """
 
+    name = "Postfix smtp-sink"
+
     def __init__(self, backlog: int = 1000) -> None:
         self.port = free_port()
         self.backlog = backlog
@@ -116,6 +118,13 @@ class CountingSink:
 
     def mark(self) -> None:
         self._base = self.count
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the sink's process has used so far."""
+        assert self._proc is not None
+        with open(f"/proc/{self._proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def since(self) -> int:
         return self.count - self._base

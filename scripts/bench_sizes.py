@@ -1,5 +1,8 @@
 """The size series of scripts/bench: drain and Postfix draining the same held queue of 2 KB,
-20 KB and 100 KB messages into one counting smtp-sink, in the same run.
+20 KB and 100 KB messages into one counting sink, in the same run: scripts/bench_sink.py's asyncio
+sink by default (~0.9 µs of CPU per KB), or Postfix's smtp-sink (--size-sink smtp-sink: ~4.5 µs
+per KB, which at 100 KB costs the shared cores nearly what the drain worker does). The sink's
+own CPU per message is reported for every row.
 
 - 2 KB: plain text (drain.seeding.synthetic), as the rest of the bench;
 - 20 KB: a transactional HTML mail, multipart/alternative (text and HTML);
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_postfix
+import bench_sink
 import redis
 from peak_rss import PeakRss, brief
 
@@ -108,6 +112,7 @@ def drain_run(client: redis.Redis, sink: Any, raws: list[bytes], processes: int)
     counting = hasattr(sink, "mark")
     if counting:
         sink.mark()
+        sink_cpu = sink.cpu_s()
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--burst", "--processes", str(processes),
                              "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
@@ -136,6 +141,7 @@ def drain_run(client: redis.Redis, sink: Any, raws: list[bytes], processes: int)
     if counting:
         sink.wait_for(count, time.perf_counter(), timeout_s=30)
         row["sink_counted"] = sink.since()
+        row["sink_cpu_us_per_msg"] = round((sink.cpu_s() - sink_cpu) / count * 1e6, 1)
     return row
 
 
@@ -148,28 +154,22 @@ def postfix_run(postfix: bench_postfix.PostfixInstance, sink: Any, sample: bytes
     held = postfix.held()
     if held != count:
         raise RuntimeError(f"Postfix holds {held} of {count} injected messages")
+    sink_cpu = sink.cpu_s()
     with PeakRss(postfix.master_pids) as rss:
         seconds = postfix.release(sink, count)
-    return {"seconds": round(seconds, 2), "msg_per_s": round(count / seconds, 1),
+    sink_us = round((sink.cpu_s() - sink_cpu) / count * 1e6, 1)
+    return {"sink_cpu_us_per_msg": sink_us, "seconds": round(seconds, 2), "msg_per_s": round(count / seconds, 1),
             "mb_per_s": round(count * len(sample) / seconds / 1e6, 2), "inject_seconds": round(inject_s, 2),
             "inject_per_s": round(count / inject_s, 1), "sink_counted": sink.since(), "peak_rss": rss.summary()}
 
 
 def bench_sizes(report: Any, client: redis.Redis, count: int, processes: list[int], sizes: list[int],
-                sessions: int = 20, rounds: int = 1) -> None:
+                sessions: int = 20, rounds: int = 1, sink_kind: str = "asyncio") -> None:
     """Per size and round: Postfix (when it can run here) and drain with each process count, one sink."""
     why_not = bench_postfix.missing()
-    if why_not is not None and bench_postfix.tool("smtp-sink") is None:
-        from bench import smtp_sink
-
-        sink_cm: Any = smtp_sink(False)
-    else:
-        sink_cm = bench_postfix.CountingSink()
+    use_smtp_sink = sink_kind == "smtp-sink" and bench_postfix.tool("smtp-sink") is not None
+    sink_cm = bench_postfix.CountingSink() if use_smtp_sink else bench_sink.CountingRelay()
     with sink_cm as sink, tempfile.TemporaryDirectory() as tmp:
-        if isinstance(sink, tuple):  # the aiosmtpd fallback: (url, name)
-            from types import SimpleNamespace
-
-            sink = SimpleNamespace(url=sink[0])
         postfix = bench_postfix.PostfixInstance(sink.port) if why_not is None else None
         try:
             if postfix is not None:
@@ -178,8 +178,8 @@ def bench_sizes(report: Any, client: redis.Redis, count: int, processes: list[in
                 raws = [message(i, size) for i in range(count)]
                 avg = sum(map(len, raws)) / count
                 for round_no in range(1, rounds + 1):
-                    common = {"part": "sizes", "size": size, "label": label(size), "messages": count,
-                              "avg_message_bytes": round(avg), "round": round_no,
+                    common = {"part": "sizes", "sink": sink_cm.name, "size": size, "label": label(size),
+                              "messages": count, "avg_message_bytes": round(avg), "round": round_no,
                               "load_average": round(os.getloadavg()[0], 1)}
                     if postfix is not None:
                         report.add(name=f"Postfix {bench_postfix.version()}", **common,
@@ -202,12 +202,15 @@ def sizes_markdown(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     loads = [r["load_average"] for r in rows]
-    lines = [f"Size series (same held queue, same smtp-sink), {max(r['round'] for r in rows)} round(s), load "
+    lines = [f"Size series (same held queue, same sink: {rows[0].get('sink', 'smtp-sink')}), "
+             f"{max(r['round'] for r in rows)} round(s), load "
              f"average {min(loads)}-{max(loads)}. msg/s: median [each round]; drain/Postfix: ratio of the "
              "medians [range within a round]; peak RSS while delivering: largest process's RSS (its name) / "
-             "PSS sum at one moment, MB, in N processes, highest of the rounds:", "",
-             "| size | system | messages | msg/s | MB/s | drain/Postfix | peak RSS MB | enqueue msg/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "PSS sum at one moment, MB, in N processes, highest of the rounds; sink CPU: the sink's own CPU "
+             "per message, median of the rounds:", "",
+             "| size | system | messages | msg/s | MB/s | drain/Postfix | peak RSS MB | enqueue msg/s "
+             "| sink CPU µs/msg |",
+             "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
         system = r["name"] if r["name"] != "drain" else f"drain, {r['processes']} process" + (
@@ -219,7 +222,7 @@ def sizes_markdown(rows: list[dict[str, Any]]) -> str:
         first = group[0]
         if "missing" in first:
             lines.append(f"| {first['label']} | Postfix: not measured ({first['missing'].replace('|', chr(92) + '|')})"
-                         " | | | | | | |")
+                         " | | | | | | | |")
             continue
         rates = [r["msg_per_s"] for r in group]
         median = statistics.median(rates)
@@ -231,9 +234,11 @@ def sizes_markdown(rows: list[dict[str, Any]]) -> str:
         rss = max((r.get("peak_rss") or {} for r in group), key=lambda s: s.get("sum_mb", 0))
         enqueue = statistics.median(r["enqueue_per_s"] for r in group) if "enqueue_per_s" in first else None
         mb_per_s = statistics.median(r["mb_per_s"] for r in group)
+        sink_us = [r["sink_cpu_us_per_msg"] for r in group if "sink_cpu_us_per_msg" in r]
         lines.append(f"| {first['label']} | {system} | {first['messages']:,} | {median:,.0f} "
                      f"[{', '.join(f'{x:,.0f}' for x in rates)}] | {mb_per_s:.2f} "
-                     f"| {ratio} | {brief(rss)} | {f'{enqueue:,.0f}' if enqueue else ''} |")
+                     f"| {ratio} | {brief(rss)} | {f'{enqueue:,.0f}' if enqueue else ''} "
+                     f"| {f'{statistics.median(sink_us):,.0f}' if sink_us else ''} |")
     injected = [r for r in rows if "inject_per_s" in r]
     if injected:
         lines += ["", "Filling Postfix's queue (not timed above): smtp-source -s 20, median msg/s " + ", ".join(

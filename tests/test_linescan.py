@@ -57,3 +57,12 @@ def test_endings_of_a_changed_bytearray_are_not_remembered() -> None:
     assert endings(buffer) == "crlf"  # type: ignore[arg-type]
     buffer[:] = b"a\nb\n"
     assert endings(buffer) == "lf"  # type: ignore[arg-type]
+
+
+def test_endings_at_the_edges() -> None:
+    # A lone CR or a bare LF at the start, the end, or beside a CRLF makes the endings mixed.
+    cases = {b"a\r\nb\r\n": "crlf", b"\r\n": "crlf", b"a\r\nb": "crlf", b"a\nb\n": "lf", b"abc": "lf",
+             b"a\r\nb\r": "mixed", b"\ra\r\n": "mixed", b"\na\r\n": "mixed", b"a\r\n\n": "mixed",
+             b"a\r\r\n": "mixed", b"a\n\r\n": "mixed", b"a\r\n\rb": "mixed", b"\r": "mixed"}
+    for raw, expected in cases.items():
+        assert endings(bytes(bytearray(raw))) == expected, raw

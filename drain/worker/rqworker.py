@@ -22,7 +22,7 @@ from rq.worker_pool import WorkerPool
 
 from drain.settings import Settings
 from drain.store import keys
-from drain.worker import runtime
+from drain.worker import heap, runtime
 from drain.worker.dispatch import JOB_FUNCTION, ensure_tokens
 from drain.worker.housekeeping import run_once
 from drain.worker.resilience import TROUBLE, wait_for_redis
@@ -49,6 +49,7 @@ class DrainWorker(SimpleWorker):
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         settings = self.drain_settings or Settings.from_env()
+        heap.keep_freed_memory()  # batches of large mail: no page faults for memory freed and taken again
         rt = runtime.Runtime.build(self.connection, settings)
         self._patiently(rt.start, housekeeping=self.housekeeping)
         runtime.install(rt)
