@@ -26,6 +26,8 @@ from drain.observe.http import StatusServer
 from drain.settings import Durability, Settings
 from drain.store import keys, tenancy
 from drain.store.connection import SentinelUrl, connect
+from drain.store.store import Outcome, Store
+from drain.worker.resilience import ResilientStore
 from tests.chaos_kit import RedisProc, wait_until
 
 SERVICE = "drainmaster"
@@ -54,6 +56,17 @@ class Cluster:
     def master_port(self) -> int:
         _host, port = redis.Redis(port=self.sentinel_port).sentinel_get_master_addr_by_name(SERVICE)
         return int(port)
+
+    def fail_over(self) -> None:
+        """Have the sentinel promote the replica, then demote the old master and wait until it
+        follows the new one. Clients made before keep their connections to the old master."""
+        sentinel = redis.Redis(port=self.sentinel_port)
+        wait_until(lambda: bool(sentinel.sentinel_failover(SERVICE)), 20, "sentinel to take the failover")
+        wait_until(lambda: self.master_port() == self.replica.port, 30, "the failover")
+        self.demote_old_master()
+        old = redis.Redis(port=self.master.port)
+        wait_until(lambda: old.info("replication").get("master_link_status") == "up", 30,
+                   "the old master to follow the new one")
 
     def demote_old_master(self) -> None:
         """After the failover, point the old master at the new one: what the sentinel does
@@ -169,13 +182,7 @@ def test_a_running_worker_and_its_client_ride_through_a_failover(cluster: Cluste
                                   stdout=subprocess.DEVNULL, stderr=err)
     try:
         wait_until(stalled.is_set, 60, "the worker to be mid-batch")
-        sentinel = redis.Redis(port=cluster.sentinel_port)
-        wait_until(lambda: bool(sentinel.sentinel_failover(SERVICE)), 20, "sentinel to take the failover")
-        wait_until(lambda: cluster.master_port() == cluster.replica.port, 30, "the failover")
-        cluster.demote_old_master()
-        old = redis.Redis(port=cluster.master.port)
-        wait_until(lambda: old.info("replication").get("master_link_status") == "up", 30,
-                   "the old master to follow the new one")
+        cluster.fail_over()
         release.set()
 
         def enqueue_second() -> bool:
@@ -212,6 +219,27 @@ def test_a_running_worker_and_its_client_ride_through_a_failover(cluster: Cluste
     assert books().delivered == 40, books()  # the books count each message once
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_settle_sent_to_the_demoted_master_is_repeated_on_the_new_one(cluster: Cluster) -> None:
+    """A worker's pooled connection may still be open to the old master after a failover.
+    A settle (a Lua script) sent there fails on the replica with READONLY inside the script's
+    error. It must read as the connection trouble it is, so the worker's store repeats it on
+    the new master; taken for a plain script error, it failed the batch's last settle and left
+    the claim in flight under a live worker, never given back (the ride-through test timed out)."""
+    settings = Settings(redis_url=cluster.url, lease_ttl_s=60.0)
+    client = connect(settings)  # one pooled connection, to the master of now
+    Client(client, settings).enqueue_many([synthetic(i) for i in range(3)])
+    store = ResilientStore(client, settings)
+    ids = store.claim("worker-1", 3).ids
+    assert len(ids) == 3
+    replica = redis.Redis(port=cluster.replica.port)
+    wait_until(lambda: replica.hlen(keys.INFLIGHT) == 3, 20, "the replica to have the claim")
+    cluster.fail_over()
+
+    assert store.settle("worker-1", [Outcome(i, "requeue") for i in ids]) == (3, 0)
+    books = Store(replica, settings).books()  # the replica is the master now
+    assert (books.in_flight, books.ready) == (0, 3), books
 
 
 def test_an_interrupted_read_does_not_leave_a_reply_behind(cluster: Cluster) -> None:
