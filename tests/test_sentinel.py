@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from drain import validate
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Action, Received, Sink, Stall, free_port
 from drain.errors import ConfigError
@@ -27,6 +28,8 @@ from drain.settings import Durability, Settings
 from drain.store import keys, tenancy
 from drain.store.connection import SentinelUrl, connect
 from drain.store.store import Outcome, Store
+from drain.worker.batch import Batch
+from drain.worker.delivery import Relay, RelayConfig
 from drain.worker.resilience import ResilientStore
 from tests.chaos_kit import RedisProc, wait_until
 
@@ -240,6 +243,38 @@ def test_a_settle_sent_to_the_demoted_master_is_repeated_on_the_new_one(cluster:
     assert store.settle("worker-1", [Outcome(i, "requeue") for i in ids]) == (3, 0)
     books = Store(replica, settings).books()  # the replica is the master now
     assert (books.in_flight, books.ready) == (0, 3), books
+
+
+def test_a_batch_checks_its_lease_on_the_new_master_after_a_failover(cluster: Cluster, relay: Sink) -> None:
+    """A batch that was mid-send while the master changed, and whose lease is due a check
+    (drain.worker.batch: LEASE_CHECK_AFTER), asks on a connection still open to the old
+    master. The check (renew the lease, read the owner) is safe to repeat: it waits for the
+    new master and goes on, where it used to fail the job (a traceback in the worker's log)."""
+    settings = Settings(redis_url=cluster.url, relay=relay.url, lease_ttl_s=60.0)
+    client = connect(settings)
+    Client(client, settings).enqueue_many([synthetic(i) for i in range(3)])
+    replica = redis.Redis(port=cluster.replica.port)
+    now = [1000.0]
+
+    def fail_over_during_first_send(index: int, _msg: Received) -> Action:
+        if index == 0:
+            wait_until(lambda: replica.hlen(keys.INFLIGHT) == 3, 20, "the replica to have the claim")
+            cluster.fail_over()
+            now[0] += settings.lease_ttl_s  # the next message's ownership check is due
+        return None
+
+    relay.set_policy(fail_over_during_first_send)
+    sender = Relay(RelayConfig.from_url(relay.url), timeout_s=60.0)
+    try:
+        batch = Batch(ResilientStore(client, settings), sender, "worker-1", validate.Limits(),
+                      lease_clock=lambda: now[0])
+        assert batch.run() == 3
+    finally:
+        sender.close()
+    assert not batch.lost
+    books = Store(replica, settings).books()
+    assert (books.delivered, books.in_flight) == (3, 0), books
+    assert relay.accepted == 3
 
 
 def test_an_interrupted_read_does_not_leave_a_reply_behind(cluster: Cluster) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from rq.timeouts import JobTimeoutException
@@ -29,7 +30,7 @@ from drain.worker.alone import Alone
 from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
 from drain.worker.relays import BUSY_WAIT_S, Relays
-from drain.worker.retry import next_try_in
+from drain.worker.retry import next_try_in, redis_backoff
 from drain.worker.window import Window
 
 log = logging.getLogger(__name__)
@@ -368,14 +369,18 @@ class Batch:
         sent = self.lease_clock()
         if sent - self.lease_written < self.settings.lease_ttl_s * LEASE_CHECK_AFTER:
             return True
-        pipe = self.store.client.pipeline(transaction=True)
-        pipe.set(keys.lease(self.owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
-        pipe.hget(keys.INFLIGHT, msg_id)
-        _renewed, owner = pipe.execute()
+        # Safe to repeat: repeated until Redis answers (after a failover, the new master does).
+        owner = redis_backoff()(self._renew_and_read, msg_id)
         if owner is None or owner.decode() != self.owner:
             return False
         self.lease_written = sent
         return True
+
+    def _renew_and_read(self, msg_id: str) -> bytes | None:
+        pipe = self.store.client.pipeline(transaction=True)
+        pipe.set(keys.lease(self.owner), b"1", px=int(self.settings.lease_ttl_s * 1000))
+        pipe.hget(keys.INFLIGHT, msg_id)
+        return cast(bytes | None, pipe.execute()[1])
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
