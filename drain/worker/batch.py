@@ -274,8 +274,6 @@ class Batch:
                     self.store.promote_due()
                     continue
                 self.lease_written = sent
-                self.gate.refresh()
-                self.relays.refresh()
                 self.fresh_ids = claim.fresh
                 handled += len(claim.ids)
                 self._work(claim.ids)
@@ -294,8 +292,10 @@ class Batch:
     def _work(self, ids: list[str]) -> None:
         pending: list[Outcome] = []
         done: set[str] = set()
-        self.tenants = self.relays.routes.tenants(ids)
-        try:
+        try:  # from the first read after the claim: should any fail, the claim goes back
+            self.gate.refresh()
+            self.relays.refresh()
+            self.tenants = self.relays.routes.tenants(ids)
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
                 if not self._still_mine(msg_id):
                     log.warning("lease lapsed (this worker was stopped or frozen) and message %s went to"
