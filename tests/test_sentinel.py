@@ -3,12 +3,14 @@ and follows it through a failover, losing nothing that was acknowledged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -183,45 +185,75 @@ def test_a_running_worker_and_its_client_ride_through_a_failover(cluster: Cluste
     with open(log, "wb") as err:
         worker = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=err)
+    with showing_log(log):
+        _ride_through(cluster, api, worker, release, stalled, first, second_lot)
+        copies = Counter(m.message_id for m in relay.messages)
+        assert sorted(copies) == sorted(f"<synthetic-{i}@sender.example.com>" for i in (*first_lot, *second_lot))
+        repeated = {m: n for m, n in copies.items() if n > 1}
+        # At least once: repeats only of mail the worker held when the master changed, at most
+        # one settle window of it.
+        assert sum(repeated.values()) - len(repeated) <= settle_every, repeated
+        assert all(int(m.split("-")[1].split("@")[0]) in first_lot for m in repeated), repeated
+        books = api.store.books()
+        assert books.delivered == 40, books  # the books count each message once
+        assert "Traceback" not in log.read_text(), "a traceback in the worker's log"
+
+
+# What the ride-through test may take in all, kept under pytest-timeout (120 s, pyproject), so
+# that a wait that runs out fails with its own message and the worker's log, not a bare Timeout.
+RIDE_BUDGET_S = 100.0
+
+
+@contextlib.contextmanager
+def showing_log(log: Path) -> Iterator[None]:
+    """A failed assertion's message gets the worker's log (its end): on CI it is all there is."""
     try:
-        wait_until(stalled.is_set, 60, "the worker to be mid-batch")
+        yield
+    except AssertionError as exc:
+        text = log.read_text(errors="replace") if log.exists() else "(no log)"
+        raise AssertionError(f"{exc}\n--- {log} (last 8000 characters):\n{text[-8000:]}") from None
+
+
+def _ride_through(cluster: Cluster, api: Client, worker: subprocess.Popen[bytes], release: threading.Event,
+                  stalled: threading.Event, first: list[str], second_lot: range) -> None:
+    """The failover while the worker is mid-batch, the second lot, and the wait for both lots."""
+    deadline = time.monotonic() + RIDE_BUDGET_S
+
+    def left(most: float) -> float:
+        return max(1.0, min(most, deadline - time.monotonic()))
+
+    second: list[str] = []
+
+    def enqueue_second() -> bool:
+        # The producer's pooled connection still points at the old master: its first write
+        # may fail (READONLY becomes a ConnectionError); the same client then follows.
+        try:
+            second.extend(api.enqueue_many([synthetic(i) for i in second_lot]).ids)
+        except redis.ConnectionError:
+            return False
+        return True
+
+    try:
+        wait_until(stalled.is_set, left(60), "the worker to be mid-batch")
         cluster.fail_over()
         release.set()
-
-        def enqueue_second() -> bool:
-            # The producer's pooled connection still points at the old master: its first write
-            # may fail (READONLY becomes a ConnectionError); the same client then follows.
-            try:
-                second.extend(api.enqueue_many([synthetic(i) for i in second_lot]).ids)
-            except redis.ConnectionError:
-                return False
-            return True
-
-        second: list[str] = []
-        wait_until(enqueue_second, 30, "the kept client to enqueue on the new master")
+        wait_until(enqueue_second, left(30), "the kept client to enqueue on the new master")
         new = redis.Redis(port=cluster.replica.port)
         books = api.store.books
-        wait_until(lambda: books().delivered >= 40 and books().queued == 0, 120, "delivery of both lots")
+        wait_until(lambda: books().delivered >= 40 and books().queued == 0, left(RIDE_BUDGET_S),
+                   "delivery of both lots")
         assert worker.poll() is None, "the worker did not live through the failover"
         assert int(new.hget(keys.BOOKS, "accepted") or 0) == 40
         worker.terminate()  # idle now: a warm shutdown ends at once (it hung before, see below)
-        assert worker.wait(timeout=60) == 0
+        assert worker.wait(timeout=left(30)) == 0
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; books on the new master: {api.store.books()}") from None
     finally:
         release.set()
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=10)
     assert len(set(first) | set(second)) == 40
-    copies = Counter(m.message_id for m in relay.messages)
-    assert sorted(copies) == sorted(f"<synthetic-{i}@sender.example.com>" for i in (*first_lot, *second_lot))
-    repeated = {m: n for m, n in copies.items() if n > 1}
-    # At least once: repeats only of mail the worker held when the master changed, at most
-    # one settle window of it.
-    assert sum(repeated.values()) - len(repeated) <= settle_every, repeated
-    assert all(int(m.split("-")[1].split("@")[0]) in first_lot for m in repeated), repeated
-    assert books().delivered == 40, books()  # the books count each message once
-    text = log.read_text()
-    assert "Traceback" not in text, text[-3000:]
 
 
 def test_a_settle_sent_to_the_demoted_master_is_repeated_on_the_new_one(cluster: Cluster) -> None:
