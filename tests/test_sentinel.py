@@ -24,16 +24,20 @@ from drain import validate
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Action, Received, Sink, Stall, free_port
 from drain.errors import ConfigError
+from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.observe.http import StatusServer
 from drain.settings import Durability, Settings
 from drain.store import keys, tenancy
 from drain.store.connection import SentinelUrl, connect
 from drain.store.store import Outcome, Store
+from drain.worker import runtime
 from drain.worker.batch import Batch
 from drain.worker.delivery import Relay, RelayConfig
 from drain.worker.resilience import ResilientStore
+from drain.worker.runtime import Runtime
 from tests.chaos_kit import RedisProc, wait_until
+from workers.jobs import deliver_batch
 
 SERVICE = "drainmaster"
 
@@ -306,6 +310,41 @@ def test_a_batch_checks_its_lease_on_the_new_master_after_a_failover(cluster: Cl
     assert not batch.lost
     books = Store(replica, settings).books()
     assert (books.delivered, books.in_flight) == (3, 0), books
+    assert relay.accepted == 3
+
+
+def test_a_batch_job_that_meets_the_old_master_ends_with_one_line_and_holds_nothing(
+        cluster: Cluster, relay: Sink, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch job whose next command after a send went to the demoted master (here the
+    second message's ask at its domain's rate limit, a script) failed as an RQ job with a
+    traceback, though the batch had settled or given back all it held. It ends with one
+    warning now, and the next job delivers the rest."""
+    settings = Settings(redis_url=cluster.url, relay=relay.url, lease_ttl_s=60.0, relay_sessions=1)
+    client = connect(settings)  # one thread: one pooled connection, to the master of now
+    ratelimit.set_domain(client, "example.org", 1000.0)  # each message asks the gate
+    Client(client, settings).enqueue_many([synthetic(i, domain="example.org") for i in range(3)])
+    replica = redis.Redis(port=cluster.replica.port)
+
+    def fail_over_during_first_send(index: int, _msg: Received) -> Action:
+        if index == 0:
+            wait_until(lambda: replica.hlen(keys.INFLIGHT) == 3, 20, "the replica to have the claim")
+            cluster.fail_over()
+        return None
+
+    relay.set_policy(fail_over_during_first_send)
+    rt = Runtime.build(client, settings)
+    rt.start(housekeeping=False)
+    runtime.install(rt)
+    try:
+        assert deliver_batch() == 0
+        books = Store(replica, settings).books()
+        assert (books.delivered, books.ready, books.in_flight) == (1, 2, 0), books
+        assert "Redis unavailable during a batch" in caplog.text
+        assert deliver_batch() == 2
+    finally:
+        runtime.install(None)
+        rt.stop()
+    assert Store(replica, settings).books().delivered == 3
     assert relay.accepted == 3
 
 
