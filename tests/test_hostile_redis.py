@@ -8,10 +8,14 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from drain import validate
 from drain.demo.seeding import synthetic
 from drain.demo.sink import Sink
 from drain.intake.api import Client
+from drain.settings import Settings
 from drain.store import keys
+from drain.worker.batch import Batch
+from drain.worker.delivery import Relay, RelayConfig
 
 
 def test_enqueue_stored_is_reported_as_stored_when_the_batch_job_cannot_be_queued(
@@ -120,3 +124,22 @@ def test_a_wrong_typed_deferred_set_stops_settling_without_losing_mail(
 
     books = client.store.books()
     assert books.delivered == 3 and books.in_flight == 0, books
+
+
+def test_a_claim_whose_flow_figures_cannot_be_read_goes_back_to_ready(
+        client: Client, rclient: redis.Redis, settings: Settings) -> None:
+    """After a claim a batch reads the breakers and the relays' caps. When that read failed
+    (here: the breakers' hash of the wrong type; after a failover, a connection still open
+    to the old master) the claimed mail stayed in flight under a worker that lives on: its
+    lease is renewed, so nothing gave it back until that worker stopped. It goes back now."""
+    client.enqueue_many([synthetic(i, domain="example.org") for i in range(3)])
+    rclient.set(keys.BREAKER_OPEN, "not what drain writes here")
+
+    sender = Relay(RelayConfig.from_url(settings.relay), timeout_s=5.0)
+    try:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            Batch(client.store, sender, "live-worker", validate.Limits()).run()
+    finally:
+        sender.close()
+    books = client.store.books()
+    assert (books.in_flight, books.ready) == (0, 3), books

@@ -138,3 +138,20 @@ def test_drain_clients_never_resend_a_command_on_their_own(tmp_path: Path) -> No
         pool = client_for(url).connection_pool
         assert pool.connection_kwargs["retry"].get_retries() == 0, url
         assert pool.make_connection().retry.get_retries() == 0, url
+
+
+def test_a_reply_left_due_on_a_pooled_connection_is_not_read_by_the_exit(
+        rclient: redis.Redis, settings: Settings) -> None:
+    """RQ stops a worker by raising StopRequested from its signal handler, wherever the main
+    thread is: between a command's send and its reply that leaves the reply due on a
+    connection that goes back to the pool. The worker's exit (RQ's register_death, a MULTI)
+    then read it as its own, "Wrong number of response items from pipeline execution", and
+    `drain worker` exited 1 (seen once in the Sentinel ride-through test on a loaded box)."""
+    worker = DrainWorker(["drain"], connection=rclient, drain_settings=settings, housekeeping=False)
+    pool = rclient.connection_pool
+    interrupted = pool.get_connection()
+    interrupted.send_command("BLPOP", "drain:test:nothing", "0.3")  # its reply comes after a checkout's check
+    pool.release(interrupted)
+
+    worker.teardown()
+    assert rclient.ping() is True

@@ -63,6 +63,10 @@ def incident(client: Client, relay: Sink, work: Callable[..., bool]) -> dict[str
     return {"message-id": bad_id}
 
 
+# One `drain` process per runbook command, 53 in a row, each about 0.6 s of CPU to start
+# (imports): 68 s and 125 s in two full runs on the loaded 2-core box (pytest -n 2), at and
+# past the suite's 120 s. The work grows with the runbook, not with a fault, so its own limit.
+@pytest.mark.timeout(300)
 def test_every_runbook_command_runs(incident: dict[str, str], client: Client, redis_server: int,
                                     relay: Sink) -> None:
     env = {"DRAIN_REDIS_URL": f"redis://127.0.0.1:{redis_server}/0", "DRAIN_RELAY": relay.url,

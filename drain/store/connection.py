@@ -88,16 +88,36 @@ class SentinelUrl:
                    unquote(username) or None, unquote(password) or None)
 
 
+# Redis's reply to a write on a replica; inside a script's error it follows the script's own text.
+_READONLY = "READONLY You can't write against a read only replica"
+
+
 class _SentinelConnection(SentinelManagedConnection):
-    """redis-py's Sentinel connection keeps its socket when a read is interrupted (its
-    read_response defaults to disconnect_on_error=False, unlike a plain Connection's). A
-    worker's SIGTERM arrives as an exception inside the blocking dequeue, so the connection
-    went back to the pool with that reply still due: the next command (RQ's teardown) waited
-    out the dequeue and then read the dequeue's reply as its own. Dropped here instead."""
+    """Two changes to redis-py's Sentinel connection.
+
+    It keeps its socket when a read is interrupted (its read_response defaults to
+    disconnect_on_error=False, unlike a plain Connection's). A worker's SIGTERM arrives as an
+    exception inside the blocking dequeue, so the connection went back to the pool with that
+    reply still due: the next command (RQ's teardown) waited out the dequeue and then read the
+    dequeue's reply as its own. Dropped here instead.
+
+    It takes a READONLY reply for the sign that its master was demoted (disconnects, and
+    raises ConnectionError, which drain's callers wait out and repeat on the new master), but
+    only when READONLY is the reply's code. A Lua script that writes fails on a replica with
+    "Error running script ... -READONLY ..." (Redis 6), a plain ResponseError: a settle or a
+    claim sent on a connection still open to the old master then failed for good, leaving its
+    mail in flight under a live worker. Treated here as the demotion it is: the replica ran
+    none of the script's writes, so repeating it on the new master is safe."""
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["disconnect_on_error"] = True
-        return super().read_response(*args, **kwargs)
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not (self.connection_pool.is_master and _READONLY in str(exc)):
+                raise
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.ConnectionError("the master was demoted to a replica (a script met READONLY)") from exc
 
 
 _announced = False

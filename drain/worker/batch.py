@@ -31,7 +31,7 @@ from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
 from drain.worker.lease import LEASE_CHECK_AFTER, lease_clock, renewed_holding
 from drain.worker.relays import BUSY_WAIT_S, Relays
-from drain.worker.retry import next_try_in
+from drain.worker.retry import next_try_in, redis_backoff
 from drain.worker.tally import Tally
 from drain.worker.window import Window
 
@@ -255,8 +255,6 @@ class Batch:
                     self.store.promote_due()
                     continue
                 self.lease_written = sent
-                self.gate.refresh()
-                self.relays.refresh()
                 self.fresh_ids = claim.fresh
                 self.journalling = not claim.capped
                 handled += len(claim.ids)
@@ -276,8 +274,10 @@ class Batch:
     def _work(self, ids: list[str]) -> None:
         pending: list[Outcome] = []
         done: set[str] = set()
-        self.tenants = self.relays.routes.tenants(ids)
-        try:
+        try:  # from the first read after the claim: should any fail, the claim goes back
+            self.gate.refresh()
+            self.relays.refresh()
+            self.tenants = self.relays.routes.tenants(ids)
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
                 if not self._still_mine(msg_id):
                     log.warning("lease lapsed (this worker was stopped or frozen) and message %s went to"
@@ -351,7 +351,8 @@ class Batch:
         sent = self.lease_clock()
         if sent - self.lease_written < self.settings.lease_ttl_s * LEASE_CHECK_AFTER:
             return True
-        if not renewed_holding(self.store, self.owner, msg_id):
+        # Safe to repeat: repeated until Redis answers (after a failover, the new master does).
+        if not redis_backoff()(renewed_holding, self.store, self.owner, msg_id):
             return False
         self.lease_written = sent
         return True

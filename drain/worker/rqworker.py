@@ -107,6 +107,11 @@ class DrainWorker(SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def teardown(self) -> None:
+        # RQ's stop signal raises StopRequested wherever the main thread is: between a
+        # command's send and its reply, that reply stays due on a pooled connection, and
+        # the exit's own MULTI read it ("Wrong number of response items"). Idle connections
+        # are closed first; the exit opens a fresh one.
+        self.connection.connection_pool.disconnect(inuse_connections=False)
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         except TROUBLE as exc:
