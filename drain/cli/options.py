@@ -85,7 +85,10 @@ def reason_option(ctx: click.Context, param: click.Parameter, value: str | None)
     """Callback of the quarantine filters' --reason: not empty, and a known code or prefix."""
     if nonempty(ctx, param, value) is None:
         return None
-    return parsed(reason_selector)(ctx, param, value)
+    try:
+        return reason_selector(str(value))
+    except InputError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def filter_options(func: F) -> F:
