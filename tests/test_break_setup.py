@@ -20,8 +20,9 @@ def test_a_redis_url_whose_database_is_not_a_number_is_refused(path: str, client
                                                                 settings: Settings) -> None:
     """redis-py reads a database it cannot parse as none: DRAIN_REDIS_URL=redis://host/0x
     (or /l for /1) queued into database 0, which may be another drain's, and "/2/3" went to
-    database 23 (or failed: no such database); `drain enqueue` said it accepted the message. Now a usage error naming the
-    URL, and nothing is queued anywhere. Mutant caught: client_for without the _DB_PATH check."""
+    database 23 (or failed: no such database); `drain enqueue` said it accepted the message.
+    Now a usage error naming the URL, and nothing is queued anywhere. Mutant caught:
+    client_for without the _DB_PATH check."""
     base = (settings.redis_url or "").rsplit("/", 1)[0]
     url = base + path
     result = drain(settings, "enqueue", "--from", "a@example.com", "--to", "b@example.org", "-",
