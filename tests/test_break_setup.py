@@ -54,3 +54,15 @@ def test_a_drain_home_that_cannot_be_written_in_is_one_line(tmp_path: Path, sett
     lines = [line for line in result.stderr.decode().splitlines() if "no DRAIN_REDIS_URL" not in line]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr.decode() and "DRAIN_HOME" in lines[0], lines
+
+
+@pytest.mark.parametrize("url", ["localhost:2525", "127.0.0.1:2525", "relay.example.com"])
+def test_a_relay_url_without_its_scheme_says_so(url: str, client: Client, settings: Settings) -> None:
+    """DRAIN_RELAY=localhost:2525 (the scheme forgotten) was refused as "must start with
+    smtp://..., got 'localhost'" (urlsplit takes the host for the scheme), and 127.0.0.1:2525
+    as "got ''". Now the error says the scheme is missing and how to write it. Mutant caught:
+    RelayConfig.from_url without the "://" check."""
+    result = drain(settings, "worker", "--burst", env={"DRAIN_RELAY": url})
+    lines = [line for line in result.stderr.decode().splitlines() if not line.startswith("drain worker:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "no scheme" in lines[0] and "smtp://HOST:PORT" in lines[0], lines

@@ -35,6 +35,8 @@ class RelayConfig:
             # The parser's own message can quote part of the URL, which may be a password.
             raise ConfigError("bad relay URL: its host and port cannot be read (in a user name or password,"
                               " / # ? and @ must be percent-encoded)") from None
+        if "://" not in url:  # host:port alone: urlsplit reads "localhost" of localhost:2525 as the scheme
+            raise ConfigError("relay URL has no scheme: write smtp://HOST:PORT (or smtp+starttls://, smtps://)")
         if parts.scheme not in _DEFAULT_PORTS:
             raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
         if not parts.hostname:
