@@ -3,6 +3,7 @@ change is done by drain.ops.control; these parse and print."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -52,6 +53,11 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
     listed = [row for row in on_each(obj, lambda store: pauses.listing(store.client))
               if row["scope"] == scope and row["name"] == name]
     until = listed[0]["until"] if listed else None
+    if listed and for_s is not None and (until is None or until > time.time() + for_s + 1):
+        row = listed[0]
+        click.echo(safe(f"drain: already paused since {when(row['since'] or 0)} by {row['actor'] or '?'} until "
+                        f"{when(until) if until else 'resumed'}: kept (a pause never shortens one in force; "
+                        "`drain resume` first)"), err=True)
     if as_json:
         emit({"scope": scope, "name": name, "paused": True, "reason": reason, "until": until})
         return

@@ -1,0 +1,48 @@
+"""A careless operator, or two operators at once: commands given twice, on top of each other.
+Each docstring says what happened before the fix."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store import keys
+from tests.test_cli import drain
+
+
+def _listed(settings: Settings, scope: str) -> dict[str, object]:
+    rows = json.loads(drain(settings, "pause", "list", "--json").stdout)
+    (row,) = [r for r in rows if r["scope"] == scope]
+    return dict(row)
+
+
+@pytest.mark.parametrize("scope,args", [("delivery", ()), ("domain", ("--domain", "example.org")),
+                                        ("intake", ("--intake",))])
+def test_a_second_pause_never_shortens_the_one_in_force(scope: str, args: tuple[str, ...], client: Client,
+                                                         settings: Settings) -> None:
+    """Alice paused delivery until resumed ("incident 42"); Bob, not knowing, ran `drain pause
+    --for 5m`: the pause became a 5-minute one and its reason and author were replaced, so
+    delivery went again by itself into the broken relay. Now a pause never shortens one in
+    force: it is kept, with its note, and the command says so; a longer one still extends a
+    shorter one. Mutant caught: control._outlasts always False."""
+    client.enqueue(b"Subject: x\r\n\r\nbody\r\n", sender="a@example.com", recipients=["b@example.org"])
+    assert drain(settings, "pause", *args, "--reason", "incident 42", env={"DRAIN_ACTOR": "alice"}).returncode == 0
+    second = drain(settings, "pause", *args, "--for", "5m", env={"DRAIN_ACTOR": "bob"})
+    assert second.returncode == 0, second.stderr
+    assert b"kept" in second.stderr and b"alice" in second.stderr, second.stderr
+    row = _listed(settings, scope)
+    assert row["until"] is None and row["reason"] == "incident 42" and row["actor"] == "alice", row
+    if scope == "delivery":
+        assert client.redis.pttl(keys.PAUSED) == -1  # the flag the claim script reads: no expiry
+    # A longer pause than the one in force replaces it.
+    assert drain(settings, "resume", *args).returncode == 0
+    assert drain(settings, "pause", *args, "--for", "1h").returncode == 0
+    longer = drain(settings, "pause", *args, "--for", "2h", env={"DRAIN_ACTOR": "bob"})
+    assert longer.returncode == 0 and b"kept" not in longer.stderr, longer.stderr
+    until = _listed(settings, scope)["until"]
+    assert isinstance(until, float) and until > time.time() + 3600 + 1800, until
+    assert drain(settings, "resume", *args).returncode == 0
