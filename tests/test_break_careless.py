@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import keys
+from tests.conftest import seed
 from tests.test_cli import drain
 
 
@@ -46,3 +49,23 @@ def test_a_second_pause_never_shortens_the_one_in_force(scope: str, args: tuple[
     until = _listed(settings, scope)["until"]
     assert isinstance(until, float) and until > time.time() + 3600 + 1800, until
     assert drain(settings, "resume", *args).returncode == 0
+
+
+def test_an_id_named_twice_counts_once_in_every_quarantine_command(
+        client: Client, work: Callable[..., bool], settings: Settings, tmp_path: Path) -> None:
+    """`drain quarantine delete --dry-run 1 1 1` said it would delete 3 messages (the real
+    run deleted 1), `release 1 1` listed the id twice, and `export 3 3 --out DIR` wrote 3.eml
+    and then failed on it, "File exists", exit 1. Now each id is taken once. Mutant caught:
+    _selected without the dedupe."""
+    nul = dict(seed("bad"))["body_nul-byte.eml"]
+    first, second = client.enqueue(nul), client.enqueue(nul)
+    work()
+    dry = json.loads(drain(settings, "quarantine", "delete", "--dry-run", "--json", first, first, first).stdout)
+    assert dry["would_delete"] == 1 and dry["ids"] == [first], dry
+    out = tmp_path / "out"
+    exported = drain(settings, "quarantine", "export", "--json", second, second, "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["exported"] == 1 and [p.name for p in out.iterdir()] == [f"{second}.eml"]
+    released = json.loads(drain(settings, "quarantine", "release", "--force", "--json", first, first).stdout)
+    assert released["released"] == 1 and released["ids"] == [first], released
+    assert client.store.books().quarantined == 1
