@@ -14,6 +14,7 @@ from drain.demo.sink import Sink
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import keys
+from tests.chaos_kit import one_line
 from tests.conftest import seed
 from tests.test_cli import drain
 
@@ -95,3 +96,19 @@ def test_a_message_held_then_released_can_be_acted_on_by_id(client: Client, rela
     finally:
         work()
         assert client.store.books().delivered == 1 and relay.accepted == 1
+
+
+@pytest.mark.parametrize("args", [("--header", "Sub ject: ^x"), ("--header", "Subj\x1bect: x"),
+                                  ("--domain", "ex ample.com"), ("--domain", "b@example.org"),
+                                  ("--domain", "example.org,example.com")])
+def test_a_rule_on_a_name_no_message_can_carry_is_refused(args: tuple[str, ...], client: Client,
+                                                          settings: Settings) -> None:
+    """`drain quarantine rule add --header 'Sub ject: ^x'` (a typo) or `--domain 'ex ample.com'`
+    was added and listed, and matched nothing: the incident's mail kept going out while the
+    operator believed it held. Now a usage error, and nothing is stored or swept. Mutant
+    caught: Rule.__post_init__ without the field-name and domain checks."""
+    client.enqueue(b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n", recipients=["b@example.org"])
+    result = drain(settings, "quarantine", "rule", "add", *args)
+    err = one_line(result)
+    assert result.returncode == 2 and "is not a" in err and "\x1b" not in err, err
+    assert client.redis.exists(keys.RULES) == 0 and client.store.books().ready == 1
