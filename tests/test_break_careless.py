@@ -112,3 +112,18 @@ def test_a_rule_on_a_name_no_message_can_carry_is_refused(args: tuple[str, ...],
     err = one_line(result)
     assert result.returncode == 2 and "is not a" in err and "\x1b" not in err, err
     assert client.redis.exists(keys.RULES) == 0 and client.store.books().ready == 1
+
+
+@pytest.mark.parametrize("args,what", [((), "delivery"), (("--intake",), "intake"),
+                                       (("--domain", "example.org"), "delivery to example.org")])
+def test_resuming_what_is_not_paused_says_so(args: tuple[str, ...], what: str, client: Client,
+                                             settings: Settings) -> None:
+    """`drain resume` with nothing paused said "delivery resumed", as if it had undone a pause
+    (an operator resuming the wrong scope, say delivery for a paused domain, was told all was
+    going again). Now "... was not paused", still exit 0 (resume stays safe to repeat); after a
+    real pause, "resumed". Mutant caught: was_paused always True."""
+    idle = drain(settings, "resume", *args)
+    assert idle.returncode == 0 and idle.stdout.decode().startswith(f"{what} was not paused"), idle.stdout
+    assert drain(settings, "pause", *args).returncode == 0
+    done = drain(settings, "resume", *args)
+    assert done.returncode == 0 and done.stdout.decode().startswith(f"{what} resumed"), done.stdout
