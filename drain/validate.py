@@ -252,9 +252,14 @@ def _header_lines(head: bytes, limits: Limits,
     usable = True
     non_ascii_reported = False
     lines = head.splitlines()
-    if lines and lines[0].startswith(b"From "):  # mbox separator line, not a header
-        lines = lines[1:]
-    for number, line in enumerate(lines, 1):
+    first = 1
+    if lines and lines[0].startswith(b"From "):
+        # An mbox separator: no header field, yet it would be sent as the message's first line
+        # (a relay takes the whole header for body). Reported, then the fields after it checked.
+        yield Finding("header.malformed", f"line 1: an mbox 'From ' line (mbox files: enqueue --mbox): "
+                                          f"{_excerpt(lines[0])}")
+        lines, first = lines[1:], 2
+    for number, line in enumerate(lines, first):
         if len(line) > MAX_LINE:
             yield Finding("header.line-too-long", f"line {number}: {len(line)} octets: {_excerpt(line)}")
         if not non_ascii_reported and not line.isascii() and not (utf8 and _is_utf8(line)):

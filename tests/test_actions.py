@@ -306,7 +306,9 @@ def test_pause_for_resumes_by_itself_and_pause_list_says_why(client: Client, set
     assert 7000 < delivery["until"] - time.time() <= 7200
     domain = by_scope[("domain", "slow.example.org")]
     assert 3500 < domain["until"] - time.time() <= 3600
-    # A short timed pause, set in-process: the claim finds delivery paused, then not.
+    # A short timed pause, set in-process: the claim finds delivery paused, then not (the
+    # 2-hour pause resumed first: a pause never shortens one in force).
+    control.resume(client.store)
     control.pause(client.store, reason="blip", for_s=0.5)
     client.enqueue(synthetic(1))
     assert client.store.claim("probe", 1).paused

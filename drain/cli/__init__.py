@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         fail("aborted")
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `drain`, `drain quarantine`: the help, as written (folded into one error line, it
+        # was unreadable and, past the error's length limit, cut), and the usage exit.
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message(), err=True)
+        sys.exit(2)
     except click.UsageError as exc:
         fail(f"error: {exc.format_message()}")
         sys.exit(2)

@@ -12,9 +12,11 @@ import click
 from email_validator import EmailNotValidError, validate_email
 
 from drain.cli.render import TTY_ROWS
+from drain.cli.terminal import clip
 from drain.errors import ConfigError, InputError
 from drain.flow import ratelimit
 from drain.intake.api import CellsClient, Client
+from drain.ops.quarantine import reason_selector
 from drain.settings import Settings, parse_domain, parse_listen
 from drain.store.cells import Cell, is_multi
 
@@ -79,11 +81,21 @@ def nonempty(_ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+def reason_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of the quarantine filters' --reason: not empty, and a known code or prefix."""
+    if nonempty(ctx, param, value) is None:
+        return None
+    try:
+        return reason_selector(str(value))
+    except InputError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def filter_options(func: F) -> F:
     """--domain, --sender and --reason of the quarantine commands (see ops.quarantine.Filter)."""
     func = click.option("--domain", callback=nonempty, help="Only mail to this recipient domain.")(func)
     func = click.option("--sender", callback=nonempty, help="Only mail from this envelope sender.")(func)
-    return click.option("--reason", callback=nonempty,
+    return click.option("--reason", callback=reason_option,
                         help="Only this reason code (or a prefix ending in '.', e.g. header.).")(func)
 
 
@@ -145,5 +157,5 @@ def address_value(value: str, hint: str) -> str:
     try:
         validate_email(value, check_deliverability=False, allow_smtputf8=True, allow_quoted_local=True)
     except EmailNotValidError as exc:
-        raise click.BadParameter(f"{value!r} is not a valid address: {exc}", param_hint=hint) from None
+        raise click.BadParameter(f"'{clip(value)}' is not a valid address: {clip(exc, 200)}", param_hint=hint) from None
     return value

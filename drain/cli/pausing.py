@@ -3,6 +3,7 @@ change is done by drain.ops.control; these parse and print."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -52,6 +53,11 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
     listed = [row for row in on_each(obj, lambda store: pauses.listing(store.client))
               if row["scope"] == scope and row["name"] == name]
     until = listed[0]["until"] if listed else None
+    if listed and for_s is not None and (until is None or until > time.time() + for_s + 1):
+        row = listed[0]
+        click.echo(safe(f"drain: already paused since {when(row['since'] or 0)} by {row['actor'] or '?'} until "
+                        f"{when(until) if until else 'resumed'}: kept (a pause never shortens one in force; "
+                        "`drain resume` first)"), err=True)
     if as_json:
         emit({"scope": scope, "name": name, "paused": True, "reason": reason, "until": until})
         return
@@ -96,6 +102,11 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
             safe(f"delivery of tenant {tenant_name} resumed"))
         return
     scope = control.scope_of(domain, intake_only)
+    name = domain.lower() if domain else None
+    # Said rather than "resumed" when nothing of that scope was paused (one Redis; with cells
+    # each cell's pauses are listed by `pause list`).
+    was_paused = obj.multi or any(row["scope"] == scope and row["name"] == name
+                                  for row in pauses.listing(obj.client.redis))
     moved: int = on_each(obj, lambda store: control.resume(store, domain, intake_only, reason), _total)
     # A rate of 0 holds delivery as a pause does, but only `rate set` lifts it: say so rather
     # than report delivery as going again while nothing moves (the first cell's rate tells).
@@ -107,10 +118,13 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
                                "unparked": moved}
         emit(doc if scope == control.INTAKE else {**doc, "held": held})
         return
-    if scope == control.DOMAIN:
-        click.echo(safe(f"delivery to {str(domain).lower()} resumed ({moved} parked message(s) back to ready)"))
+    what = f"delivery to {name}" if scope == control.DOMAIN else scope
+    if not was_paused:
+        click.echo(safe(f"{what} was not paused" + (f" ({moved} parked message(s) back to ready)" if moved else "")))
+    elif scope == control.DOMAIN:
+        click.echo(safe(f"{what} resumed ({moved} parked message(s) back to ready)"))
     else:
-        click.echo("intake resumed" if scope == control.INTAKE else "delivery resumed")
+        click.echo(f"{what} resumed")
     if held:
         where = f" --domain {str(domain).lower()}" if scope == control.DOMAIN else ""
         click.echo(safe(f"drain: still held: the rate is 0; `drain rate set RATE{where}` (or unlimited) "

@@ -102,6 +102,9 @@ def _selected(obj: Context, ids: tuple[str, ...], reason: str | None, sender: st
     """The ids named, or those the filter matches (not both), and the filter as an audit note
     (cells that did not answer the filter named in `missed`)."""
     flt = Filter(reason, sender, domain)
+    # Each id once: `delete --dry-run 1 1` said it would delete 2 (then deleted 1), and
+    # `export 3 3` wrote 3.eml and then failed on it as an existing file.
+    ids = tuple(dict.fromkeys(ids))
     if ids and not flt.empty:
         raise click.UsageError("give message ids or a filter, not both")
     if not ids and flt.empty:  # a usage error (exit 2), before anything is read or changed

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.console import Console, RenderableType
 
-from drain.cli.terminal import safe
+from drain.cli.terminal import clip
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -23,9 +23,14 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 TTY_ROWS = 50
 
 
+# The longest error line written; a message quoting hostile text at length is cut there.
+ERROR_CHARS = 1000
+
+
 def fail(message: str) -> None:
-    """One line on standard error, whatever the message held (controls shown as escapes)."""
-    click.echo(f"drain: {safe(' '.join(message.split()))}", err=True)
+    """One line on standard error, whatever the message held (controls shown as escapes, cut
+    to ERROR_CHARS)."""
+    click.echo(f"drain: {clip(' '.join(message.split()), ERROR_CHARS)}", err=True)
 
 
 def emit(data: Any) -> None:

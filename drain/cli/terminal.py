@@ -41,6 +41,13 @@ def safe(text: object) -> str:
     return "".join(ch if ch.isprintable() else _visible(ch) for ch in value)
 
 
+def clip(text: object, most: int = 120) -> str:
+    """`safe` text cut to `most` characters, saying how many were left out: a 70 KB address
+    quoted whole in an error buried the message it was part of."""
+    shown = safe(text)
+    return shown if len(shown) <= most else f"{shown[:most]}... ({len(shown) - most:,} more characters)"
+
+
 def cell(text: object, style: str = "") -> Text:
     """`safe` text as a rich Text: shown literally, brackets and colons included."""
     return Text(safe(text), style=style)

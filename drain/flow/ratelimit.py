@@ -20,6 +20,9 @@ _PER_SECOND = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour"
 
 # The slowest rate taken (messages per second): one message a day.
 SLOWEST = 1 / 86400
+# The fastest rate taken: a million messages a second, far past any relay. Above it a rate
+# is a typo or a stand-in for 'unlimited' (1e23/s was stored and shown as such).
+FASTEST = 1_000_000.0
 
 
 def parse_rate(text: str) -> float | None:
@@ -37,6 +40,8 @@ def parse_rate(text: str) -> float | None:
         # The rate scripts book send times and keep them in Redis with a lifetime: at a
         # rate of 1e-15/s that lifetime is no longer a number Redis takes, and every claim failed.
         raise ConfigError(f"rate {text.strip()!r} is slower than one message a day; to hold delivery, set 0")
+    if per_second > FASTEST:
+        raise ConfigError(f"rate {text.strip()[:40]!r} is faster than 1000000/s; to lift the limit, set 'unlimited'")
     return per_second
 
 

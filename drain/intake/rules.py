@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ MAX_FIELD = 320
 MAX_HEADER_TEXT = 4096
 _HEADERS = BytesHeaderParser(policy=compat32)
 SWEEP_CHUNK = 500
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but the colon
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class Rule:
         for what, value in (("sender", self.sender), ("domain", self.domain), ("header", self.header)):
             if value and len(value) > MAX_FIELD:
                 raise ConfigError(f"rule {what} is longer than {MAX_FIELD} characters")
+        # A name no message can carry made a rule that matched nothing, silently ('Sub ject', 'ex ample.com').
+        if self.header and not _FIELD_NAME.fullmatch(self.header):
+            raise ConfigError(f"header name {self.header!r} is not a field name (printable ASCII, no spaces or colon)")
+        if self.domain and (not self.domain.isprintable() or any(ch in self.domain for ch in " @<>,;")):
+            raise ConfigError(f"rule domain {self.domain!r} is not a domain name (no spaces, @, <>, commas)")
         if self.pattern:
             if len(self.pattern) > MAX_PATTERN:
                 raise ConfigError(f"header pattern is longer than {MAX_PATTERN} characters")

@@ -11,9 +11,20 @@ import time
 
 from drain.durations import human
 
+# The most characters of one value shown (a 3,000-character recipient domain is mail's text).
+SHOWN_CHARS = 300
+
+
+def visible(text: str) -> str:
+    """text with every character a screen would act on or hide (controls, ESC, bidi overrides,
+    zero-width marks: what str.isprintable refuses) written as a Python escape (\\x1b, \\u202e)."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
 
 def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """A value for the page: controls made visible, cut to SHOWN_CHARS, HTML-escaped."""
+    text = visible(str(value))
+    return html.escape(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…", quote=True)
 
 
 def num(value: float) -> str:

@@ -10,6 +10,7 @@ snapshot its refresher took, so a scrape never waits on Redis). It sits on the r
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
+from drain.observe.markup import visible
 from drain.observe.model import Figures, Reading, latency_buckets, read
 from drain.store.store import Store
 
@@ -28,6 +30,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Relays given their own series (those the environment or a route names now, most handed
 # first): the label values come from the configuration, never from a message.
 RELAYS_EXPOSED = 100
+# The longest label value taken from mail (domains, tenants) as it is; see _label.
+LABEL_CHARS = 100
 # Counters of the books hash exposed as drain_messages_total{event=...}.
 EVENTS = ("accepted", "delivered", "bounced", "deleted")
 
@@ -161,7 +165,7 @@ def _domains(f: Figures) -> Iterator[Metric]:
     queued = GaugeMetricFamily("drain_backlog_messages", f"Queued messages by destination domain "
                                f"(the {DOMAINS_EXPOSED} largest).", labels=["domain"])
     for entry in f.shape.domains[:DOMAINS_EXPOSED]:
-        queued.add_metric([entry.domain], entry.total)
+        queued.add_metric([_label(entry.domain)], entry.total)
     yield queued
     caps = GaugeMetricFamily("drain_domain_rate_limit_per_second", "Per-domain rate: the operator's cap, or the "
                              "adaptive rate after throttling replies.", labels=["domain", "kind"])
@@ -170,15 +174,15 @@ def _domains(f: Figures) -> Iterator[Metric]:
     for name, d in domains.items():
         for kind, key in (("cap", "rate"), ("effective", "effective")):
             if d.get(key) is not None:
-                caps.add_metric([name, kind], float(d[key]))
+                caps.add_metric([_label(name), kind], float(d[key]))
         if d.get("paused"):
-            paused.add_metric([name], 1)
+            paused.add_metric([_label(name)], 1)
     yield caps
     yield paused
     opened = GaugeMetricFamily("drain_circuit_open", "1 for each destination whose circuit breaker is open.",
                                labels=["domain"])
     for name in f.status.breakers_open:
-        opened.add_metric([name], 1)
+        opened.add_metric([_label(name)], 1)
     yield opened
 
 
@@ -186,7 +190,7 @@ def _tenants(f: Figures) -> Iterator[Metric]:
     queued = GaugeMetricFamily("drain_tenant_backlog_messages", "Queued messages by tenant (the tenants with the "
                                "most; drain_tenants_queued counts them all).", labels=["tenant"])
     for name, count in f.status.tenants:
-        queued.add_metric([name], count)
+        queued.add_metric([_label(name)], count)
     yield queued
     yield GaugeMetricFamily("drain_tenants_queued", "Tenants with queued mail.", value=f.status.tenants_queued)
 
@@ -217,6 +221,16 @@ def _relays(f: Figures) -> Iterator[Metric]:
             cap.add_metric([name], _number(st.get("concurrency")))
             busy.add_metric([name], _number(st.get("busy")))
     yield from (handed, failed, opened, failures, cap, busy)
+
+
+def _label(text: str) -> str:
+    """A label value that came from mail (a recipient domain, a tenant): as it is when short and
+    printable, else its controls made visible, cut to LABEL_CHARS and ended by a hash of the
+    whole, so two long names sharing a start stay two series (a repeated series fails the scrape)."""
+    if len(text) <= LABEL_CHARS and text.isprintable():
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{visible(text)[:LABEL_CHARS]}~{digest}"
 
 
 def _number(value: object) -> float:

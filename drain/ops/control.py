@@ -67,6 +67,12 @@ def pause(store: Store, domain: str | None = None, intake: bool = False, reason:
     until resumed; noted (why, who, until when) and audited. Returns the scope."""
     scope = scope_of(domain, intake)
     name = domain.lower() if domain else None
+    actor = store.settings.actor
+    if _outlasts(store, scope, name, for_s):
+        # A pause never shortens one in force: a second operator's `pause --for 5m` made an
+        # incident's pause-until-resumed end by itself, its reason and author erased.
+        audit.write(store.client, "pause", actor, reason, scope=scope, name=name, kept="the pause in force")
+        return scope
     ttl_ms = max(1, round(for_s * 1000)) if for_s is not None else None
     if scope == DOMAIN:
         ratelimit.pause_domain(store.client, str(name))
@@ -75,11 +81,18 @@ def pause(store: Store, domain: str | None = None, intake: bool = False, reason:
     else:
         ratelimit.pause(store.client, ttl_ms)
     until = time.time() + for_s if for_s is not None else None
-    actor = store.settings.actor
     pauses.note(store.client, scope, name, actor, reason, until)
     audit.write(store.client, "pause", actor, reason, scope=scope, name=name,
                 until=f"{until:.3f}" if until is not None else None)
     return scope
+
+
+def _outlasts(store: Store, scope: str, name: str | None, for_s: float | None) -> bool:
+    """Whether a pause of this scope is in force until resumed, or past now + for_s."""
+    row = next((r for r in pauses.listing(store.client) if r["scope"] == scope and r["name"] == name), None)
+    if row is None:
+        return False
+    return row["until"] is None or (for_s is not None and row["until"] >= time.time() + for_s)
 
 
 def resume(store: Store, domain: str | None = None, intake: bool = False, reason: str = "",

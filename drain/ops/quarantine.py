@@ -16,11 +16,25 @@ from drain.message import Envelope
 from drain.ops.control import top_up
 from drain.ops.export import Original, write_eml, write_mbox
 from drain.store import keys
-from drain.store.record import HELD, RAW, fetch
+from drain.store.record import CORRUPT, HELD, RAW, fetch, shown
 from drain.store.record import Record as StoredRecord
 from drain.store.store import Store
 
 PAGE = 500
+# Every reason code a quarantined message can carry: the checks' and workers' (validate.SEVERITY)
+# and an unreadable stored record's.
+REASON_CODES = (*validate.SEVERITY, CORRUPT)
+
+
+def reason_selector(text: str) -> str:
+    """A --reason selector as Filter takes it: a known code, or a prefix ending in '.' that
+    some known code starts with (lowercased). Anything else is an InputError listing the codes:
+    a typo selected nothing, and `quarantine delete --reason nosuch` said "deleted 0" as if done."""
+    code = text.strip().lower()
+    if code in REASON_CODES or (code.endswith(".") and any(c.startswith(code) for c in REASON_CODES)):
+        return code
+    raise InputError(f"unknown reason code {shown(text.strip())}: give one of {', '.join(sorted(REASON_CODES))}"
+                     " (or a prefix ending in '.', e.g. header.)")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ Once a process, drain checks that the Redis it connects to does not evict keys w
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
 SENTINEL_DEFAULT_PORT = 26379
+_DB_PATH = re.compile(r"/?[0-9]*")
 _CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
 
 
@@ -173,6 +175,10 @@ def client_for(url: str, timeout_s: float | None = None) -> redis.Redis:
                 where.service, db=where.db, username=where.username, password=where.password,
                 retry=_no_retry(), connection_class=_SentinelConnection, **options)
             return master
+        if not url.startswith("unix://") and not _DB_PATH.fullmatch(urlsplit(url).path):
+            # redis-py reads "/1x" or "/l" as no database (0, another drain's data) and "/2/3" as 23.
+            raise ConfigError(f"bad Redis URL {redacted(url)}: after the host comes the database number"
+                              " alone (/0, /1, ...) or nothing")
         return redis.Redis.from_url(url, retry=_no_retry(), **options)
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {redacted(url)}: {exc}") from None

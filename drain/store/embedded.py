@@ -141,6 +141,15 @@ def ensure_running(home: Path, timeout_s: float = 10.0) -> str:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RedisUnavailable(f"cannot create DRAIN_HOME {home}: {exc.strerror}") from None
+    try:
+        return _start(home, timeout_s)
+    except OSError as exc:  # a folder drain cannot write in (read-only, /proc, a "lock" that is a folder)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RedisUnavailable(f"cannot use DRAIN_HOME {home} for the embedded Redis: {exc.strerror or exc}"
+                               f"{where}") from None
+
+
+def _start(home: Path, timeout_s: float) -> str:
     _private_runtime_dir(socket_path(home))
     if len(str(socket_path(home))) > _MAX_SOCKET_PATH:
         raise RedisUnavailable(f"the embedded Redis socket path is too long: {socket_path(home)}")

@@ -24,6 +24,10 @@ class RelayConfig:
 
     @classmethod
     def from_url(cls, url: str) -> RelayConfig:
+        if not url.isprintable() or " " in url:
+            # urlsplit drops CR, LF and tab silently: "h\r\nX" became host hx, while the URL
+            # kept as given still held them.
+            raise ConfigError("bad relay URL: it holds spaces or control characters (CR, LF, tab, ...)")
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -31,10 +35,15 @@ class RelayConfig:
             # The parser's own message can quote part of the URL, which may be a password.
             raise ConfigError("bad relay URL: its host and port cannot be read (in a user name or password,"
                               " / # ? and @ must be percent-encoded)") from None
+        if "://" not in url:  # host:port alone: urlsplit reads "localhost" of localhost:2525 as the scheme
+            raise ConfigError("relay URL has no scheme: write smtp://HOST:PORT (or smtp+starttls://, smtps://)")
         if parts.scheme not in _DEFAULT_PORTS:
             raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
         if not parts.hostname:
             raise ConfigError("relay URL has no host")
+        if not all(ch.isalnum() or ch in ".-_:" for ch in parts.hostname):
+            # A percent-encoded host ("h%0d%0a") is no name a resolver takes: refused here, not per delivery.
+            raise ConfigError("bad relay URL: its host is not a host name or IP address (no percent-encoding)")
         if parts.password and parts.scheme == "smtp" and not (
                 parts.hostname in _LOOPBACK or parts.hostname.startswith("127.")):
             raise ConfigError("relay credentials would cross the network in clear text:"
