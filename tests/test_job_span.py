@@ -4,7 +4,6 @@ backlog, and a job never takes mail that queued jobs would have claimed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -67,8 +66,23 @@ def test_a_job_claims_no_more_batches_past_its_span(
     s = settings.with_(batch_size=10, max_tokens=1)
     Client(rclient, s).enqueue_many([synthetic(i) for i in range(40)])
     now = [0.0]
-    clock: Callable[[], float] = lambda: now[0]
+
+    def clock() -> float:
+        return now[0]
+
     span = dispatch.Span(rclient, s, clock=clock)
     assert span.more()  # 40 ready, one job queued for 10
     now[0] = dispatch.JOB_SPAN_S
     assert not span.more()
+
+
+def test_the_worker_heartbeat_extends_its_keys_in_one_round_trip(rclient: redis.Redis, settings: Settings) -> None:
+    """DrainWorker sends RQ's heartbeat as one pipeline: the worker's key still gets its new
+    time to live and last heartbeat. Mutant caught: the pipeline built but never executed."""
+    worker = DrainWorker([keys.RQ_QUEUE], connection=rclient, drain_settings=settings, housekeeping=False)
+    worker.register_birth()
+    rclient.hdel(worker.key, "last_heartbeat")
+    worker.heartbeat(1234)
+    assert 1200 < rclient.ttl(worker.key) <= 1234
+    assert rclient.hget(worker.key, "last_heartbeat")
+    worker.register_death()
