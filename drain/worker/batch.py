@@ -56,7 +56,7 @@ HOLD_WAIT_S = 0.25
 HOLD_WAIT_BUDGET_S = 2.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Tally:
     """What one batch did, by outcome kind and by quarantine reason."""
 

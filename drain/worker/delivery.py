@@ -55,7 +55,7 @@ def permanent(code: int) -> bool:
     return 500 <= code < 600 and code not in SESSION_CODES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     kind: Kind
     code: int = 0
