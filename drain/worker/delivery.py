@@ -18,7 +18,7 @@ from rq.timeouts import JobTimeoutException
 from drain.worker.addresses import quote_address
 from drain.worker.relayconfig import RelayConfig as RelayConfig
 from drain.worker.relayconfig import tls_context as tls_context
-from drain.worker.replies import read_reply
+from drain.worker.smtpio import read_reply, send
 from drain.worker.wire import data_block, wire_form
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     PIPELINING (RFC 2920) MAIL FROM, every RCPT TO and DATA go out in one write. The replies
     are then read in order and judged as one at a time; every reply is read before the next
     step, as the RFC asks (a DATA taken after all recipients were refused gets a lone dot).
-    Replies are read by drain.worker.replies.read_reply (getreply's result, less Python)."""
+    Replies are read by drain.worker.smtpio.read_reply (getreply's result, less Python)."""
     smtp.ehlo_or_helo_if_needed()
     esmtp_opts = [f"size={len(wire)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
     if smtp.does_esmtp:
@@ -246,7 +246,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     if pipelined:
         commands = [_command("mail", _mail_args(smtp, sender, esmtp_opts))]
         commands += [_command("rcpt", f"TO:{quote_address(rcpt)}") for rcpt in recipients]
-        smtp.send("".join([*commands, "data\r\n"]))
+        send(smtp, "".join([*commands, "data\r\n"]).encode(smtp.command_encoding))
         code, resp = read_reply(smtp)
     else:
         code, resp = smtp.mail(sender, esmtp_opts)
@@ -277,7 +277,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     if code != 354:
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
-    smtp.send(data_block(wire))
+    send(smtp, data_block(wire))
     try:
         code, resp = read_reply(smtp)
     except smtplib.SMTPServerDisconnected as exc:

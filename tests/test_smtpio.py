@@ -1,4 +1,4 @@
-"""drain.worker.replies.read_reply gives what smtplib's getreply gives, from the same bytes on
+"""drain.worker.smtpio: read_reply gives what smtplib's getreply gives, from the same bytes on
 a real socket however they arrive (together, split at any byte, with lines too long, cut
 off, garbled), and leaves the socket where getreply would; and a multi-line refusal from a
 real relay to pipelined commands is judged with its whole text."""
@@ -13,8 +13,9 @@ import threading
 import pytest
 
 from drain.demo.sink import Sink
+from drain.worker import smtpio
 from drain.worker.delivery import Relay, RelayConfig
-from drain.worker.replies import MAXLINE, read_reply
+from drain.worker.smtpio import MAXLINE, read_reply
 
 BURSTS = {
     "pipelined": b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
@@ -106,3 +107,41 @@ def test_a_multi_line_refusal_to_pipelined_recipients_keeps_its_text() -> None:
     assert results[0] == results[1]
     assert results[0].kind == "delivered"
     assert results[0].refused == {"gone@example.org": (550, "5.1.1 no such user 5.1.1 not here 5.1.1 gone")}
+
+
+def test_send_hands_over_every_byte_when_the_kernel_takes_part() -> None:
+    """More than the socket buffers hold: the rest goes through smtplib's send, the peer gets
+    every byte in order. Mutant caught: what os.write did not take dropped."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.settimeout(5)
+    smtp = smtplib.SMTP()
+    smtp.sock = ours
+    data = bytes(range(256)) * 16384  # 4 MB
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := theirs.recv(65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    smtpio.send(smtp, data)
+    ours.shutdown(socket.SHUT_WR)
+    reader.join()
+    assert bytes(got) == data
+    ours.close()
+    theirs.close()
+
+
+def test_send_to_a_relay_that_went_away_is_smtplibs_disconnect() -> None:
+    """The peer closed: SMTPServerDisconnected and the session closed, as SMTP.send does.
+    Mutant caught: the OSError let through (BrokenPipeError)."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    theirs.close()
+    smtp = smtplib.SMTP()
+    smtp.sock = ours
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        smtpio.send(smtp, b"mail FROM:<a@example.com>\r\n")
+    assert smtp.sock is None
