@@ -24,25 +24,16 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_postfix
 import bench_sizes
+import profile_drain
 from bench import redis_server, smtp_sink
 
-from drain import validate
-from drain.api import Client
-from drain.flow import ratelimit
-from drain.intake import rules
 from drain.settings import Settings
 from drain.store import keys
 from drain.worker.rqworker import DrainWorker
 
 
 def run(client: redis.Redis, settings: Settings, raws: list[bytes]) -> dict[str, float]:
-    client.flushdb()
-    rules.version(client)
-    validate._valid_cached.cache_clear()
-    validate._strict_parse_failure.cache_clear()
-    ratelimit.pause(client)
-    Client(client, settings).enqueue_many(raws)
-    ratelimit.resume(client)
+    profile_drain.fill(client, settings, raws)
     count = len(raws)
     commands = int(client.info("stats")["total_commands_processed"])
     calls = _calls(client)

@@ -39,11 +39,7 @@ def rq_queue(client: redis.Redis) -> Queue:
 
 def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     """Queue batch jobs until there are enough for the ready list; returns how many were added."""
-    pipe = client.pipeline(transaction=False)
-    pipe.exists(keys.PAUSED)
-    pipe.hgetall(keys.READY_COUNT)
-    pipe.llen(keys.SUSPECT)
-    pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
+    pipe = _ready_reads(client)
     pipe.get(keys.RATE)
     pipe.smembers(keys.PAUSED_TENANTS)
     pipe.hgetall(keys.TENANT_RATES)
@@ -91,14 +87,20 @@ class Span:
 
 def backlog_beyond_tokens(client: redis.Redis, settings: Settings) -> bool:
     """Whether more mail is ready than the batch jobs queued will claim (one round trip)."""
+    paused, lanes, suspect, queued = _ready_reads(client).execute()
+    ready = sum(int(n) for n in lanes.values()) + int(suspect)
+    return not paused and ready > int(queued) * settings.batch_size
+
+
+def _ready_reads(client: redis.Redis) -> redis.client.Pipeline:
+    """A pipeline reading, in this order: the pause flag, the ready counts by lane, the
+    suspects and the batch jobs queued."""
     pipe = client.pipeline(transaction=False)
     pipe.exists(keys.PAUSED)
     pipe.hgetall(keys.READY_COUNT)
     pipe.llen(keys.SUSPECT)
     pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
-    paused, lanes, suspect, queued = pipe.execute()
-    ready = sum(int(n) for n in lanes.values()) + int(suspect)
-    return not paused and ready > int(queued) * settings.batch_size
+    return pipe
 
 
 def held_by_tenant_pauses(client: redis.Redis, tenants: set[bytes], rates: dict[bytes, bytes]) -> int:
