@@ -4,6 +4,7 @@ backlog, and a job never takes mail that queued jobs would have claimed."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -86,3 +87,14 @@ def test_the_worker_heartbeat_extends_its_keys_in_one_round_trip(rclient: redis.
     assert 1200 < rclient.ttl(worker.key) <= 1234
     assert rclient.hget(worker.key, "last_heartbeat")
     worker.register_death()
+
+
+def test_a_job_ends_at_its_batch_when_redis_is_unavailable(settings: Settings) -> None:
+    """Redis gone while a job asks whether to go on: the job ends at its batch, as before
+    (the outcomes are settled already), rather than failing. Mutant caught: the
+    ConnectionError let through."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once closed
+    gone = redis.Redis(port=port, socket_connect_timeout=1)
+    assert not dispatch.Span(gone, settings).more()

@@ -78,8 +78,13 @@ class Span:
         self.rounds = 1
 
     def more(self) -> bool:
-        if self.rounds >= JOB_ROUNDS or self.clock() >= self.until or not backlog_beyond_tokens(
-                self.client, self.settings):
+        """Whether to claim another batch; not while Redis is unavailable (the job ends as before)."""
+        if self.rounds >= JOB_ROUNDS or self.clock() >= self.until:
+            return False
+        try:
+            if not backlog_beyond_tokens(self.client, self.settings):
+                return False
+        except (redis.ConnectionError, redis.TimeoutError):
             return False
         self.rounds += 1
         return True
