@@ -5,7 +5,8 @@ per DRAIN_RELAY_SESSIONS value given, each run with cold address caches.
 
 Per message: the process's CPU (user and system, every thread: lanes included), voluntary
 and involuntary context switches, and the Redis commands the server ran (INFO stats, so RQ's
-and drain's together, Lua's own calls included); and the batch jobs RQ ran.
+and drain's together, Lua's own calls included); and the batch jobs RQ ran (how many, how
+many found mail, the most messages one job claimed).
 
     .venv/bin/python scripts/worker_cost.py --messages 10000 --sessions 1,2,1,2
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+import workers.jobs
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_postfix
 import bench_sizes
@@ -30,6 +33,7 @@ from bench import redis_server, smtp_sink
 from drain.settings import Settings
 from drain.store import keys
 from drain.worker.rqworker import DrainWorker
+from drain.worker.runtime import Runtime
 
 
 def run(client: redis.Redis, settings: Settings, raws: list[bytes]) -> dict[str, float]:
@@ -37,10 +41,21 @@ def run(client: redis.Redis, settings: Settings, raws: list[bytes]) -> dict[str,
     count = len(raws)
     commands = int(client.info("stats")["total_commands_processed"])
     calls = _calls(client)
+    handled: list[int] = []
+    deliver = workers.jobs.deliver
+
+    def counted(rt: Runtime) -> int:  # how many messages each batch job claimed
+        handled.append(deliver(rt))
+        return handled[-1]
+
+    workers.jobs.deliver = counted
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    worker = DrainWorker([keys.RQ_QUEUE], connection=client, drain_settings=settings, housekeeping=False)
-    worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
+    try:
+        worker = DrainWorker([keys.RQ_QUEUE], connection=client, drain_settings=settings, housekeeping=False)
+        worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
+    finally:
+        workers.jobs.deliver = deliver
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     commands = int(client.info("stats")["total_commands_processed"]) - commands
@@ -55,9 +70,10 @@ def run(client: redis.Redis, settings: Settings, raws: list[bytes]) -> dict[str,
             "voluntary_switches_per_msg": round((after.ru_nvcsw - before.ru_nvcsw) / count, 2),
             "involuntary_switches_per_msg": round((after.ru_nivcsw - before.ru_nivcsw) / count, 2),
             "redis_commands_per_msg": round(commands / count, 2),
-            # Script calls (claims, settles, ...) and RQ's dequeues (a job each, and one that finds none).
+            # Script calls (claims, settles, ...); LMOVE: one per job (RQ's dequeue), one per claim.
             "evalsha_per_msg": round(calls.get("evalsha", 0) / count, 3),
-            "dequeues": calls.get("lmove", 0) + calls.get("blmove", 0)}
+            "lmove": calls.get("lmove", 0) + calls.get("blmove", 0),
+            "jobs": len(handled), "jobs_with_mail": sum(1 for n in handled if n), "most_in_a_job": max(handled)}
 
 
 def _calls(client: redis.Redis) -> dict[str, int]:
