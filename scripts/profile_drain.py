@@ -186,6 +186,19 @@ def run_worker(client: redis.Redis, settings: Settings) -> None:
     worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
 
 
+def fill(client: redis.Redis, settings: Settings, raws: list[bytes]) -> None:
+    """An empty database holding `raws`, queued while paused (with their batch jobs)."""
+    client.flushdb()
+    rules.version(client)
+    # Every run starts with cold address caches, as mail to new recipients does (the
+    # runs of one size share their recipients).
+    validate._valid_cached.cache_clear()
+    validate._strict_parse_failure.cache_clear()
+    ratelimit.pause(client)
+    Client(client, settings).enqueue_many(raws)
+    ratelimit.resume(client)
+
+
 def profile_size(client: redis.Redis, relay: str, size: int, count: int, top: int,
                  sessions: int = 1, cpu_profile: bool = False, only_cprofile: bool = False,
                  sort: str = "tottime", dump: Path | None = None) -> dict[str, Any]:
@@ -202,15 +215,7 @@ def profile_size(client: redis.Redis, relay: str, size: int, count: int, top: in
     if top and only_cprofile:
         modes = ("cprofile",)
     for mode in modes if sessions == 1 else ("plain",):
-        client.flushdb()
-        rules.version(client)
-        # Every run starts with cold address caches, as mail to new recipients does (the
-        # runs of one size share their recipients).
-        validate._valid_cached.cache_clear()
-        validate._strict_parse_failure.cache_clear()
-        ratelimit.pause(client)
-        Client(client, settings).enqueue_many(raws)
-        ratelimit.resume(client)
+        fill(client, settings, raws)
         t = Timers()
         restore = instrument(t) if mode == "timed" else (lambda: None)
         # On a shared box the wall clock mostly counts waiting (the sink, Redis, other

@@ -75,7 +75,8 @@ class Settings:
     dsn: bool = setting("DRAIN_DSN", False, v.flag, "relay", "send RFC 3464 bounce reports to senders of bounced mail")
 
     # -- worker: how workers take and hold their work
-    batch_size: int = setting("DRAIN_BATCH_SIZE", 100, v.whole(1), "worker", "messages one RQ job claims")
+    batch_size: int = setting("DRAIN_BATCH_SIZE", 100, v.whole(1), "worker",
+                          "messages one RQ job claims (more, a batch at a time, on a big backlog)")
     relay_sessions: int = setting("DRAIN_RELAY_SESSIONS", 2, v.whole(1), "worker",
                                   "lanes of a worker process, each with its own relay session")
     settle_every: int = setting("DRAIN_SETTLE_EVERY", 3, v.whole(1), "worker",

@@ -55,11 +55,13 @@ class Batch:
     # past `deadline` (time.monotonic) no lane starts another message; when the job's time
     # limit strikes, `blame` says whether this lane's message takes the strike (it may be
     # another lane's, the one in progress longest); `current` is (id, start) of the message
-    # being worked.
+    # being worked; `more`, when set, says whether to claim another batch once one is done
+    # (drain.worker.dispatch.Span: a big backlog).
     alone: Alone | None = None
     deadline: float | None = None
     blame: Callable[[Batch], bool] | None = None
     current: tuple[str, float] | None = None
+    more: Callable[[], bool] | None = None
 
     def __init__(
         self,
@@ -116,12 +118,12 @@ class Batch:
         if not msg.force:
             rule = first_match(self.rules, msg.raw, msg.envelope)
             if rule is not None:
-                self._count("rule.match")
+                self.tally.reason("rule.match")
                 return Outcome(msg.id, "quarantined", info=rule.findings())
             verdict = validate.check(msg.raw, msg.envelope, self.limits, self.severity)
             if not verdict.ok:
                 for code in verdict.reasons:
-                    self._count(code)
+                    self.tally.reason(code)
                 return Outcome(msg.id, "quarantined", info=verdict.evidence_json())
         env = msg.envelope
         now = self.clock()
@@ -223,15 +225,16 @@ class Batch:
         tenants, self.reports = [t for _m, _f, t in self.reports], []  # booked under the original's tenant
         self.store.enqueue_many(items, source="dsn", tenants=tenants)
 
-    def _count(self, code: str) -> None:
-        self.tally.reasons[code] = self.tally.reasons.get(code, 0) + 1
-
     def run(self) -> int:
-        """Work up to batch_size messages; returns how many were claimed."""
+        """Work up to batch_size messages (more while `more` says so); returns how many were claimed."""
         handled = 0
         waited = 0.0
         want = self.settings.batch_size
-        while handled < want and not self._stopped():
+        while not self._stopped():
+            if handled >= want:
+                if self.more is None or not self.more():
+                    break
+                want += self.settings.batch_size
             turn: contextlib.AbstractContextManager[bool | None] = (
                 self.alone.turn(self.store.client, self.stop) if self.alone else contextlib.nullcontext(True))
             with turn as may:
@@ -323,9 +326,8 @@ class Batch:
             self._settle(pending, final=True)
 
     def _stopped(self) -> bool:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return True
-        return self.stop is not None and self.stop.is_set()
+        return ((self.deadline is not None and time.monotonic() >= self.deadline)
+                or (self.stop is not None and self.stop.is_set()))
 
     def _place(self, pending: list[Outcome]) -> bool:
         """A place in the settle window for the next message: when none is free, this lane's

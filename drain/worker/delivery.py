@@ -18,6 +18,7 @@ from rq.timeouts import JobTimeoutException
 from drain.worker.addresses import quote_address
 from drain.worker.relayconfig import RelayConfig as RelayConfig
 from drain.worker.relayconfig import tls_context as tls_context
+from drain.worker.smtpio import read_reply, send
 from drain.worker.wire import data_block, wire_form
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def permanent(code: int) -> bool:
     return 500 <= code < 600 and code not in SESSION_CODES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     kind: Kind
     code: int = 0
@@ -235,7 +236,8 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     are (SMTP.data would run two regex passes over the whole message again), and that with
     PIPELINING (RFC 2920) MAIL FROM, every RCPT TO and DATA go out in one write. The replies
     are then read in order and judged as one at a time; every reply is read before the next
-    step, as the RFC asks (a DATA taken after all recipients were refused gets a lone dot)."""
+    step, as the RFC asks (a DATA taken after all recipients were refused gets a lone dot).
+    Replies are read by drain.worker.smtpio.read_reply (getreply's result, less Python)."""
     smtp.ehlo_or_helo_if_needed()
     esmtp_opts = [f"size={len(wire)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
     if smtp.does_esmtp:
@@ -244,8 +246,8 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     if pipelined:
         commands = [_command("mail", _mail_args(smtp, sender, esmtp_opts))]
         commands += [_command("rcpt", f"TO:{quote_address(rcpt)}") for rcpt in recipients]
-        smtp.send("".join([*commands, "data\r\n"]))
-        code, resp = smtp.getreply()
+        send(smtp, "".join([*commands, "data\r\n"]).encode(smtp.command_encoding))
+        code, resp = read_reply(smtp)
     else:
         code, resp = smtp.mail(sender, esmtp_opts)
     _smtp_reply(smtp, code, resp)
@@ -256,7 +258,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
         raise smtplib.SMTPSenderRefused(code, resp, sender)
     refused: dict[str, tuple[int, bytes]] = {}
     for rcpt in recipients:
-        code, resp = smtp.getreply() if pipelined else smtp.rcpt(rcpt)
+        code, resp = read_reply(smtp) if pipelined else smtp.rcpt(rcpt)
         _smtp_reply(smtp, code, resp)
         if code not in (250, 251):
             refused[rcpt] = (code, resp)
@@ -270,14 +272,14 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
         raise smtplib.SMTPRecipientsRefused(refused)
     if not pipelined:
         smtp.putcmd("data")
-    code, resp = smtp.getreply()
+    code, resp = read_reply(smtp)
     _smtp_reply(smtp, code, resp)
     if code != 354:
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
-    smtp.send(data_block(wire))
+    send(smtp, data_block(wire))
     try:
-        code, resp = smtp.getreply()
+        code, resp = read_reply(smtp)
     except smtplib.SMTPServerDisconnected as exc:
         if isinstance(exc.__context__, TimeoutError):
             raise  # RelayTimeout (in Relay._send_once)

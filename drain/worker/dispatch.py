@@ -9,7 +9,8 @@ it in the same call; anything else that makes mail ready calls `ensure_tokens` o
 from __future__ import annotations
 
 import math
-from typing import cast
+import time
+from collections.abc import Callable
 
 import redis
 from rq import Queue
@@ -24,6 +25,12 @@ from drain.store.store import Store
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # Keep failed batch jobs (a worker killed mid-job, a timeout) for a day, for `rq info`.
 FAILURE_TTL_S = 24 * 3600
+# A batch job goes on claiming, a batch at a time, while more mail is ready than the jobs
+# queued will claim (a big backlog): RQ's cost per job (dequeue, registries, heartbeat, a
+# few ms) is then spread over more messages. At most JOB_ROUNDS batches and JOB_SPAN_S
+# seconds a job, so what a job reads once (rules, whether lanes run) is read again soon.
+JOB_ROUNDS = 10
+JOB_SPAN_S = 2.0
 
 
 def rq_queue(client: redis.Redis) -> Queue:
@@ -32,14 +39,12 @@ def rq_queue(client: redis.Redis) -> Queue:
 
 def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     """Queue batch jobs until there are enough for the ready list; returns how many were added."""
-    pipe = client.pipeline(transaction=False)
-    pipe.exists(keys.PAUSED)
-    pipe.hgetall(keys.READY_COUNT)
-    pipe.llen(keys.SUSPECT)
-    pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
+    pipe = _ready_reads(client)
     pipe.get(keys.RATE)
-    paused, lanes, suspect, queued, rate = pipe.execute()
-    ready = sum(int(n) for n in lanes.values()) + int(suspect) - held_by_tenant_pauses(client)
+    pipe.smembers(keys.PAUSED_TENANTS)
+    pipe.hgetall(keys.TENANT_RATES)
+    paused, lanes, suspect, queued, rate, tenants, rates = pipe.execute()
+    ready = sum(int(n) for n in lanes.values()) + int(suspect) - held_by_tenant_pauses(client, tenants, rates)
     # A global rate of 0 holds delivery as a pause does: no work tokens for it.
     if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
         return 0
@@ -62,11 +67,52 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     return wanted
 
 
-def held_by_tenant_pauses(client: redis.Redis) -> int:
+class Span:
+    """Whether a batch job that has worked its batch claims another one (see JOB_ROUNDS)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self.until = clock() + JOB_SPAN_S
+        self.rounds = 1
+
+    def more(self) -> bool:
+        """Whether to claim another batch; not while Redis is unavailable (the job ends as before)."""
+        if self.rounds >= JOB_ROUNDS or self.clock() >= self.until:
+            return False
+        try:
+            if not backlog_beyond_tokens(self.client, self.settings):
+                return False
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+        self.rounds += 1
+        return True
+
+
+def backlog_beyond_tokens(client: redis.Redis, settings: Settings) -> bool:
+    """Whether more mail is ready than the batch jobs queued will claim (one round trip)."""
+    paused, lanes, suspect, queued = _ready_reads(client).execute()
+    ready = sum(int(n) for n in lanes.values()) + int(suspect)
+    return not paused and ready > int(queued) * settings.batch_size
+
+
+def _ready_reads(client: redis.Redis) -> redis.client.Pipeline:
+    """A pipeline reading, in this order: the pause flag, the ready counts by lane, the
+    suspects and the batch jobs queued."""
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(keys.PAUSED)
+    pipe.hgetall(keys.READY_COUNT)
+    pipe.llen(keys.SUSPECT)
+    pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
+    return pipe
+
+
+def held_by_tenant_pauses(client: redis.Redis, tenants: set[bytes], rates: dict[bytes, bytes]) -> int:
     """Ready mail of paused tenants (or held by a rate cap of 0): no batch job is queued for
-    it (costs the held tenants)."""
-    paused = {p.decode("utf-8", "replace") for p in cast(set[bytes], client.smembers(keys.PAUSED_TENANTS))}
-    rates = cast(dict[bytes, bytes], client.hgetall(keys.TENANT_RATES))
+    it (costs the held tenants). `tenants` and `rates`: the paused tenants and the tenants'
+    rates as read (with the rest, in ensure_tokens's one round trip)."""
+    paused = {p.decode("utf-8", "replace") for p in tenants}
     paused |= {t.decode("utf-8", "replace") for t, r in rates.items() if ratelimit.holds(ratelimit.stored_rate(r))}
     if not paused:
         return 0

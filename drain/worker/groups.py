@@ -18,7 +18,7 @@ def _no_quick_retry(code: int, text: str) -> bool:
     return code in SESSION_CODES or is_throttling(code, text)
 
 
-@dataclass
+@dataclass(slots=True)
 class Groups:
     delivered: list[str] = field(default_factory=list)
     # Refused for good: recipient -> the relay's reply.

@@ -54,6 +54,7 @@ from rq.timeouts import JobTimeoutException
 from drain.store.store import Outcome, Store
 from drain.worker.alone import Alone
 from drain.worker.batch import TIMEOUT_FINDINGS, Batch
+from drain.worker.dispatch import Span
 from drain.worker.window import Window
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ def deliver(rt: Runtime) -> int:
     deadline = time.monotonic() + rt.settings.job_timeout_s * DEADLINE_SHARE
     for batch in batches:
         batch.alone, batch.deadline = alone, deadline
+        batch.more = Span(rt.store.client, rt.settings).more
     lanes = [Lane(batch, stop) for batch in batches[1:]]
     judge = Judge(rt.store, lanes, stop)
     if lanes:

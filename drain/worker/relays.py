@@ -39,7 +39,7 @@ def relay_for(settings: Settings, config: RelayConfig) -> Relay:
                  connect_timeout_s=settings.relay_connect_timeout_s)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sent:
     """How a group's send went: the final result and the relay that gave it (empty when every
     relay of the route was at its cap: wait); `failed` names relays that gave no session."""

@@ -70,8 +70,19 @@ class DrainWorker(SimpleWorker):
 
     # RQ's loop quits on any error outside its dequeue; these steps wait for Redis instead.
 
-    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
-        return self._patiently(super().heartbeat, *args, **kwargs)
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat (a few writes to the worker's keys, several times a job), sent in one
+        round trip when RQ gives no pipeline of its own."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+
+        def beat() -> None:
+            with self.connection.pipeline(transaction=False) as pipe:
+                SimpleWorker.heartbeat(self, timeout, pipeline=pipe)
+                pipe.execute()
+
+        self._patiently(beat)
 
     def check_for_suspension(self, burst: bool) -> None:
         self._patiently(super().check_for_suspension, burst)

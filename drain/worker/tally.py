@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from drain.store.claimed import Outcome
 
 
-@dataclass
+@dataclass(slots=True)
 class Tally:
     """What one batch did, by outcome kind and by quarantine reason."""
 
@@ -19,3 +19,7 @@ class Tally:
 
     def __getitem__(self, kind: str) -> int:
         return self.kinds.get(kind, 0)
+
+    def reason(self, code: str) -> None:
+        """Count one quarantine by its reason code."""
+        self.reasons[code] = self.reasons.get(code, 0) + 1

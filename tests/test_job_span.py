@@ -1,0 +1,100 @@
+"""A batch job claims another batch while more mail is ready than the queued jobs will claim
+(drain.worker.dispatch.Span): RQ's cost per job is spread over more messages on a big
+backlog, and a job never takes mail that queued jobs would have claimed."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import redis
+
+import workers.jobs
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store import keys
+from drain.worker import dispatch
+from drain.worker.rqworker import DrainWorker
+
+
+def drain_all(rclient: redis.Redis, settings: Settings, count: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Enqueue `count` messages under `settings`, work them in burst mode; how many each job claimed."""
+    Client(rclient, settings).enqueue_many([synthetic(i) for i in range(count)])
+    handled: list[int] = []
+    deliver = workers.jobs.deliver
+
+    def counted(rt: Any) -> int:
+        n = deliver(rt)
+        handled.append(n)
+        return n
+
+    monkeypatch.setattr(workers.jobs, "deliver", counted)
+    DrainWorker([keys.RQ_QUEUE], connection=rclient, drain_settings=settings, housekeeping=False).work(
+        burst=True, logging_level="WARNING")
+    assert int(rclient.hget(keys.BOOKS, "delivered") or 0) == count
+    return handled
+
+
+def test_a_job_claims_more_batches_while_the_backlog_outgrows_the_queued_jobs(
+        rclient: redis.Redis, settings: Settings, relay: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutants caught: Span.more always False (every job stops at one batch: [10, 10, ...]);
+    no JOB_ROUNDS cap (the first job takes all 60)."""
+    monkeypatch.setattr(dispatch, "JOB_ROUNDS", 3)
+    monkeypatch.setattr(dispatch, "JOB_SPAN_S", 600.0)  # rounds, not time, end these jobs
+    s = settings.with_(batch_size=10, max_tokens=1, relay_sessions=1)
+    handled = drain_all(rclient, s, 60, monkeypatch)
+    assert [n for n in handled if n] == [30, 30]
+    assert len(relay.messages) == 60
+
+
+def test_a_job_leaves_the_mail_that_queued_jobs_will_claim(
+        rclient: redis.Redis, settings: Settings, relay: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a job queued for every batch ready, each job works one batch. Mutant caught:
+    backlog_beyond_tokens always True (the first job takes everything)."""
+    monkeypatch.setattr(dispatch, "JOB_SPAN_S", 600.0)
+    s = settings.with_(batch_size=10, max_tokens=64, relay_sessions=1)
+    handled = drain_all(rclient, s, 60, monkeypatch)
+    assert [n for n in handled if n] == [10] * 6
+
+
+def test_a_job_claims_no_more_batches_past_its_span(
+        rclient: redis.Redis, settings: Settings, relay: Sink) -> None:
+    """Past JOB_SPAN_S the job ends at its batch, however big the backlog (the next job reads
+    rules and lanes again). Mutant caught: the clock not consulted."""
+    s = settings.with_(batch_size=10, max_tokens=1)
+    Client(rclient, s).enqueue_many([synthetic(i) for i in range(40)])
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    span = dispatch.Span(rclient, s, clock=clock)
+    assert span.more()  # 40 ready, one job queued for 10
+    now[0] = dispatch.JOB_SPAN_S
+    assert not span.more()
+
+
+def test_the_worker_heartbeat_extends_its_keys_in_one_round_trip(rclient: redis.Redis, settings: Settings) -> None:
+    """DrainWorker sends RQ's heartbeat as one pipeline: the worker's key still gets its new
+    time to live and last heartbeat. Mutant caught: the pipeline built but never executed."""
+    worker = DrainWorker([keys.RQ_QUEUE], connection=rclient, drain_settings=settings, housekeeping=False)
+    worker.register_birth()
+    rclient.hdel(worker.key, "last_heartbeat")
+    worker.heartbeat(1234)
+    assert 1200 < rclient.ttl(worker.key) <= 1234
+    assert rclient.hget(worker.key, "last_heartbeat")
+    worker.register_death()
+
+
+def test_a_job_ends_at_its_batch_when_redis_is_unavailable(settings: Settings) -> None:
+    """Redis gone while a job asks whether to go on: the job ends at its batch, as before
+    (the outcomes are settled already), rather than failing. Mutant caught: the
+    ConnectionError let through."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once closed
+    gone = redis.Redis(port=port, socket_connect_timeout=1)
+    assert not dispatch.Span(gone, settings).more()
