@@ -47,9 +47,15 @@ class Enqueue:
         lane = "fresh" if lane == "fresh" else "backlog"
         pending: Future[list[str]] | None = None
         helper: ThreadPoolExecutor | None = None
+        packer: ThreadPoolExecutor | None = None
         try:
             for chunk in self._chunks(items, tenants, source):
-                call = self._call(chunk, lane)
+                forms: Future[list[bytes]] | None = None
+                if len(chunk) >= ENQUEUE_CHUNK:  # its bodies compressed beside the rest of its ARGV
+                    if packer is None:
+                        packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
+                    forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
+                call = self._call(chunk, lane, forms)
                 if pending is not None:
                     sent, pending = pending, None
                     stored.extend(sent.result())
@@ -72,6 +78,8 @@ class Enqueue:
                     log.warning("enqueue: a chunk sent before the error failed too: %s", exc)
             if helper is not None:
                 helper.shutdown()
+            if packer is not None:
+                packer.shutdown()
         return stored
 
     def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None,
@@ -89,11 +97,14 @@ class Enqueue:
         if chunk:
             yield chunk
 
-    def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str) -> _Call:
+    def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str,
+              forms: Future[list[bytes]] | None = None) -> _Call:
         """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
-        JSON, the received event's data and the lookup records of its values (events.py)."""
+        JSON, the received event's data and the lookup records of its values (events.py).
+        `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
+        thread meanwhile): they are put in their places after the pass."""
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         first = last - len(chunk) + 1
         fields: list[EncodableT] = []
@@ -109,7 +120,7 @@ class Enqueue:
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
             msg_id = format(n, "x")
             tenants[owner] = None
-            stored = pack(raw)
+            stored = pack(raw) if forms is None else b""
             envelope = env.to_json()
             data = quarantined = ""
             if trace:
@@ -135,6 +146,12 @@ class Enqueue:
                     buckets[own[0]] += (numbered, own[1])
             fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
                        why or "", data, quarantined)
+        if forms is not None:  # each message's 9 fields: its body's form second, its own size third
+            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 9 * len(chunk), 9), chunk,
+                                                                         forms.result(), strict=True):
+                fields[at] = stored
+                if stored[:3] == mark:
+                    fields[at + 1] = len(raw)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
                                   len(buckets)]
