@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -110,9 +111,19 @@ def _addresses(values: Sequence[str]) -> list[str]:
     out: list[str] = []
     for value in values:
         text = header_text(value)
-        simple = _simple(text)
-        out.extend(simple if simple is not None else [a for _n, a in getaddresses([text]) if a])
+        out.extend(_field_addresses(text) if len(text) <= _CACHED_FIELD else _read_field(text))
     return out
+
+
+def _read_field(text: str) -> tuple[str, ...]:
+    simple = _simple(text)
+    return tuple(simple if simple is not None else [a for _n, a in getaddresses([text]) if a])
+
+
+# A batch's From (often its Sender and Cc too) is the same text message after message: a
+# short field is read once (the cache holds at most 1024 fields of at most this many characters).
+_CACHED_FIELD = 256
+_field_addresses = functools.lru_cache(maxsize=1024)(_read_field)
 
 
 _WORD = r"[A-Za-z0-9]+"

@@ -89,6 +89,7 @@ TEXT_MAX = 300
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 _END_OF_HEADERS = re.compile(rb"\n\r?\n")
+_LINE = re.compile(rb"[^\r\n]*")
 
 
 def tracer_args(settings: Settings) -> list[str | int]:
@@ -115,8 +116,15 @@ def message_id(raw: bytes) -> str:
     for every enqueue. (Two bytes.find calls for CRLF CRLF and LF LF scanned the whole of a
     large LF message first: ~20 µs at 20 KB.)"""
     end = _END_OF_HEADERS.search(raw)
-    found = _MESSAGE_ID.search(raw, 0, end.start() if end else min(len(raw), 65536))
-    return found.group(1).decode("utf-8", "replace").strip()[:TEXT_MAX] if found else ""
+    head = raw[:end.start() if end else min(len(raw), 65536)]
+    # What _MESSAGE_ID finds (the first field start, any case), found in the lowercased block
+    # by bytes.find: the regex tried the field name at every byte, ~2 µs for a 2 KB message.
+    at = (b"\n" + head).lower().find(b"\nmessage-id:")
+    if at < 0:
+        return ""
+    value = _LINE.match(head, at + len(b"message-id:"))
+    assert value is not None  # matches the empty string too
+    return value.group().decode("utf-8", "replace").strip()[:TEXT_MAX]
 
 
 @dataclass(frozen=True)
