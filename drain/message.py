@@ -17,9 +17,8 @@ from drain.errors import InputError
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-# One encoder for every envelope: json.dumps with separators= builds a new JSONEncoder per
-# call, a measurable share of the envelope's cost at enqueue (once per message).
-_ENVELOPE_JSON = json.JSONEncoder(separators=(",", ":"))
+# A str as json.dumps writes it (ASCII only): the envelope's JSON is written around these.
+_JSON_STRING = json.encoder.encode_basestring_ascii
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,12 @@ class Envelope:
     smtputf8: bool = False
 
     def to_json(self) -> str:
-        form: list[object] = [self.sender, list(self.recipients)]
-        if self.smtputf8:
-            form.append(1)
-        return _ENVELOPE_JSON.encode(form)
+        """[sender, [recipients...]] (and 1 when SMTPUTF8) as compact ASCII JSON, written
+        around each string's JSON form: what json.dumps(form, separators=(",", ":")) gives,
+        for ~a quarter of the cost of one shared JSONEncoder (it is made for every message
+        enqueued)."""
+        tail = "],1]" if self.smtputf8 else "]]"
+        return f"[{_JSON_STRING(self.sender)},[{','.join(map(_JSON_STRING, self.recipients))}{tail}"
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:
