@@ -163,7 +163,10 @@ def index_record(value: str) -> tuple[bytes, bytes]:
     digits 7-8) and its 3-byte tag (digits 1-6) of the lowercased value, as lib.event forms
     them in Lua (lookup.py reads them)."""
     digest = hashlib.sha1(value.encode("utf-8", "surrogateescape").lower()).digest()
-    return digest[3:4].hex().encode(), digest[:3]
+    return _BUCKET_NAMES[digest[3]], digest[:3]
+
+
+_BUCKET_NAMES = [b"%02x" % n for n in range(256)]  # a bucket's two hex digits by its byte
 
 
 def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
