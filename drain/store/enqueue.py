@@ -6,7 +6,10 @@ The producer's share of the work (the new ids, the stored body form, the envelop
 the events' data and lookup hashes) is done for the next chunk while Redis stores the one
 before: each chunk is sent by a helper thread, and the next is sent only once that one is
 stored, so an error stops the enqueue with exactly the chunks before it queued (a chunk
-that is never sent leaves a gap in the ids, as one that fails does).
+that is never sent leaves a gap in the ids, as one that fails does). A full chunk's bodies
+are compressed by a second helper thread (body.pack_many: zstd without the GIL) while this
+thread writes the rest of its ARGV; what is left on this thread bounds one producer's rate
+(benchmarks/enqueue-s6-2026-11-30.md).
 """
 
 from __future__ import annotations
