@@ -12,7 +12,7 @@
 -- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
 -- JSON ('' = ready), received event data (JSON array; '' = no events), quarantined event data
 -- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
--- per bucket: its 3 hex digits and its records as one string, 5 bytes a record: the value's
+-- per bucket: its 2 hex digits and its records as one string, 5 bytes a record: the value's
 -- 3-byte tag (events.py's index_record says how values hash to bucket and tag), then the
 -- event's number in this call, 2 bytes big-endian (counting from 1 in the order recorded:
 -- each message's received event, then its quarantined one). The
