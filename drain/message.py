@@ -168,7 +168,7 @@ def _address_fields(head: bytes) -> dict[str, list[str]]:
             if current is not None:
                 current[-1] += " " + line.strip().decode("ascii", "surrogateescape")
             continue
-        if not resent and first not in _ENVELOPE_STARTS:  # Subject, Date, DKIM-..., X-...: not one
+        if not resent and first not in _ENVELOPE_STARTS:  # Date, Message-ID, DKIM-..., X-...: not one
             current = None
             continue
         name, colon, value = line.partition(b":")
