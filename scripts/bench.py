@@ -636,6 +636,9 @@ def main() -> None:
     parser.add_argument("--lookup-messages", type=int, default=1_000_000,
                         help="delivered messages' events loaded for the trace lookup (--only trace)")
     parser.add_argument("--cprofile", type=int, default=0, help="--only enqueue: cProfile's top N functions")
+    parser.add_argument("--producers", default="1,2",
+                        help="--only enqueue: comma-separated producer process counts (the API path with N "
+                        "processes at once; 1 is always measured)")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only in ("cells", "tenants"):  # their own options, read above
@@ -703,7 +706,8 @@ def main() -> None:
         with redis_server() as client:
             machine["redis"] = client.info("server")["redis_version"]
             rows = bench_enqueue.bench_enqueue(client, [int(s) for s in args.sizes.split(",") if s],
-                                               args.size_messages or 20_000, args.rounds, args.cprofile)
+                                               args.size_messages or 20_000, args.rounds, args.cprofile,
+                                               tuple(int(p) for p in args.producers.split(",") if p))
         write(args.out, machine, rows, header(machine) + bench_enqueue.enqueue_markdown(rows))
         return
     if args.only == "sizes":

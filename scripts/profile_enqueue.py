@@ -5,9 +5,11 @@
 The two paths of `scripts/bench --only enqueue` (bench_enqueue.py: `Client.enqueue_many` with
 raw bytes, `Store.enqueue_many` with envelopes given) on a redis-server of its own, flushed and
 paused before each run; two runs per path, the one with less producer CPU kept. Prints the
-producer's CPU (this process, helper thread included), redis-server's (INFO cpu) and the wall
-rate. CPU per message moves far less with the load of other processes than the wall rate does,
-so this is what to alternate between two worktrees when the machine is shared.
+producer's CPU (this process, helper threads included; and the main thread's own, which
+bounds one producer's rate while its helper threads work beside it on the other core),
+redis-server's (INFO cpu) and the wall rate. CPU per message moves far less with the load
+of other processes than the wall rate does, so this is what to alternate between two
+worktrees when the machine is shared.
 """
 
 from __future__ import annotations
@@ -44,18 +46,19 @@ def main(size: int, count: int, trace: bool) -> None:
         items = [(raw, envelope_from_headers(raw), None) for raw in raws]
 
         def run(name: str, action: Callable[[], object]) -> None:
-            best: tuple[float, float, float] | None = None
+            best: tuple[float, float, float, float] | None = None
             for _ in range(2):
                 client.flushdb()
                 ratelimit.pause(client)
                 redis0, cpu0, wall0 = _redis_cpu(client), time.process_time(), time.perf_counter()
+                main0 = time.thread_time()
                 action()
                 got = ((time.process_time() - cpu0) / count * 1e6, (_redis_cpu(client) - redis0) / count * 1e6,
-                       count / (time.perf_counter() - wall0))
+                       count / (time.perf_counter() - wall0), (time.thread_time() - main0) / count * 1e6)
                 best = got if best is None or got[0] < best[0] else best
             assert best is not None
-            print(f"{size} events={'on' if trace else 'off'} {name:36s} producer {best[0]:6.1f} µs  "
-                  f"redis {best[1]:6.1f} µs  {best[2]:8.0f} msg/s", flush=True)
+            print(f"{size} events={'on' if trace else 'off'} {name:36s} producer {best[0]:6.1f} µs "
+                  f"(main thread {best[3]:6.1f})  redis {best[1]:6.1f} µs  {best[2]:8.0f} msg/s", flush=True)
 
         run("Client.enqueue_many(raw bytes)", lambda: api.enqueue_many(raws))
         run("Store.enqueue_many(envelopes given)", lambda: api.store.enqueue_many(items))

@@ -91,11 +91,15 @@ def test_peak_rss_finds_a_child_and_its_high_water_mark() -> None:
 def test_enqueue_bench_runs_and_reports(rclient: redis.Redis) -> None:
     import bench_enqueue
 
-    rows = bench_enqueue.bench_enqueue(rclient, [2048], 50, rounds=2, cprofile=3)
-    assert [r["name"] for r in rows] == ["Client.enqueue_many(raw bytes)", "Store.enqueue_many(envelopes given)"]
+    rows = bench_enqueue.bench_enqueue(rclient, [2048], 50, rounds=2, cprofile=3, producers=(1, 2))
+    assert [(r["name"], r["producers"]) for r in rows] == [
+        ("Client.enqueue_many(raw bytes)", 1), ("Store.enqueue_many(envelopes given)", 1),
+        ("Client.enqueue_many(raw bytes), 2 producer processes at once", 2)]
     assert all(r["msg_per_s"] > 0 and len(r["msg_per_s_each"]) == 2 for r in rows)
+    assert rows[0]["main_thread_cpu_us"] > 0 and "main_thread_cpu_us" not in rows[2]
     text = bench_enqueue.enqueue_markdown(rows)
-    assert "| 2 KB text | Client.enqueue_many(raw bytes) | 50 |" in text and "cProfile" in text
+    assert "| 2 KB text | Client.enqueue_many(raw bytes) | 1 | 50 |" in text and "cProfile" in text
+    assert "| 2 KB text | Client.enqueue_many(raw bytes), 2 producer processes at once | 2 | 50 |" in text
 
 
 def test_ingress_report_gives_medians_and_the_ratio_of_one_run() -> None:

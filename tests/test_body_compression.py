@@ -141,3 +141,38 @@ def test_a_zstd_body_is_read_back_only_within_its_limit_and_whole() -> None:
             continue
         raise AssertionError(f"read back a damaged or oversized body ({len(damaged)} bytes, limit {limit})")
     assert body.shown(packed[:-20]) == packed[:-20]
+
+
+def many_forms() -> list[bytes]:
+    """Bodies of every stored form: small, compressed, incompressible (short and probed),
+    starting like a stored form."""
+    rng = random.Random(3)
+    attached = b"Subject: a\n\n" + base64.encodebytes(rng.randbytes(40_000))
+    return [synthetic(1, size=600), synthetic(2, size=1024), synthetic(3), html_mail(4), attached,
+            rng.randbytes(3000), body.MARK + synthetic(5), body.ESCAPE + b"x" * 2000, b"\x00\xdc", b"x"]
+
+
+def test_a_chunk_of_bodies_is_packed_as_one_by_one() -> None:
+    """pack_many (one zstd call for a chunk, off the GIL) gives each body pack's form."""
+    raws = many_forms()
+    packed = body.pack_many(raws)
+    assert packed == [body.pack(raw) for raw in raws]
+    assert [body.unpack(p) for p in packed] == raws
+    assert sum(p.startswith(body.MARK) for p in packed) == 4  # 2 KB text, HTML and the two led by a mark
+
+
+def test_a_full_chunk_of_every_stored_form_reads_back(client: Client, rclient: redis.Redis) -> None:
+    """A chunk of ENQUEUE_CHUNK messages has its bodies packed in a helper thread and put in
+    their places: each message keeps its own body and its own size."""
+    from drain.store.enqueue import ENQUEUE_CHUNK
+    forms = many_forms()
+    raws = [b"To: u%d@example.net\nFrom: s@example.com\n\n" % i + forms[i % len(forms)] + b"%d" % i
+            for i in range(ENQUEUE_CHUNK + 5)]
+    ids = client.enqueue_many(raws).ids
+    assert len(ids) == len(raws)
+    got = rclient.pipeline()
+    for msg_id in ids:
+        got.hmget(keys.message(msg_id), ["raw", "sz"])
+    for raw, (kept, size) in zip(raws, got.execute(), strict=True):
+        assert body.unpack(kept) == raw and kept == body.pack(raw)
+        assert size == (str(len(raw)).encode() if kept.startswith(body.MARK) else None)

@@ -8,6 +8,8 @@ import json
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drain.intake.api import Client, Submission
 from drain.message import Envelope
@@ -60,3 +62,33 @@ def test_the_headers_envelope_is_kept_only_when_nothing_changes_it(client: Clien
     assert envs == [Envelope("a@b.example", ("u@X.example", "v@y.example")),
                     Envelope("ops@c.example", ("u@X.example", "v@y.example")),
                     Envelope("a@b.example", ("w@z.example",))]
+
+
+MID_NAMES = ["Message-ID", "message-id", "MESSAGE-ID", "Message-ID ", " Message-ID", "\tMessage-Id", "X-Message-ID",
+             "Message-IDs", "Subject", "To"]
+MID_VALUES = ["<a@b.example>", "  <c@d.example>  ", "", "\t<e@f.example>\r", "<g\xe9@h.example>", "x\x0by", "a" * 300]
+MID_ENDS = ["\n", "\r\n", "\r", "\n\r"]
+
+
+def mid_by_regex(raw: bytes) -> str:
+    """The Message-ID as a multi-line, case-blind regex over the header block reads it."""
+    import re
+    end = re.search(rb"\n\r?\n", raw)
+    found = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE).search(
+        raw, 0, end.start() if end else min(len(raw), 65536))
+    return found.group(1).decode("utf-8", "replace").strip()[:events.TEXT_MAX] if found else ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(MID_NAMES), st.sampled_from(MID_VALUES), st.sampled_from(MID_ENDS)),
+                max_size=6),
+       st.sampled_from(["", "\n", "\r\n", "\n\r\n"]), st.binary(max_size=30))
+def test_the_message_id_is_the_first_field_of_that_name(fields: list[tuple[str, str, str]], blank: str,
+                                                         body: bytes) -> None:
+    """events.message_id (bytes.find in the lowercased header block) reads what the regex
+    reads. Mutants caught: the block not led by an LF (a first-line field missed), a
+    field found in the body, the value cut at the first space instead of the line's end."""
+    raw = "".join(f"{n}:{v}{e}" for n, v, e in fields).encode("utf-8", "surrogateescape") + blank.encode() + body
+    assert events.message_id(raw) == mid_by_regex(raw)
+    assert events.message_id(b"Message-ID: <1@x.example>\n\nMessage-ID: <2@x.example>\n") == "<1@x.example>"
+    assert events.message_id(b"To: a@b.example\n\nMessage-ID: <2@x.example>\n") == ""

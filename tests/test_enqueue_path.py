@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from drain.demo.seeding import synthetic
 from drain.flow import ratelimit
 from drain.intake.api import Client, Submission
@@ -24,3 +29,19 @@ def test_shape_counts_each_domain_of_one_chunk(client: Client) -> None:
     client.enqueue_many([Submission(synthetic(i), recipients=(f"u{i}@{domains[i % 3]}",)) for i in range(9)])
     assert [(d.domain, d.total) for d in shape(client.store, pace=10.0).domains] == [("a.example.com", 6),
                                                                                       ("b.example.org", 3)]
+
+
+TEXTS = st.text(st.characters(codec="utf-8") | st.sampled_from(['"', "\\", "\x00", "\udcff", "\u2028", "é"]),
+                max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS, st.lists(TEXTS, max_size=4), st.booleans())
+def test_envelope_json_is_what_json_dumps_writes(sender: str, recipients: list[str], smtputf8: bool) -> None:
+    """to_json writes around each string's JSON form. Mutants caught: a string written
+    without escapes (quotes, controls, lone surrogates), the SMTPUTF8 flag's place, a
+    separator with a space."""
+    env = Envelope(sender, tuple(recipients), smtputf8=smtputf8)
+    form: list[object] = [sender, recipients, 1] if smtputf8 else [sender, recipients]
+    assert env.to_json() == json.dumps(form, separators=(",", ":"))
+    assert Envelope.from_json(env.to_json()) == env

@@ -76,3 +76,15 @@ def test_the_first_return_path_decides_a_bounce() -> None:
     forward = b"Return-Path: <a@b.example>\nReturn-Path: <>\nFrom: c@d.example\nTo: e@f.example\n\nx"
     assert envelope_from_headers(bounce).sender == "" == reference(bounce).sender
     assert envelope_from_headers(forward).sender == "a@b.example" == reference(forward).sender
+
+
+def test_only_short_address_fields_are_remembered() -> None:
+    """A batch's repeated From is read once; a long field (a hostile or huge To) is read
+    each time and not kept. Mutant caught: every field cached whatever its length."""
+    message._field_addresses.cache_clear()
+    many = ", ".join(f"u{i}@x.example" for i in range(40))
+    raw = f"From: A <a@b.example>\nTo: {many}\n\nx".encode()
+    for _ in range(2):
+        assert envelope_from_headers(raw) == Envelope("a@b.example", tuple(f"u{i}@x.example" for i in range(40)))
+    info = message._field_addresses.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)

@@ -16,6 +16,7 @@ import redis
 
 from drain.demo.seeding import synthetic
 from drain.intake.api import Client
+from drain.message import envelope_from_headers
 from drain.store import events, keys, lookup
 from drain.store.store import Outcome, Store
 from drain.trace import history
@@ -147,3 +148,16 @@ def test_a_lookup_gives_only_the_messages_it_asks_for_from_a_shared_entry(client
     assert [d["id"] for d in _traced(client, recipient="@one.example")] == ids[:3]
     (doc,) = _traced(client, id=ids[4])
     assert doc["sender"] == "bo@b.example" and [e["event"] for e in doc["events"]] == ["received"]
+
+
+def test_mail_quarantined_at_enqueue_shows_both_its_events(client: Client, store: Store) -> None:
+    """A message held at enqueue (findings given) has its received and its quarantined event,
+    both found by its id, beside a ready one. Mutant caught: the quarantined event's index
+    record left out of its id's bucket (enqueue.py: the trace stops at received)."""
+    findings = '[{"code": "rule.match", "severity": "quarantine", "detail": "test"}]'
+    raws = [synthetic(i) for i in range(3)]
+    ids = store.enqueue_many([(raw, envelope_from_headers(raw), findings if i == 1 else None)
+                              for i, raw in enumerate(raws)])
+    for k, msg_id in enumerate(ids):
+        (doc,) = _traced(client, id=msg_id)
+        assert [e["event"] for e in doc["events"]] == (["received", "quarantined"] if k == 1 else ["received"]), doc

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Sequence
 
 import zstandard
 from redis.typing import EncodableT, FieldT
@@ -83,6 +84,22 @@ def pack(raw: bytes) -> bytes:
         if len(packed) <= KEEP_RATIO * len(raw):
             return packed
     return ESCAPE + raw if raw.startswith(_PREFIX) else raw
+
+
+def pack_many(raws: Sequence[bytes]) -> list[bytes]:
+    """The forms to store for many messages' bytes, each as `pack` gives it. The bodies to
+    compress go to zstd in one call, which holds no GIL while it works: run from a helper
+    thread, the producer's Python goes on meanwhile (Enqueue compresses a chunk this way)."""
+    many = getattr(_codecs.compressor, "multi_compress_to_buffer", None)  # the C backend's
+    if many is None:
+        return [pack(raw) for raw in raws]
+    stored = [ESCAPE + raw if raw.startswith(_PREFIX) else raw for raw in raws]
+    picked = [k for k, raw in enumerate(raws) if len(raw) >= COMPRESS_ABOVE and worth_compressing(raw)]
+    if picked:
+        for k, frame in zip(picked, many([raws[k] for k in picked]), strict=True):
+            if len(frame) + len(MARK) <= KEEP_RATIO * len(raws[k]):
+                stored[k] = MARK + frame
+    return stored
 
 
 def fields(raw: bytes) -> dict[FieldT, EncodableT]:

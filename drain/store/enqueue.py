@@ -6,7 +6,10 @@ The producer's share of the work (the new ids, the stored body form, the envelop
 the events' data and lookup hashes) is done for the next chunk while Redis stores the one
 before: each chunk is sent by a helper thread, and the next is sent only once that one is
 stored, so an error stops the enqueue with exactly the chunks before it queued (a chunk
-that is never sent leaves a gap in the ids, as one that fails does).
+that is never sent leaves a gap in the ids, as one that fails does). A full chunk's bodies
+are compressed by a second helper thread (body.pack_many: zstd without the GIL) while this
+thread writes the rest of its ARGV; what is left on this thread bounds one producer's rate
+(benchmarks/enqueue-s6-2026-11-30.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # A message to enqueue: raw bytes, envelope, and findings (JSON) if it goes straight to quarantine.
 Item = tuple[bytes, Envelope, str | None]
-# Messages per script call.
+# Messages per script call (at most 32,767: two events each are numbered in 2 bytes).
 ENQUEUE_CHUNK = 1000
 
 
@@ -47,9 +50,15 @@ class Enqueue:
         lane = "fresh" if lane == "fresh" else "backlog"
         pending: Future[list[str]] | None = None
         helper: ThreadPoolExecutor | None = None
+        packer: ThreadPoolExecutor | None = None
         try:
             for chunk in self._chunks(items, tenants, source):
-                call = self._call(chunk, lane)
+                forms: Future[list[bytes]] | None = None
+                if len(chunk) >= ENQUEUE_CHUNK:  # its bodies compressed beside the rest of its ARGV
+                    if packer is None:
+                        packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
+                    forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
+                call = self._call(chunk, lane, forms)
                 if pending is not None:
                     sent, pending = pending, None
                     stored.extend(sent.result())
@@ -72,6 +81,8 @@ class Enqueue:
                     log.warning("enqueue: a chunk sent before the error failed too: %s", exc)
             if helper is not None:
                 helper.shutdown()
+            if packer is not None:
+                packer.shutdown()
         return stored
 
     def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None,
@@ -89,19 +100,24 @@ class Enqueue:
         if chunk:
             yield chunk
 
-    def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str) -> _Call:
+    def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str,
+              forms: Future[list[bytes]] | None = None) -> _Call:
         """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
-        JSON, the received event's data and the lookup records of its values (events.py)."""
+        JSON, the received event's data and the lookup records of its values (events.py).
+        `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
+        thread meanwhile): they are put in their places after the pass."""
         last = int(self.client.incrby(keys.SEQ, len(chunk)))
         first = last - len(chunk) + 1
         fields: list[EncodableT] = []
         tenants: dict[str, None] = {}
-        # The events' lookup records by bucket: (event number, tag) pairs, flat. Received
+        # The events' lookup records by bucket, as one string each: per record the value's
+        # 3-byte tag and the event's number (2 bytes, big-endian); one ARGV a bucket, not two
+        # a record (redis-py packs each ARGV in Python: ~1.6 µs a message saved). Received
         # events share a stream entry RECEIVED_PER_ENTRY at a time (enqueue.lua): a value met
         # again in the same entry (a sender, a domain) has its record already.
-        buckets: dict[bytes, list[EncodableT]] = {}
+        buckets: dict[bytes, bytearray] = {}
         trace, pack, mark = self.settings.trace, body.pack, body.MARK
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
         numbered = received = 0
@@ -109,13 +125,14 @@ class Enqueue:
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
             msg_id = format(n, "x")
             tenants[owner] = None
-            stored = pack(raw)
+            stored = pack(raw) if forms is None else b""
             envelope = env.to_json()
             data = quarantined = ""
             if trace:
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
                                                       "" if env.smtputf8 else envelope)
                 numbered += 1
+                number = numbered.to_bytes(2, "big")
                 if received % events.RECEIVED_PER_ENTRY == 0:
                     entry = set()
                 received += 1
@@ -127,19 +144,25 @@ class Enqueue:
                     bucket, tag = record
                     pairs = buckets.get(bucket)
                     if pairs is None:
-                        buckets[bucket] = pairs = []
-                    pairs += (numbered, tag)
+                        buckets[bucket] = pairs = bytearray()
+                    pairs += tag + number
                 if why:  # and its quarantined event, found by its id
                     quarantined = events.quarantined_data(why)
                     numbered += 1
-                    buckets[own[0]] += (numbered, own[1])
+                    buckets[own[0]] += own[1] + numbered.to_bytes(2, "big")
             fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
                        why or "", data, quarantined)
+        if forms is not None:  # each message's 9 fields: its body's form second, its own size third
+            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 9 * len(chunk), 9), chunk,
+                                                                         forms.result(), strict=True):
+                fields[at] = stored
+                if stored[:3] == mark:
+                    fields[at + 1] = len(raw)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
                                   len(buckets)]
         for bucket, pairs in buckets.items():
-            args += (bucket, len(pairs) // 2, *pairs)
+            args += (bucket, bytes(pairs))
         return _Call(lane, args, [format(n, "x") for n in range(first, last + 1)])
 
     def _send(self, call: _Call) -> list[str]:

@@ -7,6 +7,7 @@ set for known tenants, so a typo is refused rather than stored for nobody.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import cast
 
@@ -28,6 +29,7 @@ def valid(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)  # a batch's senders come back message after message
 def from_sender(sender: str) -> str:
     """The fallback tenant: the sender's domain (lower case), or NO_SENDER."""
     domain = sender.rpartition("@")[2].strip().lower() if "@" in sender else ""

@@ -12,9 +12,10 @@
 -- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
 -- JSON ('' = ready), received event data (JSON array; '' = no events), quarantined event data
 -- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
--- per bucket: its 3 hex digits, r, and r pairs: the event's number in this call (counting
--- from 1 in the order recorded: each message's received event, then its quarantined one),
--- the value's 3-byte tag (events.py's index_record says how values hash to both). The
+-- per bucket: its 2 hex digits and its records as one string, 5 bytes a record: the value's
+-- 3-byte tag (events.py's index_record says how values hash to bucket and tag), then the
+-- event's number in this call, 2 bytes big-endian (counting from 1 in the order recorded:
+-- each message's received event, then its quarantined one). The
 -- received events are written PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY),
 -- and their index records point at their entry (the producer sends a value repeated in
 -- one entry once).
@@ -172,18 +173,19 @@ local function append(day, bucket, parts)
 end
 local at = base + 9 * count + 1
 for _ = 1, tonumber(ARGV[at] or '0') do
-  local bucket, records = ARGV[at + 1], tonumber(ARGV[at + 2])
+  local bucket, records = ARGV[at + 1], ARGV[at + 2]
   local parts, day = {}, nil
-  for j = at + 3, at + 1 + 2 * records, 2 do
-    local e = tonumber(ARGV[j])
+  for j = 1, #records, 5 do
+    local high, low = string.byte(records, j + 3, j + 4)
+    local e = high * 256 + low
     if day ~= days[e] then  -- the day changed during this call: a key per day
       if day then append(day, bucket, parts) end
       parts, day = {}, days[e]
     end
-    parts[#parts + 1] = ARGV[j + 1]
+    parts[#parts + 1] = string.sub(records, j, j + 2)
     parts[#parts + 1] = wheres[e]
   end
   if day then append(day, bucket, parts) end
-  at = at + 2 + 2 * records
+  at = at + 2
 end
 return failures
