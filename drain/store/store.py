@@ -254,7 +254,7 @@ class Store:
         audited (release.lua); returns how many moved."""
         reply = self.scripts.release(
             keys=[keys.QUARANTINE, keys.READY_COUNT, keys.BOOKS, keys.AUDIT, keys.SHAPE, keys.EVENTS,
-                  *map(keys.message, ids)],
+                  keys.SWEPT, keys.SWEPT_LANE, *map(keys.message, ids)],
             args=[action, actor, f"{time.time():.3f}", "1" if force else "0", note, AUDIT_KEPT,
                   *events.tracer_args(self.settings), *ids],
         )
