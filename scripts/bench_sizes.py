@@ -37,6 +37,7 @@ import redis
 from peak_rss import PeakRss, brief
 
 from drain.api import Client
+from drain.demo.run import stop
 from drain.demo.seeding import DOMAINS, synthetic
 from drain.flow import ratelimit
 from drain.ops import control
@@ -155,12 +156,7 @@ def drain_run(client: redis.Redis, sink: Any, raws: list[bytes], processes: int)
         seconds = time.perf_counter() - started
     finally:
         rss.__exit__(None, None, None)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGINT, 120)
     books = api.store.books()
     if books.delivered != count:
         raise RuntimeError(f"drain delivered {books.delivered} of {count} (quarantined {books.quarantined}, "

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import cast
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -63,12 +63,7 @@ def run_demo(settings: Settings, messages: int, rate: float | None, workers: int
                 detail = (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")[-500:]
                 console.print(f"[red]stopped: {watched.reason}[/] {detail}")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, signal.SIGTERM, 15)
         received = sink.accepted
     st = client.status()
     reasons = _quarantine_reasons(client)
@@ -108,3 +103,13 @@ def _report(console: Console, books: dict[str, int], balanced: bool, reasons: di
         for code, count in reasons.items():
             qt.add_row(code, f"{count:,}")
         console.print(qt)
+
+
+def stop(proc: subprocess.Popen[Any], sig: int, timeout_s: float) -> None:
+    """Ask a process to stop with `sig`; kill it if it has not within timeout_s."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
