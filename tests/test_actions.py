@@ -194,6 +194,19 @@ def test_bad_input_is_one_line_nonzero_and_changes_nothing(client: Client, world
     assert _snapshot(client.redis) == before
 
 
+def test_nothing_matched_with_json_still_prints_the_document(client: Client, world: World,
+                                                              settings: Settings) -> None:
+    """CONTRACT: `--json` prints {"matched", "ids", "dry_run"}; with nothing matched the exit is 1
+    and stderr says so, and a script reading stdout gets the document (it got nothing).
+    Mutant caught: the emit before the error removed."""
+    for args in (("bounce", "--sender", "nobody@nowhere.example.org"),
+                 ("delete", "--dry-run", "--domain", "no.example")):
+        result = drain(settings, *args, "--json")
+        assert result.returncode == 1 and "0 matched" in one_line(result), result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["matched"] == 0 and doc["ids"] == [] and doc["dry_run"] == ("--dry-run" in args), doc
+
+
 def test_in_flight_mail_is_left_to_its_worker(client: Client, world: World) -> None:
     done = actions.run(client.store, "delete", Selector(sender="*@sender.example.com", states=("ready",)))
     assert done.in_flight == world.ids["in_flight"]

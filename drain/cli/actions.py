@@ -83,6 +83,8 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
         left = [f"{i} is {s.replace('_', ' ')}" for i, s in done.skipped.items()]
         if done.in_flight:
             left.append(f"{len(done.in_flight)} in flight, left to their worker")
+        if as_json:  # a script still gets its document; the exit status and stderr say none matched
+            emit(doc)
         raise InputError(f"0 matched: no message to {action}" + (f" ({'; '.join(left[:5])})" if left else ""))
     if as_json:
         emit({**doc, "cells_down": failed} if obj.multi else doc)
