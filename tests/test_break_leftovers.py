@@ -113,3 +113,15 @@ def test_a_rate_past_a_million_a_second_is_refused(rate: str, extra: tuple[str, 
     assert result.returncode == 2 and "unlimited" in err, err
     assert client.redis.exists(keys.RATE, keys.DOMAIN_RATES, keys.TENANT_RATES) == 0
     assert drain(settings, "rate", "set", "1000000/s", *extra).returncode == 0
+
+
+@pytest.mark.parametrize("args", [("breaker", "close", "nosuch.example.org"),
+                                  ("route", "delete", "nosuch.example.org")])
+def test_nothing_to_close_or_delete_is_a_drain_error_line(args: tuple[str, ...], client: Client,
+                                                         settings: Settings) -> None:
+    """`drain breaker close D` and `drain route delete D` with nothing on record: one line with
+    drain's own prefix, exit 1, as every other error. Mutant caught: the bare `error:` echo."""
+    result = drain(settings, *args)
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().splitlines() == [result.stderr.decode().strip()]
+    assert result.stderr.startswith(b"drain: error: no "), result.stderr

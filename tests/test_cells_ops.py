@@ -145,7 +145,7 @@ def test_closing_a_breaker_no_cell_has_says_so_and_a_down_cell_is_the_only_one_n
     taken for a cell that is down. Mutant caught: observe.cells.down/answered (or
     apply_all's "done on") telling down cells by a None value instead of an error."""
     unknown = drain(csettings, "breaker", "close", "never.example.com")
-    assert unknown.returncode == 1 and unknown.stderr.decode().startswith("error: no circuit breaker"), unknown
+    assert unknown.returncode == 1 and unknown.stderr.decode().startswith("drain: error: no circuit breaker"), unknown
     Breakers(_clients(cells)[0], csettings).failure(SPAM)
     cells[2].kill()
     partial = drain(csettings, "breaker", "close", SPAM)

@@ -3,7 +3,6 @@ change is done by drain.ops.control; these parse, print and map errors."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 import click
@@ -15,6 +14,7 @@ from drain.cli.cells import rate_shown, set_rate
 from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
+from drain.errors import InputError
 from drain.flow import ratelimit
 from drain.ops import control, tenants
 
@@ -139,6 +139,5 @@ def breaker_close(obj: Context, domain: str, note: str) -> None:
     released = (cellops.close_breaker(obj, name, note) if obj.multi
                 else control.close_breaker(obj.client.store, name, obj.settings.actor, note))
     if released is None:
-        click.echo(f"error: no circuit breaker on record for {domain!r} (see `drain breaker list`)", err=True)
-        sys.exit(1)
+        raise InputError(f"no circuit breaker on record for {domain!r} (see `drain breaker list`)")
     click.echo(f"closed the circuit breaker for {name}; {released} held messages are due now")

@@ -3,7 +3,6 @@ Storage and checks are drain.worker.routing's; these parse, print and map errors
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -14,6 +13,7 @@ from drain.cli.cells import on_each, read_up
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
+from drain.errors import InputError
 from drain.flow.breaker import RELAY
 from drain.observe.cells import add_relays
 from drain.store import tenancy
@@ -76,8 +76,7 @@ def route_delete(obj: Context, names: tuple[str, ...], tenant: str | None, as_js
     if as_json:
         emit({"kind": kind, "name": routing.check_name(kind, name, settable=False), "deleted": deleted})
     elif not deleted:
-        click.echo(safe(f"error: no route for {kind} {name}"), err=True)
-        sys.exit(1)
+        raise InputError(f"no route for {kind} {name}")
     else:
         click.echo(safe(f"deleted the route of {kind} {name}"))
 
