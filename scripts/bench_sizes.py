@@ -43,6 +43,7 @@ from drain.flow import ratelimit
 from drain.ops import control
 from drain.settings import Settings
 from drain.store import keys
+from drain.worker.dispatch import rq_queue
 
 SIZES = (2048, 20480, 102400)
 _HEAD = ("From: Billing <billing@sender.example.com>\n"
@@ -105,10 +106,10 @@ def _wait_ready(client: redis.Redis, processes: int, proc: subprocess.Popen[byte
     """Until `processes` RQ workers are idle and no batch job waits (the jobs queued while
     delivery was paused have run and found it paused)."""
     deadline = time.perf_counter() + 120
-    queue = f"rq:queue:{keys.RQ_QUEUE}"
+    queue = rq_queue(client)
     while True:
         idle = sum(client.hget(w, "state") == b"idle" for w in client.smembers("rq:workers"))
-        if idle >= processes and client.llen(queue) == 0:
+        if idle >= processes and queue.count == 0:
             return
         if proc.poll() is not None:
             raise RuntimeError(f"drain worker exited with {proc.returncode} before it was ready")
