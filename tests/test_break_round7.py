@@ -1,0 +1,120 @@
+"""Breaks found in round 7 of trying drain as a new, careless or hostile operator, each turned
+into a test. Each docstring says what happened before the fix and the mutant it catches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from drain.demo.sink import free_port
+from drain.intake.api import Client
+from drain.settings import Settings
+from tests.test_cli import drain
+
+
+@dataclass
+class LfRelay:
+    """A raw SMTP server (asyncio streams, no library) that ends every reply line with a bare
+    LF, as some hand-written relays do; RCPT to an address starting with `refuse` gets a
+    two-line 550, to `later` a 451; each message it takes is kept with its envelope."""
+
+    pipelining: bool
+    port: int = field(default_factory=free_port)
+    taken: list[tuple[str, tuple[str, ...], bytes]] = field(default_factory=list)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 lf.example ESMTP\n")
+        sender, rcpts, good = "", [], 0
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                extensions = b"250-PIPELINING\n" if self.pipelining else b""
+                writer.write(b"250-lf.example hello\n" + extensions + b"250 SIZE 10000000\n")
+            elif verb == b"MAIL":
+                sender, rcpts, good = line[10:].strip().strip(b"<>").decode(), [], 0
+                writer.write(b"250 2.1.0 OK\n")
+            elif verb == b"RCPT":
+                address = line[8:].strip().strip(b"<>").decode()
+                if address.startswith("refuse"):
+                    writer.write(b"550-5.1.1 no such user\n550 5.1.1 gone\n")
+                elif address.startswith("later"):
+                    writer.write(b"451 4.3.0 try later\n")
+                else:
+                    rcpts.append(address)
+                    good += 1
+                    writer.write(b"250 2.1.5 OK\n")
+            elif verb == b"DATA":
+                if not good:
+                    writer.write(b"554 no valid recipients\n")
+                    continue
+                writer.write(b"354 go ahead\n")
+                body = []
+                while (data := await reader.readline()) not in (b".\r\n", b""):
+                    body.append(data)
+                self.taken.append((sender, tuple(rcpts), b"".join(body)))
+                writer.write(b"250 2.0.0 OK queued as Q%d\n" % len(self.taken))
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\n")
+                break
+            else:  # RSET, NOOP
+                writer.write(b"250 OK\n")
+            await writer.drain()
+        await writer.drain()
+        writer.close()
+
+    def run(self) -> Iterator[LfRelay]:
+        loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(asyncio.start_server(self._session, "127.0.0.1", self.port))
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            server.close()
+            loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+
+def _message(n: int) -> bytes:
+    return (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: m%d\r\n"
+            b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m%d@example.com>\r\n\r\nbody %d\r\n" % (n, n, n))
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_relay_answering_with_bare_lf_stays_in_step(pipelining: bool, client: Client,
+                                                      work: Callable[..., bool], settings: Settings) -> None:
+    """A relay whose reply lines end in a bare LF (smtplib's getreply takes them): every
+    message gets its own reply, message by message, on one session. Before the fix the
+    session fell out of step and the next message was deferred with "250 OK" as its reply."""
+    for relay in LfRelay(pipelining).run():
+        rcpts = [["ok1@example.org"], ["refuse@example.org", "ok2@example.org"], ["refuse@example.org"],
+                 ["later@example.org"], ["ok3@example.org", "ok4@example.org"], ["ok5@example.org"]]
+        ids = [client.enqueue(_message(i), sender="a@example.com", recipients=r) for i, r in enumerate(rcpts)]
+        work(relay=relay.url)
+        got = {body.split(b"body ")[1].strip(): r for _s, r, body in relay.taken}
+        assert got == {b"0": ("ok1@example.org",), b"1": ("ok2@example.org",),
+                       b"4": ("ok3@example.org", "ok4@example.org"), b"5": ("ok5@example.org",)}, relay.taken
+        books = client.store.books()
+        assert (books.delivered, books.bounced, books.deferred) == (4, 1, 1), books
+        traced = drain(settings, "trace", "--sender", "a@example.com", "--json")
+        assert traced.returncode == 0, traced.stderr
+        replies = {doc["id"]: [(e["event"], e.get("reply", "")) for e in doc["events"] if e["event"] != "received"]
+                   for doc in map(json.loads, traced.stdout.splitlines())}
+        for n in (0, 4, 5):
+            assert replies[ids[n]] == [("delivered", "250 ok")], (n, replies)
+        assert replies[ids[1]] == [("bounced", '{"refuse@example.org": "550 5.1.1 no such user 5.1.1 gone"}'),
+                                   ("delivered", "250 accepted for some recipients")], replies
+        ((event, reply),) = replies[ids[2]]
+        assert event == "bounced" and "550" in reply and "gone" in reply, replies
+        ((event, reply),) = replies[ids[3]]
+        assert event == "deferred" and "451" in reply, replies
