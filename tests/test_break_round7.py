@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from drain.demo.sink import free_port
+from drain.demo.sink import Sink, free_port
 from drain.intake.api import Client
 from drain.settings import Settings
 from tests.test_cli import drain
@@ -118,3 +118,39 @@ def test_a_relay_answering_with_bare_lf_stays_in_step(pipelining: bool, client: 
         assert event == "bounced" and "550" in reply and "gone" in reply, replies
         ((event, reply),) = replies[ids[3]]
         assert event == "deferred" and "451" in reply, replies
+
+
+INJECTED_FROM = (b"From: =?utf-8?b?RXZpbA0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?= <a@example.com>\r\n"
+                 b"To: b@example.org\r\nSubject: hi\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
+                 b"Message-ID: <inj@example.com>\r\n\r\nbody\r\n")
+
+
+@pytest.mark.parametrize("field", [b"From", b"To", b"Cc", b"Reply-To"])
+def test_an_encoded_word_decoding_to_cr_lf_has_its_own_code(field: bytes, client: Client,
+                                                          work: Callable[..., bool], settings: Settings) -> None:
+    """An RFC 2047 encoded-word that decodes to "Evil\\r\\nBcc: x@evil.example" in an address
+    field was quarantined as parse.crash (the strict parser's ValueError about CR or LF),
+    which told the operator nothing. Now it is header.encoded-newline, from `drain check`
+    and from a worker. Mutant caught: the _encoded_newline branch in validate._addresses."""
+    word = b"=?utf-8?b?RXZpbA0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?="
+    fields = {b"From": b"a@example.com", b"To": b"b@example.org", field: word + b" <c@example.org>"}
+    rest = INJECTED_FROM.split(b"\r\n", 2)[2]  # Subject, Date, Message-ID and the body
+    raw = b"".join(name + b": " + value + b"\r\n" for name, value in fields.items()) + rest
+    checked = drain(settings, "check", "--json", "-", stdin=raw)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["reasons"] == ["header.encoded-newline"], checked.stdout
+    client.enqueue(raw)
+    work()
+    listed = drain(settings, "quarantine", "list", "--json")
+    assert [json.loads(line)["reason"] for line in listed.stdout.splitlines()] == ["header.encoded-newline"]
+
+
+def test_an_encoded_newline_only_recorded_is_delivered_as_it_came(client: Client, work: Callable[..., bool],
+                                                                  relay: Sink) -> None:
+    """With DRAIN_RECORD_CODES=header.encoded-newline the operator lets such mail through: it
+    goes out with the field as it came (still encoded, one line), to the envelope's recipient."""
+    client.enqueue(INJECTED_FROM)
+    work(record_codes=("header.encoded-newline",))
+    (got,) = relay.messages
+    assert got.recipients == ("b@example.org",) and client.store.books().delivered == 1
+    assert b"From: =?utf-8?b?RXZpbA0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?= <a@example.com>\r\n" in got.data
