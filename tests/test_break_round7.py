@@ -154,3 +154,18 @@ def test_an_encoded_newline_only_recorded_is_delivered_as_it_came(client: Client
     (got,) = relay.messages
     assert got.recipients == ("b@example.org",) and client.store.books().delivered == 1
     assert b"From: =?utf-8?b?RXZpbA0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?= <a@example.com>\r\n" in got.data
+
+
+@pytest.mark.parametrize("value", ["65", "1000000"])
+def test_relay_sessions_past_64_stop_a_worker_at_start(value: str, client: Client, settings: Settings) -> None:
+    """DRAIN_RELAY_SESSIONS=1000000 was taken: the worker built a million relay sessions (a TLS
+    context each), grew to 10 GB and claimed nothing for ten minutes. Now a start-up error,
+    one line, exit 2, the mail still ready. Mutant caught: relay_sessions declared whole(1)."""
+    client.enqueue(_message(1), sender="a@example.com", recipients=["b@example.org"])
+    result = drain(settings, "worker", "--burst", env={"DRAIN_RELAY_SESSIONS": value})
+    lines = [line for line in result.stderr.decode().splitlines() if not line.startswith("drain worker:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "DRAIN_RELAY_SESSIONS must be at most 64" in lines[0], lines
+    assert client.store.books().ready == 1
+    assert drain(settings, "worker", "--burst", env={"DRAIN_RELAY_SESSIONS": "64"}).returncode == 0
+    assert client.store.books().delivered == 1
