@@ -175,7 +175,8 @@ def check(raw: bytes, envelope: Envelope, limits: Limits | None = None,
 
 def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
     if len(raw) > limits.max_bytes:
-        yield Finding("size.over-limit", f"{len(raw)} bytes > {limits.max_bytes}")
+        size = f"{len(raw)} bytes" if len(raw) > limits.max_bytes + 1 else "more"  # files are read to limit + 1
+        yield Finding("size.over-limit", f"{size} > {limits.max_bytes}")
         return
     nul = raw.find(b"\x00")
     if nul >= 0:

@@ -8,10 +8,12 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from drain.demo.sink import Sink, free_port
+from drain.errors import InputError
 from drain.intake.api import Client
 from drain.settings import Settings
 from tests.test_cli import drain
@@ -169,3 +171,25 @@ def test_relay_sessions_past_64_stop_a_worker_at_start(value: str, client: Clien
     assert client.store.books().ready == 1
     assert drain(settings, "worker", "--burst", env={"DRAIN_RELAY_SESSIONS": "64"}).returncode == 0
     assert client.store.books().delivered == 1
+
+
+def test_a_file_over_the_size_limit_is_not_given_the_size_read(client: Client, settings: Settings,
+                                                               tmp_path: Path) -> None:
+    """`drain enqueue` of a 1 GB file said "message is 26214401 bytes, over the 26214400-byte
+    limit": the reader stops one byte past the limit, and that count was quoted as the size
+    (`drain check` likewise: "26214401 bytes > 26214400"). Now no size is quoted for a message
+    read only to the limit. Mutant caught: api.prepare quoting len(raw) always."""
+    big = tmp_path / "big.eml"
+    with open(big, "wb") as out:
+        out.write(_message(1))
+        out.truncate(50_000_000)
+    env = {"DRAIN_MAX_MESSAGE_BYTES": "2000"}
+    queued = drain(settings, "enqueue", str(big), env=env)
+    assert queued.returncode == 1 and b"2001" not in queued.stderr, queued.stderr
+    assert b"message is larger than the 2000-byte limit" in queued.stderr, queued.stderr
+    checked = drain(settings, "check", "--json", str(big), env=env)
+    (finding,) = json.loads(checked.stdout)["findings"]
+    assert finding == {"code": "size.over-limit", "detail": "more > 2000"}, finding
+    assert client.store.books().accepted == 0
+    with pytest.raises(InputError, match="message is 2500 bytes, over the 2000-byte limit"):
+        Client(client.redis, settings.with_(max_message_bytes=2000)).enqueue(b"x" * 2500)
