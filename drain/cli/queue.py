@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from drain import validate
+from drain.cli import interrupt
 from drain.cli.cells import backlog as cells_backlog
 from drain.cli.cells import status as cells_status
 from drain.cli.options import Context, FiniteFloat, address_value, json_option, limit_option, pass_ctx
@@ -165,15 +166,16 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     group: list[tuple[str, Submission]] = []
 
     def commit() -> None:
-        accepted = client.enqueue_many((sub for _name, sub in group), lane=lane, source="cli")
-        for index, why in accepted.rejected:
-            done.rejected.append((group[index][0], why))
-            fail(f"rejected {group[index][0]}: {why}")
-        done.ids.extend(accepted.ids)
-        if not as_json:
-            for msg_id in accepted.ids:
-                click.echo(msg_id)
-        group.clear()
+        with interrupt.held():  # Ctrl-C after the chunk: every id Redis holds is reported
+            accepted = client.enqueue_many((sub for _name, sub in group), lane=lane, source="cli")
+            for index, why in accepted.rejected:
+                done.rejected.append((group[index][0], why))
+                fail(f"rejected {group[index][0]}: {why}")
+            done.ids.extend(accepted.ids)
+            if not as_json:
+                for msg_id in accepted.ids:
+                    click.echo(msg_id)
+            group.clear()
 
     def report(error: str | None) -> None:
         if as_json:
