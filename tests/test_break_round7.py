@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -244,3 +245,36 @@ def test_ctrl_c_in_enqueue_leaves_no_queued_id_unreported(
     assert books.accepted == books.ready == ENQUEUE_CHUNK  # the chunk; the rest never queued
     printed = json.loads(out)["ids"] if as_json else out.split()
     assert len(printed) == books.accepted, (len(printed), books)
+
+
+def _enqueue_peak_kb(box: Path, env: dict[str, str]) -> tuple[int, bytes, int]:
+    """`drain enqueue --mbox box` in a child: its exit code, standard error and peak memory
+    (KB). Linux keeps the parent's peak in a child's across fork and exec: compare runs."""
+    with open(box.with_suffix(".err"), "w+b") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "drain", "enqueue", "--mbox", str(box)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), err.read(), usage.ru_maxrss
+
+
+def test_an_mbox_message_far_over_the_limit_is_not_read_whole(client: Client, settings: Settings,
+                                                               tmp_path: Path) -> None:
+    """`drain enqueue --mbox` of a 300 MB mbox holding one message peaked at 630 MB: each
+    message was read whole (mailbox's get_bytes) before the size check refused it. Now it is
+    read to the limit + 1, as a file is (98 MB peak). Here a 160 MB message with a 1 MB limit
+    is refused, and the command's peak memory stays within 60 MB of its peak on a one-line
+    mbox (it was some 320 MB above). Mutant caught: _mbox_message back to box.get_bytes."""
+    head = b"From a@example.com Mon Nov 30 10:00:00 2026\nFrom: a@example.com\nTo: b@example.org\n\n"
+    small, big = tmp_path / "small.mbox", tmp_path / "big.mbox"
+    small.write_bytes(head + b"a" * 2_000_000 + b"\n")
+    with open(big, "wb") as out:
+        out.write(head)
+        out.write((b"a" * 76 + b"\n") * (160_000_000 // 77))
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_MAX_MESSAGE_BYTES=str(2**20))
+    code, said, baseline = _enqueue_peak_kb(small, env)
+    assert code == 1 and b"the 1048576-byte limit" in said, said
+    code, said, peak = _enqueue_peak_kb(big, env)
+    assert code == 1 and b"the 1048576-byte limit" in said, said
+    assert peak < baseline + 60_000, f"peak {peak} KB, {baseline} KB on a small mbox"
+    assert client.store.books().accepted == 0

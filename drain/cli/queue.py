@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import mailbox
+import os
 import shutil
 import sys
 import tempfile
@@ -103,7 +104,8 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
                 if mbox:
                     box, box_keys = boxes[path]
                     for key in box_keys:
-                        yield f"{path}#{key}", Submission(box.get_bytes(key), sender, recipients or None)
+                        raw = _mbox_message(box, key, obj.settings.max_message_bytes)
+                        yield f"{path}#{key}", Submission(raw, sender, recipients or None)
                 else:
                     raw = stdin if path == "-" else _read(path, obj.settings.max_message_bytes)
                     yield path, Submission(raw, sender, recipients or None)
@@ -111,6 +113,14 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
         result = _enqueue_reporting(obj, submissions(), "backlog" if bulk else "fresh", as_json)
     if result.rejected:
         sys.exit(1)
+
+
+def _mbox_message(box: mailbox.mbox, key: str, limit: int) -> bytes:
+    """One message of an mbox (without its 'From ' line), at most limit + 1 bytes of it, as
+    _read gives a file: get_bytes read a message whole, however far past the limit."""
+    with box.get_file(key) as part:  # closing a part leaves the mbox's own file open
+        raw: bytes = part.read(limit + 1)
+    return raw.replace(os.linesep.encode(), b"\n")  # what get_bytes does
 
 
 def _readable_file(path: str) -> None:
