@@ -278,3 +278,21 @@ def test_an_mbox_message_far_over_the_limit_is_not_read_whole(client: Client, se
     assert code == 1 and b"the 1048576-byte limit" in said, said
     assert peak < baseline + 60_000, f"peak {peak} KB, {baseline} KB on a small mbox"
     assert client.store.books().accepted == 0
+
+
+@pytest.mark.parametrize("name", ["DRAIN_RELAY", "DRAIN_RELAY_FALLBACK"])
+@pytest.mark.parametrize(("url", "why"), [("smtp://127.0.0.1:0", "port 0"),
+                                          ("smtp://127.0.0.1:2525/relay?tls=1", "path, query or fragment"),
+                                          ("smtp://127.0.0.1:2525#x", "path, query or fragment")])
+def test_drain_relay_with_port_0_or_a_path_stops_a_worker_at_start(name: str, url: str, why: str, client: Client,
+                                                                  settings: Settings) -> None:
+    """DRAIN_RELAY=smtp://127.0.0.1:0 started a worker that delivered to port 25 (port 0 was
+    taken for "the default"), and smtp://h:2525/relay?tls=1 one that dropped the path and
+    query without a word; `drain route set` refused both already. Now DRAIN_RELAY and its
+    fallbacks do too: one line, exit 2, the mail still ready. Mutant caught: RelayConfig.from_url
+    without the port-0 and path checks (they were in routing.check_url only)."""
+    client.enqueue(_message(1), sender="a@example.com", recipients=["b@example.org"])
+    result = drain(settings, "worker", "--burst", env={name: url})
+    lines = [line for line in result.stderr.decode().splitlines() if not line.startswith("drain worker:")]
+    assert result.returncode == 2 and len(lines) == 1 and why in lines[0], result.stderr
+    assert client.store.books().ready == 1
