@@ -22,6 +22,7 @@ from drain.errors import InputError
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store.store import ENQUEUE_CHUNK
+from tests.conftest import seed
 from tests.test_cli import drain
 
 
@@ -296,3 +297,37 @@ def test_drain_relay_with_port_0_or_a_path_stops_a_worker_at_start(name: str, ur
     lines = [line for line in result.stderr.decode().splitlines() if not line.startswith("drain worker:")]
     assert result.returncode == 2 and len(lines) == 1 and why in lines[0], result.stderr
     assert client.store.books().ready == 1
+
+
+@pytest.mark.parametrize("args", [("show", ""), ("release", ""), ("delete", "--dry-run", " "), ("hold", "\t"),
+                                  ("quarantine", "release", ""), ("quarantine", "show", ""),
+                                  ("quarantine", "delete", "X", ""), ("trace", "--id", "")])
+def test_an_empty_message_id_is_a_usage_error(args: tuple[str, ...], client: Client, work: Callable[..., bool],
+                                              settings: Settings) -> None:
+    """`drain release ""` (a script's unset variable) said "unknown id: (not queued, held or
+    quarantined)" and exited 1, as if it were looked for. Now a usage error naming the
+    argument, exit 2, and nothing changes. Mutant caught: MessageIdType.convert without the
+    empty check."""
+    client.enqueue(dict(seed("bad"))["body_nul-byte.eml"])
+    work()
+    before = client.store.books()
+    result = drain(settings, *[a.replace("X", "1") for a in args])
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "a message ID is empty" in err and len(err.splitlines()) == 1, err
+    assert client.store.books() == before
+
+
+def test_a_message_id_pasted_with_spaces_around_it_is_found(client: Client, work: Callable[..., bool],
+                                                            settings: Settings) -> None:
+    """`drain show " 4"` (copied from a table with its padding) said "unknown message id: 4"
+    of a message that was there. White space around an id is dropped now. Mutant caught:
+    MessageIdType.convert without strip()."""
+    msg_id = client.enqueue(dict(seed("bad"))["body_nul-byte.eml"])
+    work()
+    padded = f" {msg_id}\t"
+    assert drain(settings, "show", padded).returncode == 0
+    assert drain(settings, "trace", "--id", padded).returncode == 0
+    assert drain(settings, "quarantine", "show", padded).returncode == 0
+    deleted = drain(settings, "quarantine", "delete", padded, "--json")
+    assert deleted.returncode == 0, deleted.stderr
+    assert client.store.books().deleted == 1

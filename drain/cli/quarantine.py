@@ -12,7 +12,7 @@ from rich.table import Table
 
 import drain.cli.cellops as cellops
 from drain.cli.cells import CellsDown, by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
-from drain.cli.options import Context, filter_options, json_option, limit_option, nonempty, pass_ctx
+from drain.cli.options import MESSAGE_ID, Context, filter_options, json_option, limit_option, nonempty, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
@@ -66,7 +66,7 @@ def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str 
 
 
 @quarantine.command("show")
-@click.argument("msg_id", metavar="ID")
+@click.argument("msg_id", metavar="ID", type=MESSAGE_ID)
 @json_option("One JSON document (headers left out).")
 @pass_ctx
 def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
@@ -131,7 +131,7 @@ def _per_cell(obj: Context, chosen: list[str], action: Callable[[Store, list[str
 
 
 @quarantine.command("release")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--force", is_flag=True, help="Release even if validation still fails; workers deliver it as is.")
 @click.option("--dry-run", is_flag=True, help="Say what would be released, change nothing.")
@@ -165,7 +165,7 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
 
 
 @quarantine.command("delete")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, change nothing.")
 @json_option('Print {"deleted", "would_delete", "ids", "dry_run"} as JSON.')
@@ -183,7 +183,7 @@ def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, se
 
 
 @quarantine.command("export")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True,
               help="eml: one ID.eml file per message in the --out folder; mbox: all in one --out file.")
