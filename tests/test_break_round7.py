@@ -331,3 +331,18 @@ def test_a_message_id_pasted_with_spaces_around_it_is_found(client: Client, work
     deleted = drain(settings, "quarantine", "delete", padded, "--json")
     assert deleted.returncode == 0, deleted.stderr
     assert client.store.books().deleted == 1
+
+
+@pytest.mark.parametrize(("args", "said"), [(("--malformed", "nan"), "not a finite number"),
+                                           (("--rate", "1/h"), "give at least 2/m"),
+                                           (("--rate", "1/m"), "give at least 2/m")])
+def test_a_demo_that_could_not_finish_is_a_usage_error(args: tuple[str, ...], said: str, settings: Settings,
+                                                      tmp_path: Path) -> None:
+    """`drain demo --malformed nan` ran (click's FloatRange lets nan through), and `drain demo
+    --rate 1/h` seeded, delivered one message and ended a minute later with "stopped: no
+    progress for 60s", exit 1. Both are usage errors now, before anything starts. Mutants
+    caught: --malformed back to FloatRange; the demo's slowest-rate check removed."""
+    result = drain(settings, "demo", "-n", "5", *args, env={"DRAIN_HOME": str(tmp_path / "home")})
+    err = result.stderr.decode()
+    assert result.returncode == 2 and said in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "home").exists()
