@@ -346,3 +346,15 @@ def test_a_demo_that_could_not_finish_is_a_usage_error(args: tuple[str, ...], sa
     err = result.stderr.decode()
     assert result.returncode == 2 and said in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"acme\xc0", b"\xe9t\xe9"])
+def test_a_tenant_header_that_is_not_utf8_names_no_tenant(value: bytes, client: Client, settings: Settings) -> None:
+    """With DRAIN_TENANT_HEADER, a header of bytes that are not UTF-8 named a tenant of
+    replacement characters ("\\ufffd\\ufffd"): any two such headers the same tenant, shown as
+    such. It names none now; the sender's domain is the tenant, as for any value that is not
+    a tenant name. Mutant caught: from_header decoding with errors="replace"."""
+    raw = _message(1).replace(b"Subject:", b"X-Tenant: " + value + b"\r\nSubject:")
+    Client(client.redis, settings.with_(tenant_header="X-Tenant")).enqueue(raw)
+    listed = drain(settings, "tenant", "list", "--json")
+    assert [t["tenant"] for t in json.loads(listed.stdout)] == ["example.com"], listed.stdout
