@@ -19,7 +19,7 @@ import pytest
 
 from drain.demo.sink import Sink, free_port
 from drain.errors import InputError
-from drain.intake.api import Client
+from drain.intake.api import Client, Submission
 from drain.settings import Settings
 from drain.store.store import ENQUEUE_CHUNK
 from tests.conftest import seed
@@ -358,3 +358,27 @@ def test_a_tenant_header_that_is_not_utf8_names_no_tenant(value: bytes, client: 
     Client(client.redis, settings.with_(tenant_header="X-Tenant")).enqueue(raw)
     listed = drain(settings, "tenant", "list", "--json")
     assert [t["tenant"] for t in json.loads(listed.stdout)] == ["example.com"], listed.stdout
+
+
+def test_api_recipients_given_as_one_string_are_refused(client: Client) -> None:
+    """`client.enqueue(raw, recipients="b@example.org")` queued a message for 12 recipients
+    "b", "@", "e", ... (the string taken as a list of its characters), which the workers
+    then quarantined. Now InputError at the door, and nothing is queued (enqueue_many
+    rejects that one item). Mutant caught: prepare without the str check."""
+    with pytest.raises(InputError, match="recipients must be a list"):
+        client.enqueue(_message(1), recipients="b@example.org")
+    with pytest.raises(InputError, match="recipients must be a list"):
+        client.enqueue(_message(1), recipients=b"b@example.org")  # type: ignore[arg-type]
+    result = client.enqueue_many([Submission(_message(2), None, "b@example.org")])  # type: ignore[arg-type]
+    assert result.ids == [] and len(result.rejected) == 1, result
+    assert client.store.books().accepted == 0
+
+
+@pytest.mark.parametrize("tenant", [5, b"acme", ["acme"]])
+def test_api_tenant_that_is_not_text_is_an_input_error(tenant: object, client: Client) -> None:
+    """`client.enqueue(raw, tenant=5)` raised len()'s TypeError out of drain: the contract is
+    that refusals are drain.errors exceptions. Now InputError. Mutant caught: tenancy.valid
+    without the isinstance check."""
+    with pytest.raises(InputError, match="tenant must be text"):
+        client.enqueue(_message(1), tenant=tenant)  # type: ignore[arg-type]
+    assert client.store.books().accepted == 0
