@@ -382,3 +382,19 @@ def test_api_tenant_that_is_not_text_is_an_input_error(tenant: object, client: C
     with pytest.raises(InputError, match="tenant must be text"):
         client.enqueue(_message(1), tenant=tenant)  # type: ignore[arg-type]
     assert client.store.books().accepted == 0
+
+
+@pytest.mark.parametrize("fmt", ["eml", "mbox"])
+def test_quarantine_export_to_dash_is_a_usage_error(fmt: str, client: Client, work: Callable[..., bool],
+                                                    settings: Settings, tmp_path: Path) -> None:
+    """`drain quarantine export ID --out -` (read as standard output) wrote a folder, or an
+    mbox file, named "-" in the current directory and printed nothing. Now a usage error,
+    exit 2, and nothing written. Mutant caught: --out without the _not_stdout callback."""
+    msg_id = client.enqueue(dict(seed("bad"))["body_nul-byte.eml"])
+    work()
+    result = subprocess.run([sys.executable, "-m", "drain", "quarantine", "export", msg_id, "--format", fmt,
+                             "--out", "-"], capture_output=True, cwd=tmp_path, timeout=60, check=False,
+                            env=dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or ""))
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "not standard output" in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == [] and result.stdout == b""

@@ -182,12 +182,20 @@ def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, se
     _cells_missed(missed, "deleted")
 
 
+def _not_stdout(_ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """`--out -` made a folder (or an mbox file) named "-": refused, as it reads as standard output."""
+    if str(value) == "-":
+        raise click.BadParameter("'-' would be a file or folder named '-': export writes files, not standard output",
+                                 param=param)
+    return value
+
+
 @quarantine.command("export")
 @click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True,
               help="eml: one ID.eml file per message in the --out folder; mbox: all in one --out file.")
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), callback=_not_stdout,
               help="A folder for .eml files (made if only its last part is missing), or the mbox file to write.")
 @click.option("--force", is_flag=True, help="Replace existing files (regular files only; never a device or link).")
 @json_option('Print {"exported", "format", "out", "ids"} as JSON.')
