@@ -349,13 +349,10 @@ def _strict_parse_failure(name: str, value: str) -> Exception | None:
 
 
 def _encoded_newline(value: str) -> bool:
-    """Whether an RFC 2047 encoded-word in this field value decodes to a CR or LF (the
-    strict parser refuses to build an address from it; a program that decodes the field
-    would start a new header line there)."""
-    if "=?" not in value:
-        return False
+    """Whether an RFC 2047 encoded-word in this field value decodes to CR or LF (which a
+    program decoding the field would take for a new header line)."""
     try:
-        parts = decode_header(value)
+        parts = decode_header(value) if "=?" in value else []
     except Exception:  # a malformed encoded-word: not this finding (the strict parser judges it)
         return False
     return any(b"\r" in part or b"\n" in part if isinstance(part, bytes) else "\r" in part or "\n" in part
@@ -383,6 +380,8 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
             failure = None if plain_address_field(text) else _strict_parse_failure(name, text)
             if failure is not None and _encoded_newline(text):
                 yield Finding("header.encoded-newline", f"{name}: {_excerpt(text)}")
+            elif isinstance(failure, RecursionError):  # not a MIME structure: check() would say so
+                raise ValueError(f"{name}: comments or groups nested too deep for the header parser")
             elif failure is not None:
                 raise failure
     froms = fields.get("from", [])

@@ -17,9 +17,11 @@ from types import FrameType
 
 import pytest
 
+from drain import validate
 from drain.demo.sink import Sink, free_port
 from drain.errors import InputError
 from drain.intake.api import Client, Submission
+from drain.message import envelope_from_headers
 from drain.settings import Settings
 from drain.store.store import ENQUEUE_CHUNK
 from tests.conftest import seed
@@ -398,3 +400,19 @@ def test_quarantine_export_to_dash_is_a_usage_error(fmt: str, client: Client, wo
     err = result.stderr.decode()
     assert result.returncode == 2 and "not standard output" in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == [] and result.stdout == b""
+
+
+@pytest.mark.parametrize("field", [b"From", b"To", b"Cc"])
+def test_comments_nested_too_deep_in_an_address_are_not_a_mime_finding(field: bytes) -> None:
+    """1,000 nested comments in an address field ("(((x))) a@example.com", folded into
+    lines under 998 octets) made the strict header parser hit Python's recursion limit, and
+    check() reported it as mime.nesting-too-deep ("structure too deep to walk"): an operator
+    would look for a MIME tree that is not there. Now it is parse.crash, naming the field.
+    Mutant caught: _addresses without the RecursionError branch."""
+    nested = b"(" * 1000 + b"x" + b")" * 1000 + b" c@example.org"
+    value = b"\r\n ".join(nested[i:i + 70] for i in range(0, len(nested), 70))
+    fields = {b"From": b"a@example.com", b"To": b"b@example.org", field: value}
+    raw = b"".join(n + b": " + v + b"\r\n" for n, v in fields.items()) + _message(1).split(b"\r\n", 2)[2]
+    verdict = validate.check(raw, envelope_from_headers(raw))
+    assert [f.code for f in verdict.findings] == ["parse.crash"], verdict.findings
+    assert f"{field.decode()}: comments or groups nested too deep" in verdict.findings[0].detail
