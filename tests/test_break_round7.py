@@ -236,12 +236,16 @@ def test_ctrl_c_in_enqueue_leaves_no_queued_id_unreported(
         paths.append(tmp_path / f"m{n}.eml")
         paths[-1].write_bytes(_message(n))
     monkeypatch.setenv("DRAIN_REDIS_URL", settings.redis_url or "")
+    # Python's own Ctrl-C handler, as `drain` has (an in-process RQ worker of an earlier test
+    # leaves its own behind).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.setprofile(_interrupt_at(*where))
     try:
         with pytest.raises(SystemExit) as stopped:
             main(["enqueue", *(["--json"] if as_json else []), *map(str, paths)])
     finally:
         sys.setprofile(None)
+        signal.signal(signal.SIGINT, previous)
     out = capsys.readouterr().out
     assert stopped.value.code == 130
     books = client.store.books()
