@@ -420,3 +420,19 @@ def test_comments_nested_too_deep_in_an_address_are_not_a_mime_finding(field: by
     verdict = validate.check(raw, envelope_from_headers(raw))
     assert [f.code for f in verdict.findings] == ["parse.crash"], verdict.findings
     assert f"{field.decode()}: comments or groups nested too deep" in verdict.findings[0].detail
+
+
+@pytest.mark.parametrize("command", ["pause", "resume"])
+def test_intake_with_a_domain_is_a_usage_error(command: str, client: Client, settings: Settings) -> None:
+    """`drain pause --intake --domain x.org` paused delivery to x.org and left the intake
+    open (the --intake flag dropped without a word), while --tenant with either was already
+    refused. Now a usage error, exit 2, and no pause is made or lifted. Mutant caught:
+    pause/resume without _intake_alone."""
+    client.enqueue(_message(1), sender="a@example.com", recipients=["b@example.org"])
+    if command == "resume":
+        assert drain(settings, "pause", "--domain", "example.org").returncode == 0
+    before = json.loads(drain(settings, "pause", "list", "--json").stdout)
+    result = drain(settings, command, "--intake", "--domain", "example.org")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "--intake does not go with --domain" in err and len(err.splitlines()) == 1, err
+    assert json.loads(drain(settings, "pause", "list", "--json").stdout) == before
