@@ -436,3 +436,30 @@ def test_intake_with_a_domain_is_a_usage_error(command: str, client: Client, set
     err = result.stderr.decode()
     assert result.returncode == 2 and "--intake does not go with --domain" in err and len(err.splitlines()) == 1, err
     assert json.loads(drain(settings, "pause", "list", "--json").stdout) == before
+
+
+def _with_closed(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+@pytest.mark.parametrize(("args", "fd", "code", "said"), [
+    (("enqueue", "-"), 0, 1, "drain: rejected -: message is empty"),
+    (("enqueue", "--mbox", "-"), 0, 0, "accepted 0, rejected 0"),
+    (("check", "-"), 0, 0, ""),
+    (("status", "--json"), 1, 0, ""),
+    (("enqueue", "/nonexistent/x.eml"), 1, 2, "no such file"),
+])
+def test_a_closed_standard_stream_is_not_a_traceback(args: tuple[str, ...], fd: int, code: int, said: str,
+                                                    client: Client, settings: Settings) -> None:
+    """`drain enqueue - <&-` (standard input closed, as a cron line or a daemon may leave it)
+    raised AttributeError: 'NoneType' object has no attribute 'buffer'; with standard output
+    closed (`>&-`) every command died importing drain.cli.render. A closed stream is /dev/null
+    now: read as empty, written nowhere. Mutant caught: main without _closed_streams (and the
+    render guard)."""
+    result = subprocess.run([sys.executable, "-m", "drain", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=_with_closed(fd), timeout=60, check=False,
+                            env=dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or ""))
+    err = result.stderr.decode()
+    assert "Traceback" not in err and result.returncode == code, err
+    assert said in err
+    assert client.store.books().accepted == 0

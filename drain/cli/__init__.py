@@ -6,6 +6,7 @@ quarantine and serve, with shared options in options and output helpers in rende
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -45,7 +46,16 @@ for _command in (queue.check, queue.enqueue, queue.status, queue.backlog, queue.
 cli.add_command(routes.route)
 
 
+def _closed_streams() -> None:
+    """A standard stream the caller closed (`drain enqueue - <&-`, `>&-` in a cron line) is
+    /dev/null: Python leaves it None, and its first use raised a traceback."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115 (open for the life of the process)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _closed_streams()
     logging_setup.configure("text", "cli", level=logging.WARNING)
     try:
         cli.main(args=argv, prog_name="drain", standalone_mode=False)
