@@ -20,9 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from drain import validate
-from drain.cli import interrupt
 from drain.cli.cells import backlog as cells_backlog
 from drain.cli.cells import status as cells_status
+from drain.cli.interrupt import held as interrupts_held
 from drain.cli.options import Context, FiniteFloat, address_value, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, fail, live, more_caption, out, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -176,7 +176,7 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     group: list[tuple[str, Submission]] = []
 
     def commit() -> None:
-        with interrupt.held():  # Ctrl-C after the chunk: every id Redis holds is reported
+        with interrupts_held():  # Ctrl-C after the chunk: every id Redis holds is reported
             accepted = client.enqueue_many((sub for _name, sub in group), lane=lane, source="cli")
             for index, why in accepted.rejected:
                 done.rejected.append((group[index][0], why))
