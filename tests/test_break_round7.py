@@ -480,3 +480,18 @@ def test_a_pause_of_an_idn_holds_its_mail_in_either_form(typed: str, written: st
     client.enqueue(_message(1), sender="a@example.com", recipients=[f"b@{written}"])
     work()
     assert relay.messages == [] and client.store.books().delivered == 0
+
+
+@pytest.mark.parametrize("given", ["<>", ""])
+def test_enqueue_from_the_null_sender_as_smtp_writes_it(given: str, client: Client, settings: Settings,
+                                                       tmp_path: Path) -> None:
+    """`drain enqueue --from '<>'` (the null sender as SMTP and sendmail -f write it) was
+    refused: "'<>' is not a valid address: An email address must have an @-sign". It is the
+    null sender now, as --from '' was. Mutant caught: enqueue without the '<>' case."""
+    path = tmp_path / "m.eml"
+    path.write_bytes(_message(1))
+    result = drain(settings, "enqueue", "--from", given, "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    (msg_id,) = json.loads(result.stdout)["ids"]
+    shown = json.loads(drain(settings, "show", msg_id, "--json").stdout)
+    assert shown["sender"] == "", shown

@@ -72,7 +72,8 @@ def _read(path: str, limit: int | None = None) -> bytes:
 
 
 @click.command()
-@click.option("--from", "sender", metavar="ADDRESS", help="Envelope sender (default: from the headers).")
+@click.option("--from", "sender", metavar="ADDRESS",
+              help="Envelope sender (default: from the headers; '' or '<>' for the null sender).")
 @click.option("--to", "recipients", multiple=True, metavar="ADDRESS",
               help="Envelope recipient, repeatable (default: To, Cc and Bcc of the headers).")
 @click.option("--mbox", is_flag=True, help="Each PATH is an mbox file holding many messages.")
@@ -86,6 +87,8 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
 
     Every input is checked before anything is queued (files readable, mbox files parseable).
     If queueing stops part way, the ids already queued are still printed (in the JSON too)."""
+    if sender == "<>":  # the null sender as SMTP writes it (sendmail -f '<>'): it was refused as no address
+        sender = ""
     if sender is not None and sender != "":
         address_value(sender, "--from")
     for rcpt in recipients:
