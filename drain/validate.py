@@ -16,6 +16,7 @@ from email.errors import (
     NoBoundaryInMultipartDefect,
     StartBoundaryNotFoundDefect,
 )
+from email.header import decode_header
 from email.message import Message
 from email.policy import default as default_policy
 from email.utils import getaddresses
@@ -46,6 +47,7 @@ SEVERITY: dict[str, str] = {
     "header.non-ascii-unencoded": QUARANTINE,
     "header.missing-from": QUARANTINE,
     "header.duplicate-singleton": QUARANTINE,
+    "header.encoded-newline": QUARANTINE,
     "header.missing-date": RECORD,
     "header.missing-message-id": RECORD,
     "mime.missing-boundary": QUARANTINE,
@@ -173,7 +175,8 @@ def check(raw: bytes, envelope: Envelope, limits: Limits | None = None,
 
 def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
     if len(raw) > limits.max_bytes:
-        yield Finding("size.over-limit", f"{len(raw)} bytes > {limits.max_bytes}")
+        size = f"{len(raw)} bytes" if len(raw) > limits.max_bytes + 1 else "more"  # files are read to limit + 1
+        yield Finding("size.over-limit", f"{size} > {limits.max_bytes}")
         return
     nul = raw.find(b"\x00")
     if nul >= 0:
@@ -345,6 +348,17 @@ def _strict_parse_failure(name: str, value: str) -> Exception | None:
     return None
 
 
+def _encoded_newline(value: str) -> bool:
+    """Whether an RFC 2047 encoded-word in this field value decodes to CR or LF (which a
+    program decoding the field would take for a new header line)."""
+    try:
+        parts = decode_header(value) if "=?" in value else []
+    except Exception:  # a malformed encoded-word: not this finding (the strict parser judges it)
+        return False
+    return any(b"\r" in part or b"\n" in part if isinstance(part, bytes) else "\r" in part or "\n" in part
+               for part, _charset in parts)
+
+
 @lru_cache(maxsize=1024)
 def _mailboxes(values: tuple[str, ...]) -> tuple[str, ...]:
     """The addresses getaddresses finds in these field values (remembered: a backlog's mail
@@ -364,7 +378,11 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
         for value in fields.get(name.lower(), ()):
             text = header_text(value).replace("\r", "").replace("\n", "")
             failure = None if plain_address_field(text) else _strict_parse_failure(name, text)
-            if failure is not None:
+            if failure is not None and _encoded_newline(text):
+                yield Finding("header.encoded-newline", f"{name}: {_excerpt(text)}")
+            elif isinstance(failure, RecursionError):  # not a MIME structure: check() would say so
+                raise ValueError(f"{name}: comments or groups nested too deep for the header parser")
+            elif failure is not None:
                 raise failure
     froms = fields.get("from", [])
     header_from = _mailboxes(tuple(header_text(v) for v in froms))

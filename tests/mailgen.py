@@ -9,6 +9,7 @@ exactly where it belongs and nowhere else.
 
 from __future__ import annotations
 
+import base64
 import random
 import string
 from collections.abc import Callable
@@ -274,6 +275,14 @@ def parse_crash(rng: random.Random, mail: Mail) -> None:
     _set(mail, "From", f". <{address(rng)}>")
 
 
+def encoded_newline(rng: random.Random, mail: Mail) -> None:
+    # An RFC 2047 encoded-word whose text holds a line break (and a would-be header after it).
+    text = rng.choice(("Evil\r\nBcc: x@evil.example", "Name\n", "\rX-Injected: 1", "a\r\n\r\nbody"))
+    word = f"=?utf-8?b?{base64.b64encode(text.encode()).decode()}?="
+    name = rng.choice(("From", "To"))
+    _set(mail, name, f"{word} <{address(rng)}>")
+
+
 DEFECTS: dict[str, Callable[[random.Random, Mail], None]] = {
     "body.nul-byte": nul_byte,
     "body.bare-cr-lf": bare_cr_lf,
@@ -284,6 +293,7 @@ DEFECTS: dict[str, Callable[[random.Random, Mail], None]] = {
     "header.non-ascii-unencoded": non_ascii,
     "header.missing-from": missing_from,
     "header.duplicate-singleton": duplicate,
+    "header.encoded-newline": encoded_newline,
     "header.missing-date": missing_date,
     "header.missing-message-id": missing_message_id,
     "mime.missing-boundary": missing_boundary,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -97,7 +98,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _closed_streams() -> None:
+    """A standard stream the caller closed (`drain enqueue - <&-`, `>&-` in a cron line) is
+    /dev/null: Python leaves it None, and its first use raised a traceback."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115 (open for the life of the process)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _closed_streams()
     logging_setup.configure("text", "cli", level=logging.WARNING)
     try:
         _main(argv)

@@ -11,7 +11,7 @@ import click
 
 from drain.cli.cellcmds import act as cells_act
 from drain.cli.cellcmds import cells_down
-from drain.cli.options import Context, domain_option, json_option, nonempty, parsed, pass_ctx
+from drain.cli.options import MESSAGE_ID, Context, domain_option, json_option, nonempty, parsed, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
 from drain.errors import ConfigError, InputError
@@ -61,7 +61,7 @@ def _selector_options(action: str, func: Callable[..., Any]) -> Callable[..., An
                         help="Only mail from an envelope sender matching this glob "
                              "(e.g. '*@bulk.example.com'; case-insensitive).")(func)
     func = click.option("--domain", callback=domain_option, help="Only mail with a recipient at this domain.")(func)
-    return click.argument("ids", nargs=-1, metavar="[ID]...")(func)
+    return click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)(func)
 
 
 def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, sender: str | None,

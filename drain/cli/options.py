@@ -168,3 +168,19 @@ def address_value(value: str, hint: str) -> str:
     except EmailNotValidError as exc:
         raise click.BadParameter(f"'{clip(value)}' is not a valid address: {clip(exc, 200)}", param_hint=hint) from None
     return value
+
+
+class MessageIdType(click.ParamType[str]):
+    """A message id as typed: white space around it (pasted from a table) is dropped, and an
+    empty one is a usage error (it was looked up, and said "unknown id:" with nothing after)."""
+
+    name = "ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not text:
+            self.fail("a message ID is empty", param, ctx)
+        return text
+
+
+MESSAGE_ID = MessageIdType()

@@ -48,6 +48,7 @@ def pause(ctx: click.Context, intake_only: bool, domain: str | None, tenant_name
         emit({"scope": "tenant", "name": tenant_name, "paused": True}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} paused"))
         return
+    _intake_alone(intake_only, domain)
     scope = on_each(obj, lambda store: control.pause(store, domain, intake_only, reason, for_s))
     name = domain.lower() if domain else None
     listed = [row for row in on_each(obj, lambda store: pauses.listing(store.client))
@@ -101,6 +102,7 @@ def resume(obj: Context, intake_only: bool, domain: str | None, tenant_name: str
         emit({"scope": "tenant", "name": tenant_name, "paused": False, "unparked": 0}) if as_json else click.echo(
             safe(f"delivery of tenant {tenant_name} resumed"))
         return
+    _intake_alone(intake_only, domain)
     scope = control.scope_of(domain, intake_only)
     name = domain.lower() if domain else None
     # Said rather than "resumed" when nothing of that scope was paused (one Redis; with cells
@@ -142,6 +144,12 @@ def _on_tenant(obj: Context, name: str, change: Callable[[Store, str], None]) ->
 
 def _total(counts: list[int]) -> int:
     return sum(counts)
+
+
+def _intake_alone(intake_only: bool, domain: str | None) -> None:
+    # Together, --domain won and --intake was dropped: the intake an operator meant to close stayed open.
+    if intake_only and domain is not None:
+        raise click.UsageError("--intake does not go with --domain (the intake is one door for all mail)")
 
 
 def _only_tenant(intake_only: bool, domain: str | None, for_s: float | None) -> None:

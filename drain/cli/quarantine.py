@@ -12,7 +12,7 @@ from rich.table import Table
 
 import drain.cli.cellops as cellops
 from drain.cli.cells import CellsDown, by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
-from drain.cli.options import Context, filter_options, json_option, limit_option, nonempty, pass_ctx
+from drain.cli.options import MESSAGE_ID, Context, filter_options, json_option, limit_option, nonempty, pass_ctx
 from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
@@ -66,7 +66,7 @@ def quarantine_list(obj: Context, as_json: bool, limit: int | None, reason: str 
 
 
 @quarantine.command("show")
-@click.argument("msg_id", metavar="ID")
+@click.argument("msg_id", metavar="ID", type=MESSAGE_ID)
 @json_option("One JSON document (headers left out).")
 @pass_ctx
 def quarantine_show(obj: Context, msg_id: str, as_json: bool) -> None:
@@ -131,7 +131,7 @@ def _per_cell(obj: Context, chosen: list[str], action: Callable[[Store, list[str
 
 
 @quarantine.command("release")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--force", is_flag=True, help="Release even if validation still fails; workers deliver it as is.")
 @click.option("--dry-run", is_flag=True, help="Say what would be released, change nothing.")
@@ -165,7 +165,7 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
 
 
 @quarantine.command("delete")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, change nothing.")
 @json_option('Print {"deleted", "would_delete", "ids", "dry_run"} as JSON.')
@@ -182,12 +182,20 @@ def quarantine_delete(obj: Context, ids: tuple[str, ...], reason: str | None, se
     _cells_missed(missed, "deleted")
 
 
+def _not_stdout(_ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """`--out -` made a folder (or an mbox file) named "-": refused, as it reads as standard output."""
+    if str(value) == "-":
+        raise click.BadParameter("'-' would be a file or folder named '-': export writes files, not standard output",
+                                 param=param)
+    return value
+
+
 @quarantine.command("export")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=MESSAGE_ID)
 @filter_options
 @click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True,
               help="eml: one ID.eml file per message in the --out folder; mbox: all in one --out file.")
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), callback=_not_stdout,
               help="A folder for .eml files (made if only its last part is missing), or the mbox file to write.")
 @click.option("--force", is_flag=True, help="Replace existing files (regular files only; never a device or link).")
 @json_option('Print {"exported", "format", "out", "ids"} as JSON.')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import mailbox
+import os
 import shutil
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from drain.cli.interrupt import held as interrupts_held
 from drain.cli.options import Context, FiniteFloat, address_value, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, fail, live, more_caption, out, rows_wanted, when
 from drain.cli.terminal import cell, safe
@@ -69,7 +71,8 @@ def _read(path: str, limit: int | None = None) -> bytes:
 
 
 @click.command()
-@click.option("--from", "sender", metavar="ADDRESS", help="Envelope sender (default: from the headers).")
+@click.option("--from", "sender", metavar="ADDRESS",
+              help="Envelope sender (default: from the headers; '' or '<>' for the null sender).")
 @click.option("--to", "recipients", multiple=True, metavar="ADDRESS",
               help="Envelope recipient, repeatable (default: To, Cc and Bcc of the headers).")
 @click.option("--mbox", is_flag=True, help="Each PATH is an mbox file holding many messages.")
@@ -85,6 +88,8 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
     If queueing stops part way, the ids already queued are still printed (in the JSON too)."""
     from drain.intake.api import Submission
 
+    if sender == "<>":  # the null sender as SMTP writes it (sendmail -f '<>'): it was refused as no address
+        sender = ""
     if sender is not None and sender != "":
         address_value(sender, "--from")
     for rcpt in recipients:
@@ -103,7 +108,8 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
                 if mbox:
                     box, box_keys = boxes[path]
                     for key in box_keys:
-                        yield f"{path}#{key}", Submission(box.get_bytes(key), sender, recipients or None)
+                        raw = _mbox_message(box, key, obj.settings.max_message_bytes)
+                        yield f"{path}#{key}", Submission(raw, sender, recipients or None)
                 else:
                     raw = stdin if path == "-" else _read(path, obj.settings.max_message_bytes)
                     yield path, Submission(raw, sender, recipients or None)
@@ -111,6 +117,14 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
         result = _enqueue_reporting(obj, submissions(), "backlog" if bulk else "fresh", as_json)
     if result.rejected:
         sys.exit(1)
+
+
+def _mbox_message(box: mailbox.mbox, key: str, limit: int) -> bytes:
+    """One message of an mbox (without its 'From ' line), at most limit + 1 bytes of it, as
+    _read gives a file: get_bytes read a message whole, however far past the limit."""
+    with box.get_file(key) as part:  # closing a part leaves the mbox's own file open
+        raw: bytes = part.read(limit + 1)
+    return raw.replace(os.linesep.encode(), b"\n")  # what get_bytes does
 
 
 def _readable_file(path: str) -> None:
@@ -168,15 +182,16 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     group: list[tuple[str, Submission]] = []
 
     def commit() -> None:
-        accepted = client.enqueue_many((sub for _name, sub in group), lane=lane, source="cli")
-        for index, why in accepted.rejected:
-            done.rejected.append((group[index][0], why))
-            fail(f"rejected {group[index][0]}: {why}")
-        done.ids.extend(accepted.ids)
-        if not as_json:
-            for msg_id in accepted.ids:
-                click.echo(msg_id)
-        group.clear()
+        with interrupts_held():  # Ctrl-C after the chunk: every id Redis holds is reported
+            accepted = client.enqueue_many((sub for _name, sub in group), lane=lane, source="cli")
+            for index, why in accepted.rejected:
+                done.rejected.append((group[index][0], why))
+                fail(f"rejected {group[index][0]}: {why}")
+            done.ids.extend(accepted.ids)
+            if not as_json:
+                for msg_id in accepted.ids:
+                    click.echo(msg_id)
+            group.clear()
 
     def report(error: str | None) -> None:
         if as_json:

@@ -16,7 +16,7 @@ from rich.console import Console, RenderableType
 from drain.cli.terminal import clip
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 200)
 
 # Lists stop after this many rows on a terminal unless --limit says otherwise (--limit 0: all);
 # pipes and --json get everything.

@@ -154,14 +154,18 @@ def server_status(obj: Context, as_json: bool) -> None:
               help="Messages in the seeded backlog.")
 @click.option("--rate", "rate_text", default="500/s", show_default=True, help="Delivery rate for the drain.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
-@click.option("--malformed", default=0.03, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--malformed", default=0.03, show_default=True, type=FiniteFloat(0, 1),
               help="Share of malformed messages in the backlog.")
 @pass_ctx
 def demo(obj: Context, messages: int, rate_text: str, workers: int, malformed: float) -> None:
     """Seed a backlog with malformed mail and drain it at a set rate into a local SMTP sink."""
-    from drain.demo.run import run_demo
+    from drain.demo.run import STALL_LIMIT_S, run_demo
 
     per_second = moving_rate(rate_text, "--rate", "0 would hold the demo's delivery for good")
+    if per_second is not None and per_second * STALL_LIMIT_S < 2:
+        # Slower, the demo ended "stopped: no progress for 60s" between two deliveries.
+        raise click.BadParameter(f"the demo stops when nothing is delivered for {STALL_LIMIT_S:g} s:"
+                                 f" give at least {120 / STALL_LIMIT_S:g}/m", param_hint="--rate")
     ok = run_demo(obj.settings, messages=messages, rate=per_second, workers=workers, malformed=malformed,
                   console=out)
     if not ok:

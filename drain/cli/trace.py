@@ -19,7 +19,7 @@ import drain.cli.cellops as cellops
 from drain.cli.cellcmds import log_since
 from drain.cli.cellcmds import show as cells_show
 from drain.cli.cellcmds import trace as cells_trace
-from drain.cli.options import Context, pass_ctx
+from drain.cli.options import MESSAGE_ID, Context, pass_ctx
 from drain.cli.render import emit
 from drain.cli.terminal import safe
 from drain.errors import InputError
@@ -70,7 +70,7 @@ def _trace_text(doc: dict[str, Any]) -> None:
 
 
 @click.command("trace")
-@click.option("--id", "msg_id", help="queue id")
+@click.option("--id", "msg_id", type=MESSAGE_ID, help="queue id")
 @click.option("--message-id", help="the Message-ID header (angle brackets optional)")
 @click.option("--sender", help="envelope sender")
 @click.option("--recipient", help="envelope recipient address, or @domain")
@@ -128,7 +128,7 @@ def _show_text(doc: dict[str, Any]) -> None:
 
 
 @click.command("show")
-@click.argument("msg_id", metavar="ID")
+@click.argument("msg_id", metavar="ID", type=MESSAGE_ID)
 @click.option("--json", "as_json", is_flag=True, help="one JSON document")
 @click.option("--raw", is_flag=True, help="the message's bytes, while drain keeps them")
 @pass_ctx

@@ -121,8 +121,12 @@ class Client:
         # isspace() stops at the first byte that is not white space; strip() copied the message.
         if not raw or raw.isspace():
             raise InputError("message is empty")
-        if len(raw) > self.settings.max_message_bytes:
-            raise InputError(f"message is {len(raw)} bytes, over the {self.settings.max_message_bytes}-byte limit")
+        if len(raw) > (limit := self.settings.max_message_bytes):
+            # Readers stop one byte past the limit (drain enqueue): that many is no size to quote.
+            size = "larger than" if len(raw) == limit + 1 else f"{len(raw)} bytes, over"
+            raise InputError(f"message is {size} the {limit}-byte limit")
+        if isinstance(recipients, str | bytes):  # tuple() of one address gave one "recipient" a character
+            raise InputError("recipients must be a list of addresses, not one address as a string")
         rcpts = tuple(recipients) if recipients is not None else None
         headers = None
         if sender is None or not rcpts:

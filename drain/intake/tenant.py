@@ -38,10 +38,9 @@ def from_header(raw: bytes, name: str, remove: bool) -> tuple[bytes, str | None]
         dropping = False
         if line.lower().startswith(wanted):
             if value is None:
-                text = line[len(wanted):].decode("utf-8", "replace").strip()
-                try:
-                    value = tenancy.valid(text)
-                except InputError:
+                try:  # bytes that are not UTF-8 name no tenant (replaced, any two named the same one)
+                    value = tenancy.valid(line[len(wanted):].decode("utf-8").strip())
+                except (UnicodeDecodeError, InputError):
                     value = None
             if remove:
                 dropping = True

@@ -77,8 +77,10 @@ class Settings:
     # -- worker: how workers take and hold their work
     batch_size: int = setting("DRAIN_BATCH_SIZE", 100, v.whole(1), "worker",
                           "messages one RQ job claims (more, a batch at a time, on a big backlog)")
-    relay_sessions: int = setting("DRAIN_RELAY_SESSIONS", 2, v.whole(1), "worker",
-                                  "lanes of a worker process, each with its own relay session")
+    # At most 64: each lane is a thread with its own session and TLS context (a million of
+    # them took 10 GB before the first claim).
+    relay_sessions: int = setting("DRAIN_RELAY_SESSIONS", 2, v.whole(1, 64), "worker",
+                                  "lanes of a worker process, each with its own relay session (at most 64)")
     settle_every: int = setting("DRAIN_SETTLE_EVERY", 3, v.whole(1), "worker",
                                 "outcomes recorded in Redis after this many messages")
     lease_ttl_s: float = setting("DRAIN_LEASE_TTL", 15.0, v.number(0.5), "worker",

@@ -47,9 +47,9 @@ def _bounded(convert: Callable[[str], Any], what: str, minimum: float, maximum: 
 NUMBER_MAX = 1e9
 
 
-def whole(minimum: int) -> Parse:
-    """A whole number of at least minimum and at most NUMBER_MAX."""
-    return _bounded(int, "a whole number", minimum, NUMBER_MAX)
+def whole(minimum: int, maximum: float = NUMBER_MAX) -> Parse:
+    """A whole number of at least minimum and at most maximum (NUMBER_MAX unless told)."""
+    return _bounded(int, "a whole number", minimum, maximum)
 
 
 def number(minimum: float) -> Parse:

@@ -23,6 +23,8 @@ NO_SENDER = "-"
 
 def valid(name: str) -> str:
     """The tenant name, or InputError when it cannot be one."""
+    if not isinstance(name, str):  # tenant=5 from the API raised len()'s TypeError
+        raise InputError(f"tenant must be text, got {type(name).__name__}")
     # Of the white space characters only the space is printable.
     if not 0 < len(name) <= MAX_LEN or not name.isprintable() or " " in name:
         raise InputError(f"tenant must be 1 to {MAX_LEN} printable characters without spaces: {name[:40]!a}")

@@ -41,6 +41,12 @@ class RelayConfig:
             raise ConfigError(f"relay URL must start with smtp://, smtp+starttls:// or smtps://, got {parts.scheme!r}")
         if not parts.hostname:
             raise ConfigError("relay URL has no host")
+        # Both were taken and dropped: port 0 stood for the scheme's default port, and a path,
+        # query or fragment (smtp://h:25/x?tls=1) was ignored without a word.
+        if port == 0:
+            raise ConfigError("relay URL has port 0")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError("relay URL has a path, query or fragment drain does not use")
         if not all(ch.isalnum() or ch in ".-_:" for ch in parts.hostname):
             # A percent-encoded host ("h%0d%0a") is no name a resolver takes: refused here, not per delivery.
             raise ConfigError("bad relay URL: its host is not a host name or IP address (no percent-encoding)")

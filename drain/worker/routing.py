@@ -54,10 +54,6 @@ def check_url(url: str) -> RelayConfig:
     if parts.username is not None or parts.password is not None:
         raise ConfigError("route URLs carry no credentials (they would be kept in Redis);"
                           " an authenticated relay is DRAIN_RELAY, from the environment")
-    if parts.port == 0:
-        raise ConfigError("relay URL has port 0")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError("relay URL has a path, query or fragment drain does not use")
     return config
 
 
