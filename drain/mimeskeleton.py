@@ -8,6 +8,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from drain.linescan import Endings, find_line_prefix
+from drain.mimetree import walk
 
 
 def structure(raw: bytes, bare_cr: bool = True, kind: Endings = "mixed") -> Message:
@@ -26,7 +27,8 @@ def structure(raw: bytes, bare_cr: bool = True, kind: Endings = "mixed") -> Mess
     if not bare_cr:
         skeleton = _skeleton(raw, kind)
         if _WHOLE_NEEDED.search(skeleton) is None:
-            return BytesParser(_Part, policy=compat32).parsebytes(skeleton)
+            tree = walk(skeleton, _Part)  # the parser's tree, without its line machinery
+            return tree if tree is not None else BytesParser(_Part, policy=compat32).parsebytes(skeleton)
     return BytesParser(_Part, policy=compat32).parsebytes(raw)
 
 
