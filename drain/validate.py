@@ -81,6 +81,7 @@ SINGLETONS = frozenset(
      b"in-reply-to", b"references", b"orig-date"}
 )
 ADDRESS_FIELDS = ("From", "Sender", "Reply-To", "To", "Cc")
+_ADDRESS_NAMES = frozenset(name.lower() for name in ADDRESS_FIELDS)
 MAX_LINE = 998
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
 _BLANK = re.compile(rb"\r?\n\r?\n")
@@ -357,9 +358,13 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
     # failures on odd real-world headers surface as parse.crash through check().
     # The fields by name in one pass over the header (what get_all gives, in order:
     # get_all of each name was a pass of its own).
+    # Only the address fields go through the policy's fetch (what items() does to every field).
     fields: dict[str, list[Any]] = {}
-    for key, value in message.items():
-        fields.setdefault(key.lower(), []).append(value)
+    fetch = message.policy.header_fetch_parse
+    for key, value in message.raw_items():
+        name = key.lower()
+        if name in _ADDRESS_NAMES:
+            fields.setdefault(name, []).append(fetch(key, value))
     for name in ADDRESS_FIELDS:
         for value in fields.get(name.lower(), ()):
             text = header_text(value).replace("\r", "").replace("\n", "")
