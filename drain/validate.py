@@ -26,7 +26,7 @@ from drain.addressrule import address_error as address_error
 from drain.addressrule import address_valid as address_valid
 from drain.addressrule import valid_cached
 from drain.errors import ConfigError
-from drain.linescan import endings, lines_within
+from drain.linescan import clean_field_names, endings, lines_within
 from drain.message import Envelope, header_text, plain_address_field
 from drain.mimeskeleton import structure
 from drain.settings import Settings
@@ -84,15 +84,8 @@ ADDRESS_FIELDS = ("From", "Sender", "Reply-To", "To", "Cc")
 _ADDRESS_NAMES = frozenset(name.lower() for name in ADDRESS_FIELDS)
 MAX_LINE = 998
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
-# The first blank line, found from its first LF (a pattern that starts with a literal byte is
-# searched for at C speed; one that starts with an optional CR was tried at every byte).
+# The first blank line, from its first LF (a leading literal is searched for in C; \r?\n\r?\n was tried at every byte).
 _BLANK_LF = re.compile(rb"\n\r?\n")
-# A header block of field lines only (a name, maybe blanks, a colon) and their folds, ended
-# by CRLF, LF or a lone CR as bytes.splitlines ends them: the block _header_lines finds
-# nothing wrong with when it is ASCII and no line is long.
-_FIELD = rb"[\x21-\x39\x3b-\x7e]+[ \t]*:"
-_CLEAN_HEAD = re.compile(rb"%s[^\r\n]*(?:(?:\r\n|\r|\n)(?:%s|[ \t])[^\r\n]*)*(?:\r\n|\r|\n)?" % (_FIELD, _FIELD))
-_FIELD_NAME_AT_LINE_START = re.compile(rb"(?:\A|(?<=[\r\n]))([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _EVIDENCE = 80
 NEWLINE = b"\n"
 
@@ -195,8 +188,7 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
     split = _BLANK_LF.search(raw)
-    # Where the first \r?\n\r?\n starts: at the CR before this LF, if there is one.
-    start = split.start() - (split.start() > 0 and raw[split.start() - 1] == 13) if split else len(raw)
+    start = split.start() - (split.start() > 0 and raw[split.start() - 1] == 13) if split else len(raw)  # at its CR
     head = raw[:start]
     if split is not None and len(raw) - split.end() > MAX_LINE:
         yield from _long_body_line(raw, split.end())
@@ -259,10 +251,8 @@ def _header_lines(head: bytes, limits: Limits,
     # must report (over-long lines, unencoded 8-bit, fields without a colon) and would give no
     # line numbers as evidence; and this byte scan is the validation fast path measured in
     # benchmarks/ (validation per core), most messages need nothing more.
-    if head.isascii() and not head.startswith(b"From ") and _CLEAN_HEAD.fullmatch(head) and \
-            lines_within(head, 0, MAX_LINE):
-        # Nothing for the walk below to find but too many fields: the names by one regex.
-        names = [name.lower() for name in _FIELD_NAME_AT_LINE_START.findall(head)]
+    names = clean_field_names(head, MAX_LINE)
+    if names is not None:  # nothing for the walk below to find but too many fields
         if len(names) > limits.max_headers:
             yield Finding("header.too-many", f"{len(names)} fields > {limits.max_headers}")
             return names, False
