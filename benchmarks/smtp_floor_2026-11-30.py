@@ -65,7 +65,8 @@ def drain_loop(port: int, raw: bytes) -> tuple[float, float]:
 def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
     port = random.randint(30000, 40000)
-    sink = subprocess.Popen([bench_postfix.tool("smtp-sink") or "smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "100"])
+    binary = bench_postfix.tool("smtp-sink") or "smtp-sink"
+    sink = subprocess.Popen([binary, "-u", "nobody", f"127.0.0.1:{port}", "100"])
     time.sleep(0.5)
     raw = bench_sizes.message(1, size)
     block = delivery.data_block(delivery.wire_form(raw))
