@@ -88,8 +88,9 @@ def test_lone_cr_ends_a_line_for_the_parser() -> None:
 
 
 def test_the_remembered_content_type_follows_every_change() -> None:
-    """mimeskeleton._Part remembers its content type: each way a header or the default type
-    changes must give the answer a plain Message gives after the same change."""
+    """mimeskeleton._Part remembers its content type and boundary: each way a header or the
+    default type changes must give the answer a plain Message gives after the same change.
+    Mutants caught: set_raw or one of the changing methods not forgetting the boundary."""
     from email.message import Message
 
     from drain.mimeskeleton import _Part
@@ -102,6 +103,10 @@ def test_the_remembered_content_type_follows_every_change() -> None:
         ("set_param", ("charset", "utf-8")), ("del_param", ("charset",)), ("set_default_type", ("text/plain",)),
         ("__delitem__", ("content-type",)), ("set_default_type", ("message/rfc822",)),
         ("add_header", ("Content-Type", "multipart/alternative", )), ("set_boundary", ("b",)),
+        ("set_param", ("boundary", "c")), ("del_param", ("boundary",)), ("set_boundary", ("d",)),
+        ("set_raw", ("Content-Type", "multipart/mixed; boundary=first-wins")),
+        ("__delitem__", ("content-type",)), ("set_raw", ("Content-Type", "multipart/mixed; boundary=e")),
+        ("replace_header", ("Content-Type", "multipart/mixed; boundary*=''f")),
     ]
     part, plain = _Part(), Message()
     assert part.get_content_type() == plain.get_content_type() == "text/plain"
@@ -110,6 +115,8 @@ def test_the_remembered_content_type_follows_every_change() -> None:
         getattr(plain, name)(*args)
         assert part.get_content_type() == plain.get_content_type(), name
         assert part.get_content_maintype() == plain.get_content_maintype(), name
+        assert part.get_boundary() == plain.get_boundary(), name
+        assert part.get_boundary("none") == plain.get_boundary("none"), name
 
 
 def _walked_same(raw: bytes) -> bool:
