@@ -12,8 +12,9 @@ type, boundary parameter, defaults) are the Message class's own, called as the p
 
 What it leaves out, because no check reads it: the text of leaf payloads, preambles and
 epilogues (a skeleton holds only some of their lines anyway). Where the parser would do more
-than split parts (a message/* part, a digest, a nesting deeper than MAX_DEPTH) `walk`
-returns None and the caller parses the skeleton with the email package as before.
+than split parts (a message/* part, a digest, a nesting deeper than MAX_DEPTH) or gives a
+line back where a list index cannot (a "From " line last in a header block), `walk` returns
+None and the caller parses the skeleton with the email package as before.
 """
 
 from __future__ import annotations
