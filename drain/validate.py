@@ -27,7 +27,7 @@ from drain.addressrule import address_error as address_error
 from drain.addressrule import address_valid as address_valid
 from drain.addressrule import valid_cached
 from drain.errors import ConfigError
-from drain.linescan import endings, lines_within
+from drain.linescan import clean_field_names, endings, lines_within
 from drain.message import Envelope, header_text, plain_address_field
 from drain.mimeskeleton import structure
 from drain.settings import Settings
@@ -83,9 +83,11 @@ SINGLETONS = frozenset(
      b"in-reply-to", b"references", b"orig-date"}
 )
 ADDRESS_FIELDS = ("From", "Sender", "Reply-To", "To", "Cc")
+_ADDRESS_NAMES = frozenset(name.lower() for name in ADDRESS_FIELDS)
 MAX_LINE = 998
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
-_BLANK = re.compile(rb"\r?\n\r?\n")
+# The first blank line, from its first LF (a leading literal is searched for in C; \r?\n\r?\n was tried at every byte).
+_BLANK_LF = re.compile(rb"\n\r?\n")
 _EVIDENCE = 80
 NEWLINE = b"\n"
 
@@ -188,8 +190,9 @@ def _checks(raw: bytes, envelope: Envelope, limits: Limits) -> Iterator[Finding]
     if kind == "mixed":
         yield Finding("body.bare-cr-lf", _bare_line_evidence(raw))
 
-    split = _BLANK.search(raw)
-    head = raw[: split.start()] if split else raw
+    split = _BLANK_LF.search(raw)
+    start = split.start() - (split.start() > 0 and raw[split.start() - 1] == 13) if split else len(raw)  # at its CR
+    head = raw[:start]
     if split is not None and len(raw) - split.end() > MAX_LINE:
         yield from _long_body_line(raw, split.end())
     names, header_ok = yield from _header_lines(head, limits, envelope.smtputf8)
@@ -251,6 +254,18 @@ def _header_lines(head: bytes, limits: Limits,
     # must report (over-long lines, unencoded 8-bit, fields without a colon) and would give no
     # line numbers as evidence; and this byte scan is the validation fast path measured in
     # benchmarks/ (validation per core), most messages need nothing more.
+    names = clean_field_names(head, MAX_LINE)
+    if names is not None:  # nothing for the walk below to find but too many fields
+        if len(names) > limits.max_headers:
+            yield Finding("header.too-many", f"{len(names)} fields > {limits.max_headers}")
+            return names, False
+        return names, True
+    return (yield from _walk_header_lines(head, limits, utf8))
+
+
+def _walk_header_lines(head: bytes, limits: Limits,
+                       utf8: bool = False) -> Generator[Finding, None, tuple[list[bytes], bool]]:
+    """_header_lines line by line, with the evidence of each finding."""
     names: list[bytes] = []
     usable = True
     non_ascii_reported = False
@@ -371,9 +386,13 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
     # failures on odd real-world headers surface as parse.crash through check().
     # The fields by name in one pass over the header (what get_all gives, in order:
     # get_all of each name was a pass of its own).
+    # Only the address fields go through the policy's fetch (what items() does to every field).
     fields: dict[str, list[Any]] = {}
-    for key, value in message.items():
-        fields.setdefault(key.lower(), []).append(value)
+    fetch = message.policy.header_fetch_parse
+    for key, value in message.raw_items():
+        name = key.lower()
+        if name in _ADDRESS_NAMES:
+            fields.setdefault(name, []).append(fetch(key, value))
     for name in ADDRESS_FIELDS:
         for value in fields.get(name.lower(), ()):
             text = header_text(value).replace("\r", "").replace("\n", "")

@@ -7,8 +7,8 @@ Steps (exclusive times: a step's figure leaves out the steps inside it):
 - parse+validate: operator rules and drain.validate.check;
 - SMTP: Relay.send (smtplib, the socket, the relay's answers), without the two below;
 - line endings: drain.worker.delivery.wire_form (LF to CRLF);
-- dot-stuffing: smtplib's _quote_periods, or drain.worker.delivery.data_block where drain
-  prepares the DATA bytes itself;
+- dot-stuffing: smtplib's _quote_periods, or drain.worker.delivery.data_block (data_pieces
+  where the block goes out in pieces) where drain prepares the DATA bytes itself;
 - Redis (drain): commands and pipelines issued inside a batch job, by the Store step around
   them (claim, load, settle, other: gate, breakers, rules version, token top-up...);
 - drain glue: the rest of the batch job in Python (claim bookkeeping, message objects,
@@ -167,7 +167,9 @@ def instrument(t: Timers) -> Callable[[], None]:
     wrap(delivery.Relay, "send", timed("SMTP"))
     wrap(delivery, "wire_form", timed("line endings"))
     wrap(smtplib, "_quote_periods", timed("dot-stuffing"))
-    if hasattr(delivery, "data_block"):  # drain prepares the DATA bytes itself (dot-stuffing, terminator)
+    if hasattr(delivery, "data_pieces"):  # the DATA bytes in pieces for one writev
+        wrap(delivery, "data_pieces", timed("dot-stuffing"))
+    elif hasattr(delivery, "data_block"):  # drain prepares the DATA bytes itself (dot-stuffing, terminator)
         wrap(delivery, "data_block", timed("dot-stuffing"))
     wrap(redis.Redis, "execute_command", redis_call)
     wrap(redis.client.Pipeline, "execute", redis_call)

@@ -134,6 +134,33 @@ def test_send_hands_over_every_byte_when_the_kernel_takes_part() -> None:
     theirs.close()
 
 
+def test_send_of_pieces_hands_over_every_byte_in_order() -> None:
+    """The DATA block goes out as pieces in one writev (the message, then its final dot):
+    the peer gets them joined, also when the kernel takes only part of them. Mutants caught:
+    the rest after a partial write taken from the first piece only; a piece left out."""
+    for size in (100, 4 * 1024 * 1024):
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.settimeout(5)
+        smtp = smtplib.SMTP()
+        smtp.sock = ours
+        pieces = (b".", bytes(range(256)) * (size // 256), b"\r\n.\r\n")
+        got = bytearray()
+
+        def read(peer: socket.socket = theirs, into: bytearray = got) -> None:
+            while chunk := peer.recv(65536):
+                into.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        smtpio.send(smtp, *pieces)
+        ours.shutdown(socket.SHUT_WR)
+        reader.join()
+        assert bytes(got) == b"".join(pieces)
+        ours.close()
+        theirs.close()
+
+
 def test_send_to_a_relay_that_went_away_is_smtplibs_disconnect() -> None:
     """The peer closed: SMTPServerDisconnected and the session closed, as SMTP.send does.
     Mutant caught: the OSError let through (BrokenPipeError)."""

@@ -19,7 +19,8 @@ from drain.worker.addresses import quote_address
 from drain.worker.relayconfig import RelayConfig as RelayConfig
 from drain.worker.relayconfig import tls_context as tls_context
 from drain.worker.smtpio import read_reply, send
-from drain.worker.wire import data_block, wire_form
+from drain.worker.wire import data_block as data_block
+from drain.worker.wire import data_pieces, wire_form
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], wire: b
     if code != 354:
         _end(smtp, code)
         raise smtplib.SMTPDataError(code, resp)
-    send(smtp, data_block(wire))
+    send(smtp, *data_pieces(wire))
     try:
         code, resp = read_reply(smtp)
     except smtplib.SMTPServerDisconnected as exc:

@@ -3,7 +3,8 @@
 `send` hands bytes to the kernel as SMTP.send does; on a plain TCP socket with a timeout,
 SMTP.send (socket.sendall) first polls the socket for room, every time: `send` writes at
 once and leaves to SMTP.send only what the kernel did not take (a full buffer), so the usual
-message costs one system call, not two. TLS sockets go through SMTP.send as they are.
+message costs one system call, not two; the DATA block goes out as pieces (the message, then
+its final dot) in one writev. TLS sockets go through SMTP.send as they are.
 
 
 Replies to pipelined commands (RFC 2920) mostly arrive together in one segment. getreply
@@ -57,20 +58,24 @@ def read_reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:
             return code, b"\n".join(lines)
 
 
-def send(smtp: smtplib.SMTP, data: bytes) -> None:
-    """smtp.send(data): the same bytes, the same failure (the session closed and
-    SMTPServerDisconnected), one write where the kernel has room."""
+def send(smtp: smtplib.SMTP, data: bytes, *more: bytes) -> None:
+    """smtp.send(data + b"".join(more)): the same bytes, the same failure (the session closed
+    and SMTPServerDisconnected), one write where the kernel has room; several pieces go in
+    one gathering write (writev), not joined first."""
     sock = smtp.sock
     if sock is None or type(sock) is not socket.socket or smtp.debuglevel > 0 or os.name != "posix":
-        smtp.send(data)
+        smtp.send(b"".join((data, *more)) if more else data)
         return
-    sys.audit("smtplib.send", smtp, data)
+    pieces = (data, *more)
+    for piece in pieces:
+        sys.audit("smtplib.send", smtp, piece)
     try:
-        sent = os.write(sock.fileno(), data)
+        sent = os.writev(sock.fileno(), pieces) if more else os.write(sock.fileno(), data)
     except BlockingIOError:
         sent = 0
     except OSError as exc:
         smtp.close()
         raise smtplib.SMTPServerDisconnected("Server not connected") from exc
-    if sent < len(data):
-        smtp.send(memoryview(data)[sent:])
+    total = len(data) + sum(map(len, more))
+    if sent < total:
+        smtp.send(memoryview(b"".join(pieces) if more else data)[sent:])

@@ -25,10 +25,14 @@ def data_block(wire: bytes) -> bytes:
     """What follows a 354 reply: the CRLF form dot-stuffed (RFC 5321 4.5.2), ended by CRLF
     (added if the last line lacks one) and the lone dot. The same bytes smtplib's
     SMTP.data sends, without its regex pass over the whole message."""
+    return b"".join(data_pieces(wire))
+
+
+def data_pieces(wire: bytes) -> tuple[bytes, ...]:
+    """data_block(wire) in pieces, for one gathering write (drain.worker.smtpio.send): the
+    message itself (the same object unless a line starts with a dot), then the dot and line
+    ends around it, so the end of the block does not copy the whole message once more."""
     if find_line_prefix(wire, b".") >= 0:
         wire = wire.replace(b"\n.", b"\n..")
-    if wire[:1] == b".":
-        wire = b"." + wire
-    if wire[-2:] != b"\r\n":
-        wire += b"\r\n"
-    return wire + b".\r\n"
+    end = b".\r\n" if wire[-2:] == b"\r\n" else b"\r\n.\r\n"
+    return (b".", wire, end) if wire[:1] == b"." else (wire, end)
