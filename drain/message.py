@@ -62,15 +62,34 @@ class Envelope:
         """Destination domain of the first recipient, lowercased ('' if none)."""
         if not self.recipients:
             return ""
-        return self.recipients[0].rpartition("@")[2].lower()
+        return recipient_domain(self.recipients[0])
 
     def by_domain(self) -> list[tuple[str, tuple[str, ...]]]:
         """The recipients grouped by destination domain (lowercased), groups in the order their
         first recipient appears, recipients in their own order: one delivery per group."""
         groups: dict[str, list[str]] = {}
         for rcpt in self.recipients:
-            groups.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
+            groups.setdefault(recipient_domain(rcpt), []).append(rcpt)
         return [(domain, tuple(rcpts)) for domain, rcpts in groups.items()]
+
+
+def domain_key(domain: str) -> str:
+    """A destination domain as drain keys it (pauses, rates, groups of recipients, selectors):
+    lowercased, a non-ASCII name in IDNA A-labels (bücher.example is xn--bcher-kva.example), so
+    either form a recipient or the operator wrote names one domain; left lowercased when it
+    cannot be encoded."""
+    domain = domain.lower()
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def recipient_domain(address: str) -> str:
+    """The domain_key of an address's domain part ('' when it has none)."""
+    return domain_key(address.rpartition("@")[2])
 
 
 def header_text(value: object) -> str:

@@ -20,7 +20,7 @@ import redis
 
 from drain.errors import ConfigError
 from drain.intake import saferegex
-from drain.message import Envelope
+from drain.message import Envelope, domain_key, recipient_domain
 from drain.store import keys, tenancy
 from drain.store.record import ENVELOPE, RAW, fetch
 from drain.store.store import Store
@@ -79,8 +79,8 @@ class Rule:
         if self.sender and not fnmatch.fnmatchcase(envelope.sender.lower(), self.sender.lower()):
             return False
         if self.domain:
-            domain = self.domain.lower()
-            if not any(r.rpartition("@")[2].lower() == domain for r in envelope.recipients):
+            domain = domain_key(self.domain)
+            if not any(recipient_domain(r) == domain for r in envelope.recipients):
                 return False
         if self.header and self.pattern:
             try:

@@ -12,7 +12,7 @@ from typing import Any, Literal, cast
 from drain import validate
 from drain.errors import InputError
 from drain.intake import rules
-from drain.message import Envelope
+from drain.message import Envelope, domain_key, recipient_domain
 from drain.ops.control import top_up
 from drain.ops.export import Original, write_eml, write_mbox
 from drain.store import keys
@@ -56,7 +56,7 @@ class Filter:
         if self.sender and record.sender.lower() != self.sender.lower():
             return False
         return not (self.domain and not any(
-            r.rpartition("@")[2].lower() == self.domain.lower() for r in record.recipients
+            recipient_domain(r) == domain_key(self.domain) for r in record.recipients
         ))
 
 

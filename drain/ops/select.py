@@ -20,6 +20,7 @@ from typing import cast
 import redis
 
 from drain.errors import ConfigError, InputError
+from drain.message import recipient_domain
 from drain.store import books, keys, record, tenancy
 
 # The states a queued message can be in, as `drain show` names them: on a ready lane (or the
@@ -90,7 +91,7 @@ class Selector:
             return False
         if not isinstance(sender, str) or not isinstance(recipients, list):
             return False
-        if self.domain and not any(str(r).rpartition("@")[2].lower() == self.domain for r in recipients):
+        if self.domain and not any(recipient_domain(str(r)) == self.domain for r in recipients):
             return False
         if self.sender and not _glob(self.sender).match(sender.lower()):
             return False

@@ -198,7 +198,8 @@ def parse_durability(raw: str, name: str = "DRAIN_DURABILITY") -> Durability:
 
 def parse_domain(raw: str, name: str = "--domain") -> str:
     """A destination domain as given to `rate set` or `pause` (IDNA / hostname syntax),
-    lowercased, without a trailing dot; ConfigError when it is not one."""
+    lowercased, without a trailing dot, a non-ASCII name in A-labels as drain keys domains
+    (drain.message.domain_key); ConfigError when it is not one."""
     import idna
 
     domain = raw.lower().removesuffix(".")
@@ -208,7 +209,9 @@ def parse_domain(raw: str, name: str = "--domain") -> str:
         raise ConfigError(f"{name} must be a domain name like example.com, got {raw!r} ({exc})") from None
     if len(encoded) > 253:
         raise ConfigError(f"{name} is longer than a domain name may be (253), got {len(encoded)} characters")
-    return domain
+    from drain.message import domain_key
+
+    return domain_key(domain)
 
 
 def default_hostname(env: Mapping[str, str]) -> str:

@@ -26,6 +26,7 @@ import redis
 
 from drain.errors import ConfigError
 from drain.flow.breaker import RELAY, Breakers, is_relay
+from drain.message import domain_key
 from drain.settings import Settings
 from drain.store import keys, record
 from drain.worker.delivery import RelayConfig
@@ -80,13 +81,8 @@ def ascii_domain(domain: str) -> str:
     """A domain as routes key it: lowercased, in IDNA A-labels (bücher.de is xn--bcher-kva.de,
     whichever form a recipient or the operator wrote) and without the DNS root's trailing dot
     (example.com. is example.com); left as it is when it cannot be encoded."""
-    domain = domain.lower()
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            return domain
-    return domain[:-1] if domain.endswith(".") else domain
+    domain = domain_key(domain)
+    return domain[:-1] if domain.endswith(".") and domain.isascii() else domain
 
 
 def parents(domain: str) -> list[str]:
