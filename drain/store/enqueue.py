@@ -26,7 +26,8 @@ from redis.typing import EncodableT
 
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import body, eventlog, events, keys, tenancy
+from drain.store import body, eventlog, events, keys, scripts, tenancy
+from drain.store.enqueue_wire import Wire
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ class Enqueue:
     def many(self, items: Iterable[Item], lane: str, tenants: Iterable[str] | None, source: str | Sequence[str],
              stored: list[str], before_chunk: Callable[[], None] | None) -> list[str]:
         lane = "fresh" if lane == "fresh" else "backlog"
-        pending: Future[list[str]] | None = None
+        pending: Future[list[str] | None] | None = None
         helper: ThreadPoolExecutor | None = None
         packer: ThreadPoolExecutor | None = None
+        wire: Wire | None = None
         try:
             for chunk in self._chunks(items, tenants, source):
                 forms: Future[list[bytes]] | None = None
@@ -59,26 +61,32 @@ class Enqueue:
                         packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
                     forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
                 call = self._call(chunk, lane, forms)
-                if pending is not None:
+                if pending is not None:  # the chunk two back is stored; the one before is on the wire
                     sent, pending = pending, None
-                    stored.extend(sent.result())
+                    stored.extend(sent.result() or ())
                 if before_chunk is not None:
                     before_chunk()
-                if helper is None:  # one chunk: no thread
+                if wire is None:  # one chunk: no thread
                     if len(chunk) < ENQUEUE_CHUNK:
                         stored.extend(self._send(call))
                         continue
                     helper = ThreadPoolExecutor(1, thread_name_prefix="drain-enqueue")
-                pending = helper.submit(self._send, call)
+                    wire = Wire(self.client, self.settings, scripts.source("enqueue"), _keys)
+                assert helper is not None
+                pending = helper.submit(wire.push, call.lane, call.args, call.ids)
             if pending is not None:
                 sent, pending = pending, None
-                stored.extend(sent.result())
+                stored.extend(sent.result() or ())
+            if wire is not None:  # the last chunk's reply: its error is raised
+                stored.extend(wire.finish() or ())
         finally:
             if pending is not None:  # stopped by the input or the guard: what is in Redis counts
                 try:
-                    stored.extend(pending.result())
+                    stored.extend(pending.result() or ())
                 except Exception as exc:
                     log.warning("enqueue: a chunk sent before the error failed too: %s", exc)
+            if wire is not None:
+                stored.extend(wire.settle())
             if helper is not None:
                 helper.shutdown()
             if packer is not None:
@@ -168,11 +176,7 @@ class Enqueue:
     def _send(self, call: _Call) -> list[str]:
         """Store a chunk (one script call); its ids. A write that only feeds figures may fail
         alone: logged, the mail is stored."""
-        lane = call.lane
-        reply = self.scripts.enqueue(
-            keys=[keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
-                  keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS],
-            args=call.args)
+        reply = self.scripts.enqueue(keys=_keys(call.lane), args=call.args)
         for error in reply[2:]:
             log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored",
                       _text(error))
@@ -188,6 +192,12 @@ class _Call:
     lane: str
     args: list[EncodableT]
     ids: list[str]
+
+
+def _keys(lane: str) -> list[str]:
+    """The enqueue script's KEYS for a lane (lua/enqueue.lua)."""
+    return [keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
+            keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS]
 
 
 def _text(value: bytes | str) -> str:

@@ -203,3 +203,9 @@ def events_index(day: int, bucket: str) -> str:
     digits; 3 in the earlier format): 3-byte tag of the looked-up value + where the event is
     (string, APPENDed)."""
     return f"{EVENTS}:ix:{day}:{bucket}"
+
+
+def enqueue_mark(token: str) -> str:
+    """The mark of the last chunk one enqueue call has stored (string, expires in an hour):
+    its next chunk, sent before that one answered, stores only behind it (lua/enqueue.lua)."""
+    return f"{PREFIX}:enqueue:mark:{token}"

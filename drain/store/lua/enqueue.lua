@@ -4,7 +4,7 @@
 -- KEYS[1] books hash          KEYS[2] ready count per lane (hash)   KEYS[3] the lane's ring ':join' set
 -- KEYS[4] tenants set         KEYS[5] ready per tenant (hash)       KEYS[6] backlog shape (hash)
 -- KEYS[7] acceptance times (zset)   KEYS[8] quarantine zset          KEYS[9] findings by code (hash)
--- KEYS[10] events stream
+-- KEYS[10] events stream      KEYS[11] (optional) the producer's chunk mark (string, see below)
 -- ARGV[1] accepted at (unix seconds)   ARGV[2] lane   ARGV[3] message key prefix (id follows)
 -- ARGV[4] the lane's list key prefix (tenant follows)   ARGV[5], ARGV[6] events: retention
 -- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] t, how many tenants
@@ -18,7 +18,11 @@
 -- each message's received event, then its quarantined one). The
 -- received events are written PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY),
 -- and their index records point at their entry (the producer sends a value repeated in
--- one entry once).
+-- one entry once). With KEYS[11], two more ARGV after the buckets: the mark the chunk before
+-- left ('' = none expected) and this chunk's own mark. A producer that sends a chunk before
+-- the one ahead of it has answered (two in flight on one connection, enqueue.py) orders them
+-- so: a chunk stores only if KEYS[11] holds the mark of the one before, which a chunk leaves
+-- only once it has stored all of it; one that failed stops those behind it, all or nothing.
 --
 -- Nothing is written when a key it moves mail through has the wrong type, or a new id's
 -- message key exists already: an error reply, and the producer is told nothing was queued
@@ -50,6 +54,14 @@ if quarantined > 0 then
 end
 local wrong = lib.wrong_types(checks)
 if wrong then return wrong end
+local mark_at
+if KEYS[11] then
+  mark_at = base + 9 * count + 1
+  mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
+  if ARGV[mark_at] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[mark_at] then
+    return redis.error_reply('enqueue stored nothing: the chunk before it was not stored')
+  end
+end
 -- New ids have no key yet (unless drain:seq went back): nothing may be written over one.
 if redis.call('EXISTS', unpack(names)) > 0 then
   return redis.error_reply('enqueue stored nothing: a new message id already has a key (was drain:seq set back?)')
@@ -122,7 +134,10 @@ redis.call('HINCRBY', KEYS[1], 'accepted', count)
 -- The events, then their lookup index: each record is its value's tag and the 5 bytes of
 -- where its event is (as lib.event writes them), appended to its day's bucket.
 local tr = lib.tracer(KEYS[10], ARGV[5], ARGV[6])
-if not tr then return failures end
+if not tr then
+  if mark_at then redis.call('SET', KEYS[11], ARGV[mark_at + 1], 'EX', 3600) end
+  return failures
+end
 redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
 local wheres, days = {}, {}  -- by event number: where its entry is, and its day
 local function placed(sid, numbers)
@@ -188,4 +203,5 @@ for _ = 1, tonumber(ARGV[at] or '0') do
   if day then append(day, bucket, parts) end
   at = at + 2
 end
+if mark_at then redis.call('SET', KEYS[11], ARGV[mark_at + 1], 'EX', 3600) end
 return failures

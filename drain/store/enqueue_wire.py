@@ -1,0 +1,130 @@
+"""The enqueue script's calls with two chunks in flight on one connection of their own.
+
+With one chunk in flight, Redis waits for the producer between chunks: while redis-py packs
+a chunk's ARGV (a few MB) and the socket carries it, Redis has nothing to run, and while
+Redis runs it, the producer's sender waits. Here a chunk is written to the socket before
+the reply of the one ahead of it is read, so Redis finds the next chunk waiting when it has
+stored one (Redis runs one connection's commands in order).
+
+Order on failure stays that of one chunk at a time: each call carries the mark its
+predecessor leaves once stored (keys.enqueue_mark, lua/enqueue.lua), so a chunk behind
+one that failed stores nothing. The ids a caller is told of are those of the chunks whose
+reply said stored, in order, with no gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import redis
+from redis.connection import Connection
+from redis.typing import EncodableT
+
+from drain.settings import Settings
+from drain.store import eventlog, keys
+
+log = logging.getLogger(__name__)
+
+# The error of a chunk refused because the one ahead of it failed (lua/enqueue.lua).
+BEHIND_A_FAILURE = "the chunk before it was not stored"
+
+
+class Wire:
+    """One connection taken from the client's pool for one enqueue call; `push` sends a
+    chunk and then reads the reply of the chunk before it."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, script_source: str,
+                 keys_of: Callable[[str], list[str]]) -> None:
+        self.client, self.settings, self.keys_of = client, settings, keys_of
+        self.sha = str(client.script_load(script_source))  # EVALSHA below finds it (two NOSCRIPTs would cross)
+        self.mark = keys.enqueue_mark(uuid.uuid4().hex)
+        self.numbered = 0
+        self.conn: Connection | None = client.connection_pool.get_connection()
+        self.flight: deque[list[str]] = deque()  # the ids of each chunk sent, reply not read
+
+    def push(self, lane: str, args: Sequence[EncodableT], ids: list[str]) -> list[str] | None:
+        """Send one chunk; then the ids of the chunk before it once its reply says stored
+        (None if there was none). Its error is raised as the script's call would raise it."""
+        conn = self._conn()
+        self.numbered += 1
+        before = str(self.numbered - 1) if self.numbered > 1 else ""
+        ring_keys = [*self.keys_of(lane), self.mark]
+        conn.send_command(  # type: ignore[no-untyped-call]
+            "EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before, str(self.numbered))
+        self.flight.append(ids)
+        return self._read() if len(self.flight) > 1 else None
+
+    def finish(self) -> list[str] | None:
+        """The ids of the last chunk in flight once stored (None when none is in flight)."""
+        return self._read() if self.flight else None
+
+    def settle(self) -> list[str]:
+        """After an error or the end: read what is still in flight, then give the connection
+        back; the ids of the chunks that stored, in order, up to the first that did not (a
+        chunk behind a failed one stores nothing; another error there is logged)."""
+        stored: list[str] = []
+        failed = False
+        try:
+            while self.flight and self.conn is not None:
+                try:
+                    ids = self._read()
+                    if not failed:
+                        stored += ids
+                except redis.ResponseError as exc:
+                    failed = True
+                    if BEHIND_A_FAILURE not in str(exc):
+                        log.warning("enqueue: a chunk sent before the error failed too: %s", exc)
+        except redis.RedisError as exc:
+            log.warning("enqueue: the reply of a chunk sent before the error is unknown: %s", exc)
+            self._drop()
+        self.close()
+        return stored
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            if not self.flight:
+                self.client.delete(self.mark)
+        except redis.RedisError:
+            pass  # it expires
+        if self.flight:  # replies unread: the connection cannot serve another command
+            self._drop()
+        else:
+            self.client.connection_pool.release(self.conn)
+        self.conn = None
+
+    def _conn(self) -> Connection:
+        if self.conn is None:
+            raise redis.ConnectionError("enqueue: the connection was closed after an error")
+        return self.conn
+
+    def _read(self) -> list[str]:
+        conn, ids = self._conn(), self.flight[0]
+        try:
+            reply = conn.read_response()
+        except redis.ResponseError:
+            self.flight.popleft()
+            raise
+        except BaseException:
+            self._drop()
+            raise
+        self.flight.popleft()
+        for error in reply[2:]:
+            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", _text(error))
+        if reply[0]:
+            eventlog.write_span(self.client, self.settings, [_text(reply[0]), _text(reply[1])])
+        return ids
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.disconnect()  # type: ignore[no-untyped-call]
+            self.client.connection_pool.release(self.conn)
+            self.conn = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
