@@ -120,16 +120,14 @@ class Enqueue:
         first = last - len(chunk) + 1
         fields: list[EncodableT] = []
         tenants: dict[str, None] = {}
-        # The events' lookup records by bucket, as one string each: per record the value's
-        # 3-byte tag and the event's number (2 bytes, big-endian); one ARGV a bucket, not two
-        # a record (redis-py packs each ARGV in Python: ~1.6 µs a message saved). Received
-        # events share a stream entry RECEIVED_PER_ENTRY at a time (enqueue.lua): a value met
-        # again in the same entry (a sender, a domain) has its record already.
+        # The events' lookup records by bucket, as one string each: the values' 3-byte tags.
+        # Every event of a call is at one place in the stream (enqueue.lua), so a record is
+        # its tag alone and a value met again in the chunk (a sender, a domain) has one
+        # already. One ARGV a bucket, not two a record (redis-py packs each ARGV in Python).
         buckets: dict[bytes, bytearray] = {}
         trace, pack, mark = self.settings.trace, body.pack, body.MARK
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
-        numbered = received = 0
-        entry: set[tuple[bytes, bytes]] = set()
+        seen: set[tuple[bytes, bytes]] = set()
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
             msg_id = format(n, "x")
             tenants[owner] = None
@@ -139,25 +137,22 @@ class Enqueue:
             if trace:
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
                                                       "" if env.smtputf8 else envelope)
-                numbered += 1
-                number = numbered.to_bytes(2, "big")
-                if received % events.RECEIVED_PER_ENTRY == 0:
-                    entry = set()
-                received += 1
-                own = unique(events.BY_ID + msg_id)
-                for record in (own, *records):
-                    if record in entry:
+                bucket, tag = unique(events.BY_ID + msg_id)
+                pairs = buckets.get(bucket)
+                if pairs is None:
+                    buckets[bucket] = pairs = bytearray()
+                pairs += tag
+                for record in records:
+                    if record in seen:
                         continue
-                    entry.add(record)
+                    seen.add(record)
                     bucket, tag = record
                     pairs = buckets.get(bucket)
                     if pairs is None:
                         buckets[bucket] = pairs = bytearray()
-                    pairs += tag + number
-                if why:  # and its quarantined event, found by its id
+                    pairs += tag
+                if why:  # and its quarantined event, found by its id's record too
                     quarantined = events.quarantined_data(why)
-                    numbered += 1
-                    buckets[own[0]] += own[1] + numbered.to_bytes(2, "big")
             fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
                        why or "", data, quarantined)
         if forms is not None:  # each message's 9 fields: its body's form second, its own size third

@@ -81,7 +81,8 @@ NAMES = tuple(name for name, _fields in KINDS.values())
 # sender, Message-ID. Values are indexed lowercased (ASCII only, as Lua's string.lower).
 BY_ID, BY_RECIPIENT, BY_DOMAIN, BY_SENDER, BY_MESSAGE_ID = "i:", "r:", "d:", "s:", "m:"
 
-# Received events an enqueue writes to one stream entry (enqueue.lua's PER_ENTRY).
+# Received events an enqueue writes to one stream entry (enqueue.lua's PER_ENTRY); the
+# entries of one enqueue call share one place in the lookup index (lookup.py).
 RECEIVED_PER_ENTRY = 50
 
 # Longest reply or header text kept in an event.

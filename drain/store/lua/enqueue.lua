@@ -12,13 +12,12 @@
 -- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
 -- JSON ('' = ready), received event data (JSON array; '' = no events), quarantined event data
 -- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
--- per bucket: its 2 hex digits and its records as one string, 5 bytes a record: the value's
--- 3-byte tag (events.py's index_record says how values hash to bucket and tag), then the
--- event's number in this call, 2 bytes big-endian (counting from 1 in the order recorded:
--- each message's received event, then its quarantined one). The
--- received events are written PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY),
--- and their index records point at their entry (the producer sends a value repeated in
--- one entry once). With KEYS[11], two more ARGV after the buckets: the mark the chunk before
+-- per bucket: its 2 hex digits and its records as one string, the 3-byte tag of each value
+-- (events.py's index_record says how values hash to bucket and tag). Every event of the call
+-- is written to one place of the stream (below), so each record is its tag and that place, and
+-- the producer sends a value repeated in the call once. The received events are written
+-- PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY).
+-- With KEYS[11], two more ARGV after the buckets: the mark the chunk before
 -- left ('' = none expected) and this chunk's own mark. A producer that sends a chunk before
 -- the one ahead of it has answered (two in flight on one connection, enqueue.py) orders them
 -- so: a chunk stores only if KEYS[11] holds the mark of the one before, which a chunk leaves
@@ -139,13 +138,31 @@ if not tr then
   return failures
 end
 redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
-local wheres, days = {}, {}  -- by event number: where its entry is, and its day
-local function placed(sid, numbers)
-  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
-  ms, seq = tonumber(ms), tonumber(seq)
-  local day = math.floor(ms / 86400000)
-  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
-  for _, e in ipairs(numbers) do wheres[e], days[e] = where, day end
+-- Every entry of this call goes to one place, so that every index record of the call is the
+-- same 5 bytes and no record needs work of its own here: the entries take the stream ids
+-- ms-S, ms-(S+1), ... with S at least 8191 (lookup.py reads a record whose sequence is 8191
+-- as "that or more": every entry of that ms from S on, and checks the events it finds).
+-- ms is now, or the stream's last id's if that is later (a clock set back); S is 8191, or
+-- past the last id when that is in the same ms.
+local t = redis.call('TIME')
+local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 8191
+if redis.call('EXISTS', KEYS[10]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[10])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local last_ms, last_seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
+      last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+      if last_ms >= ms then ms, seq = last_ms, math.max(seq, last_seq + 1) end
+      break
+    end
+  end
+end
+local day = math.floor(ms / 86400000)
+local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
+local function xadd(...)
+  local sid = string.format('%.0f-%.0f', ms, seq)
+  seq = seq + 1
+  redis.call('XADD', KEYS[10], sid, ...)
   if failures[1] == '' then failures[1] = sid end
   failures[2] = sid
 end
@@ -153,54 +170,34 @@ end
 -- array of [id, data] pairs; a lone one keeps the usual form): one XADD per entry, not per
 -- message. Then the quarantined events, one entry each (a message's received comes first).
 local PER_ENTRY = 50
-local numbered, batch, batch_numbers, held = 0, {}, {}, {}
+local batch, held = {}, {}
 local function received()
   if #batch == 1 then
-    placed(redis.call('XADD', KEYS[10], '*', 'e', 'r', 'i', batch[1][1], 'd', batch[1][2]), batch_numbers)
+    xadd('e', 'r', 'i', batch[1][1], 'd', batch[1][2])
   elseif #batch > 1 then
     local parts = {}
     for i, e in ipairs(batch) do parts[i] = '["' .. e[1] .. '",' .. e[2] .. ']' end  -- ids are hex
-    placed(redis.call('XADD', KEYS[10], '*', 'e', 'r', 'm', '[' .. table.concat(parts, ',') .. ']'),
-           batch_numbers)
+    xadd('e', 'r', 'm', '[' .. table.concat(parts, ',') .. ']')
   end
-  batch, batch_numbers = {}, {}
+  batch = {}
 end
 for k = 1, count do
   local at = base + 9 * (k - 1) + 1
   if ARGV[at + 7] ~= '' then
-    numbered = numbered + 1
-    batch[#batch + 1], batch_numbers[#batch_numbers + 1] = {ARGV[at], ARGV[at + 7]}, numbered
+    batch[#batch + 1] = {ARGV[at], ARGV[at + 7]}
     if #batch >= PER_ENTRY then received() end
   end
-  if ARGV[at + 8] ~= '' then
-    numbered = numbered + 1
-    held[#held + 1] = {numbered, ARGV[at], ARGV[at + 8]}
-  end
+  if ARGV[at + 8] ~= '' then held[#held + 1] = {ARGV[at], ARGV[at + 8]} end
 end
 received()
-for _, q in ipairs(held) do
-  placed(redis.call('XADD', KEYS[10], '*', 'e', 'q', 'i', q[2], 'd', q[3]), {q[1]})
-end
-local function append(day, bucket, parts)
-  local key = tr.stream .. ':ix:' .. day .. ':' .. bucket
-  local text = table.concat(parts)
-  if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
-end
+for _, q in ipairs(held) do xadd('e', 'q', 'i', q[1], 'd', q[2]) end
+-- Each bucket's records: its tags, each followed by the one place (a % in it doubled for gsub).
+local after_tag = '%0' .. string.gsub(where, '%%', '%%%%')
 local at = base + 9 * count + 1
 for _ = 1, tonumber(ARGV[at] or '0') do
-  local bucket, records = ARGV[at + 1], ARGV[at + 2]
-  local parts, day = {}, nil
-  for j = 1, #records, 5 do
-    local high, low = string.byte(records, j + 3, j + 4)
-    local e = high * 256 + low
-    if day ~= days[e] then  -- the day changed during this call: a key per day
-      if day then append(day, bucket, parts) end
-      parts, day = {}, days[e]
-    end
-    parts[#parts + 1] = string.sub(records, j, j + 2)
-    parts[#parts + 1] = wheres[e]
-  end
-  if day then append(day, bucket, parts) end
+  local key = tr.stream .. ':ix:' .. day .. ':' .. ARGV[at + 1]
+  local text = string.gsub(ARGV[at + 2], '...', after_tag)
+  if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
   at = at + 2
 end
 if mark_at then redis.call('SET', KEYS[11], ARGV[mark_at + 1], 'EX', 3600) end
