@@ -136,7 +136,7 @@ class Enqueue:
             data = quarantined = ""
             if trace:
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
-                                                      "" if env.smtputf8 else envelope)
+                                                      "" if env.smtputf8 else envelope, env.message_id)
                 bucket, tag = unique(events.BY_ID + msg_id)
                 pairs = buckets.get(bucket)
                 if pairs is None:
