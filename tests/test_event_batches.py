@@ -7,9 +7,8 @@ earlier 4,096-bucket format are read too."""
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import time
-from importlib.resources import files
 from typing import Any
 
 import redis
@@ -110,13 +109,17 @@ def test_an_entry_of_several_with_damaged_pairs_gives_the_readable_ones() -> Non
     assert events.decode_all([(b"1700000000000-4", {b"e": b"d", b"m": b"not json"})]) == []
 
 
-def test_the_producer_and_the_script_agree_on_received_events_per_entry() -> None:
-    """The producer leaves out a value's record when the same entry has it already, so it
-    must group received events as enqueue.lua does. Mutant caught: PER_ENTRY changed in
-    enqueue.lua alone."""
-    text = (files("drain.store") / "lua" / "enqueue.lua").read_text(encoding="utf-8")
-    found = re.search(r"^local PER_ENTRY = (\d+)$", text, re.MULTILINE)
-    assert found and int(found.group(1)) == events.RECEIVED_PER_ENTRY
+def test_the_entries_the_producer_groups_hold_fifty_and_a_lone_one_keeps_the_usual_form(
+        client: Client, rclient: redis.Redis) -> None:
+    """The producer groups the received events (enqueue.py): 51 messages make an entry of
+    50 pairs and one lone event in the usual form (i, d). Mutants caught: a group closed at
+    another size; the lone event sent as a group of one."""
+    ids = client.enqueue_many([synthetic(i) for i in range(51)]).ids
+
+    (_sid1, first), (_sid2, second) = rclient.xrange(keys.EVENTS)
+    assert len(json.loads(first[b"m"])) == 50 and b"i" not in first
+    assert second[b"i"].decode() == ids[50] and b"m" not in second
+    assert [d["id"] for d in events.decode_all(rclient.xrange(keys.EVENTS))] == ids
 
 
 def test_a_repeated_value_is_found_in_every_entry(client: Client, rclient: redis.Redis) -> None:

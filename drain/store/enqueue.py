@@ -128,6 +128,11 @@ class Enqueue:
         trace, pack, mark = self.settings.trace, body.pack, body.MARK
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
         seen: set[tuple[bytes, bytes]] = set()
+        # The received events' stream entries, RECEIVED_PER_ENTRY to one: (id, data) for a
+        # lone event, else ('', the JSON array of [id, data] pairs), as the script adds them.
+        entries: list[EncodableT] = []
+        group: list[str] = []
+        per_entry = events.RECEIVED_PER_ENTRY
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
             msg_id = format(n, "x")
             tenants[owner] = None
@@ -153,17 +158,25 @@ class Enqueue:
                     pairs += tag
                 if why:  # and its quarantined event, found by its id's record too
                     quarantined = events.quarantined_data(why)
+                group.append(f'["{msg_id}",{data}]')  # ids are hex: nothing to escape
+                if len(group) >= per_entry:
+                    entries += ("", f"[{','.join(group)}]")
+                    group = []
             fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
-                       why or "", data, quarantined)
-        if forms is not None:  # each message's 9 fields: its body's form second, its own size third
-            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 9 * len(chunk), 9), chunk,
+                       why or "", quarantined)
+        if len(group) == 1:  # a lone event keeps the usual form
+            entries += (format(last, "x"), data)
+        elif group:
+            entries += ("", f"[{','.join(group)}]")
+        if forms is not None:  # each message's 8 fields: its body's form second, its own size third
+            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 8 * len(chunk), 8), chunk,
                                                                          forms.result(), strict=True):
                 fields[at] = stored
                 if stored[:3] == mark:
                     fields[at + 1] = len(raw)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
-                                  len(buckets)]
+                                  len(entries) // 2, *entries, len(buckets)]
         for bucket, pairs in buckets.items():
             args += (bucket, bytes(pairs))
         return _Call(lane, args, [format(n, "x") for n in range(first, last + 1)])

@@ -8,15 +8,17 @@
 -- ARGV[1] accepted at (unix seconds)   ARGV[2] lane   ARGV[3] message key prefix (id follows)
 -- ARGV[4] the lane's list key prefix (tenant follows)   ARGV[5], ARGV[6] events: retention
 -- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] t, how many tenants
--- they have, then those t tenants; then 9 per message: id, body as stored (body.py), its own
+-- they have, then those t tenants; then 8 per message: id, body as stored (body.py), its own
 -- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
--- JSON ('' = ready), received event data (JSON array; '' = no events), quarantined event data
--- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
+-- JSON ('' = ready), quarantined event data (or ''); then the received events' stream
+-- entries as the producer groups them, PER_ENTRY messages an entry (events.py's
+-- RECEIVED_PER_ENTRY): n, how many, then per entry its id and data for a lone event, or ''
+-- and the JSON array of [id, data] pairs (no events: n = 0); then the events' lookup index
+-- records grouped by bucket: g, how many buckets, then
 -- per bucket: its 2 hex digits and its records as one string, the 3-byte tag of each value
 -- (events.py's index_record says how values hash to bucket and tag). Every event of the call
 -- is written to one place of the stream (below), so each record is its tag and that place, and
--- the producer sends a value repeated in the call once. The received events are written
--- PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY).
+-- the producer sends a value repeated in the call once.
 -- With KEYS[11], two more ARGV after the buckets: the mark the chunk before
 -- left ('' = none expected) and this chunk's own mark. A producer that sends a chunk before
 -- the one ahead of it has answered (two in flight on one connection, enqueue.py) orders them
@@ -33,7 +35,7 @@
 local now, lane, msg_prefix, lane_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count, tenants = tonumber(ARGV[7]), {}
 for k = 1, tonumber(ARGV[8]) do tenants[k] = ARGV[8 + k] end
-local base = 8 + #tenants  -- message k's fields are ARGV[base + 9 * (k - 1) + 1 ...]
+local base = 8 + #tenants  -- message k's fields are ARGV[base + 8 * (k - 1) + 1 ...]
 
 local checks = {KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'set', KEYS[4], 'set'}
 if (tonumber(ARGV[5]) or 0) > 0 then
@@ -44,7 +46,7 @@ for _, tenant in ipairs(tenants) do
 end
 local names, quarantined = {}, 0
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
+  local at = base + 8 * (k - 1) + 1
   names[k] = msg_prefix .. ARGV[at]
   if ARGV[at + 6] ~= '' then quarantined = quarantined + 1 end
 end
@@ -55,7 +57,8 @@ local wrong = lib.wrong_types(checks)
 if wrong then return wrong end
 local mark_at
 if KEYS[11] then
-  mark_at = base + 9 * count + 1
+  mark_at = base + 8 * count + 1  -- past the received entries, then past the buckets
+  mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
   mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
   if ARGV[mark_at] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[mark_at] then
     return redis.error_reply('enqueue stored nothing: the chunk before it was not stored')
@@ -68,7 +71,7 @@ end
 
 -- The message hashes first: the first write is where Redis refuses a script for memory.
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
+  local at = base + 8 * (k - 1) + 1
   local raw, size, why = ARGV[at + 1], ARGV[at + 2], ARGV[at + 6]
   local reply
   if size == '' then
@@ -96,7 +99,7 @@ local function figure(...)
 end
 local ready, by_domain = {}, {}
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
+  local at = base + 8 * (k - 1) + 1
   if ARGV[at + 6] == '' then
     local tenant, domain = ARGV[at + 5], ARGV[at + 4]
     local ids = ready[tenant]
@@ -127,7 +130,7 @@ redis.call('SADD', KEYS[4], unpack(tenants))
 local minute = math.floor(tonumber(now) / 60)
 for domain, n in pairs(by_domain) do figure('HINCRBY', KEYS[6], domain .. '|' .. minute, n) end
 if quarantined > 0 then figure('HINCRBY', KEYS[9], 'rule.match', quarantined) end
-figure('ZADD', KEYS[7], now, ARGV[base + 9 * (count - 1) + 1])
+figure('ZADD', KEYS[7], now, ARGV[base + 8 * (count - 1) + 1])
 redis.call('HINCRBY', KEYS[1], 'accepted', count)
 
 -- The events, then their lookup index: each record is its value's tag and the 5 bytes of
@@ -166,34 +169,25 @@ local function xadd(...)
   if failures[1] == '' then failures[1] = sid end
   failures[2] = sid
 end
--- The received events go PER_ENTRY to a stream entry (lib.event_batch's form: `m`, a JSON
--- array of [id, data] pairs; a lone one keeps the usual form): one XADD per entry, not per
--- message. Then the quarantined events, one entry each (a message's received comes first).
-local PER_ENTRY = 50
-local batch, held = {}, {}
-local function received()
-  if #batch == 1 then
-    xadd('e', 'r', 'i', batch[1][1], 'd', batch[1][2])
-  elseif #batch > 1 then
-    local parts = {}
-    for i, e in ipairs(batch) do parts[i] = '["' .. e[1] .. '",' .. e[2] .. ']' end  -- ids are hex
-    xadd('e', 'r', 'm', '[' .. table.concat(parts, ',') .. ']')
+-- The received events, PER_ENTRY to a stream entry as the producer wrote them (lib.event_batch's
+-- form: `m`, a JSON array of [id, data] pairs; a lone one keeps the usual form): one XADD per
+-- entry. Then the quarantined events, one entry each (a message's received comes first).
+local at = base + 8 * count + 1
+for _ = 1, tonumber(ARGV[at]) do
+  if ARGV[at + 1] == '' then
+    xadd('e', 'r', 'm', ARGV[at + 2])
+  else
+    xadd('e', 'r', 'i', ARGV[at + 1], 'd', ARGV[at + 2])
   end
-  batch = {}
+  at = at + 2
 end
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
-  if ARGV[at + 7] ~= '' then
-    batch[#batch + 1] = {ARGV[at], ARGV[at + 7]}
-    if #batch >= PER_ENTRY then received() end
-  end
-  if ARGV[at + 8] ~= '' then held[#held + 1] = {ARGV[at], ARGV[at + 8]} end
+  local m = base + 8 * (k - 1) + 1
+  if ARGV[m + 7] ~= '' then xadd('e', 'q', 'i', ARGV[m], 'd', ARGV[m + 7]) end
 end
-received()
-for _, q in ipairs(held) do xadd('e', 'q', 'i', q[1], 'd', q[2]) end
 -- Each bucket's records: its tags, each followed by the one place (a % in it doubled for gsub).
 local after_tag = '%0' .. string.gsub(where, '%%', '%%%%')
-local at = base + 9 * count + 1
+at = at + 1
 for _ = 1, tonumber(ARGV[at] or '0') do
   local key = tr.stream .. ':ix:' .. day .. ':' .. ARGV[at + 1]
   local text = string.gsub(ARGV[at + 2], '...', after_tag)
