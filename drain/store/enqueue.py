@@ -2,14 +2,16 @@
 which stores them, queues the ready ones on their tenants' lists, keeps the books and
 records their received (and quarantined) events, all or nothing.
 
-The producer's share of the work (the new ids, the stored body form, the envelope's JSON,
-the events' data and lookup hashes) is done for the next chunk while Redis stores the one
-before: each chunk is sent by a helper thread, and the next is sent only once that one is
-stored, so an error stops the enqueue with exactly the chunks before it queued (a chunk
-that is never sent leaves a gap in the ids, as one that fails does). A full chunk's bodies
-are compressed by a second helper thread (body.pack_many: zstd without the GIL) while this
-thread writes the rest of its ARGV; what is left on this thread bounds one producer's rate
-(benchmarks/enqueue-s6-2026-11-30.md).
+The producer's share of the work (the stored body form, the envelope's JSON, the events'
+entries and lookup records) is done for the next chunk while Redis stores the ones before:
+from the first full chunk on, chunks go through a connection of their own (enqueue_wire.Wire,
+driven by a helper thread) with two in flight, so Redis finds the next chunk waiting when it
+has stored one. A chunk stores only behind the one before it, so an error stops the enqueue
+with exactly the chunks before it queued (a chunk that is never sent leaves a gap in the
+ids, as one that fails does, and so do ids reserved ahead and not used). A full chunk's
+bodies are compressed by a second helper thread (body.pack_many: zstd without the GIL)
+while this thread writes the rest of its ARGV; what is left on this thread bounds one
+producer's rate (benchmarks/enqueue-s7-2026-11-30.md).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Enqueue:
                     if packer is None:
                         packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
                     forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
-                call = self._call(chunk, lane, forms)
+                call = self._call(chunk, lane, forms, wire.reserved() if wire is not None else None)
                 if pending is not None:  # the chunk two back is stored; the one before is on the wire
                     sent, pending = pending, None
                     stored.extend(sent.result() or ())
@@ -71,7 +73,7 @@ class Enqueue:
                         stored.extend(self._send(call))
                         continue
                     helper = ThreadPoolExecutor(1, thread_name_prefix="drain-enqueue")
-                    wire = Wire(self.client, self.settings, scripts.source("enqueue"), _keys)
+                    wire = Wire(self.client, self.settings, scripts.source("enqueue"), _keys, ENQUEUE_CHUNK)
                 assert helper is not None
                 pending = helper.submit(wire.push, call.lane, call.args, call.ids)
             if pending is not None:
@@ -109,15 +111,17 @@ class Enqueue:
             yield chunk
 
     def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str,
-              forms: Future[list[bytes]] | None = None) -> _Call:
+              forms: Future[list[bytes]] | None = None, first: int | None = None) -> _Call:
         """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
         JSON, the received event's data and the lookup records of its values (events.py).
         `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
-        thread meanwhile): they are put in their places after the pass."""
-        last = int(self.client.incrby(keys.SEQ, len(chunk)))
-        first = last - len(chunk) + 1
+        thread meanwhile): they are put in their places after the pass. `first`, when given,
+        is the first of the ids reserved for it (Wire.reserved); else they are reserved here."""
+        if first is None:
+            first = int(self.client.incrby(keys.SEQ, len(chunk))) - len(chunk) + 1
+        last = first + len(chunk) - 1
         fields: list[EncodableT] = []
         tenants: dict[str, None] = {}
         # The events' lookup records by bucket, as one string each: the values' 3-byte tags.

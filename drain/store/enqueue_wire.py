@@ -10,6 +10,11 @@ Order on failure stays that of one chunk at a time: each call carries the mark i
 predecessor leaves once stored (keys.enqueue_mark, lua/enqueue.lua), so a chunk behind
 one that failed stores nothing. The ids a caller is told of are those of the chunks whose
 reply said stored, in order, with no gap.
+
+New ids are reserved ahead (an INCRBY of drain:seq sent behind each chunk, two chunks'
+worth when the wire opens): a command of the producer's own (its INCRBY) would wait for both
+chunks in flight to run first, so the next chunk's ARGV could not be started until Redis
+was idle again. The ids of a reservation a call does not use are a gap in the ids.
 """
 
 from __future__ import annotations
@@ -37,29 +42,46 @@ class Wire:
     chunk and then reads the reply of the chunk before it."""
 
     def __init__(self, client: redis.Redis, settings: Settings, script_source: str,
-                 keys_of: Callable[[str], list[str]]) -> None:
-        self.client, self.settings, self.keys_of = client, settings, keys_of
+                 keys_of: Callable[[str], list[str]], size: int) -> None:
+        self.client, self.settings, self.keys_of, self.size = client, settings, keys_of, size
         self.sha = str(client.script_load(script_source))  # EVALSHA below finds it (two NOSCRIPTs would cross)
         self.mark = keys.enqueue_mark(uuid.uuid4().hex)
         self.numbered = 0
+        last = int(client.incrby(keys.SEQ, 2 * size))
+        # The first ids of `size` new ids each, reserved for the chunks to come.
+        self.ahead: deque[int] = deque([last - 2 * size + 1, last - size + 1])
         self.conn: Connection | None = client.connection_pool.get_connection()
-        self.flight: deque[list[str]] = deque()  # the ids of each chunk sent, reply not read
+        # Per command sent whose reply is not read: a chunk's ids, or None for a reservation.
+        self.flight: deque[list[str] | None] = deque()
+
+    def reserved(self) -> int | None:
+        """The first of `size` new ids reserved for the next chunk (None: none is left)."""
+        return self.ahead.popleft() if self.ahead else None
 
     def push(self, lane: str, args: Sequence[EncodableT], ids: list[str]) -> list[str] | None:
-        """Send one chunk; then the ids of the chunk before it once its reply says stored
-        (None if there was none). Its error is raised as the script's call would raise it."""
+        """Send one chunk and a reservation behind it; then the ids of the chunk before it
+        once its reply says stored (None if there was none). Its error is raised as the
+        script's call would raise it."""
         conn = self._conn()
         self.numbered += 1
         before = str(self.numbered - 1) if self.numbered > 1 else ""
         ring_keys = [*self.keys_of(lane), self.mark]
-        conn.send_command(  # type: ignore[no-untyped-call]
-            "EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before, str(self.numbered))
-        self.flight.append(ids)
-        return self._read() if len(self.flight) > 1 else None
+        conn.send_packed_command(conn.pack_commands([  # type: ignore[no-untyped-call]
+            ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before, str(self.numbered)),
+            ("INCRBY", keys.SEQ, self.size)]))
+        self.flight += (ids, None)
+        if len(self.flight) <= 2:
+            return None
+        done = self._read()
+        self._read()  # its reservation
+        return done
 
     def finish(self) -> list[str] | None:
         """The ids of the last chunk in flight once stored (None when none is in flight)."""
-        return self._read() if self.flight else None
+        done = None
+        while self.flight:
+            done = self._read() or done
+        return done
 
     def settle(self) -> list[str]:
         """After an error or the end: read what is still in flight, then give the connection
@@ -71,7 +93,7 @@ class Wire:
             while self.flight and self.conn is not None:
                 try:
                     ids = self._read()
-                    if not failed:
+                    if ids is not None and not failed:
                         stored += ids
                 except redis.ResponseError as exc:
                     failed = True
@@ -102,7 +124,9 @@ class Wire:
             raise redis.ConnectionError("enqueue: the connection was closed after an error")
         return self.conn
 
-    def _read(self) -> list[str]:
+    def _read(self) -> list[str] | None:
+        """The reply of the oldest command in flight: a chunk's ids once stored (None for a
+        reservation, whose ids go to `ahead`)."""
         conn, ids = self._conn(), self.flight[0]
         try:
             reply = conn.read_response()
@@ -113,6 +137,9 @@ class Wire:
             self._drop()
             raise
         self.flight.popleft()
+        if ids is None:
+            self.ahead.append(int(reply) - self.size + 1)
+            return None
         for error in reply[2:]:
             log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", _text(error))
         if reply[0]:
