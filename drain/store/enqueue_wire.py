@@ -6,9 +6,11 @@ Redis runs it, the producer's sender waits. Here a chunk is written to the socke
 the reply of the one ahead of it is read, so Redis finds the next chunk waiting when it has
 stored one (Redis runs one connection's commands in order).
 
-Order on failure stays that of one chunk at a time: each call carries the mark its
-predecessor leaves once stored (keys.enqueue_mark, lua/enqueue.lua), so a chunk behind
-one that failed stores nothing. The ids a caller is told of are those of the chunks whose
+Order on failure stays that of one chunk at a time: each chunk sent while the one before
+is unanswered carries how many chunks of the call must be stored before it (the script
+counts them in keys.enqueue_mark, lua/enqueue.lua), so a chunk behind one that failed
+stores nothing. (The count expires; a chunk sent once the one before has answered is not
+checked, so a slow input does not outlive it.) The ids a caller is told of are those of the chunks whose
 reply said stored, in order, with no gap.
 
 New ids are reserved ahead (an INCRBY of drain:seq sent behind each chunk, two chunks'
@@ -63,15 +65,19 @@ class Wire:
         once its reply says stored (None if there was none). Its error is raised as the
         script's call would raise it."""
         conn = self._conn()
+        done = None
+        if self.flight and conn.can_read():  # the chunk before has answered: read it first
+            done = self._read()
+            self._read()  # its reservation
         self.numbered += 1
-        before = str(self.numbered - 1) if self.numbered > 1 else ""
+        before = str(self.numbered - 1) if self.flight else ""  # the chunk before still unanswered
         ring_keys = [*self.keys_of(lane), self.mark]
         conn.send_packed_command(conn.pack_commands([  # type: ignore[no-untyped-call]
-            ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before, str(self.numbered)),
+            ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before),
             ("INCRBY", keys.SEQ, self.size)]))
         self.flight += (ids, None)
         if len(self.flight) <= 2:
-            return None
+            return done
         done = self._read()
         self._read()  # its reservation
         return done
@@ -108,11 +114,6 @@ class Wire:
     def close(self) -> None:
         if self.conn is None:
             return
-        try:
-            if not self.flight:
-                self.client.delete(self.mark)
-        except redis.RedisError:
-            pass  # it expires
         if self.flight:  # replies unread: the connection cannot serve another command
             self._drop()
         else:

@@ -206,6 +206,7 @@ def events_index(day: int, bucket: str) -> str:
 
 
 def enqueue_mark(token: str) -> str:
-    """The mark of the last chunk one enqueue call has stored (string, expires in an hour):
-    its next chunk, sent before that one answered, stores only behind it (lua/enqueue.lua)."""
+    """How many chunks one enqueue call has stored (counter, expires 10 minutes after the
+    last): its next chunk, sent before that one answered, stores only behind them all
+    (lua/enqueue.lua)."""
     return f"{PREFIX}:enqueue:mark:{token}"

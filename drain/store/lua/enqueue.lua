@@ -4,7 +4,7 @@
 -- KEYS[1] books hash          KEYS[2] ready count per lane (hash)   KEYS[3] the lane's ring ':join' set
 -- KEYS[4] tenants set         KEYS[5] ready per tenant (hash)       KEYS[6] backlog shape (hash)
 -- KEYS[7] acceptance times (zset)   KEYS[8] quarantine zset          KEYS[9] findings by code (hash)
--- KEYS[10] events stream      KEYS[11] (optional) the producer's chunk mark (string, see below)
+-- KEYS[10] events stream      KEYS[11] (optional) the chunks of a producer's call stored (see below)
 -- ARGV[1] accepted at (unix seconds)   ARGV[2] lane   ARGV[3] message key prefix (id follows)
 -- ARGV[4] the lane's list key prefix (tenant follows)   ARGV[5], ARGV[6] events: retention
 -- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] t, how many tenants
@@ -19,11 +19,12 @@
 -- (events.py's index_record says how values hash to bucket and tag). Every event of the call
 -- is written to one place of the stream (below), so each record is its tag and that place, and
 -- the producer sends a value repeated in the call once.
--- With KEYS[11], two more ARGV after the buckets: the mark the chunk before
--- left ('' = none expected) and this chunk's own mark. A producer that sends a chunk before
--- the one ahead of it has answered (two in flight on one connection, enqueue.py) orders them
--- so: a chunk stores only if KEYS[11] holds the mark of the one before, which a chunk leaves
--- only once it has stored all of it; one that failed stops those behind it, all or nothing.
+-- With KEYS[11], one more ARGV after the buckets: how many chunks of this producer's call
+-- KEYS[11] must count as stored ('' = no check). A producer that sends a chunk before the
+-- one ahead of it has answered (two in flight on one connection, enqueue_wire.py) orders
+-- them so: a chunk stores only if KEYS[11] counts every chunk before it, and counts itself
+-- (INCR, expiring 10 minutes on) only once it has stored all of it; one that failed stops
+-- those behind it, all or nothing.
 --
 -- Nothing is written when a key it moves mail through has the wrong type, or a new id's
 -- message key exists already: an error reply, and the producer is told nothing was queued
@@ -60,7 +61,7 @@ if KEYS[11] then
   mark_at = base + 8 * count + 1  -- past the received entries, then past the buckets
   mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
   mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
-  if ARGV[mark_at] ~= '' and redis.call('GET', KEYS[11]) ~= ARGV[mark_at] then
+  if ARGV[mark_at] ~= '' and (redis.call('GET', KEYS[11]) or '0') ~= ARGV[mark_at] then
     return redis.error_reply('enqueue stored nothing: the chunk before it was not stored')
   end
 end
@@ -88,6 +89,12 @@ for k = 1, count do
     end
     return redis.error_reply('enqueue queued nothing: message ' .. ARGV[at] .. ': ' .. reply.err)
   end
+end
+
+-- This chunk counted as stored, for the next of its producer's call (KEYS[11]).
+local function counted()
+  redis.call('INCR', KEYS[11])
+  redis.call('EXPIREAT', KEYS[11], math.floor(tonumber(now)) + 600)
 end
 
 -- The ready lists, the books and the figures.
@@ -137,7 +144,7 @@ redis.call('HINCRBY', KEYS[1], 'accepted', count)
 -- where its event is (as lib.event writes them), appended to its day's bucket.
 local tr = lib.tracer(KEYS[10], ARGV[5], ARGV[6])
 if not tr then
-  if mark_at then redis.call('SET', KEYS[11], ARGV[mark_at + 1], 'EX', 3600) end
+  if mark_at then counted() end
   return failures
 end
 redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
@@ -194,5 +201,5 @@ for _ = 1, tonumber(ARGV[at] or '0') do
   if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
   at = at + 2
 end
-if mark_at then redis.call('SET', KEYS[11], ARGV[mark_at + 1], 'EX', 3600) end
+if mark_at then counted() end
 return failures
