@@ -28,8 +28,8 @@ from redis.typing import EncodableT
 
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import body, eventlog, events, keys, scripts, tenancy
-from drain.store.enqueue_wire import Wire
+from drain.store import body, events, keys, scripts, tenancy
+from drain.store.enqueue_wire import Wire, answered
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -188,12 +188,7 @@ class Enqueue:
     def _send(self, call: _Call) -> list[str]:
         """Store a chunk (one script call); its ids. A write that only feeds figures may fail
         alone: logged, the mail is stored."""
-        reply = self.scripts.enqueue(keys=_keys(call.lane), args=call.args)
-        for error in reply[2:]:
-            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored",
-                      _text(error))
-        if reply[0]:
-            eventlog.write_span(self.client, self.settings, [_text(reply[0]), _text(reply[1])])
+        answered(self.client, self.settings, self.scripts.enqueue(keys=_keys(call.lane), args=call.args))
         return call.ids
 
 
@@ -210,7 +205,3 @@ def _keys(lane: str) -> list[str]:
     """The enqueue script's KEYS for a lane (lua/enqueue.lua)."""
     return [keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
             keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

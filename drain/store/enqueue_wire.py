@@ -141,10 +141,7 @@ class Wire:
         if ids is None:
             self.ahead.append(int(reply) - self.size + 1)
             return None
-        for error in reply[2:]:
-            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", _text(error))
-        if reply[0]:
-            eventlog.write_span(self.client, self.settings, [_text(reply[0]), _text(reply[1])])
+        answered(self.client, self.settings, reply)
         return ids
 
     def _drop(self) -> None:
@@ -152,6 +149,15 @@ class Wire:
             self.conn.disconnect()  # type: ignore[no-untyped-call]
             self.client.connection_pool.release(self.conn)
             self.conn = None
+
+
+def answered(client: redis.Redis, settings: Settings, reply: Sequence[bytes | str]) -> None:
+    """After a chunk stored: the writes that only feed figures and failed are logged (the mail
+    is stored), and its events go to DRAIN_EVENT_LOG (the script's {first, last, errors...})."""
+    for error in reply[2:]:
+        log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored", _text(error))
+    if reply[0]:
+        eventlog.write_span(client, settings, [_text(reply[0]), _text(reply[1])])
 
 
 def _text(value: bytes | str) -> str:
