@@ -152,28 +152,36 @@ redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
 -- same 5 bytes and no record needs work of its own here: the entries take the stream ids
 -- ms-S, ms-(S+1), ... with S at least 8191 (lookup.py reads a record whose sequence is 8191
 -- as "that or more": every entry of that ms from S on, and checks the events it finds).
--- ms is now, or the stream's last id's if that is later (a clock set back); S is 8191, or
--- past the last id when that is in the same ms.
+-- ms is now and S 8191; when the stream's last id is at or past that (a clock set back, or
+-- this ms already used past 8191), the first XADD is refused and they go after the last id.
 local t = redis.call('TIME')
 local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 8191
-if redis.call('EXISTS', KEYS[10]) == 1 then
+local function after_last()
   local info = redis.call('XINFO', 'STREAM', KEYS[10])
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then
       local last_ms, last_seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
       last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
       if last_ms >= ms then ms, seq = last_ms, math.max(seq, last_seq + 1) end
-      break
+      return
     end
   end
 end
-local day = math.floor(ms / 86400000)
-local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
 local function xadd(...)
   local sid = string.format('%.0f-%.0f', ms, seq)
+  if failures[1] == '' then  -- the call's first entry
+    local reply = redis.pcall('XADD', KEYS[10], sid, ...)
+    if type(reply) == 'table' and reply.err then
+      if not string.find(reply.err, 'smaller', 1, true) then error(reply) end
+      after_last()
+      sid = string.format('%.0f-%.0f', ms, seq)
+      redis.call('XADD', KEYS[10], sid, ...)
+    end
+    failures[1] = sid
+  else
+    redis.call('XADD', KEYS[10], sid, ...)
+  end
   seq = seq + 1
-  redis.call('XADD', KEYS[10], sid, ...)
-  if failures[1] == '' then failures[1] = sid end
   failures[2] = sid
 end
 -- The received events, PER_ENTRY to a stream entry as the producer wrote them (lib.event_batch's
@@ -193,6 +201,8 @@ for k = 1, count do
   if ARGV[m + 7] ~= '' then xadd('e', 'q', 'i', ARGV[m], 'd', ARGV[m + 7]) end
 end
 -- Each bucket's records: its tags, each followed by the one place (a % in it doubled for gsub).
+local day = math.floor(ms / 86400000)
+local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
 local after_tag = '%0' .. string.gsub(where, '%%', '%%%%')
 at = at + 1
 for _ = 1, tonumber(ARGV[at] or '0') do
