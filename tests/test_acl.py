@@ -4,6 +4,7 @@ work and refused what it must not do."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -127,9 +128,12 @@ def test_drain_acl_prints_one_rule_per_role() -> None:
 def test_producer_enqueues_many_chunks_with_two_in_flight(
         as_role: RoleClient, client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 2 through the wire (enqueue_wire.py): the count of a call's chunks stored
-    and the reservations ahead are the producer's to write. Mutant caught: the count's key
-    left out of the producer's keys (NOPERM from the script)."""
+    and the reservations ahead are the producer's to write; with the events stream's last id
+    ahead of the clock, the script reads it (XINFO STREAM). Mutants caught: the count's key
+    left out of the producer's keys, XINFO STREAM left out of its commands (NOPERM)."""
     monkeypatch.setattr(enqueue, "ENQUEUE_CHUNK", 2)
+    ahead = int(time.time() * 1000) + 60_000
+    client.redis.xadd(keys.EVENTS, {"e": "R", "i": "x", "d": "[]"}, id=f"{ahead}-9000")
     producer = Client(as_role("producer"), settings)
 
     ids = producer.enqueue_many([synthetic(i) for i in range(7)]).ids
