@@ -125,7 +125,7 @@ def test_the_entries_the_producer_groups_hold_fifty_and_a_lone_one_keeps_the_usu
 def test_a_repeated_value_is_found_in_every_entry(client: Client, rclient: redis.Redis) -> None:
     """120 messages from one sender make three entries of one enqueue call, all at one place
     of the stream: the sender has one record for the call, and a lookup by sender finds all
-    120. Mutants caught: the entries added at '*' ids (the record's place holds none of them:
+    120. Mutants caught: the call's first entry added at a '*' id (the record's place holds none:
     nothing found); the place's sequence not 8191 (only the first entry read: 50 found)."""
     ids = client.enqueue_many([synthetic(i) for i in range(120)]).ids
     tag, bucket = lookup._hashed(events.BY_SENDER + "billing@sender.example.com")
