@@ -6,7 +6,7 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import Header, decode_header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
@@ -30,6 +30,10 @@ class Envelope:
     # Accepted with SMTPUTF8 (RFC 6531): its headers may carry raw UTF-8, and it must go out
     # with SMTPUTF8 too. Stored as a third element of the JSON form, only when set.
     smtputf8: bool = False
+    # The Message-ID of the bytes it was read from, as the received event records it
+    # (events.message_id), when the header scan that made this envelope met it on the way
+    # (None: not known; '' = none). Not part of the envelope: not compared, not stored.
+    message_id: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
         """[sender, [recipients...]] (and 1 when SMTPUTF8) as compact ASCII JSON, written
@@ -174,15 +178,27 @@ _ENVELOPE_STARTS = frozenset(bytes([c]) for name in _ENVELOPE_NAMES for c in (na
 _BLANK_LINE_LF = re.compile(rb"\n\r?\n")
 
 
+# The bytes a Message-ID line starts with (the name at the very start of the line, any case).
+_MESSAGE_ID_STARTS = frozenset({b"M", b"m"})
+_MESSAGE_ID = b"message-id:"
+_MESSAGE_ID_MAX = 300  # events.TEXT_MAX, the longest header text an event keeps
+MESSAGE_ID_FIELD = "message-id"  # the key _address_fields gives the first Message-ID line's text under
+
+
 def _address_fields(head: bytes) -> dict[str, list[str]]:
     """The address fields of a header block, unfolded, by lowercased name (a plain scan:
-    the envelope is needed for every message at enqueue time, so no full parser here)."""
+    the envelope is needed for every message at enqueue time, so no full parser here); and
+    under MESSAGE_ID_FIELD, the text of the first line that starts with `message-id:` in any
+    case, as events.message_id reads it (up to a CR, stripped, at most 300 characters)."""
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
     resent = 0  # 0: no Resent-* field yet; 1: in the first (newest) resent block; 2: past it
     # A line's CR (of CRLF) needs no stripping of its own: strip() takes it off every part kept.
     for line in head.split(b"\n"):
         first = line[:1]
+        if first in _MESSAGE_ID_STARTS and line[:11].lower() == _MESSAGE_ID and MESSAGE_ID_FIELD not in fields:
+            text = line[11:].partition(b"\r")[0].decode("utf-8", "replace").strip()
+            fields[MESSAGE_ID_FIELD] = [text[:_MESSAGE_ID_MAX]]
         if first in (b" ", b"\t"):
             if current is not None:
                 current[-1] += " " + line.strip().decode("ascii", "surrogateescape")
@@ -217,23 +233,29 @@ def envelope_from_headers(raw: bytes) -> Envelope:
         fields = _address_fields(raw[:end])
         get = fields.get
         # The resent block's sender first: a Return-Path there is the original delivery's.
-        resent = _addresses(get("resent-sender", ())) or _addresses(get("resent-from", ()))
+        # A field that is not there is not read (the common block has From and To alone).
+        resent = (_addresses(get("resent-sender", ())) or _addresses(get("resent-from", ()))
+                  if "resent-sender" in fields or "resent-from" in fields else None)
         if resent:
             senders = resent
         elif "return-path" in fields and fields["return-path"][0].strip() == "<>":
             senders = [""]  # the null sender: this is a bounce
-        else:
+        elif "return-path" in fields or "sender" in fields:
             senders = (
                 _addresses(get("return-path", ()))
                 or _addresses(get("sender", ()))
                 or _addresses(get("from", ()))
             )
+        else:
+            senders = _addresses(get("from", ()))
         # A resent message goes to its newest Resent-To/Cc/Bcc only (as sendmail -t takes it).
         kind = "resent-" if ("resent-to" in fields or "resent-cc" in fields or "resent-bcc" in fields) else ""
         recipients = _addresses([*get(f"{kind}to", ()), *get(f"{kind}cc", ()), *get(f"{kind}bcc", ())])
+        # Without a blank line events.message_id reads only the first 64 KB: not known here.
+        mid = get(MESSAGE_ID_FIELD, [""])[0] if split is not None else None
     except Exception:  # hostile headers: no envelope rather than a crash
         return Envelope("", ())
-    return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)))
+    return Envelope(senders[0] if senders else "", tuple(dict.fromkeys(recipients)), message_id=mid)
 
 
 _BCC_FIELD = re.compile(rb"^(?:resent-)?bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)

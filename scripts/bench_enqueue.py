@@ -153,13 +153,19 @@ def enqueue_markdown(rows: list[dict[str, Any]]) -> str:
              "producer's own thread, which bounds one process's rate; Redis CPU = redis-server's own, "
              "from INFO cpu). The rows of several producer processes split the same messages between "
              "them; the one-producer rows are a single process:", "",
-             "| size | path | producers | messages | msg/s [each round] | producer CPU µs/msg | main thread µs/msg "
-             "| Redis CPU µs/msg |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| size | path | producers | messages | msg/s [each round] | wall µs/msg | producer CPU µs/msg "
+             "| main thread µs/msg | main thread idle µs/msg | Redis CPU µs/msg | Redis idle µs/msg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        # Idle: the wall time of a message that the main thread (or redis-server) did not run,
+        # waiting on the other side, on its helper threads, or for a core of the shared machine.
+        wall = 1e6 / r["msg_per_s"]
+        main = r.get("main_thread_cpu_us")
         lines.append(f"| {r['label']} | {r['name']} | {r.get('producers', 1)} | {r['messages']:,} | "
-                     f"{r['msg_per_s']:,.0f} [{', '.join(f'{x:,}' for x in r['msg_per_s_each'])}] | "
-                     f"{r['client_cpu_us']} | {r.get('main_thread_cpu_us', '')} | {r['redis_cpu_us']} |")
+                     f"{r['msg_per_s']:,.0f} [{', '.join(f'{x:,}' for x in r['msg_per_s_each'])}] | {wall:.1f} | "
+                     f"{r['client_cpu_us']} | {main if main is not None else ''} | "
+                     f"{f'{wall - main:.1f}' if main is not None else ''} | {r['redis_cpu_us']} | "
+                     f"{wall - r['redis_cpu_us']:.1f} |")
     steps = [r for r in rows if "steps_us" in r]
     if steps:
         lines += ["", "Steps, µs per message on one core (best of 5 loops):", "",

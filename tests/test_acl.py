@@ -4,6 +4,7 @@ work and refused what it must not do."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.observe.status import read
 from drain.settings import Settings
-from drain.store import acl, keys
+from drain.store import acl, enqueue, keys
 from drain.store.store import Store
 from drain.worker.rqworker import DrainWorker
 from tests.chaos_kit import run_drain
@@ -122,3 +123,19 @@ def test_drain_acl_prints_one_rule_per_role() -> None:
     assert all(rule.startswith(f"ACL SETUSER drain-{role} reset on ") for role, rule in found.items())
     # A password from the environment is printed only as its SHA-256 (#...), never itself.
     assert secret not in result.stdout.decode() and " #" in found["producer"]
+
+
+def test_producer_enqueues_many_chunks_with_two_in_flight(
+        as_role: RoleClient, client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 2 through the wire (enqueue_wire.py): the count of a call's chunks stored
+    and the reservations ahead are the producer's to write; with the events stream's last id
+    ahead of the clock, the script reads it (XINFO STREAM). Mutants caught: the count's key
+    left out of the producer's keys, XINFO STREAM left out of its commands (NOPERM)."""
+    monkeypatch.setattr(enqueue, "ENQUEUE_CHUNK", 2)
+    ahead = int(time.time() * 1000) + 60_000
+    client.redis.xadd(keys.EVENTS, {"e": "R", "i": "x", "d": "[]"}, id=f"{ahead}-9000")
+    producer = Client(as_role("producer"), settings)
+
+    ids = producer.enqueue_many([synthetic(i) for i in range(7)]).ids
+
+    assert len(ids) == 7 == client.store.books().ready

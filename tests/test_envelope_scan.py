@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from drain import message
 from drain.message import Envelope, envelope_from_headers
+from drain.store import events
 
 NAMES = ["From", "to", "CC", "Bcc", "Sender", "Return-Path", "Resent-From", "RESENT-TO", "Resent-Cc",
          "Resent-Sender", "Resent-Bcc", "Subject", "X-\xfcber", "Received", "Message-ID", "to ", " Cc"]
@@ -88,3 +89,46 @@ def test_only_short_address_fields_are_remembered() -> None:
         assert envelope_from_headers(raw) == Envelope("a@b.example", tuple(f"u{i}@x.example" for i in range(40)))
     info = message._field_addresses.cache_info()
     assert (info.currsize, info.hits) == (1, 1)
+
+
+MID_NAMES = ["Message-ID", "message-id", "MESSAGE-Id", " Message-ID", "Message-ID ", "Message-IDs", "X-Message-ID",
+             "From", "To", "Resent-To", "MIME-Version", "M"]
+MID_VALUES = ["<a@b.example>", " <a@b.example> ", "", "<x\rafter@c.example>", "<\xe9t\xe9@d.example>",
+              "<" + "n" * 320 + "@e.example>", "a@b.example"]
+mid_lines = st.tuples(st.sampled_from(MID_NAMES), st.sampled_from(MID_VALUES), st.sampled_from(ENDS),
+                      st.sampled_from(["", " <folded@f.example>"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(mid_lines, max_size=8), st.sampled_from(["", "\n", "\r\n", "\n\r\n"]), st.binary(max_size=20))
+def test_the_message_id_met_by_the_scan_is_the_one_the_received_event_reads(
+        fields: list[tuple[str, str, str, str]], blank: str, body: bytes) -> None:
+    """The envelope scan notes the Message-ID on its way so the enqueue need not read the
+    header block again: it must be events.message_id's (the first line starting with
+    `message-id:` in any case, up to a CR, stripped, capped), or None when not known.
+    Mutants caught: a later Message-ID line kept over the first; the name matched after
+    strip() (" Message-ID:"); the value not cut at its CR; no cap."""
+    text = "".join(f"{n}: {v}{e}" + (f"{fold}{e}" if fold else "") for n, v, e, fold in fields)
+    raw = text.encode("utf-8", "surrogateescape") + blank.encode() + body
+    env = envelope_from_headers(raw)
+    if message._BLANK_LINE_LF.search(raw) is None:
+        assert env.message_id is None
+    else:
+        assert env.message_id == events.message_id(raw)
+    assert env == reference(raw)
+
+
+def test_the_message_id_rides_along_but_is_no_part_of_the_envelope() -> None:
+    raw = b"From: a@b.example\nTo: c@d.example\nMessage-ID: <m@b.example>\n\nx"
+    env = envelope_from_headers(raw)
+    assert env.message_id == "<m@b.example>" and env == Envelope("a@b.example", ("c@d.example",))
+    assert env.to_json() == '["a@b.example",["c@d.example"]]'
+    assert envelope_from_headers(b"From: a@b.example\n\nx").message_id == ""
+
+
+def test_the_message_id_is_capped_and_its_name_is_exact() -> None:
+    """Mutants caught: no cap (332 characters); the name matched with spaces before its colon."""
+    long = b"From: a@b.example\nMessage-ID: <" + b"n" * 320 + b"@e.example>\n\nx"
+    assert envelope_from_headers(long).message_id == events.message_id(long) and len(events.message_id(long)) == 300
+    spaced = b"From: a@b.example\nMessage-ID : <m@b.example>\n\nx"
+    assert envelope_from_headers(spaced).message_id == events.message_id(spaced) == ""

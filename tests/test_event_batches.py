@@ -7,9 +7,8 @@ earlier 4,096-bucket format are read too."""
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import time
-from importlib.resources import files
 from typing import Any
 
 import redis
@@ -110,24 +109,30 @@ def test_an_entry_of_several_with_damaged_pairs_gives_the_readable_ones() -> Non
     assert events.decode_all([(b"1700000000000-4", {b"e": b"d", b"m": b"not json"})]) == []
 
 
-def test_the_producer_and_the_script_agree_on_received_events_per_entry() -> None:
-    """The producer leaves out a value's record when the same entry has it already, so it
-    must group received events as enqueue.lua does. Mutant caught: PER_ENTRY changed in
-    enqueue.lua alone."""
-    text = (files("drain.store") / "lua" / "enqueue.lua").read_text(encoding="utf-8")
-    found = re.search(r"^local PER_ENTRY = (\d+)$", text, re.MULTILINE)
-    assert found and int(found.group(1)) == events.RECEIVED_PER_ENTRY
+def test_the_entries_the_producer_groups_hold_fifty_and_a_lone_one_keeps_the_usual_form(
+        client: Client, rclient: redis.Redis) -> None:
+    """The producer groups the received events (enqueue.py): 51 messages make an entry of
+    50 pairs and one lone event in the usual form (i, d). Mutants caught: a group closed at
+    another size; the lone event sent as a group of one."""
+    ids = client.enqueue_many([synthetic(i) for i in range(51)]).ids
+
+    (_sid1, first), (_sid2, second) = rclient.xrange(keys.EVENTS)
+    assert len(json.loads(first[b"m"])) == 50 and b"i" not in first
+    assert second[b"i"].decode() == ids[50] and b"m" not in second
+    assert [d["id"] for d in events.decode_all(rclient.xrange(keys.EVENTS))] == ids
 
 
 def test_a_repeated_value_is_found_in_every_entry(client: Client, rclient: redis.Redis) -> None:
-    """120 messages from one sender make three entries: the sender has one record in each,
-    and a lookup by sender finds all 120. Mutant caught: the producer's set of values seen
-    kept over the whole chunk instead of per entry (one record, 50 found)."""
+    """120 messages from one sender make three entries of one enqueue call, all at one place
+    of the stream: the sender has one record for the call, and a lookup by sender finds all
+    120. Mutants caught: the call's first entry added at a '*' id (the record's place holds none:
+    nothing found); the place's sequence not 8191 (only the first entry read: 50 found)."""
     ids = client.enqueue_many([synthetic(i) for i in range(120)]).ids
     tag, bucket = lookup._hashed(events.BY_SENDER + "billing@sender.example.com")
     day = int(time.time() // 86400)
 
-    assert len(lookup.matches(rclient.get(keys.events_index(day, bucket)) or b"", tag, day)) == 3
+    assert len(lookup.matches(rclient.get(keys.events_index(day, bucket)) or b"", tag, day)) == 1
+    assert sorted(d["id"] for d in _traced(client, sender="billing@sender.example.com")) == sorted(ids)
     assert sorted(d["id"] for d in _traced(client, sender="billing@sender.example.com")) == sorted(ids)
 
 
@@ -161,3 +166,19 @@ def test_mail_quarantined_at_enqueue_shows_both_its_events(client: Client, store
     for k, msg_id in enumerate(ids):
         (doc,) = _traced(client, id=msg_id)
         assert [e["event"] for e in doc["events"]] == (["received", "quarantined"] if k == 1 else ["received"]), doc
+
+
+def test_an_enqueue_behind_a_stream_id_ahead_of_the_clock_still_records_and_finds(
+        client: Client, rclient: redis.Redis) -> None:
+    """The stream's last id is ahead of the clock (a clock set back; a sequence past 8191 in
+    that ms): the call's entries go after it, in that ms, and are found. Mutant caught: the
+    place taken from the clock alone (XADD refuses an id not after the last: the enqueue fails)."""
+    ahead = int(time.time() * 1000) + 60_000
+    rclient.xadd(keys.EVENTS, {"e": "R", "i": "x", "d": "[]"}, id=f"{ahead}-9000")
+
+    ids = client.enqueue_many([synthetic(i) for i in range(60)]).ids
+
+    sids = [sid.decode() for sid, _f in rclient.xrange(keys.EVENTS, f"{ahead}-9001", "+")]
+    assert sids == [f"{ahead}-9001", f"{ahead}-9002"]
+    for k in (0, 59):
+        assert [e["event"] for e in _traced(client, id=ids[k])[0]["events"]] == ["received"]

@@ -33,7 +33,7 @@ _PRODUCER_KEYS = (
     keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.lane("*", "*"), keys.ring("*") + ":join", keys.READY_COUNT,
     keys.TENANTS, keys.TENANT_SHAPE, keys.PAUSED_TENANTS, keys.TENANT_RATES, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
     keys.FINDINGS, keys.QUARANTINE, keys.RULES, keys.RULE_SEQ, keys.PAUSED, keys.INTAKE_PAUSED, keys.DURABLE,
-    keys.RATE, keys.EVENTS, f"{keys.EVENTS}:ix:*",
+    keys.RATE, keys.EVENTS, f"{keys.EVENTS}:ix:*", keys.enqueue_mark("*"),
 )
 _PRODUCER_COMMANDS = (
     "+multi", "+exec", "+discard", "+info",
@@ -47,6 +47,8 @@ _PRODUCER_COMMANDS = (
     # the enqueue script (lua/enqueue.lua), which records the received events too (read
     # back for DRAIN_EVENT_LOG)
     "+evalsha", "+script|load", "+script|exists", "+xadd", "+xtrim", "+append", "+expireat", "+time", "+xrange",
+    # it writes a call's events after the stream's last id, and counts a call's chunks stored
+    "+xinfo|stream",
     # the enqueue script checks the types of the keys it moves mail through before writing
     "+type",
 )

@@ -2,14 +2,16 @@
 which stores them, queues the ready ones on their tenants' lists, keeps the books and
 records their received (and quarantined) events, all or nothing.
 
-The producer's share of the work (the new ids, the stored body form, the envelope's JSON,
-the events' data and lookup hashes) is done for the next chunk while Redis stores the one
-before: each chunk is sent by a helper thread, and the next is sent only once that one is
-stored, so an error stops the enqueue with exactly the chunks before it queued (a chunk
-that is never sent leaves a gap in the ids, as one that fails does). A full chunk's bodies
-are compressed by a second helper thread (body.pack_many: zstd without the GIL) while this
-thread writes the rest of its ARGV; what is left on this thread bounds one producer's rate
-(benchmarks/enqueue-s6-2026-11-30.md).
+The producer's share of the work (the stored body form, the envelope's JSON, the events'
+entries and lookup records) is done for the next chunk while Redis stores the ones before:
+from the first full chunk on, chunks go through a connection of their own (enqueue_wire.Wire,
+driven by a helper thread) with two in flight, so Redis finds the next chunk waiting when it
+has stored one. A chunk stores only behind the one before it, so an error stops the enqueue
+with exactly the chunks before it queued (a chunk that is never sent leaves a gap in the
+ids, as one that fails does, and so do ids reserved ahead and not used). A full chunk's
+bodies are compressed by a second helper thread (body.pack_many: zstd without the GIL)
+while this thread writes the rest of its ARGV; what is left on this thread bounds one
+producer's rate (benchmarks/enqueue-s7-2026-11-30.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from redis.typing import EncodableT
 
 from drain.message import Envelope
 from drain.settings import Settings
-from drain.store import body, eventlog, events, keys, tenancy
+from drain.store import body, events, keys, scripts, tenancy
+from drain.store.enqueue_wire import Wire, answered
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -48,9 +51,10 @@ class Enqueue:
     def many(self, items: Iterable[Item], lane: str, tenants: Iterable[str] | None, source: str | Sequence[str],
              stored: list[str], before_chunk: Callable[[], None] | None) -> list[str]:
         lane = "fresh" if lane == "fresh" else "backlog"
-        pending: Future[list[str]] | None = None
+        pending: Future[list[str] | None] | None = None
         helper: ThreadPoolExecutor | None = None
         packer: ThreadPoolExecutor | None = None
+        wire: Wire | None = None
         try:
             for chunk in self._chunks(items, tenants, source):
                 forms: Future[list[bytes]] | None = None
@@ -58,27 +62,33 @@ class Enqueue:
                     if packer is None:
                         packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
                     forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
-                call = self._call(chunk, lane, forms)
-                if pending is not None:
+                call = self._call(chunk, lane, forms, wire.reserved() if wire is not None else None)
+                if pending is not None:  # the chunk two back is stored; the one before is on the wire
                     sent, pending = pending, None
-                    stored.extend(sent.result())
+                    stored.extend(sent.result() or ())
                 if before_chunk is not None:
                     before_chunk()
-                if helper is None:  # one chunk: no thread
+                if wire is None:  # one chunk: no thread
                     if len(chunk) < ENQUEUE_CHUNK:
                         stored.extend(self._send(call))
                         continue
                     helper = ThreadPoolExecutor(1, thread_name_prefix="drain-enqueue")
-                pending = helper.submit(self._send, call)
+                    wire = Wire(self.client, self.settings, scripts.source("enqueue"), _keys, ENQUEUE_CHUNK)
+                assert helper is not None
+                pending = helper.submit(wire.push, call.lane, call.args, call.ids)
             if pending is not None:
                 sent, pending = pending, None
-                stored.extend(sent.result())
+                stored.extend(sent.result() or ())
+            if wire is not None:  # the last chunk's reply: its error is raised
+                stored.extend(wire.finish() or ())
         finally:
             if pending is not None:  # stopped by the input or the guard: what is in Redis counts
                 try:
-                    stored.extend(pending.result())
+                    stored.extend(pending.result() or ())
                 except Exception as exc:
                     log.warning("enqueue: a chunk sent before the error failed too: %s", exc)
+            if wire is not None:
+                stored.extend(wire.settle())
             if helper is not None:
                 helper.shutdown()
             if packer is not None:
@@ -101,27 +111,32 @@ class Enqueue:
             yield chunk
 
     def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str,
-              forms: Future[list[bytes]] | None = None) -> _Call:
+              forms: Future[list[bytes]] | None = None, first: int | None = None) -> _Call:
         """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
         JSON, the received event's data and the lookup records of its values (events.py).
         `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
-        thread meanwhile): they are put in their places after the pass."""
-        last = int(self.client.incrby(keys.SEQ, len(chunk)))
-        first = last - len(chunk) + 1
+        thread meanwhile): they are put in their places after the pass. `first`, when given,
+        is the first of the ids reserved for it (Wire.reserved); else they are reserved here."""
+        if first is None:
+            first = int(self.client.incrby(keys.SEQ, len(chunk))) - len(chunk) + 1
+        last = first + len(chunk) - 1
         fields: list[EncodableT] = []
         tenants: dict[str, None] = {}
-        # The events' lookup records by bucket, as one string each: per record the value's
-        # 3-byte tag and the event's number (2 bytes, big-endian); one ARGV a bucket, not two
-        # a record (redis-py packs each ARGV in Python: ~1.6 µs a message saved). Received
-        # events share a stream entry RECEIVED_PER_ENTRY at a time (enqueue.lua): a value met
-        # again in the same entry (a sender, a domain) has its record already.
+        # The events' lookup records by bucket, as one string each: the values' 3-byte tags.
+        # Every event of a call is at one place in the stream (enqueue.lua), so a record is
+        # its tag alone and a value met again in the chunk (a sender, a domain) has one
+        # already. One ARGV a bucket, not two a record (redis-py packs each ARGV in Python).
         buckets: dict[bytes, bytearray] = {}
         trace, pack, mark = self.settings.trace, body.pack, body.MARK
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
-        numbered = received = 0
-        entry: set[tuple[bytes, bytes]] = set()
+        seen: set[tuple[bytes, bytes]] = set()
+        # The received events' stream entries, RECEIVED_PER_ENTRY to one: (id, data) for a
+        # lone event, else ('', the JSON array of [id, data] pairs), as the script adds them.
+        entries: list[EncodableT] = []
+        group: list[str] = []
+        per_entry = events.RECEIVED_PER_ENTRY
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
             msg_id = format(n, "x")
             tenants[owner] = None
@@ -130,37 +145,42 @@ class Enqueue:
             data = quarantined = ""
             if trace:
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
-                                                      "" if env.smtputf8 else envelope)
-                numbered += 1
-                number = numbered.to_bytes(2, "big")
-                if received % events.RECEIVED_PER_ENTRY == 0:
-                    entry = set()
-                received += 1
-                own = unique(events.BY_ID + msg_id)
-                for record in (own, *records):
-                    if record in entry:
+                                                      "" if env.smtputf8 else envelope, env.message_id)
+                bucket, tag = unique(events.BY_ID + msg_id)
+                pairs = buckets.get(bucket)
+                if pairs is None:
+                    buckets[bucket] = pairs = bytearray()
+                pairs += tag
+                for record in records:
+                    if record in seen:
                         continue
-                    entry.add(record)
+                    seen.add(record)
                     bucket, tag = record
                     pairs = buckets.get(bucket)
                     if pairs is None:
                         buckets[bucket] = pairs = bytearray()
-                    pairs += tag + number
-                if why:  # and its quarantined event, found by its id
+                    pairs += tag
+                if why:  # and its quarantined event, found by its id's record too
                     quarantined = events.quarantined_data(why)
-                    numbered += 1
-                    buckets[own[0]] += own[1] + numbered.to_bytes(2, "big")
+                group.append(f'["{msg_id}",{data}]')  # ids are hex: nothing to escape
+                if len(group) >= per_entry:
+                    entries += ("", f"[{','.join(group)}]")
+                    group = []
             fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
-                       why or "", data, quarantined)
-        if forms is not None:  # each message's 9 fields: its body's form second, its own size third
-            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 9 * len(chunk), 9), chunk,
+                       why or "", quarantined)
+        if len(group) == 1:  # a lone event keeps the usual form
+            entries += (format(last, "x"), data)
+        elif group:
+            entries += ("", f"[{','.join(group)}]")
+        if forms is not None:  # each message's 8 fields: its body's form second, its own size third
+            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 8 * len(chunk), 8), chunk,
                                                                          forms.result(), strict=True):
                 fields[at] = stored
                 if stored[:3] == mark:
                     fields[at + 1] = len(raw)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
-                                  len(buckets)]
+                                  len(entries) // 2, *entries, len(buckets)]
         for bucket, pairs in buckets.items():
             args += (bucket, bytes(pairs))
         return _Call(lane, args, [format(n, "x") for n in range(first, last + 1)])
@@ -168,16 +188,7 @@ class Enqueue:
     def _send(self, call: _Call) -> list[str]:
         """Store a chunk (one script call); its ids. A write that only feeds figures may fail
         alone: logged, the mail is stored."""
-        lane = call.lane
-        reply = self.scripts.enqueue(
-            keys=[keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
-                  keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS],
-            args=call.args)
-        for error in reply[2:]:
-            log.error("enqueue: a write that only feeds figures failed (%s); the mail is stored",
-                      _text(error))
-        if reply[0]:
-            eventlog.write_span(self.client, self.settings, [_text(reply[0]), _text(reply[1])])
+        answered(self.client, self.settings, self.scripts.enqueue(keys=_keys(call.lane), args=call.args))
         return call.ids
 
 
@@ -190,5 +201,7 @@ class _Call:
     ids: list[str]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _keys(lane: str) -> list[str]:
+    """The enqueue script's KEYS for a lane (lua/enqueue.lua)."""
+    return [keys.BOOKS, keys.READY_COUNT, keys.ring(lane) + ":join", keys.TENANTS, keys.TENANT_SHAPE,
+            keys.SHAPE, keys.SEQ_TIME, keys.QUARANTINE, keys.FINDINGS, keys.EVENTS]

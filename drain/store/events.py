@@ -81,7 +81,8 @@ NAMES = tuple(name for name, _fields in KINDS.values())
 # sender, Message-ID. Values are indexed lowercased (ASCII only, as Lua's string.lower).
 BY_ID, BY_RECIPIENT, BY_DOMAIN, BY_SENDER, BY_MESSAGE_ID = "i:", "r:", "d:", "s:", "m:"
 
-# Received events an enqueue writes to one stream entry (enqueue.lua's PER_ENTRY).
+# Received events an enqueue writes to one stream entry (enqueue.lua's PER_ENTRY); the
+# entries of one enqueue call share one place in the lookup index (lookup.py).
 RECEIVED_PER_ENTRY = 50
 
 # Longest reply or header text kept in an event.
@@ -188,15 +189,17 @@ _BUCKET_NAMES = [b"%02x" % n for n in range(256)]  # a bucket's two hex digits b
 
 
 def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
-                   tenant: str, pair_json: str = "") -> tuple[str, list[tuple[bytes, bytes]]]:
+                   tenant: str, pair_json: str = "", mid: str | None = None) -> tuple[str, list[tuple[bytes, bytes]]]:
     """A message's received event for the enqueue script (lua/enqueue.lua), but for its id:
     its data (JSON) and the index records (bucket, tag) of its lookup values, those of
     `received` in its order. Made for every message enqueued, so in one pass: the values that
     come back message after message (sender, domains) through index_record's cache, those of
     one message (recipient, Message-ID) hashed directly (a cache miss costs more than a hash).
     `pair_json`, when given, is [sender, recipients] as JSON (the envelope's own JSON without
-    its SMTPUTF8 flag): the data is then written around it (~0.3 µs, not ~1.7 to encode)."""
-    mid = message_id(raw)
+    its SMTPUTF8 flag): the data is then written around it (~0.3 µs, not ~1.7 to encode).
+    `mid`, when given, is message_id(raw) already read (Envelope.message_id: the header scan
+    of envelope_from_headers meets it on its way)."""
+    mid = message_id(raw) if mid is None else mid
     once = index_record.__wrapped__
     records = [index_record(BY_SENDER + sender)] if sender else []
     domains: set[str] = set()

@@ -203,3 +203,10 @@ def events_index(day: int, bucket: str) -> str:
     digits; 3 in the earlier format): 3-byte tag of the looked-up value + where the event is
     (string, APPENDed)."""
     return f"{EVENTS}:ix:{day}:{bucket}"
+
+
+def enqueue_mark(token: str) -> str:
+    """How many chunks one enqueue call has stored (counter, expires 10 minutes after the
+    last): its next chunk, sent before that one answered, stores only behind them all
+    (lua/enqueue.lua)."""
+    return f"{PREFIX}:enqueue:mark:{token}"

@@ -12,7 +12,8 @@ of a thousand messages has thousands of records (4,096 buckets made that ~2,200 
 make it at most 256). Records written with 4,096 buckets (hex digits 7-9, before this
 format) are read too until they expire. A delivered event's id record goes to a bucket by
 the id's number instead (events.id_bucket: a settle's ids share one): an id's lookup reads
-that bucket too.
+that bucket too. An enqueue call writes all its entries at one place (ms-8191 on, enqueue.lua):
+each of its records is tag + that place, and a lookup reads the call's entries together.
 """
 
 from __future__ import annotations

@@ -4,21 +4,27 @@
 -- KEYS[1] books hash          KEYS[2] ready count per lane (hash)   KEYS[3] the lane's ring ':join' set
 -- KEYS[4] tenants set         KEYS[5] ready per tenant (hash)       KEYS[6] backlog shape (hash)
 -- KEYS[7] acceptance times (zset)   KEYS[8] quarantine zset          KEYS[9] findings by code (hash)
--- KEYS[10] events stream
+-- KEYS[10] events stream      KEYS[11] (optional) the chunks of a producer's call stored (see below)
 -- ARGV[1] accepted at (unix seconds)   ARGV[2] lane   ARGV[3] message key prefix (id follows)
 -- ARGV[4] the lane's list key prefix (tenant follows)   ARGV[5], ARGV[6] events: retention
 -- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] t, how many tenants
--- they have, then those t tenants; then 9 per message: id, body as stored (body.py), its own
+-- they have, then those t tenants; then 8 per message: id, body as stored (body.py), its own
 -- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
--- JSON ('' = ready), received event data (JSON array; '' = no events), quarantined event data
--- (or ''); then the events' lookup index records grouped by bucket: g, how many buckets, then
--- per bucket: its 2 hex digits and its records as one string, 5 bytes a record: the value's
--- 3-byte tag (events.py's index_record says how values hash to bucket and tag), then the
--- event's number in this call, 2 bytes big-endian (counting from 1 in the order recorded:
--- each message's received event, then its quarantined one). The
--- received events are written PER_ENTRY to a stream entry (events.py's RECEIVED_PER_ENTRY),
--- and their index records point at their entry (the producer sends a value repeated in
--- one entry once).
+-- JSON ('' = ready), quarantined event data (or ''); then the received events' stream
+-- entries as the producer groups them, PER_ENTRY messages an entry (events.py's
+-- RECEIVED_PER_ENTRY): n, how many, then per entry its id and data for a lone event, or ''
+-- and the JSON array of [id, data] pairs (no events: n = 0); then the events' lookup index
+-- records grouped by bucket: g, how many buckets, then
+-- per bucket: its 2 hex digits and its records as one string, the 3-byte tag of each value
+-- (events.py's index_record says how values hash to bucket and tag). Every event of the call
+-- is written to one place of the stream (below), so each record is its tag and that place, and
+-- the producer sends a value repeated in the call once.
+-- With KEYS[11], one more ARGV after the buckets: how many chunks of this producer's call
+-- KEYS[11] must count as stored ('' = no check). A producer that sends a chunk before the
+-- one ahead of it has answered (two in flight on one connection, enqueue_wire.py) orders
+-- them so: a chunk stores only if KEYS[11] counts every chunk before it, and counts itself
+-- (INCR, expiring 10 minutes on) only once it has stored all of it; one that failed stops
+-- those behind it, all or nothing.
 --
 -- Nothing is written when a key it moves mail through has the wrong type, or a new id's
 -- message key exists already: an error reply, and the producer is told nothing was queued
@@ -30,7 +36,7 @@
 local now, lane, msg_prefix, lane_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count, tenants = tonumber(ARGV[7]), {}
 for k = 1, tonumber(ARGV[8]) do tenants[k] = ARGV[8 + k] end
-local base = 8 + #tenants  -- message k's fields are ARGV[base + 9 * (k - 1) + 1 ...]
+local base = 8 + #tenants  -- message k's fields are ARGV[base + 8 * (k - 1) + 1 ...]
 
 local checks = {KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'set', KEYS[4], 'set'}
 if (tonumber(ARGV[5]) or 0) > 0 then
@@ -41,7 +47,7 @@ for _, tenant in ipairs(tenants) do
 end
 local names, quarantined = {}, 0
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
+  local at = base + 8 * (k - 1) + 1
   names[k] = msg_prefix .. ARGV[at]
   if ARGV[at + 6] ~= '' then quarantined = quarantined + 1 end
 end
@@ -50,6 +56,15 @@ if quarantined > 0 then
 end
 local wrong = lib.wrong_types(checks)
 if wrong then return wrong end
+local mark_at
+if KEYS[11] then
+  mark_at = base + 8 * count + 1  -- past the received entries, then past the buckets
+  mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
+  mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
+  if ARGV[mark_at] ~= '' and (redis.call('GET', KEYS[11]) or '0') ~= ARGV[mark_at] then
+    return redis.error_reply('enqueue stored nothing: the chunk before it was not stored')
+  end
+end
 -- New ids have no key yet (unless drain:seq went back): nothing may be written over one.
 if redis.call('EXISTS', unpack(names)) > 0 then
   return redis.error_reply('enqueue stored nothing: a new message id already has a key (was drain:seq set back?)')
@@ -57,7 +72,7 @@ end
 
 -- The message hashes first: the first write is where Redis refuses a script for memory.
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
+  local at = base + 8 * (k - 1) + 1
   local raw, size, why = ARGV[at + 1], ARGV[at + 2], ARGV[at + 6]
   local reply
   if size == '' then
@@ -76,6 +91,12 @@ for k = 1, count do
   end
 end
 
+-- This chunk counted as stored, for the next of its producer's call (KEYS[11]).
+local function counted()
+  redis.call('INCR', KEYS[11])
+  redis.call('EXPIREAT', KEYS[11], math.floor(tonumber(now)) + 600)
+end
+
 -- The ready lists, the books and the figures.
 local failures = {'', ''}
 local function figure(...)
@@ -85,7 +106,7 @@ local function figure(...)
 end
 local ready, by_domain = {}, {}
 for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
+  local at = base + 8 * (k - 1) + 1
   if ARGV[at + 6] == '' then
     local tenant, domain = ARGV[at + 5], ARGV[at + 4]
     local ids = ready[tenant]
@@ -116,76 +137,79 @@ redis.call('SADD', KEYS[4], unpack(tenants))
 local minute = math.floor(tonumber(now) / 60)
 for domain, n in pairs(by_domain) do figure('HINCRBY', KEYS[6], domain .. '|' .. minute, n) end
 if quarantined > 0 then figure('HINCRBY', KEYS[9], 'rule.match', quarantined) end
-figure('ZADD', KEYS[7], now, ARGV[base + 9 * (count - 1) + 1])
+figure('ZADD', KEYS[7], now, ARGV[base + 8 * (count - 1) + 1])
 redis.call('HINCRBY', KEYS[1], 'accepted', count)
 
 -- The events, then their lookup index: each record is its value's tag and the 5 bytes of
 -- where its event is (as lib.event writes them), appended to its day's bucket.
 local tr = lib.tracer(KEYS[10], ARGV[5], ARGV[6])
-if not tr then return failures end
+if not tr then
+  if mark_at then counted() end
+  return failures
+end
 redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
-local wheres, days = {}, {}  -- by event number: where its entry is, and its day
-local function placed(sid, numbers)
-  local ms, seq = string.match(sid, '^(%d+)%-(%d+)$')
-  ms, seq = tonumber(ms), tonumber(seq)
-  local day = math.floor(ms / 86400000)
-  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + math.min(seq, 8191))
-  for _, e in ipairs(numbers) do wheres[e], days[e] = where, day end
-  if failures[1] == '' then failures[1] = sid end
+-- Every entry of this call goes to one place, so that every index record of the call is the
+-- same 5 bytes and no record needs work of its own here: the entries take the stream ids
+-- ms-S, ms-(S+1), ... with S at least 8191 (lookup.py reads a record whose sequence is 8191
+-- as "that or more": every entry of that ms from S on, and checks the events it finds).
+-- ms is now and S 8191; when the stream's last id is at or past that (a clock set back, or
+-- this ms already used past 8191), the first XADD is refused and they go after the last id.
+local t = redis.call('TIME')
+local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 8191
+local function after_last()
+  local info = redis.call('XINFO', 'STREAM', KEYS[10])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local last_ms, last_seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
+      last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+      if last_ms >= ms then ms, seq = last_ms, math.max(seq, last_seq + 1) end
+      return
+    end
+  end
+end
+local function xadd(...)
+  local sid = string.format('%.0f-%.0f', ms, seq)
+  if failures[1] == '' then  -- the call's first entry
+    local reply = redis.pcall('XADD', KEYS[10], sid, ...)
+    if type(reply) == 'table' and reply.err then
+      if not string.find(reply.err, 'smaller', 1, true) then error(reply) end
+      after_last()
+      sid = string.format('%.0f-%.0f', ms, seq)
+      redis.call('XADD', KEYS[10], sid, ...)
+    end
+    failures[1] = sid
+  else
+    redis.call('XADD', KEYS[10], sid, ...)
+  end
+  seq = seq + 1
   failures[2] = sid
 end
--- The received events go PER_ENTRY to a stream entry (lib.event_batch's form: `m`, a JSON
--- array of [id, data] pairs; a lone one keeps the usual form): one XADD per entry, not per
--- message. Then the quarantined events, one entry each (a message's received comes first).
-local PER_ENTRY = 50
-local numbered, batch, batch_numbers, held = 0, {}, {}, {}
-local function received()
-  if #batch == 1 then
-    placed(redis.call('XADD', KEYS[10], '*', 'e', 'r', 'i', batch[1][1], 'd', batch[1][2]), batch_numbers)
-  elseif #batch > 1 then
-    local parts = {}
-    for i, e in ipairs(batch) do parts[i] = '["' .. e[1] .. '",' .. e[2] .. ']' end  -- ids are hex
-    placed(redis.call('XADD', KEYS[10], '*', 'e', 'r', 'm', '[' .. table.concat(parts, ',') .. ']'),
-           batch_numbers)
+-- The received events, PER_ENTRY to a stream entry as the producer wrote them (lib.event_batch's
+-- form: `m`, a JSON array of [id, data] pairs; a lone one keeps the usual form): one XADD per
+-- entry. Then the quarantined events, one entry each (a message's received comes first).
+local at = base + 8 * count + 1
+for _ = 1, tonumber(ARGV[at]) do
+  if ARGV[at + 1] == '' then
+    xadd('e', 'r', 'm', ARGV[at + 2])
+  else
+    xadd('e', 'r', 'i', ARGV[at + 1], 'd', ARGV[at + 2])
   end
-  batch, batch_numbers = {}, {}
-end
-for k = 1, count do
-  local at = base + 9 * (k - 1) + 1
-  if ARGV[at + 7] ~= '' then
-    numbered = numbered + 1
-    batch[#batch + 1], batch_numbers[#batch_numbers + 1] = {ARGV[at], ARGV[at + 7]}, numbered
-    if #batch >= PER_ENTRY then received() end
-  end
-  if ARGV[at + 8] ~= '' then
-    numbered = numbered + 1
-    held[#held + 1] = {numbered, ARGV[at], ARGV[at + 8]}
-  end
-end
-received()
-for _, q in ipairs(held) do
-  placed(redis.call('XADD', KEYS[10], '*', 'e', 'q', 'i', q[2], 'd', q[3]), {q[1]})
-end
-local function append(day, bucket, parts)
-  local key = tr.stream .. ':ix:' .. day .. ':' .. bucket
-  local text = table.concat(parts)
-  if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
-end
-local at = base + 9 * count + 1
-for _ = 1, tonumber(ARGV[at] or '0') do
-  local bucket, records = ARGV[at + 1], ARGV[at + 2]
-  local parts, day = {}, nil
-  for j = 1, #records, 5 do
-    local high, low = string.byte(records, j + 3, j + 4)
-    local e = high * 256 + low
-    if day ~= days[e] then  -- the day changed during this call: a key per day
-      if day then append(day, bucket, parts) end
-      parts, day = {}, days[e]
-    end
-    parts[#parts + 1] = string.sub(records, j, j + 2)
-    parts[#parts + 1] = wheres[e]
-  end
-  if day then append(day, bucket, parts) end
   at = at + 2
 end
+for k = 1, count do
+  local m = base + 8 * (k - 1) + 1
+  if ARGV[m + 7] ~= '' then xadd('e', 'q', 'i', ARGV[m], 'd', ARGV[m + 7]) end
+end
+-- Each bucket's records: its tags, each followed by the one place (a % in it doubled for gsub).
+local day = math.floor(ms / 86400000)
+local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
+local after_tag = '%0' .. string.gsub(where, '%%', '%%%%')
+at = at + 1
+for _ = 1, tonumber(ARGV[at] or '0') do
+  local key = tr.stream .. ':ix:' .. day .. ':' .. ARGV[at + 1]
+  local text = string.gsub(ARGV[at + 2], '...', after_tag)
+  if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
+  at = at + 2
+end
+if mark_at then counted() end
 return failures
