@@ -210,6 +210,13 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
     unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
     headline = None if unknown else max((e for e in etas.values() if e is not None), default=0.0)
+    if ordered and "*" not in held and all(d.domain in held for d in ordered):
+        # Every queued message is held: no figure (0 s would read as done), the reasons instead.
+        held["*"] = "all queued mail held: " + _named(held)
+        headline = None
+    elif headline is not None and not held:
+        # Deferred mail goes no sooner than its next attempt: the last one due bounds the ETA.
+        headline = max(headline, _last_due(store, now))
     # Tenants: all the mail theirs and held, no number; capped ones take at least their time.
     tenant_held, floor = tenant_limits(store, total)
     if tenant_held and "*" not in held:
@@ -218,6 +225,17 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     elif headline is not None:
         headline = max(headline, floor)
     return Shape(ordered, total, headline, held)
+
+
+def _named(held: dict[str, str]) -> str:
+    shown = ", ".join(f"{d} ({why})" for d, why in sorted(held.items())[:3])
+    return shown + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+
+
+def _last_due(store: Store, now: float) -> float:
+    """Seconds until the deferred message due last is due (0.0 when none waits)."""
+    last = cast(list[tuple[bytes, float]], store.client.zrange(keys.DEFERRED, -1, -1, withscores=True))
+    return max(0.0, last[0][1] - now) if last else 0.0
 
 
 def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:
