@@ -116,6 +116,8 @@ def _show_text(doc: dict[str, Any]) -> None:
     ]
     if doc.get("reasons"):
         lines.append(f"reasons: {', '.join(doc['reasons'])}")
+    if doc.get("damaged"):
+        lines.append(f"damaged: {'; '.join(doc['damaged'])}")
     for line in lines:
         click.echo(safe(line.rstrip()))
     if doc.get("headers"):
