@@ -10,7 +10,7 @@ import pytest
 
 from drain.demo.sink import Sink
 from drain.intake.api import Client
-from drain.store import keys
+from drain.store import events, keys, lookup
 from drain.store.record import CORRUPT
 from drain.trace import where
 from tests.test_cli import drain
@@ -48,3 +48,45 @@ def test_an_envelope_of_the_wrong_shape_is_damage_not_addresses(client: Client, 
     assert books.delivered == 2 and books.quarantined == 1
     doc, _raw = where.show(client.redis, ids[1], retention)
     assert doc["state"] == "quarantined" and doc["reasons"] == [CORRUPT]
+
+
+def _add_indexed_event(client: Client, msg_id: str, kind: str, data: list[object]) -> None:
+    """An event entry as a damaged (or hand-edited) stream may hold, indexed under the message's
+    id the way lib.event indexes one, so that trace and show find it."""
+    sid = client.redis.xadd(keys.EVENTS, {"e": kind, "i": msg_id, "d": json.dumps(data)}).decode()
+    ms, seq = (int(part) for part in sid.split("-"))
+    tag, bucket = lookup._hashed(events.BY_ID + msg_id)
+    day, in_day = divmod(ms, 86_400_000)
+    client.redis.append(keys.events_index(day, bucket), tag + (in_day * 8192 + seq).to_bytes(5, "big"))
+
+
+def test_damaged_events_cost_their_fields_not_the_log_the_trace_or_show(
+        client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """`drain log` stopped with a traceback (OverflowError) at a deferred event whose next_attempt
+    no date can hold, and printed nothing after it; `drain show` of a delivered message with a
+    delivered event whose attempt was an object died in int(). Mutants caught: decode_entry
+    without the field type check (show, trace); stamp() without its guard (log)."""
+    first = client.enqueue(_mail(0))
+    work()
+    bad: list[tuple[str, list[object]]] = [
+        ("f", ["451 later", 2, 1e308]),  # a time no date holds: shown as a number
+        ("f", [{"a": 1}, "two", float("nan")]),
+        ("d", [["250"], {"n": 1}, "slow"]),
+        ("b", ["550 no", 5, 6, {"x": 1}]),  # recipients a number
+    ]
+    for kind, data in bad:
+        _add_indexed_event(client, first, kind, data)
+    second = client.enqueue(_mail(1))
+    work()
+    settings = client.store.settings
+    log = drain(settings, "log")
+    assert log.returncode == 0 and b"Traceback" not in log.stderr, log.stderr[-400:]
+    assert f" {second} ".encode() in log.stdout  # the events after the damaged ones are there
+    assert b"next_attempt=1e+308" in log.stdout
+    for args in (["show", first], ["show", first, "--json"], ["trace", "--id", first],
+                 ["trace", "--id", first, "--json"]):
+        run = drain(settings, *args)
+        assert run.returncode == 0 and b"Traceback" not in run.stderr, (args, run.stderr[-400:])
+    doc = json.loads(drain(settings, "show", first, "--json").stdout)
+    assert doc["state"] == "delivered" and doc["recipients"] == ["u0@dest.example"]
+    assert doc["attempts"] in (0, 1, 2)
