@@ -8,6 +8,7 @@ import json
 from drain.settings import Settings
 from tests.chaos_kit import RedisProc
 from tests.test_cells import cells, csettings, drain
+from tests.test_cli import drain as drain_in
 
 __all__ = ["cells", "csettings"]  # fixtures of tests.test_cells, used here
 
@@ -30,3 +31,21 @@ def test_a_down_cell_with_a_password_in_its_query_is_named_without_the_password(
         run = drain(settings, *command)
         assert b"s3cret" not in run.stdout + run.stderr, command
         assert b"Traceback" not in run.stderr, command
+
+
+def test_trace_and_show_of_an_id_in_a_down_cell_name_the_cell(cells: list[RedisProc], csettings: Settings) -> None:
+    """`drain trace --id c2.1` and `drain show c2.1` with c2 down said only "drain: error: Redis:
+    Error 111 connecting to 127.0.0.1:PORT": which of the cells was down the operator had to
+    work out from the port. Mutant caught: cellcmds.trace/show without _cell_named."""
+    mbox = b"".join(b"From a@src.example\nFrom: a@src.example\nTo: u%d@dest.example\nSubject: s\n"
+                    b"Message-ID: <%d@src.example>\n\nhi\n\n" % (n, n) for n in range(6))
+    ids = drain_in(csettings, "enqueue", "--mbox", "-", stdin=mbox).stdout.decode().split()
+    down = next(i for i in ids if i.startswith("c2."))
+    up = next(i for i in ids if not i.startswith("c2."))
+    cells[2].kill()
+    for args in (["trace", "--id", down], ["show", down], ["show", down, "--json"]):
+        run = drain(csettings, *args)
+        assert run.returncode == 1 and run.stdout == b"", args
+        assert run.stderr.startswith(b"drain: error: cell c2 is down, " + down.encode()), run.stderr
+        assert len(run.stderr.splitlines()) == 1
+    assert drain(csettings, "show", up).returncode == 0  # the others still answer
