@@ -4,7 +4,9 @@ never shown, also when the URL carries it as redis-py's `?password=` query param
 from __future__ import annotations
 
 import json
+import urllib.request
 
+from drain.observe.http import StatusServer
 from drain.settings import Settings
 from tests.chaos_kit import RedisProc
 from tests.test_cells import cells, csettings, drain
@@ -49,3 +51,29 @@ def test_trace_and_show_of_an_id_in_a_down_cell_name_the_cell(cells: list[RedisP
         assert run.stderr.startswith(b"drain: error: cell c2 is down, " + down.encode()), run.stderr
         assert len(run.stderr.splitlines()) == 1
     assert drain(csettings, "show", up).returncode == 0  # the others still answer
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return bytes(answer.read())
+
+
+def test_the_status_page_with_a_cell_down_says_so_and_gives_no_eta(cells: list[RedisProc],
+                                                                  csettings: Settings) -> None:
+    """With c2 down and nothing queued on c0 and c1, the page's pill said "All clear", its ETA
+    card "done", /status.json eta_s 0 and /metrics drain_eta_seconds 0: c2's mail, unknown, was
+    as good as delivered. Mutants caught: add_snapshots without _without_down (JSON, metrics, ETA
+    card); _header without its cell-down pill."""
+    cells[2].kill()
+    server = StatusServer(csettings.redis_url or "", csettings, "127.0.0.1", 0, refresh_s=0.1)
+    server.start()
+    try:
+        assert server.snapshots.refreshed.wait(20)
+        page = _get(server.url).decode()
+        assert "All clear" not in page and "Cell c2 down" in page
+        assert "cell c2 down: its mail not counted" in page  # the ETA card says why it has no figure
+        doc = json.loads(_get(server.url + "status.json"))
+        assert doc["status"]["eta_s"] is None and "c2" in doc["status"]["held_by"]["*"]
+        assert b"drain_eta_seconds " not in _get(server.url + "metrics")
+    finally:
+        server.stop()
