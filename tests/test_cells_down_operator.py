@@ -77,3 +77,15 @@ def test_the_status_page_with_a_cell_down_says_so_and_gives_no_eta(cells: list[R
         assert b"drain_eta_seconds " not in _get(server.url + "metrics")
     finally:
         server.stop()
+
+
+def test_drain_status_with_a_cell_down_gives_no_eta_but_why(cells: list[RedisProc], csettings: Settings) -> None:
+    """`drain status --json` with c2 down and nothing queued on c0 and c1 said eta_s 0 (done)
+    with held_by {}. Mutant caught: add_status without its `down` step."""
+    cells[2].kill()
+    shown = drain(csettings, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["eta_s"] is None and doc["held_by"]["*"] == "cell c2 down: its mail not counted"
+    text = drain(csettings, "status")
+    assert text.returncode == 0 and b"cell c2 down: its mail not counted" in text.stdout

@@ -15,7 +15,6 @@ import redis
 from drain.observe import cells as merge
 from drain.observe.model import RECENT, Figures, QuarantineView, Reader, Snapshot
 from drain.observe.snapshot import _kind
-from drain.observe.status import Status
 from drain.settings import Settings
 from drain.store.cells import Cell
 from drain.store.connection import client_for
@@ -38,22 +37,12 @@ def _row(cell: Cell, snap: Snapshot | None, error: str | None) -> dict[str, Any]
     return {**row, **st.books.as_dict(), "balanced": st.books.balanced, "rate_per_s": round(st.rate_per_s, 2)}
 
 
-def _without_down(statuses: Sequence[Status], down: list[str]) -> Status:
-    """The cells' statuses added up; with a cell down, no ETA (its mail is not known) and why."""
-    status = merge.add_status(statuses)
-    if not down:
-        return status
-    why = f"cell {', '.join(down)} down: {'its' if len(down) == 1 else 'their'} mail not counted"
-    held = status.held_by.get("*")
-    return dataclasses.replace(status, eta_s=None, held_by={**status.held_by, "*": f"{held}; {why}" if held else why})
-
-
 def add_snapshots(got: Sequence[tuple[Cell, Snapshot]], rows: list[dict[str, Any]]) -> Snapshot:
     """One snapshot for the cells that answered."""
     figs = [s.figures for _c, s in got]
     figures = Figures(
         read_at=min(f.read_at for f in figs),
-        status=_without_down([f.status for f in figs], [r["cell"] for r in rows if not r["up"]]),
+        status=merge.add_status([f.status for f in figs], [r["cell"] for r in rows if not r["up"]]),
         counters=_add([f.counters for f in figs]),
         findings=_add([f.findings for f in figs]),
         latency=_add([f.latency for f in figs]),
