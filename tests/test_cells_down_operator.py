@@ -89,3 +89,7 @@ def test_drain_status_with_a_cell_down_gives_no_eta_but_why(cells: list[RedisPro
     assert doc["eta_s"] is None and doc["held_by"]["*"] == "cell c2 down: its mail not counted"
     text = drain(csettings, "status")
     assert text.returncode == 0 and b"cell c2 down: its mail not counted" in text.stdout
+    backlog = drain(csettings, "backlog", "--json")  # `drain backlog` agrees (it said eta_s 0.0)
+    assert backlog.returncode == 0 and b"cell c2 is down" in backlog.stderr
+    shape = json.loads(backlog.stdout)
+    assert shape["eta_s"] is None and shape["held_by"]["*"] == "cell c2 down: its mail not counted"

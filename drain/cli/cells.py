@@ -117,7 +117,7 @@ def backlog(obj: Context, as_json: bool, top: int) -> Shape:
     readings = merge.each(obj.members, lambda c: shape(c.store))
     for d in merge.down(readings):
         click.echo(f"cell {d['cell']} is down, its mail is not counted: {d['error']}", err=True)
-    total = merge.add_shapes([sh for _c, sh in merge.answered(readings)])
+    total = merge.add_shapes([sh for _c, sh in merge.answered(readings)], [d["cell"] for d in merge.down(readings)])
     if as_json:
         doc = total.as_dict()
         doc["cells"] = [{"cell": c.name, "total": sh.total} for c, sh in merge.answered(readings)]

@@ -68,9 +68,7 @@ def add_status(statuses: Sequence[Status], down: Sequence[str] = ()) -> Status:
     held_by: dict[str, str] = {}
     for st in statuses:
         held_by.update(st.held_by)
-    if down:
-        why = f"cell {', '.join(down)} down: {'its' if len(down) == 1 else 'their'} mail not counted"
-        held_by["*"] = f"{held_by['*']}; {why}" if "*" in held_by else why
+    _say_down(held_by, down)
     return Status(
         books=add_books([s.books for s in statuses]),
         oldest_age_s=max((s.oldest_age_s for s in statuses), default=0.0),
@@ -130,8 +128,9 @@ def status_doc(readings: Sequence[Reading[Status]]) -> dict[str, Any]:
     return doc
 
 
-def add_shapes(shapes: Sequence[Shape]) -> Shape:
-    """One backlog shape: each domain's counts added across cells, its ETA the largest."""
+def add_shapes(shapes: Sequence[Shape], down: Sequence[str] = ()) -> Shape:
+    """One backlog shape: each domain's counts added across cells, its ETA the largest (none,
+    and held_by["*"] saying why, with cells down)."""
     merged: dict[str, DomainShape] = {}
     etas: dict[str, list[float | None]] = {}
     for sh in shapes:
@@ -146,8 +145,16 @@ def add_shapes(shapes: Sequence[Shape]) -> Shape:
     held_by: dict[str, str] = {}
     for sh in shapes:
         held_by.update(sh.held_by)
+    _say_down(held_by, down)
     ordered = sorted(merged.values(), key=lambda d: (-d.total, d.domain))
-    return Shape(ordered, sum(d.total for d in ordered), _largest([sh.eta_s for sh in shapes]), held_by)
+    return Shape(ordered, sum(d.total for d in ordered), None if down else _largest([sh.eta_s for sh in shapes]),
+                 held_by)
+
+
+def _say_down(held_by: dict[str, str], down: Sequence[str]) -> None:
+    if down:
+        why = f"cell {', '.join(down)} down: {'its' if len(down) == 1 else 'their'} mail not counted"
+        held_by["*"] = f"{held_by['*']}; {why}" if "*" in held_by else why
 
 
 def _sum_rates(rates: list[object]) -> float | None:

@@ -46,7 +46,7 @@ def add_snapshots(got: Sequence[tuple[Cell, Snapshot]], rows: list[dict[str, Any
         counters=_add([f.counters for f in figs]),
         findings=_add([f.findings for f in figs]),
         latency=_add([f.latency for f in figs]),
-        shape=merge.add_shapes([f.shape for f in figs]),
+        shape=merge.add_shapes([f.shape for f in figs], [r["cell"] for r in rows if not r["up"]]),
         limits=merge.add_limits([f.limits for f in figs]),
         intake_paused=any(f.intake_paused for f in figs),
         cells=rows,
