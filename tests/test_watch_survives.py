@@ -1,4 +1,4 @@
-"""`drain status --watch` and `drain backlog --watch` on a bad day: Redis restarting under them
+"""`drain status --watch`, `drain backlog --watch` and `drain log --follow` on a bad day: Redis restarting under them
 (a crash, a failover) is said and waited out, not the end of the watch."""
 
 from __future__ import annotations
@@ -10,9 +10,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import pytest
+import redis
 
+from drain.intake.api import Client
+from drain.settings import Settings
 from tests.chaos_kit import RedisProc
 from tests.conftest import wait_for
 
@@ -68,4 +72,59 @@ def test_a_watch_outlives_a_redis_restart(tmp_path: Path, command: str, title: b
             watch.kill()
             watch.communicate()
         os.close(main)
+        server.stop()
+
+
+class Lines:
+    """A child's output pipe, read as far as it has written, without blocking."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self.fd = pipe.fileno()
+        os.set_blocking(self.fd, False)
+        self.data = b""
+
+    def read(self) -> bytes:
+        try:
+            while chunk := os.read(self.fd, 65536):
+                self.data += chunk
+        except BlockingIOError:
+            pass
+        return self.data
+
+
+def _mail(n: int) -> bytes:
+    return (f"From: a@src.example\r\nTo: u{n}@dest.example\r\nSubject: {n}\r\n"
+            f"Message-ID: <{n}@src.example>\r\n\r\nhi\r\n").encode()
+
+
+def test_log_follow_outlives_a_redis_restart(tmp_path: Path) -> None:
+    """`drain log --follow` ended with "drain: error: Redis: Connection closed by server" when
+    Redis restarted: the operator's tail of the delivery log was gone in the incident. Now it
+    says so once and prints the events recorded after Redis is back. Mutant caught: log without
+    _follow (reader.follow bare)."""
+    server = RedisProc(tmp_path / "redis").start()
+    settings = Settings(redis_url=server.url, relay="smtp://127.0.0.1:9")
+    env = dict(os.environ, DRAIN_REDIS_URL=server.url, DRAIN_RELAY=settings.relay)
+    follow = subprocess.Popen([sys.executable, "-m", "drain", "log", "--follow"], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Lines(follow.stdout), Lines(follow.stderr)  # type: ignore[arg-type]
+    try:
+        client = redis.Redis(port=server.port)
+        wait_for(lambda: len(client.client_list()) >= 2, what="the follower connected")
+        before = Client(client, settings).enqueue(_mail(1))
+        wait_for(lambda: f" {before} ".encode() in out.read() or follow.poll() is not None, what="the first event")
+        client.close()
+        server.kill()
+        wait_for(lambda: b"Redis unreachable" in err.read() or follow.poll() is not None, what="the outage said")
+        server = RedisProc(tmp_path / "redis", port=server.port).start()
+        client = redis.Redis(port=server.port)
+        wait_for(lambda: b"Redis answers again" in err.read() or follow.poll() is not None, what="Redis back")
+        after = Client(client, settings).enqueue(_mail(2))
+        wait_for(lambda: f" {after} ".encode() in out.read() or follow.poll() is not None, what="the event after")
+        assert follow.poll() is None, err.read()
+        assert b"Traceback" not in err.read() and len(err.read().splitlines()) == 2
+        client.close()
+    finally:
+        follow.kill()
+        follow.communicate()
         server.stop()
