@@ -18,7 +18,7 @@ import redis
 from drain.flow import ratelimit
 from drain.flow.breaker import RELAY, Breakers
 from drain.store import keys
-from drain.store.record import parse_shape_field
+from drain.store.record import DOMAIN, parse_shape_field
 from drain.store.store import Store
 from drain.worker import routing
 
@@ -27,6 +27,8 @@ BUCKETS_S = [0, 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 76800]
 # Books samples kept for the history chart (one per housekeeping round that takes one).
 HISTORY_KEPT = 2160
 HISTORY_EVERY_S = 10.0
+# Deferred messages read (those due last) to bound each domain's ETA by its next attempts.
+DUE_READ = 200
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +206,11 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
         entry.by_age[_bucket(now - minute * 60)] += count
     total = sum(d.total for d in domains.values())
     etas, held = forecast({d.domain: d.total for d in domains.values()}, read_limits(store, pace, now))
+    due, last_due = _last_due(store, now)
     for entry in domains.values():
-        entry.eta_s = etas.get(entry.domain)
+        eta = etas.get(entry.domain)
+        # Deferred mail goes no sooner than its next attempt: the domain's last one due bounds its ETA.
+        entry.eta_s = None if eta is None else max(eta, due.get(entry.domain, 0.0))
         entry.held_by = held.get(entry.domain) or held.get("*")
     ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
     unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
@@ -214,9 +219,10 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
         # Every queued message is held: no figure (0 s would read as done), the reasons instead.
         held["*"] = "all queued mail held: " + _named(held)
         headline = None
-    elif headline is not None and not held:
-        # Deferred mail goes no sooner than its next attempt: the last one due bounds the ETA.
-        headline = max(headline, _last_due(store, now))
+    elif headline is not None:
+        # The last deferred message due bounds the ETA (of the mail that moves, when some is held).
+        headline = max(headline, last_due if not held else max(
+            (due.get(d.domain, 0.0) for d in ordered if d.domain not in held), default=0.0))
     # Tenants: all the mail theirs and held, no number; capped ones take at least their time.
     tenant_held, floor = tenant_limits(store, total)
     if tenant_held and "*" not in held:
@@ -232,10 +238,21 @@ def _named(held: dict[str, str]) -> str:
     return shown + (f" and {len(held) - 3} more" if len(held) > 3 else "")
 
 
-def _last_due(store: Store, now: float) -> float:
-    """Seconds until the deferred message due last is due (0.0 when none waits)."""
-    last = cast(list[tuple[bytes, float]], store.client.zrange(keys.DEFERRED, -1, -1, withscores=True))
-    return max(0.0, last[0][1] - now) if last else 0.0
+def _last_due(store: Store, now: float) -> tuple[dict[str, float], float]:
+    """Seconds until the deferred messages due last are due: by domain, for the domains among
+    the DUE_READ due last (exact for those: each domain's first one read is its last), and
+    overall. Cheap at any depth: one ZREVRANGE and DUE_READ HGETs."""
+    last = cast(list[tuple[bytes, float]], store.client.zrevrange(keys.DEFERRED, 0, DUE_READ - 1, withscores=True))
+    if not last:
+        return {}, 0.0
+    pipe = store.client.pipeline(transaction=False)
+    for member, _score in last:
+        pipe.hget(keys.message(member.decode("utf-8", "replace")), DOMAIN)
+    by_domain: dict[str, float] = {}
+    for (_member, score), domain in zip(last, pipe.execute(), strict=True):
+        name = domain.decode("utf-8", "replace") if isinstance(domain, bytes) and domain else "(none)"
+        by_domain.setdefault(name, max(0.0, score - now))
+    return by_domain, max(0.0, last[0][1] - now)
 
 
 def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:
