@@ -4,16 +4,19 @@ of it is the truth: damage named, never a made-up sender or recipients."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
 
 from drain.demo.sink import Sink
 from drain.intake.api import Client
+from drain.observe import backlog, model, status
 from drain.store import events, keys, lookup
 from drain.store.record import CORRUPT
 from drain.trace import where
 from tests.test_cli import drain
+from tests.test_metrics import scrape
 
 
 def _mail(n: int) -> bytes:
@@ -90,3 +93,28 @@ def test_damaged_events_cost_their_fields_not_the_log_the_trace_or_show(
     doc = json.loads(drain(settings, "show", first, "--json").stdout)
     assert doc["state"] == "delivered" and doc["recipients"] == ["u0@dest.example"]
     assert doc["attempts"] in (0, 1, 2)
+
+
+def test_damaged_counters_and_samples_cost_themselves_not_the_status(client: Client) -> None:
+    """A backlog-shape count that was not a number made `drain status` and `drain backlog` die in
+    int() (a traceback), a counter "1e400" or a latency "abc" made the status page's read fail,
+    and one unreadable books sample stopped the page's chart. Mutants caught: shape() without its
+    ValueError branch; model._ints/latency without _numbers; history() without _samples."""
+    for n in range(4):
+        client.enqueue(_mail(n))
+    client.redis.hset(keys.SHAPE, mapping={"dest.example|abc": "5", b"\xff|1": "x", "zz": "7"})
+    client.redis.hset(keys.BOOKS, "bounced", "1e400")
+    client.redis.hset(keys.LATENCY, mapping={"sum": "abc", "1": "nan"})
+    good = {"t": time.time(), "queued": 4, "ready": 4, "deferred": 0, "delivered": 0, "quarantined": 0,
+            "bounced": 0}
+    client.redis.lpush(keys.HISTORY, json.dumps(good), "{not json", json.dumps({"t": "x"}), "[1]")
+    assert backlog.shape(client.store).total == 4
+    assert status.read(client.store).books.ready == 4
+    assert backlog.history(client.store) == [good]
+    figures = model.read(client.store)  # what the status page and /metrics read
+    assert "bounced" not in figures.counters and "sum" not in figures.latency
+    assert scrape(client.store)[("drain_queue_depth", frozenset({("state", "ready")}))] == 4
+    for args in (["status", "--json"], ["backlog", "--json"]):
+        run = drain(client.store.settings, *args)
+        assert run.returncode == 0 and b"Traceback" not in run.stderr, run.stderr[-400:]
+    client.redis.hdel(keys.BOOKS, "bounced")  # the books balance again for the fixture's check

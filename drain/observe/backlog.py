@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -196,8 +198,12 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
     domains: dict[str, DomainShape] = {}
     for key, value in raw.items():
-        parsed = parse_shape_field(key.decode())
-        count = int(value)
+        parsed = parse_shape_field(key.decode("utf-8", "replace"))
+        try:
+            count = int(value)
+        except ValueError:  # damaged or planted: that field is left out (and said), not the backlog
+            log.error("a count in %s is not a number: %r; left out", keys.SHAPE, value[:40])
+            continue
         if count <= 0 or parsed is None:
             continue
         domain, minute = parsed
@@ -292,8 +298,8 @@ def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:
 def sample_history(store: Store, now: float | None = None) -> bool:
     """Add a books sample for the chart if the last one is older than HISTORY_EVERY_S."""
     now = time.time() if now is None else now
-    last = store.client.lindex(keys.HISTORY, 0)
-    if last is not None and now - float(json.loads(last)["t"]) < HISTORY_EVERY_S:
+    last = _samples([cast(bytes | None, store.client.lindex(keys.HISTORY, 0))])
+    if last and now - last[0]["t"] < HISTORY_EVERY_S:
         return False
     books = store.books()
     sample = {"t": round(now, 1), "queued": books.queued, "ready": books.ready, "deferred": books.deferred,
@@ -308,5 +314,21 @@ def sample_history(store: Store, now: float | None = None) -> bool:
 def history(store: Store, since_s: float = 6 * 3600, now: float | None = None) -> list[dict[str, Any]]:
     """Books samples of the last since_s seconds, oldest first."""
     now = time.time() if now is None else now
-    samples = [json.loads(s) for s in cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1))]
+    samples = _samples(cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1)))
     return [s for s in reversed(samples) if now - s["t"] <= since_s]
+
+
+def _samples(raw: Sequence[bytes | None]) -> list[dict[str, Any]]:
+    """The readable books samples: JSON objects with a finite time "t" and numeric counts
+    (a damaged or planted one is left out, not the chart)."""
+    out: list[dict[str, Any]] = []
+    for item in raw:
+        try:
+            sample = json.loads(item) if item is not None else None
+        except ValueError:
+            continue
+        if (isinstance(sample, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in sample.values())
+                and "t" in sample):
+            out.append(sample)
+    return out

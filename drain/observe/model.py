@@ -8,6 +8,7 @@ these and nothing else.
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -70,8 +71,21 @@ class Reading:
     up: bool
 
 
+def _numbers(raw: dict[bytes, bytes]) -> dict[str, float]:
+    """A hash of counters, each field that is not a finite number left out (damaged or planted)."""
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        try:
+            number = float(v)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            out[k.decode("utf-8", "replace")] = number
+    return out
+
+
 def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
-    return {k.decode(): int(float(v)) for k, v in raw.items()}
+    return {k: int(v) for k, v in _numbers(raw).items()}
 
 
 def read(store: Store) -> Figures:
@@ -88,7 +102,7 @@ def read(store: Store) -> Figures:
         status=st,
         counters=_ints(counters),
         findings=_ints(findings),
-        latency={k.decode(): float(v) for k, v in cast(dict[bytes, bytes], latency).items()},
+        latency=_numbers(cast(dict[bytes, bytes], latency)),
         shape=shape,
         limits=ratelimit.show(store.client),
         intake_paused=intake.is_paused(store.client),
