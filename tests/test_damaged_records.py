@@ -118,3 +118,29 @@ def test_damaged_counters_and_samples_cost_themselves_not_the_status(client: Cli
         run = drain(client.store.settings, *args)
         assert run.returncode == 0 and b"Traceback" not in run.stderr, run.stderr[-400:]
     client.redis.hdel(keys.BOOKS, "bounced")  # the books balance again for the fixture's check
+
+
+@pytest.mark.parametrize("key", [keys.SHAPE, keys.DEFERRED, keys.LATENCY, keys.FINDINGS, keys.HISTORY,
+                                 keys.QUARANTINE, keys.HELD_RATE])
+def test_a_key_of_the_wrong_type_costs_its_figure_not_the_page(client: Client, key: str) -> None:
+    """One key of the wrong type (a string where a hash, list or sorted set belongs: damage, or
+    a careless SET) made the status page's whole read fail: the page said "Redis unreachable"
+    and froze; for drain:shape and drain:deferred `drain backlog` and `drain status` stopped with
+    "drain: error: Redis: WRONGTYPE". Mutants caught: each read without its ResponseError branch
+    (shape, _last_due, model.read, history, Reader._quarantine, status.read's deferred split)."""
+    for n in range(4):
+        client.enqueue(_mail(n))
+    client.redis.delete(key)
+    client.redis.set(key, "oops")
+    try:
+        st = status.read(client.store)
+        assert st.books.ready == 4
+        if key == keys.SHAPE:  # no shape: no ETA, and why
+            assert st.eta_s is None and "shape unreadable" in st.held_by["*"]
+        assert backlog.shape(client.store) is not None
+        assert model.Reader(client.store, show_messages=True).read().figures.status.books.ready == 4
+        for args in (["status", "--json"], ["backlog", "--json"]):
+            run = drain(client.store.settings, *args)
+            assert run.returncode == 0, (args, run.stderr[-400:])
+    finally:
+        client.redis.delete(key)

@@ -195,7 +195,11 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     in proportion to its part of the backlog, capped by the domain's own (or adaptive) rate.
     """
     now = time.time() if now is None else now
-    raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
+    try:
+        raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
+    except redis.ResponseError as exc:  # a key of the wrong type: no shape, no ETA, and why
+        log.error("the backlog shape %s cannot be read: %s", keys.SHAPE, exc)
+        return Shape([], 0, None, {"*": "backlog shape unreadable (see the log)"})
     domains: dict[str, DomainShape] = {}
     for key, value in raw.items():
         parsed = parse_shape_field(key.decode("utf-8", "replace"))
@@ -248,7 +252,12 @@ def _last_due(store: Store, now: float) -> tuple[dict[str, float], float]:
     """Seconds until the deferred messages due last are due: by domain, for the domains among
     the DUE_READ due last (exact for those: each domain's first one read is its last), and
     overall. Cheap at any depth: one ZREVRANGE and DUE_READ HGETs."""
-    last = cast(list[tuple[bytes, float]], store.client.zrevrange(keys.DEFERRED, 0, DUE_READ - 1, withscores=True))
+    try:
+        last = cast(list[tuple[bytes, float]], store.client.zrevrange(keys.DEFERRED, 0, DUE_READ - 1,
+                                                                      withscores=True))
+    except redis.ResponseError as exc:
+        log.error("the deferred set cannot be read: %s", exc)
+        return {}, 0.0
     if not last:
         return {}, 0.0
     pipe = store.client.pipeline(transaction=False)
@@ -314,7 +323,11 @@ def sample_history(store: Store, now: float | None = None) -> bool:
 def history(store: Store, since_s: float = 6 * 3600, now: float | None = None) -> list[dict[str, Any]]:
     """Books samples of the last since_s seconds, oldest first."""
     now = time.time() if now is None else now
-    samples = _samples(cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1)))
+    try:
+        samples = _samples(cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1)))
+    except redis.ResponseError as exc:
+        log.error("the books samples cannot be read: %s", exc)
+        return []
     return [s for s in reversed(samples) if now - s["t"] <= since_s]
 
 
