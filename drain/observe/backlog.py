@@ -226,8 +226,7 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
     headline = None if unknown else max((e for e in etas.values() if e is not None), default=0.0)
     if ordered and "*" not in held and all(d.domain in held for d in ordered):
-        # Every queued message is held: no figure (0 s would read as done), the reasons instead.
-        held["*"] = "all queued mail held: " + _named(held)
+        # Every queued message is held: no figure (0 s would read as done); held_by says why.
         headline = None
     elif headline is not None:
         # The last deferred message due bounds the ETA (of the mail that moves, when some is held).
@@ -241,11 +240,6 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     elif headline is not None:
         headline = max(headline, floor)
     return Shape(ordered, total, headline, held)
-
-
-def _named(held: dict[str, str]) -> str:
-    shown = ", ".join(f"{d} ({why})" for d, why in sorted(held.items())[:3])
-    return shown + (f" and {len(held) - 3} more" if len(held) > 3 else "")
 
 
 def _last_due(store: Store, now: float) -> tuple[dict[str, float], float]:
