@@ -46,10 +46,15 @@ class Envelope:
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:
         try:
-            sender, recipients, *rest = json.loads(text)
-            return cls(str(sender), tuple(str(r) for r in recipients), smtputf8=rest[:1] == [1])
-        except (ValueError, TypeError) as exc:
+            form = json.loads(text)
+        except ValueError as exc:
             raise InputError(f"stored envelope is not valid: {exc}") from None
+        # Only the shape to_json writes: anything else unpacked would make up addresses
+        # (an object's keys, a string's letters).
+        if not (isinstance(form, list) and 2 <= len(form) <= 3 and isinstance(form[0], str)
+                and isinstance(form[1], list) and all(isinstance(r, str) for r in form[1])):
+            raise InputError("stored envelope is not valid: not [sender, [recipients...]]")
+        return cls(form[0], tuple(form[1]), smtputf8=form[2:] == [1])
 
     @staticmethod
     def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ once the cells that answer are done (drain.cli.cells.apply_all).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import json
@@ -16,10 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
+import redis
 
 from drain.cli.cells import CellsDown, apply_all, by_cell, read_up, share
 from drain.cli.options import Context
-from drain.errors import ConfigError
+from drain.errors import ConfigError, RedisUnavailable
 from drain.intake.api import Client
 from drain.observe import cells as merge
 from drain.ops import actions, audit, pauses, tenants
@@ -55,7 +57,8 @@ def trace(obj: Context, q: history.Query, now: float) -> list[dict[str, Any]]:
     retention = obj.settings.trace_retention_s
     if q.id:
         cell, local = parse_id(q.id, [c for c, _m in obj.members])
-        docs = history.trace(dict(obj.members)[cell].redis, dataclasses.replace(q, id=local), now, retention)
+        with _cell_named(cell, q.id):
+            docs = history.trace(dict(obj.members)[cell].redis, dataclasses.replace(q, id=local), now, retention)
         return [{**d, "id": cell.qualify(d["id"])} for d in docs]
 
     def read(cell: Cell, c: Client) -> list[dict[str, Any]]:
@@ -102,8 +105,20 @@ def _chain(head: list[T], rest: Iterator[T]) -> Iterator[T]:
 def show(obj: Context, msg_id: str, with_raw: bool) -> tuple[dict[str, Any], bytes | None]:
     """`drain show ID` over cells: asked of the id's cell, the id shown qualified."""
     cell, local = parse_id(msg_id, [c for c, _m in obj.members])
-    doc, data = where.show(dict(obj.members)[cell].redis, local, obj.settings.trace_retention_s, with_raw=with_raw)
+    with _cell_named(cell, msg_id):
+        doc, data = where.show(dict(obj.members)[cell].redis, local, obj.settings.trace_retention_s,
+                               with_raw=with_raw)
     return {**doc, "id": cell.qualify(str(doc["id"]))}, data
+
+
+@contextlib.contextmanager
+def _cell_named(cell: Cell, msg_id: str) -> Iterator[None]:
+    """A Redis error reading one message's cell, said as that cell being down (one line)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cell {cell.name} is down, {msg_id} cannot be read now: "
+                               f"{type(exc).__name__}: {exc}") from None
 
 
 # -- flush, bounce, delete, hold, release ------------------------------------------------

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from drain.cli.options import Context, json_option, pass_ctx
 from drain.cli.render import emit, live, out
+from drain.cli.terminal import cell as text_cell
 from drain.errors import DrainError, InputError
 from drain.flow import ratelimit
 from drain.intake.api import Client
@@ -82,7 +83,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
     def render() -> Table:
         readings = statuses(obj)
         got = merge.answered(readings)
-        total = merge.add_status([st for _c, st in got])
+        total = merge.add_status([st for _c, st in got], [d["cell"] for d in merge.down(readings)])
         table = Table(title=f"drain status ({len(readings)} cells)")
         table.add_column("")
         table.add_column("all cells", justify="right")
@@ -90,7 +91,8 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
             table.add_column(r.cell.name, justify="right")
 
         def row(label: str, whole: str, each: Callable[[Status], str]) -> None:
-            table.add_row(label, whole, *(each(r.value) if r.value is not None else "DOWN" for r in readings))
+            table.add_row(label, text_cell(whole), *(text_cell(each(r.value)) if r.value is not None else "DOWN"
+                                                for r in readings))
 
         for key in BOOK_ROWS:
             def count(st: Status, k: str = key) -> str:
@@ -99,7 +101,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         row("books balance", "yes" if total.books.balanced else "NO", lambda st: "yes" if st.books.balanced else "NO")
         row("oldest age", f"{total.oldest_age_s:,.1f} s", lambda st: f"{st.oldest_age_s:,.1f} s")
         row("rate", f"{total.rate_per_s:,.1f} msg/s", lambda st: f"{st.rate_per_s:,.1f} msg/s")
-        row("eta", "-" if total.eta_s is None else f"{total.eta_s:,.0f} s",
+        row("eta", total.held_by.get("*", "-") if total.eta_s is None else f"{total.eta_s:,.0f} s",
             lambda st: "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
         row("delivery", total.held.upper() if total.held else "runs",
             lambda st: st.held.upper() if st.held else "runs")
@@ -115,7 +117,7 @@ def backlog(obj: Context, as_json: bool, top: int) -> Shape:
     readings = merge.each(obj.members, lambda c: shape(c.store))
     for d in merge.down(readings):
         click.echo(f"cell {d['cell']} is down, its mail is not counted: {d['error']}", err=True)
-    total = merge.add_shapes([sh for _c, sh in merge.answered(readings)])
+    total = merge.add_shapes([sh for _c, sh in merge.answered(readings)], [d["cell"] for d in merge.down(readings)])
     if as_json:
         doc = total.as_dict()
         doc["cells"] = [{"cell": c.name, "total": sh.total} for c, sh in merge.answered(readings)]

@@ -57,13 +57,29 @@ def live(render: Callable[[], RenderableType], watch_s: float | None) -> None:
     if watch_s is None:
         out.print(render())
         return
+    from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
 
-    with Live(render(), console=out, refresh_per_second=4) as shown:
+    last = render()
+    down_since: float | None = None
+    with Live(last, console=out, refresh_per_second=4) as shown:
         try:
             while True:
                 time.sleep(max(0.2, watch_s))
-                shown.update(render())
+                try:
+                    last = render()
+                except Exception as exc:  # Redis gone a moment (a restart, a failover): keep watching
+                    redis = sys.modules.get("redis")
+                    if redis is None or not isinstance(exc, redis.RedisError):
+                        raise
+                    down_since = down_since or time.time()
+                    shown.update(Group(last, Text(
+                        f"Redis unreachable since {time.strftime('%H:%M:%S', time.localtime(down_since))}: "
+                        f"{clip(' '.join(str(exc).split()), 200)}; the figures above are older; retrying")))
+                    continue
+                down_since = None
+                shown.update(last)
         except KeyboardInterrupt:
             pass
 

@@ -20,10 +20,13 @@ from drain.cli.cellcmds import log_since
 from drain.cli.cellcmds import show as cells_show
 from drain.cli.cellcmds import trace as cells_trace
 from drain.cli.options import MESSAGE_ID, Context, pass_ctx
-from drain.cli.render import emit
+from drain.cli.render import emit, fail
 from drain.cli.terminal import safe
 from drain.errors import InputError
 from drain.trace import history, logview, when, where
+
+# How often `drain log --follow` tries Redis again while it is unreachable.
+FOLLOW_RETRY_S = 1.0
 
 
 def _time(_ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -57,8 +60,36 @@ def log(obj: Context, follow: bool, since: float | None, as_json: bool, count: i
                 return
     if follow:
         left = None if count is None else count - shown
-        for doc in itertools.islice(cellops.follow(obj) if obj.multi else reader.follow(lambda: False), left):
-            _echo_event(doc, as_json)
+        if obj.multi:  # a cell that goes away is said and followed again by cellops.follow
+            for doc in itertools.islice(cellops.follow(obj), left):
+                _echo_event(doc, as_json)
+            return
+        _follow(reader, left, as_json)
+
+
+def _follow(reader: logview.Reader, left: int | None, as_json: bool) -> None:
+    """Follow the log through Redis going away a while (a restart, a failover): said once on
+    standard error, then the events from where the reader stopped when Redis is back."""
+    import redis
+
+    down = False
+    while left is None or left > 0:
+        try:
+            if down:
+                reader.client.ping()
+                click.echo("drain: Redis answers again; following on", err=True)
+                down = False
+            for doc in reader.follow(lambda: False):
+                _echo_event(doc, as_json)
+                if left is not None:
+                    left -= 1
+                    if left <= 0:
+                        return
+        except redis.RedisError as exc:
+            if not down:
+                fail(f"Redis unreachable ({exc}); following on when it is back")
+                down = True
+            time.sleep(FOLLOW_RETRY_S)
 
 
 def _trace_text(doc: dict[str, Any]) -> None:
@@ -116,6 +147,8 @@ def _show_text(doc: dict[str, Any]) -> None:
     ]
     if doc.get("reasons"):
         lines.append(f"reasons: {', '.join(doc['reasons'])}")
+    if doc.get("damaged"):
+        lines.append(f"damaged: {'; '.join(doc['damaged'])}")
     for line in lines:
         click.echo(safe(line.rstrip()))
     if doc.get("headers"):

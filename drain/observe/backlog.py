@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,7 +20,7 @@ import redis
 from drain.flow import ratelimit
 from drain.flow.breaker import RELAY, Breakers
 from drain.store import keys
-from drain.store.record import parse_shape_field
+from drain.store.record import DOMAIN, parse_shape_field
 from drain.store.store import Store
 from drain.worker import routing
 
@@ -27,6 +29,8 @@ BUCKETS_S = [0, 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 76800]
 # Books samples kept for the history chart (one per housekeeping round that takes one).
 HISTORY_KEPT = 2160
 HISTORY_EVERY_S = 10.0
+# Deferred messages read (those due last) to bound each domain's ETA by its next attempts.
+DUE_READ = 200
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +195,19 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     in proportion to its part of the backlog, capped by the domain's own (or adaptive) rate.
     """
     now = time.time() if now is None else now
-    raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
+    try:
+        raw = cast(dict[bytes, bytes], store.client.hgetall(keys.SHAPE))
+    except redis.ResponseError as exc:  # a key of the wrong type: no shape, no ETA, and why
+        log.error("the backlog shape %s cannot be read: %s", keys.SHAPE, exc)
+        return Shape([], 0, None, {"*": "backlog shape unreadable (see the log)"})
     domains: dict[str, DomainShape] = {}
     for key, value in raw.items():
-        parsed = parse_shape_field(key.decode())
-        count = int(value)
+        parsed = parse_shape_field(key.decode("utf-8", "replace"))
+        try:
+            count = int(value)
+        except ValueError:  # damaged or planted: that field is left out (and said), not the backlog
+            log.error("a count in %s is not a number: %r; left out", keys.SHAPE, value[:40])
+            continue
         if count <= 0 or parsed is None:
             continue
         domain, minute = parsed
@@ -204,12 +216,22 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
         entry.by_age[_bucket(now - minute * 60)] += count
     total = sum(d.total for d in domains.values())
     etas, held = forecast({d.domain: d.total for d in domains.values()}, read_limits(store, pace, now))
+    due, last_due = _last_due(store, now)
     for entry in domains.values():
-        entry.eta_s = etas.get(entry.domain)
+        eta = etas.get(entry.domain)
+        # Deferred mail goes no sooner than its next attempt: the domain's last one due bounds its ETA.
+        entry.eta_s = None if eta is None else max(eta, due.get(entry.domain, 0.0))
         entry.held_by = held.get(entry.domain) or held.get("*")
     ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
     unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
     headline = None if unknown else max((e for e in etas.values() if e is not None), default=0.0)
+    if ordered and "*" not in held and all(d.domain in held for d in ordered):
+        # Every queued message is held: no figure (0 s would read as done); held_by says why.
+        headline = None
+    elif headline is not None:
+        # The last deferred message due bounds the ETA (of the mail that moves, when some is held).
+        headline = max(headline, last_due if not held else max(
+            (due.get(d.domain, 0.0) for d in ordered if d.domain not in held), default=0.0))
     # Tenants: all the mail theirs and held, no number; capped ones take at least their time.
     tenant_held, floor = tenant_limits(store, total)
     if tenant_held and "*" not in held:
@@ -218,6 +240,28 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
     elif headline is not None:
         headline = max(headline, floor)
     return Shape(ordered, total, headline, held)
+
+
+def _last_due(store: Store, now: float) -> tuple[dict[str, float], float]:
+    """Seconds until the deferred messages due last are due: by domain, for the domains among
+    the DUE_READ due last (exact for those: each domain's first one read is its last), and
+    overall. Cheap at any depth: one ZREVRANGE and DUE_READ HGETs."""
+    try:
+        last = cast(list[tuple[bytes, float]], store.client.zrevrange(keys.DEFERRED, 0, DUE_READ - 1,
+                                                                      withscores=True))
+    except redis.ResponseError as exc:
+        log.error("the deferred set cannot be read: %s", exc)
+        return {}, 0.0
+    if not last:
+        return {}, 0.0
+    pipe = store.client.pipeline(transaction=False)
+    for member, _score in last:
+        pipe.hget(keys.message(member.decode("utf-8", "replace")), DOMAIN)
+    by_domain: dict[str, float] = {}
+    for (_member, score), domain in zip(last, pipe.execute(), strict=True):
+        name = domain.decode("utf-8", "replace") if isinstance(domain, bytes) and domain else "(none)"
+        by_domain.setdefault(name, max(0.0, score - now))
+    return by_domain, max(0.0, last[0][1] - now)
 
 
 def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:
@@ -257,8 +301,8 @@ def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:
 def sample_history(store: Store, now: float | None = None) -> bool:
     """Add a books sample for the chart if the last one is older than HISTORY_EVERY_S."""
     now = time.time() if now is None else now
-    last = store.client.lindex(keys.HISTORY, 0)
-    if last is not None and now - float(json.loads(last)["t"]) < HISTORY_EVERY_S:
+    last = _samples([cast(bytes | None, store.client.lindex(keys.HISTORY, 0))])
+    if last and now - last[0]["t"] < HISTORY_EVERY_S:
         return False
     books = store.books()
     sample = {"t": round(now, 1), "queued": books.queued, "ready": books.ready, "deferred": books.deferred,
@@ -273,5 +317,25 @@ def sample_history(store: Store, now: float | None = None) -> bool:
 def history(store: Store, since_s: float = 6 * 3600, now: float | None = None) -> list[dict[str, Any]]:
     """Books samples of the last since_s seconds, oldest first."""
     now = time.time() if now is None else now
-    samples = [json.loads(s) for s in cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1))]
+    try:
+        samples = _samples(cast(list[bytes], store.client.lrange(keys.HISTORY, 0, HISTORY_KEPT - 1)))
+    except redis.ResponseError as exc:
+        log.error("the books samples cannot be read: %s", exc)
+        return []
     return [s for s in reversed(samples) if now - s["t"] <= since_s]
+
+
+def _samples(raw: Sequence[bytes | None]) -> list[dict[str, Any]]:
+    """The readable books samples: JSON objects with a finite time "t" and numeric counts
+    (a damaged or planted one is left out, not the chart)."""
+    out: list[dict[str, Any]] = []
+    for item in raw:
+        try:
+            sample = json.loads(item) if item is not None else None
+        except ValueError:
+            continue
+        if (isinstance(sample, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in sample.values())
+                and "t" in sample):
+            out.append(sample)
+    return out

@@ -61,17 +61,19 @@ def _largest(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else max((v for v in values if v is not None), default=0.0)
 
 
-def add_status(statuses: Sequence[Status]) -> Status:
-    """One Status for the cells read (a cell whose mail is all done counts with an ETA of 0)."""
+def add_status(statuses: Sequence[Status], down: Sequence[str] = ()) -> Status:
+    """One Status for the cells read (a cell whose mail is all done counts with an ETA of 0).
+    With cells down (their names): no ETA, their mail is not known, and held_by["*"] says so."""
     parts = ("rate", "breaker", "relay")
     held_by: dict[str, str] = {}
     for st in statuses:
         held_by.update(st.held_by)
+    _say_down(held_by, down)
     return Status(
         books=add_books([s.books for s in statuses]),
         oldest_age_s=max((s.oldest_age_s for s in statuses), default=0.0),
         rate_per_s=sum(s.rate_per_s for s in statuses),
-        eta_s=_largest([s.eta_s for s in statuses]),
+        eta_s=None if down else _largest([s.eta_s for s in statuses]),
         breakers_open=sorted({d for s in statuses for d in s.breakers_open}),
         held_by=held_by,
         deferred_by={p: sum(s.deferred_by.get(p, 0) for s in statuses) for p in parts},
@@ -118,7 +120,7 @@ def status_doc(readings: Sequence[Reading[Status]]) -> dict[str, Any]:
     """`drain status --json` over cells: the summed document, then a row per cell and the
     cells that are down (their mail is not in the sums)."""
     got = answered(readings)
-    doc = add_status([st for _c, st in got]).as_dict()
+    doc = add_status([st for _c, st in got], [d["cell"] for d in down(readings)]).as_dict()
     doc["cells"] = [{"cell": cell.name, **st.books.as_dict(), "balanced": st.books.balanced,
                      "rate_per_s": round(st.rate_per_s, 2), "oldest_age_s": round(st.oldest_age_s, 3)}
                     for cell, st in got]
@@ -126,8 +128,9 @@ def status_doc(readings: Sequence[Reading[Status]]) -> dict[str, Any]:
     return doc
 
 
-def add_shapes(shapes: Sequence[Shape]) -> Shape:
-    """One backlog shape: each domain's counts added across cells, its ETA the largest."""
+def add_shapes(shapes: Sequence[Shape], down: Sequence[str] = ()) -> Shape:
+    """One backlog shape: each domain's counts added across cells, its ETA the largest (none,
+    and held_by["*"] saying why, with cells down)."""
     merged: dict[str, DomainShape] = {}
     etas: dict[str, list[float | None]] = {}
     for sh in shapes:
@@ -142,8 +145,16 @@ def add_shapes(shapes: Sequence[Shape]) -> Shape:
     held_by: dict[str, str] = {}
     for sh in shapes:
         held_by.update(sh.held_by)
+    _say_down(held_by, down)
     ordered = sorted(merged.values(), key=lambda d: (-d.total, d.domain))
-    return Shape(ordered, sum(d.total for d in ordered), _largest([sh.eta_s for sh in shapes]), held_by)
+    return Shape(ordered, sum(d.total for d in ordered), None if down else _largest([sh.eta_s for sh in shapes]),
+                 held_by)
+
+
+def _say_down(held_by: dict[str, str], down: Sequence[str]) -> None:
+    if down:
+        why = f"cell {', '.join(down)} down: {'its' if len(down) == 1 else 'their'} mail not counted"
+        held_by["*"] = f"{held_by['*']}; {why}" if "*" in held_by else why
 
 
 def _sum_rates(rates: list[object]) -> float | None:

@@ -42,11 +42,11 @@ def add_snapshots(got: Sequence[tuple[Cell, Snapshot]], rows: list[dict[str, Any
     figs = [s.figures for _c, s in got]
     figures = Figures(
         read_at=min(f.read_at for f in figs),
-        status=merge.add_status([f.status for f in figs]),
+        status=merge.add_status([f.status for f in figs], [r["cell"] for r in rows if not r["up"]]),
         counters=_add([f.counters for f in figs]),
         findings=_add([f.findings for f in figs]),
         latency=_add([f.latency for f in figs]),
-        shape=merge.add_shapes([f.shape for f in figs]),
+        shape=merge.add_shapes([f.shape for f in figs], [r["cell"] for r in rows if not r["up"]]),
         limits=merge.add_limits([f.limits for f in figs]),
         intake_paused=any(f.intake_paused for f in figs),
         cells=rows,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import redis
@@ -147,9 +147,10 @@ def _gauges(f: Figures) -> Iterator[Metric]:
                                 "domain's ETA from its cap, adaptive rate and share of the throughput (absent "
                                 "while unknown or while all is held).", value=f.status.eta_s)
     held = GaugeMetricFamily("drain_domain_held", "1 for each destination whose mail does not move, by why "
-                             "(paused, breaker).", labels=["domain", "reason"])
-    for domain, reason in sorted(f.status.held_by.items()):
-        held.add_metric([domain, "breaker" if "breaker" in reason else reason.split()[-1]], 1)
+                             f"(paused, breaker, rate; the {DOMAINS_EXPOSED} with most mail).",
+                             labels=["domain", "reason"])
+    for domain in _first(f, f.status.held_by):
+        held.add_metric([_label(domain), _why(f.status.held_by[domain])], 1)
     yield held
     limit = f.limits.get("global")
     if isinstance(limit, float):
@@ -171,19 +172,42 @@ def _domains(f: Figures) -> Iterator[Metric]:
                              "adaptive rate after throttling replies.", labels=["domain", "kind"])
     paused = GaugeMetricFamily("drain_domain_paused", "1 for each destination domain paused.", labels=["domain"])
     domains = cast(dict[str, dict[str, Any]], f.limits.get("domains", {}))
-    for name, d in domains.items():
+    limited = [n for n, d in domains.items() if d.get("rate") is not None or d.get("effective") is not None]
+    for name in _first(f, limited):
         for kind, key in (("cap", "rate"), ("effective", "effective")):
-            if d.get(key) is not None:
-                caps.add_metric([_label(name), kind], float(d[key]))
-        if d.get("paused"):
-            paused.add_metric([_label(name)], 1)
+            if domains[name].get(key) is not None:
+                caps.add_metric([_label(name), kind], float(domains[name][key]))
+    held = [n for n, d in domains.items() if d.get("paused")]
+    for name in _first(f, held):
+        paused.add_metric([_label(name)], 1)
     yield caps
     yield paused
     opened = GaugeMetricFamily("drain_circuit_open", "1 for each destination whose circuit breaker is open.",
                                labels=["domain"])
-    for name in f.status.breakers_open:
+    for name in _first(f, f.status.breakers_open):
         opened.add_metric([_label(name)], 1)
     yield opened
+    # On a bad day thousands of domains may be limited, paused or cut off: their series are
+    # kept to the DOMAINS_EXPOSED with the most mail, and these count them all.
+    for metric, text, count in (("drain_domains_limited", "Destination domains with a rate cap or adaptive rate.",
+                                 len(limited)),
+                                ("drain_domains_paused", "Destination domains paused.", len(held)),
+                                ("drain_circuits_open", "Destinations whose circuit breaker is open.",
+                                 len(f.status.breakers_open))):
+        yield GaugeMetricFamily(metric, text, value=count)
+
+
+def _first(f: Figures, names: Iterable[str]) -> list[str]:
+    """The DOMAINS_EXPOSED of these names that have the most queued mail ("*" first), then by name."""
+    rank = {d.domain: i for i, d in enumerate(f.shape.domains)}
+    return sorted(names, key=lambda n: (n != "*", rank.get(n, len(rank)), n))[:DOMAINS_EXPOSED]
+
+
+def _why(reason: str) -> str:
+    for word in ("breaker", "paused", "rate 0"):
+        if word in reason:
+            return word.split()[0]
+    return "held"
 
 
 def _tenants(f: Figures) -> Iterator[Metric]:

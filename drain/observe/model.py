@@ -8,6 +8,8 @@ these and nothing else.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any, cast
+
+import redis
 
 from drain.flow import ratelimit
 from drain.intake import door as intake
@@ -25,6 +29,8 @@ from drain.ops.quarantine import Quarantine
 from drain.store import keys
 from drain.store.record import ENVELOPE, FINDINGS, RAW, fetch
 from drain.store.store import Store
+
+log = logging.getLogger(__name__)
 
 # Upper bounds (seconds) of the delivery latency buckets, as settle.lua writes them; its
 # counts are per bucket (not cumulative), with "inf" above the last bound and "sum" beside.
@@ -70,8 +76,21 @@ class Reading:
     up: bool
 
 
+def _numbers(raw: dict[bytes, bytes]) -> dict[str, float]:
+    """A hash of counters, each field that is not a finite number left out (damaged or planted)."""
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        try:
+            number = float(v)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            out[k.decode("utf-8", "replace")] = number
+    return out
+
+
 def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
-    return {k.decode(): int(float(v)) for k, v in raw.items()}
+    return {k: int(v) for k, v in _numbers(raw).items()}
 
 
 def read(store: Store) -> Figures:
@@ -82,13 +101,15 @@ def read(store: Store) -> Figures:
     pipe.hgetall(keys.BOOKS)
     pipe.hgetall(keys.FINDINGS)
     pipe.hgetall(keys.LATENCY)
-    counters, findings, latency = pipe.execute()
+    # A key of the wrong type (damaged or planted) reads as empty, not as Redis down.
+    counters, findings, latency = ({} if isinstance(r, redis.ResponseError) else r
+                                   for r in pipe.execute(raise_on_error=False))
     return Figures(
         read_at=time.time(),
         status=st,
         counters=_ints(counters),
         findings=_ints(findings),
-        latency={k.decode(): float(v) for k, v in cast(dict[bytes, bytes], latency).items()},
+        latency=_numbers(cast(dict[bytes, bytes], latency)),
         shape=shape,
         limits=ratelimit.show(store.client),
         intake_paused=intake.is_paused(store.client),
@@ -200,8 +221,13 @@ class Reader:
 
     def _quarantine(self) -> QuarantineView:
         client = self.store.client
-        newest = cast(list[tuple[bytes, float]], client.zrevrange(keys.QUARANTINE, 0, RECENT - 1, withscores=True))
-        held = int(client.zcard(keys.QUARANTINE))
+        try:
+            newest = cast(list[tuple[bytes, float]], client.zrevrange(keys.QUARANTINE, 0, RECENT - 1,
+                                                                      withscores=True))
+            held = int(client.zcard(keys.QUARANTINE))
+        except redis.ResponseError as exc:  # a key of the wrong type: the rest of the page stays
+            log.error("the quarantine cannot be read: %s", exc)
+            return QuarantineView(0, None, time.time(), [])
         by_reason, scanned_at = self._held_by_reason(held, newest[0][1] if newest else 0.0)
         recent = self._recent(newest) if self.show_messages else []
         return QuarantineView(held, by_reason, scanned_at, recent)

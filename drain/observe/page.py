@@ -65,7 +65,10 @@ def _header(view: View) -> str:
         pill = '<span class="pill warn">Connecting</span>'
     else:
         st = snap.figures.status
-        if snap.figures.limits.get("paused"):
+        down = [str(c["cell"]) for c in snap.figures.cells if not c.get("up", True)]
+        if down:
+            pill = f'<span class="pill bad">{esc("Cell " + ", ".join(down) + " down")}</span>'
+        elif snap.figures.limits.get("paused"):
             pill = '<span class="pill warn">Delivery paused</span>'
         elif st.books.queued == 0:
             pill = '<span class="pill ok">All clear</span>'
@@ -107,7 +110,8 @@ def _cards(snap: Snapshot) -> str:
         _card("Oldest waiting", dur(st.oldest_age_s) if b.queued else "—", "oldest queued message"),
         _card("Delivery rate", per_s(st.rate_per_s),
               f"limit {ratelimit.format_rate(limit if isinstance(limit, float) else None)}"),
-        _card("ETA", _headline(st.eta_s, st.held_by) if b.queued else "done", _held_note(st.held_by)),
+        _card("ETA", _headline(st.eta_s, st.held_by) if b.queued or "*" in st.held_by else "done",
+              _held_note(st.held_by)),
         _card("Delivered", num(b.delivered), f"{num(b.bounced)} bounced"),
         _card("Quarantined", num(b.quarantined), f"{num(b.deleted)} deleted"),
     ]) + "</div>"

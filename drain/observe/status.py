@@ -106,7 +106,11 @@ def read(store: Store, shape: backlog.Shape | None = None) -> Status:
         opened = []
     # The split is read a moment after the books: fit it to the books' own deferred count,
     # so that its parts always add up to it.
-    read_split = deferred_by(store)
+    try:
+        read_split = deferred_by(store)
+    except redis.ResponseError as exc:  # a held set of the wrong type: all counted as the relay's
+        log.error("the deferred split cannot be read: %s", exc)
+        read_split = {"rate": 0, "breaker": 0}
     rate_held = min(read_split["rate"], books.deferred)
     breaker_held = min(read_split["breaker"], books.deferred - rate_held)
     split = {"rate": rate_held, "breaker": breaker_held, "relay": books.deferred - rate_held - breaker_held}

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
 SENTINEL_DEFAULT_PORT = 26379
 _DB_PATH = re.compile(r"/?[0-9]*")
+_QUERY_SECRET = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
 _CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
 
 
@@ -49,6 +50,8 @@ def redacted(url: str) -> str:
     urls = split_urls(url)
     if len(urls) > 1:
         return ",".join(redacted(one) for one in urls)
+    # redis-py also takes a password as a query parameter (`?password=...`): hidden too.
+    url = _QUERY_SECRET.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

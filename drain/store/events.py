@@ -272,9 +272,23 @@ def decode_entry(stream_id: bytes | str, fields: dict[bytes, bytes]) -> list[dic
             continue
         doc: dict[str, Any] = {"event": name, "time": ms / 1000, "id": pair[0], "stream_id": sid}
         if isinstance(pair[1], list):
-            doc.update((n, v) for n, v in zip(names, pair[1], strict=False) if v not in ("", None))
+            doc.update((n, v) for n, v in zip(names, pair[1], strict=False) if v not in ("", None) and _fits(n, v))
         out.append(doc)
     return out
+
+
+_NUMBERS = frozenset({"size", "attempt", "next_attempt", "delay_s"})
+_LISTS = frozenset({"recipients", "codes"})
+
+
+def _fits(name: str, value: Any) -> bool:
+    """Whether a stored event field has the type its readers take (a damaged one is left out:
+    it costs that field, not the log or the trace)."""
+    if name in _NUMBERS:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if name in _LISTS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str)
 
 
 def codes(findings: str) -> list[str]:

@@ -24,8 +24,11 @@ __all__ = ["Reader", "json_line", "stamp", "text_line"]
 
 
 def stamp(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds, as log lines start."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
+    """ISO 8601 UTC with milliseconds, as log lines start (a time no date can hold: as a number)."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
+    except (OverflowError, ValueError, OSError):
+        return repr(ts)
 
 
 def _value(v: Any) -> str:

@@ -98,6 +98,8 @@ def show(client: redis.Redis, msg_id: str, retention_s: float, now: float | None
         })
         if place.get("state") == "quarantined":
             doc["reasons"] = found.reasons
+        if found.problems:  # what of the stored record could not be read (shown at its defaults)
+            doc["damaged"] = list(found.problems)
     else:
         doc.update({"state": traced["state"], "sender": traced["sender"], "recipients": traced["recipients"],
                     "tenant": traced.get("tenant"), "size": next((e.get("size") for e in traced["events"]
