@@ -251,9 +251,15 @@ end
 function lib.event_batch(tr, kind, list)
   if not tr or #list == 0 then return nil end
   if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
-  local parts = {}
-  for i, e in ipairs(list) do parts[i] = '[' .. cjson.encode(e[1]) .. ',' .. e[2] .. ']' end
-  local text = '[' .. table.concat(parts, ',') .. ']'
+  -- The text in one table.concat of its pieces: no string of its own per message.
+  local parts, n = {'['}, 1
+  for i = 1, #list do
+    local e = list[i]
+    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '[', cjson.encode(e[1]), ',', e[2]
+    parts[n + 5] = i < #list and '],' or ']]'
+    n = n + 5
+  end
+  local text = table.concat(parts)
   local sid
   if tr.minid then
     sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'm', text)
@@ -261,9 +267,24 @@ function lib.event_batch(tr, kind, list)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'm', text)
   end
   local day, where = place(tr, sid)
-  for _, e in ipairs(list) do
-    if e[3] and #e[3] > 3 then gather(tr, day, string.sub(e[3], 1, -4), string.sub(e[3], -3) .. where)
-    else index(tr, day, 'i:' .. e[1], where) end
+  -- Every record of the entry ends in the same `where`: with every item's record made by the
+  -- caller, a bucket's records are its tags joined by it (one string per bucket, in order).
+  local tags, buckets = {}, {}
+  for i = 1, #list do
+    local ix = list[i][3]
+    if not ix or #ix <= 3 then tags = nil; break end
+    local bucket = string.sub(ix, 1, -4)
+    local of = tags[bucket]
+    if not of then of = {}; tags[bucket] = of; buckets[#buckets + 1] = bucket end
+    of[#of + 1] = string.sub(ix, -3)
+  end
+  if tags then
+    for _, bucket in ipairs(buckets) do gather(tr, day, bucket, table.concat(tags[bucket], where) .. where) end
+  else
+    for _, e in ipairs(list) do
+      if e[3] and #e[3] > 3 then gather(tr, day, string.sub(e[3], 1, -4), string.sub(e[3], -3) .. where)
+      else index(tr, day, 'i:' .. e[1], where) end
+    end
   end
   tr.first = tr.first or sid
   tr.last = sid
@@ -361,6 +382,27 @@ function lib.deliveries(tr, now, bounces, bounces_kept)
           up = {'1', '2', '3', '4', '5', '6', '7', '8'}, down = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}}
 end
 
+-- What an acceptance time (text) gives a delivery now: {accepted, '|' .. shape minute, latency
+-- bucket, latency}, or {false} when it is not a finite number. Worked out once per distinct
+-- time and call: a claim's messages mostly share a few.
+local function accepted_at(d, text)
+  local known = d.times[text]
+  if known then return known end
+  local t = tonumber(text)
+  if not t or t ~= t or t == math.huge or t == -math.huge then
+    known = {false}
+  else
+    local latency = math.max(0, d.at - t)
+    local bucket, limits = 'inf', d.latency
+    for i = 1, #limits do
+      if latency <= limits[i] then bucket = d.buckets_named[i]; break end
+    end
+    known = {t, '|' .. math.floor(t / 60), bucket, latency}
+  end
+  d.times[text] = known
+  return known
+end
+
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
 -- says delivered, as the books count it); data is the delivered event's data as JSON, or
@@ -375,35 +417,30 @@ function lib.delivered(d, msg, id, info, data, reply, ix, known)
   end
   local tenant = f[3]
   if tenant then
+    -- Its concurrency slot, if its tenant has any taken (looked up once per tenant and call).
     local freed = d.busy[tenant]
-    if not freed then freed = {}; d.busy[tenant] = freed end
-    freed[#freed + 1] = id
+    if freed == nil then
+      freed = redis.call('EXISTS', 'drain:tenant:busy:' .. tenant) == 1 and {} or false
+      d.busy[tenant] = freed
+    end
+    if freed then freed[#freed + 1] = id end
   end
   if info ~= '' then
     local env = redis.call('HGET', msg, 'env') or ''
     redis.call('XADD', d.bounces, 'MAXLEN', '~', d.kept, '*', 'id', id, 'env', env, 'reply', info, 'at', d.now)
   end
-  -- When it was accepted, and its backlog-shape minute: read once per acceptance time.
-  local accepted, minute = nil, nil
-  if f[2] then
-    local known = d.times[f[2]]
-    if not known then
-      local t = tonumber(f[2])
-      if t and (t ~= t or t == math.huge or t == -math.huge) then t = nil end
-      known = t and {t, '|' .. math.floor(t / 60)} or {false}
-      d.times[f[2]] = known
-    end
-    accepted, minute = known[1] or nil, known[2]
-  end
+  -- When it was accepted, its backlog-shape minute and its latency: read once per acceptance time.
+  local when = f[2] and accepted_at(d, f[2]) or nil
+  local accepted = when and when[1] or nil
   if accepted then
-    local field = (f[1] or '') .. minute
+    local field = (f[1] or '') .. when[2]
     d.shape[field] = (d.shape[field] or 0) + 1
     d.tenants[tenant or ''] = (d.tenants[tenant or ''] or 0) + 1
   end
   if d.tr then
     if info ~= '' then lib.event(d.tr, 'b', id, {string.sub(info, 1, 300)}) end
     if data == '' then
-      local delay = accepted and math.floor(math.max(0, d.at - accepted) * 1000) / 1000 or ''
+      local delay = accepted and math.floor(when[4] * 1000) / 1000 or ''
       data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
     end
     if d.batch and type(data) == 'string' then
@@ -413,13 +450,9 @@ function lib.delivered(d, msg, id, info, data, reply, ix, known)
     end
   end
   if accepted then
-    local latency = math.max(0, d.at - accepted)
-    local bucket = 'inf'
-    for i, le in ipairs(d.latency) do
-      if latency <= le then bucket = d.buckets_named[i]; break end
-    end
+    local bucket = when[3]
     d.buckets[bucket] = (d.buckets[bucket] or 0) + 1
-    d.sum = d.sum + latency
+    d.sum = d.sum + when[4]
   end
   d.gone[#d.gone + 1] = msg
   d.count = d.count + 1
@@ -430,7 +463,7 @@ end
 function lib.deliveries_done(d, shape_key, latency_key)
   if d.count == 0 then return end
   for tenant, freed in pairs(d.busy) do
-    if redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(freed)) > 0
+    if freed and #freed > 0 and redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(freed)) > 0
         and redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then
       lib.rejoin(tenant)  -- it may have been waiting for a slot: back in its rings
     end
