@@ -230,6 +230,10 @@ class Store:
     def promote_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Move deferred messages that are due back to the ready list."""
         now = time.time() if now is None else now
+        # Usually nothing is due: one plain read then, not a script call (several times the work).
+        due = self.next_due()
+        if due is None or due > now:
+            return 0
         total = 0
         while True:
             moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY_COUNT, keys.HELD_RATE, keys.HELD_BREAKER],

@@ -244,19 +244,19 @@ end
 
 -- Record events of one kind for several messages as one stream entry (a settle's
 -- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
--- a Lua array of {id, data as JSON text}). Each message is indexed by its id, as with an
+-- a flat Lua array of id, data as JSON text, index record or false: three items a message,
+-- no table of its own). Each message is indexed by its id, as with an
 -- entry of its own; events.py's decode_all reads such an entry as one event per message.
--- An item's third element, when given, is its id's index record made by the caller (its
+-- A message's third item, when not false, is its id's index record made by the caller (its
 -- bucket, then 3 bytes of tag: events.delivered_record), which spares the hashing here. A lone event keeps the usual form. Returns the entry's stream id.
 function lib.event_batch(tr, kind, list)
   if not tr or #list == 0 then return nil end
-  if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
+  if #list == 3 then return lib.event(tr, kind, list[1], list[2]) end
   -- The text in one table.concat of its pieces: no string of its own per message.
   local parts, n = {'['}, 1
-  for i = 1, #list do
-    local e = list[i]
-    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '[', cjson.encode(e[1]), ',', e[2]
-    parts[n + 5] = i < #list and '],' or ']]'
+  for i = 1, #list, 3 do
+    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '[', cjson.encode(list[i]), ',', list[i + 1]
+    parts[n + 5] = i + 3 <= #list and '],' or ']]'
     n = n + 5
   end
   local text = table.concat(parts)
@@ -270,8 +270,8 @@ function lib.event_batch(tr, kind, list)
   -- Every record of the entry ends in the same `where`: with every item's record made by the
   -- caller, a bucket's records are its tags joined by it (one string per bucket, in order).
   local tags, buckets = {}, {}
-  for i = 1, #list do
-    local ix = list[i][3]
+  for i = 3, #list, 3 do
+    local ix = list[i]
     if not ix or #ix <= 3 then tags = nil; break end
     local bucket = string.sub(ix, 1, -4)
     local of = tags[bucket]
@@ -281,9 +281,10 @@ function lib.event_batch(tr, kind, list)
   if tags then
     for _, bucket in ipairs(buckets) do gather(tr, day, bucket, table.concat(tags[bucket], where) .. where) end
   else
-    for _, e in ipairs(list) do
-      if e[3] and #e[3] > 3 then gather(tr, day, string.sub(e[3], 1, -4), string.sub(e[3], -3) .. where)
-      else index(tr, day, 'i:' .. e[1], where) end
+    for i = 1, #list, 3 do
+      local ix = list[i + 2]
+      if ix and #ix > 3 then gather(tr, day, string.sub(ix, 1, -4), string.sub(ix, -3) .. where)
+      else index(tr, day, 'i:' .. list[i], where) end
     end
   end
   tr.first = tr.first or sid
@@ -444,7 +445,10 @@ function lib.delivered(d, msg, id, info, data, reply, ix, known)
       data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
     end
     if d.batch and type(data) == 'string' then
-      d.batch[#d.batch + 1] = {id, data, ix}  -- recorded by the script as one entry (lib.event_batch)
+      -- Recorded by the script as one entry (lib.event_batch): id, data, index record in a row.
+      local b = d.batch
+      local n = #b
+      b[n + 1], b[n + 2], b[n + 3] = id, data, ix or false
     else
       lib.event(d.tr, 'd', id, data)
     end
@@ -483,16 +487,14 @@ end
 
 -- One journal entry (drain/store/journal.py): a flags byte, then seven fields, each a 4-byte
 -- length and its bytes: the id's index record, the id, info, the message's dom, t and tn
--- as the worker read them, the delivered event's data. Returns id, info, data, index record
--- and {dom, t, tn} (false for a field the message lacks; nil when the worker did not know
--- them); nothing when the entry is damaged. Read in one call (struct.unpack): each call of
+-- as the worker read them, the delivered event's data. Returns id, info, data, index record,
+-- whether the worker knew the message's fields, and its dom, t and tn (false for a field the
+-- message lacks); nothing when the entry is damaged. Read in one call (struct.unpack): each call of
 -- a C function from Lua costs about as much as a field's worth of parsing.
 function lib.journalled(entry)
   local ok, flags, ix, id, info, dom, t, tn, data = pcall(struct.unpack, '>BI4c0I4c0I4c0I4c0I4c0I4c0I4c0', entry)
   if not ok or id == '' then return end
-  local known = nil
-  if flags % 2 == 1 then known = {flags % 4 >= 2 and dom, flags % 8 >= 4 and t, flags % 16 >= 8 and tn} end
-  return id, info, data, ix, known
+  return id, info, data, ix, flags % 2 == 1, flags % 4 >= 2 and dom, flags % 8 >= 4 and t, flags % 16 >= 8 and tn
 end
 
 -- Settle the deliveries in owner's journal (a list of entries) into d, a tally of
@@ -503,12 +505,13 @@ end
 function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
-  local ids, infos, datas, ixs, knowns = {}, {}, {}, {}, {}
+  local ids, infos, datas, ixs, knowns, doms, ts, tns = {}, {}, {}, {}, {}, {}, {}, {}
+  local k = 0
   for _, entry in ipairs(list) do
-    local id, info, data, ix, known = lib.journalled(entry)
+    local id, info, data, ix, known, dom, t, tn = lib.journalled(entry)
     if id then
-      local k = #ids + 1
-      ids[k], infos[k], datas[k], ixs[k], knowns[k] = id, info, data, ix, known or false
+      k = k + 1
+      ids[k], infos[k], datas[k], ixs[k], knowns[k], doms[k], ts[k], tns[k] = id, info, data, ix, known, dom, t, tn
     end
   end
   local mine, first = lib.held(inflight, owner, ids)
@@ -517,9 +520,11 @@ function lib.commit_journal(d, journal, inflight, books, owner)
     redis.call('HDEL', inflight, unpack(mine))
   end
   redis.call('DEL', journal)
+  local known = {}  -- (one table for all: lib.delivered only reads it)
   for _, id in ipairs(mine) do
     local k = first[id]
-    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k])
+    known[1], known[2], known[3] = doms[k], ts[k], tns[k]
+    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k] and known)
   end
   return #mine, #list - #mine
 end
