@@ -63,25 +63,16 @@ def journalable(outcomes: Sequence[Outcome]) -> bool:
     return bool(outcomes) and all(o.kind == "delivered" and o.event for o in outcomes)
 
 
-Figures = Sequence[tuple[bytes | None, ...] | None]
-
-
 def write(client: redis.Redis, owner: str, outcomes: Sequence[Outcome], trace: bool, first: bool,
-          figures: Figures | None = None) -> None:
+          figures: Sequence[tuple[bytes | None, ...] | None] | None = None) -> None:
     """Journal deliveries (one RPUSH; the first write of a journal also sets its lifetime);
     figures: each one's FIGURES as read when claimed, if known."""
-    write_many(client, [(owner, outcomes, first, figures)], trace)
-
-
-def write_many(client: redis.Redis, journals: Sequence[tuple[str, Sequence[Outcome], bool, Figures | None]],
-               trace: bool) -> None:
-    """Journal the deliveries of several owners (owner, outcomes, first, figures: as `write`
-    takes them) in one round trip: one RPUSH per owner."""
+    key = keys.journal(owner)
+    entries = [entry(o, trace, f) for o, f in zip(outcomes, figures or [None] * len(outcomes), strict=True)]
+    if not first:
+        client.rpush(key, *entries)
+        return
     pipe = client.pipeline(transaction=False)
-    for owner, outcomes, first, figures in journals:
-        key = keys.journal(owner)
-        pipe.rpush(key, *(entry(o, trace, f) for o, f in zip(outcomes, figures or [None] * len(outcomes),
-                                                             strict=True)))
-        if first:
-            pipe.expire(key, JOURNAL_TTL_S)
+    pipe.rpush(key, *entries)
+    pipe.expire(key, JOURNAL_TTL_S)
     pipe.execute()
