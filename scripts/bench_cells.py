@@ -35,9 +35,6 @@ from drain.store import keys
 from drain.store.embedded import spawn_on_port
 from drain.store.store import Store
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import redis_breakdown  # scripts/redis_breakdown.py, beside this one
-
 POLL_S = 0.05
 
 
@@ -84,7 +81,7 @@ def per_message(stats: dict[str, tuple[int, int]], count: int, top: int = 40) ->
             for name, (calls, usec) in rows]
 
 
-def run_one(cells: int, size: int, count: int, processes: int, relay: str, slowlog: bool = False) -> dict[str, Any]:
+def run_one(cells: int, size: int, count: int, processes: int, relay: str) -> dict[str, Any]:
     with ExitStack() as stack:
         ports, clients = [], []
         for _ in range(cells):
@@ -112,8 +109,6 @@ def run_one(cells: int, size: int, count: int, processes: int, relay: str, slowl
         for c in clients:
             ratelimit.resume(c)
             c.config_resetstat()
-        if slowlog:
-            redis_breakdown.start(clients)
         meter = Meter(clients)
         env = dict(os.environ, DRAIN_REDIS_URL=url, DRAIN_RELAY=relay)
         started = time.perf_counter()
@@ -126,7 +121,6 @@ def run_one(cells: int, size: int, count: int, processes: int, relay: str, slowl
         drain_s = time.perf_counter() - started
         drain_cpu, drain_stats = meter.delta()
         proc.wait(timeout=120)
-        sent = redis_breakdown.collect(clients, count) if slowlog else []
         books = [Store(c, settings).books() for c in clients]
         delivered = sum(b.delivered for b in books)
         return {
@@ -140,7 +134,6 @@ def run_one(cells: int, size: int, count: int, processes: int, relay: str, slowl
             "per_cell_delivered": [b.delivered for b in books],
             "enqueue_commands": per_message(enqueue_stats, count),
             "drain_commands": per_message(drain_stats, max(1, delivered)),
-            **({"drain_sent": sent} if slowlog else {}),
         }
 
 
@@ -252,8 +245,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", default="2,1,1", help="worker processes per cell, for each cell count")
     parser.add_argument("--sink", choices=["auto", "aiosmtpd"], default="auto")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--slowlog", action="store_true",
-                        help="also log every command the drain sends (SLOWLOG; slows Redis a little)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="only check rate fidelity at this global rate over the last --cells count")
     parser.add_argument("--cap", type=float, default=30.0, help="example.net's cap in the rate check")
@@ -274,13 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     with bench.smtp_sink(args.sink == "auto") as (relay, sink_name):
         for size in [int(s) for s in args.sizes.split(",")]:
             for index, cells in enumerate(counts):
-                row = run_one(cells, size, args.messages, per_cell[min(index, len(per_cell) - 1)], relay,
-                              args.slowlog)
+                row = run_one(cells, size, args.messages, per_cell[min(index, len(per_cell) - 1)], relay)
                 print(json.dumps({k: v for k, v in row.items() if not k.endswith("_commands")}), file=sys.stderr,
                       flush=True)
                 rows.append(row)
-                if args.slowlog:
-                    print(redis_breakdown.markdown(row["drain_sent"]), file=sys.stderr, flush=True)
     machine = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "sink": sink_name}
     text = markdown(rows, machine)
     print(text)
