@@ -14,6 +14,8 @@ from drain.intake.api import Client
 from drain.ops import tenants
 from drain.store import embedded, events, keys
 from drain.store.store import Outcome, Store
+from drain.worker.journalpool import JournalPool
+from drain.worker.window import Window
 
 REPLY = "250 2.0.0 Ok: queued as R1"
 
@@ -104,3 +106,62 @@ def test_a_journal_settle_counts_each_delivery_in_its_latency_bucket(
     settled = time.time()
     assert {k: v for k, v in latency.items() if k != "sum"} == {"5": 2, "300": 1, "86400": 1}, latency
     assert sum(ages) - 1 < latency["sum"] <= sum(ages) + len(ages) * (settled - now) + 0.01, latency
+
+
+def _rpush_calls(rclient: redis.Redis) -> int:
+    return int(rclient.info("commandstats").get("cmdstat_rpush", {}).get("calls", 0))
+
+
+def test_the_lanes_of_a_process_share_its_journal(client: Client, store: Store, rclient: redis.Redis) -> None:
+    """A lane's deliveries go to its process's journal, and any settle of the process (its
+    own or another lane's) or the reaper settles them as delivered. Mutant caught:
+    commit_journal's held check without `family` (the other lane's entries count as no
+    longer held: settled 0, they go back to ready and are sent again)."""
+    ids = client.enqueue_many([synthetic(i) for i in range(6)]).ids
+    assert store.claim("p", 2).ids == ids[:2]
+    assert store.claim("p/1", 2).ids == ids[2:4]
+    assert store.claim("q/1", 2).ids == ids[4:]  # another process: not of the family
+    assert keys.journal("p/1") == keys.journal("p") != keys.journal("q/1")
+    store.journal("p/1", [_delivered(i) for i in ids[2:4]], first=True)
+    assert store.commit("p") == (2, 0)
+    books = store.books()
+    assert (books.delivered, books.in_flight) == (2, 4), books
+    assert not rclient.exists(keys.journal("p"))
+
+    # The reaper: a dead process's lanes' journalled mail is delivered, the rest given back.
+    store.journal("p/1", [_delivered(ids[0])], first=True)  # held by "p", journalled by lane 1
+    rclient.delete(keys.lease("p"))
+    assert store.reap_dead() == (1, 0)
+    books = store.books()
+    assert (books.delivered, books.in_flight, books.ready) == (3, 2, 1), books
+    assert store.settle("q/1", [_delivered(i) for i in ids[4:]]) == (2, 0)
+
+
+def test_the_pool_journals_every_lanes_deliveries_in_one_write(
+        client: Client, store: Store, rclient: redis.Redis) -> None:
+    """drain.worker.journalpool: deliveries handed in by two lanes keep their window places
+    until some lane writes them all, in one RPUSH; their places then come back. Mutants
+    caught: journal.write_many with one RPUSH per owner (2 != 1); flush giving no place back
+    (0 free); withdraw keeping the journal's count (the lane's settle skips the commit)."""
+    ids = client.enqueue_many([synthetic(i) for i in range(3)]).ids
+    assert store.claim("p", 2).ids == ids[:2]
+    assert store.claim("p/1", 1).ids == ids[2:]
+    window = Window(3)
+    pool = JournalPool(store, window.give)
+    assert all(window.take() for _ in range(3)) and not window.take()
+    pool.deposit("p", _delivered(ids[0]), 1)
+    pool.deposit("p/1", _delivered(ids[2]), 1)
+    assert pool.owed() == 2 and not window.take()
+
+    before = _rpush_calls(rclient)
+    assert pool.flush() == 2
+    assert _rpush_calls(rclient) - before == 1
+    assert rclient.llen(keys.journal("p")) == 2
+    assert window.free == 2 and pool.owed() == 2
+
+    pool.deposit("p", _delivered(ids[1]), 1)
+    mine, places, journalled = pool.withdraw("p")
+    assert (len(mine), places, journalled) == (1, 1, 2) and pool.owed() == 0
+    assert store.settle("p", mine) == (3, 0)  # its own delivery and the journal's two
+    books = store.books()
+    assert (books.delivered, books.in_flight) == (3, 0), books

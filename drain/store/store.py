@@ -163,6 +163,12 @@ class Store:
         journal.write(self.client, owner, outcomes, self.settings.trace, first,
                       [self.figures.pop(o.id, None) for o in outcomes])
 
+    def journal_many(self, journals: Sequence[tuple[str, Sequence[Outcome], bool]]) -> None:
+        """Journal the deliveries of several owners ((owner, outcomes, first) each) in one
+        round trip (drain/worker/journalpool.py)."""
+        journal.write_many(self.client, [(owner, outcomes, first, [self.figures.pop(o.id, None) for o in outcomes])
+                                         for owner, outcomes, first in journals], self.settings.trace)
+
     def commit(self, owner: str) -> tuple[int, int]:
         """Settle the owner's journal (deliver.lua with no delivery of its own)."""
         return self._deliver(owner, [])

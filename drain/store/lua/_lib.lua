@@ -347,8 +347,9 @@ end
 -- Which of ids (a Lua array) owner holds in the in-flight hash, read in one command: the
 -- held ids in order, each once, and id -> its first position among ids. Many ids of a small
 -- hash (a journal's, most of what is in flight) are read with one HGETALL: a small hash is a
--- listpack, where HMGET scans for each field asked for.
-function lib.held(inflight, owner, ids)
+-- listpack, where HMGET scans for each field asked for. With `family`, an id held by another
+-- lane of owner's process ("<process owner>/<lane>", keys.py's journal) counts as held too.
+function lib.held(inflight, owner, ids, family)
   local mine, first = {}, {}
   if #ids == 0 then return mine, first end
   local holders
@@ -360,8 +361,11 @@ function lib.held(inflight, owner, ids)
   else
     holders = redis.call('HMGET', inflight, unpack(ids))
   end
+  local process = family and (string.match(owner, '^([^/]*)/') or owner)
   for i, id in ipairs(ids) do
-    if holders[i] == owner and not first[id] then
+    local holder = holders[i]
+    if (holder == owner or (process and holder and (string.match(holder, '^([^/]*)/') or holder) == process))
+        and not first[id] then
       mine[#mine + 1] = id
       first[id] = i
     end
@@ -498,10 +502,11 @@ function lib.journalled(entry)
 end
 
 -- Settle the deliveries in owner's journal (a list of entries) into d, a tally of
--- lib.deliveries whose events are batched (d.batch): each message the owner still holds is
--- counted delivered in the books and leaves the in-flight hash; entries of messages it no
--- longer holds (its lease lapsed and they were given back) are dropped, counted in the
--- second value returned. The journal is deleted. Returns settled, skipped.
+-- lib.deliveries whose events are batched (d.batch): each message the owner (or another lane
+-- of its process: they share the journal) still holds is counted delivered in the books and
+-- leaves the in-flight hash; entries of messages no longer held (the lease lapsed and they
+-- were given back) are dropped, counted in the second value returned. The journal is
+-- deleted. Returns settled, skipped.
 function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
@@ -514,7 +519,7 @@ function lib.commit_journal(d, journal, inflight, books, owner)
       ids[k], infos[k], datas[k], ixs[k], knowns[k], doms[k], ts[k], tns[k] = id, info, data, ix, known, dom, t, tn
     end
   end
-  local mine, first = lib.held(inflight, owner, ids)
+  local mine, first = lib.held(inflight, owner, ids, true)
   if #mine > 0 then
     redis.call('HINCRBY', books, 'delivered', d.up[#mine] or #mine)
     redis.call('HDEL', inflight, unpack(mine))
