@@ -22,10 +22,11 @@ def _exists(words: list[str]) -> bool:
     """Whether `drain WORDS...` names a command of this drain (options and arguments ignored)."""
     command: click.Command = cli
     found = False
-    for word in words:
-        if not isinstance(command, click.Group) or word not in command.commands:
+    for word in words:  # (drain's commands are loaded when asked for: get_command, not .commands)
+        sub = command.get_command(click.Context(command), word) if isinstance(command, click.Group) else None
+        if sub is None:
             break
-        command, found = command.commands[word], True
+        command, found = sub, True
     return found and not isinstance(command, click.Group)
 
 

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from email_validator import EmailNotValidError, validate_email
 
 from drain.cli.render import TTY_ROWS
 from drain.cli.terminal import clip
 from drain.errors import ConfigError, InputError
-from drain.flow import ratelimit
-from drain.intake.api import CellsClient, Client
-from drain.ops.quarantine import reason_selector
 from drain.settings import Settings, parse_domain, parse_listen
-from drain.store.cells import Cell, is_multi
+
+if TYPE_CHECKING:
+    from drain.intake.api import Client
+    from drain.store.cells import Cell
+
+# What only some commands need (the client, the rate parser, the address check, the
+# quarantine codes) is imported where it is used: every `drain` call imports this module.
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,17 +36,20 @@ class Context:
     @property
     def client(self) -> Client:
         if self._client is None:
+            from drain.intake.api import Client
             self._client = Client.connect(self.settings)
         return self._client
 
     @property
     def multi(self) -> bool:
         """Whether DRAIN_REDIS_URL lists several cells (drain.store.cells)."""
+        from drain.store.cells import is_multi
         return is_multi(self.settings)
 
     @property
     def members(self) -> list[tuple[Cell, Client]]:
         """Every cell with its client (several cells only)."""
+        from drain.intake.api import CellsClient
         client = self.client
         assert isinstance(client, CellsClient)
         return client.members
@@ -85,6 +90,7 @@ def reason_option(ctx: click.Context, param: click.Parameter, value: str | None)
     """Callback of the quarantine filters' --reason: not empty, and a known code or prefix."""
     if nonempty(ctx, param, value) is None:
         return None
+    from drain.ops.quarantine import reason_selector
     try:
         return reason_selector(str(value))
     except InputError as exc:
@@ -130,6 +136,7 @@ domain_option = parsed(parse_domain)
 
 def rate_value(text: str, hint: str) -> float | None:
     """A rate like 500/s, 30000/m or 'unlimited' (None); 0 holds delivery."""
+    from drain.flow import ratelimit
     try:
         return ratelimit.parse_rate(text)
     except ConfigError as exc:
@@ -138,6 +145,7 @@ def rate_value(text: str, hint: str) -> float | None:
 
 def moving_rate(text: str, hint: str, why: str) -> float | None:
     """A rate that lets mail go: 0 is refused, saying why."""
+    from drain.flow import ratelimit
     per_second = rate_value(text, hint)
     if ratelimit.holds(per_second):
         raise click.BadParameter(why, param_hint=hint)
@@ -154,6 +162,7 @@ def listen_value(text: str, hint: str = "--listen") -> tuple[str, int]:
 
 def address_value(value: str, hint: str) -> str:
     """An email address, checked for form only (no DNS)."""
+    from email_validator import EmailNotValidError, validate_email
     try:
         validate_email(value, check_deliverability=False, allow_smtputf8=True, allow_quoted_local=True)
     except EmailNotValidError as exc:

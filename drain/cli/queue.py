@@ -11,25 +11,21 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import redis
-from rich.table import Table
-from rich.text import Text
 
-from drain import validate
-from drain.cli.cells import backlog as cells_backlog
-from drain.cli.cells import status as cells_status
 from drain.cli.options import Context, FiniteFloat, address_value, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, fail, live, more_caption, out, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import DrainError, InputError
-from drain.flow import ratelimit
-from drain.intake import door as intake
-from drain.intake.api import Submission
-from drain.message import envelope_from_headers
-from drain.observe.status import read as read_status
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from drain.intake.api import Submission
+# What a command needs beyond click is imported in the command: `drain` imports this module
+# for any of its commands (and for their help).
 
 watch_option = click.option("--watch", "watch_s", type=FiniteFloat(0, 86400), default=None, metavar="SECONDS",
                             help="Refresh in place every SECONDS (plain output only).")
@@ -40,6 +36,9 @@ watch_option = click.option("--watch", "watch_s", type=FiniteFloat(0, 86400), de
 @pass_ctx
 def check(obj: Context, as_json: bool, paths: tuple[str, ...]) -> None:
     """Give the verdict the workers would give each message file, without queueing it."""
+    from drain import validate
+    from drain.message import envelope_from_headers
+
     s = obj.settings
     limits, severity = validate.configured(s)
     for path in paths:  # every path first, as enqueue does: a bad one is a usage error, before any verdict
@@ -84,6 +83,8 @@ def enqueue(obj: Context, sender: str | None, recipients: tuple[str, ...], mbox:
 
     Every input is checked before anything is queued (files readable, mbox files parseable).
     If queueing stops part way, the ids already queued are still printed (in the JSON too)."""
+    from drain.intake.api import Submission
+
     if sender is not None and sender != "":
         address_value(sender, "--from")
     for rcpt in recipients:
@@ -158,6 +159,8 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
                        as_json: bool) -> _Queued:
     """Queue in groups of one transaction each. Plain output prints each group's ids once Redis
     holds them; if anything fails part way, what was queued is reported before the error."""
+    import redis
+
     from drain.store.store import ENQUEUE_CHUNK
 
     client = obj.client  # a Redis or durability setting drain cannot use fails here, before anything
@@ -208,6 +211,14 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
 @pass_ctx
 def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
     """The books (every state's count) and the pace."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from drain.cli.cells import status as cells_status
+    from drain.flow import ratelimit
+    from drain.intake import door as intake
+    from drain.observe.status import read as read_status
+
     if obj.multi:  # several cells: sums, a column per cell, the cells down named
         cells_status(obj, as_json, watch_s)
         return
@@ -262,6 +273,9 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 @pass_ctx
 def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int, by: str) -> None:
     """The backlog's shape: queued mail by destination domain and age, with per-domain ETA."""
+    from rich.table import Table
+
+    from drain.cli.cells import backlog as cells_backlog
     from drain.observe.backlog import BUCKETS_S, Shape, shape
 
     def read() -> Shape:
@@ -325,6 +339,8 @@ def deferred() -> None:
 @pass_ctx
 def deferred_list(obj: Context, as_json: bool, limit: int | None, domain: str | None, reason: str | None) -> None:
     """Deferred messages, soonest next attempt first: why each waits, attempts, the last reply."""
+    from rich.table import Table
+
     from drain.cli.cells import deferred_rows
     from drain.observe.deferred import Deferred, records
 

@@ -24,6 +24,7 @@ from drain.ops.quarantine import Quarantine
 from drain.store import keys
 from drain.store.store import Store
 from drain.worker import lifetime
+from drain.worker.audit import AUDIT_EVERY_S, Ledger, audit
 from drain.worker.dispatch import ensure_tokens, ready_due
 
 log = logging.getLogger(__name__)
@@ -83,19 +84,24 @@ def _step(name: str, action: Callable[[], T], default: T) -> T:
 
 class Housekeeper(threading.Thread):
     """Until stopped: promotes due deferred mail every PROMOTE_EVERY_S (mail held for a rate
-    slot must go close to its slot), renews this process's lease, and runs a shared round
-    every interval."""
+    slot must go close to its slot), renews this process's lease, runs a shared round every
+    interval and, given the process's ledger, audits what Redis says it holds every
+    audit_every_s (drain.worker.audit)."""
 
-    def __init__(self, store: Store, owner: str, interval_s: float = 1.0) -> None:
+    def __init__(self, store: Store, owner: str, interval_s: float = 1.0, ledger: Ledger | None = None,
+                 audit_every_s: float = AUDIT_EVERY_S) -> None:
         super().__init__(name="drain-housekeeper", daemon=True)
         self.store = store
         self.owner = owner
         self.interval_s = interval_s
+        self.ledger = ledger
+        self.audit_every_s = audit_every_s
         self.stopping = threading.Event()
 
     def run(self) -> None:
         renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
         next_round = next_renew = 0.0
+        next_audit = time.monotonic() + self.audit_every_s
         failures, logged_at = 0, 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
@@ -106,6 +112,9 @@ class Housekeeper(threading.Thread):
                 if now >= next_round:
                     run_once(self.store, self.interval_s)
                     next_round = now + self.interval_s
+                elif self.ledger is not None and now >= next_audit:
+                    next_audit = now + self.audit_every_s
+                    audit(self.store, self.owner, self.ledger, now)
                 else:
                     # Mail due at its booked send time goes to ready, with a batch job for it.
                     ready_due(self.store)

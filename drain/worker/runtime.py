@@ -17,10 +17,10 @@ from drain.intake.rules import Rule
 from drain.settings import Settings
 from drain.store.store import Store
 from drain.validate import Limits, configured
+from drain.worker.audit import AuditedStore
 from drain.worker.delivery import Relay, RelayConfig
 from drain.worker.housekeeping import Housekeeper
 from drain.worker.relays import Relays, relay_for
-from drain.worker.resilience import ResilientStore
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Runtime:
 
     @classmethod
     def build(cls, client: redis.Redis, settings: Settings) -> Runtime:
-        store = ResilientStore(client, settings)
+        store = AuditedStore(client, settings)
         relay = relay_for(settings, RelayConfig.from_url(settings.relay))
         for url in settings.relay_fallbacks:
             RelayConfig.from_url(url)  # a fallback drain cannot use stops the start, as DRAIN_RELAY does
@@ -72,7 +72,8 @@ class Runtime:
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)
         if housekeeping:
-            self.housekeeper = Housekeeper(self.store, self.owner)
+            ledger = self.store.ledger if isinstance(self.store, AuditedStore) else None
+            self.housekeeper = Housekeeper(self.store, self.owner, ledger=ledger)
             self.housekeeper.start()
 
     def stop(self) -> None:
