@@ -280,14 +280,15 @@ class Batch(Settling):
             self.relays.refresh()
             self.tenants = self.relays.routes.tenants(ids)
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
+                if not self._place(pending):
+                    break
+                if self.lost:
+                    break
+                # (After the place: a wait for it may have outlasted the lease.)
                 if not self._still_mine(msg_id):
                     log.warning("lease lapsed (this worker was stopped or frozen) and message %s went to"
                                 " another worker: leaving the rest of this claim alone", msg_id)
                     self.lost = True
-                    break
-                if not self._place(pending):
-                    break
-                if self.lost:
                     break
                 if msg is None:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id,
