@@ -45,6 +45,10 @@ class _Dropping(ResilientStore):
         if not self.dropping:
             super().journal(owner, outcomes, first)
 
+    def journal_many(self, journals: Sequence[tuple[str, Sequence[Outcome], bool]]) -> None:
+        if not self.dropping:
+            super().journal_many(journals)
+
     def commit(self, owner: str) -> tuple[int, int]:
         return (0, 0) if self.dropping else super().commit(owner)
 

@@ -152,10 +152,11 @@ def lease(owner: str) -> str:
 
 
 def journal(owner: str) -> str:
-    """Deliveries a worker (a lane's owner) made and has not settled yet, each with what the
-    settle needs (drain/store/journal.py; list). A journalled message counts as delivered: the next
-    settle of that owner, or the reaper when its lease lapses, settles it so."""
-    return f"{PREFIX}:journal:{owner}"
+    """Deliveries a worker made and has not settled yet, each with what the settle needs
+    (drain/store/journal.py; list). A journalled message counts as delivered: the next settle
+    of that owner, or the reaper when its lease lapses, settles it so. The lanes of a process
+    ("<process owner>/<lane>") share their process's journal, as its lease."""
+    return f"{PREFIX}:journal:{owner.split('/', 1)[0]}"
 
 
 def parked(domain: str) -> str:

@@ -163,6 +163,12 @@ class Store:
         journal.write(self.client, owner, outcomes, self.settings.trace, first,
                       [self.figures.pop(o.id, None) for o in outcomes])
 
+    def journal_many(self, journals: Sequence[tuple[str, Sequence[Outcome], bool]]) -> None:
+        """Journal the deliveries of several owners ((owner, outcomes, first) each) in one
+        round trip (drain/worker/journalpool.py)."""
+        journal.write_many(self.client, [(owner, outcomes, first, [self.figures.pop(o.id, None) for o in outcomes])
+                                         for owner, outcomes, first in journals], self.settings.trace)
+
     def commit(self, owner: str) -> tuple[int, int]:
         """Settle the owner's journal (deliver.lua with no delivery of its own)."""
         return self._deliver(owner, [])
@@ -230,6 +236,10 @@ class Store:
     def promote_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Move deferred messages that are due back to the ready list."""
         now = time.time() if now is None else now
+        # Usually nothing is due: one plain read then, not a script call (several times the work).
+        due = self.next_due()
+        if due is None or due > now:
+            return 0
         total = 0
         while True:
             moved = int(self.scripts.promote(keys=[keys.DEFERRED, keys.READY_COUNT, keys.HELD_RATE, keys.HELD_BREAKER],

@@ -158,6 +158,11 @@ class AuditedStore(ResilientStore):
         self.ledger.journalled(owner, outcomes)
         super().journal(owner, outcomes, first)
 
+    def journal_many(self, journals: Sequence[tuple[str, Sequence[Outcome], bool]]) -> None:
+        for owner, outcomes, _first in journals:  # (the lanes' journal pool: drain.worker.journalpool)
+            self.ledger.journalled(owner, outcomes)
+        super().journal_many(journals)
+
     def settle(self, owner: str, outcomes: Any) -> tuple[int, int]:
         self.ledger.settled(owner, outcomes)
         return super().settle(owner, outcomes)

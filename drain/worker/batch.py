@@ -3,7 +3,9 @@
 Outcomes are settled every `settle_every` messages, so a crash repeats at most that many
 deliveries; whatever a batch has not reached when it stops goes back to the ready list.
 Deliveries are settled by writing them to the owner's journal (drain/store/journal.py), one
-plain command, and the journal is settled by one script call at the end of the claim.
+plain command shared by the lanes of the process (drain/worker/journalpool.py), and the
+journal is settled by one script call at the end of the claim. The settling itself is in
+drain/worker/settling.py.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from rq.timeouts import JobTimeoutException
 from drain import validate
 from drain.flow.gate import Answer, Gate
 from drain.intake.rules import Rule, first_match
-from drain.message import Envelope, without_bcc
+from drain.message import without_bcc
 from drain.store import events, journal
 from drain.store.store import Damaged, Outcome, Store, Stored
 from drain.worker import dsn
 from drain.worker.alone import Alone
 from drain.worker.delivery import Relay
 from drain.worker.groups import Groups
+from drain.worker.journalpool import JournalPool
 from drain.worker.lease import LEASE_CHECK_AFTER, lease_clock, renewed_holding
 from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import next_try_in, redis_backoff
+from drain.worker.settling import Settling
 from drain.worker.tally import Tally
 from drain.worker.window import Window
 
@@ -47,7 +51,7 @@ HOLD_WAIT_S = 0.25
 HOLD_WAIT_BUDGET_S = 2.0
 
 
-class Batch:
+class Batch(Settling):
     # Set when a settle finds messages no longer held (the lease lapsed and housekeeping gave
     # them to others): the rest of the claim is then left alone, not delivered a second time.
     lost = False
@@ -105,9 +109,11 @@ class Batch:
         # batch has a window of its own); other lanes of the job share it (drain.worker.lanes).
         self.window = window or Window(store.settings.settle_every)
         self.taken = 0
-        # Deliveries in this owner's journal, not settled yet; whether this claim's may go there
-        # (not when it took a capped tenant's concurrency slot: settling frees it).
-        self.journalled = 0
+        # The lanes' deliveries waiting for the journal (drain.worker.journalpool); whether this
+        # claim's may go there (not when it took a capped tenant's concurrency slot: settling frees it).
+        if self.window.pool is None:
+            self.window.pool = JournalPool(store, self.window.give)
+        self.pool = self.window.pool
         self.journalling = True
         # Set when the job ends early (its time limit struck another lane): stop between messages.
         self.stop = stop
@@ -217,14 +223,6 @@ class Batch:
         if self.settings.dsn and msg.envelope.sender and failed:
             self.reports.append((msg, failed, dsn.tenant_of(self.store.client, msg.id)))
 
-    def _send_reports(self) -> None:
-        if not self.reports:
-            return
-        items = [(dsn.build(m.raw, m.envelope, failed, m.id, self.settings.hostname, m.accepted_at),
-                  Envelope("", (m.envelope.sender,)), None) for m, failed, _t in self.reports]
-        tenants, self.reports = [t for _m, _f, t in self.reports], []  # booked under the original's tenant
-        self.store.enqueue_many(items, source="dsn", tenants=tenants)
-
     def run(self) -> int:
         """Work up to batch_size messages (more while `more` says so); returns how many were claimed."""
         handled = 0
@@ -282,14 +280,15 @@ class Batch:
             self.relays.refresh()
             self.tenants = self.relays.routes.tenants(ids)
             for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
+                if not self._place(pending):
+                    break
+                if self.lost:
+                    break
+                # (After the place: a wait for it may have outlasted the lease.)
                 if not self._still_mine(msg_id):
                     log.warning("lease lapsed (this worker was stopped or frozen) and message %s went to"
                                 " another worker: leaving the rest of this claim alone", msg_id)
                     self.lost = True
-                    break
-                if not self._place(pending):
-                    break
-                if self.lost:
                     break
                 if msg is None:
                     log.error("message %s has no data in Redis; counted as deleted", msg_id,
@@ -313,8 +312,16 @@ class Batch:
                         raise
                     finally:
                         self.current = None
-                pending.append(outcome)
                 done.add(msg_id)
+                if self.journalling and not self.reports and journal.journalable([outcome]):
+                    self._deposit(outcome)  # to the journal with the other lanes' (journalpool)
+                    if self.pool.owed() >= journal.JOURNAL_MOST:
+                        self._settle(pending, final=True)
+                        pending = []
+                    if self.lost:
+                        break
+                    continue
+                pending.append(outcome)
                 if len(pending) >= self.settings.settle_every:
                     self._settle(pending)
                     pending = []
@@ -324,27 +331,6 @@ class Batch:
             # Anything not reached (an exception, a job timeout) goes back, untouched.
             pending += [Outcome(i, "requeue") for i in ids if i not in done]
             self._settle(pending, final=True)
-
-    def _stopped(self) -> bool:
-        return ((self.deadline is not None and time.monotonic() >= self.deadline)
-                or (self.stop is not None and self.stop.is_set()))
-
-    def _place(self, pending: list[Outcome]) -> bool:
-        """A place in the settle window for the next message: when none is free, this lane's
-        own outcomes are settled first (giving its places back), then it waits for one.
-        False when the job is stopping (the rest of the claim goes back untouched)."""
-        if self._stopped():
-            return False
-        if not self.window.take():
-            if pending:
-                self._settle(pending)
-                pending.clear()
-                if self.lost:
-                    return True  # the caller sees `lost` and leaves the rest alone
-            if not self.window.wait(self.stop):
-                return False
-        self.taken += 1
-        return True
 
     def _still_mine(self, msg_id: str) -> bool:
         """Whether this worker still holds the message, asked of Redis only when the lease may
@@ -358,43 +344,3 @@ class Batch:
             return False
         self.lease_written = sent
         return True
-
-    def _settle(self, outcomes: list[Outcome], final: bool = False) -> None:
-        """Settle outcomes (and the journal); deliveries go to the journal instead, unless
-        `final` (the claim is done: everything is settled)."""
-        if not final and self.journalling and journal.journalable(outcomes):
-            self._journal(outcomes)
-            return
-        if not outcomes and not (final and self.journalled):
-            self.window.give(self.taken)
-            self.taken = 0
-            return
-        try:
-            if outcomes:
-                _settled, skipped = self.store.settle(self.owner, outcomes)
-            else:
-                _settled, skipped = self.store.commit(self.owner)
-            self.journalled = 0
-        finally:
-            taken, self.taken = self.taken, 0
-            self.window.give(taken)
-        self._send_reports()
-        if skipped:
-            log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)
-            self.lost = True
-        for outcome in outcomes:
-            self.tally.add(outcome)
-
-    def _journal(self, outcomes: list[Outcome]) -> None:
-        """Deliveries to the journal: from then on they count as settled (never sent again)."""
-        try:
-            self.store.journal(self.owner, outcomes, first=not self.journalled)
-            self.journalled += len(outcomes)
-        finally:
-            taken, self.taken = self.taken, 0
-            self.window.give(taken)
-        self._send_reports()
-        for outcome in outcomes:
-            self.tally.add(outcome)
-        if self.journalled >= journal.JOURNAL_MOST:
-            self._settle([], final=True)

@@ -10,6 +10,11 @@ the lease lapses), however many lanes it runs (drain.worker.lanes).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from drain.worker.journalpool import JournalPool
 
 # How often a lane waiting for a place looks whether it was told to stop.
 STOP_POLL_S = 0.1
@@ -20,6 +25,8 @@ class Window:
         self.size = size
         self.free = size
         self.changed = threading.Condition()
+        # The lanes' deliveries waiting for the journal, holding places (made by the first batch).
+        self.pool: JournalPool | None = None
 
     def take(self) -> bool:
         """A place if one is free now."""
@@ -29,15 +36,19 @@ class Window:
             self.free -= 1
             return True
 
-    def wait(self, stop: threading.Event | None = None) -> bool:
-        """A place once one is free; False if `stop` is set first."""
-        with self.changed:
-            while self.free <= 0:
+    def wait(self, stop: threading.Event | None = None, idle: Callable[[], object] | None = None) -> bool:
+        """A place once one is free; False if `stop` is set first. `idle` is called (outside
+        the lock) each time a wait of STOP_POLL_S ends with no place free."""
+        while True:
+            with self.changed:
+                if self.free > 0:
+                    self.free -= 1
+                    return True
                 if stop is not None and stop.is_set():
                     return False
-                self.changed.wait(STOP_POLL_S)
-            self.free -= 1
-            return True
+                if self.changed.wait(STOP_POLL_S) or idle is None:
+                    continue
+            idle()
 
     def give(self, count: int) -> None:
         if count <= 0:

@@ -244,16 +244,22 @@ end
 
 -- Record events of one kind for several messages as one stream entry (a settle's
 -- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
--- a Lua array of {id, data as JSON text}). Each message is indexed by its id, as with an
+-- a flat Lua array of id, data as JSON text, index record or false: three items a message,
+-- no table of its own). Each message is indexed by its id, as with an
 -- entry of its own; events.py's decode_all reads such an entry as one event per message.
--- An item's third element, when given, is its id's index record made by the caller (its
+-- A message's third item, when not false, is its id's index record made by the caller (its
 -- bucket, then 3 bytes of tag: events.delivered_record), which spares the hashing here. A lone event keeps the usual form. Returns the entry's stream id.
 function lib.event_batch(tr, kind, list)
   if not tr or #list == 0 then return nil end
-  if #list == 1 then return lib.event(tr, kind, list[1][1], list[1][2]) end
-  local parts = {}
-  for i, e in ipairs(list) do parts[i] = '[' .. cjson.encode(e[1]) .. ',' .. e[2] .. ']' end
-  local text = '[' .. table.concat(parts, ',') .. ']'
+  if #list == 3 then return lib.event(tr, kind, list[1], list[2]) end
+  -- The text in one table.concat of its pieces: no string of its own per message.
+  local parts, n = {'['}, 1
+  for i = 1, #list, 3 do
+    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '[', cjson.encode(list[i]), ',', list[i + 1]
+    parts[n + 5] = i + 3 <= #list and '],' or ']]'
+    n = n + 5
+  end
+  local text = table.concat(parts)
   local sid
   if tr.minid then
     sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'm', text)
@@ -261,9 +267,25 @@ function lib.event_batch(tr, kind, list)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'm', text)
   end
   local day, where = place(tr, sid)
-  for _, e in ipairs(list) do
-    if e[3] and #e[3] > 3 then gather(tr, day, string.sub(e[3], 1, -4), string.sub(e[3], -3) .. where)
-    else index(tr, day, 'i:' .. e[1], where) end
+  -- Every record of the entry ends in the same `where`: with every item's record made by the
+  -- caller, a bucket's records are its tags joined by it (one string per bucket, in order).
+  local tags, buckets = {}, {}
+  for i = 3, #list, 3 do
+    local ix = list[i]
+    if not ix or #ix <= 3 then tags = nil; break end
+    local bucket = string.sub(ix, 1, -4)
+    local of = tags[bucket]
+    if not of then of = {}; tags[bucket] = of; buckets[#buckets + 1] = bucket end
+    of[#of + 1] = string.sub(ix, -3)
+  end
+  if tags then
+    for _, bucket in ipairs(buckets) do gather(tr, day, bucket, table.concat(tags[bucket], where) .. where) end
+  else
+    for i = 1, #list, 3 do
+      local ix = list[i + 2]
+      if ix and #ix > 3 then gather(tr, day, string.sub(ix, 1, -4), string.sub(ix, -3) .. where)
+      else index(tr, day, 'i:' .. list[i], where) end
+    end
   end
   tr.first = tr.first or sid
   tr.last = sid
@@ -325,8 +347,9 @@ end
 -- Which of ids (a Lua array) owner holds in the in-flight hash, read in one command: the
 -- held ids in order, each once, and id -> its first position among ids. Many ids of a small
 -- hash (a journal's, most of what is in flight) are read with one HGETALL: a small hash is a
--- listpack, where HMGET scans for each field asked for.
-function lib.held(inflight, owner, ids)
+-- listpack, where HMGET scans for each field asked for. With `family`, an id held by another
+-- lane of owner's process ("<process owner>/<lane>", keys.py's journal) counts as held too.
+function lib.held(inflight, owner, ids, family)
   local mine, first = {}, {}
   if #ids == 0 then return mine, first end
   local holders
@@ -338,8 +361,11 @@ function lib.held(inflight, owner, ids)
   else
     holders = redis.call('HMGET', inflight, unpack(ids))
   end
+  local process = family and (string.match(owner, '^([^/]*)/') or owner)
   for i, id in ipairs(ids) do
-    if holders[i] == owner and not first[id] then
+    local holder = holders[i]
+    if (holder == owner or (process and holder and (string.match(holder, '^([^/]*)/') or holder) == process))
+        and not first[id] then
       mine[#mine + 1] = id
       first[id] = i
     end
@@ -361,6 +387,27 @@ function lib.deliveries(tr, now, bounces, bounces_kept)
           up = {'1', '2', '3', '4', '5', '6', '7', '8'}, down = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8'}}
 end
 
+-- What an acceptance time (text) gives a delivery now: {accepted, '|' .. shape minute, latency
+-- bucket, latency}, or {false} when it is not a finite number. Worked out once per distinct
+-- time and call: a claim's messages mostly share a few.
+local function accepted_at(d, text)
+  local known = d.times[text]
+  if known then return known end
+  local t = tonumber(text)
+  if not t or t ~= t or t == math.huge or t == -math.huge then
+    known = {false}
+  else
+    local latency = math.max(0, d.at - t)
+    local bucket, limits = 'inf', d.latency
+    for i = 1, #limits do
+      if latency <= limits[i] then bucket = d.buckets_named[i]; break end
+    end
+    known = {t, '|' .. math.floor(t / 60), bucket, latency}
+  end
+  d.times[text] = known
+  return known
+end
+
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
 -- logged to the bounces stream and recorded as a bounce first, so that the last event
 -- says delivered, as the books count it); data is the delivered event's data as JSON, or
@@ -375,51 +422,45 @@ function lib.delivered(d, msg, id, info, data, reply, ix, known)
   end
   local tenant = f[3]
   if tenant then
+    -- Its concurrency slot, if its tenant has any taken (looked up once per tenant and call).
     local freed = d.busy[tenant]
-    if not freed then freed = {}; d.busy[tenant] = freed end
-    freed[#freed + 1] = id
+    if freed == nil then
+      freed = redis.call('EXISTS', 'drain:tenant:busy:' .. tenant) == 1 and {} or false
+      d.busy[tenant] = freed
+    end
+    if freed then freed[#freed + 1] = id end
   end
   if info ~= '' then
     local env = redis.call('HGET', msg, 'env') or ''
     redis.call('XADD', d.bounces, 'MAXLEN', '~', d.kept, '*', 'id', id, 'env', env, 'reply', info, 'at', d.now)
   end
-  -- When it was accepted, and its backlog-shape minute: read once per acceptance time.
-  local accepted, minute = nil, nil
-  if f[2] then
-    local known = d.times[f[2]]
-    if not known then
-      local t = tonumber(f[2])
-      if t and (t ~= t or t == math.huge or t == -math.huge) then t = nil end
-      known = t and {t, '|' .. math.floor(t / 60)} or {false}
-      d.times[f[2]] = known
-    end
-    accepted, minute = known[1] or nil, known[2]
-  end
+  -- When it was accepted, its backlog-shape minute and its latency: read once per acceptance time.
+  local when = f[2] and accepted_at(d, f[2]) or nil
+  local accepted = when and when[1] or nil
   if accepted then
-    local field = (f[1] or '') .. minute
+    local field = (f[1] or '') .. when[2]
     d.shape[field] = (d.shape[field] or 0) + 1
     d.tenants[tenant or ''] = (d.tenants[tenant or ''] or 0) + 1
   end
   if d.tr then
     if info ~= '' then lib.event(d.tr, 'b', id, {string.sub(info, 1, 300)}) end
     if data == '' then
-      local delay = accepted and math.floor(math.max(0, d.at - accepted) * 1000) / 1000 or ''
+      local delay = accepted and math.floor(when[4] * 1000) / 1000 or ''
       data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
     end
     if d.batch and type(data) == 'string' then
-      d.batch[#d.batch + 1] = {id, data, ix}  -- recorded by the script as one entry (lib.event_batch)
+      -- Recorded by the script as one entry (lib.event_batch): id, data, index record in a row.
+      local b = d.batch
+      local n = #b
+      b[n + 1], b[n + 2], b[n + 3] = id, data, ix or false
     else
       lib.event(d.tr, 'd', id, data)
     end
   end
   if accepted then
-    local latency = math.max(0, d.at - accepted)
-    local bucket = 'inf'
-    for i, le in ipairs(d.latency) do
-      if latency <= le then bucket = d.buckets_named[i]; break end
-    end
+    local bucket = when[3]
     d.buckets[bucket] = (d.buckets[bucket] or 0) + 1
-    d.sum = d.sum + latency
+    d.sum = d.sum + when[4]
   end
   d.gone[#d.gone + 1] = msg
   d.count = d.count + 1
@@ -430,7 +471,7 @@ end
 function lib.deliveries_done(d, shape_key, latency_key)
   if d.count == 0 then return end
   for tenant, freed in pairs(d.busy) do
-    if redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(freed)) > 0
+    if freed and #freed > 0 and redis.call('ZREM', 'drain:tenant:busy:' .. tenant, unpack(freed)) > 0
         and redis.call('ZREM', 'drain:tenant:wake', tenant) == 1 then
       lib.rejoin(tenant)  -- it may have been waiting for a slot: back in its rings
     end
@@ -450,43 +491,45 @@ end
 
 -- One journal entry (drain/store/journal.py): a flags byte, then seven fields, each a 4-byte
 -- length and its bytes: the id's index record, the id, info, the message's dom, t and tn
--- as the worker read them, the delivered event's data. Returns id, info, data, index record
--- and {dom, t, tn} (false for a field the message lacks; nil when the worker did not know
--- them); nothing when the entry is damaged. Read in one call (struct.unpack): each call of
+-- as the worker read them, the delivered event's data. Returns id, info, data, index record,
+-- whether the worker knew the message's fields, and its dom, t and tn (false for a field the
+-- message lacks); nothing when the entry is damaged. Read in one call (struct.unpack): each call of
 -- a C function from Lua costs about as much as a field's worth of parsing.
 function lib.journalled(entry)
   local ok, flags, ix, id, info, dom, t, tn, data = pcall(struct.unpack, '>BI4c0I4c0I4c0I4c0I4c0I4c0I4c0', entry)
   if not ok or id == '' then return end
-  local known = nil
-  if flags % 2 == 1 then known = {flags % 4 >= 2 and dom, flags % 8 >= 4 and t, flags % 16 >= 8 and tn} end
-  return id, info, data, ix, known
+  return id, info, data, ix, flags % 2 == 1, flags % 4 >= 2 and dom, flags % 8 >= 4 and t, flags % 16 >= 8 and tn
 end
 
 -- Settle the deliveries in owner's journal (a list of entries) into d, a tally of
--- lib.deliveries whose events are batched (d.batch): each message the owner still holds is
--- counted delivered in the books and leaves the in-flight hash; entries of messages it no
--- longer holds (its lease lapsed and they were given back) are dropped, counted in the
--- second value returned. The journal is deleted. Returns settled, skipped.
+-- lib.deliveries whose events are batched (d.batch): each message the owner (or another lane
+-- of its process: they share the journal) still holds is counted delivered in the books and
+-- leaves the in-flight hash; entries of messages no longer held (the lease lapsed and they
+-- were given back) are dropped, counted in the second value returned. The journal is
+-- deleted. Returns settled, skipped.
 function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
-  local ids, infos, datas, ixs, knowns = {}, {}, {}, {}, {}
+  local ids, infos, datas, ixs, knowns, doms, ts, tns = {}, {}, {}, {}, {}, {}, {}, {}
+  local k = 0
   for _, entry in ipairs(list) do
-    local id, info, data, ix, known = lib.journalled(entry)
+    local id, info, data, ix, known, dom, t, tn = lib.journalled(entry)
     if id then
-      local k = #ids + 1
-      ids[k], infos[k], datas[k], ixs[k], knowns[k] = id, info, data, ix, known or false
+      k = k + 1
+      ids[k], infos[k], datas[k], ixs[k], knowns[k], doms[k], ts[k], tns[k] = id, info, data, ix, known, dom, t, tn
     end
   end
-  local mine, first = lib.held(inflight, owner, ids)
+  local mine, first = lib.held(inflight, owner, ids, true)
   if #mine > 0 then
     redis.call('HINCRBY', books, 'delivered', d.up[#mine] or #mine)
     redis.call('HDEL', inflight, unpack(mine))
   end
   redis.call('DEL', journal)
+  local known = {}  -- (one table for all: lib.delivered only reads it)
   for _, id in ipairs(mine) do
     local k = first[id]
-    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k])
+    known[1], known[2], known[3] = doms[k], ts[k], tns[k]
+    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k] and known)
   end
   return #mine, #list - #mine
 end

@@ -6,7 +6,7 @@
 --
 -- KEYS[1] in-flight hash   KEYS[2] books hash   KEYS[3] backlog shape (domain|minute -> queued)
 -- KEYS[4] delivery latency histogram   KEYS[5] bounces stream   KEYS[6] events stream
--- KEYS[7] the owner's delivery journal (drain/store/journal.py)
+-- KEYS[7] the owner's delivery journal (drain/store/journal.py; its process's, which its lanes share)
 -- KEYS[7 + i] message hash of the i-th delivery
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4], ARGV[5] events: retention (0 = off), most kept

@@ -4,7 +4,7 @@
 --
 -- KEYS[1] in-flight hash (id -> owner)   KEYS[2] suspect list   KEYS[3] lease key of the owner
 -- KEYS[4] quarantine zset                KEYS[5] backlog shape   KEYS[6] findings by code
--- KEYS[7] events stream                   KEYS[8] the owner's delivery journal
+-- KEYS[7] events stream                   KEYS[8] the owner's delivery journal (its process's)
 -- KEYS[9] books hash   KEYS[10] delivery latency histogram   KEYS[11] bounces stream
 -- KEYS[11 + i] message hash of the i-th id
 -- ARGV[1] owner   ARGV[2] strikes that make poison   ARGV[3] now (unix seconds)

@@ -11,7 +11,7 @@
 -- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
 -- KEYS[16] per domain, the fresh message parked last (hash)   KEYS[17] events stream
 -- KEYS[16 + 2i] message hash of the i-th outcome, KEYS[17 + 2i] its parked list
--- KEYS[18 + 2n] (the last) the owner's delivery journal (drain/store/journal.py)
+-- KEYS[18 + 2n] (the last) the owner's delivery journal (drain/store/journal.py; its process's)
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison   ARGV[5], ARGV[6] events: retention (0 = off), most kept
 -- ARGV[7] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
