@@ -16,16 +16,12 @@ from email.errors import (
     NoBoundaryInMultipartDefect,
     StartBoundaryNotFoundDefect,
 )
-from email.header import decode_header
 from email.message import Message
-from email.policy import default as default_policy
-from email.utils import getaddresses
-from functools import lru_cache
 from typing import Any
 
 from drain.addressrule import address_error as address_error
 from drain.addressrule import address_valid as address_valid
-from drain.addressrule import valid_cached
+from drain.addressrule import encoded_newline, mailboxes, strict_parse_failure, valid_cached
 from drain.errors import ConfigError
 from drain.linescan import clean_field_names, endings, lines_within
 from drain.message import Envelope, header_text, plain_address_field
@@ -344,41 +340,14 @@ def _mime(message: Message, limits: Limits) -> Iterator[Finding]:
             stack.extend((child, depth + 1, inner) for child in payload if isinstance(child, Message))
 
 
-# The workers' address rule lives in drain.addressrule (its names above stay here for callers).
+# The workers' address rule and the address fields' parsers live in drain.addressrule (the names
+# above stay here for callers).
+_strict_parse_failure = strict_parse_failure
 _valid_cached = valid_cached
 
 
 def _valid(address: str, limits: Limits) -> bool:
     return valid_cached(address, limits.allow_special_domains, limits.check_dns)
-
-
-@lru_cache(maxsize=8192)
-def _strict_parse_failure(name: str, value: str) -> Exception | None:
-    """What the strict header parser raises on this field, if anything (remembered: the
-    same senders and recipients come back again and again in a backlog)."""
-    try:
-        default_policy.header_factory(name, value).addresses  # noqa: B018
-    except Exception as exc:
-        return exc
-    return None
-
-
-def _encoded_newline(value: str) -> bool:
-    """Whether an RFC 2047 encoded-word in this field value decodes to CR or LF (which a
-    program decoding the field would take for a new header line)."""
-    try:
-        parts = decode_header(value) if "=?" in value else []
-    except Exception:  # a malformed encoded-word: not this finding (the strict parser judges it)
-        return False
-    return any(b"\r" in part or b"\n" in part if isinstance(part, bytes) else "\r" in part or "\n" in part
-               for part, _charset in parts)
-
-
-@lru_cache(maxsize=1024)
-def _mailboxes(values: tuple[str, ...]) -> tuple[str, ...]:
-    """The addresses getaddresses finds in these field values (remembered: a backlog's mail
-    comes from a few senders, ~10 µs a parse)."""
-    return tuple(addr for _n, addr in getaddresses(list(values)))
 
 
 def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator[Finding]:
@@ -396,15 +365,15 @@ def _addresses(message: Message, envelope: Envelope, limits: Limits) -> Iterator
     for name in ADDRESS_FIELDS:
         for value in fields.get(name.lower(), ()):
             text = header_text(value).replace("\r", "").replace("\n", "")
-            failure = None if plain_address_field(text) else _strict_parse_failure(name, text)
-            if failure is not None and _encoded_newline(text):
+            failure = None if plain_address_field(text) else strict_parse_failure(name, text)
+            if failure is not None and encoded_newline(text):
                 yield Finding("header.encoded-newline", f"{name}: {_excerpt(text)}")
             elif isinstance(failure, RecursionError):  # not a MIME structure: check() would say so
                 raise ValueError(f"{name}: comments or groups nested too deep for the header parser")
             elif failure is not None:
                 raise failure
     froms = fields.get("from", [])
-    header_from = _mailboxes(tuple(header_text(v) for v in froms))
+    header_from = mailboxes(tuple(header_text(v) for v in froms))
     bad_from = [a for a in header_from if not _valid(a, limits)]
     if froms and (not header_from or bad_from):
         yield Finding("address.invalid-sender", f"From: {_excerpt(', '.join(bad_from) or str(message['From']))}")
