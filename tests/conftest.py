@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,10 +56,43 @@ def settings(redis_server: int, relay: Sink) -> Settings:
     )
 
 
+def _stop_strays(client: redis.Redis, port: int) -> None:
+    """Stop whatever another process still does on this private server: a worker an earlier
+    test left behind (say, orphaned when its parent was killed at a timeout) would take this
+    test's mail and send it to that test's relay, long gone, and every later test of this
+    xdist process would fail. At this point no process of the test now starting exists."""
+    import os
+    import warnings
+
+    import psutil
+
+    mine = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.laddr}
+    foreign = {int(c["addr"].rpartition(":")[2]) for c in client.client_list()} - mine
+    if not foreign:
+        return
+    try:
+        found = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        found = []
+    pids = {c.pid for c in found if c.pid and c.pid != os.getpid() and c.laddr and c.laddr.port in foreign
+            and c.raddr and c.raddr.port == port}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            stray = psutil.Process(pid)
+            warnings.warn(f"stopped a process left on the test Redis: {' '.join(stray.cmdline())[:200]}",
+                          stacklevel=2)
+            stray.kill()
+            stray.wait(timeout=10)
+    for addr in foreign:  # a process it could not name: at least its connections go
+        with contextlib.suppress(redis.RedisError):
+            client.client_kill_filter(addr=f"127.0.0.1:{addr}")
+
+
 @pytest.fixture
 def rclient(redis_server: int) -> Iterator[redis.Redis]:
     """A client on the test server, whose database is emptied before each test (it is ours alone)."""
     client = redis.Redis(port=redis_server)
+    _stop_strays(client, redis_server)
     client.flushdb()
     yield client
     client.close()

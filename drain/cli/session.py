@@ -50,7 +50,8 @@ def run_session(client: Client, rate: float | None, set_rate: bool, processes: i
                   + (f" per cell ({cells.count} cells)" if cells else "") + "; Ctrl-C stops cleanly")
     env = dict(os.environ, DRAIN_REDIS_URL=url)
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--processes", str(processes),
-                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL)
+                             "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
+                            preexec_fn=_stop_with_session)
     # The rate set above may have held it; tokens once workers run.
     cells.top_up() if cells else control.top_up(client.store)
     finished = False
@@ -66,6 +67,16 @@ def run_session(client: Client, rate: float | None, set_rate: bool, processes: i
     final = books_of.books()
     console.print(f"books: {final.as_dict()} -> {'balanced' if final.balanced else 'NOT BALANCED'}")
     return finished and final.balanced
+
+
+def _stop_with_session() -> None:
+    """In the session's worker, before it runs: SIGTERM (RQ's warm shutdown) when the session
+    dies, even killed outright, so no worker outlives the session that started it (Linux
+    prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
