@@ -55,9 +55,10 @@ class Filter:
             return False
         if self.sender and record.sender.lower() != self.sender.lower():
             return False
-        return not (self.domain and not any(
-            recipient_domain(r) == domain_key(self.domain) for r in record.recipients
-        ))
+        if not self.domain:
+            return True
+        wanted = domain_key(self.domain)
+        return any(recipient_domain(r) == wanted for r in record.recipients)
 
 
 @dataclass(frozen=True)
