@@ -13,14 +13,20 @@ figures and events as before, and drops the journal. When the worker dies, the r
 the same before it gives the rest of its claim back (reap.lua), so a journalled message is
 not redelivered.
 
-An entry (bytes, read by lib.journalled in _lib.lua with one struct.unpack): a flags byte,
-then seven fields, each its length (4 bytes, big-endian) and its bytes: the id's index record
-(events.delivered_record; empty when events are off), the id, info (recipients refused for
-good, JSON, or empty), the message's FIGURES as the worker read them when it claimed it
-(Store.load), and the delivered event's data (JSON, events.delivered_data). Flags: 1 when
-the figures are known, then 2, 4, 8 for each figure the message has. The figures spare the
-settle a read of each message; they count it out of the backlog shape, its tenant's count
-and its concurrency slot, and do not change while a worker holds the message.
+An entry (bytes, read by lib.commit_journal in _lib.lua with one struct.unpack): its form
+(a byte: FORM, plus 1 when it has info, plus 2 when its piece is the event's data alone),
+then the id, its group, the id's index tag (3 bytes: events.delivered_record), its piece of
+the delivered events' text, and info if any (recipients refused for good, JSON), each field
+but the tag its length (4 bytes, big-endian) and its bytes. The group (`group`) is the id's
+index bucket and the message's FIGURES as the worker read them when it claimed it
+(Store.load): messages accepted together in one run of 256 ids share it byte for byte, and
+the settle reads it and counts its messages out of the backlog shape, their tenant's count
+and concurrency slots and into the latency histogram once per group, not per message (the
+figures do not change while a worker holds the message). The piece is `["<id>",<data>]`
+with data the delivered event's (events.delivered_data), joined as it is into the batched
+event; for an id drain did not make, the data alone (the script encodes the id). Entries
+of the first form (a flags byte below 16, then the index record, id, info, each figure and
+the data: workers of before session 8) are still settled.
 """
 
 from __future__ import annotations
@@ -44,20 +50,43 @@ FIGURES_KEPT = 10_000
 # A journal lives this long after its first entry: long past any lease, so the reaper finds
 # it; it only outlives its worker when every entry in it was stale.
 JOURNAL_TTL_S = 86400
+# The first byte of an entry, plus 1 and 2 for its options (the first form's was a flags byte, 0-15).
+FORM = 16
+
+
+def group(bucket: bytes, figures: tuple[bytes | None, ...] | None) -> bytes:
+    """An entry's group: the index bucket (its length, a byte, then it), then a flags byte (1,
+    2, 4: each of FIGURES the message has; 8: not known) and each figure, its length (4 bytes)
+    then its bytes."""
+    flags, parts = 0, []
+    if figures is None or len(figures) != len(FIGURES):
+        flags, figures = 8, (None,) * len(FIGURES)
+    for k, value in enumerate(figures):
+        if value is not None:
+            flags |= 1 << k
+        parts.append(struct.pack(">I", len(value or b"")) + (value or b""))
+    return bytes([len(bucket)]) + bucket + bytes([flags]) + b"".join(parts)
 
 
 def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | None = None) -> bytes:
     """One delivery as its journal entry (figures: its FIGURES fields, None when not known)."""
-    flags, values = 0, [b""] * len(FIGURES)
-    if figures is not None and len(figures) == len(FIGURES):
-        flags = 1
-        for k, value in enumerate(figures):
-            if value is not None:
-                flags |= 2 << k
-                values[k] = value
-    fields = (events.delivered_record(outcome.id) if trace else b"", *(t.encode("utf-8", "surrogateescape")
-              for t in (outcome.id, outcome.info)), *values, outcome.event.encode("utf-8", "surrogateescape"))
-    return bytes([flags]) + b"".join(struct.pack(">I", len(f)) + f for f in fields)
+    bucket, tag = b"", b"\0\0\0"
+    if trace:
+        record = events.delivered_record(outcome.id)
+        bucket, tag = record[:-3], record[-3:]
+    data = outcome.event.encode("utf-8", "surrogateescape")
+    form = FORM
+    if events.id_bucket(outcome.id):  # an id drain made (hex): its JSON text is itself quoted
+        piece = b'["' + outcome.id.encode() + b'",' + data + b"]"
+    else:
+        piece, form = data, form + 2
+    fields = [outcome.id.encode("utf-8", "surrogateescape"), group(bucket, figures)]
+    tail = [piece]
+    if outcome.info:
+        tail.append(outcome.info.encode("utf-8", "surrogateescape"))
+        form += 1
+    return (bytes([form]) + b"".join(struct.pack(">I", len(f)) + f for f in fields) + tag
+            + b"".join(struct.pack(">I", len(f)) + f for f in tail))
 
 
 def journalable(outcomes: Sequence[Outcome]) -> bool:

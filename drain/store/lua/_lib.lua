@@ -242,24 +242,37 @@ function lib.event(tr, kind, id, data, values)
   return sid
 end
 
+-- The delivered events of a script run, gathered for one stream entry (lib.event_batch):
+-- each message's piece of its text ([id, data] as JSON), its id's index record as made by
+-- the caller (events.delivered_record: bucket, then a 3-byte tag, kept by bucket; `loose`,
+-- the ids without one, hashed here), and the last message's id and data (a lone event).
+function lib.batch()
+  return {parts = {}, tags = {}, buckets = {}, loose = {}}
+end
+
+-- The tags of bucket's records in batch b (a list the caller appends to), or nil for no bucket.
+local function batch_tags(b, bucket)
+  if not bucket or bucket == '' then return nil end
+  local of = b.tags[bucket]
+  if not of then of = {}; b.tags[bucket] = of; b.buckets[#b.buckets + 1] = bucket end
+  return of
+end
+
 -- Record events of one kind for several messages as one stream entry (a settle's
--- deliveries): instead of `i` and `d` it has `m`, a JSON array of [id, data] pairs (list:
--- a flat Lua array of id, data as JSON text, index record or false: three items a message,
--- no table of its own). Each message is indexed by its id, as with an
--- entry of its own; events.py's decode_all reads such an entry as one event per message.
--- A message's third item, when not false, is its id's index record made by the caller (its
--- bucket, then 3 bytes of tag: events.delivered_record), which spares the hashing here. A lone event keeps the usual form. Returns the entry's stream id.
-function lib.event_batch(tr, kind, list)
-  if not tr or #list == 0 then return nil end
-  if #list == 3 then return lib.event(tr, kind, list[1], list[2]) end
-  -- The text in one table.concat of its pieces: no string of its own per message.
-  local parts, n = {'['}, 1
-  for i = 1, #list, 3 do
-    parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '[', cjson.encode(list[i]), ',', list[i + 1]
-    parts[n + 5] = i + 3 <= #list and '],' or ']]'
-    n = n + 5
+-- deliveries, b: lib.batch): instead of `i` and `d` it has `m`, a JSON array of [id, data]
+-- pairs. Each message is indexed by its id, as with an entry of its own; events.py's
+-- decode_all reads such an entry as one event per message. A lone event keeps the usual
+-- form. Returns the entry's stream id.
+function lib.event_batch(tr, kind, b)
+  if not tr or not b or #b.parts == 0 then return nil end
+  if #b.parts == 1 then
+    local data = b.data
+    if not data then  -- a journal entry's piece: ["<id>",data]
+      data = string.sub(b.parts[1], #b.id + 5, -2)
+    end
+    return lib.event(tr, kind, b.id, data)
   end
-  local text = table.concat(parts)
+  local text = '[' .. table.concat(b.parts, ',') .. ']'
   local sid
   if tr.minid then
     sid = redis.call('XADD', tr.stream, 'MINID', '~', tr.minid, '*', 'e', kind, 'm', text)
@@ -267,26 +280,10 @@ function lib.event_batch(tr, kind, list)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'm', text)
   end
   local day, where = place(tr, sid)
-  -- Every record of the entry ends in the same `where`: with every item's record made by the
-  -- caller, a bucket's records are its tags joined by it (one string per bucket, in order).
-  local tags, buckets = {}, {}
-  for i = 3, #list, 3 do
-    local ix = list[i]
-    if not ix or #ix <= 3 then tags = nil; break end
-    local bucket = string.sub(ix, 1, -4)
-    local of = tags[bucket]
-    if not of then of = {}; tags[bucket] = of; buckets[#buckets + 1] = bucket end
-    of[#of + 1] = string.sub(ix, -3)
-  end
-  if tags then
-    for _, bucket in ipairs(buckets) do gather(tr, day, bucket, table.concat(tags[bucket], where) .. where) end
-  else
-    for i = 1, #list, 3 do
-      local ix = list[i + 2]
-      if ix and #ix > 3 then gather(tr, day, string.sub(ix, 1, -4), string.sub(ix, -3) .. where)
-      else index(tr, day, 'i:' .. list[i], where) end
-    end
-  end
+  -- Every record of the entry ends in the same `where`: a bucket's records are its tags
+  -- joined by it (one string per bucket, in order).
+  for _, bucket in ipairs(b.buckets) do gather(tr, day, bucket, table.concat(b.tags[bucket], where) .. where) end
+  for _, id in ipairs(b.loose) do index(tr, day, 'i:' .. id, where) end
   tr.first = tr.first or sid
   tr.last = sid
   return sid
@@ -362,12 +359,19 @@ function lib.held(inflight, owner, ids, family)
     holders = redis.call('HMGET', inflight, unpack(ids))
   end
   local process = family and (string.match(owner, '^([^/]*)/') or owner)
+  local ours = {[owner] = true}  -- holder -> whether it is owner (or of its process): a few holders, many ids
   for i, id in ipairs(ids) do
     local holder = holders[i]
-    if (holder == owner or (process and holder and (string.match(holder, '^([^/]*)/') or holder) == process))
-        and not first[id] then
-      mine[#mine + 1] = id
-      first[id] = i
+    if holder then
+      local yes = ours[holder]
+      if yes == nil then
+        yes = (process and (string.match(holder, '^([^/]*)/') or holder) == process) or false
+        ours[holder] = yes
+      end
+      if yes and not first[id] then
+        mine[#mine + 1] = id
+        first[id] = i
+      end
     end
   end
   return mine, first
@@ -408,59 +412,77 @@ local function accepted_at(d, text)
   return known
 end
 
+-- Count deliveries whose message's dom, t and tn fields are f (false for one it lacks) into
+-- d's figures: ids, their ids (a Lua array; or the id of a lone one), c how many. Returns
+-- what its acceptance time gives (accepted_at), or nil when it has none.
+local function count_in(d, f, ids, c)
+  local tenant = f[3]
+  if tenant then
+    -- Their concurrency slots, if their tenant has any taken (looked up once per tenant and call).
+    local freed = d.busy[tenant]
+    if freed == nil then
+      freed = redis.call('EXISTS', 'drain:tenant:busy:' .. tenant) == 1 and {} or false
+      d.busy[tenant] = freed
+    end
+    if freed then
+      if type(ids) == 'table' then
+        for i = 1, c do freed[#freed + 1] = ids[i] end
+      else
+        freed[#freed + 1] = ids
+      end
+    end
+  end
+  -- When it was accepted, its backlog-shape minute and its latency: read once per acceptance time.
+  local when = f[2] and accepted_at(d, f[2]) or nil
+  if when and when[1] then
+    local field = (f[1] or '') .. when[2]
+    d.shape[field] = (d.shape[field] or 0) + c
+    d.tenants[tenant or ''] = (d.tenants[tenant or ''] or 0) + c
+    local bucket = when[3]
+    d.buckets[bucket] = (d.buckets[bucket] or 0) + c
+    d.sum = d.sum + (c == 1 and when[4] or when[4] * c)
+    return when
+  end
+  return nil
+end
+
+-- Recipients of a delivered message refused for good (info, JSON): logged to the bounces
+-- stream and recorded as a bounce (before its delivered event, so that the last event says
+-- delivered, as the books count it).
+local function refused(d, msg, id, info)
+  local env = redis.call('HGET', msg, 'env') or ''
+  redis.call('XADD', d.bounces, 'MAXLEN', '~', d.kept, '*', 'id', id, 'env', env, 'reply', info, 'at', d.now)
+  if d.tr then lib.event(d.tr, 'b', id, {string.sub(info, 1, 300)}) end
+end
+
 -- One delivery of a held message: info, if any, lists recipients refused for good (JSON,
--- logged to the bounces stream and recorded as a bounce first, so that the last event
--- says delivered, as the books count it); data is the delivered event's data as JSON, or
--- '' to make it here from reply; ix (optional) its id's index record (lib.event_batch);
--- known (optional) the message's dom, t and tn fields as the worker read them when it
--- claimed it (a journal entry's: spares reading them here), false for one it lacks.
+-- `refused`); data is the delivered event's data as JSON, or '' to make it here from reply;
+-- ix (optional) its id's index record (lib.event_batch); known (optional) the message's dom,
+-- t and tn fields as the worker read them when it claimed it (a journal entry's: spares
+-- reading them here), false for one it lacks.
 function lib.delivered(d, msg, id, info, data, reply, ix, known)
   local f = known
   if not f then
     f = redis.pcall('HMGET', msg, 'dom', 't', 'tn', 'n')
     if f.err then f = {} end  -- not a hash: dropped all the same
   end
-  local tenant = f[3]
-  if tenant then
-    -- Its concurrency slot, if its tenant has any taken (looked up once per tenant and call).
-    local freed = d.busy[tenant]
-    if freed == nil then
-      freed = redis.call('EXISTS', 'drain:tenant:busy:' .. tenant) == 1 and {} or false
-      d.busy[tenant] = freed
-    end
-    if freed then freed[#freed + 1] = id end
-  end
-  if info ~= '' then
-    local env = redis.call('HGET', msg, 'env') or ''
-    redis.call('XADD', d.bounces, 'MAXLEN', '~', d.kept, '*', 'id', id, 'env', env, 'reply', info, 'at', d.now)
-  end
-  -- When it was accepted, its backlog-shape minute and its latency: read once per acceptance time.
-  local when = f[2] and accepted_at(d, f[2]) or nil
-  local accepted = when and when[1] or nil
-  if accepted then
-    local field = (f[1] or '') .. when[2]
-    d.shape[field] = (d.shape[field] or 0) + 1
-    d.tenants[tenant or ''] = (d.tenants[tenant or ''] or 0) + 1
-  end
+  if info ~= '' then refused(d, msg, id, info) end
+  local when = count_in(d, f, id, 1)
   if d.tr then
-    if info ~= '' then lib.event(d.tr, 'b', id, {string.sub(info, 1, 300)}) end
     if data == '' then
-      local delay = accepted and math.floor(when[4] * 1000) / 1000 or ''
+      local delay = when and math.floor(when[4] * 1000) / 1000 or ''
       data = {string.sub(reply, 1, 300), (tonumber(f[4] or '0') or 0) + 1, delay}
     end
     if d.batch and type(data) == 'string' then
-      -- Recorded by the script as one entry (lib.event_batch): id, data, index record in a row.
+      -- Recorded by the script as one entry (lib.event_batch).
       local b = d.batch
-      local n = #b
-      b[n + 1], b[n + 2], b[n + 3] = id, data, ix or false
+      b.parts[#b.parts + 1] = '[' .. cjson.encode(id) .. ',' .. data .. ']'
+      b.id, b.data = id, data
+      local of = ix and #ix > 3 and batch_tags(b, string.sub(ix, 1, -4))
+      if of then of[#of + 1] = string.sub(ix, -3) else b.loose[#b.loose + 1] = id end
     else
       lib.event(d.tr, 'd', id, data)
     end
-  end
-  if accepted then
-    local bucket = when[3]
-    d.buckets[bucket] = (d.buckets[bucket] or 0) + 1
-    d.sum = d.sum + when[4]
   end
   d.gone[#d.gone + 1] = msg
   d.count = d.count + 1
@@ -489,12 +511,12 @@ function lib.deliveries_done(d, shape_key, latency_key)
   redis.call('DEL', unpack(d.gone))
 end
 
--- One journal entry (drain/store/journal.py): a flags byte, then seven fields, each a 4-byte
--- length and its bytes: the id's index record, the id, info, the message's dom, t and tn
--- as the worker read them, the delivered event's data. Returns id, info, data, index record,
--- whether the worker knew the message's fields, and its dom, t and tn (false for a field the
--- message lacks); nothing when the entry is damaged. Read in one call (struct.unpack): each call of
--- a C function from Lua costs about as much as a field's worth of parsing.
+-- A journal entry of the first form (drain/store/journal.py, written by workers of before
+-- session 8: still read, so that mail in flight across an upgrade is settled): a flags byte,
+-- then seven fields, each a 4-byte length and its bytes: the id's index record, the id, info,
+-- the message's dom, t and tn as the worker read them, the delivered event's data. Returns
+-- id, info, data, index record, whether the worker knew the message's fields, and its dom, t
+-- and tn (false for a field the message lacks); nothing when the entry is damaged.
 function lib.journalled(entry)
   local ok, flags, ix, id, info, dom, t, tn, data = pcall(struct.unpack, '>BI4c0I4c0I4c0I4c0I4c0I4c0I4c0', entry)
   if not ok or id == '' then return end
@@ -505,18 +527,39 @@ end
 -- lib.deliveries whose events are batched (d.batch): each message the owner (or another lane
 -- of its process: they share the journal) still holds is counted delivered in the books and
 -- leaves the in-flight hash; entries of messages no longer held (the lease lapsed and they
--- were given back) are dropped, counted in the second value returned. The journal is
--- deleted. Returns settled, skipped.
+-- were given back) are dropped, counted in the second value returned, and so is a damaged
+-- entry (its message alone: it stays in flight and its worker's claim, or the reaper, gives
+-- it back). The journal is deleted. Returns settled, skipped.
+--
+-- An entry of the usual form (journal.py; first byte 16 to 19) is read with one
+-- struct.unpack: the id; its group (the id's index bucket and the message's dom, t and tn
+-- fields as the worker read them when it claimed it), the same bytes for the messages of a
+-- claim accepted together: read once per group and counted once (count_in), not per
+-- message; its index tag; its piece of the event text; with 1, info. With 2, the piece is
+-- the event's data alone (an id drain did not make: encoded here).
 function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
-  local ids, infos, datas, ixs, knowns, doms, ts, tns = {}, {}, {}, {}, {}, {}, {}, {}
+  local ids, groups, tags, pieces, forms, infos, old = {}, {}, {}, {}, {}, {}, nil
   local k = 0
   for _, entry in ipairs(list) do
-    local id, info, data, ix, known, dom, t, tn = lib.journalled(entry)
-    if id then
-      k = k + 1
-      ids[k], infos[k], datas[k], ixs[k], knowns[k], doms[k], ts[k], tns[k] = id, info, data, ix, known, dom, t, tn
+    local form = string.byte(entry, 1)
+    if form and form >= 16 and form <= 19 then
+      local ok, _, id, group, tag, piece, info = pcall(struct.unpack, form % 2 == 1 and '>BI4c0I4c0c3I4c0I4c0'
+                                                         or '>BI4c0I4c0c3I4c0', entry)
+      if ok and id ~= '' then
+        k = k + 1
+        ids[k], groups[k], tags[k], pieces[k], forms[k] = id, group, tag, piece, form
+        if form % 2 == 1 then infos[k] = info end
+      end
+    else  -- the first form (lib.journalled)
+      local id, info, data, ix, known, dom, t, tn = lib.journalled(entry)
+      if id then
+        k = k + 1
+        old = old or {}
+        ids[k], groups[k] = id, false
+        old[k] = {info, data, ix, known and {dom, t, tn}}
+      end
     end
   end
   local mine, first = lib.held(inflight, owner, ids, true)
@@ -525,11 +568,62 @@ function lib.commit_journal(d, journal, inflight, books, owner)
     redis.call('HDEL', inflight, unpack(mine))
   end
   redis.call('DEL', journal)
-  local known = {}  -- (one table for all: lib.delivered only reads it)
+  local by, order, gone = {}, {}, d.gone
+  local b = d.tr and d.batch
+  local parts = b and b.parts
+  local count = 0
   for _, id in ipairs(mine) do
     local k = first[id]
-    known[1], known[2], known[3] = doms[k], ts[k], tns[k]
-    lib.delivered(d, 'drain:msg:' .. id, id, infos[k], datas[k], '', ixs[k], knowns[k] and known)
+    local group = groups[k]
+    if group then
+      local g = by[group]
+      if not g then
+        -- bucket, then the figures: a flags byte (1, 2, 4: dom, t, tn known; 8: none known)
+        local ok, bucket, flags, dom, t, tn = pcall(struct.unpack, '>Bc0BI4c0I4c0I4c0', group)
+        if not ok then bucket, flags = '', 8 end
+        g = {ids = {}, tags = b and batch_tags(b, bucket),
+             f = flags < 8 and {flags % 2 == 1 and dom, flags % 4 >= 2 and t, flags % 8 >= 4 and tn}}
+        by[group] = g
+        order[#order + 1] = g
+      end
+      local msg = 'drain:msg:' .. id
+      if infos[k] then refused(d, msg, id, infos[k]) end
+      local n = #g.ids + 1
+      g.ids[n] = id
+      gone[#gone + 1] = msg
+      count = count + 1
+      if b then
+        local piece = pieces[k]
+        if forms[k] >= 18 then
+          b.data = piece
+          piece = '[' .. cjson.encode(id) .. ',' .. piece .. ']'
+        else
+          b.data = nil
+        end
+        parts[#parts + 1] = piece
+        b.id = id
+        local of = g.tags
+        if of then of[#of + 1] = tags[k] else b.loose[#b.loose + 1] = id end
+      elseif d.tr then
+        lib.event(d.tr, 'd', id, forms[k] >= 18 and pieces[k] or string.sub(pieces[k], #id + 5, -2))
+      end
+    else
+      local o = old[k]
+      lib.delivered(d, 'drain:msg:' .. id, id, o[1], o[2], '', o[3], o[4])
+    end
+  end
+  d.count = d.count + count
+  -- Each group's figures counted once; a group whose figures the worker did not know (or
+  -- damaged): each message's own fields read here.
+  for _, g in ipairs(order) do
+    if g.f then
+      count_in(d, g.f, g.ids, #g.ids)
+    else
+      for _, id in ipairs(g.ids) do
+        local f = redis.pcall('HMGET', 'drain:msg:' .. id, 'dom', 't', 'tn')
+        count_in(d, f.err and {} or f, id, 1)
+      end
+    end
   end
   return #mine, #list - #mine
 end

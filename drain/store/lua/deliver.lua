@@ -32,7 +32,7 @@ local HEAD, EACH = 6, 4
 local n = (#ARGV - HEAD) / EACH
 local tr = lib.untrimmed(KEYS[6], ARGV[4])
 local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
-deliveries.batch = {}  -- the delivered events: one stream entry for the call (lib.event_batch)
+deliveries.batch = lib.batch()  -- the delivered events: one stream entry for the call (lib.event_batch)
 local settled, skipped = lib.commit_journal(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1])
 local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end

@@ -141,7 +141,7 @@ end
 local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
 local deliveries = lib.deliveries(tr, now, KEYS[6], keep)
-deliveries.batch = {}  -- the journal's delivered events: one stream entry (lib.event_batch)
+deliveries.batch = lib.batch()  -- the journal's delivered events: one stream entry (lib.event_batch)
 local journalled, stale = lib.commit_journal(deliveries, KEYS[18 + 2 * n], KEYS[1], KEYS[2], owner)
 lib.event_batch(tr, 'd', deliveries.batch)
 deliveries.batch = nil
