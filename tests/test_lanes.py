@@ -52,7 +52,8 @@ local journalled = {}
 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do
   for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do  -- entries of drain/store/journal.py
     local id
-    if string.byte(e, 1) >= 16 then _, id = struct.unpack('>BI4c0', e) else _, _, id = struct.unpack('>BI4c0I4c0', e) end
+    if string.byte(e, 1) >= 16 then _, id = struct.unpack('>BI4c0', e)
+    else _, _, id = struct.unpack('>BI4c0I4c0', e) end
     journalled[id] = true
   end
 end

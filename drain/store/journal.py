@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import redis
 
@@ -68,8 +69,21 @@ def group(bucket: bytes, figures: tuple[bytes | None, ...] | None) -> bytes:
     return bytes([len(bucket)]) + bucket + bytes([flags]) + b"".join(parts)
 
 
-def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | None = None) -> bytes:
-    """One delivery as its journal entry (figures: its FIGURES fields, None when not known)."""
+class Written(NamedTuple):
+    """An entry as the worker wrote it (its parts: `entry` packs them), kept by the Store until
+    its next settle, which passes what it knows of them (known_args)."""
+    id: str
+    group: bytes
+    tag: bytes
+    piece: bytes
+    form: int
+    info: bytes
+    bucket: bytes
+    figures_known: bool
+
+
+def written(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | None = None) -> Written:
+    """One delivery's journal entry, in parts (figures: its FIGURES fields, None when not known)."""
     bucket, tag = b"", b"\0\0\0"
     if trace:
         record = events.delivered_record(outcome.id)
@@ -80,13 +94,45 @@ def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | Non
         piece = b'["' + outcome.id.encode() + b'",' + data + b"]"
     else:
         piece, form = data, form + 2
-    fields = [outcome.id.encode("utf-8", "surrogateescape"), group(bucket, figures)]
-    tail = [piece]
-    if outcome.info:
-        tail.append(outcome.info.encode("utf-8", "surrogateescape"))
+    info = outcome.info.encode("utf-8", "surrogateescape")
+    if info:
         form += 1
-    return (bytes([form]) + b"".join(struct.pack(">I", len(f)) + f for f in fields) + tag
+    known = figures is not None and len(figures) == len(FIGURES)
+    return Written(outcome.id, group(bucket, figures), tag, piece, form, info, bucket, known)
+
+
+def pack(w: Written) -> bytes:
+    """A journal entry's bytes."""
+    head = [w.id.encode("utf-8", "surrogateescape"), w.group]
+    tail = [w.piece, w.info] if w.info else [w.piece]
+    return (bytes([w.form]) + b"".join(struct.pack(">I", len(f)) + f for f in head) + w.tag
             + b"".join(struct.pack(">I", len(f)) + f for f in tail))
+
+
+def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | None = None) -> bytes:
+    """One delivery as its journal entry (figures: its FIGURES fields, None when not known)."""
+    return pack(written(outcome, trace, figures))
+
+
+def known_args(entries: Sequence[Written], trace: bool) -> list[bytes | str | int]:
+    """What deliver.lua takes of the journal entries a worker knows it wrote since its last
+    settle, in the order written (lib.commit_known): how many, their pieces of the event text
+    joined, how many groups and buckets, each group and its count, each bucket and its
+    tags, the ids. Nothing known ([0, '', 0, 0]) unless there are two or more, each of the
+    usual form (an id drain made, no info, its figures known), then the script reads
+    every entry."""
+    if len(entries) < 2 or any(w.form != FORM or not w.figures_known or (trace and not w.bucket) for w in entries):
+        return [0, b"", 0, 0]
+    groups: dict[bytes, int] = {}
+    buckets: dict[bytes, list[bytes]] = {}
+    for w in entries:
+        groups[w.group] = groups.get(w.group, 0) + 1
+        if trace:
+            buckets.setdefault(w.bucket, []).append(w.tag)
+    return [len(entries), b",".join(w.piece for w in entries) if trace else b"", len(groups), len(buckets),
+            *(x for g, count in groups.items() for x in (g, count)),
+            *(x for bucket, tags in buckets.items() for x in (bucket, b"".join(tags))),
+            *(w.id for w in entries)]
 
 
 def journalable(outcomes: Sequence[Outcome]) -> bool:
@@ -98,28 +144,30 @@ Figures = Sequence[tuple[bytes | None, ...] | None]
 
 
 def write(client: redis.Redis, owner: str, outcomes: Sequence[Outcome], trace: bool, first: bool,
-          figures: Figures | None = None) -> None:
+          figures: Figures | None = None) -> list[Written]:
     """Journal deliveries (one RPUSH; the first write of a journal also sets its lifetime);
-    figures: each one's FIGURES as read when claimed, if known."""
-    write_many(client, [(owner, outcomes, first, figures)], trace)
+    figures: each one's FIGURES as read when claimed, if known. Returns the entries written."""
+    return write_many(client, [(owner, outcomes, first, figures)], trace).get(keys.journal(owner), [])
 
 
 def write_many(client: redis.Redis, journals: Sequence[tuple[str, Sequence[Outcome], bool, Figures | None]],
-               trace: bool) -> None:
+               trace: bool) -> dict[str, list[Written]]:
     """Journal the deliveries of several owners (owner, outcomes, first, figures: as `write`
-    takes them) in one round trip: one RPUSH per journal (the lanes of a process share one)."""
-    entries: dict[str, list[bytes]] = {}
+    takes them) in one round trip: one RPUSH per journal (the lanes of a process share one).
+    Returns the entries written, by journal key."""
+    entries: dict[str, list[Written]] = {}
     firsts: set[str] = set()
     for owner, outcomes, first, figures in journals:
         key = keys.journal(owner)
-        entries.setdefault(key, []).extend(entry(o, trace, f) for o, f in zip(
+        entries.setdefault(key, []).extend(written(o, trace, f) for o, f in zip(
             outcomes, figures or [None] * len(outcomes), strict=True))
         if first:
             firsts.add(key)
     pipe = client.pipeline(transaction=False)
     for key, found in entries.items():
         if found:
-            pipe.rpush(key, *found)
+            pipe.rpush(key, *map(pack, found))
         if key in firsts:
             pipe.expire(key, JOURNAL_TTL_S)
     pipe.execute()
+    return entries

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, cast
@@ -28,6 +29,7 @@ from drain.store.claimed import Stored as Stored
 from drain.store.claimed import claimed
 from drain.store.enqueue import ENQUEUE_CHUNK as ENQUEUE_CHUNK
 from drain.store.enqueue import Enqueue
+from drain.store.journal import Written
 from drain.store.enqueue import Item as Item
 from drain.store.scripts import Scripts
 
@@ -47,6 +49,10 @@ class Store:
         # What load read of each claimed message's figures fields (journal.FIGURES), until
         # its delivery is journalled: the journal entry carries them to the settle.
         self.figures: dict[str, tuple[bytes | None, ...]] = {}
+        # The journal entries this process wrote and has not settled yet, by journal key: its
+        # next deliver.lua call says what they hold (journal.known_args), sparing their reading.
+        self.written: dict[str, list[Written]] = {}
+        self.written_lock = threading.Lock()
 
     # -- producers -------------------------------------------------------------------
 
@@ -123,6 +129,7 @@ class Store:
             return (0, 0)
         if all(o.kind == "delivered" and o.event for o in outcomes):
             return self._deliver(owner, outcomes)
+        self._unsettled(owner)  # (settle.lua reads the journal entry by entry)
         now = time.time()
         args: list[str | float] = [owner, f"{now:.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
                                    *events.tracer_args(self.settings), events.oldest_kept(self.settings, now)]
@@ -160,14 +167,26 @@ class Store:
         """Journal deliveries whose event data the worker made (drain/store/journal.py): one
         HSET; the owner's next settle (or the reaper) settles them. `first`: the first write
         since the owner's last settle."""
-        journal.write(self.client, owner, outcomes, self.settings.trace, first,
-                      [self.figures.pop(o.id, None) for o in outcomes])
+        self._wrote({keys.journal(owner): journal.write(self.client, owner, outcomes, self.settings.trace, first,
+                                                        [self.figures.pop(o.id, None) for o in outcomes])})
 
     def journal_many(self, journals: Sequence[tuple[str, Sequence[Outcome], bool]]) -> None:
         """Journal the deliveries of several owners ((owner, outcomes, first) each) in one
         round trip (drain/worker/journalpool.py)."""
-        journal.write_many(self.client, [(owner, outcomes, first, [self.figures.pop(o.id, None) for o in outcomes])
-                                         for owner, outcomes, first in journals], self.settings.trace)
+        self._wrote(journal.write_many(self.client, [(owner, outcomes, first,
+                                                      [self.figures.pop(o.id, None) for o in outcomes])
+                                                     for owner, outcomes, first in journals], self.settings.trace))
+
+    def _wrote(self, entries: dict[str, list[Written]]) -> None:
+        with self.written_lock:
+            for key, found in entries.items():
+                self.written.setdefault(key, []).extend(found)
+
+    def _unsettled(self, owner: str) -> list[Written]:
+        """The entries this process wrote to owner's journal since its last settle (taken: the
+        settle about to run settles them, or else the journal is read entry by entry)."""
+        with self.written_lock:
+            return self.written.pop(keys.journal(owner), [])
 
     def commit(self, owner: str) -> tuple[int, int]:
         """Settle the owner's journal (deliver.lua with no delivery of its own)."""
@@ -177,9 +196,10 @@ class Store:
         """Settle deliveries whose event data the worker made (deliver.lua: settle.lua's usual
         call, with fewer keys and arguments), and the owner's journal."""
         now = time.time()
-        args: list[str | float | bytes] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
-                                           events.oldest_kept(self.settings, now)]
         trace = self.settings.trace
+        args: list[str | float | bytes | int] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
+                                                 events.oldest_kept(self.settings, now),
+                                                 *journal.known_args(self._unsettled(owner), trace)]
         for o in outcomes:  # with its id's index record: the script need not hash the id
             args += [o.id, o.info, o.event, events.delivered_record(o.id) if trace else ""]
         reply = self.scripts.deliver(

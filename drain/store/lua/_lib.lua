@@ -243,11 +243,13 @@ function lib.event(tr, kind, id, data, values)
 end
 
 -- The delivered events of a script run, gathered for one stream entry (lib.event_batch):
--- each message's piece of its text ([id, data] as JSON), its id's index record as made by
--- the caller (events.delivered_record: bucket, then a 3-byte tag, kept by bucket; `loose`,
--- the ids without one, hashed here), and the last message's id and data (a lone event).
+-- the pieces of its text (each message's [id, data] as JSON, or several of them joined by
+-- commas), how many messages, their ids' index records as made by the callers
+-- (events.delivered_record: a bucket, then a 3-byte tag) kept as tags by bucket (a string of
+-- one or more tags each), `loose`: the ids without one (hashed here), and the last message's
+-- id and data (for a lone event).
 function lib.batch()
-  return {parts = {}, tags = {}, buckets = {}, loose = {}}
+  return {parts = {}, count = 0, tags = {}, buckets = {}, loose = {}}
 end
 
 -- The tags of bucket's records in batch b (a list the caller appends to), or nil for no bucket.
@@ -264,8 +266,8 @@ end
 -- decode_all reads such an entry as one event per message. A lone event keeps the usual
 -- form. Returns the entry's stream id.
 function lib.event_batch(tr, kind, b)
-  if not tr or not b or #b.parts == 0 then return nil end
-  if #b.parts == 1 then
+  if not tr or not b or b.count == 0 then return nil end
+  if b.count == 1 then
     local data = b.data
     if not data then  -- a journal entry's piece: ["<id>",data]
       data = string.sub(b.parts[1], #b.id + 5, -2)
@@ -280,9 +282,12 @@ function lib.event_batch(tr, kind, b)
     sid = redis.call('XADD', tr.stream, '*', 'e', kind, 'm', text)
   end
   local day, where = place(tr, sid)
-  -- Every record of the entry ends in the same `where`: a bucket's records are its tags
-  -- joined by it (one string per bucket, in order).
-  for _, bucket in ipairs(b.buckets) do gather(tr, day, bucket, table.concat(b.tags[bucket], where) .. where) end
+  -- Every record of the entry ends in the same `where`: a bucket's records are its tags,
+  -- each followed by it (one gsub per bucket; a % in `where` is doubled for gsub).
+  local after = '%0' .. string.gsub(where, '%%', '%%%%')
+  for _, bucket in ipairs(b.buckets) do
+    gather(tr, day, bucket, (string.gsub(table.concat(b.tags[bucket]), '...', after)))
+  end
   for _, id in ipairs(b.loose) do index(tr, day, 'i:' .. id, where) end
   tr.first = tr.first or sid
   tr.last = sid
@@ -477,7 +482,7 @@ function lib.delivered(d, msg, id, info, data, reply, ix, known)
       -- Recorded by the script as one entry (lib.event_batch).
       local b = d.batch
       b.parts[#b.parts + 1] = '[' .. cjson.encode(id) .. ',' .. data .. ']'
-      b.id, b.data = id, data
+      b.id, b.data, b.count = id, data, b.count + 1
       local of = ix and #ix > 3 and batch_tags(b, string.sub(ix, 1, -4))
       if of then of[#of + 1] = string.sub(ix, -3) else b.loose[#b.loose + 1] = id end
     else
@@ -601,7 +606,7 @@ function lib.commit_journal(d, journal, inflight, books, owner)
           b.data = nil
         end
         parts[#parts + 1] = piece
-        b.id = id
+        b.id, b.count = id, b.count + 1
         local of = g.tags
         if of then of[#of + 1] = tags[k] else b.loose[#b.loose + 1] = id end
       elseif d.tr then
@@ -626,4 +631,60 @@ function lib.commit_journal(d, journal, inflight, books, owner)
     end
   end
   return #mine, #list - #mine
+end
+
+-- Settle owner's journal as the worker says it wrote it (deliver.lua; drain/store/journal.py's
+-- known_args): argv from at + 1 holds how many entries (known), their pieces of the event
+-- text joined, how many groups (G) and buckets (B), then each group and its count, each
+-- bucket and its tags, and the ids in the order written. That spares reading the entries:
+-- the worker knows what it delivered, and the in-flight hash says it still holds each. It
+-- applies only when the journal holds as many entries as the worker wrote (none written
+-- since by another lane, none settled since by a reaper), every message still held by the
+-- owner's process, each group's figures readable and its tenant's concurrency slots
+-- unused; else it returns nil before any write (the caller then reads each entry:
+-- lib.commit_journal). Returns settled, skipped.
+function lib.commit_known(d, journal, inflight, books, owner, argv, at)
+  local known, groups, buckets = tonumber(argv[at + 1]), tonumber(argv[at + 3]), tonumber(argv[at + 4])
+  if not known or known < 2 or not groups or not buckets then return nil end
+  if redis.call('LLEN', journal) ~= known then return nil end
+  local from = at + 4 + 2 * groups + 2 * buckets
+  local ids = {}
+  for i = 1, known do ids[i] = argv[from + i] end
+  local mine = lib.held(inflight, owner, ids, true)
+  if #mine ~= known then return nil end
+  local figures, total = {}, 0
+  for g = 1, groups do
+    local ok, _, flags, dom, t, tn = pcall(struct.unpack, '>Bc0BI4c0I4c0I4c0', argv[at + 3 + 2 * g])
+    local count = tonumber(argv[at + 4 + 2 * g])
+    if not ok or flags >= 8 or not count then return nil end
+    local f = {flags % 2 == 1 and dom, flags % 4 >= 2 and t, flags % 8 >= 4 and tn}
+    if f[3] then
+      local freed = d.busy[f[3]]
+      if freed == nil then
+        freed = redis.call('EXISTS', 'drain:tenant:busy:' .. f[3]) == 1 and {} or false
+        d.busy[f[3]] = freed
+      end
+      if freed then return nil end
+    end
+    figures[g] = {f, count}
+    total = total + count
+  end
+  if total ~= known then return nil end
+  redis.call('HINCRBY', books, 'delivered', d.up[known] or known)
+  redis.call('HDEL', inflight, unpack(ids))
+  redis.call('DEL', journal)
+  local gone = d.gone
+  for i = 1, known do gone[#gone + 1] = 'drain:msg:' .. ids[i] end
+  for g = 1, groups do count_in(d, figures[g][1], nil, figures[g][2]) end
+  d.count = d.count + known
+  local b = d.tr and d.batch
+  if b then
+    b.parts[#b.parts + 1] = argv[at + 2]
+    b.count, b.id = b.count + known, ids[known]
+    for i = 1, buckets do
+      local of = batch_tags(b, argv[at + 3 + 2 * groups + 2 * i])
+      if of then of[#of + 1] = argv[at + 4 + 2 * groups + 2 * i] end
+    end
+  end
+  return known, 0
 end

@@ -11,12 +11,17 @@
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4], ARGV[5] events: retention (0 = off), most kept
 -- ARGV[6] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
+-- ARGV[7] how many journal entries the worker knows it wrote (0: none, or read them all),
+-- ARGV[8] their pieces of the event text, ARGV[9] G and ARGV[10] B, how many groups and
+-- buckets, then G pairs (group, count), B pairs (index bucket, tags), the ids known, in the
+-- order written (lib.commit_known; drain/store/journal.py's known_args)
 -- then four per delivery: id, info (recipients refused for good, JSON, or ''), the
 -- delivered event's data (JSON: reply, attempt, delay_s), the index record of its id
 -- (events.delivered_record: bucket then 3-byte tag)
 --
--- The owner's journalled deliveries are settled first, the same way (lib.commit_journal); a
--- call may carry no delivery of its own, only the journal's.
+-- The owner's journalled deliveries are settled first, the same way: as the worker says it
+-- wrote them when the journal holds just those (lib.commit_known), else read entry by entry
+-- (lib.commit_journal); a call may carry no delivery of its own, only the journal's.
 --
 -- The delivered events of a call are one stream entry naming every message settled
 -- (lib.event_batch), each message indexed by its id: one XADD per call, not per message.
@@ -28,12 +33,15 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local HEAD, EACH = 6, 4
+local HEAD, EACH = 10 + 2 * tonumber(ARGV[9]) + 2 * tonumber(ARGV[10]) + tonumber(ARGV[7]), 4
 local n = (#ARGV - HEAD) / EACH
 local tr = lib.untrimmed(KEYS[6], ARGV[4])
 local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
 deliveries.batch = lib.batch()  -- the delivered events: one stream entry for the call (lib.event_batch)
-local settled, skipped = lib.commit_journal(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1])
+local settled, skipped = lib.commit_known(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1], ARGV, 6)
+if not settled then
+  settled, skipped = lib.commit_journal(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1])
+end
 local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
 local mine, first = lib.held(KEYS[1], ARGV[1], ids)
