@@ -29,8 +29,8 @@ from drain.store.claimed import Stored as Stored
 from drain.store.claimed import claimed
 from drain.store.enqueue import ENQUEUE_CHUNK as ENQUEUE_CHUNK
 from drain.store.enqueue import Enqueue
-from drain.store.journal import Written
 from drain.store.enqueue import Item as Item
+from drain.store.journal import Written
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
