@@ -159,6 +159,13 @@ def journal(owner: str) -> str:
     return f"{PREFIX}:journal:{owner.split('/', 1)[0]}"
 
 
+def lane_journal(owner: str) -> str:
+    """The journal a lane ("<process owner>/<lane>") of a worker from before the lanes shared
+    their process's (session 7) wrote: read by the reaper only, so that such a worker's
+    journalled mail, in flight across an upgrade, is settled and not sent again."""
+    return f"{PREFIX}:journal:{owner}"
+
+
 def parked(domain: str) -> str:
     """Mail for a domain that is paused or at its concurrency cap, waiting its turn (list)."""
     return f"{PREFIX}:parked:{domain}"

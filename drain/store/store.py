@@ -244,7 +244,7 @@ class Store:
             reply = self.scripts.reap(
                 keys=[keys.INFLIGHT, keys.SUSPECT, keys.lease(owner), keys.QUARANTINE, keys.SHAPE, keys.FINDINGS,
                       keys.EVENTS, keys.journal(owner), keys.BOOKS, keys.LATENCY, keys.BOUNCES,
-                      *map(keys.message, ids)],
+                      keys.lane_journal(owner), *map(keys.message, ids)],
                 args=[owner, self.settings.poison_strikes, f"{time.time():.3f}", why,
                       *events.tracer_args(self.settings), BOUNCES_KEPT, *ids],
             )
