@@ -121,9 +121,12 @@ end
 local function take(list, n)
   local popped = redis.call('LPOP', list, n)
   if not popped then return 0 end
-  for _, id in ipairs(popped) do
+  local k = #ids
+  for i = 1, #popped do
+    local id = popped[i]
     if not (swept and redis.call('SREM', KEYS[8], id) == 1) then
-      table.insert(ids, id)
+      k = k + 1
+      ids[k] = id
     end
   end
   return #popped
@@ -261,10 +264,11 @@ if #ids == 0 then
   return {0, isolated, 0}
 end
 
--- One write for the whole claim: id, owner, id, owner...
-local owner, pairs_of = ARGV[2], {}
-for i, id in ipairs(ids) do
-  pairs_of[2 * i - 1], pairs_of[2 * i] = id, owner
+-- One write for the whole claim: id, owner, id, owner...; the reply made in the same pass.
+local owner, pairs_of, reply = ARGV[2], {}, {0, isolated + capped, fresh}
+for i = 1, #ids do
+  local id = ids[i]
+  pairs_of[2 * i - 1], pairs_of[2 * i], reply[i + 3] = id, owner, id
 end
 redis.call('HSET', KEYS[2], unpack(pairs_of))
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
@@ -273,7 +277,4 @@ if rate > 0 then
   lib.keep_tat(KEYS[6], tat + #ids * interval, now)
 end
 
-table.insert(ids, 1, fresh)
-table.insert(ids, 1, isolated + capped)
-table.insert(ids, 1, 0)
-return ids
+return reply
