@@ -119,9 +119,10 @@ def known_args(entries: Sequence[Written], trace: bool) -> list[bytes | str | in
     settle, in the order written (lib.commit_known): how many, their pieces of the event text
     joined, how many groups and buckets, each group and its count, each bucket and its
     tags, the ids. Nothing known ([0, '', 0, 0]) unless there are two or more, each of the
-    usual form (an id drain made, no info, its figures known), then the script reads
-    every entry."""
-    if len(entries) < 2 or any(w.form != FORM or not w.figures_known or (trace and not w.bucket) for w in entries):
+    usual form (an id drain made, no info, its figures known), each id once; then the
+    script reads every entry."""
+    if (len(entries) < 2 or any(w.form != FORM or not w.figures_known or (trace and not w.bucket) for w in entries)
+            or len({w.id for w in entries}) < len(entries)):
         return [0, b"", 0, 0]
     groups: dict[bytes, int] = {}
     buckets: dict[bytes, list[bytes]] = {}

@@ -197,14 +197,15 @@ class Store:
         call, with fewer keys and arguments), and the owner's journal."""
         now = time.time()
         trace = self.settings.trace
+        known = journal.known_args(self._unsettled(owner), trace)
         args: list[str | float | bytes | int] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
-                                                 events.oldest_kept(self.settings, now),
-                                                 *journal.known_args(self._unsettled(owner), trace)]
+                                                 events.oldest_kept(self.settings, now), *known]
+        known_ids = cast(list[str], known[len(known) - int(known[0]):])
         for o in outcomes:  # with its id's index record: the script need not hash the id
             args += [o.id, o.info, o.event, events.delivered_record(o.id) if trace else ""]
         reply = self.scripts.deliver(
             keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS, keys.journal(owner),
-                  *(keys.message(o.id) for o in outcomes)],
+                  *(keys.message(o.id) for o in outcomes), *map(keys.message, known_ids)],
             args=args,
         )
         eventlog.write_span(self.client, self.settings, reply[2:])

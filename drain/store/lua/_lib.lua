@@ -513,7 +513,7 @@ function lib.deliveries_done(d, shape_key, latency_key)
   end
   for bucket, count in pairs(d.buckets) do lib.figure('HINCRBY', latency_key, bucket, d.up[count] or count) end
   if next(d.buckets) then lib.figure('HINCRBYFLOAT', latency_key, 'sum', d.sum) end
-  redis.call('DEL', unpack(d.gone))
+  if #d.gone > 0 then redis.call('DEL', unpack(d.gone)) end  -- (lib.commit_known drops its own)
 end
 
 -- A journal entry of the first form (drain/store/journal.py, written by workers of before
@@ -636,22 +636,42 @@ end
 -- Settle owner's journal as the worker says it wrote it (deliver.lua; drain/store/journal.py's
 -- known_args): argv from at + 1 holds how many entries (known), their pieces of the event
 -- text joined, how many groups (G) and buckets (B), then each group and its count, each
--- bucket and its tags, and the ids in the order written. That spares reading the entries:
--- the worker knows what it delivered, and the in-flight hash says it still holds each. It
--- applies only when the journal holds as many entries as the worker wrote (none written
--- since by another lane, none settled since by a reaper), every message still held by the
--- owner's process, each group's figures readable and its tenant's concurrency slots
--- unused; else it returns nil before any write (the caller then reads each entry:
--- lib.commit_journal). Returns settled, skipped.
-function lib.commit_known(d, journal, inflight, books, owner, argv, at)
+-- bucket and its tags, and the ids in the order written (each once); keys from kat + 1
+-- their message keys. That spares reading the entries: the worker knows what it
+-- delivered, and the in-flight hash says it still holds each. It applies only when the
+-- journal holds as many entries as the worker wrote (none written since by another lane,
+-- none settled since by a reaper), every message still held by the owner's process, each
+-- group's figures readable and its tenant's concurrency slots unused; else it returns nil
+-- before any write (the caller then reads each entry: lib.commit_journal). The ids and keys
+-- go to Redis straight from argv and keys: no Lua string or table of each message's.
+-- Returns settled, skipped.
+function lib.commit_known(d, journal, inflight, books, owner, argv, at, keys, kat)
   local known, groups, buckets = tonumber(argv[at + 1]), tonumber(argv[at + 3]), tonumber(argv[at + 4])
   if not known or known < 2 or not groups or not buckets then return nil end
   if redis.call('LLEN', journal) ~= known then return nil end
   local from = at + 4 + 2 * groups + 2 * buckets
-  local ids = {}
-  for i = 1, known do ids[i] = argv[from + i] end
-  local mine = lib.held(inflight, owner, ids, true)
-  if #mine ~= known then return nil end
+  -- Held by the owner's process, each (a small hash, a listpack, is read whole: see lib.held).
+  local process = string.match(owner, '^([^/]*)/') or owner
+  local ours = {[owner] = true}
+  local holders
+  if known >= 16 and redis.call('HLEN', inflight) <= 2 * known then
+    local flat, by = redis.call('HGETALL', inflight), {}
+    for i = 1, #flat, 2 do by[flat[i]] = flat[i + 1] end
+    holders = {}
+    for i = 1, known do holders[i] = by[argv[from + i]] end
+  else
+    holders = redis.call('HMGET', inflight, unpack(argv, from + 1, from + known))
+  end
+  for i = 1, known do
+    local holder = holders[i]
+    if not holder then return nil end
+    local yes = ours[holder]
+    if yes == nil then
+      yes = (string.match(holder, '^([^/]*)/') or holder) == process
+      ours[holder] = yes
+    end
+    if not yes then return nil end
+  end
   local figures, total = {}, 0
   for g = 1, groups do
     local ok, _, flags, dom, t, tn = pcall(struct.unpack, '>Bc0BI4c0I4c0I4c0', argv[at + 3 + 2 * g])
@@ -671,16 +691,15 @@ function lib.commit_known(d, journal, inflight, books, owner, argv, at)
   end
   if total ~= known then return nil end
   redis.call('HINCRBY', books, 'delivered', d.up[known] or known)
-  redis.call('HDEL', inflight, unpack(ids))
+  redis.call('HDEL', inflight, unpack(argv, from + 1, from + known))
   redis.call('DEL', journal)
-  local gone = d.gone
-  for i = 1, known do gone[#gone + 1] = 'drain:msg:' .. ids[i] end
+  redis.call('DEL', unpack(keys, kat + 1, kat + known))
   for g = 1, groups do count_in(d, figures[g][1], nil, figures[g][2]) end
   d.count = d.count + known
   local b = d.tr and d.batch
   if b then
     b.parts[#b.parts + 1] = argv[at + 2]
-    b.count, b.id = b.count + known, ids[known]
+    b.count, b.id = b.count + known, argv[from + known]
     for i = 1, buckets do
       local of = batch_tags(b, argv[at + 3 + 2 * groups + 2 * i])
       if of then of[#of + 1] = argv[at + 4 + 2 * groups + 2 * i] end

@@ -7,7 +7,7 @@
 -- KEYS[1] in-flight hash   KEYS[2] books hash   KEYS[3] backlog shape (domain|minute -> queued)
 -- KEYS[4] delivery latency histogram   KEYS[5] bounces stream   KEYS[6] events stream
 -- KEYS[7] the owner's delivery journal (drain/store/journal.py; its process's, which its lanes share)
--- KEYS[7 + i] message hash of the i-th delivery
+-- KEYS[7 + i] message hash of the i-th delivery, then those of the journal's ids known (ARGV[7])
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4], ARGV[5] events: retention (0 = off), most kept
 -- ARGV[6] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
@@ -38,7 +38,7 @@ local n = (#ARGV - HEAD) / EACH
 local tr = lib.untrimmed(KEYS[6], ARGV[4])
 local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
 deliveries.batch = lib.batch()  -- the delivered events: one stream entry for the call (lib.event_batch)
-local settled, skipped = lib.commit_known(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1], ARGV, 6)
+local settled, skipped = lib.commit_known(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1], ARGV, 6, KEYS, 7 + n)
 if not settled then
   settled, skipped = lib.commit_journal(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1])
 end
