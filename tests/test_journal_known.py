@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 import redis
 
 from drain.demo.seeding import synthetic
@@ -99,20 +100,21 @@ def test_an_entry_the_worker_does_not_know_has_the_journal_read(
     assert _figures(rclient)[:2] == ({}, {})
 
 
+@pytest.mark.parametrize("count", [3, 20])
 def test_a_known_entry_of_mail_given_away_has_the_journal_read(
-        client: Client, store: Store, rclient: redis.Redis) -> None:
+        client: Client, store: Store, rclient: redis.Redis, count: int) -> None:
     """One of the messages went to another owner meanwhile (its lease lapsed): it is not
-    settled by this owner, the others are, with their figures. Mutant caught:
-    lib.commit_known without `#mine ~= known` (the other owner's message counted delivered
-    and its hash dropped)."""
-    ids = _claimed(client, store, 3)
+    settled by this owner, the others are, with their figures (20: the in-flight hash read
+    whole, 3: by HMGET). Mutant caught: lib.commit_known without `if not yes then return
+    nil end` (the other owner's message counted delivered and its hash dropped)."""
+    ids = _claimed(client, store, count)
     _journal(store, ids)
     rclient.hset(keys.INFLIGHT, ids[1], "w2")
-    assert store.commit(OWNER) == (2, 1)
+    assert store.commit(OWNER) == (count - 1, 1)
     assert rclient.hget(keys.INFLIGHT, ids[1]) == b"w2" and rclient.exists(keys.message(ids[1]))
-    assert store.books().delivered == 2
+    assert store.books().delivered == count - 1
     store.settle("w2", [_delivered(ids[1])])
-    assert _figures(rclient) == ({}, {}, 3)
+    assert _figures(rclient) == ({}, {}, count)
 
 
 def test_a_known_settle_frees_a_capped_tenants_slots(
