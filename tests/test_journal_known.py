@@ -185,3 +185,21 @@ def test_the_reaper_settles_a_lane_journal_of_a_worker_from_before(
     assert (books.delivered, books.in_flight) == (2, 0) and books.balanced, books
     assert not rclient.exists(keys.lane_journal(old))
     assert [i.decode() for i in rclient.lrange(keys.SUSPECT, 0, -1)] == ids[2:]
+
+
+def test_a_settle_of_other_outcomes_settles_the_known_journal_too(
+        client: Client, store: Store, rclient: redis.Redis) -> None:
+    """A claim that ends with outcomes other than deliveries goes through settle.lua: the
+    journal the worker knows is settled there the same way (its entries overwritten by
+    garbage here, to show none is read), the rest of the claim as asked. Mutant caught:
+    settle.lua without lib.commit_known (the garbage read: (2, 4), the deliveries left in
+    flight)."""
+    ids = _claimed(client, store, 6)
+    _journal(store, ids[:4])
+    for k in range(4):
+        rclient.lset(keys.journal(OWNER), k, b"\x10garbage")
+    assert store.settle(OWNER, [Outcome(i, "requeue") for i in ids[4:]]) == (6, 0)
+    books = store.books()
+    assert (books.delivered, books.in_flight, books.ready) == (4, 0, 2) and books.balanced, books
+    assert _figures(rclient)[2] == 4 and sum(int(v) for v in rclient.hvals(keys.SHAPE)) == 2
+    assert [found for _i, found in _seen(rclient, ids[:4])] == [[(ids[k], REPLY, 1)] for k in range(4)]

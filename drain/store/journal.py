@@ -136,6 +136,11 @@ def known_args(entries: Sequence[Written], trace: bool) -> list[bytes | str | in
             *(w.id for w in entries)]
 
 
+def known_ids(args: Sequence[bytes | str | int]) -> list[str]:
+    """The ids of known_args's answer (the script takes their message keys too)."""
+    return [str(i) for i in args[len(args) - int(args[0]):]] if args[0] else []
+
+
 def journalable(outcomes: Sequence[Outcome]) -> bool:
     """Whether outcomes may go to the journal: deliveries whose event data the worker made."""
     return bool(outcomes) and all(o.kind == "delivered" and o.event for o in outcomes)

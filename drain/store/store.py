@@ -129,10 +129,11 @@ class Store:
             return (0, 0)
         if all(o.kind == "delivered" and o.event for o in outcomes):
             return self._deliver(owner, outcomes)
-        self._unsettled(owner)  # (settle.lua reads the journal entry by entry)
+        known = journal.known_args(self._unsettled(owner), self.settings.trace)
         now = time.time()
-        args: list[str | float] = [owner, f"{now:.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
-                                   *events.tracer_args(self.settings), events.oldest_kept(self.settings, now)]
+        args: list[str | float | bytes | int] = [owner, f"{now:.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
+                                                 *events.tracer_args(self.settings),
+                                                 events.oldest_kept(self.settings, now), *known]
         for o in outcomes:
             args += [o.id, o.kind, o.score, o.info, o.envelope, o.event]
         reply = self.scripts.settle(
@@ -157,6 +158,7 @@ class Store:
                 *(k for o in outcomes for k in (keys.message(o.id),
                                                   keys.parked(o.info) if o.kind == "parked" else keys.message(o.id))),
                 keys.journal(owner),
+                *map(keys.message, journal.known_ids(known)),
             ],
             args=args,
         )
@@ -200,12 +202,11 @@ class Store:
         known = journal.known_args(self._unsettled(owner), trace)
         args: list[str | float | bytes | int] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
                                                  events.oldest_kept(self.settings, now), *known]
-        known_ids = cast(list[str], known[len(known) - int(known[0]):])
         for o in outcomes:  # with its id's index record: the script need not hash the id
             args += [o.id, o.info, o.event, events.delivered_record(o.id) if trace else ""]
         reply = self.scripts.deliver(
             keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS, keys.journal(owner),
-                  *(keys.message(o.id) for o in outcomes), *map(keys.message, known_ids)],
+                  *(keys.message(o.id) for o in outcomes), *map(keys.message, journal.known_ids(known))],
             args=args,
         )
         eventlog.write_span(self.client, self.settings, reply[2:])
