@@ -11,10 +11,15 @@
 -- KEYS[14] held for rate (zset)   KEYS[15] held by a breaker (zset)
 -- KEYS[16] per domain, the fresh message parked last (hash)   KEYS[17] events stream
 -- KEYS[16 + 2i] message hash of the i-th outcome, KEYS[17 + 2i] its parked list
--- KEYS[18 + 2n] (the last) the owner's delivery journal (drain/store/journal.py; its process's)
+-- KEYS[18 + 2n] the owner's delivery journal (drain/store/journal.py; its process's), then
+-- the message hashes of the journal's ids known (ARGV[8])
 -- ARGV[1] owner   ARGV[2] now (unix seconds)   ARGV[3] bounces kept
 -- ARGV[4] strikes that make poison   ARGV[5], ARGV[6] events: retention (0 = off), most kept
 -- ARGV[7] events: the oldest stream id kept (milliseconds; the stream is trimmed now and then)
+-- ARGV[8] how many journal entries the worker knows it wrote (0: none, or read them all),
+-- ARGV[9] their pieces of the event text, ARGV[10] G and ARGV[11] B, how many groups and
+-- buckets, then G pairs (group, count), B pairs (index bucket, tags), the ids known, in the
+-- order written (lib.commit_known; drain/store/journal.py's known_args)
 -- then six per outcome: id, kind, score, info, envelope, event
 --   delivered:   drop the message, count it; info, if any, lists refused recipients (logged);
 --                envelope = the relay's reply; event = the delivered event's data as JSON
@@ -42,8 +47,8 @@
 --                bytes, that envelope and a readable time, and quarantined; without one the
 --                key (of whatever type) is deleted and the message counted as deleted
 --
--- The owner's journalled deliveries are settled first, as delivered (lib.commit_journal):
--- an outcome given for one of them is then skipped.
+-- The owner's journalled deliveries are settled first, as delivered (lib.commit_known, else
+-- lib.commit_journal): an outcome given for one of them is then skipped.
 --
 -- Each move records its event (held and parked only the first time for a message; a bounce
 -- whose info starts with "expired: " is recorded as expired).
@@ -52,7 +57,7 @@
 if redis.replicate_commands then redis.replicate_commands() end
 
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local HEAD, EACH = 7, 6
+local HEAD, EACH = 11 + 2 * tonumber(ARGV[10]) + 2 * tonumber(ARGV[11]) + tonumber(ARGV[8]), 6
 local n = (#ARGV - HEAD) / EACH
 
 -- Type checks before the first write, of the keys the moves write. A call of deliveries
@@ -142,7 +147,11 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[HEAD + (i - 1) * EACH + 1] end
 local deliveries = lib.deliveries(tr, now, KEYS[6], keep)
 deliveries.batch = lib.batch()  -- the journal's delivered events: one stream entry (lib.event_batch)
-local journalled, stale = lib.commit_journal(deliveries, KEYS[18 + 2 * n], KEYS[1], KEYS[2], owner)
+local journalled, stale = lib.commit_known(deliveries, KEYS[18 + 2 * n], KEYS[1], KEYS[2], owner, ARGV, 7, KEYS,
+                                          18 + 2 * n)
+if not journalled then
+  journalled, stale = lib.commit_journal(deliveries, KEYS[18 + 2 * n], KEYS[1], KEYS[2], owner)
+end
 lib.event_batch(tr, 'd', deliveries.batch)
 deliveries.batch = nil
 settled, skipped = journalled, stale
