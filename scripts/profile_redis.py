@@ -37,7 +37,7 @@ from drain.demo.sink import free_port
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.settings import Settings
-from drain.store import connection, embedded, events
+from drain.store import connection, embedded, events, keys
 from drain.store import scripts as lua_scripts
 from drain.store.store import Outcome, Store
 
@@ -153,9 +153,10 @@ def loaded(count: int, size: int, timeout_s: float = 10.0,
             proc.wait()
 
 
-def counted(count: int, size: int, out: Path) -> dict[str, Any]:
+def counted(count: int, size: int, out: Path, others: int = 0) -> dict[str, Any]:
     """Instructions redis-server executes per message for the claims (with the reads back)
-    and for the settles."""
+    and for the settles (others: ids of other owners put in flight first, so that the
+    in-flight hash is a hash table, as with several workers, not a listpack)."""
     callgrind_server(out)
     # Under callgrind an enqueue call of a thousand messages takes far longer than a client's
     # usual timeouts allow.
@@ -172,6 +173,8 @@ def counted(count: int, size: int, out: Path) -> dict[str, Any]:
         settings = store.settings
         owner = worker_owner()
         every = settings.settle_every
+        if others:
+            store.client.hset(keys.INFLIGHT, mapping={f"other{i}": "other-host-1-0123abcd/1" for i in range(others)})
         callgrind(proc.pid, "-i", "on")
         done, parts = 0, 1
         while True:
@@ -231,6 +234,8 @@ def main() -> None:
     parser.add_argument("--callgrind", default=None, metavar="DIR", help="count redis-server's instructions")
     parser.add_argument("--settle-every", type=int, default=3, help="DRAIN_SETTLE_EVERY (3)")
     parser.add_argument("--no-trace", action="store_true", help="events off (DRAIN_TRACE=off)")
+    parser.add_argument("--others", type=int, default=0,
+                        help="with --callgrind: ids of other owners in flight (300: a hash table, as with 2 processes)")
     args = parser.parse_args()
     global TRACE, SETTLE_EVERY
     TRACE = not args.no_trace
@@ -240,7 +245,7 @@ def main() -> None:
         lua_scripts._read = lambda name: (folder / f"{name}.lua").read_text(encoding="utf-8")
         lua_scripts.source.cache_clear()
     if args.callgrind:
-        print(json.dumps(counted(args.messages, args.size, Path(args.callgrind)), indent=1))
+        print(json.dumps(counted(args.messages, args.size, Path(args.callgrind), args.others), indent=1))
     else:
         print(json.dumps(run(args.messages, args.size), indent=1))
 
