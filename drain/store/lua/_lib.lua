@@ -533,8 +533,9 @@ end
 -- of its process: they share the journal) still holds is counted delivered in the books and
 -- leaves the in-flight hash; entries of messages no longer held (the lease lapsed and they
 -- were given back) are dropped, counted in the second value returned, and so is a damaged
--- entry (its message alone: it stays in flight and its worker's claim, or the reaper, gives
--- it back). The journal is deleted. Returns settled, skipped.
+-- entry (its message alone: it stays in flight until given back, as mail its process holds
+-- for none of its batches (drain/worker/audit.py), or by the reaper). The journal is
+-- deleted. Returns settled, skipped.
 --
 -- An entry of the usual form (journal.py; first byte 16 to 19) is read with one
 -- struct.unpack: the id; its group (the id's index bucket and the message's dom, t and tn
