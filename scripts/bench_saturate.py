@@ -143,6 +143,7 @@ def measured_drain(worker: list[str], env: dict[str, str], count: int, size: int
             if meter is None and done >= first:
                 meter, began, at_first, polls = Meter([client]), time.perf_counter(), done, 0
                 workers_cpu = tree_cpu_s(proc.pid)
+                wakes, reads = wakes_and_reads(server.pid, client)
 
             if done >= last:
                 break
@@ -153,6 +154,7 @@ def measured_drain(worker: list[str], env: dict[str, str], count: int, size: int
         seconds = time.perf_counter() - began
         cpu, stats = meter.delta()
         user, system = (b - a for a, b in zip(workers_cpu, tree_cpu_s(proc.pid), strict=True))
+        wakes, reads = (b - a for a, b in zip((wakes, reads), wakes_and_reads(server.pid, client), strict=True))
         measured = done - at_first
         # This process's own reads (the polls above: one HMGET each; the meter's INFO) are not the workers'.
         stats["hmget"] = (stats.get("hmget", (0, 0))[0] - polls, stats.get("hmget", (0, 0))[1])
@@ -164,6 +166,10 @@ def measured_drain(worker: list[str], env: dict[str, str], count: int, size: int
             "msg_per_s": round(measured / seconds, 1), "whole_run_s": round(time.perf_counter() - started, 2),
             "redis_cpu_us_per_msg": round(cpu * 1e6 / measured, 2),
             "redis_core_share": round(cpu / seconds, 3),
+            # Times redis-server went to sleep waiting for work (and was woken), and its socket
+            # reads, per message; this process's polls are in both (a few per second).
+            "redis_wakes_per_msg": round(wakes / measured, 3),
+            "redis_reads_per_msg": round(reads / measured, 3),
             "worker_cpu_us_per_msg": round((user + system) * 1e6 / measured, 1),
             "worker_sys_us_per_msg": round(system * 1e6 / measured, 1),
             "worker_core_share": round((user + system) / seconds, 3),
@@ -173,6 +179,31 @@ def measured_drain(worker: list[str], env: dict[str, str], count: int, size: int
                     sorted(stats.items(), key=lambda kv: -kv[1][0])},
             "done": total,
         }
+
+
+def wakes_and_reads(pid: int, client: redis.Redis) -> tuple[int, int]:
+    """redis-server's voluntary context switches so far (each a sleep in its event loop that
+    something woke), and the socket reads it has processed (INFO stats)."""
+    switches = psutil.Process(pid).num_ctx_switches().voluntary
+    return int(switches), int(client.info("stats")["total_reads_processed"])
+
+
+def projection(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Redis µs per message against its wake-ups per message, a straight line fitted over the
+    runs (least squares): where it meets zero wake-ups is a Redis that never sleeps, busy."""
+    points = [(r["redis_wakes_per_msg"], r["redis_cpu_us_per_msg"]) for r in rows]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    busy = my - slope * mx
+    worst = max(abs(y - (busy + slope * x)) for x, y in points)
+    return {"us_per_wake": round(slope, 2), "busy_us_per_msg": round(busy, 2),
+            "busy_msg_per_s_per_core": round(1e6 / busy) if busy > 0 else 0, "worst_residual_us": round(worst, 2)}
 
 
 def tree_cpu_s(pid: int) -> tuple[float, float]:
@@ -226,6 +257,7 @@ def run(levels: Sequence[int], count: int, size: int, real_processes: int, relay
             row["mix_ok"], row["mix_problems"] = mix_check(real_mix, row["mix"])
         out["simulated"].append(row)
         print(json.dumps(_brief(row, "simulated")), file=sys.stderr, flush=True)
+    out["projection"] = projection(([out["real"]] if out["real"] else []) + out["simulated"])
     return out
 
 
@@ -236,17 +268,32 @@ def _brief(row: dict[str, Any], kind: str) -> dict[str, Any]:
 def markdown(result: dict[str, Any], machine: dict[str, Any]) -> str:
     lines = [f"Machine: {machine['cpus']} CPUs (shared); {machine['date']}; {machine['note']}", "",
              "| workers | processes | drain msg/s | redis-server share of a core | Redis µs/msg | "
-             "msg/s per Redis core | commands/msg | mix vs real |", "|---|---|---|---|---|---|---|---|"]
+             "msg/s per Redis core | Redis wake-ups/msg | Redis socket reads/msg | worker CPU µs/msg "
+             "(of which system) | workers' share of the cores | commands/msg | mix vs real |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = ([("real (SMTP sink)", result["real"])] if result["real"] else []) + [
         ("simulated", r) for r in result["simulated"]]
     for kind, r in rows:
         mix = "-" if kind.startswith("real") or "mix_ok" not in r else (
             "within 10 %" if r["mix_ok"] else "DIFFERS: " + "; ".join(r["mix_problems"]))
         lines.append(f"| {kind} | {r['worker_processes']} | {r['msg_per_s']} | {r['redis_core_share']} | "
-                     f"{r['redis_cpu_us_per_msg']} | {r['msg_per_s_per_redis_core']} | {r['commands_per_msg']} | "
-                     f"{mix} |")
-    if result["real"] and result["simulated"]:
+                     f"{r['redis_cpu_us_per_msg']} | {r['msg_per_s_per_redis_core']} | {r['redis_wakes_per_msg']} | "
+                     f"{r['redis_reads_per_msg']} | {r['worker_cpu_us_per_msg']} ({r['worker_sys_us_per_msg']}) | "
+                     f"{r['worker_core_share']} | {r['commands_per_msg']} | {mix} |")
+    if result["simulated"]:
         busiest = max(result["simulated"], key=lambda r: r["redis_core_share"])
+        lines += ["", f"Busiest run: redis-server used {busiest['redis_core_share']} of a core while the "
+                  f"workers used {busiest['worker_core_share']} cores ({busiest['worker_cpu_us_per_msg']} µs of "
+                  f"worker CPU per message against Redis's {busiest['redis_cpu_us_per_msg']}): a Redis core "
+                  "kept busy needs that many times more cores of workers than this machine has."]
+    fit = result.get("projection")
+    if fit:
+        lines += ["", f"Projection (a straight line through every run above, Redis µs/msg against its "
+                  f"wake-ups/msg; worst miss {fit['worst_residual_us']} µs): each wake-up costs "
+                  f"{fit['us_per_wake']} µs, and a Redis that never sleeps (busy) would spend "
+                  f"{fit['busy_us_per_msg']} µs per message: ~{fit['busy_msg_per_s_per_core']} msg/s per Redis "
+                  "core (drain side only; an extrapolation, not a measurement)."]
+    if result["real"] and result["simulated"]:
         lines += ["", f"Commands per message, real bench vs the busiest simulated run "
                   f"({busiest['worker_processes']} processes):", "", "| command | real | simulated |", "|---|---|---|"]
         real_mix, sim_mix = result["real"]["mix"], busiest["mix"]
