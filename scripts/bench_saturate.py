@@ -3,25 +3,31 @@
 `scripts/bench --only cells` measures redis-server CPU per message while two worker processes
 drain into an SMTP sink: Redis is then mostly idle, and each round trip pays the wake-up of
 an idle event loop. Issue 16's "one Redis core caps drain at N msg/s" is about a busy Redis,
-which serves many ready clients per wake. This measures that ceiling.
+which serves many ready clients per wake. This measures towards that ceiling.
 
 The simulated workers are drain's own worker (`drain worker --burst`: RQ jobs, lanes, the
 settle window, the journal pool, claim, load, journal, settle, housekeeping, heartbeats),
 with two things swapped out in the worker processes, neither of which talks to Redis: the
-SMTP session answers 250 at once (no sink), and validation passes every message. So every
-Redis command a simulated worker sends is the one the real worker sends, from the same code,
-and a change to the worker's round trips or to the Lua scripts shows up here unchanged.
-Concurrency is raised by adding worker processes (each with the default relay sessions, as
-the real bench runs them) until redis-server uses about one core, or the machine runs out.
+SMTP session answers 250 after SEND_MS (a sleep: no socket, no CPU), and validation passes
+every message (--lean also skips rules, the route and the gate, which send nothing to Redis
+in the default setup). So every Redis command a simulated worker sends is the one the real
+worker sends, from the same code, and a change to the worker's round trips or to the Lua
+scripts shows up here unchanged. Concurrency is raised by adding worker processes (each
+with the default relay sessions, as the real bench runs them) until redis-server uses about
+one core, or the machine runs out: each row says what share of a core Redis reached and
+what the workers used; on a machine whose workers run out first, the projection (a line
+through the runs, Redis µs per message against its wake-ups per message) says what a Redis
+that never sleeps would spend.
 
 Each run: a fresh redis-server, the backlog enqueued through the API while delivery is
-paused, then the workers; redis-server CPU (INFO cpu) and INFO commandstats are read when
-SKIP of the backlog is done and again at 1 - SKIP, so start-up and the tail are left out.
-The real bench (SMTP sink, 2 processes) is measured the same way first, and each simulated
-row's commands per message are checked against it: within TOLERANCE in total and for every
-command sent at least MAJOR times per message.
+paused, then the workers; redis-server CPU (INFO cpu), INFO commandstats, its socket reads
+and its voluntary context switches (wake-ups) are read when SKIP of the backlog is done and
+again at 1 - SKIP, so start-up and the tail are left out. The real bench (SMTP sink, 2
+processes) is measured the same way first, and each simulated row's commands per message
+are checked against it: within TOLERANCE in total and for every command sent at least MAJOR
+times per message.
 
-    scripts/bench --only cells --saturate --messages 30000 --levels 2,4,8,12 --out benchmarks/x.json
+    scripts/bench --only cells --saturate --messages 30000 --levels 1,2,4,8,12 --out benchmarks/x.json
 """
 
 from __future__ import annotations
@@ -116,12 +122,18 @@ def simulated_worker(processes: int, send_s: float, lean: bool = False) -> None:
 
 
 def measured_drain(worker: list[str], env: dict[str, str], count: int, size: int,
-                   skip: float = SKIP) -> dict[str, Any]:
+                   skip: float = SKIP, pin: bool = False) -> dict[str, Any]:
     """A fresh redis-server with `count` messages of `size` bytes queued, drained by the
-    worker command; redis-server CPU and commands between `skip` and 1 - `skip` of the backlog."""
+    worker command; redis-server CPU and commands between `skip` and 1 - `skip` of the backlog.
+    pin: redis-server on the last CPU, the workers on the others (it does not wait for them)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) < 2:
+        raise ValueError("--pin needs at least two CPUs")
     with ExitStack() as stack:
         port = free_port()
         server = spawn_on_port(port, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        if pin:
+            os.sched_setaffinity(server.pid, cpus[-1:])
         stack.callback(server.wait)
         stack.callback(server.terminate)
         client = redis.Redis(port=port)
@@ -131,7 +143,8 @@ def measured_drain(worker: list[str], env: dict[str, str], count: int, size: int
             [synthetic(i, size=size) for i in range(count)])
         ratelimit.resume(client)
         client.config_resetstat()
-        proc = subprocess.Popen(worker, env=dict(env, DRAIN_REDIS_URL=url), stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(worker, env=dict(env, DRAIN_REDIS_URL=url), stdout=subprocess.DEVNULL,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus[:-1])) if pin else None)
         stack.callback(proc.wait, 120)
         first, last = int(count * skip), count - int(count * skip)
         meter: Meter | None = None
@@ -239,19 +252,20 @@ def simulated_command(processes: int, send_s: float, lean: bool) -> list[str]:
 
 
 def run(levels: Sequence[int], count: int, size: int, real_processes: int, relay: str | None,
-        send_s: float = 0.0, lean: bool = False) -> dict[str, Any]:
+        send_s: float = 0.0, lean: bool = False, pin: bool = False) -> dict[str, Any]:
     """The real bench (when a relay is given) and the simulated workers at each level."""
     env = dict(os.environ, DRAIN_RELAY=NOWHERE)
     out: dict[str, Any] = {"real": None, "simulated": []}
     real_mix: dict[str, float] | None = None
     if relay is not None:
         real = measured_drain([sys.executable, "-m", "drain", "worker", "--burst", "--processes",
-                               str(real_processes), "--log-level", "ERROR"], dict(env, DRAIN_RELAY=relay), count, size)
+                               str(real_processes), "--log-level", "ERROR"], dict(env, DRAIN_RELAY=relay), count, size,
+                             pin=pin)
         real["worker_processes"] = real_processes
         out["real"], real_mix = real, real["mix"]
         print(json.dumps(_brief(real, "real")), file=sys.stderr, flush=True)
     for processes in levels:
-        row = measured_drain(simulated_command(processes, send_s, lean), env, count, size)
+        row = measured_drain(simulated_command(processes, send_s, lean), env, count, size, pin=pin)
         row["worker_processes"] = processes
         if real_mix is not None:
             row["mix_ok"], row["mix_problems"] = mix_check(real_mix, row["mix"])
@@ -316,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="how long the simulated relay takes to answer each message (no CPU)")
     parser.add_argument("--lean", action="store_true",
                         help="simulated lanes skip the steps before the send (less Python per message)")
+    parser.add_argument("--pin", action="store_true",
+                        help="redis-server on a CPU of its own (the last), the workers on the others (not the sink)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--simulated-worker", type=int, metavar="PROCESSES", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -333,11 +349,13 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack:
         relay, sink = (None, "no real bench") if args.no_real else stack.enter_context(
             bench.smtp_sink(args.sink == "auto"))
-        result = run(levels, args.messages, args.size, args.real_processes, relay, args.send_ms / 1000, args.lean)
+        result = run(levels, args.messages, args.size, args.real_processes, relay, args.send_ms / 1000, args.lean,
+                     args.pin)
     settle = os.environ.get("DRAIN_SETTLE_EVERY", "default")
+    pinned = "; redis-server pinned to a CPU of its own, the workers to the others" if args.pin else ""
     machine = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
-               "note": f"{args.messages} messages of {args.size} B a run, DRAIN_SETTLE_EVERY {settle}, "
-                       f"measured between {SKIP:.0%} and {1 - SKIP:.0%} of each backlog; real bench sink: {sink}"}
+               "note": f"{args.messages} messages of {args.size} B a run, DRAIN_SETTLE_EVERY {settle}, measured "
+                       f"between {SKIP:.0%} and {1 - SKIP:.0%} of each backlog; real bench sink: {sink}{pinned}"}
     text = markdown(result, machine)
     print(text)
     if args.out:
