@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,8 @@ NOWHERE = "smtp://127.0.0.1:9"
 # The reply the simulated relay gives (as Postfix words it: it ends in the delivered event).
 REPLY = "2.0.0 Ok: queued as 4dXq1Y0kZbz3f"
 POLL_S = 0.02
+# The projection needs runs this far apart in redis-server wake-ups per message.
+WAKES_SPREAD = 0.3
 # How long the simulated relay takes to answer (see simulated_worker).
 SEND_MS = 0.3
 
@@ -201,22 +204,24 @@ def wakes_and_reads(pid: int, client: redis.Redis) -> tuple[int, int]:
     return int(switches), int(client.info("stats")["total_reads_processed"])
 
 
-def projection(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+def projection(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Redis µs per message against its wake-ups per message, a straight line fitted over the
-    runs (least squares): where it meets zero wake-ups is a Redis that never sleeps, busy."""
+    runs (least squares): where it meets zero wake-ups is a Redis that never sleeps, busy.
+    Only when the runs spread over WAKES_SPREAD wake-ups per message and the line falls."""
     points = [(r["redis_wakes_per_msg"], r["redis_cpu_us_per_msg"]) for r in rows]
-    if len(points) < 3:
-        return None
+    xs = [x for x, _ in points]
+    if len(points) < 3 or max(xs) - min(xs) < WAKES_SPREAD:
+        return {"none": f"the runs' wake-ups per message spread less than {WAKES_SPREAD}"}
     n = len(points)
-    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return None
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    mx, my = sum(xs) / n, sum(y for _, y in points) / n
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
     busy = my - slope * mx
     worst = max(abs(y - (busy + slope * x)) for x, y in points)
+    if slope <= 0 or busy <= 0:
+        return {"none": f"Redis µs per message did not fall with its wake-ups (slope {slope:.2f} µs per wake-up, "
+                        f"worst miss {worst:.1f} µs): the machine's noise is larger than the effect"}
     return {"us_per_wake": round(slope, 2), "busy_us_per_msg": round(busy, 2),
-            "busy_msg_per_s_per_core": round(1e6 / busy) if busy > 0 else 0, "worst_residual_us": round(worst, 2)}
+            "busy_msg_per_s_per_core": round(1e6 / busy), "worst_residual_us": round(worst, 2)}
 
 
 def tree_cpu_s(pid: int) -> tuple[float, float]:
@@ -252,26 +257,29 @@ def simulated_command(processes: int, send_s: float, lean: bool) -> list[str]:
 
 
 def run(levels: Sequence[int], count: int, size: int, real_processes: int, relay: str | None,
-        send_s: float = 0.0, lean: bool = False, pin: bool = False) -> dict[str, Any]:
-    """The real bench (when a relay is given) and the simulated workers at each level."""
+        send_s: float = 0.0, lean: bool = False, pin: bool = False, sittings: int = 1) -> dict[str, Any]:
+    """Each sitting: the real bench (when a relay is given), then the simulated workers at each
+    level, each checked against that sitting's real commands per message."""
     env = dict(os.environ, DRAIN_RELAY=NOWHERE)
-    out: dict[str, Any] = {"real": None, "simulated": []}
-    real_mix: dict[str, float] | None = None
-    if relay is not None:
-        real = measured_drain([sys.executable, "-m", "drain", "worker", "--burst", "--processes",
-                               str(real_processes), "--log-level", "ERROR"], dict(env, DRAIN_RELAY=relay), count, size,
-                             pin=pin)
-        real["worker_processes"] = real_processes
-        out["real"], real_mix = real, real["mix"]
-        print(json.dumps(_brief(real, "real")), file=sys.stderr, flush=True)
-    for processes in levels:
-        row = measured_drain(simulated_command(processes, send_s, lean), env, count, size, pin=pin)
-        row["worker_processes"] = processes
-        if real_mix is not None:
-            row["mix_ok"], row["mix_problems"] = mix_check(real_mix, row["mix"])
-        out["simulated"].append(row)
-        print(json.dumps(_brief(row, "simulated")), file=sys.stderr, flush=True)
-    out["projection"] = projection(([out["real"]] if out["real"] else []) + out["simulated"])
+    out: dict[str, Any] = {"real": [], "simulated": []}
+    for sitting in range(1, sittings + 1):
+        real_mix: dict[str, float] | None = None
+        if relay is not None:
+            real = measured_drain([sys.executable, "-m", "drain", "worker", "--burst", "--processes",
+                                   str(real_processes), "--log-level", "ERROR"], dict(env, DRAIN_RELAY=relay),
+                                  count, size, pin=pin)
+            real.update(worker_processes=real_processes, sitting=sitting)
+            out["real"].append(real)
+            real_mix = real["mix"]
+            print(json.dumps(_brief(real, "real")), file=sys.stderr, flush=True)
+        for processes in levels:
+            row = measured_drain(simulated_command(processes, send_s, lean), env, count, size, pin=pin)
+            row.update(worker_processes=processes, sitting=sitting)
+            if real_mix is not None:
+                row["mix_ok"], row["mix_problems"] = mix_check(real_mix, row["mix"])
+            out["simulated"].append(row)
+            print(json.dumps(_brief(row, "simulated")), file=sys.stderr, flush=True)
+    out["projection"] = projection(out["real"] + out["simulated"])
     return out
 
 
@@ -281,40 +289,59 @@ def _brief(row: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any], machine: dict[str, Any]) -> str:
     lines = [f"Machine: {machine['cpus']} CPUs (shared); {machine['date']}; {machine['note']}", "",
-             "| workers | processes | drain msg/s | redis-server share of a core | Redis µs/msg | "
+             "| sitting | workers | processes | drain msg/s | redis-server share of a core | Redis µs/msg | "
              "msg/s per Redis core | Redis wake-ups/msg | Redis socket reads/msg | worker CPU µs/msg "
              "(of which system) | workers' share of the cores | commands/msg | mix vs real |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = ([("real (SMTP sink)", result["real"])] if result["real"] else []) + [
-        ("simulated", r) for r in result["simulated"]]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("real (SMTP sink)", r) for r in result["real"]] + [("simulated", r) for r in result["simulated"]]
+    rows.sort(key=lambda kr: kr[1]["sitting"])
     for kind, r in rows:
         mix = "-" if kind.startswith("real") or "mix_ok" not in r else (
             "within 10 %" if r["mix_ok"] else "DIFFERS: " + "; ".join(r["mix_problems"]))
-        lines.append(f"| {kind} | {r['worker_processes']} | {r['msg_per_s']} | {r['redis_core_share']} | "
-                     f"{r['redis_cpu_us_per_msg']} | {r['msg_per_s_per_redis_core']} | {r['redis_wakes_per_msg']} | "
-                     f"{r['redis_reads_per_msg']} | {r['worker_cpu_us_per_msg']} ({r['worker_sys_us_per_msg']}) | "
-                     f"{r['worker_core_share']} | {r['commands_per_msg']} | {mix} |")
+        lines.append(f"| {r['sitting']} | {kind} | {r['worker_processes']} | {r['msg_per_s']} | "
+                     f"{r['redis_core_share']} | {r['redis_cpu_us_per_msg']} | {r['msg_per_s_per_redis_core']} | "
+                     f"{r['redis_wakes_per_msg']} | {r['redis_reads_per_msg']} | {r['worker_cpu_us_per_msg']} "
+                     f"({r['worker_sys_us_per_msg']}) | {r['worker_core_share']} | {r['commands_per_msg']} | {mix} |")
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for kind, r in rows:
+        groups.setdefault((kind, r["worker_processes"]), []).append(r)
+    lines += ["", "Medians over the sittings:", "", "| workers | processes | runs | redis-server share of a core | "
+              "Redis µs/msg | msg/s per Redis core | Redis wake-ups/msg |", "|---|---|---|---|---|---|---|"]
+    for (kind, processes), group in groups.items():
+        lines.append(f"| {kind} | {processes} | {len(group)} | {_median(group, 'redis_core_share')} | "
+                     f"{_median(group, 'redis_cpu_us_per_msg')} | {_median(group, 'msg_per_s_per_redis_core')} | "
+                     f"{_median(group, 'redis_wakes_per_msg')} |")
     if result["simulated"]:
         busiest = max(result["simulated"], key=lambda r: r["redis_core_share"])
         lines += ["", f"Busiest run: redis-server used {busiest['redis_core_share']} of a core while the "
                   f"workers used {busiest['worker_core_share']} cores ({busiest['worker_cpu_us_per_msg']} µs of "
                   f"worker CPU per message against Redis's {busiest['redis_cpu_us_per_msg']}): a Redis core "
                   "kept busy needs that many times more cores of workers than this machine has."]
-    fit = result.get("projection")
-    if fit:
+    fit = result.get("projection") or {}
+    if "none" in fit:
+        lines += ["", f"No projection to a busy Redis: {fit['none']}."]
+    elif fit:
         lines += ["", f"Projection (a straight line through every run above, Redis µs/msg against its "
                   f"wake-ups/msg; worst miss {fit['worst_residual_us']} µs): each wake-up costs "
                   f"{fit['us_per_wake']} µs, and a Redis that never sleeps (busy) would spend "
                   f"{fit['busy_us_per_msg']} µs per message: ~{fit['busy_msg_per_s_per_core']} msg/s per Redis "
                   "core (drain side only; an extrapolation, not a measurement)."]
     if result["real"] and result["simulated"]:
-        lines += ["", f"Commands per message, real bench vs the busiest simulated run "
-                  f"({busiest['worker_processes']} processes):", "", "| command | real | simulated |", "|---|---|---|"]
-        real_mix, sim_mix = result["real"]["mix"], busiest["mix"]
+        real = result["real"][-1]
+        last = max((r for r in result["simulated"] if r["sitting"] == real["sitting"]),
+                   key=lambda r: r["redis_core_share"])
+        lines += ["", f"Commands per message, real bench vs the busiest simulated run of sitting {real['sitting']} "
+                  f"({last['worker_processes']} processes):", "", "| command | real | simulated |", "|---|---|---|"]
+        real_mix, sim_mix = real["mix"], last["mix"]
         for name in sorted(set(real_mix) | set(sim_mix), key=lambda n: -max(real_mix.get(n, 0), sim_mix.get(n, 0))):
             if max(real_mix.get(name, 0), sim_mix.get(name, 0)) >= 0.005:
                 lines.append(f"| {name} | {real_mix.get(name, 0)} | {sim_mix.get(name, 0)} |")
     return "\n".join(lines)
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | int:
+    value = float(statistics.median(r[key] for r in rows))
+    return round(value) if value > 1000 else round(value, 3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="simulated lanes skip the steps before the send (less Python per message)")
     parser.add_argument("--pin", action="store_true",
                         help="redis-server on a CPU of its own (the last), the workers on the others (not the sink)")
+    parser.add_argument("--sittings", type=int, default=1, help="times to run the real bench and every level, in turn")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--simulated-worker", type=int, metavar="PROCESSES", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -342,15 +370,15 @@ def main(argv: list[str] | None = None) -> None:
         levels = [int(n) for n in args.levels.split(",")]
     except ValueError:
         parser.error(f"--levels takes worker process counts like 2,4,8, not {args.levels!r}")
-    if args.messages < 100 or any(n < 1 for n in levels):
-        parser.error("--messages must be at least 100 and every level at least 1")
+    if args.messages < 100 or any(n < 1 for n in levels) or args.sittings < 1:
+        parser.error("--messages must be at least 100, every level and --sittings at least 1")
     import bench
 
     with ExitStack() as stack:
         relay, sink = (None, "no real bench") if args.no_real else stack.enter_context(
             bench.smtp_sink(args.sink == "auto"))
         result = run(levels, args.messages, args.size, args.real_processes, relay, args.send_ms / 1000, args.lean,
-                     args.pin)
+                     args.pin, args.sittings)
     settle = os.environ.get("DRAIN_SETTLE_EVERY", "default")
     pinned = "; redis-server pinned to a CPU of its own, the workers to the others" if args.pin else ""
     machine = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
