@@ -8,6 +8,9 @@ figures are redis-server CPU microseconds per message, enqueue and drain, and wh
 it went to. Every figure comes from one run; the machine is shared, so compare ratios.
 
     scripts/bench --only cells --messages 20000 --cells 1,2,3 --sizes 2048,20480 --out benchmarks/x.json
+
+With --saturate, the Redis cost per message when one redis-server is busy instead (its own
+options: scripts/bench_saturate.py).
 """
 
 from __future__ import annotations
@@ -236,6 +239,11 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if "--saturate" in (sys.argv[1:] if argv is None else argv):
+        import bench_saturate
+
+        bench_saturate.main(argv)
+        return
     import bench
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
