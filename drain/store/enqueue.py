@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -116,6 +117,9 @@ class Enqueue:
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
         JSON, the received event's data and the lookup records of its values (events.py).
+        A message's other fields (its domain and tenant, as places in the chunk's lists, and
+        its own size when compressed) go into the one message table, and the counters the
+        script keeps are counted here per chunk: an ARGV costs Redis far more than its bytes.
         `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
         thread meanwhile): they are put in their places after the pass. `first`, when given,
         is the first of the ids reserved for it (Wire.reserved); else they are reserved here."""
@@ -123,13 +127,18 @@ class Enqueue:
             first = int(self.client.incrby(keys.SEQ, len(chunk))) - len(chunk) + 1
         last = first + len(chunk) - 1
         fields: list[EncodableT] = []
-        tenants: dict[str, None] = {}
+        # Tenants and domains by their place (from 1) in the chunk's lists; a domain's count
+        # of ready messages (the backlog shape's); each message's two places, in order.
+        tenants: dict[str, int] = {}
+        domains: dict[str, list[int]] = {}
+        places: list[tuple[int, int]] = []
+        held: list[EncodableT] = []
         # The events' lookup records by bucket, as one string each: the values' 3-byte tags.
         # Every event of a call is at one place in the stream (enqueue.lua), so a record is
         # its tag alone and a value met again in the chunk (a sender, a domain) has one
         # already. One ARGV a bucket, not two a record (redis-py packs each ARGV in Python).
         buckets: dict[bytes, bytearray] = {}
-        trace, pack, mark = self.settings.trace, body.pack, body.MARK
+        trace, pack = self.settings.trace, body.pack
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
         seen: set[tuple[bytes, bytes]] = set()
         # The received events' stream entries, RECEIVED_PER_ENTRY to one: (id, data) for a
@@ -138,12 +147,18 @@ class Enqueue:
         group: list[str] = []
         per_entry = events.RECEIVED_PER_ENTRY
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
-            msg_id = format(n, "x")
-            tenants[owner] = None
-            stored = pack(raw) if forms is None else b""
+            tenant = tenants.get(owner)
+            if tenant is None:
+                tenants[owner] = tenant = len(tenants) + 1
+            domain = env.domain
+            counts = domains.get(domain)
+            if counts is None:
+                domains[domain] = counts = [len(domains) + 1, 0]
+            places.append((counts[0], tenant))
             envelope = env.to_json()
             data = quarantined = ""
             if trace:
+                msg_id = format(n, "x")
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
                                                       "" if env.smtputf8 else envelope, env.message_id)
                 bucket, tag = unique(events.BY_ID + msg_id)
@@ -166,21 +181,24 @@ class Enqueue:
                 if len(group) >= per_entry:
                     entries += ("", f"[{','.join(group)}]")
                     group = []
-            fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
-                       why or "", quarantined)
+            if why:
+                held += (n - first + 1, why, quarantined)
+            else:
+                counts[1] += 1
+            fields += (pack(raw) if forms is None else b"", envelope)
         if len(group) == 1:  # a lone event keeps the usual form
             entries += (format(last, "x"), data)
         elif group:
             entries += ("", f"[{','.join(group)}]")
-        if forms is not None:  # each message's 8 fields: its body's form second, its own size third
-            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 8 * len(chunk), 8), chunk,
-                                                                         forms.result(), strict=True):
-                fields[at] = stored
-                if stored[:3] == mark:
-                    fields[at + 1] = len(raw)
+        if forms is not None:  # each message's 2 fields: its body's form first
+            fields[::2] = forms.result()
+        table = _table(chunk, places, fields)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
-                                  *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
-                                  len(entries) // 2, *entries, len(buckets)]
+                                  *events.tracer_args(self.settings), len(chunk), first, len(tenants), *tenants,
+                                  len(domains)]
+        for domain, (_place, ready) in domains.items():
+            args += (domain, ready)
+        args += (table, *fields, len(held) // 3, *held, len(entries) // 2, *entries, len(buckets))
         for bucket, pairs in buckets.items():
             args += (bucket, bytes(pairs))
         return _Call(lane, args, [format(n, "x") for n in range(first, last + 1)])
@@ -199,6 +217,24 @@ class _Call:
     lane: str
     args: list[EncodableT]
     ids: list[str]
+
+
+_PLACES = struct.Struct(">HHB")  # lua/enqueue.lua's message table: domain, tenant, size's length
+
+
+def _table(chunk: Sequence[tuple[Item, str, str]], places: list[tuple[int, int]], fields: list[EncodableT]) -> bytes:
+    """The script's message table: per message the places (from 1) of its domain and tenant,
+    and its own size as text when its body is stored compressed (else no text)."""
+    row, mark = _PLACES.pack, body.MARK
+    out = bytearray()
+    for ((raw, _env, _why), _owner, _source), (domain, tenant), stored in zip(chunk, places, fields[::2], strict=True):
+        if stored[:3] == mark:  # type: ignore[index]
+            size = b"%d" % len(raw)
+            out += row(domain, tenant, len(size))
+            out += size
+        else:
+            out += row(domain, tenant, 0)
+    return bytes(out)
 
 
 def _keys(lane: str) -> list[str]:

@@ -72,9 +72,9 @@ class Wire:
         self.numbered += 1
         before = str(self.numbered - 1) if self.flight else ""  # the chunk before still unanswered
         ring_keys = [*self.keys_of(lane), self.mark]
-        conn.send_packed_command(conn.pack_commands([  # type: ignore[no-untyped-call]
-            ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before),
-            ("INCRBY", keys.SEQ, self.size)]))
+        conn.send_packed_command([  # type: ignore[no-untyped-call]
+            packed(conn, ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before)),
+            packed(conn, ("INCRBY", keys.SEQ, self.size))])
         self.flight += (ids, None)
         if len(self.flight) <= 2:
             return done
@@ -149,6 +149,29 @@ class Wire:
             self.conn.disconnect()  # type: ignore[no-untyped-call]
             self.client.connection_pool.release(self.conn)
             self.conn = None
+
+
+def packed(conn: Connection, args: Sequence[EncodableT]) -> bytes:
+    """One command in the protocol's form (RESP), as redis-py would pack it for `conn`, in
+    one join: redis-py's packer copies its growing buffer per argument, which costs ~0.3 µs
+    of the producer's (GIL-holding) CPU for each of a chunk's thousands of arguments."""
+    encoding, errors = conn.encoder.encoding, conn.encoder.encoding_errors
+    parts: list[bytes] = [b"*%d\r\n" % len(args)]
+    add = parts.append
+    data: bytes
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode(encoding, errors)
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:  # bytearray, memoryview, float: as redis-py encodes them
+            data = bytes(conn.encoder.encode(arg))  # type: ignore[no-untyped-call]
+        add(b"$%d\r\n" % len(data))
+        add(data)
+        add(b"\r\n")
+    return b"".join(parts)
 
 
 def answered(client: redis.Redis, settings: Settings, reply: Sequence[bytes | str]) -> None:
