@@ -140,7 +140,7 @@ class Enqueue:
         buckets: dict[bytes, bytearray] = {}
         trace, pack = self.settings.trace, body.pack
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
-        seen: set[tuple[bytes, bytes]] = set()
+        seen: set[str] = set()  # the lookup values whose records the call has already
         # The received events' stream entries, RECEIVED_PER_ENTRY to one: (id, data) for a
         # lone event, else ('', the JSON array of [id, data] pairs), as the script adds them.
         entries: list[EncodableT] = []
@@ -160,17 +160,9 @@ class Enqueue:
             if trace:
                 msg_id = format(n, "x")
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
-                                                      "" if env.smtputf8 else envelope, env.message_id)
-                bucket, tag = unique(events.BY_ID + msg_id)
-                pairs = buckets.get(bucket)
-                if pairs is None:
-                    buckets[bucket] = pairs = bytearray()
-                pairs += tag
-                for record in records:
-                    if record in seen:
-                        continue
-                    seen.add(record)
-                    bucket, tag = record
+                                                      "" if env.smtputf8 else envelope, env.message_id, seen)
+                records.append(unique(events.BY_ID + msg_id))
+                for bucket, tag in records:
                     pairs = buckets.get(bucket)
                     if pairs is None:
                         buckets[bucket] = pairs = bytearray()
