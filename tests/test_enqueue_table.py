@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from drain.demo.seeding import synthetic
 from drain.intake.api import Client
 from drain.message import Envelope
-from drain.store import body, keys
+from drain.store import body, enqueue_wire, keys
 from drain.store.enqueue_wire import packed
 
 WHY = '[{"code":"rule.match","detail":"held by a test rule"}]'
@@ -62,13 +63,16 @@ def test_ids_past_a_run_of_256_are_their_numbers_in_hex(client: Client, rclient:
     assert [i.decode() for i in rclient.lrange(keys.lane("fresh", "x.example"), 0, -1)] == ids
 
 
-def test_the_wires_packing_is_redis_pys(rclient: redis.Redis) -> None:
-    """Mutants caught: a length counted in characters, not bytes; an int written otherwise
-    than redis-py writes it; a missing CRLF."""
+@pytest.mark.parametrize("hiredis", [True, False])
+def test_the_wires_packing_is_redis_pys(rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch, hiredis: bool) -> None:
+    """By hiredis's packer and by the join without it. Mutants caught: a length counted in
+    characters, not bytes; an int written otherwise than redis-py writes it; a missing CRLF."""
+    if not hiredis:
+        monkeypatch.setattr(enqueue_wire, "_pack_command", None)
     conn = rclient.connection_pool.get_connection()
     try:
-        args = ("EVALSHA", "x" * 40, 2, "k1", "k2", b"\x00\xdcs\xff", "j\u00f6rg", 12345678901234, -3, "",
-                bytearray(b"ab"), 1.5, f"{time.time():.3f}")
-        assert packed(conn, args) == b"".join(conn.pack_command(*args))
+        for args in [("EVALSHA", "x" * 40, 2, "k1", "k2", b"\x00\xdcs\xff", "j\u00f6rg", 12345678901234, -3, "",
+                      1.5, f"{time.time():.3f}"), ("SET", "k", bytearray(b"ab"), memoryview(b"cd"))]:
+            assert packed(conn, args) == b"".join(conn.pack_command(*args))
     finally:
         rclient.connection_pool.release(conn)
