@@ -8,10 +8,13 @@ import time
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drain.demo.seeding import synthetic
+from drain.intake import api
 from drain.intake.api import Client
-from drain.message import Envelope
+from drain.message import Envelope, envelope_from_headers
 from drain.store import body, enqueue_wire, keys
 from drain.store.enqueue_wire import packed
 
@@ -76,3 +79,15 @@ def test_the_wires_packing_is_redis_pys(rclient: redis.Redis, monkeypatch: pytes
             assert packed(conn, args) == b"".join(conn.pack_command(*args))
     finally:
         rclient.connection_pool.release(conn)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["From", "To", "Cc", "Sender", "Resent-To", "Return-Path"]),
+                          st.binary(max_size=30)), max_size=5))
+def test_an_envelope_read_from_the_headers_is_always_holdable(fields: list[tuple[str, bytes]]) -> None:
+    """Client.prepare checks only the addresses a caller gives (api._holdable): those read
+    from the headers are UTF-8 text whatever bytes the headers hold. Mutant caught: an
+    8-bit header value kept as surrogate escapes (message.header_text not decoding it)."""
+    raw = b"".join(name.encode() + b": " + value.replace(b"\n", b" ") + b"\n" for name, value in fields) + b"\nbody\n"
+    env = envelope_from_headers(raw)
+    api._holdable(env.sender, env.recipients)  # raises InputError when one is not UTF-8 text
