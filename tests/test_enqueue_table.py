@@ -15,7 +15,7 @@ from drain.demo.seeding import synthetic
 from drain.intake import api
 from drain.intake.api import Client
 from drain.message import Envelope, envelope_from_headers
-from drain.store import body, enqueue_wire, keys
+from drain.store import body, enqueue, enqueue_wire, keys
 from drain.store.enqueue_wire import packed
 
 WHY = '[{"code":"rule.match","detail":"held by a test rule"}]'
@@ -91,3 +91,23 @@ def test_an_envelope_read_from_the_headers_is_always_holdable(fields: list[tuple
     raw = b"".join(name.encode() + b": " + value.replace(b"\n", b" ") + b"\n" for name, value in fields) + b"\nbody\n"
     env = envelope_from_headers(raw)
     api._holdable(env.sender, env.recipients)  # raises InputError when one is not UTF-8 text
+
+
+@pytest.mark.parametrize("count", [1, 5, 7, 9])
+def test_bodies_compressed_a_slice_at_a_time_land_in_their_own_messages(
+        client: Client, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """The packer thread compresses bodies in slices as the input gives them; each chunk
+    takes the forms of its own bodies (chunks of 3, slices of 2: slices that straddle no
+    chunk, a chunk's last body alone, an input under one slice packed inline). Mutants
+    caught: a chunk's leftover bodies not handed to the packer; the slices of a chunk not
+    cleared at take() (the next chunk given the bodies before it); forms put in place in
+    the wrong order."""
+    monkeypatch.setattr(enqueue, "ENQUEUE_CHUNK", 3)
+    monkeypatch.setattr(enqueue, "PACK_SLICE", 2)
+    raws = [synthetic(i, size=1500 + 50 * i) for i in range(count)]
+    ids = client.store.enqueue_many([(raw, Envelope("a@x.example", ("u@y.example",)), None) for raw in raws])
+
+    for msg_id, raw in zip(ids, raws, strict=True):
+        stored = rclient.hget(keys.message(msg_id), "raw") or b""
+        assert stored[:3] == body.MARK and body.unpack(stored) == raw
+        assert rclient.hget(keys.message(msg_id), "sz") == str(len(raw)).encode()

@@ -8,10 +8,11 @@ from the first full chunk on, chunks go through a connection of their own (enque
 driven by a helper thread) with two in flight, so Redis finds the next chunk waiting when it
 has stored one. A chunk stores only behind the one before it, so an error stops the enqueue
 with exactly the chunks before it queued (a chunk that is never sent leaves a gap in the
-ids, as one that fails does, and so do ids reserved ahead and not used). A full chunk's
-bodies are compressed by a second helper thread (body.pack_many: zstd without the GIL)
-while this thread writes the rest of its ARGV; what is left on this thread bounds one
-producer's rate (benchmarks/enqueue-s7-2026-11-30.md).
+ids, as one that fails does, and so do ids reserved ahead and not used). The bodies are
+compressed by a second helper thread (body.pack_many: zstd without the GIL), 250 at a time
+as the input gives them, while this thread reads the messages after them and writes the
+rest of the ARGV; what is left on this thread bounds one producer's rate
+(benchmarks/enqueue-s7-2026-11-30.md, enqueue-session8-2026-11-30.md).
 """
 
 from __future__ import annotations
@@ -54,15 +55,11 @@ class Enqueue:
         lane = "fresh" if lane == "fresh" else "backlog"
         pending: Future[list[str] | None] | None = None
         helper: ThreadPoolExecutor | None = None
-        packer: ThreadPoolExecutor | None = None
+        packer = _Packer()
         wire: Wire | None = None
         try:
-            for chunk in self._chunks(items, tenants, source):
-                forms: Future[list[bytes]] | None = None
-                if len(chunk) >= ENQUEUE_CHUNK:  # its bodies compressed beside the rest of its ARGV
-                    if packer is None:
-                        packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
-                    forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
+            for chunk in self._chunks(items, tenants, source, packer):
+                forms = packer.take()  # its bodies compressed beside the rest of its ARGV (or None)
                 call = self._call(chunk, lane, forms, wire.reserved() if wire is not None else None)
                 if pending is not None:  # the chunk two back is stored; the one before is on the wire
                     sent, pending = pending, None
@@ -92,19 +89,22 @@ class Enqueue:
                 stored.extend(wire.settle())
             if helper is not None:
                 helper.shutdown()
-            if packer is not None:
-                packer.shutdown()
+            packer.shutdown()
         return stored
 
-    def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None,
-                source: str | Sequence[str]) -> Iterator[list[tuple[Item, str, str]]]:
-        """The items in chunks of ENQUEUE_CHUNK, each with its tenant and source."""
+    def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None, source: str | Sequence[str],
+                packer: _Packer | None = None) -> Iterator[list[tuple[Item, str, str]]]:
+        """The items in chunks of ENQUEUE_CHUNK, each with its tenant and source; each body
+        handed to `packer` as it comes (take() then gives the chunk's stored forms)."""
         sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
         named = iter(tenants) if tenants is not None else None
         chunk: list[tuple[Item, str, str]] = []
+        add = packer.add if packer is not None else None
         for item in items:
             owner = (next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender)
             chunk.append((item, owner, next(sources, "api")))
+            if add is not None:
+                add(item[0])
             if len(chunk) >= ENQUEUE_CHUNK:
                 yield chunk
                 chunk = []
@@ -112,7 +112,7 @@ class Enqueue:
             yield chunk
 
     def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str,
-              forms: Future[list[bytes]] | None = None, first: int | None = None) -> _Call:
+              forms: list[Future[list[bytes]]] | None = None, first: int | None = None) -> _Call:
         """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
@@ -121,7 +121,7 @@ class Enqueue:
         its own size when compressed) go into the one message table, and the counters the
         script keeps are counted here per chunk: an ARGV costs Redis far more than its bytes.
         `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
-        thread meanwhile): they are put in their places after the pass. `first`, when given,
+        thread meanwhile, in slices): they are put in their places after the pass. `first`, when given,
         is the first of the ids reserved for it (Wire.reserved); else they are reserved here."""
         if first is None:
             first = int(self.client.incrby(keys.SEQ, len(chunk))) - len(chunk) + 1
@@ -183,7 +183,7 @@ class Enqueue:
         elif group:
             entries += ("", f"[{','.join(group)}]")
         if forms is not None:  # each message's 2 fields: its body's form first
-            fields[::2] = forms.result()
+            fields[::2] = [form for part in forms for form in part.result()]
         table = _table(chunk, places, fields)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
                                   *events.tracer_args(self.settings), len(chunk), first, len(tenants), *tenants,
@@ -200,6 +200,47 @@ class Enqueue:
         alone: logged, the mail is stored."""
         answered(self.client, self.settings, self.scripts.enqueue(keys=_keys(call.lane), args=call.args))
         return call.ids
+
+
+# Bodies per slice compressed by the packer's thread: handed over as the input gives them,
+# so that most of a chunk's are compressed by the time its ARGV is written.
+PACK_SLICE = 250
+
+
+class _Packer:
+    """The stored forms of a chunk's bodies (body.pack_many: zstd, which holds no GIL) made
+    by a helper thread while this one reads the messages after them, a slice at a time.
+    An input that never fills a slice starts no thread: its chunk packs its bodies itself."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.slices: list[Future[list[bytes]]] = []
+        self.raws: list[bytes] = []
+
+    def add(self, raw: bytes) -> None:
+        self.raws.append(raw)
+        if len(self.raws) >= PACK_SLICE:
+            self._submit()
+
+    def take(self) -> list[Future[list[bytes]]] | None:
+        """The forms of the bodies added since the last take, in slices (None: pack them inline)."""
+        if not self.slices:
+            self.raws = []
+            return None
+        if self.raws:
+            self._submit()
+        taken, self.slices = self.slices, []
+        return taken
+
+    def _submit(self) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
+        self.slices.append(self.pool.submit(body.pack_many, self.raws))
+        self.raws = []
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 @dataclass(frozen=True)
