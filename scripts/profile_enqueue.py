@@ -7,7 +7,7 @@ raw bytes, `Store.enqueue_many` with envelopes given) on a redis-server of its o
 paused before each run; two runs per path, the one with less producer CPU kept. Prints the
 producer's CPU (this process, helper threads included; and the main thread's own, which
 bounds one producer's rate while its helper threads work beside it on the other core),
-redis-server's (INFO cpu) and the wall rate. CPU per message moves far less with the load
+redis-server's (INFO cpu: user and system time) and the wall rate. CPU per message moves far less with the load
 of other processes than the wall rate does, so this is what to alternate between two
 worktrees when the machine is shared.
 """
@@ -31,9 +31,10 @@ from drain.settings import Settings
 from drain.store.embedded import spawn_on_port
 
 
-def _redis_cpu(client: redis.Redis) -> float:
+def _redis_cpu(client: redis.Redis) -> tuple[float, float]:
+    """redis-server's CPU seconds so far: user, system."""
     info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return float(info["used_cpu_user"]), float(info["used_cpu_sys"])
 
 
 def main(size: int, count: int, trace: bool) -> None:
@@ -46,19 +47,22 @@ def main(size: int, count: int, trace: bool) -> None:
         items = [(raw, envelope_from_headers(raw), None) for raw in raws]
 
         def run(name: str, action: Callable[[], object]) -> None:
-            best: tuple[float, float, float, float] | None = None
+            best: tuple[float, float, float, float, float] | None = None
             for _ in range(2):
                 client.flushdb()
                 ratelimit.pause(client)
                 redis0, cpu0, wall0 = _redis_cpu(client), time.process_time(), time.perf_counter()
                 main0 = time.thread_time()
                 action()
-                got = ((time.process_time() - cpu0) / count * 1e6, (_redis_cpu(client) - redis0) / count * 1e6,
-                       count / (time.perf_counter() - wall0), (time.thread_time() - main0) / count * 1e6)
+                redis1 = _redis_cpu(client)
+                got = ((time.process_time() - cpu0) / count * 1e6, (redis1[0] - redis0[0]) / count * 1e6,
+                       count / (time.perf_counter() - wall0), (time.thread_time() - main0) / count * 1e6,
+                       (redis1[1] - redis0[1]) / count * 1e6)
                 best = got if best is None or got[0] < best[0] else best
             assert best is not None
             print(f"{size} events={'on' if trace else 'off'} {name:36s} producer {best[0]:6.1f} µs "
-                  f"(main thread {best[3]:6.1f})  redis {best[1]:6.1f} µs  {best[2]:8.0f} msg/s", flush=True)
+                  f"(main thread {best[3]:6.1f})  redis {best[1] + best[4]:6.1f} µs (user {best[1]:.1f}, "
+                  f"sys {best[4]:.1f})  {best[2]:8.0f} msg/s", flush=True)
 
         run("Client.enqueue_many(raw bytes)", lambda: api.enqueue_many(raws))
         run("Store.enqueue_many(envelopes given)", lambda: api.store.enqueue_many(items))

@@ -6,7 +6,7 @@ For 5,000 messages of the size series (scripts/bench_sizes.py: 2 KB text, 20 KB 
 redis-server of its own: process CPU per message (best of 5) of each step of
 `Client.enqueue_many` done alone (the preparation with the envelope from the headers, the
 stored body form, the envelope JSON, the received event's data and lookup records, the
-chunk's script ARGV with its bodies packed inline, redis-py's packing of that ARGV), then of
+chunk's script ARGV with its bodies packed inline, the wire's RESP packing of that ARGV), then of
 the whole call (best of 3): all its threads, and its main thread alone, which bounds the
 rate of one producer while its helper threads compress and send beside it. CPU time moves
 less with the load of other processes than wall time does; run it in two worktrees in turn.
@@ -32,6 +32,7 @@ from drain.settings import Settings
 from drain.store import body, events
 from drain.store.embedded import spawn_on_port
 from drain.store.enqueue import Enqueue
+from drain.store.enqueue_wire import packed
 
 COUNT = 5000
 
@@ -63,8 +64,8 @@ def steps(client: redis.Redis, api: Client, size: int) -> dict[str, float]:
     out["chunk ARGV (Enqueue._call, bodies packed inline)"] = _best(lambda: [enqueue._call(c, "fresh") for c in chunks])
     calls = [enqueue._call(c, "fresh") for c in chunks]
     conn = client.connection_pool.get_connection()
-    out["redis-py packing of the ARGV"] = _best(
-        lambda: [conn.pack_command("EVALSHA", "x" * 40, 10, *(["k"] * 10), *c.args) for c in calls])
+    out["RESP packing of the ARGV (enqueue_wire.packed)"] = _best(
+        lambda: [packed(conn, ("EVALSHA", "x" * 40, 10, *(["k"] * 10), *c.args)) for c in calls])
     client.connection_pool.release(conn)
 
     def whole() -> tuple[float, float]:

@@ -35,6 +35,24 @@ def test_received_parts_are_the_received_event(env: Envelope, tenant: str, raw: 
         assert (json.loads(data), records) == (json.loads(events._json(want[0])), want[1]), pair
 
 
+@pytest.mark.parametrize("env", ENVELOPES)
+@pytest.mark.parametrize("raw", [RAW, b"To: x@y.example\n\nno message id\n"])
+def test_received_parts_give_each_value_of_a_call_once(env: Envelope, raw: bytes) -> None:
+    """With the call's `seen` values (Enqueue._call): the first message gives every record
+    of its received event, a second message with the same values none, and the data stays
+    the same. Mutants caught: a value not added to `seen` (records again); `seen` not read
+    (records again); a value in `seen` leaving out a record of another value."""
+    event = events.received("", raw, env.sender, env.recipients, "api", "acme")
+    want = [events.index_record(v) for v in event.values]
+    seen: set[str] = set()
+    first = events.received_parts(raw, env.sender, env.recipients, "api", "acme", env.to_json(), seen=seen)
+    again = events.received_parts(raw, env.sender, env.recipients, "api", "acme", env.to_json(), seen=seen)
+
+    assert first[1] == want and again[1] == [] and first[0] == again[0]
+    other = events.received_parts(raw, env.sender, ("new@other.example",), "api", "acme", seen=seen)[1]
+    assert other == [events.index_record("r:new@other.example"), events.index_record("d:other.example")]
+
+
 def test_an_smtputf8_message_keeps_its_received_event_fields(client: Client, rclient: redis.Redis) -> None:
     """The envelope's JSON carries a third element for SMTPUTF8 mail: the received event is
     then encoded whole, never written around it. Mutant caught: the envelope's JSON reused

@@ -129,11 +129,13 @@ class Client:
             raise InputError("recipients must be a list of addresses, not one address as a string")
         rcpts = tuple(recipients) if recipients is not None else None
         headers = None
+        given = sender is not None or bool(rcpts)
         if sender is None or not rcpts:
             headers = envelope_from_headers(raw)
             sender = headers.sender if sender is None else sender
             rcpts = rcpts or headers.recipients
-        _holdable(sender, rcpts)
+        if given:  # the headers' addresses are text that is UTF-8 already (message.header_text)
+            _holdable(sender, rcpts)
         if len(rcpts) > 1:
             rcpts = Envelope.unique_recipients(rcpts)  # one RCPT, one copy, per mailbox
         if len(rcpts) > self.settings.max_recipients:

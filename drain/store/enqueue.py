@@ -8,16 +8,18 @@ from the first full chunk on, chunks go through a connection of their own (enque
 driven by a helper thread) with two in flight, so Redis finds the next chunk waiting when it
 has stored one. A chunk stores only behind the one before it, so an error stops the enqueue
 with exactly the chunks before it queued (a chunk that is never sent leaves a gap in the
-ids, as one that fails does, and so do ids reserved ahead and not used). A full chunk's
-bodies are compressed by a second helper thread (body.pack_many: zstd without the GIL)
-while this thread writes the rest of its ARGV; what is left on this thread bounds one
-producer's rate (benchmarks/enqueue-s7-2026-11-30.md).
+ids, as one that fails does, and so do ids reserved ahead and not used). The bodies are
+compressed by a second helper thread (body.pack_many: zstd without the GIL), 250 at a time
+as the input gives them, while this thread reads the messages after them and writes the
+rest of the ARGV; what is left on this thread bounds one producer's rate
+(benchmarks/enqueue-s7-2026-11-30.md, enqueue-session8-2026-11-30.md).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,15 +55,11 @@ class Enqueue:
         lane = "fresh" if lane == "fresh" else "backlog"
         pending: Future[list[str] | None] | None = None
         helper: ThreadPoolExecutor | None = None
-        packer: ThreadPoolExecutor | None = None
+        packer = _Packer()
         wire: Wire | None = None
         try:
-            for chunk in self._chunks(items, tenants, source):
-                forms: Future[list[bytes]] | None = None
-                if len(chunk) >= ENQUEUE_CHUNK:  # its bodies compressed beside the rest of its ARGV
-                    if packer is None:
-                        packer = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
-                    forms = packer.submit(body.pack_many, [raw for (raw, _env, _why), _owner, _source in chunk])
+            for chunk in self._chunks(items, tenants, source, packer):
+                forms = packer.take()  # its bodies compressed beside the rest of its ARGV (or None)
                 call = self._call(chunk, lane, forms, wire.reserved() if wire is not None else None)
                 if pending is not None:  # the chunk two back is stored; the one before is on the wire
                     sent, pending = pending, None
@@ -91,19 +89,22 @@ class Enqueue:
                 stored.extend(wire.settle())
             if helper is not None:
                 helper.shutdown()
-            if packer is not None:
-                packer.shutdown()
+            packer.shutdown()
         return stored
 
-    def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None,
-                source: str | Sequence[str]) -> Iterator[list[tuple[Item, str, str]]]:
-        """The items in chunks of ENQUEUE_CHUNK, each with its tenant and source."""
+    def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None, source: str | Sequence[str],
+                packer: _Packer | None = None) -> Iterator[list[tuple[Item, str, str]]]:
+        """The items in chunks of ENQUEUE_CHUNK, each with its tenant and source; each body
+        handed to `packer` as it comes (take() then gives the chunk's stored forms)."""
         sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
         named = iter(tenants) if tenants is not None else None
         chunk: list[tuple[Item, str, str]] = []
+        add = packer.add if packer is not None else None
         for item in items:
             owner = (next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender)
             chunk.append((item, owner, next(sources, "api")))
+            if add is not None:
+                add(item[0])
             if len(chunk) >= ENQUEUE_CHUNK:
                 yield chunk
                 chunk = []
@@ -111,51 +112,57 @@ class Enqueue:
             yield chunk
 
     def _call(self, chunk: Sequence[tuple[Item, str, str]], lane: str,
-              forms: Future[list[bytes]] | None = None, first: int | None = None) -> _Call:
+              forms: list[Future[list[bytes]]] | None = None, first: int | None = None) -> _Call:
         """The chunk's messages with their new ids, as the script's ARGV (lua/enqueue.lua). The
         producer's whole share per message is here, in one pass that writes straight into the
         one ARGV list (no list or tuple per message): the stored body form, the envelope's
         JSON, the received event's data and the lookup records of its values (events.py).
+        A message's other fields (its domain and tenant, as places in the chunk's lists, and
+        its own size when compressed) go into the one message table, and the counters the
+        script keeps are counted here per chunk: an ARGV costs Redis far more than its bytes.
         `forms`, when given, brings the stored body forms (body.pack_many, made in a helper
-        thread meanwhile): they are put in their places after the pass. `first`, when given,
+        thread meanwhile, in slices): they are put in their places after the pass. `first`, when given,
         is the first of the ids reserved for it (Wire.reserved); else they are reserved here."""
         if first is None:
             first = int(self.client.incrby(keys.SEQ, len(chunk))) - len(chunk) + 1
         last = first + len(chunk) - 1
         fields: list[EncodableT] = []
-        tenants: dict[str, None] = {}
+        # Tenants and domains by their place (from 1) in the chunk's lists; a domain's count
+        # of ready messages (the backlog shape's); each message's two places, in order.
+        tenants: dict[str, int] = {}
+        domains: dict[str, list[int]] = {}
+        places: list[tuple[int, int]] = []
+        held: list[EncodableT] = []
         # The events' lookup records by bucket, as one string each: the values' 3-byte tags.
         # Every event of a call is at one place in the stream (enqueue.lua), so a record is
         # its tag alone and a value met again in the chunk (a sender, a domain) has one
         # already. One ARGV a bucket, not two a record (redis-py packs each ARGV in Python).
         buckets: dict[bytes, bytearray] = {}
-        trace, pack, mark = self.settings.trace, body.pack, body.MARK
+        trace, pack = self.settings.trace, body.pack
         unique = events.index_record.__wrapped__  # an id is hashed once: no cache
-        seen: set[tuple[bytes, bytes]] = set()
+        seen: set[str] = set()  # the lookup values whose records the call has already
         # The received events' stream entries, RECEIVED_PER_ENTRY to one: (id, data) for a
         # lone event, else ('', the JSON array of [id, data] pairs), as the script adds them.
         entries: list[EncodableT] = []
         group: list[str] = []
         per_entry = events.RECEIVED_PER_ENTRY
         for n, ((raw, env, why), owner, source) in enumerate(chunk, first):
-            msg_id = format(n, "x")
-            tenants[owner] = None
-            stored = pack(raw) if forms is None else b""
+            tenant = tenants.get(owner)
+            if tenant is None:
+                tenants[owner] = tenant = len(tenants) + 1
+            domain = env.domain
+            counts = domains.get(domain)
+            if counts is None:
+                domains[domain] = counts = [len(domains) + 1, 0]
+            places.append((counts[0], tenant))
             envelope = env.to_json()
             data = quarantined = ""
             if trace:
+                msg_id = format(n, "x")
                 data, records = events.received_parts(raw, env.sender, env.recipients, source, owner,
-                                                      "" if env.smtputf8 else envelope, env.message_id)
-                bucket, tag = unique(events.BY_ID + msg_id)
-                pairs = buckets.get(bucket)
-                if pairs is None:
-                    buckets[bucket] = pairs = bytearray()
-                pairs += tag
-                for record in records:
-                    if record in seen:
-                        continue
-                    seen.add(record)
-                    bucket, tag = record
+                                                      "" if env.smtputf8 else envelope, env.message_id, seen)
+                records.append(unique(events.BY_ID + msg_id))
+                for bucket, tag in records:
                     pairs = buckets.get(bucket)
                     if pairs is None:
                         buckets[bucket] = pairs = bytearray()
@@ -166,21 +173,24 @@ class Enqueue:
                 if len(group) >= per_entry:
                     entries += ("", f"[{','.join(group)}]")
                     group = []
-            fields += (msg_id, stored, len(raw) if stored[:3] == mark else "", envelope, env.domain, owner,
-                       why or "", quarantined)
+            if why:
+                held += (n - first + 1, why, quarantined)
+            else:
+                counts[1] += 1
+            fields += (pack(raw) if forms is None else b"", envelope)
         if len(group) == 1:  # a lone event keeps the usual form
             entries += (format(last, "x"), data)
         elif group:
             entries += ("", f"[{','.join(group)}]")
-        if forms is not None:  # each message's 8 fields: its body's form second, its own size third
-            for at, ((raw, _env, _why), _owner, _source), stored in zip(range(1, 8 * len(chunk), 8), chunk,
-                                                                         forms.result(), strict=True):
-                fields[at] = stored
-                if stored[:3] == mark:
-                    fields[at + 1] = len(raw)
+        if forms is not None:  # each message's 2 fields: its body's form first
+            fields[::2] = [form for part in forms for form in part.result()]
+        table = _table(chunk, places, fields)
         args: list[EncodableT] = [f"{self.clock():.3f}", lane, keys.message(""), keys.lane(lane, ""),
-                                  *events.tracer_args(self.settings), len(chunk), len(tenants), *tenants, *fields,
-                                  len(entries) // 2, *entries, len(buckets)]
+                                  *events.tracer_args(self.settings), len(chunk), first, len(tenants), *tenants,
+                                  len(domains)]
+        for domain, (_place, ready) in domains.items():
+            args += (domain, ready)
+        args += (table, *fields, len(held) // 3, *held, len(entries) // 2, *entries, len(buckets))
         for bucket, pairs in buckets.items():
             args += (bucket, bytes(pairs))
         return _Call(lane, args, [format(n, "x") for n in range(first, last + 1)])
@@ -192,6 +202,47 @@ class Enqueue:
         return call.ids
 
 
+# Bodies per slice compressed by the packer's thread: handed over as the input gives them,
+# so that most of a chunk's are compressed by the time its ARGV is written.
+PACK_SLICE = 250
+
+
+class _Packer:
+    """The stored forms of a chunk's bodies (body.pack_many: zstd, which holds no GIL) made
+    by a helper thread while this one reads the messages after them, a slice at a time.
+    An input that never fills a slice starts no thread: its chunk packs its bodies itself."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.slices: list[Future[list[bytes]]] = []
+        self.raws: list[bytes] = []
+
+    def add(self, raw: bytes) -> None:
+        self.raws.append(raw)
+        if len(self.raws) >= PACK_SLICE:
+            self._submit()
+
+    def take(self) -> list[Future[list[bytes]]] | None:
+        """The forms of the bodies added since the last take, in slices (None: pack them inline)."""
+        if not self.slices:
+            self.raws = []
+            return None
+        if self.raws:
+            self._submit()
+        taken, self.slices = self.slices, []
+        return taken
+
+    def _submit(self) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="drain-pack")
+        self.slices.append(self.pool.submit(body.pack_many, self.raws))
+        self.raws = []
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
 @dataclass(frozen=True)
 class _Call:
     """One chunk ready for the enqueue script: its lane, ARGV and the ids it gives."""
@@ -199,6 +250,24 @@ class _Call:
     lane: str
     args: list[EncodableT]
     ids: list[str]
+
+
+_PLACES = struct.Struct(">HHB")  # lua/enqueue.lua's message table: domain, tenant, size's length
+
+
+def _table(chunk: Sequence[tuple[Item, str, str]], places: list[tuple[int, int]], fields: list[EncodableT]) -> bytes:
+    """The script's message table: per message the places (from 1) of its domain and tenant,
+    and its own size as text when its body is stored compressed (else no text)."""
+    row, mark = _PLACES.pack, body.MARK
+    out = bytearray()
+    for ((raw, _env, _why), _owner, _source), (domain, tenant), stored in zip(chunk, places, fields[::2], strict=True):
+        if stored[:3] == mark:  # type: ignore[index]
+            size = b"%d" % len(raw)
+            out += row(domain, tenant, len(size))
+            out += size
+        else:
+            out += row(domain, tenant, 0)
+    return bytes(out)
 
 
 def _keys(lane: str) -> list[str]:

@@ -25,6 +25,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from redis.connection import Connection
@@ -34,6 +35,14 @@ from drain.settings import Settings
 from drain.store import eventlog, keys
 
 log = logging.getLogger(__name__)
+
+_pack_command: Callable[[tuple[Any, ...]], Any] | None
+try:  # hiredis (redis[hiredis], a declared dependency) packs commands in C
+    import hiredis
+
+    _pack_command = hiredis.pack_command
+except ImportError:  # pragma: no cover - without it, packed() joins in Python
+    _pack_command = None
 
 # The error of a chunk refused because the one ahead of it failed (lua/enqueue.lua).
 BEHIND_A_FAILURE = "the chunk before it was not stored"
@@ -72,9 +81,9 @@ class Wire:
         self.numbered += 1
         before = str(self.numbered - 1) if self.flight else ""  # the chunk before still unanswered
         ring_keys = [*self.keys_of(lane), self.mark]
-        conn.send_packed_command(conn.pack_commands([  # type: ignore[no-untyped-call]
-            ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before),
-            ("INCRBY", keys.SEQ, self.size)]))
+        conn.send_packed_command([  # type: ignore[no-untyped-call]
+            packed(conn, ("EVALSHA", self.sha, len(ring_keys), *ring_keys, *args, before)),
+            packed(conn, ("INCRBY", keys.SEQ, self.size))])
         self.flight += (ids, None)
         if len(self.flight) <= 2:
             return done
@@ -149,6 +158,35 @@ class Wire:
             self.conn.disconnect()  # type: ignore[no-untyped-call]
             self.client.connection_pool.release(self.conn)
             self.conn = None
+
+
+def packed(conn: Connection, args: Sequence[EncodableT]) -> bytes:
+    """One command in the protocol's form (RESP), as redis-py would pack it for `conn`:
+    by hiredis's packer in one C call where it encodes text as `conn` does (UTF-8, strict),
+    else in one join here. redis-py's pack_commands gathers its own buffers around it, ~0.3 µs
+    of the producer's (GIL-holding) CPU per message of a chunk more."""
+    encoding, errors = conn.encoder.encoding, conn.encoder.encoding_errors
+    if _pack_command is not None and encoding.lower() in ("utf-8", "utf8") and errors == "strict":
+        try:
+            return bytes(_pack_command(tuple(args)))
+        except TypeError:  # a type hiredis does not pack: the join below does as redis-py does
+            pass
+    parts: list[bytes] = [b"*%d\r\n" % len(args)]
+    add = parts.append
+    data: bytes
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode(encoding, errors)
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:  # bytearray, memoryview, float: as redis-py encodes them
+            data = bytes(conn.encoder.encode(arg))  # type: ignore[no-untyped-call]
+        add(b"$%d\r\n" % len(data))
+        add(data)
+        add(b"\r\n")
+    return b"".join(parts)
 
 
 def answered(client: redis.Redis, settings: Settings, reply: Sequence[bytes | str]) -> None:

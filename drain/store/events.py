@@ -189,7 +189,8 @@ _BUCKET_NAMES = [b"%02x" % n for n in range(256)]  # a bucket's two hex digits b
 
 
 def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: str,
-                   tenant: str, pair_json: str = "", mid: str | None = None) -> tuple[str, list[tuple[bytes, bytes]]]:
+                   tenant: str, pair_json: str = "", mid: str | None = None,
+                   seen: set[str] | None = None) -> tuple[str, list[tuple[bytes, bytes]]]:
     """A message's received event for the enqueue script (lua/enqueue.lua), but for its id:
     its data (JSON) and the index records (bucket, tag) of its lookup values, those of
     `received` in its order. Made for every message enqueued, so in one pass: the values that
@@ -198,19 +199,37 @@ def received_parts(raw: bytes, sender: str, recipients: Sequence[str], source: s
     `pair_json`, when given, is [sender, recipients] as JSON (the envelope's own JSON without
     its SMTPUTF8 flag): the data is then written around it (~0.3 µs, not ~1.7 to encode).
     `mid`, when given, is message_id(raw) already read (Envelope.message_id: the header scan
-    of envelope_from_headers meets it on its way)."""
+    of envelope_from_headers meets it on its way). `seen`, when given, holds the values whose
+    records an earlier message of the same enqueue call gave already (a chunk's sender and
+    domains): they are left out, and the others added to it."""
     mid = message_id(raw) if mid is None else mid
     once = index_record.__wrapped__
-    records = [index_record(BY_SENDER + sender)] if sender else []
-    domains: set[str] = set()
-    for rcpt in dict.fromkeys([r.lower() for r in recipients]):
-        records.append(once(BY_RECIPIENT + rcpt))
-        domain = rcpt.rpartition("@")[2]
-        if domain and domain not in domains:
-            domains.add(domain)
-            records.append(index_record(BY_DOMAIN + domain))
-    if mid:
+    records: list[tuple[bytes, bytes]] = []
+    if seen is None:
+        if sender:
+            records.append(index_record(BY_SENDER + sender))
+        domains: set[str] = set()
+        for rcpt in dict.fromkeys([r.lower() for r in recipients]):
+            records.append(once(BY_RECIPIENT + rcpt))
+            domain = rcpt.rpartition("@")[2]
+            if domain and domain not in domains:
+                domains.add(domain)
+                records.append(index_record(BY_DOMAIN + domain))
+    else:  # each value's record once per call: no cache, no hash for a value met before
+        values = [BY_SENDER + sender] if sender else []
+        for rcpt in dict.fromkeys([r.lower() for r in recipients]):
+            values.append(BY_RECIPIENT + rcpt)
+            domain = rcpt.rpartition("@")[2]
+            if domain:
+                values.append(BY_DOMAIN + domain)
+        for value in values:
+            if value not in seen:
+                seen.add(value)
+                records.append(once(value))
+    if mid and (seen is None or (value := BY_MESSAGE_ID + mid) not in seen):
         records.append(once(BY_MESSAGE_ID + mid))
+        if seen is not None:
+            seen.add(value)
     if pair_json:
         tail = f",{_string(tenant)}]" if tenant else "]"
         return f"[{_string(source)},{len(raw)},{_string(mid)},{pair_json[1:-1]}{tail}", records

@@ -7,10 +7,18 @@
 -- KEYS[10] events stream      KEYS[11] (optional) the chunks of a producer's call stored (see below)
 -- ARGV[1] accepted at (unix seconds)   ARGV[2] lane   ARGV[3] message key prefix (id follows)
 -- ARGV[4] the lane's list key prefix (tenant follows)   ARGV[5], ARGV[6] events: retention
--- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] t, how many tenants
--- they have, then those t tenants; then 8 per message: id, body as stored (body.py), its own
--- size when stored compressed (else ''), envelope JSON, destination domain, tenant, findings
--- JSON ('' = ready), quarantined event data (or ''); then the received events' stream
+-- seconds (0 = off), most kept   ARGV[7] m, how many messages   ARGV[8] the first message's
+-- id as a decimal number: the m ids are that number and the m - 1 after it, in lowercase
+-- hex (as drain:seq gives them)   ARGV[9] t, how many tenants, then those t tenants;
+-- then d, how many destination domains, then d pairs: a domain and how many of the chunk's
+-- ready messages (not quarantined) go there (the producer counts them: the backlog shape)
+-- then the message table: m records of 5 bytes or more, one string, per message
+-- (struct '>HHBc0'): the index (from 1) of its domain, of its tenant, then its own size
+-- as decimal text when its body is stored compressed (else empty: 0 bytes of text)
+-- then 2 per message: its body as stored (body.py), its envelope JSON
+-- then q, how many messages go straight to quarantine, and 3 per such message: its place
+-- in the chunk (from 1), its findings JSON, its quarantined event's data
+-- then the received events' stream
 -- entries as the producer groups them, PER_ENTRY messages an entry (events.py's
 -- RECEIVED_PER_ENTRY): n, how many, then per entry its id and data for a lone event, or ''
 -- and the JSON array of [id, data] pairs (no events: n = 0); then the events' lookup index
@@ -32,62 +40,89 @@
 -- (shape, acceptance times, findings count, the lookup index) may fail alone.
 -- Returns {first, last, failures...}: the stream ids of the first and last events ('' when
 -- none) and the error of each write that only feeds figures and failed.
+--
+-- Per message Redis does the least it can: two ARGV of its own (the rest of its fields in
+-- the one message table), its id made here, one HSET, and the counters once per chunk.
 
-local now, lane, msg_prefix, lane_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local count, tenants = tonumber(ARGV[7]), {}
-for k = 1, tonumber(ARGV[8]) do tenants[k] = ARGV[8 + k] end
-local base = 8 + #tenants  -- message k's fields are ARGV[base + 8 * (k - 1) + 1 ...]
+local argv = ARGV
+local now, lane, msg_prefix, lane_prefix = argv[1], argv[2], argv[3], argv[4]
+local count, first_id = tonumber(argv[7]), tonumber(argv[8])
+local tenants, domains, domain_ready = {}, {}, {}
+local at = 9
+for k = 1, tonumber(argv[at]) do tenants[k] = argv[at + k] end
+at = at + #tenants + 1
+for k = 1, tonumber(argv[at]) do
+  domains[k], domain_ready[k] = argv[at + 2 * k - 1], tonumber(argv[at + 2 * k])
+end
+at = at + 2 * #domains + 1
+local table_of = argv[at]  -- the message table
+local base = at            -- message k's body is argv[base + 2 * k - 1], its envelope argv[base + 2 * k]
+at = base + 2 * count + 1
+local held, held_count = {}, tonumber(argv[at])  -- place in the chunk -> argv index of its findings
+for j = 1, held_count do held[tonumber(argv[at + 3 * j - 2])] = at + 3 * j - 1 end
+local entries_at = at + 3 * held_count + 1
 
 local checks = {KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'set', KEYS[4], 'set'}
-if (tonumber(ARGV[5]) or 0) > 0 then
+if (tonumber(argv[5]) or 0) > 0 then
   checks[#checks + 1], checks[#checks + 2] = KEYS[10], 'stream'
 end
 for _, tenant in ipairs(tenants) do
   checks[#checks + 1], checks[#checks + 2] = lane_prefix .. tenant, 'list'
 end
-local names, quarantined = {}, 0
-for k = 1, count do
-  local at = base + 8 * (k - 1) + 1
-  names[k] = msg_prefix .. ARGV[at]
-  if ARGV[at + 6] ~= '' then quarantined = quarantined + 1 end
-end
-if quarantined > 0 then
+if held_count > 0 then
   checks[#checks + 1], checks[#checks + 2] = KEYS[8], 'zset'
 end
 local wrong = lib.wrong_types(checks)
 if wrong then return wrong end
 local mark_at
 if KEYS[11] then
-  mark_at = base + 8 * count + 1  -- past the received entries, then past the buckets
-  mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
-  mark_at = mark_at + 1 + 2 * tonumber(ARGV[mark_at])
-  if ARGV[mark_at] ~= '' and (redis.call('GET', KEYS[11]) or '0') ~= ARGV[mark_at] then
+  mark_at = entries_at  -- past the received entries, then past the buckets
+  mark_at = mark_at + 1 + 2 * tonumber(argv[mark_at])
+  mark_at = mark_at + 1 + 2 * tonumber(argv[mark_at])
+  if argv[mark_at] ~= '' and (redis.call('GET', KEYS[11]) or '0') ~= argv[mark_at] then
     return redis.error_reply('enqueue stored nothing: the chunk before it was not stored')
   end
 end
--- New ids have no key yet (unless drain:seq went back): nothing may be written over one.
+-- The ids and their keys. New ids have no key yet (unless drain:seq went back): nothing may
+-- be written over one.
+local ids, names, format = {}, {}, string.format
+for k = 1, count do
+  local id = format('%x', first_id + k - 1)
+  ids[k], names[k] = id, msg_prefix .. id
+end
 if redis.call('EXISTS', unpack(names)) > 0 then
   return redis.error_reply('enqueue stored nothing: a new message id already has a key (was drain:seq set back?)')
 end
 
 -- The message hashes first: the first write is where Redis refuses a script for memory.
+-- Each ready one goes on its tenant's list (gathered here, pushed below).
+local ready, unpack_meta, pcall_redis = {}, struct.unpack, redis.pcall
+for k = 1, #tenants do ready[k] = {} end
+local pos = 1
 for k = 1, count do
-  local at = base + 8 * (k - 1) + 1
-  local raw, size, why = ARGV[at + 1], ARGV[at + 2], ARGV[at + 6]
+  local domain, tenant, size
+  domain, tenant, size, pos = unpack_meta('>HHBc0', table_of, pos)
+  local body, name = base + 2 * k - 1, names[k]
   local reply
   if size == '' then
-    reply = redis.pcall('HSET', names[k], 'raw', raw, 'env', ARGV[at + 3], 't', now, 'dom', ARGV[at + 4],
-                        'tn', ARGV[at + 5])
+    reply = pcall_redis('HSET', name, 'raw', argv[body], 'env', argv[body + 1], 't', now, 'dom', domains[domain],
+                        'tn', tenants[tenant])
   else
-    reply = redis.pcall('HSET', names[k], 'raw', raw, 'env', ARGV[at + 3], 't', now, 'dom', ARGV[at + 4],
-                        'tn', ARGV[at + 5], 'sz', size)
+    reply = pcall_redis('HSET', name, 'raw', argv[body], 'env', argv[body + 1], 't', now, 'dom', domains[domain],
+                        'tn', tenants[tenant], 'sz', size)
   end
-  if why ~= '' and type(reply) ~= 'table' then reply = redis.pcall('HSET', names[k], 'why', why, 'qt', now) end
+  local why = held[k]
+  if why then
+    if type(reply) ~= 'table' then reply = pcall_redis('HSET', name, 'why', argv[why], 'qt', now) end
+  else
+    local list = ready[tenant]
+    list[#list + 1] = ids[k]
+  end
   if type(reply) == 'table' and reply.err then
     if string.find(reply.err, 'OOM', 1, true) then
       return redis.error_reply("OOM command not allowed when used memory > 'maxmemory'.")
     end
-    return redis.error_reply('enqueue queued nothing: message ' .. ARGV[at] .. ': ' .. reply.err)
+    return redis.error_reply('enqueue queued nothing: message ' .. ids[k] .. ': ' .. reply.err)
   end
 end
 
@@ -97,52 +132,41 @@ local function counted()
   redis.call('EXPIREAT', KEYS[11], math.floor(tonumber(now)) + 600)
 end
 
--- The ready lists, the books and the figures.
+-- The ready lists, the books and the figures, once per chunk.
 local failures = {'', ''}
 local function figure(...)
   local reply = redis.pcall(...)
   if type(reply) == 'table' and reply.err then failures[#failures + 1] = reply.err end
   return reply
 end
-local ready, by_domain = {}, {}
 for k = 1, count do
-  local at = base + 8 * (k - 1) + 1
-  if ARGV[at + 6] == '' then
-    local tenant, domain = ARGV[at + 5], ARGV[at + 4]
-    local ids = ready[tenant]
-    if not ids then
-      ids = {}
-      ready[tenant] = ids
-    end
-    ids[#ids + 1] = ARGV[at]
-    by_domain[domain] = (by_domain[domain] or 0) + 1
-  else
-    redis.call('ZADD', KEYS[8], now, ARGV[at])
-  end
+  if held[k] then redis.call('ZADD', KEYS[8], now, ids[k]) end
 end
 local ready_count = 0
-for _, tenant in ipairs(tenants) do
-  local ids = ready[tenant]
-  if ids then
-    for first = 1, #ids, 4000 do
-      redis.call('RPUSH', lane_prefix .. tenant, unpack(ids, first, math.min(first + 3999, #ids)))
+for k, tenant in ipairs(tenants) do
+  local list = ready[k]
+  if #list > 0 then
+    for from = 1, #list, 4000 do
+      redis.call('RPUSH', lane_prefix .. tenant, unpack(list, from, math.min(from + 3999, #list)))
     end
     redis.call('SADD', KEYS[3], tenant)
-    figure('HINCRBY', KEYS[5], tenant, #ids)
-    ready_count = ready_count + #ids
+    figure('HINCRBY', KEYS[5], tenant, #list)
+    ready_count = ready_count + #list
   end
 end
 if ready_count > 0 then redis.call('HINCRBY', KEYS[2], lane, ready_count) end
 redis.call('SADD', KEYS[4], unpack(tenants))
 local minute = math.floor(tonumber(now) / 60)
-for domain, n in pairs(by_domain) do figure('HINCRBY', KEYS[6], domain .. '|' .. minute, n) end
-if quarantined > 0 then figure('HINCRBY', KEYS[9], 'rule.match', quarantined) end
-figure('ZADD', KEYS[7], now, ARGV[base + 8 * (count - 1) + 1])
+for k, domain in ipairs(domains) do
+  if domain_ready[k] > 0 then figure('HINCRBY', KEYS[6], domain .. '|' .. minute, domain_ready[k]) end
+end
+if held_count > 0 then figure('HINCRBY', KEYS[9], 'rule.match', held_count) end
+figure('ZADD', KEYS[7], now, ids[count])
 redis.call('HINCRBY', KEYS[1], 'accepted', count)
 
 -- The events, then their lookup index: each record is its value's tag and the 5 bytes of
 -- where its event is (as lib.event writes them), appended to its day's bucket.
-local tr = lib.tracer(KEYS[10], ARGV[5], ARGV[6])
+local tr = lib.tracer(KEYS[10], argv[5], argv[6])
 if not tr then
   if mark_at then counted() end
   return failures
@@ -187,27 +211,27 @@ end
 -- The received events, PER_ENTRY to a stream entry as the producer wrote them (lib.event_batch's
 -- form: `m`, a JSON array of [id, data] pairs; a lone one keeps the usual form): one XADD per
 -- entry. Then the quarantined events, one entry each (a message's received comes first).
-local at = base + 8 * count + 1
-for _ = 1, tonumber(ARGV[at]) do
-  if ARGV[at + 1] == '' then
-    xadd('e', 'r', 'm', ARGV[at + 2])
+at = entries_at
+for _ = 1, tonumber(argv[at]) do
+  if argv[at + 1] == '' then
+    xadd('e', 'r', 'm', argv[at + 2])
   else
-    xadd('e', 'r', 'i', ARGV[at + 1], 'd', ARGV[at + 2])
+    xadd('e', 'r', 'i', argv[at + 1], 'd', argv[at + 2])
   end
   at = at + 2
 end
 for k = 1, count do
-  local m = base + 8 * (k - 1) + 1
-  if ARGV[m + 7] ~= '' then xadd('e', 'q', 'i', ARGV[m], 'd', ARGV[m + 7]) end
+  local why = held[k]
+  if why and argv[why + 1] ~= '' then xadd('e', 'q', 'i', ids[k], 'd', argv[why + 1]) end
 end
 -- Each bucket's records: its tags, each followed by the one place (a % in it doubled for gsub).
 local day = math.floor(ms / 86400000)
 local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
 local after_tag = '%0' .. string.gsub(where, '%%', '%%%%')
 at = at + 1
-for _ = 1, tonumber(ARGV[at] or '0') do
-  local key = tr.stream .. ':ix:' .. day .. ':' .. ARGV[at + 1]
-  local text = string.gsub(ARGV[at + 2], '...', after_tag)
+for _ = 1, tonumber(argv[at] or '0') do
+  local key = tr.stream .. ':ix:' .. day .. ':' .. argv[at + 1]
+  local text = string.gsub(argv[at + 2], '...', after_tag)
   if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
   at = at + 2
 end
