@@ -20,9 +20,13 @@ from drain.worker import dispatch
 from drain.worker.rqworker import DrainWorker
 
 
-def drain_all(rclient: redis.Redis, settings: Settings, count: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Enqueue `count` messages under `settings`, work them in burst mode; how many each job claimed."""
+def drain_all(rclient: redis.Redis, settings: Settings, count: int, monkeypatch: pytest.MonkeyPatch,
+              jobs: int = 0) -> list[int]:
+    """Enqueue `count` messages under `settings` (and `jobs` batch jobs more than it queues),
+    work them in burst mode; how many each job claimed."""
     Client(rclient, settings).enqueue_many([synthetic(i) for i in range(count)])
+    if jobs:
+        dispatch.queue_jobs(rclient, settings, jobs)
     handled: list[int] = []
     deliver = workers.jobs.deliver
 
@@ -52,12 +56,34 @@ def test_a_job_claims_more_batches_while_the_backlog_outgrows_the_queued_jobs(
 
 def test_a_job_leaves_the_mail_that_queued_jobs_will_claim(
         rclient: redis.Redis, settings: Settings, relay: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a job queued for every batch ready, each job works one batch. Mutant caught:
-    backlog_beyond_tokens always True (the first job takes everything)."""
+    """With a job queued for every batch ready (here queued by hand: drain queues fewer, see
+    the next test), each job works one batch. Mutant caught: backlog_beyond_tokens always
+    True (the first job takes everything)."""
     monkeypatch.setattr(dispatch, "JOB_SPAN_S", 600.0)
     s = settings.with_(batch_size=10, max_tokens=64, relay_sessions=1)
-    handled = drain_all(rclient, s, 60, monkeypatch)
+    handled = drain_all(rclient, s, 60, monkeypatch, jobs=5)
     assert [n for n in handled if n] == [10] * 6
+
+
+def queued_jobs(rclient: redis.Redis) -> int:
+    return int(rclient.llen(f"rq:queue:{keys.RQ_QUEUE}"))
+
+
+def test_jobs_are_queued_for_the_worker_processes_not_for_every_batch(
+        rclient: redis.Redis, settings: Settings) -> None:
+    """A job costs RQ about twenty round trips, so drain queues one per worker process, and
+    more only for a backlog beyond what those claim in JOB_ROUNDS batches per lane (never
+    more than one per batch). Mutants caught: one job per batch ready (the former rule: 64,
+    DRAIN_MAX_TOKENS); the lanes left out of a job's share (10); the workers left out (5)."""
+    s = settings.with_(batch_size=10, max_tokens=64, relay_sessions=2)
+    Client(rclient, s).enqueue_many([synthetic(i) for i in range(1000)])
+    assert queued_jobs(rclient) == 5  # 1000 ready / (10 a batch x 2 lanes x 10 rounds)
+    for n in range(8):  # eight worker processes registered for drain's queue
+        rclient.sadd(dispatch.WORKERS, f"rq:worker:test-{n}")
+    dispatch.ensure_tokens(rclient, s)
+    assert queued_jobs(rclient) == 8
+    rclient.delete(dispatch.WORKERS)
+    assert dispatch.tokens_for(1030, 8, s.with_(batch_size=1000)) == 2  # one per batch at most
 
 
 def test_a_job_claims_no_more_batches_past_its_span(

@@ -156,7 +156,7 @@ def deliver(rt: Runtime) -> int:
     deadline = time.monotonic() + rt.settings.job_timeout_s * DEADLINE_SHARE
     for batch in batches:
         batch.alone, batch.deadline = alone, deadline
-        batch.more = Span(rt.store.client, rt.settings).more
+        batch.span = Span(rt.store.client, rt.settings)
     lanes = [Lane(batch, stop) for batch in batches[1:]]
     judge = Judge(rt.store, lanes, stop)
     if lanes:
