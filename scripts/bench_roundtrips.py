@@ -74,8 +74,9 @@ runpy.run_module("drain", run_name="__main__", alter_sys=True)
 '''
 # A key's parts that name an id (they hold a digit): written '#'.
 _ID = re.compile(r"(?<=:)[^:]*\d[^:]*")
-# A claim's round trip: the claim script's EVALSHA.
+# A claim's round trip: the claim script's EVALSHA; a write to the delivery journal.
 CLAIM_SCRIPT = "claim"
+JOURNAL_WRITE = "rpush drain:journal:"
 
 
 def script_names() -> dict[str, str]:
@@ -126,10 +127,12 @@ def run(count: int, size: int, processes: int, relay: str, env_extra: dict[str, 
             server.wait()
     claims = sum(n for (_d, _r, what), n in rows.items() if what.startswith(f"script {CLAIM_SCRIPT}"))
     total = sum(rows.values())
+    journal = sum(n for (_d, _r, what), n in rows.items() if what.startswith(JOURNAL_WRITE))
     table = [{"drain": d, "rq": r, "commands": w, "count": n, "per_claim": round(n / max(1, claims), 2),
               "per_msg": round(n / max(1, delivered), 4)} for (d, r, w), n in rows.most_common()]
     return {"size": size, "messages": count, "delivered": delivered, "processes": processes, "env": env_extra,
-            "seconds": round(seconds, 2), "claims": claims, "round_trips": total,
+            "seconds": round(seconds, 2), "claims": claims, "round_trips": total, "journal_writes": journal,
+            "others_per_msg": round((total - journal) / max(1, delivered), 4),
             "per_claim": round(total / max(1, claims), 2), "per_msg": round(total / max(1, delivered), 4),
             "rows": table}
 
@@ -137,7 +140,9 @@ def run(count: int, size: int, processes: int, relay: str, env_extra: dict[str, 
 def markdown(result: dict[str, Any], least: int = 2) -> str:
     lines = [f"{result['size']} B, {result['delivered']} delivered, {result['processes']} worker processes "
              f"{result['env'] or ''}, {result['seconds']} s: {result['claims']} claims, {result['round_trips']} "
-             f"round trips = {result['per_claim']} per claim, {result['per_msg']} per message", "",
+             f"round trips = {result['per_claim']} per claim, {result['per_msg']} per message; of them "
+             f"{result['journal_writes']} journal writes, the others {result['others_per_msg']} per message "
+             f"= {round(result['others_per_msg'] * 100, 2)} per 100 messages", "",
              "| sent from (drain) | (rq) | commands of the request | count | per claim | per msg |",
              "|---|---|---|---|---|---|",
              *(f"| {r['drain']} | {r['rq']} | {r['commands'][:160]} | {r['count']} | {r['per_claim']} | "
