@@ -34,7 +34,8 @@ class Part(Protocol):
 
 
 def read(client: redis.Redis, parts: Sequence[Part]) -> None:
-    """Every part's reads in one round trip; the first error a part raises is raised."""
+    """Every part's reads in one round trip; the first error a part raises is raised, once
+    every part has taken its replies."""
     pipe = client.pipeline(transaction=False)
     counts = [part.queue(pipe) for part in parts]
     try:
@@ -47,7 +48,7 @@ def read(client: redis.Redis, parts: Sequence[Part]) -> None:
     for part, count in zip(parts, counts, strict=True):
         try:
             part.take(replies[at:at + count])
-        except redis.RedisError as exc:
+        except Exception as exc:  # the other parts still take theirs (the relays' counts written)
             error = error or exc
         at += count
     if error is not None:
