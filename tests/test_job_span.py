@@ -5,6 +5,7 @@ backlog, and a job never takes mail that queued jobs would have claimed."""
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import redis
 
 import workers.jobs
 from drain.demo.seeding import synthetic
-from drain.demo.sink import Sink
+from drain.demo.sink import Received, Sink, Stall
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import keys
@@ -84,6 +85,35 @@ def test_jobs_are_queued_for_the_worker_processes_not_for_every_batch(
     assert queued_jobs(rclient) == 8
     rclient.delete(dispatch.WORKERS)
     assert dispatch.tokens_for(1030, 8, s.with_(batch_size=1000)) == 2  # one per batch at most
+
+
+def test_the_lanes_of_a_job_share_its_rounds(
+        rclient: redis.Redis, settings: Settings, relay: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's extra batches ((JOB_ROUNDS - 1) x lanes) are shared by its lanes: while one lane
+    is stuck on a slow send, the other claims every one of them, and the job ends with the
+    slow lane's message (no lane works its own last rounds alone while the other waits).
+    Mutant caught: rounds counted per lane (the quick lane stops at JOB_ROUNDS batches, 15
+    messages, and the 20th comes only after the slow send, from the slow lane)."""
+    monkeypatch.setattr(dispatch, "JOB_ROUNDS", 3)
+    monkeypatch.setattr(dispatch, "JOB_SPAN_S", 600.0)
+    s = settings.with_(batch_size=5, max_tokens=1, relay_sessions=2)
+    released = threading.Event()
+    slow: list[str] = []
+    stuck_at_20: list[bool] = []
+
+    def policy(index: int, msg: Received) -> Stall | None:
+        if index == 0:
+            slow.append(msg.message_id)
+            return Stall(seconds=2.0, release=released)
+        if index == 20:  # the quick lane's fourth batch: its extra ones are the job's
+            stuck_at_20.append(slow[0] not in {m.message_id for m in relay.messages})
+            released.set()
+        return None
+
+    relay.set_policy(data_policy=policy)
+    handled = drain_all(rclient, s, 60, monkeypatch)
+    assert stuck_at_20 == [True], "the quick lane stopped before the slow send was let go"
+    assert handled[0] == 30  # 2 lanes x 3 rounds x 5, as with rounds of their own
 
 
 def test_a_job_claims_no_more_batches_past_its_span(

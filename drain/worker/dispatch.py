@@ -9,6 +9,7 @@ it in the same call; anything else that makes mail ready calls `ensure_tokens` o
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -88,22 +89,44 @@ def queue_jobs(client: redis.Redis, settings: Settings, count: int) -> None:
     )
 
 
-class Span:
-    """Whether a batch job that has worked its batch claims another one (see JOB_ROUNDS)."""
+class Rounds:
+    """The batches a job may claim after each lane's first, shared by its lanes: a lane that
+    is quicker claims more of them, and the lanes end the job together (rather than one
+    working its last rounds alone while the others wait for it)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, extra: int = JOB_ROUNDS - 1) -> None:
+        self.extra = extra
+        self.lock = threading.Lock()
+
+    def left(self) -> bool:
+        return self.extra > 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.extra <= 0:
+                return False
+            self.extra -= 1
+            return True
+
+
+class Span:
+    """Whether a batch job's lane that has worked its batch claims another one (see JOB_ROUNDS:
+    `rounds`, shared by the job's lanes, holds (JOB_ROUNDS - 1) x lanes more)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.monotonic,
+                 rounds: Rounds | None = None) -> None:
         self.client = client
         self.settings = settings
         self.clock = clock
         self.until = clock() + JOB_SPAN_S
-        self.rounds = 1
+        self.rounds = rounds or Rounds()
         # The backlog's reads, when they came with the claim's others (drain.worker.preamble).
         self.read: list[Any] | None = None
         self.suspects: bool | None = None
 
     def more(self) -> bool:
         """Whether to claim another batch; not while Redis is unavailable (the job ends as before)."""
-        if self.rounds >= JOB_ROUNDS or self.clock() >= self.until:
+        if not self.rounds.left() or self.clock() >= self.until:
             return False
         read, self.read = self.read, None
         try:
@@ -112,8 +135,7 @@ class Span:
                 return False
         except (redis.ConnectionError, redis.TimeoutError):
             return False
-        self.rounds += 1
-        return True
+        return self.rounds.take()
 
     def queue(self, pipe: redis.client.Pipeline) -> int:
         """The backlog's reads, sent with a claim's others (drain.worker.preamble): `more`
