@@ -137,12 +137,42 @@ def run(count: int, size: int, processes: int, relay: str, env_extra: dict[str, 
             "rows": table}
 
 
+# What sent a request, by the first pattern found in its row (code sites, then commands).
+KINDS = (
+    ("journal write", lambda d, r, w: w.startswith(JOURNAL_WRITE)),
+    ("claim script", lambda d, r, w: w.startswith(f"script {CLAIM_SCRIPT}")),
+    ("settle at a claim's end (deliver/settle script)", lambda d, r, w: w.startswith(("script deliver",
+                                                                                       "script settle"))),
+    ("housekeeping (time-based)", lambda d, r, w: "housekeeping" in d or ("promote_due" in d and not r)
+     or "reap_dead" in d or "lifetime" in d),
+    ("connections, start and stop", lambda d, r, w: w.startswith(("hello", "ping", "client", "info server"))
+     or "start_worker" in r or "register_" in r or "teardown" in d or "subscribe" in r),
+    ("RQ job lifecycle", lambda d, r, w: bool(r) and "rq/job.py:_execute" not in r),
+    ("per job, drain (rules, tokens)", lambda d, r, w: "rules" in d or "ensure_tokens" in d),
+    ("per claim, drain reads", lambda d, r, w: any(x in d for x in ("preamble", "refresh", "constrained",
+                                                                     "alone.py", "backlog_beyond", "store.py:load",
+                                                                     "tenants", "_held_due_in", "next_due"))),
+)
+
+
+def kinds(result: dict[str, Any]) -> list[tuple[str, int]]:
+    """The requests added up by what sent them (KINDS; the rest: other)."""
+    out: dict[str, int] = {}
+    for row in result["rows"]:
+        kind = next((k for k, test in KINDS if test(row["drain"], row["rq"], row["commands"])), "other")
+        out[kind] = out.get(kind, 0) + row["count"]
+    return sorted(out.items(), key=lambda kv: -kv[1])
+
+
 def markdown(result: dict[str, Any], least: int = 2) -> str:
     lines = [f"{result['size']} B, {result['delivered']} delivered, {result['processes']} worker processes "
              f"{result['env'] or ''}, {result['seconds']} s: {result['claims']} claims, {result['round_trips']} "
              f"round trips = {result['per_claim']} per claim, {result['per_msg']} per message; of them "
              f"{result['journal_writes']} journal writes, the others {result['others_per_msg']} per message "
              f"= {round(result['others_per_msg'] * 100, 2)} per 100 messages", "",
+             "| sent for | requests | per 100 messages |", "|---|---|---|",
+             *(f"| {kind} | {count} | {round(count * 100 / max(1, result['delivered']), 2)} |"
+               for kind, count in kinds(result)), "",
              "| sent from (drain) | (rq) | commands of the request | count | per claim | per msg |",
              "|---|---|---|---|---|---|",
              *(f"| {r['drain']} | {r['rq']} | {r['commands'][:160]} | {r['count']} | {r['per_claim']} | "
