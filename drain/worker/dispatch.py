@@ -60,13 +60,13 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     pipe.get(keys.RATE)
     pipe.smembers(keys.PAUSED_TENANTS)
     pipe.hgetall(keys.TENANT_RATES)
-    pipe.scard(WORKERS)
+    pipe.smembers(WORKERS)  # (not SCARD: the producer's ACL allows SMEMBERS, a set of a few names)
     paused, lanes, suspect, queued, rate, tenants, rates, workers = pipe.execute()
     ready = sum(int(n) for n in lanes.values()) + int(suspect) - held_by_tenant_pauses(client, tenants, rates)
     # A global rate of 0 holds delivery as a pause does: no work tokens for it.
     if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
         return 0
-    wanted = min(tokens_for(int(ready), int(workers), settings), settings.max_tokens) - int(queued)
+    wanted = min(tokens_for(int(ready), len(workers), settings), settings.max_tokens) - int(queued)
     if wanted <= 0:
         return 0
     queue_jobs(client, settings, wanted)
