@@ -28,6 +28,9 @@ from drain.store.store import Outcome, Store
 # How long a lane that finds no place free waits for the other lanes' messages in progress
 # to be handed in, so that one write carries the whole window rather than all but theirs.
 HANDOFF_WAIT_S = 0.002
+# A wait that ran out (the other lanes' sends are slow: a relay far away) is not tried again
+# for the next 1, 2, 4 ... up to this many flushes; one that did not run out starts over.
+HANDOFF_SKIP_MOST = 16
 
 
 class JournalPool:
@@ -40,6 +43,8 @@ class JournalPool:
         # Told of every deposit and write (see `flush_full`); writes: how many so far.
         self.changed = threading.Condition(self.lock)
         self.writes = 0
+        # flush_full's waits still to skip, the next skip after one runs out, how many ran out.
+        self.skip, self.backoff, self.ran_out = 0, 1, 0
         # Per owner (lane): deliveries handed in and not yet written; the window places they hold.
         self.waiting: dict[str, list[Outcome]] = {}
         self.places: dict[str, int] = {}
@@ -87,11 +92,19 @@ class JournalPool:
         """flush, once the deliveries waiting hold `places` places (the caller's lane holds
         the rest of the window: no other lane is in the middle of a message, whose delivery
         the write can carry too), or another lane has written, or within_s has passed (a
-        slow send, or a lane holding other outcomes, is not waited for)."""
+        slow send, or a lane holding other outcomes, is not waited for; after a wait runs
+        out, the next few flush at once: see HANDOFF_SKIP_MOST)."""
         with self.changed:
-            writes = self.writes
-            self.changed.wait_for(lambda: sum(self.places.values()) >= places or self.writes != writes,
-                                  timeout=HANDOFF_WAIT_S if within_s is None else within_s)
+            if self.skip > 0:
+                self.skip -= 1
+            else:
+                writes = self.writes
+                if self.changed.wait_for(lambda: sum(self.places.values()) >= places or self.writes != writes,
+                                         timeout=HANDOFF_WAIT_S if within_s is None else within_s):
+                    self.backoff = 1
+                else:
+                    self.ran_out += 1
+                    self.skip, self.backoff = self.backoff, min(self.backoff * 2, HANDOFF_SKIP_MOST)
         return self.flush()
 
     def withdraw(self, owner: str) -> tuple[list[Outcome], int, int]:
