@@ -102,11 +102,10 @@ class Rounds:
         return self.extra > 0
 
     def take(self) -> bool:
+        """One more batch for the asking lane, if any is left (`extra` may go below 0)."""
         with self.lock:
-            if self.extra <= 0:
-                return False
             self.extra -= 1
-            return True
+            return self.extra >= 0
 
 
 class Span:
