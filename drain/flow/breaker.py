@@ -9,7 +9,7 @@ breaker again, for longer (exponential, capped); one success closes it.
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Any, cast
 
 import redis
 import tenacity
@@ -41,10 +41,19 @@ class Breakers:
     def refresh(self) -> None:
         """Read every breaker once (per batch): open ones and domains with failures on record."""
         pipe = self.client.pipeline(transaction=False)
+        self.queue(pipe)
+        self.take(pipe.execute())
+
+    def queue(self, pipe: redis.client.Pipeline) -> int:
+        """refresh's reads on a pipeline sent with others (drain.worker.preamble); returns how many."""
         pipe.hgetall(keys.BREAKER_OPEN)
         pipe.hkeys(keys.BREAKER_FAILS)
         pipe.hkeys(keys.BREAKER_TRIPS)
-        opened, fails, trips = pipe.execute()
+        return 3
+
+    def take(self, replies: list[Any]) -> None:
+        """refresh's replies (from `queue`)."""
+        opened, fails, trips = replies
         self.open_until = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], opened).items()}
         self.failing = {k.decode() for k in [*fails, *trips]}
 

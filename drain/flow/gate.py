@@ -13,7 +13,9 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
+
+import redis
 
 from drain.flow import adapt
 from drain.flow.breaker import RELAY, Breakers
@@ -71,11 +73,22 @@ class Constrained:
 def constrained(store: Store) -> Constrained:
     """Which domains are limited, capped and adapting, read in one round trip."""
     pipe = store.client.pipeline(transaction=False)
+    constrained_on(pipe)
+    return constrained_from(pipe.execute())
+
+
+def constrained_on(pipe: redis.client.Pipeline) -> int:
+    """constrained's reads on a pipeline sent with others; returns how many."""
     pipe.hkeys(keys.DOMAIN_RATES)
     pipe.hkeys(keys.DOMAIN_EFFECTIVE)
     pipe.hkeys(keys.DOMAIN_CONCURRENCY)
     pipe.smembers(keys.PAUSED_DOMAINS)
-    rates, effective, concurrency, paused = ({v.decode() for v in r} for r in pipe.execute())
+    return 4
+
+
+def constrained_from(replies: list[Any]) -> Constrained:
+    """constrained from the replies to constrained_on's reads."""
+    rates, effective, concurrency, paused = ({v.decode() for v in r} for r in replies)
     return Constrained(rates | effective | concurrency | paused, concurrency, effective)
 
 
@@ -120,8 +133,24 @@ class Gate:
 
     def refresh(self) -> None:
         """Read the breakers and which domains are limited (once per claim)."""
-        self.breakers.refresh()
-        self.limits = constrained(self.store)
+        pipe = self.store.client.pipeline(transaction=False)
+        self.queue(pipe)
+        self.take(pipe.execute(raise_on_error=False))
+
+    def queue(self, pipe: redis.client.Pipeline) -> int:
+        """refresh's reads on a pipeline sent with the claim's other reads (drain.worker.preamble)."""
+        return self.breakers.queue(pipe) + constrained_on(pipe)
+
+    def take(self, replies: list[Any]) -> None:
+        """refresh's replies (from `queue`); the first error among them is raised."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        self.breakers.take(replies[:3])
+        self.limits = constrained_from(replies[3:])
+
+    def undo(self) -> None:
+        """(The reads failed: nothing was taken.)"""
 
     def ask(self, domain: str, msg_id: str, reserved_us: float, now: float,
             relays: Sequence[str] = (RELAY,)) -> Answer:

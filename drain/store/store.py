@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis
 
@@ -107,13 +107,20 @@ class Store:
     def load(self, ids: Sequence[str]) -> list[Stored | Damaged | None]:
         """Read claimed messages back: None when the data is gone, Damaged when a stored
         field cannot be read (wrong key type, bad number, bad JSON, bytes that are not text)."""
+        pipe = self.client.pipeline(transaction=False)
+        self.load_on(pipe, ids)
+        return self.loaded(ids, pipe.execute(raise_on_error=False))
+
+    def load_on(self, pipe: redis.client.Pipeline, ids: Sequence[str]) -> None:
+        """Put load's reads on a pipeline (sent with other reads: drain.worker.preamble)."""
         # HGETALL, not HMGET of the claimed fields: one pass over a small hash (kept as a
         # listpack, where each field asked for is a scan of its own), the same bytes back.
-        pipe = self.client.pipeline(transaction=False)
         for msg_id in ids:
             pipe.hgetall(keys.message(msg_id))
+
+    def loaded(self, ids: Sequence[str], found_all: Sequence[Any]) -> list[Stored | Damaged | None]:
+        """load's result from the replies to load_on's reads (errors among them)."""
         names = [n.encode() for n in record.CLAIMED]
-        found_all = pipe.execute(raise_on_error=False)
         if len(self.figures) > journal.FIGURES_KEPT:
             self.figures.clear()  # (entries of mail that was not delivered: read again if need be)
         for msg_id, found in zip(ids, found_all, strict=True):

@@ -72,11 +72,13 @@ class Alone:
             self.changed.notify_all()
 
     @contextlib.contextmanager
-    def turn(self, client: redis.Redis, stop: threading.Event | None) -> Iterator[bool | None]:
+    def turn(self, client: redis.Redis, stop: threading.Event | None,
+             seen: bool | None = None) -> Iterator[bool | None]:
         """A turn for one claim and its work: whether the claim may take a suspect, None when
-        the job is stopping (no turn then)."""
+        the job is stopping (no turn then). `seen`: whether suspects were waiting, when the
+        lane read it with its last claim's reads (drain.worker.preamble); else it is asked."""
         try:
-            suspects = bool(client.llen(keys.SUSPECT))
+            suspects = bool(client.llen(keys.SUSPECT)) if seen is None else seen
         except (redis.ConnectionError, redis.TimeoutError):
             suspects = False  # the claim meets the outage (drain.worker.resilience)
         may = self.enter(suspects, stop)

@@ -27,12 +27,14 @@ from drain.intake.rules import Rule, first_match
 from drain.message import without_bcc
 from drain.store import events, journal
 from drain.store.store import Damaged, Outcome, Store, Stored
-from drain.worker import dsn
+from drain.worker import dsn, preamble
 from drain.worker.alone import Alone
 from drain.worker.delivery import Relay
+from drain.worker.dispatch import Span
 from drain.worker.groups import Groups
 from drain.worker.journalpool import JournalPool
 from drain.worker.lease import LEASE_CHECK_AFTER, lease_clock, renewed_holding
+from drain.worker.preamble import Loaded
 from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import next_try_in, redis_backoff
 from drain.worker.settling import Settling
@@ -59,13 +61,13 @@ class Batch(Settling):
     # past `deadline` (time.monotonic) no lane starts another message; when the job's time
     # limit strikes, `blame` says whether this lane's message takes the strike (it may be
     # another lane's, the one in progress longest); `current` is (id, start) of the message
-    # being worked; `more`, when set, says whether to claim another batch once one is done
+    # being worked; `span`, when set, says whether to claim another batch once one is done
     # (drain.worker.dispatch.Span: a big backlog).
     alone: Alone | None = None
     deadline: float | None = None
     blame: Callable[[Batch], bool] | None = None
     current: tuple[str, float] | None = None
-    more: Callable[[], bool] | None = None
+    span: Span | None = None
 
     def __init__(
         self,
@@ -230,11 +232,12 @@ class Batch(Settling):
         want = self.settings.batch_size
         while not self._stopped():
             if handled >= want:
-                if self.more is None or not self.more():
+                if self.span is None or not self.span.more():
                     break
                 want += self.settings.batch_size
+            seen = self.span.seen_suspects() if self.span is not None else None
             turn: contextlib.AbstractContextManager[bool | None] = (
-                self.alone.turn(self.store.client, self.stop) if self.alone else contextlib.nullcontext(True))
+                self.alone.turn(self.store.client, self.stop, seen) if self.alone else contextlib.nullcontext(True))
             with turn as may:
                 if may is None:
                     break
@@ -276,10 +279,13 @@ class Batch(Settling):
         pending: list[Outcome] = []
         done: set[str] = set()
         try:  # from the first read after the claim: should any fail, the claim goes back
-            self.gate.refresh()
-            self.relays.refresh()
-            self.tenants = self.relays.routes.tenants(ids)
-            for msg_id, msg in zip(ids, self.store.load(ids), strict=True):
+            # The claim's reads in one round trip: breakers, limited domains, routes and relays,
+            # the messages (their tenants with them) and, for the job, the backlog.
+            loaded = Loaded(self.store, ids)
+            preamble.read(self.store.client, [self.gate, self.relays, loaded,
+                                              *([self.span] if self.span is not None else [])])
+            self.tenants = loaded.tenants
+            for msg_id, msg in zip(ids, loaded.messages, strict=True):
                 if not self._place(pending):
                     break
                 if self.lost:

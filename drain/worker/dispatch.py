@@ -9,8 +9,10 @@ it in the same call; anything else that makes mail ready calls `ensure_tokens` o
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import redis
 from rq import Queue
@@ -33,6 +35,21 @@ JOB_ROUNDS = 10
 JOB_SPAN_S = 2.0
 
 
+# RQ's set of the workers registered for drain's queue (rq.Worker.redis_workers_keys).
+WORKERS = f"rq:workers:{keys.RQ_QUEUE}"
+
+
+def tokens_for(ready: int, workers: int, settings: Settings) -> int:
+    """How many batch jobs to keep queued for `ready` messages: enough for every worker
+    process to have one (a process runs one job at a time), more only when the backlog is
+    beyond what those jobs claim in JOB_ROUNDS batches per lane; never more than one per
+    batch ready. Each job costs RQ about twenty round trips to Redis (dequeue, registries,
+    heartbeats, its end), so the fewer jobs the backlog is worked in, the less Redis works
+    per message; a job goes on claiming while the backlog outgrows the jobs queued (Span)."""
+    per_job = settings.batch_size * settings.relay_sessions * JOB_ROUNDS
+    return min(math.ceil(ready / settings.batch_size), max(workers, 1, math.ceil(ready / per_job)))
+
+
 def rq_queue(client: redis.Redis) -> Queue:
     return Queue(keys.RQ_QUEUE, connection=client, serializer=JSONSerializer)
 
@@ -43,16 +60,22 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
     pipe.get(keys.RATE)
     pipe.smembers(keys.PAUSED_TENANTS)
     pipe.hgetall(keys.TENANT_RATES)
-    paused, lanes, suspect, queued, rate, tenants, rates = pipe.execute()
+    pipe.smembers(WORKERS)  # (not SCARD: the producer's ACL allows SMEMBERS, a set of a few names)
+    paused, lanes, suspect, queued, rate, tenants, rates, workers = pipe.execute()
     ready = sum(int(n) for n in lanes.values()) + int(suspect) - held_by_tenant_pauses(client, tenants, rates)
     # A global rate of 0 holds delivery as a pause does: no work tokens for it.
     if paused or not ready or ratelimit.holds(ratelimit.stored_rate(rate)):
         return 0
-    wanted = min(math.ceil(int(ready) / settings.batch_size), settings.max_tokens) - int(queued)
+    wanted = min(tokens_for(int(ready), len(workers), settings), settings.max_tokens) - int(queued)
     if wanted <= 0:
         return 0
-    queue = rq_queue(client)
-    queue.enqueue_many(
+    queue_jobs(client, settings, wanted)
+    return wanted
+
+
+def queue_jobs(client: redis.Redis, settings: Settings, count: int) -> None:
+    """Queue `count` batch jobs."""
+    rq_queue(client).enqueue_many(
         [
             Queue.prepare_data(
                 JOB_FUNCTION,
@@ -61,51 +84,104 @@ def ensure_tokens(client: redis.Redis, settings: Settings) -> int:
                 failure_ttl=FAILURE_TTL_S,
                 description="deliver a batch of ready messages",
             )
-            for _ in range(wanted)
+            for _ in range(count)
         ]
     )
-    return wanted
+
+
+class Rounds:
+    """The batches a job may claim after each lane's first, shared by its lanes: a lane that
+    is quicker claims more of them, and the lanes end the job together (rather than one
+    working its last rounds alone while the others wait for it)."""
+
+    def __init__(self, extra: int = JOB_ROUNDS - 1) -> None:
+        self.extra = extra
+        self.lock = threading.Lock()
+
+    def left(self) -> bool:
+        return self.extra > 0
+
+    def take(self) -> bool:
+        """One more batch for the asking lane, if any is left (`extra` may go below 0)."""
+        with self.lock:
+            self.extra -= 1
+            return self.extra >= 0
 
 
 class Span:
-    """Whether a batch job that has worked its batch claims another one (see JOB_ROUNDS)."""
+    """Whether a batch job's lane that has worked its batch claims another one (see JOB_ROUNDS:
+    `rounds`, shared by the job's lanes, holds (JOB_ROUNDS - 1) x lanes more)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.monotonic,
+                 rounds: Rounds | None = None) -> None:
         self.client = client
         self.settings = settings
         self.clock = clock
         self.until = clock() + JOB_SPAN_S
-        self.rounds = 1
+        self.rounds = rounds or Rounds()
+        # The backlog's reads, when they came with the claim's others (drain.worker.preamble).
+        self.read: list[Any] | None = None
+        self.suspects: bool | None = None
 
     def more(self) -> bool:
         """Whether to claim another batch; not while Redis is unavailable (the job ends as before)."""
-        if self.rounds >= JOB_ROUNDS or self.clock() >= self.until:
+        if not self.rounds.left() or self.clock() >= self.until:
             return False
+        read, self.read = self.read, None
         try:
-            if not backlog_beyond_tokens(self.client, self.settings):
+            if not (beyond_tokens(read, self.settings) if read is not None
+                    else backlog_beyond_tokens(self.client, self.settings)):
                 return False
         except (redis.ConnectionError, redis.TimeoutError):
             return False
-        self.rounds += 1
-        return True
+        return self.rounds.take()
+
+    def queue(self, pipe: redis.client.Pipeline) -> int:
+        """The backlog's reads, sent with a claim's others (drain.worker.preamble): `more`
+        decides from them, read after the claim, rather than ask again when the batch is done."""
+        return _ready_on(pipe)
+
+    def take(self, replies: list[Any]) -> None:
+        self.read = None if any(isinstance(r, Exception) for r in replies) else replies
+        self.suspects = None if self.read is None else bool(int(cast(int, self.read[2])))
+
+    def undo(self) -> None:
+        self.read = self.suspects = None
+
+    def seen_suspects(self) -> bool | None:
+        """Whether suspects were waiting when the last claim's reads were made (None: not
+        read since): the next claim's turn (drain.worker.alone) need not ask again."""
+        seen, self.suspects = self.suspects, None
+        return seen
 
 
 def backlog_beyond_tokens(client: redis.Redis, settings: Settings) -> bool:
     """Whether more mail is ready than the batch jobs queued will claim (one round trip)."""
-    paused, lanes, suspect, queued = _ready_reads(client).execute()
-    ready = sum(int(n) for n in lanes.values()) + int(suspect)
-    return not paused and ready > int(queued) * settings.batch_size
+    return beyond_tokens(_ready_reads(client).execute(), settings)
+
+
+def beyond_tokens(read: list[object], settings: Settings) -> bool:
+    """backlog_beyond_tokens from `_ready_reads`'s replies (read in some other round trip):
+    more ready than the queued jobs' first batches (a batch per lane) will claim."""
+    paused, lanes, suspect, queued = read
+    ready = sum(int(n) for n in cast(dict[bytes, bytes], lanes).values()) + int(cast(int, suspect))
+    return not paused and ready > int(cast(int, queued)) * settings.batch_size * settings.relay_sessions
 
 
 def _ready_reads(client: redis.Redis) -> redis.client.Pipeline:
     """A pipeline reading, in this order: the pause flag, the ready counts by lane, the
     suspects and the batch jobs queued."""
     pipe = client.pipeline(transaction=False)
+    _ready_on(pipe)
+    return pipe
+
+
+def _ready_on(pipe: redis.client.Pipeline) -> int:
     pipe.exists(keys.PAUSED)
     pipe.hgetall(keys.READY_COUNT)
     pipe.llen(keys.SUSPECT)
     pipe.llen(f"rq:queue:{keys.RQ_QUEUE}")
-    return pipe
+    return 4
 
 
 def held_by_tenant_pauses(client: redis.Redis, tenants: set[bytes], rates: dict[bytes, bytes]) -> int:

@@ -52,9 +52,10 @@ from typing import TYPE_CHECKING
 from rq.timeouts import JobTimeoutException
 
 from drain.store.store import Outcome, Store
+from drain.worker import dispatch
 from drain.worker.alone import Alone
 from drain.worker.batch import TIMEOUT_FINDINGS, Batch
-from drain.worker.dispatch import Span
+from drain.worker.dispatch import Rounds, Span
 from drain.worker.window import Window
 
 if TYPE_CHECKING:
@@ -154,9 +155,10 @@ def deliver(rt: Runtime) -> int:
                for r, o in zip(relays, owners, strict=True)]
     alone = Alone() if len(batches) > 1 else None
     deadline = time.monotonic() + rt.settings.job_timeout_s * DEADLINE_SHARE
+    rounds = Rounds((dispatch.JOB_ROUNDS - 1) * len(batches))  # shared: the lanes end the job together
     for batch in batches:
         batch.alone, batch.deadline = alone, deadline
-        batch.more = Span(rt.store.client, rt.settings).more
+        batch.span = Span(rt.store.client, rt.settings, rounds=rounds)
     lanes = [Lane(batch, stop) for batch in batches[1:]]
     judge = Judge(rt.store, lanes, stop)
     if lanes:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -61,8 +61,9 @@ class Relays:
         self.sessions: dict[str, Relay] = {}
         self.configs: dict[str, tuple[str, RelayConfig]] = {}
         self.caps: dict[str, int] = {}
-        # Counts not yet written: (key, relay name) -> how many (see `flush`).
+        # Counts not yet written: (key, relay name) -> how many (see `flush`); those on the wire.
         self.counts: dict[tuple[str, str], int] = {}
+        self.sending: dict[tuple[str, str], int] = {}
         if default is not None:
             # The session given is the environment's relay, whatever its URL.
             self.sessions[RELAY] = default
@@ -72,17 +73,38 @@ class Relays:
         """Once per claim, in one round trip: the routes' version (reloaded when it changed),
         the relays' concurrency caps, and the counts kept since the last claim written."""
         pipe = self.client.pipeline(transaction=False)
+        self.queue(pipe)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except BaseException:
+            self.undo()
+            raise
+        self.take(replies)
+
+    def queue(self, pipe: redis.client.Pipeline) -> int:
+        """refresh's commands on a pipeline sent with the claim's other reads (drain.worker.preamble)."""
         pipe.get(keys.ROUTES_VERSION)
         pipe.hgetall(keys.RELAY_CONCURRENCY)
-        counts, self.counts = self.counts, {}
-        for (key, name), count in counts.items():
+        self.sending, self.counts = self.counts, {}
+        for (key, name), count in self.sending.items():
             pipe.hincrby(key, name, count)
-        try:
-            version, caps, *_added = pipe.execute()
-        except redis.RedisError:
-            for item, count in counts.items():  # kept for the next claim
-                self.counts[item] = self.counts.get(item, 0) + count
-            raise
+        return 2 + len(self.sending)
+
+    def undo(self) -> None:
+        """The counts sent were not written: kept for the next claim."""
+        for item, count in self.sending.items():
+            self.counts[item] = self.counts.get(item, 0) + count
+        self.sending = {}
+
+    def take(self, replies: list[Any]) -> None:
+        """refresh's replies (from `queue`); the first error among them is raised."""
+        if any(isinstance(reply, Exception) for reply in replies[2:]):
+            self.undo()  # (an increment that did go through is counted twice: counts are a gauge)
+        self.sending = {}
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        version, caps = replies[:2]
         self.routes.refresh(cast(bytes | None, version))
         caps = cast(dict[bytes, bytes], caps)
         self.caps = {k.decode("utf-8", "replace"): int(v) for k, v in caps.items() if v.isdigit()}

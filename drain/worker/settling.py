@@ -49,7 +49,9 @@ class Settling:
         if self._stopped():
             return False
         if not self.window.take():
-            self.pool.flush()  # every lane's deliveries waiting: journalled, their places given back
+            # Every lane's deliveries waiting (those of lanes about to hand theirs in too, within
+            # a short wait): journalled, their places given back.
+            self.pool.flush_full(self.window.size - self.taken)
             if pending:
                 self._settle(pending)
                 pending.clear()
