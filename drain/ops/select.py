@@ -40,7 +40,7 @@ HOLD_CODE = "operator.hold"
 # pause of `99999999w` would print as a date in year 1918561 and never lapse in practice.
 LONGEST_S = 366 * 86400.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_duration(text: str) -> float:

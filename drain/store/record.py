@@ -68,7 +68,7 @@ def shape_field(domain: str, accepted_at: float) -> str:
 def parse_shape_field(name: str) -> tuple[str, int] | None:
     """(domain, minute) of a backlog shape field; None when it is not one."""
     domain, _sep, minute = name.rpartition("|")
-    return (domain, int(minute)) if minute.isdigit() else None
+    return (domain, int(minute)) if minute.isascii() and minute.isdigit() else None
 
 
 @dataclass(frozen=True)
