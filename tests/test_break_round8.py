@@ -3,11 +3,16 @@ each turned into a test. Each docstring says what happened before the fix and th
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from drain.errors import ConfigError
 from drain.settings import Settings, declared
 from drain.settings.values import Durability
+from drain.intake.api import Client
+from tests.test_break_round7 import _enqueue_peak_kb
 from tests.test_cli import drain
 
 ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + i) for i in range(10)))
@@ -69,3 +74,64 @@ def test_a_sentinel_url_with_other_digits_is_refused_as_written(url: str, settin
     assert result.returncode == 2 and b"Traceback" not in result.stderr, result.stderr
     assert result.stderr.decode().count("\n") == 1
     assert b"sentinel" in result.stderr
+
+
+MBOXES = [
+    b"From a@x Mon Nov 30 10:00:00 2026\nSubject: one\n\nbody\n\nFrom b@x Mon Nov 30 10:00:01 2026\nSubject: two\n\n"
+    b">From quoted\nFrom: not a start? it is, as mailbox reads it\n",
+    b"From a@x\n\n\n\nFrom b@x\nno end of line",
+    b"From a@x\n" + b"y" * 50 + b"From not-a-start\n\nFrom c@x\n" + b"z" * 33 + b"\n\n",
+    b"From " + b"q" * 100,
+    b"From a@x\nx\n\n",
+    b"",
+]
+
+
+@pytest.mark.parametrize("piece", [5, 6, 7, 16, 64 * 1024])
+@pytest.mark.parametrize("content", MBOXES)
+def test_a_bounded_mbox_finds_the_messages_mailbox_finds(content: bytes, piece: int, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """BoundedMbox (lines read in pieces) cuts an mbox exactly where mailbox.mbox does, whatever
+    the piece size: the same keys, the same message bytes with and without the 'From ' line.
+    Mutant caught: a piece not at a line's start taken as a 'From ' line (or as a blank line)."""
+    import mailbox
+
+    from drain.intake import mboxfile
+
+    monkeypatch.setattr(mboxfile, "PIECE", piece)
+    path = tmp_path / "box.mbox"
+    path.write_bytes(content)
+    theirs, ours = mailbox.mbox(str(path), create=False), mboxfile.BoundedMbox(str(path), create=False)
+    try:
+        assert list(ours.iterkeys()) == list(theirs.iterkeys())
+        for key in theirs.iterkeys():
+            for from_ in (False, True):
+                with theirs.get_file(key, from_) as a, ours.get_file(key, from_) as b:
+                    assert b.read() == a.read()
+    finally:
+        theirs.close()
+        ours.close()
+
+
+def test_an_mbox_without_a_newline_is_not_read_whole(client: Client, settings: Settings, tmp_path: Path) -> None:
+    """`drain enqueue --mbox` of a 1 GB mbox with no newline peaked near 1 GB: mailbox.mbox
+    reads each line whole to find the messages. Here a 120 MB one-line mbox (its 'From ' line
+    is the whole file) gets a verdict with a peak within 40 MB of a small mbox's (it was some
+    240 MB above), and a 120 MB message body on one line is refused at the size limit.
+    Mutant caught: BoundedMbox's readline(PIECE) back to readline() (in the table of contents
+    or in get_file's 'From ' line skip)."""
+    small, one_line, long_body = tmp_path / "small.mbox", tmp_path / "one-line.mbox", tmp_path / "long-body.mbox"
+    small.write_bytes(b"From a@example.com\nFrom: a@example.com\nTo: b@example.org\n\nhi\n")
+    for path, head in ((one_line, b"From "), (long_body, b"From a@example.com\nFrom: a@example.com\n\n")):
+        with open(path, "wb") as out:
+            out.write(head)
+            for _ in range(120):
+                out.write(b"a" * 1_000_000)
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_MAX_MESSAGE_BYTES=str(2**20))
+    code, said, baseline = _enqueue_peak_kb(small, env)
+    assert code == 0, said
+    code, said, peak = _enqueue_peak_kb(one_line, env)
+    assert b"Traceback" not in said and peak < baseline + 40_000, (said, peak, baseline)
+    code, said, peak = _enqueue_peak_kb(long_body, env)
+    assert code == 1 and b"the 1048576-byte limit" in said, said
+    assert peak < baseline + 40_000, (peak, baseline)

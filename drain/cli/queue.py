@@ -141,6 +141,8 @@ def _readable_file(path: str) -> None:
 def _open_mbox(path: str, stack: contextlib.ExitStack) -> tuple[mailbox.mbox, list[str]]:
     """An mbox and its message keys, read through once now: standard input is spooled to a
     temporary file first, and a file that does not start with a 'From ' line is refused."""
+    from drain.intake.mboxfile import BoundedMbox
+
     if path == "-":
         source = str(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="drain-stdin-"))) / "stdin.mbox")
         try:
@@ -156,7 +158,7 @@ def _open_mbox(path: str, stack: contextlib.ExitStack) -> tuple[mailbox.mbox, li
         if head and head != b"From ":
             raise click.BadParameter(f"{path} is not an mbox file (it does not start with a 'From ' line)",
                                      param_hint="PATH")
-        box = mailbox.mbox(source, create=False)
+        box = BoundedMbox(source, create=False)  # mailbox.mbox read each line whole
         stack.callback(box.close)
         return box, list(box.iterkeys())
     except OSError as exc:
