@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from drain.errors import ConfigError
+from drain.intake.api import Client
 from drain.settings import Settings, declared
 from drain.settings.values import Durability
-from drain.intake.api import Client
 from tests.test_break_round7 import _enqueue_peak_kb
 from tests.test_cli import drain
 
