@@ -3,15 +3,23 @@ each turned into a test. Each docstring says what happened before the fix and th
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from drain.demo.sink import Sink
 from drain.errors import ConfigError
+from drain.flow import ratelimit
 from drain.intake.api import Client
+from drain.observe import backlog, status
 from drain.settings import Settings, declared
 from drain.settings.values import Durability
+from drain.store import keys
+from drain.store.record import DOMAIN
 from tests.test_break_round7 import _enqueue_peak_kb
 from tests.test_cli import drain
 
@@ -135,3 +143,62 @@ def test_an_mbox_without_a_newline_is_not_read_whole(client: Client, settings: S
     code, said, peak = _enqueue_peak_kb(long_body, env)
     assert code == 1 and b"the 1048576-byte limit" in said, said
     assert peak < baseline + 40_000, (peak, baseline)
+
+
+def _defer(client: Client, relay: Sink, work: Callable[..., bool], domains: dict[str, int]) -> None:
+    """Mail to each domain, all deferred by the relay; the breakers the 451s opened are cleared."""
+    client.enqueue_many([f"From: a@src.example\r\nTo: u{i}@{domain}\r\nSubject: {i}\r\n\r\nhi\r\n".encode()
+                         for domain, n in domains.items() for i in range(n)])
+    relay.set_policy(lambda _i, _m: "451 4.3.0 try again later")
+    work()
+    assert client.store.books().deferred == sum(domains.values())
+    client.redis.delete(keys.BREAKER_OPEN, keys.BREAKER_FAILS, keys.BREAKER_TRIPS)
+
+
+def _due_at(client: Client, when: Callable[[str, int], float]) -> None:
+    """Each deferred message's next attempt set to when(its domain, its rank)."""
+    members = [m for m in client.redis.zrange(keys.DEFERRED, 0, -1)]
+    for rank, member in enumerate(members):
+        domain = client.redis.hget(keys.message(member.decode()), DOMAIN)
+        client.redis.zadd(keys.DEFERRED, {member: when(domain.decode() if domain else "", rank)})
+
+
+@pytest.mark.parametrize(("budget", "at_least"), [(5000, False), (20, True)])
+def test_a_domain_deferred_behind_many_others_is_not_forecast_as_soon(
+        budget: int, at_least: bool, client: Client, relay: Sink, work: Callable[..., bool],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-domain bound of deferred mail read only the 200 messages due last: a domain
+    whose mail was due in an hour, behind 200 of another domain due in two, was forecast in a
+    second. Now the deferred set is read from its end a page at a time up to a budget (here
+    pages of 10, so 30 + 5 messages take four), and a domain past the budget says its ETA is
+    only a lower bound. Mutants caught: the loop reading one page only; eta_at_least never set."""
+    monkeypatch.setattr(backlog, "DUE_PAGE", 10)
+    monkeypatch.setattr(backlog, "DUE_BUDGET", budget)
+    _defer(client, relay, work, {"late.example": 30, "soon.example": 5})
+    now = time.time()
+    _due_at(client, lambda domain, rank: now + (7200 + rank if domain == "late.example" else 3600))
+    ratelimit.set_global(client.redis, 100.0)
+    shape = {d.domain: d for d in backlog.shape(client.store, now=now).domains}
+    late, soon = shape["late.example"], shape["soon.example"]
+    assert late.eta_s is not None and late.eta_s >= 7200 and not late.eta_at_least
+    assert soon.eta_s is not None and soon.eta_at_least is at_least
+    if not at_least:
+        assert soon.eta_s >= 3600 - 5, soon.eta_s
+    doc = json.loads(drain(client.settings, "backlog", "--json").stdout)
+    assert [d.get("eta_at_least") for d in doc["domains"]] == [None, None]  # all read: exact, and said only when not
+
+
+def test_the_eta_takes_the_measured_pace_when_it_is_slower_than_the_global_rate(client: Client) -> None:
+    """With a global rate of 100/s and delivery measured at 2/s (a slow relay), 1,000 queued
+    messages were forecast in 10 s; they take some 500. The rate still wins when it is the
+    slower. Mutant caught: the min(rate, pace) in forecast removed."""
+    client.enqueue_many([f"From: a@src.example\r\nTo: u{i}@slow.example\r\n\r\nhi\r\n".encode()
+                         for i in range(1000)])
+    ratelimit.set_global(client.redis, 100.0)
+    now = time.time()
+    client.redis.lpush(keys.PACE, f"{now - 20} 100", f"{now} 140")  # newest first: 40 delivered in 20 s
+    assert client.store.pace() == pytest.approx(2.0)
+    st = status.read(client.store)
+    assert st.eta_s is not None and st.eta_s == pytest.approx(500, rel=0.05), st.eta_s
+    assert backlog.shape(client.store, pace=2.0).domains[0].eta_s == pytest.approx(500, rel=0.05)
+    assert backlog.shape(client.store, pace=1000.0).eta_s == pytest.approx(10, rel=0.05)

@@ -323,7 +323,8 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int, by: st
             table.add_column(f"{lower // 60}m+" if lower else "<5m", justify="right")
         table.add_column("eta", justify="right")
         for d in current.domains[:top]:
-            eta = safe(d.held_by) if d.held_by else ("-" if d.eta_s is None else f"{d.eta_s:,.0f}s")
+            eta = safe(d.held_by) if d.held_by else ("-" if d.eta_s is None else
+                                                     f"{'>=' if d.eta_at_least else ''}{d.eta_s:,.0f}s")
             table.add_row(cell(d.domain), f"{d.total:,}", *(f"{n:,}" if n else "." for n in d.by_age), eta)
         return table
 
