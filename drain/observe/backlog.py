@@ -131,8 +131,8 @@ def forecast(totals: dict[str, int], limits: Limits) -> tuple[dict[str, float | 
     A domain moves at the lowest of its cap, its adaptive (throttled) rate and the share of
     the global throughput it gets. The throughput is the slower of the global rate, when one
     is set, and the recent pace, when one was measured. Capped domains take their cap (or
-    less, when the throughput is short); uncapped domains share what is left in proportion to what they have queued, so they end
-    together. When a capped domain is done, its part goes to the others: the forecast walks
+    less, when the throughput is short); uncapped domains share what is left in proportion
+    to what they have queued, so they end together. When a capped domain is done, its part goes to the others: the forecast walks
     those moments one by one. Paused domains, and those behind an open breaker, are held:
     no number, a reason instead (they take no share meanwhile).
     """
