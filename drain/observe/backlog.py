@@ -132,9 +132,10 @@ def forecast(totals: dict[str, int], limits: Limits) -> tuple[dict[str, float | 
     the global throughput it gets. The throughput is the slower of the global rate, when one
     is set, and the recent pace, when one was measured. Capped domains take their cap (or
     less, when the throughput is short); uncapped domains share what is left in proportion
-    to what they have queued, so they end together. When a capped domain is done, its part goes to the others: the forecast walks
-    those moments one by one. Paused domains, and those behind an open breaker, are held:
-    no number, a reason instead (they take no share meanwhile).
+    to what they have queued, so they end together. When a capped domain is done, its part
+    goes to the others: the forecast walks those moments one by one. Paused domains, and
+    those behind an open breaker, are held: no number, a reason instead (they take no share
+    meanwhile).
     """
     held: dict[str, str] = {}
     relay_open = limits.breakers.get("(relay)")
