@@ -21,7 +21,10 @@ from drain.settings.values import Durability
 from drain.store import keys
 from drain.store.record import DOMAIN
 from tests.test_break_round7 import _enqueue_peak_kb
+from tests.test_cells import cells, csettings
 from tests.test_cli import drain
+
+__all__ = ["cells", "csettings"]  # fixtures of tests.test_cells, used here
 
 ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + i) for i in range(10)))
 AR12 = "12".translate(ARABIC_INDIC)
@@ -202,3 +205,29 @@ def test_the_eta_takes_the_measured_pace_when_it_is_slower_than_the_global_rate(
     assert st.eta_s is not None and st.eta_s == pytest.approx(500, rel=0.05), st.eta_s
     assert backlog.shape(client.store, pace=2.0).domains[0].eta_s == pytest.approx(500, rel=0.05)
     assert backlog.shape(client.store, pace=1000.0).eta_s == pytest.approx(10, rel=0.05)
+
+
+@pytest.mark.parametrize("args", [("show", "bad!id"), ("show", "x"), ("trace", "--id", "1f;"), ("hold", "1f", "zz"),
+                                  ("quarantine", "release", "<id>"), ("flush", "c0.1f.2")])
+def test_a_malformed_id_is_the_same_usage_error_on_one_redis_and_over_cells(
+        args: tuple[str, ...], client: Client, settings: Settings, csettings: Settings) -> None:
+    """`drain show x` said "unknown message id: x", exit 1, on one Redis and "does not name a
+    cell", exit 2, over cells. Both now refuse an id no drain makes (hex, cell-qualified over
+    cells) as a usage error, exit 2, one line, before looking. Mutant caught: the id pattern
+    check in MessageIdType.convert removed."""
+    one, many = drain(settings, *args), drain(csettings, *args)
+    for result in (one, many):
+        err = result.stderr.decode()
+        assert result.returncode == 2 and "is not a message ID" in err and len(err.splitlines()) == 1, err
+    assert one.stderr == many.stderr
+
+
+def test_an_unknown_id_over_cells_is_named_as_typed(client: Client, settings: Settings, csettings: Settings) -> None:
+    """`drain show c1.ff` over cells said "unknown message id: ff", the id within the cell, which
+    no command takes. Hex in capitals is the same id. Mutant caught: the InputError re-raised
+    with the qualified id in cellcmds.show removed."""
+    result = drain(csettings, "show", "c1.ff")
+    assert result.returncode == 1 and result.stderr.decode().strip().endswith("unknown message id: c1.ff")
+    msg_id = client.enqueue(b"From: a@src.example\r\nTo: b@dst.example\r\n\r\nhi\r\n")
+    shown = drain(settings, "show", f" {msg_id.upper()} ", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == msg_id
