@@ -36,8 +36,13 @@ class Context:
     @property
     def client(self) -> Client:
         if self._client is None:
-            from drain.intake.api import Client
-            self._client = Client.connect(self.settings)
+            from drain.intake.api import CellsClient, Client
+            client = Client.connect(self.settings)
+            if isinstance(client, CellsClient):
+                from drain.store.cells import check_name
+                for cell, member in client.members:
+                    check_name(member.redis, cell)
+            self._client = client
         return self._client
 
     @property
