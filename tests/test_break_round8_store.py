@@ -1,0 +1,40 @@
+"""Round 8's breaks of what Redis holds (see tests/test_break_round8.py): compressed bodies
+damaged in Redis, the memory guard. Each docstring says what happened before the fix and the
+mutant it catches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import redis
+
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store import body, keys
+from tests.test_body_compression import html_mail, stored
+from tests.test_cli import drain
+
+
+def test_releasing_a_damaged_compressed_body_names_the_damage(client: Client, settings: Settings, rclient: redis.Redis,
+                                                              relay: Sink, work: Callable[..., bool]) -> None:
+    """A held message whose compressed body was damaged in Redis: `drain release` validated the
+    stored (compressed) bytes as if they were the message and kept it for "body.nul-byte,
+    body.bare-cr-lf, header.non-ascii ...", pointing the operator at the mail instead of the
+    store. Now it is kept for store.corrupt, and --force lets the worker quarantine it again as
+    corrupt: nothing is delivered. Mutant caught: the problems check in Quarantine.revalidate removed."""
+    msg_id = client.enqueue(html_mail(3))
+    assert drain(settings, "hold", msg_id).returncode == 0
+    rclient.hset(keys.message(msg_id), "raw", stored(rclient, msg_id)[:-40])  # a truncated stream
+    result = drain(settings, "release", msg_id)
+    out = result.stdout.decode()
+    assert "store.corrupt" in out and "nul-byte" not in out, out
+    assert rclient.zscore(keys.QUARANTINE, msg_id) is not None
+    dry = json.loads(drain(settings, "quarantine", "release", msg_id, "--dry-run", "--json").stdout)
+    assert "store.corrupt" in json.dumps(dry), dry
+    assert drain(settings, "release", "--force", msg_id).returncode == 0
+    work()
+    assert relay.messages == []
+    assert b"store.corrupt" in (rclient.hget(keys.message(msg_id), "why") or b"")
+    assert stored(rclient, msg_id)[:3] == body.MARK  # the evidence is kept as it was
