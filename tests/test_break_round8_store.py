@@ -7,14 +7,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from drain.demo.sink import Sink
+from drain.errors import QueueFull
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store import body, keys
+from tests.conftest import wait_for
 from tests.test_body_compression import html_mail, stored
 from tests.test_cli import drain
+from tests.test_memory_guard import policy
+
+__all__ = ["policy"]  # a fixture of tests.test_memory_guard, used here
 
 
 def test_releasing_a_damaged_compressed_body_names_the_damage(client: Client, settings: Settings, rclient: redis.Redis,
@@ -38,3 +44,25 @@ def test_releasing_a_damaged_compressed_body_names_the_damage(client: Client, se
     assert relay.messages == []
     assert b"store.corrupt" in (rclient.hget(keys.message(msg_id), "why") or b"")
     assert stored(rclient, msg_id)[:3] == body.MARK  # the evidence is kept as it was
+
+
+def test_a_policy_set_to_evict_while_running_closes_intake(client: Client, rclient: redis.Redis,
+                                                          policy: Callable[[str], None]) -> None:
+    """drain refuses an evicting Redis when it connects, but checks once a process: a producer
+    (the API, `drain smtpd`) running when someone ran CONFIG SET maxmemory-policy allkeys-lru
+    went on taking mail into a Redis that drops queued mail when full. The memory guard reads
+    the policy with the memory (same INFO call) and closes intake until it is noeviction again;
+    nothing queued is touched. Mutant caught: the policy check in MemoryGuard._read removed."""
+    kept = client.enqueue(MAIL)
+    policy("allkeys-lru")
+    client.memory.recheck()
+    with pytest.raises(QueueFull, match="maxmemory-policy 'allkeys-lru'"):
+        client.enqueue(MAIL)
+    assert client.store.books().accepted == 1 and rclient.hexists(keys.message(kept), "raw")
+    policy("noeviction")
+    wait_for(lambda: client.memory.refusal() is None, what="intake reopened")
+    client.enqueue(MAIL)
+    assert client.store.books().accepted == 2
+
+
+MAIL = b"From: a@src.example\r\nTo: b@dst.example\r\nSubject: one\r\n\r\nhi\r\n"
