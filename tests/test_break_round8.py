@@ -231,3 +231,24 @@ def test_an_unknown_id_over_cells_is_named_as_typed(client: Client, settings: Se
     msg_id = client.enqueue(b"From: a@src.example\r\nTo: b@dst.example\r\n\r\nhi\r\n")
     shown = drain(settings, "show", f" {msg_id.upper()} ", "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == msg_id
+
+
+@pytest.mark.parametrize("action", ["flush", "bounce", "delete", "hold", "release"])
+def test_an_action_on_a_finished_message_says_what_became_of_it(action: str, client: Client, relay: Sink,
+                                                                work: Callable[..., bool], settings: Settings) -> None:
+    """`drain bounce ID` of a delivered message said "unknown id: ID (not queued, held or
+    quarantined)" while `drain show ID` told its story: the operator was told drain never had
+    it. Now it says "ID is delivered" (bounced, deleted, expired likewise), still exit 1 and
+    nothing changed; an id drain never had is still "unknown id". Mutant caught: _not_queued
+    without the trace lookup (every id reported unknown)."""
+    relay.set_policy(rcpt_policy=lambda r: "550 5.1.1 no such user" if r.startswith("refuse") else None)
+    done = client.enqueue(b"From: a@src.example\r\nTo: b@dst.example\r\n\r\nhi\r\n")
+    refused = client.enqueue(b"From: a@src.example\r\nTo: refuse@dst.example\r\n\r\nhi\r\n")
+    work()
+    before = client.store.books()
+    for _twice in range(2):
+        result = drain(settings, action, done, refused, "ffffff")
+        err = result.stderr.decode()
+        assert result.returncode == 1 and len(err.splitlines()) == 1, err
+        assert f"{done} is delivered" in err and f"{refused} is bounced" in err and "unknown id: ffffff" in err, err
+    assert client.store.books() == before

@@ -39,7 +39,7 @@ class Context:
             from drain.intake.api import CellsClient, Client
             client = Client.connect(self.settings)
             if isinstance(client, CellsClient):
-                from drain.store.cells import check_name
+                from drain.store.cellname import check_name
                 for cell, member in client.members:
                     check_name(member.redis, cell)
             self._client = client

@@ -74,29 +74,6 @@ def parse_id(qualified: str, cells: list[Cell]) -> tuple[Cell, str]:
     raise ConfigError(f"message id {qualified[:80]!r} does not name a cell (ids look like c0.1f; cells: {names})")
 
 
-def check_name(client: redis.Redis, cell: Cell) -> None:
-    """Refuse a Redis that drain knows as another cell (ConfigError): its name is set by the
-    first command that uses it as a cell (a role that may not write only compares). Listing
-    the cells in another order, or one Redis twice under two spellings (localhost and
-    127.0.0.1), gave ids naming other messages and books counting the same mail twice. A
-    cell that does not answer is not checked (the command says it is down)."""
-    from drain.store import keys
-    from drain.store.connection import redacted
-
-    pipe = client.pipeline(transaction=False)
-    pipe.set(keys.CELL_NAME, cell.name, nx=True)
-    pipe.get(keys.CELL_NAME)
-    try:
-        _claimed, found = pipe.execute(raise_on_error=False)
-    except redis.RedisError:
-        return
-    if isinstance(found, bytes) and found != cell.name.encode():
-        known = found.decode("utf-8", "replace")[:20]
-        raise ConfigError(f"DRAIN_REDIS_URL lists {redacted(cell.url)} as {cell.name}, but it is cell {known!r} "
-                          f"to drain: list the cells in the same order everywhere, each Redis once (if the cells "
-                          f"were really renumbered, DEL {keys.CELL_NAME} on that Redis)")
-
-
 def down(exc: BaseException) -> bool:
     """Whether a Redis error means the cell cannot be reached (as opposed to a refusal)."""
     return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not isinstance(
