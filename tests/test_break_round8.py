@@ -252,3 +252,23 @@ def test_an_action_on_a_finished_message_says_what_became_of_it(action: str, cli
         assert result.returncode == 1 and len(err.splitlines()) == 1, err
         assert f"{done} is delivered" in err and f"{refused} is bounced" in err and "unknown id: ffffff" in err, err
     assert client.store.books() == before
+
+
+def test_a_drain_session_says_how_much_is_deferred(client: Client, relay: Sink, work: Callable[..., bool]) -> None:
+    """`drain drain` with the relay refusing every message for now showed "0/3 0/s eta -
+    quarantined 0 bounced 0" for as long as it ran: nothing said the mail was deferred,
+    waiting for its next attempt. The progress line names the deferred count. Mutant caught:
+    the deferred part of watch()'s info line removed."""
+    import io
+
+    from rich.console import Console
+
+    from drain.cli.progress import watch
+
+    client.enqueue_many([f"From: a@src.example\r\nTo: u{i}@dst.example\r\n\r\nhi\r\n".encode() for i in range(3)])
+    relay.set_policy(lambda _i, _m: "451 4.3.0 try again later")
+    work()
+    out = io.StringIO()
+    watched = watch(client.store, None, Console(file=out, width=200), stall_limit_s=0.0)
+    assert not watched.finished
+    assert "deferred 3" in out.getvalue(), out.getvalue()
