@@ -272,3 +272,27 @@ def test_a_drain_session_says_how_much_is_deferred(client: Client, relay: Sink, 
     watched = watch(client.store, None, Console(file=out, width=200), stall_limit_s=0.0)
     assert not watched.finished
     assert "deferred 3" in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.parametrize(("args", "env"), [
+    (("route", "set", "example.com", "smtp://127.0.0.1:2526"), {}),
+    (("route", "set", "example.com", "smtp://127.0.0.1:2525", "--fallback", "smtp://localhost:2526"), {}),
+    (("route", "set", "--tenant", "t", "smtp://10.1.2.3:2600"), {"DRAIN_SMTPD_LISTEN": "10.1.2.3:2600"}),
+    (("worker", "--burst"), {"DRAIN_RELAY": "smtp://localhost:2526"}),
+    (("worker", "--burst"), {"DRAIN_RELAY_FALLBACK": "smtp://127.0.0.2:2600", "DRAIN_SMTPD_LISTEN": ":2600"}),
+])
+def test_a_relay_that_is_drains_own_ingress_is_refused(args: tuple[str, ...], env: dict[str, str], client: Client,
+                                                       settings: Settings) -> None:
+    """`drain route set example.com smtp://127.0.0.1:2526` (the SMTP ingress's own address)
+    was taken: every message to example.com went to the ingress, was queued again as new
+    mail and sent there again, for ever (the ingress adds no Received field a hop count
+    could stop). The same went for DRAIN_RELAY and its fallbacks. Now a usage error naming
+    the loop, and nothing stored. Mutant caught: not_own_ingress returning at once."""
+    client.enqueue(b"From: a@src.example\r\nTo: b@example.com\r\n\r\nhi\r\n", tenant="t")
+    result = drain(settings, *args, env=env)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "own SMTP ingress" in err and "a loop" in err, err
+    assert "Traceback" not in err and err.count("drain: error") == 1
+    listed = json.loads(drain(settings, "route", "list", "--json").stdout)["routes"]
+    assert [r["kind"] for r in listed] == ["default"], listed
+    assert client.store.books().ready == 1
