@@ -14,7 +14,7 @@ import pytest
 from drain.demo.sink import Sink
 from drain.errors import ConfigError
 from drain.flow import ratelimit
-from drain.intake.api import Client
+from drain.intake.api import Client, Submission
 from drain.observe import backlog, status
 from drain.settings import Settings, declared
 from drain.settings.values import Durability
@@ -296,3 +296,43 @@ def test_a_relay_that_is_drains_own_ingress_is_refused(args: tuple[str, ...], en
     listed = json.loads(drain(settings, "route", "list", "--json").stdout)["routes"]
     assert [r["kind"] for r in listed] == ["default"], listed
     assert client.store.books().ready == 1
+
+
+def _on_a_terminal(settings: Settings, *args: str) -> str:
+    """What `drain ARGS` writes to a terminal (a pseudo-terminal as its standard output)."""
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", COLUMNS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "drain", *args], stdout=slave, stderr=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_tenant_list_of_thousands_shows_its_first_rows_on_a_terminal(client: Client, settings: Settings) -> None:
+    """With 10,000 tenants `drain tenant list` printed 10,000 rows to a terminal (15 s here),
+    unlike every other list of drain. It shows the first rows there now and says how to get
+    more (--limit N, --limit 0 for all); a pipe and --json still get every row. Mutant
+    caught: the rows not cut to rows_wanted in tenant_list."""
+    from drain.cli import TTY_ROWS
+
+    client.enqueue_many([Submission(f"From: a@src.example\r\nTo: b@dst.example\r\nSubject: {i}\r\n\r\nhi\r\n".encode(),
+                                    tenant=f"tenant{i:03d}") for i in range(TTY_ROWS + 20)])
+    shown = _on_a_terminal(settings, "tenant", "list")
+    assert shown.count("tenant0") == TTY_ROWS and "--limit 0 for all" in shown, shown[-500:]
+    assert drain(settings, "tenant", "list").stdout.count(b"tenant0") == TTY_ROWS + 20
+    assert len(json.loads(drain(settings, "tenant", "list", "--json").stdout)) == TTY_ROWS + 20
+    assert len(json.loads(drain(settings, "tenant", "list", "--json", "--limit", "5").stdout)) == 5
