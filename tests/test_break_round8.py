@@ -336,3 +336,18 @@ def test_a_tenant_list_of_thousands_shows_its_first_rows_on_a_terminal(client: C
     assert drain(settings, "tenant", "list").stdout.count(b"tenant0") == TTY_ROWS + 20
     assert len(json.loads(drain(settings, "tenant", "list", "--json").stdout)) == TTY_ROWS + 20
     assert len(json.loads(drain(settings, "tenant", "list", "--json", "--limit", "5").stdout)) == 5
+
+
+def test_one_mailbox_with_its_domain_in_two_idn_forms_gets_one_copy(client: Client, relay: Sink,
+                                                                    work: Callable[..., bool]) -> None:
+    """b@bücher.example, b@xn--bcher-kva.example and b@bu\u0308cher.example (the same name in
+    Unicode, in A-labels, decomposed) were three RCPTs: the mailbox got three copies, as the
+    duplicate check lowercased the domain only. It is compared as drain keys domains
+    (domain_key) now: one RCPT, the first spelling kept. Mutant caught: unique_recipients back
+    to domain.lower()."""
+    forms = ["b@b\u00fccher.example", "b@xn--bcher-kva.example", "b@bu\u0308cher.example", "b@B\u00dcCHER.example",
+             "c@b\u00fccher.example"]
+    client.enqueue(b"From: a@src.example\r\nTo: x@y.example\r\nSubject: idn\r\n\r\nhi\r\n", recipients=forms)
+    work()
+    assert [m.recipients for m in relay.messages] == [("b@b\u00fccher.example", "c@b\u00fccher.example")]
+    assert client.store.books().delivered == 1
