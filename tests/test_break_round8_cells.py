@@ -67,3 +67,17 @@ def test_the_api_refuses_cells_in_another_order(cells: list[RedisProc], csetting
     other = csettings.with_(redis_url=",".join(p.url for p in reversed(cells)))
     with pytest.raises(ConfigError, match="same order everywhere"):
         Client.connect(other).enqueue(MAIL)
+
+
+def test_a_sentinel_that_knows_no_such_master_is_one_short_line(csettings: Settings) -> None:
+    """A Sentinel URL whose service name no Sentinel answers for (a typo, or no Sentinel up):
+    the error line carried redis-py's repr of every Sentinel client, connection pools and
+    all, a thousand characters cut off mid-word. Now "No master found for 'mymaster'" alone.
+    Mutant caught: the split at " : <" in connection.ping removed."""
+    from drain.demo.sink import free_port
+
+    url = f"redis+sentinel://127.0.0.1:{free_port()}/mymaster"
+    result = drain(csettings, "status", env={"DRAIN_REDIS_URL": url})
+    err = result.stderr.decode()
+    assert result.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "No master found for 'mymaster'" in err and "ConnectionPool" not in err and len(err) < 200, err

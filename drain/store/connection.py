@@ -198,7 +198,10 @@ def ping(client: redis.Redis, url: str) -> None:
             raise RedisUnavailable(f"Redis at {redacted(url)} needs a password (give it in the URL)") from None
         raise RedisUnavailable(f"Redis at {redacted(url)} answered: {exc}") from None
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from None
+        # redis-py follows "No master found for 'svc'" with the repr of every Sentinel client
+        # it asked (a thousand characters of connection pools): the first part says it.
+        said = str(exc).split(" : <", 1)[0]
+        raise RedisUnavailable(f"cannot reach Redis at {redacted(url)}: {said}") from None
 
 
 # URLs whose eviction policy this process has checked.
