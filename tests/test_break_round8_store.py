@@ -66,3 +66,27 @@ def test_a_policy_set_to_evict_while_running_closes_intake(client: Client, rclie
 
 
 MAIL = b"From: a@src.example\r\nTo: b@dst.example\r\nSubject: one\r\n\r\nhi\r\n"
+
+
+def test_a_release_that_releases_nothing_exits_1(client: Client, settings: Settings, rclient: redis.Redis,
+                                                 work: Callable[..., bool]) -> None:
+    """`drain release ID` of a message that still fails validation printed "released 0
+    message(s)", "kept ID ..." and exited 0: `drain release ID || alert` took it for done,
+    where "0 matched" exits 1. Now exit 1 with a line saying nothing was released (the JSON
+    document still printed); --dry-run and a release that released some stay exit 0.
+    Mutant caught: none_released never raising."""
+    bad = client.enqueue(b"From: a@src.example\r\nTo: b@dst.example\r\n\r\nhi\x00\r\n")
+    work()
+    for args in (("release", bad), ("quarantine", "release", bad), ("release", bad, "--json"),
+                 ("quarantine", "release", bad, "--json")):
+        result = drain(settings, *args)
+        err = result.stderr.decode()
+        assert result.returncode == 1 and "nothing released" in err and len(err.splitlines()) == 1, (args, err)
+        if "--json" in args:
+            json.loads(result.stdout)
+    assert drain(settings, "quarantine", "release", bad, "--dry-run").returncode == 0
+    good = client.enqueue(MAIL)
+    assert drain(settings, "hold", good).returncode == 0
+    both = drain(settings, "quarantine", "release", bad, good)
+    assert both.returncode == 0 and b"released 1 message(s)" in both.stdout, both
+    assert rclient.zscore(keys.QUARANTINE, bad) is not None
