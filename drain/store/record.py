@@ -191,6 +191,8 @@ def decode(msg_id: str, names: Sequence[str], values: list[bytes | None] | Excep
                 problems.append(f"field {name} is missing")
                 unreadable.add(name)
             continue
+        if name == STORED_SIZE:  # read by ask(size=True); decoded here it replaced the body with its size
+            continue
         if name == RAW:
             try:
                 attributes["raw"] = body.unpack(value)
