@@ -58,12 +58,14 @@ class Envelope:
 
     @staticmethod
     def unique_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
-        """Each mailbox once, in order: the domain part is compared without case (RFC 5321
-        2.4), the local part as written (the destination's to judge). The first spelling is kept."""
+        """Each mailbox once, in order: the domain part is compared as drain keys domains
+        (domain_key: without case, RFC 5321 2.4, and an IDN in either form, bücher.example or
+        xn--bcher-kva.example, which each got a copy), the local part as written (the
+        destination's to judge). The first spelling is kept."""
         seen: dict[str, str] = {}
         for address in recipients:
             local, at, domain = address.rpartition("@")
-            seen.setdefault(f"{local}{at}{domain.lower()}" if at else address, address)
+            seen.setdefault(f"{local}{at}{domain_key(domain)}" if at else address, address)
         return tuple(seen.values())
 
     @property

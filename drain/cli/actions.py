@@ -12,7 +12,7 @@ import click
 from drain.cli.cellcmds import act as cells_act
 from drain.cli.cellcmds import cells_down
 from drain.cli.options import MESSAGE_ID, Context, domain_option, json_option, nonempty, parsed, pass_ctx
-from drain.cli.render import emit
+from drain.cli.render import emit, none_released
 from drain.cli.terminal import safe
 from drain.errors import ConfigError, InputError
 from drain.ops import actions
@@ -90,6 +90,7 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
         emit({**doc, "cells_down": failed} if obj.multi else doc)
         if failed:
             raise cells_down(action, failed)
+        none_released(action, len(done.still_failing), 0 if dry_run else done.moved, dry_run)
         return
     ids_shown = " ".join(done.ids[:SHOWN_IDS]) + (" ..." if len(done.ids) > SHOWN_IDS else "")
     if dry_run:
@@ -105,6 +106,8 @@ def _run(obj: Context, action: str, ids: tuple[str, ...], domain: str | None, se
         click.echo(f"left {len(done.in_flight)} message(s) in flight to their worker; run again once they settle")
     if failed:
         raise cells_down(action, failed)
+    none_released(action, len(done.still_failing), 0 if dry_run else done.moved, dry_run)
+
 
 
 def _command(action: str) -> click.Command:

@@ -21,7 +21,7 @@ import redis
 
 from drain.cli.cells import CellsDown, apply_all, by_cell, read_up, share
 from drain.cli.options import Context
-from drain.errors import ConfigError, RedisUnavailable
+from drain.errors import ConfigError, InputError, RedisUnavailable
 from drain.intake.api import Client
 from drain.observe import cells as merge
 from drain.ops import actions, audit, pauses, tenants
@@ -106,8 +106,11 @@ def show(obj: Context, msg_id: str, with_raw: bool) -> tuple[dict[str, Any], byt
     """`drain show ID` over cells: asked of the id's cell, the id shown qualified."""
     cell, local = parse_id(msg_id, [c for c, _m in obj.members])
     with _cell_named(cell, msg_id):
-        doc, data = where.show(dict(obj.members)[cell].redis, local, obj.settings.trace_retention_s,
-                               with_raw=with_raw)
+        try:
+            doc, data = where.show(dict(obj.members)[cell].redis, local, obj.settings.trace_retention_s,
+                                   with_raw=with_raw)
+        except InputError:  # it named the id within the cell ("ff" for c0.ff): the one typed is said
+            raise InputError(f"unknown message id: {msg_id}") from None
     return {**doc, "id": cell.qualify(str(doc["id"]))}, data
 
 

@@ -36,8 +36,13 @@ class Context:
     @property
     def client(self) -> Client:
         if self._client is None:
-            from drain.intake.api import Client
-            self._client = Client.connect(self.settings)
+            from drain.intake.api import CellsClient, Client
+            client = Client.connect(self.settings)
+            if isinstance(client, CellsClient):
+                from drain.store.cellname import check_name
+                for cell, member in client.members:
+                    check_name(member.redis, cell)
+            self._client = client
         return self._client
 
     @property
@@ -172,15 +177,22 @@ def address_value(value: str, hint: str) -> str:
 
 class MessageIdType(click.ParamType[str]):
     """A message id as typed: white space around it (pasted from a table) is dropped, and an
-    empty one is a usage error (it was looked up, and said "unknown id:" with nothing after)."""
+    empty one is a usage error (it was looked up, and said "unknown id:" with nothing after).
+    So is one that no drain makes (ids are hex, `1f`, and name their cell over cells, `c0.1f`):
+    over cells that was a usage error and on one Redis "unknown message id", exit 1. Hex
+    digits are taken in either case."""
 
     name = "ID"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        import re
+
         text = str(value).strip()
         if not text:
             self.fail("a message ID is empty", param, ctx)
-        return text
+        if not re.fullmatch(r"(c[0-9]+\.)?[0-9a-f]+", text.lower(), re.ASCII):
+            self.fail(f"{text[:80]!r} is not a message ID (ids look like 1f, or c0.1f over cells)", param, ctx)
+        return text.lower()
 
 
 MESSAGE_ID = MessageIdType()

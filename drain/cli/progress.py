@@ -55,7 +55,10 @@ def watch(store: HasBooks, proc: subprocess.Popen[bytes] | subprocess.Popen[str]
             pace = finished / elapsed if elapsed > 0.5 else 0.0
             eta = f"eta {books.queued / pace:,.0f}s" if pace > 0 and books.queued else "eta -"
             progress.update(task, total=finished + books.queued, completed=finished,
-                            info=f"{pace:,.0f}/s {eta} quarantined {books.quarantined:,} bounced {books.bounced:,}")
+                            info=f"{pace:,.0f}/s {eta} quarantined {books.quarantined:,} bounced {books.bounced:,}"
+                                 # deferred mail waits for its next attempt: a dead relay showed
+                                 # only "0/30 eta -" for as long as it was down
+                                 f"{f' deferred {books.deferred:,}' if books.deferred else ''}")
             if books.queued == 0:
                 return Watched(True, first or started)
             if finished != last_done:

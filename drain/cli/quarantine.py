@@ -13,7 +13,7 @@ from rich.table import Table
 import drain.cli.cellops as cellops
 from drain.cli.cells import CellsDown, by_cell, quarantine_count, quarantine_get, quarantine_records, quarantine_select
 from drain.cli.options import MESSAGE_ID, Context, filter_options, json_option, limit_option, nonempty, pass_ctx
-from drain.cli.render import emit, more_caption, out, report, rows_wanted, when
+from drain.cli.render import emit, more_caption, none_released, out, report, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
 from drain.intake import rules
@@ -156,12 +156,14 @@ def quarantine_release(obj: Context, ids: tuple[str, ...], reason: str | None, s
     if as_json:
         emit(result)
         _cells_missed(missed, "released")
+        none_released("release", len(failing), released, dry_run)
         return
     verb = "would release" if dry_run else "released"
     click.echo(f"{verb} {len(passing) if dry_run else released} message(s)")
     for msg_id, codes in failing.items():
         click.echo(safe(f"kept {msg_id}: still fails validation ({', '.join(codes)}); use --force to release anyway"))
     _cells_missed(missed, "released")
+    none_released("release", len(failing), released, dry_run)
 
 
 @quarantine.command("delete")

@@ -141,6 +141,8 @@ def _readable_file(path: str) -> None:
 def _open_mbox(path: str, stack: contextlib.ExitStack) -> tuple[mailbox.mbox, list[str]]:
     """An mbox and its message keys, read through once now: standard input is spooled to a
     temporary file first, and a file that does not start with a 'From ' line is refused."""
+    from drain.intake.mboxfile import BoundedMbox
+
     if path == "-":
         source = str(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="drain-stdin-"))) / "stdin.mbox")
         try:
@@ -156,7 +158,7 @@ def _open_mbox(path: str, stack: contextlib.ExitStack) -> tuple[mailbox.mbox, li
         if head and head != b"From ":
             raise click.BadParameter(f"{path} is not an mbox file (it does not start with a 'From ' line)",
                                      param_hint="PATH")
-        box = mailbox.mbox(source, create=False)
+        box = BoundedMbox(source, create=False)  # mailbox.mbox read each line whole
         stack.callback(box.close)
         return box, list(box.iterkeys())
     except OSError as exc:
@@ -321,7 +323,8 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int, by: st
             table.add_column(f"{lower // 60}m+" if lower else "<5m", justify="right")
         table.add_column("eta", justify="right")
         for d in current.domains[:top]:
-            eta = safe(d.held_by) if d.held_by else ("-" if d.eta_s is None else f"{d.eta_s:,.0f}s")
+            eta = safe(d.held_by) if d.held_by else ("-" if d.eta_s is None else
+                                                     f"{'>=' if d.eta_at_least else ''}{d.eta_s:,.0f}s")
             table.add_row(cell(d.domain), f"{d.total:,}", *(f"{n:,}" if n else "." for n in d.by_age), eta)
         return table
 

@@ -14,6 +14,7 @@ import click
 from rich.console import Console, RenderableType
 
 from drain.cli.terminal import clip
+from drain.errors import InputError
 
 # Scripts and pipes get wide tables rather than tables squeezed to 80 columns.
 out = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 200)
@@ -95,3 +96,11 @@ def report(as_json: bool, doc: Any, line: str) -> None:
         emit(doc)
     else:
         click.echo(line)
+
+
+def none_released(action: str, kept: int, released: int, dry_run: bool) -> None:
+    """Exit 1 when a release released nothing because every message it took still fails
+    validation: it exited 0 after "released 0 message(s)", and `drain release ID || alert`
+    took that for done (as "0 matched" is exit 1)."""
+    if action == "release" and kept and not released and not dry_run:
+        raise InputError(f"nothing released: {kept} message(s) still fail validation (--force releases them anyway)")

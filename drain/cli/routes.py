@@ -54,6 +54,8 @@ def route_set(obj: Context, names: tuple[str, ...], tenant: str | None, fallback
     if kind == "tenant" and not on_each(obj, lambda store: tenancy.known(store.client, name), any):
         # As `drain tenant set` does: a typo would otherwise route nobody's mail, silently.
         raise click.UsageError(f"unknown tenant {name!r}: no mail of it was ever accepted (see `drain tenant list`)")
+    for url in (*urls, *fallbacks):
+        routing.not_own_ingress(url, obj.settings.smtpd_listen)
     # Routes are settings of each Redis: every cell gets the same.
     name = on_each(obj, lambda store: routing.set_route(store.client, kind, name, [*urls, *fallbacks]))
     shown = routing.Route(kind, name, (*urls, *fallbacks)).to_json()

@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from drain.cli.cellcmds import on_tenant_cells, tenant_concurrency, tenant_rows
-from drain.cli.options import Context, json_option, pass_ctx
-from drain.cli.render import emit, live, out
+from drain.cli.options import Context, json_option, limit_option, pass_ctx
+from drain.cli.render import emit, live, more_caption, out, rows_wanted
 from drain.cli.terminal import cell, safe
 from drain.flow import ratelimit
 from drain.ops import tenants
@@ -24,15 +24,19 @@ def tenant() -> None:
 @tenant.command("list")
 @json_option('A JSON list of {"tenant", "ready_fresh", "ready_backlog", "queued", "weight", "rate", '
              '"concurrency", "paused"}.')
+@limit_option
 @pass_ctx
-def tenant_list(obj: Context, as_json: bool) -> None:
-    """Every known tenant with its ready and queued mail, weight, caps and pause."""
+def tenant_list(obj: Context, as_json: bool, limit: int | None) -> None:
+    """Every known tenant with its ready and queued mail, weight, caps and pause (on a
+    terminal the first rows only: with 10,000 tenants it printed 10,000 rows in 15 s)."""
     rows = tenant_rows(obj) if obj.multi else tenants.listing(obj.client.store)
+    wanted = rows_wanted(limit, as_json)
     if as_json:
-        emit(rows)
+        emit(rows if wanted is None else rows[:wanted])
         return
-    table = Table("tenant", "ready", "queued", "weight", "rate", "concurrency", "paused")
-    for row in rows:
+    table = Table("tenant", "ready", "queued", "weight", "rate", "concurrency", "paused",
+                  caption=more_caption(len(rows), wanted))
+    for row in rows if wanted is None else rows[:wanted]:
         table.add_row(cell(row["tenant"]), str(row["ready_fresh"] + row["ready_backlog"]), str(row["queued"]),
                       str(row["weight"]), ratelimit.format_rate(row["rate"]), str(row["concurrency"] or "-"),
                       "yes" if row["paused"] else "")

@@ -172,6 +172,10 @@ def show(obj: Context, msg_id: str, as_json: bool, raw: bool) -> None:
     if raw:
         if data is None:
             raise InputError(f"the bytes of {msg_id} are no longer kept (state {doc['state']})")
+        damage = [p for p in doc.get("damaged", ()) if str(p).startswith("field raw")]
+        if damage:  # they were written out as the message: the stored, damaged, compressed bytes
+            raise InputError(f"the bytes of {msg_id} are damaged in Redis ({damage[0]}); "
+                             "`drain quarantine export` writes them as stored")
         if sys.stdout.isatty():
             for line in data.decode("utf-8", "backslashreplace").splitlines():
                 click.echo(safe(line))

@@ -4,6 +4,8 @@ Mail lives in Redis memory. Past DRAIN_MAX_MEMORY_FRACTION of Redis's `maxmemory
 raises QueueFull, `drain enqueue` stops with one line, and the SMTP ingress answers 452 4.3.1.
 Delivery is never guarded: it is what frees the memory, and intake reopens by itself once
 usage is back under the line. A Redis without a maxmemory (0) is never closed this way.
+A Redis whose maxmemory-policy was changed to evict after drain connected (drain refuses one
+at connect) closes intake too, until the policy is noeviction again.
 
 The check costs one `INFO memory` per guard at most every `recheck_s` (one guard per
 Client: one per process for `drain enqueue` and `drain smtpd`), not one per message.
@@ -88,6 +90,7 @@ class MemoryGuard:
         try:
             info = self._client.info("memory")
             used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+            policy = info.get("maxmemory_policy")
         except (redis.RedisError, ValueError, TypeError) as exc:
             # The write that follows reports a Redis that is down; a Redis that will not say
             # (ACL, managed service) leaves only its own out-of-memory reply to go by.
@@ -96,6 +99,13 @@ class MemoryGuard:
                 log.warning("cannot read Redis memory use (%s): the memory guard relies on Redis's own refusals",
                             exc)
             return None
+        if isinstance(policy, bytes | str) and policy not in ("noeviction", b"noeviction"):
+            # Checked at connect only, it was set to evict later (CONFIG SET in a hurry): new
+            # mail would be taken into a Redis that drops queued mail when full.
+            self._closed = True
+            shown = policy.decode("utf-8", "replace") if isinstance(policy, bytes) else policy
+            return (f"Redis now has maxmemory-policy {shown[:40]!r}: it would evict queued mail when full; "
+                    f"new mail is refused until it is set back to noeviction")
         line = self.fraction - (REOPEN_MARGIN if self._closed else 0.0)
         self._closed = limit > 0 and used >= line * limit
         if not self._closed:

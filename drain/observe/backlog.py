@@ -29,8 +29,11 @@ BUCKETS_S = [0, 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 76800]
 # Books samples kept for the history chart (one per housekeeping round that takes one).
 HISTORY_KEPT = 2160
 HISTORY_EVERY_S = 10.0
-# Deferred messages read (those due last) to bound each domain's ETA by its next attempts.
-DUE_READ = 200
+# Deferred messages read (those due last, a page at a time, DUE_BUDGET at most) to bound each
+# domain's ETA by its next attempts. A domain none of whose deferred mail was among them (on a
+# deeper deferred set) has an ETA that is only a lower bound: it says so (eta_at_least).
+DUE_PAGE = 500
+DUE_BUDGET = 5000
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,15 @@ class DomainShape:
     eta_s: float | None = None
     # Why its mail does not move (eta_s is then None): "paused", "breaker open until HH:MM:SS".
     held_by: str | None = None
+    # eta_s is a lower bound (in JSON only then, as "eta_at_least": true): deferred mail of this
+    # domain may be due later (the deferred set is deeper than DUE_BUDGET, and none of this
+    # domain's mail is among those due last).
+    eta_at_least: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"domain": self.domain, "total": self.total, "by_age": self.by_age,
-                "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "held_by": self.held_by}
+        doc = {"domain": self.domain, "total": self.total, "by_age": self.by_age,
+               "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "held_by": self.held_by}
+        return doc | {"eta_at_least": True} if self.eta_at_least else doc
 
 
 @dataclass
@@ -57,11 +65,14 @@ class Shape:
     # the pace is unknown), and what holds the rest back: domain (or "*") -> why.
     eta_s: float | None = None
     held_by: dict[str, str] = field(default_factory=dict)
+    # eta_s is a lower bound (a domain whose mail moves has eta_at_least, and mail is held).
+    eta_at_least: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"buckets_s": BUCKETS_S, "total": self.total,
-                "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "held_by": self.held_by,
-                "domains": [d.as_dict() for d in self.domains]}
+        doc = {"buckets_s": BUCKETS_S, "total": self.total,
+               "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "held_by": self.held_by,
+               "domains": [d.as_dict() for d in self.domains]}
+        return doc | {"eta_at_least": True} if self.eta_at_least else doc
 
 
 @dataclass(frozen=True)
@@ -118,12 +129,13 @@ def forecast(totals: dict[str, int], limits: Limits) -> tuple[dict[str, float | 
     """Seconds until each domain's queued mail is gone, and why mail that does not move is held.
 
     A domain moves at the lowest of its cap, its adaptive (throttled) rate and the share of
-    the global throughput it gets. The throughput is the global rate when one is set, else
-    the recent pace. Capped domains take their cap (or less, when the throughput is short);
-    uncapped domains share what is left in proportion to what they have queued, so they end
-    together. When a capped domain is done, its part goes to the others: the forecast walks
-    those moments one by one. Paused domains, and those behind an open breaker, are held:
-    no number, a reason instead (they take no share meanwhile).
+    the global throughput it gets. The throughput is the slower of the global rate, when one
+    is set, and the recent pace, when one was measured. Capped domains take their cap (or
+    less, when the throughput is short); uncapped domains share what is left in proportion
+    to what they have queued, so they end together. When a capped domain is done, its part
+    goes to the others: the forecast walks those moments one by one. Paused domains, and
+    those behind an open breaker, are held: no number, a reason instead (they take no share
+    meanwhile).
     """
     held: dict[str, str] = {}
     relay_open = limits.breakers.get("(relay)")
@@ -151,6 +163,10 @@ def forecast(totals: dict[str, int], limits: Limits) -> tuple[dict[str, float | 
         # No global rate: what we did lately. Capped domains still get their caps (the
         # pace may have been measured while little else had mail).
         throughput = limits.pace
+    elif limits.pace > 0:
+        # A global rate is a ceiling, not a promise: delivery measured slower (a slow relay,
+        # few workers) is what the mail will get.
+        throughput = min(throughput, limits.pace)
     clock = 0.0
     while left:
         free = [d for d in left if d not in capped]
@@ -216,13 +232,15 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
         entry.by_age[_bucket(now - minute * 60)] += count
     total = sum(d.total for d in domains.values())
     etas, held = forecast({d.domain: d.total for d in domains.values()}, read_limits(store, pace, now))
-    due, last_due = _last_due(store, now)
+    due, last_due, complete = _last_due(store, now)
     for entry in domains.values():
         eta = etas.get(entry.domain)
         # Deferred mail goes no sooner than its next attempt: the domain's last one due bounds its ETA.
         entry.eta_s = None if eta is None else max(eta, due.get(entry.domain, 0.0))
+        entry.eta_at_least = entry.eta_s is not None and not complete and entry.domain not in due
         entry.held_by = held.get(entry.domain) or held.get("*")
     ordered = sorted(domains.values(), key=lambda d: (-d.total, d.domain))
+    at_least = False
     unknown = "*" in held or any(etas.get(d.domain) is None for d in ordered if d.domain not in held)
     headline = None if unknown else max((e for e in etas.values() if e is not None), default=0.0)
     if ordered and "*" not in held and all(d.domain in held for d in ordered):
@@ -232,6 +250,7 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
         # The last deferred message due bounds the ETA (of the mail that moves, when some is held).
         headline = max(headline, last_due if not held else max(
             (due.get(d.domain, 0.0) for d in ordered if d.domain not in held), default=0.0))
+        at_least = bool(held) and any(d.eta_at_least for d in ordered if d.domain not in held)
     # Tenants: all the mail theirs and held, no number; capped ones take at least their time.
     tenant_held, floor = tenant_limits(store, total)
     if tenant_held and "*" not in held:
@@ -239,29 +258,34 @@ def shape(store: Store, now: float | None = None, pace: float | None = None) -> 
         headline = None
     elif headline is not None:
         headline = max(headline, floor)
-    return Shape(ordered, total, headline, held)
+    return Shape(ordered, total, headline, held, headline is not None and at_least)
 
 
-def _last_due(store: Store, now: float) -> tuple[dict[str, float], float]:
+def _last_due(store: Store, now: float) -> tuple[dict[str, float], float, bool]:
     """Seconds until the deferred messages due last are due: by domain, for the domains among
-    the DUE_READ due last (exact for those: each domain's first one read is its last), and
-    overall. Cheap at any depth: one ZREVRANGE and DUE_READ HGETs."""
-    try:
-        last = cast(list[tuple[bytes, float]], store.client.zrevrange(keys.DEFERRED, 0, DUE_READ - 1,
-                                                                      withscores=True))
-    except redis.ResponseError as exc:
-        log.error("the deferred set cannot be read: %s", exc)
-        return {}, 0.0
-    if not last:
-        return {}, 0.0
-    pipe = store.client.pipeline(transaction=False)
-    for member, _score in last:
-        pipe.hget(keys.message(member.decode("utf-8", "replace")), DOMAIN)
+    those read (exact for those: each domain's first one read is its last), overall, and
+    whether the whole deferred set was read. It is read from its end a page at a time, up to
+    DUE_BUDGET messages (a ZREVRANGE and a page of HGETs each): bounded at any depth."""
     by_domain: dict[str, float] = {}
-    for (_member, score), domain in zip(last, pipe.execute(), strict=True):
-        name = domain.decode("utf-8", "replace") if isinstance(domain, bytes) and domain else "(none)"
-        by_domain.setdefault(name, max(0.0, score - now))
-    return by_domain, max(0.0, last[0][1] - now)
+    overall = 0.0
+    for start in range(0, DUE_BUDGET, DUE_PAGE):
+        try:
+            page = cast(list[tuple[bytes, float]], store.client.zrevrange(keys.DEFERRED, start, start + DUE_PAGE - 1,
+                                                                          withscores=True))
+        except redis.ResponseError as exc:
+            log.error("the deferred set cannot be read: %s", exc)
+            return by_domain, overall, False
+        if start == 0 and page:
+            overall = max(0.0, page[0][1] - now)
+        pipe = store.client.pipeline(transaction=False)
+        for member, _score in page:
+            pipe.hget(keys.message(member.decode("utf-8", "replace")), DOMAIN)
+        for (_member, score), domain in zip(page, pipe.execute() if page else [], strict=True):
+            name = domain.decode("utf-8", "replace") if isinstance(domain, bytes) and domain else "(none)"
+            by_domain.setdefault(name, max(0.0, score - now))
+        if len(page) < DUE_PAGE:
+            return by_domain, overall, True
+    return by_domain, overall, False
 
 
 def tenant_limits(store: Store, queued: int) -> tuple[str | None, float]:

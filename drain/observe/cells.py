@@ -139,6 +139,7 @@ def add_shapes(shapes: Sequence[Shape], down: Sequence[str] = ()) -> Shape:
             entry.total += d.total
             entry.by_age = [a + b for a, b in zip(entry.by_age, d.by_age, strict=True)]
             entry.held_by = entry.held_by or d.held_by
+            entry.eta_at_least = entry.eta_at_least or d.eta_at_least
             etas.setdefault(d.domain, []).append(d.eta_s)
     for name, entry in merged.items():
         entry.eta_s = None if entry.held_by else _largest(etas[name])
@@ -148,7 +149,7 @@ def add_shapes(shapes: Sequence[Shape], down: Sequence[str] = ()) -> Shape:
     _say_down(held_by, down)
     ordered = sorted(merged.values(), key=lambda d: (-d.total, d.domain))
     return Shape(ordered, sum(d.total for d in ordered), None if down else _largest([sh.eta_s for sh in shapes]),
-                 held_by)
+                 held_by, any(sh.eta_at_least for sh in shapes))
 
 
 def _say_down(held_by: dict[str, str], down: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ from drain.store.store import Store
 
 PAGE = 500
 REASONS = ("rate", "breaker", "relay")
-_REPLY = re.compile(r"^\s*(\d{3})\b[\s-]*(.*)$", re.DOTALL)
+_REPLY = re.compile(r"^\s*(\d{3})\b[\s-]*(.*)$", re.DOTALL | re.ASCII)
 
 
 def deferred_by(store: Store) -> dict[str, int]:

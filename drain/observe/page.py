@@ -236,7 +236,7 @@ def _domains(snap: Snapshot) -> str:
                 cells.append('<td class="z">·</td>')
         rows.append(f'<tr><td class="dom">{esc(d.domain)}</td><td class="n"><b>{num(d.total)}</b></td>'
                     + "".join(cells)
-                    + f'<td class="n">{esc(_eta(d.eta_s, d.held_by))}</td>'
+                    + f'<td class="n">{esc(_eta(d.eta_s, d.held_by, d.eta_at_least))}</td>'
                     f"<td>{_limit_tags(limits.get(d.domain, {}), d.domain in opened)}</td></tr>")
     rest = shape.domains[DOMAINS_SHOWN:]
     if rest:
@@ -247,9 +247,9 @@ def _domains(snap: Snapshot) -> str:
             f"<table>{head}{''.join(rows)}</table></section>")
 
 
-def _eta(eta_s: float | None, held_by: str | None) -> str:
+def _eta(eta_s: float | None, held_by: str | None, at_least: bool = False) -> str:
     # From backlog.forecast, like the CLI: a held domain says why instead of a number.
-    return held_by or dur(eta_s)
+    return held_by or ("at least " if at_least and eta_s is not None else "") + dur(eta_s)
 
 
 def _headline(eta_s: float | None, held_by: dict[str, str]) -> str:

@@ -76,6 +76,9 @@ class Record:
     audit: list[dict[str, Any]] = field(default_factory=list)
     size: int = 0
     raw: bytes | None = field(default=None, repr=False)
+    # What of the stored record could not be read (a damaged compressed body: raw is then
+    # the stored bytes, not the message).
+    problems: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "reason": ",".join(self.reasons), "sender": self.sender,
@@ -93,7 +96,7 @@ def _record(found: StoredRecord | None) -> Record | None:
         return None
     return Record(found.id, found.reasons, found.findings, found.envelope.sender, list(found.envelope.recipients),
                   found.quarantined_at, found.accepted_at, found.attempts, found.last_reply, found.history,
-                  found.audit, found.size, found.raw)
+                  found.audit, found.size, found.raw, found.problems)
 
 
 class Quarantine:
@@ -152,6 +155,9 @@ class Quarantine:
         passing: list[str] = []
         failing: dict[str, list[str]] = {}
         for record in (self.get(i) for i in ids):
+            if record.problems:  # its bytes are not the message's: validating them named NUL bytes
+                failing[record.id] = [f"{CORRUPT} ({record.problems[0][:120]})"]
+                continue
             envelope = Envelope(record.sender, tuple(record.recipients))
             raw = record.raw or b""
             verdict = validate.check(raw, envelope, limits, severity)

@@ -40,7 +40,7 @@ HOLD_CODE = "operator.hold"
 # pause of `99999999w` would print as a date in year 1918561 and never lapse in practice.
 LONGEST_S = 366 * 86400.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_duration(text: str) -> float:
@@ -198,6 +198,28 @@ def state_of(client: redis.Redis, msg_id: str) -> str | None:
     return "parked" if parked is not None else "ready"
 
 
+# How far back the trace is read to tell a finished message from an unknown id: the default
+# retention of its events (DRAIN_TRACE_RETENTION), and a day.
+FINISHED_LOOKBACK_S = 8 * 86400.0
+FINISHED = ("delivered", "bounced", "deleted", "expired")
+
+
+def _not_queued(client: redis.Redis, ids: list[str], now: float) -> str:
+    """Why ids are not there to act on: finished (delivered, bounced, deleted, expired: as
+    its trace says), or unknown. A delivered message was "unknown id" to `drain bounce`
+    while `drain show` told its story."""
+    from drain.store import lookup
+    from drain.trace import history
+
+    kept = lookup.of_messages(client, ids[:10], lookup.days(now - FINISHED_LOOKBACK_S, now))
+    done = {i: state for i, evs in kept.items() if evs and (state := history.state_after(evs)) in FINISHED}
+    unknown = [i for i in ids if i not in done]
+    parts = [f"{i} is {state}" for i, state in list(done.items())[:10]]
+    if unknown:
+        parts.append(f"unknown id: {', '.join(unknown[:10])}")
+    return "; ".join(parts) + " (not queued, held or quarantined: nothing to act on)"
+
+
 def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
            now: float | None = None) -> tuple[list[Found], dict[str, str]]:
     """The messages the selector picks among the allowed states, oldest place first, and
@@ -211,7 +233,7 @@ def locate(client: redis.Redis, sel: Selector, allowed: tuple[str, ...],
         where = {msg_id: state_of(client, msg_id) for msg_id in dict.fromkeys(sel.ids)}
         unknown = [msg_id for msg_id, state in where.items() if state is None]
         if unknown:
-            raise InputError(f"unknown id: {', '.join(unknown[:10])} (not queued, held or quarantined)")
+            raise InputError(_not_queued(client, unknown, now))
         for msg_id, state in where.items():
             if state in states:
                 pairs.append((msg_id, str(state), lane_of(client, msg_id) if state == "ready" else ""))

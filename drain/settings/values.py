@@ -24,9 +24,19 @@ LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.
 LOG_FORMATS = ("text", "json")
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether text is one or more of the digits 0-9 (str.isdigit alone takes any script's
+    digits, and superscripts that int() then refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _bounded(convert: Callable[[str], Any], what: str, minimum: float, maximum: float | None = None) -> Parse:
     def parse(raw: str, name: str) -> Any:
         try:
+            # int() and float() read any script's digits (Arabic-Indic '١٢' is 12): refused,
+            # as a setting a person cannot read back is one nobody meant.
+            if not raw.isascii():
+                raise ValueError(raw)
             value = convert(raw)
         except ValueError:
             raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
@@ -167,7 +177,7 @@ def parse_listen(raw: str, name: str = "DRAIN_SMTPD_LISTEN") -> tuple[str, int]:
     """(host, port) from 'HOST:PORT', '[v6]:PORT' or ':PORT' (all addresses)."""
     host, colon, port_text = raw.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not colon or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not colon or not ascii_digits(port_text) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{name} must look like 127.0.0.1:2526 or [::1]:2526, got {raw!r}")
     return host or "0.0.0.0", int(port_text)
 
@@ -191,7 +201,7 @@ def parse_durability(raw: str, name: str = "DRAIN_DURABILITY") -> Durability:
     mode, _colon, count = raw.strip().lower().partition(":")
     if mode in {"none", "fsync"} and not count:
         return Durability(mode)
-    if mode == "replicas" and count.isdigit() and int(count) >= 1:
+    if mode == "replicas" and ascii_digits(count) and int(count) >= 1:
         return Durability(mode, int(count))
     raise ConfigError(f"{name} must be none, fsync or replicas:N (N >= 1), got {raw!r}")
 

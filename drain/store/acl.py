@@ -33,7 +33,7 @@ _PRODUCER_KEYS = (
     keys.message("*"), keys.SEQ, keys.SEQ_TIME, keys.lane("*", "*"), keys.ring("*") + ":join", keys.READY_COUNT,
     keys.TENANTS, keys.TENANT_SHAPE, keys.PAUSED_TENANTS, keys.TENANT_RATES, keys.SUSPECT, keys.BOOKS, keys.SHAPE,
     keys.FINDINGS, keys.QUARANTINE, keys.RULES, keys.RULE_SEQ, keys.PAUSED, keys.INTAKE_PAUSED, keys.DURABLE,
-    keys.RATE, keys.EVENTS, f"{keys.EVENTS}:ix:*", keys.enqueue_mark("*"),
+    keys.RATE, keys.EVENTS, f"{keys.EVENTS}:ix:*", keys.enqueue_mark("*"), keys.CELL_NAME,
 )
 _PRODUCER_COMMANDS = (
     "+multi", "+exec", "+discard", "+info",

@@ -83,11 +83,11 @@ class SentinelUrl:
         for item in hosts.split(","):
             host, colon, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
             host = host.removeprefix("[").removesuffix("]")
-            if not host or (colon and not port.isdigit()):
+            if not host or (colon and not (port.isascii() and port.isdigit())):
                 raise ConfigError(f"bad sentinel address {item!r} in {redacted(url)}")
             sentinels.append((host, int(port) if colon else SENTINEL_DEFAULT_PORT))
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
-        if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        if not parts or len(parts) > 2 or (len(parts) == 2 and not (parts[1].isascii() and parts[1].isdigit())):
             raise ConfigError(f"a sentinel URL ends with /service_name or /service_name/db, got {redacted(url)}")
         return cls(tuple(sentinels), unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0,
                    unquote(username) or None, unquote(password) or None)
@@ -198,7 +198,10 @@ def ping(client: redis.Redis, url: str) -> None:
             raise RedisUnavailable(f"Redis at {redacted(url)} needs a password (give it in the URL)") from None
         raise RedisUnavailable(f"Redis at {redacted(url)} answered: {exc}") from None
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from None
+        # redis-py follows "No master found for 'svc'" with the repr of every Sentinel client
+        # it asked (a thousand characters of connection pools): the first part says it.
+        said = str(exc).split(" : <", 1)[0]
+        raise RedisUnavailable(f"cannot reach Redis at {redacted(url)}: {said}") from None
 
 
 # URLs whose eviction policy this process has checked.

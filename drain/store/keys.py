@@ -117,6 +117,10 @@ LIFETIME_CURSOR = f"{PREFIX}:lifetime:cursor"
 LIFETIME_LOCK = f"{PREFIX}:lifetime:lock"
 # Counter bumped just before WAIT / WAITAOF, so the wait covers the writes before it.
 DURABLE = f"{PREFIX}:durable"
+# The name (c0, c1, ...) a Redis has as a cell, set by the first drain command that used it
+# as one: a DRAIN_REDIS_URL listing it under another name (cells in another order, or one
+# Redis listed twice under two spellings) is refused, as its ids would name other messages.
+CELL_NAME = f"{PREFIX}:cell"
 
 # Routes to relays by destination domain or tenant: "domain:NAME" / "tenant:NAME" -> JSON list
 # of relay URLs, the first the relay, the rest its fallbacks in order (hash); bumped on every

@@ -68,7 +68,7 @@ def shape_field(domain: str, accepted_at: float) -> str:
 def parse_shape_field(name: str) -> tuple[str, int] | None:
     """(domain, minute) of a backlog shape field; None when it is not one."""
     domain, _sep, minute = name.rpartition("|")
-    return (domain, int(minute)) if minute.isdigit() else None
+    return (domain, int(minute)) if minute.isascii() and minute.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,8 @@ def decode(msg_id: str, names: Sequence[str], values: list[bytes | None] | Excep
             if name in (RAW, ENVELOPE, ACCEPTED):
                 problems.append(f"field {name} is missing")
                 unreadable.add(name)
+            continue
+        if name == STORED_SIZE:  # read by ask(size=True); decoded here it replaced the body with its size
             continue
         if name == RAW:
             try:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from drain.errors import InputError
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$", re.ASCII)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -36,7 +36,7 @@ def _parse(text: str, now: float) -> float:
         number = float(value)
     except ValueError:
         number = math.nan
-    if math.isfinite(number) and number >= 0 and re.fullmatch(r"\d+(\.\d+)?", value):
+    if math.isfinite(number) and number >= 0 and re.fullmatch(r"\d+(\.\d+)?", value, re.ASCII):
         return number
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))

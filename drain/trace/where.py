@@ -21,7 +21,7 @@ from drain.store import books, keys, lookup, record
 from drain.trace import history
 
 _SHOWN = (record.RAW, record.ENVELOPE, record.ACCEPTED, record.DOMAIN, record.ATTEMPTS, record.LAST_REPLY,
-          record.HISTORY, record.FINDINGS, record.QUARANTINED, record.STORED_SIZE, record.TENANT)
+          record.HISTORY, record.FINDINGS, record.QUARANTINED, record.TENANT)  # the size: fetch(size=True)
 # Headers shown (at most), and the longest value kept of each.
 HEADERS_MAX, VALUE_MAX = 50, 500
 

@@ -64,7 +64,7 @@ def _page(store: Store) -> list[tuple[str, str]]:
 
 
 def _int(text: str | None) -> int:
-    return int(text) if text and text.isdigit() else 0
+    return int(text) if text and text.isascii() and text.isdigit() else 0
 
 
 def scan(store: Store, now: float | None = None, force: bool = False) -> tuple[int, int]:

@@ -104,6 +104,24 @@ def default_names(settings: Settings) -> list[str]:
     return [RELAY, *(relay_name(RelayConfig.from_url(url), settings) for url in settings.relay_fallbacks)]
 
 
+def not_own_ingress(url: str, listen: tuple[str, int], what: str = "relay") -> None:
+    """ConfigError when a relay URL is drain's own SMTP ingress (DRAIN_SMTPD_LISTEN): every
+    message sent there is taken back into the queue and sent there again, for ever (the
+    ingress adds no Received field that a hop count could stop)."""
+    config = RelayConfig.from_url(url)
+    host, port = listen
+    if config.port != port:
+        return
+    def loopback(name: str) -> bool:
+        return name in ("localhost", "::1") or name.startswith("127.")
+
+    wildcard = host in ("", "0.0.0.0", "::")
+    target = config.host.lower()
+    if target == host.lower() or (loopback(target) and (wildcard or loopback(host.lower()))):
+        raise ConfigError(f"{what} {config.redacted()} is drain's own SMTP ingress (DRAIN_SMTPD_LISTEN="
+                          f"{host}:{port}): mail sent there would come back into the queue, a loop")
+
+
 def _field(kind: Kind, name: str) -> str:
     return f"{kind}:{name}"
 

@@ -21,6 +21,7 @@ from drain.worker.audit import AuditedStore
 from drain.worker.delivery import Relay, RelayConfig
 from drain.worker.housekeeping import Housekeeper
 from drain.worker.relays import Relays, relay_for
+from drain.worker.routing import not_own_ingress
 
 
 @dataclass
@@ -63,6 +64,9 @@ class Runtime:
         relay = relay_for(settings, RelayConfig.from_url(settings.relay))
         for url in settings.relay_fallbacks:
             RelayConfig.from_url(url)  # a fallback drain cannot use stops the start, as DRAIN_RELAY does
+        for url in (settings.relay, *settings.relay_fallbacks):
+            what = "DRAIN_RELAY" if url == settings.relay else "DRAIN_RELAY_FALLBACK"
+            not_own_ingress(url, settings.smtpd_listen, what)  # a loop: mail would come back for ever
         # host-pid-token: which process holds a claim can be told from Redis.
         owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         runtime = cls(settings, store, relay, owner, *configured(settings))
