@@ -26,6 +26,7 @@ from drain.message import Envelope, as_bytes, envelope_from_headers
 from drain.observe import cells as cells_view
 from drain.observe.status import Status, read
 from drain.settings import Settings
+from drain.store.cellname import check_name
 from drain.store.cells import Cell, cells_of, down, is_multi
 from drain.store.connection import check_eviction, client_for, connect
 from drain.store.durability import Guard
@@ -309,6 +310,7 @@ class CellsClient(Client):
         try:
             active = rules.load(member.redis)  # the probe: nothing is written if this fails
             check_eviction(member.redis, cell.url)
+            check_name(member.redis, cell)  # once a process: cells listed in another order are refused
             _plan = member.durable.plan  # durability it cannot have: ConfigError before a write
             member.memory.check()
         except QueueFull:
