@@ -142,6 +142,11 @@ class Wire:
             reply = conn.read_response()
         except redis.ResponseError:
             self.flight.popleft()
+            if ids is None:
+                # A reservation refused: Redis at its maxmemory refuses INCRBY, and the chunk
+                # ahead of it may have stored (its ids must not be lost with this error). No
+                # ids are reserved; the next chunk reserves its own, and meets the error there.
+                return None
             raise
         except BaseException:
             self._drop()
