@@ -33,7 +33,7 @@ def test_a_claims_reads_take_one_round_trip_after_the_claim(
         client: Client, relay: Sink, rclient: redis.Redis, settings: Settings) -> None:
     """From the batch's start to the first message at the relay: the claim and one round
     trip for the breakers, the limited domains, the routes and relays and the messages. The
-    sink's own INFO adds one read. Mutant caught: Gate.refresh, Relays.refresh and Store.load
+    sink's own INFO adds one read. Mutant caught: the gate's, the relays' and the messages' reads
     sent one by one again (five round trips after the claim)."""
     sender = Relay(RelayConfig.from_url(settings.relay), timeout_s=5.0)
     relays = Relays(rclient, settings, sender)  # a worker's, kept across its claims

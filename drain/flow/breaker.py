@@ -38,21 +38,16 @@ class Breakers:
         self.open_until: dict[str, float] = {}
         self.failing: set[str] = set()
 
-    def refresh(self) -> None:
-        """Read every breaker once (per batch): open ones and domains with failures on record."""
-        pipe = self.client.pipeline(transaction=False)
-        self.queue(pipe)
-        self.take(pipe.execute())
-
     def queue(self, pipe: redis.client.Pipeline) -> int:
-        """refresh's reads on a pipeline sent with others (drain.worker.preamble); returns how many."""
+        """Every breaker, read once per claim with the claim's other reads (drain.worker.preamble,
+        through Gate): open ones and domains with failures on record; returns how many reads."""
         pipe.hgetall(keys.BREAKER_OPEN)
         pipe.hkeys(keys.BREAKER_FAILS)
         pipe.hkeys(keys.BREAKER_TRIPS)
         return 3
 
     def take(self, replies: list[Any]) -> None:
-        """refresh's replies (from `queue`)."""
+        """The replies to `queue`'s reads."""
         opened, fails, trips = replies
         self.open_until = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], opened).items()}
         self.failing = {k.decode() for k in [*fails, *trips]}

@@ -1,9 +1,10 @@
 """May this message go now? The one answer, per message, from breakers, pauses, domain rates,
 concurrency caps and adaptive rates; and what the flow learns from each reply.
 
-A batch makes one `Gate` and calls `refresh` per claim (one round trip for the breakers,
-one for which domains are limited at all), `ask` per message, `sent` after a send that took
-a concurrency slot, and `heard` with the relay's reply. The domain checks run in Redis
+A batch makes one `Gate`, whose reads of the breakers and of which domains are limited at
+all go with the claim's other reads (`queue`/`take`, drain.worker.preamble); it calls `ask`
+per message, `sent` after a send that took a concurrency slot, and `heard` with the relay's
+reply. The domain checks run in Redis
 (gate.lua, unpark.lua), atomic with the booking of a send time.
 """
 
@@ -70,15 +71,9 @@ class Constrained:
     adaptive: set[str]
 
 
-def constrained(store: Store) -> Constrained:
-    """Which domains are limited, capped and adapting, read in one round trip."""
-    pipe = store.client.pipeline(transaction=False)
-    constrained_on(pipe)
-    return constrained_from(pipe.execute())
-
-
 def constrained_on(pipe: redis.client.Pipeline) -> int:
-    """constrained's reads on a pipeline sent with others; returns how many."""
+    """Which domains are limited, capped and adapting: the reads, on a pipeline sent with
+    others (constrained_from takes their replies); returns how many."""
     pipe.hkeys(keys.DOMAIN_RATES)
     pipe.hkeys(keys.DOMAIN_EFFECTIVE)
     pipe.hkeys(keys.DOMAIN_CONCURRENCY)

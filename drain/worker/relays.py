@@ -69,20 +69,10 @@ class Relays:
             self.sessions[RELAY] = default
             self.configs[settings.relay] = (RELAY, default.config)
 
-    def refresh(self) -> None:
-        """Once per claim, in one round trip: the routes' version (reloaded when it changed),
-        the relays' concurrency caps, and the counts kept since the last claim written."""
-        pipe = self.client.pipeline(transaction=False)
-        self.queue(pipe)
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except BaseException:
-            self.undo()
-            raise
-        self.take(replies)
-
     def queue(self, pipe: redis.client.Pipeline) -> int:
-        """refresh's commands on a pipeline sent with the claim's other reads (drain.worker.preamble)."""
+        """Once per claim, with the claim's other reads (drain.worker.preamble): the routes'
+        version (reloaded when it changed), the relays' concurrency caps, and the counts kept
+        since the last claim written."""
         pipe.get(keys.ROUTES_VERSION)
         pipe.hgetall(keys.RELAY_CONCURRENCY)
         self.sending, self.counts = self.counts, {}
