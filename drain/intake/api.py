@@ -224,8 +224,9 @@ class Client:
         self.durable.confirm()
         try:
             ensure_tokens(self.redis, self.settings)
-        except redis.RedisError as exc:  # out of memory, a damaged key, gone: stored all the same
-            log.warning("mail stored, but no batch job was queued for it (housekeeping adds it): Redis: %s", exc)
+        except redis.RedisError as exc:  # out of memory (intake's own error tells that), damaged, gone
+            log.log(logging.INFO if isinstance(exc, redis.OutOfMemoryError) else logging.WARNING,
+                    "mail stored, but no batch job was queued for it (housekeeping adds it): Redis: %s", exc)
 
     def status(self) -> Status:
         return read(self.store)
