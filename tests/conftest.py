@@ -16,6 +16,7 @@ from drain.demo.sink import Sink, free_port
 from drain.intake.api import Client
 from drain.settings import Settings
 from drain.store.embedded import spawn_on_port
+from drain.store.localjournal import LocalJournal
 from drain.store.store import Store
 from drain.worker.housekeeping import run_once
 from drain.worker.rqworker import DrainWorker
@@ -42,9 +43,10 @@ def relay() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def settings(redis_server: int, relay: Sink) -> Settings:
+def settings(redis_server: int, relay: Sink, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         redis_url=f"redis://127.0.0.1:{redis_server}/0",
+        local_journal=str(tmp_path_factory.mktemp("journal")),  # (not in tmp_path: tests list it)
         relay=relay.url,
         relay_timeout_s=5.0,
         batch_size=20,
@@ -124,8 +126,12 @@ def work(rclient: redis.Redis, settings: Settings) -> Callable[..., bool]:
 
 
 @pytest.fixture
-def housekeep(store: Store) -> Callable[[], object]:
-    return lambda: run_once(store, force=True)
+def housekeep(rclient: redis.Redis, settings: Settings) -> Callable[[], object]:
+    """A housekeeping round of a worker of this host (it copies dead processes' local journals
+    before the reaper looks)."""
+    keeper = Store(rclient, settings)
+    keeper.local = LocalJournal.open(rclient, settings)
+    return lambda: run_once(keeper, force=True)
 
 
 def seed(kind: str) -> list[tuple[str, bytes]]:

@@ -27,7 +27,8 @@ def kill_mid_batch(client: Client, relay: Sink, settings: Settings, **env: str) 
 
     relay.set_policy(data_policy=policy)
     environ = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
-                   DRAIN_BATCH_SIZE="20", DRAIN_LEASE_TTL="1", **env)
+                   DRAIN_BATCH_SIZE="20", DRAIN_LEASE_TTL="1",
+                   **{"DRAIN_LOCAL_JOURNAL": settings.local_journal, **env})
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "WARNING"], env=environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

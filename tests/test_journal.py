@@ -109,7 +109,8 @@ def test_a_worker_killed_between_journal_and_settle_does_not_resend_journalled_m
     twice. Mutant caught: reap.lua without lib.commit_journal (8 copies more)."""
     total = 30
     client.enqueue_many([synthetic(i) for i in range(total)])
-    kill_mid_batch(client, relay, settings, DRAIN_SETTLE_EVERY="1", DRAIN_RELAY_SESSIONS="1")
+    kill_mid_batch(client, relay, settings, DRAIN_SETTLE_EVERY="1", DRAIN_RELAY_SESSIONS="1",
+                   DRAIN_LOCAL_JOURNAL="off")  # Redis's journal alone (tests/test_local_journal.py: with it)
     journalled = sum(rclient.llen(k) for k in rclient.scan_iter(keys.journal("*")))
     assert journalled == 7 and client.store.books().delivered == 0
 

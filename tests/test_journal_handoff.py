@@ -31,7 +31,7 @@ def test_a_journal_write_carries_the_whole_window(
     monkeypatch.setattr(journalpool, "HANDOFF_WAIT_S", 5.0)
     client.enqueue_many([synthetic(i) for i in range(60)])
     rclient.config_resetstat()
-    work(relay_sessions=lanes, settle_every=3, batch_size=30, max_tokens=1)
+    work(relay_sessions=lanes, settle_every=3, batch_size=30, max_tokens=1, local_journal="off")
     books = client.store.books()
     assert books.delivered == 60 and books.queued == 0
     assert journal_writes(rclient) <= 22, journal_writes(rclient)
@@ -58,7 +58,7 @@ def test_the_wait_is_seldom_tried_while_the_relay_is_slow(
     monkeypatch.setattr(batch, "JournalPool", Counted)
     relay.set_policy(data_policy=lambda _index, _msg: Stall(seconds=0.03))
     client.enqueue_many([synthetic(i) for i in range(40)])
-    work(relay_sessions=2, settle_every=3, batch_size=20, max_tokens=1)
+    work(relay_sessions=2, settle_every=3, batch_size=20, max_tokens=1, local_journal="off")
     assert client.store.books().delivered == 40
     ran_out = sum(p.ran_out for p in pools)
     assert calls[0] >= 12, calls[0]  # the lanes did look for a place often

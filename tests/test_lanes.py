@@ -4,8 +4,10 @@ hands without their outcome recorded (the duplicate window of one worker death).
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,6 +19,7 @@ from drain.demo.seeding import synthetic
 from drain.demo.sink import Received, Sink, Stall
 from drain.flow import ratelimit
 from drain.intake.api import Client, Submission
+from drain.settings import Settings
 from drain.store import keys
 from drain.store.store import Outcome, Stored
 from drain.worker.batch import Batch
@@ -65,26 +68,53 @@ return count
 """
 
 
-def test_lanes_share_one_settle_window(
-        client: Client, relay: Sink, rclient: redis.Redis, work: Callable[..., bool]) -> None:
+def _on_local_disk(folder: str) -> set[str]:
+    """The ids in the lanes' local journal files (drain/store/localjournal.py)."""
+    found: set[str] = set()
+    for path in Path(folder).glob("*.journal"):
+        data, at = path.read_bytes(), 0
+        while at + 4 <= len(data):
+            (size,) = struct.unpack_from(">I", data, at)
+            record = data[at + 4: at + 4 + size]
+            at += 4 + size
+            if len(record) == size and record[:1] != b"d":  # (the header starts with MAGIC)
+                (length,) = struct.unpack_from(">I", record, 1)
+                found.add(record[5: 5 + length].decode())
+    return found
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_lanes_share_one_settle_window(client: Client, relay: Sink, rclient: redis.Redis, settings: Settings,
+                                       work: Callable[..., bool], local: bool) -> None:
     """Whenever the relay takes a message, the messages it has taken that Redis still holds
-    in flight and not settled (nor in a lane's journal, where they count as delivered) are at
-    most DRAIN_SETTLE_EVERY, across all lanes."""
-    total, window = 60, 2
+    in flight and not settled (nor in the journal, where they count as delivered) are at most
+    DRAIN_SETTLE_EVERY, across all lanes; with the local journal, at most
+    DRAIN_REDIS_JOURNAL_EVERY, and those on no local disk either at most one per lane (the
+    one the relay is taking). Mutants caught: size_for ignoring the local journal (Redis
+    holds at most 2); _deposit not writing to disk (7 on no disk)."""
+    total, window, lanes = 60, 2, 3
     ids = client.enqueue_many([synthetic(i) for i in range(total)]).ids
     by_message_id = {f"<synthetic-{i}@sender.example.com>": ids[i] for i in range(total)}
     taken: list[str] = []
     most: list[int] = []
+    nowhere: list[int] = []
     probe = redis.Redis(connection_pool=rclient.connection_pool)
 
     def policy(_index: int, msg: Received) -> None:
         taken.append(by_message_id[msg.message_id])
+        on_disk = _on_local_disk(settings.local_journal) if local else set()  # (read first: see the docstring)
         most.append(int(probe.eval(UNSETTLED, 1, keys.INFLIGHT, keys.journal("*"), *taken)))
+        nowhere.append(int(probe.eval(UNSETTLED, 1, keys.INFLIGHT, keys.journal("*"),
+                                      *(i for i in taken if i not in on_disk))))
 
     relay.set_policy(data_policy=policy)
-    work(relay_sessions=3, batch_size=10, settle_every=window)
+    work(relay_sessions=lanes, batch_size=10, settle_every=window, redis_journal_every=8,
+         local_journal=settings.local_journal if local else "off")
     assert client.store.books().delivered == total
-    assert len(most) == total and max(most) <= window, most
+    assert len(most) == total and max(most) <= (8 if local else window), most
+    assert max(nowhere) <= (lanes if local else window), nowhere
+    if local:
+        assert max(most) > window, most  # Redis's journal is written less often
 
 
 @pytest.mark.parametrize("limit", ["global", "domain"])

@@ -83,6 +83,11 @@ class Settings:
                                   "lanes of a worker process, each with its own relay session (at most 64)")
     settle_every: int = setting("DRAIN_SETTLE_EVERY", 3, v.whole(1), "worker",
                                 "outcomes recorded in Redis after this many messages")
+    local_journal: str = setting("DRAIN_LOCAL_JOURNAL", "", v.text, "worker",
+                                 "folder on local disk where each delivery is journalled at once (off: none)",
+                                 shown="HOME/journal")
+    redis_journal_every: int = setting("DRAIN_REDIS_JOURNAL_EVERY", 25, v.whole(1), "worker",
+                                       "with a local journal: deliveries journalled in Redis after this many")
     lease_ttl_s: float = setting("DRAIN_LEASE_TTL", 15.0, v.number(0.5), "worker",
                                  "seconds after which a silent worker's claim lapses")
     job_timeout_s: int = setting("DRAIN_JOB_TIMEOUT", 900, v.whole(1), "worker", "RQ timeout of one batch job")

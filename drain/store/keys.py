@@ -48,6 +48,8 @@ SWEPT = f"{PREFIX}:swept"
 SWEPT_LANE = f"{PREFIX}:swept:lane"
 # Ids claimed by a worker: field id -> owner (hash).
 INFLIGHT = f"{PREFIX}:inflight"
+# A token naming this Redis to the workers' local journals (drain/store/localjournal.py).
+INSTANCE = f"{PREFIX}:instance"
 # Ids waiting for their next attempt, scored by due time (sorted set).
 DEFERRED = f"{PREFIX}:deferred"
 # Ids of the deferred set held without an attempt, by why (sorted sets, scored like it):

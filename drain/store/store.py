@@ -31,6 +31,7 @@ from drain.store.enqueue import ENQUEUE_CHUNK as ENQUEUE_CHUNK
 from drain.store.enqueue import Enqueue
 from drain.store.enqueue import Item as Item
 from drain.store.journal import Written
+from drain.store.localjournal import LocalJournal
 from drain.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Store:
         # next deliver.lua call says what they hold (journal.known_args), sparing their reading.
         self.written: dict[str, list[Written]] = {}
         self.written_lock = threading.Lock()
+        # A worker process's journal on local disk (drain/store/localjournal.py; set by its runtime).
+        self.local: LocalJournal | None = None
 
     # -- producers -------------------------------------------------------------------
 

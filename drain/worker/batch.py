@@ -39,7 +39,7 @@ from drain.worker.relays import BUSY_WAIT_S, Relays
 from drain.worker.retry import next_try_in, redis_backoff
 from drain.worker.settling import Settling
 from drain.worker.tally import Tally
-from drain.worker.window import Window
+from drain.worker.window import Window, size_for
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Batch(Settling):
         self.reports: list[tuple[Stored, dict[str, str], str]] = []
         # Places taken in the process's settle window for messages not yet settled (a lone
         # batch has a window of its own); other lanes of the job share it (drain.worker.lanes).
-        self.window = window or Window(store.settings.settle_every)
+        self.window = window or Window(size_for(store))
         self.taken = 0
         # The lanes' deliveries waiting for the journal (drain.worker.journalpool); whether this
         # claim's may go there (not when it took a capped tenant's concurrency slot: settling frees it).

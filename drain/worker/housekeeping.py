@@ -22,6 +22,7 @@ from drain.observe.deferred import drop_stale
 from drain.ops.control import lapse
 from drain.ops.quarantine import Quarantine
 from drain.store import keys
+from drain.store.localjournal import RECOVER_EVERY_S
 from drain.store.store import Store
 from drain.worker import lifetime
 from drain.worker.audit import AUDIT_EVERY_S, Ledger, audit
@@ -48,6 +49,8 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     """One round, unless another worker ran one within interval_s (then None)."""
     if not force and not store.client.set(keys.HOUSEKEEPING_LOCK, b"1", nx=True, px=int(interval_s * 1000)):
         return None
+    if store.local is not None:  # a dead process of this host: its local journal first, then the reaper
+        _step("copy dead processes' local journals", lambda: store.local.recover(store.client) if store.local else 0, 0)
     reaped, poisoned = _step("give back dead workers' mail", store.reap_dead, (0, 0))
     if reaped or poisoned:
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
@@ -100,7 +103,7 @@ class Housekeeper(threading.Thread):
 
     def run(self) -> None:
         renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
-        next_round = next_renew = 0.0
+        next_round = next_renew = next_recover = 0.0
         next_audit = time.monotonic() + self.audit_every_s
         failures, logged_at = 0, 0.0
         while not self.stopping.is_set():
@@ -109,6 +112,9 @@ class Housekeeper(threading.Thread):
                 if now >= next_renew:
                     self.store.renew(self.owner)
                     next_renew = now + renew_every
+                if self.store.local is not None and now >= next_recover:
+                    next_recover = now + min(RECOVER_EVERY_S, self.store.settings.lease_ttl_s / 4)
+                    self.store.local.recover(self.store.client)  # dead processes' local journals
                 if now >= next_round:
                     run_once(self.store, self.interval_s)
                     next_round = now + self.interval_s

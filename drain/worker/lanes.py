@@ -56,7 +56,7 @@ from drain.worker import dispatch
 from drain.worker.alone import Alone
 from drain.worker.batch import TIMEOUT_FINDINGS, Batch
 from drain.worker.dispatch import Rounds, Span
-from drain.worker.window import Window
+from drain.worker.window import Window, size_for
 
 if TYPE_CHECKING:
     from drain.worker.runtime import Runtime
@@ -145,7 +145,7 @@ class Judge:
 def deliver(rt: Runtime) -> int:
     """Work up to one batch per lane; returns how many messages were claimed in all."""
     rules = rt.rules()
-    window = Window(rt.settings.settle_every)
+    window = Window(size_for(rt.store))
     stop = threading.Event()
     limited = threading.Lock()
     relays = rt.lanes()

@@ -15,6 +15,7 @@ import redis
 from drain.intake import rules
 from drain.intake.rules import Rule
 from drain.settings import Settings
+from drain.store.localjournal import LocalJournal
 from drain.store.store import Store
 from drain.validate import Limits, configured
 from drain.worker.audit import AuditedStore
@@ -69,12 +70,15 @@ class Runtime:
             not_own_ingress(url, settings.smtpd_listen, what)  # a loop: mail would come back for ever
         # host-pid-token: which process holds a claim can be told from Redis.
         owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        store.local = LocalJournal.open(client, settings)
         runtime = cls(settings, store, relay, owner, *configured(settings))
         runtime.relays = Relays(client, settings, relay)
         return runtime
 
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)
+        if self.store.local is not None:  # a process that died here before: its deliveries count
+            self.store.local.recover(self.store.client)
         if housekeeping:
             ledger = self.store.ledger if isinstance(self.store, AuditedStore) else None
             self.housekeeper = Housekeeper(self.store, self.owner, ledger=ledger)
@@ -90,6 +94,8 @@ class Runtime:
         for relays in self.extra:
             relays.close()
         self.extra = []
+        if self.store.local is not None:
+            self.store.local.close()
         self.store.release_lease(self.owner)
 
 

@@ -83,6 +83,8 @@ class Settling:
         if not outcomes and not journalled:
             self.window.give(self.taken)
             self.taken = 0
+            if final and self.store.local is not None:
+                self.store.local.clear(self.owner)
             return
         try:
             if outcomes:
@@ -92,6 +94,8 @@ class Settling:
         finally:
             taken, self.taken = self.taken, 0
             self.window.give(taken)
+        if final and self.store.local is not None:
+            self.store.local.clear(self.owner)  # every delivery of this lane is settled in Redis
         self._send_reports()
         if skipped:
             log.warning("%d outcomes skipped: their lease lapsed and they went back to ready", skipped)
@@ -103,6 +107,7 @@ class Settling:
         """Deliveries to the journal at once (with what the other lanes have waiting): from then
         on they count as settled (never sent again)."""
         places, self.taken = self.taken, 0
+        self._on_disk(outcomes)
         for outcome in outcomes:
             self.pool.deposit(self.owner, outcome, places)
             places = 0
@@ -114,7 +119,21 @@ class Settling:
             self._settle([], final=True)
 
     def _deposit(self, outcome: Outcome) -> None:
-        """A delivery to the pool with its place: journalled when some lane next needs a place."""
+        """A delivery to the local journal, then to the pool with its place: journalled in
+        Redis when some lane next needs a place (at once if the local journal failed)."""
+        at_once = not self._on_disk([outcome])
         self.pool.deposit(self.owner, outcome, 1)
         self.taken -= 1
         self.tally.add(outcome)
+        if at_once:
+            self.pool.flush()
+
+    def _on_disk(self, outcomes: list[Outcome]) -> bool:
+        """Write deliveries to the lane's local journal (drain/store/localjournal.py). False
+        when that failed and the window is wider than DRAIN_SETTLE_EVERY (it was sized for the
+        local journal): the caller journals them in Redis at once."""
+        local = self.store.local
+        if local is None:
+            return True
+        entries = [journal.entry(o, self.settings.trace, self.store.figures.get(o.id)) for o in outcomes]
+        return local.append(self.owner, entries) or self.window.size <= self.settings.settle_every

@@ -14,10 +14,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from drain.store.store import Store
     from drain.worker.journalpool import JournalPool
 
 # How often a lane waiting for a place looks whether it was told to stop.
 STOP_POLL_S = 0.1
+
+
+def size_for(store: Store) -> int:
+    """A process's window: DRAIN_SETTLE_EVERY, or, while every delivery goes to the local
+    journal at once (drain/store/localjournal.py), DRAIN_REDIS_JOURNAL_EVERY: then the
+    window bounds what a lost host repeats, and a killed process repeats none."""
+    local = store.local
+    if local is None or local.broken:
+        return store.settings.settle_every
+    return max(store.settings.settle_every, store.settings.redis_journal_every)
 
 
 class Window:

@@ -1,0 +1,239 @@
+"""The delivery journal on the worker's own disk: every delivery the relay took is written to
+a file of the lane before the lane goes on, so a killed worker process repeats none of them.
+
+A write to Redis costs Redis a wake-up, a socket read and a write, several times what the
+journal entry itself costs; written every DRAIN_SETTLE_EVERY deliveries it was a third of
+Redis's work per message. A write() to a file the kernel keeps costs Redis nothing, and it
+outlives the process: only the machine going down takes it. So, with this journal, each
+delivery is appended here at once, and Redis's journal (drain/store/journal.py) is written
+every DRAIN_REDIS_JOURNAL_EVERY deliveries: the repeats when a host is lost with its page
+cache, the only case this file does not cover.
+
+Each lane has a file (`<token>.journal`) that it holds an exclusive flock on while its
+process lives: the kernel drops the lock when the process dies, however it dies. Any worker
+process on the host (its housekeeper, every RECOVER_EVERY_S, and at start) takes the lock of
+a file nobody holds, copies its entries into the owner's journal in Redis, where the
+reaper settles them as delivered before it gives the rest of the claim back (reap.lua),
+and deletes the file. The lease (DRAIN_LEASE_TTL) lasts far longer than that round, so the
+copy is there before the reaper looks, as long as some worker runs on the host or starts
+there within the lease; if none does, the dead process's claim is settled from Redis's
+journal alone, as after a host loss. An entry copied twice (it was in Redis already) is
+settled once: a settle takes only what its owner's process still holds.
+
+A file holds records: the length of the bytes (4 bytes, big-endian) and the bytes. The first
+is the header (MAGIC, the Redis instance's token, the owner); each other is one journal entry
+as drain/store/journal.py packs it. A record cut short (a disk that filled) ends the file.
+The instance token (keys.INSTANCE) keeps one host's workers of two drains (two Redis, the
+same folder) from copying each other's entries into the wrong Redis.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from drain.settings import Settings
+from drain.store import keys
+from drain.store.journal import JOURNAL_TTL_S
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"drain-local-journal 1"
+SUFFIX = ".journal"
+# How often each worker process looks for files of dead processes (seconds).
+RECOVER_EVERY_S = 1.0
+# A file being made (".new", locked until renamed) left by a process that died right then.
+STALE_NEW_S = 60.0
+
+
+def folder(settings: Settings) -> Path | None:
+    """Where the lanes' files go: DRAIN_LOCAL_JOURNAL, or HOME/journal; None when it is off."""
+    value = settings.local_journal.strip()
+    if value.lower() == "off":
+        return None
+    return Path(value) if value else settings.home / "journal"
+
+
+def instance(client: redis.Redis) -> bytes:
+    """This Redis's token (made by the first worker to ask)."""
+    client.set(keys.INSTANCE, secrets.token_hex(8), nx=True)
+    token = client.get(keys.INSTANCE)
+    return token if isinstance(token, bytes) else b""
+
+
+def _record(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _header(token: bytes, owner: str) -> bytes:
+    return _record(b"\n".join((MAGIC, token, owner.encode("utf-8", "surrogateescape"))))
+
+
+def _records(data: bytes) -> list[bytes]:
+    found, at = [], 0
+    while at + 4 <= len(data):
+        (size,) = struct.unpack_from(">I", data, at)
+        if at + 4 + size > len(data):
+            break
+        found.append(data[at + 4: at + 4 + size])
+        at += 4 + size
+    return found
+
+
+class LocalJournal:
+    """The files of one worker process's lanes (one per owner), for one Redis."""
+
+    def __init__(self, where: Path, token: bytes) -> None:
+        self.where = where
+        self.token = token
+        self.files: dict[str, tuple[int, Path]] = {}
+        self.lock = threading.Lock()
+        self.broken = False
+
+    @classmethod
+    def open(cls, client: redis.Redis, settings: Settings) -> LocalJournal | None:
+        """The process's local journal, or None when it is off or its folder cannot be made
+        (logged: Redis's journal alone then bounds the repeats, every DRAIN_SETTLE_EVERY)."""
+        where = folder(settings)
+        if where is None:
+            return None
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("no local delivery journal (%s: %s): deliveries are journalled in Redis only",
+                        where, exc.strerror)
+            return None
+        return cls(where, instance(client))
+
+    def _fd(self, owner: str) -> int:
+        found = self.files.get(owner)
+        if found is not None:
+            return found[0]
+        name = secrets.token_hex(8)
+        new, path = self.where / f"{name}.new", self.where / f"{name}{SUFFIX}"
+        fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, _header(self.token, owner))
+            os.rename(new, path)  # seen by the others only once locked and headed
+        except BaseException:
+            os.close(fd)
+            raise
+        with self.lock:
+            self.files[owner] = (fd, path)
+        return fd
+
+    def append(self, owner: str, entries: list[bytes]) -> bool:
+        """Write the lane's entries (one write). False when the disk refused (logged once; the
+        caller then journals in Redis at once)."""
+        if self.broken:
+            return False
+        try:
+            os.write(self._fd(owner), b"".join(map(_record, entries)))
+        except OSError as exc:
+            self.broken = True
+            log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
+                        exc.strerror)
+            return False
+        return True
+
+    def clear(self, owner: str) -> None:
+        """The lane's entries are all settled in Redis: empty its file."""
+        found = self.files.get(owner)
+        if found is None or self.broken:
+            return
+        try:
+            os.ftruncate(found[0], 0)
+            os.write(found[0], _header(self.token, owner))
+        except OSError as exc:
+            self.broken = True
+            log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
+                        exc.strerror)
+
+    def close(self) -> None:
+        """At a stop: the files of lanes that settled everything go; one still holding
+        entries (its last settle failed) is left, unlocked, for recovery to copy."""
+        with self.lock:
+            files, self.files = self.files, {}
+        for owner, (fd, path) in files.items():
+            try:
+                if os.fstat(fd).st_size <= len(_header(self.token, owner)):
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def recover(self, client: redis.Redis) -> int:
+        """Copy the entries of every file whose process is gone (nobody holds its lock) into
+        its owner's journal in Redis and delete it; returns how many entries were copied."""
+        copied = 0
+        try:
+            names = sorted(os.listdir(self.where))
+        except OSError:
+            return 0
+        for name in names:
+            path = self.where / name
+            if name.endswith(SUFFIX):
+                copied += self._recover_one(client, path)
+            elif name.endswith(".new"):
+                self._drop_stale_new(path)
+        return copied
+
+    def _recover_one(self, client: redis.Redis, path: Path) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return 0  # gone already: another process took it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # its process lives
+            if not os.path.exists(path):
+                return 0  # taken and deleted between our open and our lock
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                records = _records(handle.read())
+            head = records[0].split(b"\n", 2) if records else []
+            if len(head) != 3 or head[0] != MAGIC:
+                log.warning("local delivery journal %s cannot be read: left alone", path)
+                return 0
+            if head[1] != self.token:
+                # Another drain's (another Redis): its own workers copy it; past a day nobody will.
+                if time.time() - os.fstat(fd).st_mtime > JOURNAL_TTL_S:
+                    path.unlink(missing_ok=True)
+                return 0
+            owner, entries = head[2].decode("utf-8", "surrogateescape"), records[1:]
+            if entries:
+                pipe = client.pipeline(transaction=False)
+                pipe.rpush(keys.journal(owner), *entries)
+                pipe.expire(keys.journal(owner), JOURNAL_TTL_S)
+                pipe.execute()
+                log.warning("a dead worker's %d deliveries found in its local journal: settled as delivered, "
+                            "not sent again", len(entries))
+            path.unlink(missing_ok=True)
+            return len(entries)
+        finally:
+            os.close(fd)
+
+    def _drop_stale_new(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if time.time() - os.fstat(fd).st_mtime > STALE_NEW_S:
+                path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
