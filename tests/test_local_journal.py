@@ -131,3 +131,20 @@ def test_a_worker_killed_mid_batch_resends_only_the_message_in_the_relay_s_hands
     assert books.delivered == total and books.queued == 0 and books.balanced, books
     assert {m.message_id for m in relay.messages} == {f"<synthetic-{i}@sender.example.com>" for i in range(total)}
     assert len(relay.messages) - total <= 1
+
+
+def test_a_folder_others_may_write_to_is_refused_and_an_empty_file_is_dropped(
+        rclient: redis.Redis, tmp_path: Path) -> None:
+    """Anyone who may write to the folder could plant entries that count queued mail as
+    delivered: a group- or world-writable folder is not used. A file with no header (killed
+    between clear's truncate and its write) goes without a word. Mutants caught: open without
+    the mode check (a journal in a 0777 folder); recover keeping headless files."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert LocalJournal.open(rclient, Settings(local_journal=str(shared))) is None
+    where = tmp_path / "j"
+    local = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    assert local is not None and (where.stat().st_mode & 0o777) == 0o700
+    (where / "cut.journal").write_bytes(b"")
+    assert local.recover(rclient) == 0 and not (where / "cut.journal").exists()

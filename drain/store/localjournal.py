@@ -97,6 +97,7 @@ class LocalJournal:
         self.files: dict[str, tuple[int, Path]] = {}
         self.lock = threading.Lock()
         self.broken = False
+        self.unreadable: set[Path] = set()  # (told once each)
 
     @classmethod
     def open(cls, client: redis.Redis, settings: Settings) -> LocalJournal | None:
@@ -106,10 +107,16 @@ class LocalJournal:
         if where is None:
             return None
         try:
-            where.mkdir(parents=True, exist_ok=True)
+            where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            found = where.stat()
         except OSError as exc:
             log.warning("no local delivery journal (%s: %s): deliveries are journalled in Redis only",
                         where, exc.strerror)
+            return None
+        # Whoever may write there could plant entries that count mail as delivered: refused.
+        if found.st_uid != os.geteuid() or found.st_mode & 0o022:
+            log.warning("no local delivery journal: %s must be a folder of this user that nobody else may "
+                        "write to; deliveries are journalled in Redis only", where)
             return None
         return cls(where, instance(client))
 
@@ -190,10 +197,12 @@ class LocalJournal:
 
     def _recover_one(self, client: redis.Redis, path: Path) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
-            return 0  # gone already: another process took it
+            return 0  # gone already (another process took it), or a link: not ours
         try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                return 0
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -202,9 +211,14 @@ class LocalJournal:
                 return 0  # taken and deleted between our open and our lock
             with os.fdopen(os.dup(fd), "rb") as handle:
                 records = _records(handle.read())
-            head = records[0].split(b"\n", 2) if records else []
+            if not records:  # killed between clear's truncate and its header: nothing to copy
+                path.unlink(missing_ok=True)
+                return 0
+            head = records[0].split(b"\n", 2)
             if len(head) != 3 or head[0] != MAGIC:
-                log.warning("local delivery journal %s cannot be read: left alone", path)
+                if path not in self.unreadable:
+                    self.unreadable.add(path)
+                    log.warning("local delivery journal %s cannot be read: left alone", path)
                 return 0
             if head[1] != self.token:
                 # Another drain's (another Redis): its own workers copy it; past a day nobody will.
