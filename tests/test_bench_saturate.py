@@ -39,7 +39,7 @@ def test_simulated_workers_drain_a_real_redis_and_the_mix_check_tells_a_differen
     assert mix.get("hmget", 0) < 0.1 and "info" not in mix
     assert bench_saturate.mix_check(mix, dict(mix)) == (True, [])
 
-    every = drained(DRAIN_SETTLE_EVERY="1")
+    every = drained(DRAIN_REDIS_JOURNAL_EVERY="1")  # (Redis's journal every 3, the settle window, not 25)
     assert every["done"] == COUNT
     ok, problems = bench_saturate.mix_check(mix, every["mix"])
     assert not ok and any(p.startswith("rpush ") for p in problems), problems

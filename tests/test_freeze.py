@@ -31,7 +31,8 @@ def test_worker_frozen_past_its_lease_stops_at_its_next_record(
     # The relay holds the 8th message: the worker is mid-batch (20 claimed, 5 recorded).
     relay.set_policy(data_policy=lambda i, _m: Stall(seconds=60, release=release) if i == 7 else None)
     env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=relay.url,
-               DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="5", DRAIN_LEASE_TTL="1")
+               DRAIN_BATCH_SIZE="20", DRAIN_SETTLE_EVERY="5", DRAIN_LEASE_TTL="1",
+               DRAIN_LOCAL_JOURNAL=settings.local_journal)  # (the host's workers share it)
     proc = subprocess.Popen([sys.executable, "-m", "drain", "worker", "--log-level", "ERROR"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -53,11 +53,22 @@ def test_a_second_lane_delivers_while_the_first_waits_on_the_relay(
 UNSETTLED = """
 local journalled = {}
 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do
-  for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do  -- entries of drain/store/journal.py
-    local id
-    if string.byte(e, 1) >= 16 then _, id = struct.unpack('>BI4c0', e)
-    else _, _, id = struct.unpack('>BI4c0I4c0', e) end
-    journalled[id] = true
+  for _, element in ipairs(redis.call('LRANGE', key, 0, -1)) do  -- entries of drain/store/journal.py
+    local entries, at = {}, 2
+    if string.byte(element, 1) == 20 then  -- a write's bundle of entries
+      while at <= #element do
+        local e, after = struct.unpack('>I4c0', element, at)
+        entries[#entries + 1], at = e, after
+      end
+    else
+      entries[1] = element
+    end
+    for _, e in ipairs(entries) do
+      local id
+      if string.byte(e, 1) >= 16 then _, id = struct.unpack('>BI4c0', e)
+      else _, _, id = struct.unpack('>BI4c0I4c0', e) end
+      journalled[id] = true
+    end
   end
 end
 local count = 0

@@ -50,11 +50,12 @@ def test_a_live_process_s_file_is_left_alone_and_a_dead_one_s_is_copied_once(
     assert live.append("live-1", [_entry(ids[3])])
     fd, _path = dead.files.pop("dead-1")
     os.close(fd)  # the process died: the kernel dropped its lock
+    store.renew("live-1")
 
     assert other.recover(rclient) == 2
     assert other.recover(rclient) == 0
     assert [len(list(where.glob("*.journal")))] == [1]  # the live lane's
-    assert int(rclient.llen(keys.journal("dead-1"))) == 2 and not rclient.exists(keys.journal("live-1"))
+    assert int(rclient.llen(keys.journal("dead-1"))) == 1 and not rclient.exists(keys.journal("live-1"))
 
     rclient.delete(keys.lease("dead-1"))
     assert store.reap_dead() == (1, 0)  # the third goes back; two count as delivered
@@ -148,3 +149,29 @@ def test_a_folder_others_may_write_to_is_refused_and_an_empty_file_is_dropped(
     assert local is not None and (where.stat().st_mode & 0o777) == 0o700
     (where / "cut.journal").write_bytes(b"")
     assert local.recover(rclient) == 0 and not (where / "cut.journal").exists()
+
+
+def test_a_frozen_process_s_entries_are_copied_once_its_lease_lapsed(
+        client: Client, store: Store, rclient: redis.Redis, tmp_path: Path) -> None:
+    """A process that holds its lock but whose lease lapsed (stopped, a paused VM) may see its
+    claim given back any moment: what it journalled on disk is copied then, each entry once,
+    and its file stays. Mutants caught: _copy skipping locked files (nothing copied: its
+    deliveries sent again, tests/test_freeze.py); the offset not kept (the first entry copied
+    at every round)."""
+    where = tmp_path / "j"
+    ids = client.enqueue_many([synthetic(i) for i in range(3)]).ids
+    assert store.claim("frozen-1", 3).ids == ids
+    frozen = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    other = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    assert frozen is not None and other is not None
+    assert frozen.append("frozen-1", [_entry(ids[0])])
+    store.renew("frozen-1")
+    assert other.recover(rclient) == 0  # its lease lives: nothing to do
+    rclient.delete(keys.lease("frozen-1"))
+    assert other.recover(rclient) == 1 and other.recover(rclient) == 0
+    assert frozen.append("frozen-1", [_entry(ids[1])])  # it wakes for a moment
+    assert other.recover(rclient) == 1
+    assert len(list(where.glob("*.journal"))) == 1
+    assert store.reap_dead() == (1, 0)
+    books = store.books()
+    assert books.delivered == 2 and books.balanced, books

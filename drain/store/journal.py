@@ -53,6 +53,8 @@ FIGURES_KEPT = 10_000
 JOURNAL_TTL_S = 86400
 # The first byte of an entry, plus 1 and 2 for its options (the first form's was a flags byte, 0-15).
 FORM = 16
+# The first byte of a list element holding the entries of one write (`bundle`).
+BUNDLE = 20
 
 
 def group(bucket: bytes, figures: tuple[bytes | None, ...] | None) -> bytes:
@@ -114,16 +116,24 @@ def entry(outcome: Outcome, trace: bool, figures: tuple[bytes | None, ...] | Non
     return pack(written(outcome, trace, figures))
 
 
-def known_args(entries: Sequence[Written], trace: bool) -> list[bytes | str | int]:
+NOTHING_KNOWN: list[bytes | str | int] = [0, b"", 0, 0, 0, 0]
+
+
+def known_args(entries: Sequence[Written], trace: bool, elements: int = 0,
+               direct: Sequence[Written] = ()) -> list[bytes | str | int]:
     """What deliver.lua takes of the journal entries a worker knows it wrote since its last
-    settle, in the order written (lib.commit_known): how many, their pieces of the event text
-    joined, how many groups and buckets, each group and its count, each bucket and its
-    tags, the ids. Nothing known ([0, '', 0, 0]) unless there are two or more, each of the
-    usual form (an id drain made, no info, its figures known), each id once; then the
-    script reads every entry."""
-    if (len(entries) < 2 or any(w.form != FORM or not w.figures_known or (trace and not w.bucket) for w in entries)
-            or len({w.id for w in entries}) < len(entries)):
-        return [0, b"", 0, 0]
+    settle (`elements`: the list elements they fill, one per write), in the order written,
+    then of `direct` deliveries that are in no journal, settled the same way (lib.commit_known):
+    how many in all, their pieces of the event text joined, how many groups and buckets, each
+    group and its count, each bucket and its tags, the ids, the elements, how many are direct.
+    Nothing known (NOTHING_KNOWN) unless there are two or more, each of the usual form (an id
+    drain made, no info, its figures known), each id once; then the script reads every entry
+    of the journal, and the caller passes the direct ones as plain deliveries."""
+    every = [*entries, *direct]
+    if (len(every) < 2 or any(w.form != FORM or not w.figures_known or (trace and not w.bucket) for w in every)
+            or len({w.id for w in every}) < len(every)):
+        return list(NOTHING_KNOWN)
+    entries = every
     groups: dict[bytes, int] = {}
     buckets: dict[bytes, list[bytes]] = {}
     for w in entries:
@@ -133,12 +143,19 @@ def known_args(entries: Sequence[Written], trace: bool) -> list[bytes | str | in
     return [len(entries), b",".join(w.piece for w in entries) if trace else b"", len(groups), len(buckets),
             *(x for g, count in groups.items() for x in (g, count)),
             *(x for bucket, tags in buckets.items() for x in (bucket, b"".join(tags))),
-            *(w.id for w in entries)]
+            *(w.id for w in entries), elements, len(direct)]
 
 
 def known_ids(args: Sequence[bytes | str | int]) -> list[str]:
     """The ids of known_args's answer (the script takes their message keys too)."""
-    return [str(i) for i in args[len(args) - int(args[0]):]] if args[0] else []
+    return [str(i) for i in args[len(args) - 2 - int(args[0]): len(args) - 2]] if args[0] else []
+
+
+def bundle(entries: Sequence[bytes]) -> bytes:
+    """The entries of one write as one list element (BUNDLE, then each entry's length, 4 bytes,
+    and its bytes): a list element costs Redis an allocation and a copy of the listpack it
+    joins, about as much for one small entry as for a hundred."""
+    return bytes([BUNDLE]) + b"".join(struct.pack(">I", len(e)) + e for e in entries)
 
 
 def journalable(outcomes: Sequence[Outcome]) -> bool:
@@ -172,7 +189,7 @@ def write_many(client: redis.Redis, journals: Sequence[tuple[str, Sequence[Outco
     pipe = client.pipeline(transaction=False)
     for key, found in entries.items():
         if found:
-            pipe.rpush(key, *map(pack, found))
+            pipe.rpush(key, bundle([pack(w) for w in found]))
         if key in firsts:
             pipe.expire(key, JOURNAL_TTL_S)
     pipe.execute()

@@ -42,7 +42,7 @@ import redis
 
 from drain.settings import Settings
 from drain.store import keys
-from drain.store.journal import JOURNAL_TTL_S
+from drain.store.journal import JOURNAL_TTL_S, bundle
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ def _header(token: bytes, owner: str) -> bytes:
 
 
 def _records(data: bytes) -> list[bytes]:
+    return _read_records(data)[0]
+
+
+def _read_records(data: bytes) -> tuple[list[bytes], int]:
+    """The whole records at the start of data, and the bytes they take."""
     found, at = [], 0
     while at + 4 <= len(data):
         (size,) = struct.unpack_from(">I", data, at)
@@ -85,7 +90,7 @@ def _records(data: bytes) -> list[bytes]:
             break
         found.append(data[at + 4: at + 4 + size])
         at += 4 + size
-    return found
+    return found, at
 
 
 class LocalJournal:
@@ -98,6 +103,8 @@ class LocalJournal:
         self.lock = threading.Lock()
         self.broken = False
         self.unreadable: set[Path] = set()  # (told once each)
+        # Of each file whose process lives but whose lease lapsed: the bytes copied so far.
+        self.copied: dict[Path, int] = {}
 
     @classmethod
     def open(cls, client: redis.Redis, settings: Settings) -> LocalJournal | None:
@@ -201,42 +208,63 @@ class LocalJournal:
         except OSError:
             return 0  # gone already (another process took it), or a link: not ours
         try:
-            if os.fstat(fd).st_uid != os.geteuid():
+            if os.fstat(fd).st_uid != os.geteuid() or any(path == p for _fd, p in self.files.values()):
                 return 0
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                dead = True
             except BlockingIOError:
-                return 0  # its process lives
-            if not os.path.exists(path):
+                dead = False  # its process lives, or is frozen: see _copy
+            if dead and not os.path.exists(path):
                 return 0  # taken and deleted between our open and our lock
             with os.fdopen(os.dup(fd), "rb") as handle:
-                records = _records(handle.read())
-            if not records:  # killed between clear's truncate and its header: nothing to copy
-                path.unlink(missing_ok=True)
-                return 0
-            head = records[0].split(b"\n", 2)
-            if len(head) != 3 or head[0] != MAGIC:
-                if path not in self.unreadable:
-                    self.unreadable.add(path)
-                    log.warning("local delivery journal %s cannot be read: left alone", path)
-                return 0
-            if head[1] != self.token:
-                # Another drain's (another Redis): its own workers copy it; past a day nobody will.
-                if time.time() - os.fstat(fd).st_mtime > JOURNAL_TTL_S:
-                    path.unlink(missing_ok=True)
-                return 0
-            owner, entries = head[2].decode("utf-8", "surrogateescape"), records[1:]
-            if entries:
-                pipe = client.pipeline(transaction=False)
-                pipe.rpush(keys.journal(owner), *entries)
-                pipe.expire(keys.journal(owner), JOURNAL_TTL_S)
-                pipe.execute()
-                log.warning("a dead worker's %d deliveries found in its local journal: settled as delivered, "
-                            "not sent again", len(entries))
-            path.unlink(missing_ok=True)
-            return len(entries)
+                data = handle.read()
+            return self._copy(client, path, data, dead, os.fstat(fd).st_mtime)
         finally:
             os.close(fd)
+
+    def _copy(self, client: redis.Redis, path: Path, data: bytes, dead: bool, mtime: float) -> int:
+        """Copy a file's entries into its owner's journal in Redis: all of them, and the file
+        deleted, when its process is dead; those not copied yet, the file left, when its
+        process holds the lock but its lease lapsed (frozen: stopped, or a paused VM) and the
+        reaper may give its claim back any moment."""
+        records = _records(data)
+        if not records:  # killed between clear's truncate and its header: nothing to copy
+            if dead:
+                path.unlink(missing_ok=True)
+            return 0
+        head = records[0].split(b"\n", 2)
+        if len(head) != 3 or head[0] != MAGIC:
+            if path not in self.unreadable:
+                self.unreadable.add(path)
+                log.warning("local delivery journal %s cannot be read: left alone", path)
+            return 0
+        if head[1] != self.token:
+            # Another drain's (another Redis): its own workers copy it; past a day nobody will.
+            if dead and time.time() - mtime > JOURNAL_TTL_S:
+                path.unlink(missing_ok=True)
+            return 0
+        owner, entries = head[2].decode("utf-8", "surrogateescape"), records[1:]
+        if not dead:
+            if len(data) < self.copied.get(path, 0) or client.exists(keys.lease(owner)):
+                self.copied.pop(path, None)  # (emptied since, or alive: nothing to do)
+                return 0
+            if path in self.copied:
+                entries, taken = _read_records(data[self.copied[path]:])
+                self.copied[path] += taken
+            else:
+                self.copied[path] = _read_records(data)[1]
+        if entries:
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(keys.journal(owner), bundle(entries))
+            pipe.expire(keys.journal(owner), JOURNAL_TTL_S)
+            pipe.execute()
+            log.warning("a %s worker's %d deliveries found in its local journal: settled as delivered, not sent "
+                        "again", "dead" if dead else "frozen", len(entries))
+        if dead:
+            path.unlink(missing_ok=True)
+            self.copied.pop(path, None)
+        return len(entries)
 
     def _drop_stale_new(self, path: Path) -> None:
         try:

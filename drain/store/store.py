@@ -53,6 +53,7 @@ class Store:
         # The journal entries this process wrote and has not settled yet, by journal key: its
         # next deliver.lua call says what they hold (journal.known_args), sparing their reading.
         self.written: dict[str, list[Written]] = {}
+        self.elements: dict[str, int] = {}  # (the list elements of `written`, by journal key)
         self.written_lock = threading.Lock()
         # A worker process's journal on local disk (drain/store/localjournal.py; set by its runtime).
         self.local: LocalJournal | None = None
@@ -139,7 +140,8 @@ class Store:
             return (0, 0)
         if all(o.kind == "delivered" and o.event for o in outcomes):
             return self._deliver(owner, outcomes)
-        known = journal.known_args(self._unsettled(owner), self.settings.trace)
+        entries, elements = self._unsettled(owner)
+        known = journal.known_args(entries, self.settings.trace, elements)
         now = time.time()
         args: list[str | float | bytes | int] = [owner, f"{now:.3f}", BOUNCES_KEPT, self.settings.poison_strikes,
                                                  *events.tracer_args(self.settings),
@@ -192,13 +194,16 @@ class Store:
     def _wrote(self, entries: dict[str, list[Written]]) -> None:
         with self.written_lock:
             for key, found in entries.items():
-                self.written.setdefault(key, []).extend(found)
+                if found:  # (one list element per write: journal.bundle)
+                    self.written.setdefault(key, []).extend(found)
+                    self.elements[key] = self.elements.get(key, 0) + 1
 
-    def _unsettled(self, owner: str) -> list[Written]:
-        """The entries this process wrote to owner's journal since its last settle (taken: the
-        settle about to run settles them, or else the journal is read entry by entry)."""
+    def _unsettled(self, owner: str) -> tuple[list[Written], int]:
+        """The entries this process wrote to owner's journal since its last settle, and the list
+        elements they fill (taken: the settle about to run settles them, or else the journal
+        is read entry by entry)."""
         with self.written_lock:
-            return self.written.pop(keys.journal(owner), [])
+            return self.written.pop(keys.journal(owner), []), self.elements.pop(keys.journal(owner), 0)
 
     def commit(self, owner: str) -> tuple[int, int]:
         """Settle the owner's journal (deliver.lua with no delivery of its own)."""
@@ -207,20 +212,38 @@ class Store:
     def _deliver(self, owner: str, outcomes: Sequence[Outcome]) -> tuple[int, int]:
         """Settle deliveries whose event data the worker made (deliver.lua: settle.lua's usual
         call, with fewer keys and arguments), and the owner's journal."""
+        trace = self.settings.trace
+        entries, elements = self._unsettled(owner)
+        # The deliveries themselves, grouped by their figures as the journal's are, when the
+        # worker knows them all (journal.known_args): no per-message reads in the script.
+        direct = [journal.written(o, trace, self.figures.get(o.id)) for o in outcomes]
+        known = journal.known_args(entries, trace, elements, direct)
+        if known[0]:
+            reply = self._deliver_call(owner, [], known)
+            if int(reply[0]) >= 0:
+                for o in outcomes:
+                    self.figures.pop(o.id, None)
+                return int(reply[0]), int(reply[1])
+            known = list(journal.NOTHING_KNOWN)  # not as the worker thought: everything read again
+        elif entries:
+            known = journal.known_args(entries, trace, elements)
+        reply = self._deliver_call(owner, outcomes, known)
+        return int(reply[0]), int(reply[1])
+
+    def _deliver_call(self, owner: str, outcomes: Sequence[Outcome], known: list[bytes | str | int]) -> list[Any]:
         now = time.time()
         trace = self.settings.trace
-        known = journal.known_args(self._unsettled(owner), trace)
         args: list[str | float | bytes | int] = [owner, f"{now:.3f}", BOUNCES_KEPT, *events.tracer_args(self.settings),
                                                  events.oldest_kept(self.settings, now), *known]
         for o in outcomes:  # with its id's index record: the script need not hash the id
             args += [o.id, o.info, o.event, events.delivered_record(o.id) if trace else ""]
-        reply = self.scripts.deliver(
+        reply: list[Any] = self.scripts.deliver(
             keys=[keys.INFLIGHT, keys.BOOKS, keys.SHAPE, keys.LATENCY, keys.BOUNCES, keys.EVENTS, keys.journal(owner),
                   *(keys.message(o.id) for o in outcomes), *map(keys.message, journal.known_ids(known))],
             args=args,
         )
         eventlog.write_span(self.client, self.settings, reply[2:])
-        return int(reply[0]), int(reply[1])
+        return reply
 
     def narrow(self, owner: str, msg_id: str, rest: Envelope, partly: bool, accepted: str = "",
                refused: str = "") -> bool:

@@ -547,8 +547,9 @@ function lib.commit_journal(d, journal, inflight, books, owner)
   local list = redis.call('LRANGE', journal, 0, -1)
   if #list == 0 then return 0, 0 end
   local ids, groups, tags, pieces, forms, infos, old = {}, {}, {}, {}, {}, {}, nil
-  local k = 0
-  for _, entry in ipairs(list) do
+  local k, tried = 0, 0
+  local function take(entry)
+    tried = tried + 1
     local form = string.byte(entry, 1)
     if form and form >= 16 and form <= 19 then
       local ok, _, id, group, tag, piece, info = pcall(struct.unpack, form % 2 == 1 and '>BI4c0I4c0c3I4c0I4c0'
@@ -558,7 +559,7 @@ function lib.commit_journal(d, journal, inflight, books, owner)
         ids[k], groups[k], tags[k], pieces[k], forms[k] = id, group, tag, piece, form
         if form % 2 == 1 then infos[k] = info end
       end
-    else  -- the first form (lib.journalled)
+    elseif form and form < 16 then  -- the first form (lib.journalled)
       local id, info, data, ix, known, dom, t, tn = lib.journalled(entry)
       if id then
         k = k + 1
@@ -566,6 +567,19 @@ function lib.commit_journal(d, journal, inflight, books, owner)
         ids[k], groups[k] = id, false
         old[k] = {info, data, ix, known and {dom, t, tn}}
       end
+    end
+  end
+  for _, element in ipairs(list) do
+    if string.byte(element, 1) == 20 then  -- the entries of one write (journal.bundle)
+      local at = 2
+      while at <= #element do
+        local ok, entry, after = pcall(struct.unpack, '>I4c0', element, at)
+        if not ok then tried = tried + 1; break end  -- cut short: the rest is lost, its mail sent again
+        take(entry)
+        at = after
+      end
+    else
+      take(element)
     end
   end
   local mine, first = lib.held(inflight, owner, ids, true)
@@ -631,17 +645,18 @@ function lib.commit_journal(d, journal, inflight, books, owner)
       end
     end
   end
-  return #mine, #list - #mine
+  return #mine, tried - #mine
 end
 
 -- Settle owner's journal as the worker says it wrote it (deliver.lua; drain/store/journal.py's
 -- known_args): argv from at + 1 holds how many entries (known), their pieces of the event
 -- text joined, how many groups (G) and buckets (B), then each group and its count, each
--- bucket and its tags, and the ids in the order written (each once); keys from kat + 1
--- their message keys. That spares reading the entries: the worker knows what it
--- delivered, and the in-flight hash says it still holds each. It applies only when the
--- journal holds as many entries as the worker wrote (none written since by another lane,
--- none settled since by a reaper), every message still held by the owner's process, each
+-- bucket and its tags, the ids in the order written (each once), how many list elements
+-- the journal's fill, and how many of the last ids are in no journal (direct: deliveries
+-- the worker settles now); keys from kat + 1 their message keys. That spares reading the
+-- entries: the worker knows what it delivered, and the in-flight hash says it still holds
+-- each. It applies only when the journal holds as many elements as the worker wrote (none
+-- written since by anyone else, none settled since by a reaper), every message still held by the owner's process, each
 -- group's figures readable and its tenant's concurrency slots unused; else it returns nil
 -- before any write (the caller then reads each entry: lib.commit_journal). The ids and keys
 -- go to Redis straight from argv and keys: no Lua string or table of each message's.
@@ -649,8 +664,9 @@ end
 function lib.commit_known(d, journal, inflight, books, owner, argv, at, keys, kat)
   local known, groups, buckets = tonumber(argv[at + 1]), tonumber(argv[at + 3]), tonumber(argv[at + 4])
   if not known or known < 2 or not groups or not buckets then return nil end
-  if redis.call('LLEN', journal) ~= known then return nil end
   local from = at + 4 + 2 * groups + 2 * buckets
+  local elements = tonumber(argv[from + known + 1])
+  if not elements or redis.call('LLEN', journal) ~= elements then return nil end
   -- Held by the owner's process, each (a small hash, a listpack, is read whole: see lib.held).
   local process = string.match(owner, '^([^/]*)/') or owner
   local ours = {[owner] = true}
@@ -693,7 +709,7 @@ function lib.commit_known(d, journal, inflight, books, owner, argv, at, keys, ka
   if total ~= known then return nil end
   redis.call('HINCRBY', books, 'delivered', d.up[known] or known)
   redis.call('HDEL', inflight, unpack(argv, from + 1, from + known))
-  redis.call('DEL', journal)
+  if elements > 0 then redis.call('DEL', journal) end
   redis.call('DEL', unpack(keys, kat + 1, kat + known))
   for g = 1, groups do count_in(d, figures[g][1], nil, figures[g][2]) end
   d.count = d.count + known

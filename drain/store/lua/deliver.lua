@@ -14,7 +14,9 @@
 -- ARGV[7] how many journal entries the worker knows it wrote (0: none, or read them all),
 -- ARGV[8] their pieces of the event text, ARGV[9] G and ARGV[10] B, how many groups and
 -- buckets, then G pairs (group, count), B pairs (index bucket, tags), the ids known, in the
--- order written (lib.commit_known; drain/store/journal.py's known_args)
+-- order written, the list elements the journal's fill, how many of the ids are in no
+-- journal (deliveries settled now, grouped as the journal's: lib.commit_known;
+-- drain/store/journal.py's known_args)
 -- then four per delivery: id, info (recipients refused for good, JSON, or ''), the
 -- delivered event's data (JSON: reply, attempt, delay_s), the index record of its id
 -- (events.delivered_record: bucket then 3-byte tag)
@@ -29,17 +31,21 @@
 -- No type checks are needed before the first write: the first commands read the journal
 -- and the in-flight hash and the first write counts the deliveries in the books, so a key
 -- of the wrong type there fails the call before anything moved.
--- Returns {settled, skipped, first event's stream id, last event's stream id}.
+-- Returns {settled, skipped, first event's stream id, last event's stream id}, or {-1, 0, '', ''}
+-- when deliveries given as known in no journal were not as the worker thought (nothing moved).
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local HEAD, EACH = 10 + 2 * tonumber(ARGV[9]) + 2 * tonumber(ARGV[10]) + tonumber(ARGV[7]), 4
+local HEAD, EACH = 12 + 2 * tonumber(ARGV[9]) + 2 * tonumber(ARGV[10]) + tonumber(ARGV[7]), 4
 local n = (#ARGV - HEAD) / EACH
 local tr = lib.untrimmed(KEYS[6], ARGV[4])
 local deliveries = lib.deliveries(tr, ARGV[2], KEYS[5], ARGV[3])
 deliveries.batch = lib.batch()  -- the delivered events: one stream entry for the call (lib.event_batch)
 local settled, skipped = lib.commit_known(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1], ARGV, 6, KEYS, 7 + n)
 if not settled then
+  -- Deliveries given as known and in no journal: nothing written yet, the worker sends them
+  -- again as plain deliveries (and the journal is read entry by entry then).
+  if tonumber(ARGV[HEAD]) > 0 then return {-1, 0, '', ''} end
   settled, skipped = lib.commit_journal(deliveries, KEYS[7], KEYS[1], KEYS[2], ARGV[1])
 end
 local ids = {}

@@ -19,7 +19,8 @@
 -- ARGV[8] how many journal entries the worker knows it wrote (0: none, or read them all),
 -- ARGV[9] their pieces of the event text, ARGV[10] G and ARGV[11] B, how many groups and
 -- buckets, then G pairs (group, count), B pairs (index bucket, tags), the ids known, in the
--- order written (lib.commit_known; drain/store/journal.py's known_args)
+-- order written, the list elements they fill, and 0 (none of them outside the journal here:
+-- lib.commit_known; drain/store/journal.py's known_args)
 -- then six per outcome: id, kind, score, info, envelope, event
 --   delivered:   drop the message, count it; info, if any, lists refused recipients (logged);
 --                envelope = the relay's reply; event = the delivered event's data as JSON
@@ -57,7 +58,7 @@
 if redis.replicate_commands then redis.replicate_commands() end
 
 local owner, now, keep, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local HEAD, EACH = 11 + 2 * tonumber(ARGV[10]) + 2 * tonumber(ARGV[11]) + tonumber(ARGV[8]), 6
+local HEAD, EACH = 13 + 2 * tonumber(ARGV[10]) + 2 * tonumber(ARGV[11]) + tonumber(ARGV[8]), 6
 local n = (#ARGV - HEAD) / EACH
 
 -- Type checks before the first write, of the keys the moves write. A call of deliveries
