@@ -115,9 +115,10 @@ def test_a_worker_killed_mid_batch_resends_only_the_message_in_the_relay_s_hands
     """With the local journal on (the default) and DRAIN_SETTLE_EVERY 1, a worker killed while
     the relay holds its 8th message wrote its 7 deliveries to local disk and none to Redis
     (DRAIN_REDIS_JOURNAL_EVERY 25). The next worker to start on the host copies them into
-    the dead process's journal before it works; the reaper settles them delivered, and only
-    the 8th is sent twice. Mutants caught: no recover at start (7 more copies at the relay);
-    the window left at DRAIN_SETTLE_EVERY (7 entries in Redis before the kill)."""
+    the dead process's journal (its first housekeeping round, before the reaper's step); the
+    reaper settles them delivered, and only the 8th is sent twice. Mutants caught: recover
+    doing nothing (7 more copies at the relay); the window left at DRAIN_SETTLE_EVERY (7
+    entries in Redis before the kill)."""
     total = 30
     client.enqueue_many([synthetic(i) for i in range(total)])
     kill_mid_batch(client, relay, settings, DRAIN_SETTLE_EVERY="1", DRAIN_RELAY_SESSIONS="1")
