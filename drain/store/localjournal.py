@@ -96,9 +96,10 @@ def _read_records(data: bytes) -> tuple[list[bytes], int]:
 class LocalJournal:
     """The files of one worker process's lanes (one per owner), for one Redis."""
 
-    def __init__(self, where: Path, token: bytes) -> None:
+    def __init__(self, where: Path, token: bytes | None = None, client: redis.Redis | None = None) -> None:
         self.where = where
-        self.token = token
+        self._token = token
+        self.client = client
         self.files: dict[str, tuple[int, Path]] = {}
         self.lock = threading.Lock()
         self.broken = False
@@ -125,7 +126,16 @@ class LocalJournal:
             log.warning("no local delivery journal: %s must be a folder of this user that nobody else may "
                         "write to; deliveries are journalled in Redis only", where)
             return None
-        return cls(where, instance(client))
+        return cls(where, client=client)  # (the token is asked for at first use: Redis may be away now)
+
+    @property
+    def token(self) -> bytes:
+        """The Redis instance's token (keys.INSTANCE), read once."""
+        if self._token is None:
+            if self.client is None:
+                raise ValueError("a local journal needs its Redis token")
+            self._token = instance(self.client)
+        return self._token
 
     def _fd(self, owner: str) -> int:
         found = self.files.get(owner)

@@ -77,7 +77,8 @@ class Runtime:
 
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)
-        if self.store.local is not None:  # a process that died here before: its deliveries count
+        if self.store.local is not None:  # its Redis's token; a process that died here before: its deliveries count
+            assert self.store.local.token
             self.store.local.recover(self.store.client)
         if housekeeping:
             ledger = self.store.ledger if isinstance(self.store, AuditedStore) else None
