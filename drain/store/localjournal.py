@@ -196,9 +196,13 @@ class LocalJournal:
             finally:
                 os.close(fd)
 
-    def recover(self, client: redis.Redis) -> int:
+    def recover(self, client: redis.Redis, token_first: bool = False) -> int:
         """Copy the entries of every file whose process is gone (nobody holds its lock) into
-        its owner's journal in Redis and delete it; returns how many entries were copied."""
+        its owner's journal in Redis and delete it; returns how many entries were copied.
+        token_first: read the Redis token now even with no file to copy (at a worker's start,
+        so that its first delivery asks Redis nothing)."""
+        if token_first and not self.token:
+            log.warning("Redis gave no instance token: local journal files name no Redis")
         copied = 0
         try:
             names = sorted(os.listdir(self.where))

@@ -78,8 +78,7 @@ class Runtime:
     def start(self, housekeeping: bool = True) -> None:
         self.store.renew(self.owner)
         if self.store.local is not None:  # its Redis's token; a process that died here before: its deliveries count
-            assert self.store.local.token
-            self.store.local.recover(self.store.client)
+            self.store.local.recover(self.store.client, token_first=True)
         if housekeeping:
             ledger = self.store.ledger if isinstance(self.store, AuditedStore) else None
             self.housekeeper = Housekeeper(self.store, self.owner, ledger=ledger)
