@@ -101,8 +101,9 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         row("books balance", "yes" if total.books.balanced else "NO", lambda st: "yes" if st.books.balanced else "NO")
         row("oldest age", f"{total.oldest_age_s:,.1f} s", lambda st: f"{st.oldest_age_s:,.1f} s")
         row("rate", f"{total.rate_per_s:,.1f} msg/s", lambda st: f"{st.rate_per_s:,.1f} msg/s")
-        row("eta", total.held_by.get("*", "-") if total.eta_s is None else f"{total.eta_s:,.0f} s",
-            lambda st: "-" if st.eta_s is None else f"{st.eta_s:,.0f} s")
+        row("eta", total.held_by.get("*", "-") if total.eta_s is None
+            else f"{'>=' if total.eta_at_least else ''}{total.eta_s:,.0f} s",
+            lambda st: "-" if st.eta_s is None else f"{'>=' if st.eta_at_least else ''}{st.eta_s:,.0f} s")
         row("delivery", total.held.upper() if total.held else "runs",
             lambda st: st.held.upper() if st.held else "runs")
         for d in merge.down(readings):

@@ -256,7 +256,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
         table.add_row("books balance", "yes" if st.books.balanced else "NO")
         table.add_row("oldest age", f"{st.oldest_age_s:,.1f} s")
         table.add_row("rate", f"{st.rate_per_s:,.1f} msg/s")
-        table.add_row("eta", Text(_eta_text(st.eta_s, st.held_by)))
+        table.add_row("eta", Text(_eta_text(st.eta_s, st.held_by, st.eta_at_least)))
         if ratelimit.is_paused(obj.client.redis):
             table.add_row("delivery", "PAUSED")
         elif st.held is not None:
@@ -331,11 +331,12 @@ def backlog(obj: Context, as_json: bool, watch_s: float | None, top: int, by: st
     live(render, watch_s)
 
 
-def _eta_text(eta_s: float | None, held_by: dict[str, str]) -> str:
-    """The headline ETA, naming what holds mail back (that mail is not in the figure)."""
+def _eta_text(eta_s: float | None, held_by: dict[str, str], at_least: bool = False) -> str:
+    """The headline ETA (">=" when it is a lower bound), naming what holds mail back (that
+    mail is not in the figure)."""
     if "*" in held_by:
         return held_by["*"]
-    text = "-" if eta_s is None else f"{eta_s:,.0f} s"
+    text = "-" if eta_s is None else f"{'>=' if at_least else ''}{eta_s:,.0f} s"
     if held_by:
         named = ", ".join(f"{d} ({why})" for d, why in sorted(held_by.items())[:3])
         more = f" and {len(held_by) - 3} more" if len(held_by) > 3 else ""

@@ -81,6 +81,7 @@ def add_status(statuses: Sequence[Status], down: Sequence[str] = ()) -> Status:
         domains_held=sorted({d for s in statuses for d in s.domains_held}),
         relays=add_relays([s.relays for s in statuses]),
         **add_tenants(statuses),
+        eta_at_least=not down and any(s.eta_at_least for s in statuses),
     )
 
 
