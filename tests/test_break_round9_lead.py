@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -12,6 +15,7 @@ from drain.demo.sink import Sink
 from drain.flow import ratelimit
 from drain.intake.api import Client
 from drain.observe import backlog, status
+from drain.settings import Settings
 from tests.test_break_round8 import _defer, _due_at
 
 
@@ -33,3 +37,16 @@ def test_drain_status_says_when_its_eta_is_only_a_lower_bound(
     assert st.eta_s is not None and st.eta_at_least is (budget == 20)
     assert ("eta_at_least" in st.as_dict()) is (budget == 20)
     assert _eta_text(st.eta_s, st.held_by, st.eta_at_least).startswith(">=" if budget == 20 else f"{st.eta_s:,.0f}")
+
+
+@pytest.mark.parametrize("args", [("backlog", "--top", "\u0663"), ("status", "--watch", "\uff11"),
+                                  ("quarantine", "list", "--limit", "\u0665"), ("tenant", "set", "t", "--weight", "\u0662")])
+def test_numeric_options_take_ascii_digits_only(args: tuple[str, ...], settings: Settings) -> None:
+    """Python's int() reads any Unicode digit ('\\u0663' is 3): click's numeric options took
+    them, where the settings refuse them. Now every numeric option of drain's commands is a
+    usage error (exit 2, one line) for them. Mutant caught: Whole without _ascii_digits."""
+    env = dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "")
+    result = subprocess.run([sys.executable, "-m", "drain", *args], capture_output=True, env=env, timeout=60,
+                            check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "ASCII digits" in err and len(err.strip().splitlines()) == 1, err

@@ -11,7 +11,7 @@ from rich.table import Table
 import drain.cli.cellops as cellops
 from drain.cli.cellcmds import tenant_rate
 from drain.cli.cells import rate_shown, set_rate
-from drain.cli.options import Context, FiniteFloat, domain_option, json_option, pass_ctx, rate_value
+from drain.cli.options import Context, FiniteFloat, Whole, domain_option, json_option, pass_ctx, rate_value
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
@@ -54,7 +54,7 @@ def rate_show(obj: Context, as_json: bool) -> None:
 @click.argument("value", metavar="RATE")
 @click.option("--domain", callback=domain_option,
               help="Set the cap of this destination domain instead of the global rate.")
-@click.option("--concurrency", type=click.IntRange(0), default=None,
+@click.option("--concurrency", type=Whole(0), default=None,
               help="With --domain: most messages in flight to it at once (0 removes the cap).")
 @click.option("--burst", type=FiniteFloat(0, 60), default=None,
               help="Seconds of rate that may go at once (global setting).")

@@ -78,8 +78,24 @@ def log_level_option(default: str) -> Callable[[F], F]:
                         help="Least severe log records written to standard error.")
 
 
+def _ascii_digits(kind: click.IntRange | click.FloatRange, value: Any, param: click.Parameter | None,
+                  ctx: click.Context | None) -> None:
+    """Python's int() and float() read any Unicode digits ('\u0663' is 3); a number typed or
+    scripted with them is a mistake, refused as the settings refuse it."""
+    if isinstance(value, str) and not value.isascii():
+        kind.fail(f"{value!r} is not a number written in ASCII digits", param, ctx)
+
+
+class Whole(click.IntRange):
+    """A whole-number option (within a range, if given) in ASCII digits only."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _ascii_digits(self, value, param, ctx)
+        return super().convert(value, param, ctx)
+
+
 limit_option = click.option(
-    "--limit", type=click.IntRange(0), default=None,
+    "--limit", type=Whole(0), default=None,
     help=f"At most this many (default: {TTY_ROWS} on a terminal, all otherwise; 0: all).")
 
 
@@ -111,9 +127,10 @@ def filter_options(func: F) -> F:
 
 
 class FiniteFloat(click.FloatRange):
-    """A float option that refuses nan and inf (a FloatRange lets nan through)."""
+    """A float option that refuses nan and inf (a FloatRange lets nan through), in ASCII digits."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _ascii_digits(self, value, param, ctx)
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from drain.cli.interrupt import held as interrupts_held
-from drain.cli.options import Context, FiniteFloat, address_value, json_option, limit_option, pass_ctx
+from drain.cli.options import Context, FiniteFloat, Whole, address_value, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, fail, live, more_caption, out, rows_wanted, when
 from drain.cli.terminal import cell, safe
 from drain.errors import DrainError, InputError
@@ -284,7 +284,7 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
 @click.command()
 @json_option("One JSON document.")
 @watch_option
-@click.option("--top", type=click.IntRange(1), default=30, show_default=True, help="Rows shown (plain output).")
+@click.option("--top", type=Whole(1), default=30, show_default=True, help="Rows shown (plain output).")
 @click.option("--by", "by", type=click.Choice(["domain", "tenant"]), default="domain", show_default=True,
               help="Shape by destination domain and age, or list queued mail by tenant.")
 @pass_ctx

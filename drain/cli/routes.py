@@ -10,7 +10,7 @@ from rich.table import Table
 
 from drain.cli.cellcmds import routes_of_each
 from drain.cli.cells import on_each, read_up
-from drain.cli.options import Context, json_option, pass_ctx
+from drain.cli.options import Context, Whole, json_option, pass_ctx
 from drain.cli.render import emit, out, when
 from drain.cli.terminal import cell, safe
 from drain.errors import InputError
@@ -85,7 +85,7 @@ def route_delete(obj: Context, names: tuple[str, ...], tenant: str | None, as_js
 
 @route.command("concurrency")
 @click.argument("url", metavar="URL|(relay)")
-@click.argument("most", type=click.IntRange(0), metavar="N")
+@click.argument("most", type=Whole(0), metavar="N")
 @pass_ctx
 def route_concurrency(obj: Context, url: str, most: int) -> None:
     """Most messages handed to the relay at URL at once, by all workers (0 removes the cap).

@@ -10,7 +10,16 @@ import sys
 import click
 
 from drain import logging_setup
-from drain.cli.options import Context, FiniteFloat, json_option, listen_value, log_level_option, moving_rate, pass_ctx
+from drain.cli.options import (
+    Context,
+    FiniteFloat,
+    Whole,
+    json_option,
+    listen_value,
+    log_level_option,
+    moving_rate,
+    pass_ctx,
+)
 from drain.cli.render import emit, out, report
 from drain.observe.status import startup_line
 from drain.store import embedded
@@ -18,7 +27,7 @@ from drain.store import embedded
 
 @click.command()
 @click.option("--burst", is_flag=True, help="Stop when nothing is left to do now.")
-@click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256),
+@click.option("--processes", "-p", default=1, show_default=True, type=Whole(1, 256),
               help="Worker processes on this machine (an RQ worker pool when more than one).")
 @click.option("--cell", "cell_name", default=None, metavar="NAME",
               help="With several cells: serve only this one (c0, c1, ...); default: every cell, "
@@ -52,7 +61,7 @@ def worker(obj: Context, burst: bool, processes: int, cell_name: str | None, log
 
 @click.command("drain")
 @click.option("--rate", "rate_text", default=None, help="Set the global rate first (e.g. 500/s, unlimited).")
-@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 256),
+@click.option("--processes", "-p", default=2, show_default=True, type=Whole(1, 256),
               help="Worker processes to run for the session.")
 @pass_ctx
 def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
@@ -77,7 +86,7 @@ def drain_session(obj: Context, rate_text: str | None, processes: int) -> None:
 @click.option("--listen", metavar="HOST:PORT", default=None,
               help="Address to listen on (env DRAIN_SMTPD_LISTEN; default 127.0.0.1:2526).")
 @log_level_option("INFO")
-@click.option("--processes", type=click.IntRange(1, 256), default=None,
+@click.option("--processes", type=Whole(1, 256), default=None,
               help="Ingress processes sharing the address (default: the number of cores).")
 @pass_ctx
 def smtpd(obj: Context, listen: str | None, log_level: str, processes: int | None) -> None:
@@ -150,10 +159,10 @@ def server_status(obj: Context, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--messages", "-n", default=3000, show_default=True, type=click.IntRange(1, 10_000_000),
+@click.option("--messages", "-n", default=3000, show_default=True, type=Whole(1, 10_000_000),
               help="Messages in the seeded backlog.")
 @click.option("--rate", "rate_text", default="500/s", show_default=True, help="Delivery rate for the drain.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--workers", default=2, show_default=True, type=Whole(1, 64), help="Worker processes.")
 @click.option("--malformed", default=0.03, show_default=True, type=FiniteFloat(0, 1),
               help="Share of malformed messages in the backlog.")
 @pass_ctx

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from drain.cli.cellcmds import on_tenant_cells, tenant_concurrency, tenant_rows
-from drain.cli.options import Context, json_option, limit_option, pass_ctx
+from drain.cli.options import Context, Whole, json_option, limit_option, pass_ctx
 from drain.cli.render import emit, live, more_caption, out, rows_wanted
 from drain.cli.terminal import cell, safe
 from drain.flow import ratelimit
@@ -45,9 +45,9 @@ def tenant_list(obj: Context, as_json: bool, limit: int | None) -> None:
 
 @tenant.command("set")
 @click.argument("name", metavar="TENANT")
-@click.option("--weight", type=int, default=None, help=f"Share of delivery against other tenants (1 to "
+@click.option("--weight", type=Whole(), default=None, help=f"Share of delivery against other tenants (1 to "
               f"{tenants.MAX_WEIGHT}; 1 is everyone's default). Live for all workers.")
-@click.option("--concurrency", type=click.IntRange(0), default=None,
+@click.option("--concurrency", type=Whole(0), default=None,
               help="Most messages of this tenant in flight at once (0 removes the cap).")
 @json_option('Print {"tenant", "weight", "concurrency"} as JSON.')
 @pass_ctx

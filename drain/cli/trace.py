@@ -19,7 +19,7 @@ import drain.cli.cellops as cellops
 from drain.cli.cellcmds import log_since
 from drain.cli.cellcmds import show as cells_show
 from drain.cli.cellcmds import trace as cells_trace
-from drain.cli.options import MESSAGE_ID, Context, pass_ctx
+from drain.cli.options import MESSAGE_ID, Context, Whole, pass_ctx
 from drain.cli.render import emit, fail
 from drain.cli.terminal import safe
 from drain.errors import InputError
@@ -46,7 +46,7 @@ def _echo_event(doc: dict[str, Any], as_json: bool) -> None:
 @click.option("--follow", "-f", is_flag=True, help="keep printing events as they happen")
 @click.option("--since", callback=_time, help="from this time: ISO 8601, unix seconds, or ago (15m, 2h, 7d)")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: event, time, id, message_id, ...")
-@click.option("--count", type=click.IntRange(min=1), help="stop after this many events")
+@click.option("--count", type=Whole(min=1), help="stop after this many events")
 @pass_ctx
 def log(obj: Context, follow: bool, since: float | None, as_json: bool, count: int | None) -> None:
     """The delivery log: one line per event, with queue id and Message-ID."""
