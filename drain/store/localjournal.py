@@ -33,6 +33,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -197,11 +198,16 @@ class LocalJournal:
 
     def _recover_one(self, client: redis.Redis, path: Path) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # (O_NONBLOCK: a fifo planted under the name would wait for a writer for ever.)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return 0  # gone already (another process took it), or a link: not ours
         try:
-            if os.fstat(fd).st_uid != os.geteuid():
+            found = os.fstat(fd)
+            if found.st_uid != os.geteuid():
+                return 0
+            if not stat.S_ISREG(found.st_mode):  # a folder, fifo or device named *.journal
+                self._unreadable(path)
                 return 0
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,9 +222,7 @@ class LocalJournal:
                 return 0
             head = records[0].split(b"\n", 2)
             if len(head) != 3 or head[0] != MAGIC:
-                if path not in self.unreadable:
-                    self.unreadable.add(path)
-                    log.warning("local delivery journal %s cannot be read: left alone", path)
+                self._unreadable(path)
                 return 0
             if head[1] != self.token:
                 # Another drain's (another Redis): its own workers copy it; past a day nobody will.
@@ -238,12 +242,19 @@ class LocalJournal:
         finally:
             os.close(fd)
 
+    def _unreadable(self, path: Path) -> None:
+        if path not in self.unreadable:  # (told once a process)
+            self.unreadable.add(path)
+            log.warning("local delivery journal %s cannot be read: left alone", path)
+
     def _drop_stale_new(self, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return  # (not one of ours)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if time.time() - os.fstat(fd).st_mtime > STALE_NEW_S:
                 path.unlink(missing_ok=True)

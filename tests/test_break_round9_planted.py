@@ -1,0 +1,107 @@
+"""Break round 9: files planted in the local journal's folder (drain/store/localjournal.py)
+must not stop, hang or crash a worker: a folder or a fifo named *.journal, a file cut
+short in a way that misaligns the records after it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from drain.demo.seeding import synthetic
+from drain.demo.sink import Sink
+from drain.intake.api import Client
+from drain.settings import Settings
+from drain.store.localjournal import LocalJournal
+
+# How long a recover over a handful of planted files may take at most on a loaded box
+# (it takes milliseconds; a hang is for ever).
+DEADLINE_S = 10.0
+
+
+def _recover_in_thread(local: LocalJournal, rclient: redis.Redis) -> tuple[threading.Thread, list[object]]:
+    result: list[object] = []
+
+    def run() -> None:
+        try:
+            result.append(local.recover(rclient))
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(DEADLINE_S)
+    return thread, result
+
+
+def test_a_fifo_named_journal_does_not_hang_recovery(rclient: redis.Redis, tmp_path: Path) -> None:
+    """A fifo named x.journal: opening it to read waits for a writer, for ever. Recovery runs
+    at a worker's start and in its housekeeper (which renews the lease): a hang there stops
+    the worker or lapses its lease. Mutant caught: the open without O_NONBLOCK (of
+    *.journal, or of *.new)."""
+    where = tmp_path / "j"
+    local = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    assert local is not None
+    fifo = where / "planted.journal"
+    os.mkfifo(fifo, 0o600)
+    os.mkfifo(where / "planted.new", 0o600)
+    try:
+        thread, result = _recover_in_thread(local, rclient)
+        assert not thread.is_alive(), "recover hung on a fifo named *.journal"
+        assert result == [0]
+    finally:
+        # Unblock a hung open (the mutant) so the thread ends.
+        for name in (fifo, where / "planted.new"):
+            with contextlib.suppress(OSError):
+                os.close(os.open(name, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_folder_named_journal_does_not_fail_recovery(rclient: redis.Redis, tmp_path: Path) -> None:
+    """A folder named x.journal: reading it raised IsADirectoryError out of recover, which
+    Runtime.start calls before a worker works (the worker did not start). A real dead
+    file beside it is still copied. Mutants caught: no regular-file check (of
+    *.journal: IsADirectoryError; of *.new: the folder removed or an error)."""
+    where = tmp_path / "j"
+    local = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    assert local is not None
+    (where / "a-folder.journal").mkdir()
+    stale = where / "a-folder.new"
+    stale.mkdir()
+    os.utime(stale, (1, 1))  # (a ".new" file this old is a dead process's: dropped)
+    thread, result = _recover_in_thread(local, rclient)
+    assert not thread.is_alive()
+    assert result == [0], result
+    assert (where / "a-folder.journal").is_dir() and stale.is_dir()  # not ours to remove
+
+
+def test_a_worker_starts_and_drains_with_a_folder_and_a_fifo_planted(
+        client: Client, relay: Sink, settings: Settings, work: Callable[..., bool]) -> None:
+    """End to end: a burst worker (its start runs recovery) with both planted drains the
+    queue. (RQ's worker runs in the main thread: a watchdog unblocks a hung open of the fifo
+    after the deadline, and the test then fails.)"""
+    where = Path(settings.local_journal)
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (where / "d.journal").mkdir()
+    os.mkfifo(where / "f.journal", 0o600)
+    client.enqueue_many([synthetic(i) for i in range(5)])
+    finished, unblocked = threading.Event(), threading.Event()
+
+    def watchdog() -> None:
+        if not finished.wait(DEADLINE_S):
+            unblocked.set()
+            os.close(os.open(where / "f.journal", os.O_WRONLY))
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    try:
+        work()
+    finally:
+        finished.set()
+        guard.join(DEADLINE_S)
+    assert not unblocked.is_set(), "the worker hung at start on a fifo named *.journal"
+    assert len(relay.messages) == 5
+    assert client.store.books().delivered == 5
