@@ -29,6 +29,7 @@ same folder) from copying each other's entries into the wrong Redis.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -76,6 +77,13 @@ def _record(data: bytes) -> bytes:
 
 def _header(token: bytes, owner: str) -> bytes:
     return _record(b"\n".join((MAGIC, token, owner.encode("utf-8", "surrogateescape"))))
+
+
+def _write(fd: int, data: bytes) -> None:
+    """Write all of data, or raise: a disk that fills takes what fits and says how much (a
+    short write, no error); the record it cut then ends the file, and nothing may follow it."""
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _records(data: bytes) -> list[bytes]:
@@ -130,7 +138,7 @@ class LocalJournal:
         fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, _header(self.token, owner))
+            _write(fd, _header(self.token, owner))
             os.rename(new, path)  # seen by the others only once locked and headed
         except BaseException:
             os.close(fd)
@@ -145,7 +153,7 @@ class LocalJournal:
         if self.broken:
             return False
         try:
-            os.write(self._fd(owner), b"".join(map(_record, entries)))
+            _write(self._fd(owner), b"".join(map(_record, entries)))
         except OSError as exc:
             self.broken = True
             log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
@@ -160,7 +168,7 @@ class LocalJournal:
             return
         try:
             os.ftruncate(found[0], 0)
-            os.write(found[0], _header(self.token, owner))
+            _write(found[0], _header(self.token, owner))
         except OSError as exc:
             self.broken = True
             log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
