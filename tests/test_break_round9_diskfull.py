@@ -86,3 +86,29 @@ def test_a_short_write_on_a_full_disk_is_a_failure_and_nothing_follows_the_cut(
     assert not path.exists()
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def test_a_folder_gone_read_only_neither_stops_recovery_nor_copies_a_file_again_and_again(
+        rclient: redis.Redis, tiny_disk: Path) -> None:
+    """A disk the kernel remounted read-only (ext4's errors=remount-ro after an I/O error)
+    holding a dead process's file: recovery copied its entries, then unlink raised EROFS
+    out of recover. Recovery runs at a worker's start (the worker did not start) and every
+    second in the housekeeper (the same entries pushed into Redis again each second, the
+    owner's journal growing without end). Now the file is copied once a process and left.
+    Mutants caught: the unlink failure not caught (EROFS out of recover); a file copied
+    but not deleted not remembered (copied at every round)."""
+    dead = LocalJournal.open(rclient, Settings(local_journal=str(tiny_disk / "j")))
+    assert dead is not None
+    assert dead.append("w-ro", [_entry("dd01"), _entry("dd02")])
+    fd, path = dead.files.pop("w-ro")
+    os.close(fd)  # the process dies
+    done = subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {done.stderr.decode(errors='replace').strip()}")
+
+    keeper = LocalJournal(dead.where, dead.token)
+    assert keeper.recover(rclient) == 2
+    assert keeper.recover(rclient) == 0
+    assert keeper.recover(rclient) == 0
+    assert rclient.llen(keys.journal("w-ro")) == 2
+    assert path.exists()

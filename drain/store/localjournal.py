@@ -107,6 +107,7 @@ class LocalJournal:
         self.lock = threading.Lock()
         self.broken = False
         self.unreadable: set[Path] = set()  # (told once each)
+        self.undeletable: set[Path] = set()  # copied, but the disk would not let them go
 
     @classmethod
     def open(cls, client: redis.Redis, settings: Settings) -> LocalJournal | None:
@@ -198,10 +199,15 @@ class LocalJournal:
             return 0
         for name in names:
             path = self.where / name
-            if name.endswith(SUFFIX):
-                copied += self._recover_one(client, path)
-            elif name.endswith(".new"):
-                self._drop_stale_new(path)
+            if path in self.undeletable:
+                continue  # (copied by this process already)
+            try:
+                if name.endswith(SUFFIX):
+                    copied += self._recover_one(client, path)
+                elif name.endswith(".new"):
+                    self._drop_stale_new(path)
+            except OSError:  # the disk failing or gone read-only: told once, the others go on
+                self._unreadable(path)
         return copied
 
     def _recover_one(self, client: redis.Redis, path: Path) -> int:
@@ -245,7 +251,12 @@ class LocalJournal:
                 pipe.execute()
                 log.warning("a dead worker's %d deliveries found in its local journal: settled as delivered, "
                             "not sent again", len(entries))
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # (a disk remounted read-only): not copied again by this process
+                self.undeletable.add(path)
+                log.warning("local delivery journal %s was copied but cannot be deleted (%s): left", path,
+                            exc.strerror)
             return len(entries)
         finally:
             os.close(fd)
