@@ -1,0 +1,37 @@
+"""Break round 9, as a new operator: where does a worker journal its deliveries on local
+disk (drain/store/localjournal.py)? Nothing said it. The folder defaults to HOME/journal,
+and HOME to ./.drain: workers started in different folders journal in different places,
+and one copies only the dead processes' files of its own folder. The worker's start line
+now names the folder, made absolute, or says it is off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from drain.settings import Settings
+
+
+def _start_line(settings: Settings, cwd: Path, **env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "drain", "worker", "--burst", "--log-level", "INFO"],
+        env=dict(os.environ, DRAIN_REDIS_URL=settings.redis_url or "", DRAIN_RELAY=settings.relay, **env),
+        cwd=cwd, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    lines = [line for line in done.stderr.decode(errors="replace").splitlines() if "drain worker: Redis" in line]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_the_worker_s_start_line_names_its_local_journal(settings: Settings, tmp_path: Path) -> None:
+    """Mutant caught: the start line without the local journal (as before)."""
+    here, there = tmp_path / "a", tmp_path / "b"
+    here.mkdir()
+    there.mkdir()
+    first = _start_line(settings, here, DRAIN_LOCAL_JOURNAL="jr")
+    second = _start_line(settings, there, DRAIN_LOCAL_JOURNAL="jr")
+    assert f"local delivery journal {here / 'jr'}" in first
+    assert f"local delivery journal {there / 'jr'}" in second
+    assert "local delivery journal off" in _start_line(settings, here, DRAIN_LOCAL_JOURNAL=" OFF ")
