@@ -35,3 +35,15 @@ def test_the_worker_s_start_line_names_its_local_journal(settings: Settings, tmp
     assert f"local delivery journal {here / 'jr'}" in first
     assert f"local delivery journal {there / 'jr'}" in second
     assert "local delivery journal off" in _start_line(settings, here, DRAIN_LOCAL_JOURNAL=" OFF ")
+
+
+def test_the_words_every_other_switch_takes_for_off_turn_the_local_journal_off(tmp_path: Path) -> None:
+    """DRAIN_LOCAL_JOURNAL=false (or 0, no: what drain's true/false settings take for off) made
+    a folder named `false` in the worker's folder and journalled there. Mutant caught:
+    only `off` recognised."""
+    from drain.store.localjournal import folder
+
+    for word in ("off", " OFF ", "false", "False", "0", "no", " No "):
+        assert folder(Settings(local_journal=word)) is None, word
+    assert folder(Settings(local_journal="", home=tmp_path)) == tmp_path / "journal"
+    assert folder(Settings(local_journal=str(tmp_path / "j"))) == tmp_path / "j"

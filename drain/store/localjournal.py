@@ -52,14 +52,17 @@ MAGIC = b"drain-local-journal 1"
 SUFFIX = ".journal"
 # How often each worker process looks for files of dead processes (seconds).
 RECOVER_EVERY_S = 1.0
+# DRAIN_LOCAL_JOURNAL's words for none: those drain's true/false settings take for false.
+OFF = frozenset({"off", "false", "no", "0"})
 # A file being made (".new", locked until renamed) left by a process that died right then.
 STALE_NEW_S = 60.0
 
 
 def folder(settings: Settings) -> Path | None:
-    """Where the lanes' files go: DRAIN_LOCAL_JOURNAL, or HOME/journal; None when it is off."""
+    """Where the lanes' files go: DRAIN_LOCAL_JOURNAL, or HOME/journal; None when it is off
+    (`off`, or `false`, `no`, `0`)."""
     value = settings.local_journal.strip()
-    if value.lower() == "off":
+    if value.lower() in OFF:
         return None
     return Path(value) if value else settings.home / "journal"
 
