@@ -6,10 +6,14 @@ now names the folder, made absolute, or says it is off."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import redis
 
 from drain.settings import Settings
 
@@ -47,3 +51,25 @@ def test_the_words_every_other_switch_takes_for_off_turn_the_local_journal_off(t
         assert folder(Settings(local_journal=word)) is None, word
     assert folder(Settings(local_journal="", home=tmp_path)) == tmp_path / "journal"
     assert folder(Settings(local_journal=str(tmp_path / "j"))) == tmp_path / "j"
+
+
+def test_recovery_s_log_names_the_dead_owner_and_its_file_and_shows_no_escape_sequence(
+        rclient: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The operator read 'a dead worker's N deliveries found' and could not tell which worker
+    or which file. Now the owner (as text that cannot carry a terminal escape: it came from
+    a file) and the file are named. Mutant caught: the line without them."""
+    from drain.store.localjournal import LocalJournal
+    from tests.test_local_journal import _entry
+
+    where = tmp_path / "j"
+    dead = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    assert dead is not None
+    owner = "host-42-abcd/1\x1b[31m"
+    assert dead.append(owner, [_entry("ee01")])
+    fd, path = dead.files.pop(owner)
+    os.close(fd)
+    caplog.set_level(logging.WARNING, logger="drain.store.localjournal")
+    assert LocalJournal(where, dead.token).recover(rclient) == 1
+    [line] = [r.getMessage() for r in caplog.records if "deliveries found" in r.getMessage()]
+    assert "host-42-abcd/1" in line and str(path) in line
+    assert "\x1b" not in line

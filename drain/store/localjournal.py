@@ -252,8 +252,8 @@ class LocalJournal:
                 pipe.rpush(keys.journal(owner), *entries)
                 pipe.expire(keys.journal(owner), JOURNAL_TTL_S)
                 pipe.execute()
-                log.warning("a dead worker's %d deliveries found in its local journal: settled as delivered, "
-                            "not sent again", len(entries))
+                log.warning("a dead worker's %d deliveries found in its local journal (owner %s, %s): settled "
+                            "as delivered, not sent again", len(entries), ascii(owner), path)
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:  # (a disk remounted read-only): not copied again by this process
