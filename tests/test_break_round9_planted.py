@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from drain.demo.seeding import synthetic
@@ -105,3 +106,22 @@ def test_a_worker_starts_and_drains_with_a_folder_and_a_fifo_planted(
     assert not unblocked.is_set(), "the worker hung at start on a fifo named *.journal"
     assert len(relay.messages) == 5
     assert client.store.books().delivered == 5
+
+
+def test_a_folder_of_another_user_is_refused_even_through_a_link(rclient: redis.Redis, tmp_path: Path) -> None:
+    """A folder closed to others (0700) but of another user (here `nobody`), named directly or
+    through a symlink, is not used: its owner could plant entries. A link to a folder of this
+    user is followed. Mutant caught: open without the owner check (only the mode's)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    link = tmp_path / "link"
+    link.symlink_to(theirs)
+    assert LocalJournal.open(rclient, Settings(local_journal=str(theirs))) is None
+    assert LocalJournal.open(rclient, Settings(local_journal=str(link))) is None
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    (tmp_path / "mine-link").symlink_to(mine)
+    assert LocalJournal.open(rclient, Settings(local_journal=str(tmp_path / "mine-link"))) is not None
