@@ -125,3 +125,30 @@ def test_a_folder_of_another_user_is_refused_even_through_a_link(rclient: redis.
     mine.mkdir(mode=0o700)
     (tmp_path / "mine-link").symlink_to(mine)
     assert LocalJournal.open(rclient, Settings(local_journal=str(tmp_path / "mine-link"))) is not None
+
+
+def test_other_software_s_files_in_the_folder_are_never_deleted(rclient: redis.Redis, tmp_path: Path) -> None:
+    """DRAIN_LOCAL_JOURNAL set, carelessly, to a folder other software writes to (say
+    /var/log/journal, where systemd keeps `system.journal`, or a home folder with a
+    `notes.new`): recovery took any *.journal whose first record it could not read for one
+    of its own cut at its header, and any unlocked *.new older than a minute for one of its
+    own left by a process that died making it, and deleted them. Only files that are empty
+    or start with a (cut) header of ours go now. Mutants caught: the headless rule without
+    the header check (system.journal deleted); the stale rule without it (notes.new)."""
+    where = tmp_path / "j"
+    local = LocalJournal.open(rclient, Settings(local_journal=str(where)))
+    assert local is not None
+    journald = where / "system.journal"
+    journald.write_bytes(b"LPKSHHRH" + bytes(248))  # systemd-journald's file magic and header
+    notes = where / "notes.new"
+    notes.write_text("a draft\n")
+    os.utime(notes, (1, 1))
+    ours_cut = where / "cut.journal"
+    ours_cut.write_bytes(b"\x00\x00\x00\x60drain-local-jou")  # (a header cut by a full disk)
+    ours_new = where / "0123.new"
+    ours_new.write_bytes(b"")  # (a process killed before its header)
+    os.utime(ours_new, (1, 1))
+
+    assert local.recover(rclient) == 0
+    assert journald.read_bytes().startswith(b"LPKSHHRH") and notes.read_text() == "a draft\n"
+    assert not ours_cut.exists() and not ours_new.exists()

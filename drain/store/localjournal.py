@@ -89,6 +89,14 @@ def _write(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+def _cut_header(data: bytes) -> bool:
+    """Whether data is a file of ours with no whole header: empty (killed between clear's
+    truncate and its write, or before the first), or a header record cut short. Anything
+    else is another program's (the folder may be shared, carelessly): never deleted."""
+    start = data[4:4 + len(MAGIC)]
+    return not data or (len(data) > 4 and MAGIC.startswith(start))
+
+
 def _records(data: bytes) -> list[bytes]:
     found, at = [], 0
     while at + 4 <= len(data):
@@ -233,9 +241,13 @@ class LocalJournal:
             if not os.path.exists(path):
                 return 0  # taken and deleted between our open and our lock
             with os.fdopen(os.dup(fd), "rb") as handle:
-                records = _records(handle.read())
-            if not records:  # killed between clear's truncate and its header: nothing to copy
-                path.unlink(missing_ok=True)
+                data = handle.read()
+            records = _records(data)
+            if not records:
+                if _cut_header(data):  # nothing to copy
+                    path.unlink(missing_ok=True)
+                else:
+                    self._unreadable(path)
                 return 0
             head = records[0].split(b"\n", 2)
             if len(head) != 3 or head[0] != MAGIC:
@@ -275,10 +287,11 @@ class LocalJournal:
         except OSError:
             return
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
                 return  # (not one of ours)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if time.time() - os.fstat(fd).st_mtime > STALE_NEW_S:
+            if time.time() - found.st_mtime > STALE_NEW_S and _cut_header(os.pread(fd, 4 + len(MAGIC), 0)):
                 path.unlink(missing_ok=True)
         except BlockingIOError:
             pass
