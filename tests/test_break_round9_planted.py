@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -152,3 +154,36 @@ def test_other_software_s_files_in_the_folder_are_never_deleted(rclient: redis.R
     assert local.recover(rclient) == 0
     assert journald.read_bytes().startswith(b"LPKSHHRH") and notes.read_text() == "a draft\n"
     assert not ours_cut.exists() and not ours_new.exists()
+
+
+RECOVER_CAPPED = """
+import resource, sys
+from pathlib import Path
+import redis
+from drain.store.localjournal import LocalJournal
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+local = LocalJournal(Path(sys.argv[2]), b"token")
+client = redis.Redis(port=int(sys.argv[1]))
+print(local.recover(client), local.recover(client), len(local.unreadable))
+"""
+
+
+def test_a_big_file_of_another_program_is_not_read_through(
+        rclient: redis.Redis, redis_server: int, tmp_path: Path) -> None:
+    """systemd's journal files run to 128 MB and more: recovery read each *.journal whole,
+    every second, in every worker process, to find it was not its own. Now it reads the
+    first record's start, and a file not ours is not read again. Here a 2 GB (sparse)
+    system.journal and a process allowed 1 GB of address space. Mutant caught: the file
+    read whole before the magic check (MemoryError)."""
+    where = tmp_path / "j"
+    where.mkdir(mode=0o700)
+    big = where / "system.journal"
+    with open(big, "wb") as handle:
+        handle.write(b"LPKSHHRH")
+        handle.truncate(2 << 30)
+    done = subprocess.run([sys.executable, "-c", RECOVER_CAPPED, str(redis_server), str(where), str(1 << 30)],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-600:]
+    assert done.stdout.split() == [b"0", b"0", b"1"]
+    assert big.stat().st_size == 2 << 30

@@ -117,7 +117,8 @@ class LocalJournal:
         self.files: dict[str, tuple[int, Path]] = {}
         self.lock = threading.Lock()
         self.broken = False
-        self.unreadable: set[Path] = set()  # (told once each)
+        self.unreadable: set[Path] = set()  # not ours (told once each, not read again)
+        self.failed: set[Path] = set()  # the disk refused to read or delete them (told once each)
         self.undeletable: set[Path] = set()  # copied, but the disk would not let them go
 
     @classmethod
@@ -210,15 +211,18 @@ class LocalJournal:
             return 0
         for name in names:
             path = self.where / name
-            if path in self.undeletable:
-                continue  # (copied by this process already)
+            if path in self.undeletable or path in self.unreadable:
+                continue  # (copied by this process already; not a journal of ours)
             try:
                 if name.endswith(SUFFIX):
                     copied += self._recover_one(client, path)
                 elif name.endswith(".new"):
                     self._drop_stale_new(path)
-            except OSError:  # the disk failing or gone read-only: told once, the others go on
-                self._unreadable(path)
+            except OSError as exc:  # the disk failing or gone read-only: told once, the others go on
+                if path not in self.failed:
+                    self.failed.add(path)
+                    log.warning("local delivery journal %s cannot be read or deleted (%s): tried again later",
+                                path, exc.strerror)
         return copied
 
     def _recover_one(self, client: redis.Redis, path: Path) -> int:
@@ -240,6 +244,10 @@ class LocalJournal:
                 return 0  # its process lives
             if not os.path.exists(path):
                 return 0  # taken and deleted between our open and our lock
+            start = os.pread(fd, 4 + len(MAGIC), 0)
+            if start[4:] != MAGIC and not _cut_header(start):  # another program's: not read through
+                self._unreadable(path)
+                return 0
             with os.fdopen(os.dup(fd), "rb") as handle:
                 data = handle.read()
             records = _records(data)
