@@ -59,11 +59,12 @@ def _fill(where: Path) -> Path:
 
 
 def test_a_short_write_on_a_full_disk_is_a_failure_and_nothing_follows_the_cut(
-        rclient: redis.Redis, tiny_disk: Path) -> None:
+        rclient: redis.Redis, tiny_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The lane's batch of entries does not fit: append says False (the caller journals them
     in Redis at once) and writes nothing more; recovery of the file then copies only whole
-    entries that were written. Mutant caught: append ignoring write()'s count (True for a
-    cut batch, and the next delivery's record written after the cut)."""
+    entries that were written; the log names the folder. Mutant caught: append ignoring
+    write()'s count (True for a cut batch, and the next delivery's record written after
+    the cut)."""
     local = LocalJournal.open(rclient, Settings(local_journal=str(tiny_disk / "j")))
     assert local is not None
     first = _entry("aa01")
@@ -72,6 +73,8 @@ def test_a_short_write_on_a_full_disk_is_a_failure_and_nothing_follows_the_cut(
     batch = [_entry(f"bb{i:04d}") for i in range(80)]  # ~10 KB: more than the page has left
     assert sum(map(len, batch)) > 4096
     assert not local.append("w-full", batch), "a cut write was taken as written"
+    [told] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert str(tiny_disk / "j") in told and "No space left" in told  # (which disk, told once)
     filler.unlink()  # room again (another file deleted): the lane must not write after the cut
     later = _entry("cc01")
     assert not local.append("w-full", [later])

@@ -168,9 +168,7 @@ class LocalJournal:
         try:
             _write(self._fd(owner), b"".join(map(_record, entries)))
         except OSError as exc:
-            self.broken = True
-            log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
-                        exc.strerror)
+            self._failed(exc)
             return False
         return True
 
@@ -183,9 +181,12 @@ class LocalJournal:
             os.ftruncate(found[0], 0)
             _write(found[0], _header(self.token, owner))
         except OSError as exc:
-            self.broken = True
-            log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
-                        exc.strerror)
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.broken = True
+        log.warning("local delivery journal in %s failed (%s): this process journals deliveries in Redis at once "
+                    "from now on", self.where, exc.strerror)
 
     def close(self) -> None:
         """At a stop: the files of lanes that settled everything go; one still holding
