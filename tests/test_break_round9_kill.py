@@ -79,3 +79,28 @@ def test_a_killed_worker_whose_host_runs_no_other_repeats_at_most_settle_every(
     books = client.store.books()
     assert books.delivered == total and books.balanced, books
     assert len(relay.messages) - total <= 2
+
+
+def test_a_damaged_journal_key_does_not_stop_workers_from_starting(
+        client: Client, relay: Sink, settings: Settings, work: Callable[..., bool],
+        rclient: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """A dead process's file whose owner's journal key in Redis is damaged (a string where a
+    list belongs): recovery's RPUSH got WRONGTYPE, which escaped recover and Runtime.start,
+    so no worker could start on that host while the file was there. The project's rule for a
+    damaged key is that it fails its own step alone: the file is left (told once) and the
+    worker works. The warning quotes Redis's words only (redis-py's text of the error quotes
+    the entries: a relay's reply, bytes from outside). Mutants caught: recover without the
+    per-file catch of Redis's refusal; the warning with the whole error text."""
+    where = Path(settings.local_journal)
+    dead = LocalJournal.open(rclient, settings)
+    assert dead is not None
+    assert dead.append("dead-wrongtype", [_entry("ab01")])
+    fd, path = dead.files.pop("dead-wrongtype")
+    os.close(fd)
+    rclient.set(keys.journal("dead-wrongtype"), b"not a list")
+    client.enqueue_many([synthetic(i) for i in range(3)])
+    work()
+    assert len(relay.messages) == 3 and client.store.books().delivered == 3
+    assert path.exists() and path.parent == where  # left for when the key is mended
+    [told] = [r.getMessage() for r in caplog.records if "not copied" in r.getMessage()]
+    assert "WRONGTYPE" in told and str(path) in told and told.isprintable() and "ab01" not in told

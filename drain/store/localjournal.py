@@ -118,7 +118,7 @@ class LocalJournal:
         self.lock = threading.Lock()
         self.broken = False
         self.unreadable: set[Path] = set()  # not ours (told once each, not read again)
-        self.failed: set[Path] = set()  # the disk refused to read or delete them (told once each)
+        self.failed: set[Path] = set()  # the disk or Redis refused them (told once each)
         self.undeletable: set[Path] = set()  # copied, but the disk would not let them go
 
     @classmethod
@@ -220,10 +220,10 @@ class LocalJournal:
                 elif name.endswith(".new"):
                     self._drop_stale_new(path)
             except OSError as exc:  # the disk failing or gone read-only: told once, the others go on
-                if path not in self.failed:
-                    self.failed.add(path)
-                    log.warning("local delivery journal %s cannot be read or deleted (%s): tried again later",
-                                path, exc.strerror)
+                self._not_now(path, f"the disk: {exc.strerror}")
+            except redis.ResponseError as exc:  # the owner's journal key damaged (a wrong type): the same
+                # (Only Redis's own words: redis-py's text of a pipeline's error quotes the entries.)
+                self._not_now(path, "Redis: " + ascii(str(exc).rpartition("caused error: ")[2]))
         return copied
 
     def _recover_one(self, client: redis.Redis, path: Path) -> int:
@@ -284,6 +284,11 @@ class LocalJournal:
             return len(entries)
         finally:
             os.close(fd)
+
+    def _not_now(self, path: Path, why: str) -> None:
+        if path not in self.failed:  # (told once a process; tried again each round)
+            self.failed.add(path)
+            log.warning("local delivery journal %s not copied (%s): tried again later", path, why)
 
     def _unreadable(self, path: Path) -> None:
         if path not in self.unreadable:  # (told once a process)
