@@ -104,3 +104,18 @@ def test_a_damaged_journal_key_does_not_stop_workers_from_starting(
     assert path.exists() and path.parent == where  # left for when the key is mended
     [told] = [r.getMessage() for r in caplog.records if "not copied" in r.getMessage()]
     assert "WRONGTYPE" in told and str(path) in told and told.isprintable() and "ab01" not in told
+
+
+def test_a_damaged_instance_key_turns_the_local_journal_off_not_the_workers(
+        client: Client, relay: Sink, work: Callable[..., bool], rclient: redis.Redis,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """drain:instance (the token naming this Redis to the local journals) holding a hash:
+    SET NX left it, GET got WRONGTYPE, and LocalJournal.open raised out of Runtime.build:
+    no worker could start, on any host. Now the local journal is off (told) and the
+    workers journal in Redis. Mutant caught: open without the catch."""
+    rclient.hset(keys.INSTANCE, "damaged", "1")
+    client.enqueue_many([synthetic(i) for i in range(3)])
+    work()
+    assert len(relay.messages) == 3 and client.store.books().delivered == 3
+    assert any("no local delivery journal" in r.getMessage() and keys.INSTANCE in r.getMessage()
+               for r in caplog.records)

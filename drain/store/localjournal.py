@@ -140,7 +140,13 @@ class LocalJournal:
             log.warning("no local delivery journal: %s must be a folder of this user that nobody else may "
                         "write to; deliveries are journalled in Redis only", where)
             return None
-        return cls(where, instance(client))
+        try:
+            token = instance(client)
+        except redis.ResponseError as exc:  # the key damaged (a wrong type): not every worker stopped for it
+            log.warning("no local delivery journal: %s cannot be read (%s); deliveries are journalled in Redis "
+                        "only", keys.INSTANCE, ascii(str(exc)))
+            return None
+        return cls(where, token)
 
     def _fd(self, owner: str) -> int:
         found = self.files.get(owner)
