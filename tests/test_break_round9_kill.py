@@ -30,6 +30,16 @@ def _entry(msg_id: str) -> bytes:
     return journal.entry(outcome, True)
 
 
+def _died_with(rclient: redis.Redis, settings: Settings, owner: str, entries: list[bytes]) -> tuple[bytes, Path]:
+    """A process that wrote entries to its lane's file and died (the kernel dropped its lock):
+    the Redis token and the file."""
+    local = LocalJournal.open(rclient, settings)
+    assert local is not None and local.append(owner, entries)
+    fd, path = local.files.pop(owner)
+    os.close(fd)
+    return local.token, path
+
+
 def test_a_recoverer_killed_between_its_copy_and_the_delete_settles_each_delivery_once(
         client: Client, store: Store, rclient: redis.Redis, tmp_path: Path) -> None:
     """The file is copied into the dead owner's Redis journal and the recovering process dies
@@ -38,16 +48,12 @@ def test_a_recoverer_killed_between_its_copy_and_the_delete_settles_each_deliver
     where = tmp_path / "j"
     ids = client.enqueue_many([synthetic(i) for i in range(3)]).ids
     assert store.claim("dead-k", 3).ids == ids
-    dead = LocalJournal.open(rclient, Settings(local_journal=str(where)))
-    assert dead is not None
-    assert dead.append("dead-k", [_entry(ids[0]), _entry(ids[1])])
-    fd, path = dead.files.pop("dead-k")
-    os.close(fd)
+    token, path = _died_with(rclient, Settings(local_journal=str(where)), "dead-k", [_entry(ids[0]), _entry(ids[1])])
     kept = tmp_path / "kept"
     shutil.copy(path, kept)
-    assert LocalJournal(where, dead.token).recover(rclient) == 2
+    assert LocalJournal(where, token).recover(rclient) == 2
     shutil.copy(kept, path)  # (as if the recovering process died before its unlink)
-    assert LocalJournal(where, dead.token).recover(rclient) == 2
+    assert LocalJournal(where, token).recover(rclient) == 2
     assert rclient.llen(keys.journal("dead-k")) == 4
 
     rclient.delete(keys.lease("dead-k"))
@@ -92,11 +98,7 @@ def test_a_damaged_journal_key_does_not_stop_workers_from_starting(
     the entries: a relay's reply, bytes from outside). Mutants caught: recover without the
     per-file catch of Redis's refusal; the warning with the whole error text."""
     where = Path(settings.local_journal)
-    dead = LocalJournal.open(rclient, settings)
-    assert dead is not None
-    assert dead.append("dead-wrongtype", [_entry("ab01")])
-    fd, path = dead.files.pop("dead-wrongtype")
-    os.close(fd)
+    _token, path = _died_with(rclient, settings, "dead-wrongtype", [_entry("ab01")])
     rclient.set(keys.journal("dead-wrongtype"), b"not a list")
     client.enqueue_many([synthetic(i) for i in range(3)])
     work()
