@@ -40,7 +40,8 @@ def test_drain_status_says_when_its_eta_is_only_a_lower_bound(
 
 
 @pytest.mark.parametrize("args", [("backlog", "--top", "\u0663"), ("status", "--watch", "\uff11"),
-                                  ("quarantine", "list", "--limit", "\u0665"), ("tenant", "set", "t", "--weight", "\u0662")])
+                                  ("quarantine", "list", "--limit", "\u0665"),
+                                  ("tenant", "set", "t", "--weight", "\u0662")])
 def test_numeric_options_take_ascii_digits_only(args: tuple[str, ...], settings: Settings) -> None:
     """Python's int() reads any Unicode digit ('\\u0663' is 3): click's numeric options took
     them, where the settings refuse them. Now every numeric option of drain's commands is a

@@ -49,7 +49,10 @@ def test_chaos_drain_loses_nothing(tmp_path: Path, chaos_scale: float, chaos_fig
     sink = Sink(keep=True, data_policy=policy).start()
     settings = Settings(redis_url=server.url, relay=sink.url)
     fleet = Fleet(
+        # (DRAIN_LOCAL_JOURNAL: the run's own folder, not ./.drain/journal of the checkout, where
+        # the files of the run's last killed workers would stay, another drain's to the next run.)
         env=dict(os.environ, DRAIN_REDIS_URL=server.url, DRAIN_RELAY=sink.url, DRAIN_LEASE_TTL="1",
+                 DRAIN_LOCAL_JOURNAL=str(tmp_path / "journal"),
                  DRAIN_BATCH_SIZE="50", DRAIN_RELAY_TIMEOUT="5", DRAIN_RETRY_FIRST="1", DRAIN_RETRY_MAX="3",
                  DRAIN_BREAKER_COOLDOWN="1", DRAIN_BREAKER_MAX="2"),
         folder=tmp_path, processes=2, client=redis.Redis(port=server.port, socket_timeout=5))

@@ -171,4 +171,10 @@ def startup_line(role: str, settings: Settings, client: redis.Redis) -> str:
                 if d["rate"] is not None or d["paused"]] if isinstance(domains, dict) else []
         if caps:
             rates += f"; {len(caps)} domain limit(s): {', '.join(caps[:5])}{' ...' if len(caps) > 5 else ''}"
-    return f"drain {role}: Redis {where}; relay {redacted(settings.relay)}; rates {rates}"
+    line = f"drain {role}: Redis {where}; relay {redacted(settings.relay)}; rates {rates}"
+    if role == "worker":  # (a relative folder is each worker's own: recovery reads its files only)
+        from drain.store.localjournal import folder
+
+        local = folder(settings)
+        line += f"; local delivery journal {local.resolve() if local is not None else 'off'}"
+    return line

@@ -151,6 +151,21 @@ def known_ids(args: Sequence[bytes | str | int]) -> list[str]:
     return [str(i) for i in args[len(args) - 2 - int(args[0]): len(args) - 2]] if args[0] else []
 
 
+def unbundle(element: bytes) -> list[bytes]:
+    """The entries of one list element of a journal: a bundle's (cut short: those before the
+    cut), or the element itself (an entry of an older worker)."""
+    if element[:1] != bytes([BUNDLE]):
+        return [element]
+    found, at = [], 1
+    while at + 4 <= len(element):
+        (size,) = struct.unpack_from(">I", element, at)
+        if at + 4 + size > len(element):
+            break
+        found.append(element[at + 4: at + 4 + size])
+        at += 4 + size
+    return found
+
+
 def bundle(entries: Sequence[bytes]) -> bytes:
     """The entries of one write as one list element (BUNDLE, then each entry's length, 4 bytes,
     and its bytes): a list element costs Redis an allocation and a copy of the listpack it

@@ -29,10 +29,12 @@ same folder) from copying each other's entries into the wrong Redis.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -50,14 +52,17 @@ MAGIC = b"drain-local-journal 1"
 SUFFIX = ".journal"
 # How often each worker process looks for files of dead processes (seconds).
 RECOVER_EVERY_S = 1.0
+# DRAIN_LOCAL_JOURNAL's words for none: those drain's true/false settings take for false.
+OFF = frozenset({"off", "false", "no", "0"})
 # A file being made (".new", locked until renamed) left by a process that died right then.
 STALE_NEW_S = 60.0
 
 
 def folder(settings: Settings) -> Path | None:
-    """Where the lanes' files go: DRAIN_LOCAL_JOURNAL, or HOME/journal; None when it is off."""
+    """Where the lanes' files go: DRAIN_LOCAL_JOURNAL, or HOME/journal; None when it is off
+    (`off`, or `false`, `no`, `0`)."""
     value = settings.local_journal.strip()
-    if value.lower() == "off":
+    if value.lower() in OFF:
         return None
     return Path(value) if value else settings.home / "journal"
 
@@ -75,6 +80,21 @@ def _record(data: bytes) -> bytes:
 
 def _header(token: bytes, owner: str) -> bytes:
     return _record(b"\n".join((MAGIC, token, owner.encode("utf-8", "surrogateescape"))))
+
+
+def _write(fd: int, data: bytes) -> None:
+    """Write all of data, or raise: a disk that fills takes what fits and says how much (a
+    short write, no error); the record it cut then ends the file, and nothing may follow it."""
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _cut_header(data: bytes) -> bool:
+    """Whether data is a file of ours with no whole header: empty (killed between clear's
+    truncate and its write, or before the first), or a header record cut short. Anything
+    else is another program's (the folder may be shared, carelessly): never deleted."""
+    start = data[4:4 + len(MAGIC)]
+    return not data or (len(data) > 4 and MAGIC.startswith(start))
 
 
 def _records(data: bytes) -> list[bytes]:
@@ -103,7 +123,9 @@ class LocalJournal:
         self.files: dict[str, tuple[int, Path]] = {}
         self.lock = threading.Lock()
         self.broken = False
-        self.unreadable: set[Path] = set()  # (told once each)
+        self.unreadable: set[Path] = set()  # not ours (told once each, not read again)
+        self.failed: set[Path] = set()  # the disk or Redis refused them (told once each)
+        self.undeletable: set[Path] = set()  # copied, but the disk would not let them go
         # Of each file whose process lives but whose lease lapsed: the bytes copied so far.
         self.copied: dict[Path, int] = {}
 
@@ -126,7 +148,15 @@ class LocalJournal:
             log.warning("no local delivery journal: %s must be a folder of this user that nobody else may "
                         "write to; deliveries are journalled in Redis only", where)
             return None
-        return cls(where, client=client)  # (the token is asked for at first use: Redis may be away now)
+        try:
+            token: bytes | None = instance(client)
+        except redis.ResponseError as exc:  # the key damaged (a wrong type): not every worker stopped for it
+            log.warning("no local delivery journal: %s cannot be read (%s); deliveries are journalled in Redis "
+                        "only", keys.INSTANCE, ascii(str(exc)))
+            return None
+        except redis.RedisError:
+            token = None  # Redis away now: asked for at first use
+        return cls(where, token, client)
 
     @property
     def token(self) -> bytes:
@@ -146,7 +176,7 @@ class LocalJournal:
         fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, _header(self.token, owner))
+            _write(fd, _header(self.token, owner))
             os.rename(new, path)  # seen by the others only once locked and headed
         except BaseException:
             os.close(fd)
@@ -161,11 +191,9 @@ class LocalJournal:
         if self.broken:
             return False
         try:
-            os.write(self._fd(owner), b"".join(map(_record, entries)))
+            _write(self._fd(owner), b"".join(map(_record, entries)))
         except OSError as exc:
-            self.broken = True
-            log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
-                        exc.strerror)
+            self._failed(exc)
             return False
         return True
 
@@ -176,11 +204,14 @@ class LocalJournal:
             return
         try:
             os.ftruncate(found[0], 0)
-            os.write(found[0], _header(self.token, owner))
+            _write(found[0], _header(self.token, owner))
         except OSError as exc:
-            self.broken = True
-            log.warning("local delivery journal failed (%s): deliveries are journalled in Redis at once from now on",
-                        exc.strerror)
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.broken = True
+        log.warning("local delivery journal in %s failed (%s): this process journals deliveries in Redis at once "
+                    "from now on", self.where, exc.strerror)
 
     def close(self) -> None:
         """At a stop: the files of lanes that settled everything go; one still holding
@@ -210,19 +241,32 @@ class LocalJournal:
             return 0
         for name in names:
             path = self.where / name
-            if name.endswith(SUFFIX):
-                copied += self._recover_one(client, path)
-            elif name.endswith(".new"):
-                self._drop_stale_new(path)
+            if path in self.undeletable or path in self.unreadable:
+                continue  # (copied by this process already; not a journal of ours)
+            try:
+                if name.endswith(SUFFIX):
+                    copied += self._recover_one(client, path)
+                elif name.endswith(".new"):
+                    self._drop_stale_new(path)
+            except OSError as exc:  # the disk failing or gone read-only: told once, the others go on
+                self._not_now(path, f"the disk: {exc.strerror}")
+            except redis.ResponseError as exc:  # the owner's journal key damaged (a wrong type): the same
+                # (Only Redis's own words: redis-py's text of a pipeline's error quotes the entries.)
+                self._not_now(path, "Redis: " + ascii(str(exc).rpartition("caused error: ")[2]))
         return copied
 
     def _recover_one(self, client: redis.Redis, path: Path) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            # (O_NONBLOCK: a fifo planted under the name would wait for a writer for ever.)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return 0  # gone already (another process took it), or a link: not ours
         try:
-            if os.fstat(fd).st_uid != os.geteuid() or any(path == p for _fd, p in self.files.values()):
+            found = os.fstat(fd)
+            if found.st_uid != os.geteuid() or any(path == p for _fd, p in self.files.values()):
+                return 0  # (another user's, or this process's own)
+            if not stat.S_ISREG(found.st_mode):  # a folder, fifo or device named *.journal
+                self._unreadable(path)
                 return 0
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -231,6 +275,10 @@ class LocalJournal:
                 dead = False  # its process lives, or is frozen: see _copy
             if dead and not os.path.exists(path):
                 return 0  # taken and deleted between our open and our lock
+            start = os.pread(fd, 4 + len(MAGIC), 0)
+            if start[4:] != MAGIC and not _cut_header(start):  # another program's: not read through
+                self._unreadable(path)
+                return 0
             with os.fdopen(os.dup(fd), "rb") as handle:
                 data = handle.read()
             return self._copy(client, path, data, dead, os.fstat(fd).st_mtime)
@@ -243,15 +291,15 @@ class LocalJournal:
         process holds the lock but its lease lapsed (frozen: stopped, or a paused VM) and the
         reaper may give its claim back any moment."""
         records = _records(data)
-        if not records:  # killed between clear's truncate and its header: nothing to copy
-            if dead:
+        if not records:
+            if not _cut_header(data):
+                self._unreadable(path)
+            elif dead:  # nothing to copy
                 path.unlink(missing_ok=True)
             return 0
         head = records[0].split(b"\n", 2)
         if len(head) != 3 or head[0] != MAGIC:
-            if path not in self.unreadable:
-                self.unreadable.add(path)
-                log.warning("local delivery journal %s cannot be read: left alone", path)
+            self._unreadable(path)
             return 0
         if head[1] != self.token:
             # Another drain's (another Redis): its own workers copy it; past a day nobody will.
@@ -273,21 +321,39 @@ class LocalJournal:
             pipe.rpush(keys.journal(owner), bundle(entries))
             pipe.expire(keys.journal(owner), JOURNAL_TTL_S)
             pipe.execute()
-            log.warning("a %s worker's %d deliveries found in its local journal: settled as delivered, not sent "
-                        "again", "dead" if dead else "frozen", len(entries))
+            log.warning("a %s worker's %d deliveries found in its local journal (owner %s, %s): settled as "
+                        "delivered, not sent again", "dead" if dead else "frozen", len(entries), ascii(owner), path)
         if dead:
-            path.unlink(missing_ok=True)
             self.copied.pop(path, None)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # (a disk remounted read-only): not copied again by this process
+                self.undeletable.add(path)
+                log.warning("local delivery journal %s was copied but cannot be deleted (%s): left", path,
+                            exc.strerror)
         return len(entries)
+
+    def _not_now(self, path: Path, why: str) -> None:
+        if path not in self.failed:  # (told once a process; tried again each round)
+            self.failed.add(path)
+            log.warning("local delivery journal %s not copied (%s): tried again later", path, why)
+
+    def _unreadable(self, path: Path) -> None:
+        if path not in self.unreadable:  # (told once a process)
+            self.unreadable.add(path)
+            log.warning("local delivery journal %s cannot be read: left alone", path)
 
     def _drop_stale_new(self, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return
         try:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                return  # (not one of ours)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if time.time() - os.fstat(fd).st_mtime > STALE_NEW_S:
+            if time.time() - found.st_mtime > STALE_NEW_S and _cut_header(os.pread(fd, 4 + len(MAGIC), 0)):
                 path.unlink(missing_ok=True)
         except BlockingIOError:
             pass
