@@ -1,15 +1,17 @@
-"""The enqueue script's message table names a message's domain and tenant by their place in
-the chunk's lists in 2 bytes each (lua/enqueue.lua): a chunk with more than 255 of each
-gives every message its own."""
+"""The enqueue's chunks (drain/store/enqueue.py, lua/enqueue.lua): the message table names a
+message's domain and tenant by their place in the chunk's lists in 2 bytes each, so a chunk
+with more than 255 of each gives every message its own; large mail goes in chunks cut by
+their bytes."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from drain.demo.seeding import synthetic
 from drain.intake.api import Client
 from drain.message import Envelope
-from drain.store import keys
+from drain.store import body, enqueue, keys
 
 
 def test_a_chunk_of_300_tenants_and_300_domains_gives_each_message_its_own(
@@ -25,3 +27,17 @@ def test_a_chunk_of_300_tenants_and_300_domains_gives_each_message_its_own(
     got = [(dom.decode(), tn.decode()) for dom, tn in pipe.execute()]
     assert got == [(f"d{i}.example", f"t{i}") for i in range(count)]
     assert rclient.llen(keys.lane("fresh", "t299")) == 1
+
+
+def test_large_mail_goes_in_chunks_of_at_most_the_byte_limit_and_one_message(
+        client: Client, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten 3 KB messages under a 10 KB limit: chunks of 4 (the one that reaches the limit
+    closes it), so 3 script calls, and every message queued in order. Mutant caught: the
+    byte limit not applied (one call of 10)."""
+    monkeypatch.setattr(enqueue, "ENQUEUE_CHUNK_BYTES", 10_000)
+    raws = [synthetic(i, size=3000) for i in range(10)]
+    rclient.config_resetstat()
+    ids = client.store.enqueue_many([(raw, Envelope("a@x.example", ("u@y.example",)), None) for raw in raws])
+    calls = int(rclient.info("commandstats")["cmdstat_evalsha"]["calls"])
+    assert calls == 3 and len(ids) == 10
+    assert [body.unpack(rclient.hget(keys.message(i), "raw") or b"") for i in ids] == raws

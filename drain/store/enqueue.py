@@ -44,6 +44,10 @@ Item = tuple[bytes, Envelope, str | None]
 # message by 5 % against 1,000 (scripts/profile_enqueue_callgrind.py), for a script that
 # holds Redis ~10 ms instead of ~5.
 ENQUEUE_CHUNK = 2000
+# ... or fewer, once the chunk holds this many bytes of mail: a chunk's bytes are in Redis's
+# memory several times while its script runs, so large mail goes in smaller chunks (1,000
+# messages of 100 KB were 100 MB a call; now at most this and one message).
+ENQUEUE_CHUNK_BYTES = 40 * 1024 * 1024
 
 
 class Enqueue:
@@ -71,7 +75,7 @@ class Enqueue:
                 if before_chunk is not None:
                     before_chunk()
                 if wire is None:  # one chunk: no thread
-                    if len(chunk) < ENQUEUE_CHUNK:
+                    if len(chunk) < ENQUEUE_CHUNK and sum(len(i[0][0]) for i in chunk) < ENQUEUE_CHUNK_BYTES:
                         stored.extend(self._send(call))
                         continue
                     helper = ThreadPoolExecutor(1, thread_name_prefix="drain-enqueue")
@@ -98,20 +102,23 @@ class Enqueue:
 
     def _chunks(self, items: Iterable[Item], tenants: Iterable[str] | None, source: str | Sequence[str],
                 packer: _Packer | None = None) -> Iterator[list[tuple[Item, str, str]]]:
-        """The items in chunks of ENQUEUE_CHUNK, each with its tenant and source; each body
-        handed to `packer` as it comes (take() then gives the chunk's stored forms)."""
+        """The items in chunks of ENQUEUE_CHUNK (or ENQUEUE_CHUNK_BYTES of mail), each with its
+        tenant and source; each body handed to `packer` as it comes (take() then gives the
+        chunk's stored forms)."""
         sources = itertools.repeat(source) if isinstance(source, str) else iter(source)
         named = iter(tenants) if tenants is not None else None
         chunk: list[tuple[Item, str, str]] = []
         add = packer.add if packer is not None else None
+        most, held = ENQUEUE_CHUNK_BYTES, 0
         for item in items:
             owner = (next(named, "") if named is not None else "") or tenancy.from_sender(item[1].sender)
             chunk.append((item, owner, next(sources, "api")))
             if add is not None:
                 add(item[0])
-            if len(chunk) >= ENQUEUE_CHUNK:
+            held += len(item[0])
+            if len(chunk) >= ENQUEUE_CHUNK or held >= most:
                 yield chunk
-                chunk = []
+                chunk, held = [], 0
         if chunk:
             yield chunk
 
