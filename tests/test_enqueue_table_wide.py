@@ -5,12 +5,17 @@ their bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 import pytest
 import redis
 
 from drain.demo.seeding import synthetic
 from drain.intake.api import Client
 from drain.message import Envelope
+from drain.settings import Settings
 from drain.store import body, enqueue, keys
 
 
@@ -41,3 +46,31 @@ def test_large_mail_goes_in_chunks_of_at_most_the_byte_limit_and_one_message(
     calls = int(rclient.info("commandstats")["cmdstat_evalsha"]["calls"])
     assert calls == 3 and len(ids) == 10
     assert [body.unpack(rclient.hget(keys.message(i), "raw") or b"") for i in ids] == raws
+
+
+def test_drain_enqueue_groups_large_mail_by_its_bytes_too(
+        client: Client, rclient: redis.Redis, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`drain enqueue` of ten 3 KB files under a 10 KB limit hands the API groups of 4, 4 and
+    2 (it holds no more mail at once than a chunk does), and prints every id. Mutant caught:
+    the CLI's groups cut by count alone (one group of 10)."""
+    from drain.cli import main
+
+    monkeypatch.setattr(enqueue, "ENQUEUE_CHUNK_BYTES", 10_000)
+    monkeypatch.setenv("DRAIN_REDIS_URL", settings.redis_url or "")
+    paths = []
+    for n in range(10):
+        paths.append(tmp_path / f"m{n}.eml")
+        paths[-1].write_bytes(synthetic(n, size=3000))
+    groups: list[int] = []
+    real = Client.enqueue_many
+
+    def counted(self: Client, items: Iterable[Any], **kw: Any) -> Any:
+        given = list(items)
+        groups.append(len(given))
+        return real(self, given, **kw)
+
+    monkeypatch.setattr(Client, "enqueue_many", counted)
+    main(["enqueue", *map(str, paths)])
+    assert groups == [4, 4, 2]
+    assert len(capsys.readouterr().out.split()) == 10 == client.store.books().accepted
