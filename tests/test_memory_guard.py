@@ -17,7 +17,7 @@ from drain.demo.sink import Sink
 from drain.errors import QueueFull
 from drain.intake.api import Client
 from drain.settings import Settings
-from drain.store import connection, keys
+from drain.store import connection, enqueue, keys
 from drain.worker.delivery import wire_form
 from tests.chaos_kit import one_line
 from tests.conftest import wait_for
@@ -100,7 +100,9 @@ def test_redis_own_out_of_memory_reply_becomes_queue_full(
 
 
 def test_enqueue_many_stopped_part_way_names_the_chunks_it_stored(
-        client: Client, rclient: redis.Redis, maxmemory: Callable[[int], int]) -> None:
+        client: Client, rclient: redis.Redis, maxmemory: Callable[[int], int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(enqueue, "ENQUEUE_CHUNK", 1000)  # chunks of 5 MB: one or more fit, not all four
     client.memory.recheck_s = 0.0
     maxmemory(8_000_000)
     with pytest.raises(QueueFull) as refused:

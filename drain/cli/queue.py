@@ -177,11 +177,12 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     holds them; if anything fails part way, what was queued is reported before the error."""
     import redis
 
-    from drain.store.store import ENQUEUE_CHUNK
+    from drain.store.enqueue import ENQUEUE_CHUNK, ENQUEUE_CHUNK_BYTES
 
     client = obj.client  # a Redis or durability setting drain cannot use fails here, before anything
     done = _Queued()
     group: list[tuple[str, Submission]] = []
+    held = [0]  # bytes of mail in the group: large mail goes in smaller groups, as in chunks
 
     def commit() -> None:
         with interrupts_held():  # Ctrl-C after the chunk: every id Redis holds is reported
@@ -194,6 +195,7 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
                 for msg_id in accepted.ids:
                     click.echo(msg_id)
             group.clear()
+            held[0] = 0
 
     def report(error: str | None) -> None:
         if as_json:
@@ -205,7 +207,8 @@ def _enqueue_reporting(obj: Context, items: Iterator[tuple[str, Submission]], la
     try:
         for item in items:
             group.append(item)
-            if len(group) >= ENQUEUE_CHUNK:
+            held[0] += len(item[1].message) if isinstance(item[1].message, bytes) else 0
+            if len(group) >= ENQUEUE_CHUNK or held[0] >= ENQUEUE_CHUNK_BYTES:
                 commit()
         if group:
             commit()

@@ -21,12 +21,14 @@
 -- then the received events' stream
 -- entries as the producer groups them, PER_ENTRY messages an entry (events.py's
 -- RECEIVED_PER_ENTRY): n, how many, then per entry its id and data for a lone event, or ''
--- and the JSON array of [id, data] pairs (no events: n = 0); then the events' lookup index
+-- and the JSON array of [id, data] pairs (no events: n = 0); then the ms the producer
+-- proposes for the events' place (its clock's; '' = none); then the events' lookup index
 -- records grouped by bucket: g, how many buckets, then
--- per bucket: its 2 hex digits and its records as one string, the 3-byte tag of each value
--- (events.py's index_record says how values hash to bucket and tag). Every event of the call
--- is written to one place of the stream (below), so each record is its tag and that place, and
--- the producer sends a value repeated in the call once.
+-- per bucket: its 2 hex digits and its records as one string, 8 bytes each: the 3-byte tag of
+-- a value (events.py's index_record says how values hash to bucket and tag) and the 5 bytes
+-- of the proposed place (lib.event's form). Every event of the call is written to one place of
+-- the stream (below), so every record names that place, and the producer sends a value
+-- repeated in the call once.
 -- With KEYS[11], one more ARGV after the buckets: how many chunks of this producer's call
 -- KEYS[11] must count as stored ('' = no check). A producer that sends a chunk before the
 -- one ahead of it has answered (two in flight on one connection, enqueue_wire.py) orders
@@ -76,8 +78,8 @@ local wrong = lib.wrong_types(checks)
 if wrong then return wrong end
 local mark_at
 if KEYS[11] then
-  mark_at = entries_at  -- past the received entries, then past the buckets
-  mark_at = mark_at + 1 + 2 * tonumber(argv[mark_at])
+  mark_at = entries_at  -- past the received entries and the proposed ms, then past the buckets
+  mark_at = mark_at + 2 + 2 * tonumber(argv[mark_at])
   mark_at = mark_at + 1 + 2 * tonumber(argv[mark_at])
   if argv[mark_at] ~= '' and (redis.call('GET', KEYS[11]) or '0') ~= argv[mark_at] then
     return redis.error_reply('enqueue stored nothing: the chunk before it was not stored')
@@ -85,10 +87,23 @@ if KEYS[11] then
 end
 -- The ids and their keys. New ids have no key yet (unless drain:seq went back): nothing may
 -- be written over one.
-local ids, names, format = {}, {}, string.format
-for k = 1, count do
-  local id = format('%x', first_id + k - 1)
-  ids[k], names[k] = id, msg_prefix .. id
+-- Made without a string.format per id (sprintf is most of an id's cost): the hex of n // 16
+-- once per 16 ids, then its last digit.
+local ids, names = {}, {}
+do
+  local digits = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'}
+  local n = first_id
+  local high, head = nil, nil
+  for k = 1, count do
+    local low = n % 16
+    if high == nil or low == 0 then
+      local h = (n - low) / 16
+      high = h > 0 and string.format('%x', h) or ''
+      head = msg_prefix .. high
+    end
+    ids[k], names[k] = high .. digits[low], head .. digits[low]
+    n = n + 1
+  end
 end
 if redis.call('EXISTS', unpack(names)) > 0 then
   return redis.error_reply('enqueue stored nothing: a new message id already has a key (was drain:seq set back?)')
@@ -96,29 +111,32 @@ end
 
 -- The message hashes first: the first write is where Redis refuses a script for memory.
 -- Each ready one goes on its tenant's list (gathered here, pushed below).
-local ready, unpack_meta, pcall_redis = {}, struct.unpack, redis.pcall
+local ready, byte, sub, pcall_redis = {}, string.byte, string.sub, redis.pcall
 for k = 1, #tenants do ready[k] = {} end
 local pos = 1
 for k = 1, count do
-  local domain, tenant, size
-  domain, tenant, size, pos = unpack_meta('>HHBc0', table_of, pos)
+  -- its record: 2 bytes domain, 2 bytes tenant, 1 byte n, n bytes size (read with one
+  -- string.byte: struct.unpack parses its format each time)
+  local d1, d2, t1, t2, n = byte(table_of, pos, pos + 4)
+  local tenant = t1 * 256 + t2
   local body, name = base + 2 * k - 1, names[k]
   local reply
-  if size == '' then
-    reply = pcall_redis('HSET', name, 'raw', argv[body], 'env', argv[body + 1], 't', now, 'dom', domains[domain],
-                        'tn', tenants[tenant])
+  if n == 0 then
+    reply = pcall_redis('HSET', name, 'raw', argv[body], 'env', argv[body + 1], 't', now,
+                        'dom', domains[d1 * 256 + d2], 'tn', tenants[tenant])
   else
-    reply = pcall_redis('HSET', name, 'raw', argv[body], 'env', argv[body + 1], 't', now, 'dom', domains[domain],
-                        'tn', tenants[tenant], 'sz', size)
+    reply = pcall_redis('HSET', name, 'raw', argv[body], 'env', argv[body + 1], 't', now,
+                        'dom', domains[d1 * 256 + d2], 'tn', tenants[tenant], 'sz', sub(table_of, pos + 5, pos + 4 + n))
   end
+  pos = pos + 5 + n
   local why = held[k]
   if why then
-    if type(reply) ~= 'table' then reply = pcall_redis('HSET', name, 'why', argv[why], 'qt', now) end
+    if type(reply) == 'number' then reply = pcall_redis('HSET', name, 'why', argv[why], 'qt', now) end
   else
     local list = ready[tenant]
     list[#list + 1] = ids[k]
   end
-  if type(reply) == 'table' and reply.err then
+  if type(reply) ~= 'number' then  -- HSET answers a number; a failure is a table {err = ...}
     if string.find(reply.err, 'OOM', 1, true) then
       return redis.error_reply("OOM command not allowed when used memory > 'maxmemory'.")
     end
@@ -178,8 +196,12 @@ redis.call('XTRIM', KEYS[10], 'MINID', '~', tr.minid)
 -- as "that or more": every entry of that ms from S on, and checks the events it finds).
 -- ms is now and S 8191; when the stream's last id is at or past that (a clock set back, or
 -- this ms already used past 8191), the first XADD is refused and they go after the last id.
+-- The producer proposes ms (its clock's, in its records already): taken when it is within a
+-- second of Redis's.
 local t = redis.call('TIME')
 local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 8191
+local proposed = tonumber(argv[entries_at + 1 + 2 * tonumber(argv[entries_at])])
+if proposed and math.abs(proposed - ms) <= 1000 then ms = proposed end
 local function after_last()
   local info = redis.call('XINFO', 'STREAM', KEYS[10])
   for i = 1, #info, 2 do
@@ -224,14 +246,20 @@ for k = 1, count do
   local why = held[k]
   if why and argv[why + 1] ~= '' then xadd('e', 'q', 'i', ids[k], 'd', argv[why + 1]) end
 end
--- Each bucket's records: its tags, each followed by the one place (a % in it doubled for gsub).
+-- Each bucket's records: a tag and the place the producer proposed, each. Where the events
+-- went elsewhere (the proposal not taken, or the stream's last id at or past it), each
+-- record's place is written over with theirs (a % in it doubled for gsub).
 local day = math.floor(ms / 86400000)
-local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
-local after_tag = '%0' .. string.gsub(where, '%%', '%%%%')
-at = at + 1
+local after_tag
+if ms ~= proposed then
+  local where = struct.pack('>I5', (ms - day * 86400000) * 8192 + 8191)
+  after_tag = '%1' .. string.gsub(where, '%%', '%%%%')
+end
+at = at + 2
 for _ = 1, tonumber(argv[at] or '0') do
   local key = tr.stream .. ':ix:' .. day .. ':' .. argv[at + 1]
-  local text = string.gsub(argv[at + 2], '...', after_tag)
+  local text = argv[at + 2]
+  if after_tag then text = string.gsub(text, '(...).....', after_tag) end
   if figure('APPEND', key, text) == #text then figure('EXPIREAT', key, (day + 1) * 86400 + tr.keep) end
   at = at + 2
 end
