@@ -75,13 +75,25 @@ class Storm:
         # Relays marked in Redis as refusing everything, read at each claim (`queue`/`take`).
         self.marked: set[str] = set()
         self.lock = threading.Lock()
+        # Trips of this process so far, and their count when each lane (thread) queued its read:
+        # a read queued before a trip of another lane does not undo that trip's mark.
+        # (A trip counts once Redis holds its mark; `pending` trips are being written.)
+        self.trips = 0
+        self.pending = 0
+        self.asked: dict[int, int] = {}
 
     def queue(self, pipe: redis.client.Pipeline) -> int:
+        """The marks, read with each claim's other reads (drain.worker.preamble, through Relays)."""
         pipe.hkeys(keys.RELAY_STORM)
+        with self.lock:
+            self.asked[threading.get_ident()] = self.trips
         return 1
 
     def take(self, reply: Any) -> None:
-        self.marked = {name.decode("utf-8", "replace") for name in cast(list[bytes], reply)}
+        read = {name.decode("utf-8", "replace") for name in cast(list[bytes], reply)}
+        with self.lock:
+            tripped_since = self.asked.pop(threading.get_ident(), self.trips) != self.trips
+            self.marked = read | self.marked if tripped_since or self.pending else read
 
     def judge(self, relay: str, domain: str, result: Result, breakers: Breakers, now: float) -> Result:
         """The result to act on for a relay's reply: a 5xx bounce becomes a deferral (a fault of
@@ -106,7 +118,13 @@ class Storm:
             recent.clear()
             self.streak[relay] = 0
             self.marked.add(relay)
-        self._trip(relay, result, bounced, breakers, now)
+            self.pending += 1
+        try:
+            self._trip(relay, result, bounced, breakers, now)
+        finally:
+            with self.lock:
+                self.pending -= 1
+                self.trips += 1
         return _deferred(result)
 
     def _trip(self, relay: str, result: Result, bounced: int, breakers: Breakers, now: float) -> None:
@@ -135,7 +153,8 @@ class Storm:
 
 
 def _deferred(result: Result) -> Result:
-    return replace(result, kind="deferred", relay_fault=True,
+    # (Without the refused recipients: each would bounce on its own code.)
+    return replace(result, kind="deferred", relay_fault=True, refused={},
                    text=f"relay refusing everything (storm guard): {result.text}"[:300])
 
 
