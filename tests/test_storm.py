@@ -39,7 +39,12 @@ def enqueue_spread(client: Client, count: int, domains: int) -> list[str]:
 def storm_trip(client: Client, relay: Sink, work: Callable[..., bool], caplog: pytest.LogCaptureFixture) -> int:
     """300 messages to 20 domains through a relay answering 550 to every recipient: returns bounced."""
     asked: list[str] = []
-    relay.set_policy(rcpt_policy=lambda rcpt: asked.append(rcpt) or "550 5.7.1 relaying denied")
+
+    def refuse(rcpt: str) -> str:
+        asked.append(rcpt)
+        return "550 5.7.1 relaying denied"
+
+    relay.set_policy(rcpt_policy=refuse)
     enqueue_spread(client, MESSAGES, DOMAINS)
     with caplog.at_level(logging.ERROR, logger="drain.worker.storm"):
         work()
