@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from drain.cli import cli
 from drain.demo.sink import Sink
-from drain.flow import breaker
 from drain.flow.breaker import Breakers
 from drain.intake.api import Client
 from drain.ops import actions
@@ -77,8 +78,14 @@ def test_a_relay_refusing_everything_defers_the_backlog_until_an_operator_clears
     assert state["open"] is True
     assert state["refusing"] == {"reply": "550 5.7.1 relaying denied", "since": pytest.approx(time.time(), abs=60),
                                  "bounced": bounced}
+    env = {"DRAIN_REDIS_URL": settings.redis_url or "", "DRAIN_RELAY": settings.relay, "COLUMNS": "300"}
+    shown = CliRunner().invoke(cli, ["status"], env=env, catch_exceptions=False)
+    assert "REFUSING EVERYTHING: 550 5.7.1 relaying denied" in shown.stdout, shown.stdout
+    routes = CliRunner().invoke(cli, ["route", "list"], env=env, catch_exceptions=False)
+    assert "refusing everything: 550 5.7.1 relaying denied" in routes.stdout, routes.stdout
     relay.set_policy()
-    assert breaker.close(client.redis, "(relay)", "tester") is not None  # `drain breaker close '(relay)'`
+    closed = CliRunner().invoke(cli, ["breaker", "close", "(relay)"], env=env, catch_exceptions=False)
+    assert closed.exit_code == 0, closed.output
     assert routing.relay_states(client.redis, settings)["(relay)"]["refusing"] is None
     deliver_rest(client, relay, work, bounced)
 
