@@ -273,6 +273,10 @@ def status(obj: Context, as_json: bool, watch_s: float | None) -> None:
             table.add_row(cell(f"relay {name}"), cell(f"handed {relay['handed']:,}, no session {relay['failed']:,}"
                                                       + (f", OPEN until {when(until)}" if isinstance(until, float)
                                                          else "")))
+            refusing = relay.get("refusing")
+            if isinstance(refusing, dict):
+                table.add_row(cell(f"relay {name}"), cell(f"REFUSING EVERYTHING: {refusing['reply']} (its 5xx"
+                                                          f" defer; {refusing['bounced']:,} bounced before that)"))
         if intake.is_paused(obj.client.redis):
             table.add_row("intake (SMTP)", "PAUSED")
         for name, queued in st.tenants:

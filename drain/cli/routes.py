@@ -134,6 +134,8 @@ def route_list(obj: Context, as_json: bool) -> None:
         states.add_column(column)
     for name, st in relays.items():
         until = st["open_until"]
-        states.add_row(cell(name), f"OPEN until {when(until)}" if isinstance(until, float) else "closed",
-                       str(st["handed"]), str(st["failed"]), str(st["concurrency"] or "-"))
+        refusing = st.get("refusing")
+        state = f"OPEN until {when(until)}" if isinstance(until, float) else "closed"
+        state += f"; refusing everything: {refusing['reply']}" if isinstance(refusing, dict) else ""
+        states.add_row(cell(name), cell(state), str(st["handed"]), str(st["failed"]), str(st["concurrency"] or "-"))
     out.print(states)

@@ -68,15 +68,23 @@ class Breakers:
         threshold = self.relay_threshold if is_relay(domain) else self.threshold
         if int(fails) < (1 if tripped else threshold):
             return None
+        return self.open(domain, now, tripped)
+
+    def open(self, name: str, now: float, tripped: int | None = None) -> float:
+        """Open a breaker now (its failures reached the threshold, or the 5xx storm guard of
+        drain.worker.storm says so); tripped: how many times it opened before, if known."""
+        if tripped is None:
+            tripped = int(cast(bytes | None, self.client.hget(keys.BREAKER_TRIPS, name)) or 0)
         state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
         state.attempt_number = tripped + 1
         until = now + float(self.wait(state))
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.BREAKER_OPEN, domain, f"{until:.3f}")
-        pipe.hincrby(keys.BREAKER_TRIPS, domain, 1)
-        pipe.hdel(keys.BREAKER_FAILS, domain)
+        pipe.hset(keys.BREAKER_OPEN, name, f"{until:.3f}")
+        pipe.hincrby(keys.BREAKER_TRIPS, name, 1)
+        pipe.hdel(keys.BREAKER_FAILS, name)
         pipe.execute()
-        self.open_until[domain] = until
+        self.open_until[name] = until
+        self.failing.add(name)
         return until
 
     def success(self, domain: str) -> None:
@@ -111,8 +119,8 @@ def close(client: redis.Redis, domain: str, actor: str, note: str = "", now: flo
     Returns how many held messages were made due, or None when it had no breaker on record."""
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=True)
-    for key in (keys.BREAKER_FAILS, keys.BREAKER_TRIPS, keys.BREAKER_OPEN):
-        pipe.hdel(key, domain)
+    for key in (keys.BREAKER_FAILS, keys.BREAKER_TRIPS, keys.BREAKER_OPEN, keys.RELAY_STORM):
+        pipe.hdel(key, domain)  # (RELAY_STORM: a relay refusing everything is trusted again)
     if not any(pipe.execute()):
         return None
     released = 0

@@ -236,7 +236,10 @@ def _relays(f: Figures) -> Iterator[Metric]:
                             "all workers (relays with a cap).", labels=["relay"])
     busy = GaugeMetricFamily("drain_relay_sessions", "Messages being handed to the relay now (counted for "
                              "relays with a concurrency cap).", labels=["relay"])
+    refusing = GaugeMetricFamily("drain_relay_refusing", "1 while the 5xx storm guard holds the relay as refusing "
+                                 "everything (its 5xx defer, not bounce).", labels=["relay"])
     for name, st in configured[:RELAYS_EXPOSED]:
+        refusing.add_metric([name], 1 if st.get("refusing") else 0)
         handed.add_metric([name], _number(st.get("handed")))
         failed.add_metric([name], _number(st.get("failed")))
         opened.add_metric([name], 1 if st.get("open") else 0)
@@ -244,7 +247,7 @@ def _relays(f: Figures) -> Iterator[Metric]:
         if _number(st.get("concurrency")) > 0:
             cap.add_metric([name], _number(st.get("concurrency")))
             busy.add_metric([name], _number(st.get("busy")))
-    yield from (handed, failed, opened, failures, cap, busy)
+    yield from (handed, failed, opened, failures, cap, busy, refusing)
 
 
 def _label(text: str) -> str:

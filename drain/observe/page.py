@@ -172,6 +172,8 @@ def _controls(snap: Snapshot) -> str:
         ("Relays", "<br>".join(
             f"{esc(name)}: {num(int(str(r['handed'])))} handed, {num(int(str(r['failed'])))} without a session"
             + (' <span class="no">breaker open</span>' if r["open"] else "")
+            + (f' <span class="no">refusing everything: {esc(str(cast(dict[str, Any], r["refusing"])["reply"]))}</span>'
+               if isinstance(r.get("refusing"), dict) else "")
             for name, r in f.status.relays.items()) or "none"),
         ("Waiting on limits", _waiting(snap)),
     ]

@@ -65,6 +65,10 @@ class Settings:
                                              "seconds to connect to a relay and read its greeting")
     relay_breaker_failures: int = setting("DRAIN_RELAY_BREAKER_FAILURES", 5, v.whole(1), "relay",
                                           "connection failures in a row that open a relay's breaker")
+    storm_replies: int = setting("DRAIN_STORM_REPLIES", 50, v.whole(0), "relay",
+                                 "a relay's last N replies all 5xx over several domains: its 5xx defer (0: off)")
+    storm_domains: int = setting("DRAIN_STORM_DOMAINS", 5, v.whole(1), "relay",
+                                 "distinct recipient domains those 5xx must span to be the relay's fault")
     relay_tls_verify: bool = setting("DRAIN_RELAY_TLS_VERIFY", True, v.flag, "relay",
                                      "verify the relay's TLS certificate and name")
     relay_ca_file: Path | None = setting("DRAIN_RELAY_CA_FILE", None, v.ca_file, "relay",

@@ -69,6 +69,8 @@ AUDIT = f"{PREFIX}:audit"
 BREAKER_FAILS = f"{PREFIX}:breaker:fails"
 BREAKER_TRIPS = f"{PREFIX}:breaker:trips"
 BREAKER_OPEN = f"{PREFIX}:breaker:open"
+# Relays refusing everything (drain.worker.storm): relay name -> JSON {"reply", "at", "bounced"}.
+RELAY_STORM = f"{PREFIX}:relay:storm"
 # Queued mail by destination domain and minute of acceptance: "domain|minute" -> count
 # (hash), what `drain backlog` shapes; quarantine findings by reason code (hash); delivery
 # latency histogram: upper bound in seconds (or "inf") -> count, and "sum" (hash).

@@ -25,6 +25,7 @@ from drain.settings import Settings
 from drain.store import keys
 from drain.worker.delivery import Relay, RelayConfig, Result, tls_context
 from drain.worker.routing import Routes, relay_name
+from drain.worker.storm import Storm
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Relays:
         # Counts not yet written: (key, relay name) -> how many (see `flush`); those on the wire.
         self.counts: dict[tuple[str, str], int] = {}
         self.sending: dict[tuple[str, str], int] = {}
+        # The 5xx storm guard (drain.worker.storm), shared by the lanes of a process (runtime).
+        self.storm = Storm(client, settings)
         if default is not None:
             # The session given is the environment's relay, whatever its URL.
             self.sessions[RELAY] = default
@@ -75,10 +78,11 @@ class Relays:
         since the last claim written."""
         pipe.get(keys.ROUTES_VERSION)
         pipe.hgetall(keys.RELAY_CONCURRENCY)
+        self.storm.queue(pipe)
         self.sending, self.counts = self.counts, {}
         for (key, name), count in self.sending.items():
             pipe.hincrby(key, name, count)
-        return 2 + len(self.sending)
+        return 3 + len(self.sending)
 
     def undo(self) -> None:
         """The counts sent were not written: kept for the next claim."""
@@ -88,13 +92,14 @@ class Relays:
 
     def take(self, replies: list[Any]) -> None:
         """refresh's replies (from `queue`); the first error among them is raised."""
-        if any(isinstance(reply, Exception) for reply in replies[2:]):
+        if any(isinstance(reply, Exception) for reply in replies[3:]):
             self.undo()  # (an increment that did go through is counted twice: counts are a gauge)
         self.sending = {}
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        version, caps = replies[:2]
+        version, caps, storm = replies[:3]
+        self.storm.take(storm)
         self.routes.refresh(cast(bytes | None, version))
         caps = cast(dict[bytes, bytes], caps)
         self.caps = {k.decode("utf-8", "replace"): int(v) for k, v in caps.items() if v.isdigit()}
@@ -137,6 +142,7 @@ class Relays:
                 result = self._session(url).send(sender, recipients, raw, smtputf8)
             finally:
                 self._give(name, msg_id)
+            result = self.storm.judge(name, _domain(recipients), result, breakers, now)
             if result.kind == "deferred" and (result.relay_fault or result.code == 0):
                 failed.append((name, result))
                 self.counts[keys.RELAY_FAILED, name] = self.counts.get((keys.RELAY_FAILED, name), 0) + 1
@@ -186,3 +192,8 @@ class Relays:
         self.flush()
         for session in self.sessions.values():
             session.close()
+
+
+def _domain(recipients: list[str]) -> str:
+    """The domain of a group's recipients (one domain a group)."""
+    return recipients[0].rpartition("@")[2].lower() if recipients else ""

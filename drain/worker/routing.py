@@ -29,6 +29,7 @@ from drain.flow.breaker import RELAY, Breakers, is_relay
 from drain.message import domain_key
 from drain.settings import Settings
 from drain.store import keys, record
+from drain.worker import storm
 from drain.worker.delivery import RelayConfig
 
 log = logging.getLogger(__name__)
@@ -254,13 +255,16 @@ def relay_states(client: redis.Redis, settings: Settings, now: float | None = No
         pipe.zcount(keys.relay_busy(name), f"({now}", "+inf")
     busy = dict(zip(capped, (int(n) for n in pipe.execute()), strict=True)) if capped else {}
     breakers = {n: st for n, st in Breakers(client, settings).states().items() if is_relay(n)}
+    refusing = storm.states(client)
     out: dict[str, dict[str, object]] = {}
-    for name in dict.fromkeys([*names, *handed, *failed, *breakers]):
+    for name in dict.fromkeys([*names, *handed, *failed, *breakers, *refusing]):
         until = breakers.get(name, {}).get("open_until", 0.0)
         out[name] = {"handed": handed.get(name, 0), "failed": failed.get(name, 0),
                      "concurrency": caps.get(name, 0), "busy": busy.get(name, 0), "open": until > now,
                      "open_until": until if until > now else None,
-                     "failures": int(breakers.get(name, {}).get("failures", 0)), "configured": name in names}
+                     "failures": int(breakers.get(name, {}).get("failures", 0)), "configured": name in names,
+                     # Set while the 5xx storm guard holds it as refusing everything (drain.worker.storm).
+                     "refusing": refusing.get(name)}
     return out
 
 

@@ -57,6 +57,7 @@ class Runtime:
         while len(self.extra) < self.settings.relay_sessions - 1:
             own = relay_for(self.settings, self.relay.config)
             self.extra.append(Relays(self.store.client, self.settings, own))
+            self.extra[-1].storm = self.relays.storm  # one 5xx storm guard a process
         return [self.relays, *self.extra[: self.settings.relay_sessions - 1]]
 
     @classmethod
