@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -122,6 +123,8 @@ class Span:
         # The backlog's reads, when they came with the claim's others (drain.worker.preamble).
         self.read: list[Any] | None = None
         self.suspects: bool | None = None
+        self.watch = watch_of(client)
+        self.asked = 0.0
 
     def more(self) -> bool:
         """Whether to claim another batch; not while Redis is unavailable (the job ends as before)."""
@@ -138,10 +141,16 @@ class Span:
 
     def queue(self, pipe: redis.client.Pipeline) -> int:
         """The backlog's reads, sent with a claim's others (drain.worker.preamble): `more`
-        decides from them, read after the claim, rather than ask again when the batch is done."""
-        return _ready_on(pipe)
+        decides from them, read after the claim, rather than ask again when the batch is done;
+        with them the soonest deferred message, for the process's housekeeper (DueWatch)."""
+        self.asked = time.monotonic()  # before it is sent: the reading is at least this fresh
+        pipe.zrange(keys.DEFERRED, 0, 0, withscores=True)
+        return _ready_on(pipe) + 1
 
     def take(self, replies: list[Any]) -> None:
+        first, replies = replies[0], replies[1:]
+        if not isinstance(first, Exception):
+            self.watch.saw(soonest(first), self.asked)
         self.read = None if any(isinstance(r, Exception) for r in replies) else replies
         self.suspects = None if self.read is None else bool(int(cast(int, self.read[2])))
 
@@ -153,6 +162,54 @@ class Span:
         read since): the next claim's turn (drain.worker.alone) need not ask again."""
         seen, self.suspects = self.suspects, None
         return seen
+
+
+class DueWatch:
+    """When the soonest deferred message is due, as a process last read it, and when that
+    read was sent: a process's lanes read it with each claim's other reads (Span), so while
+    they claim, its housekeeper need not ask Redis as often (drain.worker.housekeeping)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at: float | None = None  # time.monotonic() when the last reading was sent
+        self.due: float | None = None  # its soonest due time (epoch seconds), None: nothing deferred
+
+    def saw(self, due: float | None, at: float) -> None:
+        """A reading sent at `at` (monotonic): kept unless a later one is already held."""
+        with self.lock:
+            if self.at is None or at >= self.at:
+                self.at, self.due = at, due
+
+    def quiet_for(self, now: float, within: float, wall: float) -> float:
+        """How long Redis need not be asked again (seconds; 0: ask now): while the last reading
+        was sent less than `within` before `now` (monotonic), until what it says is due
+        (`wall`: the epoch time at `now`)."""
+        with self.lock:
+            if self.at is None:
+                return 0.0
+            left = self.at + within - now
+            if self.due is not None:
+                left = min(left, self.due - wall)
+            return max(0.0, left)
+
+
+_WATCHES: weakref.WeakKeyDictionary[redis.Redis, DueWatch] = weakref.WeakKeyDictionary()
+_WATCHES_LOCK = threading.Lock()
+
+
+def watch_of(client: redis.Redis) -> DueWatch:
+    """The due watch of a Redis client (a process's lanes and housekeeper share one store)."""
+    with _WATCHES_LOCK:
+        watch = _WATCHES.get(client)
+        if watch is None:
+            watch = _WATCHES[client] = DueWatch()
+        return watch
+
+
+def soonest(first: object) -> float | None:
+    """The due time in a ZRANGE deferred 0 0 WITHSCORES reply (None: nothing deferred)."""
+    pairs = cast(list[Any], first)
+    return float(pairs[0][1]) if pairs else None
 
 
 def backlog_beyond_tokens(client: redis.Redis, settings: Settings) -> bool:

@@ -26,7 +26,7 @@ from drain.store.localjournal import RECOVER_EVERY_S
 from drain.store.store import Store
 from drain.worker import lifetime
 from drain.worker.audit import AUDIT_EVERY_S, Ledger, audit
-from drain.worker.dispatch import ensure_tokens, ready_due
+from drain.worker.dispatch import ensure_tokens, ready_due, watch_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,6 +100,8 @@ class Housekeeper(threading.Thread):
         self.ledger = ledger
         self.audit_every_s = audit_every_s
         self.stopping = threading.Event()
+        self.watch = watch_of(store.client)  # the process's lanes' readings of the deferred mail
+        self.polls = 0  # times it asked Redis whether deferred mail is due
 
     def run(self) -> None:
         renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
@@ -108,6 +110,7 @@ class Housekeeper(threading.Thread):
         failures, logged_at = 0, 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
+            pause = PROMOTE_EVERY_S
             try:
                 if now >= next_renew:
                     self.store.renew(self.owner)
@@ -121,8 +124,14 @@ class Housekeeper(threading.Thread):
                 elif self.ledger is not None and now >= next_audit:
                     next_audit = now + self.audit_every_s
                     audit(self.store, self.owner, self.ledger, now)
+                elif quiet := self.watch.quiet_for(now, PROMOTE_EVERY_S, time.time()):
+                    # A lane's claim read the deferred mail less than PROMOTE_EVERY_S ago and
+                    # nothing in it is due yet: no need to ask again before that reading is as
+                    # old as one of ours would be, or its soonest mail is due.
+                    pause = min(quiet, PROMOTE_EVERY_S)
                 else:
                     # Mail due at its booked send time goes to ready, with a batch job for it.
+                    self.polls += 1
                     ready_due(self.store)
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 # It retries every PROMOTE_EVERY_S: one line when it starts failing, then one
@@ -136,7 +145,7 @@ class Housekeeper(threading.Thread):
                 if failures:
                     log.warning("housekeeping works again after %d failed attempts", failures)
                     failures = 0
-            self.stopping.wait(PROMOTE_EVERY_S)
+            self.stopping.wait(pause)
 
     def stop(self) -> None:
         self.stopping.set()
