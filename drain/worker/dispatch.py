@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -24,6 +23,7 @@ from drain.flow.gate import unpark
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.store import Store
+from drain.worker.duewatch import watch_of
 
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # Keep failed batch jobs (a worker killed mid-job, a timeout) for a day, for `rq info`.
@@ -162,48 +162,6 @@ class Span:
         read since): the next claim's turn (drain.worker.alone) need not ask again."""
         seen, self.suspects = self.suspects, None
         return seen
-
-
-class DueWatch:
-    """When the soonest deferred message is due, as a process last read it, and when that
-    read was sent: a process's lanes read it with each claim's other reads (Span), so while
-    they claim, its housekeeper need not ask Redis as often (drain.worker.housekeeping)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.at: float | None = None  # time.monotonic() when the last reading was sent
-        self.due: float | None = None  # its soonest due time (epoch seconds), None: nothing deferred
-
-    def saw(self, due: float | None, at: float) -> None:
-        """A reading sent at `at` (monotonic): kept unless a later one is already held."""
-        with self.lock:
-            if self.at is None or at >= self.at:
-                self.at, self.due = at, due
-
-    def quiet_for(self, now: float, within: float, wall: float) -> float:
-        """How long Redis need not be asked again (seconds; 0: ask now): while the last reading
-        was sent less than `within` before `now` (monotonic), until what it says is due
-        (`wall`: the epoch time at `now`)."""
-        with self.lock:
-            if self.at is None:
-                return 0.0
-            left = self.at + within - now
-            if self.due is not None:
-                left = min(left, self.due - wall)
-            return max(0.0, left)
-
-
-_WATCHES: weakref.WeakKeyDictionary[redis.Redis, DueWatch] = weakref.WeakKeyDictionary()
-_WATCHES_LOCK = threading.Lock()
-
-
-def watch_of(client: redis.Redis) -> DueWatch:
-    """The due watch of a Redis client (a process's lanes and housekeeper share one store)."""
-    with _WATCHES_LOCK:
-        watch = _WATCHES.get(client)
-        if watch is None:
-            watch = _WATCHES[client] = DueWatch()
-        return watch
 
 
 def soonest(first: object) -> float | None:

@@ -26,7 +26,8 @@ from drain.store.localjournal import RECOVER_EVERY_S
 from drain.store.store import Store
 from drain.worker import lifetime
 from drain.worker.audit import AUDIT_EVERY_S, Ledger, audit
-from drain.worker.dispatch import ensure_tokens, ready_due, watch_of
+from drain.worker.dispatch import ensure_tokens, ready_due
+from drain.worker.duewatch import watch_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,7 +101,7 @@ class Housekeeper(threading.Thread):
         self.ledger = ledger
         self.audit_every_s = audit_every_s
         self.stopping = threading.Event()
-        self.watch = watch_of(store.client)  # the process's lanes' readings of the deferred mail
+        self.watch = watch_of(store.client)  # the lanes' readings of the deferred mail (this host's pool)
         self.polls = 0  # times it asked Redis whether deferred mail is due
 
     def run(self) -> None:
