@@ -50,6 +50,14 @@ def test_a_claims_reading_of_the_deferred_mail_reaches_the_processs_watch(
     watch.forget()
 
 
+def test_the_housekeepers_own_poll_is_shared(keeper: Housekeeper) -> None:
+    """Its poll's reading goes to the watch, for the other processes of the pool. Mutant
+    caught: the poll's reading not written to the watch."""
+    keeper.watch.forget()
+    wait_for(lambda: keeper.watch.at is not None, timeout=10, what="a poll's reading in the watch")
+    assert keeper.watch.due is None  # nothing deferred
+
+
 def test_a_fresh_reading_with_nothing_due_spares_the_poll(keeper: Housekeeper) -> None:
     """A reading (stamped ahead, so it stays fresh however slow the box) that says nothing is
     deferred: the housekeeper does not ask Redis meanwhile. Mutant caught: the watch not

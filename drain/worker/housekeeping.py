@@ -132,8 +132,13 @@ class Housekeeper(threading.Thread):
                     pause = min(quiet, PROMOTE_EVERY_S)
                 else:
                     # Mail due at its booked send time goes to ready, with a batch job for it.
+                    # The reading is shared with this host's other worker processes.
                     self.polls += 1
-                    ready_due(self.store)
+                    asked = time.monotonic()
+                    due = self.store.next_due()
+                    self.watch.saw(due, asked)
+                    if due is not None and due <= time.time():
+                        ready_due(self.store)
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 # It retries every PROMOTE_EVERY_S: one line when it starts failing, then one
                 # every FAILURE_LOG_EVERY_S, not twenty a second for as long as Redis is away.
