@@ -3,13 +3,17 @@ one into a compact hash (listpack), which scans all of itself for each field wri
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from drain.demo.seeding import synthetic
 from drain.intake.api import Client
+from drain.settings import Settings
 from drain.store import events, keys
 from drain.store.claimed import Outcome
 from drain.store.store import Store
+from drain.worker import dispatch, preamble
+from drain.worker.dispatch import Span
 
 REPLY = "250 2.0.0 Ok: queued"
 
@@ -41,3 +45,22 @@ def test_a_small_claim_leaves_a_small_in_flight_hash_compact(client: Client, sto
     assert len(store.claim("w1", 3).ids) == 3
     assert rclient.object("encoding", keys.INFLIGHT) in (b"ziplist", b"listpack")
     assert store.settle("w1", [_delivered(i) for i in ids]) == (3, 0)
+
+
+def test_a_jobs_first_claim_starts_from_the_suspects_its_process_last_read(
+        store: Store, rclient: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new job's lanes (a new Span each) go by what the process's last claim read of the
+    suspects, not an LLEN of their own, while that is younger than JOB_SPAN_S. Mutants caught:
+    no seeding (None: asked again); the reading's age not checked (an old one trusted)."""
+    client = store.client
+    assert Span(client, settings).seen_suspects() is None  # nothing read yet: the turn asks
+    preamble.read(client, [Span(client, settings)])
+    assert Span(client, settings).seen_suspects() is False
+    rclient.rpush(keys.SUSPECT, "waiting")
+    try:
+        preamble.read(client, [Span(client, settings)])
+    finally:
+        rclient.delete(keys.SUSPECT)  # (no such message)
+    assert Span(client, settings).seen_suspects() is True
+    monkeypatch.setattr(dispatch, "JOB_SPAN_S", 0.0)
+    assert Span(client, settings).seen_suspects() is None

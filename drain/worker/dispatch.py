@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -109,6 +110,10 @@ class Rounds:
             return self.extra >= 0
 
 
+# The suspects seen with the last claim's reads of each Redis client: (when sent, any waiting).
+_SUSPECTS: weakref.WeakKeyDictionary[redis.Redis, tuple[float, bool]] = weakref.WeakKeyDictionary()
+
+
 class Span:
     """Whether a batch job's lane that has worked its batch claims another one (see JOB_ROUNDS:
     `rounds`, shared by the job's lanes, holds (JOB_ROUNDS - 1) x lanes more)."""
@@ -122,7 +127,11 @@ class Span:
         self.rounds = rounds or Rounds()
         # The backlog's reads, when they came with the claim's others (drain.worker.preamble).
         self.read: list[Any] | None = None
-        self.suspects: bool | None = None
+        # A job's first claim starts from the suspects its process's last claim saw with its
+        # reads, when those were read within JOB_SPAN_S, rather than ask (drain.worker.alone):
+        # a job's later claims go by the reads of the claim before, as old as a batch takes.
+        last = _SUSPECTS.get(client)
+        self.suspects: bool | None = last[1] if last is not None and time.monotonic() - last[0] < JOB_SPAN_S else None
         self.watch = watch_of(client)
         self.asked = 0.0
 
@@ -153,6 +162,8 @@ class Span:
             self.watch.saw(soonest(first), self.asked)
         self.read = None if any(isinstance(r, Exception) for r in replies) else replies
         self.suspects = None if self.read is None else bool(int(cast(int, self.read[2])))
+        if self.suspects is not None:
+            _SUSPECTS[self.client] = (self.asked, self.suspects)
 
     def undo(self) -> None:
         self.read = self.suspects = None
