@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 # Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
 PROMOTE_EVERY_S = 0.05
+# A housekeeper that another's fresh reading spared wakes this long after it has aged.
+POLL_SLACK_S = 0.01
 # While housekeeping keeps failing (Redis away), one log line this often (seconds).
 FAILURE_LOG_EVERY_S = 10.0
 
@@ -128,8 +130,9 @@ class Housekeeper(threading.Thread):
                 elif quiet := self.watch.quiet_for(now, PROMOTE_EVERY_S, time.time()):
                     # A lane's claim read the deferred mail less than PROMOTE_EVERY_S ago and
                     # nothing in it is due yet: no need to ask again before that reading is as
-                    # old as one of ours would be, or its soonest mail is due.
-                    pause = min(quiet, PROMOTE_EVERY_S)
+                    # old as one of ours would be, or its soonest mail is due; a little after,
+                    # so that the process whose poll it was, on time, polls for the host.
+                    pause = min(quiet + POLL_SLACK_S, PROMOTE_EVERY_S)
                 else:
                     # Mail due at its booked send time goes to ready, with a batch job for it.
                     # The reading is shared with this host's other worker processes.
