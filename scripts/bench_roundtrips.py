@@ -165,18 +165,22 @@ def kinds(result: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def markdown(result: dict[str, Any], least: int = 2) -> str:
+    """The requests by what sent them, then by code site; per second of the run's wall time
+    (the workers' start and stop included: time-based requests, such as the housekeepers',
+    come per second, the others per claim)."""
+    seconds = max(result["seconds"], 1e-9)
     lines = [f"{result['size']} B, {result['delivered']} delivered, {result['processes']} worker processes "
              f"{result['env'] or ''}, {result['seconds']} s: {result['claims']} claims, {result['round_trips']} "
              f"round trips = {result['per_claim']} per claim, {result['per_msg']} per message; of them "
              f"{result['journal_writes']} journal writes, the others {result['others_per_msg']} per message "
              f"= {round(result['others_per_msg'] * 100, 2)} per 100 messages", "",
-             "| sent for | requests | per 100 messages |", "|---|---|---|",
-             *(f"| {kind} | {count} | {round(count * 100 / max(1, result['delivered']), 2)} |"
-               for kind, count in kinds(result)), "",
-             "| sent from (drain) | (rq) | commands of the request | count | per claim | per msg |",
-             "|---|---|---|---|---|---|",
+             "| sent for | requests | per 100 messages | per second |", "|---|---|---|---|",
+             *(f"| {kind} | {count} | {round(count * 100 / max(1, result['delivered']), 2)} | "
+               f"{round(count / seconds, 1)} |" for kind, count in kinds(result)), "",
+             "| sent from (drain) | (rq) | commands of the request | count | per claim | per msg | per s |",
+             "|---|---|---|---|---|---|---|",
              *(f"| {r['drain']} | {r['rq']} | {r['commands'][:160]} | {r['count']} | {r['per_claim']} | "
-               f"{r['per_msg']} |" for r in result["rows"] if r["count"] >= least),
+               f"{r['per_msg']} | {round(r['count'] / seconds, 1)} |" for r in result["rows"] if r["count"] >= least),
              "", f"(requests sent fewer than {least} times left out; the JSON has them all)"]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from drain.flow.gate import unpark
 from drain.settings import Settings
 from drain.store import keys
 from drain.store.store import Store
+from drain.worker.duewatch import watch_of
 
 JOB_FUNCTION = "workers.jobs.deliver_batch"
 # Keep failed batch jobs (a worker killed mid-job, a timeout) for a day, for `rq info`.
@@ -108,6 +110,10 @@ class Rounds:
             return self.extra >= 0
 
 
+# The suspects seen with the last claim's reads of each Redis client: (when sent, any waiting).
+_SUSPECTS: weakref.WeakKeyDictionary[redis.Redis, tuple[float, bool]] = weakref.WeakKeyDictionary()
+
+
 class Span:
     """Whether a batch job's lane that has worked its batch claims another one (see JOB_ROUNDS:
     `rounds`, shared by the job's lanes, holds (JOB_ROUNDS - 1) x lanes more)."""
@@ -121,7 +127,13 @@ class Span:
         self.rounds = rounds or Rounds()
         # The backlog's reads, when they came with the claim's others (drain.worker.preamble).
         self.read: list[Any] | None = None
-        self.suspects: bool | None = None
+        # A job's first claim starts from the suspects its process's last claim saw with its
+        # reads, when those were read within JOB_SPAN_S, rather than ask (drain.worker.alone):
+        # a job's later claims go by the reads of the claim before, as old as a batch takes.
+        last = _SUSPECTS.get(client)
+        self.suspects: bool | None = last[1] if last is not None and time.monotonic() - last[0] < JOB_SPAN_S else None
+        self.watch = watch_of(client)
+        self.asked = 0.0
 
     def more(self) -> bool:
         """Whether to claim another batch; not while Redis is unavailable (the job ends as before)."""
@@ -138,12 +150,20 @@ class Span:
 
     def queue(self, pipe: redis.client.Pipeline) -> int:
         """The backlog's reads, sent with a claim's others (drain.worker.preamble): `more`
-        decides from them, read after the claim, rather than ask again when the batch is done."""
-        return _ready_on(pipe)
+        decides from them, read after the claim, rather than ask again when the batch is done;
+        with them the soonest deferred message, for the process's housekeeper (DueWatch)."""
+        self.asked = time.monotonic()  # before it is sent: the reading is at least this fresh
+        pipe.zrange(keys.DEFERRED, 0, 0, withscores=True)
+        return _ready_on(pipe) + 1
 
     def take(self, replies: list[Any]) -> None:
+        first, replies = replies[0], replies[1:]
+        if not isinstance(first, Exception):
+            self.watch.saw(soonest(first), self.asked)
         self.read = None if any(isinstance(r, Exception) for r in replies) else replies
         self.suspects = None if self.read is None else bool(int(cast(int, self.read[2])))
+        if self.suspects is not None:
+            _SUSPECTS[self.client] = (self.asked, self.suspects)
 
     def undo(self) -> None:
         self.read = self.suspects = None
@@ -153,6 +173,12 @@ class Span:
         read since): the next claim's turn (drain.worker.alone) need not ask again."""
         seen, self.suspects = self.suspects, None
         return seen
+
+
+def soonest(first: object) -> float | None:
+    """The due time in a ZRANGE deferred 0 0 WITHSCORES reply (None: nothing deferred)."""
+    pairs = cast(list[Any], first)
+    return float(pairs[0][1]) if pairs else None
 
 
 def backlog_beyond_tokens(client: redis.Redis, settings: Settings) -> bool:

@@ -27,12 +27,15 @@ from drain.store.store import Store
 from drain.worker import lifetime
 from drain.worker.audit import AUDIT_EVERY_S, Ledger, audit
 from drain.worker.dispatch import ensure_tokens, ready_due
+from drain.worker.duewatch import watch_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Deferred mail whose time has come is moved to ready this often (seconds), by every worker.
 PROMOTE_EVERY_S = 0.05
+# A housekeeper that another's fresh reading spared wakes this long after it has aged.
+POLL_SLACK_S = 0.01
 # While housekeeping keeps failing (Redis away), one log line this often (seconds).
 FAILURE_LOG_EVERY_S = 10.0
 
@@ -100,6 +103,8 @@ class Housekeeper(threading.Thread):
         self.ledger = ledger
         self.audit_every_s = audit_every_s
         self.stopping = threading.Event()
+        self.watch = watch_of(store.client)  # the lanes' readings of the deferred mail (this host's pool)
+        self.polls = 0  # times it asked Redis whether deferred mail is due
 
     def run(self) -> None:
         renew_every = min(self.interval_s, self.store.settings.lease_ttl_s / 3)
@@ -108,6 +113,7 @@ class Housekeeper(threading.Thread):
         failures, logged_at = 0, 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
+            pause = PROMOTE_EVERY_S
             try:
                 if now >= next_renew:
                     self.store.renew(self.owner)
@@ -121,9 +127,21 @@ class Housekeeper(threading.Thread):
                 elif self.ledger is not None and now >= next_audit:
                     next_audit = now + self.audit_every_s
                     audit(self.store, self.owner, self.ledger, now)
+                elif quiet := self.watch.quiet_for(now, PROMOTE_EVERY_S, time.time()):
+                    # A lane's claim read the deferred mail less than PROMOTE_EVERY_S ago and
+                    # nothing in it is due yet: no need to ask again before that reading is as
+                    # old as one of ours would be, or its soonest mail is due; a little after,
+                    # so that the process whose poll it was, on time, polls for the host.
+                    pause = min(quiet + POLL_SLACK_S, PROMOTE_EVERY_S)
                 else:
                     # Mail due at its booked send time goes to ready, with a batch job for it.
-                    ready_due(self.store)
+                    # The reading is shared with this host's other worker processes.
+                    self.polls += 1
+                    asked = time.monotonic()
+                    due = self.store.next_due()
+                    self.watch.saw(due, asked)
+                    if due is not None and due <= time.time():
+                        ready_due(self.store)
             except Exception as exc:  # Redis away, or anything else: log, keep going
                 # It retries every PROMOTE_EVERY_S: one line when it starts failing, then one
                 # every FAILURE_LOG_EVERY_S, not twenty a second for as long as Redis is away.
@@ -136,7 +154,7 @@ class Housekeeper(threading.Thread):
                 if failures:
                     log.warning("housekeeping works again after %d failed attempts", failures)
                     failures = 0
-            self.stopping.wait(PROMOTE_EVERY_S)
+            self.stopping.wait(pause)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -270,7 +270,16 @@ for i = 1, #ids do
   local id = ids[i]
   pairs_of[2 * i - 1], pairs_of[2 * i], reply[i + 3] = id, owner, id
 end
+-- A compact hash (listpack) finds a field by scanning all of it, so a claim's ids written
+-- into one cost the square of their number (more than the rest of the claim: callgrind,
+-- benchmarks/redis-rtt-session9-*). Redis turns a hash into a hash table for good once it
+-- holds a value longer than hash-max-listpack-value (8192 as drain's README asks; 64 by
+-- default): one such placeholder, written before the ids and deleted after, does that
+-- (made of 64-byte pieces: string.rep copies one piece at a time).
+local compact = #ids >= 32 and redis.call('OBJECT', 'ENCODING', KEYS[2]) ~= 'hashtable'
+if compact then redis.call('HSET', KEYS[2], '', string.rep(string.rep('-', 64), 129)) end  -- 8,256 bytes
 redis.call('HSET', KEYS[2], unpack(pairs_of))
+if compact then redis.call('HDEL', KEYS[2], '') end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 
 if rate > 0 then
