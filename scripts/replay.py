@@ -260,9 +260,9 @@ def main() -> None:
         memory = client.info("memory")
         relay_record = json.loads(record_to.read_text())
         copies = Counter(relay_record["copies"])
-        refused = set(relay_record["refused"])
+        bounced = set(relay_record["refused"])  # (not `refused`: that is the fresh mail refused once)
         quarantined = {key_of.get(i.decode()) for i in client.zrange(keys.QUARANTINE, 0, -1)}
-        lost = sorted(m for m in key_of.values() if not (copies[m] or m in refused or m in quarantined))
+        lost = sorted(m for m in key_of.values() if not (copies[m] or m in bounced or m in quarantined))
         unexplained = charge(kill_log, copies, key_of)
         settle_every = Settings.from_env(env).settle_every
         per_kill = [len(k.charged) for k in kill_log]
