@@ -156,14 +156,21 @@ def unbundle(element: bytes) -> list[bytes]:
     cut), or the element itself (an entry of an older worker)."""
     if element[:1] != bytes([BUNDLE]):
         return [element]
-    found, at = [], 1
-    while at + 4 <= len(element):
-        (size,) = struct.unpack_from(">I", element, at)
-        if at + 4 + size > len(element):
+    return sized(element, 1)[0]
+
+
+def sized(data: bytes, at: int = 0) -> tuple[list[bytes], int]:
+    """The whole length-prefixed pieces (4 bytes, big-endian, then the bytes) of data from
+    `at` on, and where the last whole one ends (a piece cut short ends the reading): a
+    bundle's entries, the records of a local journal file."""
+    found = []
+    while at + 4 <= len(data):
+        (size,) = struct.unpack_from(">I", data, at)
+        if at + 4 + size > len(data):
             break
-        found.append(element[at + 4: at + 4 + size])
+        found.append(data[at + 4: at + 4 + size])
         at += 4 + size
-    return found
+    return found, at
 
 
 def bundle(entries: Sequence[bytes]) -> bytes:

@@ -44,7 +44,7 @@ import redis
 
 from drain.settings import Settings
 from drain.store import keys
-from drain.store.journal import JOURNAL_TTL_S, bundle
+from drain.store.journal import JOURNAL_TTL_S, bundle, sized
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +98,7 @@ def _cut_header(data: bytes) -> bool:
 
 
 def _records(data: bytes) -> list[bytes]:
-    return _read_records(data)[0]
-
-
-def _read_records(data: bytes) -> tuple[list[bytes], int]:
-    """The whole records at the start of data, and the bytes they take."""
-    found, at = [], 0
-    while at + 4 <= len(data):
-        (size,) = struct.unpack_from(">I", data, at)
-        if at + 4 + size > len(data):
-            break
-        found.append(data[at + 4: at + 4 + size])
-        at += 4 + size
-    return found, at
+    return sized(data)[0]
 
 
 class LocalJournal:
@@ -312,10 +300,10 @@ class LocalJournal:
                 self.copied.pop(path, None)  # (emptied since, or alive: nothing to do)
                 return 0
             if path in self.copied:
-                entries, taken = _read_records(data[self.copied[path]:])
+                entries, taken = sized(data[self.copied[path]:])
                 self.copied[path] += taken
             else:
-                self.copied[path] = _read_records(data)[1]
+                self.copied[path] = sized(data)[1]
         if entries:
             pipe = client.pipeline(transaction=False)
             pipe.rpush(keys.journal(owner), bundle(entries))

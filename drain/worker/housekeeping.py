@@ -52,8 +52,9 @@ def run_once(store: Store, interval_s: float = 1.0, force: bool = False) -> Roun
     """One round, unless another worker ran one within interval_s (then None)."""
     if not force and not store.client.set(keys.HOUSEKEEPING_LOCK, b"1", nx=True, px=int(interval_s * 1000)):
         return None
-    if store.local is not None:  # a dead process of this host: its local journal first, then the reaper
-        _step("copy dead processes' local journals", lambda: store.local.recover(store.client) if store.local else 0, 0)
+    local = store.local
+    if local is not None:  # a dead process of this host: its local journal first, then the reaper
+        _step("copy dead processes' local journals", lambda: local.recover(store.client), 0)
     reaped, poisoned = _step("give back dead workers' mail", store.reap_dead, (0, 0))
     if reaped or poisoned:
         log.warning("dead workers held %d messages: %d to be retried alone, %d quarantined as poison",
